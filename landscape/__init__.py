@@ -1,0 +1,7 @@
+"""Loss-landscape analysis of certified training.
+
+This package is deliberately free of imports, so that ``from landscape import store``
+(all that :mod:`figures` needs) never loads torch.
+"""
+
+__version__ = "0.1.0"

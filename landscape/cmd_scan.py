@@ -1,0 +1,3 @@
+"""Placeholder: the owner of this module replaces it."""
+
+COMMANDS: list = []

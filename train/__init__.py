@@ -1,0 +1,1 @@
+"""Certified training: datasets, model zoo, certified losses, schedules, loop, checkpoints, evaluation."""
