@@ -1,0 +1,238 @@
+"""Readers for the on-disk dataset formats: IDX (MNIST, Fashion-MNIST), CIFAR-10 binary, SVHN ``.mat``.
+
+Every reader returns plain numpy arrays (``uint8`` images in ``[N, C, H, W]`` layout and
+``int64`` labels) and turns every malformed input into one :class:`DatasetError` whose message
+names the file and what is wrong with it. Nothing here knows where datasets live; that is
+:mod:`train.data`'s job.
+
+Formats
+-------
+IDX (http://yann.lecun.com/exdb/mnist/, "the IDX file format"): a 4-byte magic number
+``0x00 0x00 <type> <ndim>``, then ``ndim`` big-endian ``uint32`` dimension sizes, then
+``prod(dims) * itemsize`` bytes of big-endian data. Files may be gzip-compressed (detected
+from the gzip magic bytes ``1f 8b``, whatever the file name says).
+
+CIFAR-10 binary (https://www.cs.toronto.edu/~kriz/cifar.html): each batch file is a sequence of
+3073-byte records, ``1`` label byte followed by ``3 * 32 * 32`` pixel bytes (red plane, green
+plane, blue plane, each row-major). The archive ``cifar-10-binary.tar.gz`` holds
+``cifar-10-batches-bin/data_batch_{1..5}.bin`` and ``cifar-10-batches-bin/test_batch.bin``.
+
+SVHN cropped digits (http://ufldl.stanford.edu/housenumbers/): MATLAB v5 files with ``X`` of
+shape ``[32, 32, 3, N]`` (``uint8``) and ``y`` of shape ``[N, 1]`` with labels ``1..10``, where
+``10`` stands for the digit 0.
+"""
+
+from __future__ import annotations
+
+import gzip
+import tarfile
+import zlib
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+
+__all__ = [
+    "DatasetError",
+    "read_idx",
+    "read_idx_pair",
+    "read_cifar_batches",
+    "read_cifar_tar",
+    "read_svhn_mat",
+    "CIFAR_RECORD_BYTES",
+]
+
+CIFAR_RECORD_BYTES = 1 + 3 * 32 * 32
+"""Bytes per CIFAR-10 binary record: one label byte plus a 3x32x32 image."""
+
+_GZIP_MAGIC = b"\x1f\x8b"
+
+# IDX type byte -> numpy big-endian dtype.
+_IDX_TYPES: dict[int, str] = {
+    0x08: "u1",
+    0x09: "i1",
+    0x0B: ">i2",
+    0x0C: ">i4",
+    0x0D: ">f4",
+    0x0E: ">f8",
+}
+
+
+class DatasetError(ValueError):
+    """A dataset is missing, cannot be downloaded, or one of its files is malformed."""
+
+
+def _read_bytes(path: Path) -> bytes:
+    """Return the (decompressed, if gzip) contents of ``path`` or raise :class:`DatasetError`."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise DatasetError(f"cannot read dataset file {path}: {exc.strerror or exc}") from exc
+    if raw[:2] != _GZIP_MAGIC:
+        return raw
+    try:
+        return gzip.decompress(raw)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise DatasetError(
+            f"dataset file {path} is a damaged or truncated gzip file ({exc}); delete it and get it again"
+        ) from exc
+
+
+def read_idx(path: str | Path) -> np.ndarray:
+    """Parse one IDX file (raw or gzip) into a numpy array of its declared shape and type.
+
+    Checks: the first two magic bytes are zero, the type byte is a known IDX type, the
+    dimension header is complete, and the data size equals ``prod(dims) * itemsize`` exactly
+    (a shorter file is reported as truncated, a longer one as having trailing bytes).
+    """
+    path = Path(path)
+    data = _read_bytes(path)
+    if len(data) < 4:
+        raise DatasetError(f"IDX file {path} is truncated: only {len(data)} bytes, not even a header")
+    if data[0] != 0 or data[1] != 0 or data[2] not in _IDX_TYPES:
+        raise DatasetError(
+            f"{path} is not an IDX file: wrong magic number 0x{data[:4].hex()} "
+            "(expected 0x0000 followed by a type byte 08/09/0b/0c/0d/0e and the number of dimensions)"
+        )
+    dtype = np.dtype(_IDX_TYPES[data[2]])
+    ndim = data[3]
+    if ndim == 0:
+        raise DatasetError(f"IDX file {path} declares zero dimensions")
+    header = 4 + 4 * ndim
+    if len(data) < header:
+        raise DatasetError(f"IDX file {path} is truncated inside its header ({len(data)} of {header} bytes)")
+    dims = tuple(int(d) for d in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
+    expected = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
+    found = len(data) - header
+    if found < expected:
+        raise DatasetError(
+            f"IDX file {path} is truncated: dims {dims} need {expected} data bytes, found {found}"
+        )
+    if found > expected:
+        raise DatasetError(
+            f"IDX file {path} has {found - expected} unexpected trailing bytes after dims {dims}"
+        )
+    arr = np.frombuffer(data, dtype=dtype, offset=header).reshape(dims)
+    return arr.astype(dtype.newbyteorder("="), copy=True)
+
+
+def read_idx_pair(images_path: str | Path, labels_path: str | Path, n_classes: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    """Read an IDX image file ``[N, H, W]`` (uint8) and its label file ``[N]``.
+
+    Returns ``(images [N, 1, H, W] uint8, labels [N] int64)``; checks the shapes agree and the
+    labels lie in ``0 .. n_classes - 1``.
+    """
+    images = read_idx(images_path)
+    labels = read_idx(labels_path)
+    if images.ndim != 3 or images.dtype != np.uint8:
+        raise DatasetError(
+            f"IDX image file {images_path} should hold uint8 images [N, H, W], got {images.dtype} {images.shape}"
+        )
+    if labels.ndim != 1:
+        raise DatasetError(f"IDX label file {labels_path} should hold a vector [N], got shape {labels.shape}")
+    if labels.shape[0] != images.shape[0]:
+        raise DatasetError(
+            f"{images_path} has {images.shape[0]} images but {labels_path} has {labels.shape[0]} labels"
+        )
+    labels = labels.astype(np.int64)
+    _check_labels(labels, n_classes, labels_path)
+    return images[:, None, :, :], labels
+
+
+def _check_labels(labels: np.ndarray, n_classes: int, where: object) -> None:
+    if labels.size and (labels.min() < 0 or labels.max() >= n_classes):
+        raise DatasetError(
+            f"labels in {where} should lie in 0..{n_classes - 1}, found {int(labels.min())}..{int(labels.max())}"
+        )
+
+
+def _parse_cifar_records(data: bytes, where: str) -> tuple[np.ndarray, np.ndarray]:
+    if len(data) == 0 or len(data) % CIFAR_RECORD_BYTES:
+        raise DatasetError(
+            f"CIFAR-10 binary file {where} has {len(data)} bytes, not a positive multiple of the "
+            f"{CIFAR_RECORD_BYTES}-byte record size (1 label byte + 3072 pixel bytes): wrong record size or truncated"
+        )
+    records = np.frombuffer(data, dtype=np.uint8).reshape(-1, CIFAR_RECORD_BYTES)
+    labels = records[:, 0].astype(np.int64)
+    _check_labels(labels, 10, where)
+    images = records[:, 1:].reshape(-1, 3, 32, 32).copy()
+    return images, labels
+
+
+def read_cifar_batches(paths: Iterable[str | Path]) -> tuple[np.ndarray, np.ndarray]:
+    """Read and concatenate CIFAR-10 binary batch files.
+
+    Returns ``(images [N, 3, 32, 32] uint8, labels [N] int64)``.
+    """
+    xs, ys = [], []
+    for p in paths:
+        p = Path(p)
+        try:
+            data = p.read_bytes()
+        except OSError as exc:
+            raise DatasetError(f"cannot read CIFAR-10 file {p}: {exc.strerror or exc}") from exc
+        x, y = _parse_cifar_records(data, str(p))
+        xs.append(x)
+        ys.append(y)
+    if not xs:
+        raise DatasetError("no CIFAR-10 batch files given")
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+def read_cifar_tar(archive: str | Path, members: Iterable[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Read CIFAR-10 batches straight out of ``cifar-10-binary.tar.gz`` without extracting it.
+
+    ``members`` are base names such as ``data_batch_1.bin``; they are looked up under
+    ``cifar-10-batches-bin/`` (or at the top level) of the archive.
+    """
+    archive = Path(archive)
+    xs, ys = [], []
+    try:
+        with tarfile.open(archive, "r:*") as tar:
+            by_name = {Path(m.name).name: m for m in tar.getmembers() if m.isfile()}
+            for name in members:
+                member = by_name.get(name)
+                if member is None:
+                    raise DatasetError(f"CIFAR-10 archive {archive} has no member {name}")
+                handle = tar.extractfile(member)
+                assert handle is not None  # regular files always have a handle
+                x, y = _parse_cifar_records(handle.read(), f"{archive}:{member.name}")
+                xs.append(x)
+                ys.append(y)
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
+        raise DatasetError(f"CIFAR-10 archive {archive} is damaged or truncated ({exc}); delete it and get it again") from exc
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+def read_svhn_mat(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """Read an SVHN ``*_32x32.mat`` file.
+
+    Returns ``(images [N, 3, 32, 32] uint8, labels [N] int64)`` with label 10 mapped to 0.
+    """
+    from scipy.io import loadmat  # scipy is heavy; import only when SVHN is used
+
+    path = Path(path)
+    try:
+        mat = loadmat(str(path))
+    except (ValueError, OSError, TypeError, EOFError, NotImplementedError) as exc:
+        raise DatasetError(f"cannot read SVHN file {path} as a MATLAB v5 .mat file ({exc})") from exc
+    except Exception as exc:  # scipy raises assorted private error types on corrupt files
+        raise DatasetError(f"cannot read SVHN file {path}: {type(exc).__name__}: {exc}") from exc
+    if "X" not in mat or "y" not in mat:
+        raise DatasetError(f"SVHN file {path} should hold variables X and y, found {sorted(k for k in mat if not k.startswith('__'))}")
+    x, y = np.asarray(mat["X"]), np.asarray(mat["y"]).reshape(-1)
+    if x.ndim != 4 or x.shape[2] != 3:
+        raise DatasetError(f"SVHN file {path}: X should have shape [H, W, 3, N], got {x.shape}")
+    if x.shape[3] != y.shape[0]:
+        raise DatasetError(f"SVHN file {path} has {x.shape[3]} images but {y.shape[0]} labels")
+    if x.dtype != np.uint8:
+        if x.size and (x.min() < 0 or x.max() > 255):
+            raise DatasetError(f"SVHN file {path}: pixel values outside 0..255")
+        x = x.astype(np.uint8)
+    labels = y.astype(np.int64)
+    if labels.size and (labels.min() < 1 or labels.max() > 10):
+        raise DatasetError(f"SVHN file {path}: labels should lie in 1..10, found {labels.min()}..{labels.max()}")
+    labels[labels == 10] = 0
+    images = np.ascontiguousarray(x.transpose(3, 2, 0, 1))
+    return images, labels
+
