@@ -1,0 +1,360 @@
+"""``compute_bounds``: certified bounds of ``C f(x')`` over ``{x' : |x' - x|_inf <= eps} n domain``.
+
+Methods (``f`` the network, ``C`` ``[B, S, n_out]``):
+
+- ``ibp``: interval propagation (:mod:`bounds.interval`), last Linear merged with ``C``.
+- ``crown-ibp``: IBP bounds for every ReLU's input, one backward linear pass from ``C``
+  (:mod:`bounds.linear`); ``lower = beta * crown + (1 - beta) * ibp`` and likewise
+  ``upper = beta * crown_upper + (1 - beta) * ibp_upper`` (a convex combination of two sound
+  bounds is sound). ``beta = 0`` skips the backward pass (result equals ``ibp``).
+- ``crown``: every ReLU layer's input bounds by backward passes too (spec = identity over its
+  neurons, in row chunks), intersected with the IBP bounds (both are sound; the tighter wins).
+  Only neurons IBP leaves unstable in some sample of the batch get a pass (stable neurons have
+  exact lines whatever their bounds; their reported bounds are IBP's). The first ReLU layer
+  (one affine layer from the input) keeps its IBP bounds, which are exact there.
+  ``beta`` is ignored.
+- ``cap``: ``crown`` with the same-slope relaxation.
+
+Slopes: a policy from :mod:`bounds.relaxations`, one slope per neuron and sample shared by every
+row of ``C`` and by the lower and upper passes. For ``crown``/``cap`` the intermediate passes use
+the policy's slopes, except ``optimized`` and ``tightest``, whose intermediate passes use
+``adaptive`` slopes; those two search the slopes of every ReLU layer for the *final* pass only
+(:mod:`bounds.slope_search`), on detached copies, and the final differentiable pass uses the
+found slopes as constants.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Sequence, Union
+
+import torch
+from torch import nn
+
+from bounds import slope_search
+from bounds.interval import IntervalResult, ibp, input_box
+from bounds.linear import backward_bound
+from bounds.network import LayerOp, describe, relu_indices, shape_at
+from bounds.relaxations import POLICIES, Relaxation, with_lower_slope
+from bounds.spec import check_beta, check_C, check_domain, check_eps, check_method_slope, check_x, margin_spec
+
+#: elements of one backward-pass coefficient tensor per chunk of identity rows (crown's
+#: intermediate bounds); 2**24 float32 entries = 64 MiB.
+CHUNK_ELEMENTS = 1 << 24
+
+
+@dataclass
+class BoundResult:
+    """Bounds and what produced them.
+
+    ``lower``, ``upper``: ``[B, S]``. ``preact``: per ReLU layer ``(l, u)`` ``[B, *shape]``.
+    ``slopes`` / ``upper_slopes``: per ReLU layer lower / upper slopes ``[B, *shape]`` (None for
+    ibp). ``counts``: per ReLU layer ``dict(unstable, active, dead, total)`` over the batch
+    (dead: ``u <= 0``, so also ``l = u = 0``; active: ``l >= 0 < u``; unstable: ``l < 0 < u``).
+    ``lower_A``: ``[B, S, *input_shape]`` coefficients of the CROWN lower bound w.r.t. the input
+    (None for ibp and for crown-ibp with beta = 0).
+    """
+
+    lower: torch.Tensor
+    upper: torch.Tensor
+    preact: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
+    slopes: Optional[list[torch.Tensor]] = None
+    upper_slopes: Optional[list[torch.Tensor]] = None
+    lower_A: Optional[torch.Tensor] = None
+
+    @property
+    def counts(self) -> list[dict[str, int]]:
+        """Per ReLU layer ``dict(unstable, active, dead, total)`` (computed on first access)."""
+        if not hasattr(self, "_counts_cache"):
+            self._counts_cache = [_counts(l, u) for l, u in self.preact]
+        return self._counts_cache
+
+
+def plain(t: torch.Tensor) -> torch.Tensor:
+    """``t`` detached; cloned if it is an inference tensor (so autograd may use it in a search)."""
+    return t.clone() if t.is_inference() else t.detach()
+
+
+def _counts(l: torch.Tensor, u: torch.Tensor) -> dict[str, int]:
+    dead = u <= 0
+    active = (l >= 0) & ~dead
+    n_active, n_dead, total = int(active.sum()), int(dead.sum()), l.numel()
+    return dict(unstable=total - n_active - n_dead, active=n_active, dead=n_dead, total=total)
+
+
+def margin_ce(lower: torch.Tensor) -> torch.Tensor:
+    """Per-sample robust cross-entropy of margin lower bounds ``[B, S]``:
+    ``CE([0, -lower], target 0) = logsumexp([0, -lower_1, ..., -lower_S])`` -> ``[B]``."""
+    z = torch.cat([torch.zeros_like(lower[:, :1]), -lower], dim=1)
+    return torch.logsumexp(z, dim=1)
+
+
+@dataclass
+class Prepared:
+    """Everything up to (not including) the final backward pass.
+
+    ``center``/``radius``: input box ``[B, *input_shape]``; ``ibp``: the IBP result (for ``C``);
+    ``preact``: ``{relu op index: (l, u)}`` used for the relaxations; ``relax``: static
+    relaxations of every ReLU layer (for optimized/tightest: their start slopes).
+    """
+
+    ops: list[LayerOp]
+    center: torch.Tensor
+    radius: torch.Tensor
+    ibp: IntervalResult
+    preact: dict[int, tuple[torch.Tensor, torch.Tensor]]
+    relax: dict[int, Relaxation]
+
+    def detached(self) -> "Prepared":
+        """A copy cut from the autograd graph (and made of normal tensors under inference mode)."""
+        return Prepared(
+            [op.detached() for op in self.ops],
+            plain(self.center),
+            plain(self.radius),
+            self.ibp,
+            {k: (plain(l), plain(u)) for k, (l, u) in self.preact.items()},
+            {k: Relaxation(*(plain(t) for t in r)) for k, r in self.relax.items()},
+        )
+
+    def final_pass(self, A: torch.Tensor, relax: Optional[dict[int, Relaxation]] = None):
+        """Lower bound ``[B, S]`` of ``A . f`` and input coefficients, with ``relax`` (default: static)."""
+        return backward_bound(self.ops, len(self.ops), A, self.relax if relax is None else relax, self.center, self.radius)
+
+
+def _layer_bounds(
+    ops: list[LayerOp],
+    k: int,
+    relax: dict[int, Relaxation],
+    center: torch.Tensor,
+    radius: torch.Tensor,
+    l_ibp: torch.Tensor,
+    u_ibp: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """CROWN bounds ``(l, u)`` ``[B, *shape]`` of the input of ReLU op ``k``, intersected with the
+    IBP bounds ``l_ibp, u_ibp``.
+
+    Only neurons that IBP leaves unstable in some sample get a backward pass: a stable neuron's
+    lines are exact whatever its bounds, so tighter bounds there change nothing downstream (its
+    reported bounds stay IBP's). Spec: identity rows over those neurons, in chunks of rows sized
+    by :data:`CHUNK_ELEMENTS`, lower and upper of each row in one pass (rows ``[I; -I]``).
+    """
+    shape = shape_at(ops, k)
+    B = center.shape[0]
+    l_flat, u_flat = l_ibp.reshape(B, -1), u_ibp.reshape(B, -1)
+    idx = ((l_flat < 0) & (u_flat > 0)).any(0).nonzero().flatten()
+    if idx.numel() == 0:
+        return l_ibp, u_ibp
+    n = int(l_flat.shape[1])
+    widest = max(int(torch.Size(shape_at(ops, p)).numel()) for p in range(k + 1))
+    rows = max(1, CHUNK_ELEMENTS // (2 * B * widest))
+    eye = torch.eye(n, dtype=center.dtype, device=center.device)
+    lows, ups = [], []
+    for start in range(0, idx.numel(), rows):
+        block = eye[idx[start : start + rows]]
+        m = block.shape[0]
+        A = torch.cat([block, -block]).reshape(1, 2 * m, *shape).expand(B, 2 * m, *shape)
+        bound, _ = backward_bound(ops, k, A, relax, center, radius)
+        lows.append(bound[:, :m])
+        ups.append(-bound[:, m:])
+    low, up = torch.cat(lows, 1), torch.cat(ups, 1)
+    low = torch.maximum(low, l_flat[:, idx])
+    up = torch.minimum(up, u_flat[:, idx])
+    return l_flat.index_copy(1, idx, low).reshape(l_ibp.shape), u_flat.index_copy(1, idx, up).reshape(u_ibp.shape)
+
+
+def _affine_layers_before(ops: list[LayerOp], k: int) -> int:
+    return sum(1 for op in ops[:k] if op.kind in ("linear", "conv"))
+
+
+def prepare(
+    ops: list[LayerOp],
+    x: torch.Tensor,
+    eps: Union[float, torch.Tensor],
+    domain: Optional[tuple[float, float]],
+    method: str,
+    slope: str,
+    C: Optional[torch.Tensor],
+    generator: Optional[torch.Generator],
+) -> Prepared:
+    """Input box, IBP, intermediate bounds (IBP or CROWN by ``method``) and static relaxations."""
+    center, radius = input_box(x, eps, domain)
+    res = ibp(ops, center, radius, C)
+    policy = POLICIES[slope]
+    inner_policy = POLICIES["adaptive"] if slope in ("optimized", "tightest") else policy
+    preact: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+    relax: dict[int, Relaxation] = {}
+    for k in relu_indices(ops):
+        l, u = res.preact[k]
+        if method in ("crown", "cap") and _affine_layers_before(ops, k) > 1:
+            inner = {j: relax[j] for j in relax}
+            if inner_policy is not policy:
+                inner = {j: POLICIES["adaptive"](*preact[j]) for j in relax}
+            l, u = _layer_bounds(ops, k, inner, center, radius, l, u)
+        preact[k] = (l, u)
+        relax[k] = policy(l, u, generator)
+    return Prepared(ops, center, radius, res, preact, relax)
+
+
+def final_relaxations(
+    prep: Prepared,
+    slope: str,
+    objective: Optional[Callable[[Prepared, dict[int, Relaxation]], torch.Tensor]],
+    opt_steps: int,
+    opt_lr: float,
+) -> dict[int, Relaxation]:
+    """Relaxations for the final pass: the static ones, or those found by the slope search.
+
+    ``objective(detached_prep, relax) -> scalar loss`` (minimised / sign-followed)."""
+    if slope not in ("optimized", "tightest") or not prep.relax:
+        return prep.relax
+    with torch.inference_mode(False), torch.enable_grad():
+        det = prep.detached()
+        start = {k: r.lower_slope for k, r in det.relax.items()}
+
+        def obj(relax: dict[int, Relaxation]) -> torch.Tensor:
+            return objective(det, relax)
+
+        if slope == "tightest":
+            found = slope_search.tighten(det.preact, start, obj)
+        else:
+            found = slope_search.optimize(det.preact, start, obj, opt_steps, opt_lr)
+    out = {}
+    for k, (l, u) in prep.preact.items():
+        s, t = prep.relax[k].upper_slope, prep.relax[k].upper_intercept
+        out[k] = with_lower_slope(l, u, found[k], upper=(s, t))
+    return out
+
+
+def _default_objective(slope: str, loss_fn: Optional[Callable], C: torch.Tensor):
+    """Loss of the lower bounds minimised by the slope search."""
+
+    def objective(det: Prepared, relax: dict[int, Relaxation]) -> torch.Tensor:
+        lower, _ = det.final_pass(plain(C), relax)
+        if loss_fn is not None:
+            return loss_fn(lower).sum()
+        if slope == "optimized":
+            return -lower.sum()
+        return margin_ce(lower).sum()
+
+    return objective
+
+
+def bounds_from(
+    ops: list[LayerOp],
+    x: torch.Tensor,
+    eps: Union[float, torch.Tensor],
+    method: str,
+    slope: str,
+    C: Optional[torch.Tensor],
+    beta: float,
+    domain: Optional[tuple[float, float]],
+    loss_fn: Optional[Callable] = None,
+    opt_steps: int = 20,
+    opt_lr: float = 0.1,
+    generator: Optional[torch.Generator] = None,
+    need_upper: bool = True,
+    search_C: Optional[torch.Tensor] = None,
+) -> BoundResult:
+    """The engine behind :func:`compute_bounds`, on validated arguments.
+
+    ``need_upper=False`` skips the CROWN upper pass (``upper`` is then the IBP upper bound).
+    ``search_C``: the specification the slope search's objective uses (default ``C``).
+    """
+    B = x.shape[0]
+    n_out = ops[-1].out_shape[0]
+    if C is None:
+        C = torch.eye(n_out, dtype=x.dtype, device=x.device).unsqueeze(0).expand(B, n_out, n_out)
+    S = C.shape[1]
+    ks = relu_indices(ops)
+    if method == "ibp":
+        center, radius = input_box(x, eps, domain)
+        res = ibp(ops, center, radius, C)
+        preact = [res.preact[k] for k in ks]
+        return BoundResult(res.lower, res.upper, preact, None, None, None)
+    if method == "crown-ibp" and beta == 0.0:  # pure IBP; slopes reported for analysis only
+        prep = prepare(ops, x, eps, domain, method, slope, C, generator)
+        return BoundResult(
+            prep.ibp.lower,
+            prep.ibp.upper,
+            [prep.preact[k] for k in ks],
+            [prep.relax[k].lower_slope for k in ks],
+            [prep.relax[k].upper_slope for k in ks],
+            None,
+        )
+    prep = prepare(ops, x, eps, domain, method, slope, C, generator)
+    objective = _default_objective(slope, loss_fn, C if search_C is None else search_C)
+    relax = final_relaxations(prep, slope, objective, opt_steps, opt_lr)
+    A = torch.cat([C, -C], dim=1) if need_upper else C
+    bound, A_in = prep.final_pass(A, relax)
+    lower = bound[:, :S]
+    upper = -bound[:, S:] if need_upper else prep.ibp.upper
+    if method == "crown-ibp" and beta < 1.0:
+        lower = beta * lower + (1.0 - beta) * prep.ibp.lower
+        if need_upper:
+            upper = beta * upper + (1.0 - beta) * prep.ibp.upper
+    return BoundResult(
+        lower,
+        upper,
+        [prep.preact[k] for k in ks],
+        [relax[k].lower_slope for k in ks],
+        [relax[k].upper_slope for k in ks],
+        A_in[:, :S],
+    )
+
+
+def compute_bounds(
+    model: nn.Module,
+    x: torch.Tensor,
+    eps: Union[float, torch.Tensor],
+    method: str = "crown-ibp",
+    slope: Optional[str] = None,
+    C: Optional[torch.Tensor] = None,
+    beta: float = 1.0,
+    domain: Optional[Sequence[float]] = (0.0, 1.0),
+    loss_fn: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+    y: Optional[torch.Tensor] = None,
+    opt_steps: int = 20,
+    opt_lr: float = 0.1,
+    generator: Optional[torch.Generator] = None,
+) -> BoundResult:
+    """Certified bounds ``lower <= C f(x') <= upper`` for every ``x'`` in the clipped L-inf ball.
+
+    Args:
+        model: ``nn.Sequential`` of Normalize, Linear, Conv2d, ReLU, Flatten.
+        x: ``[B, *input_shape]`` float32/float64 (results follow its dtype), before normalisation.
+        eps: radius, float or ``[B]`` tensor (>= 0).
+        method: one of ``METHODS``. slope: one of ``SLOPES``; None means ``adaptive``
+            (``same-slope`` for ``cap``, the only slope ``cap`` accepts).
+        C: ``[B, S, n_out]`` specification (None: the logits, ``S = n_out``).
+        beta: crown-ibp mixing weight in ``[0, 1]`` (``lower = beta crown + (1 - beta) ibp``).
+        domain: ``(low, high)`` the ball is clipped to, or None.
+        loss_fn: for ``tightest``/``optimized``: a function of ``lower`` ``[B, S]`` to minimise
+            (default: ``tightest`` the robust cross-entropy ``logsumexp([0, -lower])`` per sample,
+            ``optimized`` ``-sum(lower)``).
+        y: labels ``[B]``; when ``C`` is None the margin specification ``margin_spec(y)`` is
+            used as the slope-search objective's spec (the returned bounds stay on the logits).
+        opt_steps, opt_lr: Adam steps and step size of ``optimized``.
+        generator: random source of ``uniform``, ``binary`` and ``tightest``.
+
+    Returns:
+        :class:`BoundResult`; all tensors differentiable w.r.t. the parameters and ``x``.
+    """
+    check_x(x)
+    slope = check_method_slope(method, slope)
+    beta = check_beta(beta)
+    eps = check_eps(eps, x.shape[0])
+    domain = check_domain(domain)
+    if int(opt_steps) < 0 or not float(opt_lr) > 0:
+        raise ValueError(f"opt_steps must be >= 0 and opt_lr > 0, got {opt_steps} and {opt_lr}")
+    ops = describe(model, tuple(x.shape[1:]), x.dtype, x.device)
+    n_out = ops[-1].out_shape[0]
+    C = check_C(C, x.shape[0], n_out, x)
+    search_C = None
+    if C is None and y is not None and slope in ("optimized", "tightest"):
+        search_C = margin_spec(y, n_out).to(dtype=x.dtype, device=x.device)
+        if search_C.shape[0] != x.shape[0]:
+            raise ValueError(f"y must have one label per sample ({x.shape[0]}), got {search_C.shape[0]}")
+    return bounds_from(
+        ops, x, eps, method, slope, C, beta, domain, loss_fn, int(opt_steps), float(opt_lr), generator,
+        search_C=search_C,
+    )

@@ -1,0 +1,104 @@
+"""The fused certified loss (DESIGN.md 3.1): an upper bound of the worst-case cross-entropy with
+one backward row per sample.
+
+With ``d_j = f_j - f_y`` (``j != y``) and IBP intervals ``[l_j, u_j]`` of ``d_j``, shift by
+``m = max(0, max_j u_j)`` (detached; the result does not depend on it). ``exp`` is convex, so on
+``[l_j, u_j]`` it lies under its chord:
+
+    exp(d_j - m) <= s_j d_j + t_j,   s_j = (e^{u_j - m} - e^{l_j - m}) / (u_j - l_j),
+                                      t_j = e^{l_j - m} - s_j l_j
+
+(``s_j = e^{l_j - m}``, the tangent, when ``u_j = l_j``; computed as ``e^{l_j-m} expm1(d)/d``
+for small widths ``d``). Summing: ``sum_j exp(d_j - m) <= w . f + T`` with
+``w = sum_j s_j (e_j - e_y)`` ``[B, n]`` and ``T = sum_j t_j``. One backward pass on the row
+``-w`` gives ``U >= w . f`` over the ball, and
+
+    CE(f(x'), y) = m + log(e^{-m} + sum_j exp(d_j - m)) <= m + log(e^{-m} + U + T).
+
+The argument of the log is clamped from below at ``max(e^{-m}, tiny)`` (raising it keeps an
+upper bound; the true argument is at least ``e^{-m}``), so nothing is NaN or infinite.
+
+Per method: ``ibp`` uses the IBP bound ``S_ibp = sum_j e^{u_j - m}`` (equal to the unfused IBP
+loss); ``crown``/``cap`` use the chord bound ``S_lin = U + T``; ``crown-ibp`` mixes the two
+bounds on the sum of exponentials, ``beta S_lin + (1 - beta) S_ibp`` (a convex combination
+of upper bounds is one). ``tightest``/``optimized`` search the slopes on this fused loss.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Union
+
+import torch
+
+from bounds.compute import Prepared, final_relaxations, plain, prepare
+from bounds.network import LayerOp
+from bounds.relaxations import Relaxation
+from bounds.spec import margin_spec
+
+
+def chord(l: torch.Tensor, u: torch.Tensor, m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Chord ``exp(d - m) <= s d + t`` on ``[l, u]`` (all ``[B, k]``, ``m`` ``[B, 1]``), stably.
+
+    ``s = e^{l-m} expm1(u - l) / (u - l)`` for ``u - l < 1`` (``e^{l-m}`` when ``u = l``), else
+    ``(e^{u-m} - e^{l-m}) / (u - l)``; ``t = e^{l-m} - s l``.
+    """
+    width = (u - l).clamp(min=0)
+    el = torch.exp(l - m)
+    eu = torch.exp(u - m)
+    small = width < 1
+    w_small = torch.where(small & (width > 0), width, torch.ones_like(width))
+    ratio = torch.where(width > 0, torch.expm1(w_small) / w_small, torch.ones_like(width))
+    s_small = el * ratio
+    s_large = (eu - el) / torch.where(small, torch.ones_like(width), width)
+    s = torch.where(small, s_small, s_large)
+    t = el - s * l
+    return s, t
+
+
+def fused_loss(
+    ops: list[LayerOp],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eps: Union[float, torch.Tensor],
+    method: str,
+    slope: str,
+    beta: float,
+    domain: Optional[tuple[float, float]],
+    loss_fn=None,
+    opt_steps: int = 20,
+    opt_lr: float = 0.1,
+    generator: Optional[torch.Generator] = None,
+) -> torch.Tensor:
+    """Per-sample fused upper bound ``[B]`` of ``max_{x'} CE(f(x'), y)`` (arguments validated).
+
+    ``loss_fn`` (optional): a function of the per-sample fused losses ``[B]`` that the slope
+    search of ``tightest``/``optimized`` minimises instead of their sum.
+    """
+    n = ops[-1].out_shape[0]
+    C = margin_spec(y, n).to(dtype=x.dtype, device=x.device)  # rows e_y - e_j
+    use_linear = method != "ibp" and not (method == "crown-ibp" and beta == 0.0)
+    prep = prepare(ops, x, eps, domain, method if use_linear else "ibp", slope, C, generator)
+    lo_d, up_d = -prep.ibp.upper, -prep.ibp.lower  # bounds of d_j = f_j - f_y, [B, n-1]
+    m = up_d.detach().amax(1, keepdim=True).clamp(min=0)  # [B, 1]
+    tiny = torch.finfo(x.dtype).tiny
+    floor = torch.exp(-m).clamp(min=tiny)
+    s_ibp = torch.exp(up_d - m).sum(1, keepdim=True)
+    if not use_linear:
+        return (m + torch.log(floor + s_ibp)).squeeze(1)
+
+    s, t = chord(lo_d, up_d, m)
+    row = (s.unsqueeze(-1) * C).sum(1, keepdim=True)  # = -w, [B, 1, n]
+    T = t.sum(1, keepdim=True)
+
+    def total(p: Prepared, relax: dict[int, Relaxation], s_ibp=s_ibp, row=row, T=T, m=m, floor=floor) -> torch.Tensor:
+        neg_u, _ = p.final_pass(row, relax)  # lower bound of -w.f, [B, 1]
+        s_lin = -neg_u + T
+        s_all = beta * s_lin + (1.0 - beta) * s_ibp if method == "crown-ibp" else s_lin
+        return (m + torch.log(torch.maximum(floor + s_all, floor))).squeeze(1)
+
+    def objective(det: Prepared, relax: dict[int, Relaxation]) -> torch.Tensor:
+        per_sample = total(det, relax, plain(s_ibp), plain(row), plain(T), plain(m), plain(floor))
+        return (loss_fn(per_sample) if loss_fn is not None else per_sample).sum()
+
+    relax = final_relaxations(prep, slope, objective, opt_steps, opt_lr)
+    return total(prep, relax)

@@ -1,0 +1,74 @@
+"""``robust_cross_entropy``: the certified training loss, an upper bound of the worst-case
+cross-entropy over the ball.
+
+Unfused: ``CE([0, -lower], target 0) = logsumexp([0, -lower_1, ..., -lower_{n-1}])`` per sample,
+with ``lower`` the margin lower bounds (``C = margin_spec(y)``); since
+``f_j - f_y <= -lower_j`` for every ``x'``, this bounds ``CE(f(x'), y)``.
+Fused (``fused=True``): :func:`bounds.fused.fused_loss` (one backward row per sample).
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence, Union
+
+import torch
+from torch import nn
+
+from bounds.compute import bounds_from, margin_ce
+from bounds.fused import fused_loss
+from bounds.network import describe
+from bounds.spec import check_beta, check_domain, check_eps, check_method_slope, check_x, margin_spec
+
+REDUCTIONS = ("mean", "sum", "none")
+
+
+def robust_cross_entropy(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eps: Union[float, torch.Tensor],
+    method: str = "crown-ibp",
+    slope: Optional[str] = None,
+    beta: float = 1.0,
+    domain: Optional[Sequence[float]] = (0.0, 1.0),
+    fused: bool = False,
+    reduction: str = "mean",
+    **kw,
+) -> torch.Tensor:
+    """Certified cross-entropy: ``>= max_{x' in ball} CE(model(x'), y)`` per sample.
+
+    Args as :func:`bounds.compute_bounds`; ``y`` ``[B]`` integer labels; ``fused`` selects the
+    one-row fused bound; ``reduction``: ``mean``, ``sum`` or ``none`` (``[B]``).
+    ``kw``: ``loss_fn``, ``opt_steps``, ``opt_lr``, ``generator`` (see ``compute_bounds``).
+    """
+    check_x(x)
+    slope = check_method_slope(method, slope)
+    beta = check_beta(beta)
+    eps = check_eps(eps, x.shape[0])
+    domain = check_domain(domain)
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"unknown reduction {reduction!r}; choose one of {', '.join(REDUCTIONS)}")
+    unknown = set(kw) - {"loss_fn", "opt_steps", "opt_lr", "generator"}
+    if unknown:
+        raise ValueError(f"unexpected keyword argument(s) {sorted(unknown)} for robust_cross_entropy")
+    opt_steps, opt_lr = int(kw.get("opt_steps", 20)), float(kw.get("opt_lr", 0.1))
+    if opt_steps < 0 or not opt_lr > 0:
+        raise ValueError(f"opt_steps must be >= 0 and opt_lr > 0, got {opt_steps} and {opt_lr}")
+    ops = describe(model, tuple(x.shape[1:]), x.dtype, x.device)
+    n = ops[-1].out_shape[0]
+    if not isinstance(y, torch.Tensor) or y.shape != (x.shape[0],):
+        raise ValueError(f"y must be a tensor of {x.shape[0]} labels, got {getattr(y, 'shape', type(y))}")
+    C = margin_spec(y, n).to(dtype=x.dtype, device=x.device)
+    if fused:
+        loss = fused_loss(ops, x, y, eps, method, slope, beta, domain, kw.get("loss_fn"), opt_steps, opt_lr, kw.get("generator"))
+    else:
+        res = bounds_from(
+            ops, x, eps, method, slope, C, beta, domain, kw.get("loss_fn"), opt_steps, opt_lr, kw.get("generator"),
+            need_upper=False,
+        )
+        loss = margin_ce(res.lower)
+    if reduction == "mean":
+        return loss.mean()
+    if reduction == "sum":
+        return loss.sum()
+    return loss

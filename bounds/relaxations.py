@@ -1,0 +1,105 @@
+"""Linear relaxations of ReLU: pre-activation bounds in, lower and upper lines out.
+
+For a neuron with pre-activation bounds ``l <= z <= u``:
+
+- stable active (``l >= 0 < u``): ``relu(z) = z``: lower slope 1, upper slope 1, intercept 0;
+- stable dead (``u <= 0``, including ``l = u = 0``, matching torch's ``relu'(0) = 0``):
+  ``relu(z) = 0``: lower slope 0, upper slope 0, intercept 0;
+- unstable (``l < 0 < u``): upper line ``relu(z) <= s (z - l)`` with ``s = u / (u - l)``,
+  i.e. slope ``s`` and intercept ``-s l``; lower line ``relu(z) >= a z`` with ``a in [0, 1]``
+  chosen by a *lower-slope policy* (one function per policy below).
+
+Every policy has the signature ``policy(l, u, generator=None) -> Relaxation`` with ``l, u``
+``[B, *shape]`` and returns tensors of the same shape and dtype. Divisions use a safe
+denominator (``u - l`` where unstable, 1 elsewhere) so nothing is NaN or infinite for finite
+bounds, also when ``u == l``. ``optimized`` and ``tightest`` return their *starting* slopes
+here (adaptive and uniform); the search itself lives in :mod:`bounds.slope_search`.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple, Optional
+
+import torch
+
+
+class Relaxation(NamedTuple):
+    """Lines of one ReLU layer, each ``[B, *shape]``: ``a z <= relu(z) <= s z + t``."""
+
+    lower_slope: torch.Tensor
+    upper_slope: torch.Tensor
+    upper_intercept: torch.Tensor
+
+
+def unstable_mask(l: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Boolean ``[B, *shape]``: ``l < 0 < u``."""
+    return (l < 0) & (u > 0)
+
+
+def upper_line(l: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Upper line ``(s, t)`` of relu on ``[l, u]``: chord ``s = u / (u - l)``, ``t = -s l`` where
+    unstable; ``(1, 0)`` where ``l >= 0 < u``; ``(0, 0)`` where ``u <= 0``.
+
+    Computed without branches: ``s = u+ / max(u+ - l-, tiny)``, ``t = -s l-``
+    (``u+ = max(u, 0)``, ``l- = min(l, 0)``): stable neurons come out exact, the denominator is
+    never zero, and nothing overflows (``s`` is in ``[0, 1]``).
+    """
+    tiny = torch.finfo(u.dtype).tiny
+    upos, lneg = u.clamp(min=0), l.clamp(max=0)
+    s = (upos / (upos - lneg).clamp(min=tiny)).clamp(max=1)
+    return s, -s * lneg
+
+
+def with_lower_slope(l: torch.Tensor, u: torch.Tensor, a: torch.Tensor, upper=None) -> Relaxation:
+    """Relaxation with lower slope ``a`` on unstable neurons and the exact lines on stable ones:
+    ``a_eff = 1[l >= 0 < u] + 1[l < 0 < u] a``. ``upper``: a precomputed ``upper_line(l, u)``."""
+    s, t = upper_line(l, u) if upper is None else upper
+    active = ((l >= 0) & (u > 0)).to(u.dtype)
+    a_eff = torch.addcmul(active, unstable_mask(l, u).to(u.dtype), a.to(u.dtype))
+    return Relaxation(a_eff, s, t)
+
+
+def adaptive(l: torch.Tensor, u: torch.Tensor, generator: Optional[torch.Generator] = None) -> Relaxation:
+    """CROWN's default: ``a = 1`` if ``u >= -l`` else ``0`` (the lower line of smaller area).
+    ``1[u + l >= 0 and u > 0]`` is also exact on stable neurons."""
+    return Relaxation(((u + l >= 0) & (u > 0)).to(u.dtype), *upper_line(l, u))
+
+
+def zero(l: torch.Tensor, u: torch.Tensor, generator: Optional[torch.Generator] = None) -> Relaxation:
+    """``a = 0`` on every unstable neuron."""
+    return Relaxation(((l >= 0) & (u > 0)).to(u.dtype), *upper_line(l, u))
+
+
+def one(l: torch.Tensor, u: torch.Tensor, generator: Optional[torch.Generator] = None) -> Relaxation:
+    """``a = 1`` on every unstable neuron."""
+    return Relaxation((u > 0).to(u.dtype), *upper_line(l, u))
+
+
+def same_slope(l: torch.Tensor, u: torch.Tensor, generator: Optional[torch.Generator] = None) -> Relaxation:
+    """``a = u / (u - l)``, parallel to the upper line (Fast-Lin / CAP)."""
+    s, t = upper_line(l, u)
+    return with_lower_slope(l, u, s, upper=(s, t))
+
+
+def uniform(l: torch.Tensor, u: torch.Tensor, generator: Optional[torch.Generator] = None) -> Relaxation:
+    """``a ~ U[0, 1]`` independently per neuron and sample (drawn from ``generator``)."""
+    a = torch.rand(u.shape, generator=generator, dtype=u.dtype, device=u.device)
+    return with_lower_slope(l, u, a)
+
+
+def binary(l: torch.Tensor, u: torch.Tensor, generator: Optional[torch.Generator] = None) -> Relaxation:
+    """``a ~ Bernoulli(1/2)`` independently per neuron and sample."""
+    a = (torch.rand(u.shape, generator=generator, dtype=u.dtype, device=u.device) < 0.5).to(u.dtype)
+    return with_lower_slope(l, u, a)
+
+
+POLICIES: dict[str, Callable[..., Relaxation]] = {
+    "adaptive": adaptive,
+    "zero": zero,
+    "one": one,
+    "same-slope": same_slope,
+    "uniform": uniform,
+    "binary": binary,
+    "optimized": adaptive,  # starting point; refined by bounds.slope_search.optimize
+    "tightest": uniform,  # random start; refined by bounds.slope_search.tighten
+}

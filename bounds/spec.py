@@ -1,0 +1,109 @@
+"""Specifications and argument checks shared by the public entry points."""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence, Union
+
+import torch
+
+METHODS: tuple[str, ...] = ("ibp", "crown-ibp", "crown", "cap")
+SLOPES: tuple[str, ...] = ("adaptive", "zero", "one", "same-slope", "uniform", "binary", "optimized", "tightest")
+
+
+def margin_spec(y: torch.Tensor, n_classes: int) -> torch.Tensor:
+    """Margin specification ``C`` ``[B, n_classes - 1, n_classes]`` (float32).
+
+    Row ``k`` of sample ``b`` is ``e_{y_b} - e_{j_k}`` where ``j_0 < j_1 < ...`` are the classes
+    other than ``y_b``, so ``(C f)_k = f_y - f_{j_k}`` (the margin; positive means correct).
+    """
+    if not isinstance(y, torch.Tensor) or y.dim() != 1 or y.dtype.is_floating_point or y.dtype == torch.bool:
+        raise ValueError("y must be a 1-D integer tensor of class labels")
+    n = int(n_classes)
+    if n < 2:
+        raise ValueError(f"n_classes must be at least 2, got {n_classes}")
+    if y.numel() and (int(y.min()) < 0 or int(y.max()) >= n):
+        raise ValueError(f"labels must lie in [0, {n - 1}], got values in [{int(y.min())}, {int(y.max())}]")
+    y = y.long()
+    idx = torch.arange(n - 1, device=y.device).unsqueeze(0)  # [1, n-1]
+    others = idx + (idx >= y.unsqueeze(1)).long()  # [B, n-1]: skip y
+    eye = torch.eye(n, device=y.device)
+    return eye[y].unsqueeze(1) - eye[others]
+
+
+def check_x(x: torch.Tensor) -> None:
+    """``x``: a floating tensor ``[B, *input_shape]`` with finite entries."""
+    if not isinstance(x, torch.Tensor) or not x.dtype.is_floating_point:
+        raise ValueError("x must be a floating-point tensor [batch, *input_shape]")
+    if x.dim() < 2:
+        raise ValueError(f"x must have a batch dimension and an input shape, got shape {list(x.shape)}")
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError("x contains NaN or infinite values")
+
+
+def check_eps(eps: Union[float, torch.Tensor], batch: int) -> Union[float, torch.Tensor]:
+    """``eps``: a finite float >= 0 or a tensor ``[]`` / ``[B]`` of them. Returns float or ``[B]`` tensor."""
+    if isinstance(eps, torch.Tensor):
+        if eps.dim() == 0:
+            eps = float(eps)
+        elif eps.shape != (batch,):
+            raise ValueError(f"eps as a tensor must have shape [{batch}] (one radius per sample), got {list(eps.shape)}")
+        else:
+            if not bool(torch.isfinite(eps).all()) or bool((eps < 0).any()):
+                raise ValueError("eps must be finite and non-negative")
+            return eps
+    try:
+        e = float(eps)
+    except (TypeError, ValueError):
+        raise ValueError(f"eps must be a number or a tensor, got {type(eps).__name__}") from None
+    if not math.isfinite(e) or e < 0:
+        raise ValueError(f"eps must be finite and non-negative, got {eps}")
+    return e
+
+
+def check_domain(domain: Optional[Sequence[float]]) -> Optional[tuple[float, float]]:
+    if domain is None:
+        return None
+    try:
+        lo, hi = (float(v) for v in domain)
+    except (TypeError, ValueError):
+        raise ValueError(f"domain must be None or a pair (low, high), got {domain!r}") from None
+    if not (lo <= hi) or math.isnan(lo) or math.isnan(hi):
+        raise ValueError(f"domain must satisfy low <= high, got {domain!r}")
+    return lo, hi
+
+
+def check_method_slope(method: str, slope: Optional[str]) -> str:
+    """Validate the pair; returns the slope to use (``None``: ``same-slope`` for cap, else ``adaptive``)."""
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    if slope is None:
+        return "same-slope" if method == "cap" else "adaptive"
+    if slope not in SLOPES:
+        raise ValueError(f"unknown slope {slope!r}; choose one of {', '.join(SLOPES)}")
+    if method == "cap" and slope != "same-slope":
+        raise ValueError(f"method 'cap' uses the same-slope relaxation only, got slope {slope!r}")
+    return slope
+
+
+def check_beta(beta: float) -> float:
+    b = float(beta)
+    if not (0.0 <= b <= 1.0):
+        raise ValueError(f"beta must lie in [0, 1], got {beta}")
+    return b
+
+
+def check_C(C: Optional[torch.Tensor], batch: int, n_out: int, x: torch.Tensor) -> Optional[torch.Tensor]:
+    """``C``: ``[B, S, n_out]`` (or ``[S, n_out]``, shared by all samples); cast to x's dtype/device."""
+    if C is None:
+        return None
+    if not isinstance(C, torch.Tensor):
+        raise ValueError("C must be a tensor [batch, n_spec, n_outputs]")
+    if C.dim() == 2:
+        C = C.unsqueeze(0).expand(batch, *C.shape)
+    if C.dim() != 3 or C.shape[0] != batch or C.shape[2] != n_out or C.shape[1] < 1:
+        raise ValueError(f"C must have shape [{batch}, n_spec, {n_out}], got {list(C.shape)}")
+    C = C.to(dtype=x.dtype, device=x.device)
+    if not bool(torch.isfinite(C).all()):
+        raise ValueError("C contains NaN or infinite values")
+    return C
