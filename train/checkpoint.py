@@ -1,0 +1,216 @@
+"""Training checkpoints: saved atomically, loaded without unpickling arbitrary objects.
+
+A checkpoint is a dict that ``torch.load(path, weights_only=True)`` can read (tensors, dicts,
+lists, strings, numbers, None only)::
+
+    format            "cert-landscape-checkpoint"       (marks the file as ours)
+    format_version    1
+    state_dict        the model's parameters and buffers
+    model             train.models.describe(...) dict: everything to rebuild the architecture
+    config            the run's TrainConfig.to_dict() (JSON-able)
+    epoch, step       epochs and optimiser steps completed
+    optimizer         optimizer.state_dict() or None
+    rng               {"torch": uint8 tensor[, "cuda": [uint8 tensors]]}
+    metrics, history  last epoch's metrics and the list of all epochs' metrics
+    wall_time         training seconds so far
+    versions          {"toolkit", "torch", "python"}
+    created           ISO-8601 time
+
+Files are written to a temporary file in the same directory and moved into place with
+``os.replace``, so a crash leaves the old checkpoint or the new one, never half of one.
+Every failure to load is a :class:`CheckpointError` (a ``ValueError``) naming the file.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import importlib.metadata
+import json
+import os
+import pickle
+import platform
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+FORMAT = "cert-landscape-checkpoint"
+FORMAT_VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, corrupt, foreign, or does not fit the model."""
+
+
+class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
+    """The checkpoint file does not exist."""
+
+
+def toolkit_version() -> str:
+    """Installed version of the toolkit (``"unknown"`` when not installed)."""
+    try:
+        return importlib.metadata.version("cert-landscape")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def versions() -> dict[str, str]:
+    """``{"toolkit", "torch", "python"}`` version strings."""
+    return {"toolkit": toolkit_version(), "torch": str(torch.__version__), "python": platform.python_version()}
+
+
+def capture_rng() -> dict[str, Any]:
+    """The global torch RNG states as tensors (CPU, and every CUDA device when available)."""
+    state: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = list(torch.cuda.get_rng_state_all())
+    return state
+
+
+def restore_rng(state: Mapping[str, Any] | None) -> None:
+    """Restore states captured by :func:`capture_rng` (missing parts are left alone)."""
+    if not state:
+        return
+    if "torch" in state:
+        torch.set_rng_state(state["torch"].cpu())
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(list(state["cuda"]))
+
+
+def _plain(value: Any) -> Any:
+    """JSON round trip: tuples -> lists, only plain types left."""
+    return json.loads(json.dumps(value))
+
+
+def save_checkpoint(
+    path: str | os.PathLike,
+    model: nn.Module,
+    *,
+    model_desc: Mapping[str, Any],
+    config: Mapping[str, Any],
+    epoch: int,
+    step: int,
+    optimizer: torch.optim.Optimizer | None = None,
+    rng: Mapping[str, Any] | None = None,
+    metrics: Mapping[str, float] | None = None,
+    history: list[Mapping[str, float]] | None = None,
+    wall_time: float = 0.0,
+) -> Path:
+    """Write a checkpoint atomically (temporary file + ``os.replace``) and return its path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+        "model": _plain(dict(model_desc)),
+        "config": _plain(dict(config)),
+        "epoch": int(epoch),
+        "step": int(step),
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "rng": dict(rng) if rng is not None else capture_rng(),
+        "metrics": _plain(dict(metrics or {})),
+        "history": _plain(list(history or [])),
+        "wall_time": float(wall_time),
+        "versions": versions(),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(payload, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        tmp = ""
+    finally:
+        if tmp and os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load and check a checkpoint written by :func:`save_checkpoint` (``weights_only=True``)."""
+    p = Path(path)
+    if not p.exists():
+        raise CheckpointNotFoundError(f"checkpoint {str(p)!r} does not exist")
+    if p.is_dir():
+        raise CheckpointError(f"checkpoint {str(p)!r} is a directory, not a file")
+    if not zipfile.is_zipfile(p):
+        raise CheckpointError(f"checkpoint {str(p)!r} is corrupt or not a PyTorch checkpoint file")
+    try:
+        ckpt = torch.load(p, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        hint = next((ln for ln in lines if "Unsupported" in ln), lines[0] if lines else type(exc).__name__)
+        first = hint.split("error:", 1)[-1].split(" was not an allowed")[0].strip()
+        raise CheckpointError(
+            f"{str(p)!r} is not a cert-landscape checkpoint: it holds objects that cannot be loaded safely ({first[:120]})"
+        ) from None
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError, KeyError, AttributeError) as exc:
+        raise CheckpointError(f"checkpoint {str(p)!r} is corrupt or not a PyTorch file ({type(exc).__name__})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise CheckpointError(f"{str(p)!r} is not a cert-landscape checkpoint (it was written by another program)")
+    if int(ckpt.get("format_version", -1)) > FORMAT_VERSION:
+        raise CheckpointError(
+            f"checkpoint {str(p)!r} has format version {ckpt.get('format_version')}, newer than this toolkit reads ({FORMAT_VERSION})"
+        )
+    for key in ("state_dict", "model", "config", "epoch", "step"):
+        if key not in ckpt:
+            raise CheckpointError(f"checkpoint {str(p)!r} is incomplete: it has no {key!r} entry")
+    return ckpt
+
+
+def check_finite(state_dict: Mapping[str, torch.Tensor], where: str = "model") -> None:
+    """Raise :class:`CheckpointError` naming the first tensor holding NaN or Inf."""
+    for name, t in state_dict.items():
+        if torch.is_tensor(t) and t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise CheckpointError(f"{where} has NaN or Inf values in {name!r}")
+
+
+def load_state(model: nn.Module, state_dict: Mapping[str, torch.Tensor], where: str = "checkpoint") -> None:
+    """``model.load_state_dict(strict=True)`` with a one-line error for a mismatch."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    shapes = [k for k in own if k in state_dict and tuple(own[k].shape) != tuple(state_dict[k].shape)]
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"missing {missing[:3]}")
+        if unexpected:
+            parts.append(f"unexpected {unexpected[:3]}")
+        if shapes:
+            k = shapes[0]
+            parts.append(f"{k!r} has shape {tuple(state_dict[k].shape)}, the model wants {tuple(own[k].shape)}")
+        raise CheckpointError(f"{where} does not fit the model architecture: " + "; ".join(parts))
+    model.load_state_dict(dict(state_dict), strict=True)
+
+
+def build_from_description(desc: Mapping[str, Any]) -> nn.Module:
+    """Rebuild a model from a ``train.models.describe`` dict."""
+    from train import models
+
+    try:
+        return models.build_from_description(dict(desc))
+    except (TypeError, KeyError) as exc:
+        raise CheckpointError(f"checkpoint model description is invalid ({exc})") from None
+
+
+def load_model(
+    source: str | os.PathLike | Mapping[str, Any], device: str | torch.device = "cpu"
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the model stored in a checkpoint (path or loaded dict) and load its weights.
+
+    Returns ``(model, checkpoint)``. Raises :class:`CheckpointError` for an architecture
+    mismatch or NaN/Inf weights.
+    """
+    ckpt = dict(source) if isinstance(source, Mapping) else load_checkpoint(source)
+    where = f"checkpoint {str(source)!r}" if not isinstance(source, Mapping) else "checkpoint"
+    check_finite(ckpt["state_dict"], where=where)
+    model = build_from_description(ckpt["model"])
+    load_state(model, ckpt["state_dict"], where=where)
+    return model.to(device), ckpt

@@ -1,0 +1,265 @@
+"""The configuration of one training run: every choice that determines the result.
+
+A :class:`TrainConfig` is validated when it is made (one clear ``ValueError`` per bad value),
+converts to and from a plain JSON-able dict (stored in checkpoints and ``config.json``) and
+loads from a YAML or JSON file, so that a paper's configuration can be written down once::
+
+    cfg = TrainConfig(dataset="digits", model="cnn-tiny", method="ibp", eps=0.1, epochs=5)
+    cfg = load_config("ibp_fmnist.yaml", overrides={"epochs": 3})
+
+Schedules are stated in epochs (fractions allowed) and applied per step (see
+:mod:`train.schedules`): eps, beta and kappa move from their start to their end values over the
+window ``[eps_start_epoch, eps_start_epoch + eps_ramp_epochs]``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+#: Training methods. ``natural`` is clean training; ``tightest`` is the method of Lee et al.
+#: (2021): CROWN-IBP intermediate bounds, beta = 1, tightest lower slopes.
+TRAIN_METHODS = ("natural", "ibp", "crown-ibp", "crown", "cap", "tightest")
+#: Lower-slope policies of the bound engine (kept here so validation needs no engine import).
+SLOPES = ("adaptive", "zero", "one", "same-slope", "uniform", "binary", "optimized", "tightest")
+RAMPS = ("linear", "smooth")
+OPTIMIZERS = ("adam", "sgd")
+DEVICES_PREFIX = ("cpu", "cuda", "mps")
+
+#: Fields that do not change what a run computes; a resumed or re-opened run may differ here.
+NON_IDENTITY_FIELDS = frozenset(
+    {"epochs", "device", "data_dir", "record_every", "grad_every", "probe_every", "eval_size"}
+)
+
+
+def default_slope(method: str) -> str:
+    """The lower-slope policy a method uses when none is given.
+
+    ``cap`` -> ``same-slope`` (Wong & Kolter's relaxation), ``tightest`` -> ``tightest``,
+    every other method -> ``adaptive`` (CROWN's default; ignored by ``ibp`` and ``natural``).
+    """
+    return {"cap": "same-slope", "tightest": "tightest"}.get(method, "adaptive")
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a certified-training run.
+
+    Loss per step: ``L = kappa * CE(f(x), y) + (1 - kappa) * CE(-lb(x, eps; beta), y)``, with
+    ``lb`` the margin lower bounds of the chosen bound method (0 for the true class).
+
+    Attributes (units in brackets):
+        dataset, model: names in ``train.data.DATASETS`` and ``train.models.MODELS``.
+        model_options: keyword options of ``train.models.build_model`` (e.g. ``widths``).
+        method: one of :data:`TRAIN_METHODS`.
+        slope: lower-slope policy (:data:`SLOPES`); ``None`` -> :func:`default_slope`.
+        eps: final training radius eps_train (L-inf, in input units, before normalisation).
+        eps_start_epoch, eps_ramp_epochs [epochs]: the ramp window of eps, beta and kappa.
+        eps_schedule: ``linear`` or ``smooth`` (see :mod:`train.schedules`).
+        beta_start, beta_end, beta_schedule: CROWN-IBP's mixing weight of CROWN and IBP bounds.
+        kappa_start, kappa_end, kappa_schedule: weight of the clean loss.
+        epochs, batch_size: run length [epochs] and mini-batch size.
+        optimizer: ``adam`` or ``sgd``; lr, momentum (sgd), weight_decay.
+        lr_milestones [epochs], lr_decay: lr is multiplied by ``lr_decay`` at each milestone.
+        grad_clip: max global L2 norm of the gradient (0 = no clipping).
+        seed: seeds model init, data order and random slopes.
+        fused_loss: use the fused certified cross-entropy bound (DESIGN 3.1).
+        train_size, test_size: optional subset sizes; data_dir: dataset directory.
+        device: ``cpu``, ``cuda`` or ``cuda:N``.
+        record_every [steps]: how often recorded scalars are handed to the sink.
+        grad_every [steps]: record the flattened gradient every N steps (0 = never).
+        probe_every [steps]: gradient-direction probes every N steps (0 = never; CLI only).
+        eval_size: test samples used by the per-epoch evaluation (0 = skip it).
+        opt_steps, opt_lr: iterations and step size of the ``optimized`` slope policy.
+    """
+
+    dataset: str = "digits"
+    model: str = "cnn-tiny"
+    model_options: dict = field(default_factory=dict)
+    method: str = "ibp"
+    slope: str | None = None
+    eps: float = 0.1
+    eps_start_epoch: float = 0.0
+    eps_ramp_epochs: float = 1.0
+    eps_schedule: str = "linear"
+    beta_start: float = 1.0
+    beta_end: float = 1.0
+    beta_schedule: str = "linear"
+    kappa_start: float = 1.0
+    kappa_end: float = 0.0
+    kappa_schedule: str = "linear"
+    epochs: int = 10
+    batch_size: int = 128
+    optimizer: str = "adam"
+    lr: float = 5e-4
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    lr_milestones: tuple = ()
+    lr_decay: float = 0.1
+    grad_clip: float = 0.0
+    seed: int = 0
+    fused_loss: bool = False
+    train_size: int | None = None
+    test_size: int | None = None
+    data_dir: str | None = None
+    device: str = "cpu"
+    record_every: int = 50
+    grad_every: int = 0
+    probe_every: int = 0
+    eval_size: int = 1000
+    opt_steps: int = 20
+    opt_lr: float = 0.1
+
+    def __post_init__(self) -> None:
+        self.lr_milestones = tuple(self.lr_milestones or ())
+        self.model_options = dict(self.model_options or {})
+        self.validate()
+
+    # ------------------------------------------------------------------ validation
+    def validate(self) -> None:
+        """Raise ``ValueError`` with one clear sentence for the first bad value."""
+        _choice("method", self.method, TRAIN_METHODS)
+        if self.slope is not None:
+            _choice("slope", self.slope, SLOPES)
+        if self.method == "tightest" and self.slope not in (None, "tightest"):
+            raise ValueError(f"method 'tightest' fixes the slope to 'tightest', got slope {self.slope!r}")
+        for name in ("dataset", "model"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name):
+                raise ValueError(f"{name} must be a non-empty name, got {getattr(self, name)!r}")
+        _finite("eps", self.eps, low=0.0)
+        _finite("eps_start_epoch", self.eps_start_epoch, low=0.0)
+        _finite("eps_ramp_epochs", self.eps_ramp_epochs, low=0.0)
+        _choice("eps_schedule", self.eps_schedule, RAMPS)
+        _choice("beta_schedule", self.beta_schedule, RAMPS)
+        _choice("kappa_schedule", self.kappa_schedule, RAMPS)
+        for name in ("beta_start", "beta_end", "kappa_start", "kappa_end"):
+            _finite(name, getattr(self, name), low=0.0, high=1.0)
+        _integer("epochs", self.epochs, low=1)
+        _integer("batch_size", self.batch_size, low=1)
+        _choice("optimizer", self.optimizer, OPTIMIZERS)
+        _finite("lr", self.lr, low=0.0, strict=True)
+        _finite("momentum", self.momentum, low=0.0, high=1.0)
+        _finite("weight_decay", self.weight_decay, low=0.0)
+        for m in self.lr_milestones:
+            _finite("lr_milestones entry", m, low=0.0)
+        if list(self.lr_milestones) != sorted(self.lr_milestones):
+            raise ValueError(f"lr_milestones must be increasing, got {list(self.lr_milestones)}")
+        _finite("lr_decay", self.lr_decay, low=0.0, high=1.0, strict=True)
+        _finite("grad_clip", self.grad_clip, low=0.0)
+        _integer("seed", self.seed, low=0)
+        if not isinstance(self.fused_loss, bool):
+            raise ValueError(f"fused_loss must be true or false, got {self.fused_loss!r}")
+        for name in ("train_size", "test_size"):
+            if getattr(self, name) is not None:
+                _integer(name, getattr(self, name), low=1)
+        if not isinstance(self.device, str) or not self.device.startswith(DEVICES_PREFIX):
+            raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
+        _integer("record_every", self.record_every, low=1)
+        for name in ("grad_every", "probe_every", "eval_size", "opt_steps"):
+            _integer(name, getattr(self, name), low=0)
+        _finite("opt_lr", self.opt_lr, low=0.0, strict=True)
+
+    # ------------------------------------------------------------------ derived values
+    @property
+    def bound_method(self) -> str | None:
+        """The bound engine's method for this training method (``None`` for natural)."""
+        if self.method == "natural":
+            return None
+        return "crown-ibp" if self.method == "tightest" else self.method
+
+    @property
+    def resolved_slope(self) -> str:
+        """The lower-slope policy actually used."""
+        return self.slope if self.slope is not None else default_slope(self.method)
+
+    # ------------------------------------------------------------------ conversion
+    def to_dict(self) -> dict[str, Any]:
+        """A plain JSON-able dict (tuples become lists)."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "TrainConfig":
+        """Build from a dict; unknown keys are an error (they are usually typos).
+
+        Keys may use dashes or underscores (``lr-milestones`` == ``lr_milestones``).
+        """
+        if not isinstance(data, Mapping):
+            raise ValueError(f"a training config must be a mapping of names to values, got {type(data).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        clean: dict[str, Any] = {}
+        for key, value in data.items():
+            name = str(key).replace("-", "_")
+            if name not in known:
+                raise ValueError(f"unknown training config key {key!r} (known: {', '.join(sorted(known))})")
+            clean[name] = value
+        try:
+            return cls(**clean)
+        except TypeError as exc:  # e.g. a list where a number belongs
+            raise ValueError(f"bad training config value: {exc}") from None
+
+    def replace(self, **changes: Any) -> "TrainConfig":
+        """A validated copy with some fields changed."""
+        return TrainConfig.from_dict({**self.to_dict(), **changes})
+
+    def identity(self) -> dict[str, Any]:
+        """The fields that define what the run computes (see :data:`NON_IDENTITY_FIELDS`)."""
+        return {k: v for k, v in self.to_dict().items() if k not in NON_IDENTITY_FIELDS}
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a YAML (``.yaml``/``.yml``) or JSON file into a dict of config values."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"config file {str(p)!r} does not exist")
+    text = p.read_text()
+    try:
+        if p.suffix.lower() in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text)
+        else:
+            data = json.loads(text)
+    except Exception as exc:  # yaml.YAMLError / json.JSONDecodeError
+        raise ValueError(f"config file {str(p)!r} is not valid {p.suffix.lstrip('.') or 'JSON'}: {exc}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {str(p)!r} must hold a mapping of option names to values")
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> TrainConfig:
+    """Config from a file (optional) with ``overrides`` (``None`` values ignored) on top."""
+    data: dict[str, Any] = read_config_file(path) if path is not None else {}
+    data = {str(k).replace("-", "_"): v for k, v in data.items()}
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            data[key] = value
+    return TrainConfig.from_dict(data)
+
+
+# ---------------------------------------------------------------------- helpers
+def _choice(name: str, value: Any, options: tuple[str, ...]) -> None:
+    if value not in options:
+        raise ValueError(f"unknown {name} {value!r}; choose one of {', '.join(options)}")
+
+
+def _finite(name: str, value: Any, low: float | None = None, high: float | None = None, strict: bool = False) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    if low is not None and (value < low or (strict and value == low)):
+        rel = ">" if strict else ">="
+        raise ValueError(f"{name} must be {rel} {low}, got {value}")
+    if high is not None and value > high:
+        raise ValueError(f"{name} must be <= {high}, got {value}")
+
+
+def _integer(name: str, value: Any, low: int | None = None) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    if low is not None and value < low:
+        raise ValueError(f"{name} must be >= {low}, got {value}")

@@ -1,0 +1,145 @@
+"""Honest evaluation of a classifier at radius eps: clean, PGD and verified error.
+
+For samples ``(x_i, y_i)``, i = 1..N:
+
+* ``clean_err``    = mean_i [argmax f(x_i) != y_i]
+* ``pgd_err``      = mean_i [x_i is misclassified, or PGD finds x' in the ball that is]
+  (an *upper* estimate of the true robust error, i.e. a lower bound on it from attacks)
+* ``verified_err_<m>`` = mean_i [not all margin lower bounds of method m are > 0]
+* ``verified_err`` = mean_i [no method verifies sample i]  (the union of the methods)
+
+For sound bounds ``clean_err <= pgd_err <= robust error <= verified_err <= verified_err_<m>``.
+A clean-misclassified sample is never counted as verified. Method keys use underscores:
+``verified_err_ibp``, ``verified_err_crown_ibp``, ``verified_err_crown``, ``verified_err_cap``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from train.attacks import pgd_attack
+from train.losses import lower_only_kwargs
+
+EVAL_METHODS = ("ibp", "crown-ibp", "crown", "cap")
+
+
+def metric_key(method: str) -> str:
+    """Result key of a method's verified error, e.g. ``crown-ibp`` -> ``verified_err_crown_ibp``."""
+    return "verified_err_" + method.replace("-", "_")
+
+
+def verified_mask(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eps: float,
+    method: str,
+    slope: str = "adaptive",
+    domain: tuple[float, float] = (0.0, 1.0),
+) -> torch.Tensor:
+    """``[B]`` bool: every margin lower bound ``f_y - f_j`` (j != y) of ``method`` is > 0."""
+    import bounds
+
+    with torch.no_grad():
+        n_classes = model(x[:1]).shape[1]
+        spec = bounds.margin_spec(y, n_classes)
+        res = bounds.compute_bounds(model, x, eps, method=method, slope=slope, C=spec, beta=1.0, domain=domain, y=y,
+                                    **lower_only_kwargs(bounds.compute_bounds))
+    return (res.lower > 0).all(dim=1)
+
+
+def evaluate(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eps: float,
+    methods: Sequence[str] = ("ibp", "crown-ibp", "crown"),
+    pgd_steps: int = 20,
+    pgd_restarts: int = 1,
+    batch_size: int = 256,
+    domain: tuple[float, float] = (0.0, 1.0),
+    slope: str = "adaptive",
+    seed: int = 0,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Clean, PGD and verified error of ``model`` on ``(x, y)`` at radius ``eps``.
+
+    Args:
+        model: classifier (``nn.Sequential`` the bound engine accepts).
+        x, y: ``[N, *shape]`` inputs in ``domain`` and ``[N]`` labels.
+        eps: L-inf radius >= 0 (input units).
+        methods: bound methods to verify with (subset of :data:`EVAL_METHODS`); may be empty.
+            CROWN on larger convolutional nets is slow: leave it out there.
+        pgd_steps, pgd_restarts: attack strength (``pgd_steps = 0`` skips the attack).
+        batch_size: samples per batch.
+        slope: lower-slope policy of the linear methods (CAP always uses same-slope).
+        seed: seed of the attack's random starts.
+        progress: show a tqdm bar.
+
+    Returns:
+        ``{"n", "eps", "clean_err", "pgd_err", "verified_err", "verified_err_<m>"...}``;
+        ``verified_err`` is 1.0 when ``methods`` is empty.
+    """
+    eps = float(eps)
+    if not eps >= 0.0 or eps == float("inf"):
+        raise ValueError(f"eps must be a finite number >= 0, got {eps}")
+    methods = list(methods)
+    for m in methods:
+        if m not in EVAL_METHODS:
+            raise ValueError(f"unknown verification method {m!r}; choose from {', '.join(EVAL_METHODS)}")
+    if len(x) != len(y) or len(x) == 0:
+        raise ValueError(f"evaluate needs as many labels as inputs (and at least one), got {len(x)} and {len(y)}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    device = next(model.parameters()).device
+    gen = torch.Generator().manual_seed(seed)
+    wrong_clean = torch.zeros(len(x), dtype=torch.bool)
+    wrong_pgd = torch.zeros(len(x), dtype=torch.bool)
+    verified = {m: torch.zeros(len(x), dtype=torch.bool) for m in methods}
+    starts = range(0, len(x), batch_size)
+    bar = _progress(len(x), progress)
+    try:
+        for s in starts:
+            xb = x[s : s + batch_size].to(device)
+            yb = y[s : s + batch_size].to(device)
+            with torch.no_grad():
+                clean_wrong = model(xb).argmax(1) != yb
+            wrong_clean[s : s + len(xb)] = clean_wrong.cpu()
+            if pgd_steps > 0 and eps > 0:
+                _, broken = pgd_attack(model, xb, yb, eps, steps=pgd_steps, restarts=pgd_restarts, domain=domain, generator=gen)
+                wrong_pgd[s : s + len(xb)] = (broken | clean_wrong).cpu()
+            else:
+                wrong_pgd[s : s + len(xb)] = clean_wrong.cpu()
+            for m in methods:
+                ok = verified_mask(model, xb, yb, eps, m, slope="same-slope" if m == "cap" else slope, domain=domain)
+                verified[m][s : s + len(xb)] = (ok & ~clean_wrong).cpu()
+            if bar is not None:
+                bar.update(len(xb))
+                bar.set_postfix(clean=f"{wrong_clean[: s + len(xb)].float().mean():.3f}",
+                                pgd=f"{wrong_pgd[: s + len(xb)].float().mean():.3f}")
+    finally:
+        if bar is not None:
+            bar.close()
+    out: dict[str, Any] = {
+        "n": int(len(x)),
+        "eps": eps,
+        "clean_err": float(wrong_clean.float().mean()),
+        "pgd_err": float(wrong_pgd.float().mean()),
+    }
+    union = torch.zeros(len(x), dtype=torch.bool)
+    for m in methods:
+        union |= verified[m]
+        out[metric_key(m)] = float((~verified[m]).float().mean())
+    out["verified_err"] = float((~union).float().mean())
+    return out
+
+
+def _progress(total: int, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="certify", unit="sample", leave=False)

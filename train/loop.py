@@ -1,0 +1,455 @@
+"""The training loop, its callback protocol and the built-in per-step recorder.
+
+One step at global step ``s`` (0-based) on mini-batch ``(x, y)``::
+
+    eps, beta, kappa, lr = schedule(s)
+    L = kappa * CE(f(x), y) + (1 - kappa) * robust_CE(x, y; eps, beta)     (train.losses)
+    L.backward()
+    grad_norm = ||grad L||_2                       (raw gradient, before clipping)
+    callback.on_step(ctx) for every callback       (params and grads as at the gradient)
+    clip to grad_clip (if > 0); optimizer.step()
+
+Repeatability: the model is initialised after ``torch.manual_seed(seed)``; the data order of
+epoch ``e`` is ``randperm`` of a ``torch.Generator`` seeded from ``(seed, e)``; random slope
+policies draw from a generator seeded from ``(seed, s)``, so ``ctx.loss_fn(model)`` repeats the
+step's loss exactly. No numpy or Python global random state is used. Resuming from an
+epoch checkpoint therefore gives bit-identical weights on CPU.
+
+Callbacks are how other modules (``landscape.probes``) watch training without ``train``
+importing them; per-step scalars leave through a ``sink(group, rows)`` for the same reason.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Protocol, runtime_checkable
+
+import numpy as np
+import torch
+from torch import nn
+
+from train.checkpoint import capture_rng, load_checkpoint, load_state, restore_rng, save_checkpoint
+from train.config import TrainConfig
+from train.losses import certified_loss
+from train.schedules import Schedule
+
+#: ``sink(group, rows)``: receives columns (name -> array, rows along axis 0) of a group
+#: (``"steps"``, ``"epochs"``, ``"grads"``); e.g. ``partial(landscape.store.append_rows, path)``.
+Sink = Callable[[str, dict[str, np.ndarray]], None]
+
+
+@dataclass
+class StepContext:
+    """Everything needed to analyse one training step (passed to ``Callback.on_step``).
+
+    ``loss_fn(m)`` is the certified loss of this step (same batch, eps, beta, kappa, method and
+    random slopes) evaluated at module ``m``: ``loss_fn(model)`` equals ``loss``.
+    ``final_loss_fn(m)`` is the same at the end of the schedules (eps = eps_train,
+    beta = beta_end, kappa = kappa_end): the paper code's ``loss_max``.
+    """
+
+    model: nn.Module
+    x: torch.Tensor
+    y: torch.Tensor
+    step: int
+    epoch: int
+    eps: float
+    beta: float
+    kappa: float
+    lr: float
+    loss: float
+    stats: dict[str, float]
+    loss_fn: Callable[[nn.Module], torch.Tensor]
+    final_loss_fn: Callable[[nn.Module], torch.Tensor]
+    method: str
+    slope: str
+    optimizer: torch.optim.Optimizer
+    config: TrainConfig
+    wall_time: float = 0.0
+    grad_norm: float = float("nan")
+
+
+@runtime_checkable
+class Callback(Protocol):
+    """Training observer. ``on_step`` runs after ``backward`` and before ``optimizer.step``:
+    parameters are those the gradient was taken at and ``p.grad`` holds the raw (unclipped)
+    gradient. Callbacks must leave parameters and gradients as they found them.
+    ``epoch`` is always the 0-based epoch index (``ctx.epoch`` too); ``on_epoch_end(e, ...)`` runs
+    after ``checkpoint_epoch{e+1}.pt`` is written."""
+
+    def on_step(self, ctx: StepContext) -> None: ...
+
+    def on_epoch_end(self, epoch: int, model: nn.Module, metrics: dict) -> None: ...
+
+    def on_train_end(self, model: nn.Module, metrics: dict) -> None: ...
+
+
+class BaseCallback:
+    """A callback that does nothing; subclass and override what you need."""
+
+    def on_step(self, ctx: StepContext) -> None:
+        pass
+
+    def on_epoch_end(self, epoch: int, model: nn.Module, metrics: dict) -> None:
+        pass
+
+    def on_train_end(self, model: nn.Module, metrics: dict) -> None:
+        pass
+
+
+STEP_COLUMNS = ("loss", "robust_ce", "clean_err", "robust_err", "grad_norm", "eps", "beta", "kappa", "lr", "wall_time")
+
+
+def flat_grad(model: nn.Module) -> torch.Tensor:
+    """All parameter gradients concatenated in ``parameters()`` order (zeros where None)."""
+    parts = [(p.grad if p.grad is not None else torch.zeros_like(p)).detach().reshape(-1) for p in model.parameters()]
+    return torch.cat(parts) if parts else torch.zeros(0)
+
+
+class ScalarRecorder(BaseCallback):
+    """Records per-step scalars and hands them to ``sink`` in batches.
+
+    Group ``"steps"`` gets, per step: ``step``, ``epoch`` (0-based index; int64) and float32 ``loss``,
+    ``robust_ce``, ``clean_err``, ``robust_err``, ``grad_norm``, ``eps``, ``beta``, ``kappa``,
+    ``lr``, ``wall_time`` (training seconds) and ``unstable_frac_l{i}``; handed over every
+    ``every`` steps and at each epoch end / the end of training. Group ``"epochs"`` gets one
+    row per epoch (``epoch``, the same 0-based index, plus the epoch metrics: ``train_loss``,
+    ``train_robust_ce``, ``train_clean_err``, ``train_robust_err`` (sample averages over the
+    epoch), ``step`` (steps done), ``eps``, ``lr``, ``epoch_seconds``, ``test_clean_err``,
+    ``test_verified_err_ibp`` [, ``test_verified_err_crown_ibp``], ``wall_time``). With ``grad_every = N > 0`` group
+    ``"grads"`` gets ``step`` and ``grad`` (float16 flattened raw gradient) every N steps.
+    Every row is also kept in memory: :meth:`table` returns them as columns.
+    """
+
+    def __init__(self, sink: Sink | None = None, every: int = 50, grad_every: int = 0) -> None:
+        if every < 1 or grad_every < 0:
+            raise ValueError(f"ScalarRecorder needs every >= 1 and grad_every >= 0, got {every}, {grad_every}")
+        self.sink, self.every, self.grad_every = sink, every, grad_every
+        self.rows: list[dict[str, float]] = []
+        self._pending = 0
+        self._grads: list[tuple[int, np.ndarray]] = []
+
+    def on_step(self, ctx: StepContext) -> None:
+        row: dict[str, float] = {"step": ctx.step, "epoch": ctx.epoch, "loss": ctx.loss,
+                                 "robust_ce": ctx.stats.get("robust_ce", float("nan")),
+                                 "clean_err": ctx.stats.get("clean_err", float("nan")),
+                                 "robust_err": ctx.stats.get("robust_err", float("nan")),
+                                 "grad_norm": ctx.grad_norm, "eps": ctx.eps, "beta": ctx.beta,
+                                 "kappa": ctx.kappa, "lr": ctx.lr, "wall_time": ctx.wall_time}
+        row.update({k: v for k, v in ctx.stats.items() if k.startswith("unstable_frac_l")})
+        self.rows.append(row)
+        self._pending += 1
+        if self.grad_every and ctx.step % self.grad_every == 0:
+            self._grads.append((ctx.step, flat_grad(ctx.model).cpu().to(torch.float16).numpy()))
+        if self._pending >= self.every:
+            self.flush()
+
+    def table(self, rows: list[dict[str, float]] | None = None) -> dict[str, np.ndarray]:
+        """Rows as columns (int64 ``step``/``epoch``, float32 others; NaN where a row lacks one)."""
+        rows = self.rows if rows is None else rows
+        names: list[str] = []
+        for r in rows:
+            names += [k for k in r if k not in names]
+        out: dict[str, np.ndarray] = {}
+        for k in names:
+            dtype = np.int64 if k in ("step", "epoch") else np.float32
+            out[k] = np.asarray([r.get(k, float("nan")) for r in rows], dtype=dtype)
+        return out
+
+    def flush(self) -> None:
+        """Hand pending step rows (and gradients) to the sink."""
+        if self.sink is not None and self._pending:
+            self.sink("steps", self.table(self.rows[-self._pending :]))
+        self._pending = 0
+        if self.sink is not None and self._grads:
+            self.sink("grads", {"step": np.asarray([s for s, _ in self._grads], dtype=np.int64),
+                                "grad": np.stack([g for _, g in self._grads])})
+        self._grads = []
+
+    def on_epoch_end(self, epoch: int, model: nn.Module, metrics: dict) -> None:
+        self.flush()
+        if self.sink is not None:
+            row = {"epoch": np.asarray([epoch], dtype=np.int64)}
+            for k, v in metrics.items():
+                if isinstance(v, bool) or not isinstance(v, (int, float)) or k == "epoch":
+                    continue
+                row[k] = np.asarray([v], dtype=np.int64 if isinstance(v, int) else np.float32)
+            self.sink("epochs", row)
+
+    def on_train_end(self, model: nn.Module, metrics: dict) -> None:
+        self.flush()
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns."""
+
+    model: nn.Module
+    config: TrainConfig
+    metrics: dict[str, float]
+    history: list[dict[str, float]]
+    epoch: int
+    step: int
+    wall_time: float
+    checkpoint: Path | None = None
+    recorder: ScalarRecorder | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _mix(seed: int, k: int) -> int:
+    """A deterministic 63-bit seed from ``(seed, k)`` (splitmix-style multiply and xor)."""
+    z = (seed * 0x9E3779B97F4A7C15 + (k + 1) * 0xBF58476D1CE4E5B9) & ((1 << 64) - 1)
+    z ^= z >> 31
+    return z & ((1 << 63) - 1)
+
+
+def make_optimizer(config: TrainConfig, params: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
+    """Adam or SGD (with momentum) with the config's lr and weight decay."""
+    if config.optimizer == "adam":
+        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+
+
+def build_for_config(config: TrainConfig, spec: Any) -> tuple[nn.Module, dict[str, Any]]:
+    """Build the config's model for dataset ``spec`` (after ``torch.manual_seed(seed)``)."""
+    from train import models
+
+    kw = dict(input_shape=tuple(spec.input_shape), n_classes=int(spec.n_classes),
+              mean=tuple(spec.mean), std=tuple(spec.std), **config.model_options)
+    torch.manual_seed(config.seed)
+    model = models.build_model(config.model, **kw)
+    desc = models.describe(config.model, **kw)
+    return model, desc
+
+
+def load_data(config: TrainConfig) -> Any:
+    """The config's dataset (``train.data.load_dataset``, no download)."""
+    from train.data import load_dataset
+
+    return load_dataset(config.dataset, data_dir=config.data_dir, download=False,
+                        train_size=config.train_size, test_size=config.test_size, seed=config.seed)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``torch.device`` for ``name``; an unavailable CUDA/MPS device is a ValueError."""
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} was asked for but CUDA is not available")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {name!r} was asked for but MPS is not available")
+    return dev
+
+
+def check_resumable(config: TrainConfig, ckpt: Mapping[str, Any]) -> None:
+    """Raise ValueError unless the checkpoint's run config matches ``config`` (up to
+    :data:`train.config.NON_IDENTITY_FIELDS`, e.g. ``epochs``)."""
+    try:
+        old = TrainConfig.from_dict(ckpt["config"]).identity()
+    except ValueError as exc:
+        raise ValueError(f"the checkpoint's config is not a valid training config ({exc})") from None
+    new = config.identity()
+    diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    if diff:
+        detail = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diff[:4])
+        raise ValueError(f"cannot resume: the checkpoint was trained with a different config ({detail})")
+
+
+def train(
+    config: TrainConfig | Mapping[str, Any],
+    callbacks: Iterable[Callback] = (),
+    sink: Sink | None = None,
+    resume_from: str | os.PathLike | None = None,
+    progress: bool = True,
+    out_dir: str | os.PathLike | None = None,
+    data: Any = None,
+    model: nn.Module | None = None,
+) -> TrainResult:
+    """Train a model as ``config`` says.
+
+    Args:
+        config: a :class:`TrainConfig` (or a dict for ``TrainConfig.from_dict``).
+        callbacks: objects with ``on_step`` / ``on_epoch_end`` / ``on_train_end``.
+        sink: receiver of recorded rows; given one, a :class:`ScalarRecorder` with
+            ``every = config.record_every`` and ``grad_every = config.grad_every`` is added
+            (unless ``callbacks`` holds one already).
+        resume_from: checkpoint to continue from (its config must match, ``epochs`` may grow).
+        progress: show a tqdm bar (steps, loss, robust error, eps, time left).
+        out_dir: if given, ``out_dir/checkpoint_epoch{N}.pt`` after epoch N (1-based) and
+            ``out_dir/checkpoint.pt`` at the end.
+        data: a loaded dataset (``train_x``, ``train_y``, ``test_x``, ``test_y``, ``spec``);
+            default ``train.data.load_dataset`` of the config.
+        model: a ready model to train instead of building ``config.model`` (checkpoints then
+            store the description ``{"name": "custom"}``).
+
+    Returns:
+        :class:`TrainResult` with the model, the last epoch's metrics and all epochs' history.
+    """
+    if not isinstance(config, TrainConfig):
+        config = TrainConfig.from_dict(config)
+    device = resolve_device(config.device)
+    ckpt = load_checkpoint(resume_from) if resume_from is not None else None
+    if ckpt is not None:
+        check_resumable(config, ckpt)
+    data = data if data is not None else load_data(config)
+    spec = data.spec
+    domain = tuple(getattr(spec, "domain", (0.0, 1.0)))
+    if model is None:
+        model, desc = build_for_config(config, spec)
+    else:
+        desc = {"name": "custom"}
+    model = model.to(device)
+    optimizer = make_optimizer(config, model.parameters())
+
+    callbacks = list(callbacks)
+    recorder = next((c for c in callbacks if isinstance(c, ScalarRecorder)), None)
+    if recorder is None and sink is not None:
+        recorder = ScalarRecorder(sink, every=config.record_every, grad_every=config.grad_every)
+        callbacks.insert(0, recorder)
+
+    start_epoch, step, history, wall_offset = 0, 0, [], 0.0
+    if ckpt is not None:
+        load_state(model, ckpt["state_dict"], where=f"checkpoint {str(resume_from)!r}")
+        if ckpt.get("optimizer") is not None:
+            optimizer.load_state_dict(ckpt["optimizer"])
+        restore_rng(ckpt.get("rng"))
+        start_epoch, step = int(ckpt["epoch"]), int(ckpt["step"])
+        history, wall_offset = list(ckpt.get("history") or []), float(ckpt.get("wall_time", 0.0))
+
+    train_x, train_y = data.train_x, data.train_y
+    if device.type != "cpu":
+        train_x, train_y = train_x.to(device), train_y.to(device)
+    n = len(train_x)
+    if n == 0:
+        raise ValueError(f"dataset {config.dataset!r} has no training samples")
+    spe = math.ceil(n / config.batch_size)
+    schedule = Schedule.from_config(config, spe)
+    method, slope = config.method, config.resolved_slope
+    extra_kw = {"opt_steps": config.opt_steps, "opt_lr": config.opt_lr} if slope == "optimized" else {}
+    out_path = Path(out_dir) if out_dir is not None else None
+    final_vals = {"eps": config.eps, "beta": config.beta_end, "kappa": config.kappa_end}
+
+    def make_loss_fn(xb, yb, eps, beta, kappa, seed):
+        def loss_fn(m: nn.Module) -> torch.Tensor:
+            gen = torch.Generator(device=device).manual_seed(seed)
+            return certified_loss(m, xb, yb, eps, method=method, slope=config.slope, beta=beta, kappa=kappa,
+                                  fused=config.fused_loss, domain=domain, generator=gen, **extra_kw)[0]
+        return loss_fn
+
+    bar = _progress_bar(config.epochs * spe, step, method, progress)
+    t0 = time.perf_counter()
+    metrics: dict[str, float] = dict(history[-1]) if history else {}
+    last_ckpt: Path | None = None
+    try:
+        for epoch in range(start_epoch, config.epochs):
+            model.train()
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(_mix(config.seed, epoch)))
+            sums: dict[str, float] = {}
+            t_epoch = time.perf_counter()
+            for b in range(spe):
+                idx = order[b * config.batch_size : (b + 1) * config.batch_size].to(train_x.device)
+                xb, yb = train_x[idx], train_y[idx]
+                vals = schedule.values(step)
+                for group in optimizer.param_groups:
+                    group["lr"] = vals["lr"]
+                step_seed = _mix(config.seed, 1_000_003 + step)
+                optimizer.zero_grad(set_to_none=True)
+                loss, stats = certified_loss(
+                    model, xb, yb, vals["eps"], method=method, slope=config.slope, beta=vals["beta"],
+                    kappa=vals["kappa"], fused=config.fused_loss, domain=domain,
+                    generator=torch.Generator(device=device).manual_seed(step_seed), **extra_kw)
+                loss_value = float(loss.detach())
+                if not math.isfinite(loss_value):
+                    raise RuntimeError(
+                        f"training diverged: the loss is {loss_value} at step {step} (epoch {epoch + 1}); "
+                        "try a smaller lr, a longer eps ramp or --grad-clip")
+                loss.backward()
+                grad_norm = float(flat_grad(model).norm())
+                if callbacks:
+                    ctx = StepContext(
+                        model=model, x=xb, y=yb, step=step, epoch=epoch, eps=vals["eps"], beta=vals["beta"],
+                        kappa=vals["kappa"], lr=vals["lr"], loss=loss_value, stats=stats,
+                        loss_fn=make_loss_fn(xb, yb, vals["eps"], vals["beta"], vals["kappa"], step_seed),
+                        final_loss_fn=make_loss_fn(xb, yb, final_vals["eps"], final_vals["beta"],
+                                                   final_vals["kappa"], step_seed),
+                        method=method, slope=slope, optimizer=optimizer, config=config,
+                        wall_time=wall_offset + time.perf_counter() - t0, grad_norm=grad_norm)
+                    for cb in callbacks:
+                        _call(cb, "on_step", ctx)
+                if config.grad_clip > 0:
+                    nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+                optimizer.step()
+                for k, v in (("loss", loss_value), ("robust_ce", stats.get("robust_ce", math.nan)),
+                             ("clean_err", stats["clean_err"]), ("robust_err", stats.get("robust_err", math.nan))):
+                    sums[k] = sums.get(k, 0.0) + v * len(yb)
+                step += 1
+                if bar is not None:
+                    bar.update(1)
+                    if b % 5 == 0 or b == spe - 1:
+                        bar.set_postfix(ep=f"{epoch + 1}/{config.epochs}", loss=f"{loss_value:.3f}",
+                                        rerr=f"{stats.get('robust_err', math.nan):.3f}", eps=f"{vals['eps']:.4f}",
+                                        refresh=False)
+            metrics = {f"train_{k}": v / n for k, v in sums.items()}
+            metrics.update(epoch=epoch, step=step, eps=schedule.eps_at(step - 1), lr=schedule.lr_at(step - 1),
+                           epoch_seconds=time.perf_counter() - t_epoch)
+            metrics.update(_epoch_eval(model, data, config, domain, device))
+            metrics["wall_time"] = wall_offset + time.perf_counter() - t0
+            history.append(metrics)
+            if out_path is not None:
+                save_checkpoint(out_path / f"checkpoint_epoch{epoch + 1}.pt", model, model_desc=desc,
+                                config=config.to_dict(), epoch=epoch + 1, step=step, optimizer=optimizer,
+                                rng=capture_rng(), metrics=metrics, history=history, wall_time=metrics["wall_time"])
+            for cb in callbacks:
+                _call(cb, "on_epoch_end", epoch, model, metrics)
+    finally:
+        if bar is not None:
+            bar.close()
+    wall = wall_offset + time.perf_counter() - t0
+    if out_path is not None:
+        last_ckpt = save_checkpoint(out_path / "checkpoint.pt", model, model_desc=desc, config=config.to_dict(),
+                                    epoch=max(start_epoch, config.epochs), step=step,
+                                    optimizer=optimizer, rng=capture_rng(), metrics=metrics, history=history,
+                                    wall_time=wall)
+    for cb in callbacks:
+        _call(cb, "on_train_end", model, metrics)
+    return TrainResult(model=model, config=config, metrics=metrics, history=history, epoch=len(history),
+                       step=step, wall_time=wall, checkpoint=last_ckpt, recorder=recorder)
+
+
+def _epoch_eval(model: nn.Module, data: Any, config: TrainConfig, domain: tuple[float, float],
+                device: torch.device) -> dict[str, float]:
+    """Quick end-of-epoch test metrics on the first ``eval_size`` test samples: clean error and
+    verified error at eps_train by IBP (and CROWN-IBP for crown-ibp/tightest runs); no attack."""
+    test_x = getattr(data, "test_x", None)
+    if config.eval_size == 0 or test_x is None or len(test_x) == 0:
+        return {}
+    from train.evaluate import evaluate, metric_key
+
+    methods = [] if config.method == "natural" and config.eps == 0 else ["ibp"]
+    if config.method in ("crown-ibp", "tightest"):
+        methods.append("crown-ibp")
+    model.eval()
+    res = evaluate(model, test_x[: config.eval_size], data.test_y[: config.eval_size], config.eps,
+                   methods=methods, pgd_steps=0, batch_size=max(config.batch_size, 256), domain=domain,
+                   progress=False)
+    out = {"test_clean_err": res["clean_err"]}
+    for m in methods:
+        out["test_" + metric_key(m)] = res[metric_key(m)]
+    return out
+
+
+def _call(cb: Any, name: str, *args: Any) -> None:
+    fn = getattr(cb, name, None)
+    if fn is not None:
+        fn(*args)
+
+
+def _progress_bar(total: int, initial: int, method: str, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc=f"train {method}", unit="step", dynamic_ncols=True)
