@@ -1,3 +1,264 @@
-"""Placeholder: the owner of this module replaces it."""
+"""``landscape train`` and ``landscape certify``: certified training and honest evaluation.
 
-COMMANDS: list = []
+``landscape train --dataset digits --model cnn-tiny --method ibp --eps 0.1 --epochs 5 --out runs/ibp``
+writes ``runs/ibp/config.json``, ``checkpoint_epoch{N}.pt`` after every epoch,
+``checkpoint.pt`` at the end and ``train.h5`` (root attrs and groups ``steps``, ``epochs``,
+optionally ``grads`` and ``probes``; schema in :mod:`landscape.store`). Options may come from
+``--config FILE`` (YAML or JSON, keys named like the options); options on the command line win.
+
+``landscape certify runs/ibp/checkpoint.pt --eps 0.1 --json`` prints clean, PGD and verified
+error (per method and their union) on the test set of the checkpoint's dataset.
+
+Every bad value is reported before any work starts, as one line.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import click
+
+RUN_FILES = ("config.json", "train.h5", "checkpoint.pt")
+
+
+# ----------------------------------------------------------------------------- helpers
+def _parse_model_options(items: tuple[str, ...]) -> dict[str, Any] | None:
+    """``("widths=[64,64]", "width=2")`` -> ``{"widths": [64, 64], "width": 2}`` (values as YAML)."""
+    if not items:
+        return None
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise click.ClickException(f"--model-option: expected KEY=VALUE, got {item!r}")
+        key, value = item.split("=", 1)
+        try:
+            out[key.strip().replace("-", "_")] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise click.ClickException(f"--model-option: cannot read the value of {item!r}") from None
+    return out
+
+
+def _parse_milestones(text: str | None) -> list[float] | None:
+    if text is None:
+        return None
+    try:
+        return [float(v) for v in text.replace(" ", "").split(",") if v]
+    except ValueError:
+        raise click.ClickException(f"--lr-milestones: expected comma-separated epochs, got {text!r}") from None
+
+
+def _existing_run(out: Path) -> dict[str, Any] | None:
+    """The config dict of the run in ``out`` (None if ``out`` holds no run)."""
+    cfg = out / "config.json"
+    if cfg.is_file():
+        try:
+            return json.loads(cfg.read_text())
+        except json.JSONDecodeError:
+            raise click.ClickException(f"{cfg} is not valid JSON; use --overwrite or another --out") from None
+    if any((out / f).exists() for f in RUN_FILES) or any(out.glob("checkpoint_epoch*.pt")):
+        return {}
+    return None
+
+
+def _latest_checkpoint(out: Path) -> Path | None:
+    epochs = []
+    for p in out.glob("checkpoint_epoch*.pt"):
+        tail = p.stem[len("checkpoint_epoch") :]
+        if tail.isdigit():
+            epochs.append((int(tail), p))
+    return max(epochs)[1] if epochs else None
+
+
+def _clear_run(out: Path) -> None:
+    for name in RUN_FILES:
+        (out / name).unlink(missing_ok=True)
+    for p in out.glob("checkpoint_epoch*.pt"):
+        p.unlink()
+
+
+def _probe_callbacks(config, h5_path: Path, sink) -> list:
+    """Training probes of ``landscape.probes`` every ``config.probe_every`` steps."""
+    if not config.probe_every:
+        return []
+    try:
+        from landscape import probes
+    except ImportError:
+        raise click.ClickException("probes not available: landscape.probes is not installed in this toolkit yet") from None
+    return [probes.GradientProbe(every=config.probe_every, sink=sink)]
+
+
+# ----------------------------------------------------------------------------- train
+@click.command("train")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML or JSON file of options.")
+@click.option("--dataset", help="digits, mnist, fashion-mnist, cifar10, svhn.")
+@click.option("--model", help="mlp, cnn-tiny, dm-small, dm-medium, dm-large, cnn-4layer, ibp-large.")
+@click.option("--model-option", "model_option", multiple=True, metavar="KEY=VALUE", help="Model option, e.g. widths=[64,64].")
+@click.option("--method", help="natural, ibp, crown-ibp, crown, cap, tightest.")
+@click.option("--slope", help="Lower-slope policy (adaptive, zero, one, same-slope, uniform, binary, optimized, tightest).")
+@click.option("--eps", type=float, help="Training radius eps_train (input units).")
+@click.option("--eps-start-epoch", type=float, help="Epoch at which the eps/beta/kappa ramp starts.")
+@click.option("--eps-ramp-epochs", type=float, help="Length of the ramp in epochs.")
+@click.option("--eps-schedule", type=click.Choice(["linear", "smooth"]), help="Shape of the eps ramp.")
+@click.option("--beta-start", type=float)
+@click.option("--beta-end", type=float)
+@click.option("--beta-schedule", type=click.Choice(["linear", "smooth"]))
+@click.option("--kappa-start", type=float)
+@click.option("--kappa-end", type=float)
+@click.option("--kappa-schedule", type=click.Choice(["linear", "smooth"]))
+@click.option("--epochs", type=int)
+@click.option("--batch-size", type=int)
+@click.option("--optimizer", type=click.Choice(["adam", "sgd"]))
+@click.option("--lr", type=float)
+@click.option("--momentum", type=float)
+@click.option("--weight-decay", type=float)
+@click.option("--lr-milestones", help="Comma-separated epochs at which lr is multiplied by --lr-decay.")
+@click.option("--lr-decay", type=float)
+@click.option("--grad-clip", type=float, help="Max gradient L2 norm (0 = off).")
+@click.option("--seed", type=int)
+@click.option("--fused-loss/--no-fused-loss", default=None, help="Fused certified cross-entropy bound.")
+@click.option("--train-size", type=int, help="Use a seeded subset of the training set.")
+@click.option("--test-size", type=int, help="Use a seeded subset of the test set.")
+@click.option("--data-dir", type=click.Path(file_okay=False))
+@click.option("--device", help="cpu, cuda, cuda:N.")
+@click.option("--record-every", type=int, help="Write recorded step scalars every N steps.")
+@click.option("--grad-every", type=int, help="Record the flattened gradient every N steps (0 = off).")
+@click.option("--probe-every", type=int, help="Gradient-direction probe every N steps (0 = off).")
+@click.option("--eval-size", type=int, help="Test samples evaluated after each epoch (0 = off).")
+@click.option("--opt-steps", type=int, help="Iterations of the 'optimized' slope policy.")
+@click.option("--opt-lr", type=float, help="Step size of the 'optimized' slope policy.")
+@click.option("--out", "out_dir", required=True, type=click.Path(), help="Run directory.")
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its last epoch checkpoint.")
+@click.option("--overwrite", is_flag=True, help="Replace the run in --out.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def train(config_file, model_option, lr_milestones, out_dir, resume, overwrite, quiet, **options) -> None:
+    """Train a certifiably robust model; write checkpoints and train.h5 to --out."""
+    from train.config import load_config
+    from train.loop import load_data, train as run_training
+    from train.models import describe
+
+    if resume and overwrite:
+        raise click.ClickException("--resume and --overwrite exclude each other")
+    options["model_options"] = _parse_model_options(model_option)
+    options["lr_milestones"] = _parse_milestones(lr_milestones)
+    config = load_config(config_file, options)
+
+    # -- every check before any work that changes the run directory
+    from train.loop import resolve_device
+
+    resolve_device(config.device)
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise click.ClickException(f"--out {out} exists and is not a directory")
+    resume_from = None
+    old = _existing_run(out) if out.is_dir() else None
+    if old is not None and not overwrite:
+        from train.config import TrainConfig
+
+        try:
+            same = TrainConfig.from_dict(old).identity() == config.identity() if old else False
+        except ValueError:
+            same = False
+        if not same:
+            raise click.ClickException(
+                f"{out} holds another run (a different config); use --overwrite to replace it or choose another --out")
+        if not resume:
+            raise click.ClickException(f"{out} already holds this run; pass --resume to continue it or --overwrite to start again")
+        resume_from = _latest_checkpoint(out)
+    data = load_data(config)  # unknown or missing dataset: one clear error here
+    spec = data.spec
+    describe(config.model, spec.input_shape, spec.n_classes, spec.mean, spec.std, **config.model_options)
+
+    out.mkdir(parents=True, exist_ok=True)
+    if overwrite:
+        _clear_run(out)
+    (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n")
+    h5 = out / "train.h5"
+    from landscape import __version__, store
+
+    if resume_from is None or not h5.exists():
+        h5.unlink(missing_ok=True)  # rows of an earlier attempt that never finished an epoch
+        store.write_attrs(str(h5), {
+            "kind": "train", "method": config.method, "dataset": config.dataset, "model": config.model,
+            "eps": float(config.eps), "seed": int(config.seed), "slope": config.resolved_slope,
+            "command": " ".join(["landscape"] + [shlex.quote(a) for a in sys.argv[1:]]),
+            "toolkit_version": __version__, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "config": config.to_dict(),
+        })
+    else:
+        store.write_attrs(str(h5), {"resumed_from": str(resume_from)})
+
+    def sink(group: str, rows: dict) -> None:
+        store.append_rows(str(h5), group, rows)
+
+    callbacks = _probe_callbacks(config, h5, sink)
+    result = run_training(config, callbacks=callbacks, sink=sink, resume_from=resume_from,
+                          progress=not quiet, out_dir=out, data=data)
+    m = result.metrics
+    summary = ", ".join(f"{k}={m[k]:.4f}" for k in sorted(m) if k.startswith("test_") or k in ("train_loss",))
+    click.echo(f"trained {config.method} for {result.epoch} epochs ({result.step} steps, {result.wall_time:.1f} s): "
+               f"{summary}; wrote {result.checkpoint}")
+
+
+# ----------------------------------------------------------------------------- certify
+@click.command("certify")
+@click.argument("checkpoint", type=click.Path(dir_okay=False))
+@click.option("--eps", type=float, help="Radius (default: the checkpoint's eps_train).")
+@click.option("--methods", default="ibp,crown-ibp,crown", show_default=True,
+              help="Comma-separated verification methods (ibp, crown-ibp, crown, cap); may be empty.")
+@click.option("--pgd-steps", type=int, default=20, show_default=True)
+@click.option("--pgd-restarts", type=int, default=1, show_default=True)
+@click.option("--test-size", type=int, help="Evaluate a seeded subset of the test set.")
+@click.option("--batch-size", type=int, default=256, show_default=True)
+@click.option("--data-dir", type=click.Path(file_okay=False))
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the subset and the attack.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def certify(checkpoint, eps, methods, pgd_steps, pgd_restarts, test_size, batch_size, data_dir, device, seed, as_json) -> None:
+    """Clean, PGD and verified error of a checkpoint on its dataset's test set."""
+    from train.checkpoint import load_model
+    from train.data import load_dataset
+    from train.evaluate import EVAL_METHODS, evaluate, metric_key
+    from train.loop import resolve_device
+
+    method_list = [m.strip() for m in methods.split(",") if m.strip()]
+    bad = [m for m in method_list if m not in EVAL_METHODS]
+    if bad:
+        raise click.ClickException(f"--methods: unknown method {bad[0]!r}; choose from {', '.join(EVAL_METHODS)}")
+    if pgd_steps < 0 or pgd_restarts < 1:
+        raise click.ClickException("--pgd-steps must be >= 0 and --pgd-restarts >= 1")
+    if batch_size < 1:
+        raise click.ClickException("--batch-size: must be >= 1")
+    if test_size is not None and test_size < 1:
+        raise click.ClickException("--test-size: must be >= 1")
+    if eps is not None and not (eps >= 0 and eps != float("inf")):
+        raise click.ClickException(f"--eps: must be a finite number >= 0, got {eps}")
+    dev = resolve_device(device)
+    model, ckpt = load_model(checkpoint, device=dev)
+    cfg = ckpt["config"]
+    eps = float(cfg.get("eps", 0.0)) if eps is None else eps
+    data = load_dataset(cfg["dataset"], data_dir=data_dir or cfg.get("data_dir"), test_size=test_size, seed=seed)
+    res = evaluate(model, data.test_x, data.test_y, eps, methods=method_list, pgd_steps=pgd_steps,
+                   pgd_restarts=pgd_restarts, batch_size=batch_size, domain=tuple(data.spec.domain), seed=seed,
+                   progress=not as_json)
+    res["checkpoint"] = str(checkpoint)
+    if as_json:
+        click.echo(json.dumps(res, sort_keys=True))
+        return
+    click.echo(f"{checkpoint}: {cfg.get('method')} {cfg.get('model')} on {cfg['dataset']}, "
+               f"{res['n']} test samples, eps = {eps:g}")
+    rows = [("clean error", res["clean_err"]), (f"PGD error ({pgd_steps} steps x {pgd_restarts})", res["pgd_err"])]
+    rows += [(f"verified error, {m}", res[metric_key(m)]) for m in method_list]
+    rows.append(("verified error (union)", res["verified_err"]))
+    width = max(len(r[0]) for r in rows)
+    for name, value in rows:
+        click.echo(f"  {name:<{width}}  {100 * value:6.2f} %")
+
+
+COMMANDS = [train, certify]

@@ -1,0 +1,170 @@
+"""Directions in parameter space, and moving a model along them.
+
+A *direction* is a list of tensors shaped like the model's parameters (in the order of
+``model.named_parameters()``; buffers such as the ``Normalize`` mean/std are never moved).
+
+Random directions follow Li et al. 2018 ("Visualizing the Loss Landscape of Neural Nets"):
+draw d ~ N(0, I) and rescale
+
+- ``norm="filter"``: every filter (slice along dim 0: a conv output channel, a linear row)
+  d_i <- d_i * ||w_i|| / ||d_i||, so the direction has the scale of each filter of the weights;
+  1-D tensors (biases) are rescaled as a whole, d <- d * ||w|| / ||d||;
+- ``norm="layer"``: every tensor as a whole, d <- d * ||W|| / ||d||;
+- ``norm="none"``: unchanged.
+
+``ignore="biasbn"`` zeroes the direction of every 1-D parameter (biases, normalisation
+scales), so only weights move. Directions are drawn on the CPU from ``torch.Generator(seed)``
+in parameter order, so a seed gives the same direction on every device and process.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "NORMS",
+    "named_params",
+    "get_params",
+    "flatten",
+    "unflatten",
+    "random_direction",
+    "gradient_direction",
+    "interpolation_direction",
+    "set_params",
+    "perturbed",
+    "params_equal",
+]
+
+NORMS = ("filter", "layer", "none")
+_EPS = 1e-10
+
+
+def named_params(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    """The parameters a scan moves: ``model.named_parameters()`` in order."""
+    params = list(model.named_parameters())
+    if not params:
+        raise ValueError("the model has no parameters to scan")
+    return params
+
+
+def get_params(model: nn.Module) -> list[Tensor]:
+    """Detached copies of the model's parameters (theta)."""
+    return [p.detach().clone() for _, p in named_params(model)]
+
+
+def flatten(tensors: Sequence[Tensor]) -> Tensor:
+    """Concatenate tensors into one vector (like ``parameters_to_vector``)."""
+    return torch.cat([t.reshape(-1) for t in tensors])
+
+
+def unflatten(vector: Tensor, like: Sequence[Tensor]) -> list[Tensor]:
+    """Split ``vector`` into tensors shaped like ``like`` (inverse of :func:`flatten`)."""
+    total = sum(t.numel() for t in like)
+    if vector.numel() != total:
+        raise ValueError(f"vector has {vector.numel()} entries, the parameters have {total}")
+    out, start = [], 0
+    for t in like:
+        out.append(vector[start:start + t.numel()].view_as(t).to(t.dtype))
+        start += t.numel()
+    return out
+
+
+def _rescale(d: Tensor, w: Tensor, norm: str) -> Tensor:
+    if norm == "none":
+        return d
+    if norm == "layer" or d.dim() <= 1:
+        return d * (w.norm() / (d.norm() + _EPS))
+    # filter-wise: one scale per slice along dim 0
+    d2, w2 = d.reshape(d.shape[0], -1), w.reshape(w.shape[0], -1)
+    scale = w2.norm(dim=1, keepdim=True) / (d2.norm(dim=1, keepdim=True) + _EPS)
+    return (d2 * scale).view_as(d)
+
+
+def random_direction(
+    model: nn.Module,
+    norm: str = "filter",
+    ignore: str | None = "biasbn",
+    seed: int = 0,
+    generator: torch.Generator | None = None,
+) -> list[Tensor]:
+    """A Gaussian random direction, normalised per ``norm`` (see module docstring).
+
+    ``ignore="biasbn"`` zeroes the 1-D parameters' direction; ``ignore=None`` keeps them.
+    Pass ``generator`` to draw several directions from one stream (seed is then unused).
+    """
+    if norm not in NORMS:
+        raise ValueError(f"unknown direction normalisation {norm!r}; expected one of {', '.join(NORMS)}")
+    if ignore not in (None, "none", "biasbn"):
+        raise ValueError(f"unknown ignore option {ignore!r}; expected 'biasbn' or None")
+    gen = generator if generator is not None else torch.Generator().manual_seed(int(seed))
+    out = []
+    for _, p in named_params(model):
+        w = p.detach()
+        d = torch.randn(w.shape, generator=gen, dtype=torch.float32).to(device=w.device, dtype=w.dtype)
+        if ignore == "biasbn" and w.dim() <= 1:
+            d = torch.zeros_like(w)
+        else:
+            d = _rescale(d, w, norm)
+        out.append(d)
+    return out
+
+
+def gradient_direction(loss_fn: Callable[[nn.Module], Tensor], model: nn.Module) -> tuple[Tensor, list[Tensor]]:
+    """``(L(theta), grad L(theta))``: the loss and its raw gradient (one tensor per parameter),
+    without touching ``p.grad``."""
+    params = [p for _, p in named_params(model)]
+    with torch.enable_grad():
+        loss = loss_fn(model)
+        grads = torch.autograd.grad(loss, params, allow_unused=True)
+    return loss.detach(), [torch.zeros_like(p) if g is None else g.detach() for p, g in zip(params, grads)]
+
+
+def interpolation_direction(theta1: Sequence[Tensor], theta2: Sequence[Tensor]) -> list[Tensor]:
+    """``theta2 - theta1``, so theta1 + alpha * d runs from theta1 (alpha=0) to theta2 (alpha=1)."""
+    if len(theta1) != len(theta2) or any(a.shape != b.shape for a, b in zip(theta1, theta2)):
+        raise ValueError("the two checkpoints have different parameter shapes; cannot interpolate")
+    return [b.detach() - a.detach() for a, b in zip(theta1, theta2)]
+
+
+@torch.no_grad()
+def set_params(
+    model: nn.Module | Sequence[Tensor],
+    base: Sequence[Tensor],
+    directions: Sequence[Sequence[Tensor]] = (),
+    coeffs: Iterable[float] = (),
+) -> None:
+    """In place: theta <- base + sum_k coeffs[k] * directions[k] (added in order k = 0, 1, ...;
+    the same arithmetic as :func:`perturbed`, so both give bit-identical parameters).
+
+    ``model`` may also be the list of its parameter tensors (saves walking the module tree
+    when called for every grid point)."""
+    coeffs = [float(c) for c in coeffs]
+    if len(coeffs) != len(directions):
+        raise ValueError(f"{len(directions)} directions but {len(coeffs)} coefficients")
+    params = [p for _, p in named_params(model)] if isinstance(model, nn.Module) else list(model)
+    if len(params) != len(base):
+        raise ValueError(f"the model has {len(params)} parameter tensors, the base point {len(base)}")
+    torch._foreach_copy_(params, list(base))
+    for c, d in zip(coeffs, directions):
+        if c != 0.0:
+            torch._foreach_add_(params, list(d), alpha=c)
+
+
+def perturbed(
+    base: Sequence[Tensor], directions: Sequence[Sequence[Tensor]], coeffs: Iterable[float]
+) -> list[Tensor]:
+    """Out of place: base + sum_k coeffs[k] * directions[k] (same arithmetic as :func:`set_params`)."""
+    coeffs = [float(c) for c in coeffs]
+    out = [b.detach().clone() for b in base]
+    for c, d in zip(coeffs, directions):
+        if c != 0.0:
+            torch._foreach_add_(out, list(d), alpha=c)
+    return out
+
+
+def params_equal(a: Sequence[Tensor], b: Sequence[Tensor]) -> bool:
+    """Exact equality of two parameter lists."""
+    return len(a) == len(b) and all(torch.equal(x, y) for x, y in zip(a, b))

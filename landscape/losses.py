@@ -1,0 +1,269 @@
+"""The loss a scan looks at: a closure over a fixed, seeded batch of samples.
+
+Kinds (x, y the fixed batch, f the network at the current parameters):
+
+- ``certified``: the training loss of :func:`train.losses.certified_loss`,
+  L = kappa * CE(f(x), y) + (1 - kappa) * CE([0, -lb(x, eps)], 0), with lb the margin lower
+  bounds of ``method`` (``natural``, ``ibp``, ``crown-ibp``, ``crown``, ``cap``, ``tightest``),
+  ``slope`` and ``beta``; random slope policies get a freshly seeded generator on every call, so
+  the same parameters always give the same loss;
+- ``clean``: CE(f(x), y);
+- ``pgd``: CE(f(x_adv), y), x_adv the last iterate of ``pgd_steps`` steps of L-inf PGD ascent
+  on the cross-entropy from a seeded uniform start, step size 2.5 eps / pgd_steps (the
+  adversarial-training loss of Madry et al.); x_adv is recomputed at every parameter point.
+
+A :class:`LossClosure` is called as ``loss_fn()`` or ``loss_fn(model)`` (the training callback
+protocol's ``Callable[[nn.Module], Tensor]``); it returns a scalar tensor with a gradient
+with respect to the parameters.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["LOSS_KINDS", "LossSpec", "LossClosure", "make_loss", "select_samples", "pgd_margin", "pgd_loss_input"]
+
+LOSS_KINDS = ("certified", "clean", "pgd")
+
+
+@dataclass(frozen=True)
+class LossSpec:
+    """What to evaluate: see the module docstring. ``slope=None`` means the method's default."""
+
+    kind: str = "certified"
+    method: str = "ibp"
+    slope: str | None = None
+    beta: float = 1.0
+    kappa: float = 0.0
+    eps: float = 0.1
+    domain: tuple[float, float] = (0.0, 1.0)
+    fused: bool = False
+    pgd_steps: int = 10
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.kind not in LOSS_KINDS:
+            raise ValueError(f"unknown loss kind {self.kind!r}; choose one of {', '.join(LOSS_KINDS)}")
+        if self.kind == "certified":
+            from train.losses import resolve_method
+
+            resolve_method(self.method, self.slope, self.beta)  # validates method / slope
+            if self.slope is not None:
+                from train.config import SLOPES
+
+                if self.slope not in SLOPES:
+                    raise ValueError(f"unknown slope {self.slope!r}; choose one of {', '.join(SLOPES)}")
+        for name, value, lo, hi in (("eps", self.eps, 0.0, math.inf), ("beta", self.beta, 0.0, 1.0),
+                                    ("kappa", self.kappa, 0.0, 1.0)):
+            if not isinstance(value, (int, float)) or not math.isfinite(value) or not lo <= value <= hi:
+                bound = f">= {lo}" if hi == math.inf else f"in [{lo}, {hi}]"
+                raise ValueError(f"{name} must be a finite number {bound}, got {value!r}")
+        if self.kind == "pgd" and int(self.pgd_steps) < 1:
+            raise ValueError(f"pgd_steps must be >= 1, got {self.pgd_steps}")
+
+    @property
+    def label(self) -> str:
+        """Name of this loss in a scan file: the method for ``certified``, else the kind."""
+        return self.method if self.kind == "certified" else self.kind
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able dict of the spec."""
+        d = asdict(self)
+        d["domain"] = list(self.domain)
+        return d
+
+
+class LossClosure:
+    """``L(theta)`` of :class:`LossSpec` ``spec`` on the fixed batch (x, y).
+
+    ``closure(model=None)`` evaluates on ``model`` (default: the model given at construction)
+    with its current parameters. ``closure.functional(params)`` evaluates with a dict of
+    parameters via ``torch.func.functional_call`` (used with ``vmap`` for the clean loss).
+    """
+
+    def __init__(self, model: nn.Module, x: Tensor, y: Tensor, spec: LossSpec) -> None:
+        if x.shape[0] != y.shape[0] or x.shape[0] == 0:
+            raise ValueError(f"need a non-empty batch with one label per sample, got x {tuple(x.shape)}, y {tuple(y.shape)}")
+        self.model = model
+        self.x = x.detach()
+        self.y = y.detach()
+        self.spec = spec
+        self.last_stats: dict[str, float] = {}
+
+    @property
+    def label(self) -> str:
+        return self.spec.label
+
+    @property
+    def vmappable(self) -> bool:
+        """Whether :meth:`functional` can be vmapped over stacked parameter sets."""
+        return self.spec.kind == "clean"
+
+    def _generator(self) -> torch.Generator:
+        gen = torch.Generator()  # on the CPU, like the training loop
+        gen.manual_seed(int(self.spec.seed))
+        return gen
+
+    def __call__(self, model: nn.Module | None = None) -> Tensor:
+        model = self.model if model is None else model
+        s = self.spec
+        if s.kind == "clean":
+            return F.cross_entropy(model(self.x), self.y)
+        if s.kind == "pgd":
+            x_adv = pgd_loss_input(model, self.x, self.y, s.eps, s.pgd_steps, s.domain, self._generator())
+            return F.cross_entropy(model(x_adv), self.y)
+        from train.losses import certified_loss
+
+        loss, stats = certified_loss(
+            model, self.x, self.y, s.eps, method=s.method, slope=s.slope, beta=s.beta, kappa=s.kappa,
+            fused=s.fused, domain=tuple(s.domain), generator=self._generator(),
+        )
+        self.last_stats = stats
+        return loss
+
+    def bound_setup(self) -> tuple[str, str, float] | None:
+        """``(bound method, slope, beta)`` of a certified loss with a bound method, else None."""
+        if self.spec.kind != "certified":
+            return None
+        from train.losses import resolve_method
+
+        method, slope, beta = resolve_method(self.spec.method, self.spec.slope, self.spec.beta)
+        return None if method is None else (method, slope, beta)
+
+    def lower_A(self, model: nn.Module | None = None) -> Tensor | None:
+        """The lower bound's input coefficients ``BoundResult.lower_A`` ``[B, S, *input_shape]``
+        of this loss's bound on the margins at the current parameters (None for IBP, natural,
+        clean and PGD losses)."""
+        setup = self.bound_setup()
+        if setup is None or setup[0] == "ibp":
+            return None
+        from bounds import compute_bounds, margin_spec
+
+        model = self.model if model is None else model
+        with torch.no_grad():
+            n_classes = int(model(self.x[:1]).shape[-1])
+            C = margin_spec(self.y, n_classes).to(self.x.dtype)
+            res = compute_bounds(model, self.x, self.spec.eps, method=setup[0], slope=setup[1], C=C, beta=setup[2],
+                                 domain=tuple(self.spec.domain), y=self.y, generator=self._generator())
+        return None if res.lower_A is None else res.lower_A.detach()
+
+    def functional(self, params: dict[str, Tensor]) -> Tensor:
+        """The loss with the parameters replaced by ``params`` (names of ``named_parameters``)."""
+        if self.spec.kind == "clean":
+            logits = torch.func.functional_call(self.model, params, (self.x,))
+            return F.cross_entropy(logits, self.y)
+        return torch.func.functional_call(_LossModule(self.model, self), {f"model.{k}": v for k, v in params.items()}, ())
+
+
+class _LossModule(nn.Module):
+    """Wraps (model, closure) so ``functional_call`` can swap the model's parameters."""
+
+    def __init__(self, model: nn.Module, closure: LossClosure) -> None:
+        super().__init__()
+        self.model = model
+        self._closure = closure
+
+    def forward(self) -> Tensor:
+        return self._closure(self.model)
+
+
+def make_loss(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    kind: str = "certified",
+    method: str = "ibp",
+    slope: str | None = None,
+    beta: float = 1.0,
+    kappa: float = 0.0,
+    eps: float = 0.1,
+    domain: Sequence[float] = (0.0, 1.0),
+    fused: bool = False,
+    pgd_steps: int = 10,
+    seed: int = 0,
+) -> LossClosure:
+    """A :class:`LossClosure` of the given kind over the fixed batch (x, y)."""
+    spec = LossSpec(kind=kind, method=method, slope=slope, beta=float(beta), kappa=float(kappa), eps=float(eps),
+                    domain=(float(domain[0]), float(domain[1])), fused=bool(fused), pgd_steps=int(pgd_steps),
+                    seed=int(seed))
+    return LossClosure(model, x, y, spec)
+
+
+def select_samples(data: Any, n: int, split: str = "train", seed: int = 0) -> tuple[Tensor, Tensor]:
+    """``n`` samples of ``data.<split>_x/_y`` chosen by a seeded permutation (all if n >= size)."""
+    if split not in ("train", "test"):
+        raise ValueError(f"unknown split {split!r}; choose train or test")
+    if int(n) < 1:
+        raise ValueError(f"the number of samples must be >= 1, got {n}")
+    x, y = getattr(data, f"{split}_x"), getattr(data, f"{split}_y")
+    gen = torch.Generator().manual_seed(int(seed))
+    idx = torch.randperm(x.shape[0], generator=gen)[: int(n)]
+    idx, _ = idx.sort()
+    return x[idx], y[idx]
+
+
+def pgd_loss_input(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    eps: float,
+    steps: int,
+    domain: Sequence[float] | None = (0.0, 1.0),
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """The last iterate of L-inf PGD ascent on CE(f(x'), y) (detached; no parameter grads).
+
+    x' <- clip(x' + a * sign(grad_x' CE), ball ∩ domain), a = 2.5 eps / steps, from a
+    uniform start in the ball.
+    """
+    x = x.detach()
+    if eps == 0:
+        return x
+    lo, hi = x - eps, x + eps
+    if domain is not None:
+        lo, hi = lo.clamp(min=domain[0]), hi.clamp(max=domain[1])
+    u = torch.rand(x.shape, generator=generator, dtype=x.dtype).to(x.device)  # CPU stream on any device
+    cur = lo + u * (hi - lo)
+    alpha = 2.5 * eps / steps
+    params = [p for p in model.parameters()]
+    req = [p.requires_grad for p in params]
+    try:
+        for p in params:
+            p.requires_grad_(False)
+        for _ in range(steps):
+            cur = cur.detach().requires_grad_(True)
+            with torch.enable_grad():
+                loss = F.cross_entropy(model(cur), y)
+                (g,) = torch.autograd.grad(loss, cur)
+            cur = torch.max(torch.min(cur.detach() + alpha * g.sign(), hi), lo)
+    finally:
+        for p, r in zip(params, req):
+            p.requires_grad_(r)
+    return cur.detach()
+
+
+def pgd_margin(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    eps: float,
+    steps: int = 20,
+    restarts: int = 1,
+    domain: Sequence[float] | None = (0.0, 1.0),
+    seed: int = 0,
+) -> Tensor:
+    """Per-sample smallest margin min_{j != y} (f_y - f_j)(x_adv) found by the margin PGD
+    attack of :func:`train.attacks.pgd_attack` (an upper bound on the true worst margin)."""
+    from train.attacks import margin_objective, pgd_attack
+
+    gen = torch.Generator().manual_seed(int(seed))  # pgd_attack draws its starts on the CPU
+    x_adv, _ = pgd_attack(model, x, y, eps, steps=steps, restarts=restarts, objective="margin",
+                          domain=None if domain is None else tuple(domain), generator=gen)
+    with torch.no_grad():
+        return -margin_objective(model(x_adv), y)

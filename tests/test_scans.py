@@ -1,0 +1,210 @@
+"""landscape.directions, scans, losses and probes on tiny models."""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from bounds import Normalize
+from landscape import directions as D
+from landscape import probes, scans, store
+from landscape.losses import make_loss, select_samples
+
+
+def _net(seed: int = 0) -> nn.Sequential:
+    torch.manual_seed(seed)
+    return nn.Sequential(Normalize([0.5], [0.5]), nn.Conv2d(1, 3, 3, padding=1), nn.ReLU(), nn.Flatten(),
+                         nn.Linear(48, 10), nn.ReLU(), nn.Linear(10, 4))
+
+
+def _batch(n: int = 8):
+    g = torch.Generator().manual_seed(1)
+    return torch.rand(n, 1, 4, 4, generator=g), torch.arange(n) % 4
+
+
+# ----------------------------------------------------------------------------- directions
+
+
+def test_filter_layer_and_none_normalisation():
+    net = _net()
+    params = D.get_params(net)
+    d = D.random_direction(net, "filter", ignore="biasbn", seed=3)
+    for p, di in zip(params, d):
+        if p.dim() <= 1:
+            assert torch.count_nonzero(di) == 0  # biases zeroed
+        else:
+            torch.testing.assert_close(di.reshape(len(di), -1).norm(dim=1), p.reshape(len(p), -1).norm(dim=1))
+    d = D.random_direction(net, "layer", ignore=None, seed=3)
+    for p, di in zip(params, d):
+        assert float(di.norm()) == pytest.approx(float(p.norm()), rel=1e-5)
+    raw = D.random_direction(net, "none", ignore=None, seed=3)
+    again = D.random_direction(net, "none", ignore=None, seed=3)
+    assert D.params_equal(raw, again) and not D.params_equal(raw, D.random_direction(net, "none", None, seed=4))
+    with pytest.raises(ValueError, match="normalisation"):
+        D.random_direction(net, "bogus")
+
+
+def test_flatten_unflatten_and_set_params_round_trip():
+    net = _net()
+    params = D.get_params(net)
+    v = D.flatten(params)
+    assert v.numel() == sum(p.numel() for p in net.parameters())
+    assert D.params_equal(D.unflatten(v, params), params)
+    assert torch.equal(v, torch.nn.utils.parameters_to_vector(net.parameters()))
+    d = D.random_direction(net, seed=0)
+    D.set_params(net, params, [d], [0.5])
+    assert D.params_equal(D.get_params(net), D.perturbed(params, [d], [0.5]))
+    D.set_params(net, params)
+    assert D.params_equal(D.get_params(net), params)
+    with pytest.raises(ValueError):
+        D.unflatten(v[:-1], params)
+
+
+def test_scans_on_quadratic_match_closed_form():
+    class Q(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.tensor([[1.0, 2.0]], dtype=torch.float64))
+
+    m = Q()
+    loss = lambda mod: (mod.w ** 2).sum()  # noqa: E731
+    d1 = [torch.tensor([[1.0, 0.0]], dtype=torch.float64)]
+    d2 = [torch.tensor([[0.0, 1.0]], dtype=torch.float64)]
+    xs = np.array([-1.0, 0.0, 2.0])
+    r1 = scans.scan_1d(loss, m, d1, xs, labels=["q"])["q"]
+    np.testing.assert_allclose(r1, (1 + xs) ** 2 + 4)
+    r2 = scans.scan_2d(loss, m, d1, d2, xs, xs[:2], labels=["q"])["q"]
+    np.testing.assert_allclose(r2, (1 + xs[:, None]) ** 2 + (2 + xs[None, :2]) ** 2)
+    th2 = [torch.tensor([[3.0, 0.0]], dtype=torch.float64)]
+    ri = scans.interpolate(loss, m, D.get_params(m), th2, [0.0, 0.5, 1.0], labels=["q"])["q"]
+    np.testing.assert_allclose(ri, [5.0, 5.0, 9.0])
+    assert torch.equal(m.w.detach(), torch.tensor([[1.0, 2.0]], dtype=torch.float64))
+
+
+def test_losses_are_deterministic_and_vmap_matches_loop():
+    net = _net()
+    x, y = _batch()
+    clean = make_loss(net, x, y, kind="clean")
+    assert torch.equal(clean(), clean(net))
+    for kind, method in (("pgd", "ibp"), ("certified", "crown-ibp"), ("certified", "tightest")):
+        fn = make_loss(net, x, y, kind=kind, method=method, eps=0.1)
+        assert torch.equal(fn(), fn())
+    with pytest.raises(ValueError, match="unknown training method"):
+        make_loss(net, x, y, method="bogus")
+    with pytest.raises(ValueError, match="eps"):
+        make_loss(net, x, y, eps=-0.1)
+    d = D.random_direction(net, seed=0)
+    xs = np.linspace(-1, 1, 7)
+    batched = scans.scan_1d([clean], net, d, xs, vmap_batch=4)["clean"]
+    loop = scans.scan_1d([clean], net, d, xs, vmap_batch=1)["clean"]
+    np.testing.assert_allclose(batched, loop, rtol=1e-5)
+    data = SimpleNamespace(train_x=x, train_y=y, test_x=x[:2], test_y=y[:2])
+    xa, ya = select_samples(data, 5, "train", seed=2)
+    xb, _ = select_samples(data, 5, "train", seed=2)
+    assert xa.shape[0] == 5 and torch.equal(xa, xb)
+    assert select_samples(data, 100, "test")[0].shape[0] == 2
+
+
+def _scan_file(path, net, losses, dirs, coords):
+    grid = np.stack(np.meshgrid(*coords.values(), indexing="ij"), -1).reshape(-1, len(coords))
+    sf, _ = store.open_or_create_scan(path, kind="random-2d", args={"a": 1}, coords=coords,
+                                      labels=[fn.label for fn in losses])
+    ev = scans.DirectionEvaluator(net, losses, dirs, grid)
+    return sf, ev
+
+
+def test_interrupted_scan_resumes_only_missing_points(tmp_path):
+    net = _net()
+    x, y = _batch()
+    losses = [make_loss(net, x, y, kind="certified", method="crown-ibp", eps=0.05), make_loss(net, x, y, kind="clean")]
+    gen = torch.Generator().manual_seed(0)
+    dirs = [D.random_direction(net, generator=gen) for _ in range(2)]
+    coords = {"x": np.linspace(-1, 1, 4), "y": np.linspace(-1, 1, 3)}
+
+    full, ev = _scan_file(tmp_path / "full.h5", net, losses, dirs, coords)
+    scans.fill_scan(full, ev, progress=False)
+
+    part, ev = _scan_file(tmp_path / "part.h5", net, losses, dirs, coords)
+
+    def crash(n_done: int) -> None:
+        if n_done == 5:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        scans.fill_scan(part, ev, progress=False, on_point=crash)
+    on_disk = store.open_scan(tmp_path / "part.h5", args={"a": 1})
+    assert len(on_disk.missing()) == 12 - 5 and not on_disk.complete
+    missing_before = on_disk.missing().tolist()
+    _, ev = _scan_file(tmp_path / "part.h5", net, losses, dirs, coords)
+    computed: list[int] = []
+
+    def recording(idx):
+        computed.extend(int(i) for i in idx)
+        return ev(idx)
+
+    scans.fill_scan(on_disk, recording, progress=False)
+    assert computed == missing_before and len(computed) == 7
+    done = store.read(tmp_path / "part.h5")
+    ref = store.read(tmp_path / "full.h5")
+    assert done["attrs"]["complete"] is True
+    for lab in ("crown-ibp", "clean"):
+        np.testing.assert_array_equal(done["results"][lab]["loss"], ref["results"][lab]["loss"])
+        assert done["results"][lab]["attrs"]["loss_variation"] == pytest.approx(
+            float(np.ptp(ref["results"][lab]["loss"])), rel=1e-6)
+    assert D.params_equal(D.get_params(net), D.get_params(_net()))
+
+
+def test_gradient_evaluator_sign_metrics_and_restore():
+    net = _net()
+    x, y = _batch()
+    fns = [make_loss(net, x, y, method="crown-ibp", eps=0.1), make_loss(net, x, y, method="ibp", eps=0.1)]
+    before = D.get_params(net)
+    pm = scans.sign_change_metrics(fns)
+    ev = scans.GradientEvaluator(net, fns, [0.0, 1.0, 5.0], lr=0.5, point_metrics=pm, point_fields=scans.SIGN_FIELDS)
+    out = ev([0, 1, 2])
+    assert out[0]["crown-ibp"]["a_sign"] == 0.0 and out[0]["crown-ibp"]["cos"] == pytest.approx(1.0)
+    assert 0.0 <= out[2]["crown-ibp"]["sign_flip"] <= out[2]["crown-ibp"]["a_sign"] <= 2.0
+    assert math.isnan(out[1]["ibp"]["a_sign"])
+    assert D.params_equal(D.get_params(net), before)
+    with pytest.raises(ValueError, match="learning rate"):
+        scans.GradientEvaluator(net, fns, [0.0], lr=0.0)
+
+
+def test_gradient_probe_appends_rows_and_restores_state(tmp_path):
+    net = _net()
+    x, y = _batch()
+    fn = make_loss(net, x, y, method="crown-ibp", eps=0.05)
+    final = make_loss(net, x, y, method="crown-ibp", eps=0.1)
+    loss = fn()
+    loss.backward()
+    params, grads = D.get_params(net), [p.grad.clone() for p in net.parameters()]
+    rng = torch.get_rng_state()
+    path = tmp_path / "train.h5"
+    probe = probes.GradientProbe(path, every=2, t_values=[0.0, 0.5, 1.0, 2.0])
+    ctx = SimpleNamespace(model=net, x=x, y=y, step=4, epoch=0, eps=0.05, beta=1.0, kappa=0.0, lr=0.1,
+                          loss=float(loss.detach()), loss_fn=fn, final_loss_fn=final, method="crown-ibp", slope="adaptive",
+                          config=None)
+    probe.on_step(ctx)
+    ctx.step = 5
+    probe.on_step(ctx)  # not a multiple of every: nothing
+    assert D.params_equal(D.get_params(net), params)
+    assert all(torch.equal(p.grad, g) for p, g in zip(net.parameters(), grads))
+    assert torch.equal(torch.get_rng_state(), rng)
+    rows = store.read(path)["probes"]
+    assert rows["step"].tolist() == [4, 4, 4, 4]
+    np.testing.assert_allclose(rows["t"], [0, 0.5, 1, 2])
+    assert rows["loss"][0] == pytest.approx(float(loss.detach()), rel=1e-6)
+    assert rows["loss_final"][0] == pytest.approx(float(final().detach()), rel=1e-6)
+    assert rows["cos"][0] == pytest.approx(1.0) and rows["a_sign"][0] == 0.0
+    assert np.isfinite(rows["rga_cos"]).all() and np.isfinite(rows["unstable_frac_l0"]).all()
+    assert rows["loss_variation"][0] == pytest.approx(float(np.ptp(rows["loss"])), rel=1e-5)
+    sunk = []
+    probes.GradientProbe(every=1, t_values=[0.0, 1.0], metrics=False, sink=lambda g, r: sunk.append((g, r))).on_step(ctx)
+    assert sunk[0][0] == "probes" and np.isnan(sunk[0][1]["a_sign"]).all()
+    with pytest.raises(ValueError):
+        probes.GradientProbe(every=1)
