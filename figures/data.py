@@ -1,0 +1,387 @@
+"""Read a result file into the small, plot-ready records the figure modules draw.
+
+Every file the toolkit writes is an HDF5 file with a root attribute ``kind`` and a
+``schema_version``; :mod:`landscape.store` owns that schema and its reader. This module is
+the one place in :mod:`figures` that knows the layout: it turns ``store.read(path)`` into
+
+* :class:`Meta` - what made the file (kind, method, eps, checkpoint, dataset, model);
+* :class:`LineScan` - a 1D scan (``gradient``, ``random-1d``, ``interpolate``): one
+  coordinate axis and, per scanned loss (method), the arrays along it;
+* :class:`SurfaceScan` - a ``random-2d`` scan: two axes and one grid per method;
+* :class:`TrainRun` - a training run (``train``): per-step scalars, per-epoch metrics and
+  the training probes (gradient scans every N steps, relaxation statistics);
+* :class:`CertifyResult` - rows of clean / PGD / verified error per method and eps
+  (files of kind ``certify``, as written by ``landscape reproduce``).
+
+Anything a figure needs that the file lacks gives one ValueError that names the file and
+the missing array, and so does a ``schema_version`` this toolkit cannot read.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+SCAN_KINDS: tuple[str, ...] = ("gradient", "random-1d", "random-2d", "interpolate")
+KINDS: tuple[str, ...] = SCAN_KINDS + ("train", "certify")
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def _store():
+    """The toolkit's HDF5 store module (imports only h5py and numpy)."""
+    from landscape import store
+
+    return store
+
+
+def supported_schema_versions() -> tuple[int, ...]:
+    """Schema versions figures can read: those up to the store's current one."""
+    current = int(getattr(_store(), "SCHEMA_VERSION", 1))
+    return tuple(range(1, current + 1))
+
+
+def read_raw(path: str | Path) -> dict:
+    """``store.read(path)`` with a clear error for a missing, unreadable or foreign file."""
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"result file {p} does not exist")
+    if p.is_dir():
+        raise ValueError(f"{p} is a directory, not an HDF5 result file")
+    try:
+        raw = _store().read(p)
+    except (OSError, KeyError) as exc:
+        raise ValueError(f"{p} is not a readable HDF5 result file ({exc})") from exc
+    if not isinstance(raw, dict):
+        raise ValueError(f"{p}: the store returned no data")
+    return raw
+
+
+def _decode(value: Any) -> Any:
+    """Attribute values as plain Python: bytes -> str, JSON strings of lists/dicts -> objects,
+    0-d arrays -> scalars."""
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+        value = value.item()
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, str) and value[:1] in "[{":
+        try:
+            return json.loads(value)
+        except ValueError:
+            return value
+    return value
+
+
+def _attrs(node: dict) -> dict:
+    return {k: _decode(v) for k, v in dict(node.get("attrs", {}) or {}).items()}
+
+
+def _arrays(node: dict) -> dict[str, np.ndarray]:
+    """The datasets directly in a group (not sub-groups, not attrs)."""
+    return {k: np.asarray(v) for k, v in node.items() if k != "attrs" and not isinstance(v, dict)}
+
+
+def _groups(node: dict) -> dict[str, dict]:
+    return {k: v for k, v in node.items() if k != "attrs" and isinstance(v, dict)}
+
+
+# --------------------------------------------------------------------------- records
+
+
+@dataclass
+class Meta:
+    """What made a result file; ``label`` is what legends show."""
+
+    path: Path
+    kind: str
+    method: str | None = None
+    eps: float | None = None
+    checkpoint: str | None = None
+    dataset: str | None = None
+    model: str | None = None
+    attrs: dict = field(default_factory=dict)
+    name: str = ""  # unique short name among the files of one plot call
+
+    def label(self, method: str | None = None, with_checkpoint: bool = True) -> str:
+        """Legend text: method, eps and (optionally) checkpoint."""
+        from figures.style import legend_label, short_path
+
+        ckpt = short_path(self.checkpoint) if with_checkpoint else None
+        return legend_label(method or self.method, self.eps, ckpt or None)
+
+
+@dataclass
+class LineScan:
+    """A 1D scan: ``coord`` along one axis, per-method arrays in ``series[method][name]``
+    (``loss`` always; a gradient scan also ``cosine``, ``rms``, ``smoothness``)."""
+
+    meta: Meta
+    coord: np.ndarray
+    coord_label: str
+    series: dict[str, dict[str, np.ndarray]]
+
+
+@dataclass
+class SurfaceScan:
+    """A 2D scan: ``loss[method]`` has shape ``[len(x), len(y)]``."""
+
+    meta: Meta
+    x: np.ndarray
+    y: np.ndarray
+    loss: dict[str, np.ndarray]
+
+
+@dataclass
+class TrainRun:
+    """A training run: ``steps``/``epochs`` columns and ``probes`` columns (each probe a row;
+    2-D arrays ``[n_probes, n_t]`` for the gradient scans along ``probe_t``)."""
+
+    meta: Meta
+    steps: dict[str, np.ndarray]
+    epochs: dict[str, np.ndarray]
+    probes: dict[str, np.ndarray]
+    probe_t: np.ndarray | None
+
+
+@dataclass
+class CertifyResult:
+    """Rows of a verified-error table: dicts with ``method, eps, clean_err, pgd_err,
+    verified_err`` and optionally one ``verified_<bound>`` per bound method."""
+
+    meta: Meta
+    rows: list[dict]
+
+
+Record = LineScan | SurfaceScan | TrainRun | CertifyResult
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _meta(path: Path, attrs: dict) -> Meta:
+    kind = attrs.get("kind")
+    method = attrs.get("method")
+    if isinstance(method, (list, tuple)):
+        method = ",".join(map(str, method))
+    eps = attrs.get("eps")
+    try:
+        eps = None if eps is None else float(eps)
+    except (TypeError, ValueError):
+        eps = None
+    checkpoint = attrs.get("checkpoint") or attrs.get("checkpoint_path") or None
+    return Meta(
+        path=path,
+        kind=str(kind),
+        method=None if method is None else str(method),
+        eps=eps,
+        checkpoint=None if checkpoint is None else str(checkpoint),
+        dataset=attrs.get("dataset"),
+        model=attrs.get("model"),
+        attrs=attrs,
+    )
+
+
+def _need(arrays: dict, names: tuple[str, ...], path: Path, where: str) -> np.ndarray:
+    """The first of ``names`` present in ``arrays``; otherwise one clear ValueError."""
+    for name in names:
+        if name in arrays:
+            return np.asarray(arrays[name], dtype=float)
+    raise ValueError(f"{path}: missing array {where}/{names[0]} needed to plot this file")
+
+
+def _first(arrays: dict, names: tuple[str, ...]) -> np.ndarray | None:
+    for name in names:
+        if name in arrays:
+            return np.asarray(arrays[name], dtype=float)
+    return None
+
+
+def check_header(path: Path, raw: dict) -> dict:
+    """Root attrs after checking ``kind`` and ``schema_version``; ValueError otherwise."""
+    attrs = _attrs(raw)
+    if "schema_version" not in attrs:
+        raise ValueError(f"{path}: no schema_version attribute; not a file written by this toolkit")
+    try:
+        version = int(attrs["schema_version"])
+    except (TypeError, ValueError):
+        raise ValueError(f"{path}: schema_version {attrs['schema_version']!r} is not an integer") from None
+    supported = supported_schema_versions()
+    if version not in supported:
+        raise ValueError(
+            f"{path}: schema_version {version} is not supported by this toolkit "
+            f"(it reads versions {supported[0]}..{supported[-1]}); upgrade cert-landscape"
+        )
+    kind = attrs.get("kind")
+    if kind not in KINDS:
+        raise ValueError(f"{path}: unknown result kind {kind!r}; expected one of {', '.join(KINDS)}")
+    return attrs
+
+
+# --------------------------------------------------------------------------- per kind
+
+_COORD_LABELS = {
+    "gradient": "step size t along −∇L (× learning rate)",
+    "random-1d": "distance along the random direction (× direction)",
+    "interpolate": "interpolation α (0 = first checkpoint, 1 = second)",
+}
+_LINE_FIELDS = {
+    "loss": ("loss",),
+    "cosine": ("cos", "cosine", "grad_cosine"),
+    "rms": ("rms", "grad_rms"),
+    "smoothness": ("smoothness",),
+    "grad_norm": ("grad_norm",),
+    "sign_flip": ("sign_flip",),
+    "a_sign": ("a_sign",),
+}
+
+
+def _scan_grid(path: Path, raw: dict, attrs: dict, n_dims: int) -> tuple[list[str], list[np.ndarray]]:
+    """Names and coordinates of the grid axes (``/coords/<dim>`` in the order of attr ``dims``)."""
+    coords = _groups(raw).get("coords")
+    if coords is None:
+        raise ValueError(f"{path}: missing group coords/ (the scan's axis coordinates)")
+    dims = attrs.get("dims")
+    if not isinstance(dims, list) or not dims:
+        dims = [k for k in _arrays(coords)]
+    if len(dims) != n_dims:
+        raise ValueError(f"{path}: a {attrs.get('kind')} scan needs {n_dims} grid axes, the file has {len(dims)} ({dims})")
+    arrays = _arrays(coords)
+    return [str(d) for d in dims], [_need(arrays, (str(d),), path, "coords") for d in dims]
+
+
+def _scan_results(path: Path, raw: dict, shape: tuple[int, ...]) -> dict[str, dict]:
+    """``/results/<label>`` groups as dicts of arrays (each checked against the grid shape),
+    with the group attrs (scalar summaries such as ``loss_variation``) under ``"attrs"``."""
+    results = _groups(raw).get("results")
+    if results is None or not _groups(results):
+        raise ValueError(f"{path}: missing group results/<label>/ (the scanned losses)")
+    out = {}
+    for label, node in _groups(results).items():
+        arrays = _arrays(node)
+        loss = _need(arrays, ("loss",), path, f"results/{label}")
+        if loss.shape != shape:
+            raise ValueError(f"{path}: results/{label}/loss has shape {loss.shape}, expected the grid shape {shape}")
+        out[label] = {**{k: np.asarray(v, dtype=float) for k, v in arrays.items()}, "attrs": _attrs(node)}
+    return out
+
+
+def _line_scan(path: Path, raw: dict, meta: Meta) -> LineScan:
+    kind = meta.kind
+    dims, (coord,) = _scan_grid(path, raw, meta.attrs, 1)
+    series: dict[str, dict[str, np.ndarray]] = {}
+    for label, arrays in _scan_results(path, raw, (coord.size,)).items():
+        entry: dict[str, np.ndarray] = {}
+        for key, names in _LINE_FIELDS.items():
+            value = _first(arrays, names)
+            if value is not None and value.shape == coord.shape:
+                entry[key] = value
+        series[label] = entry
+    label = _COORD_LABELS[kind]
+    if kind == "random-1d" and dims[0] not in ("x", "alpha"):
+        label = f"{dims[0]} (× random direction)"
+    return LineScan(meta=meta, coord=coord, coord_label=label, series=series)
+
+
+def _surface_scan(path: Path, raw: dict, meta: Meta) -> SurfaceScan:
+    _, (x, y) = _scan_grid(path, raw, meta.attrs, 2)
+    results = _scan_results(path, raw, (x.size, y.size))
+    return SurfaceScan(meta=meta, x=x, y=y, loss={label: r["loss"] for label, r in results.items()})
+
+
+def _probe_matrix(probes: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+    """Turn the flat probe rows (one per probe and scan point, rows of one probe sharing
+    ``step``) into ``[n_probes, n_t]`` matrices on the sorted union of the ``t`` values.
+
+    Returns the matrices (``step`` as a 1-D column of the probe steps) and the t grid.
+    Without a ``t`` column every column is returned as is (one row per probe).
+    """
+    cols = {k: np.asarray(v) for k, v in probes.items() if np.asarray(v).dtype.kind in "biuf"}
+    if "step" not in cols or "t" not in cols or not cols["step"].size:
+        return {k: np.asarray(v, dtype=float) for k, v in cols.items()}, None
+    step = cols["step"].astype(float).reshape(-1)
+    t = cols["t"].astype(float).reshape(-1)
+    keep = np.isfinite(step) & np.isfinite(t)
+    _, first = np.unique(step[keep], return_index=True)
+    steps = step[keep][np.sort(first)]  # probe steps in the order they were written
+    grid = np.unique(t[keep])
+    p_idx = np.searchsorted(np.sort(steps), step[keep])
+    order = np.argsort(steps)
+    p_idx = order[p_idx]
+    t_idx = np.searchsorted(grid, t[keep])
+    out: dict[str, np.ndarray] = {"step": steps}
+    for name, col in cols.items():
+        if name in ("step", "t") or col.ndim != 1 or col.shape[0] != step.shape[0]:
+            continue
+        mat = np.full((steps.size, grid.size), np.nan)
+        mat[p_idx, t_idx] = col[keep].astype(float)
+        out[name] = mat
+    return out, grid
+
+
+def _last_per_key(cols: dict[str, np.ndarray], key: str) -> dict[str, np.ndarray]:
+    """Keep the last row of every ``key`` value, in order of ``key``: a run resumed from an
+    epoch checkpoint writes the steps after that checkpoint a second time."""
+    if key not in cols or cols[key].ndim != 1:
+        return cols
+    k = cols[key]
+    n = k.shape[0]
+    if np.unique(k).size == n:
+        return cols
+    _, last_from_end = np.unique(k[::-1], return_index=True)
+    keep = np.sort(n - 1 - last_from_end)
+    keep = keep[np.argsort(k[keep], kind="stable")]
+    return {name: (c[keep] if c.ndim >= 1 and c.shape[0] == n else c) for name, c in cols.items()}
+
+
+def _train_run(path: Path, raw: dict, meta: Meta) -> TrainRun:
+    groups = _groups(raw)
+    steps = _last_per_key({k: np.asarray(v) for k, v in _arrays(groups.get("steps", {})).items()}, "step")
+    epochs = _last_per_key({k: np.asarray(v) for k, v in _arrays(groups.get("epochs", {})).items()}, "epoch")
+    probes, probe_t = _probe_matrix(_arrays(groups.get("probes", {})))
+    if not steps and not probes and not epochs:
+        raise ValueError(f"{path}: missing arrays steps/*, epochs/* and probes/*; nothing to plot in this training file")
+    return TrainRun(meta=meta, steps=steps, epochs=epochs, probes=probes, probe_t=probe_t)
+
+
+def _certify(path: Path, raw: dict, meta: Meta) -> CertifyResult:
+    node = _groups(raw).get("results") or raw
+    arrays = _arrays(node)
+    eps = _need(arrays, ("eps",), path, "results")
+    cols = {k: np.asarray(v) for k, v in arrays.items()}
+    for name in ("clean_err", "verified_err"):
+        _need(cols, (name,), path, "results")
+    methods = cols.get("method")
+    rows = []
+    for i in range(eps.shape[0]):
+        row: dict[str, Any] = {"method": meta.method, "eps": float(eps[i])}
+        if methods is not None:
+            m = methods[i]
+            row["method"] = m.decode() if isinstance(m, bytes) else str(m)
+        for key, col in cols.items():
+            if key in ("eps", "method"):
+                continue
+            row[key] = float(col[i])
+        rows.append(row)
+    return CertifyResult(meta=meta, rows=rows)
+
+
+def load(path: str | Path) -> Record:
+    """Read one result file into its plot-ready record (ValueError when it cannot be plotted)."""
+    p = Path(path)
+    raw = read_raw(p)
+    attrs = check_header(p, raw)
+    meta = _meta(p, attrs)
+    if meta.kind in ("gradient", "random-1d", "interpolate"):
+        return _line_scan(p, raw, meta)
+    if meta.kind == "random-2d":
+        return _surface_scan(p, raw, meta)
+    if meta.kind == "train":
+        return _train_run(p, raw, meta)
+    return _certify(p, raw, meta)

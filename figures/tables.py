@@ -1,0 +1,189 @@
+"""Comparisons across methods: the verified-error table (Markdown and LaTeX), verified error
+against eps, and the tightness-versus-smoothness scatter (one point per method).
+
+Verified error is the share of test samples that *no* bound (IBP, CROWN-IBP, CROWN) can
+certify at eps, so it upper-bounds the true robust error; PGD error lower-bounds it.
+The scatter puts each method at (bound tightness, loss variation): the paper's claim is that
+tighter bounds (right) came with rougher landscapes (up) until the tightest-slope method.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from figures.style import apply_style, format_eps, method_colour, method_name, save
+
+_COLUMNS = (("clean_err", "Clean"), ("pgd_err", "PGD"), ("verified_err", "Verified"))
+
+
+def _pct(value: float | None) -> str:
+    if value is None or not np.isfinite(value):
+        return "–"
+    return f"{100.0 * value:.1f}" if value <= 1.0 else f"{value:.1f}"
+
+
+def _sorted_rows(rows: Sequence[dict]) -> list[dict]:
+    order = {m: i for i, m in enumerate(("natural", "ibp", "crown-ibp", "crown", "cap", "tightest"))}
+    return sorted(rows, key=lambda r: (float(r.get("eps", 0.0)), order.get(str(r.get("method")), 99), str(r.get("method"))))
+
+
+def _bound_columns(rows: Sequence[dict]) -> list[str]:
+    """Per-bound verified-error columns (``verified_err_ibp``, ``verified_err_crown_ibp``, ...)
+    present in every row."""
+    keys = [k for k in rows[0] if k.startswith("verified_") and k != "verified_err"] if rows else []
+    order = {m: i for i, m in enumerate(("ibp", "crown-ibp", "crown", "cap"))}
+    keys = sorted(keys, key=lambda k: order.get(bound_name_key(k), 50))
+    return [k for k in keys if all(k in r for r in rows)]
+
+
+def bound_name_key(column: str) -> str:
+    """Method key of a per-bound column: ``verified_err_crown_ibp`` -> ``crown-ibp``."""
+    key = column[len("verified_err_"):] if column.startswith("verified_err_") else column[len("verified_"):]
+    return key.replace("_", "-")
+
+
+def bound_name(column: str) -> str:
+    """Display name of a per-bound column: ``verified_err_crown_ibp`` -> ``CROWN-IBP``."""
+    return method_name(bound_name_key(column))
+
+
+def verified_error_markdown(rows: Sequence[dict]) -> str:
+    """A Markdown table: method, eps, clean / PGD / verified error (%) and per-bound columns."""
+    if not rows:
+        raise ValueError("no certification results to tabulate")
+    rows = _sorted_rows(rows)
+    extra = _bound_columns(rows)
+    head = ["Method", "ε"] + [f"{name} err. (%)" for _, name in _COLUMNS] + [
+        f"Verified by {bound_name(k)} (%)" for k in extra
+    ]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * 2 + ["---:"] * (len(head) - 2)) + "|"]
+    for r in rows:
+        cells = [method_name(r.get("method")), format_eps(r.get("eps")).replace("ε=", "")]
+        cells += [_pct(r.get(key)) for key, _ in _COLUMNS] + [_pct(r.get(k)) for k in extra]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _tex(text: str) -> str:
+    return text.replace("_", r"\_").replace("%", r"\%").replace("&", r"\&")
+
+
+def verified_error_latex(rows: Sequence[dict], caption: str = "Clean, PGD and verified test error (\\%).") -> str:
+    """The same table as a LaTeX ``table`` with booktabs rules; the best verified error per eps is bold."""
+    if not rows:
+        raise ValueError("no certification results to tabulate")
+    rows = _sorted_rows(rows)
+    extra = _bound_columns(rows)
+    best: dict[float, float] = {}
+    for r in rows:
+        v = r.get("verified_err")
+        if v is not None and np.isfinite(v):
+            e = float(r["eps"])
+            best[e] = min(best.get(e, np.inf), v)
+    head = ["Method", r"$\epsilon$"] + [name for _, name in _COLUMNS] + [_tex(bound_name(k)) for k in extra]
+    out = [
+        r"\begin{table}[t]",
+        r"\centering",
+        r"\begin{tabular}{ll" + "r" * (len(head) - 2) + "}",
+        r"\toprule",
+        " & ".join(head) + r" \\",
+        r"\midrule",
+    ]
+    for r in rows:
+        eps = format_eps(r.get("eps")).replace("ε=", "")
+        cells = [_tex(method_name(r.get("method"))), eps]
+        for key, _ in _COLUMNS:
+            text = _pct(r.get(key))
+            if key == "verified_err" and r.get(key) is not None and best.get(float(r["eps"])) == r.get(key):
+                text = r"\textbf{" + text + "}"
+            cells.append(text.replace("–", "--"))
+        cells += [_pct(r.get(k)).replace("–", "--") for k in extra]
+        out.append(" & ".join(cells) + r" \\")
+    out += [r"\bottomrule", r"\end{tabular}", rf"\caption{{{caption}}}", r"\end{table}"]
+    return "\n".join(out) + "\n"
+
+
+def write_tables(rows: Sequence[dict], out_dir: str | Path, stem: str = "verified_error") -> list[Path]:
+    """Write ``stem.md`` and ``stem.tex``; returns both paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    md, tex = out / f"{stem}.md", out / f"{stem}.tex"
+    md.write_text(verified_error_markdown(rows))
+    tex.write_text(verified_error_latex(rows))
+    return [md, tex]
+
+
+def plot_error_vs_eps(
+    rows: Sequence[dict], out_dir: str | Path, stem: str, formats: Sequence[str] = ("png", "pdf")
+) -> list[Path]:
+    """Verified error (solid) and PGD error (dashed) against eps, one colour per method."""
+    apply_style()
+    import matplotlib.pyplot as plt
+
+    if not rows:
+        raise ValueError("no certification results to plot")
+    fig, ax = plt.subplots(figsize=(6.2, 4.3))
+    methods = list(dict.fromkeys(str(r.get("method")) for r in _sorted_rows(rows)))
+    for i, m in enumerate(methods):
+        mine = sorted((r for r in rows if str(r.get("method")) == m), key=lambda r: r["eps"])
+        eps = np.array([r["eps"] for r in mine], dtype=float)
+        colour = method_colour(m, i)
+        ver = np.array([r.get("verified_err", np.nan) for r in mine], dtype=float)
+        scale = 100.0 if np.nanmax(ver, initial=0) <= 1.0 else 1.0
+        ax.plot(eps, scale * ver, "-o", lw=2, ms=5, color=colour, label=f"{method_name(m)}: verified")
+        if any("pgd_err" in r for r in mine):
+            pgd = np.array([r.get("pgd_err", np.nan) for r in mine], dtype=float)
+            ax.plot(eps, scale * pgd, "--s", lw=1.4, ms=4, color=colour, alpha=0.8, label=f"{method_name(m)}: PGD")
+    ax.set_xlabel("test ε (L∞ radius, input units)")
+    ax.set_ylabel("test error (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title("Verified and PGD error against ε")
+    ax.legend(loc="best", ncol=2 if len(methods) > 2 else 1)
+    fig.tight_layout()
+    return save(fig, out_dir, stem, formats)
+
+
+def plot_tightness_vs_smoothness(
+    points: Sequence[dict],
+    out_dir: str | Path,
+    stem: str,
+    formats: Sequence[str] = ("png", "pdf"),
+    x_label: str = "bound gap: PGD margin − certified lower bound (lower = tighter)",
+    y_label: str = "loss variation ΔL along −∇L (nats, lower = smoother)",
+) -> list[Path]:
+    """Scatter of ``points`` (dicts with ``method, tightness, smoothness`` and optionally
+    ``label``, ``tightness_err``, ``smoothness_err``), one point per method."""
+    apply_style()
+    import matplotlib.pyplot as plt
+
+    pts = [p for p in points if np.isfinite(p.get("tightness", np.nan)) and np.isfinite(p.get("smoothness", np.nan))]
+    if not pts:
+        raise ValueError("no method has both a tightness and a smoothness measurement to plot")
+    fig, ax = plt.subplots(figsize=(6.0, 4.6))
+    markers = "os^Dvp*h"
+    for i, p in enumerate(pts):
+        colour = method_colour(p.get("method"), i)
+        # distinct markers, shrinking in drawing order, so coinciding methods stay visible
+        ax.errorbar(
+            p["tightness"],
+            p["smoothness"],
+            xerr=p.get("tightness_err"),
+            yerr=p.get("smoothness_err"),
+            fmt=markers[i % len(markers)],
+            ms=max(6, 14 - 2.5 * i),
+            alpha=0.9,
+            color=colour,
+            mec="black",
+            capsize=3,
+            label=p.get("label") or method_name(p.get("method")),
+        )
+    ax.set_xlabel(x_label)
+    ax.set_ylabel(y_label)
+    ax.set_title("Tightness versus smoothness (one point per method)")
+    ax.margins(0.2)
+    ax.legend(loc="best")
+    fig.tight_layout()
+    return save(fig, out_dir, stem, formats)

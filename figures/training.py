@@ -1,0 +1,364 @@
+"""Figures of training runs: the probe statistics over training per method on shared axes,
+the paper's main figure (the loss along the gradient direction at successive probes), and
+loss / error curves.
+
+Probe statistics (DESIGN section 5), each a function of the training step:
+
+* loss variation  ΔL = max_t L(θ_t) − min_t L(θ_t) along θ_t = θ − t·lr·∇L (lower = smoother);
+* gradient cosine cos(∇L(θ), ∇L(θ_t)), averaged over the scanned t > 0 (1 = the gradient
+  keeps its direction);
+* smoothness ‖∇L(θ_t) − ∇L(θ)‖ / ‖θ_t − θ‖, averaged over t > 0;
+* unstable fraction: share of ReLUs whose pre-activation bounds straddle 0;
+* RGA cosine: cosine between the relaxed input gradient d lb / d x and the true d m / d x;
+* sign-flip rate: share of final linear-bound coefficients whose sign changes between θ
+  and θ_t (the relaxation switching lines).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from figures.data import TrainRun
+from figures.style import apply_style, method_colour, method_name, rolling_mean, save
+
+# (key, candidate column names (a trailing "*" matches a prefix; several matches are averaged),
+#  axis label, title)
+PROBE_STATS: tuple[tuple[str, tuple[str, ...], str, str], ...] = (
+    ("loss_variation", ("loss_variation", "loss_var"), "ΔL = max_t L − min_t L (nats)", "Loss variation along −∇L"),
+    ("grad_cosine", ("cos", "grad_cosine", "cosine"), "cos(∇L(θ), ∇L(θ_t)), mean t>0", "Gradient-angle similarity"),
+    ("smoothness", ("smoothness",), "‖Δ∇L‖ / ‖Δθ‖, mean t>0", "Smoothness estimate"),
+    ("unstable_frac", ("unstable_frac", "unstable_fraction", "unstable_frac_l*", "unstable*"), "fraction of ReLUs (mean over layers)", "Unstable neurons"),
+    ("rga_cosine", ("rga_cos", "rga_cosine", "rga_cos*"), "cos(d lb/dx, d m/dx)", "Relaxed-gradient cosine"),
+    ("sign_flip", ("sign_flip", "sign_flip_rate"), "fraction flipped, mean t>0", "Sign-flip rate of bound coefficients"),
+    ("loss_final_variation", ("loss_final_variation",), "ΔL at the final ε (nats)", "Loss variation at final ε"),
+)
+
+
+def _label(run: TrainRun, with_name: bool) -> str:
+    label = run.meta.label(with_checkpoint=False)
+    if with_name and run.meta.name:
+        label += f" [{run.meta.name}]"
+    return label
+
+
+def _needs_names(runs: Sequence[TrainRun]) -> bool:
+    keys = [(r.meta.method, r.meta.eps) for r in runs]
+    return len(set(keys)) < len(keys)
+
+
+def _reduce_over_t(values: np.ndarray, t: np.ndarray | None) -> np.ndarray:
+    """A per-probe column: scalars as is, ``[P, T]`` rows averaged over the points t > 0
+    (over all points for a row whose t > 0 entries are all NaN, e.g. a per-probe scalar
+    written only on the t = 0 row)."""
+    v = np.asarray(values, dtype=float)
+    if v.ndim == 1:
+        return v
+    flat = v.reshape(v.shape[0], -1)
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        every = np.nanmean(flat, axis=1)
+        if t is not None and t.size == flat.shape[1] and (np.asarray(t) > 0).any():
+            positive = np.nanmean(flat[:, np.asarray(t) > 0], axis=1)
+            return np.where(np.isfinite(positive), positive, every)
+        return every
+
+
+def probe_x(run: TrainRun) -> np.ndarray:
+    """The training step of every probe (its row index when the file has no step column)."""
+    for name in ("step", "steps", "global_step"):
+        if name in run.probes:
+            return np.asarray(run.probes[name], dtype=float).reshape(-1)
+    n = next((len(v) for v in run.probes.values()), 0)
+    return np.arange(n, dtype=float)
+
+
+def probe_stat(run: TrainRun, key: str) -> np.ndarray | None:
+    """One probe statistic per probe (see module docstring), or None when the run lacks it.
+
+    The loss variation falls back to ``max_t − min_t`` of the probes' ``loss`` rows; the
+    unstable fraction falls back to the mean of the per-layer columns ``unstable_frac_l{i}``.
+    """
+    names = next(c for k, c, _, _ in PROBE_STATS if k == key)
+    probes = run.probes
+    for name in names:
+        if name.endswith("*"):
+            matches = sorted(k for k in probes if k.startswith(name[:-1]))
+            if matches:
+                cols = np.stack([_reduce_over_t(probes[k], run.probe_t) for k in matches])
+                with np.errstate(all="ignore"), warnings.catch_warnings():
+                    warnings.simplefilter("ignore", RuntimeWarning)
+                    return np.nanmean(cols, 0)
+        elif name in probes:
+            return _reduce_over_t(probes[name], run.probe_t)
+    if key == "loss_variation" and "loss" in probes and np.ndim(probes["loss"]) == 2:
+        loss = np.asarray(probes["loss"], dtype=float)
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return np.nanmax(loss, 1) - np.nanmin(loss, 1)
+    return None
+
+
+def _x_label(runs: Sequence[TrainRun]) -> str:
+    return "training step"
+
+
+def plot_probe_stats(
+    runs: Sequence[TrainRun], out_dir: str | Path, stem: str, formats: Sequence[str] = ("png", "pdf")
+) -> list[Path]:
+    """Every probe statistic present in any run, one panel each, all methods overlaid; the
+    panels share the training-step axis. ValueError when no run carries probes."""
+    apply_style()
+    import matplotlib.pyplot as plt
+
+    present = [s for s in PROBE_STATS if any(probe_stat(r, s[0]) is not None for r in runs)]
+    if not present:
+        raise ValueError("no training probes in these files; train with --probe-every N to record them")
+    cols = 4 if len(present) in (7, 8) else min(3, len(present))
+    rows = (len(present) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(4.4 * cols, 3.3 * rows), sharex=True, squeeze=False)
+    flat = list(axes.ravel())
+    names = _needs_names(runs)
+    for ax, (key, _, ylabel, title) in zip(flat, present):
+        for i, run in enumerate(runs):
+            y = probe_stat(run, key)
+            if y is None:
+                continue
+            x = probe_x(run)[: y.size]
+            ax.plot(x, y[: x.size], "-o", ms=2.5, lw=1.5, color=method_colour(run.meta.method, i), label=_label(run, names))
+        ax.set_title(title)
+        ax.set_ylabel(ylabel)
+    for ax in flat[len(present):]:
+        ax.set_visible(False)
+    for ax in flat[: len(present)]:
+        ax.tick_params(labelbottom=True)
+        ax.set_xlabel(_x_label(runs))
+    handles, labels = flat[0].get_legend_handles_labels()
+    if not handles:
+        for ax in flat:
+            handles, labels = ax.get_legend_handles_labels()
+            if handles:
+                break
+    fig.legend(handles, labels, loc="lower center", ncol=min(4, max(1, len(labels))), bbox_to_anchor=(0.5, -0.01))
+    fig.suptitle(_suptitle(runs, "Landscape probes over training"), fontsize=12)
+    fig.tight_layout(rect=(0, 0.35 / fig.get_size_inches()[1] + 0.02, 1, 1))
+    return save(fig, out_dir, stem, formats)
+
+
+def plot_single_stat(
+    runs: Sequence[TrainRun], key: str, out_dir: str | Path, stem: str, formats: Sequence[str] = ("png", "pdf")
+) -> list[Path]:
+    """One probe statistic (e.g. ``grad_cosine``) over training, one line per run."""
+    apply_style()
+    import matplotlib.pyplot as plt
+
+    _, _, ylabel, title = next(s for s in PROBE_STATS if s[0] == key)
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    names = _needs_names(runs)
+    drawn = 0
+    for i, run in enumerate(runs):
+        y = probe_stat(run, key)
+        if y is None:
+            continue
+        x = probe_x(run)[: y.size]
+        ax.plot(x, y[: x.size], "-o", ms=3, lw=1.7, color=method_colour(run.meta.method, i), label=_label(run, names))
+        drawn += 1
+    if not drawn:
+        plt.close(fig)
+        raise ValueError(f"no run in these files records the probe statistic {key!r}")
+    ax.set_xlabel(_x_label(runs))
+    ax.set_ylabel(ylabel)
+    ax.set_title(_suptitle(runs, f"{title} over training"))
+    ax.legend(loc="best")
+    fig.tight_layout()
+    return save(fig, out_dir, stem, formats)
+
+
+def _suptitle(runs: Sequence[TrainRun], what: str) -> str:
+    datasets = {r.meta.dataset for r in runs if r.meta.dataset}
+    models = {r.meta.model for r in runs if r.meta.model}
+    bits = []
+    if len(datasets) == 1:
+        bits.append(str(next(iter(datasets))))
+    if len(models) == 1:
+        bits.append(str(next(iter(models))))
+    return what + (f" — {', '.join(bits)}" if bits else "")
+
+
+def has_gradient_probes(run: TrainRun) -> bool:
+    """True when the run's probes hold the loss along the gradient (``loss`` rows of ``[P, T]``)."""
+    return "loss" in run.probes and np.ndim(run.probes["loss"]) == 2 and run.probe_t is not None
+
+
+def plot_gradient_direction_over_training(
+    runs: Sequence[TrainRun], out_dir: str | Path, stem: str, formats: Sequence[str] = ("png", "pdf")
+) -> list[Path]:
+    """The paper's main figure: for each run, L(θ_t) − L(θ_0) against the step size t at every
+    probe, coloured by training step. Flat, nested curves = smooth landscape; curves that
+    shoot up (or jump) = the next step lands on a very different loss."""
+    apply_style()
+    import matplotlib.pyplot as plt
+    from matplotlib import cm, colors
+
+    runs = [r for r in runs if has_gradient_probes(r)]
+    if not runs:
+        raise ValueError("no gradient-direction probes (probes/loss over probes/t) in these files")
+    cols = min(4, len(runs))
+    rows = (len(runs) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(3.9 * cols + 0.8, 3.6 * rows + 0.3), sharey=True, squeeze=False,
+                             layout="constrained")
+    flat = list(axes.ravel())
+    steps_all = np.concatenate([probe_x(r) for r in runs])
+    norm = colors.Normalize(vmin=float(np.nanmin(steps_all)), vmax=float(max(np.nanmax(steps_all), np.nanmin(steps_all) + 1)))
+    cmap = plt.get_cmap("viridis")
+    names = _needs_names(runs)
+    for ax, run in zip(flat, runs):
+        loss = np.asarray(run.probes["loss"], dtype=float)
+        t = np.asarray(run.probe_t, dtype=float)
+        x = probe_x(run)
+        zero = int(np.argmin(np.abs(t)))
+        for p in range(loss.shape[0]):
+            row = loss[p]
+            if not np.isfinite(row).any():
+                continue
+            ax.plot(t, row - row[zero], "-", lw=1.2, color=cmap(norm(x[p] if p < x.size else p)), alpha=0.9)
+        ax.axhline(0.0, color="0.3", lw=0.8, ls=":")
+        ax.set_title(_label(run, names), color=method_colour(run.meta.method))
+        ax.set_xlabel("step size t (× lr)")
+    for ax in flat[len(runs):]:
+        ax.set_visible(False)
+    flat[0].set_ylabel("L(θ − t·lr·∇L) − L(θ)  (nats)")
+    for r in range(rows):
+        axes[r][0].set_ylabel("L(θ − t·lr·∇L) − L(θ)  (nats)")
+    sm = cm.ScalarMappable(norm=norm, cmap=cmap)
+    fig.colorbar(sm, ax=flat[: len(runs)], label="training step of the probe", shrink=0.9, pad=0.02)
+    fig.suptitle(_suptitle(runs, "Loss along the gradient direction over training"), fontsize=12)
+    return save(fig, out_dir, stem, formats)
+
+
+_CURVES = (
+    (("loss",), "training loss (nats)", "Certified training loss"),
+    (("robust_err",), "batch error (%)", "Robust (verified) batch error"),
+    (("clean_err",), "batch error (%)", "Clean batch error"),
+)
+
+
+def plot_training_curves(
+    runs: Sequence[TrainRun], out_dir: str | Path, stem: str, formats: Sequence[str] = ("png", "pdf")
+) -> list[Path]:
+    """Loss, robust and clean batch error per step (moving average, raw values faint), and the
+    eps schedule, for every run. ValueError when no run has per-step records."""
+    apply_style()
+    import matplotlib.pyplot as plt
+
+    runs = [r for r in runs if "loss" in r.steps]
+    if not runs:
+        raise ValueError("no per-step records (steps/loss) in these files")
+    has_eps = any("eps" in r.steps for r in runs)
+    has_test = any("test_clean_err" in r.epochs for r in runs)
+    n = len(_CURVES) + has_eps + has_test
+    cols = 3 if n >= 5 else (2 if n == 4 else n)
+    fig, grid = plt.subplots((n + cols - 1) // cols, cols, figsize=(5.0 * cols, 3.5 * ((n + cols - 1) // cols)), squeeze=False)
+    axes = list(grid.ravel())
+    for ax in axes[n:]:
+        ax.set_visible(False)
+    names = _needs_names(runs)
+    for i, run in enumerate(runs):
+        colour = method_colour(run.meta.method, i)
+        label = _label(run, names)
+        x = np.asarray(run.steps.get("step", np.arange(len(run.steps["loss"]))), dtype=float)
+        window = max(1, x.size // 25)
+        for ax, (keys, ylabel, title) in zip(axes, _CURVES):
+            key = next((k for k in keys if k in run.steps), None)
+            if key is None:
+                continue
+            y = np.asarray(run.steps[key], dtype=float)
+            if "err" in key and np.nanmax(y, initial=0) <= 1.0:
+                y = 100.0 * y
+            ax.plot(x, y, lw=0.6, color=colour, alpha=0.25)
+            ax.plot(x, rolling_mean(y, window), lw=1.8, color=colour, label=label)
+            ax.set_title(title)
+            ax.set_ylabel(ylabel)
+            ax.set_xlabel("training step")
+        if has_eps and "eps" in run.steps:
+            ax = axes[len(_CURVES)]
+            ax.plot(x, np.asarray(run.steps["eps"], dtype=float), lw=1.8, color=colour, label=label)
+            ax.set_title("ε schedule")
+            ax.set_ylabel("training ε (input units)")
+            ax.set_xlabel("training step")
+        if has_test and "test_clean_err" in run.epochs:
+            _test_panel(axes[len(_CURVES) + has_eps], run, colour)
+    if has_test:
+        _test_legend(axes[len(_CURVES) + has_eps])
+    axes[0].legend(loc="best")
+    fig.suptitle(_suptitle(runs, "Training curves"), fontsize=12)
+    fig.tight_layout()
+    return save(fig, out_dir, stem, formats)
+
+
+_TEST_STYLES = (("test_clean_err", "-", "clean"), ("test_verified_err_ibp", "--", "verified by IBP"),
+                ("test_verified_err_crown_ibp", ":", "verified by CROWN-IBP"))
+
+
+def _test_panel(ax, run: TrainRun, colour: str) -> None:
+    """Test errors after each epoch (the loop's quick evaluation) against the training step."""
+    ep = run.epochs
+    x = np.asarray(ep.get("step", ep.get("epoch", np.arange(len(ep["test_clean_err"])))), dtype=float)
+    for key, style, _ in _TEST_STYLES:
+        if key in ep:
+            ax.plot(x, 100.0 * np.asarray(ep[key], dtype=float), style, marker="o", ms=3, lw=1.6, color=colour)
+    ax.set_title("Test error after each epoch")
+    ax.set_ylabel("test error (%)")
+    ax.set_xlabel("training step")
+
+
+def _test_legend(ax) -> None:
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], color="0.3", ls=style, label=name) for _, style, name in _TEST_STYLES]
+    ax.legend(handles=handles, loc="best")
+
+
+def summary(run: TrainRun, last_fraction: float = 1.0) -> dict[str, float]:
+    """Mean of every probe statistic over the last ``last_fraction`` of the probes (NaN when
+    the run lacks it), plus ``tightness`` (a ``bound_gap`` column) when the probes or steps carry it."""
+    out: dict[str, float] = {}
+    for key, *_ in PROBE_STATS:
+        y = probe_stat(run, key)
+        out[key] = _tail_mean(y, last_fraction)
+    tight = None
+    for source in (run.probes, run.steps):
+        for name in ("bound_gap",):
+            if name in source:
+                tight = _reduce_over_t(source[name], None)
+                break
+        if tight is not None:
+            break
+    out["tightness"] = _tail_mean(tight, last_fraction)
+    return out
+
+
+def _tail_mean(y: np.ndarray | None, fraction: float) -> float:
+    if y is None:
+        return float("nan")
+    y = np.asarray(y, dtype=float).reshape(-1)
+    y = y[np.isfinite(y)]
+    if not y.size:
+        return float("nan")
+    k = max(1, int(round(y.size * fraction)))
+    return float(y[-k:].mean())
+
+
+__all__ = [
+    "PROBE_STATS",
+    "plot_probe_stats",
+    "plot_single_stat",
+    "plot_gradient_direction_over_training",
+    "plot_training_curves",
+    "probe_stat",
+    "summary",
+    "method_name",
+]

@@ -1,0 +1,353 @@
+"""figures/ and `landscape plot`: every plot kind writes non-empty PNG and PDF files from small
+synthetic HDF5 files (written with landscape.store), bad files give one clear error, and
+plotting never imports torch."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from landscape import store
+
+T = np.array([0.0, 0.5, 1.0, 2.0, 3.5, 5.0])
+
+
+# ----------------------------------------------------------------------------- synthetic files
+
+
+def make_gradient_scan(path: Path, methods=("ibp", "crown-ibp"), eps: float = 0.1) -> Path:
+    scan = store.create_scan(
+        str(path),
+        kind="gradient",
+        args={"t": T.tolist(), "methods": list(methods)},
+        coords={"t": T},
+        labels=list(methods),
+        fields=["loss", "grad_norm", "cos", "rms", "smoothness"],
+        attrs={"checkpoint": "runs/demo/checkpoint.pt", "dataset": "digits", "model": "cnn-tiny", "eps": eps},
+    )
+    for k, m in enumerate(methods):
+        rough = 1.0 + 3.0 * k  # the second method is rougher
+        for i, t in enumerate(T):
+            scan.set_point(
+                m,
+                i,
+                {
+                    "loss": 1.0 - 0.1 * t + 0.05 * rough * t**2,
+                    "grad_norm": 1.0 + 0.1 * t,
+                    "cos": np.exp(-0.1 * rough * t),
+                    "rms": 0.01 * rough * t,
+                    "smoothness": 0.5 * rough + 0.1 * t,
+                },
+            )
+        scan.label_attrs[m] = {"loss_variation": 0.1 * rough}
+    scan.flush(complete=True)
+    return path
+
+
+def make_line_scan(path: Path, kind: str = "random-1d", partial: bool = False) -> Path:
+    dim = "alpha" if kind == "interpolate" else "x"
+    xs = np.linspace(-0.5, 1.5, 21) if kind == "interpolate" else np.linspace(-1, 1, 21)
+    scan = store.create_scan(
+        str(path), kind=kind, args={"k": kind}, coords={dim: xs}, labels=["ibp", "tightest"],
+        attrs={"checkpoint": "runs/ibp/checkpoint.pt", "dataset": "digits", "eps": 0.1},
+    )
+    for k, m in enumerate(("ibp", "tightest")):
+        for i, x in enumerate(xs):
+            if partial and i > 15:
+                continue  # NaN: not yet computed
+            scan.set_point(m, i, {"loss": 0.5 + (1 + k) * x**2 + 0.05 * np.sin(9 * x)})
+    scan.flush(complete=not partial)
+    return path
+
+
+def make_surface_scan(path: Path) -> Path:
+    xs, ys = np.linspace(-1, 1, 11), np.linspace(-1, 1, 9)
+    scan = store.create_scan(
+        str(path), kind="random-2d", args={"n": 11}, coords={"x": xs, "y": ys}, labels=["crown-ibp"],
+        attrs={"checkpoint": "runs/crown/checkpoint.pt", "dataset": "digits", "model": "mlp", "eps": 0.1},
+    )
+    for i, x in enumerate(xs):
+        for j, y in enumerate(ys):
+            scan.set_point("crown-ibp", (i, j), {"loss": 0.3 + x**2 + 2 * y**2 + 0.2 * abs(x * y)})
+    scan.flush(complete=True)
+    return path
+
+
+def make_train_run(path: Path, method: str = "ibp", rough: float = 1.0, probes: bool = True, tight: float = 1.0) -> Path:
+    store.write_attrs(
+        str(path),
+        {"kind": "train", "method": method, "dataset": "digits", "model": "cnn-tiny", "eps": 0.1, "seed": 0},
+    )
+    n = 60
+    step = np.arange(n)
+    store.append_rows(
+        str(path),
+        "steps",
+        {
+            "step": step,
+            "epoch": step // 20,
+            "loss": np.exp(-step / 30) + 0.05 * np.cos(step),
+            "robust_err": np.clip(0.9 - step / 100, 0, 1),
+            "clean_err": np.clip(0.5 - step / 150, 0, 1),
+            "eps": np.minimum(0.1, step / 400),
+            "unstable_frac_l0": np.full(n, 0.1 * rough),
+        },
+    )
+    store.append_rows(str(path), "epochs", {"epoch": np.array([1, 2, 3]), "step": np.array([20, 40, 60]),
+                                            "test_clean_err": np.array([0.4, 0.3, 0.2], dtype=np.float32),
+                                            "test_verified_err_ibp": np.array([0.9, 0.7, 0.6], dtype=np.float32)})
+    if probes:
+        rows: dict[str, list] = {k: [] for k in ("step", "t", "loss", "loss_final", "cos", "smoothness", "loss_variation", "sign_flip", "rga_cos", "unstable_frac_l0", "bound_gap")}
+        for p in range(0, n, 10):
+            loss = 1.0 - 0.1 * T + 0.02 * rough * (1 + p / 20) * T**2
+            for i, t in enumerate(T):
+                rows["step"].append(p)
+                rows["t"].append(t)
+                rows["loss"].append(loss[i])
+                rows["loss_final"].append(loss[i] + 0.3)
+                rows["cos"].append(np.exp(-0.05 * rough * t))
+                rows["smoothness"].append(rough * (1 + 0.1 * t))
+                rows["loss_variation"].append(loss.max() - loss.min())
+                rows["sign_flip"].append(0.01 * rough * t)
+                rows["rga_cos"].append(0.9 / rough)
+                rows["unstable_frac_l0"].append(0.1 * rough)
+                rows["bound_gap"].append(tight)
+        store.append_rows(str(path), "probes", {k: np.asarray(v, dtype=np.float32) for k, v in rows.items()})
+    return path
+
+
+def make_certify(path: Path, method: str, base: float) -> Path:
+    store.write_attrs(str(path), {"kind": "certify", "method": method, "dataset": "digits", "model": "cnn-tiny"})
+    eps = np.array([0.05, 0.1, 0.2])
+    store.append_rows(
+        str(path),
+        "results",
+        {
+            "method": np.array([method] * 3, dtype=object),
+            "eps": eps,
+            "clean_err": np.full(3, base),
+            "pgd_err": base + eps,
+            "verified_err": base + 2 * eps,
+            "verified_err_ibp": base + 2.5 * eps,
+            "verified_err_crown_ibp": base + 2.2 * eps,
+            "bound_gap": np.full(3, 0.5),
+        },
+    )
+    return path
+
+
+def _images_ok(paths: list[Path], stems: list[str], formats=("png", "pdf")) -> None:
+    names = {p.name for p in paths}
+    for stem in stems:
+        for fmt in formats:
+            assert f"{stem}.{fmt}" in names, f"missing {stem}.{fmt} in {sorted(names)}"
+    for p in paths:
+        if p.suffix in (".md", ".tex"):
+            assert p.stat().st_size > 50, p
+            continue
+        assert p.exists() and p.stat().st_size > 1000, p
+        if p.suffix == ".png":
+            assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        if p.suffix == ".pdf":
+            assert p.read_bytes()[:5] == b"%PDF-"
+
+
+# ----------------------------------------------------------------------------- every plot kind
+
+
+def test_gradient_scan_figure(tmp_path: Path) -> None:
+    import figures
+
+    f = make_gradient_scan(tmp_path / "grad.h5")
+    out = figures.plot_file(f, tmp_path / "fig")
+    _images_ok(out, ["grad_gradient"])
+
+
+def test_line_scans_and_overlay(tmp_path: Path) -> None:
+    import figures
+
+    a = make_line_scan(tmp_path / "a.h5")
+    b = make_line_scan(tmp_path / "b.h5", partial=True)
+    c = make_line_scan(tmp_path / "interp.h5", kind="interpolate")
+    out = figures.plot_file([a, b, c], tmp_path / "fig")
+    _images_ok(out, ["a_random-1d", "b_random-1d", "compare_random-1d", "interp_interpolate"])
+
+
+def test_surface_with_3d(tmp_path: Path) -> None:
+    import figures
+
+    f = make_surface_scan(tmp_path / "surf.h5")
+    out = figures.plot_file(f, tmp_path / "fig", surface3d=True)
+    _images_ok(out, ["surf_random-2d_contour", "surf_random-2d_heatmap", "surf_random-2d_surface3d"])
+    out2 = figures.plot_file(f, tmp_path / "fig2", formats="png")
+    assert not any("surface3d" in p.name for p in out2)
+
+
+def test_training_runs_compare_and_tables(tmp_path: Path) -> None:
+    import figures
+
+    runs = []
+    for m, rough, tight in (("ibp", 1.0, 3.0), ("crown-ibp", 4.0, 0.5), ("tightest", 1.5, 0.6)):
+        (tmp_path / m).mkdir()
+        runs.append(make_train_run(tmp_path / m / "train.h5", m, rough, tight=tight))
+    certs = [make_certify(tmp_path / m / "certify.h5", m, b) for m, b in (("ibp", 0.1), ("crown-ibp", 0.2))]
+    out = figures.plot_file(runs + certs, tmp_path / "fig")
+    _images_ok(
+        out,
+        [
+            "compare_training_curves",
+            "compare_probes",
+            "compare_loss_variation_over_training",
+            "compare_grad_cosine_over_training",
+            "compare_gradient_direction_over_training",
+            "compare_tightness_vs_smoothness",
+            "compare_verified_error_vs_eps",
+        ],
+    )
+    md = (tmp_path / "fig" / "compare_verified_error.md").read_text()
+    tex = (tmp_path / "fig" / "compare_verified_error.tex").read_text()
+    assert "| IBP | 0.05 |" in md and "CROWN-IBP" in md and "30.0" in md  # 0.1 + 2*0.1
+    assert r"\toprule" in tex and r"\textbf{" in tex and "CROWN-IBP" in tex
+
+
+def test_probe_statistics_are_reduced_per_probe(tmp_path: Path) -> None:
+    from figures import data, training
+
+    run = data.load(make_train_run(tmp_path / "train.h5", "ibp", rough=2.0))
+    assert run.probes["loss"].shape == (6, T.size)
+    np.testing.assert_allclose(run.probe_t, T)
+    np.testing.assert_allclose(training.probe_x(run), np.arange(0, 60, 10))
+    cos = training.probe_stat(run, "grad_cosine")
+    np.testing.assert_allclose(cos, np.exp(-0.1 * T[1:]).mean(), rtol=1e-5)  # mean over t > 0
+    np.testing.assert_allclose(training.probe_stat(run, "unstable_frac"), 0.2, rtol=1e-5)
+    np.testing.assert_allclose(training.probe_stat(run, "rga_cosine"), 0.45, rtol=1e-5)
+
+
+def test_resumed_run_keeps_the_last_row_of_each_step(tmp_path: Path) -> None:
+    from figures import data
+
+    f = make_train_run(tmp_path / "train.h5", probes=False)
+    store.append_rows(str(f), "steps", {"step": np.array([58, 59]), "loss": np.array([7.0, 8.0])})
+    run = data.load(f)
+    np.testing.assert_array_equal(run.steps["step"], np.arange(60))
+    assert run.steps["loss"][58] == 7.0 and run.steps["loss"][59] == 8.0
+
+
+def test_single_train_run_without_probes(tmp_path: Path) -> None:
+    import figures
+
+    f = make_train_run(tmp_path / "train.h5", probes=False)
+    out = figures.plot_file(f, tmp_path / "fig", formats="png")
+    _images_ok(out, ["train_training_curves"], formats=("png",))
+    assert not any("probes" in p.name for p in out)
+
+
+def test_verified_error_table_markdown_values() -> None:
+    from figures.tables import verified_error_latex, verified_error_markdown
+
+    rows = [
+        {"method": "tightest", "eps": 0.1, "clean_err": 0.2, "pgd_err": 0.3, "verified_err": 0.4},
+        {"method": "ibp", "eps": 0.1, "clean_err": 0.25, "pgd_err": 0.35, "verified_err": 0.45},
+    ]
+    md = verified_error_markdown(rows).splitlines()
+    assert md[2].startswith("| IBP | 0.1 | 25.0 | 35.0 | 45.0 |")
+    assert md[3].startswith("| Tightest (ours) | 0.1 | 20.0 | 30.0 | 40.0 |")
+    tex = verified_error_latex(rows)
+    assert r"\textbf{40.0}" in tex and r"\textbf{45.0}" not in tex
+    with pytest.raises(ValueError, match="no certification results"):
+        verified_error_markdown([])
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def test_unknown_schema_version_is_a_clear_error(tmp_path: Path) -> None:
+    import figures
+
+    f = make_gradient_scan(tmp_path / "grad.h5")
+    with h5py.File(f, "r+") as h:
+        h.attrs["schema_version"] = store.SCHEMA_VERSION + 7
+    with pytest.raises(ValueError, match=r"schema_version .* not supported"):
+        figures.plot_file(f, tmp_path / "fig")
+
+
+def test_missing_arrays_are_a_clear_error(tmp_path: Path) -> None:
+    import figures
+
+    f = make_gradient_scan(tmp_path / "grad.h5")
+    with h5py.File(f, "r+") as h:
+        del h["results/ibp/loss"]
+    with pytest.raises(ValueError, match=r"missing array results/ibp/loss"):
+        figures.plot_file(f, tmp_path / "fig")
+    g = make_surface_scan(tmp_path / "surf.h5")
+    with h5py.File(g, "r+") as h:
+        del h["coords"]
+    with pytest.raises(ValueError, match=r"missing group coords"):
+        figures.plot_file(g, tmp_path / "fig")
+
+
+def test_unknown_kind_no_schema_and_not_hdf5(tmp_path: Path) -> None:
+    import figures
+
+    f = tmp_path / "odd.h5"
+    store.write_attrs(str(f), {"kind": "banana"})
+    with pytest.raises(ValueError, match="unknown result kind 'banana'"):
+        figures.plot_file(f, tmp_path / "fig")
+    g = tmp_path / "bare.h5"
+    with h5py.File(g, "w") as h:
+        h.attrs["kind"] = "gradient"
+    with pytest.raises(ValueError, match="no schema_version"):
+        figures.plot_file(g, tmp_path / "fig")
+    txt = tmp_path / "notes.h5"
+    txt.write_text("hello")
+    with pytest.raises(ValueError, match="not an HDF5 file"):
+        figures.plot_file(txt, tmp_path / "fig")
+    with pytest.raises(FileNotFoundError):
+        figures.plot_file(tmp_path / "missing.h5", tmp_path / "fig")
+    with pytest.raises(ValueError, match="unknown image format 'gif'"):
+        figures.plot_file(make_gradient_scan(tmp_path / "g.h5"), tmp_path / "fig", formats=("gif",))
+
+
+# ----------------------------------------------------------------------------- CLI and torch-free
+
+
+def test_plot_command(tmp_path: Path) -> None:
+    from landscape.cli import main
+
+    a = make_gradient_scan(tmp_path / "a.h5")
+    b = make_gradient_scan(tmp_path / "b.h5", methods=("tightest",))
+    assert main(["plot", str(a), str(b), "--out", str(tmp_path / "o"), "--format", "png"]) == 0
+    names = sorted(p.name for p in (tmp_path / "o").iterdir())
+    assert names == ["a_gradient.png", "b_gradient.png", "compare_gradient.png"]
+
+
+def test_plot_command_bad_input(tmp_path: Path, capsys) -> None:
+    from landscape.cli import main
+
+    assert main(["plot", str(tmp_path / "nope.h5"), "--out", str(tmp_path / "o")]) != 0
+    bad = tmp_path / "bad.h5"
+    store.write_attrs(str(bad), {"kind": "gradient", "schema_version": 99})
+    assert main(["plot", str(bad), "--out", str(tmp_path / "o")]) == 1
+    err = capsys.readouterr().err
+    assert "schema_version 99" in err and "Traceback" not in err
+    ok = make_gradient_scan(tmp_path / "ok.h5")
+    assert main(["plot", str(ok), "--out", str(tmp_path / "o"), "--format", "png,bmp"]) != 0
+
+
+def test_figures_never_import_torch(tmp_path: Path) -> None:
+    grad = make_gradient_scan(tmp_path / "g.h5")
+    run = make_train_run(tmp_path / "train.h5", probes=False)
+    code = (
+        "import sys, figures\n"
+        f"figures.plot_file({json.dumps([str(grad), str(run)])}, {str(tmp_path / 'o')!r}, formats=('png',))\n"
+        "print('torch' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "False"
