@@ -316,6 +316,7 @@ def compute_bounds(
     opt_steps: int = 20,
     opt_lr: float = 0.1,
     generator: Optional[torch.Generator] = None,
+    need_upper: bool = True,
 ) -> BoundResult:
     """Certified bounds ``lower <= C f(x') <= upper`` for every ``x'`` in the clipped L-inf ball.
 
@@ -335,6 +336,8 @@ def compute_bounds(
             used as the slope-search objective's spec (the returned bounds stay on the logits).
         opt_steps, opt_lr: Adam steps and step size of ``optimized``.
         generator: random source of ``uniform``, ``binary`` and ``tightest``.
+        need_upper: False skips the linear upper pass, halving a CROWN-type pass when only
+            lower bounds are needed (training); ``upper`` is then IBP's (still sound).
 
     Returns:
         :class:`BoundResult`; all tensors differentiable w.r.t. the parameters and ``x``.
@@ -356,5 +359,5 @@ def compute_bounds(
             raise ValueError(f"y must have one label per sample ({x.shape[0]}), got {search_C.shape[0]}")
     return bounds_from(
         ops, x, eps, method, slope, C, beta, domain, loss_fn, int(opt_steps), float(opt_lr), generator,
-        search_C=search_C,
+        need_upper=bool(need_upper), search_C=search_C,
     )

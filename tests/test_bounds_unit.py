@@ -208,6 +208,18 @@ def test_logit_bounds_without_C():
     assert torch.allclose(res.lower, m(x), atol=1e-5) and res.lower.shape == (4, 3)
 
 
+@pytest.mark.parametrize("method", ["crown-ibp", "crown"])
+def test_need_upper_false_keeps_lower_and_gives_ibp_upper(method):
+    m, x = small_cnn(), torch.rand(3, 1, 8, 8)
+    C = margin_spec(torch.tensor([0, 1, 2]), 4)
+    full = compute_bounds(m, x, 0.1, method, C=C)
+    lower_only = compute_bounds(m, x, 0.1, method, C=C, need_upper=False)
+    ibp_only = compute_bounds(m, x, 0.1, "ibp", C=C)
+    assert torch.allclose(full.lower, lower_only.lower, atol=1e-6)
+    assert torch.equal(lower_only.upper, ibp_only.upper)
+    assert torch.allclose(full.lower_A, lower_only.lower_A, atol=1e-6)
+
+
 def test_beta0_crown_ibp_equals_ibp():
     m, x = small_cnn(), torch.rand(3, 1, 8, 8)
     C = margin_spec(torch.tensor([0, 1, 2]), 4)

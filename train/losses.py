@@ -23,14 +23,13 @@ Batch statistics returned beside the loss (plain floats):
 
 from __future__ import annotations
 
-import functools
-import inspect
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+import bounds
 from train.config import TRAIN_METHODS, default_slope
 
 
@@ -69,19 +68,6 @@ def unstable_fractions(counts: list[dict[str, int]] | None) -> dict[str, float]:
         total = int(c.get("total", 0))
         out[f"unstable_frac_l{i}"] = float(c.get("unstable", 0)) / total if total else float("nan")
     return out
-
-
-@functools.lru_cache(maxsize=None)
-def _accepts_need_upper(fn: Any) -> bool:
-    try:
-        return "need_upper" in inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return False
-
-
-def lower_only_kwargs(fn: Any) -> dict[str, Any]:
-    """``{"need_upper": False}`` when the engine can skip the upper bound (training needs none)."""
-    return {"need_upper": False} if _accepts_need_upper(fn) else {}
 
 
 def certified_loss(
@@ -132,8 +118,6 @@ def certified_loss(
         stats.update(robust_ce=float("nan"), robust_err=float("nan"))
         return clean_ce, stats
 
-    import bounds  # the engine; imported here so natural training works without it
-
     common = dict(method=bound_method, slope=slope_used, beta=beta_used, domain=domain, **bound_kw)
     if generator is not None:
         common["generator"] = generator
@@ -144,7 +128,7 @@ def certified_loss(
     else:
         n_classes = logits.shape[1]
         spec = bounds.margin_spec(y, n_classes)
-        res = bounds.compute_bounds(model, x, eps, C=spec, y=y, **lower_only_kwargs(bounds.compute_bounds), **common)
+        res = bounds.compute_bounds(model, x, eps, C=spec, y=y, need_upper=False, **common)
         lower = res.lower
         robust = robust_ce_from_lower(lower)
         robust_err = float((lower.detach() <= 0).any(dim=1).float().mean())
