@@ -36,6 +36,15 @@ from torch import nn
 
 from bounds import Normalize
 
+#: every (method, slope) pair the engine accepts; cap takes only same-slope
+ALL_SLOPES = ["adaptive", "zero", "one", "same-slope", "uniform", "binary", "optimized", "tightest"]
+COMBOS = (
+    [("ibp", "adaptive")]
+    + [("crown-ibp", s) for s in ALL_SLOPES]
+    + [("crown", s) for s in ALL_SLOPES]
+    + [("cap", "same-slope")]
+)
+
 # --------------------------------------------------------------------------------------------
 # random networks
 # --------------------------------------------------------------------------------------------

@@ -30,6 +30,7 @@ from hypothesis import strategies as st
 
 import bounds
 from bounds_helpers import (
+    COMBOS,
     Case,
     assert_close,
     assert_le,
@@ -45,13 +46,6 @@ from bounds_helpers import (
     tolerance,
 )
 
-ALL_SLOPES = ["adaptive", "zero", "one", "same-slope", "uniform", "binary", "optimized", "tightest"]
-COMBOS = (
-    [("ibp", "adaptive")]
-    + [("crown-ibp", s) for s in ALL_SLOPES]
-    + [("crown", s) for s in ALL_SLOPES]
-    + [("cap", "same-slope")]
-)
 LINEAR_METHODS = [("crown", "adaptive"), ("crown", "zero"), ("crown", "one"), ("cap", "same-slope"),
                   ("crown-ibp", "adaptive"), ("crown-ibp", "same-slope"), ("crown-ibp", "uniform")]
 

@@ -37,6 +37,8 @@ from torch import nn
 import bounds
 from bounds import METHODS, SLOPES, Normalize, compute_bounds, margin_spec, robust_cross_entropy
 from bounds_helpers import (
+    ALL_SLOPES,
+    COMBOS,
     Case,
     assert_close,
     assert_le,
@@ -55,13 +57,6 @@ from bounds_helpers import (
     corner_points,
 )
 
-ALL_SLOPES = ["adaptive", "zero", "one", "same-slope", "uniform", "binary", "optimized", "tightest"]
-COMBOS = (
-    [("ibp", "adaptive")]
-    + [("crown-ibp", s) for s in ALL_SLOPES]
-    + [("crown", s) for s in ALL_SLOPES]
-    + [("cap", "same-slope")]
-)
 DETERMINISTIC = ["adaptive", "zero", "one", "same-slope"]
 DET_COMBOS = (
     [("ibp", "adaptive")]

@@ -23,6 +23,8 @@ from hypothesis import strategies as st
 
 from bounds import compute_bounds, margin_spec, robust_cross_entropy
 from bounds_helpers import (
+    ALL_SLOPES,
+    COMBOS,
     Case,
     assert_le,
     cases,
@@ -33,13 +35,6 @@ from bounds_helpers import (
     tolerance,
 )
 
-ALL_SLOPES = ["adaptive", "zero", "one", "same-slope", "uniform", "binary", "optimized", "tightest"]
-COMBOS = (
-    [("ibp", "adaptive")]
-    + [("crown-ibp", s) for s in ALL_SLOPES]
-    + [("crown", s) for s in ALL_SLOPES]
-    + [("cap", "same-slope")]
-)
 BETAS = st.one_of(st.sampled_from([0.0, 1.0, 0.5]), st.floats(0.0, 1.0))
 
 PGD_STEPS = 20
