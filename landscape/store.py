@@ -93,6 +93,7 @@ __all__ = [
     "ScanMismatchError",
     "append_rows",
     "write_attrs",
+    "truncate_rows",
     "read",
     "canonical_json",
     "ScanFile",
@@ -313,6 +314,34 @@ def append_rows(path: str, group: str, rows: Mapping[str, Any]) -> None:
                 ds.resize(n_old + n_new, axis=0)
                 if ds.dtype.kind in "biuf":
                     ds[n_old:] = _fill_value(ds.dtype)
+
+
+def truncate_rows(path: str, group: str, column: str, limit: float) -> int:
+    """Keep only the rows of ``group`` whose ``column`` is ``< limit``, atomically; returns the
+    number of rows dropped (0 when the file, group or column does not exist).
+
+    A training run resumed from its epoch-``k`` checkpoint drops the rows that the interrupted
+    attempt wrote after that checkpoint, so no step appears twice.
+    """
+    if not os.path.exists(path):
+        return 0
+    with h5py.File(path, "r") as f:
+        if group not in f or column not in f[group]:
+            return 0
+        keep = np.asarray(f[group][column][()]) < limit
+    if bool(keep.all()):
+        return 0
+    with atomic_update(path) as f:
+        g = f[group]
+        for name in list(g.keys()):
+            ds = g[name]
+            if not isinstance(ds, h5py.Dataset) or ds.shape[0] != keep.shape[0]:
+                continue
+            kept = ds[()][keep]
+            ds.resize(kept.shape[0], axis=0)
+            if kept.shape[0]:
+                ds[...] = kept
+    return int((~keep).sum())
 
 
 # ----------------------------------------------------------------------------- reading

@@ -49,6 +49,20 @@ def test_append_rows_new_and_missing_columns_are_filled(tmp_path):
     assert store.read(p)["results"]["method"].tolist() == ["ibp", "crown", ""]
 
 
+def test_truncate_rows_keeps_rows_below_the_limit(tmp_path):
+    path = str(tmp_path / "run.h5")
+    store.append_rows(path, "steps", {"step": np.arange(5), "loss": np.linspace(1, 2, 5), "g": np.ones((5, 3))})
+    assert store.truncate_rows(path, "steps", "step", 3) == 2
+    got = store.read(path)["steps"]
+    assert got["step"].tolist() == [0, 1, 2] and got["g"].shape == (3, 3)
+    np.testing.assert_allclose(got["loss"], np.linspace(1, 2, 5)[:3])
+    assert store.truncate_rows(path, "steps", "step", 3) == 0
+    assert store.truncate_rows(path, "probes", "step", 0) == 0  # absent group: nothing to do
+    assert store.truncate_rows(str(tmp_path / "none.h5"), "steps", "step", 0) == 0
+    store.append_rows(path, "steps", {"step": [3], "loss": [5.0], "g": np.zeros((1, 3))})
+    assert store.read(path)["steps"]["step"].tolist() == [0, 1, 2, 3]
+
+
 def test_append_rows_bad_input(tmp_path):
     p = tmp_path / "t.h5"
     with pytest.raises(ValueError, match="equal length"):

@@ -77,6 +77,22 @@ def test_config_file_resume_and_table(tmp_path, capsys) -> None:
     assert "verified error (union)" in stdout and "PGD error" in stdout
 
 
+def test_resume_after_a_crash_mid_epoch_keeps_each_step_once(tmp_path, capsys) -> None:
+    out = tmp_path / "run"
+    args = ["train", *TINY, "--method", "ibp", "--out", str(out)]
+    assert run(capsys, args)[0] == 0
+    h5 = str(out / "train.h5")
+    # what an attempt at epoch 2 that died after its first step leaves behind
+    store.append_rows(h5, "steps", {"step": [2], "epoch": [1], "loss": [9.0]})
+    store.append_rows(h5, "epochs", {"epoch": [1], "train_loss": [9.0]})
+    code, _, err = run(capsys, [*args, "--epochs", "2", "--resume"])
+    assert code == 0, err
+    rec = store.read(h5)
+    assert rec["steps"]["step"].tolist() == [0, 1, 2, 3]
+    assert 9.0 not in rec["steps"]["loss"].tolist()
+    assert rec["epochs"]["epoch"].tolist() == [0, 1]
+
+
 @pytest.mark.parametrize(
     "args, words",
     [
