@@ -26,6 +26,7 @@ found slopes as constants.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Callable, Optional, Sequence, Union
 
 import torch
@@ -34,9 +35,9 @@ from torch import nn
 from bounds import slope_search
 from bounds.interval import IntervalResult, ibp, input_box
 from bounds.linear import backward_bound
-from bounds.network import LayerOp, describe, relu_indices, shape_at
+from bounds.network import LayerOp, describe, plain, relu_indices, shape_at
 from bounds.relaxations import POLICIES, Relaxation, with_lower_slope
-from bounds.spec import check_beta, check_C, check_domain, check_eps, check_method_slope, check_x, margin_spec
+from bounds.spec import check_beta, check_C, check_domain, check_eps, check_method_slope, check_opt, check_x, margin_spec
 
 #: elements of one backward-pass coefficient tensor per chunk of identity rows (crown's
 #: intermediate bounds); 2**24 float32 entries = 64 MiB.
@@ -62,17 +63,10 @@ class BoundResult:
     upper_slopes: Optional[list[torch.Tensor]] = None
     lower_A: Optional[torch.Tensor] = None
 
-    @property
+    @cached_property
     def counts(self) -> list[dict[str, int]]:
         """Per ReLU layer ``dict(unstable, active, dead, total)`` (computed on first access)."""
-        if not hasattr(self, "_counts_cache"):
-            self._counts_cache = [_counts(l, u) for l, u in self.preact]
-        return self._counts_cache
-
-
-def plain(t: torch.Tensor) -> torch.Tensor:
-    """``t`` detached; cloned if it is an inference tensor (so autograd may use it in a search)."""
-    return t.clone() if t.is_inference() else t.detach()
+        return [_counts(l, u) for l, u in self.preact]
 
 
 def _counts(l: torch.Tensor, u: torch.Tensor) -> dict[str, int]:
@@ -116,7 +110,9 @@ class Prepared:
             {k: Relaxation(*(plain(t) for t in r)) for k, r in self.relax.items()},
         )
 
-    def final_pass(self, A: torch.Tensor, relax: Optional[dict[int, Relaxation]] = None):
+    def final_pass(
+        self, A: torch.Tensor, relax: Optional[dict[int, Relaxation]] = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Lower bound ``[B, S]`` of ``A . f`` and input coefficients, with ``relax`` (default: static)."""
         return backward_bound(self.ops, len(self.ops), A, self.relax if relax is None else relax, self.center, self.radius)
 
@@ -147,11 +143,12 @@ def _layer_bounds(
     n = int(l_flat.shape[1])
     widest = max(int(torch.Size(shape_at(ops, p)).numel()) for p in range(k + 1))
     rows = max(1, CHUNK_ELEMENTS // (2 * B * widest))
-    eye = torch.eye(n, dtype=center.dtype, device=center.device)
     lows, ups = [], []
     for start in range(0, idx.numel(), rows):
-        block = eye[idx[start : start + rows]]
-        m = block.shape[0]
+        chunk = idx[start : start + rows]
+        m = chunk.numel()
+        block = center.new_zeros(m, n)  # identity rows of the chunk (no n x n identity)
+        block[torch.arange(m, device=chunk.device), chunk] = 1
         A = torch.cat([block, -block]).reshape(1, 2 * m, *shape).expand(B, 2 * m, *shape)
         bound, _ = backward_bound(ops, k, A, relax, center, radius)
         lows.append(bound[:, :m])
@@ -181,17 +178,18 @@ def prepare(
     res = ibp(ops, center, radius, C)
     policy = POLICIES[slope]
     inner_policy = POLICIES["adaptive"] if slope in ("optimized", "tightest") else policy
+    linear_inner = method in ("crown", "cap")
     preact: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
     relax: dict[int, Relaxation] = {}
+    inner: dict[int, Relaxation] = {}  # relaxations of the intermediate passes (crown/cap)
     for k in relu_indices(ops):
         l, u = res.preact[k]
-        if method in ("crown", "cap") and _affine_layers_before(ops, k) > 1:
-            inner = {j: relax[j] for j in relax}
-            if inner_policy is not policy:
-                inner = {j: POLICIES["adaptive"](*preact[j]) for j in relax}
+        if linear_inner and _affine_layers_before(ops, k) > 1:
             l, u = _layer_bounds(ops, k, inner, center, radius, l, u)
         preact[k] = (l, u)
         relax[k] = policy(l, u, generator)
+        if linear_inner:
+            inner[k] = relax[k] if inner_policy is policy else inner_policy(l, u)
     return Prepared(ops, center, radius, res, preact, relax)
 
 
@@ -225,7 +223,9 @@ def final_relaxations(
     return out
 
 
-def _default_objective(slope: str, loss_fn: Optional[Callable], C: torch.Tensor):
+def _default_objective(
+    slope: str, loss_fn: Optional[Callable], C: torch.Tensor
+) -> Callable[[Prepared, dict[int, Relaxation]], torch.Tensor]:
     """Loss of the lower bounds minimised by the slope search."""
 
     def objective(det: Prepared, relax: dict[int, Relaxation]) -> torch.Tensor:
@@ -271,8 +271,8 @@ def bounds_from(
         res = ibp(ops, center, radius, C)
         preact = [res.preact[k] for k in ks]
         return BoundResult(res.lower, res.upper, preact, None, None, None)
+    prep = prepare(ops, x, eps, domain, method, slope, C, generator)
     if method == "crown-ibp" and beta == 0.0:  # pure IBP; slopes reported for analysis only
-        prep = prepare(ops, x, eps, domain, method, slope, C, generator)
         return BoundResult(
             prep.ibp.lower,
             prep.ibp.upper,
@@ -281,7 +281,6 @@ def bounds_from(
             [prep.relax[k].upper_slope for k in ks],
             None,
         )
-    prep = prepare(ops, x, eps, domain, method, slope, C, generator)
     objective = _default_objective(slope, loss_fn, C if search_C is None else search_C)
     relax = final_relaxations(prep, slope, objective, opt_steps, opt_lr)
     A = torch.cat([C, -C], dim=1) if need_upper else C
@@ -347,8 +346,7 @@ def compute_bounds(
     beta = check_beta(beta)
     eps = check_eps(eps, x.shape[0])
     domain = check_domain(domain)
-    if int(opt_steps) < 0 or not float(opt_lr) > 0:
-        raise ValueError(f"opt_steps must be >= 0 and opt_lr > 0, got {opt_steps} and {opt_lr}")
+    opt_steps, opt_lr = check_opt(opt_steps, opt_lr)
     ops = describe(model, tuple(x.shape[1:]), x.dtype, x.device)
     n_out = ops[-1].out_shape[0]
     C = check_C(C, x.shape[0], n_out, x)
@@ -358,6 +356,6 @@ def compute_bounds(
         if search_C.shape[0] != x.shape[0]:
             raise ValueError(f"y must have one label per sample ({x.shape[0]}), got {search_C.shape[0]}")
     return bounds_from(
-        ops, x, eps, method, slope, C, beta, domain, loss_fn, int(opt_steps), float(opt_lr), generator,
+        ops, x, eps, method, slope, C, beta, domain, loss_fn, opt_steps, opt_lr, generator,
         need_upper=bool(need_upper), search_C=search_C,
     )

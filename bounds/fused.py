@@ -15,8 +15,9 @@ for small widths ``d``). Summing: ``sum_j exp(d_j - m) <= w . f + T`` with
 
     CE(f(x'), y) = m + log(e^{-m} + sum_j exp(d_j - m)) <= m + log(e^{-m} + U + T).
 
-The argument of the log is clamped from below at ``max(e^{-m}, tiny)`` (raising it keeps an
-upper bound; the true argument is at least ``e^{-m}``), so nothing is NaN or infinite.
+In the code ``e^{-m}`` is replaced by ``floor = max(e^{-m}, tiny)`` and the argument of the log
+is clamped from below at ``floor`` (raising it keeps an upper bound; the true argument is at
+least ``e^{-m}``), so nothing is NaN or infinite.
 
 Per method: ``ibp`` uses the IBP bound ``S_ibp = sum_j e^{u_j - m}`` (equal to the unfused IBP
 loss); ``crown``/``cap`` use the chord bound ``S_lin = U + T``; ``crown-ibp`` mixes the two
@@ -26,12 +27,13 @@ of upper bounds is one). ``tightest``/``optimized`` search the slopes on this fu
 
 from __future__ import annotations
 
-from typing import Optional, Union
+from typing import Callable, Optional, Union
 
 import torch
 
-from bounds.compute import Prepared, final_relaxations, plain, prepare
-from bounds.network import LayerOp
+from bounds.compute import Prepared, final_relaxations, prepare
+from bounds.interval import ibp, input_box
+from bounds.network import LayerOp, plain
 from bounds.relaxations import Relaxation
 from bounds.spec import margin_spec
 
@@ -64,7 +66,7 @@ def fused_loss(
     slope: str,
     beta: float,
     domain: Optional[tuple[float, float]],
-    loss_fn=None,
+    loss_fn: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
     opt_steps: int = 20,
     opt_lr: float = 0.1,
     generator: Optional[torch.Generator] = None,
@@ -77,8 +79,12 @@ def fused_loss(
     n = ops[-1].out_shape[0]
     C = margin_spec(y, n).to(dtype=x.dtype, device=x.device)  # rows e_y - e_j
     use_linear = method != "ibp" and not (method == "crown-ibp" and beta == 0.0)
-    prep = prepare(ops, x, eps, domain, method if use_linear else "ibp", slope, C, generator)
-    lo_d, up_d = -prep.ibp.upper, -prep.ibp.lower  # bounds of d_j = f_j - f_y, [B, n-1]
+    if use_linear:
+        prep = prepare(ops, x, eps, domain, method, slope, C, generator)
+        res = prep.ibp
+    else:  # the IBP bound needs no relaxations
+        res = ibp(ops, *input_box(x, eps, domain), C)
+    lo_d, up_d = -res.upper, -res.lower  # bounds of d_j = f_j - f_y, [B, n-1]
     m = up_d.detach().amax(1, keepdim=True).clamp(min=0)  # [B, 1]
     tiny = torch.finfo(x.dtype).tiny
     floor = torch.exp(-m).clamp(min=tiny)

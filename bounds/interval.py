@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from bounds.network import LayerOp
 
 
-def _channel(t: torch.Tensor, ndim: int) -> torch.Tensor:
+def channel_view(t: torch.Tensor, ndim: int) -> torch.Tensor:
     """View a per-channel vector ``[C]`` so it broadcasts over ``[..., C, *spatial]`` (ndim = 1 + #spatial)."""
     return t.view(-1, *([1] * (ndim - 1)))
 
@@ -54,8 +54,8 @@ def affine_forward(op: LayerOp, z: torch.Tensor, with_bias: bool = True) -> torc
         return F.conv2d(z, op.weight, op.bias if with_bias else None, **op.conv_args)
     if op.kind == "normalize":
         nd = z.dim() - 1
-        zz = z - _channel(op.bias, nd) if with_bias else z
-        return zz / _channel(op.weight, nd)
+        zz = z - channel_view(op.bias, nd) if with_bias else z
+        return zz / channel_view(op.weight, nd)
     if op.kind == "flatten":
         return z.reshape(z.shape[0], -1)
     raise ValueError(f"op {op.kind} is not affine")

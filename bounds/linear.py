@@ -24,6 +24,7 @@ from typing import Mapping
 import torch
 from torch.nn.grad import conv2d_input
 
+from bounds.interval import channel_view
 from bounds.network import LayerOp
 from bounds.relaxations import Relaxation
 
@@ -104,8 +105,7 @@ def affine_backward(op: LayerOp, A: torch.Tensor) -> tuple[torch.Tensor, torch.T
     if op.kind == "flatten":
         return A.reshape(B, S, *op.in_shape), None
     if op.kind == "normalize":
-        view = (-1,) + (1,) * (len(op.in_shape) - 1)
-        A = A / op.weight.view(view)
+        A = A / channel_view(op.weight, len(op.in_shape))
         db = -(A.flatten(3).sum(-1) if A.dim() > 3 else A) @ op.bias
         return A, db
     raise ValueError(f"op {op.kind} is not affine")

@@ -9,7 +9,7 @@ Fused (``fused=True``): :func:`bounds.fused.fused_loss` (one backward row per sa
 
 from __future__ import annotations
 
-from typing import Optional, Sequence, Union
+from typing import Any, Optional, Sequence, Union
 
 import torch
 from torch import nn
@@ -17,7 +17,7 @@ from torch import nn
 from bounds.compute import bounds_from, margin_ce
 from bounds.fused import fused_loss
 from bounds.network import describe
-from bounds.spec import check_beta, check_domain, check_eps, check_method_slope, check_x, margin_spec
+from bounds.spec import check_beta, check_domain, check_eps, check_method_slope, check_opt, check_x, margin_spec
 
 REDUCTIONS = ("mean", "sum", "none")
 
@@ -33,7 +33,7 @@ def robust_cross_entropy(
     domain: Optional[Sequence[float]] = (0.0, 1.0),
     fused: bool = False,
     reduction: str = "mean",
-    **kw,
+    **kw: Any,
 ) -> torch.Tensor:
     """Certified cross-entropy: ``>= max_{x' in ball} CE(model(x'), y)`` per sample.
 
@@ -51,17 +51,15 @@ def robust_cross_entropy(
     unknown = set(kw) - {"loss_fn", "opt_steps", "opt_lr", "generator"}
     if unknown:
         raise ValueError(f"unexpected keyword argument(s) {sorted(unknown)} for robust_cross_entropy")
-    opt_steps, opt_lr = int(kw.get("opt_steps", 20)), float(kw.get("opt_lr", 0.1))
-    if opt_steps < 0 or not opt_lr > 0:
-        raise ValueError(f"opt_steps must be >= 0 and opt_lr > 0, got {opt_steps} and {opt_lr}")
+    opt_steps, opt_lr = check_opt(kw.get("opt_steps", 20), kw.get("opt_lr", 0.1))
     ops = describe(model, tuple(x.shape[1:]), x.dtype, x.device)
     n = ops[-1].out_shape[0]
     if not isinstance(y, torch.Tensor) or y.shape != (x.shape[0],):
         raise ValueError(f"y must be a tensor of {x.shape[0]} labels, got {getattr(y, 'shape', type(y))}")
-    C = margin_spec(y, n).to(dtype=x.dtype, device=x.device)
     if fused:
         loss = fused_loss(ops, x, y, eps, method, slope, beta, domain, kw.get("loss_fn"), opt_steps, opt_lr, kw.get("generator"))
     else:
+        C = margin_spec(y, n).to(dtype=x.dtype, device=x.device)
         res = bounds_from(
             ops, x, eps, method, slope, C, beta, domain, kw.get("loss_fn"), opt_steps, opt_lr, kw.get("generator"),
             need_upper=False,

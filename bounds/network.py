@@ -42,30 +42,18 @@ class LayerOp:
     bias: Optional[torch.Tensor] = None
     conv_args: Optional[dict] = None
 
-    @property
-    def output_padding(self) -> tuple[int, ...]:
-        """For conv: the ``output_padding`` with which ``conv_transpose2d`` returns ``in_shape``
-        (the rows/columns a strided convolution never reads)."""
-        a = self.conv_args
-        k = self.weight.shape[2:]
-        return tuple(
-            size - ((out - 1) * st - 2 * pd + dl * (kk - 1) + 1)
-            for size, out, st, pd, dl, kk in zip(self.in_shape[1:], self.out_shape[1:], a["stride"], a["padding"], a["dilation"], k)
-        )
-
-    @property
-    def affine(self) -> bool:
-        """True for every layer except ReLU (Linear, Conv2d, Normalize, Flatten are affine)."""
-        return self.kind != "relu"
-
     def detached(self) -> "LayerOp":
         """The same op with its parameters cut from the autograd graph (cloned if inference tensors)."""
-        def cut(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
-            if t is None:
-                return None
-            return t.clone() if t.is_inference() else t.detach()
+        return replace(
+            self,
+            weight=None if self.weight is None else plain(self.weight),
+            bias=None if self.bias is None else plain(self.bias),
+        )
 
-        return replace(self, weight=cut(self.weight), bias=cut(self.bias))
+
+def plain(t: torch.Tensor) -> torch.Tensor:
+    """``t`` detached; cloned if it is an inference tensor (so autograd may use it in a search)."""
+    return t.clone() if t.is_inference() else t.detach()
 
 
 def _pair(v) -> tuple[int, int]:

@@ -50,7 +50,12 @@ def upper_line(l: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Te
     return s, -s * lneg
 
 
-def with_lower_slope(l: torch.Tensor, u: torch.Tensor, a: torch.Tensor, upper=None) -> Relaxation:
+def with_lower_slope(
+    l: torch.Tensor,
+    u: torch.Tensor,
+    a: torch.Tensor,
+    upper: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
+) -> Relaxation:
     """Relaxation with lower slope ``a`` on unstable neurons and the exact lines on stable ones:
     ``a_eff = 1[l >= 0 < u] + 1[l < 0 < u] a``. ``upper``: a precomputed ``upper_line(l, u)``."""
     s, t = upper_line(l, u) if upper is None else upper

@@ -86,6 +86,14 @@ def check_method_slope(method: str, slope: Optional[str]) -> str:
     return slope
 
 
+def check_opt(opt_steps: int, opt_lr: float) -> tuple[int, float]:
+    """``optimized``'s Adam settings: ``opt_steps >= 0`` and ``opt_lr > 0``; returns them as int and float."""
+    steps, lr = int(opt_steps), float(opt_lr)
+    if steps < 0 or not lr > 0:
+        raise ValueError(f"opt_steps must be >= 0 and opt_lr > 0, got {opt_steps} and {opt_lr}")
+    return steps, lr
+
+
 def check_beta(beta: float) -> float:
     b = float(beta)
     if not (0.0 <= b <= 1.0):
