@@ -83,14 +83,12 @@ def _clear_run(out: Path) -> None:
         p.unlink()
 
 
-def _probe_callbacks(config, h5_path: Path, sink) -> list:
+def _probe_callbacks(config, sink) -> list:
     """Training probes of ``landscape.probes`` every ``config.probe_every`` steps."""
     if not config.probe_every:
         return []
-    try:
-        from landscape import probes
-    except ImportError:
-        raise click.ClickException("probes not available: landscape.probes is not installed in this toolkit yet") from None
+    from landscape import probes
+
     return [probes.GradientProbe(every=config.probe_every, sink=sink)]
 
 
@@ -203,7 +201,7 @@ def train(config_file, model_option, lr_milestones, out_dir, resume, overwrite, 
     def sink(group: str, rows: dict) -> None:
         store.append_rows(str(h5), group, rows)
 
-    callbacks = _probe_callbacks(config, h5, sink)
+    callbacks = _probe_callbacks(config, sink)
     result = run_training(config, callbacks=callbacks, sink=sink, resume_from=resume_from,
                           progress=not quiet, out_dir=out, data=data)
     m = result.metrics

@@ -57,6 +57,14 @@ def test_schedule_from_config_per_step() -> None:
     assert sch.lr_at(29) == pytest.approx(1e-3) and sch.lr_at(30) == pytest.approx(5e-4)
 
 
+def test_fractional_lr_milestone_acts_at_its_step() -> None:
+    # milestones are in epochs with fractions allowed, converted to steps like the eps window
+    cfg = TrainConfig(lr=1.0, lr_milestones=(1.5, 2), lr_decay=0.1)
+    sch = Schedule.from_config(cfg, steps_per_epoch=10)
+    assert sch.lr_at(14) == 1.0 and sch.lr_at(15) == pytest.approx(0.1)
+    assert sch.lr_at(19) == pytest.approx(0.1) and sch.lr_at(20) == pytest.approx(0.01)
+
+
 # ----------------------------------------------------------------------------- config
 @pytest.mark.parametrize(
     "changes, words",

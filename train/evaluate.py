@@ -4,9 +4,10 @@ For samples ``(x_i, y_i)``, i = 1..N:
 
 * ``clean_err``    = mean_i [argmax f(x_i) != y_i]
 * ``pgd_err``      = mean_i [x_i is misclassified, or PGD finds x' in the ball that is]
-  (an *upper* estimate of the true robust error, i.e. a lower bound on it from attacks)
-* ``verified_err_<m>`` = mean_i [not all margin lower bounds of method m are > 0]
-* ``verified_err`` = mean_i [no method verifies sample i]  (the union of the methods)
+  (a *lower* bound on the true robust error: an attack finds only some adversarial examples)
+* ``verified_err_<m>`` = mean_i [x_i is misclassified, or not all margin lower bounds of method m are > 0]
+* ``verified_err`` = mean_i [no method verifies sample i]  (the union of the methods; an
+  *upper* bound on the true robust error)
 
 For sound bounds ``clean_err <= pgd_err <= robust error <= verified_err <= verified_err_<m>``.
 A clean-misclassified sample is never counted as verified. Method keys use underscores:

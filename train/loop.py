@@ -331,17 +331,25 @@ def train(
     extra_kw = {"opt_steps": config.opt_steps, "opt_lr": config.opt_lr} if slope == "optimized" else {}
     out_path = Path(out_dir) if out_dir is not None else None
     final_vals = {"eps": config.eps, "beta": config.beta_end, "kappa": config.kappa_end}
+    metrics: dict[str, float] = dict(history[-1]) if history else {}
 
-    def make_loss_fn(xb, yb, eps, beta, kappa, seed):
-        def loss_fn(m: nn.Module) -> torch.Tensor:
-            gen = torch.Generator(device=device).manual_seed(seed)
-            return certified_loss(m, xb, yb, eps, method=method, slope=config.slope, beta=beta, kappa=kappa,
-                                  fused=config.fused_loss, domain=domain, generator=gen, **extra_kw)[0]
-        return loss_fn
+    def step_loss(m: nn.Module, xb: torch.Tensor, yb: torch.Tensor, eps: float, beta: float, kappa: float,
+                  seed: int) -> tuple[torch.Tensor, dict[str, float]]:
+        """The step's certified loss and stats at module ``m``; random slopes drawn from ``seed``."""
+        gen = torch.Generator(device=device).manual_seed(seed)
+        return certified_loss(m, xb, yb, eps, method=method, slope=config.slope, beta=beta, kappa=kappa,
+                              fused=config.fused_loss, domain=domain, generator=gen, **extra_kw)
+
+    def make_loss_fn(xb, yb, eps, beta, kappa, seed) -> Callable[[nn.Module], torch.Tensor]:
+        return lambda m: step_loss(m, xb, yb, eps, beta, kappa, seed)[0]
+
+    def save(path: Path, epochs_done: int, wall_time: float) -> Path:
+        return save_checkpoint(path, model, model_desc=desc, config=config.to_dict(), epoch=epochs_done, step=step,
+                               optimizer=optimizer, rng=capture_rng(), metrics=metrics, history=history,
+                               wall_time=wall_time)
 
     bar = _progress_bar(config.epochs * spe, step, method, progress)
     t0 = time.perf_counter()
-    metrics: dict[str, float] = dict(history[-1]) if history else {}
     last_ckpt: Path | None = None
     try:
         for epoch in range(start_epoch, config.epochs):
@@ -357,10 +365,7 @@ def train(
                     group["lr"] = vals["lr"]
                 step_seed = _mix(config.seed, 1_000_003 + step)
                 optimizer.zero_grad(set_to_none=True)
-                loss, stats = certified_loss(
-                    model, xb, yb, vals["eps"], method=method, slope=config.slope, beta=vals["beta"],
-                    kappa=vals["kappa"], fused=config.fused_loss, domain=domain,
-                    generator=torch.Generator(device=device).manual_seed(step_seed), **extra_kw)
+                loss, stats = step_loss(model, xb, yb, vals["eps"], vals["beta"], vals["kappa"], step_seed)
                 loss_value = float(loss.detach())
                 if not math.isfinite(loss_value):
                     raise RuntimeError(
@@ -399,9 +404,7 @@ def train(
             metrics["wall_time"] = wall_offset + time.perf_counter() - t0
             history.append(metrics)
             if out_path is not None:
-                save_checkpoint(out_path / f"checkpoint_epoch{epoch + 1}.pt", model, model_desc=desc,
-                                config=config.to_dict(), epoch=epoch + 1, step=step, optimizer=optimizer,
-                                rng=capture_rng(), metrics=metrics, history=history, wall_time=metrics["wall_time"])
+                save(out_path / f"checkpoint_epoch{epoch + 1}.pt", epoch + 1, metrics["wall_time"])
             for cb in callbacks:
                 _call(cb, "on_epoch_end", epoch, model, metrics)
     finally:
@@ -409,10 +412,7 @@ def train(
             bar.close()
     wall = wall_offset + time.perf_counter() - t0
     if out_path is not None:
-        last_ckpt = save_checkpoint(out_path / "checkpoint.pt", model, model_desc=desc, config=config.to_dict(),
-                                    epoch=max(start_epoch, config.epochs), step=step,
-                                    optimizer=optimizer, rng=capture_rng(), metrics=metrics, history=history,
-                                    wall_time=wall)
+        last_ckpt = save(out_path / "checkpoint.pt", max(start_epoch, config.epochs), wall)
     for cb in callbacks:
         _call(cb, "on_train_end", model, metrics)
     return TrainResult(model=model, config=config, metrics=metrics, history=history, epoch=len(history),

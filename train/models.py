@@ -49,6 +49,7 @@ deterministic function of ``torch``'s global seed at build time.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence, Union
 
@@ -323,10 +324,7 @@ def build_model(
             if not flattened:
                 layers.append(nn.Flatten())
                 flattened = True
-            in_features = 1
-            for s in current:
-                in_features *= s
-            layers.append(nn.Linear(in_features, entry.out))
+            layers.append(nn.Linear(math.prod(current), entry.out))
         if i < len(planned) - 1:
             layers.append(nn.ReLU())
         current = out_shape

@@ -19,13 +19,17 @@ step ``s0`` and a length ``n`` (steps), moving a value from ``v0`` to ``v1``:
   at first, when the bounds of an untrained network explode fastest.
 
 Before ``s0`` the value is ``v0``, after ``s0 + n`` it is ``v1``; ``n = 0`` jumps at ``s0``.
-The learning rate is piecewise constant: ``lr(epoch) = lr0 * decay^#{milestones <= epoch}``.
+The learning rate is piecewise constant: ``lr(epoch) = lr0 * decay^#{milestones <= epoch}``;
+per step, a milestone ``m`` (epochs, fractions allowed) acts from step ``round(m * steps_per_epoch)``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
+
+if TYPE_CHECKING:
+    from train.config import TrainConfig
 
 
 def linear_ramp(step: float, start: float, length: float, v0: float, v1: float) -> float:
@@ -72,8 +76,8 @@ def ramp(kind: str, step: float, start: float, length: float, v0: float, v1: flo
     raise ValueError(f"unknown ramp {kind!r}; choose linear or smooth")
 
 
-def lr_at(epoch: int, lr0: float, milestones: Sequence[float], decay: float) -> float:
-    """``lr0 * decay^k`` with ``k`` the number of milestones (epochs) ``<= epoch``."""
+def lr_at(epoch: float, lr0: float, milestones: Sequence[float], decay: float) -> float:
+    """``lr0 * decay^k`` with ``k`` the number of milestones ``<= epoch`` (any one unit: epochs or steps)."""
     k = sum(1 for m in milestones if epoch >= m)
     return float(lr0 * decay**k)
 
@@ -102,7 +106,7 @@ class Schedule:
     steps_per_epoch: int
 
     @classmethod
-    def from_config(cls, config, steps_per_epoch: int) -> "Schedule":
+    def from_config(cls, config: "TrainConfig", steps_per_epoch: int) -> "Schedule":
         """Build from a ``TrainConfig`` and the number of steps per epoch."""
         if steps_per_epoch < 1:
             raise ValueError(f"steps_per_epoch must be >= 1, got {steps_per_epoch}")
@@ -134,8 +138,9 @@ class Schedule:
         return ramp(self.kappa_kind, step, self.start_step, self.ramp_steps, *self.kappa)
 
     def lr_at(self, step: int) -> float:
-        """Learning rate at ``step`` (milestones are in epochs)."""
-        return lr_at(step // self.steps_per_epoch, self.lr0, self.milestones, self.lr_decay)
+        """Learning rate at ``step``; milestone ``m`` (epochs) acts from step ``round(m * spe)``."""
+        milestone_steps = [round(m * self.steps_per_epoch) for m in self.milestones]
+        return lr_at(step, self.lr0, milestone_steps, self.lr_decay)
 
     def values(self, step: int) -> dict[str, float]:
         """``{"eps", "beta", "kappa", "lr"}`` at ``step``."""
