@@ -23,18 +23,31 @@ def _dot(a: list[Tensor], b: list[Tensor]) -> Tensor:
     return sum((x * y).sum() for x, y in zip(a, b))
 
 
+def _gradient_graph(
+    loss_fn: Callable[[nn.Module], Tensor], params: list[Tensor], model: nn.Module
+) -> list[Tensor] | None:
+    """grad L(theta) with its graph (for double backward); None when it is constant (H = 0).
+    Call under ``torch.enable_grad()``."""
+    grads = torch.autograd.grad(loss_fn(model), params, create_graph=True, allow_unused=True)
+    grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
+    return grads if any(g.requires_grad for g in grads) else None
+
+
+def _hvp(grads: list[Tensor], params: list[Tensor], v: list[Tensor]) -> list[Tensor]:
+    hv = torch.autograd.grad(_dot(grads, v), params, retain_graph=True, allow_unused=True)
+    return [torch.zeros_like(p) if h is None else h.detach() for p, h in zip(params, hv)]
+
+
 def hessian_vector_product(
     loss_fn: Callable[[nn.Module], Tensor], model: nn.Module, v: list[Tensor]
 ) -> list[Tensor]:
     """H v for the Hessian of ``loss_fn(model)`` with respect to the parameters."""
     params = [p for _, p in named_params(model)]
     with torch.enable_grad():
-        grads = torch.autograd.grad(loss_fn(model), params, create_graph=True, allow_unused=True)
-        grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
-        if not any(g.requires_grad for g in grads):  # the gradient is constant: H = 0
+        grads = _gradient_graph(loss_fn, params, model)
+        if grads is None:
             return [torch.zeros_like(p) for p in params]
-        hv = torch.autograd.grad(_dot(grads, v), params, allow_unused=True)
-    return [torch.zeros_like(p) if h is None else h.detach() for p, h in zip(params, hv)]
+        return _hvp(grads, params, v)
 
 
 def top_hessian_eigenvalue(
@@ -58,13 +71,11 @@ def top_hessian_eigenvalue(
     v = [x / norm for x in v]
     eig = None
     with torch.enable_grad():
-        grads = torch.autograd.grad(loss_fn(model), params, create_graph=True, allow_unused=True)
-        grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
-        if not any(g.requires_grad for g in grads):  # the gradient is constant: H = 0
+        grads = _gradient_graph(loss_fn, params, model)
+        if grads is None:  # the gradient is constant: H = 0
             return 0.0, v
         for _ in range(iters):
-            hv = torch.autograd.grad(_dot(grads, v), params, retain_graph=True, allow_unused=True)
-            hv = [torch.zeros_like(p) if h is None else h.detach() for p, h in zip(params, hv)]
+            hv = _hvp(grads, params, v)
             new_eig = float(_dot(hv, v))
             hv_norm = float(torch.sqrt(_dot(hv, hv)))
             if hv_norm == 0.0:

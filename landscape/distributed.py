@@ -92,8 +92,12 @@ def fill_scan_distributed(
         return
     from tqdm.auto import tqdm
 
-    if not indices and (scan is None or scan.complete):
-        return  # every rank sees the same empty list: nothing to do, the file stays untouched
+    if not indices:
+        # every rank sees the same empty list, so all return here (no collective to wait for);
+        # rank 0 only marks a file complete whose points were all written before a crash
+        if ctx.is_main and not scan.complete:
+            finish_scan(scan, summaries)
+        return
     from landscape.scans import Chunker
 
     mine = shard(indices, ctx.rank, ctx.world)
@@ -117,7 +121,7 @@ def fill_scan_distributed(
                         for label, v in values.items():
                             scan.set_point(label, int(idx), v)
                         bar.update(1)
-                if time.monotonic() - last >= flush_seconds:
+                if not all(f for _, f in gathered) and time.monotonic() - last >= flush_seconds:
                     scan.flush()
                     last = time.monotonic()
             if all(finished for _, finished in gathered):

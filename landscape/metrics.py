@@ -120,8 +120,8 @@ def relu_preactivations(model: nn.Module, x: Tensor) -> tuple[Tensor, list[Tenso
 
 def slope_errors(result: Any, preacts_at_x: Sequence[Tensor]) -> dict[str, float]:
     """Mean |slope - relu'(z(x))| over unstable neurons (l < 0 < u), for the lower and upper
-    lines of ``result`` (a ``BoundResult``); relu'(z) = 1[z > 0]. NaN when there are no
-    unstable neurons or the method has no slopes (IBP)."""
+    lines of ``result`` (a ``BoundResult``); relu'(z) = 1[z > 0]. NaN when the method has no
+    slopes (IBP); 0 when there are no unstable neurons."""
     if result.slopes is None:
         return {"slope_err": math.nan, "upper_slope_err": math.nan, "n_unstable": 0.0}
     total_lo = total_up = 0.0

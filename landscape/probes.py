@@ -46,7 +46,7 @@ class GradientProbe:
         path: the run's HDF5 file (rows go to group ``probes`` via ``store.append_rows``).
         sink: instead of ``path``, a function ``sink(group, rows)`` (the training CLI's sink).
         every: probe period in steps (``ctx.step % every == 0``); must be >= 1.
-        t_values: step multiples t (default: {0} U logspace(0.5, 5, 10) U {1}).
+        t_values: step multiples t (default: {0} U 10 log-spaced values from 0.5 to 5 U {1}).
         metrics: also compute sign changes of A and the RGA (linear methods only).
         seed: seed of the random slopes used by the metrics' bound computations.
     """

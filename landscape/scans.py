@@ -4,8 +4,8 @@ Every scan evaluates losses ``L`` (see :mod:`landscape.losses`; several at once,
 the same points) at points theta(c) = theta_0 + sum_k c_k d_k of a grid of coefficients c:
 
 - gradient scan (Lee et al. 2021): d = -lr * g, g = grad L_0(theta_0) the raw gradient of the
-  first loss, c = t in ``t_values`` (default {0} U logspace(0.5, 5, 10) U {1}); at each point,
-  for each loss L: L(theta_t), ||g_t||, cos(g, g_t), RMS(g_t - g) and the smoothness
+  first loss, c = t in ``t_values`` (default {0} U {1} U 10 log-spaced values from 0.5 to 5);
+  at each point, for each loss L: L(theta_t), ||g_t||, cos(g, g_t), RMS(g_t - g) and the smoothness
   ||g_t - g|| / ||theta_t - theta_0||, where g = grad L(theta_0) of that same loss;
 - 1-D and 2-D scans along random directions (:func:`landscape.directions.random_direction`);
 - interpolation theta(alpha) = theta_1 + alpha (theta_2 - theta_1).
@@ -72,6 +72,11 @@ def grid_coords(lo: float, hi: float, points: int) -> np.ndarray:
     if not (math.isfinite(lo) and math.isfinite(hi)) or lo > hi:
         raise ValueError(f"need a finite range lo <= hi, got {lo}, {hi}")
     return np.linspace(lo, hi, int(points))
+
+
+def _loss_list(losses: Sequence[LossFn] | LossFn) -> list[LossFn]:
+    """One loss or a sequence of losses, as a list."""
+    return [losses] if callable(losses) and not isinstance(losses, (list, tuple)) else list(losses)
 
 
 def _labels(losses: Sequence[LossFn], labels: Sequence[str] | None) -> list[str]:
@@ -196,8 +201,8 @@ class DirectionEvaluator:
         self.labels = _labels(self.losses, labels)
         self.directions = [list(d) for d in directions]
         self.coeffs = np.asarray(coeffs, dtype=np.float64).reshape(-1, len(self.directions))
-        self.base = [b.detach().clone() for b in base] if base is not None else get_params(model)
         self.restore = get_params(model)
+        self.base = [b.detach().clone() for b in base] if base is not None else self.restore
         self.params = [p for _, p in named_params(model)]
         vm = all(getattr(fn, "vmappable", False) for fn in self.losses) and int(vmap_batch) > 1
         self.batch_size: int | None = int(vmap_batch) if vm else None
@@ -297,7 +302,7 @@ def fill_scan(
                 bar.update(1)
                 if on_point is not None:
                     on_point(done)
-            if time.monotonic() - last >= interval:
+            if pos < len(todo) and time.monotonic() - last >= interval:  # finish_scan writes the last
                 t0 = time.monotonic()
                 scan.flush()
                 last = time.monotonic()
@@ -334,10 +339,10 @@ def finish_scan(scan: ScanFile, summaries: Callable[[ScanFile], Mapping[str, Map
     """Flush; when nothing is missing, store per-label summaries and mark the file complete."""
     complete = scan.missing().size == 0
     if complete:
+        extra = summaries(scan) if summaries is not None else {}  # once: it may be costly (Hessian)
         for label in scan.labels:
             attrs = {"loss_variation": M.loss_variation(scan.data[label]["loss"])}
-            if summaries is not None:
-                attrs.update(summaries(scan).get(label, {}))
+            attrs.update(extra.get(label, {}))
             scan.label_attrs.setdefault(label, {}).update(attrs)
     scan.flush(complete=complete)
 
@@ -392,7 +397,7 @@ def scan_1d(
     vmap_batch: int = 1,
 ) -> dict[str, np.ndarray]:
     """label -> L(theta_0 + c d) for c in ``coords`` ([len(coords)])."""
-    losses = [losses] if callable(losses) and not isinstance(losses, (list, tuple)) else list(losses)
+    losses = _loss_list(losses)
     ev = DirectionEvaluator(model, losses, [direction], np.asarray(coords)[:, None], labels, vmap_batch=vmap_batch)
     res = _collect(ev, len(coords), (len(coords),))
     return {lab: d["loss"] for lab, d in res.items()}
@@ -409,7 +414,7 @@ def scan_2d(
     vmap_batch: int = 1,
 ) -> dict[str, np.ndarray]:
     """label -> L(theta_0 + a d_x + b d_y) on the grid a in xs, b in ys ([len(xs), len(ys)])."""
-    losses = [losses] if callable(losses) and not isinstance(losses, (list, tuple)) else list(losses)
+    losses = _loss_list(losses)
     coeffs = np.stack(np.meshgrid(np.asarray(xs), np.asarray(ys), indexing="ij"), axis=-1).reshape(-1, 2)
     ev = DirectionEvaluator(model, losses, [dir_x, dir_y], coeffs, labels, vmap_batch=vmap_batch)
     res = _collect(ev, len(coeffs), (len(xs), len(ys)))
@@ -430,7 +435,7 @@ def interpolate(
     from landscape.directions import interpolation_direction
 
     alphas = grid_coords(-0.5, 1.5, 41) if alphas is None else np.asarray(alphas)
-    losses = [losses] if callable(losses) and not isinstance(losses, (list, tuple)) else list(losses)
+    losses = _loss_list(losses)
     d = interpolation_direction(theta1, theta2)
     ev = DirectionEvaluator(model, losses, [d], np.asarray(alphas)[:, None], labels, base=theta1, vmap_batch=vmap_batch)
     res = _collect(ev, len(alphas), (len(alphas),))

@@ -151,11 +151,22 @@ def atomic_update(path: str, fresh: bool = False) -> Iterator[h5py.File]:
             yield f
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
+        _set_mode(tmp, path if mode == "r+" else None)
         os.replace(tmp, path)
         tmp = ""
     finally:
         if tmp and os.path.exists(tmp):
             os.remove(tmp)
+
+
+def _set_mode(tmp: str, like: str | None) -> None:
+    """Give ``tmp`` (made 0600 by mkstemp) the mode of ``like``, or of a new file under the umask."""
+    if like is not None:
+        shutil.copymode(like, tmp)
+        return
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
 
 
 def _check_hdf5(path: str) -> None:

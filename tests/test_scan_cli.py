@@ -185,3 +185,23 @@ def test_two_process_torchrun_equals_one_process(ckpts, tmp_path):
     for lab in ("crown-ibp", "clean"):
         np.testing.assert_array_equal(c["results"][lab]["loss"], a["results"][lab]["loss"])  # same code per point
     np.testing.assert_array_equal(c["arrays"]["direction_x"], a["arrays"]["direction_x"])
+
+
+def test_torchrun_finishes_a_scan_whose_points_are_all_done(ckpts, tmp_path):
+    """All points written but not marked complete (killed while storing the summaries): a
+    torchrun resume must finish it, not leave rank 0 waiting for ranks that returned."""
+    _, b = ckpts
+    out = tmp_path / "s.h5"
+    args = ["scan", str(b), "--kind", "random-1d", "--loss", "clean", "--points", "3", *COMMON, "--out", str(out)]
+    assert _run(args) == 0
+    store.write_attrs(out, {"complete": False})
+    torchrun = Path(sys.executable).with_name("torchrun")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = subprocess.run([str(torchrun), "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+                           "--master-port", str(port), "-m", "landscape.cli", *args],
+                          capture_output=True, text=True, env=env, timeout=90)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert store.read(out)["attrs"]["complete"] is True

@@ -208,3 +208,21 @@ def test_gradient_probe_appends_rows_and_restores_state(tmp_path):
     assert sunk[0][0] == "probes" and np.isnan(sunk[0][1]["a_sign"]).all()
     with pytest.raises(ValueError):
         probes.GradientProbe(every=1)
+
+
+def test_finish_scan_computes_the_summaries_once(tmp_path):
+    net = _net()
+    x, y = _batch()
+    losses = [make_loss(net, x, y, kind="clean"), make_loss(net, x, y, kind="pgd", eps=0.05)]
+    dirs = [D.random_direction(net, seed=0), D.random_direction(net, seed=1)]
+    sf, ev = _scan_file(tmp_path / "s.h5", net, losses, dirs, {"x": np.array([0.0, 1.0]), "y": np.array([0.0])})
+    calls = []
+
+    def summaries(scan):
+        calls.append(1)
+        return {"clean": {"extra": 1.0}, "pgd": {"extra": 2.0}}
+
+    scans.fill_scan(sf, ev, progress=False, summaries=summaries)
+    assert len(calls) == 1
+    d = store.read(tmp_path / "s.h5")
+    assert d["results"]["clean"]["attrs"]["extra"] == 1.0 and d["results"]["pgd"]["attrs"]["extra"] == 2.0

@@ -172,3 +172,19 @@ def test_canonical_json_is_order_independent():
 def test_store_does_not_import_torch():
     code = "import sys, landscape.store; sys.exit(1 if 'torch' in sys.modules else 0)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX file modes")
+def test_atomic_writes_keep_the_usual_file_mode(tmp_path):
+    """The temporary file is made 0600; the result must get the umask's mode when new, and
+    keep its own mode when updated."""
+    p = tmp_path / "m.h5"
+    old = os.umask(0o022)
+    try:
+        store.append_rows(p, "g", {"a": [1.0]})
+    finally:
+        os.umask(old)
+    assert os.stat(p).st_mode & 0o777 == 0o644
+    os.chmod(p, 0o640)
+    store.append_rows(p, "g", {"a": [2.0]})
+    assert os.stat(p).st_mode & 0o777 == 0o640
