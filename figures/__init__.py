@@ -14,10 +14,16 @@ This package never imports torch.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 
-def plot_file(paths, out_dir, formats=("png", "pdf"), surface3d: bool = False) -> list[Path]:
+def plot_file(
+    paths: str | Path | Iterable[str | Path],
+    out_dir: str | Path,
+    formats: Sequence[str] | str = ("png", "pdf"),
+    surface3d: bool = False,
+) -> list[Path]:
     """Draw every figure the result files in ``paths`` support into ``out_dir``; see
     :func:`figures.dispatch.plot_file`."""
     from figures.dispatch import plot_file as _plot_file

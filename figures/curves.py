@@ -1,12 +1,13 @@
 """1D figures: loss along a random direction or between two checkpoints, and the paper's
 gradient-direction scans.
 
-Gradient scan (DESIGN section 5): theta_t = theta - t * lr * g.  The left panel shows
-L(theta_t) against t; the shaded band spans [min_t L, max_t L], whose height is the *loss
-variation* max_t L(theta_t) - min_t L(theta_t) (a smooth landscape has a thin band).  The
-middle panel shows the gradient-angle similarity cos(g, grad L(theta_t)) (1 = the gradient
-does not turn), the right one the smoothness estimate
-||grad L(theta_t) - g|| / ||theta_t - theta|| (a local Lipschitz constant of the gradient).
+Gradient scan (DESIGN section 5): theta_t = theta - t * lr * g.  The first panel shows
+L(theta_t) - L(theta) against t; the shaded band spans [min_t, max_t] of it, whose height is
+the *loss variation* max_t L(theta_t) - min_t L(theta_t) (a smooth landscape has a thin band).
+The next panels show the gradient-angle similarity cos(g, grad L(theta_t)) (1 = the gradient
+does not turn), the smoothness estimate ||grad L(theta_t) - g|| / ||theta_t - theta|| (a local
+Lipschitz constant of the gradient) and, when the scan records it, the sign-flip rate of the
+bound's linear coefficients.
 """
 
 from __future__ import annotations
@@ -17,26 +18,13 @@ from pathlib import Path
 import numpy as np
 
 from figures.data import LineScan
-from figures.style import apply_style, method_colour, save
-
-
-def _title_context(scans: Sequence[LineScan]) -> str:
-    """``"digits, cnn-tiny"`` when every scan shares dataset and model, else ``""``."""
-    datasets = {s.meta.dataset for s in scans if s.meta.dataset}
-    models = {s.meta.model for s in scans if s.meta.model}
-    bits = []
-    if len(datasets) == 1:
-        bits.append(str(next(iter(datasets))))
-    if len(models) == 1:
-        bits.append(str(next(iter(models))))
-    return ", ".join(bits)
+from figures.style import apply_style, method_colour, method_rank, save, with_context
 
 
 def _entries(scans: Sequence[LineScan]):
-    """(scan, method, arrays, label, colour) for every scanned loss, with checkpoints named
-    only when they are needed to tell entries apart."""
-    order = {m: i for i, m in enumerate(("natural", "clean", "pgd", "ibp", "crown-ibp", "crown", "cap", "tightest"))}
-    pairs = [(s, m, arrays) for s in scans for m, arrays in sorted(s.series.items(), key=lambda kv: order.get(kv[0], 50))]
+    """(scan, method, arrays, label, colour) for every scanned loss; the label names method,
+    eps and checkpoint, and the file too when it records no checkpoint and several are drawn."""
+    pairs = [(s, m, arrays) for s in scans for m, arrays in sorted(s.series.items(), key=lambda kv: method_rank(kv[0]))]
     out = []
     for i, (s, m, arrays) in enumerate(pairs):
         method = m if m != "loss" else s.meta.method
@@ -47,14 +35,16 @@ def _entries(scans: Sequence[LineScan]):
     return out
 
 
-def _mean_and_range(values: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
-    """A curve ``[T]`` as is; repeats ``[R, T]`` (several batches or probes) as mean and min/max."""
-    v = np.asarray(values, dtype=float)
-    if v.ndim == 1:
-        return v, None, None
-    flat = v.reshape(-1, v.shape[-1])
-    with np.errstate(all="ignore"):
-        return np.nanmean(flat, 0), np.nanmin(flat, 0), np.nanmax(flat, 0)
+def _draw(ax, x: np.ndarray, values: np.ndarray, colour: str, label: str | None = None, **line) -> None:
+    """One curve on ``ax``. Computed points whose neighbours are both NaN (a partial scan
+    filled out of order) get a marker of their own, since a line has no segment through them."""
+    y = np.asarray(values, dtype=float)
+    ax.plot(x, y, color=colour, label=label, **line)
+    finite = np.isfinite(y)
+    padded = np.pad(finite, 1, constant_values=False)
+    lone = finite & ~padded[:-2] & ~padded[2:]
+    if lone.any() and line.get("marker") is None:
+        ax.plot(np.asarray(x)[lone], y[lone], "o", ms=4, color=colour)
 
 
 def loss_variation(loss: np.ndarray) -> float:
@@ -90,7 +80,7 @@ def plot_gradient_scans(
     handles = []
     for scan, method, arrays, label, colour in entries:
         t = scan.coord
-        mean, lo, hi = _mean_and_range(arrays["loss"])
+        mean = np.asarray(arrays["loss"], dtype=float)
         if not np.isfinite(mean).any():  # a scan whose points are not computed yet
             continue
         zero = int(np.argmin(np.abs(t)))
@@ -100,8 +90,6 @@ def plot_gradient_scans(
         (h,) = ax_loss.plot(t, rel, "-o", ms=3.5, lw=1.8, color=colour,
                             label=f"{label}: L(θ)={base:.3g}, ΔL={dl:.3g}")
         handles.append(h)
-        if lo is not None:
-            ax_loss.fill_between(t, lo - base, hi - base, color=colour, alpha=0.12, lw=0)
         finite = rel[np.isfinite(rel)]
         if finite.size:
             ax_loss.axhspan(finite.min(), finite.max(), color=colour, alpha=0.10, lw=0)
@@ -114,10 +102,7 @@ def plot_gradient_scans(
         for scan, method, arrays, label, colour in entries:
             if key not in arrays:
                 continue
-            mean, lo, hi = _mean_and_range(arrays[key])
-            ax.plot(scan.coord, mean, "-o", ms=3.5, lw=1.8, color=colour, label=label)
-            if lo is not None:
-                ax.fill_between(scan.coord, lo, hi, color=colour, alpha=0.15, lw=0)
+            _draw(ax, scan.coord, arrays[key], colour, label, marker="o", ms=3.5, lw=1.8)
         ax.set_xlabel("step size t along −∇L (× learning rate)")
         ax.set_ylabel(ylabel)
         ax.set_title(title)
@@ -135,9 +120,9 @@ def plot_gradient_scans(
         panel += 1
     if has_flip:
         curve_panel(axes[panel], "sign_flip", "fraction of coefficients", "Sign flips of bound coefficients")
-    context = _title_context(scans)
-    fig.suptitle("Gradient-direction scan" + (f" — {context}" if context else ""), fontsize=12)
-    fig.legend(handles=handles, loc="lower center", ncol=min(2, len(handles)), bbox_to_anchor=(0.5, 0.0))
+    fig.suptitle(with_context("Gradient-direction scan", [s.meta for s in scans]), fontsize=12)
+    if handles:  # none while no point of the scan is computed yet
+        fig.legend(handles=handles, loc="lower center", ncol=min(2, len(handles)), bbox_to_anchor=(0.5, 0.0))
     rows = (len(handles) + 1) // 2
     height = fig.get_size_inches()[1]
     fig.tight_layout(rect=(0, min(0.4, 0.27 * rows / height + 0.02), 1, 1))
@@ -163,10 +148,7 @@ def plot_line_scans(
     entries = _entries(scans)
     fig, ax = plt.subplots(figsize=(6.2, 4.2))
     for scan, method, arrays, label, colour in entries:
-        mean, lo, hi = _mean_and_range(arrays["loss"])
-        ax.plot(scan.coord, mean, "-", lw=1.9, color=colour, label=label)
-        if lo is not None:
-            ax.fill_between(scan.coord, lo, hi, color=colour, alpha=0.15, lw=0)
+        _draw(ax, scan.coord, arrays["loss"], colour, label, lw=1.9)
     ax.axvline(0.0, color="0.3", lw=0.9, ls="--")
     if kind == "interpolate":
         from figures.style import short_path
@@ -180,9 +162,7 @@ def plot_line_scans(
                 ax.set_xlabel(f"interpolation α (0 = {a}, 1 = {b})")
     else:
         ax.set_title("Loss along a random direction (0 = checkpoint)")
-    context = _title_context(scans)
-    if context:
-        ax.set_title(f"{ax.get_title()} — {context}")
+    ax.set_title(with_context(ax.get_title(), [s.meta for s in scans]))
     if not ax.get_xlabel():
         ax.set_xlabel(scans[0].coord_label)
     ax.set_ylabel("loss (cross-entropy, nats)")

@@ -16,7 +16,7 @@ import numpy as np
 
 from figures import curves, surfaces, tables, training
 from figures.data import CertifyResult, LineScan, Record, SurfaceScan, TrainRun, load
-from figures.style import legend_label, normalise_formats
+from figures.style import legend_label, method_rank, normalise_formats
 
 
 def _slug(text: str) -> str:
@@ -75,9 +75,9 @@ def _merge_surfaces(scans: Sequence[SurfaceScan]) -> SurfaceScan | None:
 
 def tightness_points(runs: Sequence[TrainRun], certs: Sequence[CertifyResult] = ()) -> list[dict]:
     """One scatter point per run: bound tightness, the ``bound_gap`` (PGD margin minus
-    certified lower bound, smaller = tighter) of the certify file of the same method (or a
-    ``bound_gap`` column of the run's probes), and the loss variation averaged over the last
-    half of the probes."""
+    certified lower bound, smaller = tighter) of the run's own probes or steps when it records
+    one, else of the certify file of the same method, and the loss variation averaged over the
+    last half of the probes (with its standard error)."""
     cert_tight: dict[str, float] = {}
     for c in certs:
         for row in c.rows:
@@ -117,8 +117,7 @@ def plot_records(
     """Draw figures (and tables) for already-loaded records; see :func:`plot_file`."""
     fmts = normalise_formats(formats)
     out = Path(out_dir)
-    order = {m: i for i, m in enumerate(("natural", "ibp", "crown-ibp", "crown", "cap", "tightest"))}
-    records = sorted(records, key=lambda r: order.get(str(r.meta.method), 50))
+    records = sorted(records, key=lambda r: method_rank(r.meta.method))
     _name_records(records)
     written: list[Path] = []
 
@@ -148,10 +147,8 @@ def plot_records(
             written += training.plot_training_curves(runs, out, f"{prefix}_training_curves", fmts)
         probed = [r for r in runs if r.probes]
         if probed:
-            try:
+            if any(training.probe_stat(r, key) is not None for r in probed for key, *_ in training.PROBE_STATS):
                 written += training.plot_probe_stats(probed, out, f"{prefix}_probes", fmts)
-            except ValueError:
-                pass
             for key in ("loss_variation", "grad_cosine"):
                 if any(training.probe_stat(r, key) is not None for r in probed):
                     written += training.plot_single_stat(probed, key, out, f"{prefix}_{key}_over_training", fmts)

@@ -20,16 +20,17 @@ import seaborn as sns  # noqa: E402
 FORMATS: tuple[str, ...] = ("png", "pdf", "svg")
 """Image formats :func:`save` can write."""
 
-_METHOD_NAMES: dict[str, str] = {
+_METHOD_NAMES: dict[str, str] = {  # in the order figures, legends and tables list methods
     "natural": "Natural",
+    "clean": "Clean",
+    "pgd": "PGD",
     "ibp": "IBP",
     "crown-ibp": "CROWN-IBP",
     "crown": "CROWN",
     "cap": "CAP",
     "tightest": "Tightest (ours)",
-    "clean": "Clean",
-    "pgd": "PGD",
 }
+_METHOD_RANK = {m: i for i, m in enumerate(_METHOD_NAMES)}
 
 _METHOD_COLOURS: dict[str, str] = {
     "ibp": "#1f77b4",
@@ -68,6 +69,12 @@ def method_name(method: str | None) -> str:
         return "?"
     base = str(method)
     return _METHOD_NAMES.get(base.lower(), base)
+
+
+def method_rank(method: str | None) -> int:
+    """Sort key listing methods the toolkit knows in a fixed order (IBP before CROWN-IBP, ...,
+    the tightest-slope method last), unknown ones after them."""
+    return _METHOD_RANK.get(str(method or "").lower(), len(_METHOD_RANK))
 
 
 def method_colour(method: str | None, index: int = 0) -> str:
@@ -116,10 +123,22 @@ def short_path(path: str | Path | None, keep: int = 2) -> str:
     return "/".join(parts[-keep:])
 
 
+def with_context(what: str, metas: Iterable) -> str:
+    """A title ``"what — digits, mlp"``: ``what`` followed by the dataset and the model when
+    all of ``metas`` (:class:`figures.data.Meta`) share them, each left out otherwise."""
+    metas = list(metas)
+    bits = []
+    for attr in ("dataset", "model"):
+        values = {getattr(m, attr) for m in metas if getattr(m, attr, None)}
+        if len(values) == 1:
+            bits.append(str(next(iter(values))))
+    return what + (f" — {', '.join(bits)}" if bits else "")
+
+
 def save(fig: plt.Figure, out_dir: str | Path, stem: str, formats: Sequence[str] = ("png", "pdf")) -> list[Path]:
     """Write ``fig`` as ``out_dir/stem.<fmt>`` for every format, close it, return the paths.
 
-    Raises ValueError for a format matplotlib is not asked to write here.
+    Raises ValueError for a format not in :data:`FORMATS`.
     """
     fmts = normalise_formats(formats)
     out = Path(out_dir)

@@ -14,14 +14,19 @@ from pathlib import Path
 import numpy as np
 
 from figures.data import SurfaceScan
-from figures.style import apply_style, method_name, save
+from figures.style import apply_style, format_eps, method_name, save, short_path
+
+
+def _grid(n: int) -> tuple[int, int]:
+    """Rows and columns of a figure with ``n`` panels (2 x 2 for four, else up to three a row)."""
+    cols = 2 if n == 4 else min(n, 3)
+    return (n + cols - 1) // cols, cols
 
 
 def _panels(n: int):
     import matplotlib.pyplot as plt
 
-    cols = 2 if n == 4 else min(n, 3)
-    rows = (n + cols - 1) // cols
+    rows, cols = _grid(n)
     fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.9 * rows), squeeze=False)
     flat = list(axes.ravel())
     for ax in flat[n:]:
@@ -30,8 +35,6 @@ def _panels(n: int):
 
 
 def _title(scan: SurfaceScan, method: str) -> str:
-    from figures.style import format_eps
-
     bits = [method_name(method if method != "loss" else scan.meta.method)]
     eps = format_eps(scan.meta.eps)
     if eps:
@@ -40,8 +43,6 @@ def _title(scan: SurfaceScan, method: str) -> str:
 
 
 def _suptitle(scan: SurfaceScan, what: str) -> str:
-    from figures.style import short_path
-
     bits = [b for b in (scan.meta.dataset, scan.meta.model, short_path(scan.meta.checkpoint)) if b]
     return what + (f" — {', '.join(map(str, bits))}" if bits else "")
 
@@ -83,11 +84,12 @@ def plot_surface(
     fig.tight_layout()
     written += save(fig, out_dir, f"{stem}_contour", formats)
 
+    # half a grid cell around the outer points, so each cell is centred on its (α, β)
+    dx = (scan.x[-1] - scan.x[0]) / (scan.x.size - 1) / 2 if scan.x.size > 1 else 0.5
+    dy = (scan.y[-1] - scan.y[0]) / (scan.y.size - 1) / 2 if scan.y.size > 1 else 0.5
     fig, axes = _panels(len(methods))
     for ax, method in zip(axes, methods):
         z = np.ma.masked_invalid(scan.loss[method])
-        dx = (scan.x[-1] - scan.x[0]) / max(scan.x.size - 1, 1) / 2 if scan.x.size > 1 else 0.5
-        dy = (scan.y[-1] - scan.y[0]) / max(scan.y.size - 1, 1) / 2 if scan.y.size > 1 else 0.5
         im = ax.imshow(
             z.T,
             origin="lower",
@@ -108,8 +110,7 @@ def plot_surface(
     written += save(fig, out_dir, f"{stem}_heatmap", formats)
 
     if surface3d:
-        cols = 2 if len(methods) == 4 else min(len(methods), 3)
-        rows = (len(methods) + cols - 1) // cols
+        rows, cols = _grid(len(methods))
         fig = plt.figure(figsize=(5.0 * cols, 4.3 * rows))
         for i, method in enumerate(methods):
             ax = fig.add_subplot(rows, cols, i + 1, projection="3d")

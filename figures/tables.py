@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from figures.style import apply_style, format_eps, method_colour, method_name, save
+from figures.style import apply_style, format_eps, method_colour, method_name, method_rank, save
 
 _COLUMNS = (("clean_err", "Clean"), ("pgd_err", "PGD"), ("verified_err", "Verified"))
 
@@ -26,16 +26,14 @@ def _pct(value: float | None) -> str:
 
 
 def _sorted_rows(rows: Sequence[dict]) -> list[dict]:
-    order = {m: i for i, m in enumerate(("natural", "ibp", "crown-ibp", "crown", "cap", "tightest"))}
-    return sorted(rows, key=lambda r: (float(r.get("eps", 0.0)), order.get(str(r.get("method")), 99), str(r.get("method"))))
+    return sorted(rows, key=lambda r: (float(r.get("eps", 0.0)), method_rank(r.get("method")), str(r.get("method"))))
 
 
 def _bound_columns(rows: Sequence[dict]) -> list[str]:
     """Per-bound verified-error columns (``verified_err_ibp``, ``verified_err_crown_ibp``, ...)
     present in every row."""
     keys = [k for k in rows[0] if k.startswith("verified_") and k != "verified_err"] if rows else []
-    order = {m: i for i, m in enumerate(("ibp", "crown-ibp", "crown", "cap"))}
-    keys = sorted(keys, key=lambda k: order.get(bound_name_key(k), 50))
+    keys = sorted(keys, key=lambda k: method_rank(bound_name_key(k)))
     return [k for k in keys if all(k in r for r in rows)]
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from figures.data import TrainRun
-from figures.style import apply_style, method_colour, method_name, rolling_mean, save
+from figures.style import apply_style, method_colour, method_name, rolling_mean, save, with_context
 
 # (key, candidate column names (a trailing "*" matches a prefix; several matches are averaged),
 #  axis label, title)
@@ -102,8 +102,18 @@ def probe_stat(run: TrainRun, key: str) -> np.ndarray | None:
     return None
 
 
-def _x_label(runs: Sequence[TrainRun]) -> str:
-    return "training step"
+def _plot_stat(ax, runs: Sequence[TrainRun], key: str, names: bool, **line) -> dict[int, object]:
+    """Draw probe statistic ``key`` of every run that records it on ``ax`` against the
+    training step; returns the drawn lines by run index."""
+    lines = {}
+    for i, run in enumerate(runs):
+        y = probe_stat(run, key)
+        if y is None:
+            continue
+        x = probe_x(run)[: y.size]
+        (lines[i],) = ax.plot(x, y[: x.size], "-o", color=method_colour(run.meta.method, i),
+                              label=_label(run, names), **line)
+    return lines
 
 
 def plot_probe_stats(
@@ -122,28 +132,19 @@ def plot_probe_stats(
     fig, axes = plt.subplots(rows, cols, figsize=(4.4 * cols, 3.3 * rows), sharex=True, squeeze=False)
     flat = list(axes.ravel())
     names = _needs_names(runs)
+    legend: dict[int, object] = {}  # one entry per run, even for a run missing from the first panel
     for ax, (key, _, ylabel, title) in zip(flat, present):
-        for i, run in enumerate(runs):
-            y = probe_stat(run, key)
-            if y is None:
-                continue
-            x = probe_x(run)[: y.size]
-            ax.plot(x, y[: x.size], "-o", ms=2.5, lw=1.5, color=method_colour(run.meta.method, i), label=_label(run, names))
+        for i, line in _plot_stat(ax, runs, key, names, ms=2.5, lw=1.5).items():
+            legend.setdefault(i, line)
         ax.set_title(title)
         ax.set_ylabel(ylabel)
+        ax.set_xlabel("training step")
+        ax.tick_params(labelbottom=True)
     for ax in flat[len(present):]:
         ax.set_visible(False)
-    for ax in flat[: len(present)]:
-        ax.tick_params(labelbottom=True)
-        ax.set_xlabel(_x_label(runs))
-    handles, labels = flat[0].get_legend_handles_labels()
-    if not handles:
-        for ax in flat:
-            handles, labels = ax.get_legend_handles_labels()
-            if handles:
-                break
-    fig.legend(handles, labels, loc="lower center", ncol=min(4, max(1, len(labels))), bbox_to_anchor=(0.5, -0.01))
-    fig.suptitle(_suptitle(runs, "Landscape probes over training"), fontsize=12)
+    handles = [legend[i] for i in sorted(legend)]
+    fig.legend(handles=handles, loc="lower center", ncol=min(4, max(1, len(handles))), bbox_to_anchor=(0.5, -0.01))
+    fig.suptitle(with_context("Landscape probes over training", [r.meta for r in runs]), fontsize=12)
     fig.tight_layout(rect=(0, 0.35 / fig.get_size_inches()[1] + 0.02, 1, 1))
     return save(fig, out_dir, stem, formats)
 
@@ -157,35 +158,15 @@ def plot_single_stat(
 
     _, _, ylabel, title = next(s for s in PROBE_STATS if s[0] == key)
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    names = _needs_names(runs)
-    drawn = 0
-    for i, run in enumerate(runs):
-        y = probe_stat(run, key)
-        if y is None:
-            continue
-        x = probe_x(run)[: y.size]
-        ax.plot(x, y[: x.size], "-o", ms=3, lw=1.7, color=method_colour(run.meta.method, i), label=_label(run, names))
-        drawn += 1
-    if not drawn:
+    if not _plot_stat(ax, runs, key, _needs_names(runs), ms=3, lw=1.7):
         plt.close(fig)
         raise ValueError(f"no run in these files records the probe statistic {key!r}")
-    ax.set_xlabel(_x_label(runs))
+    ax.set_xlabel("training step")
     ax.set_ylabel(ylabel)
-    ax.set_title(_suptitle(runs, f"{title} over training"))
+    ax.set_title(with_context(f"{title} over training", [r.meta for r in runs]))
     ax.legend(loc="best")
     fig.tight_layout()
     return save(fig, out_dir, stem, formats)
-
-
-def _suptitle(runs: Sequence[TrainRun], what: str) -> str:
-    datasets = {r.meta.dataset for r in runs if r.meta.dataset}
-    models = {r.meta.model for r in runs if r.meta.model}
-    bits = []
-    if len(datasets) == 1:
-        bits.append(str(next(iter(datasets))))
-    if len(models) == 1:
-        bits.append(str(next(iter(models))))
-    return what + (f" — {', '.join(bits)}" if bits else "")
 
 
 def has_gradient_probes(run: TrainRun) -> bool:
@@ -230,12 +211,11 @@ def plot_gradient_direction_over_training(
         ax.set_xlabel("step size t (× lr)")
     for ax in flat[len(runs):]:
         ax.set_visible(False)
-    flat[0].set_ylabel("L(θ − t·lr·∇L) − L(θ)  (nats)")
     for r in range(rows):
         axes[r][0].set_ylabel("L(θ − t·lr·∇L) − L(θ)  (nats)")
     sm = cm.ScalarMappable(norm=norm, cmap=cmap)
     fig.colorbar(sm, ax=flat[: len(runs)], label="training step of the probe", shrink=0.9, pad=0.02)
-    fig.suptitle(_suptitle(runs, "Loss along the gradient direction over training"), fontsize=12)
+    fig.suptitle(with_context("Loss along the gradient direction over training", [r.meta for r in runs]), fontsize=12)
     return save(fig, out_dir, stem, formats)
 
 
@@ -294,7 +274,7 @@ def plot_training_curves(
     if has_test:
         _test_legend(axes[len(_CURVES) + has_eps])
     axes[0].legend(loc="best")
-    fig.suptitle(_suptitle(runs, "Training curves"), fontsize=12)
+    fig.suptitle(with_context("Training curves", [r.meta for r in runs]), fontsize=12)
     fig.tight_layout()
     return save(fig, out_dir, stem, formats)
 
@@ -329,14 +309,8 @@ def summary(run: TrainRun, last_fraction: float = 1.0) -> dict[str, float]:
     for key, *_ in PROBE_STATS:
         y = probe_stat(run, key)
         out[key] = _tail_mean(y, last_fraction)
-    tight = None
-    for source in (run.probes, run.steps):
-        for name in ("bound_gap",):
-            if name in source:
-                tight = _reduce_over_t(source[name], None)
-                break
-        if tight is not None:
-            break
+    source = next((s for s in (run.probes, run.steps) if "bound_gap" in s), None)
+    tight = None if source is None else _reduce_over_t(source["bound_gap"], None)
     out["tightness"] = _tail_mean(tight, last_fraction)
     return out
 

@@ -193,9 +193,7 @@ def train(config_file, model_option, lr_milestones, out_dir, resume, overwrite, 
         from train.checkpoint import load_checkpoint
 
         ckpt = load_checkpoint(resume_from)
-        for group in ("steps", "probes", "grads"):  # rows the interrupted attempt wrote after it
-            store.truncate_rows(str(h5), group, "step", int(ckpt["step"]))
-        store.truncate_rows(str(h5), "epochs", "epoch", int(ckpt["epoch"]))
+        store.truncate_run(str(h5), int(ckpt["step"]), int(ckpt["epoch"]))  # rows written after it
         store.write_attrs(str(h5), {"resumed_from": str(resume_from)})
 
     def sink(group: str, rows: dict) -> None:

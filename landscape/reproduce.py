@@ -315,6 +315,10 @@ def train_run(run: RunPlan, run_dir: Path, plan: Plan, data: Any, progress: bool
             "profile": plan.profile,
         })
     else:
+        from train.checkpoint import load_checkpoint
+
+        ckpt = load_checkpoint(resume)
+        store.truncate_run(str(h5), int(ckpt["step"]), int(ckpt["epoch"]))  # rows written after it
         store.write_attrs(str(h5), {"resumed_from": str(resume)})
 
     def sink(group: str, rows: dict) -> None:
@@ -405,6 +409,8 @@ def _scan_loss(method: str, x: Any, y: Any, eps: float, domain: tuple[float, flo
 
 def scan_run(run: RunPlan, run_dir: Path, scan_dir: Path, plan: Plan, data: Any) -> list[Path]:
     """Gradient, random-1d and random-2d scans of the final model (complete files are kept)."""
+    import torch
+
     from landscape import __version__, store
     from landscape.directions import random_direction
     from landscape.scans import default_t_values, gradient_scan, grid_coords, scan_1d, scan_2d
@@ -460,7 +466,7 @@ def scan_run(run: RunPlan, run_dir: Path, scan_dir: Path, plan: Plan, data: Any)
 
     path = scan_dir / f"{run.method}_random-2d.h5"
     if fresh(path):
-        gen = __import__("torch").Generator().manual_seed(0)
+        gen = torch.Generator().manual_seed(0)
         dx = random_direction(model, norm="filter", generator=gen)
         dy = random_direction(model, norm="filter", generator=gen)
         xs = grid_coords(-r, r, plan.scan_points_2d)
@@ -473,10 +479,27 @@ def scan_run(run: RunPlan, run_dir: Path, scan_dir: Path, plan: Plan, data: Any)
     return written
 
 
-def _summary_rows(plan: Plan, out: Path) -> list[dict]:
+def _result_files(plan: Plan, out: Path, setting: str) -> list[Path]:
+    """The result files of ``setting`` that exist: each run's train.h5 and certify.h5, then its scans."""
+    paths = []
+    for r in (r for r in plan.runs if r.setting == setting):
+        run_dir = out / "runs" / setting / r.method
+        paths += [run_dir / "train.h5", run_dir / "certify.h5"]
+        paths += sorted((out / "scans" / setting).glob(f"{r.method}_*.h5"))
+    return [p for p in paths if p.exists()]
+
+
+def load_results(plan: Plan, out: Path) -> dict[Path, Any]:
+    """Every existing result file of ``plan`` under ``out``, each read once into its
+    :mod:`figures.data` record (ValueError for a file that cannot be read)."""
+    from figures.data import load
+
+    return {p: load(p) for setting in plan.settings() for p in _result_files(plan, out, setting)}
+
+
+def _summary_rows(plan: Plan, out: Path, records: dict[Path, Any]) -> list[dict]:
     """One row per run: verified error at eps_train, mean probe statistics over the second
-    half of training, bound gap and training time."""
-    from figures import data as fdata
+    half of training, bound gap and training time (from the ``records`` of :func:`load_results`)."""
     from figures import training as ftraining
 
     rows = []
@@ -484,20 +507,16 @@ def _summary_rows(plan: Plan, out: Path) -> list[dict]:
         run_dir = out / "runs" / run.setting / run.method
         row: dict[str, Any] = {"setting": run.setting, "method": run.method, "model": run.config["model"],
                                "eps_train": run.config["eps"]}
-        try:
-            rec = fdata.load(run_dir / "train.h5")
+        rec = records.get(run_dir / "train.h5")
+        if rec is not None:
             s = ftraining.summary(rec, last_fraction=0.5)
             row.update({k: s[k] for k in ("loss_variation", "grad_cosine", "smoothness", "sign_flip", "rga_cosine",
                                           "unstable_frac")})
             row["train_seconds"] = rec.meta.attrs.get("train_seconds")
-        except (ValueError, FileNotFoundError):
-            pass
-        try:
-            cert = fdata.load(run_dir / "certify.h5")
+        cert = records.get(run_dir / "certify.h5")
+        if cert is not None and cert.rows:
             best = min(cert.rows, key=lambda r: abs(r["eps"] - run.config["eps"]))
             row.update({k: best.get(k) for k in ("clean_err", "pgd_err", "verified_err", "bound_gap")})
-        except (ValueError, FileNotFoundError):
-            pass
         rows.append(row)
     return rows
 
@@ -562,8 +581,9 @@ def run(plan: Plan, out_dir: str | Path, formats: Sequence[str] | str = ("png", 
         _log(f"scanning {r.key}")
         scan_run(r, run_dir, out / "scans" / r.setting, plan, data_for(r))
 
-    files = draw(plan, out, fmts)
-    rows = _summary_rows(plan, out)
+    records = load_results(plan, out)
+    files = draw(plan, out, fmts, records)
+    rows = _summary_rows(plan, out, records)
     (out / "summary.json").write_text(json.dumps(rows, indent=2, default=float) + "\n")
     (out / "summary.md").write_text(_summary_markdown(rows))
     wall = time.perf_counter() - t0
@@ -571,19 +591,17 @@ def run(plan: Plan, out_dir: str | Path, formats: Sequence[str] | str = ("png", 
     return ReproduceResult(out, files, rows, wall, trained, reused)
 
 
-def draw(plan: Plan, out: Path, formats: Sequence[str] = ("png", "pdf")) -> list[Path]:
-    """All figures and tables of every setting into ``out/figures/<setting>/``."""
-    from figures.data import load
+def draw(plan: Plan, out: Path, formats: Sequence[str] = ("png", "pdf"),
+         records: dict[Path, Any] | None = None) -> list[Path]:
+    """All figures and tables of every setting into ``out/figures/<setting>/``, from
+    ``records`` (:func:`load_results`; read here when not given)."""
     from figures.dispatch import plot_records
 
+    if records is None:
+        records = load_results(plan, out)
     files: list[Path] = []
     for setting in plan.settings():
-        paths = []
-        for r in (r for r in plan.runs if r.setting == setting):
-            run_dir = out / "runs" / setting / r.method
-            paths += [run_dir / "train.h5", run_dir / "certify.h5"]
-            paths += sorted((out / "scans" / setting).glob(f"{r.method}_*.h5"))
-        records = [load(p) for p in paths if p.exists()]
-        _log(f"drawing {setting} ({len(records)} files)")
-        files += plot_records(records, out / "figures" / setting, formats)
+        mine = [records[p] for p in _result_files(plan, out, setting) if p in records]
+        _log(f"drawing {setting} ({len(mine)} files)")
+        files += plot_records(mine, out / "figures" / setting, formats)
     return files

@@ -94,6 +94,7 @@ __all__ = [
     "append_rows",
     "write_attrs",
     "truncate_rows",
+    "truncate_run",
     "read",
     "canonical_json",
     "ScanFile",
@@ -353,6 +354,15 @@ def truncate_rows(path: str, group: str, column: str, limit: float) -> int:
             if kept.shape[0]:
                 ds[...] = kept
     return int((~keep).sum())
+
+
+def truncate_run(path: str, step: int, epoch: int) -> int:
+    """Cut a training run's file back to a checkpoint taken after ``step`` steps and ``epoch``
+    epochs: drop the ``steps``, ``probes`` and ``grads`` rows with ``step >= step`` and the
+    ``epochs`` rows with ``epoch >= epoch`` (rows an interrupted attempt wrote after it).
+    Returns the number of rows dropped."""
+    dropped = sum(truncate_rows(path, group, "step", step) for group in ("steps", "probes", "grads"))
+    return dropped + truncate_rows(path, "epochs", "epoch", epoch)
 
 
 # ----------------------------------------------------------------------------- reading

@@ -351,3 +351,62 @@ def test_figures_never_import_torch(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "False"
+
+
+def _capture_figures(monkeypatch, module) -> list:
+    """Keep the figures ``module`` saves (instead of closing them) so tests can inspect them."""
+    kept = []
+
+    def keep(fig, out_dir, stem, formats=("png",)):
+        kept.append(fig)
+        return []
+
+    monkeypatch.setattr(module, "save", keep)
+    return kept
+
+
+def test_partial_line_scan_draws_every_computed_point(tmp_path: Path, monkeypatch) -> None:
+    """A scan filled out of order (e.g. resumed, or split across processes) has computed points
+    with NaN neighbours on both sides; each must still be visible, not only the segments."""
+    from figures import curves, data
+
+    xs = np.linspace(-1, 1, 9)
+    path = tmp_path / "holes.h5"
+    scan = store.create_scan(str(path), kind="random-1d", args={"k": 1}, coords={"x": xs}, labels=["ibp"],
+                             attrs={"checkpoint": "runs/ibp/checkpoint.pt", "eps": 0.1})
+    for i in range(0, xs.size, 2):  # every other point computed
+        scan.set_point("ibp", i, {"loss": 1.0 + xs[i] ** 2})
+    scan.flush(complete=False)
+    figs = _capture_figures(monkeypatch, curves)
+    curves.plot_line_scans([data.load(path)], tmp_path, "holes", ("png",))
+    ax = figs[0].axes[0]
+    drawn = [ln for ln in ax.get_lines() if np.isfinite(np.asarray(ln.get_ydata(), dtype=float)).any()
+             and ln.get_marker() not in (None, "None", "", " ")]
+    shown = {round(float(x), 6) for ln in drawn for x, y in zip(ln.get_xdata(), ln.get_ydata()) if np.isfinite(y)}
+    assert shown >= {round(float(x), 6) for x in xs[::2]}, "isolated computed points are not drawn"
+
+
+def test_gradient_scan_without_computed_points_still_plots(tmp_path: Path) -> None:
+    import figures
+
+    path = tmp_path / "fresh.h5"
+    scan = store.create_scan(str(path), kind="gradient", args={"t": T.tolist()}, coords={"t": T}, labels=["ibp"],
+                             fields=["loss", "cos"], attrs={"eps": 0.1})
+    scan.flush(complete=False)
+    out = figures.plot_file(path, tmp_path / "fig", formats="png")
+    _images_ok(out, ["fresh_gradient"], formats=("png",))
+
+
+def test_probe_panel_legend_names_every_run(tmp_path: Path, monkeypatch) -> None:
+    """A run that lacks the first panel's statistic still gets its legend entry."""
+    from figures import data, training
+
+    a = data.load(make_train_run(tmp_path / "a.h5", "ibp"))
+    b_path = tmp_path / "b.h5"
+    store.write_attrs(str(b_path), {"kind": "train", "method": "tightest", "eps": 0.1})
+    store.append_rows(str(b_path), "probes", {"step": np.array([0.0, 10.0]), "rga_cos": np.array([0.9, 0.8])})
+    b = data.load(b_path)
+    figs = _capture_figures(monkeypatch, training)
+    training.plot_probe_stats([a, b], tmp_path, "probes", ("png",))
+    labels = [t.get_text() for legend in figs[0].legends for t in legend.get_texts()]
+    assert labels == ["IBP, ε=0.1", "Tightest (ours), ε=0.1"], labels

@@ -88,3 +88,29 @@ def test_dry_run_prints_plan(tmp_path: Path) -> None:
     assert result.exit_code == 0
     assert "mnist_eps0.4/tightest" in result.output and "cifar10_eps8_255/cap" in result.output
     assert not (tmp_path / "p").exists()
+
+
+def test_resume_drops_rows_written_after_the_checkpoint(tmp_path: Path) -> None:
+    """A run interrupted after its epoch-1 checkpoint wrote step and probe rows past it; the
+    resumed run writes them again, so each step must appear once in train.h5."""
+    import numpy as np
+
+    from landscape import reproduce, store
+    from train.config import TrainConfig
+    from train.loop import load_data
+
+    plan = reproduce.make_plan("tiny", methods=["ibp"])
+    run = plan.runs[0]
+    run_dir = tmp_path / "ibp"
+    data = load_data(TrainConfig.from_dict(run.config))
+    assert reproduce.train_run(run, run_dir, plan, data, progress=False)
+    for name in ("checkpoint.pt", "checkpoint_epoch2.pt"):  # as if it died during epoch 2
+        (run_dir / name).unlink()
+    assert reproduce.train_run(run, run_dir, plan, data, progress=False)
+    rec = store.read(str(run_dir / "train.h5"))
+    steps = rec["steps"]["step"].tolist()
+    assert steps == sorted(set(steps)), steps
+    probe_rows = list(zip(rec["probes"]["step"].tolist(), rec["probes"]["t"].tolist()))
+    assert len(probe_rows) == len(set(probe_rows)), probe_rows
+    assert rec["epochs"]["epoch"].tolist() == [0, 1]
+    assert not np.isnan(rec["steps"]["loss"]).any()
