@@ -15,13 +15,12 @@ Every bad value is reported before any work starts, as one line.
 from __future__ import annotations
 
 import json
-import shlex
-import sys
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import click
+
+from landscape.runs import latest_epoch_checkpoint, open_train_record, probe_callbacks
 
 RUN_FILES = ("config.json", "train.h5", "checkpoint.pt")
 
@@ -67,29 +66,11 @@ def _existing_run(out: Path) -> dict[str, Any] | None:
     return None
 
 
-def _latest_checkpoint(out: Path) -> Path | None:
-    epochs = []
-    for p in out.glob("checkpoint_epoch*.pt"):
-        tail = p.stem[len("checkpoint_epoch") :]
-        if tail.isdigit():
-            epochs.append((int(tail), p))
-    return max(epochs)[1] if epochs else None
-
-
 def _clear_run(out: Path) -> None:
     for name in RUN_FILES:
         (out / name).unlink(missing_ok=True)
     for p in out.glob("checkpoint_epoch*.pt"):
         p.unlink()
-
-
-def _probe_callbacks(config, sink) -> list:
-    """Training probes of ``landscape.probes`` every ``config.probe_every`` steps."""
-    if not config.probe_every:
-        return []
-    from landscape import probes
-
-    return [probes.GradientProbe(every=config.probe_every, sink=sink)]
 
 
 # ----------------------------------------------------------------------------- train
@@ -168,7 +149,7 @@ def train(config_file, model_option, lr_milestones, out_dir, resume, overwrite, 
                 f"{out} holds another run (a different config); use --overwrite to replace it or choose another --out")
         if not resume:
             raise click.ClickException(f"{out} already holds this run; pass --resume to continue it or --overwrite to start again")
-        resume_from = _latest_checkpoint(out)
+        resume_from = latest_epoch_checkpoint(out)
     data = load_data(config)  # unknown or missing dataset: one clear error here
     spec = data.spec
     describe(config.model, spec.input_shape, spec.n_classes, spec.mean, spec.std, **config.model_options)
@@ -177,29 +158,8 @@ def train(config_file, model_option, lr_milestones, out_dir, resume, overwrite, 
     if overwrite:
         _clear_run(out)
     (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n")
-    h5 = out / "train.h5"
-    from landscape import __version__, store
-
-    if resume_from is None or not h5.exists():
-        h5.unlink(missing_ok=True)  # rows of an earlier attempt that never finished an epoch
-        store.write_attrs(str(h5), {
-            "kind": "train", "method": config.method, "dataset": config.dataset, "model": config.model,
-            "eps": float(config.eps), "seed": int(config.seed), "slope": config.resolved_slope,
-            "command": " ".join(["landscape"] + [shlex.quote(a) for a in sys.argv[1:]]),
-            "toolkit_version": __version__, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "config": config.to_dict(),
-        })
-    else:
-        from train.checkpoint import load_checkpoint
-
-        ckpt = load_checkpoint(resume_from)
-        store.truncate_run(str(h5), int(ckpt["step"]), int(ckpt["epoch"]))  # rows written after it
-        store.write_attrs(str(h5), {"resumed_from": str(resume_from)})
-
-    def sink(group: str, rows: dict) -> None:
-        store.append_rows(str(h5), group, rows)
-
-    callbacks = _probe_callbacks(config, sink)
+    sink = open_train_record(out / "train.h5", config, resume_from)
+    callbacks = probe_callbacks(config.probe_every, sink)
     result = run_training(config, callbacks=callbacks, sink=sink, resume_from=resume_from,
                           progress=not quiet, out_dir=out, data=data)
     m = result.metrics

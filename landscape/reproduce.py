@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import json
 import math
-import shlex
 import sys
 import time
 from dataclasses import dataclass, field
@@ -37,6 +36,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+
+from landscape.runs import latest_epoch_checkpoint, open_train_record, probe_callbacks
 
 METHODS: tuple[str, ...] = ("ibp", "crown-ibp", "cap", "tightest")
 PROFILES: tuple[str, ...] = ("quick", "paper", "tiny")
@@ -256,7 +257,7 @@ def _finished(run_dir: Path, cfg: Any) -> bool:
     from train.loop import check_resumable
 
     ckpt_path = run_dir / "checkpoint.pt"
-    probe = ckpt_path if ckpt_path.exists() else _latest_epoch_checkpoint(run_dir)
+    probe = ckpt_path if ckpt_path.exists() else latest_epoch_checkpoint(run_dir)
     if probe is None:
         return False
     ckpt = load_checkpoint(probe)
@@ -267,34 +268,9 @@ def _finished(run_dir: Path, cfg: Any) -> bool:
     return ckpt_path.exists() and int(ckpt.get("epoch", 0)) >= cfg.epochs
 
 
-def _latest_epoch_checkpoint(run_dir: Path) -> Path | None:
-    found = []
-    for p in run_dir.glob("checkpoint_epoch*.pt"):
-        tail = p.stem[len("checkpoint_epoch"):]
-        if tail.isdigit():
-            found.append((int(tail), p))
-    return max(found)[1] if found else None
-
-
-def _make_probe(h5: Path, every: int, t_values: list[float] | None) -> Any:
-    """A :class:`landscape.probes.GradientProbe` writing to ``h5`` (whichever of its
-    signatures, path or sink, this toolkit version has)."""
-    import inspect
-
-    from landscape import probes, store
-
-    params = inspect.signature(probes.GradientProbe).parameters
-    kw: dict[str, Any] = {"every": every}
-    if t_values is not None and "t_values" in params:
-        kw["t_values"] = t_values
-    if "path" in params:
-        return probes.GradientProbe(str(h5), **kw)
-    return probes.GradientProbe(sink=lambda group, rows: store.append_rows(str(h5), group, rows), **kw)
-
-
 def train_run(run: RunPlan, run_dir: Path, plan: Plan, data: Any, progress: bool = True) -> bool:
     """Train ``run`` into ``run_dir`` unless it is finished; returns True when it trained."""
-    from landscape import __version__, store
+    from landscape import store
     from train.config import TrainConfig
     from train.loop import train
 
@@ -302,33 +278,14 @@ def train_run(run: RunPlan, run_dir: Path, plan: Plan, data: Any, progress: bool
     run_dir.mkdir(parents=True, exist_ok=True)
     if _finished(run_dir, cfg):
         return False
-    resume = _latest_epoch_checkpoint(run_dir)
-    h5 = run_dir / "train.h5"
+    resume = latest_epoch_checkpoint(run_dir)
     (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2, sort_keys=True) + "\n")
-    if resume is None:
-        h5.unlink(missing_ok=True)
-        store.write_attrs(str(h5), {
-            "kind": "train", "method": cfg.method, "dataset": cfg.dataset, "model": cfg.model, "eps": float(cfg.eps),
-            "seed": int(cfg.seed), "slope": cfg.resolved_slope, "toolkit_version": __version__,
-            "command": " ".join(["landscape"] + [shlex.quote(a) for a in sys.argv[1:]]) or "landscape reproduce",
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "config": cfg.to_dict(),
-            "profile": plan.profile,
-        })
-    else:
-        from train.checkpoint import load_checkpoint
-
-        ckpt = load_checkpoint(resume)
-        store.truncate_run(str(h5), int(ckpt["step"]), int(ckpt["epoch"]))  # rows written after it
-        store.write_attrs(str(h5), {"resumed_from": str(resume)})
-
-    def sink(group: str, rows: dict) -> None:
-        store.append_rows(str(h5), group, rows)
-
-    callbacks = [_make_probe(h5, run.probe_every, plan.probe_t)] if run.probe_every else []
+    sink = open_train_record(run_dir / "train.h5", cfg, resume, {"profile": plan.profile})
+    callbacks = probe_callbacks(run.probe_every, sink, plan.probe_t)
     _log(f"training {run.key} ({cfg.model}, {cfg.epochs} epochs)" + (f", resuming from {resume.name}" if resume else ""))
     t0 = time.perf_counter()
     train(cfg, callbacks=callbacks, sink=sink, resume_from=resume, progress=progress, out_dir=run_dir, data=data)
-    store.write_attrs(str(h5), {"train_seconds": time.perf_counter() - t0})
+    store.write_attrs(str(run_dir / "train.h5"), {"train_seconds": time.perf_counter() - t0})
     return True
 
 

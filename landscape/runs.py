@@ -1,0 +1,67 @@
+"""A training run's directory as the ``train`` command and ``reproduce`` both use it: find the
+checkpoint to resume from, open ``train.h5`` (fresh, or cut back to that checkpoint), and build
+the training probes that write into it."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+from landscape import __version__, store
+
+Sink = Callable[[str, dict], None]
+
+
+def latest_epoch_checkpoint(run_dir: Path) -> Path | None:
+    """The ``checkpoint_epoch{N}.pt`` of ``run_dir`` with the largest ``N`` (None if none)."""
+    found = []
+    for p in Path(run_dir).glob("checkpoint_epoch*.pt"):
+        tail = p.stem[len("checkpoint_epoch") :]
+        if tail.isdigit():
+            found.append((int(tail), p))
+    return max(found)[1] if found else None
+
+
+def open_train_record(h5: Path, config: Any, resume_from: Path | None, extra_attrs: Mapping[str, Any] = ()) -> Sink:
+    """Prepare the run's HDF5 file and return the sink the training loop writes rows through.
+
+    A fresh run (``resume_from`` None, or no file yet) starts a new file whose root attributes
+    say what made it (schema in :mod:`landscape.store`). A resumed run keeps the file but drops
+    the rows an interrupted attempt wrote after the checkpoint (``store.truncate_run``), so no
+    step appears twice.
+    """
+    from train.checkpoint import load_checkpoint
+
+    path = str(h5)
+    if resume_from is None or not Path(h5).exists():
+        Path(h5).unlink(missing_ok=True)  # rows of an earlier attempt that never finished an epoch
+        store.write_attrs(path, {
+            "kind": "train", "method": config.method, "dataset": config.dataset, "model": config.model,
+            "eps": float(config.eps), "seed": int(config.seed), "slope": config.resolved_slope,
+            "command": " ".join(["landscape"] + [shlex.quote(a) for a in sys.argv[1:]]),
+            "toolkit_version": __version__, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "config": config.to_dict(), **dict(extra_attrs),
+        })
+    else:
+        ckpt = load_checkpoint(resume_from)
+        store.truncate_run(path, int(ckpt["step"]), int(ckpt["epoch"]))
+        store.write_attrs(path, {"resumed_from": str(resume_from)})
+
+    def sink(group: str, rows: dict) -> None:
+        store.append_rows(path, group, rows)
+
+    return sink
+
+
+def probe_callbacks(every: int, sink: Sink, t_values: Sequence[float] | None = None) -> list:
+    """A gradient-direction probe (:class:`landscape.probes.GradientProbe`) every ``every``
+    steps writing through ``sink``; no callback when ``every`` is 0."""
+    if not every:
+        return []
+    from landscape import probes
+
+    kw = {} if t_values is None else {"t_values": list(t_values)}
+    return [probes.GradientProbe(every=every, sink=sink, **kw)]
