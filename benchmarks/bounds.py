@@ -36,25 +36,11 @@ import time
 from typing import Callable
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-# run as a script, this folder would shadow the packages (benchmarks/bounds.py, benchmarks/train.py)
+# run as a script, this folder would shadow the packages (benchmarks/bounds.py)
 _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
 
 MMAP_ENV = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
-
-
-def tune_allocator() -> None:
-    """Keep large freed blocks on the heap (the toolkit's own commands do this at start-up)."""
-    try:
-        from landscape.cli import _tune_allocator
-    except Exception:  # the CLI may be mid-change: do the same here
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-3, 1 << 30)  # M_MMAP_THRESHOLD
-        libc.mallopt(-1, 1 << 31)  # M_TRIM_THRESHOLD
-    else:
-        _tune_allocator()
 
 
 SLOPE_LIST = ("adaptive", "zero", "one", "same-slope", "uniform", "binary", "optimized", "tightest")
@@ -238,6 +224,8 @@ def tightest_stats(n_nets: int, seed: int = 0) -> dict:
 def run_one(args) -> dict:
     """Everything measured under the current process's allocator setting."""
     if args.allocator == "tuned":
+        from landscape.allocator import tune_allocator
+
         tune_allocator()
     import torch
 

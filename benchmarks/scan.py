@@ -30,7 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
-# benchmarks/train.py would shadow the ``train`` package: drop this script's folder from the path
+# a script here named like a package (benchmarks/bounds.py) would shadow it: drop this script's folder from the path
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 import numpy as np  # noqa: E402

@@ -14,21 +14,7 @@ import sys
 import click
 
 from landscape import __version__
-
-
-def _tune_allocator() -> None:
-    """Keep large freed blocks on the heap (glibc returns blocks over 32 MB to the system by
-    default, which makes every big bound-propagation temporary page-fault afresh)."""
-    if sys.platform.startswith("linux"):
-        try:
-            import ctypes
-
-            libc = ctypes.CDLL("libc.so.6")
-            M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-            libc.mallopt(M_MMAP_THRESHOLD, 1 << 30)
-            libc.mallopt(M_TRIM_THRESHOLD, 1 << 31)
-        except (OSError, AttributeError):  # not glibc: nothing to tune
-            pass
+from landscape.allocator import tune_allocator
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -51,7 +37,7 @@ _register()
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point; returns the exit status."""
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    _tune_allocator()
+    tune_allocator()  # keep big freed blocks on the heap: tight bounds run ~1.4x faster
     try:
         cli.main(args=argv, prog_name="landscape", standalone_mode=False)
     except click.exceptions.Abort:
