@@ -97,8 +97,10 @@ def _check_output(out: str, kind: str, args: dict[str, Any]) -> None:
             raise PermissionError(f"cannot write {out}: permission denied")
         return
     directory = os.path.dirname(os.path.abspath(out))
-    if not os.path.isdir(directory):
-        raise FileNotFoundError(f"cannot write {out}: directory {directory} does not exist")
+    try:
+        os.makedirs(directory, exist_ok=True)  # like `train --out` and `plot --out`
+    except OSError as exc:
+        raise PermissionError(f"cannot write {out}: cannot create directory {directory} ({exc.strerror})") from None
     if not os.access(directory, os.W_OK):
         raise PermissionError(f"cannot write {out}: directory {directory} is not writable")
 

@@ -54,7 +54,7 @@ def test_every_kind(ckpts, tmp_path):
     assert np.isfinite(r["attrs"]["hessian_top_eig"]) and r["attrs"]["loss_variation"] >= 0
     assert d["arrays"]["gradient"].size == (64 * 16 + 16) + (16 * 16 + 16) + (16 * 10 + 10)  # mlp 64-16-16-10
 
-    out = tmp_path / "r1.h5"
+    out = tmp_path / "new" / "folder" / "r1.h5"  # the output's folder is created, like train --out
     assert _run(["scan", b, "--kind", "random-1d", "--out", out, "--loss", "clean", "--points", "5", *COMMON]) == 0
     d = store.read(out)
     assert d["results"]["clean"]["loss"].shape == (5,) and "direction_x" in d["arrays"]
