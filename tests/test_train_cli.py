@@ -52,6 +52,21 @@ def test_train_and_certify_every_method(tmp_path, capsys, method: str) -> None:
     assert res["clean_err"] <= res["pgd_err"] <= res["verified_err"] <= res["verified_err_ibp"]
 
 
+def test_certify_in_float64_agrees_with_float32(tmp_path, capsys) -> None:
+    out = tmp_path / "run"
+    assert run(capsys, ["train", *TINY, "--method", "ibp", "--out", str(out)])[0] == 0
+    args = ["certify", str(out / "checkpoint.pt"), "--eps", "0.01", "--methods", "ibp,crown-ibp", "--pgd-steps", "3",
+            "--test-size", "32", "--json"]
+    code, single, err = run(capsys, args)
+    assert code == 0, err
+    code, double, err = run(capsys, [*args, "--float64"])
+    assert code == 0, err
+    single, double = json.loads(single), json.loads(double)
+    assert (single["dtype"], double["dtype"]) == ("float32", "float64")
+    assert double["clean_err"] == single["clean_err"]
+    assert abs(double["verified_err"] - single["verified_err"]) <= 1 / 32
+
+
 def test_config_file_resume_and_table(tmp_path, capsys) -> None:
     cfg = tmp_path / "run.yaml"
     cfg.write_text("method: crown-ibp\nbeta-end: 0.0\neps: 0.5\nlr: 0.002\n")
