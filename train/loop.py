@@ -101,9 +101,6 @@ class BaseCallback:
         pass
 
 
-STEP_COLUMNS = ("loss", "robust_ce", "clean_err", "robust_err", "grad_norm", "eps", "beta", "kappa", "lr", "wall_time")
-
-
 def flat_grad(model: nn.Module) -> torch.Tensor:
     """All parameter gradients concatenated in ``parameters()`` order (zeros where None)."""
     parts = [(p.grad if p.grad is not None else torch.zeros_like(p)).detach().reshape(-1) for p in model.parameters()]
