@@ -226,3 +226,88 @@ def test_finish_scan_computes_the_summaries_once(tmp_path):
     assert len(calls) == 1
     d = store.read(tmp_path / "s.h5")
     assert d["results"]["clean"]["attrs"]["extra"] == 1.0 and d["results"]["pgd"]["attrs"]["extra"] == 2.0
+
+
+# ----------------------------------------------------------------------------- pinned values
+
+
+class _Quad(nn.Module):
+    def __init__(self, theta: torch.Tensor) -> None:
+        super().__init__()
+        self.w = nn.Parameter(theta.clone())
+
+
+def test_each_scanned_loss_compares_with_its_own_gradient():
+    """Two losses scanned along the first one's gradient: every field of the second label is
+    computed from the second loss's own gradients (closed form on two quadratics)."""
+    theta0 = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)
+    h1 = torch.tensor([3.0, 1.0, 0.5], dtype=torch.float64)
+    h2 = torch.tensor([0.2, 4.0, 2.0], dtype=torch.float64)
+    c = torch.tensor([0.3, 0.1, -1.0], dtype=torch.float64)
+    first = lambda m: 0.5 * (h1 * m.w ** 2).sum()  # noqa: E731
+    second = lambda m: 0.5 * (h2 * (m.w - c) ** 2).sum()  # noqa: E731
+    model, lr, ts = _Quad(theta0), 0.1, [0.0, 0.5, 1.0, 3.0]
+    ev = scans.GradientEvaluator(model, [first, second], ts, lr, labels=["a", "b"])
+    out = ev(range(len(ts)))
+    g1 = h1 * theta0
+    for label, h, shift in (("a", h1, 0.0), ("b", h2, c)):
+        g0 = h * (theta0 - shift)
+        for i, t in enumerate(ts):
+            th = theta0 - t * lr * g1  # both labels move along the FIRST loss's gradient
+            gt = h * (th - shift)
+            v = out[i][label]
+            assert v["loss"] == pytest.approx(float(0.5 * (h * (th - shift) ** 2).sum()), rel=1e-12)
+            assert v["grad_norm"] == pytest.approx(float(gt.norm()), rel=1e-12)
+            assert v["cos"] == pytest.approx(float(g0 @ gt / (g0.norm() * gt.norm())), rel=1e-12)
+            assert v["rms"] == pytest.approx(float((gt - g0).pow(2).mean().sqrt()), abs=1e-15)
+            if t == 0.0:
+                assert math.isnan(v["smoothness"])
+            else:
+                assert v["smoothness"] == pytest.approx(float((gt - g0).norm() / (th - theta0).norm()), rel=1e-10)
+    assert torch.equal(model.w.detach(), theta0)
+
+
+@pytest.mark.parametrize("method, slope, beta", [("crown-ibp", "zero", 0.5), ("cap", "same-slope", 1.0),
+                                                 ("tightest", "tightest", 1.0)])
+def test_probe_metrics_equal_direct_calls_with_the_runs_own_setting(method, slope, beta):
+    """The probe's RGA and sign-change columns equal direct calls with the step's own method,
+    slope, beta and eps (not the final eps, not the method's default slope)."""
+    from bounds import compute_bounds, margin_spec
+    from landscape.metrics import relaxed_gradient_approximation, sign_changes
+    from train.losses import certified_loss, resolve_method
+
+    net = _net()
+    x, y = _batch()
+    eps, final_eps, lr, ts = 0.05, 0.1, 0.2, [0.0, 1.0, 3.0]
+
+    def loss_at(e):
+        return lambda m: certified_loss(m, x, y, e, method=method, slope=slope, beta=beta,
+                                        generator=torch.Generator().manual_seed(7))[0]
+
+    sunk = []
+    probe = probes.GradientProbe(every=1, t_values=ts, seed=3, sink=lambda g, r: sunk.append(r))
+    ctx = SimpleNamespace(model=net, x=x, y=y, step=0, epoch=0, eps=eps, beta=beta, kappa=0.0, lr=lr, loss=0.0,
+                          loss_fn=loss_at(eps), final_loss_fn=loss_at(final_eps), method=method, slope=slope,
+                          config=None)
+    probe.on_step(ctx)
+    rows = sunk[0]
+    bound, bslope, bbeta = resolve_method(method, slope, beta)
+    direct = relaxed_gradient_approximation(net, x, y, eps, method=bound, slope=bslope, beta=bbeta,
+                                            generator=torch.Generator().manual_seed(3))
+    for name in ("rga_cos", "rga_rel_err", "slope_err", "upper_slope_err", "unstable_frac_l0"):
+        np.testing.assert_allclose(rows[name], direct[name], rtol=1e-6, err_msg=name)
+
+    def lower_a(m):
+        with torch.no_grad():
+            return compute_bounds(m, x, eps, method=bound, slope=bslope, C=margin_spec(y, 4), beta=bbeta,
+                                  generator=torch.Generator().manual_seed(3)).lower_A
+
+    theta0 = D.get_params(net)
+    a0 = lower_a(net)
+    _, g = D.gradient_direction(loss_at(eps), net)
+    for i, t in enumerate(ts):
+        D.set_params(net, theta0, [g], [-t * lr])
+        expect = sign_changes(a0, lower_a(net))
+        assert rows["a_sign"][i] == pytest.approx(expect["a_sign"], rel=1e-6, abs=1e-7)
+        assert rows["sign_flip"][i] == pytest.approx(expect["sign_flip"], rel=1e-6, abs=1e-7)
+    D.set_params(net, theta0)
