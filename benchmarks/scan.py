@@ -80,8 +80,9 @@ class _IBPLoss(nn.Module):
 
 def per_point(args: argparse.Namespace) -> None:
     from landscape import directions as D
-    from landscape import scans, store
-    from landscape.losses import make_loss, select_samples
+    from landscape import evaluators, scans, store
+    from landscape.scan_runner import fill_scan
+    from landscape.scan_losses import make_loss, select_samples
     from train.data import load_dataset
     from train.models import build_model
 
@@ -103,7 +104,7 @@ def per_point(args: argparse.Namespace) -> None:
             t_eval = _median_time(fn, args.reps)
         modes = [("loop", 1)] + ([("vmap16", 16)] if fn.vmappable else [])
         for mode, bs in modes:
-            ev = scans.DirectionEvaluator(model, [fn], [d], coeffs, vmap_batch=bs)
+            ev = evaluators.DirectionEvaluator(model, [fn], [d], coeffs, vmap_batch=bs)
             t_ev = _median_time(lambda: ev(list(range(args.points))), 2) / args.points
             best = float("inf")
             for rep in range(3):  # the whole scan, file writes included; best of 3
@@ -111,7 +112,7 @@ def per_point(args: argparse.Namespace) -> None:
                 sf = store.create_scan(path, kind="random-1d", args={}, coords={"x": coeffs[:, 0]},
                                        labels=[fn.label], arrays={"direction_x": D.flatten(d).numpy()})
                 t0 = time.process_time()
-                scans.fill_scan(sf, ev, progress=False)
+                fill_scan(sf, ev, progress=False)
                 best = min(best, (time.process_time() - t0) / args.points)
             print(f"{name:<12}{mode:<10}{t_eval:>10.5f}{best:>10.5f}{best / t_eval:>8.2f}"
                   f"   (without file writes {t_ev:.5f} s, {t_ev / t_eval:.2f}x)")
@@ -133,10 +134,10 @@ def per_point(args: argparse.Namespace) -> None:
         best = float("inf")
         for rep in range(3):
             sf = store.create_scan(tmp / f"{name}-grad-{rep}.h5", kind="gradient", args={}, coords={"t": ts},
-                                   labels=[fn.label], fields=scans.GRADIENT_FIELDS)
-            ev = scans.GradientEvaluator(model, [fn], ts, lr=0.01)
+                                   labels=[fn.label], fields=evaluators.GRADIENT_FIELDS)
+            ev = evaluators.GradientEvaluator(model, [fn], ts, lr=0.01)
             t0 = time.process_time()
-            scans.fill_scan(sf, ev, progress=False)
+            fill_scan(sf, ev, progress=False)
             best = min(best, (time.process_time() - t0) / len(ts))
         print(f"{name:<12}{'gradient':<10}{t_grad:>10.5f}{best:>10.5f}{best / t_grad:>8.2f}"
               "   (vs one loss + gradient; t = 0 reuses the gradient at theta)")
@@ -145,7 +146,7 @@ def per_point(args: argparse.Namespace) -> None:
 def two_processes(args: argparse.Namespace) -> None:
     from train.checkpoint import save_checkpoint
     from train.data import DATASETS
-    from train.models import build_model, describe
+    from train.models import build_model, model_description
 
     spec = DATASETS[args.dataset]
     torch.manual_seed(0)
@@ -154,7 +155,7 @@ def two_processes(args: argparse.Namespace) -> None:
     ckpt = tmp / "ckpt.pt"
     cfg = {"dataset": args.dataset, "model": args.model, "method": "crown-ibp", "eps": args.eps, "lr": 1e-3,
            "seed": 0, "beta_end": 1.0, "kappa_end": 0.0}
-    save_checkpoint(ckpt, model, model_desc=describe(args.model, spec.input_shape, spec.n_classes, spec.mean, spec.std),
+    save_checkpoint(ckpt, model, model_desc=model_description(args.model, spec.input_shape, spec.n_classes, spec.mean, spec.std),
                     config=cfg, epoch=0, step=0)
     scan_args = ["scan", str(ckpt), "--kind", "random-2d", "--points", str(args.grid), "--samples", str(args.samples),
                  "--methods", args.dist_methods, "--quiet"]

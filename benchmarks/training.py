@@ -9,7 +9,7 @@ the seconds per training epoch.
 
     python benchmarks/training.py                           # full: 6 epochs, all data
     python benchmarks/training.py --epochs 3 --fmnist-train-size 10000 --fmnist-test-size 1000
-    python benchmarks/training.py --fused                   # fused certified loss (DESIGN 3.1)
+    python benchmarks/training.py --fused                   # fused certified loss (docs/fused-loss.md)
 
 Prints a Markdown table and writes ``--out`` (JSON, one record per run).
 """

@@ -2,27 +2,43 @@
 
 Public API::
 
-    from bounds import compute_bounds, margin_spec, robust_cross_entropy, BoundResult, Normalize
-    from bounds import METHODS, SLOPES
+    from bounds import compute_bounds, margin_spec, margin_ce, robust_cross_entropy, BoundResult, Normalize
+    from bounds import METHODS, SLOPES      # the names of bounds.names
 
-Modules (one job each): ``network`` (validate and describe the Sequential), ``interval`` (IBP),
-``relaxations`` (one function per lower-slope policy), ``linear`` (the backward linear pass),
+Modules (one job each): ``names`` (every name the toolkit knows; torch-free), ``network``
+(validate the Sequential and list its layer operations), ``interval`` (IBP), ``relaxations``
+(one function per lower-slope policy), ``linear`` (the backward linear pass),
 ``slope_search`` (``tightest`` and ``optimized``), ``compute`` (``compute_bounds``), ``fused``
-(the fused certified loss), ``loss`` (``robust_cross_entropy``), ``spec`` (margin specification
-and argument checks).
+(the fused certified loss), ``robust_ce`` (``robust_cross_entropy``), ``spec`` (the margin
+specification, its cross-entropy and the argument checks).
+
+The torch modules load on first use of one of their names, so ``import bounds.names`` (what
+the command line and ``figures`` need) never loads torch.
 """
 
-from bounds.compute import BoundResult, compute_bounds
-from bounds.layers import Normalize
-from bounds.loss import robust_cross_entropy
-from bounds.spec import METHODS, SLOPES, margin_spec
+from __future__ import annotations
 
-__all__ = [
-    "BoundResult",
-    "METHODS",
-    "Normalize",
-    "SLOPES",
-    "compute_bounds",
-    "margin_spec",
-    "robust_cross_entropy",
-]
+import importlib
+from typing import Any
+
+from bounds.names import BOUND_METHODS as METHODS
+from bounds.names import SLOPES
+
+_LAZY = {
+    "BoundResult": "bounds.compute",
+    "compute_bounds": "bounds.compute",
+    "Normalize": "bounds.layers",
+    "robust_cross_entropy": "bounds.robust_ce",
+    "margin_spec": "bounds.spec",
+    "margin_ce": "bounds.spec",
+}
+
+__all__ = ["METHODS", "SLOPES", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'bounds' has no attribute {name!r}")

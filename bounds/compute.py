@@ -9,8 +9,10 @@ Methods (``f`` the network, ``C`` ``[B, S, n_out]``):
   bounds is sound). ``beta = 0`` skips the backward pass (result equals ``ibp``).
 - ``crown``: every ReLU layer's input bounds by backward passes too (spec = identity over its
   neurons, in row chunks), intersected with the IBP bounds (both are sound; the tighter wins).
-  Only neurons IBP leaves unstable in some sample of the batch get a pass (stable neurons have
-  exact lines whatever their bounds; their reported bounds are IBP's). The first ReLU layer
+  Only neurons IBP leaves unstable in some sample of the batch get a pass (a neuron stable in
+  every sample has exact lines whatever its bounds, so its reported bounds stay IBP's; one
+  unstable in some sample gets CROWN bounds in every sample, so the reported ``preact`` of a
+  sample can depend on the rest of the batch, while the final bounds do not). The first ReLU layer
   (one affine layer from the input) keeps its IBP bounds, which are exact there.
   ``beta`` is ignored.
 - ``cap``: ``crown`` with the same-slope relaxation.
@@ -35,9 +37,12 @@ from torch import nn
 from bounds import slope_search
 from bounds.interval import IntervalResult, ibp, input_box
 from bounds.linear import backward_bound
-from bounds.network import LayerOp, describe, plain, relu_indices, shape_at
+from bounds.names import SEARCHED_SLOPES
+from bounds.network import LayerOp, layer_ops, plain, relu_indices, shape_at
 from bounds.relaxations import POLICIES, Relaxation, with_lower_slope
-from bounds.spec import check_beta, check_C, check_domain, check_eps, check_method_slope, check_opt, check_x, margin_spec
+from bounds.spec import (
+    check_beta, check_C, check_domain, check_eps, check_method_slope, check_opt, check_x, margin_ce, margin_spec,
+)
 
 #: elements of one backward-pass coefficient tensor per chunk of identity rows (crown's
 #: intermediate bounds); 2**24 float32 entries = 64 MiB.
@@ -68,19 +73,17 @@ class BoundResult:
         """Per ReLU layer ``dict(unstable, active, dead, total)`` (computed on first access)."""
         return [_counts(l, u) for l, u in self.preact]
 
+    def unstable_fractions(self) -> list[float]:
+        """Per ReLU layer, the share of its neurons (over the batch) that are unstable
+        (``l < 0 < u``); NaN for a layer without neurons."""
+        return [c["unstable"] / c["total"] if c["total"] else float("nan") for c in self.counts]
+
 
 def _counts(l: torch.Tensor, u: torch.Tensor) -> dict[str, int]:
     dead = u <= 0
     active = (l >= 0) & ~dead
     n_active, n_dead, total = int(active.sum()), int(dead.sum()), l.numel()
     return dict(unstable=total - n_active - n_dead, active=n_active, dead=n_dead, total=total)
-
-
-def margin_ce(lower: torch.Tensor) -> torch.Tensor:
-    """Per-sample robust cross-entropy of margin lower bounds ``[B, S]``:
-    ``CE([0, -lower], target 0) = logsumexp([0, -lower_1, ..., -lower_S])`` -> ``[B]``."""
-    z = torch.cat([torch.zeros_like(lower[:, :1]), -lower], dim=1)
-    return torch.logsumexp(z, dim=1)
 
 
 @dataclass
@@ -129,9 +132,9 @@ def _layer_bounds(
     """CROWN bounds ``(l, u)`` ``[B, *shape]`` of the input of ReLU op ``k``, intersected with the
     IBP bounds ``l_ibp, u_ibp``.
 
-    Only neurons that IBP leaves unstable in some sample get a backward pass: a stable neuron's
-    lines are exact whatever its bounds, so tighter bounds there change nothing downstream (its
-    reported bounds stay IBP's). Spec: identity rows over those neurons, in chunks of rows sized
+    Only neurons that IBP leaves unstable in some sample get a backward pass: a neuron stable in
+    every sample has exact lines whatever its bounds, so tighter bounds there change nothing
+    downstream (its reported bounds stay IBP's). Spec: identity rows over those neurons, in chunks of rows sized
     by :data:`CHUNK_ELEMENTS`, lower and upper of each row in one pass (rows ``[I; -I]``).
     """
     shape = shape_at(ops, k)
@@ -177,7 +180,7 @@ def prepare(
     center, radius = input_box(x, eps, domain)
     res = ibp(ops, center, radius, C)
     policy = POLICIES[slope]
-    inner_policy = POLICIES["adaptive"] if slope in ("optimized", "tightest") else policy
+    inner_policy = POLICIES["adaptive"] if slope in SEARCHED_SLOPES else policy
     linear_inner = method in ("crown", "cap")
     preact: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
     relax: dict[int, Relaxation] = {}
@@ -203,7 +206,7 @@ def final_relaxations(
     """Relaxations for the final pass: the static ones, or those found by the slope search.
 
     ``objective(detached_prep, relax) -> scalar loss`` (minimised / sign-followed)."""
-    if slope not in ("optimized", "tightest") or not prep.relax:
+    if slope not in SEARCHED_SLOPES or not prep.relax:
         return prep.relax
     with torch.inference_mode(False), torch.enable_grad():
         det = prep.detached()
@@ -323,8 +326,8 @@ def compute_bounds(
         model: ``nn.Sequential`` of Normalize, Linear, Conv2d, ReLU, Flatten.
         x: ``[B, *input_shape]`` float32/float64 (results follow its dtype), before normalisation.
         eps: radius, float or ``[B]`` tensor (>= 0).
-        method: one of ``METHODS``. slope: one of ``SLOPES``; None means ``adaptive``
-            (``same-slope`` for ``cap``, the only slope ``cap`` accepts).
+        method: a key of ``bounds.names.BOUND_METHODS``. slope: one of ``bounds.names.SLOPES``;
+            None means ``adaptive`` (``same-slope`` for ``cap``, the only slope ``cap`` accepts).
         C: ``[B, S, n_out]`` specification (None: the logits, ``S = n_out``).
         beta: crown-ibp mixing weight in ``[0, 1]`` (``lower = beta crown + (1 - beta) ibp``).
         domain: ``(low, high)`` the ball is clipped to, or None.
@@ -347,11 +350,11 @@ def compute_bounds(
     eps = check_eps(eps, x.shape[0])
     domain = check_domain(domain)
     opt_steps, opt_lr = check_opt(opt_steps, opt_lr)
-    ops = describe(model, tuple(x.shape[1:]), x.dtype, x.device)
+    ops = layer_ops(model, tuple(x.shape[1:]), x.dtype, x.device)
     n_out = ops[-1].out_shape[0]
     C = check_C(C, x.shape[0], n_out, x)
     search_C = None
-    if C is None and y is not None and slope in ("optimized", "tightest"):
+    if C is None and y is not None and slope in SEARCHED_SLOPES:
         search_C = margin_spec(y, n_out).to(dtype=x.dtype, device=x.device)
         if search_C.shape[0] != x.shape[0]:
             raise ValueError(f"y must have one label per sample ({x.shape[0]}), got {search_C.shape[0]}")

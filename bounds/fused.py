@@ -1,4 +1,4 @@
-"""The fused certified loss (DESIGN.md 3.1): an upper bound of the worst-case cross-entropy with
+"""The fused certified loss (docs/fused-loss.md): an upper bound of the worst-case cross-entropy with
 one backward row per sample.
 
 With ``d_j = f_j - f_y`` (``j != y``) and IBP intervals ``[l_j, u_j]`` of ``d_j``, shift by

@@ -1,7 +1,7 @@
-"""Validate a model and describe it as a flat list of layer operations with their shapes.
+"""Validate a model and list it as flat layer operations with their shapes.
 
 The bound engine understands ``nn.Sequential`` models built from ``Normalize``, ``Linear``,
-``Conv2d``, ``ReLU`` and ``Flatten`` only. :func:`describe` checks every layer, works out the
+``Conv2d``, ``ReLU`` and ``Flatten`` only. :func:`layer_ops` checks every layer, works out the
 per-sample shape before and after each one from the input shape (no forward pass needed), and
 returns :class:`LayerOp` records holding the layer's parameters cast to the input's dtype and
 device. Every other module of ``bounds`` walks this list instead of the ``nn.Module``.
@@ -91,7 +91,7 @@ def _conv_out(shape: tuple[int, ...], layer: nn.Conv2d, index: int, padding: tup
     return (layer.out_channels, hw[0], hw[1])
 
 
-def describe(
+def layer_ops(
     model: nn.Module,
     input_shape: tuple[int, ...],
     dtype: torch.dtype = torch.float32,

@@ -1,4 +1,5 @@
-"""Specifications and argument checks shared by the public entry points."""
+"""The margin specification, the cross-entropy of margin bounds, and the argument checks
+shared by the public entry points."""
 
 from __future__ import annotations
 
@@ -6,9 +7,9 @@ import math
 from typing import Optional, Sequence, Union
 
 import torch
+import torch.nn.functional as F
 
-METHODS: tuple[str, ...] = ("ibp", "crown-ibp", "crown", "cap")
-SLOPES: tuple[str, ...] = ("adaptive", "zero", "one", "same-slope", "uniform", "binary", "optimized", "tightest")
+from bounds import names
 
 
 def margin_spec(y: torch.Tensor, n_classes: int) -> torch.Tensor:
@@ -29,6 +30,21 @@ def margin_spec(y: torch.Tensor, n_classes: int) -> torch.Tensor:
     others = idx + (idx >= y.unsqueeze(1)).long()  # [B, n-1]: skip y
     eye = torch.eye(n, device=y.device)
     return eye[y].unsqueeze(1) - eye[others]
+
+
+def margin_ce(lower: torch.Tensor, reduction: str = "none") -> torch.Tensor:
+    """Robust cross-entropy of margin lower bounds ``lower`` ``[B, S]`` (rows of
+    :func:`margin_spec`, ``S = n_classes - 1``).
+
+    Since ``f_j - f_y <= -lower_j`` over the ball, ``CE(f(x'), y) <= CE([0, -lower], 0) =
+    log(1 + sum_j exp(-lower_j))`` for every ``x'`` in it (Wong & Kolter 2018; Gowal et al.
+    2018). Computed as a cross-entropy of the logits ``[0, -lower]`` against class 0, so the
+    value is the same whichever order the other classes come in. ``reduction``: ``none``
+    (``[B]``), ``mean`` or ``sum``.
+    """
+    z = torch.cat([torch.zeros_like(lower[:, :1]), -lower], dim=1)
+    target = torch.zeros(lower.shape[0], dtype=torch.long, device=lower.device)
+    return F.cross_entropy(z, target, reduction=reduction)
 
 
 def check_x(x: torch.Tensor) -> None:
@@ -74,16 +90,8 @@ def check_domain(domain: Optional[Sequence[float]]) -> Optional[tuple[float, flo
 
 
 def check_method_slope(method: str, slope: Optional[str]) -> str:
-    """Validate the pair; returns the slope to use (``None``: ``same-slope`` for cap, else ``adaptive``)."""
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-    if slope is None:
-        return "same-slope" if method == "cap" else "adaptive"
-    if slope not in SLOPES:
-        raise ValueError(f"unknown slope {slope!r}; choose one of {', '.join(SLOPES)}")
-    if method == "cap" and slope != "same-slope":
-        raise ValueError(f"method 'cap' uses the same-slope relaxation only, got slope {slope!r}")
-    return slope
+    """Validate the pair; returns the slope to use (see :func:`bounds.names.bound_slope`)."""
+    return names.bound_slope(method, slope)
 
 
 def check_opt(opt_steps: int, opt_lr: float) -> tuple[int, float]:

@@ -1,7 +1,7 @@
 """1D figures: loss along a random direction or between two checkpoints, and the paper's
 gradient-direction scans.
 
-Gradient scan (DESIGN section 5): theta_t = theta - t * lr * g.  The first panel shows
+Gradient scan (``docs/scans.md``): theta_t = theta - t * lr * g.  The first panel shows
 L(theta_t) - L(theta) against t; the shaded band spans [min_t, max_t] of it, whose height is
 the *loss variation* max_t L(theta_t) - min_t L(theta_t) (a smooth landscape has a thin band).
 The next panels show the gradient-angle similarity cos(g, grad L(theta_t)) (1 = the gradient

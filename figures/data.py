@@ -1,7 +1,7 @@
 """Read a result file into the small, plot-ready records the figure modules draw.
 
 Every file the toolkit writes is an HDF5 file with a root attribute ``kind`` and a
-``schema_version``; :mod:`landscape.store` owns that schema and its reader. This module is
+``schema_version``; its layout is ``docs/schema.md`` and :mod:`landscape.store` its reader. This module is
 the one place in :mod:`figures` that knows the layout: it turns ``store.read(path)`` into
 
 * :class:`Meta` - what made the file (kind, method, eps, checkpoint, dataset, model);
@@ -26,24 +26,16 @@ from typing import Any
 
 import numpy as np
 
-SCAN_KINDS: tuple[str, ...] = ("gradient", "random-1d", "random-2d", "interpolate")
-KINDS: tuple[str, ...] = SCAN_KINDS + ("train", "certify")
+from bounds.names import FILE_KINDS, SCAN_KINDS
+from landscape import store
 
 
 # --------------------------------------------------------------------------- reading
 
 
-def _store():
-    """The toolkit's HDF5 store module (imports only h5py and numpy)."""
-    from landscape import store
-
-    return store
-
-
 def supported_schema_versions() -> tuple[int, ...]:
     """Schema versions figures can read: those up to the store's current one."""
-    current = int(getattr(_store(), "SCHEMA_VERSION", 1))
-    return tuple(range(1, current + 1))
+    return tuple(range(1, int(store.SCHEMA_VERSION) + 1))
 
 
 def read_raw(path: str | Path) -> dict:
@@ -54,7 +46,7 @@ def read_raw(path: str | Path) -> dict:
     if p.is_dir():
         raise ValueError(f"{p} is a directory, not an HDF5 result file")
     try:
-        raw = _store().read(p)
+        raw = store.read(p)
     except (OSError, KeyError) as exc:
         raise ValueError(f"{p} is not a readable HDF5 result file ({exc})") from exc
     if not isinstance(raw, dict):
@@ -219,18 +211,13 @@ def check_header(path: Path, raw: dict) -> dict:
             f"(it reads versions {supported[0]}..{supported[-1]}); upgrade cert-landscape"
         )
     kind = attrs.get("kind")
-    if kind not in KINDS:
-        raise ValueError(f"{path}: unknown result kind {kind!r}; expected one of {', '.join(KINDS)}")
+    if kind not in FILE_KINDS:
+        raise ValueError(f"{path}: unknown result kind {kind!r}; expected one of {', '.join(FILE_KINDS)}")
     return attrs
 
 
 # --------------------------------------------------------------------------- per kind
 
-_COORD_LABELS = {
-    "gradient": "step size t along −∇L (× learning rate)",
-    "random-1d": "distance along the random direction (× direction)",
-    "interpolate": "interpolation α (0 = first checkpoint, 1 = second)",
-}
 _LINE_FIELDS = {
     "loss": ("loss",),
     "cosine": ("cos", "cosine", "grad_cosine"),
@@ -283,7 +270,7 @@ def _line_scan(path: Path, raw: dict, meta: Meta) -> LineScan:
             if value is not None and value.shape == coord.shape:
                 entry[key] = value
         series[label] = entry
-    label = _COORD_LABELS[kind]
+    label = SCAN_KINDS[kind].axis
     if kind == "random-1d" and dims[0] not in ("x", "alpha"):
         label = f"{dims[0]} (× random direction)"
     return LineScan(meta=meta, coord=coord, coord_label=label, series=series)
@@ -378,10 +365,8 @@ def load(path: str | Path) -> Record:
     raw = read_raw(p)
     attrs = check_header(p, raw)
     meta = _meta(p, attrs)
-    if meta.kind in ("gradient", "random-1d", "interpolate"):
-        return _line_scan(p, raw, meta)
-    if meta.kind == "random-2d":
-        return _surface_scan(p, raw, meta)
+    if meta.kind in SCAN_KINDS:
+        return _line_scan(p, raw, meta) if SCAN_KINDS[meta.kind].dims == 1 else _surface_scan(p, raw, meta)
     if meta.kind == "train":
         return _train_run(p, raw, meta)
     return _certify(p, raw, meta)

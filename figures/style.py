@@ -17,32 +17,13 @@ matplotlib.use("Agg")  # figures are files, never windows
 import matplotlib.pyplot as plt  # noqa: E402
 import seaborn as sns  # noqa: E402
 
+from bounds.names import LABELS  # noqa: E402
+
 FORMATS: tuple[str, ...] = ("png", "pdf", "svg")
 """Image formats :func:`save` can write."""
 
-_METHOD_NAMES: dict[str, str] = {  # in the order figures, legends and tables list methods
-    "natural": "Natural",
-    "clean": "Clean",
-    "pgd": "PGD",
-    "ibp": "IBP",
-    "crown-ibp": "CROWN-IBP",
-    "crown": "CROWN",
-    "cap": "CAP",
-    "tightest": "Tightest (ours)",
-}
-_METHOD_RANK = {m: i for i, m in enumerate(_METHOD_NAMES)}
-
-_METHOD_COLOURS: dict[str, str] = {
-    "ibp": "#1f77b4",
-    "crown-ibp": "#ff7f0e",
-    "cap": "#2ca02c",
-    "tightest": "#d62728",
-    "crown": "#9467bd",
-    "natural": "#7f7f7f",
-    "clean": "#7f7f7f",
-    "pgd": "#8c564b",
-}
 _EXTRA_COLOURS = ["#e377c2", "#17becf", "#bcbd22", "#8c564b", "#393b79", "#637939"]
+_RANK = {m: i for i, m in enumerate(LABELS)}
 
 
 def apply_style() -> None:
@@ -68,23 +49,24 @@ def method_name(method: str | None) -> str:
     if not method:
         return "?"
     base = str(method)
-    return _METHOD_NAMES.get(base.lower(), base)
+    label = LABELS.get(base.lower())
+    return label.display if label is not None else base
 
 
 def method_rank(method: str | None) -> int:
     """Sort key listing methods the toolkit knows in a fixed order (IBP before CROWN-IBP, ...,
     the tightest-slope method last), unknown ones after them."""
-    return _METHOD_RANK.get(str(method or "").lower(), len(_METHOD_RANK))
+    return _RANK.get(str(method or "").lower(), len(_RANK))
 
 
 def method_colour(method: str | None, index: int = 0) -> str:
     """Fixed colour of a method; methods the toolkit does not know cycle through spare colours."""
     key = str(method or "").lower()
-    if key in _METHOD_COLOURS:
-        return _METHOD_COLOURS[key]
-    for known, colour in _METHOD_COLOURS.items():
+    if key in LABELS:
+        return LABELS[key].colour
+    for known, label in LABELS.items():
         if key.startswith(known):
-            return colour
+            return label.colour
     return _EXTRA_COLOURS[index % len(_EXTRA_COLOURS)]
 
 

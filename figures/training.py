@@ -2,7 +2,7 @@
 the paper's main figure (the loss along the gradient direction at successive probes), and
 loss / error curves.
 
-Probe statistics (DESIGN section 5), each a function of the training step:
+Probe statistics (``docs/scans.md``), each a function of the training step:
 
 * loss variation  ΔL = max_t L(θ_t) − min_t L(θ_t) along θ_t = θ − t·lr·∇L (lower = smoother);
 * gradient cosine cos(∇L(θ), ∇L(θ_t)), averaged over the scanned t > 0 (1 = the gradient

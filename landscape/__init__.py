@@ -4,4 +4,4 @@ This package is deliberately free of imports, so that ``from landscape import st
 (all that :mod:`figures` needs) never loads torch.
 """
 
-__version__ = "0.1.0"
+

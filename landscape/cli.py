@@ -1,7 +1,8 @@
 """The ``landscape`` command line: the composition root that wires bounds, train, landscape
 and figures together.
 
-Each command lives in a small module of its own (``cmd_train``, ``cmd_scan``, ``cmd_plot``);
+Each command lives in a small module of its own (``cmd_train``, ``cmd_scan``, ``cmd_plot``,
+``cmd_reproduce``);
 this module only assembles the group and turns expected failures into one clear message and
 a non-zero exit, never a traceback.
 """
@@ -13,20 +14,20 @@ import sys
 
 import click
 
-from landscape import __version__
+from bounds.names import VERSION
 from landscape.allocator import tune_allocator
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="landscape")
+@click.version_option(VERSION, prog_name="landscape")
 def cli() -> None:
     """Certified training with bound propagation, and the smoothness of its loss landscape."""
 
 
 def _register() -> None:
-    from landscape import cmd_plot, cmd_scan, cmd_train
+    from landscape import cmd_plot, cmd_reproduce, cmd_scan, cmd_train
 
-    for module in (cmd_train, cmd_scan, cmd_plot):
+    for module in (cmd_train, cmd_scan, cmd_plot, cmd_reproduce):
         for command in module.COMMANDS:
             cli.add_command(command)
 

@@ -3,7 +3,7 @@
 ``landscape train --dataset digits --model cnn-tiny --method ibp --eps 0.1 --epochs 5 --out runs/ibp``
 writes ``runs/ibp/config.json``, ``checkpoint_epoch{N}.pt`` after every epoch,
 ``checkpoint.pt`` at the end and ``train.h5`` (root attrs and groups ``steps``, ``epochs``,
-optionally ``grads`` and ``probes``; schema in :mod:`landscape.store`). Options may come from
+optionally ``grads`` and ``probes``; layout in ``docs/schema.md``). Options may come from
 ``--config FILE`` (YAML or JSON, keys named like the options); options on the command line win.
 
 ``landscape certify runs/ibp/checkpoint.pt --eps 0.1 --json`` prints clean, PGD and verified
@@ -20,7 +20,8 @@ from typing import Any
 
 import click
 
-from landscape.runs import latest_epoch_checkpoint, open_train_record, probe_callbacks
+from bounds.names import BOUND_METHODS, CERTIFY_METHODS, SLOPES, TRAIN_METHODS
+from landscape.runs import latest_epoch_checkpoint, train_in_dir
 
 RUN_FILES = ("config.json", "train.h5", "checkpoint.pt")
 
@@ -77,10 +78,10 @@ def _clear_run(out: Path) -> None:
 @click.command("train")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML or JSON file of options.")
 @click.option("--dataset", help="digits, mnist, fashion-mnist, cifar10, svhn.")
-@click.option("--model", help="mlp, cnn-tiny, dm-small, dm-medium, dm-large, cnn-4layer, ibp-large.")
+@click.option("--model", help="A model of the zoo (train.models.MODELS), e.g. mlp, cnn-tiny, dm-small.")
 @click.option("--model-option", "model_option", multiple=True, metavar="KEY=VALUE", help="Model option, e.g. widths=[64,64].")
-@click.option("--method", help="natural, ibp, crown-ibp, crown, cap, tightest.")
-@click.option("--slope", help="Lower-slope policy (adaptive, zero, one, same-slope, uniform, binary, optimized, tightest).")
+@click.option("--method", help=f"Training method: {', '.join(TRAIN_METHODS)}.")
+@click.option("--slope", help=f"Lower-slope policy: {', '.join(SLOPES)}.")
 @click.option("--eps", type=float, help="Training radius eps_train (input units).")
 @click.option("--eps-start-epoch", type=float, help="Epoch at which the eps/beta/kappa ramp starts.")
 @click.option("--eps-ramp-epochs", type=float, help="Length of the ramp in epochs.")
@@ -119,8 +120,8 @@ def _clear_run(out: Path) -> None:
 def train(config_file, model_option, lr_milestones, out_dir, resume, overwrite, quiet, **options) -> None:
     """Train a certifiably robust model; write checkpoints and train.h5 to --out."""
     from train.config import load_config
-    from train.loop import load_data, train as run_training
-    from train.models import describe
+    from train.loop import load_data
+    from train.models import model_description
 
     if resume and overwrite:
         raise click.ClickException("--resume and --overwrite exclude each other")
@@ -152,16 +153,12 @@ def train(config_file, model_option, lr_milestones, out_dir, resume, overwrite, 
         resume_from = latest_epoch_checkpoint(out)
     data = load_data(config)  # unknown or missing dataset: one clear error here
     spec = data.spec
-    describe(config.model, spec.input_shape, spec.n_classes, spec.mean, spec.std, **config.model_options)
+    model_description(config.model, spec.input_shape, spec.n_classes, spec.mean, spec.std, **config.model_options)
 
     out.mkdir(parents=True, exist_ok=True)
     if overwrite:
         _clear_run(out)
-    (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n")
-    sink = open_train_record(out / "train.h5", config, resume_from)
-    callbacks = probe_callbacks(config.probe_every, sink)
-    result = run_training(config, callbacks=callbacks, sink=sink, resume_from=resume_from,
-                          progress=not quiet, out_dir=out, data=data)
+    result = train_in_dir(out, config, data, resume_from=resume_from, progress=not quiet)
     m = result.metrics
     summary = ", ".join(f"{k}={m[k]:.4f}" for k in sorted(m) if k.startswith("test_") or k in ("train_loss",))
     click.echo(f"trained {config.method} for {result.epoch} epochs ({result.step} steps, {result.wall_time:.1f} s): "
@@ -172,8 +169,8 @@ def train(config_file, model_option, lr_milestones, out_dir, resume, overwrite, 
 @click.command("certify")
 @click.argument("checkpoint", type=click.Path(dir_okay=False))
 @click.option("--eps", type=float, help="Radius (default: the checkpoint's eps_train).")
-@click.option("--methods", default="ibp,crown-ibp,crown", show_default=True,
-              help="Comma-separated verification methods (ibp, crown-ibp, crown, cap); may be empty.")
+@click.option("--methods", default=",".join(CERTIFY_METHODS), show_default=True,
+              help=f"Comma-separated verification methods ({', '.join(BOUND_METHODS)}); may be empty.")
 @click.option("--pgd-steps", type=int, default=20, show_default=True)
 @click.option("--pgd-restarts", type=int, default=1, show_default=True)
 @click.option("--test-size", type=int, help="Evaluate a seeded subset of the test set.")
@@ -190,13 +187,13 @@ def certify(checkpoint, eps, methods, pgd_steps, pgd_restarts, test_size, batch_
     """Clean, PGD and verified error of a checkpoint on its dataset's test set."""
     from train.checkpoint import load_model
     from train.data import load_dataset
-    from train.evaluate import EVAL_METHODS, evaluate, metric_key
+    from train.evaluate import evaluate, metric_key
     from train.loop import resolve_device
 
     method_list = [m.strip() for m in methods.split(",") if m.strip()]
-    bad = [m for m in method_list if m not in EVAL_METHODS]
+    bad = [m for m in method_list if m not in BOUND_METHODS]
     if bad:
-        raise click.ClickException(f"--methods: unknown method {bad[0]!r}; choose from {', '.join(EVAL_METHODS)}")
+        raise click.ClickException(f"--methods: unknown method {bad[0]!r}; choose from {', '.join(BOUND_METHODS)}")
     if pgd_steps < 0 or pgd_restarts < 1:
         raise click.ClickException("--pgd-steps must be >= 0 and --pgd-restarts >= 1")
     if batch_size < 1:

@@ -24,6 +24,8 @@ from typing import Callable, Iterable, Sequence
 import torch
 from torch import Tensor, nn
 
+from bounds.names import DIRECTION_NORMS as NORMS
+
 __all__ = [
     "NORMS",
     "named_params",
@@ -38,7 +40,6 @@ __all__ = [
     "params_equal",
 ]
 
-NORMS = ("filter", "layer", "none")
 _EPS = 1e-10
 
 

@@ -1,25 +1,26 @@
-"""Splitting a scan grid across processes with torch.distributed.
+"""Processes that share a scan grid: torch.distributed under torchrun, or one process.
 
 Launched as ``torchrun --nproc-per-node K -m landscape.cli scan ...``, every process (rank r of
-K) builds the same model, batch and directions (all seeded), rank 0 opens the results file and
-broadcasts the missing points, rank r computes points ``missing[r::K]``, and in each round the
-ranks exchange their values (``all_gather_object``, which also tells every rank when all are
-done) and rank 0 writes them. Every point is
-computed by exactly the same code as in a single process, so the file is the same.
+K) builds the same model, batch and directions (all seeded); rank 0 opens the results file and
+:func:`broadcast` s the missing points; rank r computes ``shard(missing, r, K)``; in each round
+the ranks :func:`exchange` their values (which also tells every rank when all are done) and
+rank 0 writes them. Every point is computed by exactly the same code as in a single process,
+so the file is the same. The loop itself is :func:`landscape.scan_runner.fill_scan`; this
+module only knows the processes.
 
-Without torchrun (no ``WORLD_SIZE`` in the environment, or 1) everything runs in-process.
+Without torchrun (no ``WORLD_SIZE`` in the environment, or 1) :func:`init` returns a
+single-process context, for which every function here is the identity.
 """
 
 from __future__ import annotations
 
 import os
-import time
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import torch.distributed as dist
 
-__all__ = ["Context", "init", "shutdown", "broadcast", "fill_scan_distributed"]
+__all__ = ["Context", "init", "shutdown", "broadcast", "shard", "exchange", "barrier"]
 
 
 @dataclass
@@ -40,8 +41,9 @@ class Context:
 
 
 def init(backend: str | None = None) -> Context:
-    """Join the process group torchrun describes in the environment (gloo on CPU, nccl on
-    CUDA when asked), or return a single-process context."""
+    """Join the process group torchrun describes in the environment (``backend``, default
+    gloo, which every scan uses: only small Python objects cross it), or return a
+    single-process context."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return Context()
@@ -71,67 +73,17 @@ def shard(indices: Sequence[int], rank: int, world: int) -> list[int]:
     return list(indices)[rank::world]
 
 
-def fill_scan_distributed(
-    ctx: Context,
-    scan: Any,
-    evaluator: Callable[[Sequence[int]], list[dict]],
-    indices: Sequence[int],
-    flush_seconds: float = 2.0,
-    progress: bool = True,
-    summaries: Callable[[Any], Any] | None = None,
-) -> None:
-    """Compute ``indices`` (the same list on every rank) split across ranks; rank 0 (which holds
-    ``scan``, a :class:`landscape.store.ScanFile`; ``None`` elsewhere) writes them.
-
-    In single-process mode this is :func:`landscape.scans.fill_scan`.
-    """
-    from landscape.scans import fill_scan, finish_scan
-
+def exchange(ctx: Context, local: list, finished: bool) -> tuple[list, bool]:
+    """One round: every rank's ``local`` items, concatenated in rank order, and whether every
+    rank is ``finished`` (a collective: all ranks call it the same number of times)."""
     if not ctx.active:
-        fill_scan(scan, evaluator, indices, flush_seconds=flush_seconds, progress=progress, summaries=summaries)
-        return
-    from tqdm.auto import tqdm
+        return list(local), finished
+    gathered: list[Any] = [None] * ctx.world
+    dist.all_gather_object(gathered, (local, finished))
+    return [item for part, _ in gathered for item in part], all(f for _, f in gathered)
 
-    if not indices:
-        # every rank sees the same empty list, so all return here (no collective to wait for);
-        # rank 0 only marks a file complete whose points were all written before a crash
-        if ctx.is_main and not scan.complete:
-            finish_scan(scan, summaries)
-        return
-    from landscape.scans import Chunker
 
-    mine = shard(indices, ctx.rank, ctx.world)
-    chunker = Chunker(evaluator)
-    bar = tqdm(total=len(indices), desc=f"scan ({ctx.world} processes)", unit="pt",
-               disable=not (progress and ctx.is_main), leave=False)
-    last = time.monotonic()
-    pos = 0
-    try:
-        while True:
-            chunk = mine[pos:pos + chunker.size]
-            pos += len(chunk)
-            t0 = time.perf_counter()
-            local = list(zip(chunk, evaluator(chunk))) if chunk else []
-            chunker.update(len(chunk), time.perf_counter() - t0)
-            gathered: list[Any] = [None] * ctx.world
-            dist.all_gather_object(gathered, (local, pos >= len(mine)))
-            if ctx.is_main:
-                for part, _ in gathered:
-                    for idx, values in part:
-                        for label, v in values.items():
-                            scan.set_point(label, int(idx), v)
-                        bar.update(1)
-                if not all(f for _, f in gathered) and time.monotonic() - last >= flush_seconds:
-                    scan.flush()
-                    last = time.monotonic()
-            if all(finished for _, finished in gathered):
-                break
-    except BaseException:
-        if ctx.is_main and scan is not None and scan._dirty:
-            scan.flush()
-        raise
-    finally:
-        bar.close()
-    if ctx.is_main:
-        finish_scan(scan, summaries)
-    dist.barrier()
+def barrier(ctx: Context) -> None:
+    """Wait for every rank (nothing to wait for in one process)."""
+    if ctx.active:
+        dist.barrier()

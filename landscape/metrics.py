@@ -20,8 +20,11 @@ Relaxation metrics (need :mod:`bounds`):
 - sign changes of the lower bound's input coefficients A (``BoundResult.lower_A``) between two
   parameter points: ``sign_flip`` = mean [sign(A) != sign(A_t)] and the paper code's
   ``a_sign`` = mean |sign(A) - sign(A_t)| (a flip counts 2, a change to or from 0 counts 1).
-- unstable-neuron fractions per ReLU layer, and bound tightness: the PGD margin
-  min_j m_j(x_adv) minus the certified min_j lb_j (>= 0 for a sound bound).
+- unstable-neuron fractions per ReLU layer (``BoundResult.unstable_fractions``), and bound
+  tightness: the PGD margin min_j m_j(x_adv) minus the certified min_j lb_j (>= 0 for a sound
+  bound).
+
+Definitions and the paper's use of each are in ``docs/scans.md``.
 """
 
 from __future__ import annotations
@@ -33,6 +36,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from bounds.names import FIXED_SLOPES
+from train.attacks import pgd_margin
+from train.objective import BoundSetup, unstable_columns
+
 __all__ = [
     "as_vector",
     "cosine_similarity",
@@ -40,7 +47,7 @@ __all__ = [
     "smoothness",
     "loss_variation",
     "sign_changes",
-    "unstable_fractions",
+    "lower_coefficients",
     "relu_preactivations",
     "relaxed_gradient_approximation",
     "slope_errors",
@@ -101,9 +108,22 @@ def sign_changes(a: Tensor, a_t: Tensor) -> dict[str, float]:
     }
 
 
-def unstable_fractions(result: Any) -> list[float]:
-    """Per ReLU layer, unstable / total neurons, from ``BoundResult.counts``."""
-    return [c["unstable"] / c["total"] if c["total"] else math.nan for c in result.counts]
+def lower_coefficients(
+    model: nn.Module, x: Tensor, y: Tensor, eps: float, setup: BoundSetup, generator: torch.Generator | None = None
+) -> Tensor | None:
+    """The input coefficients ``A`` ``[B, n_classes - 1, *input_shape]`` of the lower bound of
+    the margins ``f_y - f_j`` (``BoundResult.lower_A``) by ``setup``'s method, slope and beta at
+    the model's current parameters, detached; None when the bound is not a linear relaxation
+    (natural training, IBP). ``generator`` feeds random slope policies."""
+    if not setup.linear:
+        return None
+    from bounds import compute_bounds, margin_spec
+
+    with torch.no_grad():
+        C = margin_spec(y, setup.n_classes).to(x.dtype)
+        res = compute_bounds(model, x, eps, method=setup.method, slope=setup.slope, C=C, beta=setup.beta,
+                             domain=setup.domain, y=y, generator=generator)
+    return None if res.lower_A is None else res.lower_A.detach()
 
 
 def relu_preactivations(model: nn.Module, x: Tensor) -> tuple[Tensor, list[Tensor]]:
@@ -194,8 +214,7 @@ def relaxed_gradient_approximation(
         "rga_rel_err": float(np.nanmean(rel.numpy())) if torch.isfinite(rel).any() else math.nan,
     }
     out.update(slope_errors(res, [z.detach() for z in pre]))
-    for i, f in enumerate(unstable_fractions(res)):
-        out[f"unstable_frac_l{i}"] = f
+    out.update(unstable_columns(res.unstable_fractions()))
     return out
 
 
@@ -205,7 +224,7 @@ def rga_by_slope(
     y: Tensor,
     eps: float,
     method: str = "crown-ibp",
-    slopes: Sequence[str] = ("adaptive", "zero", "one", "same-slope"),
+    slopes: Sequence[str] = FIXED_SLOPES,
     seed: int = 0,
     **kw: Any,
 ) -> dict[str, dict[str, float]]:
@@ -236,8 +255,6 @@ def bound_tightness(
     ``lb`` = min_j lb_j, ``pgd_margin`` = min_j m_j(x_adv) (x_adv from a margin PGD attack),
     ``gap`` = pgd_margin - lb >= 0 (smaller is tighter). Returns the means over the batch."""
     from bounds import compute_bounds, margin_spec
-
-    from landscape.losses import pgd_margin
 
     with torch.no_grad():
         logits = model(x)

@@ -13,12 +13,11 @@ backward and before ``optimizer.step``). Every ``every`` steps it
 3. restores parameters, ``.grad`` and the torch RNG state exactly, so training goes on as if
    nothing happened;
 4. appends one row per t to group ``probes`` of the HDF5 file ``path``
-   (:func:`landscape.store.append_rows`); columns: ``step``, ``epoch``, ``t``, ``lr``, ``eps``,
-   ``loss``, ``grad_norm``, ``cos``, ``rms``, ``smoothness``, ``loss_final`` (and
-   ``grad_norm_final``, ``cos_final``, ``rms_final``, ``smoothness_final``), ``loss_variation``,
-   ``loss_final_variation``, ``a_sign``, ``sign_flip``, ``rga_cos``, ``rga_rel_err``,
-   ``slope_err``, ``upper_slope_err``, ``unstable_frac_l{i}`` (per-probe values repeat on
-   each row of the probe; NaN where not applicable).
+   (:func:`landscape.store.append_rows`; the columns are listed in ``docs/schema.md``,
+   "Training run"; per-probe values repeat on each row of the probe; NaN where not applicable).
+
+The bound of the metrics is the step's own (``ctx.bound``: method, slope, beta, domain), at the
+step's eps; random slopes are drawn from a generator seeded with ``seed``.
 """
 
 from __future__ import annotations
@@ -32,11 +31,10 @@ from torch import nn
 
 from landscape import store
 from landscape.directions import named_params
+from landscape.metrics import lower_coefficients, relaxed_gradient_approximation, sign_changes
 from landscape.scans import default_t_values, gradient_scan
 
 __all__ = ["GradientProbe"]
-
-_LINEAR = ("crown-ibp", "crown", "cap")
 
 
 class GradientProbe:
@@ -102,46 +100,19 @@ class GradientProbe:
         return None
 
     # ------------------------------------------------------------------ the probe itself
-    def _bound_setup(self, ctx: Any) -> tuple[str | None, str, float, tuple[float, float]]:
-        from train.losses import resolve_method
-
-        bound_method, slope, beta = resolve_method(ctx.method, getattr(ctx, "slope", None), float(ctx.beta))
-        domain = (0.0, 1.0)
-        cfg = getattr(ctx, "config", None)
-        try:
-            from train.data import DATASETS
-
-            domain = tuple(DATASETS[cfg.dataset].domain)  # type: ignore[union-attr]
-        except Exception:  # no config or unknown dataset: the default [0, 1] domain
-            pass
-        return bound_method, slope, beta, domain
-
     def _probe(self, ctx: Any) -> dict[str, np.ndarray]:
         model, x, y = ctx.model, ctx.x, ctx.y
         eps = float(ctx.eps)
-        bound_method, slope, beta, domain = self._bound_setup(ctx)
-        use_bounds = self.metrics and bound_method in _LINEAR
+        setup = ctx.bound  # the bound the step used: method, slope, beta, domain, n_classes
+        use_bounds = self.metrics and setup.linear
         point_metrics = None
         if use_bounds:
-            from bounds import compute_bounds, margin_spec
-
-            from landscape.metrics import sign_changes
-
-            C = margin_spec(y, int(model(x[:1]).shape[-1]))
-
-            def lower_a(m: nn.Module) -> torch.Tensor:
-                gen = torch.Generator().manual_seed(self.seed)
-                with torch.no_grad():
-                    res = compute_bounds(m, x, eps, method=bound_method, slope=slope, C=C, beta=beta,
-                                         domain=domain, generator=gen)
-                return res.lower_A
-
-            a0 = lower_a(model)
+            a0 = lower_coefficients(model, x, y, eps, setup, torch.Generator().manual_seed(self.seed))
 
             def point_metrics(m: nn.Module, label: str) -> dict[str, float]:
                 if label != "main":
                     return {}
-                return sign_changes(a0, lower_a(m))
+                return sign_changes(a0, lower_coefficients(m, x, y, eps, setup, torch.Generator().manual_seed(self.seed)))
 
         extra = {"final": ctx.final_loss_fn} if getattr(ctx, "final_loss_fn", None) is not None else {}
         res = gradient_scan(ctx.loss_fn, model, self.t_values, float(ctx.lr), extra_losses=extra,
@@ -165,11 +136,9 @@ class GradientProbe:
         for name in ("a_sign", "sign_flip"):
             rows[name] = np.asarray(res[name], dtype=np.float32) if name in res else nan.copy()
         if use_bounds:
-            from landscape.metrics import relaxed_gradient_approximation
-
-            gen = torch.Generator().manual_seed(self.seed)
-            rga = relaxed_gradient_approximation(model, x, y, eps, method=bound_method, slope=slope, beta=beta,
-                                                 domain=domain, generator=gen)
+            rga = relaxed_gradient_approximation(model, x, y, eps, method=setup.method, slope=setup.slope,
+                                                 beta=setup.beta, domain=setup.domain,
+                                                 generator=torch.Generator().manual_seed(self.seed))
         else:
             rga = {}
         for name in ("rga_cos", "rga_rel_err", "slope_err", "upper_slope_err"):

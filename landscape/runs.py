@@ -1,16 +1,18 @@
-"""A training run's directory as the ``train`` command and ``reproduce`` both use it: find the
-checkpoint to resume from, open ``train.h5`` (fresh, or cut back to that checkpoint), and build
-the training probes that write into it."""
+"""A training run's directory, as ``landscape train`` and ``landscape reproduce`` both use it.
+
+:func:`train_in_dir` is the one training sequence of both: write ``config.json``, open
+``train.h5`` (fresh, or cut back to the checkpoint a resume starts from), add the training
+probes that write into it, and train, writing ``checkpoint_epoch{N}.pt`` and ``checkpoint.pt``.
+"""
 
 from __future__ import annotations
 
-import shlex
-import sys
-from datetime import datetime, timezone
+import json
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from landscape import __version__, store
+from landscape import store
+from landscape.provenance import provenance
 
 Sink = Callable[[str, dict], None]
 
@@ -29,9 +31,9 @@ def open_train_record(h5: Path, config: Any, resume_from: Path | None, extra_att
     """Prepare the run's HDF5 file and return the sink the training loop writes rows through.
 
     A fresh run (``resume_from`` None, or no file yet) starts a new file whose root attributes
-    say what made it (schema in :mod:`landscape.store`). A resumed run keeps the file but drops
-    the rows an interrupted attempt wrote after the checkpoint (``store.truncate_run``), so no
-    step appears twice.
+    say what made it (``docs/schema.md``). A resumed run keeps the file but drops the rows an
+    interrupted attempt wrote after the checkpoint (``store.truncate_run``), so no step appears
+    twice.
     """
     from train.checkpoint import load_checkpoint
 
@@ -41,9 +43,7 @@ def open_train_record(h5: Path, config: Any, resume_from: Path | None, extra_att
         store.write_attrs(path, {
             "kind": "train", "method": config.method, "dataset": config.dataset, "model": config.model,
             "eps": float(config.eps), "seed": int(config.seed), "slope": config.resolved_slope,
-            "command": " ".join(["landscape"] + [shlex.quote(a) for a in sys.argv[1:]]),
-            "toolkit_version": __version__, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "config": config.to_dict(), **dict(extra_attrs),
+            **provenance(), "config": config.to_dict(), **dict(extra_attrs),
         })
     else:
         ckpt = load_checkpoint(resume_from)
@@ -65,3 +65,21 @@ def probe_callbacks(every: int, sink: Sink, t_values: Sequence[float] | None = N
 
     kw = {} if t_values is None else {"t_values": list(t_values)}
     return [probes.GradientProbe(every=every, sink=sink, **kw)]
+
+
+def train_in_dir(run_dir: Path, config: Any, data: Any, resume_from: Path | None = None,
+                 probe_t: Sequence[float] | None = None, extra_attrs: Mapping[str, Any] = (),
+                 progress: bool = True) -> Any:
+    """Train ``config`` (a :class:`train.config.TrainConfig`) on ``data`` into ``run_dir``:
+    ``config.json``, ``train.h5`` with a probe every ``config.probe_every`` steps (at step
+    multiples ``probe_t``), the epoch checkpoints and ``checkpoint.pt``; continue from
+    ``resume_from`` when given. Returns the :class:`train.loop.TrainResult`."""
+    from train.loop import train
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n")
+    sink = open_train_record(run_dir / "train.h5", config, resume_from, extra_attrs)
+    callbacks = probe_callbacks(config.probe_every, sink, probe_t)
+    return train(config, callbacks=callbacks, sink=sink, resume_from=resume_from, progress=progress,
+                 out_dir=run_dir, data=data)

@@ -787,7 +787,7 @@ def reference_ibp(
 
 
 def reference_slopes(slope: str, l: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """Lower slope of a deterministic policy on unstable neurons (DESIGN.md 3)."""
+    """Lower slope of a deterministic policy on unstable neurons (docs/design.md)."""
     if slope == "adaptive":
         return (u >= -l).to(l.dtype)
     if slope == "zero":

@@ -1,5 +1,7 @@
-"""The import direction of the design card, enforced: bounds <- train <- landscape; figures reads
-only the HDF5 store; the CLI and reproduce are the only places that wire everything together."""
+"""The layout, enforced: imports run one way (bounds <- train <- landscape; figures reads only the
+store and the name table), the store is a leaf, no module reaches into another's private
+names, every name table has one definition, no module is over 400 lines, and no docstring
+points outside the repository."""
 
 from __future__ import annotations
 
@@ -12,15 +14,28 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("bounds", "train", "landscape", "figures")
+MAX_LINES = 400
 
-# package -> toolkit packages it may import (module-level or lazily)
+# package -> toolkit modules it may import (module-level or lazily); a prefix allows its submodules
 ALLOWED = {
     "bounds": set(),
     "train": {"bounds"},
     "landscape": {"bounds", "train"},
-    "figures": {"landscape.store"},
+    "figures": {"landscape.store", "bounds.names"},
 }
-COMPOSITION_ROOTS = {"landscape/cli.py", "landscape/cmd_plot.py", "landscape/reproduce.py"}
+
+
+def _is_composition_root(rel: str) -> bool:
+    """The command modules and ``reproduce`` wire train, landscape and figures together."""
+    return rel in ("landscape/cli.py",) or rel.startswith("landscape/cmd_") or rel.startswith("landscape/reproduce/")
+
+
+def _modules(package: str) -> list[Path]:
+    return sorted((ROOT / package).rglob("*.py"))
+
+
+def _all_modules() -> list[Path]:
+    return [p for pkg in PACKAGES for p in _modules(pkg)]
 
 
 def _imports(path: Path) -> set[str]:
@@ -39,24 +54,43 @@ def _toolkit_targets(names: set[str]) -> set[str]:
     return {n for n in names if n.split(".")[0] in PACKAGES}
 
 
+def _allowed(target: str, allowed: set[str]) -> bool:
+    return any(target == a or target.startswith(a + ".") for a in allowed)
+
+
 @pytest.mark.parametrize("package", PACKAGES)
 def test_import_direction(package: str) -> None:
     bad = []
-    for path in sorted((ROOT / package).rglob("*.py")):
+    for path in _modules(package):
         rel = path.relative_to(ROOT).as_posix()
-        if rel in COMPOSITION_ROOTS:
-            continue
         for target in _toolkit_targets(_imports(path)):
             top = target.split(".")[0]
             if top == package:
                 continue
-            allowed = ALLOWED[package]
-            if top in allowed or any(target == a or target.startswith(a + ".") for a in allowed):
+            if _is_composition_root(rel) and top == "figures":
                 continue
             if package == "figures" and target == "landscape":  # `from landscape import store`
                 continue
+            if top in ALLOWED[package] or _allowed(target, ALLOWED[package]):
+                continue
             bad.append(f"{rel} imports {target}")
     assert not bad, "imports against the design card's direction:\n" + "\n".join(bad)
+
+
+def test_only_composition_roots_import_figures() -> None:
+    bad = [f"{p.relative_to(ROOT)}" for p in _modules("landscape")
+           if not _is_composition_root(p.relative_to(ROOT).as_posix())
+           and any(t.split(".")[0] == "figures" for t in _imports(p))]
+    assert not bad, "only cli, cmd_* and reproduce may import figures:\n" + "\n".join(bad)
+
+
+def test_store_is_a_leaf() -> None:
+    bad = []
+    for path in _modules("landscape/store"):
+        for target in _toolkit_targets(_imports(path)):
+            if not (target == "landscape.store" or target.startswith("landscape.store.")):
+                bad.append(f"{path.relative_to(ROOT)} imports {target}")
+    assert not bad, "the store imports nothing else of the toolkit:\n" + "\n".join(bad)
 
 
 def test_landscape_init_is_import_free() -> None:
@@ -64,7 +98,142 @@ def test_landscape_init_is_import_free() -> None:
     assert not [n for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom))]
 
 
-def test_store_and_figures_do_not_load_torch() -> None:
-    code = "import sys; from landscape import store; import figures; print('torch' in sys.modules)"
+def test_store_names_and_figures_do_not_load_torch() -> None:
+    code = ("import sys; from landscape import store; import bounds.names; import figures, figures.data, "
+            "figures.style; print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+# ----------------------------------------------------------------------------- private names
+
+
+def _private_definitions(path: Path) -> set[str]:
+    """Single-underscore names a module defines: module-level names, class attributes and
+    fields, and ``self._x`` assignments."""
+    tree = ast.parse(path.read_text())
+    found: set[str] = set()
+
+    def add(name: str) -> None:
+        if name.startswith("_") and not name.startswith("__"):
+            found.add(name)
+
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            add(node.name)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            for t in targets:
+                if isinstance(t, ast.Name):
+                    add(t.id)
+                elif isinstance(t, ast.Attribute):
+                    add(t.attr)
+    return found
+
+
+def test_no_module_uses_another_modules_private_names() -> None:
+    paths = _all_modules()
+    own = {p: _private_definitions(p) for p in paths}
+    elsewhere: dict[str, set[Path]] = {}
+    for p, names in own.items():
+        for n in names:
+            elsewhere.setdefault(n, set()).add(p)
+    bad = []
+    for p in paths:
+        rel = p.relative_to(ROOT).as_posix()
+        tree = ast.parse(p.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] in PACKAGES:
+                bad += [f"{rel} imports {node.module}.{a.name}" for a in node.names
+                        if a.name.startswith("_") and not a.name.startswith("__")]
+            elif isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__"):
+                base = node.value.id if isinstance(node.value, ast.Name) else None
+                if base in ("self", "cls"):
+                    continue
+                if node.attr in own[p]:
+                    continue
+                if node.attr in elsewhere:  # defined privately in another toolkit module
+                    bad.append(f"{rel} uses {node.attr} of another module ({ast.unparse(node)})")
+    assert not bad, "private names used across modules:\n" + "\n".join(sorted(set(bad)))
+
+
+# ----------------------------------------------------------------------------- name tables
+
+
+def _tables() -> dict[str, set[str]]:
+    from bounds import names
+
+    return {
+        "BOUND_METHODS": set(names.BOUND_METHODS), "SLOPES": set(names.SLOPES),
+        "TRAIN_METHODS": set(names.TRAIN_METHODS), "SCAN_KINDS": set(names.SCAN_KINDS),
+        "FILE_KINDS": set(names.FILE_KINDS), "PAPER_METHODS": set(names.PAPER_METHODS),
+        "PROFILES": set(names.PROFILES), "DIRECTION_NORMS": set(names.DIRECTION_NORMS),
+        "LABELS": set(names.LABELS), "SCAN_LOSSES|certified": {*names.SCAN_LOSSES, "certified"},
+    }
+
+
+def _string_collections(tree: ast.AST):
+    """Every tuple / list / set literal of string constants and every dict literal's string keys."""
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Tuple, ast.List, ast.Set)):
+            items = node.elts
+        elif isinstance(node, ast.Dict):
+            items = [k for k in node.keys if k is not None]
+        else:
+            continue
+        strings = [e.value for e in items if isinstance(e, ast.Constant) and isinstance(e.value, str)]
+        if len(strings) >= 2:
+            yield node, set(strings)
+
+
+def test_each_name_table_is_defined_once() -> None:
+    """A literal list of three or more names of one table (all of them when it has fewer) outside
+    ``bounds/names.py`` is a copy that will drift: import the table instead."""
+    tables = _tables()
+    bad = []
+    for p in _all_modules():
+        rel = p.relative_to(ROOT).as_posix()
+        if rel == "bounds/names.py":
+            continue
+        for node, strings in _string_collections(ast.parse(p.read_text())):
+            if rel == "bounds/relaxations.py" and strings == tables["SLOPES"]:
+                continue  # POLICIES, the engine's name -> function table (held equal to SLOPES below)
+            for name, table in tables.items():
+                shared = strings & table
+                if len(shared) >= min(3, len(table)):
+                    bad.append(f"{rel}:{node.lineno} repeats {name}: {sorted(shared)}")
+    assert not bad, "name tables copied instead of imported from bounds.names:\n" + "\n".join(bad)
+
+
+def test_name_table_matches_the_engine() -> None:
+    from bounds import names
+    from bounds.relaxations import POLICIES
+
+    assert list(names.SLOPES) == list(POLICIES)
+    assert set(names.SEARCHED_SLOPES) <= set(names.SLOPES)
+    for m in names.TRAIN_METHODS.values():
+        assert m.bound is None or m.bound in names.BOUND_METHODS
+        assert m.slope is None or m.slope in names.SLOPES
+    assert set(names.PAPER_METHODS) <= set(names.TRAIN_METHODS) <= set(names.LABELS)
+    assert set(names.SCAN_LOSSES) <= set(names.LABELS)
+
+
+# ----------------------------------------------------------------------------- size and docs
+
+
+def test_no_module_is_over_400_lines() -> None:
+    long = [f"{p.relative_to(ROOT)}: {n}" for p in _all_modules() if (n := len(p.read_text().splitlines())) > MAX_LINES]
+    assert not long, f"modules over {MAX_LINES} lines (split them by job):\n" + "\n".join(long)
+
+
+def test_docstrings_point_inside_the_repository() -> None:
+    bad = [str(p.relative_to(ROOT)) for p in _all_modules() if "DESIGN" in p.read_text()]
+    assert not bad, "these cite DESIGN.md, which is not in the repository (cite docs/):\n" + "\n".join(bad)
+    cited = set()
+    for p in _all_modules():
+        for word in p.read_text().split():
+            word = word.strip("`'\"(),.;:")
+            if word.startswith("docs/") and word.endswith(".md"):
+                cited.add(word)
+    missing = sorted(c for c in cited if not (ROOT / c).is_file())
+    assert not missing, f"docstrings cite documents that do not exist: {missing}"

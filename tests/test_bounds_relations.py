@@ -1,6 +1,6 @@
 """Relations every correct bound engine satisfies exactly, and its contract's shapes and errors.
 
-Each relation below follows from the definitions in DESIGN.md section 3 (none is a mere
+Each relation below follows from the definitions in docs/design.md and docs/fused-loss.md (none is a mere
 "usually tighter" observation):
 
 - eps = 0 (float or per-sample zeros): every method returns the margins, lower = upper = C f(x);
@@ -641,7 +641,7 @@ def test_final_pass_is_the_crown_formula_with_the_reported_bounds_and_slopes(cas
 
 
 def _reference_fused(case: Case, method: str, slope: str, beta: float) -> torch.Tensor:
-    """DESIGN.md 3.1 written out: chord of exp over the IBP intervals of d_j = f_j - f_y, one
+    """docs/fused-loss.md written out: chord of exp over the IBP intervals of d_j = f_j - f_y, one
     reference CROWN pass on the row sum_j s_j (e_y - e_j), log(1 + U + T), beta-mixed for crown-ibp."""
     C = _spec(case).to(torch.float64)
     lo, hi = input_box(case.x, case.eps, case.domain)
@@ -669,7 +669,7 @@ def test_fused_loss_is_the_design_formula(case: Case, beta: float) -> None:
         want = _reference_fused(case, method, slope, b)
         got = robust_cross_entropy(case.model, case.x, case.y, case.eps, method=method, slope=slope, beta=b,
                                    domain=case.domain, fused=True, reduction="none")
-        assert_close(got, want, tolerance(case.x.dtype, want) * 100, f"{method}/{slope} beta={b}: fused loss vs DESIGN 3.1")
+        assert_close(got, want, tolerance(case.x.dtype, want) * 100, f"{method}/{slope} beta={b}: fused loss vs docs/fused-loss.md")
 
 
 @pytest.mark.parametrize("method,slope", [("crown-ibp", "adaptive"), ("crown", "same-slope")])

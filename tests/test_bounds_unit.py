@@ -13,7 +13,7 @@ from bounds import relaxations as rx
 from bounds.fused import chord
 from bounds.interval import ibp, input_box
 from bounds.linear import affine_backward
-from bounds.network import describe
+from bounds.network import layer_ops
 
 PAIRS = [(m, s) for m in METHODS for s in SLOPES if m != "cap" or s == "same-slope"]
 
@@ -89,11 +89,11 @@ def test_relaxation_lines_are_sound():
 
 def test_validation_errors_name_the_layer():
     with pytest.raises(ValueError, match=r"layer 2 \(Tanh\)"):
-        describe(nn.Sequential(nn.Linear(3, 3), nn.ReLU(), nn.Tanh()), (3,))
+        layer_ops(nn.Sequential(nn.Linear(3, 3), nn.ReLU(), nn.Tanh()), (3,))
     with pytest.raises(ValueError, match=r"layer 1 \(Linear\)"):
-        describe(nn.Sequential(nn.Linear(3, 4), nn.Linear(5, 2)), (3,))
+        layer_ops(nn.Sequential(nn.Linear(3, 4), nn.Linear(5, 2)), (3,))
     with pytest.raises(ValueError, match="nn.Sequential"):
-        describe(nn.Linear(3, 3), (3,))
+        layer_ops(nn.Linear(3, 3), (3,))
     m = small_mlp()
     x = torch.rand(2, 3)
     with pytest.raises(ValueError, match="unknown method"):
@@ -115,7 +115,7 @@ def test_validation_errors_name_the_layer():
 
 
 def test_describe_shapes():
-    ops = describe(small_cnn(), (1, 8, 8))
+    ops = layer_ops(small_cnn(), (1, 8, 8))
     assert [op.kind for op in ops] == ["normalize", "conv", "relu", "conv", "relu", "flatten", "linear", "relu", "linear"]
     assert ops[1].out_shape == (3, 4, 4) and ops[3].out_shape == (4, 2, 2) and ops[5].out_shape == (16,)
 
@@ -127,7 +127,7 @@ def test_describe_shapes():
 def test_conv_backward_matches_autograd(stride, padding, size):
     conv = nn.Conv2d(2, 3, 3, stride=stride, padding=padding)
     model = nn.Sequential(conv, nn.Flatten())
-    ops = describe(model, (2, size, size))
+    ops = layer_ops(model, (2, size, size))
     z = torch.randn(4, 2, size, size, requires_grad=True)
     out = conv(z)
     A = torch.randn(4, 5, *out.shape[1:])
@@ -140,7 +140,7 @@ def test_conv_backward_matches_autograd(stride, padding, size):
 
 def test_normalize_backward_and_ibp_exact():
     norm = Normalize([0.1, 0.2], [0.5, 2.0])
-    ops = describe(nn.Sequential(norm, nn.Flatten()), (2, 3, 3))
+    ops = layer_ops(nn.Sequential(norm, nn.Flatten()), (2, 3, 3))
     A = torch.randn(3, 4, 2, 3, 3)
     z = torch.randn(3, 2, 3, 3)
     back, db = affine_backward(ops[0], A)

@@ -7,7 +7,7 @@ import sys
 
 from click.testing import CliRunner
 
-from landscape import __version__
+from bounds.names import VERSION as __version__
 from landscape.cli import cli, main
 
 

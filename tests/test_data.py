@@ -21,6 +21,7 @@ import pytest
 import torch
 
 import train.data as tdata
+import train.sources as tsources
 from train.data import DATASETS, Data, DatasetError, DatasetSpec, load_dataset, search_dirs, subset_indices
 
 IDX_NAMES = {
@@ -101,7 +102,7 @@ def isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     """No LANDSCAPE_DATA, a private cache folder and a private 'system' root for every test."""
     monkeypatch.delenv(tdata.ENV_VAR, raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    monkeypatch.setattr(tdata, "SYSTEM_ROOT", tmp_path / "system")
+    monkeypatch.setattr(tsources, "SYSTEM_ROOT", tmp_path / "system")
     return tmp_path
 
 
@@ -421,9 +422,9 @@ def test_download_checksum_mismatch(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 def test_download_success_then_found_locally(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     make_svhn(tmp_path / "server")
     served = {p.name: p.read_bytes() for p in (tmp_path / "server").iterdir()}
-    src = tdata._SOURCES["svhn"]
+    src = tsources.SOURCES["svhn"]
     patched = tuple(dataclasses.replace(d, md5=hashlib.md5(served[d.filename]).hexdigest()) for d in src.downloads)
-    monkeypatch.setitem(tdata._SOURCES, "svhn", dataclasses.replace(src, downloads=patched))
+    monkeypatch.setitem(tsources.SOURCES, "svhn", dataclasses.replace(src, downloads=patched))
     fetched: list[str] = []
 
     def serve(request: urllib.request.Request, timeout: float = 0) -> FakeResponse:
@@ -451,7 +452,7 @@ def test_system_fashion_mnist_subset(monkeypatch: pytest.MonkeyPatch) -> None:
     system = Path("/usr/share/datasets")
     if not (system / "fashion-mnist" / "train-labels-idx1-ubyte.gz").is_file():
         pytest.skip("Debian package dataset-fashion-mnist is not installed")
-    monkeypatch.setattr(tdata, "SYSTEM_ROOT", system)
+    monkeypatch.setattr(tsources, "SYSTEM_ROOT", system)
     data = load_dataset("fashion-mnist", train_size=200, test_size=100, seed=0)
     assert data.train_x.shape == (200, 1, 28, 28) and data.test_x.shape == (100, 1, 28, 28)
     assert np.array_equal(np.bincount(data.train_y.numpy(), minlength=10), np.full(10, 20))

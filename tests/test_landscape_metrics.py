@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from bounds import Normalize
+from bounds import BoundResult, Normalize
 from landscape import curvature, metrics, scans
 
 
@@ -98,14 +98,15 @@ def test_slope_errors_and_unstable_fractions_hand_made():
     l = torch.tensor([[-1.0, -1.0, 0.5, -2.0]])
     u = torch.tensor([[1.0, 2.0, 1.0, -1.0]])
     z = torch.tensor([[0.3, -0.2, 0.7, -1.5]])  # relu' = 1, 0, 1, 0; unstable: first two
-    res = SimpleNamespace(preact=[(l, u)], slopes=[torch.tensor([[0.25, 1.0, 1.0, 0.0]])],
-                          upper_slopes=[torch.tensor([[0.5, 2 / 3, 1.0, 0.0]])],
-                          counts=[{"unstable": 2, "active": 1, "dead": 1, "total": 4}])
+    res = BoundResult(lower=torch.zeros(1, 1), upper=torch.zeros(1, 1), preact=[(l, u)],
+                      slopes=[torch.tensor([[0.25, 1.0, 1.0, 0.0]])],
+                      upper_slopes=[torch.tensor([[0.5, 2 / 3, 1.0, 0.0]])])
     out = metrics.slope_errors(res, [z])
     assert out["slope_err"] == pytest.approx((0.75 + 1.0) / 2)
     assert out["upper_slope_err"] == pytest.approx((0.5 + 2 / 3) / 2)
     assert out["n_unstable"] == 2
-    assert metrics.unstable_fractions(res) == [0.5]
+    assert res.counts == [{"unstable": 2, "active": 1, "dead": 1, "total": 4}]
+    assert res.unstable_fractions() == [0.5]
     stable = SimpleNamespace(preact=[(l.abs(), u)], slopes=res.slopes, upper_slopes=res.upper_slopes)
     assert metrics.slope_errors(stable, [z])["slope_err"] == 0.0
 

@@ -10,7 +10,7 @@ from torch import nn
 
 from bounds.layers import Normalize
 from train.data import DATASETS
-from train.models import MODELS, ModelError, build_from_description, build_model, describe, output_shapes
+from train.models import MODELS, ModelError, build_from_description, build_model, model_description, output_shapes
 
 # Models that cannot take 8x8 inputs: their unpadded convolutions collapse the image.
 CANNOT_TAKE = {("dm-small", (1, 8, 8)), ("dm-medium", (1, 8, 8))}
@@ -123,7 +123,7 @@ def test_errors(kwargs: dict, match: str) -> None:
     with pytest.raises(ModelError, match=match):
         build_model(args["name"], args["shape"], args["n_classes"], args["mean"], args["std"], **args["options"])
     with pytest.raises(ModelError, match=match):
-        describe(args["name"], args["shape"], args["n_classes"], args["mean"], args["std"], **args["options"])
+        model_description(args["name"], args["shape"], args["n_classes"], args["mean"], args["std"], **args["options"])
 
 
 def test_deterministic_given_seed() -> None:
@@ -150,7 +150,7 @@ def test_describe_rebuild_round_trip(name: str, shape: tuple, options: dict) -> 
     mean, std = [0.2] * shape[0], [0.3] * shape[0]
     torch.manual_seed(0)
     model = build_model(name, shape, 7, mean, std, **options)
-    d = describe(name, shape, 7, mean, std, **options)
+    d = model_description(name, shape, 7, mean, std, **options)
     d = json.loads(json.dumps(d))  # JSON-able, and survives a trip through a checkpoint
     assert d["name"] == name and d["input_shape"] == list(shape) and d["n_classes"] == 7
     assert set(d["options"]) == set(MODELS[name].defaults)  # defaults filled in
@@ -166,7 +166,7 @@ def test_describe_rebuild_round_trip(name: str, shape: tuple, options: dict) -> 
 
 
 def test_build_from_description_errors() -> None:
-    good = describe("cnn-tiny", (1, 8, 8), 10, [0.3], [0.4])
+    good = model_description("cnn-tiny", (1, 8, 8), 10, [0.3], [0.4])
     with pytest.raises(ModelError, match="lacks input_shape"):
         build_from_description({k: v for k, v in good.items() if k != "input_shape"})
     with pytest.raises(ModelError, match="version 99"):

@@ -81,14 +81,14 @@ def test_every_kind(ckpts, tmp_path):
 
 
 def test_resume_after_a_killed_scan(ckpts, tmp_path, monkeypatch):
-    from landscape import scans
+    from landscape import evaluators, scan_runner
 
     _, b = ckpts
     args = ["scan", b, "--kind", "random-2d", "--methods", "crown-ibp,ibp", "--points", "3", *COMMON]
     full = tmp_path / "full.h5"
     assert _run([*args, "--out", full]) == 0
 
-    real = scans.DirectionEvaluator.__call__
+    real = evaluators.DirectionEvaluator.__call__
     calls: list[int] = []
 
     def dying(self, indices):
@@ -98,8 +98,8 @@ def test_resume_after_a_killed_scan(ckpts, tmp_path, monkeypatch):
         return real(self, indices)
 
     part = tmp_path / "part.h5"
-    monkeypatch.setattr(scans.Chunker, "update", lambda self, n, seconds: None)  # one point per call
-    monkeypatch.setattr(scans.DirectionEvaluator, "__call__", dying)
+    monkeypatch.setattr(scan_runner.Chunker, "update", lambda self, n, seconds: None)  # one point per call
+    monkeypatch.setattr(evaluators.DirectionEvaluator, "__call__", dying)
     assert _run([*args, "--out", part]) == 130
     d = store.read(part)
     assert d["attrs"]["complete"] is False
@@ -111,7 +111,7 @@ def test_resume_after_a_killed_scan(ckpts, tmp_path, monkeypatch):
         resumed.extend(indices)
         return real(self, indices)
 
-    monkeypatch.setattr(scans.DirectionEvaluator, "__call__", recording)
+    monkeypatch.setattr(evaluators.DirectionEvaluator, "__call__", recording)
     assert _run([*args, "--out", part]) == 0
     assert len(resumed) == 5
     d, ref = store.read(part), store.read(full)

@@ -12,8 +12,10 @@ from torch import nn
 
 from bounds import Normalize
 from landscape import directions as D
-from landscape import probes, scans, store
-from landscape.losses import make_loss, select_samples
+from landscape import evaluators, probes, scans, store
+from landscape.scan_losses import make_loss, select_samples
+from landscape.scan_runner import fill_scan
+from train.objective import BoundSetup
 
 
 def _net(seed: int = 0) -> nn.Sequential:
@@ -114,7 +116,7 @@ def _scan_file(path, net, losses, dirs, coords):
     grid = np.stack(np.meshgrid(*coords.values(), indexing="ij"), -1).reshape(-1, len(coords))
     sf, _ = store.open_or_create_scan(path, kind="random-2d", args={"a": 1}, coords=coords,
                                       labels=[fn.label for fn in losses])
-    ev = scans.DirectionEvaluator(net, losses, dirs, grid)
+    ev = evaluators.DirectionEvaluator(net, losses, dirs, grid)
     return sf, ev
 
 
@@ -127,7 +129,7 @@ def test_interrupted_scan_resumes_only_missing_points(tmp_path):
     coords = {"x": np.linspace(-1, 1, 4), "y": np.linspace(-1, 1, 3)}
 
     full, ev = _scan_file(tmp_path / "full.h5", net, losses, dirs, coords)
-    scans.fill_scan(full, ev, progress=False)
+    fill_scan(full, ev, progress=False)
 
     part, ev = _scan_file(tmp_path / "part.h5", net, losses, dirs, coords)
 
@@ -136,7 +138,7 @@ def test_interrupted_scan_resumes_only_missing_points(tmp_path):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        scans.fill_scan(part, ev, progress=False, on_point=crash)
+        fill_scan(part, ev, progress=False, on_point=crash)
     on_disk = store.open_scan(tmp_path / "part.h5", args={"a": 1})
     assert len(on_disk.missing()) == 12 - 5 and not on_disk.complete
     missing_before = on_disk.missing().tolist()
@@ -147,7 +149,7 @@ def test_interrupted_scan_resumes_only_missing_points(tmp_path):
         computed.extend(int(i) for i in idx)
         return ev(idx)
 
-    scans.fill_scan(on_disk, recording, progress=False)
+    fill_scan(on_disk, recording, progress=False)
     assert computed == missing_before and len(computed) == 7
     done = store.read(tmp_path / "part.h5")
     ref = store.read(tmp_path / "full.h5")
@@ -164,15 +166,15 @@ def test_gradient_evaluator_sign_metrics_and_restore():
     x, y = _batch()
     fns = [make_loss(net, x, y, method="crown-ibp", eps=0.1), make_loss(net, x, y, method="ibp", eps=0.1)]
     before = D.get_params(net)
-    pm = scans.sign_change_metrics(fns)
-    ev = scans.GradientEvaluator(net, fns, [0.0, 1.0, 5.0], lr=0.5, point_metrics=pm, point_fields=scans.SIGN_FIELDS)
+    pm = evaluators.sign_change_metrics(fns)
+    ev = evaluators.GradientEvaluator(net, fns, [0.0, 1.0, 5.0], lr=0.5, point_metrics=pm, point_fields=evaluators.SIGN_FIELDS)
     out = ev([0, 1, 2])
     assert out[0]["crown-ibp"]["a_sign"] == 0.0 and out[0]["crown-ibp"]["cos"] == pytest.approx(1.0)
     assert 0.0 <= out[2]["crown-ibp"]["sign_flip"] <= out[2]["crown-ibp"]["a_sign"] <= 2.0
     assert math.isnan(out[1]["ibp"]["a_sign"])
     assert D.params_equal(D.get_params(net), before)
     with pytest.raises(ValueError, match="learning rate"):
-        scans.GradientEvaluator(net, fns, [0.0], lr=0.0)
+        evaluators.GradientEvaluator(net, fns, [0.0], lr=0.0)
 
 
 def test_gradient_probe_appends_rows_and_restores_state(tmp_path):
@@ -187,8 +189,8 @@ def test_gradient_probe_appends_rows_and_restores_state(tmp_path):
     path = tmp_path / "train.h5"
     probe = probes.GradientProbe(path, every=2, t_values=[0.0, 0.5, 1.0, 2.0])
     ctx = SimpleNamespace(model=net, x=x, y=y, step=4, epoch=0, eps=0.05, beta=1.0, kappa=0.0, lr=0.1,
-                          loss=float(loss.detach()), loss_fn=fn, final_loss_fn=final, method="crown-ibp", slope="adaptive",
-                          config=None)
+                          loss=float(loss.detach()), loss_fn=fn, final_loss_fn=final, method="crown-ibp",
+                          bound=BoundSetup.of("crown-ibp", None, 1.0, (0.0, 1.0), 4))
     probe.on_step(ctx)
     ctx.step = 5
     probe.on_step(ctx)  # not a multiple of every: nothing
@@ -222,7 +224,7 @@ def test_finish_scan_computes_the_summaries_once(tmp_path):
         calls.append(1)
         return {"clean": {"extra": 1.0}, "pgd": {"extra": 2.0}}
 
-    scans.fill_scan(sf, ev, progress=False, summaries=summaries)
+    fill_scan(sf, ev, progress=False, summaries=summaries)
     assert len(calls) == 1
     d = store.read(tmp_path / "s.h5")
     assert d["results"]["clean"]["attrs"]["extra"] == 1.0 and d["results"]["pgd"]["attrs"]["extra"] == 2.0
@@ -247,7 +249,7 @@ def test_each_scanned_loss_compares_with_its_own_gradient():
     first = lambda m: 0.5 * (h1 * m.w ** 2).sum()  # noqa: E731
     second = lambda m: 0.5 * (h2 * (m.w - c) ** 2).sum()  # noqa: E731
     model, lr, ts = _Quad(theta0), 0.1, [0.0, 0.5, 1.0, 3.0]
-    ev = scans.GradientEvaluator(model, [first, second], ts, lr, labels=["a", "b"])
+    ev = evaluators.GradientEvaluator(model, [first, second], ts, lr, labels=["a", "b"])
     out = ev(range(len(ts)))
     g1 = h1 * theta0
     for label, h, shift in (("a", h1, 0.0), ("b", h2, c)):
@@ -274,7 +276,8 @@ def test_probe_metrics_equal_direct_calls_with_the_runs_own_setting(method, slop
     slope, beta and eps (not the final eps, not the method's default slope)."""
     from bounds import compute_bounds, margin_spec
     from landscape.metrics import relaxed_gradient_approximation, sign_changes
-    from train.losses import certified_loss, resolve_method
+    from bounds.names import resolve_method
+    from train.objective import certified_loss
 
     net = _net()
     x, y = _batch()
@@ -287,8 +290,8 @@ def test_probe_metrics_equal_direct_calls_with_the_runs_own_setting(method, slop
     sunk = []
     probe = probes.GradientProbe(every=1, t_values=ts, seed=3, sink=lambda g, r: sunk.append(r))
     ctx = SimpleNamespace(model=net, x=x, y=y, step=0, epoch=0, eps=eps, beta=beta, kappa=0.0, lr=lr, loss=0.0,
-                          loss_fn=loss_at(eps), final_loss_fn=loss_at(final_eps), method=method, slope=slope,
-                          config=None)
+                          loss_fn=loss_at(eps), final_loss_fn=loss_at(final_eps), method=method,
+                          bound=BoundSetup.of(method, slope, beta, (0.0, 1.0), 4))
     probe.on_step(ctx)
     rows = sunk[0]
     bound, bslope, bbeta = resolve_method(method, slope, beta)

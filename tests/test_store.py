@@ -100,7 +100,7 @@ def test_crash_mid_write_leaves_old_file(tmp_path, monkeypatch):
     def failing_replace(src, dst):
         raise OSError("simulated crash before rename")
 
-    monkeypatch.setattr(store.os, "replace", failing_replace)
+    monkeypatch.setattr(store.files.os, "replace", failing_replace)
     with pytest.raises(OSError):
         store.write_attrs(p, {"x": 1})
     assert _bytes(p) == before

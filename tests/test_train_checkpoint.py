@@ -16,14 +16,14 @@ from train.checkpoint import (
 )
 from train.config import TrainConfig
 from train.data import DATASETS
-from train.models import build_model, describe
+from train.models import build_model, model_description
 
 
 def _model_and_desc(name: str = "cnn-tiny", **opts):
     spec = DATASETS["digits"]
     args = (spec.input_shape, spec.n_classes, spec.mean, spec.std)
     torch.manual_seed(3)
-    return build_model(name, *args, **opts), describe(name, *args, **opts)
+    return build_model(name, *args, **opts), model_description(name, *args, **opts)
 
 
 @pytest.fixture()

@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from bounds.names import resolve_method
 from train.config import TrainConfig, load_config
 from train.schedules import Schedule, linear_ramp, lr_at, smooth_ramp
 
@@ -97,7 +98,8 @@ def test_config_dict_round_trip_and_unknown_key() -> None:
     assert TrainConfig.from_dict(d).to_dict() == d
     with pytest.raises(ValueError, match="unknown training config key 'epochz'"):
         TrainConfig.from_dict({"epochz": 3})
-    assert cfg.bound_method == "crown-ibp" and TrainConfig(method="tightest").bound_method == "crown-ibp"
+    assert resolve_method(cfg.method, cfg.slope, 1.0)[0] == "crown-ibp"
+    assert resolve_method("tightest", None, 0.5) == ("crown-ibp", "tightest", 1.0)
     assert TrainConfig(method="cap").resolved_slope == "same-slope"
 
 

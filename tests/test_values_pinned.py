@@ -17,7 +17,7 @@ from torch import nn
 from bounds import compute_bounds, margin_spec
 from landscape import directions as D
 from landscape import metrics, store
-from landscape.losses import pgd_loss_input, pgd_margin
+from train.attacks import pgd_last_iterate, pgd_margin
 from train.attacks import margin_objective, pgd_attack
 
 DOMAIN = (0.0, 1.0)
@@ -139,14 +139,14 @@ def test_pgd_ce_attack_reaches_the_closed_form_worst_cross_entropy_on_a_linear_m
     assert bool((ce[breakable] > math.log(2)).all())  # misclassified: CE above log 2
 
 
-def test_pgd_loss_input_ends_at_the_worst_corner_of_a_linear_model():
+def test_pgd_last_iterate_ends_at_the_worst_corner_of_a_linear_model():
     # The last iterate (no early stop) of CE ascent: every sample, broken or not, ends at the
     # corner of the ball n domain that maximises the cross-entropy.
     eps, n_in = 0.1, 8
     model = _linear_model(n_in, 2, seed=5)
     x, y = _linear_batch(24, n_in, model, seed=6)
     worst, corner, _ = _worst_case(model, x, y, eps)
-    x_adv = pgd_loss_input(model, x, y, eps, steps=10, domain=DOMAIN, generator=torch.Generator().manual_seed(0))
+    x_adv = pgd_last_iterate(model, x, y, eps, steps=10, domain=DOMAIN, generator=torch.Generator().manual_seed(0))
     _assert_in_ball_and_domain(x_adv, x, eps)
     torch.testing.assert_close(x_adv.double(), corner, rtol=0, atol=1e-6)
     with torch.no_grad():

@@ -10,9 +10,12 @@ for ``steps`` iterations, where ``clip_ball`` projects onto ``[x - eps, x + eps]
 * ``margin``: ``max_{j != y} f_j(x') - f_y(x')`` (Carlini-Wagner style; > 0 means misclassified),
 * ``ce``: ``CE(f(x'), y)``.
 
-A sample is a *success* when some iterate (or the clean input) is misclassified; later restarts
-only run on samples not yet broken. The returned example is the first misclassified iterate
-found, else the one with the largest margin objective.
+:func:`pgd_attack` is the evaluation attack: a sample is a *success* when some iterate (or the
+clean input) is misclassified; later restarts only run on samples not yet broken; the returned
+example is the first misclassified iterate found, else the one with the largest margin
+objective. :func:`pgd_last_iterate` is the adversarial-training loss's attack (Madry et al.):
+one restart, ascent on the mean cross-entropy, the last iterate returned. :func:`pgd_margin`
+gives the smallest margin the evaluation attack finds.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+__all__ = ["OBJECTIVES", "margin_objective", "pgd_attack", "pgd_last_iterate", "pgd_margin"]
 
 OBJECTIVES = ("margin", "ce")
 
@@ -124,3 +129,63 @@ def pgd_attack(
             best_obj[idx] = adv_obj[improve]
             success[todo] = found
     return best.detach(), success
+
+
+def pgd_last_iterate(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eps: float,
+    steps: int,
+    domain: tuple[float, float] | None = (0.0, 1.0),
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """The last iterate of ``steps`` steps of L-inf PGD ascent on the mean ``CE(f(x'), y)``
+    (detached; the parameters get no gradient).
+
+    ``x' <- clip(x' + a sign(grad_x' CE), ball ∩ domain)``, ``a = 2.5 eps / steps``, from a
+    uniform start in the ball drawn on the CPU from ``generator`` (the same start on any device).
+    """
+    x = x.detach()
+    if eps == 0:
+        return x
+    lo, hi = x - eps, x + eps
+    if domain is not None:
+        lo, hi = lo.clamp(min=domain[0]), hi.clamp(max=domain[1])
+    u = torch.rand(x.shape, generator=generator, dtype=x.dtype).to(x.device)
+    cur = lo + u * (hi - lo)
+    alpha = 2.5 * eps / steps
+    params = list(model.parameters())
+    req = [p.requires_grad for p in params]
+    try:
+        for p in params:
+            p.requires_grad_(False)
+        for _ in range(steps):
+            cur = cur.detach().requires_grad_(True)
+            with torch.enable_grad():
+                loss = F.cross_entropy(model(cur), y)
+                (g,) = torch.autograd.grad(loss, cur)
+            cur = torch.max(torch.min(cur.detach() + alpha * g.sign(), hi), lo)
+    finally:
+        for p, r in zip(params, req):
+            p.requires_grad_(r)
+    return cur.detach()
+
+
+def pgd_margin(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eps: float,
+    steps: int = 20,
+    restarts: int = 1,
+    domain: tuple[float, float] | None = (0.0, 1.0),
+    seed: int = 0,
+) -> torch.Tensor:
+    """Per-sample smallest margin ``min_{j != y} (f_y - f_j)(x_adv)`` at the point the margin
+    attack :func:`pgd_attack` returns (an upper bound of the true worst margin), ``[B]``."""
+    gen = torch.Generator().manual_seed(int(seed))  # pgd_attack draws its starts on the CPU
+    x_adv, _ = pgd_attack(model, x, y, eps, steps=steps, restarts=restarts, objective="margin",
+                          domain=None if domain is None else tuple(domain), generator=gen)
+    with torch.no_grad():
+        return -margin_objective(model(x_adv), y)

@@ -6,7 +6,7 @@ lists, strings, numbers, None only)::
     format            "cert-landscape-checkpoint"       (marks the file as ours)
     format_version    1
     state_dict        the model's parameters and buffers
-    model             train.models.describe(...) dict: everything to rebuild the architecture
+    model             train.models.model_description(...) dict: everything to rebuild the architecture
     config            the run's TrainConfig.to_dict() (JSON-able)
     epoch, step       epochs and optimiser steps completed
     optimizer         optimizer.state_dict() or None
@@ -24,7 +24,6 @@ Every failure to load is a :class:`CheckpointError` (a ``ValueError``) naming th
 from __future__ import annotations
 
 import datetime as _dt
-import importlib.metadata
 import json
 import os
 import pickle
@@ -36,6 +35,8 @@ from typing import Any, Mapping
 
 import torch
 from torch import nn
+
+from bounds import names
 
 FORMAT = "cert-landscape-checkpoint"
 FORMAT_VERSION = 1
@@ -49,17 +50,9 @@ class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
     """The checkpoint file does not exist."""
 
 
-def toolkit_version() -> str:
-    """Installed version of the toolkit (``"unknown"`` when not installed)."""
-    try:
-        return importlib.metadata.version("cert-landscape")
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"
-
-
 def versions() -> dict[str, str]:
     """``{"toolkit", "torch", "python"}`` version strings."""
-    return {"toolkit": toolkit_version(), "torch": str(torch.__version__), "python": platform.python_version()}
+    return {"toolkit": names.VERSION, "torch": str(torch.__version__), "python": platform.python_version()}
 
 
 def capture_rng() -> dict[str, Any]:
@@ -191,7 +184,7 @@ def load_state(model: nn.Module, state_dict: Mapping[str, torch.Tensor], where: 
 
 
 def build_from_description(desc: Mapping[str, Any]) -> nn.Module:
-    """Rebuild a model from a ``train.models.describe`` dict."""
+    """Rebuild a model from a ``train.models.model_description`` dict."""
     from train import models
 
     try:

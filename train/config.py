@@ -21,11 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-#: Training methods. ``natural`` is clean training; ``tightest`` is the method of Lee et al.
-#: (2021): CROWN-IBP intermediate bounds, beta = 1, tightest lower slopes.
-TRAIN_METHODS = ("natural", "ibp", "crown-ibp", "crown", "cap", "tightest")
-#: Lower-slope policies of the bound engine (kept here so validation needs no engine import).
-SLOPES = ("adaptive", "zero", "one", "same-slope", "uniform", "binary", "optimized", "tightest")
+from bounds import names
+
 RAMPS = ("linear", "smooth")
 OPTIMIZERS = ("adam", "sgd")
 DEVICES_PREFIX = ("cpu", "cuda", "mps")
@@ -34,15 +31,6 @@ DEVICES_PREFIX = ("cpu", "cuda", "mps")
 NON_IDENTITY_FIELDS = frozenset(
     {"epochs", "device", "data_dir", "record_every", "grad_every", "probe_every", "eval_size"}
 )
-
-
-def default_slope(method: str) -> str:
-    """The lower-slope policy a method uses when none is given.
-
-    ``cap`` -> ``same-slope`` (Wong & Kolter's relaxation), ``tightest`` -> ``tightest``,
-    every other method -> ``adaptive`` (CROWN's default; ignored by ``ibp`` and ``natural``).
-    """
-    return {"cap": "same-slope", "tightest": "tightest"}.get(method, "adaptive")
 
 
 @dataclass
@@ -55,8 +43,8 @@ class TrainConfig:
     Attributes (units in brackets):
         dataset, model: names in ``train.data.DATASETS`` and ``train.models.MODELS``.
         model_options: keyword options of ``train.models.build_model`` (e.g. ``widths``).
-        method: one of :data:`TRAIN_METHODS`.
-        slope: lower-slope policy (:data:`SLOPES`); ``None`` -> :func:`default_slope`.
+        method: a key of :data:`bounds.names.TRAIN_METHODS`.
+        slope: lower-slope policy (:data:`bounds.names.SLOPES`); ``None``: the method's own.
         eps: final training radius eps_train (L-inf, in input units, before normalisation).
         eps_start_epoch, eps_ramp_epochs [epochs]: the ramp window of eps, beta and kappa.
         eps_schedule: ``linear`` or ``smooth`` (see :mod:`train.schedules`).
@@ -67,7 +55,7 @@ class TrainConfig:
         lr_milestones [epochs], lr_decay: lr is multiplied by ``lr_decay`` at each milestone.
         grad_clip: max global L2 norm of the gradient (0 = no clipping).
         seed: seeds model init, data order and random slopes.
-        fused_loss: use the fused certified cross-entropy bound (DESIGN 3.1).
+        fused_loss: use the fused certified cross-entropy bound (``docs/fused-loss.md``).
         train_size, test_size: optional subset sizes; data_dir: dataset directory.
         device: ``cpu``, ``cuda`` or ``cuda:N``.
         record_every [steps]: how often recorded scalars are handed to the sink.
@@ -122,11 +110,10 @@ class TrainConfig:
     # ------------------------------------------------------------------ validation
     def validate(self) -> None:
         """Raise ``ValueError`` with one clear sentence for the first bad value."""
-        _choice("method", self.method, TRAIN_METHODS)
+        _choice("method", self.method, tuple(names.TRAIN_METHODS))
         if self.slope is not None:
-            _choice("slope", self.slope, SLOPES)
-        if self.method == "tightest" and self.slope not in (None, "tightest"):
-            raise ValueError(f"method 'tightest' fixes the slope to 'tightest', got slope {self.slope!r}")
+            _choice("slope", self.slope, tuple(names.SLOPES))
+        names.resolve_method(self.method, self.slope, 1.0)  # a slope the method does not allow
         for name in ("dataset", "model"):
             if not isinstance(getattr(self, name), str) or not getattr(self, name):
                 raise ValueError(f"{name} must be a non-empty name, got {getattr(self, name)!r}")
@@ -165,16 +152,9 @@ class TrainConfig:
 
     # ------------------------------------------------------------------ derived values
     @property
-    def bound_method(self) -> str | None:
-        """The bound engine's method for this training method (``None`` for natural)."""
-        if self.method == "natural":
-            return None
-        return "crown-ibp" if self.method == "tightest" else self.method
-
-    @property
     def resolved_slope(self) -> str:
         """The lower-slope policy actually used."""
-        return self.slope if self.slope is not None else default_slope(self.method)
+        return names.resolve_method(self.method, self.slope, 1.0)[1]
 
     # ------------------------------------------------------------------ conversion
     def to_dict(self) -> dict[str, Any]:

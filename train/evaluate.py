@@ -21,9 +21,8 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
+from bounds.names import BOUND_METHODS, CERTIFY_METHODS
 from train.attacks import pgd_attack
-
-EVAL_METHODS = ("ibp", "crown-ibp", "crown", "cap")
 
 
 def metric_key(method: str) -> str:
@@ -56,7 +55,7 @@ def evaluate(
     x: torch.Tensor,
     y: torch.Tensor,
     eps: float,
-    methods: Sequence[str] = ("ibp", "crown-ibp", "crown"),
+    methods: Sequence[str] = CERTIFY_METHODS,
     pgd_steps: int = 20,
     pgd_restarts: int = 1,
     batch_size: int = 256,
@@ -71,7 +70,7 @@ def evaluate(
         model: classifier (``nn.Sequential`` the bound engine accepts).
         x, y: ``[N, *shape]`` inputs in ``domain`` and ``[N]`` labels.
         eps: L-inf radius >= 0 (input units).
-        methods: bound methods to verify with (subset of :data:`EVAL_METHODS`); may be empty.
+        methods: bound methods to verify with (keys of :data:`bounds.names.BOUND_METHODS`); may be empty.
             CROWN on larger convolutional nets is slow: leave it out there.
         pgd_steps, pgd_restarts: attack strength (``pgd_steps = 0`` skips the attack).
         batch_size: samples per batch.
@@ -88,8 +87,8 @@ def evaluate(
         raise ValueError(f"eps must be a finite number >= 0, got {eps}")
     methods = list(methods)
     for m in methods:
-        if m not in EVAL_METHODS:
-            raise ValueError(f"unknown verification method {m!r}; choose from {', '.join(EVAL_METHODS)}")
+        if m not in BOUND_METHODS:
+            raise ValueError(f"unknown verification method {m!r}; choose from {', '.join(BOUND_METHODS)}")
     if len(x) != len(y) or len(x) == 0:
         raise ValueError(f"evaluate needs as many labels as inputs (and at least one), got {len(x)} and {len(y)}")
     if batch_size < 1:
@@ -114,7 +113,7 @@ def evaluate(
             else:
                 wrong_pgd[s : s + len(xb)] = clean_wrong.cpu()
             for m in methods:
-                ok = verified_mask(model, xb, yb, eps, m, slope="same-slope" if m == "cap" else slope, domain=domain)
+                ok = verified_mask(model, xb, yb, eps, m, slope=BOUND_METHODS[m] or slope, domain=domain)
                 verified[m][s : s + len(xb)] = (ok & ~clean_wrong).cpu()
             if bar is not None:
                 bar.update(len(xb))

@@ -1,9 +1,9 @@
-"""The training loop, its callback protocol and the built-in per-step recorder.
+"""The training loop.
 
 One step at global step ``s`` (0-based) on mini-batch ``(x, y)``::
 
     eps, beta, kappa, lr = schedule(s)
-    L = kappa * CE(f(x), y) + (1 - kappa) * robust_CE(x, y; eps, beta)     (train.losses)
+    L = kappa * CE(f(x), y) + (1 - kappa) * robust_CE(x, y; eps, beta)     (train.objective)
     L.backward()
     grad_norm = ||grad L||_2                       (raw gradient, before clipping)
     callback.on_step(ctx) for every callback       (params and grads as at the gradient)
@@ -15,8 +15,9 @@ policies draw from a generator seeded from ``(seed, s)``, so ``ctx.loss_fn(model
 step's loss exactly. No numpy or Python global random state is used. Resuming from an
 epoch checkpoint therefore gives bit-identical weights on CPU.
 
-Callbacks are how other modules (``landscape.probes``) watch training without ``train``
-importing them; per-step scalars leave through a ``sink(group, rows)`` for the same reason.
+Callbacks (:mod:`train.callbacks`) are how other modules (``landscape.probes``) watch training
+without ``train`` importing them; per-step scalars leave through a ``sink(group, rows)``
+(:mod:`train.recorder`) for the same reason.
 """
 
 from __future__ import annotations
@@ -26,160 +27,17 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Protocol, runtime_checkable
+from typing import Any, Callable, Iterable, Mapping
 
-import numpy as np
 import torch
 from torch import nn
 
+from train.callbacks import Callback, StepContext, call
 from train.checkpoint import capture_rng, load_checkpoint, load_state, restore_rng, save_checkpoint
 from train.config import TrainConfig
-from train.losses import certified_loss
+from train.objective import BoundSetup, certified_loss
+from train.recorder import ScalarRecorder, Sink, flat_grad
 from train.schedules import Schedule
-
-#: ``sink(group, rows)``: receives columns (name -> array, rows along axis 0) of a group
-#: (``"steps"``, ``"epochs"``, ``"grads"``); e.g. ``partial(landscape.store.append_rows, path)``.
-Sink = Callable[[str, dict[str, np.ndarray]], None]
-
-
-@dataclass
-class StepContext:
-    """Everything needed to analyse one training step (passed to ``Callback.on_step``).
-
-    ``loss_fn(m)`` is the certified loss of this step (same batch, eps, beta, kappa, method and
-    random slopes) evaluated at module ``m``: ``loss_fn(model)`` equals ``loss``.
-    ``final_loss_fn(m)`` is the same at the end of the schedules (eps = eps_train,
-    beta = beta_end, kappa = kappa_end): the paper code's ``loss_max``.
-    """
-
-    model: nn.Module
-    x: torch.Tensor
-    y: torch.Tensor
-    step: int
-    epoch: int
-    eps: float
-    beta: float
-    kappa: float
-    lr: float
-    loss: float
-    stats: dict[str, float]
-    loss_fn: Callable[[nn.Module], torch.Tensor]
-    final_loss_fn: Callable[[nn.Module], torch.Tensor]
-    method: str
-    slope: str
-    optimizer: torch.optim.Optimizer
-    config: TrainConfig
-    wall_time: float = 0.0
-    grad_norm: float = float("nan")
-
-
-@runtime_checkable
-class Callback(Protocol):
-    """Training observer. ``on_step`` runs after ``backward`` and before ``optimizer.step``:
-    parameters are those the gradient was taken at and ``p.grad`` holds the raw (unclipped)
-    gradient. Callbacks must leave parameters and gradients as they found them.
-    ``epoch`` is always the 0-based epoch index (``ctx.epoch`` too); ``on_epoch_end(e, ...)`` runs
-    after ``checkpoint_epoch{e+1}.pt`` is written."""
-
-    def on_step(self, ctx: StepContext) -> None: ...
-
-    def on_epoch_end(self, epoch: int, model: nn.Module, metrics: dict) -> None: ...
-
-    def on_train_end(self, model: nn.Module, metrics: dict) -> None: ...
-
-
-class BaseCallback:
-    """A callback that does nothing; subclass and override what you need."""
-
-    def on_step(self, ctx: StepContext) -> None:
-        pass
-
-    def on_epoch_end(self, epoch: int, model: nn.Module, metrics: dict) -> None:
-        pass
-
-    def on_train_end(self, model: nn.Module, metrics: dict) -> None:
-        pass
-
-
-def flat_grad(model: nn.Module) -> torch.Tensor:
-    """All parameter gradients concatenated in ``parameters()`` order (zeros where None)."""
-    parts = [(p.grad if p.grad is not None else torch.zeros_like(p)).detach().reshape(-1) for p in model.parameters()]
-    return torch.cat(parts) if parts else torch.zeros(0)
-
-
-class ScalarRecorder(BaseCallback):
-    """Records per-step scalars and hands them to ``sink`` in batches.
-
-    Group ``"steps"`` gets, per step: ``step``, ``epoch`` (0-based index; int64) and float32 ``loss``,
-    ``robust_ce``, ``clean_err``, ``robust_err``, ``grad_norm``, ``eps``, ``beta``, ``kappa``,
-    ``lr``, ``wall_time`` (training seconds) and ``unstable_frac_l{i}``; handed over every
-    ``every`` steps and at each epoch end / the end of training. Group ``"epochs"`` gets one
-    row per epoch (``epoch``, the same 0-based index, plus the epoch metrics: ``train_loss``,
-    ``train_robust_ce``, ``train_clean_err``, ``train_robust_err`` (sample averages over the
-    epoch), ``step`` (steps done), ``eps``, ``lr``, ``epoch_seconds``, ``test_clean_err``,
-    ``test_verified_err_ibp`` [, ``test_verified_err_crown_ibp``], ``wall_time``). With ``grad_every = N > 0`` group
-    ``"grads"`` gets ``step`` and ``grad`` (float16 flattened raw gradient) every N steps.
-    Every row is also kept in memory: :meth:`table` returns them as columns.
-    """
-
-    def __init__(self, sink: Sink | None = None, every: int = 50, grad_every: int = 0) -> None:
-        if every < 1 or grad_every < 0:
-            raise ValueError(f"ScalarRecorder needs every >= 1 and grad_every >= 0, got {every}, {grad_every}")
-        self.sink, self.every, self.grad_every = sink, every, grad_every
-        self.rows: list[dict[str, float]] = []
-        self._pending = 0
-        self._grads: list[tuple[int, np.ndarray]] = []
-
-    def on_step(self, ctx: StepContext) -> None:
-        row: dict[str, float] = {"step": ctx.step, "epoch": ctx.epoch, "loss": ctx.loss,
-                                 "robust_ce": ctx.stats.get("robust_ce", float("nan")),
-                                 "clean_err": ctx.stats.get("clean_err", float("nan")),
-                                 "robust_err": ctx.stats.get("robust_err", float("nan")),
-                                 "grad_norm": ctx.grad_norm, "eps": ctx.eps, "beta": ctx.beta,
-                                 "kappa": ctx.kappa, "lr": ctx.lr, "wall_time": ctx.wall_time}
-        row.update({k: v for k, v in ctx.stats.items() if k.startswith("unstable_frac_l")})
-        self.rows.append(row)
-        self._pending += 1
-        if self.grad_every and ctx.step % self.grad_every == 0:
-            self._grads.append((ctx.step, flat_grad(ctx.model).cpu().to(torch.float16).numpy()))
-        if self._pending >= self.every:
-            self.flush()
-
-    def table(self, rows: list[dict[str, float]] | None = None) -> dict[str, np.ndarray]:
-        """Rows as columns (int64 ``step``/``epoch``, float32 others; NaN where a row lacks one)."""
-        rows = self.rows if rows is None else rows
-        names: list[str] = []
-        for r in rows:
-            names += [k for k in r if k not in names]
-        out: dict[str, np.ndarray] = {}
-        for k in names:
-            dtype = np.int64 if k in ("step", "epoch") else np.float32
-            out[k] = np.asarray([r.get(k, float("nan")) for r in rows], dtype=dtype)
-        return out
-
-    def flush(self) -> None:
-        """Hand pending step rows (and gradients) to the sink."""
-        if self.sink is not None and self._pending:
-            self.sink("steps", self.table(self.rows[-self._pending :]))
-        self._pending = 0
-        if self.sink is not None and self._grads:
-            self.sink("grads", {"step": np.asarray([s for s, _ in self._grads], dtype=np.int64),
-                                "grad": np.stack([g for _, g in self._grads])})
-        self._grads = []
-
-    def on_epoch_end(self, epoch: int, model: nn.Module, metrics: dict) -> None:
-        self.flush()
-        if self.sink is not None:
-            row = {"epoch": np.asarray([epoch], dtype=np.int64)}
-            for k, v in metrics.items():
-                if isinstance(v, bool) or not isinstance(v, (int, float)) or k == "epoch":
-                    continue
-                row[k] = np.asarray([v], dtype=np.int64 if isinstance(v, int) else np.float32)
-            self.sink("epochs", row)
-
-    def on_train_end(self, model: nn.Module, metrics: dict) -> None:
-        self.flush()
-
 
 @dataclass
 class TrainResult:
@@ -219,7 +77,7 @@ def build_for_config(config: TrainConfig, spec: Any) -> tuple[nn.Module, dict[st
               mean=tuple(spec.mean), std=tuple(spec.std), **config.model_options)
     torch.manual_seed(config.seed)
     model = models.build_model(config.model, **kw)
-    desc = models.describe(config.model, **kw)
+    desc = models.model_description(config.model, **kw)
     return model, desc
 
 
@@ -377,10 +235,11 @@ def train(
                         loss_fn=make_loss_fn(xb, yb, vals["eps"], vals["beta"], vals["kappa"], step_seed),
                         final_loss_fn=make_loss_fn(xb, yb, final_vals["eps"], final_vals["beta"],
                                                    final_vals["kappa"], step_seed),
-                        method=method, slope=slope, optimizer=optimizer, config=config,
+                        method=method, bound=BoundSetup.of(method, config.slope, vals["beta"], domain, spec.n_classes),
+                        optimizer=optimizer, config=config,
                         wall_time=wall_offset + time.perf_counter() - t0, grad_norm=grad_norm)
                     for cb in callbacks:
-                        _call(cb, "on_step", ctx)
+                        call(cb, "on_step", ctx)
                 if config.grad_clip > 0:
                     nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
                 optimizer.step()
@@ -403,7 +262,7 @@ def train(
             if out_path is not None:
                 save(out_path / f"checkpoint_epoch{epoch + 1}.pt", epoch + 1, metrics["wall_time"])
             for cb in callbacks:
-                _call(cb, "on_epoch_end", epoch, model, metrics)
+                call(cb, "on_epoch_end", epoch, model, metrics)
     finally:
         if bar is not None:
             bar.close()
@@ -411,7 +270,7 @@ def train(
     if out_path is not None:
         last_ckpt = save(out_path / "checkpoint.pt", max(start_epoch, config.epochs), wall)
     for cb in callbacks:
-        _call(cb, "on_train_end", model, metrics)
+        call(cb, "on_train_end", model, metrics)
     return TrainResult(model=model, config=config, metrics=metrics, history=history, epoch=len(history),
                        step=step, wall_time=wall, checkpoint=last_ckpt, recorder=recorder)
 
@@ -436,12 +295,6 @@ def _epoch_eval(model: nn.Module, data: Any, config: TrainConfig, domain: tuple[
     for m in methods:
         out["test_" + metric_key(m)] = res[metric_key(m)]
     return out
-
-
-def _call(cb: Any, name: str, *args: Any) -> None:
-    fn = getattr(cb, name, None)
-    if fn is not None:
-        fn(*args)
 
 
 def _progress_bar(total: int, initial: int, method: str, enabled: bool):

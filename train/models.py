@@ -1,10 +1,10 @@
 """Model zoo: plain ``nn.Sequential`` networks of Normalize, Conv2d, ReLU, Flatten and Linear.
 
 >>> from train.data import DATASETS
->>> from train.models import build_model, describe, build_from_description
+>>> from train.models import build_model, model_description, build_from_description
 >>> spec = DATASETS["digits"]
 >>> net = build_model("cnn-tiny", spec.input_shape, spec.n_classes, spec.mean, spec.std)
->>> d = describe("cnn-tiny", spec.input_shape, spec.n_classes, spec.mean, spec.std)
+>>> d = model_description("cnn-tiny", spec.input_shape, spec.n_classes, spec.mean, spec.std)
 >>> same_arch = build_from_description(d)        # JSON-able d goes into checkpoints
 
 Every network is ``Normalize(mean, std)`` followed by a *plan* of layers; the plan is turned into
@@ -63,14 +63,14 @@ __all__ = [
     "ModelSpec",
     "MODELS",
     "build_model",
-    "describe",
+    "model_description",
     "build_from_description",
     "output_shapes",
     "DESCRIPTION_VERSION",
 ]
 
 DESCRIPTION_VERSION = 1
-"""Version of the dict written by :func:`describe`; bumped if its layout ever changes."""
+"""Version of the dict written by :func:`model_description`; bumped if its layout ever changes."""
 
 
 class ModelError(ValueError):
@@ -261,7 +261,7 @@ def _validate_classes(name: str, n_classes: object) -> int:
 # --------------------------------------------------------------------------- public API
 
 
-def describe(
+def model_description(
     name: str,
     input_shape: Sequence[int],
     n_classes: int,
@@ -309,7 +309,7 @@ def build_model(
     docstring). Raises :class:`ModelError` for an unknown name or option, a bad value, a
     mean/std that does not match the channel count, or a shape the model cannot take.
     """
-    desc = describe(name, input_shape, n_classes, mean, std, **options)
+    desc = model_description(name, input_shape, n_classes, mean, std, **options)
     spec = MODELS[desc["name"]]
     opts = _options(spec, desc["options"])
     shape = tuple(desc["input_shape"])
@@ -332,7 +332,7 @@ def build_model(
 
 
 def build_from_description(d: Mapping[str, Any]) -> nn.Sequential:
-    """Rebuild the architecture recorded by :func:`describe` (weights come from a state dict)."""
+    """Rebuild the architecture recorded by :func:`model_description` (weights come from a state dict)."""
     if not isinstance(d, Mapping):
         raise ModelError(f"a model description must be a dict, got {type(d).__name__}")
     missing = [k for k in ("name", "input_shape", "n_classes", "mean", "std") if k not in d]

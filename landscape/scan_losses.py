@@ -2,15 +2,15 @@
 
 Kinds (x, y the fixed batch, f the network at the current parameters):
 
-- ``certified``: the training loss of :func:`train.losses.certified_loss`,
+- ``certified``: the training loss of :func:`train.objective.certified_loss`,
   L = kappa * CE(f(x), y) + (1 - kappa) * CE([0, -lb(x, eps)], 0), with lb the margin lower
   bounds of ``method`` (``natural``, ``ibp``, ``crown-ibp``, ``crown``, ``cap``, ``tightest``),
   ``slope`` and ``beta``; random slope policies get a freshly seeded generator on every call, so
   the same parameters always give the same loss;
 - ``clean``: CE(f(x), y);
 - ``pgd``: CE(f(x_adv), y), x_adv the last iterate of ``pgd_steps`` steps of L-inf PGD ascent
-  on the cross-entropy from a seeded uniform start, step size 2.5 eps / pgd_steps (the
-  adversarial-training loss of Madry et al.); x_adv is recomputed at every parameter point.
+  on the cross-entropy from a seeded uniform start (:func:`train.attacks.pgd_last_iterate`,
+  the adversarial-training loss of Madry et al.); x_adv is recomputed at every parameter point.
 
 A :class:`LossClosure` is called as ``loss_fn()`` or ``loss_fn(model)`` (the training callback
 protocol's ``Callable[[nn.Module], Tensor]``); it returns a scalar tensor with a gradient
@@ -27,9 +27,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["LOSS_KINDS", "LossSpec", "LossClosure", "make_loss", "select_samples", "pgd_margin", "pgd_loss_input"]
+from bounds.names import SCAN_LOSSES, resolve_method
+from train.attacks import pgd_last_iterate
+from train.objective import BoundSetup, certified_loss
 
-LOSS_KINDS = ("certified", "clean", "pgd")
+__all__ = ["LossSpec", "LossClosure", "make_loss", "select_samples"]
 
 
 @dataclass(frozen=True)
@@ -48,17 +50,10 @@ class LossSpec:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.kind not in LOSS_KINDS:
-            raise ValueError(f"unknown loss kind {self.kind!r}; choose one of {', '.join(LOSS_KINDS)}")
+        if self.kind != "certified" and self.kind not in SCAN_LOSSES:
+            raise ValueError(f"unknown loss kind {self.kind!r}; choose one of certified, {', '.join(SCAN_LOSSES)}")
         if self.kind == "certified":
-            from train.losses import resolve_method
-
-            resolve_method(self.method, self.slope, self.beta)  # validates method / slope
-            if self.slope is not None:
-                from train.config import SLOPES
-
-                if self.slope not in SLOPES:
-                    raise ValueError(f"unknown slope {self.slope!r}; choose one of {', '.join(SLOPES)}")
+            resolve_method(self.method, self.slope, self.beta)  # validates method and slope
         for name, value, lo, hi in (("eps", self.eps, 0.0, math.inf), ("beta", self.beta, 0.0, 1.0),
                                     ("kappa", self.kappa, 0.0, 1.0)):
             if not isinstance(value, (int, float)) or not math.isfinite(value) or not lo <= value <= hi:
@@ -116,9 +111,8 @@ class LossClosure:
         if s.kind == "clean":
             return F.cross_entropy(model(self.x), self.y)
         if s.kind == "pgd":
-            x_adv = pgd_loss_input(model, self.x, self.y, s.eps, s.pgd_steps, s.domain, self._generator())
+            x_adv = pgd_last_iterate(model, self.x, self.y, s.eps, s.pgd_steps, s.domain, self._generator())
             return F.cross_entropy(model(x_adv), self.y)
-        from train.losses import certified_loss
 
         loss, stats = certified_loss(
             model, self.x, self.y, s.eps, method=s.method, slope=s.slope, beta=s.beta, kappa=s.kappa,
@@ -127,31 +121,25 @@ class LossClosure:
         self.last_stats = stats
         return loss
 
-    def bound_setup(self) -> tuple[str, str, float] | None:
-        """``(bound method, slope, beta)`` of a certified loss with a bound method, else None."""
+    def bound_setup(self, model: nn.Module | None = None) -> BoundSetup | None:
+        """The bound of a certified loss (None for the clean and PGD losses)."""
         if self.spec.kind != "certified":
             return None
-        from train.losses import resolve_method
-
-        method, slope, beta = resolve_method(self.spec.method, self.spec.slope, self.spec.beta)
-        return None if method is None else (method, slope, beta)
-
-    def lower_A(self, model: nn.Module | None = None) -> Tensor | None:
-        """The lower bound's input coefficients ``BoundResult.lower_A`` ``[B, S, *input_shape]``
-        of this loss's bound on the margins at the current parameters (None for IBP, natural,
-        clean and PGD losses)."""
-        setup = self.bound_setup()
-        if setup is None or setup[0] == "ibp":
-            return None
-        from bounds import compute_bounds, margin_spec
-
         model = self.model if model is None else model
         with torch.no_grad():
             n_classes = int(model(self.x[:1]).shape[-1])
-            C = margin_spec(self.y, n_classes).to(self.x.dtype)
-            res = compute_bounds(model, self.x, self.spec.eps, method=setup[0], slope=setup[1], C=C, beta=setup[2],
-                                 domain=tuple(self.spec.domain), y=self.y, generator=self._generator())
-        return None if res.lower_A is None else res.lower_A.detach()
+        return BoundSetup.of(self.spec.method, self.spec.slope, self.spec.beta, self.spec.domain, n_classes)
+
+    def lower_A(self, model: nn.Module | None = None) -> Tensor | None:
+        """The lower bound's input coefficients (:func:`landscape.metrics.lower_coefficients`) of
+        this loss's bound at the model's current parameters (None without a linear bound)."""
+        from landscape.metrics import lower_coefficients
+
+        model = self.model if model is None else model
+        setup = self.bound_setup(model)
+        if setup is None:
+            return None
+        return lower_coefficients(model, self.x, self.y, self.spec.eps, setup, self._generator())
 
     def functional(self, params: dict[str, Tensor]) -> Tensor:
         """The loss with the parameters replaced by ``params`` (names of ``named_parameters``)."""
@@ -206,64 +194,3 @@ def select_samples(data: Any, n: int, split: str = "train", seed: int = 0) -> tu
     idx = torch.randperm(x.shape[0], generator=gen)[: int(n)]
     idx, _ = idx.sort()
     return x[idx], y[idx]
-
-
-def pgd_loss_input(
-    model: nn.Module,
-    x: Tensor,
-    y: Tensor,
-    eps: float,
-    steps: int,
-    domain: Sequence[float] | None = (0.0, 1.0),
-    generator: torch.Generator | None = None,
-) -> Tensor:
-    """The last iterate of L-inf PGD ascent on CE(f(x'), y) (detached; no parameter grads).
-
-    x' <- clip(x' + a * sign(grad_x' CE), ball ∩ domain), a = 2.5 eps / steps, from a
-    uniform start in the ball.
-    """
-    x = x.detach()
-    if eps == 0:
-        return x
-    lo, hi = x - eps, x + eps
-    if domain is not None:
-        lo, hi = lo.clamp(min=domain[0]), hi.clamp(max=domain[1])
-    u = torch.rand(x.shape, generator=generator, dtype=x.dtype).to(x.device)  # CPU stream on any device
-    cur = lo + u * (hi - lo)
-    alpha = 2.5 * eps / steps
-    params = [p for p in model.parameters()]
-    req = [p.requires_grad for p in params]
-    try:
-        for p in params:
-            p.requires_grad_(False)
-        for _ in range(steps):
-            cur = cur.detach().requires_grad_(True)
-            with torch.enable_grad():
-                loss = F.cross_entropy(model(cur), y)
-                (g,) = torch.autograd.grad(loss, cur)
-            cur = torch.max(torch.min(cur.detach() + alpha * g.sign(), hi), lo)
-    finally:
-        for p, r in zip(params, req):
-            p.requires_grad_(r)
-    return cur.detach()
-
-
-def pgd_margin(
-    model: nn.Module,
-    x: Tensor,
-    y: Tensor,
-    eps: float,
-    steps: int = 20,
-    restarts: int = 1,
-    domain: Sequence[float] | None = (0.0, 1.0),
-    seed: int = 0,
-) -> Tensor:
-    """Per-sample smallest margin min_{j != y} (f_y - f_j)(x_adv) found by the margin PGD
-    attack of :func:`train.attacks.pgd_attack` (an upper bound on the true worst margin)."""
-    from train.attacks import margin_objective, pgd_attack
-
-    gen = torch.Generator().manual_seed(int(seed))  # pgd_attack draws its starts on the CPU
-    x_adv, _ = pgd_attack(model, x, y, eps, steps=steps, restarts=restarts, objective="margin",
-                          domain=None if domain is None else tuple(domain), generator=gen)
-    with torch.no_grad():
-        return -margin_objective(model(x_adv), y)

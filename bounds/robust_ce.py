@@ -1,9 +1,9 @@
-"""``robust_cross_entropy``: the certified training loss, an upper bound of the worst-case
+"""``robust_cross_entropy``: the certified loss, an upper bound of the worst-case
 cross-entropy over the ball.
 
-Unfused: ``CE([0, -lower], target 0) = logsumexp([0, -lower_1, ..., -lower_{n-1}])`` per sample,
-with ``lower`` the margin lower bounds (``C = margin_spec(y)``); since
-``f_j - f_y <= -lower_j`` for every ``x'``, this bounds ``CE(f(x'), y)``.
+Unfused: :func:`bounds.spec.margin_ce` of the margin lower bounds (``C = margin_spec(y)``),
+``CE([0, -lower], 0) = log(1 + sum_j exp(-lower_j))`` per sample; since ``f_j - f_y <= -lower_j``
+for every ``x'``, this bounds ``CE(f(x'), y)``.
 Fused (``fused=True``): :func:`bounds.fused.fused_loss` (one backward row per sample).
 """
 
@@ -14,10 +14,10 @@ from typing import Any, Optional, Sequence, Union
 import torch
 from torch import nn
 
-from bounds.compute import bounds_from, margin_ce
+from bounds.compute import bounds_from
 from bounds.fused import fused_loss
-from bounds.network import describe
-from bounds.spec import check_beta, check_domain, check_eps, check_method_slope, check_opt, check_x, margin_spec
+from bounds.network import layer_ops
+from bounds.spec import check_beta, check_domain, check_eps, check_method_slope, check_opt, check_x, margin_ce, margin_spec
 
 REDUCTIONS = ("mean", "sum", "none")
 
@@ -52,7 +52,7 @@ def robust_cross_entropy(
     if unknown:
         raise ValueError(f"unexpected keyword argument(s) {sorted(unknown)} for robust_cross_entropy")
     opt_steps, opt_lr = check_opt(kw.get("opt_steps", 20), kw.get("opt_lr", 0.1))
-    ops = describe(model, tuple(x.shape[1:]), x.dtype, x.device)
+    ops = layer_ops(model, tuple(x.shape[1:]), x.dtype, x.device)
     n = ops[-1].out_shape[0]
     if not isinstance(y, torch.Tensor) or y.shape != (x.shape[0],):
         raise ValueError(f"y must be a tensor of {x.shape[0]} labels, got {getattr(y, 'shape', type(y))}")

@@ -1,0 +1,195 @@
+"""Every name the toolkit knows, in one table that every layer imports.
+
+Bound methods, lower-slope policies, training methods (and how each maps to a bound method,
+slope and beta), scan kinds, the labels a scan or a figure can carry, result-file kinds,
+reproduction profiles and the toolkit's version are written down here once. The module
+imports nothing but the standard library, so the command line can list choices and
+``figures`` can name methods without loading torch. It lives in ``bounds`` because that is
+the one package every other layer may import (``bounds`` <- ``train`` <- ``landscape``;
+``figures`` reads only the store and this table); ``bounds/__init__.py`` loads its torch
+modules lazily so that ``import bounds.names`` stays light.
+
+Adding a lower-slope policy: write its function in :mod:`bounds.relaxations`, add it to that
+module's ``POLICIES`` table and put its name and a one-line description in :data:`SLOPES`
+below; every layer (config, command line, scans, the bound tests) picks it up from here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+VERSION = "0.1.0"
+"""The toolkit's version (``setup.cfg`` reads it from here)."""
+
+# ----------------------------------------------------------------------------- the bound engine
+
+BOUND_METHODS: dict[str, Optional[str]] = {
+    "ibp": None,
+    "crown-ibp": None,
+    "crown": None,
+    "cap": "same-slope",
+}
+"""Methods of :func:`bounds.compute_bounds`, each with the one slope policy it is tied to
+(None: any policy). Also the verification methods of ``landscape certify``."""
+
+CERTIFY_METHODS: tuple[str, ...] = ("ibp", "crown-ibp", "crown")
+"""The bound methods a certification uses by default (a sample is verified if one of them
+verifies it)."""
+
+SLOPES: dict[str, str] = {
+    "adaptive": "a = 1 if u >= -l else 0 (CROWN's choice, the lower line of smaller area)",
+    "zero": "a = 0",
+    "one": "a = 1",
+    "same-slope": "a = u / (u - l), parallel to the upper line (Fast-Lin / CAP)",
+    "uniform": "a ~ U[0, 1] per neuron and sample",
+    "binary": "a ~ Bernoulli(1/2) per neuron and sample",
+    "optimized": "a optimised by projected Adam on the bound (alpha-CROWN style)",
+    "tightest": "from a random start, a = 1 where the loss falls with a, 0 where it rises (Lee et al. 2021)",
+}
+"""Lower-slope policies ``a`` of ``relu(z) >= a z`` on unstable neurons (name -> rule); the keys
+equal those of ``bounds.relaxations.POLICIES``, in the same order."""
+
+SEARCHED_SLOPES: tuple[str, ...] = ("optimized", "tightest")
+"""Policies whose slopes are searched for each bound (:mod:`bounds.slope_search`)."""
+
+FIXED_SLOPES: tuple[str, ...] = ("adaptive", "zero", "one", "same-slope")
+"""Policies whose slopes are a function of the pre-activation bounds alone (no search, no
+random draw): the relaxations the paper's relaxed-gradient analysis compares."""
+
+DEFAULT_SLOPE = "adaptive"
+
+
+def bound_slope(method: str, slope: Optional[str]) -> str:
+    """Validate a bound method and slope policy; returns the policy to use (the method's own
+    one, or ``adaptive``, when ``slope`` is None). ValueError names the bad value."""
+    if method not in BOUND_METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(BOUND_METHODS)}")
+    tied = BOUND_METHODS[method]
+    if slope is None:
+        return tied or DEFAULT_SLOPE
+    if slope not in SLOPES:
+        raise ValueError(f"unknown slope {slope!r}; choose one of {', '.join(SLOPES)}")
+    if tied is not None and slope != tied:
+        raise ValueError(f"method {method!r} uses the {tied} relaxation only, got slope {slope!r}")
+    return slope
+
+
+# ----------------------------------------------------------------------------- training methods
+
+
+@dataclass(frozen=True)
+class TrainMethod:
+    """A training method: the bound it minimises. ``bound`` is a :data:`BOUND_METHODS` key
+    (None: natural training); ``slope`` the policy it is tied to (None: any, default
+    ``adaptive``); ``beta`` a CROWN-IBP mixing weight it fixes (None: the schedule's)."""
+
+    name: str
+    bound: Optional[str]
+    slope: Optional[str] = None
+    beta: Optional[float] = None
+    summary: str = ""
+
+
+TRAIN_METHODS: dict[str, TrainMethod] = {
+    m.name: m
+    for m in (
+        TrainMethod("natural", None, summary="clean cross-entropy, no bound"),
+        TrainMethod("ibp", "ibp", summary="interval bound propagation (Gowal et al. 2018)"),
+        TrainMethod("crown-ibp", "crown-ibp", summary="IBP intermediate bounds, one CROWN pass (Zhang et al. 2020)"),
+        TrainMethod("crown", "crown", summary="CROWN bounds for every layer"),
+        TrainMethod("cap", "cap", "same-slope", summary="the convex adversarial polytope's same-slope relaxation"),
+        TrainMethod("tightest", "crown-ibp", "tightest", 1.0,
+                    summary="CROWN-IBP with the tightest lower slopes, beta = 1 (Lee et al. 2021)"),
+    )
+}
+"""Training methods, by name."""
+
+
+def resolve_method(method: str, slope: Optional[str], beta: float) -> tuple[Optional[str], str, float]:
+    """A training method's ``(bound method, slope policy, beta)``; the bound method is None for
+    ``natural``. ``slope`` None means the method's own policy (else ``adaptive``). ValueError
+    for an unknown method or slope, or a slope the method does not allow."""
+    if method not in TRAIN_METHODS:
+        raise ValueError(f"unknown training method {method!r}; choose one of {', '.join(TRAIN_METHODS)}")
+    info = TRAIN_METHODS[method]
+    if slope is not None and slope not in SLOPES:
+        raise ValueError(f"unknown slope {slope!r}; choose one of {', '.join(SLOPES)}")
+    if info.slope is not None and slope not in (None, info.slope):
+        raise ValueError(f"method {method!r} fixes the slope to {info.slope!r}, got slope {slope!r}")
+    used = slope if slope is not None else (info.slope or DEFAULT_SLOPE)
+    return info.bound, used, float(beta if info.beta is None else info.beta)
+
+
+def default_slope(method: str) -> str:
+    """The lower-slope policy a training method uses when none is given."""
+    return resolve_method(method, None, 1.0)[1]
+
+
+PAPER_METHODS: tuple[str, ...] = ("ibp", "crown-ibp", "cap", "tightest")
+"""The methods Lee et al. (2021) compare, which ``landscape reproduce`` trains."""
+
+PROFILES: dict[str, tuple[str, ...]] = {
+    "quick": ("digits", "fashion-mnist"),
+    "paper": ("mnist", "cifar10"),
+    "tiny": ("digits",),
+}
+"""Profiles of ``landscape reproduce``, each with the datasets it can run on (the first is its
+default where the profile does not choose by itself)."""
+
+# ----------------------------------------------------------------------------- scans and results
+
+@dataclass(frozen=True)
+class ScanKind:
+    """A kind of scan: what it moves along (``summary``), its grid's default number of points
+    per axis and coefficient range (None: not a range), what its axis means in a figure, and
+    its number of grid axes."""
+
+    summary: str
+    points: int
+    range: Optional[tuple[float, float]]
+    axis: str
+    dims: int = 1
+
+
+SCAN_KINDS: dict[str, ScanKind] = {
+    "gradient": ScanKind("theta_t = theta - t lr grad L at t in {0, 1} and log-spaced t", 10, None,
+                         "step size t along −∇L (× learning rate)"),
+    "random-1d": ScanKind("theta + x d along one normalised random direction", 21, (-1.0, 1.0),
+                          "distance along the random direction (× direction)"),
+    "random-2d": ScanKind("theta + x d_x + y d_y on a grid of two random directions", 21, (-1.0, 1.0),
+                          "coefficients of the two random directions", dims=2),
+    "interpolate": ScanKind("theta_1 + alpha (theta_2 - theta_1) between two checkpoints", 41, (-0.5, 1.5),
+                            "interpolation α (0 = first checkpoint, 1 = second)"),
+}
+"""What ``landscape scan --kind`` can scan."""
+
+DIRECTION_NORMS: tuple[str, ...] = ("filter", "layer", "none")
+"""How a random direction is scaled (Li et al. 2018): per filter, per layer, or not at all."""
+
+SCAN_LOSSES: tuple[str, ...] = ("clean", "pgd")
+"""Losses a scan can look at besides the certified loss of a training method."""
+
+FILE_KINDS: tuple[str, ...] = (*SCAN_KINDS, "train", "certify")
+"""The ``kind`` root attribute of every result file the toolkit writes."""
+
+
+@dataclass(frozen=True)
+class Label:
+    """How figures and tables show a method or scanned loss: display name and colour."""
+
+    display: str
+    colour: str
+
+
+LABELS: dict[str, Label] = {
+    "natural": Label("Natural", "#7f7f7f"),
+    "clean": Label("Clean", "#7f7f7f"),
+    "pgd": Label("PGD", "#8c564b"),
+    "ibp": Label("IBP", "#1f77b4"),
+    "crown-ibp": Label("CROWN-IBP", "#ff7f0e"),
+    "crown": Label("CROWN", "#9467bd"),
+    "cap": Label("CAP", "#2ca02c"),
+    "tightest": Label("Tightest (ours)", "#d62728"),
+}
+"""Every label a figure can carry, in the order legends and tables list them."""

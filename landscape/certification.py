@@ -1,0 +1,50 @@
+"""Certification files: clean, PGD and verified error of a model at several eps, and how tight
+its own bound is, written as one ``kind = "certify"`` file (layout in ``docs/schema.md``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from landscape import store
+from landscape.provenance import provenance
+
+__all__ = ["certify_rows", "write_certify_file"]
+
+
+def certify_rows(model: Any, x: Any, y: Any, eps_list: Sequence[float], methods: Sequence[str], pgd_steps: int,
+                 domain: Sequence[float], label: str) -> dict[str, list]:
+    """One row per eps of :func:`train.evaluate.evaluate` (clean / PGD / verified error, per bound
+    method and their union), as columns; ``method`` holds ``label`` on every row."""
+    from train.evaluate import evaluate, metric_key
+
+    rows: dict[str, list] = {"method": [], "eps": [], "clean_err": [], "pgd_err": [], "verified_err": []}
+    for m in methods:
+        rows[metric_key(m)] = []
+    for eps in eps_list:
+        res = evaluate(model, x, y, eps, methods=methods, pgd_steps=pgd_steps, domain=tuple(domain), progress=False)
+        rows["method"].append(label)
+        rows["eps"].append(float(eps))
+        for k in rows:
+            if k not in ("method", "eps"):
+                rows[k].append(float(res[k]))
+    return rows
+
+
+def write_certify_file(path: str | Path, rows: Mapping[str, Sequence[Any]], attrs: Mapping[str, Any]) -> Path:
+    """Write ``rows`` (columns of equal length; ``method`` as strings, the rest float32) and the
+    root ``attrs`` to ``path`` as a complete certify file. It is built beside ``path`` and moved
+    into place at the end, so ``path`` is either absent, the old file, or the whole new one."""
+    out = Path(path)
+    tmp = out.with_suffix(".partial.h5")
+    tmp.unlink(missing_ok=True)
+    cols = {k: np.asarray(v, dtype=np.float32) for k, v in rows.items() if k != "method"}
+    if "method" in rows:
+        cols["method"] = np.asarray(rows["method"], dtype=object)
+    store.write_attrs(str(tmp), {"kind": "certify", **provenance(), **dict(attrs), "complete": False})
+    store.append_rows(str(tmp), "results", cols)
+    store.write_attrs(str(tmp), {"complete": True})
+    tmp.replace(out)
+    return out

@@ -1,0 +1,111 @@
+"""``landscape reproduce``: the paper's analysis end to end.
+
+For each method Lee et al. (2021) compare - IBP, CROWN-IBP with beta = 1, CAP and the
+tightest-slope method - and each setting of a profile it trains with probes, certifies, scans
+(:mod:`landscape.reproduce.steps`), draws every figure and table with
+:func:`figures.dispatch.plot_records` (``figures/<setting>/``) and writes ``summary.json`` /
+``summary.md`` (:mod:`landscape.reproduce.summary`). The plan (:mod:`landscape.reproduce.plan`)
+is fixed before any work starts; every step resumes.
+
+This package is a composition root: it is one of the places allowed to wire train,
+landscape and figures together (figures lazily).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from landscape.reproduce.plan import Plan, RunPlan, describe_plan, make_plan
+from landscape.reproduce.steps import certify_run, log, scan_run, train_run
+from landscape.reproduce.summary import load_results, result_files, summary_markdown, summary_rows
+
+__all__ = ["Plan", "RunPlan", "make_plan", "describe_plan", "run", "draw", "ReproduceResult",
+           "train_run", "certify_run", "scan_run", "load_results"]
+
+
+@dataclass
+class ReproduceResult:
+    """What :func:`run` produced."""
+
+    out_dir: Path
+    files: list[Path]
+    summary_rows: list[dict]
+    wall_time: float
+    trained: list[str]
+    reused: list[str]
+
+    def summary(self) -> str:
+        """The summary table (Markdown) and where the figures are."""
+        text = summary_markdown(self.summary_rows)
+        n_fig = sum(1 for p in self.files if p.suffix == ".png")
+        return (f"{text}\ntrained {len(self.trained)} runs, reused {len(self.reused)}; "
+                f"{n_fig} PNG figures under {self.out_dir / 'figures'}; {self.wall_time:.0f} s")
+
+
+def run(plan: Plan, out_dir: str | Path, formats: Sequence[str] | str = ("png", "pdf"),
+        progress: bool = True) -> ReproduceResult:
+    """Carry out ``plan`` into ``out_dir`` (see the module docstring); resumable."""
+    from figures.style import normalise_formats
+
+    fmts = normalise_formats(formats)
+    from train.loop import load_data, resolve_device
+    from train.config import TrainConfig
+
+    resolve_device(plan.device)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "plan.txt").write_text(describe_plan(plan) + "\n")
+    t0 = time.perf_counter()
+    trained, reused = [], []
+    datasets: dict[tuple, Any] = {}
+
+    def data_for(run: RunPlan):
+        cfg = TrainConfig.from_dict(run.config)
+        key = (cfg.dataset, cfg.train_size, cfg.test_size, cfg.seed, cfg.data_dir)
+        if key not in datasets:
+            datasets[key] = load_data(cfg)
+        return datasets[key]
+
+    for r in plan.runs:  # load every dataset first: a missing one fails before any training
+        data_for(r)
+    for r in plan.runs:
+        run_dir = out / "runs" / r.setting / r.method
+        if train_run(r, run_dir, plan, data_for(r), progress=progress):
+            trained.append(r.key)
+        else:
+            reused.append(r.key)
+            log(f"{r.key}: finished run found, not trained again")
+    for r in plan.runs:
+        run_dir = out / "runs" / r.setting / r.method
+        certify_run(r, run_dir, plan, data_for(r))
+        log(f"scanning {r.key}")
+        scan_run(r, run_dir, out / "scans" / r.setting, plan, data_for(r))
+
+    records = load_results(plan, out)
+    files = draw(plan, out, fmts, records)
+    rows = summary_rows(plan, out, records)
+    (out / "summary.json").write_text(json.dumps(rows, indent=2, default=float) + "\n")
+    (out / "summary.md").write_text(summary_markdown(rows))
+    wall = time.perf_counter() - t0
+    log(f"done in {wall:.0f} s")
+    return ReproduceResult(out, files, rows, wall, trained, reused)
+
+
+def draw(plan: Plan, out: Path, formats: Sequence[str] = ("png", "pdf"),
+         records: dict[Path, Any] | None = None) -> list[Path]:
+    """All figures and tables of every setting into ``out/figures/<setting>/``, from
+    ``records`` (:func:`load_results`; read here when not given)."""
+    from figures.dispatch import plot_records
+
+    if records is None:
+        records = load_results(plan, out)
+    files: list[Path] = []
+    for setting in plan.settings():
+        mine = [records[p] for p in result_files(plan, out, setting) if p in records]
+        log(f"drawing {setting} ({len(mine)} files)")
+        files += plot_records(mine, out / "figures" / setting, formats)
+    return files

@@ -1,0 +1,127 @@
+"""The three steps ``landscape reproduce`` takes for every run of its plan, each resumable:
+
+1. :func:`train_run`: train with gradient-direction probes (``runs/<setting>/<method>/``:
+   ``checkpoint.pt``, ``train.h5``); a finished run is not trained again, an interrupted one
+   resumes from its last epoch checkpoint;
+2. :func:`certify_run`: clean / PGD / verified error at the setting's eps, and the tightness
+   of the method's own bound at eps_train (``certify.h5``);
+3. :func:`scan_run`: the final model along its gradient, a random direction and a random plane
+   (filter-normalised, Li et al. 2018) with its own certified loss at eps_train, by the one scan
+   runner (``scans/<setting>/<method>_{gradient,random-1d,random-2d}.h5``).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from bounds.names import resolve_method
+from landscape.reproduce.plan import Plan, RunPlan
+from landscape.runs import latest_epoch_checkpoint, train_in_dir
+
+__all__ = ["log", "train_run", "certify_run", "scan_run"]
+
+
+def log(msg: str) -> None:
+    """One progress line of ``reproduce`` on stderr."""
+    print(f"[reproduce] {msg}", file=sys.stderr, flush=True)
+
+
+def _finished(run_dir: Path, cfg: Any) -> bool:
+    """True when ``run_dir/checkpoint.pt`` holds this run trained to its last epoch; a run
+    directory from another config is a ValueError (never overwritten)."""
+    from train.checkpoint import load_checkpoint
+    from train.loop import check_resumable
+
+    ckpt_path = run_dir / "checkpoint.pt"
+    probe = ckpt_path if ckpt_path.exists() else latest_epoch_checkpoint(run_dir)
+    if probe is None:
+        return False
+    ckpt = load_checkpoint(probe)
+    try:
+        check_resumable(cfg, ckpt)
+    except ValueError as exc:
+        raise ValueError(f"{run_dir} holds a run with other settings ({exc}); choose another --out") from None
+    return ckpt_path.exists() and int(ckpt.get("epoch", 0)) >= cfg.epochs
+
+
+def train_run(run: RunPlan, run_dir: Path, plan: Plan, data: Any, progress: bool = True) -> bool:
+    """Train ``run`` into ``run_dir`` unless it is finished; returns True when it trained."""
+    from landscape import store
+    from train.config import TrainConfig
+
+    cfg = TrainConfig.from_dict(run.config)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if _finished(run_dir, cfg):
+        return False
+    resume = latest_epoch_checkpoint(run_dir)
+    log(f"training {run.key} ({cfg.model}, {cfg.epochs} epochs)" + (f", resuming from {resume.name}" if resume else ""))
+    t0 = time.perf_counter()
+    train_in_dir(run_dir, cfg, data, resume_from=resume, probe_t=plan.probe_t,
+                 extra_attrs={"profile": plan.profile}, progress=progress)
+    store.write_attrs(str(run_dir / "train.h5"), {"train_seconds": time.perf_counter() - t0})
+    return True
+
+
+def certify_run(run: RunPlan, run_dir: Path, plan: Plan, data: Any) -> Path:
+    """Clean / PGD / verified error at the setting's eps and the bound tightness at eps_train,
+    into ``run_dir/certify.h5`` (skipped when that file is complete)."""
+    import numpy as np
+    import torch
+
+    from landscape import store
+    from landscape.certification import certify_rows, write_certify_file
+    from landscape.metrics import bound_tightness
+    from train.checkpoint import load_model
+
+    out = run_dir / "certify.h5"
+    if out.exists() and store.read(str(out))["attrs"].get("complete"):
+        return out
+    out.unlink(missing_ok=True)
+    model, ckpt = load_model(run_dir / "checkpoint.pt", device=plan.device)
+    model.eval()
+    cfg = ckpt["config"]
+    domain = tuple(data.spec.domain)
+    n = min(plan.certify_size, len(data.test_x))
+    x, y = data.test_x[:n].to(plan.device), data.test_y[:n].to(plan.device)
+    eps_list = plan.certify_eps[run.setting]
+    log(f"certifying {run.key} at eps {', '.join(f'{e:.4g}' for e in eps_list)}")
+    rows = certify_rows(model, x, y, eps_list, plan.certify_methods, plan.pgd_steps, domain, run.method)
+    bound, slope, beta = resolve_method(run.method, None, 1.0)
+    k = min(plan.tight_samples, n)
+    tight = bound_tightness(model, x[:k], y[:k], float(cfg["eps"]), method=str(bound), slope=slope, beta=beta,
+                            domain=domain, pgd_steps=plan.pgd_steps, generator=torch.Generator().manual_seed(0))
+    for name, key in (("bound_gap", "gap"), ("bound_lb", "lb"), ("pgd_margin", "pgd_margin")):
+        rows[name] = list(np.full(len(eps_list), tight[key]))
+    return write_certify_file(out, rows, {
+        "method": run.method, "dataset": cfg["dataset"], "model": cfg["model"], "eps": float(cfg["eps"]),
+        "checkpoint": str(run_dir / "checkpoint.pt"), "n_test": int(n), "tightness_eps": float(cfg["eps"]),
+        "bound": f"{bound}/{slope}"})
+
+
+def scan_run(run: RunPlan, run_dir: Path, scan_dir: Path, plan: Plan, data: Any) -> list[Path]:
+    """Gradient, random-1d and random-2d scans of the final model with the run's own certified
+    loss at eps_train (:func:`landscape.scan_runner.run_scan`; complete files are kept)."""
+    from landscape.scan_runner import ScanRequest, run_scan
+    from landscape.store import ScanMismatchError
+
+    scan_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    common = dict(checkpoint=str(run_dir / "checkpoint.pt"), methods=[run.method], samples=plan.scan_samples,
+                  seed=0, device=plan.device, data=data, command="landscape reproduce")
+    r = plan.scan_range
+    for kind, points in (("gradient", plan.scan_points_gradient), ("random-1d", plan.scan_points_1d),
+                         ("random-2d", plan.scan_points_2d)):
+        path = scan_dir / f"{run.method}_{kind}.h5"
+        extra = {} if kind == "gradient" else {"range": (-r, r)}
+        request = ScanRequest(out=str(path), kind=kind, points=points, **extra, **common)
+        try:
+            run_scan(request, progress=False)
+        except ScanMismatchError:  # made by another version or plan: a derived file, so redo it
+            log(f"{path} was made with other settings; scanning again")
+            path.unlink()
+            run_scan(request, progress=False)
+        written.append(path)
+    return written

@@ -1,0 +1,201 @@
+"""Atomic writes, attribute encoding and reading of the toolkit's HDF5 files.
+
+Every write goes to a temporary file in the same directory (a copy of the old file, changed
+there) which then replaces the old file with ``os.replace``; a crash at any moment leaves
+either the old file or the new one, never a half-written mix.
+
+Attributes hold ints, floats, bools and strings natively; lists, dicts and ``None`` are stored
+as JSON strings and their names listed in the attribute ``_json_attrs`` (:func:`get_attrs`
+decodes them).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from typing import Any, Iterator, Mapping
+
+import h5py
+import numpy as np
+
+SCHEMA_VERSION: int = 1
+"""Version of the layout described in ``docs/schema.md``."""
+
+_JSON_ATTRS = "_json_attrs"
+
+
+class StoreError(ValueError):
+    """A results file is missing, unreadable, or not what the caller expects."""
+
+
+def _tmp_path(path: str) -> str:
+    directory = os.path.dirname(os.path.abspath(path)) or "."
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"cannot write {path}: directory {directory} does not exist")
+    if not os.access(directory, os.W_OK):
+        raise PermissionError(f"cannot write {path}: directory {directory} is not writable")
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
+    os.close(fd)
+    return tmp
+
+
+@contextlib.contextmanager
+def atomic_update(path: str, fresh: bool = False) -> Iterator[h5py.File]:
+    """Open a writable copy of ``path`` (or an empty file when ``fresh`` or absent); on a clean
+    exit the copy replaces ``path`` atomically, on an exception it is deleted and ``path`` is
+    untouched."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"cannot write {path}: it is a directory")
+    tmp = _tmp_path(path)
+    try:
+        if os.path.exists(path) and not fresh:
+            check_hdf5(path)
+            shutil.copyfile(path, tmp)
+            mode = "r+"
+        else:
+            mode = "w"
+        with h5py.File(tmp, mode) as f:
+            yield f
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        _set_mode(tmp, path if mode == "r+" else None)
+        os.replace(tmp, path)
+        tmp = ""
+    finally:
+        if tmp and os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _set_mode(tmp: str, like: str | None) -> None:
+    """Give ``tmp`` (made 0600 by mkstemp) the mode of ``like``, or of a new file under the umask."""
+    if like is not None:
+        shutil.copymode(like, tmp)
+        return
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+
+
+def check_hdf5(path: str) -> None:
+    """Refuse to touch ``path`` unless it is an HDF5 file (StoreError)."""
+    if not h5py.is_hdf5(path):
+        raise StoreError(f"{path} exists but is not an HDF5 file; refusing to overwrite it")
+
+
+def _to_attr(value: Any) -> tuple[Any, bool]:
+    """Return (value h5py can store, whether it was JSON-encoded)."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, (bool, int, float, str)):
+        return value, False
+    if isinstance(value, np.ndarray):
+        value = value.tolist()
+    try:
+        return json.dumps(value, sort_keys=True, allow_nan=True), True
+    except TypeError as exc:
+        raise StoreError(f"attribute value {value!r} is not JSON-serialisable") from exc
+
+
+def _from_attr(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.decode("utf-8")
+    if isinstance(value, np.bool_):
+        return bool(value)
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.floating):
+        return float(value)
+    if isinstance(value, np.ndarray):
+        return [_from_attr(v) for v in value.tolist()]
+    return value
+
+
+def set_attrs(obj: h5py.HLObject, attrs: Mapping[str, Any]) -> None:
+    json_names = set(_read_json_names(obj))
+    for key, value in attrs.items():
+        if key == _JSON_ATTRS:
+            raise StoreError(f"attribute name {_JSON_ATTRS!r} is reserved")
+        stored, is_json = _to_attr(value)
+        obj.attrs[key] = stored
+        if is_json:
+            json_names.add(key)
+        else:
+            json_names.discard(key)
+    obj.attrs[_JSON_ATTRS] = json.dumps(sorted(json_names))
+
+
+def _read_json_names(obj: h5py.HLObject) -> list[str]:
+    raw = obj.attrs.get(_JSON_ATTRS)
+    if raw is None:
+        return []
+    return list(json.loads(_from_attr(raw)))
+
+
+def get_attrs(obj: h5py.HLObject) -> dict[str, Any]:
+    json_names = set(_read_json_names(obj))
+    out: dict[str, Any] = {}
+    for key, value in obj.attrs.items():
+        if key == _JSON_ATTRS:
+            continue
+        value = _from_attr(value)
+        out[key] = json.loads(value) if key in json_names else value
+    return out
+
+
+def write_attrs(path: str, attrs: Mapping[str, Any], group: str = "/") -> None:
+    """Set attributes of ``group`` (created if absent) in ``path`` (created if absent), atomically.
+
+    Values must be JSON-able (numbers, strings, bools, lists, dicts, None, numpy scalars or
+    arrays). A new file also gets ``schema_version``.
+    """
+    with atomic_update(path) as f:
+        if "schema_version" not in f.attrs:
+            set_attrs(f, {"schema_version": SCHEMA_VERSION})
+        set_attrs(f.require_group(group), attrs)
+
+
+def _read_group(g: h5py.Group) -> dict[str, Any]:
+    out: dict[str, Any] = {"attrs": get_attrs(g)}
+    for key, obj in g.items():
+        if isinstance(obj, h5py.Group):
+            out[key] = _read_group(obj)
+        else:
+            value = obj[()]
+            if obj.dtype.kind == "O" or h5py.check_string_dtype(obj.dtype) is not None:
+                value = np.asarray(obj.asstr()[()], dtype=object)
+            out[key] = value
+    return out
+
+
+def read(path: str) -> dict[str, Any]:
+    """Read the whole file into nested dicts: ``{"attrs": {...}, "<group>": {"attrs": {...},
+    "<dataset>": np.ndarray, "<subgroup>": {...}}}``."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"results file {path} does not exist")
+    if not h5py.is_hdf5(path):
+        raise StoreError(f"{path} is not an HDF5 file")
+    with h5py.File(path, "r") as f:
+        return _read_group(f)
+
+
+def canonical_json(args: Mapping[str, Any]) -> str:
+    """A canonical JSON text of ``args``: sorted keys, no spaces, tuples as lists, floats via
+    ``repr`` (so 0.1 and 0.10 agree), numpy scalars as Python numbers."""
+
+    def norm(v: Any) -> Any:
+        if isinstance(v, np.generic):
+            v = v.item()
+        if isinstance(v, np.ndarray):
+            v = v.tolist()
+        if isinstance(v, Mapping):
+            return {str(k): norm(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [norm(x) for x in v]
+        return v
+
+    return json.dumps(norm(dict(args)), sort_keys=True, separators=(",", ":"))

@@ -1,0 +1,238 @@
+"""Scan files: a grid of points per scanned loss, filled point by point and resumable.
+
+A :class:`ScanFile` holds the scan in memory and mirrors it to its file atomically; a point
+not yet computed is NaN. :func:`open_or_create_scan` resumes a file made with the same
+arguments and refuses (:class:`ScanMismatchError`) one made with others. Layout in
+``docs/schema.md``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+import h5py
+import numpy as np
+
+from landscape.store.files import (
+    SCHEMA_VERSION,
+    StoreError,
+    atomic_update,
+    canonical_json,
+    check_hdf5,
+    get_attrs,
+    set_attrs,
+)
+
+
+class ScanMismatchError(StoreError):
+    """An existing scan file was made with other arguments than the ones given."""
+
+
+@dataclass
+class ScanFile:
+    """A scan held in memory and mirrored to ``path``.
+
+    ``data[label][field]`` are float32 arrays of the grid's shape, NaN where not computed;
+    :meth:`set_point` fills one point, :meth:`flush` writes the file atomically.
+    """
+
+    path: str
+    kind: str
+    dims: list[str]
+    coords: dict[str, np.ndarray]
+    labels: list[str]
+    fields: list[str]
+    data: dict[str, dict[str, np.ndarray]]
+    attrs: dict[str, Any] = field(default_factory=dict)
+    label_attrs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    complete: bool = False
+    dirty: bool = False
+    """True while points set since the last :meth:`flush` are not on disk yet."""
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """Grid shape: ``len(coords[d])`` for each dim."""
+        return tuple(len(self.coords[d]) for d in self.dims)
+
+    @property
+    def n_points(self) -> int:
+        return int(np.prod(self.shape))
+
+    def missing(self, label: str | None = None) -> np.ndarray:
+        """Flat (C-order) indices of points whose ``loss`` is NaN for ``label`` (any label if None)."""
+        labels = [label] if label is not None else self.labels
+        mask = np.zeros(self.shape, dtype=bool)
+        for lab in labels:
+            mask |= np.isnan(self.data[lab]["loss"])
+        return np.flatnonzero(mask)
+
+    def set_point(self, label: str, index: int | tuple[int, ...], values: Mapping[str, float]) -> None:
+        """Store the values of one grid point (flat index or index tuple) for ``label``."""
+        if isinstance(index, (int, np.integer)):
+            index = np.unravel_index(int(index), self.shape)
+        for name, value in values.items():
+            if name not in self.data[label]:
+                raise StoreError(f"scan field {name!r} is not one of {self.fields}")
+            self.data[label][name][index] = np.float32(value)
+        self.dirty = True
+
+    def flush(self, complete: bool | None = None) -> None:
+        """Write results (and ``complete``, label attrs) to ``path`` atomically."""
+        if complete is not None:
+            self.complete = bool(complete)
+        with atomic_update(self.path) as f:
+            for label in self.labels:
+                g = f["results"][label]
+                for name in self.fields:
+                    g[name][...] = self.data[label][name]
+                if self.label_attrs.get(label):
+                    set_attrs(g, self.label_attrs[label])
+            set_attrs(f, {"complete": self.complete})
+        self.dirty = False
+
+    def write_attrs(self, attrs: Mapping[str, Any]) -> None:
+        """Set root attributes now (atomically)."""
+        self.attrs.update(attrs)
+        with atomic_update(self.path) as f:
+            set_attrs(f, attrs)
+
+
+def _arg_diff(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:
+    keys = sorted(set(a) | set(b))
+    return [k for k in keys if canonical_json({"v": a.get(k)}) != canonical_json({"v": b.get(k)})]
+
+
+def create_scan(
+    path: str,
+    *,
+    kind: str,
+    args: Mapping[str, Any],
+    coords: Mapping[str, Sequence[float]],
+    labels: Sequence[str],
+    fields: Sequence[str] = ("loss",),
+    attrs: Mapping[str, Any] | None = None,
+    arrays: Mapping[str, tuple[np.ndarray, Mapping[str, Any]] | np.ndarray] | None = None,
+) -> ScanFile:
+    """Create (atomically, replacing nothing unless absent) a new scan file with NaN results.
+
+    ``coords`` is ordered: its keys are the grid dims. ``arrays`` are extra datasets stored
+    under ``/arrays`` (value or ``(value, attrs)``), e.g. the scan directions.
+    """
+    if not isinstance(kind, str) or not kind:
+        raise StoreError(f"a scan needs a kind (a non-empty name), got {kind!r}")
+    if os.path.exists(path):
+        raise StoreError(f"{path} already exists")
+    labels = [str(x) for x in labels]
+    fields = [str(x) for x in fields]
+    if not labels or len(set(labels)) != len(labels):
+        raise StoreError(f"scan labels must be distinct and non-empty, got {labels}")
+    if "loss" not in fields:
+        fields = ["loss", *fields]
+    dims = list(coords.keys())
+    coord_arrays = {d: np.asarray(v, dtype=np.float32).reshape(-1) for d, v in coords.items()}
+    shape = tuple(len(coord_arrays[d]) for d in dims)
+    data = {lab: {name: np.full(shape, np.nan, dtype=np.float32) for name in fields} for lab in labels}
+    root = {
+        "kind": kind,
+        "schema_version": SCHEMA_VERSION,
+        "complete": False,
+        "args_json": canonical_json(args),
+        "dims": dims,
+        "labels": labels,
+        "fields": fields,
+        **dict(attrs or {}),
+    }
+    with atomic_update(path, fresh=True) as f:
+        set_attrs(f, root)
+        gc = f.create_group("coords")
+        for d in dims:
+            gc.create_dataset(d, data=coord_arrays[d])
+        gr = f.create_group("results")
+        for lab in labels:
+            g = gr.create_group(lab)
+            for name in fields:
+                ds = g.create_dataset(name, data=data[lab][name])
+                set_attrs(ds, {"dims": dims})
+        if arrays:
+            ga = f.create_group("arrays")
+            for name, item in arrays.items():
+                value, a_attrs = item if isinstance(item, tuple) else (item, {})
+                ds = ga.create_dataset(name, data=np.asarray(value))
+                set_attrs(ds, a_attrs)
+    return ScanFile(
+        path=os.fspath(path), kind=kind, dims=dims, coords=coord_arrays, labels=labels,
+        fields=fields, data=data, attrs=root,
+    )
+
+
+def open_scan(path: str, args: Mapping[str, Any] | None = None, kind: str | None = None) -> ScanFile:
+    """Open an existing scan file for resuming. With ``args``/``kind`` given, refuse
+    (:class:`ScanMismatchError`) a file made from other arguments."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"scan file {path} does not exist")
+    check_hdf5(path)
+    try:
+        with h5py.File(path, "r") as f:
+            root = get_attrs(f)
+            if "args_json" not in root or "dims" not in root:
+                raise StoreError(f"{path} is not a landscape scan file; refusing to overwrite it")
+            dims = list(root["dims"])
+            labels = list(root["labels"])
+            fields = list(root["fields"])
+            coords = {d: np.asarray(f["coords"][d][()], dtype=np.float32) for d in dims}
+            data = {
+                lab: {name: np.asarray(f["results"][lab][name][()], dtype=np.float32) for name in fields}
+                for lab in labels
+            }
+            label_attrs = {lab: get_attrs(f["results"][lab]) for lab in labels}
+    except (OSError, KeyError) as exc:
+        raise StoreError(f"{path} is not a readable landscape scan file ({exc})") from exc
+    if kind is not None and root["kind"] != kind:
+        raise ScanMismatchError(
+            f"{path} holds a scan of kind {root['kind']!r}, not {kind!r}; choose another --out or delete it"
+        )
+    if args is not None and canonical_json(args) != root["args_json"]:
+        diff = _arg_diff(json.loads(root["args_json"]), json.loads(canonical_json(args)))
+        raise ScanMismatchError(
+            f"{path} holds a scan made with different arguments (differs in: {', '.join(diff)}); "
+            "choose another --out or delete it"
+        )
+    return ScanFile(
+        path=path, kind=root["kind"], dims=dims, coords=coords, labels=labels, fields=fields,
+        data=data, attrs=root, label_attrs=label_attrs, complete=bool(root.get("complete", False)),
+    )
+
+
+def open_or_create_scan(
+    path: str,
+    *,
+    kind: str,
+    args: Mapping[str, Any],
+    coords: Mapping[str, Sequence[float]],
+    labels: Sequence[str],
+    fields: Sequence[str] = ("loss",),
+    attrs: Mapping[str, Any] | None = None,
+    arrays: Mapping[str, Any] | None = None,
+) -> tuple[ScanFile, bool]:
+    """Resume ``path`` if it holds a scan of the same kind and arguments, else create it.
+
+    Returns ``(scan, resumed)``. A file from other arguments raises :class:`ScanMismatchError`
+    and is left untouched.
+    """
+    if os.path.exists(path):
+        return open_scan(path, args=args, kind=kind), True
+    return create_scan(path, kind=kind, args=args, coords=coords, labels=labels, fields=fields,
+                       attrs=attrs, arrays=arrays), False
+
+
+def read_array(path: str, name: str) -> tuple[np.ndarray, dict[str, Any]]:
+    """Read ``/arrays/<name>`` of a scan file with its attributes."""
+    with h5py.File(path, "r") as f:
+        if "arrays" not in f or name not in f["arrays"]:
+            raise StoreError(f"{path} has no stored array {name!r}")
+        ds = f["arrays"][name]
+        return np.asarray(ds[()]), get_attrs(ds)

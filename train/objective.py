@@ -1,0 +1,138 @@
+"""The training objective: the certified loss a training step minimises, and its batch stats.
+
+For a batch ``(x, y)``, radius ``eps`` and a training method, the loss is
+
+    L = kappa * CE(f(x), y) + (1 - kappa) * robust_CE(x, y; eps)
+
+where the robust term is :func:`bounds.margin_ce` of the margin lower bounds ``lb_j`` of
+``f_y(x') - f_j(x')`` over the ball ``{x' : ||x' - x||_inf <= eps} ∩ domain`` (an upper bound
+of the worst-case cross-entropy there), or with ``fused=True`` the engine's fused bound of the
+cross-entropy (``docs/fused-loss.md``), one backward row per sample instead of
+``n_classes - 1``.
+
+Methods (:data:`bounds.names.TRAIN_METHODS`): ``natural`` (``L = CE(f(x), y)``), ``ibp``,
+``crown-ibp`` (``beta`` mixes CROWN and IBP lower bounds), ``crown``, ``cap`` and ``tightest``
+(CROWN-IBP with the tightest slopes and beta = 1; Lee et al. 2021). ``slope`` picks the engine's
+lower-slope policy for the linear methods.
+
+Batch statistics returned beside the loss (plain floats): ``clean_ce``, ``clean_err``
+(fraction misclassified at x), ``robust_ce``, ``robust_err`` (fraction whose margin lower
+bounds are not all > 0; NaN when ``fused`` gives no margins) and ``unstable_frac_l{i}``
+(unstable ReLUs / ReLUs of layer i).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import bounds
+from bounds.names import resolve_method
+
+
+@dataclass(frozen=True)
+class BoundSetup:
+    """What a certified loss bounds with, resolved from a training method: the engine's
+    ``method`` (None for natural training), lower-slope policy ``slope``, mixing weight ``beta``,
+    input ``domain`` and the number of classes. The training loop hands it to callbacks, so
+    analyses repeat the step's own bound."""
+
+    method: str | None
+    slope: str
+    beta: float
+    domain: tuple[float, float]
+    n_classes: int
+
+    @classmethod
+    def of(cls, method: str, slope: str | None, beta: float, domain: Sequence[float], n_classes: int) -> "BoundSetup":
+        """The setup of training method ``method`` (see :func:`bounds.names.resolve_method`)."""
+        bound, used_slope, used_beta = resolve_method(method, slope, beta)
+        return cls(bound, used_slope, used_beta, (float(domain[0]), float(domain[1])), int(n_classes))
+
+    @property
+    def linear(self) -> bool:
+        """True for a linear relaxation (CROWN-type bound with slopes and input coefficients)."""
+        return self.method is not None and self.method != "ibp"
+
+
+def unstable_columns(fractions: Sequence[float]) -> dict[str, float]:
+    """``{"unstable_frac_l{i}": fraction}`` per ReLU layer ``i`` (0-based), the column names the
+    training record and the probes use."""
+    return {f"unstable_frac_l{i}": float(f) for i, f in enumerate(fractions)}
+
+
+def certified_loss(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eps: float | torch.Tensor,
+    method: str = "ibp",
+    slope: str | None = None,
+    beta: float = 1.0,
+    kappa: float = 0.0,
+    fused: bool = False,
+    domain: tuple[float, float] = (0.0, 1.0),
+    generator: torch.Generator | None = None,
+    **bound_kw: Any,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Certified loss ``L = kappa * CE(f(x), y) + (1 - kappa) * robust CE`` and batch stats.
+
+    Args:
+        model: ``nn.Sequential`` the engine accepts (starts with ``Normalize``).
+        x: ``[B, *input_shape]`` inputs in ``domain``; y: ``[B]`` int64 labels.
+        eps: radius (float or per-sample ``[B]``), >= 0.
+        method: a key of :data:`bounds.names.TRAIN_METHODS`.
+        slope: lower-slope policy (``None``: the method's default).
+        beta: CROWN-IBP mixing weight (``lb = beta lb_crown + (1 - beta) lb_ibp``).
+        kappa: clean-loss weight in [0, 1].
+        fused: use the fused robust cross-entropy bound (``docs/fused-loss.md``).
+        generator: random source of random slope policies (``uniform``, ``binary``, ``tightest``),
+            so that a loss can be evaluated again exactly.
+        bound_kw: passed to the engine (e.g. ``opt_steps``, ``opt_lr``).
+
+    Returns:
+        ``(loss, stats)``: a scalar tensor with gradient, and a dict of floats (module doc).
+        One bound computation per call: its lower bounds serve both the loss and the stats.
+    """
+    bound_method, slope_used, beta_used = resolve_method(method, slope, beta)
+    if not 0.0 <= float(kappa) <= 1.0:
+        raise ValueError(f"kappa must lie in [0, 1], got {kappa}")
+    logits_needed_grad = bound_method is None or kappa > 0.0
+    with torch.set_grad_enabled(torch.is_grad_enabled() and logits_needed_grad):
+        logits = model(x)
+    clean_ce = F.cross_entropy(logits, y)
+    stats: dict[str, float] = {
+        "clean_ce": float(clean_ce.detach()),
+        "clean_err": float((logits.detach().argmax(1) != y).float().mean()),
+    }
+    if bound_method is None:
+        stats.update(robust_ce=float("nan"), robust_err=float("nan"))
+        return clean_ce, stats
+
+    common = dict(method=bound_method, slope=slope_used, beta=beta_used, domain=domain, **bound_kw)
+    if generator is not None:
+        common["generator"] = generator
+    if fused:
+        robust = bounds.robust_cross_entropy(model, x, y, eps, fused=True, reduction="mean", **common)
+        robust_err = float("nan")
+        fractions: list[float] = []
+    else:
+        n_classes = logits.shape[1]
+        spec = bounds.margin_spec(y, n_classes)
+        res = bounds.compute_bounds(model, x, eps, C=spec, y=y, need_upper=False, **common)
+        lower = res.lower
+        robust = bounds.margin_ce(lower, reduction="mean")
+        robust_err = float((lower.detach() <= 0).any(dim=1).float().mean())
+        fractions = res.unstable_fractions()
+    stats["robust_ce"] = float(robust.detach())
+    stats["robust_err"] = robust_err
+    stats.update(unstable_columns(fractions))
+    if kappa > 0.0:
+        loss = kappa * clean_ce + (1.0 - kappa) * robust
+    else:
+        loss = robust
+    return loss, stats
