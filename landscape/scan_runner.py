@@ -12,7 +12,6 @@ definitions in ``docs/scans.md``, file layout in ``docs/schema.md``.
 from __future__ import annotations
 
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
@@ -265,25 +264,6 @@ class ScanOutcome:
     computed: int
     seconds: float
     label_attrs: dict[str, dict[str, Any]]
-
-
-def check_output(out: str, kind: str, args: Mapping[str, Any]) -> None:
-    """Refuse early: an existing file from other arguments, a folder, an unwritable place
-    (the output's folder is created, like ``train --out`` and ``plot --out``)."""
-    if os.path.isdir(out):
-        raise ValueError(f"--out: {out} is a directory")
-    if os.path.exists(out):
-        store.open_scan(out, args=args, kind=kind)
-        if not os.access(out, os.W_OK) or not os.access(os.path.dirname(os.path.abspath(out)), os.W_OK):
-            raise PermissionError(f"cannot write {out}: permission denied")
-        return
-    directory = os.path.dirname(os.path.abspath(out))
-    try:
-        os.makedirs(directory, exist_ok=True)
-    except OSError as exc:
-        raise PermissionError(f"cannot write {out}: cannot create directory {directory} ({exc.strerror})") from None
-    if not os.access(directory, os.W_OK):
-        raise PermissionError(f"cannot write {out}: directory {directory} is not writable")
 
 
 def run_scan(request: ScanRequest, progress: bool = True) -> ScanOutcome:

@@ -8,16 +8,17 @@ output first, so that a bad ``--out`` is refused before any data is loaded.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from landscape import distributed
+from landscape import distributed, store
 from landscape.distributed import Context
 from landscape.provenance import file_sha256
 
-__all__ = ["PreparedScan", "prepare_scan", "scan_args"]
+__all__ = ["PreparedScan", "prepare_scan", "scan_args", "check_output"]
 
 
 @dataclass
@@ -57,6 +58,25 @@ def scan_args(request: Any, coords: Mapping[str, np.ndarray], specs: Sequence[An
     }
 
 
+def check_output(out: str, kind: str, args: Mapping[str, Any]) -> None:
+    """Refuse early: an existing file from other arguments, a folder, an unwritable place
+    (the output's folder is created, like ``train --out`` and ``plot --out``)."""
+    if os.path.isdir(out):
+        raise ValueError(f"--out: {out} is a directory")
+    if os.path.exists(out):
+        store.open_scan(out, args=args, kind=kind)
+        if not os.access(out, os.W_OK) or not os.access(os.path.dirname(os.path.abspath(out)), os.W_OK):
+            raise PermissionError(f"cannot write {out}: permission denied")
+        return
+    directory = os.path.dirname(os.path.abspath(out))
+    try:
+        os.makedirs(directory, exist_ok=True)
+    except OSError as exc:
+        raise PermissionError(f"cannot write {out}: cannot create directory {directory} ({exc.strerror})") from None
+    if not os.access(directory, os.W_OK):
+        raise PermissionError(f"cannot write {out}: directory {directory} is not writable")
+
+
 def _params_meta(model: Any) -> dict[str, Any]:
     from landscape.directions import named_params
 
@@ -66,14 +86,11 @@ def _params_meta(model: Any) -> dict[str, Any]:
 
 def prepare_scan(request: Any, ctx: Context) -> PreparedScan:
     """Build the scan of ``request`` (already checked) in this process; see the module doc."""
-    import os
-
     import torch
 
     from landscape import evaluators as E
     from landscape.directions import flatten, get_params, interpolation_direction, random_direction
     from landscape.scan_losses import LossClosure, select_samples
-    from landscape.scan_runner import check_output
     from train.checkpoint import load_model
     from train.data import DATASETS, load_dataset
 
