@@ -5,6 +5,10 @@ with ``create_graph=True``, H v = grad_theta <g(theta), v>. Power iteration
 v_{k+1} = H v_k / ||H v_k|| converges to the eigenvector of the eigenvalue of largest
 magnitude; its Rayleigh quotient lambda_k = <v_k, H v_k> is returned once
 |lambda_k - lambda_{k-1}| <= tol * (|lambda_{k-1}| + 1e-12).
+
+:class:`HessianOperator` keeps the gradient graph of one evaluation of the loss and applies H to
+as many vectors as wanted (as lists of tensors or as flat vectors of length P, the number of
+parameters); :mod:`landscape.hessian` builds Lanczos, Hutchinson and the spectral density on it.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from torch import Tensor, nn
 
 from landscape.directions import named_params
 
-__all__ = ["hessian_vector_product", "top_hessian_eigenvalue"]
+__all__ = ["HessianOperator", "hessian_vector_product", "top_hessian_eigenvalue"]
 
 
 def _dot(a: list[Tensor], b: list[Tensor]) -> Tensor:
@@ -36,6 +40,55 @@ def _gradient_graph(
 def _hvp(grads: list[Tensor], params: list[Tensor], v: list[Tensor]) -> list[Tensor]:
     hv = torch.autograd.grad(_dot(grads, v), params, retain_graph=True, allow_unused=True)
     return [torch.zeros_like(p) if h is None else h.detach() for p, h in zip(params, hv)]
+
+
+class HessianOperator:
+    """The Hessian H = d^2 L / d theta^2 of ``loss_fn(model)`` at the parameters the model has
+    when the operator is made, as a linear map on directions.
+
+    The loss and its gradient graph are built once, here; every product reuses them, so the
+    operator goes stale if the parameters change afterwards. Parameters and ``.grad`` are never
+    written. ``P`` is the number of parameters (``model.named_parameters()`` order).
+
+    - ``op(v)``: ``v`` a list of tensors shaped like the parameters -> ``H v``, the same shapes;
+    - ``op.matvec(v)``: ``v`` a flat vector ``[P]`` of any floating dtype -> ``H v`` ``[P]`` in
+      ``v``'s dtype and device (the product itself runs in the parameters' dtype).
+
+    ``zero`` is True when the gradient does not depend on the parameters (H = 0); ``products``
+    counts the products taken.
+    """
+
+    def __init__(self, loss_fn: Callable[[nn.Module], Tensor], model: nn.Module) -> None:
+        self.params = [p for _, p in named_params(model)]
+        self.shapes = [tuple(p.shape) for p in self.params]
+        self.size = sum(p.numel() for p in self.params)
+        self.products = 0
+        with torch.enable_grad():
+            self.grads = _gradient_graph(loss_fn, self.params, model)
+
+    @property
+    def zero(self) -> bool:
+        return self.grads is None
+
+    def __call__(self, v: list[Tensor]) -> list[Tensor]:
+        if len(v) != len(self.params) or any(tuple(a.shape) != s for a, s in zip(v, self.shapes)):
+            raise ValueError("a direction must have one tensor per parameter, shaped like it")
+        self.products += 1
+        if self.grads is None:
+            return [torch.zeros_like(p) for p in self.params]
+        v = [a.to(device=p.device, dtype=p.dtype) for a, p in zip(v, self.params)]
+        with torch.enable_grad():
+            return _hvp(self.grads, self.params, v)
+
+    def matvec(self, v: Tensor) -> Tensor:
+        if v.dim() != 1 or v.numel() != self.size:
+            raise ValueError(f"need a flat vector of {self.size} entries, got shape {tuple(v.shape)}")
+        parts, start = [], 0
+        for p in self.params:
+            parts.append(v[start:start + p.numel()].reshape(p.shape))
+            start += p.numel()
+        hv = self(parts)
+        return torch.cat([h.reshape(-1) for h in hv]).to(device=v.device, dtype=v.dtype)
 
 
 def hessian_vector_product(
