@@ -118,6 +118,7 @@ class LineScan:
     coord: np.ndarray
     coord_label: str
     series: dict[str, dict[str, np.ndarray]]
+    n_computed: int = 0
 
 
 @dataclass
@@ -128,6 +129,7 @@ class SurfaceScan:
     x: np.ndarray
     y: np.ndarray
     loss: dict[str, np.ndarray]
+    n_computed: int = 0
 
 
 @dataclass
@@ -263,7 +265,8 @@ def _line_scan(path: Path, raw: dict, meta: Meta) -> LineScan:
     kind = meta.kind
     dims, (coord,) = _scan_grid(path, raw, meta.attrs, 1)
     series: dict[str, dict[str, np.ndarray]] = {}
-    for label, arrays in _scan_results(path, raw, (coord.size,)).items():
+    results = _scan_results(path, raw, (coord.size,))
+    for label, arrays in results.items():
         entry: dict[str, np.ndarray] = {}
         for key, names in _LINE_FIELDS.items():
             value = _first(arrays, names)
@@ -273,13 +276,23 @@ def _line_scan(path: Path, raw: dict, meta: Meta) -> LineScan:
     label = SCAN_KINDS[kind].axis
     if kind == "random-1d" and dims[0] not in ("x", "alpha"):
         label = f"{dims[0]} (× random direction)"
-    return LineScan(meta=meta, coord=coord, coord_label=label, series=series)
+    return LineScan(meta=meta, coord=coord, coord_label=label, series=series, n_computed=_n_computed(results))
 
 
 def _surface_scan(path: Path, raw: dict, meta: Meta) -> SurfaceScan:
     _, (x, y) = _scan_grid(path, raw, meta.attrs, 2)
     results = _scan_results(path, raw, (x.size, y.size))
-    return SurfaceScan(meta=meta, x=x, y=y, loss={label: r["loss"] for label, r in results.items()})
+    return SurfaceScan(meta=meta, x=x, y=y, loss={label: r["loss"] for label, r in results.items()},
+                       n_computed=_n_computed(results))
+
+
+def _n_computed(results: dict[str, dict]) -> int:
+    """Points computed for any label: the ``computed`` mask (schema 2), else a loss that is not NaN."""
+    total = 0
+    for arrays in results.values():
+        mask = arrays["computed"] > 0 if "computed" in arrays else ~np.isnan(arrays["loss"])
+        total = max(total, int(np.count_nonzero(mask)))
+    return total
 
 
 def _probe_matrix(probes: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], np.ndarray | None]:

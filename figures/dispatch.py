@@ -117,6 +117,10 @@ def plot_records(
     """Draw figures (and tables) for already-loaded records; see :func:`plot_file`."""
     fmts = normalise_formats(formats)
     out = Path(out_dir)
+    empty = [str(r.meta.path) for r in records if isinstance(r, (LineScan, SurfaceScan)) and not r.n_computed]
+    if empty:
+        raise ValueError(f"nothing to draw in {', '.join(empty)}: no point of the scan is computed yet "
+                         "(run the same scan command again to compute them)")
     records = sorted(records, key=lambda r: method_rank(r.meta.method))
     _name_records(records)
     written: list[Path] = []

@@ -18,6 +18,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 from bounds.names import LABELS  # noqa: E402
+from landscape import store  # noqa: E402
 
 FORMATS: tuple[str, ...] = ("png", "pdf", "svg")
 """Image formats :func:`save` can write."""
@@ -118,20 +119,32 @@ def with_context(what: str, metas: Iterable) -> str:
 
 
 def save(fig: plt.Figure, out_dir: str | Path, stem: str, formats: Sequence[str] = ("png", "pdf")) -> list[Path]:
-    """Write ``fig`` as ``out_dir/stem.<fmt>`` for every format, close it, return the paths.
+    """Write ``fig`` as ``out_dir/stem.<fmt>`` for every format (each atomically:
+    :func:`landscape.store.atomic_path`), close it, return the paths.
 
-    Raises ValueError for a format not in :data:`FORMATS`.
+    Raises ValueError for a format not in :data:`FORMATS` and ``DiskFullError`` (an OSError)
+    when the disk is full.
     """
     fmts = normalise_formats(formats)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    for fmt in fmts:
-        target = out / f"{stem}.{fmt}"
-        fig.savefig(target, format=fmt)
-        written.append(target)
-    plt.close(fig)
+    try:
+        for fmt in fmts:
+            target = out / f"{stem}.{fmt}"
+            with store.atomic_path(target) as tmp:  # a full disk never leaves a truncated image
+                fig.savefig(tmp, format=fmt)
+            written.append(target)
+    finally:
+        plt.close(fig)
     return written
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    """Write a text file (a table) atomically, like every figure."""
+    with store.atomic_path(path) as tmp:
+        Path(tmp).write_text(text)
+    return Path(path)
 
 
 def normalise_formats(formats: Iterable[str] | str) -> tuple[str, ...]:

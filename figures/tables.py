@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from figures.style import apply_style, format_eps, method_colour, method_name, method_rank, save
+from figures.style import apply_style, format_eps, method_colour, method_name, method_rank, save, write_text
 
 _COLUMNS = (("clean_err", "Clean"), ("pgd_err", "PGD"), ("verified_err", "Verified"))
 
@@ -70,17 +70,19 @@ def _tex(text: str) -> str:
 
 
 def verified_error_latex(rows: Sequence[dict], caption: str = "Clean, PGD and verified test error (\\%).") -> str:
-    """The same table as a LaTeX ``table`` with booktabs rules; the best verified error per eps is bold."""
+    """The same table as a LaTeX ``table`` with booktabs rules; the best verified error of each eps
+    is bold (every row that reaches it), unless that eps has one row or all its rows are equal."""
     if not rows:
         raise ValueError("no certification results to tabulate")
     rows = _sorted_rows(rows)
     extra = _bound_columns(rows)
-    best: dict[float, float] = {}
+    values: dict[float, list[float]] = {}
     for r in rows:
         v = r.get("verified_err")
         if v is not None and np.isfinite(v):
-            e = float(r["eps"])
-            best[e] = min(best.get(e, np.inf), v)
+            values.setdefault(float(r["eps"]), []).append(v)
+    # the best of each eps in bold, where there is a comparison to win: two rows or more, not all equal
+    best = {e: min(vs) for e, vs in values.items() if len(vs) > 1 and min(vs) < max(vs)}
     head = ["Method", r"$\epsilon$"] + [name for _, name in _COLUMNS] + [_tex(bound_name(k)) for k in extra]
     out = [
         r"\begin{table}[t]",
@@ -109,8 +111,8 @@ def write_tables(rows: Sequence[dict], out_dir: str | Path, stem: str = "verifie
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     md, tex = out / f"{stem}.md", out / f"{stem}.tex"
-    md.write_text(verified_error_markdown(rows))
-    tex.write_text(verified_error_latex(rows))
+    write_text(md, verified_error_markdown(rows))
+    write_text(tex, verified_error_latex(rows))
     return [md, tex]
 
 

@@ -14,23 +14,26 @@ from landscape.provenance import provenance
 __all__ = ["certify_rows", "write_certify_file"]
 
 
-def certify_rows(model: Any, x: Any, y: Any, eps_list: Sequence[float], methods: Sequence[str], pgd_steps: int,
-                 domain: Sequence[float], label: str) -> dict[str, list]:
+def certify_rows(model: Any, x: Any, y: Any, eps_list: Sequence[float], methods: Sequence[str], label: str,
+                 **evaluate_kw: Any) -> tuple[dict[str, list], list[dict[str, Any]]]:
     """One row per eps of :func:`train.evaluate.evaluate` (clean / PGD / verified error, per bound
-    method and their union), as columns; ``method`` holds ``label`` on every row."""
+    method and their union), as columns (``method`` holds ``label`` on every row), and the
+    evaluations themselves. ``evaluate_kw``: ``pgd_steps``, ``domain``, ``batch_size``, ..."""
     from train.evaluate import evaluate, metric_key
 
     rows: dict[str, list] = {"method": [], "eps": [], "clean_err": [], "pgd_err": [], "verified_err": []}
     for m in methods:
         rows[metric_key(m)] = []
+    results = []
     for eps in eps_list:
-        res = evaluate(model, x, y, eps, methods=methods, pgd_steps=pgd_steps, domain=tuple(domain), progress=False)
+        res = evaluate(model, x, y, eps, methods=methods, **{"progress": False, **evaluate_kw})
+        results.append(res)
         rows["method"].append(label)
         rows["eps"].append(float(eps))
         for k in rows:
             if k not in ("method", "eps"):
                 rows[k].append(float(res[k]))
-    return rows
+    return rows, results
 
 
 def write_certify_file(path: str | Path, rows: Mapping[str, Sequence[Any]], attrs: Mapping[str, Any]) -> Path:

@@ -4,7 +4,7 @@ and figures together.
 Each command lives in a small module of its own (``cmd_train``, ``cmd_scan``, ``cmd_plot``,
 ``cmd_reproduce``);
 this module only assembles the group and turns expected failures into one clear message and
-a non-zero exit, never a traceback.
+a non-zero exit, never a traceback (``LANDSCAPE_DEBUG=1`` shows it).
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ def _register() -> None:
     for module in (cmd_train, cmd_scan, cmd_plot, cmd_reproduce):
         for command in module.COMMANDS:
             cli.add_command(command)
-    from landscape.cmd_export import export; cli.add_command(export)  # noqa: E702
 
 
 _register()
@@ -48,13 +47,18 @@ def main(argv: list[str] | None = None) -> int:
     except click.ClickException as exc:
         exc.show()
         return exc.exit_code
-    except (ValueError, FileNotFoundError, PermissionError, IsADirectoryError, KeyError, RuntimeError) as exc:
-        if os.environ.get("LANDSCAPE_DEBUG"):
+    except (ValueError, OSError, KeyError, RuntimeError) as exc:
+        if debug():
             raise
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        click.echo(f"Error: {msg}", err=True)
+        click.echo(f"Error: {' '.join(str(msg).split())}", err=True)
         return 1
     return 0
+
+
+def debug() -> bool:
+    """True when ``LANDSCAPE_DEBUG`` asks for tracebacks (1, true, yes or on)."""
+    return os.environ.get("LANDSCAPE_DEBUG", "").strip().lower() in ("1", "true", "yes", "on")
 
 
 if __name__ == "__main__":

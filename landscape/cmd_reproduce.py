@@ -25,21 +25,27 @@ from bounds.names import PAPER_METHODS, PROFILES
               help="quick: digits or fashion-mnist [default: fashion-mnist when its files are present, "
                    "else digits]; paper: mnist or cifar10 [default: both].")
 @click.option("--methods", default=None, help=f"Comma-separated subset of {','.join(PAPER_METHODS)}.")
+@click.option("--download", is_flag=True, help="Fetch a missing dataset from its official source (needs a network).")
 @click.option("--format", "formats", default="png,pdf", show_default=True, help="Image formats of the figures.")
 @click.option("--dry-run", is_flag=True, help="Print the plan (runs and their settings) and stop.")
 def reproduce(profile: str, out_dir: Path, device: str, data_dir: Path | None, dataset: str | None,
-              methods: str | None, formats: str, dry_run: bool) -> None:
+              methods: str | None, download: bool, formats: str, dry_run: bool) -> None:
     """Reproduce the paper's analysis: train IBP, CROWN-IBP (beta = 1), CAP and the
     tightest-slope method with training probes, certify them at several eps, scan them, and
     write the figures and tables. Finished runs are not trained again."""
+    from figures.style import normalise_formats
     from landscape import reproduce as repro
 
+    try:
+        normalise_formats(formats)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--format") from None
     chosen = None if methods is None else [m.strip() for m in methods.split(",") if m.strip()]
     plan = repro.make_plan(profile, device=device, data_dir=data_dir, methods=chosen, dataset=dataset)
     if dry_run:
         click.echo(repro.describe_plan(plan))
         return
-    result = repro.run(plan, out_dir, formats=formats)
+    result = repro.run(plan, out_dir, formats=formats, download=download)
     click.echo(result.summary())
 
 

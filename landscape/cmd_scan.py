@@ -52,6 +52,7 @@ from bounds.names import DIRECTION_NORMS, SCAN_KINDS, SCAN_LOSSES, TRAIN_METHODS
                    "where vmap measured slower than a loop].")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
 @click.option("--data-dir", type=click.Path(), default=None, help="Dataset folder [default: the checkpoint's].")
+@click.option("--download", is_flag=True, help="Fetch a missing dataset from its official source (needs a network).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def scan(checkpoint: str, methods: str | None, range_: str | None, quiet: bool, **options: Any) -> None:
     """Scan the loss landscape of CHECKPOINT into an HDF5 file (resumable)."""
@@ -67,6 +68,9 @@ def scan(checkpoint: str, methods: str | None, range_: str | None, quiet: bool, 
             parts.append(f"{label}: loss variation {lv:.4g}" if lv is not None else label)
         click.echo(f"wrote {done.path}: {done.n_points} points ({done.computed} computed now in "
                    f"{done.seconds:.2f} s); " + "; ".join(parts))
+    for label, n in done.nonfinite.items():
+        click.echo(f"Warning: {n} point(s) of {label} have a loss that is not finite (an overflow: a step too "
+                   "large for the model, e.g. --lr or --range); they are stored as computed, as NaN or Inf", err=True)
 
 
 COMMANDS = [scan]

@@ -14,6 +14,7 @@ Every bad value is reported before any work starts, as one line.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,17 @@ def _parse_milestones(text: str | None) -> list[float] | None:
         raise click.ClickException(f"--lr-milestones: expected comma-separated epochs, got {text!r}") from None
 
 
+def _parse_eps(text: str) -> list[float]:
+    """``"0.05,0.1"`` -> ``[0.05, 0.1]``; each a finite number >= 0."""
+    try:
+        values = [float(v) for v in text.replace(" ", "").split(",") if v]
+    except ValueError:
+        raise click.ClickException(f"--eps: expected comma-separated numbers, got {text!r}") from None
+    if not values or any(not (v >= 0 and v != float("inf")) for v in values):
+        raise click.ClickException(f"--eps: must be finite numbers >= 0, got {text!r}")
+    return values
+
+
 def _existing_run(out: Path) -> dict[str, Any] | None:
     """The config dict of the run in ``out`` (None if ``out`` holds no run)."""
     cfg = out / "config.json"
@@ -75,83 +87,113 @@ def _clear_run(out: Path) -> None:
 
 
 # ----------------------------------------------------------------------------- train
+def _default(name: str) -> str:
+    """What a ``train`` option defaults to, in words (``--help`` shows it)."""
+    from train import config as C
+
+    derived = {
+        "eps_start_epoch": f"{C.WARMUP_FRACTION:.0%} of --epochs",
+        "eps_ramp_epochs": f"{C.RAMP_FRACTION:.0%} of --epochs, so eps ramps over epochs "
+                           f"{C.WARMUP_FRACTION:.0%}-{C.WARMUP_FRACTION + C.RAMP_FRACTION:.0%} of the run",
+        "lr": ", ".join(f"{v:g} for {o}" for o, v in C.DEFAULT_LR.items()),
+        "slope": "the method's own",
+        "data_dir": "the dataset's usual places",
+    }
+    if name in derived:
+        return derived[name]
+    value = next(f.default for f in dataclasses.fields(C.TrainConfig) if f.name == name)
+    return "none" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def _option(flag: str, help: str = "", **kw):
+    """A ``train`` option whose ``--help`` shows the config's default (the option itself defaults
+    to None, so a config file or a resumed run's config fills what the command line leaves open)."""
+    name = flag.lstrip("-").split("/")[0].replace("-", "_")
+    return click.option(flag, help=help, show_default=_default(name), **kw)
+
+
 @click.command("train")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML or JSON file of options.")
-@click.option("--dataset", help="digits, mnist, fashion-mnist, cifar10, svhn.")
-@click.option("--model", help="A model of the zoo (train.models.MODELS), e.g. mlp, cnn-tiny, dm-small.")
+@_option("--dataset", help="digits, mnist, fashion-mnist, cifar10, svhn.")
+@_option("--model", help="A model of the zoo (train.models.MODELS), e.g. mlp, cnn-tiny, dm-small.")
 @click.option("--model-option", "model_option", multiple=True, metavar="KEY=VALUE", help="Model option, e.g. widths=[64,64].")
-@click.option("--method", help=f"Training method: {', '.join(TRAIN_METHODS)}.")
-@click.option("--slope", help=f"Lower-slope policy: {', '.join(SLOPES)}.")
-@click.option("--eps", type=float, help="Training radius eps_train (input units).")
-@click.option("--eps-start-epoch", type=float, help="Epoch at which the eps/beta/kappa ramp starts.")
-@click.option("--eps-ramp-epochs", type=float, help="Length of the ramp in epochs.")
-@click.option("--eps-schedule", type=click.Choice(["linear", "smooth"]), help="Shape of the eps ramp.")
-@click.option("--beta-start", type=float)
-@click.option("--beta-end", type=float)
-@click.option("--beta-schedule", type=click.Choice(["linear", "smooth"]))
-@click.option("--kappa-start", type=float)
-@click.option("--kappa-end", type=float)
-@click.option("--kappa-schedule", type=click.Choice(["linear", "smooth"]))
-@click.option("--epochs", type=int)
-@click.option("--batch-size", type=int)
-@click.option("--optimizer", type=click.Choice(["adam", "sgd"]))
-@click.option("--lr", type=float)
-@click.option("--momentum", type=float)
-@click.option("--weight-decay", type=float)
-@click.option("--lr-milestones", help="Comma-separated epochs at which lr is multiplied by --lr-decay.")
-@click.option("--lr-decay", type=float)
-@click.option("--grad-clip", type=float, help="Max gradient L2 norm (0 = off).")
-@click.option("--seed", type=int)
-@click.option("--fused-loss/--no-fused-loss", default=None, help="Fused certified cross-entropy bound.")
-@click.option("--train-size", type=int, help="Use a seeded subset of the training set.")
-@click.option("--test-size", type=int, help="Use a seeded subset of the test set.")
-@click.option("--data-dir", type=click.Path(file_okay=False))
-@click.option("--device", help="cpu, cuda, cuda:N.")
-@click.option("--record-every", type=int, help="Write recorded step scalars every N steps.")
-@click.option("--grad-every", type=int, help="Record the flattened gradient every N steps (0 = off).")
-@click.option("--probe-every", type=int, help="Gradient-direction probe every N steps (0 = off).")
-@click.option("--eval-size", type=int, help="Test samples evaluated after each epoch (0 = off).")
-@click.option("--opt-steps", type=int, help="Iterations of the 'optimized' slope policy.")
-@click.option("--opt-lr", type=float, help="Step size of the 'optimized' slope policy.")
+@_option("--method", help=f"Training method: {', '.join(TRAIN_METHODS)}.")
+@_option("--slope", help=f"Lower-slope policy: {', '.join(SLOPES)}.")
+@_option("--eps", type=float, help="Training radius eps_train (input units).")
+@_option("--eps-start-epoch", type=float, help="Epoch at which the eps/beta/kappa ramp starts (eps = 0 before).")
+@_option("--eps-ramp-epochs", type=float, help="Length of the ramp in epochs.")
+@_option("--eps-schedule", type=click.Choice(["linear", "smooth"]), help="Shape of the eps ramp.")
+@_option("--beta-start", type=float, help="CROWN-IBP's weight of the CROWN bound at the start of the ramp.")
+@_option("--beta-end", type=float, help="... and at its end (CROWN-IBP's own recipe: 0).")
+@_option("--beta-schedule", type=click.Choice(["linear", "smooth"]))
+@_option("--kappa-start", type=float, help="Weight of the clean loss at the start of the ramp.")
+@_option("--kappa-end", type=float, help="... and at its end.")
+@_option("--kappa-schedule", type=click.Choice(["linear", "smooth"]))
+@_option("--epochs", type=int)
+@_option("--batch-size", type=int)
+@_option("--optimizer", type=click.Choice(["adam", "sgd"]))
+@_option("--lr", type=float, help="Learning rate.")
+@_option("--momentum", type=float, help="SGD momentum.")
+@_option("--weight-decay", type=float)
+@click.option("--lr-milestones", help="Comma-separated epochs at which lr is multiplied by --lr-decay [default: none].")
+@_option("--lr-decay", type=float)
+@_option("--grad-clip", type=float, help="Max gradient L2 norm (0 = off).")
+@_option("--seed", type=int)
+@_option("--fused-loss/--no-fused-loss", default=None, help="Fused certified cross-entropy bound.")
+@_option("--train-size", type=int, help="Use a seeded subset of the training set.")
+@_option("--test-size", type=int, help="Use a seeded subset of the test set.")
+@_option("--data-dir", type=click.Path(file_okay=False), help="The only folder the dataset is looked for in.")
+@click.option("--download", is_flag=True, help="Fetch a missing dataset from its official source (needs a network).")
+@_option("--device", help="cpu, cuda, cuda:N.")
+@_option("--record-every", type=int, help="Write recorded step scalars every N steps.")
+@_option("--grad-every", type=int, help="Record the flattened gradient every N steps (0 = off).")
+@_option("--probe-every", type=int, help="Gradient-direction probe every N steps (0 = off).")
+@_option("--eval-size", type=int, help="Test samples evaluated after each epoch (0 = off).")
+@_option("--opt-steps", type=int, help="Iterations of the 'optimized' slope policy.")
+@_option("--opt-lr", type=float, help="Step size of the 'optimized' slope policy.")
 @click.option("--out", "out_dir", required=True, type=click.Path(), help="Run directory.")
-@click.option("--resume", is_flag=True, help="Continue the run in --out from its last epoch checkpoint.")
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its last epoch checkpoint; options not "
+              "given are the run's own (e.g. --resume --epochs 40 extends it).")
 @click.option("--overwrite", is_flag=True, help="Replace the run in --out.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def train(config_file, model_option, lr_milestones, out_dir, resume, overwrite, quiet, **options) -> None:
+def train(config_file, model_option, lr_milestones, download, out_dir, resume, overwrite, quiet, **options) -> None:
     """Train a certifiably robust model; write checkpoints and train.h5 to --out."""
-    from train.config import load_config
-    from train.loop import load_data
+    from train.config import TrainConfig, load_config, read_config_file
+    from train.loop import load_data, resolve_device
     from train.models import model_description
 
     if resume and overwrite:
         raise click.ClickException("--resume and --overwrite exclude each other")
     options["model_options"] = _parse_model_options(model_option)
     options["lr_milestones"] = _parse_milestones(lr_milestones)
-    config = load_config(config_file, options)
 
     # -- every check before any work that changes the run directory
-    from train.loop import resolve_device
-
-    resolve_device(config.device)
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise click.ClickException(f"--out {out} exists and is not a directory")
-    resume_from = None
     old = _existing_run(out) if out.is_dir() else None
-    if old is not None and not overwrite:
-        from train.config import TrainConfig
-
-        try:
-            same = TrainConfig.from_dict(old).identity() == config.identity() if old else False
-        except ValueError:
-            same = False
-        if not same:
+    resume_from = None
+    if resume:
+        if not old:
+            raise click.ClickException(f"--resume: {out} holds no run to resume (no config.json)")
+        given = {**(read_config_file(config_file) if config_file else {}),
+                 **{k: v for k, v in options.items() if v is not None}}
+        config = TrainConfig.from_dict({**old, **{k.replace("-", "_"): v for k, v in given.items()}})
+        resume_from = latest_epoch_checkpoint(out)
+    else:
+        config = load_config(config_file, options)
+        if old is not None and not overwrite:
+            try:
+                same = bool(old) and TrainConfig.from_dict(old).identity() == config.identity()
+            except ValueError:
+                same = False
+            if same:
+                raise click.ClickException(
+                    f"{out} already holds this run; pass --resume to continue it or --overwrite to start again")
             raise click.ClickException(
                 f"{out} holds another run (a different config); use --overwrite to replace it or choose another --out")
-        if not resume:
-            raise click.ClickException(f"{out} already holds this run; pass --resume to continue it or --overwrite to start again")
-        resume_from = latest_epoch_checkpoint(out)
-    data = load_data(config)  # unknown or missing dataset: one clear error here
+    resolve_device(config.device)
+    data = load_data(config, download=download)  # unknown or missing dataset: one clear error here
     spec = data.spec
     model_description(config.model, spec.input_shape, spec.n_classes, spec.mean, spec.std, **config.model_options)
 
@@ -168,26 +210,30 @@ def train(config_file, model_option, lr_milestones, out_dir, resume, overwrite, 
 # ----------------------------------------------------------------------------- certify
 @click.command("certify")
 @click.argument("checkpoint", type=click.Path(dir_okay=False))
-@click.option("--eps", type=float, help="Radius (default: the checkpoint's eps_train).")
+@click.option("--eps", help="Radius, or several comma-separated [default: the checkpoint's eps_train].")
 @click.option("--methods", default=",".join(CERTIFY_METHODS), show_default=True,
               help=f"Comma-separated verification methods ({', '.join(BOUND_METHODS)}); may be empty.")
 @click.option("--pgd-steps", type=int, default=20, show_default=True)
 @click.option("--pgd-restarts", type=int, default=1, show_default=True)
 @click.option("--test-size", type=int, help="Evaluate a seeded subset of the test set.")
 @click.option("--batch-size", type=int, default=256, show_default=True)
-@click.option("--data-dir", type=click.Path(file_okay=False))
+@click.option("--data-dir", type=click.Path(file_okay=False), help="The only folder the dataset is looked for in.")
+@click.option("--download", is_flag=True, help="Fetch a missing dataset from its official source (needs a network).")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the subset and the attack.")
+@click.option("--out", type=click.Path(dir_okay=False), default=None,
+              help="Also write the results to this HDF5 file (kind certify, one row per eps; docs/schema.md).")
 @click.option("--float64", "double", is_flag=True,
               help="Bound in float64: float32 rounding can move a bound by ~1e-6 relative, so use this "
                    "when a certificate must hold to the last digit.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def certify(checkpoint, eps, methods, pgd_steps, pgd_restarts, test_size, batch_size, data_dir, device, seed, double,
-            as_json) -> None:
+def certify(checkpoint, eps, methods, pgd_steps, pgd_restarts, test_size, batch_size, data_dir, download, device, seed,
+            out, double, as_json) -> None:
     """Clean, PGD and verified error of a checkpoint on its dataset's test set."""
-    from train.checkpoint import load_model
+    from landscape.certification import certify_rows, write_certify_file
+    from train.checkpoint import check_fits, load_model
     from train.data import load_dataset
-    from train.evaluate import evaluate, metric_key
+    from train.evaluate import metric_key
     from train.loop import resolve_device
 
     method_list = [m.strip() for m in methods.split(",") if m.strip()]
@@ -200,32 +246,45 @@ def certify(checkpoint, eps, methods, pgd_steps, pgd_restarts, test_size, batch_
         raise click.ClickException("--batch-size: must be >= 1")
     if test_size is not None and test_size < 1:
         raise click.ClickException("--test-size: must be >= 1")
-    if eps is not None and not (eps >= 0 and eps != float("inf")):
-        raise click.ClickException(f"--eps: must be a finite number >= 0, got {eps}")
+    eps_list = None if eps is None else _parse_eps(eps)
+    if out is not None and Path(out).is_dir():
+        raise click.ClickException(f"--out: {out} is a directory")
     dev = resolve_device(device)
     model, ckpt = load_model(checkpoint, device=dev)
     cfg = ckpt["config"]
-    eps = float(cfg.get("eps", 0.0)) if eps is None else eps
-    data = load_dataset(cfg["dataset"], data_dir=data_dir or cfg.get("data_dir"), test_size=test_size, seed=seed)
+    eps_list = [float(cfg.get("eps", 0.0))] if eps_list is None else eps_list
+    data = load_dataset(cfg["dataset"], data_dir=data_dir or cfg.get("data_dir"), download=download,
+                        test_size=test_size, seed=seed)
+    check_fits(ckpt, data.spec, where=f"checkpoint {checkpoint!r}")
     test_x = data.test_x
     if double:
         model, test_x = model.double(), test_x.double()
-    res = evaluate(model, test_x, data.test_y, eps, methods=method_list, pgd_steps=pgd_steps,
-                   pgd_restarts=pgd_restarts, batch_size=batch_size, domain=tuple(data.spec.domain), seed=seed,
-                   progress=not as_json)
-    res["checkpoint"] = str(checkpoint)
-    res["dtype"] = "float64" if double else "float32"
+    columns, results = certify_rows(model, test_x, data.test_y, eps_list, method_list, str(cfg.get("method")),
+                                    pgd_steps=pgd_steps, pgd_restarts=pgd_restarts, batch_size=batch_size,
+                                    domain=tuple(data.spec.domain), seed=seed, progress=not as_json)
+    for res in results:
+        res["checkpoint"] = str(checkpoint)
+        res["dtype"] = "float64" if double else "float32"
+    if out is not None:
+        write_certify_file(out, columns, {
+            "method": cfg.get("method"), "dataset": cfg["dataset"], "model": cfg.get("model"),
+            "eps": float(cfg.get("eps", 0.0)), "checkpoint": str(Path(checkpoint).resolve()), "n_test": len(test_x),
+            "dtype": results[0]["dtype"], "methods": method_list, "pgd_steps": pgd_steps, "pgd_restarts": pgd_restarts})
     if as_json:
-        click.echo(json.dumps(res, sort_keys=True))
+        click.echo(json.dumps(results[0] if len(results) == 1 else results, sort_keys=True))
         return
-    click.echo(f"{checkpoint}: {cfg.get('method')} {cfg.get('model')} on {cfg['dataset']}, "
-               f"{res['n']} test samples, eps = {eps:g}")
-    rows = [("clean error", res["clean_err"]), (f"PGD error ({pgd_steps} steps x {pgd_restarts})", res["pgd_err"])]
-    rows += [(f"verified error, {m}", res[metric_key(m)]) for m in method_list]
-    rows.append(("verified error (union)", res["verified_err"]))
-    width = max(len(r[0]) for r in rows)
-    for name, value in rows:
-        click.echo(f"  {name:<{width}}  {100 * value:6.2f} %")
+    for e, res in zip(eps_list, results):
+        click.echo(f"{checkpoint}: {cfg.get('method')} {cfg.get('model')} on {cfg['dataset']}, "
+                   f"{res['n']} test samples, eps = {e:g}")
+        rows = [("clean error", res["clean_err"]),
+                (f"PGD error ({pgd_steps} steps x {pgd_restarts})", res["pgd_err"])]
+        rows += [(f"verified error, {m}", res[metric_key(m)]) for m in method_list]
+        rows.append(("verified error (union)", res["verified_err"]))
+        width = max(len(r[0]) for r in rows)
+        for name, value in rows:
+            click.echo(f"  {name:<{width}}  {100 * value:6.2f} %")
+    if out is not None:
+        click.echo(f"wrote {out}", err=True)
 
 
 COMMANDS = [train, certify]

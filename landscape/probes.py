@@ -106,8 +106,8 @@ class GradientProbe:
         setup = ctx.bound  # the bound the step used: method, slope, beta, domain, n_classes
         use_bounds = self.metrics and setup.linear
         point_metrics = None
-        if use_bounds:
-            a0 = lower_coefficients(model, x, y, eps, setup, torch.Generator().manual_seed(self.seed))
+        a0 = lower_coefficients(model, x, y, eps, setup, torch.Generator().manual_seed(self.seed)) if use_bounds else None
+        if a0 is not None:  # None where the bound has no linear part (e.g. CROWN-IBP at beta = 0)
 
             def point_metrics(m: nn.Module, label: str) -> dict[str, float]:
                 if label != "main":

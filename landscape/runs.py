@@ -73,13 +73,19 @@ def train_in_dir(run_dir: Path, config: Any, data: Any, resume_from: Path | None
     """Train ``config`` (a :class:`train.config.TrainConfig`) on ``data`` into ``run_dir``:
     ``config.json``, ``train.h5`` with a probe every ``config.probe_every`` steps (at step
     multiples ``probe_t``), the epoch checkpoints and ``checkpoint.pt``; continue from
-    ``resume_from`` when given. Returns the :class:`train.loop.TrainResult`."""
-    from train.loop import train
+    ``resume_from`` when given (checked before anything is written). Warnings of the run (a
+    collapse) are stored as the root attribute ``warnings``. Returns the
+    :class:`train.loop.TrainResult`."""
+    from train.loop import check_resume, train
 
+    if resume_from is not None:
+        check_resume(config, resume_from)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n")
     sink = open_train_record(run_dir / "train.h5", config, resume_from, extra_attrs)
     callbacks = probe_callbacks(config.probe_every, sink, probe_t)
-    return train(config, callbacks=callbacks, sink=sink, resume_from=resume_from, progress=progress,
-                 out_dir=run_dir, data=data)
+    result = train(config, callbacks=callbacks, sink=sink, resume_from=resume_from, progress=progress,
+                   out_dir=run_dir, data=data)
+    store.write_attrs(str(run_dir / "train.h5"), {"warnings": list(result.warnings)})
+    return result

@@ -51,13 +51,16 @@ class Chunker:
 
 
 def finish_scan(scan: store.ScanFile, summaries: Summaries | None = None) -> None:
-    """Flush; when nothing is missing, store per-label summaries (``loss_variation`` and what
+    """Flush; when nothing is missing, store per-label summaries (``loss_variation`` over the
+    finite values, ``nonfinite_points`` when a computed loss overflowed, and what
     ``summaries(scan)`` returns, computed once) and mark the file complete."""
     complete = scan.missing().size == 0
     if complete:
         extra = summaries(scan) if summaries is not None else {}
         for label in scan.labels:
-            attrs = {"loss_variation": loss_variation(scan.data[label]["loss"])}
+            attrs: dict[str, Any] = {"loss_variation": loss_variation(scan.data[label]["loss"])}
+            if scan.nonfinite(label):
+                attrs["nonfinite_points"] = scan.nonfinite(label)
             attrs.update(extra.get(label, {}))
             scan.label_attrs.setdefault(label, {}).update(attrs)
     scan.flush(complete=complete)
@@ -188,6 +191,7 @@ class ScanRequest:
     batch_points: int | None = None
     device: str = "cpu"
     data_dir: str | None = None
+    download: bool = False
     command: str | None = None
     data: Any = field(default=None, repr=False)
 
@@ -257,13 +261,15 @@ class ScanRequest:
 @dataclass
 class ScanOutcome:
     """What :func:`run_scan` did: the file, its number of points, how many were computed now
-    and in how many seconds, and the per-label summaries (rank 0; empty elsewhere)."""
+    and in how many seconds, the per-label summaries and the number of computed points whose
+    loss is not finite, per label (rank 0; empty elsewhere)."""
 
     path: str
     n_points: int
     computed: int
     seconds: float
     label_attrs: dict[str, dict[str, Any]]
+    nonfinite: dict[str, int] = field(default_factory=dict)
 
 
 def run_scan(request: ScanRequest, progress: bool = True) -> ScanOutcome:
@@ -282,7 +288,9 @@ def run_scan(request: ScanRequest, progress: bool = True) -> ScanOutcome:
         seconds = time.perf_counter() - t0
         n_total = int(np.prod([len(c) for c in plan.coords.values()]))
         attrs = scan_file.label_attrs if scan_file is not None else {}
-        return ScanOutcome(request.out, n_total, len(todo), seconds, {k: dict(v) for k, v in attrs.items()})
+        bad = {lab: scan_file.nonfinite(lab) for lab in scan_file.labels} if scan_file is not None else {}
+        return ScanOutcome(request.out, n_total, len(todo), seconds, {k: dict(v) for k, v in attrs.items()},
+                           {lab: n for lab, n in bad.items() if n})
     finally:
         distributed.shutdown(ctx)
 

@@ -2,8 +2,9 @@
 the checkpoint, the fixed batch, the losses, the evaluator of the kind, the arrays that repeat
 the scan exactly and the arguments that identify it.
 
-Every process of a torchrun group builds the same (all of it is seeded); rank 0 alone checks the
-output first, so that a bad ``--out`` is refused before any data is loaded.
+Every process of a torchrun group builds the same (all of it is seeded). The inputs (checkpoint,
+data, the model fitting the data) are checked before rank 0 checks and creates the output's
+place, and the output file itself is only created once the scan is ready to run.
 """
 
 from __future__ import annotations
@@ -91,7 +92,7 @@ def prepare_scan(request: Any, ctx: Context) -> PreparedScan:
     from landscape import evaluators as E
     from landscape.directions import flatten, get_params, interpolation_direction, random_direction
     from landscape.scan_losses import LossClosure, select_samples
-    from train.checkpoint import load_model
+    from train.checkpoint import check_fits, load_model
     from train.data import DATASETS, load_dataset
 
     kind, seed, device = request.kind, request.seed, request.device
@@ -113,7 +114,14 @@ def prepare_scan(request: Any, ctx: Context) -> PreparedScan:
         fields = ["loss"]
     args = scan_args(request, coords, specs, cfg, lr)
 
-    error = None
+    data = request.data
+    if data is None:
+        data = load_dataset(dataset, data_dir=request.data_dir or cfg.get("data_dir"), download=request.download,
+                            train_size=cfg.get("train_size"), test_size=cfg.get("test_size"),
+                            seed=int(cfg.get("seed", 0)))
+    check_fits(ckpt, data.spec, where=f"checkpoint {request.checkpoint!r}")
+
+    error = None  # every input is checked: now rank 0 checks (and creates) the output's place
     if ctx.is_main:
         try:
             check_output(request.out, kind, args)
@@ -125,10 +133,6 @@ def prepare_scan(request: Any, ctx: Context) -> PreparedScan:
     if status is not None:  # rank 0 refused the output and says so
         raise SystemExit(1)
 
-    data = request.data
-    if data is None:
-        data = load_dataset(dataset, data_dir=request.data_dir or cfg.get("data_dir"), train_size=cfg.get("train_size"),
-                            test_size=cfg.get("test_size"), seed=int(cfg.get("seed", 0)))
     x, y = select_samples(data, request.samples, request.split, seed)
     x, y = x.to(device), y.to(device)
     closures = [LossClosure(model, x, y, s) for s in specs]

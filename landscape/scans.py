@@ -40,11 +40,14 @@ def default_t_values(t_min: float = 0.5, t_max: float = 5.0, n: int = 10, includ
 
 
 def grid_coords(lo: float, hi: float, points: int) -> np.ndarray:
-    """``points`` evenly spaced values from lo to hi (inclusive)."""
+    """``points`` evenly spaced values from lo to hi (inclusive); a single point is the centre of
+    the scan, 0 (the checkpoint itself), when the range holds it, else the range's middle."""
     if int(points) < 1:
         raise ValueError(f"the number of points must be >= 1, got {points}")
     if not (math.isfinite(lo) and math.isfinite(hi)) or lo > hi:
         raise ValueError(f"need a finite range lo <= hi, got {lo}, {hi}")
+    if int(points) == 1:
+        return np.array([0.0 if lo <= 0.0 <= hi else (lo + hi) / 2])
     return np.linspace(lo, hi, int(points))
 
 

@@ -365,18 +365,44 @@ def test_env_var_folder_itself_and_subfolder_first(tmp_path: Path, monkeypatch: 
     assert set(load_dataset("fashion-mnist").train_y.tolist()) == {5}
     make_idx_set(tmp_path / "env" / "fashion-mnist", label=6)
     assert set(load_dataset("fashion-mnist").train_y.tolist()) == {6}
-    dirs = search_dirs("fashion-mnist", tmp_path / "x")
-    assert dirs[0] == tmp_path / "x" / "fashion-mnist" and tmp_path / "x" in dirs
+    dirs = search_dirs("fashion-mnist")
+    assert dirs.index(tmp_path / "env" / "fashion-mnist") < dirs.index(tmp_path / "env")
     assert dirs.index(tmp_path / "env") < dirs.index(tmp_path / "cache" / "landscape" / "fashion-mnist")
     assert dirs[-1] == tmp_path / "system" / "fashion-mnist"
+    # an explicit --data-dir is the only place looked
+    assert search_dirs("fashion-mnist", tmp_path / "x") == [tmp_path / "x" / s for s in
+                                                           ("fashion-mnist", "fashion_mnist", "FashionMNIST")] + [tmp_path / "x"]
+
+
+def test_an_explicit_data_dir_is_the_only_place_looked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A --data-dir that does not exist, or holds only part of a dataset, is an error; the
+    system copy (or any other) is never used in its place."""
+    make_idx_set(tmp_path / "system" / "fashion-mnist", label=4)
+    assert set(load_dataset("fashion-mnist").train_y.tolist()) == {4}
+    with pytest.raises(DatasetError, match="--data-dir .*nowhere does not exist"):
+        load_dataset("fashion-mnist", data_dir=tmp_path / "nowhere")
+    part = tmp_path / "part"
+    make_idx_set(part, label=1)
+    (part / "t10k-labels-idx1-ubyte.gz").unlink()
+    with pytest.raises(DatasetError, match="not found") as info:
+        load_dataset("fashion-mnist", data_dir=part)
+    assert str(tmp_path / "system") not in str(info.value) and str(part) in str(info.value)
 
 
 def test_missing_dataset_message(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LANDSCAPE_DATA", str(tmp_path / "envdir"))
     with pytest.raises(DatasetError) as info:
         load_dataset("fashion-mnist", data_dir=tmp_path / "mine")
+    assert "does not exist" in str(info.value)
+    (tmp_path / "mine").mkdir()
+    with pytest.raises(DatasetError) as info:
+        load_dataset("fashion-mnist", data_dir=tmp_path / "mine")
     msg = str(info.value)
-    for place in (tmp_path / "mine", tmp_path / "envdir", tmp_path / "envdir" / "fashion-mnist",
+    assert str(tmp_path / "mine" / "fashion-mnist") in msg and str(tmp_path / "envdir") not in msg
+    with pytest.raises(DatasetError) as info:
+        load_dataset("fashion-mnist")
+    msg = str(info.value)
+    for place in (tmp_path / "envdir", tmp_path / "envdir" / "fashion-mnist",
                   tmp_path / "cache" / "landscape" / "fashion-mnist", tmp_path / "system" / "fashion-mnist"):
         assert str(place) in msg
     for hint in ("apt-get install dataset-fashion-mnist", "--download", "--data-dir", "LANDSCAPE_DATA",
@@ -458,3 +484,33 @@ def test_system_fashion_mnist_subset(monkeypatch: pytest.MonkeyPatch) -> None:
     assert np.array_equal(np.bincount(data.train_y.numpy(), minlength=10), np.full(10, 20))
     assert 0.0 <= float(data.train_x.min()) and float(data.train_x.max()) <= 1.0
     assert "/usr/share/datasets/fashion-mnist" in data.source
+
+
+def test_a_gzip_bomb_is_refused_before_it_is_inflated(tmp_path, monkeypatch):
+    """A gzip IDX file whose header declares a small array but which inflates to far more is
+    refused from its trailer, without inflating it; so is a header declaring a huge array."""
+    from train import dataformats
+
+    bomb = tmp_path / "bomb-idx3-ubyte.gz"
+    with gzip.open(bomb, "wb", compresslevel=9) as fh:
+        fh.write(bytes([0, 0, 8, 3]) + np.array([10, 28, 28], dtype=">u4").tobytes())
+        block = bytes(1 << 20)
+        for _ in range(64):  # 64 MiB of zeros, about 64 KiB compressed
+            fh.write(block)
+    assert bomb.stat().st_size < 1 << 20
+    inflated = []
+    real_read = gzip.GzipFile.read
+
+    def counting_read(self, n=-1):
+        out = real_read(self, n)
+        inflated.append(len(out))
+        return out
+
+    monkeypatch.setattr(gzip.GzipFile, "read", counting_read)
+    with pytest.raises(DatasetError, match="trailer says it inflates to"):
+        dataformats.read_idx(bomb)
+    assert sum(inflated) < 1024  # only the header was inflated
+    huge = tmp_path / "huge-idx3-ubyte"
+    huge.write_bytes(bytes([0, 0, 8, 3]) + np.array([100000, 4000, 4000], dtype=">u4").tobytes())
+    with pytest.raises(DatasetError, match="more than the .* an IDX dataset may hold"):
+        dataformats.read_idx(huge)

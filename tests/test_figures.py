@@ -386,15 +386,24 @@ def test_partial_line_scan_draws_every_computed_point(tmp_path: Path, monkeypatc
     assert shown >= {round(float(x), 6) for x in xs[::2]}, "isolated computed points are not drawn"
 
 
-def test_gradient_scan_without_computed_points_still_plots(tmp_path: Path) -> None:
+def test_a_scan_without_computed_points_is_nothing_to_draw(tmp_path: Path, capsys) -> None:
+    """A scan whose points are not computed yet is one clear error and a non-zero exit, not an
+    empty figure."""
     import figures
+    from landscape.cli import main
 
     path = tmp_path / "fresh.h5"
     scan = store.create_scan(str(path), kind="gradient", args={"t": T.tolist()}, coords={"t": T}, labels=["ibp"],
                              fields=["loss", "cos"], attrs={"eps": 0.1})
     scan.flush(complete=False)
-    out = figures.plot_file(path, tmp_path / "fig", formats="png")
-    _images_ok(out, ["fresh_gradient"], formats=("png",))
+    with pytest.raises(ValueError, match="nothing to draw in .*fresh.h5: no point of the scan is computed"):
+        figures.plot_file(path, tmp_path / "fig", formats="png")
+    assert main(["plot", str(path), "--out", str(tmp_path / "fig2"), "--format", "png"]) == 1
+    assert "nothing to draw" in capsys.readouterr().err
+    assert not (tmp_path / "fig2").exists() or not any((tmp_path / "fig2").iterdir())
+    scan.set_point("ibp", 2, {"loss": 1.0, "cos": 0.5})  # one point is enough to draw
+    scan.flush(complete=False)
+    assert figures.plot_file(path, tmp_path / "fig3", formats="png")
 
 
 def test_probe_panel_legend_names_every_run(tmp_path: Path, monkeypatch) -> None:

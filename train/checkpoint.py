@@ -16,19 +16,26 @@ lists, strings, numbers, None only)::
     versions          {"toolkit", "torch", "python"}
     created           ISO-8601 time
 
-Files are written to a temporary file in the same directory and moved into place with
-``os.replace``, so a crash leaves the old checkpoint or the new one, never half of one.
-Every failure to load is a :class:`CheckpointError` (a ``ValueError``) naming the file.
+Files are serialised in memory, written to a temporary file in the same directory and moved
+into place with ``os.replace``, so a crash leaves the old checkpoint or the new one, never half
+of one; a temporary left by a killed writer is removed by the next save of the same file, a
+full disk is one :class:`CheckpointWriteError`, and a checkpoint gets the mode of any new file
+(the umask), like the results files. Every failure to load is a :class:`CheckpointError` (a
+``ValueError``) naming the file; :func:`load_checkpoint` also checks the stored config and model
+description are what this toolkit writes.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import errno
+import io
 import json
 import os
 import pickle
 import platform
-import tempfile
+import secrets
+import time
 import zipfile
 from pathlib import Path
 from typing import Any, Mapping
@@ -48,6 +55,16 @@ class CheckpointError(ValueError):
 
 class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
     """The checkpoint file does not exist."""
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (the disk is full); the old file is untouched."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+_STALE_SECONDS = 600.0
 
 
 def versions() -> dict[str, str]:
@@ -111,18 +128,47 @@ def save_checkpoint(
         "versions": versions(),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)  # in memory first: torch's writer hides a full disk in its own errors
+    _remove_stale(path)
+    tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
     try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(payload, fh)
+        with open(tmp, "wb") as fh:
+            fh.write(buffer.getbuffer())
             fh.flush()
             os.fsync(fh.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
-        tmp = ""
+        tmp = None
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            raise CheckpointWriteError(errno.ENOSPC, f"cannot write {path}: the disk is full (no space left on "
+                                                     "device); free some space and run the command again") from None
+        raise
     finally:
-        if tmp and os.path.exists(tmp):
-            os.remove(tmp)
+        if tmp is not None and tmp.exists():
+            tmp.unlink()
     return path
+
+
+def _remove_stale(path: Path) -> None:
+    """Delete temporaries ``.NAME.<pid>.<random>.tmp`` of ``path`` left by a process that is gone
+    (killed mid-write); ones without a process id once older than ten minutes."""
+    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
+        pid = tmp.name[len(path.name) + 2:].split(".", 1)[0]
+        if pid.isdigit():
+            try:
+                os.kill(int(pid), 0)
+                continue
+            except ProcessLookupError:
+                pass
+            except PermissionError:
+                continue
+        elif time.time() - tmp.stat().st_mtime <= _STALE_SECONDS:
+            continue
+        tmp.unlink(missing_ok=True)
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -137,12 +183,9 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     try:
         ckpt = torch.load(p, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
-        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-        hint = next((ln for ln in lines if "Unsupported" in ln), lines[0] if lines else type(exc).__name__)
-        first = hint.split("error:", 1)[-1].split(" was not an allowed")[0].strip()
         raise CheckpointError(
-            f"{str(p)!r} is not a cert-landscape checkpoint: it holds objects that cannot be loaded safely ({first[:120]})"
-        ) from None
+            f"{str(p)!r} is not a cert-landscape checkpoint: it holds objects that cannot be loaded safely "
+            f"({_unsafe_reason(exc)})") from None
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError, KeyError, AttributeError) as exc:
         raise CheckpointError(f"checkpoint {str(p)!r} is corrupt or not a PyTorch file ({type(exc).__name__})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
@@ -154,7 +197,25 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     for key in ("state_dict", "model", "config", "epoch", "step"):
         if key not in ckpt:
             raise CheckpointError(f"checkpoint {str(p)!r} is incomplete: it has no {key!r} entry")
+    for key, kind in (("state_dict", Mapping), ("model", Mapping), ("config", Mapping), ("epoch", int), ("step", int)):
+        if not isinstance(ckpt[key], kind) or isinstance(ckpt[key], bool):
+            raise CheckpointError(f"checkpoint {str(p)!r} is corrupt: its {key!r} entry is a "
+                                  f"{type(ckpt[key]).__name__}, not a {'dict' if kind is Mapping else 'number'}")
+    for key in ("dataset", "method", "model"):
+        if not isinstance(ckpt["config"].get(key), str):
+            raise CheckpointError(f"checkpoint {str(p)!r} is corrupt: its config has no {key!r} name")
     return ckpt
+
+
+def _unsafe_reason(exc: BaseException) -> str:
+    """The reason torch gives for refusing to unpickle, whole (e.g. ``Unsupported global: GLOBAL
+    mod.Class was not an allowed global by default``), without its advice to allow-list it."""
+    text = " ".join(str(exc).split())
+    for marker in ("WeightsUnpickler error:", "Unsupported"):
+        if marker in text:
+            reason = text[text.index(marker):].removeprefix("WeightsUnpickler error:").strip()
+            return reason.split(". Please use")[0].split(". Check the documentation")[0].rstrip(".")
+    return text.split(". ")[0] or type(exc).__name__
 
 
 def check_finite(state_dict: Mapping[str, torch.Tensor], where: str = "model") -> None:
@@ -191,6 +252,18 @@ def build_from_description(desc: Mapping[str, Any]) -> nn.Module:
         return models.build_from_description(dict(desc))
     except (TypeError, KeyError) as exc:
         raise CheckpointError(f"checkpoint model description is invalid ({exc})") from None
+
+
+def check_fits(ckpt: Mapping[str, Any], spec: Any, where: str = "checkpoint") -> None:
+    """Raise :class:`CheckpointError` unless the checkpoint's model takes the dataset's inputs and
+    gives its number of classes (``spec``: a :class:`train.data.DatasetSpec`)."""
+    desc = ckpt.get("model") or {}
+    shape, n = desc.get("input_shape"), desc.get("n_classes")
+    if shape is not None and tuple(shape) != tuple(spec.input_shape):
+        raise CheckpointError(f"{where} holds a model for inputs {tuple(shape)}, but dataset {spec.name!r} has "
+                              f"inputs {tuple(spec.input_shape)}")
+    if n is not None and int(n) != int(spec.n_classes):
+        raise CheckpointError(f"{where} holds a model with {n} classes, but dataset {spec.name!r} has {spec.n_classes}")
 
 
 def load_model(

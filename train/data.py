@@ -254,6 +254,9 @@ def load_dataset(
         tx, ty, vx, vy = _digits_arrays()
         source = "sklearn.datasets.load_digits"
     else:
+        if data_dir is not None and str(data_dir) != "" and not Path(data_dir).expanduser().is_dir() and not download:
+            raise DatasetError(f"--data-dir {data_dir} does not exist (or is not a folder); when given it is the "
+                               f"only place dataset {key!r} is looked for (--download fetches it there)")
         found, looked = sources.find(key, data_dir)
         if found is None and download:
             target = sources.download(key, data_dir)

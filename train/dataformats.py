@@ -25,6 +25,7 @@ shape ``[32, 32, 3, N]`` (``uint8``) and ``y`` of shape ``[N, 1]`` with labels `
 from __future__ import annotations
 
 import gzip
+import os
 import tarfile
 import zlib
 from pathlib import Path
@@ -62,16 +63,33 @@ class DatasetError(ValueError):
     """A dataset is missing, cannot be downloaded, or one of its files is malformed."""
 
 
-def _read_bytes(path: Path) -> bytes:
-    """Return the (decompressed, if gzip) contents of ``path`` or raise :class:`DatasetError`."""
+MAX_IDX_BYTES = 1 << 31
+"""The largest IDX data a file may declare (2 GiB; MNIST's images are 47 MB): a header that
+declares more is refused before anything is inflated."""
+
+
+def _open_idx(path: Path):
+    """``(stream, size)``: a binary stream of the IDX bytes of ``path`` (inflated on the fly if
+    gzip) and their total size as the file says it (a gzip file's trailer gives it modulo 2^32)."""
     try:
-        raw = path.read_bytes()
+        with open(path, "rb") as fh:
+            head = fh.read(2)
+            fh.seek(0, os.SEEK_END)
+            length = fh.tell()
+            if head == _GZIP_MAGIC and length >= 18:
+                fh.seek(-4, os.SEEK_END)
+                size = int.from_bytes(fh.read(4), "little")
+            else:
+                size = length
     except OSError as exc:
         raise DatasetError(f"cannot read dataset file {path}: {exc.strerror or exc}") from exc
-    if raw[:2] != _GZIP_MAGIC:
-        return raw
+    stream = gzip.open(path, "rb") if head == _GZIP_MAGIC else open(path, "rb")
+    return stream, size, head == _GZIP_MAGIC
+
+
+def _read_exactly(stream, n: int, path: Path) -> bytes:
     try:
-        return gzip.decompress(raw)
+        return stream.read(n)
     except (OSError, EOFError, zlib.error) as exc:
         raise DatasetError(
             f"dataset file {path} is a damaged or truncated gzip file ({exc}); delete it and get it again"
@@ -81,38 +99,47 @@ def _read_bytes(path: Path) -> bytes:
 def read_idx(path: str | Path) -> np.ndarray:
     """Parse one IDX file (raw or gzip) into a numpy array of its declared shape and type.
 
-    Checks: the first two magic bytes are zero, the type byte is a known IDX type, the
-    dimension header is complete, and the data size equals ``prod(dims) * itemsize`` exactly
-    (a shorter file is reported as truncated, a longer one as having trailing bytes).
+    Checks, before the data is read (or inflated): the first two magic bytes are zero, the type
+    byte is a known IDX type, the dimension header is complete, the declared data size is at
+    most :data:`MAX_IDX_BYTES` and agrees with the file's own size (a gzip file's trailer), so a
+    gzip bomb is refused without inflating it. Then the data size must equal
+    ``prod(dims) * itemsize`` exactly (a shorter file is reported as truncated, a longer one as
+    having trailing bytes).
     """
     path = Path(path)
-    data = _read_bytes(path)
-    if len(data) < 4:
-        raise DatasetError(f"IDX file {path} is truncated: only {len(data)} bytes, not even a header")
-    if data[0] != 0 or data[1] != 0 or data[2] not in _IDX_TYPES:
-        raise DatasetError(
-            f"{path} is not an IDX file: wrong magic number 0x{data[:4].hex()} "
-            "(expected 0x0000 followed by a type byte 08/09/0b/0c/0d/0e and the number of dimensions)"
-        )
-    dtype = np.dtype(_IDX_TYPES[data[2]])
-    ndim = data[3]
-    if ndim == 0:
-        raise DatasetError(f"IDX file {path} declares zero dimensions")
-    header = 4 + 4 * ndim
-    if len(data) < header:
-        raise DatasetError(f"IDX file {path} is truncated inside its header ({len(data)} of {header} bytes)")
-    dims = tuple(int(d) for d in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
-    expected = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
-    found = len(data) - header
+    stream, size, zipped = _open_idx(path)
+    with stream:
+        head = _read_exactly(stream, 4, path)
+        if len(head) < 4:
+            raise DatasetError(f"IDX file {path} is truncated: only {len(head)} bytes, not even a header")
+        if head[0] != 0 or head[1] != 0 or head[2] not in _IDX_TYPES:
+            raise DatasetError(
+                f"{path} is not an IDX file: wrong magic number 0x{head[:4].hex()} "
+                "(expected 0x0000 followed by a type byte 08/09/0b/0c/0d/0e and the number of dimensions)"
+            )
+        dtype = np.dtype(_IDX_TYPES[head[2]])
+        ndim = head[3]
+        if ndim == 0:
+            raise DatasetError(f"IDX file {path} declares zero dimensions")
+        header = 4 + 4 * ndim
+        dim_bytes = _read_exactly(stream, 4 * ndim, path)
+        if len(dim_bytes) < 4 * ndim:
+            raise DatasetError(f"IDX file {path} is truncated inside its header ({4 + len(dim_bytes)} of {header} bytes)")
+        dims = tuple(int(d) for d in np.frombuffer(dim_bytes, dtype=">u4", count=ndim))
+        expected = int(np.prod(dims, dtype=object)) * dtype.itemsize
+        if expected > MAX_IDX_BYTES:
+            raise DatasetError(f"IDX file {path} declares dims {dims} ({expected} bytes), more than the "
+                               f"{MAX_IDX_BYTES} an IDX dataset may hold; refusing to read it")
+        if zipped and (header + expected) % (1 << 32) != size:
+            raise DatasetError(f"IDX file {path} declares dims {dims} ({expected} data bytes) but its gzip "
+                               f"trailer says it inflates to {size} bytes: the file is damaged or not what it claims")
+        data = _read_exactly(stream, expected + 1, path)
+    found = len(data)
     if found < expected:
-        raise DatasetError(
-            f"IDX file {path} is truncated: dims {dims} need {expected} data bytes, found {found}"
-        )
+        raise DatasetError(f"IDX file {path} is truncated: dims {dims} need {expected} data bytes, found {found}")
     if found > expected:
-        raise DatasetError(
-            f"IDX file {path} has {found - expected} unexpected trailing bytes after dims {dims}"
-        )
-    arr = np.frombuffer(data, dtype=dtype, offset=header).reshape(dims)
+        raise DatasetError(f"IDX file {path} has unexpected trailing bytes after dims {dims}")
+    arr = np.frombuffer(data, dtype=dtype).reshape(dims)
     return arr.astype(dtype.newbyteorder("="), copy=True)
 
 

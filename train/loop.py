@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,8 +33,10 @@ from typing import Any, Callable, Iterable, Mapping
 import torch
 from torch import nn
 
+from bounds.names import resolve_method
 from train.callbacks import Callback, StepContext, call
-from train.checkpoint import capture_rng, load_checkpoint, load_state, restore_rng, save_checkpoint
+from train.collapse import collapse_warning
+from train.checkpoint import capture_rng, check_finite, load_checkpoint, load_state, restore_rng, save_checkpoint
 from train.config import TrainConfig
 from train.objective import BoundSetup, certified_loss
 from train.recorder import ScalarRecorder, Sink, flat_grad
@@ -53,6 +56,7 @@ class TrainResult:
     checkpoint: Path | None = None
     recorder: ScalarRecorder | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
 
 def _mix(seed: int, k: int) -> int:
@@ -81,11 +85,11 @@ def build_for_config(config: TrainConfig, spec: Any) -> tuple[nn.Module, dict[st
     return model, desc
 
 
-def load_data(config: TrainConfig) -> Any:
-    """The config's dataset (``train.data.load_dataset``, no download)."""
+def load_data(config: TrainConfig, download: bool = False) -> Any:
+    """The config's dataset (``train.data.load_dataset``; ``download`` fetches missing files)."""
     from train.data import load_dataset
 
-    return load_dataset(config.dataset, data_dir=config.data_dir, download=False,
+    return load_dataset(config.dataset, data_dir=config.data_dir, download=download,
                         train_size=config.train_size, test_size=config.test_size, seed=config.seed)
 
 
@@ -113,6 +117,25 @@ def check_resumable(config: TrainConfig, ckpt: Mapping[str, Any]) -> None:
         raise ValueError(f"cannot resume: the checkpoint was trained with a different config ({detail})")
 
 
+def check_resume(config: TrainConfig, resume_from: str | os.PathLike) -> dict[str, Any]:
+    """Load the checkpoint a run resumes from and check it can be resumed with ``config``: the
+    same run (:func:`check_resumable`), finite weights, and no more epochs done than ``config``
+    asks for. Returns the checkpoint; raises one clear ValueError otherwise."""
+    ckpt = load_checkpoint(resume_from)
+    check_resumable(config, ckpt)
+    try:
+        check_finite(ckpt["state_dict"], where=f"checkpoint {str(resume_from)!r}")
+    except ValueError as exc:
+        raise ValueError(f"cannot resume: {exc}; the run diverged before this checkpoint was saved, so resume from "
+                         "an earlier checkpoint_epoch{N}.pt (move the later ones away) or start again with a smaller "
+                         "lr, a longer eps ramp or --grad-clip") from None
+    done = int(ckpt["epoch"])
+    if config.epochs < done:
+        raise ValueError(f"cannot resume: {str(resume_from)!r} has already trained {done} epochs, more than the "
+                         f"{config.epochs} asked for (--epochs must be at least {done})")
+    return ckpt
+
+
 def train(
     config: TrainConfig | Mapping[str, Any],
     callbacks: Iterable[Callback] = (),
@@ -122,6 +145,7 @@ def train(
     out_dir: str | os.PathLike | None = None,
     data: Any = None,
     model: nn.Module | None = None,
+    warn: Callable[[str], None] | None = None,
 ) -> TrainResult:
     """Train a model as ``config`` says.
 
@@ -139,6 +163,8 @@ def train(
             default ``train.data.load_dataset`` of the config.
         model: a ready model to train instead of building ``config.model`` (checkpoints then
             store the description ``{"name": "custom"}``).
+        warn: receives each warning line (a collapsed run, :mod:`train.collapse`); default:
+            printed to stderr. Warnings are also in ``TrainResult.warnings``.
 
     Returns:
         :class:`TrainResult` with the model, the last epoch's metrics and all epochs' history.
@@ -146,9 +172,7 @@ def train(
     if not isinstance(config, TrainConfig):
         config = TrainConfig.from_dict(config)
     device = resolve_device(config.device)
-    ckpt = load_checkpoint(resume_from) if resume_from is not None else None
-    if ckpt is not None:
-        check_resumable(config, ckpt)
+    ckpt = check_resume(config, resume_from) if resume_from is not None else None
     data = data if data is not None else load_data(config)
     spec = data.spec
     domain = tuple(getattr(spec, "domain", (0.0, 1.0)))
@@ -202,6 +226,15 @@ def train(
         return save_checkpoint(path, model, model_desc=desc, config=config.to_dict(), epoch=epochs_done, step=step,
                                optimizer=optimizer, rng=capture_rng(), metrics=metrics, history=history,
                                wall_time=wall_time)
+
+    warnings: list[str] = []
+
+    def report(line: str) -> None:
+        warnings.append(line)
+        if warn is not None:
+            warn(line)
+        else:
+            _print_warning(line)
 
     bar = _progress_bar(config.epochs * spe, step, method, progress)
     t0 = time.perf_counter()
@@ -257,6 +290,13 @@ def train(
             metrics.update(epoch=epoch, step=step, eps=schedule.eps_at(step - 1), lr=schedule.lr_at(step - 1),
                            epoch_seconds=time.perf_counter() - t_epoch)
             metrics.update(_epoch_eval(model, data, config, domain, device))
+            if config.eval_size > 0 and len(data.test_x):
+                warning = collapse_warning(model, data.test_x[: config.eval_size].to(device),
+                                           data.test_y[: config.eval_size], spec.n_classes,
+                                           metrics.get("train_robust_ce"), f"after epoch {epoch + 1}")
+                metrics["collapsed"] = float(warning is not None)
+                if warning is not None:
+                    report(warning)
             metrics["wall_time"] = wall_offset + time.perf_counter() - t0
             history.append(metrics)
             if out_path is not None:
@@ -267,12 +307,17 @@ def train(
         if bar is not None:
             bar.close()
     wall = wall_offset + time.perf_counter() - t0
+    if not (config.eval_size > 0 and start_epoch < config.epochs) and len(data.test_x):
+        warning = collapse_warning(model, data.test_x[:1000].to(device), data.test_y[:1000], spec.n_classes,
+                                   metrics.get("train_robust_ce"), "at the end of training")
+        if warning is not None:
+            report(warning)
     if out_path is not None:
         last_ckpt = save(out_path / "checkpoint.pt", max(start_epoch, config.epochs), wall)
     for cb in callbacks:
         call(cb, "on_train_end", model, metrics)
     return TrainResult(model=model, config=config, metrics=metrics, history=history, epoch=len(history),
-                       step=step, wall_time=wall, checkpoint=last_ckpt, recorder=recorder)
+                       step=step, wall_time=wall, checkpoint=last_ckpt, recorder=recorder, warnings=warnings)
 
 
 def _epoch_eval(model: nn.Module, data: Any, config: TrainConfig, domain: tuple[float, float],
@@ -285,7 +330,7 @@ def _epoch_eval(model: nn.Module, data: Any, config: TrainConfig, domain: tuple[
     from train.evaluate import evaluate, metric_key
 
     methods = [] if config.method == "natural" and config.eps == 0 else ["ibp"]
-    if config.method in ("crown-ibp", "tightest"):
+    if resolve_method(config.method, config.slope, 1.0)[0] == "crown-ibp":
         methods.append("crown-ibp")
     model.eval()
     res = evaluate(model, test_x[: config.eval_size], data.test_y[: config.eval_size], config.eps,
@@ -295,6 +340,13 @@ def _epoch_eval(model: nn.Module, data: Any, config: TrainConfig, domain: tuple[
     for m in methods:
         out["test_" + metric_key(m)] = res[metric_key(m)]
     return out
+
+
+def _print_warning(line: str) -> None:
+    """One ``Warning:`` line on stderr, above a progress bar if one is showing."""
+    from tqdm.auto import tqdm
+
+    tqdm.write(f"Warning: {line}", file=sys.stderr)
 
 
 def _progress_bar(total: int, initial: int, method: str, enabled: bool):

@@ -193,7 +193,8 @@ def cache_dir(key: str) -> Path:
 
 
 def search_dirs(key: str, data_dir: str | Path | None = None) -> list[Path]:
-    """Every folder :func:`train.data.load_dataset` looks in for dataset ``key``, in search order."""
+    """Every folder :func:`train.data.load_dataset` looks in for dataset ``key``, in search order.
+    An explicit ``data_dir`` is the only place looked (its dataset subfolders, then itself)."""
     source = SOURCES.get(key)
     subs = source.subfolders if source else (key,)
     dirs: list[Path] = []
@@ -204,6 +205,7 @@ def search_dirs(key: str, data_dir: str | Path | None = None) -> list[Path]:
 
     if data_dir is not None and str(data_dir) != "":
         add_base(Path(data_dir).expanduser())
+        return dirs
     for entry in os.environ.get(ENV_VAR, "").split(os.pathsep):
         if entry.strip():
             add_base(Path(entry.strip()).expanduser())
@@ -217,6 +219,8 @@ def search_dirs(key: str, data_dir: str | Path | None = None) -> list[Path]:
 
 
 def find(key: str, data_dir: str | Path | None) -> tuple[Optional[dict[str, Path]], list[Path]]:
+    """The files of dataset ``key`` (role -> path) in the first folder of :func:`search_dirs`
+    that holds them all, and the folders looked in."""
     looked = search_dirs(key, data_dir)
     for folder in looked:
         if folder.is_dir():
@@ -229,7 +233,7 @@ def find(key: str, data_dir: str | Path | None) -> tuple[Optional[dict[str, Path
 def missing_message(key: str, looked: Sequence[Path], data_dir: str | Path | None) -> str:
     source = SOURCES[key]
     env = os.environ.get(ENV_VAR)
-    env_note = "" if env else f" (${ENV_VAR} is not set)"
+    env_note = "" if env or data_dir else f" (${ENV_VAR} is not set)"
     return (
         f"dataset {key!r} not found: looked for {source.needs} in {', '.join(str(p) for p in looked)}"
         f"{env_note}; to get it, rerun with --download (download=True) to fetch it from the official source "
@@ -239,6 +243,8 @@ def missing_message(key: str, looked: Sequence[Path], data_dir: str | Path | Non
 
 
 def download(key: str, data_dir: str | Path | None) -> Path:
+    """Fetch the missing files of dataset ``key`` into ``data_dir`` (default: the cache),
+    checking their MD5; one DatasetError when the network fails."""
     target = Path(data_dir).expanduser() if data_dir else cache_dir(key)
     for item in SOURCES[key].downloads:
         path = target / item.filename

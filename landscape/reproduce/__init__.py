@@ -21,7 +21,7 @@ from typing import Any, Sequence
 
 from landscape.reproduce.plan import Plan, RunPlan, describe_plan, make_plan
 from landscape.reproduce.steps import certify_run, log, scan_run, train_run
-from landscape.reproduce.summary import load_results, result_files, summary_markdown, summary_rows
+from landscape.reproduce.summary import json_ready, load_results, result_files, summary_markdown, summary_rows
 
 __all__ = ["Plan", "RunPlan", "make_plan", "describe_plan", "run", "draw", "ReproduceResult",
            "train_run", "certify_run", "scan_run", "load_results"]
@@ -47,7 +47,7 @@ class ReproduceResult:
 
 
 def run(plan: Plan, out_dir: str | Path, formats: Sequence[str] | str = ("png", "pdf"),
-        progress: bool = True) -> ReproduceResult:
+        progress: bool = True, download: bool = False) -> ReproduceResult:
     """Carry out ``plan`` into ``out_dir`` (see the module docstring); resumable."""
     from figures.style import normalise_formats
 
@@ -67,7 +67,7 @@ def run(plan: Plan, out_dir: str | Path, formats: Sequence[str] | str = ("png", 
         cfg = TrainConfig.from_dict(run.config)
         key = (cfg.dataset, cfg.train_size, cfg.test_size, cfg.seed, cfg.data_dir)
         if key not in datasets:
-            datasets[key] = load_data(cfg)
+            datasets[key] = load_data(cfg, download=download)
         return datasets[key]
 
     for r in plan.runs:  # load every dataset first: a missing one fails before any training
@@ -88,7 +88,7 @@ def run(plan: Plan, out_dir: str | Path, formats: Sequence[str] | str = ("png", 
     records = load_results(plan, out)
     files = draw(plan, out, fmts, records)
     rows = summary_rows(plan, out, records)
-    (out / "summary.json").write_text(json.dumps(rows, indent=2, default=float) + "\n")
+    (out / "summary.json").write_text(json.dumps(json_ready(rows), indent=2, allow_nan=False) + "\n")
     (out / "summary.md").write_text(summary_markdown(rows))
     wall = time.perf_counter() - t0
     log(f"done in {wall:.0f} s")

@@ -130,6 +130,7 @@ def make_plan(profile: str, device: str = "cpu", data_dir: str | Path | None = N
                          "so the four landscapes compare on identical ground: CAP's linear intermediate bounds "
                          "cost ~1 s per step even on this MLP and are far too slow on a CNN on this CPU")
             ceps = [0.025, 0.05, 0.1, 0.15]
+            n_test = 500
         else:
             setting = "digits_eps0.1"
             base = _base(dataset="digits", model="mlp", model_options={"widths": [64, 64]}, eps=0.1, epochs=30,
@@ -140,11 +141,14 @@ def make_plan(profile: str, device: str = "cpu", data_dir: str | Path | None = N
                          ": digits (8x8), every method on the same MLP (64, 64), "
                          "so the four landscapes compare on identical ground (CAP is too slow on a CNN here)")
             ceps = [0.025, 0.05, 0.1, 0.15, 0.2]
+            from train.data import load_dataset
+
+            n_test = len(load_dataset("digits").test_y)  # the fixed split: 360 (instant, no files)
         for m in chosen:
             every = probe_every * 2 if (m == "cap" and setting.startswith("fashion")) else probe_every
             runs.append(RunPlan(setting, m, _method_config(base, m, every)))
         certify_eps[setting] = ceps
-        return Plan("quick", device, runs, certify_eps, certify_size=500, certify_methods=CERTIFY_METHODS,
+        return Plan("quick", device, runs, certify_eps, certify_size=min(500, n_test), certify_methods=CERTIFY_METHODS,
                     pgd_steps=20, probe_t=None, scan_samples=200, scan_points_1d=21, scan_points_2d=11,
                     scan_range=1.0, tight_samples=256, notes=notes)
 

@@ -88,7 +88,8 @@ def certify_run(run: RunPlan, run_dir: Path, plan: Plan, data: Any) -> Path:
     x, y = data.test_x[:n].to(plan.device), data.test_y[:n].to(plan.device)
     eps_list = plan.certify_eps[run.setting]
     log(f"certifying {run.key} at eps {', '.join(f'{e:.4g}' for e in eps_list)}")
-    rows = certify_rows(model, x, y, eps_list, plan.certify_methods, plan.pgd_steps, domain, run.method)
+    rows, _ = certify_rows(model, x, y, eps_list, plan.certify_methods, run.method, pgd_steps=plan.pgd_steps,
+                           domain=domain)
     bound, slope, beta = resolve_method(run.method, None, 1.0)
     k = min(plan.tight_samples, n)
     tight = bound_tightness(model, x[:k], y[:k], float(cfg["eps"]), method=str(bound), slope=slope, beta=beta,

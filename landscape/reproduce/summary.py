@@ -46,12 +46,27 @@ def summary_rows(plan: Plan, out: Path, records: dict[Path, Any]) -> list[dict]:
             row.update({k: s[k] for k in ("loss_variation", "grad_cosine", "smoothness", "sign_flip", "rga_cosine",
                                           "unstable_frac")})
             row["train_seconds"] = rec.meta.attrs.get("train_seconds")
+            row["warnings"] = list(rec.meta.attrs.get("warnings") or [])
         cert = records.get(run_dir / "certify.h5")
         if cert is not None and cert.rows:
             best = min(cert.rows, key=lambda r: abs(r["eps"] - run.config["eps"]))
             row.update({k: best.get(k) for k in ("clean_err", "pgd_err", "verified_err", "bound_gap")})
         rows.append(row)
     return rows
+
+
+def json_ready(value: Any) -> Any:
+    """``value`` with every non-finite float (and numpy number) made JSON-safe: NaN and Inf
+    become null, so ``summary.json`` is valid JSON."""
+    if isinstance(value, dict):
+        return {k: json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_ready(v) for v in value]
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 def _fmt(v: Any, pct: bool = False) -> str:
@@ -72,4 +87,7 @@ def summary_markdown(rows: list[dict]) -> str:
             f"{_fmt(r.get('pgd_err'), True)} | {_fmt(r.get('verified_err'), True)} | {_fmt(r.get('bound_gap'))} | "
             f"{_fmt(r.get('loss_variation'))} | {_fmt(r.get('grad_cosine'))} | {_fmt(r.get('smoothness'))} | "
             f"{_fmt(r.get('sign_flip'))} | {_fmt(r.get('rga_cosine'))} | {_fmt(r.get('train_seconds'))} |")
+    notes = [f"- **{r['setting']}/{r['method']}**: {w}" for r in rows for w in r.get("warnings") or []]
+    if notes:
+        lines += ["", "Warnings (the run collapsed; its numbers above do not measure the method):", *notes]
     return "\n".join(lines) + "\n"

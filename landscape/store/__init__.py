@@ -17,7 +17,9 @@ Reading: :func:`read` returns nested dicts, ``{"attrs": {...}, "results": {"crow
 
 from landscape.store.files import (
     SCHEMA_VERSION,
+    DiskFullError,
     StoreError,
+    atomic_path,
     atomic_update,
     canonical_json,
     read,
@@ -36,6 +38,7 @@ from landscape.store.scans import (
 __all__ = [
     "SCHEMA_VERSION",
     "StoreError",
+    "DiskFullError",
     "ScanMismatchError",
     "append_rows",
     "write_attrs",
@@ -48,5 +51,6 @@ __all__ = [
     "open_scan",
     "open_or_create_scan",
     "atomic_update",
+    "atomic_path",
     "read_array",
 ]

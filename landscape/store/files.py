@@ -2,7 +2,9 @@
 
 Every write goes to a temporary file in the same directory (a copy of the old file, changed
 there) which then replaces the old file with ``os.replace``; a crash at any moment leaves
-either the old file or the new one, never a half-written mix.
+either the old file or the new one, never a half-written mix (:func:`atomic_path`, which the
+figures use too). A temporary left behind by a killed writer is removed by the next write of
+the same file, and a full disk is one :class:`DiskFullError` naming the file.
 
 Attributes hold ints, floats, bools and strings natively; lists, dicts and ``None`` are stored
 as JSON strings and their names listed in the attribute ``_json_attrs`` (:func:`get_attrs`
@@ -12,17 +14,22 @@ decodes them).
 from __future__ import annotations
 
 import contextlib
+import errno
+import io
 import json
 import os
+import secrets
 import shutil
-import tempfile
+import time
+from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 import h5py
 import numpy as np
 
-SCHEMA_VERSION: int = 1
-"""Version of the layout described in ``docs/schema.md``."""
+SCHEMA_VERSION: int = 2
+"""Version of the layout described in ``docs/schema.md`` (2: scans keep a ``computed`` mask;
+files of version 1 are still read)."""
 
 _JSON_ATTRS = "_json_attrs"
 
@@ -31,47 +38,114 @@ class StoreError(ValueError):
     """A results file is missing, unreadable, or not what the caller expects."""
 
 
-def _tmp_path(path: str) -> str:
+class DiskFullError(OSError):
+    """A write failed because the file system is full (or refused the file's size); the target
+    file is left as it was."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+STALE_SECONDS = 600.0
+"""A temporary whose writer cannot be identified is stale after this long."""
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """True for an error that means the file system has no room left for a write."""
+    return (isinstance(exc, OSError) and exc.errno in _FULL) or "No space left on device" in str(exc)
+
+
+def disk_full_error(path: str | os.PathLike) -> DiskFullError:
+    """The one error every writer raises when the disk is full."""
+    return DiskFullError(errno.ENOSPC, f"cannot write {os.fspath(path)}: the disk is full (no space left on device); "
+                                       "free some space and run the command again")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Delete the temporaries ``.NAME.<pid>.<random>.tmp`` of ``path`` whose writing process is
+    gone (killed mid-write), and older ones without a process id after :data:`STALE_SECONDS`.
+    Returns the removed paths."""
+    target = Path(path)
+    removed = []
+    for tmp in target.parent.glob(f".{target.name}.*.tmp"):
+        middle = tmp.name[len(target.name) + 2 : -len(".tmp")]
+        pid = middle.split(".", 1)[0]
+        if pid.isdigit() and "." in middle:
+            stale = not _pid_alive(int(pid))
+        else:
+            try:
+                stale = time.time() - tmp.stat().st_mtime > STALE_SECONDS
+            except FileNotFoundError:
+                continue
+        if stale:
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, like: str | os.PathLike | None = None) -> Iterator[str]:
+    """A temporary path beside ``path`` to write the new file to; on a clean exit it replaces
+    ``path`` atomically (with the mode of ``like``, or of a new file under the umask), on an
+    exception it is deleted and ``path`` is untouched. Stale temporaries of ``path`` are removed
+    first; a full disk raises :class:`DiskFullError`."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"cannot write {path}: it is a directory")
     directory = os.path.dirname(os.path.abspath(path)) or "."
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"cannot write {path}: directory {directory} does not exist")
     if not os.access(directory, os.W_OK):
         raise PermissionError(f"cannot write {path}: directory {directory} is not writable")
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
-    os.close(fd)
-    return tmp
+    remove_stale_temporaries(path)
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    try:
+        yield tmp
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        _set_mode(tmp, like)
+        os.replace(tmp, path)
+        tmp = ""
+    except Exception as exc:
+        if is_disk_full(exc):
+            raise disk_full_error(path) from None
+        raise
+    finally:
+        if tmp and os.path.exists(tmp):
+            os.remove(tmp)
 
 
 @contextlib.contextmanager
 def atomic_update(path: str, fresh: bool = False) -> Iterator[h5py.File]:
     """Open a writable copy of ``path`` (or an empty file when ``fresh`` or absent); on a clean
     exit the copy replaces ``path`` atomically, on an exception it is deleted and ``path`` is
-    untouched."""
+    untouched (:func:`atomic_path`). The copy is changed in memory and written with plain file
+    I/O, so a full disk fails cleanly instead of inside the HDF5 library."""
     path = os.fspath(path)
-    if os.path.isdir(path):
-        raise IsADirectoryError(f"cannot write {path}: it is a directory")
-    tmp = _tmp_path(path)
-    try:
-        if os.path.exists(path) and not fresh:
-            check_hdf5(path)
-            shutil.copyfile(path, tmp)
-            mode = "r+"
-        else:
-            mode = "w"
-        with h5py.File(tmp, mode) as f:
-            yield f
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        _set_mode(tmp, path if mode == "r+" else None)
-        os.replace(tmp, path)
-        tmp = ""
-    finally:
-        if tmp and os.path.exists(tmp):
-            os.remove(tmp)
+    update = os.path.exists(path) and not os.path.isdir(path) and not fresh
+    if update:
+        check_hdf5(path)
+    image = io.BytesIO(Path(path).read_bytes() if update else b"")
+    with h5py.File(image, "r+" if update else "w") as f:
+        yield f
+    with atomic_path(path, like=path if update else None) as tmp:
+        with open(tmp, "wb") as fh:
+            fh.write(image.getbuffer())
 
 
-def _set_mode(tmp: str, like: str | None) -> None:
-    """Give ``tmp`` (made 0600 by mkstemp) the mode of ``like``, or of a new file under the umask."""
+def _set_mode(tmp: str, like: str | os.PathLike | None) -> None:
+    """Give ``tmp`` the mode of ``like``, or of a new file under the umask."""
     if like is not None:
         shutil.copymode(like, tmp)
         return

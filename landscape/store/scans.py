@@ -1,9 +1,11 @@
 """Scan files: a grid of points per scanned loss, filled point by point and resumable.
 
-A :class:`ScanFile` holds the scan in memory and mirrors it to its file atomically; a point
-not yet computed is NaN. :func:`open_or_create_scan` resumes a file made with the same
-arguments and refuses (:class:`ScanMismatchError`) one made with others. Layout in
-``docs/schema.md``.
+A :class:`ScanFile` holds the scan in memory and mirrors it to its file atomically. Whether a
+point is computed is kept in its own mask (``/results/<label>/computed``, schema version 2), so
+a computed value that is not finite (an overflow) is stored as it is and never mistaken for a
+missing point; in files of version 1 a point is computed when its loss is not NaN.
+:func:`open_or_create_scan` resumes a file made with the same arguments and refuses
+(:class:`ScanMismatchError`) one made with others. Layout in ``docs/schema.md``.
 """
 
 from __future__ import annotations
@@ -35,8 +37,9 @@ class ScanMismatchError(StoreError):
 class ScanFile:
     """A scan held in memory and mirrored to ``path``.
 
-    ``data[label][field]`` are float32 arrays of the grid's shape, NaN where not computed;
-    :meth:`set_point` fills one point, :meth:`flush` writes the file atomically.
+    ``data[label][field]`` are float32 arrays of the grid's shape (NaN where not computed) and
+    ``computed[label]`` a bool array of the same shape; :meth:`set_point` fills one point,
+    :meth:`flush` writes the file atomically.
     """
 
     path: str
@@ -49,6 +52,7 @@ class ScanFile:
     attrs: dict[str, Any] = field(default_factory=dict)
     label_attrs: dict[str, dict[str, Any]] = field(default_factory=dict)
     complete: bool = False
+    computed: dict[str, np.ndarray] = field(default_factory=dict)
     dirty: bool = False
     """True while points set since the last :meth:`flush` are not on disk yet."""
 
@@ -61,13 +65,21 @@ class ScanFile:
     def n_points(self) -> int:
         return int(np.prod(self.shape))
 
+    def __post_init__(self) -> None:
+        for lab in self.labels:  # version 1: computed = the loss is not NaN
+            self.computed.setdefault(lab, ~np.isnan(self.data[lab]["loss"]))
+
     def missing(self, label: str | None = None) -> np.ndarray:
-        """Flat (C-order) indices of points whose ``loss`` is NaN for ``label`` (any label if None)."""
+        """Flat (C-order) indices of points not computed for ``label`` (for any label if None)."""
         labels = [label] if label is not None else self.labels
         mask = np.zeros(self.shape, dtype=bool)
         for lab in labels:
-            mask |= np.isnan(self.data[lab]["loss"])
+            mask |= ~self.computed[lab]
         return np.flatnonzero(mask)
+
+    def nonfinite(self, label: str) -> int:
+        """How many computed points of ``label`` have a loss that is not finite (overflow)."""
+        return int((self.computed[label] & ~np.isfinite(self.data[label]["loss"])).sum())
 
     def set_point(self, label: str, index: int | tuple[int, ...], values: Mapping[str, float]) -> None:
         """Store the values of one grid point (flat index or index tuple) for ``label``."""
@@ -77,6 +89,7 @@ class ScanFile:
             if name not in self.data[label]:
                 raise StoreError(f"scan field {name!r} is not one of {self.fields}")
             self.data[label][name][index] = np.float32(value)
+        self.computed[label][index] = True
         self.dirty = True
 
     def flush(self, complete: bool | None = None) -> None:
@@ -88,9 +101,13 @@ class ScanFile:
                 g = f["results"][label]
                 for name in self.fields:
                     g[name][...] = self.data[label][name]
+                if "computed" in g:
+                    g["computed"][...] = self.computed[label].astype(np.uint8)
+                else:  # a version-1 file gains the mask
+                    _mask_dataset(g, self.computed[label], self.dims)
                 if self.label_attrs.get(label):
                     set_attrs(g, self.label_attrs[label])
-            set_attrs(f, {"complete": self.complete})
+            set_attrs(f, {"complete": self.complete, "schema_version": SCHEMA_VERSION})
         self.dirty = False
 
     def write_attrs(self, attrs: Mapping[str, Any]) -> None:
@@ -98,6 +115,11 @@ class ScanFile:
         self.attrs.update(attrs)
         with atomic_update(self.path) as f:
             set_attrs(f, attrs)
+
+
+def _mask_dataset(group: h5py.Group, mask: np.ndarray, dims: Sequence[str]) -> None:
+    ds = group.create_dataset("computed", data=np.asarray(mask, dtype=np.uint8))
+    set_attrs(ds, {"dims": list(dims)})
 
 
 def _arg_diff(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:
@@ -116,7 +138,8 @@ def create_scan(
     attrs: Mapping[str, Any] | None = None,
     arrays: Mapping[str, tuple[np.ndarray, Mapping[str, Any]] | np.ndarray] | None = None,
 ) -> ScanFile:
-    """Create (atomically, replacing nothing unless absent) a new scan file with NaN results.
+    """Create (atomically, replacing nothing unless absent) a new scan file with NaN results and
+    nothing computed.
 
     ``coords`` is ordered: its keys are the grid dims. ``arrays`` are extra datasets stored
     under ``/arrays`` (value or ``(value, attrs)``), e.g. the scan directions.
@@ -156,6 +179,7 @@ def create_scan(
             for name in fields:
                 ds = g.create_dataset(name, data=data[lab][name])
                 set_attrs(ds, {"dims": dims})
+            _mask_dataset(g, np.zeros(shape, dtype=bool), dims)
         if arrays:
             ga = f.create_group("arrays")
             for name, item in arrays.items():
@@ -189,6 +213,8 @@ def open_scan(path: str, args: Mapping[str, Any] | None = None, kind: str | None
                 for lab in labels
             }
             label_attrs = {lab: get_attrs(f["results"][lab]) for lab in labels}
+            computed = {lab: np.asarray(f["results"][lab]["computed"][()], dtype=bool)
+                        for lab in labels if "computed" in f["results"][lab]}
     except (OSError, KeyError) as exc:
         raise StoreError(f"{path} is not a readable landscape scan file ({exc})") from exc
     if kind is not None and root["kind"] != kind:
@@ -204,6 +230,7 @@ def open_scan(path: str, args: Mapping[str, Any] | None = None, kind: str | None
     return ScanFile(
         path=path, kind=root["kind"], dims=dims, coords=coords, labels=labels, fields=fields,
         data=data, attrs=root, label_attrs=label_attrs, complete=bool(root.get("complete", False)),
+        computed=computed,
     )
 
 

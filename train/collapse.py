@@ -1,0 +1,58 @@
+"""Noticing a collapsed run: a model that predicts one class for most of the test set, or a
+certified loss stuck at ``log(n_classes)`` (every margin bound 0: the network's outputs no
+longer depend on its input). Both usually mean eps grew before the network had learnt
+anything; the training loop reports them at every evaluated epoch and at the end, and records
+them (epoch column ``collapsed``, ``TrainResult.warnings``)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+#: A class predicted for at least this share of the test samples (and for at least twice the
+#: share of the most common true class) means the model has collapsed.
+MAJORITY_SHARE = 0.5
+#: A training certified loss within this relative distance of log(n_classes) is stuck there.
+STUCK_TOLERANCE = 0.01
+
+ADVICE = ("a longer eps ramp (--eps-ramp-epochs), a later start (--eps-start-epoch) or a smaller --lr "
+          "usually fixes it")
+
+
+def majority_share(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512) -> tuple[int, float, float]:
+    """``(class, share, true_share)``: the class the model predicts most often on ``x``, the
+    share of samples predicted as it, and the share of the most common true label in ``y``."""
+    was_training = model.training
+    model.eval()
+    preds = []
+    with torch.no_grad():
+        for s in range(0, len(x), batch_size):
+            preds.append(model(x[s:s + batch_size]).argmax(1).cpu())
+    model.train(was_training)
+    pred = torch.cat(preds)
+    counts = torch.bincount(pred)
+    top = int(counts.argmax())
+    true_share = float(torch.bincount(y.cpu()).max()) / len(y)
+    return top, float(counts[top]) / len(pred), true_share
+
+
+def collapse_warning(model: nn.Module, x: torch.Tensor, y: torch.Tensor, n_classes: int,
+                     robust_ce: float | None, when: str) -> str | None:
+    """One warning line when the run has collapsed (see the module docstring), else None.
+
+    ``x``, ``y``: test samples; ``robust_ce``: the training certified loss over the last epoch
+    (None or NaN when the method has none); ``when``: where in training, e.g. ``"after epoch 3"``.
+    """
+    if len(x) == 0:
+        return None
+    top, share, true_share = majority_share(model, x, y)
+    if share >= max(MAJORITY_SHARE, 2.0 * true_share):
+        return (f"the model predicts class {top} for {100 * share:.0f}% of the test samples {when}: training has "
+                f"collapsed; {ADVICE}")
+    stuck = math.log(n_classes)
+    if robust_ce is not None and math.isfinite(robust_ce) and abs(robust_ce - stuck) <= STUCK_TOLERANCE * stuck:
+        return (f"the certified loss is stuck at log({n_classes}) = {stuck:.3f} {when}: every margin bound is 0, "
+                f"the network's outputs no longer depend on its input; {ADVICE}")
+    return None
