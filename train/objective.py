@@ -38,20 +38,23 @@ from bounds.names import resolve_method
 class BoundSetup:
     """What a certified loss bounds with, resolved from a training method: the engine's
     ``method`` (None for natural training), lower-slope policy ``slope``, mixing weight ``beta``,
-    input ``domain`` and the number of classes. The training loop hands it to callbacks, so
+    input ``domain`` (None: unclipped) and the number of classes. The training loop hands it to callbacks, so
     analyses repeat the step's own bound."""
 
     method: str | None
     slope: str
     beta: float
-    domain: tuple[float, float]
+    domain: tuple[float, float] | None
     n_classes: int
 
     @classmethod
-    def of(cls, method: str, slope: str | None, beta: float, domain: Sequence[float], n_classes: int) -> "BoundSetup":
-        """The setup of training method ``method`` (see :func:`bounds.names.resolve_method`)."""
+    def of(cls, method: str, slope: str | None, beta: float, domain: Sequence[float] | None,
+           n_classes: int) -> "BoundSetup":
+        """The setup of training method ``method`` (see :func:`bounds.names.resolve_method`);
+        ``domain`` None: the eps-ball is not clipped to the pixel range."""
         bound, used_slope, used_beta = resolve_method(method, slope, beta)
-        return cls(bound, used_slope, used_beta, (float(domain[0]), float(domain[1])), int(n_classes))
+        box = None if domain is None else (float(domain[0]), float(domain[1]))
+        return cls(bound, used_slope, used_beta, box, int(n_classes))
 
     @property
     def linear(self) -> bool:
@@ -75,7 +78,7 @@ def certified_loss(
     beta: float = 1.0,
     kappa: float = 0.0,
     fused: bool = False,
-    domain: tuple[float, float] = (0.0, 1.0),
+    domain: tuple[float, float] | None = (0.0, 1.0),
     generator: torch.Generator | None = None,
     **bound_kw: Any,
 ) -> tuple[torch.Tensor, dict[str, float]]:
