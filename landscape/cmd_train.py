@@ -232,6 +232,7 @@ def certify(checkpoint, eps, methods, pgd_steps, pgd_restarts, test_size, batch_
     """Clean, PGD and verified error of a checkpoint on its dataset's test set."""
     from landscape.certification import certify_rows, write_certify_file
     from train.checkpoint import check_fits, load_model
+    from train.config import run_domain
     from train.data import load_dataset
     from train.evaluate import metric_key
     from train.loop import resolve_device
@@ -261,7 +262,7 @@ def certify(checkpoint, eps, methods, pgd_steps, pgd_restarts, test_size, batch_
         model, test_x = model.double(), test_x.double()
     columns, results = certify_rows(model, test_x, data.test_y, eps_list, method_list, str(cfg.get("method")),
                                     pgd_steps=pgd_steps, pgd_restarts=pgd_restarts, batch_size=batch_size,
-                                    domain=tuple(data.spec.domain), seed=seed, progress=not as_json)
+                                    domain=run_domain(cfg, data.spec), seed=seed, progress=not as_json)
     for res in results:
         res["checkpoint"] = str(checkpoint)
         res["dtype"] = "float64" if double else "float32"

@@ -44,7 +44,7 @@ class LossSpec:
     beta: float = 1.0
     kappa: float = 0.0
     eps: float = 0.1
-    domain: tuple[float, float] = (0.0, 1.0)
+    domain: tuple[float, float] | None = (0.0, 1.0)
     fused: bool = False
     pgd_steps: int = 10
     seed: int = 0
@@ -70,7 +70,7 @@ class LossSpec:
     def to_dict(self) -> dict[str, Any]:
         """JSON-able dict of the spec."""
         d = asdict(self)
-        d["domain"] = list(self.domain)
+        d["domain"] = None if self.domain is None else list(self.domain)
         return d
 
 
@@ -116,7 +116,7 @@ class LossClosure:
 
         loss, stats = certified_loss(
             model, self.x, self.y, s.eps, method=s.method, slope=s.slope, beta=s.beta, kappa=s.kappa,
-            fused=s.fused, domain=tuple(s.domain), generator=self._generator(),
+            fused=s.fused, domain=None if s.domain is None else tuple(s.domain), generator=self._generator(),
         )
         self.last_stats = stats
         return loss
@@ -171,14 +171,15 @@ def make_loss(
     beta: float = 1.0,
     kappa: float = 0.0,
     eps: float = 0.1,
-    domain: Sequence[float] = (0.0, 1.0),
+    domain: Sequence[float] | None = (0.0, 1.0),
     fused: bool = False,
     pgd_steps: int = 10,
     seed: int = 0,
 ) -> LossClosure:
     """A :class:`LossClosure` of the given kind over the fixed batch (x, y)."""
     spec = LossSpec(kind=kind, method=method, slope=slope, beta=float(beta), kappa=float(kappa), eps=float(eps),
-                    domain=(float(domain[0]), float(domain[1])), fused=bool(fused), pgd_steps=int(pgd_steps),
+                    domain=None if domain is None else (float(domain[0]), float(domain[1])), fused=bool(fused),
+                    pgd_steps=int(pgd_steps),
                     seed=int(seed))
     return LossClosure(model, x, y, spec)
 

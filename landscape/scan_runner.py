@@ -228,7 +228,7 @@ class ScanRequest:
             return {"x": grid_coords(lo, hi, n), "y": grid_coords(lo, hi, n)}
         return {"alpha" if self.kind == "interpolate" else "x": grid_coords(lo, hi, n)}
 
-    def loss_specs(self, cfg: Mapping[str, Any], eps: float, domain: Sequence[float]) -> list[Any]:
+    def loss_specs(self, cfg: Mapping[str, Any], eps: float, domain: Sequence[float] | None) -> list[Any]:
         """One :class:`landscape.scan_losses.LossSpec` per scanned loss, with the checkpoint's
         final training values (config ``cfg``) where the request leaves them open."""
         from landscape.scan_losses import LossSpec
@@ -252,7 +252,8 @@ class ScanRequest:
                 slope = None
             kappa = self.kappa if self.kappa is not None else float(cfg.get("kappa_end", 0.0))
             specs.append(LossSpec(kind=kind, method=name if kind == "certified" else "ibp", slope=slope, beta=beta,
-                                  kappa=kappa, eps=float(eps), domain=(float(domain[0]), float(domain[1])),
+                                  kappa=kappa, eps=float(eps),
+                                  domain=None if domain is None else (float(domain[0]), float(domain[1])),
                                   fused=bool(self.fused and kind == "certified"), pgd_steps=int(self.pgd_steps),
                                   seed=int(self.seed)))
         return specs

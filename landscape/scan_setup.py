@@ -93,6 +93,7 @@ def prepare_scan(request: Any, ctx: Context) -> PreparedScan:
     from landscape.directions import flatten, get_params, interpolation_direction, random_direction
     from landscape.scan_losses import LossClosure, select_samples
     from train.checkpoint import check_fits, load_model
+    from train.config import run_domain
     from train.data import DATASETS, load_dataset
 
     kind, seed, device = request.kind, request.seed, request.device
@@ -103,7 +104,7 @@ def prepare_scan(request: Any, ctx: Context) -> PreparedScan:
     model.eval()
     model2 = load_model(request.to_checkpoint, device=device)[0] if request.to_checkpoint is not None else None
     dataset = cfg.get("dataset", "digits")
-    domain = tuple(DATASETS[dataset].domain) if dataset in DATASETS else (0.0, 1.0)
+    domain = run_domain(cfg, DATASETS[dataset]) if dataset in DATASETS else (0.0, 1.0)
     eps = float(cfg.get("eps", 0.0)) if request.eps is None else float(request.eps)
     specs = request.loss_specs(cfg, eps, domain)
     lr = float(cfg.get("lr", 1.0)) if request.lr is None else float(request.lr)

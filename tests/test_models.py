@@ -23,7 +23,8 @@ def _stats(shape: tuple[int, ...]) -> tuple[list[float], list[float]]:
 
 
 def test_registry_names() -> None:
-    assert set(MODELS) == {"mlp", "cnn-tiny", "dm-small", "dm-medium", "dm-large", "cnn-4layer", "ibp-large"}
+    assert set(MODELS) == {"mlp", "cnn-tiny", "dm-small", "model-small", "dm-medium", "dm-large", "cnn-4layer",
+                           "ibp-large"}
     assert issubclass(ModelError, ValueError)
 
 
@@ -183,4 +184,9 @@ def test_build_from_description_errors() -> None:
 
 def test_output_shapes_track_the_arithmetic() -> None:
     assert output_shapes("dm-small", (1, 28, 28)) == [(16, 13, 13), (32, 10, 10), (100,), (10,)]
+    # the paper code's model_small pads its convolutions: 5,408 features, 550,406 parameters
+    assert output_shapes("model-small", (1, 28, 28)) == [(16, 14, 14), (32, 13, 13), (100,), (10,)]
+    small = build_model("model-small", (1, 28, 28), 10, [0.0], [1.0])
+    assert sum(p.numel() for p in small.parameters()) == 550_406
+    assert sum(p.numel() for p in build_model("dm-small", (1, 28, 28), 10, [0.0], [1.0]).parameters()) == 329_606
     assert output_shapes("dm-large", (1, 7, 7), 3)[2] == (128, 4, 4)  # odd sides round up with padding 1

@@ -72,6 +72,10 @@ class TrainConfig:
         grad_clip: max global L2 norm of the gradient (0 = no clipping).
         seed: seeds model init, data order and random slopes.
         fused_loss: use the fused certified cross-entropy bound (``docs/fused-loss.md``).
+        normalize_inputs: the model's first layer normalises with the dataset's mean and std
+            (False: it feeds the pixels as they are, as Lee et al.'s code does).
+        bounded_input: the eps-ball is clipped to the pixel range (the correct threat model;
+            False: unclipped, as Lee et al.'s code runs, ``bounded_input: false``).
         train_size, test_size: optional subset sizes; data_dir: dataset directory.
         device: ``cpu``, ``cuda`` or ``cuda:N``.
         record_every [steps]: how often recorded scalars are handed to the sink.
@@ -107,6 +111,8 @@ class TrainConfig:
     grad_clip: float = 0.0
     seed: int = 0
     fused_loss: bool = False
+    normalize_inputs: bool = True
+    bounded_input: bool = True
     train_size: int | None = None
     test_size: int | None = None
     data_dir: str | None = None
@@ -167,8 +173,9 @@ class TrainConfig:
         _finite("lr_decay", self.lr_decay, low=0.0, high=1.0, strict=True)
         _finite("grad_clip", self.grad_clip, low=0.0)
         _integer("seed", self.seed, low=0)
-        if not isinstance(self.fused_loss, bool):
-            raise ValueError(f"fused_loss must be true or false, got {self.fused_loss!r}")
+        for name in ("fused_loss", "normalize_inputs", "bounded_input"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
         for name in ("train_size", "test_size"):
             if getattr(self, name) is not None:
                 _integer(name, getattr(self, name), low=1)
@@ -221,6 +228,13 @@ class TrainConfig:
     def identity(self) -> dict[str, Any]:
         """The fields that define what the run computes (see :data:`NON_IDENTITY_FIELDS`)."""
         return {k: v for k, v in self.to_dict().items() if k not in NON_IDENTITY_FIELDS}
+
+
+def run_domain(config: "TrainConfig | Mapping[str, Any]", spec: Any) -> tuple[float, float] | None:
+    """The box the eps-ball of a run is clipped to: the dataset's pixel range ``spec.domain``,
+    or None when the run's config says ``bounded_input: false``."""
+    bounded = config.bounded_input if isinstance(config, TrainConfig) else bool(config.get("bounded_input", True))
+    return tuple(getattr(spec, "domain", (0.0, 1.0))) if bounded else None
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:

@@ -37,7 +37,7 @@ from bounds.names import resolve_method
 from train.callbacks import Callback, StepContext, call
 from train.collapse import collapse_warning
 from train.checkpoint import capture_rng, check_finite, load_checkpoint, load_state, restore_rng, save_checkpoint
-from train.config import TrainConfig
+from train.config import TrainConfig, run_domain
 from train.objective import BoundSetup, certified_loss
 from train.recorder import ScalarRecorder, Sink, flat_grad
 from train.schedules import Schedule
@@ -77,8 +77,10 @@ def build_for_config(config: TrainConfig, spec: Any) -> tuple[nn.Module, dict[st
     """Build the config's model for dataset ``spec`` (after ``torch.manual_seed(seed)``)."""
     from train import models
 
-    kw = dict(input_shape=tuple(spec.input_shape), n_classes=int(spec.n_classes),
-              mean=tuple(spec.mean), std=tuple(spec.std), **config.model_options)
+    mean, std = (tuple(spec.mean), tuple(spec.std)) if config.normalize_inputs else \
+        ((0.0,) * len(spec.mean), (1.0,) * len(spec.std))
+    kw = dict(input_shape=tuple(spec.input_shape), n_classes=int(spec.n_classes), mean=mean, std=std,
+              **config.model_options)
     torch.manual_seed(config.seed)
     model = models.build_model(config.model, **kw)
     desc = models.model_description(config.model, **kw)
@@ -175,7 +177,7 @@ def train(
     ckpt = check_resume(config, resume_from) if resume_from is not None else None
     data = data if data is not None else load_data(config)
     spec = data.spec
-    domain = tuple(getattr(spec, "domain", (0.0, 1.0)))
+    domain = run_domain(config, spec)
     if model is None:
         model, desc = build_for_config(config, spec)
     else:
@@ -320,7 +322,7 @@ def train(
                        step=step, wall_time=wall, checkpoint=last_ckpt, recorder=recorder, warnings=warnings)
 
 
-def _epoch_eval(model: nn.Module, data: Any, config: TrainConfig, domain: tuple[float, float],
+def _epoch_eval(model: nn.Module, data: Any, config: TrainConfig, domain: tuple[float, float] | None,
                 device: torch.device) -> dict[str, float]:
     """Quick end-of-epoch test metrics on the first ``eval_size`` test samples: clean error and
     verified error at eps_train by IBP (and CROWN-IBP for crown-ibp/tightest runs); no attack."""

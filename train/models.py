@@ -23,6 +23,10 @@ Zoo (``C`` input channels, ``n`` classes; ``Conv k x k / s, p`` = kernel, stride
 ``dm-small``    Gowal et al. 2018 / CROWN-IBP (Zhang et al. 2020) DM-small: Conv16 4x4/2 - Conv32
                 4x4/1 - FC100 - FC(n), *no padding* ("VALID", as in DeepMind's IBP code; on
                 28x28 this gives the 32*10*10 features of the published models).
+``model-small`` the ``model_small`` of Lee et al. 2021's code (and of Zhang et al.'s CROWN-IBP
+                code): Conv16 4x4/2, p1 - Conv32 4x4/1, p1 - FC100 - FC(n); *padded*, unlike
+                ``dm-small``: on 28x28 it has 32*13*13 = 5,408 features and 550,406 parameters
+                (``dm-small``: 3,200 and 329,606).
 ``dm-medium``   DM-medium: Conv32 3x3/1 - Conv32 4x4/2 - Conv64 3x3/1 - Conv64 4x4/2 - FC512 -
                 FC512 - FC(n), no padding ("VALID").
 ``dm-large``    DM-large: Conv64 3x3/1 - Conv64 3x3/1 - Conv128 3x3/2 - Conv128 3x3/1 - Conv128
@@ -122,6 +126,10 @@ def _dm_small(o: Mapping[str, Any]) -> list[PlanEntry]:
     return [Conv(16, 4, 2, 0), Conv(32, 4, 1, 0), Dense(100)]
 
 
+def _model_small(o: Mapping[str, Any]) -> list[PlanEntry]:
+    return [Conv(16, 4, 2, 1), Conv(32, 4, 1, 1), Dense(100)]
+
+
 def _dm_medium(o: Mapping[str, Any]) -> list[PlanEntry]:
     return [Conv(32, 3, 1, 0), Conv(32, 4, 2, 0), Conv(64, 3, 1, 0), Conv(64, 4, 2, 0), Dense(512), Dense(512)]
 
@@ -142,6 +150,8 @@ MODELS: dict[str, ModelSpec] = {
     "cnn-tiny": ModelSpec("cnn-tiny", _cnn_tiny, {"width": 1, "linear_size": 64},
                           summary="two small convolutions and one hidden FC layer; fits 8x8 digits"),
     "dm-small": ModelSpec("dm-small", _dm_small, {}, summary="DM-small of Gowal et al. 2018 (CROWN-IBP paper)"),
+    "model-small": ModelSpec("model-small", _model_small, {},
+                             summary="model_small of Lee et al. 2021's code: DM-small with padded convolutions"),
     "dm-medium": ModelSpec("dm-medium", _dm_medium, {}, summary="DM-medium of Gowal et al. 2018 (CROWN-IBP paper)"),
     "dm-large": ModelSpec("dm-large", _dm_large, {"linear_size": 512},
                           summary="DM-large of Gowal et al. 2018 (CROWN-IBP's IBP_large)"),

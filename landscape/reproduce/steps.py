@@ -75,6 +75,7 @@ def certify_run(run: RunPlan, run_dir: Path, plan: Plan, data: Any) -> Path:
     from landscape.certification import certify_rows, write_certify_file
     from landscape.metrics import bound_tightness
     from train.checkpoint import load_model
+    from train.config import run_domain
 
     out = run_dir / "certify.h5"
     if out.exists() and store.read(str(out))["attrs"].get("complete"):
@@ -83,7 +84,7 @@ def certify_run(run: RunPlan, run_dir: Path, plan: Plan, data: Any) -> Path:
     model, ckpt = load_model(run_dir / "checkpoint.pt", device=plan.device)
     model.eval()
     cfg = ckpt["config"]
-    domain = tuple(data.spec.domain)
+    domain = run_domain(cfg, data.spec)
     n = min(plan.certify_size, len(data.test_x))
     x, y = data.test_x[:n].to(plan.device), data.test_y[:n].to(plan.device)
     eps_list = plan.certify_eps[run.setting]
