@@ -34,13 +34,13 @@ def test_the_schedule_defaults_scale_with_the_run() -> None:
     explicit = TrainConfig(epochs=30, eps_start_epoch=0.0, eps_ramp_epochs=1.0, lr=5e-4)
     assert (explicit.eps_start_epoch, explicit.eps_ramp_epochs, explicit.lr) == (0.0, 1.0, 5e-4)
     stored = TrainConfig.from_dict(TrainConfig(epochs=30).to_dict())
-    assert stored.replace(epochs=60).eps_ramp_epochs == pytest.approx(12.0)  # derived once, then kept
+    assert stored.replace(epochs=60).eps_ramp_epochs == pytest.approx(RAMP_FRACTION * 30)  # derived once, kept
 
 
 def test_train_help_shows_every_default() -> None:
     text = CliRunner().invoke(cli, ["train", "--help"], terminal_width=200).output
     flat = " ".join(text.split())
-    for needle in ("[default: (10% of --epochs)]", "ramps over epochs 10%-50% of the run",
+    for needle in ("[default: (5% of --epochs)]", "ramps over epochs 5%-60% of the run",
                    "[default: (0.001 for adam,", "[default: (128)]", "[default: (linear)]", "[default: (0.1)]",
                    "[default: (digits)]", "[default: (the method's own)]"):
         assert needle in flat, needle
@@ -90,11 +90,12 @@ def test_a_certified_loss_stuck_at_log_n_is_a_collapse() -> None:
     nn.init.zeros_(model[1].bias)
     model[1].bias.data[1] = 1.0
     x, y = torch.rand(30, 1, 2, 2), torch.arange(30) % 3
-    assert "predicts class 1 for 100%" in collapse_warning(model, x, y, 3, None, "now")
+    assert "predicts class 1 for 100%" in collapse_warning(model, x, y, 3, None, None, "now")
     model[1].bias.data[1] = 0.0
     model[1].weight.data[:, :] = torch.randn(3, 4)
-    assert collapse_warning(model, x, y, 3, 0.5, "now") is None
-    assert "stuck at log(3)" in collapse_warning(model, x, y, 3, math.log(3) * 1.003, "now")
+    assert collapse_warning(model, x, y, 3, 0.5, 0.4, "now") is None
+    assert collapse_warning(model, x, y, 3, math.log(3), 0.4, "now") is None  # common mid-ramp
+    assert "stuck at log(3)" in collapse_warning(model, x, y, 3, math.log(3) * 1.003, math.log(3), "now")
 
 
 # ----------------------------------------------------------------------------- --download

@@ -1,6 +1,7 @@
 """Noticing a collapsed run: a model that predicts one class for most of the test set, or a
-certified loss stuck at ``log(n_classes)`` (every margin bound 0: the network's outputs no
-longer depend on its input). Both usually mean eps grew before the network had learnt
+certified loss stuck at ``log(n_classes)`` together with the clean loss (every margin bound
+and every margin 0: the network's outputs no longer depend on its input; a certified loss
+alone near ``log(n_classes)`` is common mid-ramp and means nothing). Both usually mean eps grew before the network had learnt
 anything; the training loop reports them at every evaluated epoch and at the end, and records
 them (epoch column ``collapsed``, ``TrainResult.warnings``)."""
 
@@ -14,7 +15,8 @@ from torch import nn
 #: A class predicted for at least this share of the test samples (and for at least twice the
 #: share of the most common true class) means the model has collapsed.
 MAJORITY_SHARE = 0.5
-#: A training certified loss within this relative distance of log(n_classes) is stuck there.
+#: Training certified and clean losses both within this relative distance of log(n_classes)
+#: are stuck there.
 STUCK_TOLERANCE = 0.01
 
 ADVICE = ("a longer eps ramp (--eps-ramp-epochs), a later start (--eps-start-epoch) or a smaller --lr "
@@ -39,11 +41,12 @@ def majority_share(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_siz
 
 
 def collapse_warning(model: nn.Module, x: torch.Tensor, y: torch.Tensor, n_classes: int,
-                     robust_ce: float | None, when: str) -> str | None:
+                     robust_ce: float | None, clean_ce: float | None, when: str) -> str | None:
     """One warning line when the run has collapsed (see the module docstring), else None.
 
-    ``x``, ``y``: test samples; ``robust_ce``: the training certified loss over the last epoch
-    (None or NaN when the method has none); ``when``: where in training, e.g. ``"after epoch 3"``.
+    ``x``, ``y``: test samples; ``robust_ce``, ``clean_ce``: the training certified and clean
+    cross-entropy over the last epoch (None or NaN when not measured); ``when``: where in
+    training, e.g. ``"after epoch 3"``.
     """
     if len(x) == 0:
         return None
@@ -52,7 +55,11 @@ def collapse_warning(model: nn.Module, x: torch.Tensor, y: torch.Tensor, n_class
         return (f"the model predicts class {top} for {100 * share:.0f}% of the test samples {when}: training has "
                 f"collapsed; {ADVICE}")
     stuck = math.log(n_classes)
-    if robust_ce is not None and math.isfinite(robust_ce) and abs(robust_ce - stuck) <= STUCK_TOLERANCE * stuck:
+
+    def at_log_n(value: float | None) -> bool:
+        return value is not None and math.isfinite(value) and abs(value - stuck) <= STUCK_TOLERANCE * stuck
+
+    if at_log_n(robust_ce) and at_log_n(clean_ce):
         return (f"the certified loss is stuck at log({n_classes}) = {stuck:.3f} {when}: every margin bound is 0, "
                 f"the network's outputs no longer depend on its input; {ADVICE}")
     return None

@@ -17,7 +17,10 @@ at eps = 0 for the first :data:`WARMUP_FRACTION` of the epochs, a ramp over the 
 (Gowal et al. 2018; Zhang et al. 2020; Shi et al. 2021); kappa from 1 to 0 over the ramp;
 beta = 1, as Lee et al. (2021) compare CROWN-IBP and as the tightest method fixes it (CROWN-IBP's
 own recipe ramps it 1 -> 0: ``beta_end = 0``; it measured worse here, 31% against 29% verified
-error on digits); the learning rate of the optimiser (:data:`DEFAULT_LR`).
+error on digits); the learning rate of the optimiser (:data:`DEFAULT_LR`). The fractions were
+chosen by measurement on digits (30 epochs, eps 0.1): with a 5 % warm-up and a 55 % ramp the
+MLP ends at 27-28 % verified error by IBP and CROWN-IBP and cnn-tiny's IBP at 51 %, against
+30-31 % and 63 % with 10 % and 40 %; IBP on a CNN gains most from a long ramp.
 """
 
 from __future__ import annotations
@@ -36,8 +39,8 @@ OPTIMIZERS = ("adam", "sgd")
 DEVICES_PREFIX = ("cpu", "cuda", "mps")
 
 #: Share of the epochs trained at eps = 0 before the ramp starts, and share the ramp lasts.
-WARMUP_FRACTION = 0.1
-RAMP_FRACTION = 0.4
+WARMUP_FRACTION = 0.05
+RAMP_FRACTION = 0.55
 #: Learning rate when none is given, per optimiser.
 DEFAULT_LR = {"adam": 1e-3, "sgd": 0.05}
 

@@ -279,7 +279,8 @@ def train(
                     nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
                 optimizer.step()
                 for k, v in (("loss", loss_value), ("robust_ce", stats.get("robust_ce", math.nan)),
-                             ("clean_err", stats["clean_err"]), ("robust_err", stats.get("robust_err", math.nan))):
+                             ("clean_ce", stats["clean_ce"]), ("clean_err", stats["clean_err"]),
+                             ("robust_err", stats.get("robust_err", math.nan))):
                     sums[k] = sums.get(k, 0.0) + v * len(yb)
                 step += 1
                 if bar is not None:
@@ -295,7 +296,8 @@ def train(
             if config.eval_size > 0 and len(data.test_x):
                 warning = collapse_warning(model, data.test_x[: config.eval_size].to(device),
                                            data.test_y[: config.eval_size], spec.n_classes,
-                                           metrics.get("train_robust_ce"), f"after epoch {epoch + 1}")
+                                           metrics.get("train_robust_ce"), metrics.get("train_clean_ce"),
+                                           f"after epoch {epoch + 1}")
                 metrics["collapsed"] = float(warning is not None)
                 if warning is not None:
                     report(warning)
@@ -311,7 +313,8 @@ def train(
     wall = wall_offset + time.perf_counter() - t0
     if not (config.eval_size > 0 and start_epoch < config.epochs) and len(data.test_x):
         warning = collapse_warning(model, data.test_x[:1000].to(device), data.test_y[:1000], spec.n_classes,
-                                   metrics.get("train_robust_ce"), "at the end of training")
+                                   metrics.get("train_robust_ce"), metrics.get("train_clean_ce"),
+                                   "at the end of training")
         if warning is not None:
             report(warning)
     if out_path is not None:
