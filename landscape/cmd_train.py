@@ -148,6 +148,10 @@ def _option(flag: str, help: str = "", **kw):
 @_option("--record-every", type=int, help="Write recorded step scalars every N steps.")
 @_option("--grad-every", type=int, help="Record the flattened gradient every N steps (0 = off).")
 @_option("--probe-every", type=int, help="Gradient-direction probe every N steps (0 = off).")
+@_option("--probe-batches", type=int, help="Probe the step's batch (1) or K fixed training batches, storing their "
+         "spread.")
+@_option("--probe-fresh-slopes/--no-probe-fresh-slopes", default=None,
+         help="Draw new random slopes at every probe point, as the paper's probe does.")
 @_option("--eval-size", type=int, help="Test samples evaluated after each epoch (0 = off).")
 @_option("--opt-steps", type=int, help="Iterations of the 'optimized' slope policy.")
 @_option("--opt-lr", type=float, help="Step size of the 'optimized' slope policy.")

@@ -18,10 +18,21 @@ backward and before ``optimizer.step``). Every ``every`` steps it
 
 The bound of the metrics is the step's own (``ctx.bound``: method, slope, beta, domain), at the
 step's eps; random slopes are drawn from a generator seeded with ``seed``.
+
+One batch or several: by default the probe looks at the step's own batch, as the paper's code
+does. With ``batches = K > 1`` it looks at K fixed batches of the training set instead (drawn
+once with ``batch_seed``, so runs of every method and seed are probed on the same samples) and
+stores, per row, the mean over the batches and, as ``<column>_std``, their standard deviation:
+a probe on one batch varies by about as much as the methods differ.
+
+Fresh slopes: the step's loss draws its random slopes (``tightest``'s random start, ``uniform``,
+``binary``) from one seed, so every point of the scan uses the same start. With
+``fresh_slopes=True`` every evaluation draws a new one, as the paper's probe does.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Any, Callable, Sequence
 
@@ -47,11 +58,19 @@ class GradientProbe:
         t_values: step multiples t (default: {0} U 10 log-spaced values from 0.5 to 5 U {1}).
         metrics: also compute sign changes of A and the RGA (linear methods only).
         seed: seed of the random slopes used by the metrics' bound computations.
+        batches: 1 (the step's batch) or K > 1 fixed batches (see the module docstring).
+        fresh_slopes: draw new random slopes at every evaluation (the paper's probe).
+        batch_seed: seed of the fixed batches.
     """
+
+    #: columns that get a ``<name>_std`` over the probe batches
+    SPREAD = ("loss_variation", "loss_final_variation", "cos", "cos_final", "smoothness", "a_sign", "sign_flip",
+              "rga_cos", "loss", "loss_final")
 
     def __init__(self, path: str | None = None, every: int = 100, t_values: Sequence[float] | None = None,
                  metrics: bool = True, seed: int = 0,
-                 sink: Callable[[str, dict[str, np.ndarray]], None] | None = None) -> None:
+                 sink: Callable[[str, dict[str, np.ndarray]], None] | None = None,
+                 batches: int = 1, fresh_slopes: bool = False, batch_seed: int = 0) -> None:
         if (path is None) == (sink is None):
             raise ValueError("GradientProbe needs exactly one of path and sink")
         if int(every) < 1:
@@ -62,6 +81,12 @@ class GradientProbe:
         self.t_values = default_t_values() if t_values is None else np.asarray(t_values, dtype=np.float64)
         self.metrics = bool(metrics)
         self.seed = int(seed)
+        if int(batches) < 1:
+            raise ValueError(f"the number of probe batches must be >= 1, got {batches}")
+        self.batches = int(batches)
+        self.fresh_slopes = bool(fresh_slopes)
+        self.batch_seed = int(batch_seed)
+        self._fixed: list[tuple[torch.Tensor, torch.Tensor]] | None = None
         self.n_probes = 0
 
     # ------------------------------------------------------------------ callback protocol
@@ -100,22 +125,76 @@ class GradientProbe:
         return None
 
     # ------------------------------------------------------------------ the probe itself
+    def _probe_batches(self, ctx: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The step's batch, or the K fixed batches (drawn once, on the training set)."""
+        if self.batches == 1:
+            return [(ctx.x, ctx.y)]
+        if self._fixed is None:
+            data = ctx.data
+            size = int(ctx.config.batch_size)
+            n = len(data.train_x)
+            if self.batches * size > n:
+                raise ValueError(f"{self.batches} probe batches of {size} need {self.batches * size} training samples, "
+                                 f"the dataset has {n}")
+            idx = torch.randperm(n, generator=torch.Generator().manual_seed(self.batch_seed))[: self.batches * size]
+            self._fixed = [(data.train_x[i].to(ctx.x.device), data.train_y[i].to(ctx.y.device))
+                           for i in idx.split(size)]
+        return self._fixed
+
+    def _losses(self, ctx: Any, b: int, x: torch.Tensor, y: torch.Tensor) -> tuple[Callable, Callable | None]:
+        """The step's loss and its final-schedule loss on batch ``b``; with fresh slopes, every
+        call draws new random slopes."""
+        own = self.batches == 1 and not self.fresh_slopes
+        if own or getattr(ctx, "loss_at", None) is None:
+            return ctx.loss_fn, getattr(ctx, "final_loss_fn", None)
+        if not self.fresh_slopes:
+            return ctx.loss_at(x, y), ctx.loss_at(x, y, final=True)
+        calls = itertools.count()
+
+        def fresh(final: bool) -> Callable:
+            return lambda m: ctx.loss_at(x, y, final=final, seed=_seed(self.seed, ctx.step, b, next(calls)))(m)
+
+        return fresh(False), fresh(True)
+
     def _probe(self, ctx: Any) -> dict[str, np.ndarray]:
-        model, x, y = ctx.model, ctx.x, ctx.y
+        parts = [self._probe_batch(ctx, b, x, y) for b, (x, y) in enumerate(self._probe_batches(ctx))]
+        if len(parts) == 1:
+            return parts[0]
+        rows = {}
+        for name, col in parts[0].items():
+            if name in ("step", "epoch", "t", "lr", "eps"):
+                rows[name] = col
+                continue
+            stack = np.stack([p[name] for p in parts]).astype(np.float64)  # NaN where a value does not apply
+            rows[name] = stack.mean(axis=0).astype(np.float32)
+            if name in self.SPREAD or name.startswith("unstable_frac_l"):
+                rows[f"{name}_std"] = stack.std(axis=0).astype(np.float32)
+        rows["probe_batches"] = np.full(len(self.t_values), len(parts), dtype=np.int64)
+        return rows
+
+    def _probe_batch(self, ctx: Any, b: int, x: torch.Tensor, y: torch.Tensor) -> dict[str, np.ndarray]:
+        model = ctx.model
         eps = float(ctx.eps)
         setup = ctx.bound  # the bound the step used: method, slope, beta, domain, n_classes
         use_bounds = self.metrics and setup.linear
+        loss_fn, final_fn = self._losses(ctx, b, x, y)
+        calls = itertools.count()
+
+        def generator() -> torch.Generator:
+            seed = _seed(self.seed, ctx.step, b, next(calls)) if self.fresh_slopes else self.seed
+            return torch.Generator().manual_seed(seed)
+
         point_metrics = None
-        a0 = lower_coefficients(model, x, y, eps, setup, torch.Generator().manual_seed(self.seed)) if use_bounds else None
+        a0 = lower_coefficients(model, x, y, eps, setup, generator()) if use_bounds else None
         if a0 is not None:  # None where the bound has no linear part (e.g. CROWN-IBP at beta = 0)
 
             def point_metrics(m: nn.Module, label: str) -> dict[str, float]:
                 if label != "main":
                     return {}
-                return sign_changes(a0, lower_coefficients(m, x, y, eps, setup, torch.Generator().manual_seed(self.seed)))
+                return sign_changes(a0, lower_coefficients(m, x, y, eps, setup, generator()))
 
-        extra = {"final": ctx.final_loss_fn} if getattr(ctx, "final_loss_fn", None) is not None else {}
-        res = gradient_scan(ctx.loss_fn, model, self.t_values, float(ctx.lr), extra_losses=extra,
+        extra = {"final": final_fn} if final_fn is not None else {}
+        res = gradient_scan(loss_fn, model, self.t_values, float(ctx.lr), extra_losses=extra,
                             point_metrics=point_metrics)
         n = len(self.t_values)
         nan = np.full(n, np.nan, dtype=np.float32)
@@ -137,8 +216,7 @@ class GradientProbe:
             rows[name] = np.asarray(res[name], dtype=np.float32) if name in res else nan.copy()
         if use_bounds:
             rga = relaxed_gradient_approximation(model, x, y, eps, method=setup.method, slope=setup.slope,
-                                                 beta=setup.beta, domain=setup.domain,
-                                                 generator=torch.Generator().manual_seed(self.seed))
+                                                 beta=setup.beta, domain=setup.domain, generator=generator())
         else:
             rga = {}
         for name in ("rga_cos", "rga_rel_err", "slope_err", "upper_slope_err"):
@@ -147,3 +225,12 @@ class GradientProbe:
             if name.startswith("unstable_frac_l"):
                 rows[name] = np.full(n, value, dtype=np.float32)
         return rows
+
+
+def _seed(*parts: int) -> int:
+    """A deterministic 63-bit seed from integers (a fresh random start per evaluation)."""
+    z = 0x9E3779B97F4A7C15
+    for p in parts:
+        z = ((z ^ (int(p) + 0x632BE59BD9B4E019)) * 0xBF58476D1CE4E5B9) & ((1 << 64) - 1)
+        z ^= z >> 31
+    return z & ((1 << 63) - 1)

@@ -56,15 +56,17 @@ def open_train_record(h5: Path, config: Any, resume_from: Path | None, extra_att
     return sink
 
 
-def probe_callbacks(every: int, sink: Sink, t_values: Sequence[float] | None = None) -> list:
-    """A gradient-direction probe (:class:`landscape.probes.GradientProbe`) every ``every``
-    steps writing through ``sink``; no callback when ``every`` is 0."""
-    if not every:
+def probe_callbacks(config: Any, sink: Sink, t_values: Sequence[float] | None = None) -> list:
+    """A gradient-direction probe (:class:`landscape.probes.GradientProbe`) every
+    ``config.probe_every`` steps (on ``config.probe_batches`` batches, with fresh slopes when
+    ``config.probe_fresh_slopes``) writing through ``sink``; no callback when the period is 0."""
+    if not config.probe_every:
         return []
     from landscape import probes
 
     kw = {} if t_values is None else {"t_values": list(t_values)}
-    return [probes.GradientProbe(every=every, sink=sink, **kw)]
+    return [probes.GradientProbe(every=config.probe_every, sink=sink, batches=config.probe_batches,
+                                 fresh_slopes=config.probe_fresh_slopes, **kw)]
 
 
 def train_in_dir(run_dir: Path, config: Any, data: Any, resume_from: Path | None = None,
@@ -84,7 +86,7 @@ def train_in_dir(run_dir: Path, config: Any, data: Any, resume_from: Path | None
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n")
     sink = open_train_record(run_dir / "train.h5", config, resume_from, extra_attrs)
-    callbacks = probe_callbacks(config.probe_every, sink, probe_t)
+    callbacks = probe_callbacks(config, sink, probe_t)
     result = train(config, callbacks=callbacks, sink=sink, resume_from=resume_from, progress=progress,
                    out_dir=run_dir, data=data)
     store.write_attrs(str(run_dir / "train.h5"), {"warnings": list(result.warnings)})

@@ -314,3 +314,60 @@ def test_probe_metrics_equal_direct_calls_with_the_runs_own_setting(method, slop
         assert rows["a_sign"][i] == pytest.approx(expect["a_sign"], rel=1e-6, abs=1e-7)
         assert rows["sign_flip"][i] == pytest.approx(expect["sign_flip"], rel=1e-6, abs=1e-7)
     D.set_params(net, theta0)
+
+
+def _probe_ctx(net, x, y, method, slope=None, data=None):
+    """A step context as the training loop makes it, for a probe called by hand."""
+    from train.objective import certified_loss
+
+    def loss_at(xb, yb, final=False, seed=None):
+        gen_seed = 7 if seed is None else seed
+        return lambda m: certified_loss(m, xb, yb, 0.1 if final else 0.05, method=method, slope=slope,
+                                        generator=torch.Generator().manual_seed(gen_seed))[0]
+
+    return SimpleNamespace(model=net, x=x, y=y, step=0, epoch=0, eps=0.05, beta=1.0, kappa=0.0, lr=0.2, loss=0.0,
+                           loss_fn=loss_at(x, y), final_loss_fn=loss_at(x, y, final=True), loss_at=loss_at,
+                           method=method, bound=BoundSetup.of(method, slope, 1.0, (0.0, 1.0), 4), data=data,
+                           config=SimpleNamespace(batch_size=len(x)))
+
+
+def test_probe_batches_average_fixed_batches_and_store_their_spread():
+    net = _net()
+    g = torch.Generator().manual_seed(3)
+    data = SimpleNamespace(train_x=torch.rand(40, 1, 4, 4, generator=g), train_y=torch.arange(40) % 4)
+    x, y = data.train_x[:8], data.train_y[:8]
+    ts = [0.0, 1.0, 3.0]
+    rows = []
+    probes.GradientProbe(every=1, t_values=ts, batches=3, sink=lambda g_, r: rows.append(r)).on_step(
+        _probe_ctx(net, x, y, "crown-ibp", data=data))
+    many = rows[0]
+    assert many["probe_batches"].tolist() == [3, 3, 3] and "loss_variation_std" in many and "a_sign_std" in many
+    one = probes.GradientProbe(every=1, t_values=ts, batches=3, sink=lambda g_, r: None)
+    batches = one._probe_batches(_probe_ctx(net, x, y, "crown-ibp", data=data))
+    assert len(batches) == 3 and all(len(b[0]) == 8 for b in batches)
+    singles = []
+    for xb, yb in batches:
+        probes.GradientProbe(every=1, t_values=ts, sink=lambda g_, r: singles.append(r)).on_step(
+            _probe_ctx(net, xb, yb, "crown-ibp", data=data))
+    for name in ("loss", "cos", "a_sign", "loss_variation", "rga_cos"):
+        stack = np.stack([s[name] for s in singles])
+        np.testing.assert_allclose(many[name], stack.mean(0), rtol=1e-5, atol=1e-7, err_msg=name)
+        np.testing.assert_allclose(many[f"{name}_std"], stack.std(0), rtol=1e-4, atol=1e-6, err_msg=name)
+    assert D.params_equal(D.get_params(net), D.get_params(_net()))
+
+
+def test_fresh_slopes_draw_a_new_start_at_every_point():
+    net = _net()
+    x, y = _batch()
+    ts = [0.0, 1.0, 3.0]
+    out = {}
+    for fresh in (False, True):
+        for method in ("tightest", "crown-ibp"):
+            rows = []
+            probes.GradientProbe(every=1, t_values=ts, fresh_slopes=fresh, sink=lambda g_, r: rows.append(r)).on_step(
+                _probe_ctx(net, x, y, method))
+            out[fresh, method] = rows[0]
+    # deterministic slopes: nothing to draw, the same numbers
+    np.testing.assert_allclose(out[True, "crown-ibp"]["a_sign"], out[False, "crown-ibp"]["a_sign"])
+    # random starts: a new one at every point changes the sign metrics (even at t = 0)
+    assert out[False, "tightest"]["a_sign"][0] == 0.0 and out[True, "tightest"]["a_sign"][0] > 0.0

@@ -28,6 +28,9 @@ class StepContext:
     beta = beta_end, kappa = kappa_end): the paper code's ``loss_max``.
     ``bound`` is the bound this step used (engine method, slope, the step's beta, domain,
     number of classes), so an analysis can repeat it without re-deriving it.
+    ``loss_at(x, y, final=False, seed=None)`` is the step's loss (or its final-schedule loss) on
+    another batch, with the step's random slopes (or those drawn from ``seed``); ``loss_fn`` is
+    ``loss_at(ctx.x, ctx.y)``. ``data`` is the training run's dataset (``train_x``, ...).
     """
 
     model: nn.Module
@@ -49,6 +52,8 @@ class StepContext:
     config: TrainConfig
     wall_time: float = 0.0
     grad_norm: float = float("nan")
+    loss_at: Callable[..., Callable[[nn.Module], torch.Tensor]] | None = None
+    data: Any = None
 
 
 @runtime_checkable

@@ -46,7 +46,8 @@ DEFAULT_LR = {"adam": 1e-3, "sgd": 0.05}
 
 #: Fields that do not change what a run computes; a resumed or re-opened run may differ here.
 NON_IDENTITY_FIELDS = frozenset(
-    {"epochs", "device", "data_dir", "record_every", "grad_every", "probe_every", "eval_size"}
+    {"epochs", "device", "data_dir", "record_every", "grad_every", "probe_every", "probe_batches",
+     "probe_fresh_slopes", "eval_size"}
 )
 
 
@@ -84,6 +85,8 @@ class TrainConfig:
         record_every [steps]: how often recorded scalars are handed to the sink.
         grad_every [steps]: record the flattened gradient every N steps (0 = never).
         probe_every [steps]: gradient-direction probes every N steps (0 = never; CLI only).
+        probe_batches: probe the step's batch (1) or K fixed training batches, with their spread.
+        probe_fresh_slopes: a probe draws new random slopes at every point (the paper's probe).
         eval_size: test samples used by the per-epoch evaluation (0 = skip it).
         opt_steps, opt_lr: iterations and step size of the ``optimized`` slope policy.
     """
@@ -123,6 +126,8 @@ class TrainConfig:
     record_every: int = 50
     grad_every: int = 0
     probe_every: int = 0
+    probe_batches: int = 1
+    probe_fresh_slopes: bool = False
     eval_size: int = 1000
     opt_steps: int = 20
     opt_lr: float = 0.1
@@ -176,7 +181,8 @@ class TrainConfig:
         _finite("lr_decay", self.lr_decay, low=0.0, high=1.0, strict=True)
         _finite("grad_clip", self.grad_clip, low=0.0)
         _integer("seed", self.seed, low=0)
-        for name in ("fused_loss", "normalize_inputs", "bounded_input"):
+        _integer("probe_batches", self.probe_batches, low=1)
+        for name in ("fused_loss", "normalize_inputs", "bounded_input", "probe_fresh_slopes"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
         for name in ("train_size", "test_size"):

@@ -26,6 +26,7 @@ import math
 import os
 import sys
 import time
+from functools import partial
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
@@ -221,6 +222,12 @@ def train(
         return certified_loss(m, xb, yb, eps, method=method, slope=config.slope, beta=beta, kappa=kappa,
                               fused=config.fused_loss, domain=domain, generator=gen, **extra_kw)
 
+    def loss_at(vals: Mapping[str, float], step_seed: int, xb: torch.Tensor, yb: torch.Tensor, final: bool = False,
+                seed: int | None = None) -> Callable[[nn.Module], torch.Tensor]:
+        """The step's loss (``final``: at the end of the schedules) on batch ``(xb, yb)``."""
+        v = final_vals if final else vals
+        return make_loss_fn(xb, yb, v["eps"], v["beta"], v["kappa"], step_seed if seed is None else seed)
+
     def make_loss_fn(xb, yb, eps, beta, kappa, seed) -> Callable[[nn.Module], torch.Tensor]:
         return lambda m: step_loss(m, xb, yb, eps, beta, kappa, seed)[0]
 
@@ -268,6 +275,7 @@ def train(
                         model=model, x=xb, y=yb, step=step, epoch=epoch, eps=vals["eps"], beta=vals["beta"],
                         kappa=vals["kappa"], lr=vals["lr"], loss=loss_value, stats=stats,
                         loss_fn=make_loss_fn(xb, yb, vals["eps"], vals["beta"], vals["kappa"], step_seed),
+                        loss_at=partial(loss_at, vals, step_seed), data=data,
                         final_loss_fn=make_loss_fn(xb, yb, final_vals["eps"], final_vals["beta"],
                                                    final_vals["kappa"], step_seed),
                         method=method, bound=BoundSetup.of(method, config.slope, vals["beta"], domain, spec.n_classes),
