@@ -98,7 +98,9 @@ TRAIN_METHODS: dict[str, TrainMethod] = {
         TrainMethod("ibp", "ibp", summary="interval bound propagation (Gowal et al. 2018)"),
         TrainMethod("crown-ibp", "crown-ibp", summary="IBP intermediate bounds, one CROWN pass (Zhang et al. 2020)"),
         TrainMethod("crown", "crown", summary="CROWN bounds for every layer"),
-        TrainMethod("cap", "cap", "same-slope", summary="the convex adversarial polytope's same-slope relaxation"),
+        TrainMethod("cap", "crown-ibp", "same-slope", 1.0,
+                    summary="CROWN-IBP with the same-slope lower lines u/(u-l), beta = 1: CAP as Lee et al. "
+                            "(2021) compare it (full CROWN with same slopes is crown --slope same-slope)"),
         TrainMethod("tightest", "crown-ibp", "tightest", 1.0,
                     summary="CROWN-IBP with the tightest lower slopes, beta = 1 (Lee et al. 2021)"),
     )
