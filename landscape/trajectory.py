@@ -141,14 +141,23 @@ def _check_architecture(path: Path, desc: dict[str, Any], final_path: Path, fina
     )
 
 
-def load_trajectory(source: str | os.PathLike | Sequence[str | os.PathLike]) -> Trajectory:
+def load_trajectory(
+    source: str | os.PathLike | Sequence[str | os.PathLike], final: str | os.PathLike | None = None
+) -> Trajectory:
     """Load the checkpoints :func:`find_checkpoints` names (with ``train.checkpoint``), keep
     those up to the final one's (epoch, step), and sort them by (epoch, step), the final last.
+
+    ``final``: the checkpoint that ends the trajectory (theta_f), e.g. the one a scan looks at;
+    default: the one :func:`find_checkpoints` gives, else the last by (epoch, step).
 
     Refuses (``ValueError``) a checkpoint of another architecture than the final one, and a
     trajectory without a checkpoint besides the final one.
     """
     files, final_path = find_checkpoints(source)
+    if final is not None:
+        final_path = Path(final)
+        if not final_path.is_file():
+            raise FileNotFoundError(f"final checkpoint {os.fspath(final)!r} does not exist")
     loaded = {}
     for p in [*files, *([final_path] if final_path is not None else [])]:
         key = p.resolve()

@@ -159,6 +159,13 @@ def test_trajectory_of_a_digits_run(run):
     # a checkpoint file as final keeps only the checkpoints up to it
     early = tj.load_trajectory(run / "checkpoint_epoch2.pt")
     assert [p.name for p in early.paths] == ["checkpoint_epoch1.pt", "checkpoint_epoch2.pt"]
+    # a glob with the final checkpoint given apart (as a scan of checkpoint.pt would)
+    scanned = tj.load_trajectory(str(run / "checkpoint_epoch*.pt"), final=run / "checkpoint.pt")
+    assert [p.name for p in scanned.paths] == [p.name for p in t.paths]
+    upto2 = tj.load_trajectory(str(run / "checkpoint_epoch*.pt"), final=run / "checkpoint_epoch2.pt")
+    assert [p.name for p in upto2.paths] == ["checkpoint_epoch1.pt", "checkpoint_epoch2.pt"]
+    with pytest.raises(FileNotFoundError, match="final checkpoint"):
+        tj.load_trajectory(run, final=run / "nope.pt")
 
 
 def test_trajectory_refuses_another_architecture_and_bad_sources(run, tmp_path):
