@@ -131,14 +131,6 @@ def default_slope(method: str) -> str:
 PAPER_METHODS: tuple[str, ...] = ("ibp", "crown-ibp", "cap", "tightest")
 """The methods Lee et al. (2021) compare, which ``landscape reproduce`` trains."""
 
-PROFILES: dict[str, tuple[str, ...]] = {
-    "quick": ("digits", "fashion-mnist"),
-    "paper": ("mnist", "cifar10"),
-    "tiny": ("digits",),
-}
-"""Profiles of ``landscape reproduce``, each with the datasets it can run on (the first is its
-default where the profile does not choose by itself)."""
-
 # ----------------------------------------------------------------------------- scans and results
 
 @dataclass(frozen=True)

@@ -50,7 +50,7 @@ def _needs_names(runs: Sequence[TrainRun]) -> bool:
     return len(set(keys)) < len(keys)
 
 
-def _reduce_over_t(values: np.ndarray, t: np.ndarray | None) -> np.ndarray:
+def reduce_over_t(values: np.ndarray, t: np.ndarray | None) -> np.ndarray:
     """A per-probe column: scalars as is, ``[P, T]`` rows averaged over the points t > 0
     (over all points for a row whose t > 0 entries are all NaN, e.g. a per-probe scalar
     written only on the t = 0 row)."""
@@ -88,12 +88,12 @@ def probe_stat(run: TrainRun, key: str) -> np.ndarray | None:
         if name.endswith("*"):
             matches = sorted(k for k in probes if k.startswith(name[:-1]))
             if matches:
-                cols = np.stack([_reduce_over_t(probes[k], run.probe_t) for k in matches])
+                cols = np.stack([reduce_over_t(probes[k], run.probe_t) for k in matches])
                 with np.errstate(all="ignore"), warnings.catch_warnings():
                     warnings.simplefilter("ignore", RuntimeWarning)
                     return np.nanmean(cols, 0)
         elif name in probes:
-            return _reduce_over_t(probes[name], run.probe_t)
+            return reduce_over_t(probes[name], run.probe_t)
     if key == "loss_variation" and "loss" in probes and np.ndim(probes["loss"]) == 2:
         loss = np.asarray(probes["loss"], dtype=float)
         with np.errstate(all="ignore"), warnings.catch_warnings():
@@ -310,7 +310,7 @@ def summary(run: TrainRun, last_fraction: float = 1.0) -> dict[str, float]:
         y = probe_stat(run, key)
         out[key] = _tail_mean(y, last_fraction)
     source = next((s for s in (run.probes, run.steps) if "bound_gap" in s), None)
-    tight = None if source is None else _reduce_over_t(source["bound_gap"], None)
+    tight = None if source is None else reduce_over_t(source["bound_gap"], None)
     out["tightness"] = _tail_mean(tight, last_fraction)
     return out
 

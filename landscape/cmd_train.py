@@ -21,7 +21,7 @@ from typing import Any
 
 import click
 
-from bounds.names import BOUND_METHODS, CERTIFY_METHODS, SLOPES, TRAIN_METHODS
+from bounds.names import CERTIFY_METHODS, SLOPES, TRAIN_METHODS
 from landscape.runs import latest_epoch_checkpoint, train_in_dir
 
 RUN_FILES = ("config.json", "train.h5", "checkpoint.pt")
@@ -216,7 +216,8 @@ def train(config_file, model_option, lr_milestones, download, out_dir, resume, o
 @click.argument("checkpoint", type=click.Path(dir_okay=False))
 @click.option("--eps", help="Radius, or several comma-separated [default: the checkpoint's eps_train].")
 @click.option("--methods", default=",".join(CERTIFY_METHODS), show_default=True,
-              help=f"Comma-separated verification methods ({', '.join(BOUND_METHODS)}); may be empty.")
+              help="Comma-separated verification methods: bound or training methods (cap, tightest verify with "
+                   "their own bound) or method:slope pairs such as crown-ibp:tightest; may be empty.")
 @click.option("--pgd-steps", type=int, default=20, show_default=True)
 @click.option("--pgd-restarts", type=int, default=1, show_default=True)
 @click.option("--test-size", type=int, help="Evaluate a seeded subset of the test set.")
@@ -241,10 +242,14 @@ def certify(checkpoint, eps, methods, pgd_steps, pgd_restarts, test_size, batch_
     from train.evaluate import metric_key
     from train.loop import resolve_device
 
+    from train.evaluate import verifier
+
     method_list = [m.strip() for m in methods.split(",") if m.strip()]
-    bad = [m for m in method_list if m not in BOUND_METHODS]
-    if bad:
-        raise click.ClickException(f"--methods: unknown method {bad[0]!r}; choose from {', '.join(BOUND_METHODS)}")
+    for m in method_list:
+        try:
+            verifier(m)
+        except ValueError as exc:
+            raise click.ClickException(f"--methods: {exc}") from None
     if pgd_steps < 0 or pgd_restarts < 1:
         raise click.ClickException("--pgd-steps must be >= 0 and --pgd-restarts >= 1")
     if batch_size < 1:
@@ -274,7 +279,8 @@ def certify(checkpoint, eps, methods, pgd_steps, pgd_restarts, test_size, batch_
         write_certify_file(out, columns, {
             "method": cfg.get("method"), "dataset": cfg["dataset"], "model": cfg.get("model"),
             "eps": float(cfg.get("eps", 0.0)), "checkpoint": str(Path(checkpoint).resolve()), "n_test": len(test_x),
-            "dtype": results[0]["dtype"], "methods": method_list, "pgd_steps": pgd_steps, "pgd_restarts": pgd_restarts})
+            "dtype": results[0]["dtype"], "methods": method_list, "union": results[0]["union"], "pgd_steps": pgd_steps,
+            "pgd_restarts": pgd_restarts})
     if as_json:
         click.echo(json.dumps(results[0] if len(results) == 1 else results, sort_keys=True))
         return
@@ -284,7 +290,8 @@ def certify(checkpoint, eps, methods, pgd_steps, pgd_restarts, test_size, batch_
         rows = [("clean error", res["clean_err"]),
                 (f"PGD error ({pgd_steps} steps x {pgd_restarts})", res["pgd_err"])]
         rows += [(f"verified error, {m}", res[metric_key(m)]) for m in method_list]
-        rows.append(("verified error (union)", res["verified_err"]))
+        rows.append((f"verified error (union of {', '.join(res['union'])})" if res["union"] else
+                     "verified error (no method)", res["verified_err"]))
         width = max(len(r[0]) for r in rows)
         for name, value in rows:
             click.echo(f"  {name:<{width}}  {100 * value:6.2f} %")

@@ -167,7 +167,7 @@ def _tables() -> dict[str, set[str]]:
         "BOUND_METHODS": set(names.BOUND_METHODS), "SLOPES": set(names.SLOPES),
         "TRAIN_METHODS": set(names.TRAIN_METHODS), "SCAN_KINDS": set(names.SCAN_KINDS),
         "FILE_KINDS": set(names.FILE_KINDS), "PAPER_METHODS": set(names.PAPER_METHODS),
-        "PROFILES": set(names.PROFILES), "DIRECTION_NORMS": set(names.DIRECTION_NORMS),
+        "DIRECTION_NORMS": set(names.DIRECTION_NORMS),
         "LABELS": set(names.LABELS), "SCAN_LOSSES|certified": {*names.SCAN_LOSSES, "certified"},
     }
 

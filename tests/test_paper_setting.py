@@ -39,3 +39,35 @@ def _yaml(tmp_path):
     path = tmp_path / "paper.yaml"
     path.write_text("normalize_inputs: false\nbounded_input: false\n")
     return path
+
+
+def test_cap_is_crown_ibp_with_same_slopes_and_certify_takes_method_slope_pairs(tmp_path, capsys) -> None:
+    import json
+
+    from train.evaluate import evaluate, verifier
+    from train.models import build_model
+    from train.objective import certified_loss
+
+    torch.manual_seed(0)
+    net = build_model("mlp", (1, 8, 8), 10, (0.3,), (0.4,), widths=[32, 32])
+    x, y = torch.rand(16, 1, 8, 8), torch.arange(16) % 10
+    cap, _ = certified_loss(net, x, y, 0.1, method="cap")
+    same, _ = certified_loss(net, x, y, 0.1, method="crown-ibp", slope="same-slope")
+    assert torch.equal(cap, same)
+    assert verifier("cap") == ("crown-ibp", "same-slope") and verifier("tightest") == ("crown-ibp", "tightest")
+    assert verifier("crown:same-slope") == ("crown", "same-slope") and verifier("crown-ibp") == ("crown-ibp", "adaptive")
+    res = evaluate(net, x, y, 0.02, methods=["ibp", "cap", "crown-ibp:tightest"], pgd_steps=2, progress=False)
+    assert res["union"] == ["crown-ibp:same-slope", "crown-ibp:tightest", "ibp"]
+    for key in ("verified_err_ibp", "verified_err_cap", "verified_err_crown_ibp_tightest"):
+        assert res["verified_err"] <= res[key]
+    run = tmp_path / "run"
+    assert main(["train", "--dataset", "digits", "--model", "mlp", "--model-option", "widths=[8]", "--method", "cap",
+                 "--epochs", "1", "--train-size", "64", "--test-size", "16", "--eval-size", "0", "--out", str(run),
+                 "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["certify", str(run / "checkpoint.pt"), "--methods", "cap,crown:same-slope", "--pgd-steps", "1",
+                 "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["union"] == ["crown-ibp:same-slope", "crown:same-slope"]
+    assert main(["certify", str(run / "checkpoint.pt"), "--methods", "crown-ibp:bogus"]) == 1
+    assert "unknown slope 'bogus'" in capsys.readouterr().err

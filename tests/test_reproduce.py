@@ -37,18 +37,22 @@ def test_tiny_profile_end_to_end_and_resume(tmp_path: Path) -> None:
         png = fig / f"{stem}.png"
         assert png.exists() and png.stat().st_size > 5000, stem
     for m in METHODS:
-        assert (out / "runs" / "digits_eps0.1" / m / "checkpoint.pt").exists()
+        assert (out / "runs" / "digits_eps0.1" / "seed0" / m / "checkpoint.pt").exists()
         assert (fig / f"{m}_gradient.png").exists() and (fig / f"{m}_random-2d_heatmap.png").exists()
     table = (fig / "compare_verified_error.md").read_text()
     for name in ("IBP", "CROWN-IBP", "CAP", "Tightest (ours)"):
         assert f"| {name} |" in table
     assert (fig / "compare_verified_error.tex").read_text().count(r"\\") >= 9  # header + 4 methods x 2 eps
-    rows = json.loads((out / "summary.json").read_text())
-    assert [r["method"] for r in rows] == list(METHODS)
+    summary = json.loads((out / "summary.json").read_text())
+    rows = summary["runs"]
+    assert [r["method"] for r in rows] == list(METHODS) and [r["seed"] for r in rows] == [0] * 4
     for r in rows:
         assert 0.0 <= r["verified_err"] <= 1.0 and r["loss_variation"] >= 0.0 and r["bound_gap"] >= -1e-4
+        assert r["bound_gap_common"] >= -1e-4 and r["verified_err_own"] >= r["verified_err"] - 1e-9
+    assert [c["claim"][:2] for c in summary["claims"]["digits_eps0.1"]] == ["C1", "C2", "C3", "C4"]
+    assert "single seed, no spread" in (out / "summary.md").read_text()
 
-    ckpt = out / "runs" / "digits_eps0.1" / "ibp" / "checkpoint.pt"
+    ckpt = out / "runs" / "digits_eps0.1" / "seed0" / "ibp" / "checkpoint.pt"
     stamp = ckpt.stat().st_mtime_ns
     again = CliRunner().invoke(cli, ["reproduce", "--profile", "tiny", "--out", str(out), "--format", "png"])
     assert again.exit_code == 0, again.output
@@ -58,6 +62,7 @@ def test_tiny_profile_end_to_end_and_resume(tmp_path: Path) -> None:
 
 def test_plans_write_down_the_settings() -> None:
     from landscape.reproduce import describe_plan, make_plan
+    from train.config import TrainConfig
 
     paper = make_plan("paper", device="cuda")
     assert {r.setting for r in paper.runs} == {"mnist_eps0.4", "cifar10_eps2_255", "cifar10_eps8_255"}
@@ -65,6 +70,12 @@ def test_plans_write_down_the_settings() -> None:
     assert all(c["eps"] == 0.4 and c["model"] == "ibp-large" and c["epochs"] == 200 for c in mnist)
     assert {r.method for r in paper.runs} == set(METHODS)
     assert all(r.config["device"] == "cuda" and r.config["beta_end"] == 1.0 for r in paper.runs)
+    assert all(r.config["kappa_start"] == 0.0 and r.config["bounded_input"] is False for r in paper.runs)
+    official = make_plan("official", seeds=[0, 1, 2])
+    assert len(official.runs) == 12 and {r.seed for r in official.runs} == {0, 1, 2}
+    cfg = TrainConfig.from_dict(official.runs[0].config)  # every setting is a valid training config
+    assert (cfg.model, cfg.batch_size, cfg.lr, cfg.epochs, cfg.probe_every) == ("model-small", 80, 5e-4, 2, 100)
+    assert not cfg.normalize_inputs and not cfg.bounded_input and cfg.probe_fresh_slopes
     text = describe_plan(make_plan("quick"))
     assert "ibp" in text and "tightest" in text and "certify" in text
     tiny = make_plan("tiny", methods=["ibp", "tightest"])
@@ -74,7 +85,7 @@ def test_plans_write_down_the_settings() -> None:
 def test_bad_profile_and_method(tmp_path: Path, capsys) -> None:
     from landscape.reproduce import make_plan
 
-    with pytest.raises(ValueError, match="unknown profile"):
+    with pytest.raises(ValueError, match="unknown profile 'huge'; choose one of .*official"):
         make_plan("huge")
     with pytest.raises(ValueError, match="unknown method 'crown'"):
         make_plan("tiny", methods=["crown"])
@@ -86,7 +97,7 @@ def test_bad_profile_and_method(tmp_path: Path, capsys) -> None:
 def test_dry_run_prints_plan(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["reproduce", "--profile", "paper", "--out", str(tmp_path / "p"), "--dry-run"])
     assert result.exit_code == 0
-    assert "mnist_eps0.4/tightest" in result.output and "cifar10_eps8_255/cap" in result.output
+    assert "mnist_eps0.4/seed0/tightest" in result.output and "cifar10_eps8_255/seed0/cap" in result.output
     assert not (tmp_path / "p").exists()
 
 
@@ -101,12 +112,12 @@ def test_resume_drops_rows_written_after_the_checkpoint(tmp_path: Path) -> None:
 
     plan = reproduce.make_plan("tiny", methods=["ibp"])
     run = plan.runs[0]
-    run_dir = tmp_path / "ibp"
+    run_dir = run.run_dir(tmp_path)
     data = load_data(TrainConfig.from_dict(run.config))
-    assert reproduce.train_run(run, run_dir, plan, data, progress=False)
+    assert reproduce.train_run(run, tmp_path, plan, data, progress=False)
     for name in ("checkpoint.pt", "checkpoint_epoch2.pt"):  # as if it died during epoch 2
         (run_dir / name).unlink()
-    assert reproduce.train_run(run, run_dir, plan, data, progress=False)
+    assert reproduce.train_run(run, tmp_path, plan, data, progress=False)
     rec = store.read(str(run_dir / "train.h5"))
     steps = rec["steps"]["step"].tolist()
     assert steps == sorted(set(steps)), steps
@@ -114,3 +125,38 @@ def test_resume_drops_rows_written_after_the_checkpoint(tmp_path: Path) -> None:
     assert len(probe_rows) == len(set(probe_rows)), probe_rows
     assert rec["epochs"]["epoch"].tolist() == [0, 1]
     assert not np.isnan(rec["steps"]["loss"]).any()
+
+
+@pytest.mark.slow
+def test_seeds_give_bands_and_claims_with_their_spread(tmp_path: Path) -> None:
+    out = tmp_path / "seeds"
+    result = CliRunner().invoke(cli, ["reproduce", "--profile", "tiny", "--methods", "ibp,tightest", "--seeds", "0,1",
+                                      "--out", str(out), "--format", "png"])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    assert (out / "runs" / "digits_eps0.1" / "seed1" / "tightest" / "checkpoint.pt").exists()
+    assert (out / "figures" / "digits_eps0.1" / "seeds_probes.png").stat().st_size > 5000
+    summary = json.loads((out / "summary.json").read_text())
+    agg = {r["method"]: r for r in summary["methods"]}
+    assert agg["ibp"]["seeds"] == [0, 1] and agg["ibp"]["verified_err_std"] is not None
+    c1 = summary["claims"]["digits_eps0.1"][0]
+    assert c1["claim"].startswith("C1") and all(p["seeds"] == 2 for p in c1["parts"])
+    assert all(p["verdict"].split(" ")[0] in ("holds", "contradicted", "within") for p in c1["parts"])
+    md = (out / "summary.md").read_text()
+    assert "± " in md and "over 2 seed(s)" in md
+
+
+def test_train_reads_a_reproduction_setting(tmp_path: Path) -> None:
+    """Every profile's setting file is a training config too (its reproduce section ignored)."""
+    from landscape.reproduce.plan import load_settings
+    from train.config import load_config
+
+    settings = load_settings()
+    assert {s.profile for s in settings} >= {"tiny", "quick", "official", "paper"}
+    for s in settings:
+        cfg = load_config(s.path, {"method": "tightest"})
+        assert cfg.dataset == s.dataset and cfg.method == "tightest"
+    from landscape.cli import main
+
+    tiny = next(s for s in settings if s.profile == "tiny")
+    assert main(["train", "--config", str(tiny.path), "--method", "ibp", "--epochs", "1", "--out", str(tmp_path / "r"),
+                 "--quiet"]) == 0

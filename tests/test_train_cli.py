@@ -89,7 +89,7 @@ def test_config_file_resume_and_table(tmp_path, capsys) -> None:
     code, stdout, err = run(capsys, ["certify", str(out / "checkpoint.pt"), "--methods", "ibp", "--pgd-steps", "3",
                                      "--test-size", "20"])
     assert code == 0, err
-    assert "verified error (union)" in stdout and "PGD error" in stdout
+    assert "verified error (union of ibp)" in stdout and "PGD error" in stdout
 
 
 def test_resume_after_a_crash_mid_epoch_keeps_each_step_once(tmp_path, capsys) -> None:

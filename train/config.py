@@ -247,7 +247,8 @@ def run_domain(config: "TrainConfig | Mapping[str, Any]", spec: Any) -> tuple[fl
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
-    """Read a YAML (``.yaml``/``.yml``) or JSON file into a dict of config values."""
+    """Read a YAML (``.yaml``/``.yml``) or JSON file into a dict of config values; the
+    ``reproduce:`` section of a reproduction setting (``configs/*.yaml``) is left out."""
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"config file {str(p)!r} does not exist")
@@ -265,6 +266,7 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         data = {}
     if not isinstance(data, dict):
         raise ValueError(f"config file {str(p)!r} must hold a mapping of option names to values")
+    data.pop("reproduce", None)  # a reproduction setting's own section (configs/*.yaml)
     return data
 
 

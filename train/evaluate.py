@@ -10,8 +10,14 @@ For samples ``(x_i, y_i)``, i = 1..N:
   *upper* bound on the true robust error)
 
 For sound bounds ``clean_err <= pgd_err <= robust error <= verified_err <= verified_err_<m>``.
-A clean-misclassified sample is never counted as verified. Method keys use underscores:
-``verified_err_ibp``, ``verified_err_crown_ibp``, ``verified_err_crown``, ``verified_err_cap``.
+A clean-misclassified sample is never counted as verified.
+
+A verification method is a bound method (``ibp``, ``crown-ibp``, ``crown``; its default slope), a
+pair ``method:slope`` (e.g. ``crown-ibp:tightest``, ``crown:same-slope``), or a training method,
+which verifies with the bound it trains on (``cap`` = ``crown-ibp:same-slope``, ``tightest`` =
+``crown-ibp:tightest``; :func:`verifier`). Keys use underscores: ``verified_err_ibp``,
+``verified_err_crown_ibp``, ``verified_err_crown_ibp_tightest``, ``verified_err_cap``. The
+result's ``union`` lists the ``method:slope`` bounds the union holds.
 """
 
 from __future__ import annotations
@@ -21,13 +27,29 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from bounds.names import BOUND_METHODS, CERTIFY_METHODS
+from bounds.names import CERTIFY_METHODS, TRAIN_METHODS, bound_slope
 from train.attacks import pgd_attack
 
 
 def metric_key(method: str) -> str:
-    """Result key of a method's verified error, e.g. ``crown-ibp`` -> ``verified_err_crown_ibp``."""
-    return "verified_err_" + method.replace("-", "_")
+    """Result key of a method's verified error, e.g. ``crown-ibp`` -> ``verified_err_crown_ibp``,
+    ``crown-ibp:tightest`` -> ``verified_err_crown_ibp_tightest``."""
+    return "verified_err_" + method.replace("-", "_").replace(":", "_")
+
+
+def verifier(name: str, default_slope: str = "adaptive") -> tuple[str, str]:
+    """The ``(bound method, slope)`` a verification method names (see the module docstring);
+    a bound method without a slope of its own takes ``default_slope``. ValueError for an
+    unknown name."""
+    if ":" in name:
+        method, slope = name.split(":", 1)
+        return method, bound_slope(method, slope)
+    info = TRAIN_METHODS.get(name)
+    if info is None or info.bound is None:
+        known = ", ".join(m for m, i in TRAIN_METHODS.items() if i.bound is not None)
+        raise ValueError(f"unknown verification method {name!r}; choose one of {known}, or a pair method:slope "
+                         "such as crown-ibp:tightest")
+    return info.bound, bound_slope(info.bound, info.slope or default_slope)
 
 
 def verified_mask(
@@ -70,11 +92,11 @@ def evaluate(
         model: classifier (``nn.Sequential`` the bound engine accepts).
         x, y: ``[N, *shape]`` inputs in ``domain`` and ``[N]`` labels.
         eps: L-inf radius >= 0 (input units).
-        methods: bound methods to verify with (keys of :data:`bounds.names.BOUND_METHODS`); may be empty.
+        methods: verification methods (see the module docstring); may be empty.
             CROWN on larger convolutional nets is slow: leave it out there.
         pgd_steps, pgd_restarts: attack strength (``pgd_steps = 0`` skips the attack).
         batch_size: samples per batch.
-        slope: lower-slope policy of the linear methods (CAP always uses same-slope).
+        slope: lower-slope policy of the methods named without one (``crown-ibp``, ``crown``).
         seed: seed of the attack's random starts.
         progress: show a tqdm bar.
 
@@ -86,9 +108,7 @@ def evaluate(
     if not eps >= 0.0 or eps == float("inf"):
         raise ValueError(f"eps must be a finite number >= 0, got {eps}")
     methods = list(methods)
-    for m in methods:
-        if m not in BOUND_METHODS:
-            raise ValueError(f"unknown verification method {m!r}; choose from {', '.join(BOUND_METHODS)}")
+    bounds_of = {m: verifier(m, slope) for m in methods}
     if len(x) != len(y) or len(x) == 0:
         raise ValueError(f"evaluate needs as many labels as inputs (and at least one), got {len(x)} and {len(y)}")
     if batch_size < 1:
@@ -113,7 +133,8 @@ def evaluate(
             else:
                 wrong_pgd[s : s + len(xb)] = clean_wrong.cpu()
             for m in methods:
-                ok = verified_mask(model, xb, yb, eps, m, slope=BOUND_METHODS[m] or slope, domain=domain)
+                bound, chosen = bounds_of[m]
+                ok = verified_mask(model, xb, yb, eps, bound, slope=chosen, domain=domain)
                 verified[m][s : s + len(xb)] = (ok & ~clean_wrong).cpu()
             if bar is not None:
                 bar.update(len(xb))
@@ -133,6 +154,7 @@ def evaluate(
         union |= verified[m]
         out[metric_key(m)] = float((~verified[m]).float().mean())
     out["verified_err"] = float((~union).float().mean())
+    out["union"] = sorted({b if b == "ibp" else f"{b}:{sl}" for b, sl in bounds_of.values()})
     return out
 
 

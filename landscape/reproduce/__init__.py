@@ -7,6 +7,10 @@ tightest-slope method - and each setting of a profile it trains with probes, cer
 ``summary.md`` (:mod:`landscape.reproduce.summary`). The plan (:mod:`landscape.reproduce.plan`)
 is fixed before any work starts; every step resumes.
 
+With ``--seeds`` every run is trained once per seed (``runs/<setting>/seed<k>/<method>/``) and
+the summary states the paper's claims with their paired differences and spread
+(:mod:`landscape.reproduce.claims`).
+
 This package is a composition root: it is one of the places allowed to wire train,
 landscape and figures together (figures lazily).
 """
@@ -21,7 +25,15 @@ from typing import Any, Sequence
 
 from landscape.reproduce.plan import Plan, RunPlan, describe_plan, make_plan
 from landscape.reproduce.steps import certify_run, log, scan_run, train_run
-from landscape.reproduce.summary import json_ready, load_results, result_files, summary_markdown, summary_rows
+from landscape.reproduce.claims import claims
+from landscape.reproduce.summary import (
+    aggregate,
+    json_ready,
+    load_results,
+    result_files,
+    summary_markdown,
+    summary_rows,
+)
 
 __all__ = ["Plan", "RunPlan", "make_plan", "describe_plan", "run", "draw", "ReproduceResult",
            "train_run", "certify_run", "scan_run", "load_results"]
@@ -73,22 +85,22 @@ def run(plan: Plan, out_dir: str | Path, formats: Sequence[str] | str = ("png", 
     for r in plan.runs:  # load every dataset first: a missing one fails before any training
         data_for(r)
     for r in plan.runs:
-        run_dir = out / "runs" / r.setting / r.method
-        if train_run(r, run_dir, plan, data_for(r), progress=progress):
+        if train_run(r, out, plan, data_for(r), progress=progress):
             trained.append(r.key)
         else:
             reused.append(r.key)
             log(f"{r.key}: finished run found, not trained again")
     for r in plan.runs:
-        run_dir = out / "runs" / r.setting / r.method
-        certify_run(r, run_dir, plan, data_for(r))
+        certify_run(r, out, plan, data_for(r))
         log(f"scanning {r.key}")
-        scan_run(r, run_dir, out / "scans" / r.setting, plan, data_for(r))
+        scan_run(r, out, plan, data_for(r))
 
     records = load_results(plan, out)
     files = draw(plan, out, fmts, records)
     rows = summary_rows(plan, out, records)
-    (out / "summary.json").write_text(json.dumps(json_ready(rows), indent=2, allow_nan=False) + "\n")
+    summary = {"runs": rows, "methods": aggregate(rows),
+               "claims": {s: claims(rows, s) for s in plan.settings()}}
+    (out / "summary.json").write_text(json.dumps(json_ready(summary), indent=2, allow_nan=False) + "\n")
     (out / "summary.md").write_text(summary_markdown(rows))
     wall = time.perf_counter() - t0
     log(f"done in {wall:.0f} s")
@@ -98,14 +110,21 @@ def run(plan: Plan, out_dir: str | Path, formats: Sequence[str] | str = ("png", 
 def draw(plan: Plan, out: Path, formats: Sequence[str] = ("png", "pdf"),
          records: dict[Path, Any] | None = None) -> list[Path]:
     """All figures and tables of every setting into ``out/figures/<setting>/``, from
-    ``records`` (:func:`load_results`; read here when not given)."""
+    ``records`` (:func:`load_results`; read here when not given): every figure of the first
+    seed's runs, and with several seeds the probe statistics of every run as mean and band
+    across seeds (``seeds_*``)."""
     from figures.dispatch import plot_records
+    from figures.seeds import plot_seed_bands
 
     if records is None:
         records = load_results(plan, out)
     files: list[Path] = []
     for setting in plan.settings():
-        mine = [records[p] for p in result_files(plan, out, setting) if p in records]
+        mine = [records[p] for p in result_files(plan, out, setting, seeds=plan.seeds[:1]) if p in records]
         log(f"drawing {setting} ({len(mine)} files)")
         files += plot_records(mine, out / "figures" / setting, formats)
+        if len(plan.seeds) > 1:
+            runs = [records[r.run_dir(out) / "train.h5"] for r in plan.runs
+                    if r.setting == setting and r.run_dir(out) / "train.h5" in records]
+            files += plot_seed_bands(runs, out / "figures" / setting, "seeds", formats)
     return files

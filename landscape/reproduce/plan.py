@@ -1,40 +1,138 @@
 """The plan of ``landscape reproduce``: which runs, on which data, with which settings, fixed
 before any work starts.
 
-Profiles (:data:`bounds.names.PROFILES`): ``quick`` (< 20 min on a 2-core CPU: a Fashion-MNIST
-subset when its files are present, else ``digits``), ``paper`` (the paper's settings, for a GPU
-with ``--device cuda``) and ``tiny`` (a few steps on ``digits``; used by the tests). Every
-profile trains the methods Lee et al. (2021) compare (:data:`bounds.names.PAPER_METHODS`).
+Every setting is a YAML file under ``configs/`` (more folders with ``$LANDSCAPE_CONFIGS``): the
+keys of a training config at the top (``landscape train --config FILE --method M`` trains one
+of its runs) and a ``reproduce:`` section that says which profile it belongs to and how its
+runs are certified and scanned. A profile is the set of files that name it: ``tiny`` (a smoke
+test on digits), ``quick`` (a few minutes on a 2-core CPU: a Fashion-MNIST subset when its files
+are present, else digits), ``official`` (the paper code's own setting on Fashion-MNIST) and
+``paper`` (the paper's MNIST and CIFAR-10 settings, for a GPU). Every run trains one of the
+methods Lee et al. (2021) compare (:data:`bounds.names.PAPER_METHODS`) with one seed.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from bounds.names import CERTIFY_METHODS, PAPER_METHODS, PROFILES
+from bounds.names import PAPER_METHODS
 
-__all__ = ["RunPlan", "Plan", "make_plan", "describe_plan"]
+__all__ = ["Setting", "RunPlan", "Plan", "config_dirs", "load_settings", "profile_names", "make_plan",
+           "describe_plan"]
+
+CONFIGS_ENV = "LANDSCAPE_CONFIGS"
+"""Environment variable naming more folders of setting files (``os.pathsep``-separated)."""
+
+
+def config_dirs() -> list[Path]:
+    """Folders searched for setting files: ``$LANDSCAPE_CONFIGS``, the checkout's ``configs/``
+    and the installed copy under ``<prefix>/share/cert-landscape/configs``."""
+    dirs = [Path(p).expanduser() for p in os.environ.get(CONFIGS_ENV, "").split(os.pathsep) if p.strip()]
+    dirs += [Path(__file__).resolve().parents[2] / "configs", Path(sys.prefix) / "share" / "cert-landscape" / "configs"]
+    return [d for i, d in enumerate(dirs) if d.is_dir() and d not in dirs[:i]]
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One setting of a profile: its training config (without a method) and how its runs are
+    probed, certified and scanned (the ``reproduce:`` section of its file)."""
+
+    name: str
+    profile: str
+    path: Path
+    train: dict
+    default: bool = False
+    probe_t: list[float] | None = None
+    certify_eps: list[float] = field(default_factory=list)
+    certify_size: int = 500
+    certify_methods: tuple[str, ...] = ("ibp", "crown-ibp")
+    pgd_steps: int = 20
+    tight_samples: int = 256
+    scan_samples: int = 200
+    scan_points_gradient: int = 10
+    scan_points_1d: int = 21
+    scan_points_2d: int = 11
+    scan_range: float = 1.0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def dataset(self) -> str:
+        return str(self.train["dataset"])
+
+
+def _setting(path: Path) -> Setting | None:
+    """The setting a YAML file describes (None for a file without a ``reproduce:`` section)."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ValueError(f"setting file {path} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("reproduce"), dict):
+        return None
+    rep = dict(data.pop("reproduce"))
+    cert, scan = dict(rep.get("certify") or {}), dict(rep.get("scan") or {})
+    try:
+        return Setting(
+            name=str(rep["setting"]), profile=str(rep["profile"]), path=path, train=data,
+            default=bool(rep.get("default", False)), probe_t=rep.get("probe_t"),
+            certify_eps=[float(e) for e in cert.get("eps", [data.get("eps", 0.0)])],
+            certify_size=int(cert.get("size", 500)), certify_methods=tuple(cert.get("methods", ("ibp", "crown-ibp"))),
+            pgd_steps=int(cert.get("pgd_steps", 20)), tight_samples=int(cert.get("tightness_samples", 256)),
+            scan_samples=int(scan.get("samples", 200)), scan_points_gradient=int(scan.get("points_gradient", 10)),
+            scan_points_1d=int(scan.get("points_1d", 21)), scan_points_2d=int(scan.get("points_2d", 11)),
+            scan_range=float(scan.get("range", 1.0)), notes=[" ".join(str(n).split()) for n in rep.get("notes", [])],
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"setting file {path}: bad reproduce section ({exc})") from None
+
+
+def load_settings() -> list[Setting]:
+    """Every setting of every profile, in file-name order (the first folder wins a name)."""
+    seen: dict[str, Setting] = {}
+    for folder in config_dirs():
+        for path in sorted(folder.glob("*.yaml")):
+            if path.name not in seen:
+                setting = _setting(path)
+                if setting is not None:
+                    seen[path.name] = setting
+    return list(seen.values())
+
+
+def profile_names() -> list[str]:
+    """The profiles the setting files define."""
+    return list(dict.fromkeys(s.profile for s in load_settings()))
 
 
 @dataclass
 class RunPlan:
-    """One training run: its setting (dataset and eps group), method and full config (whose
-    ``probe_every`` says how often it is probed)."""
+    """One training run: its setting, method, seed and full config (whose ``probe_every``
+    says how often it is probed)."""
 
     setting: str
     method: str
     config: dict
+    seed: int = 0
 
     @property
     def key(self) -> str:
-        return f"{self.setting}/{self.method}"
+        return f"{self.setting}/seed{self.seed}/{self.method}"
 
     @property
     def probe_every(self) -> int:
         return int(self.config.get("probe_every", 0))
+
+    def run_dir(self, out: Path) -> Path:
+        """Where the run lives under the output folder ``out``."""
+        return Path(out) / "runs" / self.setting / f"seed{self.seed}" / self.method
+
+    def scan_dir(self, out: Path) -> Path:
+        return Path(out) / "scans" / self.setting / f"seed{self.seed}"
 
 
 @dataclass
@@ -44,152 +142,95 @@ class Plan:
     profile: str
     device: str
     runs: list[RunPlan]
-    certify_eps: dict[str, list[float]]  # setting -> test eps
-    certify_size: int
-    certify_methods: tuple[str, ...]
-    pgd_steps: int
-    probe_t: list[float] | None
-    scan_samples: int
-    scan_points_1d: int
-    scan_points_2d: int
-    scan_range: float
-    tight_samples: int
-    notes: list[str] = field(default_factory=list)
-    scan_points_gradient: int = 10  # log-spaced t of the final models' gradient scans (plus 0 and 1)
+    settings_by_name: dict[str, Setting]
+    seeds: list[int]
 
     def settings(self) -> list[str]:
         return list(dict.fromkeys(r.setting for r in self.runs))
 
+    def setting(self, name: str) -> Setting:
+        return self.settings_by_name[name]
 
-def _fashion_available(data_dir: str | Path | None) -> bool:
-    """True when Fashion-MNIST's files can be found without downloading."""
+    @property
+    def notes(self) -> list[str]:
+        return list(dict.fromkeys(n for s in self.settings_by_name.values() for n in s.notes))
+
+
+def _available(dataset: str, data_dir: str | Path | None) -> bool:
+    """True when ``dataset``'s files can be found without downloading."""
     from train.data import load_dataset
 
     try:
-        load_dataset("fashion-mnist", data_dir=data_dir, download=False, train_size=20, test_size=20)
+        load_dataset(dataset, data_dir=data_dir, download=False, train_size=20, test_size=20)
     except ValueError:
         return False
     return True
 
 
-def _base(**kw: Any) -> dict:
-    cfg = dict(beta_start=1.0, beta_end=1.0, kappa_start=1.0, kappa_end=0.0, optimizer="adam", seed=0,
-               record_every=10, eval_size=0, fused_loss=False)
-    cfg.update(kw)
-    return cfg
-
-
-def _method_config(base: dict, method: str, probe_every: int) -> dict:
-    return dict(base, method=method, probe_every=int(probe_every))
-
-
 def make_plan(profile: str, device: str = "cpu", data_dir: str | Path | None = None,
-              methods: Sequence[str] | None = None, dataset: str | None = None) -> Plan:
-    """The runs and settings of ``profile`` (``quick``, ``paper`` or ``tiny``).
+              methods: Sequence[str] | None = None, dataset: str | None = None,
+              seeds: Sequence[int] = (0,)) -> Plan:
+    """The runs of ``profile`` (see the module docstring) for every method and seed.
 
-    ``methods`` selects a subset of :data:`bounds.names.PAPER_METHODS`. ``dataset`` picks the data of the
-    profile (see :data:`PROFILES`); by default ``quick`` uses a Fashion-MNIST subset
-    when its files are present and ``digits`` otherwise, and ``paper`` runs MNIST and
-    CIFAR-10. Raises ValueError for an unknown profile, method or dataset.
+    ``methods`` selects a subset of :data:`bounds.names.PAPER_METHODS`; ``dataset`` picks the
+    profile's settings on that dataset (by default: every setting, except that settings marked
+    ``default`` are taken when their files are present and the others only when they are not);
+    ``seeds`` trains every run once per seed. ValueError for an unknown profile, method or
+    dataset.
     """
-    if profile not in PROFILES:
-        raise ValueError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)}")
-    if dataset is not None and dataset not in PROFILES[profile]:
-        raise ValueError(f"profile {profile!r} runs on {' or '.join(PROFILES[profile])}, not {dataset!r}")
-    chosen = list(PAPER_METHODS) if methods is None else list(methods)
-    bad = [m for m in chosen if m not in PAPER_METHODS]
-    if bad or not chosen:
-        raise ValueError(f"unknown method {bad[0] if bad else ''!r} for reproduce; choose from {', '.join(PAPER_METHODS)}")
+    settings = load_settings()
+    names = list(dict.fromkeys(s.profile for s in settings))
+    mine = [s for s in settings if s.profile == profile]
+    if not mine:
+        raise ValueError(f"unknown profile {profile!r}; choose one of {', '.join(names) or '(no setting files found)'}")
+    datasets = list(dict.fromkeys(s.dataset for s in mine))
     dd = None if data_dir is None else str(data_dir)
-    notes: list[str] = []
-    runs: list[RunPlan] = []
-    certify_eps: dict[str, list[float]] = {}
+    if dataset is not None:
+        chosen = [s for s in mine if s.dataset == dataset]
+        if not chosen:
+            raise ValueError(f"profile {profile!r} runs on {' or '.join(datasets)}, not {dataset!r}")
+    else:
+        preferred = [s for s in mine if s.default and _available(s.dataset, dd)]
+        chosen = preferred or [s for s in mine if not s.default] or mine
+    picked = list(PAPER_METHODS) if methods is None else list(methods)
+    bad = [m for m in picked if m not in PAPER_METHODS]
+    if bad or not picked:
+        raise ValueError(f"unknown method {bad[0] if bad else ''!r} for reproduce; choose from {', '.join(PAPER_METHODS)}")
+    seeds = [int(s) for s in seeds]
+    if not seeds or any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
+        raise ValueError(f"--seeds: expected distinct seeds >= 0, got {seeds}")
+    runs = [RunPlan(s.name, m, dict(s.train, method=m, seed=seed, device=device, data_dir=dd), seed)
+            for seed in seeds for s in chosen for m in picked]
+    by_name = {s.name: _sized(s) for s in chosen}
+    return Plan(profile, device, runs, by_name, seeds)
 
-    if profile == "tiny":
-        base = _base(dataset="digits", model="mlp", model_options={"widths": [16, 16]}, eps=0.1, epochs=2,
-                     batch_size=32, train_size=64, test_size=32, lr=1e-3, eps_start_epoch=0.0,
-                     eps_ramp_epochs=1.0, record_every=1, device=device, data_dir=dd)
-        for m in chosen:
-            runs.append(RunPlan("digits_eps0.1", m, _method_config(base, m, 2)))
-        certify_eps["digits_eps0.1"] = [0.05, 0.1]
-        plan = Plan("tiny", device, runs, certify_eps, certify_size=32, certify_methods=("ibp", "crown-ibp"),
-                    pgd_steps=3, probe_t=[0.0, 0.5, 1.0, 2.0, 5.0], scan_samples=32, scan_points_1d=5,
-                    scan_points_2d=4, scan_range=1.0, tight_samples=16, notes=["smoke-test settings"],
-                    scan_points_gradient=3)
-        return plan
 
-    if profile == "quick":
-        use_fashion = dataset == "fashion-mnist" or (dataset is None and _fashion_available(dd))
-        if use_fashion:
-            setting = "fashion-mnist_eps0.1"
-            base = _base(dataset="fashion-mnist", model="mlp", model_options={"widths": [64, 64]}, eps=0.1,
-                         epochs=6, batch_size=100, train_size=3000, test_size=500, lr=1e-3, eps_start_epoch=0.5,
-                         eps_ramp_epochs=3.0, device=device, data_dir=dd)
-            probe_every = 15  # 12 probes over the 180 steps; CAP (the slowest bound) every 30
-            notes.append("Fashion-MNIST subset (3000 train / 500 test), every method on the same MLP (64, 64) "
-                         "so the four landscapes compare on identical ground: CAP's linear intermediate bounds "
-                         "cost ~1 s per step even on this MLP and are far too slow on a CNN on this CPU")
-            ceps = [0.025, 0.05, 0.1, 0.15]
-            n_test = 500
-        else:
-            setting = "digits_eps0.1"
-            base = _base(dataset="digits", model="mlp", model_options={"widths": [64, 64]}, eps=0.1, epochs=30,
-                         batch_size=64, lr=1e-3, eps_start_epoch=2.0, eps_ramp_epochs=12.0, device=device,
-                         data_dir=dd)
-            probe_every = 23  # one probe per epoch (23 steps of 64 on the 1437 training digits)
-            notes.append(("digits asked for" if dataset == "digits" else "Fashion-MNIST files not found") +
-                         ": digits (8x8), every method on the same MLP (64, 64), "
-                         "so the four landscapes compare on identical ground (CAP is too slow on a CNN here)")
-            ceps = [0.025, 0.05, 0.1, 0.15, 0.2]
-            from train.data import load_dataset
+def _sized(setting: Setting) -> Setting:
+    """The setting with its certify size no larger than its test set (digits has 360)."""
+    from dataclasses import replace
 
-            n_test = len(load_dataset("digits").test_y)  # the fixed split: 360 (instant, no files)
-        for m in chosen:
-            every = probe_every * 2 if (m == "cap" and setting.startswith("fashion")) else probe_every
-            runs.append(RunPlan(setting, m, _method_config(base, m, every)))
-        certify_eps[setting] = ceps
-        return Plan("quick", device, runs, certify_eps, certify_size=min(500, n_test), certify_methods=CERTIFY_METHODS,
-                    pgd_steps=20, probe_t=None, scan_samples=200, scan_points_1d=21, scan_points_2d=11,
-                    scan_range=1.0, tight_samples=256, notes=notes)
+    n = setting.train.get("test_size")
+    if n is None and setting.dataset == "digits":
+        from train.data import load_dataset
 
-    # paper: the official configurations of Lee et al. (2021) (config/mnist.json, config/cifar10.json)
-    mnist = _base(dataset="mnist", model="ibp-large", model_options={"linear_size": 512}, eps=0.4, epochs=200,
-                  batch_size=80, lr=5e-4, eps_start_epoch=10.0, eps_ramp_epochs=50.0, lr_milestones=[130, 190],
-                  lr_decay=0.1, device=device, data_dir=dd, record_every=50)
-    if dataset in (None, "mnist"):
-        for m in chosen:
-            runs.append(RunPlan("mnist_eps0.4", m, _method_config(mnist, m, 200)))
-        certify_eps["mnist_eps0.4"] = [0.1, 0.2, 0.3, 0.4]
-    cifar_settings = (("cifar10_eps2_255", 2 / 255, [1 / 255, 2 / 255, 4 / 255]),
-                      ("cifar10_eps8_255", 8 / 255, [2 / 255, 4 / 255, 8 / 255]))
-    for tag, eps, ceps in cifar_settings if dataset in (None, "cifar10") else ():
-        cifar = _base(dataset="cifar10", model="cnn-4layer", model_options={"width": 8, "linear_size": 512},
-                      eps=eps, epochs=400, batch_size=128, lr=3e-4, eps_start_epoch=20.0, eps_ramp_epochs=241.0,
-                      device=device, data_dir=dd, record_every=50)
-        for m in chosen:
-            runs.append(RunPlan(tag, m, _method_config(cifar, m, 200)))
-        certify_eps[tag] = ceps
-    notes.append("paper settings: MNIST IBP-large (linear 512), 200 epochs, Adam 5e-4, batch 80, eps ramp "
-                 "epochs 10-60 to 0.4, lr x0.1 at 130 and 190; CIFAR-10 CNN-4layer (width 8, linear 512), "
-                 "400 epochs, Adam 3e-4, batch 128, eps ramp epochs 20-261 to 2/255 and 8/255; kappa 1 -> 0 "
-                 "and beta = 1 throughout; no data augmentation in this toolkit")
-    return Plan("paper", device, runs, certify_eps, certify_size=10000, certify_methods=("ibp", "crown-ibp"),
-                pgd_steps=200, probe_t=None, scan_samples=512, scan_points_1d=51, scan_points_2d=31,
-                scan_range=1.0, tight_samples=1000, notes=notes)
+        n = len(load_dataset("digits").test_y)  # the fixed split (instant, no files)
+    return replace(setting, certify_size=min(setting.certify_size, int(n))) if n else setting
 
 
 def describe_plan(plan: Plan) -> str:
     """A human-readable list of the plan's runs and settings."""
-    lines = [f"profile {plan.profile} on {plan.device}: {len(plan.runs)} runs"]
+    lines = [f"profile {plan.profile} on {plan.device}: {len(plan.runs)} runs (seeds {', '.join(map(str, plan.seeds))})"]
     for r in plan.runs:
         c = r.config
         lines.append(
-            f"  {r.key:<32} {c['dataset']}/{c['model']} {json.dumps(c.get('model_options') or {})} "
+            f"  {r.key:<40} {c['dataset']}/{c['model']} {json.dumps(c.get('model_options') or {})} "
             f"eps={c['eps']:.4g} epochs={c['epochs']} batch={c['batch_size']} lr={c['lr']:g} "
             f"ramp={c['eps_start_epoch']:g}+{c['eps_ramp_epochs']:g} probe_every={r.probe_every}"
         )
-    for s, eps in plan.certify_eps.items():
-        lines.append(f"  certify {s} at eps {', '.join(f'{e:.4g}' for e in eps)} "
-                     f"({plan.certify_size} test samples, {'/'.join(plan.certify_methods)}, PGD {plan.pgd_steps})")
+    for name in plan.settings():
+        s = plan.setting(name)
+        lines.append(f"  certify {name} at eps {', '.join(f'{e:.4g}' for e in s.certify_eps)} "
+                     f"({s.certify_size} test samples, {'/'.join(s.certify_methods)}, PGD {s.pgd_steps}); "
+                     f"settings from {s.path}")
     lines += [f"  note: {n}" for n in plan.notes]
     return "\n".join(lines)

@@ -47,11 +47,13 @@ def _finished(run_dir: Path, cfg: Any) -> bool:
     return ckpt_path.exists() and int(ckpt.get("epoch", 0)) >= cfg.epochs
 
 
-def train_run(run: RunPlan, run_dir: Path, plan: Plan, data: Any, progress: bool = True) -> bool:
-    """Train ``run`` into ``run_dir`` unless it is finished; returns True when it trained."""
+def train_run(run: RunPlan, out: Path, plan: Plan, data: Any, progress: bool = True) -> bool:
+    """Train ``run`` into its directory under ``out`` unless it is finished; returns True when
+    it trained."""
     from landscape import store
     from train.config import TrainConfig
 
+    run_dir = run.run_dir(out)
     cfg = TrainConfig.from_dict(run.config)
     run_dir.mkdir(parents=True, exist_ok=True)
     if _finished(run_dir, cfg):
@@ -59,63 +61,76 @@ def train_run(run: RunPlan, run_dir: Path, plan: Plan, data: Any, progress: bool
     resume = latest_epoch_checkpoint(run_dir)
     log(f"training {run.key} ({cfg.model}, {cfg.epochs} epochs)" + (f", resuming from {resume.name}" if resume else ""))
     t0 = time.perf_counter()
-    train_in_dir(run_dir, cfg, data, resume_from=resume, probe_t=plan.probe_t,
+    train_in_dir(run_dir, cfg, data, resume_from=resume, probe_t=plan.setting(run.setting).probe_t,
                  extra_attrs={"profile": plan.profile}, progress=progress)
     store.write_attrs(str(run_dir / "train.h5"), {"train_seconds": time.perf_counter() - t0})
     return True
 
 
-def certify_run(run: RunPlan, run_dir: Path, plan: Plan, data: Any) -> Path:
-    """Clean / PGD / verified error at the setting's eps and the bound tightness at eps_train,
-    into ``run_dir/certify.h5`` (skipped when that file is complete)."""
+def certify_run(run: RunPlan, out: Path, plan: Plan, data: Any) -> Path:
+    """Clean / PGD / verified error at the setting's eps (by the setting's verification methods,
+    the run's own bound and their union), and at eps_train how tight the bound of every method
+    of the plan is on this model (``bound_gap_<method>``; ``bound_gap`` is the run's own), into
+    ``certify.h5`` of the run (skipped when that file is complete)."""
     import numpy as np
     import torch
 
     from landscape import store
     from landscape.certification import certify_rows, write_certify_file
-    from landscape.metrics import bound_tightness
+    from landscape.metrics import bound_gaps
     from train.checkpoint import load_model
     from train.config import run_domain
+    from train.evaluate import metric_key
 
-    out = run_dir / "certify.h5"
-    if out.exists() and store.read(str(out))["attrs"].get("complete"):
-        return out
-    out.unlink(missing_ok=True)
+    run_dir = run.run_dir(out)
+    path = run_dir / "certify.h5"
+    if path.exists() and store.read(str(path))["attrs"].get("complete"):
+        return path
+    path.unlink(missing_ok=True)
+    setting = plan.setting(run.setting)
     model, ckpt = load_model(run_dir / "checkpoint.pt", device=plan.device)
     model.eval()
     cfg = ckpt["config"]
     domain = run_domain(cfg, data.spec)
-    n = min(plan.certify_size, len(data.test_x))
+    n = min(setting.certify_size, len(data.test_x))
     x, y = data.test_x[:n].to(plan.device), data.test_y[:n].to(plan.device)
-    eps_list = plan.certify_eps[run.setting]
+    eps_list = setting.certify_eps
+    methods = list(dict.fromkeys([*setting.certify_methods, run.method]))
     log(f"certifying {run.key} at eps {', '.join(f'{e:.4g}' for e in eps_list)}")
-    rows, _ = certify_rows(model, x, y, eps_list, plan.certify_methods, run.method, pgd_steps=plan.pgd_steps,
-                           domain=domain)
-    bound, slope, beta = resolve_method(run.method, None, 1.0)
-    k = min(plan.tight_samples, n)
-    tight = bound_tightness(model, x[:k], y[:k], float(cfg["eps"]), method=str(bound), slope=slope, beta=beta,
-                            domain=domain, pgd_steps=plan.pgd_steps, generator=torch.Generator().manual_seed(0))
+    rows, results = certify_rows(model, x, y, eps_list, methods, run.method, pgd_steps=setting.pgd_steps,
+                                 domain=domain)
+    rows["verified_err_own"] = list(rows[metric_key(run.method)])
+    k = min(setting.tight_samples, n)
+    bounds = {m: resolve_method(m, None, 1.0) for m in dict.fromkeys(r.method for r in plan.runs)}
+    gaps = bound_gaps(model, x[:k], y[:k], float(cfg["eps"]), {m: (str(b), s, be) for m, (b, s, be) in bounds.items()},
+                      domain=domain, pgd_steps=setting.pgd_steps, generator=torch.Generator().manual_seed(0))
+    own = gaps[run.method]
     for name, key in (("bound_gap", "gap"), ("bound_lb", "lb"), ("pgd_margin", "pgd_margin")):
-        rows[name] = list(np.full(len(eps_list), tight[key]))
-    return write_certify_file(out, rows, {
+        rows[name] = list(np.full(len(eps_list), own[key]))
+    for m, g in gaps.items():
+        rows["bound_gap_" + m.replace("-", "_")] = list(np.full(len(eps_list), g["gap"]))
+    bound, slope, _ = bounds[run.method]
+    return write_certify_file(path, rows, {
         "method": run.method, "dataset": cfg["dataset"], "model": cfg["model"], "eps": float(cfg["eps"]),
         "checkpoint": str(run_dir / "checkpoint.pt"), "n_test": int(n), "tightness_eps": float(cfg["eps"]),
-        "bound": f"{bound}/{slope}"})
+        "bound": f"{bound}/{slope}", "union": results[0]["union"], "seed": run.seed})
 
 
-def scan_run(run: RunPlan, run_dir: Path, scan_dir: Path, plan: Plan, data: Any) -> list[Path]:
+def scan_run(run: RunPlan, out: Path, plan: Plan, data: Any) -> list[Path]:
     """Gradient, random-1d and random-2d scans of the final model with the run's own certified
     loss at eps_train (:func:`landscape.scan_runner.run_scan`; complete files are kept)."""
     from landscape.scan_runner import ScanRequest, run_scan
     from landscape.store import ScanMismatchError
 
+    setting = plan.setting(run.setting)
+    scan_dir = run.scan_dir(out)
     scan_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    common = dict(checkpoint=str(run_dir / "checkpoint.pt"), methods=[run.method], samples=plan.scan_samples,
-                  seed=0, device=plan.device, data=data, command="landscape reproduce")
-    r = plan.scan_range
-    for kind, points in (("gradient", plan.scan_points_gradient), ("random-1d", plan.scan_points_1d),
-                         ("random-2d", plan.scan_points_2d)):
+    common = dict(checkpoint=str(run.run_dir(out) / "checkpoint.pt"), methods=[run.method],
+                  samples=setting.scan_samples, seed=0, device=plan.device, data=data, command="landscape reproduce")
+    r = setting.scan_range
+    for kind, points in (("gradient", setting.scan_points_gradient), ("random-1d", setting.scan_points_1d),
+                         ("random-2d", setting.scan_points_2d)):
         path = scan_dir / f"{run.method}_{kind}.h5"
         extra = {} if kind == "gradient" else {"range": (-r, r)}
         request = ScanRequest(out=str(path), kind=kind, points=points, **extra, **common)
