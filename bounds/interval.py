@@ -5,6 +5,17 @@ A box ``[lo, hi]`` is carried as centre ``c = (lo + hi) / 2`` and radius ``r = (
 ``r' = |W| r`` (exact for one layer). Through ReLU (monotone): ``[relu(c - r), relu(c + r)]``.
 Normalize ``(z - mean) / std`` scales both by ``1 / std`` (std > 0), Flatten reshapes.
 
+After a ReLU the pass carries *twice* the centre and radius (``relu(u) + relu(l)`` and
+``relu(u) - relu(l)``) and folds the factor 1/2 into the next affine layer's (small) weight
+instead of scaling the (large) activations: ``W (2c) / 2 = (W / 2)(2c)`` exactly in floating
+point, since halving is exact.
+
+Layout. Image-shaped boxes enter every convolution with more than one input channel
+channels-last (``[B, H, W, C]`` in memory), where oneDNN's convolutions and their gradients are
+faster (with a single input channel they are slower, so the input stays as it is); a Flatten followed by a Linear layer flattens in
+that order and permutes the Linear layer's columns to match, so nothing large is copied. The
+pre-activation bounds in ``preact`` are then channels-last tensors with the usual shape.
+
 With a specification ``C`` ``[B, S, n_out]`` and a final Linear layer, the last layer is merged
 with ``C`` ("elision"): ``W' = C W`` ``[B, S, n_in]``, ``b' = C b``, then
 ``lower = W' c + b' - |W'| r``; this is tighter than applying ``C`` to the output interval.
@@ -70,38 +81,96 @@ def radius_forward(op: LayerOp, r: torch.Tensor) -> torch.Tensor:
     return affine_forward(op, r, with_bias=False)  # normalize (std > 0) and flatten
 
 
+def _step(g: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """``g * 1[z > 0]`` in one pass, without a mask tensor (torch's own ReLU gradient kernel,
+    itself differentiable)."""
+    return torch.ops.aten.threshold_backward(g, z, 0)
+
+
 class _IntervalRelu(torch.autograd.Function):
-    """ReLU on a box in centre/radius form, fused: ``(c, r) -> (l, u, c', r')`` with
-    ``l = c - r``, ``u = c + r`` (the pre-activation bounds) and ``c' = (relu(u) + relu(l)) / 2``,
-    ``r' = (relu(u) - relu(l)) / 2``. Backward with ``p = 1[u > 0]``, ``q = 1[l > 0]``:
-    ``dhi = p (gc' + gr') / 2``, ``dlo = q (gc' - gr') / 2``, ``dc = dhi + dlo + gl + gu``,
-    ``dr = dhi - dlo - gl + gu`` (no ``torch.where``; differentiable again for double backward).
+    """ReLU on a box in centre/radius form, fused: ``(c, r) -> (l, u, 2c', 2r')`` with
+    ``l = c - r``, ``u = c + r`` (the pre-activation bounds) and ``2c' = relu(u) + relu(l)``,
+    ``2r' = relu(u) - relu(l)`` (twice the new centre and radius; see the module doc).
+    Backward (``gc``, ``gr`` the gradients of ``2c'``, ``2r'``): ``du = 1[u > 0] (gc + gr)``,
+    ``dl = 1[l > 0] (gc - gr)``, ``dc = du + dl + gl + gu``, ``dr = du - dl - gl + gu`` (no
+    ``torch.where``, no mask tensors; gradients that were not asked for stay None instead of
+    being filled with zeros; differentiable again for double backward). ``kernels``: None
+    (eager) or :class:`bounds.compiled.Kernels`.
     """
 
     @staticmethod
-    def forward(ctx, c, r):  # type: ignore[override]
+    def forward(ctx, c, r, kernels=None):  # type: ignore[override]
+        ctx.set_materialize_grads(False)
+        ctx.kernels = kernels
+        if kernels is not None:
+            l, u, c2, r2 = kernels.interval_forward(c, r)
+            ctx.save_for_backward(l, u)
+            return l, u, c2, r2
         l, u = c - r, c + r
         hi, lo = u.clamp(min=0), l.clamp(min=0)
-        c2 = torch.add(hi, lo).mul_(0.5)
-        r2 = hi.sub_(lo).mul_(0.5)
+        c2 = hi + lo
+        r2 = hi.sub_(lo)
         ctx.save_for_backward(l, u)
         return l, u, c2, r2
 
     @staticmethod
     def backward(ctx, gl, gu, gc, gr):  # type: ignore[override]
         l, u = ctx.saved_tensors
-        zero = torch.zeros((), dtype=l.dtype, device=l.device)
-        gc = zero if gc is None else gc
-        gr = zero if gr is None else gr
-        dhi = (gc + gr) * (u > 0).to(u.dtype)
-        dlo = (gc - gr) * (l > 0).to(l.dtype)
-        dc = (dhi + dlo) * 0.5
-        dr = (dhi - dlo) * 0.5
-        if gl is not None:
-            dc, dr = dc + gl, dr - gl
-        if gu is not None:
-            dc, dr = dc + gu, dr + gu
-        return dc.expand_as(l), dr.expand_as(l)
+        if ctx.kernels is not None and not torch.is_grad_enabled():
+            if gl is None and gu is None and gc is None and gr is None:
+                return None, None, None
+            return (*ctx.kernels.interval_backward(l, u, gl, gu, gc, gr), None)
+        dc = dr = None
+        if gc is not None or gr is not None:
+            if gc is None:
+                plus, minus = gr, -gr
+            elif gr is None:
+                plus, minus = gc, gc
+            else:
+                plus, minus = gc + gr, gc - gr
+            du, dl = _step(plus, u), _step(minus, l)
+            dc = du + dl
+            dr = du.sub_(dl)
+        for g, sign in ((gl, -1.0), (gu, 1.0)):
+            if g is not None:  # (never modify an incoming gradient in place)
+                dc = g.clone() if dc is None else dc.add_(g)
+                dr = g * sign if dr is None else dr.add_(g, alpha=sign)
+        if dc is None:
+            return None, None, None
+        return dc.expand_as(l), dr.expand_as(l), None
+
+
+def channels_last(t: torch.Tensor) -> torch.Tensor:
+    """``t`` ``[B, C, H, W]`` stored channels-last."""
+    return t.contiguous(memory_format=torch.channels_last)
+
+
+def is_channels_last(t: torch.Tensor) -> bool:
+    """True if ``t`` ``[B, C, H, W]`` (``C > 1``) is stored in memory order ``[B, H, W, C]``."""
+    return t.dim() == 4 and t.shape[1] > 1 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
+
+
+def hwc_columns(weight: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """A Linear weight ``[out, C*H*W]`` on a flattened ``[C, H, W]`` input, with its columns in
+    channels-last order ``(H, W, C)``."""
+    C, H, W = shape
+    return weight.reshape(-1, C, H, W).permute(0, 2, 3, 1).reshape(weight.shape[0], -1)
+
+
+def _affine_box(
+    op: LayerOp, c: torch.Tensor, r: torch.Tensor, twice: bool, weight: Optional[torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The box after the affine op ``op``; ``twice``: ``c``, ``r`` hold twice the centre and
+    radius (the halving then goes into the weight of a linear or conv layer); ``weight``: the
+    op's weight, possibly with permuted columns (see :func:`hwc_columns`)."""
+    if op.kind in ("linear", "conv"):
+        W = weight * 0.5 if twice else weight
+        if op.kind == "linear":
+            return F.linear(c, W, op.bias), F.linear(r, W.abs())
+        return F.conv2d(c, W, op.bias, **op.conv_args), F.conv2d(r, W.abs(), None, **op.conv_args)
+    if twice and op.kind != "flatten":
+        c, r = c * 0.5, r * 0.5
+    return affine_forward(op, c), radius_forward(op, r)
 
 
 @dataclass
@@ -114,27 +183,52 @@ class IntervalResult:
     preact: dict[int, tuple[torch.Tensor, torch.Tensor]]
 
 
-def ibp(ops: list[LayerOp], center: torch.Tensor, radius: torch.Tensor, C: Optional[torch.Tensor] = None) -> IntervalResult:
+def ibp(
+    ops: list[LayerOp],
+    center: torch.Tensor,
+    radius: torch.Tensor,
+    C: Optional[torch.Tensor] = None,
+    kernels: Optional[object] = None,
+) -> IntervalResult:
     """Interval bounds of every ReLU's input and of ``C f(x')`` over the box (``center``, ``radius``).
 
     ``C``: ``[B, S, n_out]`` or None. Shapes: ``center``, ``radius`` ``[B, *input_shape]``.
+    ``kernels``: compiled element-wise kernels (:mod:`bounds.compiled`) or None.
     """
     c, r = center, radius
+    twice = False  # c, r hold twice the centre and radius (after a ReLU)
+    hwc: Optional[tuple[int, ...]] = None  # c, r: a [C, H, W] flattened in channels-last order
     preact: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
     last = len(ops) - 1
     for k, op in enumerate(ops):
+        weight = op.weight
+        if hwc is not None:
+            weight, hwc = hwc_columns(op.weight, hwc), None
         if op.kind == "relu":
-            l, u, c, r = _IntervalRelu.apply(c, r)
+            if twice:
+                c, r = c * 0.5, r * 0.5
+            l, u, c, r = _IntervalRelu.apply(c, r, kernels)
+            twice = True
             preact[k] = (l, u)
+        elif op.kind == "flatten" and is_channels_last(c) and k < last and ops[k + 1].kind == "linear":
+            hwc = tuple(c.shape[1:])
+            c, r = (t.permute(0, 2, 3, 1).reshape(t.shape[0], -1) for t in (c, r))
         elif k == last and op.kind == "linear" and C is not None:
-            W = torch.matmul(C, op.weight)  # [B, S, n_in]
+            W = torch.matmul(C, weight)  # [B, S, n_in]
+            if twice:
+                W = W * 0.5
             mid = torch.bmm(W, c.unsqueeze(-1)).squeeze(-1)
             if op.bias is not None:
                 mid = mid + torch.matmul(C, op.bias)
             rad = torch.bmm(W.abs(), r.unsqueeze(-1)).squeeze(-1)
             return IntervalResult(mid - rad, mid + rad, preact)
         else:
-            c, r = affine_forward(op, c), radius_forward(op, r)
+            if op.kind == "conv" and c.shape[1] > 1 and not is_channels_last(c):
+                c, r = channels_last(c), channels_last(r)  # (oneDNN is slower so with one channel)
+            c, r = _affine_box(op, c, r, twice, weight)
+            twice = twice and op.kind == "flatten"
+    if twice:
+        c, r = c * 0.5, r * 0.5
     if C is not None:
         mid = torch.bmm(C, c.unsqueeze(-1)).squeeze(-1)
         rad = torch.bmm(C.abs(), r.unsqueeze(-1)).squeeze(-1)

@@ -1,5 +1,10 @@
 """The margin specification, the cross-entropy of margin bounds, and the argument checks
-shared by the public entry points."""
+shared by the public entry points.
+
+Value checks (finite inputs, labels in range, non-negative radii) need the values on the host.
+They run for CPU tensors only, where that costs nothing; on an accelerator they are skipped so
+that a bound computation never waits for the device (shapes and dtypes are checked everywhere).
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,19 @@ import torch
 import torch.nn.functional as F
 
 from bounds import names
+
+
+def host_checks(t: torch.Tensor) -> bool:
+    """Whether the value checks run for ``t`` (CPU tensors only; see the module doc)."""
+    return t.device.type == "cpu"
+
+
+def all_finite(t: torch.Tensor) -> bool:
+    """Every entry of ``t`` is finite. One reduction: a sum (in float64) is finite only if every
+    term is, since an infinity or a NaN propagates; only a sum that overflows is checked entry by
+    entry."""
+    total = t.sum(dtype=torch.float64)
+    return bool(torch.isfinite(total)) or bool(torch.isfinite(t).all())
 
 
 def margin_spec(y: torch.Tensor, n_classes: int) -> torch.Tensor:
@@ -23,7 +41,7 @@ def margin_spec(y: torch.Tensor, n_classes: int) -> torch.Tensor:
     n = int(n_classes)
     if n < 2:
         raise ValueError(f"n_classes must be at least 2, got {n_classes}")
-    if y.numel() and (int(y.min()) < 0 or int(y.max()) >= n):
+    if y.numel() and host_checks(y) and (int(y.min()) < 0 or int(y.max()) >= n):
         raise ValueError(f"labels must lie in [0, {n - 1}], got values in [{int(y.min())}, {int(y.max())}]")
     y = y.long()
     idx = torch.arange(n - 1, device=y.device).unsqueeze(0)  # [1, n-1]
@@ -53,19 +71,21 @@ def check_x(x: torch.Tensor) -> None:
         raise ValueError("x must be a floating-point tensor [batch, *input_shape]")
     if x.dim() < 2:
         raise ValueError(f"x must have a batch dimension and an input shape, got shape {list(x.shape)}")
-    if not bool(torch.isfinite(x).all()):
+    if host_checks(x) and not all_finite(x):
         raise ValueError("x contains NaN or infinite values")
 
 
 def check_eps(eps: Union[float, torch.Tensor], batch: int) -> Union[float, torch.Tensor]:
     """``eps``: a finite float >= 0 or a tensor ``[]`` / ``[B]`` of them. Returns float or ``[B]`` tensor."""
     if isinstance(eps, torch.Tensor):
-        if eps.dim() == 0:
+        if eps.dim() == 0 and not host_checks(eps):
+            eps = eps.reshape(1).expand(batch)  # stays on the device
+        elif eps.dim() == 0:
             eps = float(eps)
         elif eps.shape != (batch,):
             raise ValueError(f"eps as a tensor must have shape [{batch}] (one radius per sample), got {list(eps.shape)}")
         else:
-            if not bool(torch.isfinite(eps).all()) or bool((eps < 0).any()):
+            if host_checks(eps) and (not all_finite(eps) or bool((eps < 0).any())):
                 raise ValueError("eps must be finite and non-negative")
             return eps
     try:
@@ -120,6 +140,6 @@ def check_C(C: Optional[torch.Tensor], batch: int, n_out: int, x: torch.Tensor) 
     if C.dim() != 3 or C.shape[0] != batch or C.shape[2] != n_out or C.shape[1] < 1:
         raise ValueError(f"C must have shape [{batch}, n_spec, {n_out}], got {list(C.shape)}")
     C = C.to(dtype=x.dtype, device=x.device)
-    if not bool(torch.isfinite(C).all()):
+    if host_checks(C) and not all_finite(C):
         raise ValueError("C contains NaN or infinite values")
     return C
