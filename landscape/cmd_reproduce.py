@@ -25,13 +25,16 @@ from bounds.names import PAPER_METHODS
 @click.option("--dataset", default=None,
               help="Run only the profile's settings on this dataset [quick: fashion-mnist when its files are "
                    "present, else digits; paper: mnist and cifar10].")
+@click.option("--steps", type=int, default=None,
+              help="Shorten every run to about this many steps, on a training subset: a smoke test.")
 @click.option("--seeds", default="0", show_default=True, help="Comma-separated seeds: every run once per seed, and "
               "the summary states each claim with its spread across them.")
 @click.option("--methods", default=None, help=f"Comma-separated subset of {','.join(PAPER_METHODS)}.")
 @click.option("--download", is_flag=True, help="Fetch a missing dataset from its official source (needs a network).")
 @click.option("--format", "formats", default="png,pdf", show_default=True, help="Image formats of the figures.")
 @click.option("--dry-run", is_flag=True, help="Print the plan (runs and their settings) and stop.")
-def reproduce(profile: str, out_dir: Path, device: str, data_dir: Path | None, dataset: str | None, seeds: str,
+def reproduce(profile: str, out_dir: Path, device: str, data_dir: Path | None, dataset: str | None, steps: int | None,
+              seeds: str,
               methods: str | None, download: bool, formats: str, dry_run: bool) -> None:
     """Reproduce the paper's analysis: train IBP, CROWN-IBP (beta = 1), CAP and the
     tightest-slope method with training probes (once per seed), certify them at several eps,
@@ -50,7 +53,7 @@ def reproduce(profile: str, out_dir: Path, device: str, data_dir: Path | None, d
     except ValueError:
         raise click.BadParameter(f"expected comma-separated integers, got {seeds!r}", param_hint="--seeds") from None
     plan = repro.make_plan(profile, device=device, data_dir=data_dir, methods=chosen, dataset=dataset,
-                           seeds=seed_list)
+                           seeds=seed_list, steps=steps)
     if dry_run:
         click.echo(repro.describe_plan(plan))
         return

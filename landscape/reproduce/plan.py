@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -169,14 +169,16 @@ def _available(dataset: str, data_dir: str | Path | None) -> bool:
 
 def make_plan(profile: str, device: str = "cpu", data_dir: str | Path | None = None,
               methods: Sequence[str] | None = None, dataset: str | None = None,
-              seeds: Sequence[int] = (0,)) -> Plan:
+              seeds: Sequence[int] = (0,), steps: int | None = None) -> Plan:
     """The runs of ``profile`` (see the module docstring) for every method and seed.
 
     ``methods`` selects a subset of :data:`bounds.names.PAPER_METHODS`; ``dataset`` picks the
     profile's settings on that dataset (by default: every setting, except that settings marked
     ``default`` are taken when their files are present and the others only when they are not);
-    ``seeds`` trains every run once per seed. ValueError for an unknown profile, method or
-    dataset.
+    ``seeds`` trains every run once per seed. ``steps`` shortens every run to about that many
+    steps (a smoke test: the same schedule in epochs on a training subset of
+    ``ceil(steps / epochs) * batch_size`` samples, at most 200 test samples of which 100 are
+    certified, one probe (at step 0, at t = 0, 1 and 5), and small certifications and scans). ValueError for an unknown profile, method or dataset.
     """
     settings = load_settings()
     names = list(dict.fromkeys(s.profile for s in settings))
@@ -199,16 +201,34 @@ def make_plan(profile: str, device: str = "cpu", data_dir: str | Path | None = N
     seeds = [int(s) for s in seeds]
     if not seeds or any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
         raise ValueError(f"--seeds: expected distinct seeds >= 0, got {seeds}")
+    if steps is not None:
+        if int(steps) < 1:
+            raise ValueError(f"--steps must be >= 1, got {steps}")
+        chosen = [_shortened(s, int(steps)) for s in chosen]
     runs = [RunPlan(s.name, m, dict(s.train, method=m, seed=seed, device=device, data_dir=dd), seed)
             for seed in seeds for s in chosen for m in picked]
     by_name = {s.name: _sized(s) for s in chosen}
     return Plan(profile, device, runs, by_name, seeds)
 
 
+def _shortened(setting: Setting, steps: int) -> Setting:
+    """``setting`` cut to about ``steps`` training steps (see :func:`make_plan`)."""
+
+    train = dict(setting.train)
+    epochs, batch = int(train.get("epochs", 1)), int(train.get("batch_size", 128))
+    train["train_size"] = min(int(train.get("train_size") or 10**9), -(-steps // epochs) * batch)
+    train["test_size"] = min(int(train.get("test_size") or 200), 200)
+    train["probe_every"] = steps  # one probe, at step 0
+    return replace(setting, train=train, probe_t=[0.0, 1.0, 5.0], certify_size=min(setting.certify_size, 100),
+                   pgd_steps=min(setting.pgd_steps, 5),
+                   tight_samples=min(setting.tight_samples, 20), scan_samples=min(setting.scan_samples, 20),
+                   scan_points_1d=min(setting.scan_points_1d, 3), scan_points_2d=min(setting.scan_points_2d, 2),
+                   scan_points_gradient=min(setting.scan_points_gradient, 1),
+                   notes=[*setting.notes, f"shortened to about {steps} steps (--steps): a smoke test, not a result"])
+
+
 def _sized(setting: Setting) -> Setting:
     """The setting with its certify size no larger than its test set (digits has 360)."""
-    from dataclasses import replace
-
     n = setting.train.get("test_size")
     if n is None and setting.dataset == "digits":
         from train.data import load_dataset
