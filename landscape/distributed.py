@@ -8,64 +8,20 @@ rank 0 writes them. Every point is computed by exactly the same code as in a sin
 so the file is the same. The loop itself is :func:`landscape.scan_runner.fill_scan`; this
 module only knows the processes.
 
-Without torchrun (no ``WORLD_SIZE`` in the environment, or 1) :func:`init` returns a
-single-process context, for which every function here is the identity.
+Joining the process group (:func:`init`, :func:`shutdown`, :func:`broadcast`) is
+:mod:`train.parallel`'s, shared with training; without torchrun every function here is the
+identity.
 """
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch.distributed as dist
 
+from train.parallel import Context, broadcast, init, shutdown
+
 __all__ = ["Context", "init", "shutdown", "broadcast", "shard", "exchange", "barrier"]
-
-
-@dataclass
-class Context:
-    """This process's place: ``rank`` of ``world`` processes; ``owns_pg`` if we initialised it."""
-
-    rank: int = 0
-    world: int = 1
-    owns_pg: bool = False
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def active(self) -> bool:
-        return self.world > 1
-
-
-def init(backend: str | None = None) -> Context:
-    """Join the process group torchrun describes in the environment (``backend``, default
-    gloo, which every scan uses: only small Python objects cross it), or return a
-    single-process context."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return Context()
-    if dist.is_initialized():
-        return Context(dist.get_rank(), dist.get_world_size(), False)
-    dist.init_process_group(backend=backend or "gloo")
-    return Context(dist.get_rank(), dist.get_world_size(), True)
-
-
-def shutdown(ctx: Context) -> None:
-    """Leave the process group if :func:`init` created it."""
-    if ctx.owns_pg and dist.is_initialized():
-        dist.destroy_process_group()
-
-
-def broadcast(ctx: Context, obj: Any) -> Any:
-    """Rank 0's ``obj`` on every rank."""
-    if not ctx.active:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
 
 
 def shard(indices: Sequence[int], rank: int, world: int) -> list[int]:
