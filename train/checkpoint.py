@@ -6,7 +6,11 @@ lists, strings, numbers, None only)::
     format            "cert-landscape-checkpoint"       (marks the file as ours)
     format_version    1
     state_dict        the model's parameters and buffers
-    model             train.models.model_description(...) dict: everything to rebuild the architecture
+    model             the model description, everything to rebuild the architecture: for a zoo model
+                      train.models.model_description(...) (version 1: name, options, input_shape,
+                      n_classes, mean, std); for any other model (a model function FILE.py:function,
+                      or a model passed to train.loop.train) its layer list (version 2,
+                      train.usermodels: each layer's kind, sizes, conv arguments, Normalize mean/std)
     config            the run's TrainConfig.to_dict() (JSON-able)
     epoch, step       epochs and optimiser steps completed
     optimizer         optimizer.state_dict() or None
@@ -23,6 +27,14 @@ full disk is one :class:`CheckpointWriteError`, and a checkpoint gets the mode o
 (the umask), like the results files. Every failure to load is a :class:`CheckpointError` (a
 ``ValueError``) naming the file; :func:`load_checkpoint` also checks the stored config and model
 description are what this toolkit writes.
+
+A checkpoint holds no code: :func:`load_model` rebuilds a model function's network from its
+layer list, without importing the function. A model handed to :func:`save_checkpoint` with a
+description that records no architecture (``{"name": "custom"}``, what ``train.loop.train``
+passes for ``model=``) is described from the module itself; its input shape is the config's
+dataset's when known and fitting (otherwise left None, and :func:`check_fits` tries the model on
+the dataset's shape instead). The data are never stored: the config names the dataset, a dataset
+function by its absolute path (see ``train.userdata``).
 """
 
 from __future__ import annotations
@@ -112,6 +124,8 @@ def save_checkpoint(
     """Write a checkpoint atomically (temporary file + ``os.replace``) and return its path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    if "input_shape" not in model_desc and "layers" not in model_desc:
+        model_desc = describe_module(model, config.get("dataset"))
     payload = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -151,6 +165,25 @@ def save_checkpoint(
         if tmp is not None and tmp.exists():
             tmp.unlink()
     return path
+
+
+def describe_module(model: nn.Module, dataset: Any = None) -> dict[str, Any]:
+    """The layer-list description of ``model`` (``train.usermodels.describe``), with the input
+    shape of dataset ``dataset`` when this process knows it and the model takes it;
+    ``{"name": "custom", "unrecorded": reason}`` for a model the bound engine cannot take."""
+    from train.data import dataset_spec
+    from train.usermodels import describe
+
+    spec = dataset_spec(dataset) if isinstance(dataset, str) else None
+    try:
+        if spec is not None:
+            try:
+                return describe(model, spec.input_shape)
+            except ValueError:
+                pass  # trained on other data than the config names: check_fits will say so
+        return describe(model)
+    except ValueError as exc:
+        return {"name": "custom", "unrecorded": str(exc)}
 
 
 def _remove_stale(path: Path) -> None:
@@ -259,6 +292,14 @@ def check_fits(ckpt: Mapping[str, Any], spec: Any, where: str = "checkpoint") ->
     gives its number of classes (``spec``: a :class:`train.data.DatasetSpec`)."""
     desc = ckpt.get("model") or {}
     shape, n = desc.get("input_shape"), desc.get("n_classes")
+    if shape is None and desc.get("layers"):  # a layer list recorded without its input shape
+        from train.usermodels import check_input
+
+        try:
+            check_input(build_from_description(desc), spec.input_shape, None, "model")
+        except ValueError as exc:
+            raise CheckpointError(f"{where} holds a model that does not take dataset {spec.name!r}'s inputs "
+                                  f"{tuple(spec.input_shape)}: {exc}") from None
     if shape is not None and tuple(shape) != tuple(spec.input_shape):
         raise CheckpointError(f"{where} holds a model for inputs {tuple(shape)}, but dataset {spec.name!r} has "
                               f"inputs {tuple(spec.input_shape)}")

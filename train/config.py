@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from bounds import names
+from train import plugins
 
 RAMPS = ("linear", "smooth")
 OPTIMIZERS = ("adam", "sgd")
@@ -59,8 +60,11 @@ class TrainConfig:
     ``lb`` the margin lower bounds of the chosen bound method (0 for the true class).
 
     Attributes (units in brackets):
-        dataset, model: names in ``train.data.DATASETS`` and ``train.models.MODELS``.
-        model_options: keyword options of ``train.models.build_model`` (e.g. ``widths``).
+        dataset, model: names in ``train.data.DATASETS`` and ``train.models.MODELS``, or your
+            own function as ``FILE.py:function`` or ``package.module:function``
+            (:mod:`train.userdata`, :mod:`train.usermodels`); a file's path is stored absolute.
+        model_options: keyword options of ``train.models.build_model`` (e.g. ``widths``), or
+            the keyword arguments of your model function.
         method: a key of :data:`bounds.names.TRAIN_METHODS`.
         slope: lower-slope policy (:data:`bounds.names.SLOPES`); ``None``: the method's own.
         eps: final training radius eps_train (L-inf, in input units, before normalisation).
@@ -160,6 +164,11 @@ class TrainConfig:
         for name in ("dataset", "model"):
             if not isinstance(getattr(self, name), str) or not getattr(self, name):
                 raise ValueError(f"{name} must be a non-empty name, got {getattr(self, name)!r}")
+            if plugins.is_reference(getattr(self, name)):  # FILE.py:function, its path made absolute
+                setattr(self, name, plugins.canonical(getattr(self, name), name))
+        given = sorted({"input_shape", "n_classes", "mean", "std"} & set(self.model_options))
+        if given:
+            raise ValueError(f"model_options cannot set {', '.join(given)}: the dataset gives them to the model")
         _finite("eps", self.eps, low=0.0)
         _finite("eps_start_epoch", self.eps_start_epoch, low=0.0)
         _finite("eps_ramp_epochs", self.eps_ramp_epochs, low=0.0)

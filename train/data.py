@@ -22,6 +22,11 @@ Names
 ``cifar10``        binary version: ``cifar-10-batches-bin/data_batch_{1..5}.bin`` and
                    ``test_batch.bin``, or the archive ``cifar-10-binary.tar.gz`` itself.
 ``svhn``           ``train_32x32.mat`` and ``test_32x32.mat`` (cropped digits, label 10 -> 0).
+``FILE.py:function`` or ``package.module:function``
+                   your own data: the function is called with no arguments and returns
+                   ``(train_x, train_y, test_x, test_y)`` or a dict with those keys and optionally
+                   ``classes``, ``mean``, ``std``; see :mod:`train.userdata` for the format and
+                   the checks. Subsets (``train_size``, ``test_size``) apply as to any dataset.
 
 Where files are looked for (first hit wins)
 -------------------------------------------
@@ -58,7 +63,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from train import sources
+from train import plugins, sources, userdata
 from train.dataformats import DatasetError
 from train.sources import ENV_VAR, SYSTEM_ROOT
 
@@ -73,6 +78,7 @@ __all__ = [
     "search_dirs",
     "cache_dir",
     "subset_indices",
+    "dataset_spec",
 ]
 
 DIGITS_SPLIT_SEED = 0
@@ -87,7 +93,8 @@ class DatasetSpec:
 
     ``input_shape`` is ``(C, H, W)``; ``mean``/``std`` have ``C`` entries each, in pixel units
     (the data are in ``domain``); ``domain`` is the box every input lies in, so an eps-ball can
-    be clipped to ``[max(x - eps, lo), min(x + eps, hi)]``.
+    be clipped to ``[max(x - eps, lo), min(x + eps, hi)]``. ``classes``: the class names, when
+    known (a dataset function may give them).
     """
 
     name: str
@@ -96,6 +103,7 @@ class DatasetSpec:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     domain: tuple[float, float] = (0.0, 1.0)
+    classes: Optional[tuple[str, ...]] = None
 
 
 @dataclass
@@ -132,9 +140,21 @@ def _canonical(name: str) -> str:
     key = name.strip().lower()
     key = _ALIASES.get(key, key)
     if key not in DATASETS:
-        raise DatasetError(f"unknown dataset {name!r}; known datasets: {', '.join(DATASETS)}")
+        raise DatasetError(f"unknown dataset {name!r}; known datasets: {', '.join(DATASETS)}, or your own as "
+                           "FILE.py:function or package.module:function")
     return key
 
+
+
+def dataset_spec(name: str) -> Optional[DatasetSpec]:
+    """The spec of a registered dataset, or of a dataset function this process has loaded; None
+    otherwise (a dataset function is never called here)."""
+    if plugins.is_reference(name):
+        return userdata.known_spec(name)
+    try:
+        return DATASETS[_canonical(name)]
+    except DatasetError:
+        return None
 
 
 def cache_dir(name: str) -> Path:
@@ -223,6 +243,26 @@ def _to_tensors(x: np.ndarray, y: np.ndarray) -> tuple[torch.Tensor, torch.Tenso
     return torch.from_numpy(np.ascontiguousarray(xf)), torch.from_numpy(np.array(y, dtype=np.int64, copy=True))
 
 
+def _registered_arrays(key: str, spec: DatasetSpec, data_dir: str | Path | None, download: bool) -> tuple:
+    """``(train_x, train_y, test_x, test_y, source)`` of a registered dataset, found (or fetched)."""
+    if key == "digits":
+        return (*_digits_arrays(), "sklearn.datasets.load_digits")
+    if data_dir is not None and str(data_dir) != "" and not Path(data_dir).expanduser().is_dir() and not download:
+        raise DatasetError(f"--data-dir {data_dir} does not exist (or is not a folder); when given it is the "
+                           f"only place dataset {key!r} is looked for (--download fetches it there)")
+    found, looked = sources.find(key, data_dir)
+    if found is None and download:
+        target = sources.download(key, data_dir)
+        found = sources.SOURCES[key].locate(target)
+    if found is None:
+        raise DatasetError(sources.missing_message(key, looked, data_dir))
+    tx, ty, vx, vy = sources.read_cached(key, sources.file_key(found))
+    source = ", ".join(str(p) for p in found.values())
+    if tuple(tx.shape[1:]) != spec.input_shape:
+        raise DatasetError(f"{key} images in {source} have shape {tuple(tx.shape[1:])}, expected {spec.input_shape}")
+    return tx, ty, vx, vy, source
+
+
 # --------------------------------------------------------------------------- public loader
 
 
@@ -240,33 +280,24 @@ def load_dataset(
     ``download``: fetch missing files from the official source (MD5-checked) into ``data_dir``
     or ``~/.cache/landscape/<name>``. ``train_size``/``test_size``: keep a seeded,
     class-proportional subset of that many samples (:func:`subset_indices`); the same
-    ``seed`` always gives the same subset. Raises :class:`DatasetError` (a ``ValueError``) for an
+    ``seed`` always gives the same subset. ``name`` may also be a dataset function,
+    ``FILE.py:function`` or ``package.module:function`` (:mod:`train.userdata`; ``data_dir`` and
+    ``download`` do not apply to it). Raises :class:`DatasetError` (a ``ValueError``) for an
     unknown name, a missing or malformed dataset, a failed download or a bad subset size.
     """
-    key = _canonical(name)
-    spec = DATASETS[key]
+    user = plugins.is_reference(name)
+    key = name if user else _canonical(name)
     n_train = _check_size(train_size, "train_size")
     n_test = _check_size(test_size, "test_size")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise DatasetError(f"seed must be a non-negative integer, got {seed!r}")
 
-    if key == "digits":
-        tx, ty, vx, vy = _digits_arrays()
-        source = "sklearn.datasets.load_digits"
+    if user:
+        (tx, ty, vx, vy), spec = userdata.load(name)
+        key = source = spec.name
     else:
-        if data_dir is not None and str(data_dir) != "" and not Path(data_dir).expanduser().is_dir() and not download:
-            raise DatasetError(f"--data-dir {data_dir} does not exist (or is not a folder); when given it is the "
-                               f"only place dataset {key!r} is looked for (--download fetches it there)")
-        found, looked = sources.find(key, data_dir)
-        if found is None and download:
-            target = sources.download(key, data_dir)
-            found = sources.SOURCES[key].locate(target)
-        if found is None:
-            raise DatasetError(sources.missing_message(key, looked, data_dir))
-        tx, ty, vx, vy = sources.read_cached(key, sources.file_key(found))
-        source = ", ".join(str(p) for p in found.values())
-        if tuple(tx.shape[1:]) != spec.input_shape:
-            raise DatasetError(f"{key} images in {source} have shape {tuple(tx.shape[1:])}, expected {spec.input_shape}")
+        spec = DATASETS[key]
+        tx, ty, vx, vy, source = _registered_arrays(key, spec, data_dir, download)
 
     tx, ty = _take(tx, ty, n_train, int(seed), 0, "train_size", key)
     vx, vy = _take(vx, vy, n_test, int(seed), 1, "test_size", key)

@@ -43,6 +43,13 @@ Zoo (``C`` input channels, ``n`` classes; ``Conv k x k / s, p`` = kernel, stride
                 FC(linear_size) - FC(n). (auto_LiRPA's smaller ``cnn_4layer``, two convolutions
                 and one hidden FC, is a different network despite the name.)
 
+Your own model
+--------------
+Any name of the form ``FILE.py:function`` or ``package.module:function`` is a model function
+instead of a zoo entry: ``function(input_shape, n_classes, **options)`` returns the
+``nn.Sequential`` (``mean=``/``std=`` are passed too when it takes them); the description is
+then the model's layer list, which rebuilds it without your code. See :mod:`train.usermodels`.
+
 On 8x8 inputs ``dm-small`` (3x3 after the first conv, then a 4x4 kernel) and ``dm-medium``
 (2x2 before a 3x3 kernel) collapse and raise :class:`ModelError`; every other model builds.
 
@@ -61,6 +68,7 @@ import torch
 from torch import nn
 
 from bounds.layers import Normalize
+from train import plugins
 
 __all__ = [
     "ModelError",
@@ -74,7 +82,8 @@ __all__ = [
 ]
 
 DESCRIPTION_VERSION = 1
-"""Version of the dict written by :func:`model_description`; bumped if its layout ever changes."""
+"""Version of the dict :func:`model_description` writes for a zoo model; bumped if its layout ever
+changes. A layer-list description (your own model, :mod:`train.usermodels`) is version 2."""
 
 
 class ModelError(ValueError):
@@ -167,7 +176,8 @@ MODELS: dict[str, ModelSpec] = {
 
 def _spec(name: object) -> ModelSpec:
     if not isinstance(name, str) or name not in MODELS:
-        raise ModelError(f"unknown model {name!r}; known models: {', '.join(MODELS)}")
+        raise ModelError(f"unknown model {name!r}; known models: {', '.join(MODELS)}, or your own as "
+                         "FILE.py:function or package.module:function")
     return MODELS[name]
 
 
@@ -283,8 +293,12 @@ def model_description(
 
     ``{"version": 1, "name", "input_shape": [C, H, W], "n_classes", "mean": [...],
     "std": [...], "options": {every option, defaults filled in}}``. Validates exactly like
-    :func:`build_model` (including the shape check) without building any module.
+    :func:`build_model` (including the shape check) without building any module. For a model
+    function (``FILE.py:function``) it builds the model, leaving torch's random state as it was,
+    and returns its layer list (:func:`train.usermodels.describe`).
     """
+    if plugins.is_reference(name):
+        return _user_model(name, input_shape, n_classes, mean, std, options, describe=True)
     spec = _spec(name)
     opts = _options(spec, options)
     shape = _shape(name, input_shape, spec.spatial)
@@ -317,8 +331,13 @@ def build_model(
     Linear(., n_classes))`` with torch's default initialisation (deterministic given
     ``torch.manual_seed``). ``options`` are model specific (see :data:`MODELS` and the module
     docstring). Raises :class:`ModelError` for an unknown name or option, a bad value, a
-    mean/std that does not match the channel count, or a shape the model cannot take.
+    mean/std that does not match the channel count, or a shape the model cannot take. ``name``
+    may be a model function, ``FILE.py:function`` or ``package.module:function`` (module
+    docstring); its errors (a missing file or function, a function that raises, a layer the
+    bound engine cannot take) are ValueErrors too.
     """
+    if plugins.is_reference(name):
+        return _user_model(name, input_shape, n_classes, mean, std, options, describe=False)
     desc = model_description(name, input_shape, n_classes, mean, std, **options)
     spec = MODELS[desc["name"]]
     opts = _options(spec, desc["options"])
@@ -341,16 +360,36 @@ def build_model(
     return nn.Sequential(*layers)
 
 
+def _user_model(name: str, input_shape: Any, n_classes: Any, mean: Any, std: Any, options: Mapping[str, Any],
+                describe: bool) -> Any:
+    from train import usermodels
+
+    shape = _shape(name, input_shape, False)
+    classes = _validate_classes(name, n_classes)
+    mean_t, std_t = _stats(name, mean, shape[0], "mean"), _stats(name, std, shape[0], "std")
+    make = usermodels.describe_reference if describe else usermodels.build_user_model
+    return make(name, shape, classes, mean_t, std_t, options)
+
+
 def build_from_description(d: Mapping[str, Any]) -> nn.Sequential:
-    """Rebuild the architecture recorded by :func:`model_description` (weights come from a state dict)."""
+    """Rebuild the architecture recorded by :func:`model_description` or, for a layer-list
+    description (version 2), by :func:`train.usermodels.describe` (weights come from a state dict)."""
     if not isinstance(d, Mapping):
         raise ModelError(f"a model description must be a dict, got {type(d).__name__}")
+    if d.get("version") == 2 or "layers" in d or d.get("unrecorded"):
+        from train import usermodels
+
+        return usermodels.build(d)
+    if d.get("name") == "custom" and "input_shape" not in d:
+        raise ModelError("this checkpoint's model was passed to train.loop.train by an older toolkit, which did not "
+                         "record its layers; build it with your own code and load the checkpoint's state_dict")
     missing = [k for k in ("name", "input_shape", "n_classes", "mean", "std") if k not in d]
     if missing:
         raise ModelError(f"model description lacks {', '.join(missing)}")
     version = d.get("version", DESCRIPTION_VERSION)
     if version != DESCRIPTION_VERSION:
-        raise ModelError(f"model description version {version!r} is not supported (this toolkit reads {DESCRIPTION_VERSION})")
+        raise ModelError(f"model description version {version!r} is not supported (this toolkit reads "
+                         f"{DESCRIPTION_VERSION} and 2)")
     options = d.get("options") or {}
     if not isinstance(options, Mapping):
         raise ModelError(f"model description options must be a dict, got {type(options).__name__}")
