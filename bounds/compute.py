@@ -34,7 +34,7 @@ from typing import Callable, Optional, Sequence, Union
 import torch
 from torch import nn
 
-from bounds import slope_search
+from bounds import compiled, slope_search
 from bounds.interval import IntervalResult, ibp, input_box
 from bounds.linear import backward_bound
 from bounds.names import SEARCHED_SLOPES
@@ -92,7 +92,8 @@ class Prepared:
 
     ``center``/``radius``: input box ``[B, *input_shape]``; ``ibp``: the IBP result (for ``C``);
     ``preact``: ``{relu op index: (l, u)}`` used for the relaxations; ``relax``: static
-    relaxations of every ReLU layer (for optimized/tightest: their start slopes).
+    relaxations of every ReLU layer (for optimized/tightest: their start slopes); ``kernels``:
+    compiled element-wise kernels (:mod:`bounds.compiled`) or None.
     """
 
     ops: list[LayerOp]
@@ -101,6 +102,7 @@ class Prepared:
     ibp: IntervalResult
     preact: dict[int, tuple[torch.Tensor, torch.Tensor]]
     relax: dict[int, Relaxation]
+    kernels: Optional[compiled.Kernels] = None
 
     def detached(self) -> "Prepared":
         """A copy cut from the autograd graph (and made of normal tensors under inference mode)."""
@@ -111,13 +113,15 @@ class Prepared:
             self.ibp,
             {k: (plain(l), plain(u)) for k, (l, u) in self.preact.items()},
             {k: Relaxation(*(plain(t) for t in r)) for k, r in self.relax.items()},
+            self.kernels,
         )
 
     def final_pass(
         self, A: torch.Tensor, relax: Optional[dict[int, Relaxation]] = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Lower bound ``[B, S]`` of ``A . f`` and input coefficients, with ``relax`` (default: static)."""
-        return backward_bound(self.ops, len(self.ops), A, self.relax if relax is None else relax, self.center, self.radius)
+        relax = self.relax if relax is None else relax
+        return backward_bound(self.ops, len(self.ops), A, relax, self.center, self.radius, self.kernels)
 
 
 def _layer_bounds(
@@ -128,6 +132,7 @@ def _layer_bounds(
     radius: torch.Tensor,
     l_ibp: torch.Tensor,
     u_ibp: torch.Tensor,
+    kernels: Optional[compiled.Kernels] = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """CROWN bounds ``(l, u)`` ``[B, *shape]`` of the input of ReLU op ``k``, intersected with the
     IBP bounds ``l_ibp, u_ibp``.
@@ -153,7 +158,7 @@ def _layer_bounds(
         block = center.new_zeros(m, n)  # identity rows of the chunk (no n x n identity)
         block[torch.arange(m, device=chunk.device), chunk] = 1
         A = torch.cat([block, -block]).reshape(1, 2 * m, *shape).expand(B, 2 * m, *shape)
-        bound, _ = backward_bound(ops, k, A, relax, center, radius)
+        bound, _ = backward_bound(ops, k, A, relax, center, radius, kernels)
         lows.append(bound[:, :m])
         ups.append(-bound[:, m:])
     low, up = torch.cat(lows, 1), torch.cat(ups, 1)
@@ -175,10 +180,11 @@ def prepare(
     slope: str,
     C: Optional[torch.Tensor],
     generator: Optional[torch.Generator],
+    kernels: Optional[compiled.Kernels] = None,
 ) -> Prepared:
     """Input box, IBP, intermediate bounds (IBP or CROWN by ``method``) and static relaxations."""
     center, radius = input_box(x, eps, domain)
-    res = ibp(ops, center, radius, C)
+    res = ibp(ops, center, radius, C, kernels)
     policy = POLICIES[slope]
     inner_policy = POLICIES["adaptive"] if slope in SEARCHED_SLOPES else policy
     linear_inner = method in ("crown", "cap")
@@ -188,12 +194,12 @@ def prepare(
     for k in relu_indices(ops):
         l, u = res.preact[k]
         if linear_inner and _affine_layers_before(ops, k) > 1:
-            l, u = _layer_bounds(ops, k, inner, center, radius, l, u)
+            l, u = _layer_bounds(ops, k, inner, center, radius, l, u, kernels)
         preact[k] = (l, u)
         relax[k] = policy(l, u, generator)
         if linear_inner:
             inner[k] = relax[k] if inner_policy is policy else inner_policy(l, u)
-    return Prepared(ops, center, radius, res, preact, relax)
+    return Prepared(ops, center, radius, res, preact, relax, kernels)
 
 
 def final_relaxations(
@@ -257,12 +263,15 @@ def bounds_from(
     generator: Optional[torch.Generator] = None,
     need_upper: bool = True,
     search_C: Optional[torch.Tensor] = None,
+    compile: bool = False,
 ) -> BoundResult:
     """The engine behind :func:`compute_bounds`, on validated arguments.
 
     ``need_upper=False`` skips the CROWN upper pass (``upper`` is then the IBP upper bound).
     ``search_C``: the specification the slope search's objective uses (default ``C``).
+    ``compile``: run the element-wise steps as compiled kernels (:mod:`bounds.compiled`).
     """
+    kernels = compiled.kernels(compile)
     B = x.shape[0]
     n_out = ops[-1].out_shape[0]
     if C is None:
@@ -271,10 +280,10 @@ def bounds_from(
     ks = relu_indices(ops)
     if method == "ibp":
         center, radius = input_box(x, eps, domain)
-        res = ibp(ops, center, radius, C)
+        res = ibp(ops, center, radius, C, kernels)
         preact = [res.preact[k] for k in ks]
         return BoundResult(res.lower, res.upper, preact, None, None, None)
-    prep = prepare(ops, x, eps, domain, method, slope, C, generator)
+    prep = prepare(ops, x, eps, domain, method, slope, C, generator, kernels)
     if method == "crown-ibp" and beta == 0.0:  # pure IBP; slopes reported for analysis only
         return BoundResult(
             prep.ibp.lower,
@@ -319,6 +328,7 @@ def compute_bounds(
     opt_lr: float = 0.1,
     generator: Optional[torch.Generator] = None,
     need_upper: bool = True,
+    compile: bool = False,
 ) -> BoundResult:
     """Certified bounds ``lower <= C f(x') <= upper`` for every ``x'`` in the clipped L-inf ball.
 
@@ -340,6 +350,9 @@ def compute_bounds(
         generator: random source of ``uniform``, ``binary`` and ``tightest``.
         need_upper: False skips the linear upper pass, halving a CROWN-type pass when only
             lower bounds are needed (training); ``upper`` is then IBP's (still sound).
+        compile: True runs the element-wise steps of the passes as kernels compiled by
+            ``torch.compile`` and cached on disk (:mod:`bounds.compiled`): the same bounds and
+            gradients to float rounding, faster after the first call of a shape.
 
     Returns:
         :class:`BoundResult`; all tensors differentiable w.r.t. the parameters and ``x``.
@@ -360,5 +373,5 @@ def compute_bounds(
             raise ValueError(f"y must have one label per sample ({x.shape[0]}), got {search_C.shape[0]}")
     return bounds_from(
         ops, x, eps, method, slope, C, beta, domain, loss_fn, opt_steps, opt_lr, generator,
-        need_upper=bool(need_upper), search_C=search_C,
+        need_upper=bool(need_upper), search_C=search_C, compile=bool(compile),
     )

@@ -23,6 +23,15 @@ Per method: ``ibp`` uses the IBP bound ``S_ibp = sum_j e^{u_j - m}`` (equal to t
 loss); ``crown``/``cap`` use the chord bound ``S_lin = U + T``; ``crown-ibp`` mixes the two
 bounds on the sum of exponentials, ``beta S_lin + (1 - beta) S_ibp`` (a convex combination
 of upper bounds is one). ``tightest``/``optimized`` search the slopes on this fused loss.
+
+``keep_ibp=True`` (``robust_cross_entropy(..., fused="min")``) takes, per sample, the smaller of
+that bound and the IBP bound: ``S = min(S_method, S_ibp)``. Both are upper bounds of the same
+sum, so the minimum is one too; the loss is then never above IBP's and equals the chord bound
+wherever that is the tighter one. It is not smooth where the two cross (its gradient switches
+from one bound to the other), which is why it is an option and not the fused loss itself
+(``docs/fused-loss.md``). The slope searches of ``tightest``/``optimized`` still minimise the
+fused bound (where IBP is the smaller one, the slopes do not matter), so the result is exactly
+the per-sample minimum of ``fused=True`` and IBP for every policy.
 """
 
 from __future__ import annotations
@@ -70,20 +79,24 @@ def fused_loss(
     opt_steps: int = 20,
     opt_lr: float = 0.1,
     generator: Optional[torch.Generator] = None,
+    kernels: Optional[object] = None,
+    keep_ibp: bool = False,
 ) -> torch.Tensor:
     """Per-sample fused upper bound ``[B]`` of ``max_{x'} CE(f(x'), y)`` (arguments validated).
 
     ``loss_fn`` (optional): a function of the per-sample fused losses ``[B]`` that the slope
-    search of ``tightest``/``optimized`` minimises instead of their sum.
+    search of ``tightest``/``optimized`` minimises instead of their sum. ``keep_ibp``: the
+    per-sample minimum with the IBP bound (module doc). ``kernels``: compiled element-wise
+    kernels (:mod:`bounds.compiled`) or None.
     """
     n = ops[-1].out_shape[0]
     C = margin_spec(y, n).to(dtype=x.dtype, device=x.device)  # rows e_y - e_j
     use_linear = method != "ibp" and not (method == "crown-ibp" and beta == 0.0)
     if use_linear:
-        prep = prepare(ops, x, eps, domain, method, slope, C, generator)
+        prep = prepare(ops, x, eps, domain, method, slope, C, generator, kernels)
         res = prep.ibp
     else:  # the IBP bound needs no relaxations
-        res = ibp(ops, *input_box(x, eps, domain), C)
+        res = ibp(ops, *input_box(x, eps, domain), C, kernels)
     lo_d, up_d = -res.upper, -res.lower  # bounds of d_j = f_j - f_y, [B, n-1]
     m = up_d.detach().amax(1, keepdim=True).clamp(min=0)  # [B, 1]
     tiny = torch.finfo(x.dtype).tiny
@@ -96,14 +109,17 @@ def fused_loss(
     row = (s.unsqueeze(-1) * C).sum(1, keepdim=True)  # = -w, [B, 1, n]
     T = t.sum(1, keepdim=True)
 
-    def total(p: Prepared, relax: dict[int, Relaxation], s_ibp=s_ibp, row=row, T=T, m=m, floor=floor) -> torch.Tensor:
+    def total(p: Prepared, relax: dict[int, Relaxation], s_ibp=s_ibp, row=row, T=T, m=m, floor=floor,
+              keep_ibp=keep_ibp) -> torch.Tensor:
         neg_u, _ = p.final_pass(row, relax)  # lower bound of -w.f, [B, 1]
         s_lin = -neg_u + T
         s_all = beta * s_lin + (1.0 - beta) * s_ibp if method == "crown-ibp" else s_lin
+        if keep_ibp:
+            s_all = torch.minimum(s_all, s_ibp)
         return (m + torch.log(torch.maximum(floor + s_all, floor))).squeeze(1)
 
     def objective(det: Prepared, relax: dict[int, Relaxation]) -> torch.Tensor:
-        per_sample = total(det, relax, plain(s_ibp), plain(row), plain(T), plain(m), plain(floor))
+        per_sample = total(det, relax, plain(s_ibp), plain(row), plain(T), plain(m), plain(floor), False)
         return (loss_fn(per_sample) if loss_fn is not None else per_sample).sum()
 
     relax = final_relaxations(prep, slope, objective, opt_steps, opt_lr)

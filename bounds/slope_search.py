@@ -8,11 +8,13 @@ unstable entries matter); the caller then runs the real, differentiable pass wit
 - :func:`tighten` (the paper's method): ``g = d loss / d a`` at the start ``a0``;
   ``a = 1`` where ``g < 0``, ``a = 0`` where ``g > 0``, ``a = a0`` where ``g == 0``.
 - :func:`optimize` (alpha-CROWN style): ``a`` free in ``[0, 1]``; ``steps`` Adam steps of size
-  ``lr`` on the loss, each followed by projection (clamp to ``[0, 1]``).
+  ``lr`` on the loss, each followed by projection (clamp to ``[0, 1]``); the Adam update is
+  written out (the same arithmetic as ``torch.optim.Adam``) so that nothing waits for the device.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Callable, Mapping
 
 import torch
@@ -50,22 +52,33 @@ def tighten(bounds: Bounds, start: Mapping[int, torch.Tensor], objective: Object
 def optimize(
     bounds: Bounds, start: Mapping[int, torch.Tensor], objective: Objective, steps: int, lr: float
 ) -> dict[int, torch.Tensor]:
-    """Projected Adam on the lower slopes: ``steps`` updates minimising ``objective``."""
+    """Projected Adam on the lower slopes: ``steps`` updates minimising ``objective``.
+
+    The Adam update (betas 0.9, 0.999, eps 1e-8, as ``torch.optim.Adam`` computes it, operation
+    for operation) is written out so that its step count stays a Python number: nothing in the
+    search waits for the device.
+    """
     if steps <= 0:
         return {k: a.detach() for k, a in start.items()}
+    beta1, beta2, eps = 0.9, 0.999, 1e-8
     uppers = {k: upper_line(l, u) for k, (l, u) in bounds.items()}
     with torch.enable_grad():
         leaves = {k: a.detach().clone().requires_grad_(True) for k, a in start.items()}
-        opt = torch.optim.Adam(list(leaves.values()), lr=lr)
-        for _ in range(steps):
-            opt.zero_grad(set_to_none=True)
+        avg = {k: torch.zeros_like(a) for k, a in leaves.items()}
+        avg_sq = {k: torch.zeros_like(a) for k, a in leaves.items()}
+        for step in range(1, steps + 1):
             loss = objective(_relax(bounds, uppers, leaves))
-            loss.backward()
-            for a in leaves.values():  # a non-finite gradient (overflowing loss) moves nothing
-                if a.grad is not None:
-                    a.grad.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
-            opt.step()
+            grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
+            step_size = lr / (1 - beta1**step)
+            correction2 = math.sqrt(1 - beta2**step)
             with torch.no_grad():
-                for a in leaves.values():
+                for (k, a), g in zip(leaves.items(), grads):
+                    if g is None:
+                        continue
+                    g = g.nan_to_num(nan=0.0, posinf=0.0, neginf=0.0)  # an overflowing loss moves nothing
+                    avg[k].lerp_(g, 1 - beta1)
+                    avg_sq[k].mul_(beta2).addcmul_(g, g, value=1 - beta2)
+                    denom = (avg_sq[k].sqrt() / correction2).add_(eps)
+                    a.addcdiv_(avg[k], denom, value=-step_size)
                     a.clamp_(0.0, 1.0)
     return {k: a.detach() for k, a in leaves.items()}

@@ -8,23 +8,27 @@ where the robust term is :func:`bounds.margin_ce` of the margin lower bounds ``l
 ``f_y(x') - f_j(x')`` over the ball ``{x' : ||x' - x||_inf <= eps} ∩ domain`` (an upper bound
 of the worst-case cross-entropy there), or with ``fused=True`` the engine's fused bound of the
 cross-entropy (``docs/fused-loss.md``), one backward row per sample instead of
-``n_classes - 1``.
+``n_classes - 1``; ``fused="min"`` takes per sample the smaller of the fused bound and the IBP
+bound (never looser than IBP).
 
 Methods (:data:`bounds.names.TRAIN_METHODS`): ``natural`` (``L = CE(f(x), y)``), ``ibp``,
 ``crown-ibp`` (``beta`` mixes CROWN and IBP lower bounds), ``crown``, ``cap`` and ``tightest``
 (CROWN-IBP with the tightest slopes and beta = 1; Lee et al. 2021). ``slope`` picks the engine's
 lower-slope policy for the linear methods.
 
-Batch statistics returned beside the loss (plain floats): ``clean_ce``, ``clean_err``
-(fraction misclassified at x), ``robust_ce``, ``robust_err`` (fraction whose margin lower
-bounds are not all > 0; NaN when ``fused`` gives no margins) and ``unstable_frac_l{i}``
-(unstable ReLUs / ReLUs of layer i).
+Batch statistics returned beside the loss (a read-only mapping of floats): ``clean_ce``,
+``clean_err`` (fraction misclassified at x), ``robust_ce``, ``robust_err`` (fraction whose margin
+lower bounds are not all > 0; NaN when ``fused`` gives no margins) and ``unstable_frac_l{i}``
+(unstable ReLUs / ReLUs of layer i). They become floats when first read (:class:`LazyStats`),
+so computing the loss never waits for the device: a caller that only needs the loss, or reads
+the stats later, lets several steps or grid points queue up on an accelerator.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Iterator, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -62,6 +66,38 @@ class BoundSetup:
         return self.method is not None and self.method != "ibp"
 
 
+class LazyStats(Mapping):
+    """Batch statistics that become plain floats when first read (each at most once).
+
+    Values are floats, 0-d tensors or functions without arguments returning either; reading a
+    key converts its value (a host round-trip for a tensor on an accelerator) and keeps it.
+    """
+
+    def __init__(self, values: dict[str, Union[float, torch.Tensor, Callable[[], Any]]]) -> None:
+        self._values = dict(values)
+
+    def __getitem__(self, key: str) -> float:
+        value = self._values[key]
+        if not isinstance(value, float):
+            value = float(value() if callable(value) else value)
+            self._values[key] = value
+        return value
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __repr__(self) -> str:
+        return f"LazyStats({dict(self)!r})"
+
+
+def _unstable_fraction(l: torch.Tensor, u: torch.Tensor) -> float:
+    """Share of the neurons with ``l < 0 < u`` (NaN for a layer without neurons)."""
+    return float(((l < 0) & (u > 0)).sum()) / l.numel() if l.numel() else float("nan")
+
+
 def unstable_columns(fractions: Sequence[float]) -> dict[str, float]:
     """``{"unstable_frac_l{i}": fraction}`` per ReLU layer ``i`` (0-based), the column names the
     training record and the probes use."""
@@ -77,11 +113,12 @@ def certified_loss(
     slope: str | None = None,
     beta: float = 1.0,
     kappa: float = 0.0,
-    fused: bool = False,
+    fused: bool | str = False,
     domain: tuple[float, float] | None = (0.0, 1.0),
     generator: torch.Generator | None = None,
+    compile: bool = False,
     **bound_kw: Any,
-) -> tuple[torch.Tensor, dict[str, float]]:
+) -> tuple[torch.Tensor, LazyStats]:
     """Certified loss ``L = kappa * CE(f(x), y) + (1 - kappa) * robust CE`` and batch stats.
 
     Args:
@@ -92,13 +129,16 @@ def certified_loss(
         slope: lower-slope policy (``None``: the method's default).
         beta: CROWN-IBP mixing weight (``lb = beta lb_crown + (1 - beta) lb_ibp``).
         kappa: clean-loss weight in [0, 1].
-        fused: use the fused robust cross-entropy bound (``docs/fused-loss.md``).
+        fused: True: the fused robust cross-entropy bound (``docs/fused-loss.md``); ``"min"``:
+            per sample the smaller of that bound and the IBP bound; False: the margin bound.
         generator: random source of random slope policies (``uniform``, ``binary``, ``tightest``),
             so that a loss can be evaluated again exactly.
+        compile: run the engine's element-wise steps as compiled kernels, cached on disk
+            (:mod:`bounds.compiled`; the same loss to float rounding).
         bound_kw: passed to the engine (e.g. ``opt_steps``, ``opt_lr``).
 
     Returns:
-        ``(loss, stats)``: a scalar tensor with gradient, and a dict of floats (module doc).
+        ``(loss, stats)``: a scalar tensor with gradient, and the stats (module doc), read lazily.
         One bound computation per call: its lower bounds serve both the loss and the stats.
     """
     bound_method, slope_used, beta_used = resolve_method(method, slope, beta)
@@ -108,34 +148,30 @@ def certified_loss(
     with torch.set_grad_enabled(torch.is_grad_enabled() and logits_needed_grad):
         logits = model(x)
     clean_ce = F.cross_entropy(logits, y)
-    stats: dict[str, float] = {
-        "clean_ce": float(clean_ce.detach()),
-        "clean_err": float((logits.detach().argmax(1) != y).float().mean()),
-    }
+    wrong = logits.detach().argmax(1) != y
+    stats: dict[str, Any] = {"clean_ce": clean_ce.detach(), "clean_err": lambda: wrong.float().mean()}
     if bound_method is None:
         stats.update(robust_ce=float("nan"), robust_err=float("nan"))
-        return clean_ce, stats
+        return clean_ce, LazyStats(stats)
 
-    common = dict(method=bound_method, slope=slope_used, beta=beta_used, domain=domain, **bound_kw)
+    common = dict(method=bound_method, slope=slope_used, beta=beta_used, domain=domain, compile=compile, **bound_kw)
     if generator is not None:
         common["generator"] = generator
     if fused:
-        robust = bounds.robust_cross_entropy(model, x, y, eps, fused=True, reduction="mean", **common)
-        robust_err = float("nan")
-        fractions: list[float] = []
+        robust = bounds.robust_cross_entropy(model, x, y, eps, fused=fused, reduction="mean", **common)
+        stats.update(robust_ce=robust.detach(), robust_err=float("nan"))
     else:
         n_classes = logits.shape[1]
         spec = bounds.margin_spec(y, n_classes)
         res = bounds.compute_bounds(model, x, eps, C=spec, y=y, need_upper=False, **common)
         lower = res.lower
         robust = bounds.margin_ce(lower, reduction="mean")
-        robust_err = float((lower.detach() <= 0).any(dim=1).float().mean())
-        fractions = res.unstable_fractions()
-    stats["robust_ce"] = float(robust.detach())
-    stats["robust_err"] = robust_err
-    stats.update(unstable_columns(fractions))
+        failed = (lower.detach() <= 0).any(dim=1)
+        stats.update(robust_ce=robust.detach(), robust_err=lambda: failed.float().mean())
+        for i, (l, u) in enumerate(res.preact):
+            stats[f"unstable_frac_l{i}"] = lambda l=l.detach(), u=u.detach(): _unstable_fraction(l, u)
     if kappa > 0.0:
         loss = kappa * clean_ce + (1.0 - kappa) * robust
     else:
         loss = robust
-    return loss, stats
+    return loss, LazyStats(stats)
