@@ -6,7 +6,9 @@ For each loss (clean and certified methods) on a fixed batch:
   scan point can reach;
 - ``point_s``: CPU seconds per point of a random-1d scan written to an HDF5 file (parameter
   moves, loss, bookkeeping and atomic file writes included; best of 3 scans), point by point
-  and, for the clean loss, batched with ``torch.func.vmap`` over stacked parameter sets;
+  and, for the losses :func:`landscape.evaluators.batchable` accepts (clean; IBP and CROWN-IBP
+  with fixed slopes), batched ``--vmap`` points at a time with ``torch.func.vmap`` over stacked
+  parameter sets;
 - ``ratio = point_s / eval_s`` (target <= 1.2);
 - the same for the gradient scan against one loss + gradient evaluation.
 
@@ -102,7 +104,7 @@ def per_point(args: argparse.Namespace) -> None:
         fn = make_loss(model, x, y, kind=kind, method=name if kind == "certified" else "ibp", eps=args.eps)
         with torch.no_grad():
             t_eval = _median_time(fn, args.reps)
-        modes = [("loop", 1)] + ([("vmap16", 16)] if fn.vmappable else [])
+        modes = [("loop", 1)] + ([(f"vmap{k}", k) for k in args.vmap] if evaluators.batchable(fn) else [])
         for mode, bs in modes:
             ev = evaluators.DirectionEvaluator(model, [fn], [d], coeffs, vmap_batch=bs)
             t_ev = _median_time(lambda: ev(list(range(args.points))), 2) / args.points
@@ -194,6 +196,8 @@ def main() -> None:
     ap.add_argument("--eps", type=float, default=0.1)
     ap.add_argument("--methods", default="clean,ibp,crown-ibp")
     ap.add_argument("--reps", type=int, default=10)
+    ap.add_argument("--vmap", type=lambda v: [int(k) for k in v.split(",")], default=[4, 16],
+                    help="points per batched pass to try, comma-separated [default: 4,16]")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--processes", type=int, default=2)
     ap.add_argument("--grid", type=int, default=9, help="points per axis of the 2-process random-2d scan")

@@ -29,6 +29,8 @@ from typing import Optional, Sequence, Union
 import torch
 import torch.nn.functional as F
 
+from bounds import plain
+from bounds.compiled import interval_relu_forward
 from bounds.network import LayerOp
 
 
@@ -196,6 +198,7 @@ def ibp(
     ``kernels``: compiled element-wise kernels (:mod:`bounds.compiled`) or None.
     """
     c, r = center, radius
+    fast = not plain.active()  # plain mode: standard operations only (bounds/plain.py)
     twice = False  # c, r hold twice the centre and radius (after a ReLU)
     hwc: Optional[tuple[int, ...]] = None  # c, r: a [C, H, W] flattened in channels-last order
     preact: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -207,10 +210,10 @@ def ibp(
         if op.kind == "relu":
             if twice:
                 c, r = c * 0.5, r * 0.5
-            l, u, c, r = _IntervalRelu.apply(c, r, kernels)
+            l, u, c, r = _IntervalRelu.apply(c, r, kernels) if fast else interval_relu_forward(c, r)
             twice = True
             preact[k] = (l, u)
-        elif op.kind == "flatten" and is_channels_last(c) and k < last and ops[k + 1].kind == "linear":
+        elif op.kind == "flatten" and fast and is_channels_last(c) and k < last and ops[k + 1].kind == "linear":
             hwc = tuple(c.shape[1:])
             c, r = (t.permute(0, 2, 3, 1).reshape(t.shape[0], -1) for t in (c, r))
         elif k == last and op.kind == "linear" and C is not None:
@@ -223,7 +226,7 @@ def ibp(
             rad = torch.bmm(W.abs(), r.unsqueeze(-1)).squeeze(-1)
             return IntervalResult(mid - rad, mid + rad, preact)
         else:
-            if op.kind == "conv" and c.shape[1] > 1 and not is_channels_last(c):
+            if fast and op.kind == "conv" and c.shape[1] > 1 and not is_channels_last(c):
                 c, r = channels_last(c), channels_last(r)  # (oneDNN is slower so with one channel)
             c, r = _affine_box(op, c, r, twice, weight)
             twice = twice and op.kind == "flatten"

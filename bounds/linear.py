@@ -37,6 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch.nn.grad import conv2d_weight
 
+from bounds import plain
+from bounds.compiled import relu_step_forward
 from bounds.interval import channel_view, hwc_columns
 from bounds.network import LayerOp
 from bounds.relaxations import Relaxation
@@ -76,7 +78,7 @@ def sample_flat(v: torch.Tensor, cl: bool) -> torch.Tensor:
 
 def _dot(A: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """``[B, S, *shape] . [B, *shape] -> [B, S]`` (contracting all per-sample dims)."""
-    cl = is_channels_last(A)
+    cl = not plain.active() and is_channels_last(A)
     return torch.bmm(rows_flat(A, cl), sample_flat(v, cl).unsqueeze(-1)).squeeze(-1)
 
 
@@ -184,6 +186,10 @@ def relu_backward(
     ``db = A- . t`` (``[B, S]``): positive coefficients take the lower line, negative ones the
     upper line.
     """
+    if plain.active():  # standard operations only (bounds/plain.py)
+        B, S = A.shape[:2]
+        new_A, db = relu_step_forward(A.reshape(B, S, -1), *(v.reshape(B, -1) for v in relax))
+        return new_A.view(A.shape), db
     cl = is_channels_last(A)
     a, s, t = (sample_flat(v, cl) for v in relax)
     new_A, db = _ReluStep.apply(rows_flat(A, cl), a, s, t, kernels)
@@ -248,8 +254,9 @@ class _ConvTranspose(torch.autograd.Function):
             dA = dW = None
             if ctx.needs_input_grad[0]:
                 dA = torch.mm(P, W.reshape(C_out, -1).t()).view(N, h, w, C_out).permute(0, 3, 1, 2)
-            if ctx.needs_input_grad[1]:
-                dW = torch.mm(A.permute(0, 2, 3, 1).reshape(-1, C_out).t(), P).view(W.shape)
+            if ctx.needs_input_grad[1]:  # per-sample products summed: faster than one long mm
+                rows = A.permute(0, 2, 3, 1).reshape(N, h * w, C_out)
+                dW = torch.bmm(rows.transpose(1, 2), P.view(N, h * w, -1)).sum(0).view(W.shape)
             return dA, dW, None, None, None
         geom = (args["stride"], args["padding"], args["dilation"], args["groups"])
         dA = F.conv2d(G, W, None, *geom) if ctx.needs_input_grad[0] else None
@@ -261,6 +268,12 @@ def conv_transpose(op: LayerOp, A: torch.Tensor) -> torch.Tensor:
     """Pull ``A`` ``[B, S, *out_shape]`` back through the convolution ``op``, without its bias."""
     B, S = A.shape[:2]
     flat = A.reshape(B * S, *op.out_shape)
+    if plain.active():  # standard operations only (bounds/plain.py)
+        args, w = op.conv_args, op.weight
+        out_pad = tuple(op.in_shape[1 + i] - ((op.out_shape[1 + i] - 1) * args["stride"][i] - 2 * args["padding"][i]
+                                              + args["dilation"][i] * (w.shape[2 + i] - 1) + 1) for i in range(2))
+        back = F.conv_transpose2d(flat, w, None, args["stride"], args["padding"], out_pad, args["groups"], args["dilation"])
+        return back.reshape(B, S, *op.in_shape)
     fold = _uses_fold(op)
     if not fold and not flat.is_contiguous(memory_format=torch.channels_last):
         flat = flat.contiguous(memory_format=torch.channels_last)
@@ -321,7 +334,8 @@ def backward_bound(
         op = ops[k]
         if op.kind == "relu":
             A, db = relu_backward(A, relax[k], kernels)
-        elif op.kind == "linear" and k > 0 and ops[k - 1].kind == "flatten" and len(ops[k - 1].in_shape) == 3:
+        elif (op.kind == "linear" and k > 0 and ops[k - 1].kind == "flatten" and len(ops[k - 1].in_shape) == 3
+              and not plain.active()):
             A, db = _linear_before_flatten(op, ops[k - 1], A)
             k -= 1  # the Flatten is done
         else:

@@ -8,7 +8,8 @@ are moved in place and restored exactly afterwards.
 - :class:`GradientEvaluator`: theta_t = theta_0 - t lr g, g = grad L_0(theta_0) the raw gradient
   of the first loss; for each loss L at each t: L(theta_t), ||g_t||, cos(g, g_t),
   RMS(g_t - g) and ||g_t - g|| / ||theta_t - theta_0|| with g = grad L(theta_0) of that same loss.
-- :class:`DirectionEvaluator`: L(theta_0 + sum_k c_k d_k) for coefficient rows c.
+- :class:`DirectionEvaluator`: L(theta_0 + sum_k c_k d_k) for coefficient rows c, point by point
+  or several points per ``torch.func.vmap`` pass (:func:`batchable`).
 
 Definitions in ``docs/scans.md``.
 """
@@ -22,16 +23,59 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from bounds import plain
+from bounds.names import FIXED_SLOPES, resolve_method
 from landscape import metrics as M
 from landscape.directions import get_params, gradient_direction, named_params, perturbed, set_params
 
 __all__ = ["GRADIENT_FIELDS", "SIGN_FIELDS", "GradientEvaluator", "DirectionEvaluator", "sign_change_metrics",
-           "loss_labels"]
+           "loss_labels", "batchable"]
 
 LossFn = Callable[[nn.Module], Tensor]
 GRADIENT_FIELDS = ("loss", "grad_norm", "cos", "rms", "smoothness")
 SIGN_FIELDS = ("a_sign", "sign_flip")
 Values = dict[str, dict[str, float]]  # label -> field -> value
+
+
+def batchable(fn: LossFn) -> bool:
+    """Whether ``torch.func.vmap`` can evaluate the loss closure ``fn`` over stacked parameter
+    sets: the clean loss (its own ``functional``), and the certified losses of ``ibp`` and of
+    ``crown-ibp`` with a fixed slope policy (``adaptive``, ``zero``, ``one``, ``same-slope``),
+    fused or not, through the engine's plain mode (:mod:`bounds.plain`). Not: PGD, the slope
+    searches, random slopes, ``crown``'s data-dependent neuron selection."""
+    if getattr(fn, "vmappable", False):
+        return True
+    spec = getattr(fn, "spec", None)
+    if spec is None or getattr(spec, "kind", None) != "certified":
+        return False
+    method, slope, _ = resolve_method(spec.method, spec.slope, spec.beta)
+    return method is None or method == "ibp" or (method == "crown-ibp" and slope in FIXED_SLOPES)
+
+
+class _Closure(nn.Module):
+    """``fn(model)`` as a module, so that ``torch.func.functional_call`` swaps the model's
+    parameters for the whole call (the engine reads them off the layers)."""
+
+    def __init__(self, model: nn.Module, fn: LossFn) -> None:
+        super().__init__()
+        self.model = model
+        self.fn = fn
+
+    def forward(self) -> Tensor:
+        return self.fn(self.model)
+
+
+def _functional(fn: LossFn, model: nn.Module) -> Callable[[dict[str, Tensor]], Tensor]:
+    """``params -> loss`` for :func:`batchable` losses (parameter names of ``model``)."""
+    if getattr(fn, "vmappable", False):
+        return fn.functional  # type: ignore[attr-defined]
+    closure = _Closure(model, fn)
+
+    def call(params: dict[str, Tensor]) -> Tensor:
+        with plain.plain():
+            return torch.func.functional_call(closure, {f"model.{k}": v for k, v in params.items()}, ())
+
+    return call
 
 
 def loss_labels(losses: Sequence[LossFn], labels: Sequence[str] | None) -> list[str]:
@@ -128,13 +172,16 @@ class GradientEvaluator:
 class DirectionEvaluator:
     """Loss values at theta_0 + sum_k c_k d_k for coefficient rows ``coeffs[i]``.
 
-    With ``vmap_batch > 1`` and every loss ``vmappable`` (see
-    :class:`landscape.scan_losses.LossClosure`), points are evaluated ``vmap_batch`` at a time in one
-    ``torch.func.vmap`` pass over stacked parameter sets (``batch_size`` is then
-    ``vmap_batch``: callers should pass chunks of that size); otherwise point by point with
-    the parameters moved in place (any chunk size, ``batch_size = None``). On a CPU the
-    vmapped pass measured slower than the loop (benchmarks/scan.py); on a GPU it batches small
-    kernels.
+    With ``vmap_batch > 1`` and every loss :func:`batchable` (the clean loss; IBP and
+    CROWN-IBP with fixed slopes, fused or not), points are evaluated ``vmap_batch`` at a time in
+    one ``torch.func.vmap`` pass over stacked parameter sets (``batch_size`` is then
+    ``vmap_batch``: callers should pass chunks of that size), the certified losses through the
+    engine's plain mode (:mod:`bounds.plain`); otherwise point by point with the parameters moved
+    in place (any chunk size, ``batch_size = None``). Both give the same values to float
+    rounding. On the 2-core CPU the vmapped pass measured slower than the loop for every loss
+    (``benchmarks/scan.py``: the loop's kernels already keep the cores busy, and plain mode gives
+    up the fast paths); on a GPU a batched pass can fill the device where one small point does
+    not, so there it is the better default for small batches.
     """
 
     fields = ["loss"]
@@ -157,8 +204,9 @@ class DirectionEvaluator:
         self.restore = get_params(model)
         self.base = [b.detach().clone() for b in base] if base is not None else self.restore
         self.params = [p for _, p in named_params(model)]
-        vm = all(getattr(fn, "vmappable", False) for fn in self.losses) and int(vmap_batch) > 1
+        vm = all(batchable(fn) for fn in self.losses) and int(vmap_batch) > 1
         self.batch_size: int | None = int(vmap_batch) if vm else None
+        self._functionals = [_functional(fn, model) for fn in self.losses] if vm else []
 
     def _vmapped(self, indices: Sequence[int]) -> list[Values]:
         names = [n for n, _ in named_params(self.model)]
@@ -166,8 +214,8 @@ class DirectionEvaluator:
         params = {n: torch.stack([s[k] for s in stacks]) for k, n in enumerate(names)}
         out: list[Values] = [{} for _ in indices]
         with torch.no_grad():
-            for label, fn in zip(self.labels, self.losses):
-                vals = torch.func.vmap(fn.functional)(params)  # type: ignore[attr-defined]
+            for label, functional in zip(self.labels, self._functionals):
+                vals = torch.func.vmap(functional, randomness="error")(params)
                 for j, v in enumerate(vals.tolist()):
                     out[j][label] = {"loss": float(v)}
         return out
