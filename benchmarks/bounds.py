@@ -1,28 +1,45 @@
-"""Benchmark of the bound engine: the cost of a certified training step and the certified loss.
+"""Benchmark of the bound engine: the cost of a certified training step, eager and compiled, against
+a natural step, auto_LiRPA and the code of Lee et al. (2021).
 
 Run::
 
-    OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/bounds.py            # both allocators
-    .venv/bin/python benchmarks/bounds.py --allocator tuned --repeats 5      # one of them
+    .venv/bin/python benchmarks/bounds.py
+    .venv/bin/python benchmarks/bounds.py --lirpa-python /tmp/lirpa-venv/bin/python \\
+        --paper-code /tmp/LossLandscapeMatters
+    .venv/bin/python benchmarks/bounds.py --extras          # + MLP crown/cap, losses, tightest statistics
 
-Prints, for DM-small on a 256-sample batch of 1x28x28 inputs (Fashion-MNIST when installed,
-else class-structured synthetic images):
+Prints, in one run:
 
-1. the time of one training step (certified loss + backward) for every method x slope, fused
-   and not, as a ratio to a natural step (cross-entropy + backward) on the same batch, measured
-   in the same process (rounds interleaved; best of ``--repeats``), once with glibc's default
-   allocator and once with large blocks kept on the heap (``mallopt`` M_MMAP_THRESHOLD 1 GiB,
-   M_TRIM_THRESHOLD 2 GiB, as ``landscape.cli`` does for the toolkit's own commands); each
-   allocator runs in a fresh subprocess;
-2. ``crown`` and ``cap`` (full linear intermediate bounds) on a small MLP, likewise;
-3. the mean certified loss of each configuration at initialisation and after a short IBP
-   training (``--train-steps`` Adam steps), fused and not;
-4. how often ``tightest`` certifies a lower loss than its own random start and than
-   ``adaptive`` over many small random networks (``--nets``), unfused and fused.
+1. **steps**: DM-small, a batch of 256 Fashion-MNIST images (class-structured synthetic images
+   when the dataset is not installed), eps 0.1, certified loss + backward with lower bounds only:
+   IBP, CROWN-IBP and tightest (eager and ``compile=True``), the fused loss and ``fused="min"``,
+   each as a multiple of a natural step (cross-entropy + backward) on the same batch; and, where
+   they compute the same thing, auto_LiRPA's IBP and CROWN-IBP (``compute_bounds(...,
+   bound_upper=False)`` on the same model, batch, box and margin specification; the step is
+   skipped with a note when ``auto_LiRPA`` cannot be imported). auto_LiRPA pins older torch
+   versions, so it usually lives in its own virtual environment: ``--lirpa-python`` runs this
+   section with that environment's interpreter (this repository is put on its path).
+2. **paper**: the setting of the paper's code (``--paper-code DIR``, a checkout of
+   github.com/sungyoon-lee/LossLandscapeMatters): its ``model_small`` on 28x28 inputs, batch 80,
+   unclipped box, no input normalisation, beta 1, kappa 0; a step is clean forward + certified
+   loss + backward + Adam step. Its CROWN-IBP and tightest ("ours") steps run its own
+   ``BoundSequential`` (imported from DIR at run time; nothing of it is copied here), ours the
+   engine with the same weights (our zoo's ``model-small``). The paper's Linear layer after the
+   convolutions is sized for 32x32 inputs; on 28x28 it is replaced by one of the right size.
+3. **compile**: the time of the first compiled step (tracing, code generation, C++ compilation)
+   in a fresh process with an empty disk cache, and again in a second process on the cache
+   the first one filled, next to the steady-state step.
+4. **extras** (``--extras``): the MLP (128, 128) steps of ``crown`` and ``cap`` (full linear
+   intermediate bounds); the mean certified loss of every CROWN-IBP slope, fused, ``fused="min"``
+   and not, at initialisation and after 60 IBP training steps (eps 0.02); how often ``tightest``
+   beats its random start and ``adaptive`` over 200 small random networks.
 
-Wall-clock times on a shared 2-core machine are noisy: ratios use the best of several
-interleaved rounds, and the per-step CPU time (``time.process_time``) ratio is printed beside
-the wall ratio (it is what the step costs in work, independent of other processes' load).
+Every section runs in its own subprocess with ``OMP_WAIT_POLICY=PASSIVE``, ``--threads`` threads
+and the tuned allocator (``landscape.allocator.tune_allocator``, as the ``landscape`` command
+does; ``--allocator default`` keeps glibc's). Ratios are best-of-``--repeats`` wall times of
+interleaved rounds in the same process; CPU-time ratios (``time.process_time``, less sensitive
+to other processes on a shared machine) are printed beside them. The load average is printed
+before and after each section.
 """
 
 from __future__ import annotations
@@ -32,29 +49,38 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from typing import Callable
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # run as a script, this folder would shadow the packages (benchmarks/bounds.py)
 _HERE = os.path.dirname(os.path.abspath(__file__))
+_ROOT = os.path.dirname(_HERE)
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
+if _ROOT not in sys.path:
+    sys.path.insert(0, _ROOT)
 
 MMAP_ENV = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
 
 
-SLOPE_LIST = ("adaptive", "zero", "one", "same-slope", "uniform", "binary", "optimized", "tightest")
+def load() -> str:
+    one, five, fifteen = os.getloadavg()
+    return f"load average {one:.2f}, {five:.2f}, {fifteen:.2f} on {os.cpu_count()} CPUs"
 
 
-def configs() -> list[tuple[str, str, bool]]:
-    out = [("ibp", "adaptive", False)]
-    for fused in (False, True):
-        out += [("crown-ibp", s, fused) for s in SLOPE_LIST]
-    return out
+def setup(args) -> None:
+    if args.allocator == "tuned":
+        from landscape.allocator import tune_allocator
+
+        tune_allocator()
+    import torch
+
+    torch.set_num_threads(args.threads)
 
 
 def load_batch(n: int, seed: int = 0):
-    """``(x [n,1,28,28], y [n], mean, std, source)``: Fashion-MNIST if installed, else synthetic."""
+    """``(x [4n,1,28,28], y [4n], mean, std, source)``: Fashion-MNIST if installed, else synthetic."""
     import torch
 
     try:
@@ -72,62 +98,343 @@ def load_batch(n: int, seed: int = 0):
         return x, y, (0.5,), (0.3,), "synthetic"
 
 
-def build(name: str, mean, std, seed: int = 0):
+def build(name: str, mean, std, seed: int = 0, **options):
+    import torch
+
+    from train.models import build_model
+
+    torch.manual_seed(seed)
+    return build_model(name, input_shape=(1, 28, 28), n_classes=10, mean=mean, std=std, **options)
+
+
+def timed(fns: dict[str, Callable], repeats: int, zero_grad: Callable[[], None]) -> dict:
+    """Best wall and CPU seconds per function over interleaved rounds (after one warm-up call each,
+    whose time is kept as ``first``)."""
+    wall = {k: float("inf") for k in fns}
+    cpu = dict(wall)
+    first = {}
+    for k, fn in fns.items():
+        zero_grad()
+        t0 = time.perf_counter()
+        fn()
+        first[k] = time.perf_counter() - t0
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            zero_grad()
+            t0, c0 = time.perf_counter(), time.process_time()
+            fn()
+            wall[k] = min(wall[k], time.perf_counter() - t0)
+            cpu[k] = min(cpu[k], time.process_time() - c0)
+    return {"wall": wall, "cpu": cpu, "first": first}
+
+
+# ----------------------------------------------------------------------------- 1. steps
+
+
+STEPS = (  # label, method, slope, fused, compile
+    ("ibp", "ibp", None, False, False),
+    ("ibp compiled", "ibp", None, False, True),
+    ("crown-ibp", "crown-ibp", "adaptive", False, False),
+    ("crown-ibp compiled", "crown-ibp", "adaptive", False, True),
+    ("tightest", "crown-ibp", "tightest", False, False),
+    ("tightest compiled", "crown-ibp", "tightest", False, True),
+    ("fused crown-ibp", "crown-ibp", "adaptive", True, False),
+    ("fused-min crown-ibp", "crown-ibp", "adaptive", "min", False),
+    ("fused tightest", "crown-ibp", "tightest", True, False),
+    ("fused-min tightest", "crown-ibp", "tightest", "min", False),
+    ("fused-min tightest compiled", "crown-ibp", "tightest", "min", True),
+)
+LIRPA = {"ibp": "IBP", "crown-ibp": "CROWN-IBP"}
+
+
+def lirpa_step(model, x, eps: float, C, method: str) -> Callable:
+    """auto_LiRPA's certified loss + backward with lower bounds only (the same box and spec)."""
+    import torch
+    import torch.nn.functional as F
+    from auto_LiRPA import BoundedModule, BoundedTensor, PerturbationLpNorm
+
+    bounded = BoundedModule(model, torch.zeros_like(x[:1]), device=x.device.type)
+    ptb = PerturbationLpNorm(norm=float("inf"), eps=eps, x_L=(x - eps).clamp(0, 1), x_U=(x + eps).clamp(0, 1))
+    zeros = torch.zeros(x.shape[0], dtype=torch.long)
+
+    def step():
+        lb, _ = bounded.compute_bounds(x=(BoundedTensor(x, ptb),), C=C, method=method, bound_upper=False)
+        z = torch.cat([torch.zeros_like(lb[:, :1]), -lb], 1)
+        loss = F.cross_entropy(z, zeros)
+        loss.backward()
+        return loss
+
+    return step
+
+
+def run_steps(args) -> dict:
+    import warnings
+
+    import torch
+    import torch.nn.functional as F
+
+    from bounds import margin_spec, robust_cross_entropy
+
+    setup(args)
+    x_all, y_all, mean, std, source = load_batch(args.batch)
+    x, y = x_all[: args.batch], y_all[: args.batch]
+    model = build("dm-small", mean, std)
+    eps = args.eps
+
+    def natural():
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        return loss
+
+    fns: dict[str, Callable] = {"natural": natural}
+    for label, method, slope, fused, comp in STEPS:
+        if comp and args.no_compile:
+            continue
+
+        def step(method=method, slope=slope, fused=fused, comp=comp):
+            loss = robust_cross_entropy(model, x, y, eps, method, slope, fused=fused, compile=comp,
+                                        generator=torch.Generator().manual_seed(0))
+            loss.backward()
+            return loss
+
+        fns[label] = step
+    notes = []
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            C = margin_spec(y, 10)
+            for ours, name in LIRPA.items():
+                fns[f"auto_LiRPA {ours}"] = lirpa_step(model, x, eps, C, name)
+    except ImportError as exc:
+        notes.append(f"auto_LiRPA not importable ({exc}): its rows are skipped (see --lirpa-python)")
+    with torch.no_grad():
+        values = {}
+        for k, fn in fns.items():
+            with torch.enable_grad():
+                values[k] = float(fn().detach())
+    out = {"load_before": load(), "data": source, "batch": args.batch, "eps": eps, "values": values, "notes": notes}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out.update(timed(fns, args.repeats, lambda: model.zero_grad(set_to_none=True)))
+    out["load_after"] = load()
+    return out
+
+
+def fmt_steps(r: dict) -> str:
+    w, c = r["wall"], r["cpu"]
+    lines = [f"\n## 1. steps: dm-small, batch {r['batch']} ({r['data']}), eps {r['eps']}, loss + backward, lower bounds only",
+             f"{r['load_before']} (before), {r['load_after']} (after)",
+             f"natural step: {w['natural'] * 1e3:.1f} ms wall, {c['natural'] * 1e3:.1f} ms CPU",
+             f"{'step':30s} {'ms':>8s} {'x natural':>10s} {'(cpu)':>7s} {'vs auto_LiRPA':>14s} {'(cpu)':>7s} {'loss':>9s}"]
+    for k in w:
+        if k == "natural":
+            continue
+        base = k.replace(" compiled", "")
+        lir = f"auto_LiRPA {base}"
+        vs = f"{w[k] / w[lir]:14.2f} {c[k] / c[lir]:7.2f}" if lir in w and not k.startswith("auto") else f"{'':14s} {'':7s}"
+        lines.append(f"{k:30s} {w[k] * 1e3:8.1f} {w[k] / w['natural']:10.2f} {c[k] / c['natural']:7.2f} {vs} "
+                     f"{r['values'][k]:9.4f}")
+    lines += [f"note: {n}" for n in r["notes"]]
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- 2. the paper's code
+
+
+def paper_modules(directory: str):
+    """The paper code's ``bound_layers`` and ``model_defs``, imported from its checkout."""
+    import importlib
+    import logging
+
+    sys.path.insert(0, os.path.abspath(directory))
+    try:
+        model_defs = importlib.import_module("model_defs")
+        bound_layers = importlib.import_module("bound_layers")
+    finally:
+        sys.path.pop(0)
+    logging.getLogger("bound_layers").setLevel(logging.WARNING)
+    return model_defs, bound_layers
+
+
+def paper_model(ours, model_defs, bound_layers, opts: dict):
+    """The paper's ``model_small`` (its Linear after the convolutions resized to 28x28 inputs) with
+    the weights of our ``model-small`` (same layers, after our identity ``Normalize``), wrapped
+    in its ``BoundSequential``."""
     import torch
     from torch import nn
 
-    from bounds import Normalize
-
-    torch.manual_seed(seed)
-    try:
-        from train.models import build_model
-
-        if name == "dm-small":
-            return build_model("dm-small", input_shape=(1, 28, 28), n_classes=10, mean=mean, std=std)
-        return build_model("mlp", input_shape=(1, 28, 28), n_classes=10, mean=mean, std=std, widths=(128, 128))
-    except ImportError:
-        if name == "dm-small":
-            return nn.Sequential(
-                Normalize(mean, std), nn.Conv2d(1, 16, 4, 2), nn.ReLU(), nn.Conv2d(16, 32, 4, 1), nn.ReLU(),
-                nn.Flatten(), nn.Linear(3200, 100), nn.ReLU(), nn.Linear(100, 10),
-            )
-        return nn.Sequential(
-            Normalize(mean, std), nn.Flatten(), nn.Linear(784, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU(),
-            nn.Linear(128, 10),
-        )
+    theirs = model_defs.model_small(1, 28)
+    layers = [m for m in ours if not type(m).__name__ == "Normalize"]
+    fixed = []
+    for mine, their in zip(layers, theirs):
+        if isinstance(their, nn.Linear) and their.in_features != mine.in_features:
+            their = nn.Linear(mine.in_features, their.out_features)
+        if isinstance(their, (nn.Linear, nn.Conv2d)):
+            with torch.no_grad():
+                their.weight.copy_(mine.weight)
+                their.bias.copy_(mine.bias)
+        fixed.append(their)
+    model = bound_layers.BoundSequential.convert(nn.Sequential(*fixed), opts)
+    model.define_bound_opts(opts)
+    return model
 
 
-def time_steps(model, x, y, eps: float, cfgs, repeats: int, opt_steps: int) -> dict:
-    """Best wall and CPU time of one step per config and of the natural step (interleaved rounds)."""
+def paper_loss(model, x, y, eps: float, lower_d: list | None = None):
+    """The paper code's CROWN-IBP robust cross-entropy with beta 1 (interval bounds, then its
+    backward pass; a clean forward first, as its training step does)."""
+    import torch
+    import torch.nn.functional as F
+
+    n = 10
+    model(x, method_opt="forward")
+    eye = torch.eye(n, dtype=x.dtype)
+    c = eye[y].unsqueeze(1) - eye.unsqueeze(0)
+    keep = y.unsqueeze(1) != torch.arange(n).unsqueeze(0)
+    c = c[keep].view(x.shape[0], n - 1, n)
+    others = torch.arange(n - 1).unsqueeze(0) + (torch.arange(n - 1).unsqueeze(0) >= y.unsqueeze(1)).long()
+    model(norm=float("inf"), x_U=x + eps, x_L=x - eps, eps=eps, C=c, method_opt="interval_range")
+    kw = {} if lower_d is None else {"lower_d_list2": lower_d}
+    _, _, lb, _ = model(norm=float("inf"), x_U=x + eps, x_L=x - eps, eps=eps, C=c, method_opt="backward_range", **kw)
+    full = torch.zeros(x.shape[0], n, dtype=x.dtype).scatter(1, others, lb)
+    return F.cross_entropy(-full, y)
+
+
+def paper_tightest_loss(model, x, y, eps: float):
+    """The paper code's "ours" step: random lower slopes, one signed-gradient step of size 2
+    clamped to [0, 1], then the loss again with those slopes (as its training step does)."""
+    import torch
+
+    loss = paper_loss(model, x, y, eps)
+    start = model.lower_d_list
+    grads = torch.autograd.grad(loss, start)
+    slopes = [torch.clamp(d - 2 * g.sign(), 0, 1).detach() for d, g in zip(start, grads)]
+    return paper_loss(model, x, y, eps, slopes)
+
+
+def run_paper(args) -> dict:
     import torch
     import torch.nn.functional as F
 
     from bounds import robust_cross_entropy
 
-    def natural():
-        return F.cross_entropy(model(x), y)
+    setup(args)
+    model_defs, bound_layers = paper_modules(args.paper_code)
+    x_all, y_all, _, _, source = load_batch(80)
+    x, y = x_all[:80], y_all[:80]
+    eps = args.eps
+    ours = build("model-small", (0.0,), (1.0,))  # the paper's MNIST setting: no input normalisation
+    crown = {k: False for k in ("same-slope", "zero-lb", "one-lb", "binary", "ours", "uniform")}
+    theirs_c = paper_model(ours, model_defs, bound_layers, dict(crown))
+    theirs_t = paper_model(ours, model_defs, bound_layers, dict(crown, ours=True))
+    opts = {name: torch.optim.Adam(m.parameters(), lr=5e-4) for name, m in
+            (("ours", ours), ("paper_c", theirs_c), ("paper_t", theirs_t))}
+    state = {k: [p.detach().clone() for p in o.param_groups[0]["params"]] for k, o in opts.items()}
 
-    fns: dict[str, Callable] = {"natural": natural}
-    for method, slope, fused in cfgs:
-        key = f"{method}|{slope}|{int(fused)}"
-        fns[key] = lambda m=method, s=slope, f=fused: robust_cross_entropy(
-            model, x, y, eps, m, s, fused=f, opt_steps=opt_steps, generator=torch.Generator().manual_seed(0)
-        )
-    wall = {k: float("inf") for k in fns}
-    cpu = {k: float("inf") for k in fns}
-    for k, fn in fns.items():  # warm-up
-        model.zero_grad(set_to_none=True)
-        fn().backward()
-    for r in range(repeats):
-        for k, fn in fns.items():
-            if "|optimized|" in k and r >= 2:  # ~20 bound passes per step: two rounds are enough
-                continue
+    def with_adam(key: str, loss_fn):
+        def step():
+            opt = opts[key]
+            opt.zero_grad(set_to_none=True)
+            loss = loss_fn()
+            loss.backward()
+            opt.step()
+            with torch.no_grad():  # every round starts from the same weights
+                for p, p0 in zip(opt.param_groups[0]["params"], state[key]):
+                    p.copy_(p0)
+            return loss
+        return step
+
+    def ours_loss(slope, comp=False):
+        def fn():
+            F.cross_entropy(ours(x), y)  # the clean forward of a training step
+            return robust_cross_entropy(ours, x, y, eps, "crown-ibp", slope, domain=None, compile=comp,
+                                        generator=torch.Generator().manual_seed(0))
+        return fn
+
+    fns = {
+        "natural (ours)": with_adam("ours", lambda: F.cross_entropy(ours(x), y)),
+        "crown-ibp (ours)": with_adam("ours", ours_loss("adaptive")),
+        "crown-ibp (paper code)": with_adam("paper_c", lambda: paper_loss(theirs_c, x, y, eps)),
+        "tightest (ours)": with_adam("ours", ours_loss("tightest")),
+        "tightest (paper code)": with_adam("paper_t", lambda: paper_tightest_loss(theirs_t, x, y, eps)),
+    }
+    if not args.no_compile:
+        fns["crown-ibp (ours, compiled)"] = with_adam("ours", ours_loss("adaptive", True))
+        fns["tightest (ours, compiled)"] = with_adam("ours", ours_loss("tightest", True))
+    values = {k: float(fn().detach()) for k, fn in fns.items()}
+    out = {"load_before": load(), "data": source, "eps": eps, "values": values}
+    out.update(timed(fns, args.repeats, lambda: None))
+    out["load_after"] = load()
+    return out
+
+
+def fmt_paper(r: dict) -> str:
+    w, c = r["wall"], r["cpu"]
+    lines = [f"\n## 2. the paper code's setting: model_small, batch 80 ({r['data']}), eps {r['eps']}, unclipped box, "
+             "clean forward + loss + backward + Adam step",
+             f"{r['load_before']} (before), {r['load_after']} (after)"]
+    for k in w:
+        lines.append(f"{k:28s} {w[k] * 1e3:8.1f} ms  {w[k] / w['natural (ours)']:6.2f}x natural "
+                     f"({c[k] / c['natural (ours)']:5.2f}x cpu)  loss {r['values'][k]:.4f}")
+    for m in ("crown-ibp", "tightest"):
+        for ours in (f"{m} (ours)", f"{m} (ours, compiled)"):
+            if ours in w:
+                b = f"{m} (paper code)"
+                lines.append(f"{ours:28s} / paper code = {w[ours] / w[b]:.2f} wall, {c[ours] / c[b]:.2f} cpu")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- 3. compile time
+
+
+def run_compile(args) -> dict:
+    """First and steady compiled steps in this process (whose disk cache the parent chose)."""
+    import torch
+
+    from bounds import robust_cross_entropy
+
+    setup(args)
+    x_all, y_all, mean, std, _ = load_batch(args.batch)
+    x, y = x_all[: args.batch], y_all[: args.batch]
+    model = build("dm-small", mean, std)
+    out = {"load_before": load()}
+    for label, method, slope in (("ibp", "ibp", None), ("crown-ibp", "crown-ibp", "adaptive"),
+                                 ("tightest", "crown-ibp", "tightest")):
+        times = []
+        for _ in range(3):
             model.zero_grad(set_to_none=True)
-            t0, c0 = time.perf_counter(), time.process_time()
-            fn().backward()
-            wall[k] = min(wall[k], time.perf_counter() - t0)
-            cpu[k] = min(cpu[k], time.process_time() - c0)
-    return {"wall": wall, "cpu": cpu}
+            t0 = time.perf_counter()
+            robust_cross_entropy(model, x, y, args.eps, method, slope, compile=True,
+                                 generator=torch.Generator().manual_seed(0)).backward()
+            times.append(time.perf_counter() - t0)
+        out[label] = {"first": times[0], "steady": min(times[1:])}
+    from torch._dynamo.utils import counters
+
+    out["cache"] = {k: v for k, v in counters["inductor"].items() if k.startswith("fxgraph_cache")}
+    out["load_after"] = load()
+    return out
+
+
+def fmt_compile(cold: dict, warm: dict) -> str:
+    lines = ["\n## 3. compile time (compile=True, dm-small, batch 256): first step in a fresh process",
+             f"cold: {cold['load_before']}; warm: {warm['load_before']}",
+             f"{'step':10s} {'empty cache':>14s} {'warm cache':>12s} {'steady step':>12s}   (seconds; compile = first - steady)"]
+    for k in ("ibp", "crown-ibp", "tightest"):
+        lines.append(f"{k:10s} {cold[k]['first']:14.1f} {warm[k]['first']:12.1f} {min(cold[k]['steady'], warm[k]['steady']):12.2f}")
+    lines.append(f"inductor FX-graph cache, cold: {cold['cache']}, warm: {warm['cache']}")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- 4. extras
+
+
+EXTRA_SLOPES = ("adaptive", "zero", "one", "same-slope", "uniform", "binary", "optimized", "tightest")
+
+
+def loss_configs() -> list[tuple[str, str, object]]:
+    out = [("ibp", "adaptive", False)]
+    for fused in (False, True, "min"):
+        out += [("crown-ibp", s, fused) for s in EXTRA_SLOPES]
+    return out
 
 
 def certified_losses(model, x, y, eps: float, cfgs, opt_steps: int) -> dict:
@@ -142,7 +449,7 @@ def certified_losses(model, x, y, eps: float, cfgs, opt_steps: int) -> dict:
                 model, x, y, eps, method, slope, fused=fused, opt_steps=opt_steps,
                 generator=torch.Generator().manual_seed(0),
             )
-            out[f"{method}|{slope}|{int(fused)}"] = float(loss)
+            out[f"{method}|{slope}|{fused}"] = float(loss)
     return out
 
 
@@ -221,122 +528,117 @@ def tightest_stats(n_nets: int, seed: int = 0) -> dict:
     return {"n_nets": n_nets, **res}
 
 
-def run_one(args) -> dict:
-    """Everything measured under the current process's allocator setting."""
-    if args.allocator == "tuned":
-        from landscape.allocator import tune_allocator
 
-        tune_allocator()
+def run_extras(args) -> dict:
+    """The MLP's crown/cap steps, certified losses at initialisation and after a short IBP
+    training, and the tightest-slope statistics over random networks."""
     import torch
+    import torch.nn.functional as F
 
-    torch.set_num_threads(args.threads)
+    from bounds import robust_cross_entropy
+
+    setup(args)
     x_all, y_all, mean, std, source = load_batch(args.batch)
     x, y = x_all[: args.batch], y_all[: args.batch]
-    out: dict = {"allocator": args.allocator, "data": source, "batch": args.batch, "eps": args.eps,
-                 "loss_eps": args.loss_eps,
-                 "train_steps": args.train_steps}
-    cfgs = configs()
+    mlp = build("mlp", mean, std, widths=(128, 128))
+    fns = {"natural": lambda: F.cross_entropy(mlp(x), y).backward()}
+    for method, slope in (("ibp", None), ("crown-ibp", "adaptive"), ("crown", "adaptive"), ("cap", None)):
+        fns[method] = lambda m=method, s=slope: robust_cross_entropy(mlp, x, y, args.eps, m, s).backward()
+    out = {"load_before": load(), "data": source, "mlp": timed(fns, max(2, args.repeats // 3), lambda: mlp.zero_grad())}
     model = build("dm-small", mean, std)
-    out["dm-small"] = time_steps(model, x, y, args.eps, cfgs, args.repeats, args.opt_steps)
-    mlp = build("mlp", mean, std)
-    mlp_cfgs = [("ibp", "adaptive", False), ("crown-ibp", "adaptive", False), ("crown", "adaptive", False),
-                ("cap", "same-slope", False), ("crown", "adaptive", True), ("cap", "same-slope", True)]
-    out["mlp"] = time_steps(mlp, x, y, args.eps, mlp_cfgs, args.repeats, args.opt_steps)
-    if not args.timing_only:
-        le = args.loss_eps
-        out["loss_init"] = certified_losses(model, x, y, le, cfgs, args.opt_steps)
-        out["unstable_init"] = unstable_fraction(model, x, le)
-        out["acc_trained"] = train_ibp(model, x_all, y_all, le, args.train_steps, min(128, args.batch))
-        out["loss_trained"] = certified_losses(model, x, y, le, cfgs, args.opt_steps)
-        out["unstable_trained"] = unstable_fraction(model, x, le)
-        out["tightest"] = tightest_stats(args.nets)
+    le, cfgs = 0.02, loss_configs()
+    out["loss_init"] = certified_losses(model, x, y, le, cfgs, 20)
+    out["unstable_init"] = unstable_fraction(model, x, le)
+    out["acc_trained"] = train_ibp(model, x_all, y_all, le, 60, min(128, args.batch))
+    out["loss_trained"] = certified_losses(model, x, y, le, cfgs, 20)
+    out["unstable_trained"] = unstable_fraction(model, x, le)
+    out["tightest"] = tightest_stats(200)
+    out["load_after"] = load()
     return out
 
 
-def fmt_table(results: list[dict]) -> str:
-    lines = []
-    allocs = [r["allocator"] for r in results]
-    for net in ("dm-small", "mlp"):
-        lines.append(f"\n## {net}: step time / natural step (wall, best of rounds; cpu-time ratio in brackets)")
-        nat = "  ".join(f"{a}: {r[net]['wall']['natural'] * 1e3:.1f} ms" for a, r in zip(allocs, results))
-        lines.append(f"natural step: {nat}")
-        head = f"{'method':10s} {'slope':11s} {'fused':5s} " + " ".join(f"{a:>18s}" for a in allocs)
-        lines.append(head)
-        for key in results[0][net]["wall"]:
-            if key == "natural":
-                continue
-            method, slope, fused = key.split("|")
-            cells = []
-            for r in results:
-                w, c = r[net]["wall"], r[net]["cpu"]
-                cells.append(f"{w[key] / w['natural']:8.2f}x [{c[key] / c['natural']:5.2f}x]")
-            lines.append(f"{method:10s} {slope:11s} {'yes' if fused == '1' else 'no':5s} " + " ".join(f"{s:>18s}" for s in cells))
-    r0 = results[0]
-    if "loss_init" in r0:
+def fmt_extras(r: dict) -> str:
+    w, c = r["mlp"]["wall"], r["mlp"]["cpu"]
+    lines = ["\n## 4. extras", f"{r['load_before']} (before), {r['load_after']} (after)",
+             "MLP (128, 128), loss + backward: " + ", ".join(
+                 f"{k} {w[k] / w['natural']:.1f}x ({c[k] / c['natural']:.1f}x cpu)" for k in w if k != "natural"),
+             f"mean certified loss, dm-small, eps 0.02: init -> after 60 IBP steps (clean train acc "
+             f"{r['acc_trained']:.3f}; IBP-unstable ReLUs {r['unstable_init']:.3f} -> {r['unstable_trained']:.3f})"]
+    for key in r["loss_init"]:
+        method, slope, fused = key.split("|")
+        lines.append(f"{method:10s} {slope:11s} fused={fused:5s} {r['loss_init'][key]:9.4f} -> {r['loss_trained'][key]:9.4f}")
+    t = r["tightest"]
+    lines.append(f"tightest vs its random start and vs adaptive (crown-ibp), {t['n_nets']} random MLPs")
+    for key in ("unfused", "fused"):
+        s = t[key]
         lines.append(
-            f"\n## mean certified loss, dm-small, eps={r0['loss_eps']} ({r0['data']}): init -> after "
-            f"{r0.get('train_steps', '?')} IBP steps (clean train acc {r0['acc_trained']:.3f}; IBP-unstable "
-            f"ReLUs {r0['unstable_init']:.3f} -> {r0['unstable_trained']:.3f})"
-        )
-        for key in r0["loss_init"]:
-            method, slope, fused = key.split("|")
-            lines.append(
-                f"{method:10s} {slope:11s} {'fused' if fused == '1' else 'plain':5s} "
-                f"{r0['loss_init'][key]:9.4f} -> {r0['loss_trained'][key]:9.4f}"
-            )
-        t = r0["tightest"]
-        lines.append(f"\n## tightest vs its random start and vs adaptive (crown-ibp), {t['n_nets']} random MLPs")
-        for key in ("unfused", "fused"):
-            s = t[key]
-            lines.append(
-                f"{key:8s} nets with lower mean loss: vs start {s['vs_start']}/{t['n_nets']} "
-                f"(ties {s['ties_start']}), vs adaptive {s['vs_adaptive']}/{t['n_nets']}; samples: "
-                f"vs start {s['sample_vs_start'][0]}/{s['sample_vs_start'][1]}, "
-                f"vs adaptive {s['sample_vs_adaptive'][0]}/{s['sample_vs_adaptive'][1]}"
-            )
+            f"{key:8s} nets with lower mean loss: vs start {s['vs_start']}/{t['n_nets']} (ties {s['ties_start']}), "
+            f"vs adaptive {s['vs_adaptive']}/{t['n_nets']}; samples: vs start {s['sample_vs_start'][0]}/"
+            f"{s['sample_vs_start'][1]}, vs adaptive {s['sample_vs_adaptive'][0]}/{s['sample_vs_adaptive'][1]}")
     return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- driver
+
+
+def child(args, role: str, python: str | None = None, env_extra: dict | None = None) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in MMAP_ENV}
+    env["OMP_WAIT_POLICY"] = "PASSIVE"
+    env["PYTHONPATH"] = os.pathsep.join([_ROOT, env.get("PYTHONPATH", "")])
+    env.update(env_extra or {})
+    cmd = [python or sys.executable, os.path.abspath(__file__), "--child", role, *args.passthrough]
+    print(f"running {role} ...", file=sys.stderr, flush=True)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{role} failed:\n{proc.stderr[-4000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--allocator", choices=("both", "tuned", "default"), default="both")
+    p.add_argument("--allocator", choices=("tuned", "default"), default="tuned")
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--eps", type=float, default=0.1)
-    p.add_argument("--loss-eps", type=float, default=0.02, help="eps of the loss table and of the short training")
-    p.add_argument("--repeats", type=int, default=6)
+    p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--opt-steps", type=int, default=20)
-    p.add_argument("--train-steps", type=int, default=60)
-    p.add_argument("--nets", type=int, default=200)
-    p.add_argument("--timing-only", action="store_true", help="skip the loss and tightest statistics")
+    p.add_argument("--no-compile", action="store_true", help="skip the compiled steps and the compile times")
+    p.add_argument("--lirpa-python", help="interpreter of an environment with auto_LiRPA installed (section 1)")
+    p.add_argument("--paper-code", help="checkout of the paper's repository (section 2; skipped without it)")
+    p.add_argument("--extras", action="store_true", help="also the MLP crown/cap steps, losses and tightest statistics")
     p.add_argument("--json", help="write the raw results here")
-    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    args.passthrough = ["--allocator", args.allocator, "--batch", str(args.batch), "--eps", str(args.eps),
+                        "--repeats", str(args.repeats), "--threads", str(args.threads)]
+    if args.no_compile:
+        args.passthrough.append("--no-compile")
+    if args.paper_code:
+        args.passthrough += ["--paper-code", args.paper_code]
     if args.child:
-        print(json.dumps(run_one(args)))
+        run = {"steps": run_steps, "paper": run_paper, "compile": run_compile, "extras": run_extras}
+        print(json.dumps(run[args.child](args)))
         return 0
-    results = []
-    for alloc in (("default", "tuned") if args.allocator == "both" else (args.allocator,)):
-        env = {k: v for k, v in os.environ.items() if k not in MMAP_ENV}
-        env["OMP_WAIT_POLICY"] = "PASSIVE"
-        cmd = [sys.executable, os.path.abspath(__file__), "--child", "--allocator", alloc, "--batch", str(args.batch),
-               "--eps", str(args.eps), "--loss-eps", str(args.loss_eps), "--repeats", str(args.repeats), "--threads", str(args.threads),
-               "--opt-steps", str(args.opt_steps), "--train-steps", str(args.train_steps), "--nets", str(args.nets)]
-        if args.timing_only or (alloc == "default" and args.allocator == "both"):
-            cmd.append("--timing-only")
-        print(f"running {alloc} allocator ...", file=sys.stderr, flush=True)
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-        if proc.returncode != 0:
-            print(proc.stderr, file=sys.stderr)
-            return proc.returncode
-        results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-    if len(results) == 2:  # losses were measured under the tuned run only (they do not depend on it)
-        results[0].update({k: v for k, v in results[1].items() if k.startswith(("loss_", "acc_", "unstable_", "tightest"))})
-        results = [results[0], results[1]]
+    print(f"# benchmarks/bounds.py, {time.strftime('%Y-%m-%d %H:%M')}; {load()}")
+    results = {"steps": child(args, "steps", args.lirpa_python)}
+    print(fmt_steps(results["steps"]), flush=True)
+    if args.paper_code:
+        results["paper"] = child(args, "paper")
+        print(fmt_paper(results["paper"]), flush=True)
+    else:
+        print("\n## 2. the paper code's setting: skipped (no --paper-code DIR)")
+    if not args.no_compile:
+        with tempfile.TemporaryDirectory(prefix="landscape-compile-") as cache:
+            env = {"LANDSCAPE_COMPILE_CACHE": cache}
+            cold = child(args, "compile", env_extra=env)
+            warm = child(args, "compile", env_extra=env)
+        results["compile"] = {"cold": cold, "warm": warm}
+        print(fmt_compile(cold, warm), flush=True)
+    if args.extras:
+        results["extras"] = child(args, "extras")
+        print(fmt_extras(results["extras"]), flush=True)
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(results, fh, indent=1)
-    print(fmt_table(results))
     return 0
 
 
