@@ -74,15 +74,19 @@ def _existing_run(out: Path) -> dict[str, Any] | None:
             return json.loads(cfg.read_text())
         except json.JSONDecodeError:
             raise click.ClickException(f"{cfg} is not valid JSON; use --overwrite or another --out") from None
-    if any((out / f).exists() for f in RUN_FILES) or any(out.glob("checkpoint_epoch*.pt")):
+    from landscape.trajectory import run_checkpoints
+
+    if any((out / f).exists() for f in RUN_FILES) or run_checkpoints(out):
         return {}
     return None
 
 
 def _clear_run(out: Path) -> None:
+    from landscape.trajectory import run_checkpoints
+
     for name in RUN_FILES:
         (out / name).unlink(missing_ok=True)
-    for p in out.glob("checkpoint_epoch*.pt"):
+    for p in run_checkpoints(out):  # epoch and step checkpoints: a stale one would join the next trajectory
         p.unlink()
 
 
@@ -152,6 +156,11 @@ def _option(flag: str, help: str = "", **kw):
          "spread.")
 @_option("--probe-fresh-slopes/--no-probe-fresh-slopes", default=None,
          help="Draw new random slopes at every probe point, as the paper's probe does.")
+@_option("--probe-hessian/--no-probe-hessian", default=None,
+         help="Each probe also records the top Hessian eigenvalue (Lanczos) and the trace (Hutchinson) of the "
+              "step's loss (probes columns hessian_top_eig, hessian_trace, hessian_trace_stderr).")
+@_option("--checkpoint-every-steps", type=int, help="Also write checkpoint_step{S}.pt every N steps (and "
+         "checkpoint_step0.pt, the initialisation): a finer trajectory for scan --kind pca (0 = off).")
 @_option("--eval-size", type=int, help="Test samples evaluated after each epoch (0 = off).")
 @_option("--opt-steps", type=int, help="Iterations of the 'optimized' slope policy.")
 @_option("--opt-lr", type=float, help="Step size of the 'optimized' slope policy.")

@@ -25,6 +25,12 @@ once with ``batch_seed``, so runs of every method and seed are probed on the sam
 stores, per row, the mean over the batches and, as ``<column>_std``, their standard deviation:
 a probe on one batch varies by about as much as the methods differ.
 
+Curvature (``hessian=True``, ``train --probe-hessian``): at theta, the Hessian eigenvalue of
+largest magnitude of the step's loss by ``hessian_steps`` Lanczos steps
+(:func:`landscape.hessian.top_eigenvalues`, ``which="magnitude"``, as ``scan --hessian``) and its
+trace by Hutchinson's estimate with ``trace_samples`` Rademacher vectors
+(:func:`landscape.hessian.hessian_trace`), both seeded with ``seed``.
+
 Fresh slopes: the step's loss draws its random slopes (``tightest``'s random start, ``uniform``,
 ``binary``) from one seed, so every point of the scan uses the same start. With
 ``fresh_slopes=True`` every evaluation draws a new one, as the paper's probe does.
@@ -61,16 +67,20 @@ class GradientProbe:
         batches: 1 (the step's batch) or K > 1 fixed batches (see the module docstring).
         fresh_slopes: draw new random slopes at every evaluation (the paper's probe).
         batch_seed: seed of the fixed batches.
+        hessian: also record the top Hessian eigenvalue and the trace of the step's loss; None:
+            as the run's config says (``probe_hessian``).
+        hessian_steps, trace_samples: Lanczos steps of the eigenvalue, Rademacher vectors of the trace.
     """
 
     #: columns that get a ``<name>_std`` over the probe batches
     SPREAD = ("loss_variation", "loss_final_variation", "cos", "cos_final", "smoothness", "a_sign", "sign_flip",
-              "rga_cos", "loss", "loss_final")
+              "rga_cos", "loss", "loss_final", "hessian_top_eig", "hessian_trace")
 
     def __init__(self, path: str | None = None, every: int = 100, t_values: Sequence[float] | None = None,
                  metrics: bool = True, seed: int = 0,
                  sink: Callable[[str, dict[str, np.ndarray]], None] | None = None,
-                 batches: int = 1, fresh_slopes: bool = False, batch_seed: int = 0) -> None:
+                 batches: int = 1, fresh_slopes: bool = False, batch_seed: int = 0, hessian: bool | None = None,
+                 hessian_steps: int = 20, trace_samples: int = 20) -> None:
         if (path is None) == (sink is None):
             raise ValueError("GradientProbe needs exactly one of path and sink")
         if int(every) < 1:
@@ -86,6 +96,9 @@ class GradientProbe:
         self.batches = int(batches)
         self.fresh_slopes = bool(fresh_slopes)
         self.batch_seed = int(batch_seed)
+        if int(hessian_steps) < 1 or int(trace_samples) < 1:
+            raise ValueError(f"hessian_steps and trace_samples must be >= 1, got {hessian_steps}, {trace_samples}")
+        self.hessian, self.hessian_steps, self.trace_samples = hessian, int(hessian_steps), int(trace_samples)
         self._fixed: list[tuple[torch.Tensor, torch.Tensor]] | None = None
         self.n_probes = 0
 
@@ -224,7 +237,20 @@ class GradientProbe:
         for name, value in rga.items():
             if name.startswith("unstable_frac_l"):
                 rows[name] = np.full(n, value, dtype=np.float32)
+        hessian = self.hessian if self.hessian is not None else \
+            bool(getattr(getattr(ctx, "config", None), "probe_hessian", False))
+        if hessian:
+            rows.update({k: np.full(n, v, dtype=np.float32) for k, v in self._curvature(loss_fn, model).items()})
         return rows
+
+    def _curvature(self, loss_fn: Callable, model: nn.Module) -> dict[str, float]:
+        """The top eigenvalue (largest magnitude) and the trace of the Hessian of ``loss_fn`` at theta."""
+        from landscape.hessian import hessian_trace, top_eigenvalues
+
+        steps = min(self.hessian_steps, sum(p.numel() for _, p in named_params(model)))
+        top = top_eigenvalues(loss_fn, model, k=1, iters=steps, seed=self.seed, which="magnitude")
+        trace = hessian_trace(loss_fn, model, samples=self.trace_samples, seed=self.seed)
+        return {"hessian_top_eig": float(top[0]), "hessian_trace": trace.mean, "hessian_trace_stderr": trace.stderr}
 
 
 def _seed(*parts: int) -> int:

@@ -47,6 +47,8 @@ from train.checkpoint import check_finite, load_checkpoint, load_model
 __all__ = [
     "Trajectory",
     "TrajectoryPCA",
+    "TRAJECTORY_PATTERNS",
+    "run_checkpoints",
     "find_checkpoints",
     "load_trajectory",
     "pca_directions",
@@ -92,11 +94,22 @@ def _is_glob(text: str) -> bool:
     return any(c in text for c in "*?[")
 
 
+TRAJECTORY_PATTERNS: tuple[str, ...] = ("checkpoint_epoch*.pt", "checkpoint_step*.pt")
+"""The checkpoints of a run that make its trajectory: one after every epoch, and those of
+``train --checkpoint-every-steps`` (ordered by the (epoch, step) each records, not by name)."""
+
+
+def run_checkpoints(folder: str | os.PathLike) -> list[Path]:
+    """The :data:`TRAJECTORY_PATTERNS` files in ``folder``, sorted by name."""
+    return sorted({p for pattern in TRAJECTORY_PATTERNS for p in Path(folder).glob(pattern)})
+
+
 def find_checkpoints(source: str | os.PathLike | Sequence[str | os.PathLike]) -> tuple[list[Path], Path | None]:
     """The checkpoint files of a trajectory and its final checkpoint (None: the last by epoch).
 
-    - a checkpoint file: the ``checkpoint_epoch*.pt`` beside it, and the file itself as final;
-    - a run directory: its ``checkpoint_epoch*.pt``; final: its ``checkpoint.pt`` if present;
+    - a checkpoint file: the ``checkpoint_epoch*.pt`` and ``checkpoint_step*.pt`` beside it, and
+      the file itself as final;
+    - a run directory: those files in it; final: its ``checkpoint.pt`` if present;
     - a glob pattern (``runs/a/checkpoint_epoch*.pt``) or a list of files: those files.
     """
     if not isinstance(source, (str, os.PathLike)):
@@ -110,14 +123,14 @@ def find_checkpoints(source: str | os.PathLike | Sequence[str | os.PathLike]) ->
         return files, None
     path = Path(text)
     if path.is_dir():
-        files = sorted(path.glob("checkpoint_epoch*.pt"))
+        files = run_checkpoints(path)
         final = path / "checkpoint.pt"
         if not files and not final.exists():
-            raise FileNotFoundError(f"{text} holds no checkpoint_epoch*.pt and no checkpoint.pt")
+            raise FileNotFoundError(f"{text} holds no checkpoint_epoch*.pt, checkpoint_step*.pt or checkpoint.pt")
         return files, final if final.exists() else None
     if not path.exists():
         raise FileNotFoundError(f"checkpoint {text!r} does not exist")
-    return sorted(path.parent.glob("checkpoint_epoch*.pt")), path
+    return run_checkpoints(path.parent), path
 
 
 def _describe(desc: dict[str, Any]) -> str:

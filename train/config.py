@@ -48,7 +48,7 @@ DEFAULT_LR = {"adam": 1e-3, "sgd": 0.05}
 #: Fields that do not change what a run computes; a resumed or re-opened run may differ here.
 NON_IDENTITY_FIELDS = frozenset(
     {"epochs", "device", "data_dir", "record_every", "grad_every", "probe_every", "probe_batches",
-     "probe_fresh_slopes", "eval_size"}
+     "probe_fresh_slopes", "eval_size", "checkpoint_every_steps", "probe_hessian"}
 )
 
 
@@ -91,6 +91,10 @@ class TrainConfig:
         probe_every [steps]: gradient-direction probes every N steps (0 = never; CLI only).
         probe_batches: probe the step's batch (1) or K fixed training batches, with their spread.
         probe_fresh_slopes: a probe draws new random slopes at every point (the paper's probe).
+        probe_hessian: a probe also records the top Hessian eigenvalue and the trace of the
+            step's loss (``landscape.probes``).
+        checkpoint_every_steps [steps]: also write ``checkpoint_step{S}.pt`` every N optimiser
+            steps (and ``checkpoint_step0.pt``, the initialisation), for finer trajectories; 0 = never.
         eval_size: test samples used by the per-epoch evaluation (0 = skip it).
         opt_steps, opt_lr: iterations and step size of the ``optimized`` slope policy.
     """
@@ -132,6 +136,8 @@ class TrainConfig:
     probe_every: int = 0
     probe_batches: int = 1
     probe_fresh_slopes: bool = False
+    probe_hessian: bool = False
+    checkpoint_every_steps: int = 0
     eval_size: int = 1000
     opt_steps: int = 20
     opt_lr: float = 0.1
@@ -191,7 +197,7 @@ class TrainConfig:
         _finite("grad_clip", self.grad_clip, low=0.0)
         _integer("seed", self.seed, low=0)
         _integer("probe_batches", self.probe_batches, low=1)
-        for name in ("fused_loss", "normalize_inputs", "bounded_input", "probe_fresh_slopes"):
+        for name in ("fused_loss", "normalize_inputs", "bounded_input", "probe_fresh_slopes", "probe_hessian"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
         for name in ("train_size", "test_size"):
@@ -204,7 +210,7 @@ class TrainConfig:
         if not isinstance(self.device, str) or not self.device.startswith(DEVICES_PREFIX):
             raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
         _integer("record_every", self.record_every, low=1)
-        for name in ("grad_every", "probe_every", "eval_size", "opt_steps"):
+        for name in ("grad_every", "probe_every", "eval_size", "opt_steps", "checkpoint_every_steps"):
             _integer(name, getattr(self, name), low=0)
         _finite("opt_lr", self.opt_lr, low=0.0, strict=True)
 

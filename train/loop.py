@@ -161,7 +161,10 @@ def train(
         resume_from: checkpoint to continue from (its config must match, ``epochs`` may grow).
         progress: show a tqdm bar (steps, loss, robust error, eps, time left).
         out_dir: if given, ``out_dir/checkpoint_epoch{N}.pt`` after epoch N (1-based) and
-            ``out_dir/checkpoint.pt`` at the end.
+            ``out_dir/checkpoint.pt`` at the end; with ``config.checkpoint_every_steps = K > 0``
+            also ``checkpoint_step{S}.pt`` after every K-th step S that does not end an epoch, and
+            ``checkpoint_step0.pt`` before a fresh run's first step (a resume from one written
+            in the middle of an epoch is refused).
         data: a loaded dataset (``train_x``, ``train_y``, ``test_x``, ``test_y``, ``spec``);
             default ``train.data.load_dataset`` of the config.
         model: a ready model to train instead of building ``config.model`` (checkpoints then
@@ -208,6 +211,10 @@ def train(
     if n == 0:
         raise ValueError(f"dataset {config.dataset!r} has no training samples")
     spe = math.ceil(n / config.batch_size)
+    if ckpt is not None and step != start_epoch * spe:
+        raise ValueError(f"cannot resume from {str(resume_from)!r}: it was written in the middle of epoch "
+                         f"{start_epoch + 1} (step {step}, a point of the trajectory of --checkpoint-every-steps); "
+                         "resume from a checkpoint_epoch{N}.pt")
     schedule = Schedule.from_config(config, spe)
     method, slope = config.method, config.resolved_slope
     extra_kw = {"opt_steps": config.opt_steps, "opt_lr": config.opt_lr} if slope == "optimized" else {}
@@ -247,6 +254,9 @@ def train(
 
     bar = _progress_bar(config.epochs * spe, step, method, progress)
     t0 = time.perf_counter()
+    every = config.checkpoint_every_steps if out_path is not None else 0
+    if every and ckpt is None:
+        save(out_path / "checkpoint_step0.pt", 0, 0.0)  # the initialisation starts the trajectory
     last_ckpt: Path | None = None
     try:
         for epoch in range(start_epoch, config.epochs):
@@ -291,6 +301,8 @@ def train(
                              ("robust_err", stats.get("robust_err", math.nan))):
                     sums[k] = sums.get(k, 0.0) + v * len(yb)
                 step += 1
+                if every and step % every == 0 and step % spe != 0:  # an epoch's end has its own checkpoint
+                    save(out_path / f"checkpoint_step{step}.pt", epoch, wall_offset + time.perf_counter() - t0)
                 if bar is not None:
                     bar.update(1)
                     if b % 5 == 0 or b == spe - 1:
