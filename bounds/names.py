@@ -136,8 +136,9 @@ PAPER_METHODS: tuple[str, ...] = ("ibp", "crown-ibp", "cap", "tightest")
 @dataclass(frozen=True)
 class ScanKind:
     """A kind of scan: what it moves along (``summary``), its grid's default number of points
-    per axis and coefficient range (None: not a range), what its axis means in a figure, and
-    its number of grid axes."""
+    per axis and coefficient range (None: not a range, or set by the data, as the trajectory
+    sets a PCA scan's), what its axis means in a figure, and its number of grid axes (0: no
+    grid, one record per scanned loss, as the Hessian's spectrum)."""
 
     summary: str
     points: int
@@ -155,6 +156,10 @@ SCAN_KINDS: dict[str, ScanKind] = {
                           "coefficients of the two random directions", dims=2),
     "interpolate": ScanKind("theta_1 + alpha (theta_2 - theta_1) between two checkpoints", 41, (-0.5, 1.5),
                             "interpolation α (0 = first checkpoint, 1 = second)"),
+    "pca": ScanKind("theta + x d_1 + y d_2 on a grid of the top two principal directions of the training "
+                    "trajectory", 21, None, "coordinates along the trajectory's two principal directions", dims=2),
+    "hessian": ScanKind("the Hessian at theta: top eigenvalues (Lanczos), trace (Hutchinson) and spectral density "
+                        "(SLQ)", 0, None, "eigenvalue of the Hessian", dims=0),
 }
 """What ``landscape scan --kind`` can scan."""
 

@@ -33,15 +33,36 @@ from bounds.names import DIRECTION_NORMS, SCAN_KINDS, SCAN_LOSSES, TRAIN_METHODS
 @click.option("--split", type=click.Choice(["train", "test"]), default="train", show_default=True)
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seeds samples, directions, random slopes.")
 @click.option("--points", type=click.IntRange(min=1), default=None,
-              help="Points per axis [gradient: 10 log-spaced t (plus 0 and 1); random: 21; interpolate: 41].")
-@click.option("--range", "range_", default=None, help="'a,b' coefficient range [random: -1,1; interpolate: -0.5,1.5].")
+              help="Points per axis [gradient: 10 log-spaced t (plus 0 and 1); random, pca: 21; interpolate: 41].")
+@click.option("--range", "range_", default=None,
+              help="'a,b' coefficient range [random: -1,1; interpolate: -0.5,1.5; pca: each axis covers the "
+                   "trajectory with a 10% margin].")
 @click.option("--t-min", type=float, default=0.5, show_default=True, help="Smallest t > 0 of the gradient scan.")
 @click.option("--t-max", type=float, default=5.0, show_default=True, help="Largest t of the gradient scan.")
 @click.option("--lr", type=float, default=None, help="Step scale of the gradient scan [default: the training lr].")
 @click.option("--norm", type=click.Choice(DIRECTION_NORMS), default="filter", show_default=True,
               help="Normalisation of random directions.")
-@click.option("--keep-bias", is_flag=True, help="Also move biases along random directions (default: zeroed).")
-@click.option("--hessian", is_flag=True, help="Also store the top Hessian eigenvalue of each loss at the checkpoint.")
+@click.option("--keep-bias/--zero-bias", default=None,
+              help="Move biases along random or PCA directions, or not [default: zeroed for random directions, "
+                   "kept for PCA ones].")
+@click.option("--trajectory", default=None,
+              help="pca: the checkpoints of the trajectory, a glob such as 'runs/a/checkpoint_step*.pt' or a run "
+                   "directory [default: the checkpoint_epoch*.pt and checkpoint_step*.pt beside CHECKPOINT]; the "
+                   "trajectory ends at CHECKPOINT.")
+@click.option("--center", is_flag=True, help="pca: centre the checkpoints' differences before the SVD (as "
+              "scikit-learn's PCA does) [default: not, as Li et al.'s text].")
+@click.option("--top-k", type=int, default=None, help="hessian: how many of the largest eigenvalues [default: 5].")
+@click.option("--lanczos-steps", type=int, default=None,
+              help="hessian: Lanczos steps for the top eigenvalues [default: max(2k + 20, 40)].")
+@click.option("--trace-samples", type=int, default=None,
+              help="hessian: Rademacher vectors of Hutchinson's trace estimate [default: 100].")
+@click.option("--density-runs", type=int, default=None, help="hessian: SLQ runs of the spectral density [default: 10].")
+@click.option("--density-steps", type=int, default=None, help="hessian: Lanczos steps per SLQ run [default: 40].")
+@click.option("--density-sigma", type=float, default=None,
+              help="hessian: Gaussian width of the density, relative to the spread of the eigenvalues [default: 0.01].")
+@click.option("--density-points", type=int, default=None, help="hessian: grid points of the density [default: 1000].")
+@click.option("--hessian", is_flag=True, help="Also store the Hessian eigenvalue of largest magnitude of each loss at "
+              "the checkpoint (Lanczos).")
 @click.option("--metrics/--no-metrics", default=True, show_default=True,
               help="Gradient scans: sign changes (a_sign, sign_flip) of the bound coefficients.")
 @click.option("--pgd-steps", type=click.IntRange(min=1), default=10, show_default=True,
@@ -65,8 +86,13 @@ def scan(checkpoint: str, methods: str | None, range_: str | None, quiet: bool, 
         parts = []
         for label, attrs in done.label_attrs.items():
             lv = attrs.get("loss_variation")
-            parts.append(f"{label}: loss variation {lv:.4g}" if lv is not None else label)
-        click.echo(f"wrote {done.path}: {done.n_points} points ({done.computed} computed now in "
+            if "trace" in attrs:
+                parts.append(f"{label}: top eigenvalue {attrs['top_eigenvalue']:.4g}, trace {attrs['trace']:.4g} "
+                             f"± {attrs['trace_stderr']:.2g}")
+            else:
+                parts.append(f"{label}: loss variation {lv:.4g}" if lv is not None else label)
+        unit = "losses" if request.kind == "hessian" else "points"
+        click.echo(f"wrote {done.path}: {done.n_points} {unit} ({done.computed} computed now in "
                    f"{done.seconds:.2f} s); " + "; ".join(parts))
     for label, n in done.nonfinite.items():
         click.echo(f"Warning: {n} point(s) of {label} have a loss that is not finite (an overflow: a step too "

@@ -58,7 +58,9 @@ def finish_scan(scan: store.ScanFile, summaries: Summaries | None = None) -> Non
     if complete:
         extra = summaries(scan) if summaries is not None else {}
         for label in scan.labels:
-            attrs: dict[str, Any] = {"loss_variation": loss_variation(scan.data[label]["loss"])}
+            attrs: dict[str, Any] = {}
+            if not scan.gridless:  # one point: no variation to speak of
+                attrs["loss_variation"] = loss_variation(scan.data[label]["loss"])
             if scan.nonfinite(label):
                 attrs["nonfinite_points"] = scan.nonfinite(label)
             attrs.update(extra.get(label, {}))
@@ -162,6 +164,12 @@ class ScanRequest:
     ``clean`` / ``pgd``); a gradient scan moves along the first one's gradient. ``eps``,
     ``beta``, ``kappa`` default to the checkpoint's final training values, ``lr`` to its
     learning rate. ``data``: an already loaded dataset of the checkpoint (else loaded here).
+    ``keep_bias``: whether biases move along random or PCA directions (default: not for random
+    directions, yes for PCA ones). ``trajectory``, ``center``: the checkpoints of a PCA scan (a
+    glob, a list or a run directory; default: the run's epoch and step checkpoints beside
+    ``checkpoint``) and whether their differences are centred. ``top_k`` to
+    ``density_points``: the work of a Hessian scan (:class:`landscape.spectrum.SpectrumOptions`;
+    None: its defaults).
     """
 
     checkpoint: str
@@ -183,8 +191,17 @@ class ScanRequest:
     t_max: float = 5.0
     lr: float | None = None
     norm: str = "filter"
-    keep_bias: bool = False
+    keep_bias: bool | None = None
     hessian: bool = False
+    trajectory: str | Sequence[str] | None = None
+    center: bool = False
+    top_k: int | None = None
+    lanczos_steps: int | None = None
+    trace_samples: int | None = None
+    density_runs: int | None = None
+    density_steps: int | None = None
+    density_sigma: float | None = None
+    density_points: int | None = None
     metrics: bool = True
     pgd_steps: int = 10
     fused: bool = False
@@ -214,15 +231,47 @@ class ScanRequest:
         for name, value in (("samples", self.samples), ("points", self.points or 1), ("pgd_steps", self.pgd_steps)):
             if int(value) < 1:
                 raise ValueError(f"--{name.replace('_', '-')}: must be >= 1, got {value}")
+        if self.kind != "pca" and (self.trajectory is not None or self.center):
+            raise ValueError("--trajectory and --center are only used with --kind pca")
+        spectrum = {k: v for k, v in self.spectrum_options().items() if v is not None}
+        if self.kind != "hessian" and spectrum:
+            raise ValueError(f"--{next(iter(spectrum)).replace('_', '-')} is only used with --kind hessian")
+        if self.kind == "hessian":
+            if self.hessian:
+                raise ValueError("--hessian adds the top eigenvalue to a grid scan; --kind hessian computes the "
+                                 "spectrum itself (drop --hessian)")
+            if self.points is not None or self.range is not None:
+                raise ValueError("--points and --range set a grid; --kind hessian has none (see --top-k)")
+            from landscape.spectrum import SpectrumOptions
+
+            SpectrumOptions(**spectrum)
         parse_range(self.range, self.kind)
 
-    def coords(self) -> dict[str, np.ndarray]:
-        """The grid axes: ``t`` (gradient), ``x`` (and ``y``) (random), ``alpha`` (interpolate)."""
+    def spectrum_options(self) -> dict[str, Any]:
+        """The options of a Hessian scan as given (None: the default)."""
+        names = ("top_k", "lanczos_steps", "trace_samples", "density_runs", "density_steps", "density_sigma",
+                 "density_points")
+        return {k: getattr(self, k) for k in names}
+
+    def moves_bias(self) -> bool:
+        """Whether biases move along the scan's directions: ``keep_bias``, else only for PCA."""
+        return bool(self.keep_bias) if self.keep_bias is not None else self.kind == "pca"
+
+    def coords(self, ranges: Sequence[tuple[float, float]] | None = None) -> dict[str, np.ndarray]:
+        """The grid axes: ``t`` (gradient), ``x`` (and ``y``) (random, PCA), ``alpha``
+        (interpolate), none (hessian). ``ranges``: the default range of each axis, where the
+        kind has none of its own (PCA: the trajectory's); ``--range`` wins."""
         from landscape.scans import default_t_values, grid_coords
 
         n = self.points if self.points is not None else SCAN_KINDS[self.kind].points
         if self.kind == "gradient":
             return {"t": default_t_values(self.t_min, self.t_max, n)}
+        if self.kind == "hessian":
+            return {}
+        if self.kind == "pca":
+            given = parse_range(self.range, self.kind) if self.range is not None else None
+            (xlo, xhi), (ylo, yhi) = (given, given) if given is not None else ranges  # type: ignore[misc]
+            return {"x": grid_coords(xlo, xhi, n), "y": grid_coords(ylo, yhi, n)}
         lo, hi = parse_range(self.range, self.kind)
         if self.kind == "random-2d":
             return {"x": grid_coords(lo, hi, n), "y": grid_coords(lo, hi, n)}
@@ -261,9 +310,10 @@ class ScanRequest:
 
 @dataclass
 class ScanOutcome:
-    """What :func:`run_scan` did: the file, its number of points, how many were computed now
-    and in how many seconds, the per-label summaries and the number of computed points whose
-    loss is not finite, per label (rank 0; empty elsewhere)."""
+    """What :func:`run_scan` did: the file, its number of points (of labels, for a scan without
+    a grid), how many were computed now and in how many seconds, the per-label summaries and
+    the number of computed points whose loss is not finite, per label (rank 0; empty
+    elsewhere)."""
 
     path: str
     n_points: int
@@ -287,7 +337,7 @@ def run_scan(request: ScanRequest, progress: bool = True) -> ScanOutcome:
         t0 = time.perf_counter()
         fill_scan(scan_file, plan.evaluator, todo, ctx=ctx, progress=progress, summaries=plan.summaries)
         seconds = time.perf_counter() - t0
-        n_total = int(np.prod([len(c) for c in plan.coords.values()]))
+        n_total = int(np.prod([len(c) for c in plan.coords.values()])) if plan.coords else len(plan.labels)
         attrs = scan_file.label_attrs if scan_file is not None else {}
         bad = {lab: scan_file.nonfinite(lab) for lab in scan_file.labels} if scan_file is not None else {}
         return ScanOutcome(request.out, n_total, len(todo), seconds, {k: dict(v) for k, v in attrs.items()},
@@ -309,13 +359,18 @@ def _open_file(request: ScanRequest, plan: Any, ctx: Context) -> tuple[store.Sca
         attrs = {**provenance(request.command), **plan.attrs, "world_size": ctx.world}
         scan_file, resumed = store.open_or_create_scan(
             request.out, kind=request.kind, args=plan.args, coords=plan.coords, labels=plan.labels,
-            fields=plan.fields, attrs=attrs, arrays=plan.arrays)
-        if resumed and request.kind.startswith("random"):
+            fields=plan.fields, attrs=attrs, arrays=plan.arrays, label_arrays=plan.label_arrays)
+        if resumed and (request.kind.startswith("random") or request.kind == "pca"):
             for name, (value, _) in plan.arrays.items():
                 stored, _ = store.read_array(request.out, name)
-                if stored.shape != value.shape or not np.array_equal(stored, value):
-                    raise ValueError(f"{request.out} holds other random directions than this seed gives; "
-                                     "choose another --out or delete it")
+                if request.kind == "pca":  # from an SVD: equal up to the rounding of another thread count
+                    same = stored.shape == value.shape and np.allclose(stored, value, rtol=1e-4, atol=1e-6)
+                else:
+                    same = stored.shape == value.shape and np.array_equal(stored, value)
+                if not same:
+                    what = "PCA directions than its checkpoints give" if request.kind == "pca" else \
+                        "random directions than this seed gives"
+                    raise ValueError(f"{request.out} holds other {what}; choose another --out or delete it")
         todo = scan_file.missing().tolist()
     except (ValueError, OSError) as exc:
         error = exc

@@ -1,6 +1,8 @@
 """What a scan computes, built from a :class:`landscape.scan_runner.ScanRequest`: the model at
 the checkpoint, the fixed batch, the losses, the evaluator of the kind, the arrays that repeat
-the scan exactly and the arguments that identify it.
+the scan exactly and the arguments that identify it. A PCA scan also loads the run's trajectory
+(:mod:`landscape.trajectory`); a Hessian scan has no grid and one record per loss
+(:mod:`landscape.spectrum`).
 
 Every process of a torchrun group builds the same (all of it is seeded). The inputs (checkpoint,
 data, the model fitting the data) are checked before rank 0 checks and creates the output's
@@ -9,6 +11,7 @@ place, and the output file itself is only created once the scan is ready to run.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
@@ -26,7 +29,8 @@ __all__ = ["PreparedScan", "prepare_scan", "scan_args", "check_output"]
 class PreparedScan:
     """A scan ready to run: grid ``coords``, ``labels`` and ``fields`` of the results, the
     identifying ``args``, root ``attrs``, stored ``arrays`` (name -> (value, attrs)), the
-    ``evaluator`` of the points and the per-label ``summaries`` computed once complete."""
+    ``evaluator`` of the points, the per-label ``summaries`` computed once complete and the
+    names of the per-label arrays a point sets (``label_arrays``)."""
 
     coords: dict[str, np.ndarray]
     labels: list[str]
@@ -36,12 +40,14 @@ class PreparedScan:
     arrays: dict[str, tuple[np.ndarray, dict[str, Any]]]
     evaluator: Callable[[Sequence[int]], list]
     summaries: Callable[[Any], Mapping[str, Mapping[str, Any]]]
+    label_arrays: Sequence[str] = ()
 
 
 def scan_args(request: Any, coords: Mapping[str, np.ndarray], specs: Sequence[Any], cfg: Mapping[str, Any],
-              lr: float) -> dict[str, Any]:
+              lr: float, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The arguments that determine a scan's results (stored as ``args_json``; a resume with
-    other ones is refused)."""
+    other ones is refused); ``extra``: those of the newer kinds (PCA, hessian), whose keys the
+    older kinds' files do not have."""
     kind = request.kind
     return {
         "kind": kind,
@@ -53,9 +59,10 @@ def scan_args(request: Any, coords: Mapping[str, np.ndarray], specs: Sequence[An
         "coords": {k: [float(v) for v in c] for k, c in coords.items()},
         "lr": lr if kind == "gradient" else None,
         "norm": request.norm if kind.startswith("random") else None,
-        "keep_bias": request.keep_bias if kind.startswith("random") else None,
+        "keep_bias": request.moves_bias() if kind.startswith("random") else None,
         "metrics": request.metrics if kind == "gradient" else None,
-        "hessian": request.hessian,
+        "hessian": "lanczos-magnitude" if request.hessian else False,
+        **dict(extra or {}),
     }
 
 
@@ -78,6 +85,42 @@ def check_output(out: str, kind: str, args: Mapping[str, Any]) -> None:
         raise PermissionError(f"cannot write {out}: directory {directory} is not writable")
 
 
+def nice_range(lo: float, hi: float, digits: int = 3) -> tuple[float, float]:
+    """``[lo, hi]`` widened outwards to ``digits`` significant digits of its span, so that a range
+    computed from floats (a trajectory's) is the same number whatever the last bits were."""
+    span = hi - lo
+    if not span > 0:
+        return float(lo), float(hi)
+    q = 10.0 ** (math.floor(math.log10(span)) - digits + 1)
+    return float(math.floor(lo / q) * q), float(math.ceil(hi / q) * q)
+
+
+def _pca(request: Any, model: Any, seed: int) -> tuple[dict[str, np.ndarray], dict[str, Any], list, dict, dict]:
+    """The PCA plane of the run's trajectory ending at the scanned checkpoint: the grid, the
+    arguments and attributes it adds, the two directions (on the model's device and dtype) and
+    the stored arrays."""
+    from landscape.directions import flatten, named_params
+    from landscape.trajectory import default_range, load_trajectory, pca_directions
+
+    traj = load_trajectory(request.trajectory or request.checkpoint, final=request.checkpoint)
+    keep = request.moves_bias()
+    pca = pca_directions(traj.params, traj.final, center=request.center, ignore=None if keep else "biasbn", seed=seed)
+    coords = request.coords([nice_range(*r) for r in default_range(pca.path)])
+    extra = {"trajectory_sha256": [file_sha256(p) for p in traj.paths], "center": bool(request.center),
+             "keep_bias": keep}
+    ratios = [float(v) for v in pca.explained_variance_ratio]
+    attrs = {"explained_variance": ratios, "explained_variance_ratio": ratios, "center": bool(request.center),
+             "keep_bias": keep, "trajectory_checkpoints": len(traj.paths)}
+    params = [p for _, p in named_params(model)]
+    dirs = [[t.to(device=p.device, dtype=p.dtype) for t, p in zip(d, params)] for d in pca.directions]
+    meta = _params_meta(model)
+    arrays = {f"direction_{name}": (flatten(d).cpu().numpy().astype(np.float32), meta) for name, d in zip("xy", dirs)}
+    arrays["trajectory"] = (pca.path.astype(np.float32), {
+        "dims": ["x", "y"], "checkpoints": [os.path.abspath(p) for p in traj.paths], "epochs": traj.epochs,
+        "steps": traj.steps})
+    return coords, extra, dirs, attrs, arrays
+
+
 def _params_meta(model: Any) -> dict[str, Any]:
     from landscape.directions import named_params
 
@@ -97,11 +140,24 @@ def prepare_scan(request: Any, ctx: Context) -> PreparedScan:
     from train.data import DATASETS, load_dataset
 
     kind, seed, device = request.kind, request.seed, request.device
-    coords = request.coords()
     torch.manual_seed(seed)
     model, ckpt = load_model(request.checkpoint, device=device)
     cfg = dict(ckpt.get("config") or {})
     model.eval()
+    extra: dict[str, Any] = {}
+    attrs: dict[str, Any] = {}
+    arrays: dict[str, tuple[np.ndarray, dict[str, Any]]] = {}
+    if kind == "pca":
+        coords, extra, pca_dirs, attrs, arrays = _pca(request, model, seed)
+    else:
+        coords = request.coords()
+    if kind == "hessian":
+        from landscape.spectrum import SpectrumOptions
+
+        options = SpectrumOptions(**{k: v for k, v in request.spectrum_options().items() if v is not None})
+        options = options.resolved(sum(int(np.prod(s)) for s in _params_meta(model)["param_shapes"]))
+        extra = {"spectrum": options.to_dict()}
+        attrs = {f"hessian_{k}": v for k, v in options.to_dict().items()}
     model2 = load_model(request.to_checkpoint, device=device)[0] if request.to_checkpoint is not None else None
     dataset = cfg.get("dataset", "digits")
     domain = run_domain(cfg, DATASETS[dataset]) if dataset in DATASETS else (0.0, 1.0)
@@ -113,7 +169,7 @@ def prepare_scan(request: Any, ctx: Context) -> PreparedScan:
         fields = [*E.GRADIENT_FIELDS, *(E.SIGN_FIELDS if request.metrics else ())]
     else:
         fields = ["loss"]
-    args = scan_args(request, coords, specs, cfg, lr)
+    args = scan_args(request, coords, specs, cfg, lr, extra)
 
     data = request.data
     if data is None:
@@ -142,7 +198,7 @@ def prepare_scan(request: Any, ctx: Context) -> PreparedScan:
     if batch_points is None:
         batch_points = 16 if str(device).startswith("cuda") else 1
     meta = _params_meta(model)
-    arrays: dict[str, tuple[np.ndarray, dict[str, Any]]] = {}
+    label_arrays: Sequence[str] = ()
     if kind == "gradient":
         point_metrics = E.sign_change_metrics(closures, labels) if request.metrics else None
         evaluator: Any = E.GradientEvaluator(model, closures, coords["t"], lr, labels=labels,
@@ -151,12 +207,20 @@ def prepare_scan(request: Any, ctx: Context) -> PreparedScan:
         arrays["gradient"] = (flatten(evaluator.direction).cpu().numpy().astype(np.float32), meta)
     elif kind.startswith("random"):
         gen = torch.Generator().manual_seed(seed)
-        ignore = None if request.keep_bias else "biasbn"
+        ignore = None if request.moves_bias() else "biasbn"
         dirs = [random_direction(model, request.norm, ignore, generator=gen) for _ in coords]
         grid = np.stack(np.meshgrid(*coords.values(), indexing="ij"), axis=-1).reshape(-1, len(coords))
         evaluator = E.DirectionEvaluator(model, closures, dirs, grid, labels, vmap_batch=batch_points)
         for name, d in zip(coords, dirs):
             arrays[f"direction_{name}"] = (flatten(d).cpu().numpy().astype(np.float32), meta)
+    elif kind == "pca":
+        grid = np.stack(np.meshgrid(*coords.values(), indexing="ij"), axis=-1).reshape(-1, 2)
+        evaluator = E.DirectionEvaluator(model, closures, pca_dirs, grid, labels, vmap_batch=batch_points)
+    elif kind == "hessian":
+        from landscape.spectrum import LABEL_ARRAYS, SpectrumEvaluator
+
+        evaluator = SpectrumEvaluator(model, closures, labels, options, seed=seed)
+        label_arrays = LABEL_ARRAYS
     else:
         theta1, theta2 = get_params(model), get_params(model2)
         if [t.shape for t in theta1] != [t.shape for t in theta2]:
@@ -169,16 +233,18 @@ def prepare_scan(request: Any, ctx: Context) -> PreparedScan:
     def summaries(scan_file: Any) -> dict[str, dict[str, Any]]:
         out: dict[str, dict[str, Any]] = {}
         if request.hessian:
-            from landscape.curvature import top_hessian_eigenvalue
+            from landscape.hessian import top_eigenvalues
 
             for label, fn in zip(labels, closures):
-                out[label] = {"hessian_top_eig": top_hessian_eigenvalue(fn, model, seed=seed)[0]}
+                top = top_eigenvalues(fn, model, k=1, seed=seed, which="magnitude")
+                out[label] = {"hessian_top_eig": float(top[0])}
         if kind == "gradient":
             for label in labels:
                 out.setdefault(label, {})["loss0"] = evaluator.loss0[label]
         return out
 
     attrs = {
+        **attrs,
         "checkpoint": os.path.abspath(request.checkpoint), "checkpoint_sha256": args["checkpoint_sha256"],
         "to_checkpoint": os.path.abspath(request.to_checkpoint) if request.to_checkpoint else None,
         "dataset": dataset, "model": (ckpt.get("model") or {}).get("name"),
@@ -186,4 +252,4 @@ def prepare_scan(request: Any, ctx: Context) -> PreparedScan:
         "samples": request.samples, "split": request.split, "lr": lr if kind == "gradient" else None,
         "norm": request.norm if kind.startswith("random") else None,
     }
-    return PreparedScan(coords, labels, fields, args, attrs, arrays, evaluator, summaries)
+    return PreparedScan(coords, labels, fields, args, attrs, arrays, evaluator, summaries, label_arrays)

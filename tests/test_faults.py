@@ -157,7 +157,7 @@ def test_an_overflowing_scan_completes_and_reports_it(run, tmp_path, capsys) -> 
     err = capsys.readouterr().err
     assert "Warning:" in err and "not finite" in err
     rec = store.read(out)
-    assert rec["attrs"]["complete"] is True and rec["attrs"]["schema_version"] == 2
+    assert rec["attrs"]["complete"] is True and rec["attrs"]["schema_version"] == store.SCHEMA_VERSION
     loss, computed = rec["results"]["crown-ibp"]["loss"], rec["results"]["crown-ibp"]["computed"]
     assert computed.all() and not np.isfinite(loss).all() and np.isfinite(loss[0])
     assert rec["results"]["crown-ibp"]["attrs"]["nonfinite_points"] == int((~np.isfinite(loss)).sum())

@@ -205,3 +205,212 @@ def test_torchrun_finishes_a_scan_whose_points_are_all_done(ckpts, tmp_path):
                           capture_output=True, text=True, env=env, timeout=90)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert store.read(out)["attrs"]["complete"] is True
+
+
+# ----------------------------------------------------------------------------- PCA and Hessian scans
+
+
+@pytest.fixture(scope="module")
+def stepped(tmp_path_factory) -> Path:
+    """A 2-epoch crown-ibp run on 100 digits with a checkpoint after every step: step 0, 1, 3,
+    the epoch checkpoints (steps 2, 4) and checkpoint.pt."""
+    from train.loop import train
+
+    out = tmp_path_factory.mktemp("stepped")
+    cfg = dict(dataset="digits", model="mlp", model_options={"widths": [16, 16]}, method="crown-ibp", eps=0.1,
+               epochs=2, batch_size=50, train_size=100, test_size=20, eval_size=0, lr=1e-3, eps_ramp_epochs=1.0,
+               checkpoint_every_steps=1)
+    train(cfg, out_dir=out, progress=False)
+    return out
+
+
+def _torchrun(args: list[str], timeout: int = 150) -> subprocess.CompletedProcess:
+    torchrun = Path(sys.executable).with_name("torchrun")
+    with socket.socket() as sock:  # a free port for the rendezvous
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return subprocess.run([str(torchrun), "--nproc-per-node", "2", "--master-addr", "127.0.0.1", "--master-port",
+                           str(port), "-m", "landscape.cli", *map(str, args)], capture_output=True, text=True,
+                          env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=timeout)
+
+
+def test_pca_scan_of_a_trajectory(stepped, tmp_path):
+    from landscape import trajectory as tj
+    from landscape.directions import flatten, perturbed
+    from landscape.scan_losses import LossClosure, LossSpec, select_samples
+    from train.checkpoint import load_model
+    from train.data import load_dataset
+
+    ckpt = stepped / "checkpoint.pt"
+    out = tmp_path / "pca.h5"
+    args = ["scan", ckpt, "--kind", "pca", "--methods", "crown-ibp,clean", "--points", "3", *COMMON, "--out", out]
+    assert _run(args) == 0
+    d = store.read(out)
+    a = d["attrs"]
+    assert a["kind"] == "pca" and a["complete"] is True and a["dims"] == ["x", "y"] and a["trajectory_checkpoints"] == 6
+    ratios = np.asarray(a["explained_variance"])
+    assert ratios.shape == (2,) and ratios[0] >= ratios[1] >= 0 and ratios.sum() <= 1 + 1e-9
+    # the same plane from the trajectory module: the file's directions and path
+    t = tj.load_trajectory(ckpt)
+    assert [p.name for p in t.paths] == ["checkpoint_step0.pt", "checkpoint_step1.pt", "checkpoint_epoch1.pt",
+                                         "checkpoint_step3.pt", "checkpoint_epoch2.pt", "checkpoint.pt"]
+    pca = tj.pca_directions(t.params, t.final)
+    np.testing.assert_allclose(ratios, pca.explained_variance_ratio, rtol=1e-10)
+    path = d["arrays"]["trajectory"]
+    assert path.shape == (6, 2) and path.dtype == np.float32
+    np.testing.assert_allclose(path, pca.path, atol=1e-6)
+    np.testing.assert_allclose(d["arrays"]["direction_x"], flatten(pca.directions[0]).numpy(), atol=1e-7)
+    # the default range covers the path (and theta_f) on each axis, with a margin
+    for k, dim in enumerate("xy"):
+        c = d["coords"][dim]
+        assert c[0] < min(path[:, k].min(), 0) and c[-1] > max(path[:, k].max(), 0)
+    # a grid point is the loss at theta_f + x d_1 + y d_2
+    model, ck = load_model(ckpt)
+    data = load_dataset("digits", train_size=100, test_size=20, seed=0)
+    x, y = select_samples(data, 16, "train", 0)
+    spec = LossSpec(kind="certified", method="crown-ibp", beta=1.0, kappa=0.0, eps=0.1, domain=(0.0, 1.0))
+    params = [p for p in model.parameters()]
+    moved = perturbed([p.detach().clone() for p in params], pca.directions, [float(d["coords"]["x"][2]),
+                                                                                float(d["coords"]["y"][0])])
+    with torch.no_grad():
+        for p, v in zip(params, moved):
+            p.copy_(v)
+    with torch.no_grad():
+        direct = float(LossClosure(model, x, y, spec)())
+    assert d["results"]["crown-ibp"]["loss"][2, 0] == pytest.approx(direct, rel=1e-5)
+    # resumed: nothing to do; another trajectory: refused
+    before = _bytes(out)
+    assert _run(args) == 0 and _bytes(out) == before
+    assert _run([*args[:-2], "--trajectory", str(stepped / "checkpoint_epoch*.pt"), "--out", out]) == 1
+    assert _bytes(out) == before
+    sub = tmp_path / "epochs.h5"
+    assert _run([*args[:-2], "--trajectory", str(stepped / "checkpoint_epoch*.pt"), "--zero-bias", "--out", sub]) == 0
+    e = store.read(sub)
+    assert e["arrays"]["trajectory"].shape == (3, 2)  # two epochs and checkpoint.pt
+    direction, meta = store.read_array(sub, "direction_y")
+    sizes = [int(np.prod(s)) for s in meta["param_shapes"]]
+    parts = np.split(direction, np.cumsum(sizes)[:-1])
+    assert all((part == 0).all() == (len(shape) == 1) for part, shape in zip(parts, meta["param_shapes"]))
+    # export works on it
+    assert _run(["export", out, "--out", tmp_path / "vtk"]) == 0
+    assert sorted(p.name for p in (tmp_path / "vtk").iterdir()) == ["pca_clean.vtu", "pca_crown-ibp.vtu"]
+
+
+def test_pca_scan_under_torchrun_equals_one_process(stepped, tmp_path):
+    args = ["scan", stepped / "checkpoint.pt", "--kind", "pca", "--loss", "clean", "--points", "3", *COMMON]
+    one, two = tmp_path / "one.h5", tmp_path / "two.h5"
+    assert _run([*args, "--out", one]) == 0
+    proc = _torchrun([*args, "--out", two])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    a, b = store.read(one), store.read(two)
+    assert b["attrs"]["world_size"] == 2 and b["attrs"]["complete"] is True
+    np.testing.assert_array_equal(a["results"]["clean"]["loss"], b["results"]["clean"]["loss"])
+    np.testing.assert_array_equal(a["arrays"]["trajectory"], b["arrays"]["trajectory"])
+
+
+SPECTRUM = ["--top-k", "2", "--lanczos-steps", "10", "--trace-samples", "4", "--density-runs", "2",
+            "--density-steps", "8", "--density-points", "50"]
+
+
+def test_hessian_scan_resumes_per_label(ckpts, tmp_path, monkeypatch):
+    from landscape import spectrum
+
+    _, b = ckpts
+    out = tmp_path / "h.h5"
+    args = ["scan", b, "--kind", "hessian", "--methods", "clean,ibp,crown-ibp", *SPECTRUM, *COMMON, "--out", out]
+    real = spectrum.SpectrumEvaluator.__call__
+    done: list[int] = []
+
+    def dying(self, indices):
+        if done:
+            raise KeyboardInterrupt  # killed during the second label
+        done.extend(indices)
+        return real(self, indices)
+
+    monkeypatch.setattr(spectrum.SpectrumEvaluator, "__call__", dying)
+    assert _run(args) == 130
+    d = store.read(out)
+    assert d["attrs"]["complete"] is False and d["attrs"]["kind"] == "hessian" and d["attrs"]["dims"] == []
+    assert [int(d["results"][lab]["computed"]) for lab in ("clean", "ibp", "crown-ibp")] == [1, 0, 0]
+    resumed: list[int] = []
+
+    def recording(self, indices):
+        resumed.extend(indices)
+        return real(self, indices)
+
+    monkeypatch.setattr(spectrum.SpectrumEvaluator, "__call__", recording)
+    assert _run(args) == 0 and resumed == [1, 2]
+    d = store.read(out)
+    assert d["attrs"]["complete"] is True and d["attrs"]["hessian_lanczos_steps"] == 10
+    for lab in ("clean", "ibp", "crown-ibp"):
+        r = d["results"][lab]
+        eig = r["eigenvalues"]
+        assert eig.shape == (2,) and eig[0] >= eig[1]
+        assert r["attrs"]["top_eigenvalue"] == eig[0] and np.isfinite(r["attrs"]["trace"])
+        assert r["attrs"]["trace_stderr"] > 0 and np.isfinite(r["loss"])
+        assert np.trapezoid(r["density"], r["density_grid"]) == pytest.approx(1.0, abs=1e-9)
+        assert r["slq_nodes"].shape == r["slq_weights"].shape == (2, 8)
+    before = _bytes(out)
+    assert _run(args) == 0 and _bytes(out) == before  # complete
+
+
+def test_hessian_scan_values_and_its_options(ckpts, tmp_path, capsys):
+    from landscape.hessian import hessian_trace, spectral_density, top_eigenvalues
+    from landscape.scan_losses import LossClosure, LossSpec, select_samples
+    from train.checkpoint import load_model
+    from train.data import load_dataset
+
+    _, b = ckpts
+    out = tmp_path / "h.h5"
+    assert _run(["scan", b, "--kind", "hessian", "--loss", "clean", *SPECTRUM, *COMMON, "--out", out]) == 0
+    r = store.read(out)["results"]["clean"]
+    model, _ = load_model(b)
+    data = load_dataset("digits", train_size=100, test_size=20, seed=0)
+    fn = LossClosure(model, *select_samples(data, 16, "train", 0), LossSpec(kind="clean"))
+    np.testing.assert_allclose(r["eigenvalues"], top_eigenvalues(fn, model, k=2, iters=10, seed=0).numpy(), rtol=1e-6)
+    trace = hessian_trace(fn, model, samples=4, seed=1)
+    assert r["attrs"]["trace"] == pytest.approx(trace.mean, rel=1e-6)
+    dens = spectral_density(fn, model, runs=2, steps=8, seed=2, grid_points=50)
+    np.testing.assert_allclose(r["density"], dens.density, rtol=1e-6)
+    for extra, needle in ((["--hessian"], "--hessian"), (["--points", "3"], "--points"),
+                          (["--top-k", "0"], "--top-k"), (["--density-sigma", "-1"], "--density-sigma")):
+        assert _run(["scan", b, "--kind", "hessian", *COMMON, *extra, "--out", tmp_path / "x.h5"]) == 1
+        assert needle in capsys.readouterr().err
+    assert _run(["scan", b, "--kind", "random-1d", "--top-k", "3", *COMMON, "--out", tmp_path / "x.h5"]) == 1
+    assert "only used with --kind hessian" in capsys.readouterr().err
+    assert _run(["scan", b, "--kind", "gradient", "--center", *COMMON, "--out", tmp_path / "x.h5"]) == 1
+    assert "only used with --kind pca" in capsys.readouterr().err
+    assert not (tmp_path / "x.h5").exists()
+
+
+def test_hessian_scan_under_torchrun_splits_the_labels(ckpts, tmp_path):
+    _, b = ckpts
+    args = ["scan", b, "--kind", "hessian", "--methods", "clean,ibp,crown-ibp", *SPECTRUM, *COMMON]
+    one, two = tmp_path / "one.h5", tmp_path / "two.h5"
+    assert _run([*args, "--out", one]) == 0
+    proc = _torchrun([*args, "--out", two])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    a, c = store.read(one), store.read(two)
+    assert c["attrs"]["world_size"] == 2 and c["attrs"]["complete"] is True
+    for lab in ("clean", "ibp", "crown-ibp"):
+        np.testing.assert_allclose(c["results"][lab]["eigenvalues"], a["results"][lab]["eigenvalues"], rtol=1e-5)
+        assert c["results"][lab]["attrs"]["trace"] == pytest.approx(a["results"][lab]["attrs"]["trace"], rel=1e-5)
+
+
+def test_scan_hessian_flag_is_the_lanczos_top_eigenvalue(ckpts, tmp_path):
+    from landscape.hessian import top_eigenvalues
+    from landscape.scan_losses import LossClosure, LossSpec, select_samples
+    from train.checkpoint import load_model
+    from train.data import load_dataset
+
+    _, b = ckpts
+    out = tmp_path / "r.h5"
+    assert _run(["scan", b, "--kind", "random-1d", "--loss", "clean", "--points", "1", "--hessian", *COMMON,
+                 "--out", out]) == 0
+    d = store.read(out)
+    assert '"hessian":"lanczos-magnitude"' in d["attrs"]["args_json"]
+    model, _ = load_model(b)
+    data = load_dataset("digits", train_size=100, test_size=20, seed=0)
+    fn = LossClosure(model, *select_samples(data, 16, "train", 0), LossSpec(kind="clean"))
+    expected = float(top_eigenvalues(fn, model, k=1, seed=0, which="magnitude")[0])
+    assert d["results"]["clean"]["attrs"]["hessian_top_eig"] == pytest.approx(expected, rel=1e-6)

@@ -188,3 +188,53 @@ def test_atomic_writes_keep_the_usual_file_mode(tmp_path):
     os.chmod(p, 0o640)
     store.append_rows(p, "g", {"a": [2.0]})
     assert os.stat(p).st_mode & 0o777 == 0o640
+
+
+def test_scan_without_grid_holds_one_record_per_label(tmp_path):
+    """Schema 3: a scan with no dims (the Hessian's) has one record per label, with per-label
+    arrays of any shape and label attributes set with the record; labels resume one by one."""
+    p = tmp_path / "h.h5"
+    s = store.create_scan(p, kind="hessian", args={"k": 2}, coords={}, labels=["clean", "ibp", "tightest"],
+                          label_arrays=["eigenvalues", "density"])
+    assert s.shape == () and s.gridless and s.missing().tolist() == [0, 1, 2]
+    s.set_point("ibp", 1, {"loss": 2.5, "eigenvalues": np.array([3.0, 1.0]), "density": np.ones((2, 3)),
+                           "attrs": {"trace": 4.5}})
+    with pytest.raises(ValueError, match="record 0, not 2"):
+        s.set_point("clean", 2, {"loss": 1.0})
+    with pytest.raises(ValueError, match="not one of"):
+        s.set_point("clean", 0, {"nope": [1.0]})
+    s.flush()
+    d = store.read(p)
+    assert d["attrs"]["schema_version"] == store.SCHEMA_VERSION == 3 and d["attrs"]["dims"] == []
+    assert d["attrs"]["label_arrays"] == ["eigenvalues", "density"]
+    r = d["results"]["ibp"]
+    assert r["computed"] == 1 and r["loss"] == np.float32(2.5) and r["attrs"] == {"trace": 4.5}
+    assert r["eigenvalues"].dtype == np.float64 and r["density"].shape == (2, 3)
+    assert d["results"]["clean"]["computed"] == 0 and "eigenvalues" not in d["results"]["clean"]
+    again = store.open_scan(p, args={"k": 2}, kind="hessian")
+    assert again.missing().tolist() == [0, 2] and again.missing("ibp").tolist() == []
+    np.testing.assert_array_equal(again.label_data["ibp"]["eigenvalues"], [3.0, 1.0])
+    again.set_point("clean", (), {"loss": 1.0, "eigenvalues": [1.0, 0.5, 0.25]})  # another length is fine
+    again.set_point("tightest", 2, {"loss": 3.0})
+    again.flush(complete=True)
+    final = store.open_scan(p, args={"k": 2})
+    assert final.missing().size == 0 and final.complete and final.label_attrs["ibp"] == {"trace": 4.5}
+    assert final.label_data["clean"]["eigenvalues"].tolist() == [1.0, 0.5, 0.25]
+    with pytest.raises(ValueError, match="label arrays"):
+        store.create_scan(tmp_path / "bad.h5", kind="hessian", args={}, coords={}, labels=["a"],
+                          label_arrays=["loss"])
+
+
+def test_scan_files_of_schema_version_2_are_still_read_and_resumed(tmp_path):
+    p = tmp_path / "v2.h5"
+    s = _new_scan(p)
+    s.set_point("ibp", 0, {"loss": 1.0})
+    s.flush()
+    with h5py.File(p, "r+") as f:  # version 2 wrote the same layout, with its own number
+        f.attrs["schema_version"] = 2
+    old = store.open_scan(p, args={"eps": 0.1, "methods": ["ibp", "crown-ibp"]}, kind="random-2d")
+    assert old.label_arrays == [] and old.missing().tolist() == [0, 1, 2, 3, 4, 5]
+    assert old.missing("ibp").tolist() == [1, 2, 3, 4, 5]
+    old.set_point("ibp", 1, {"loss": 2.0})
+    old.flush()
+    assert store.read(p)["attrs"]["schema_version"] == store.SCHEMA_VERSION

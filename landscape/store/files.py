@@ -27,9 +27,9 @@ from typing import Any, Iterator, Mapping
 import h5py
 import numpy as np
 
-SCHEMA_VERSION: int = 2
+SCHEMA_VERSION: int = 3
 """Version of the layout described in ``docs/schema.md`` (2: scans keep a ``computed`` mask;
-files of version 1 are still read)."""
+3: scans without a grid and per-label arrays; files of versions 1 and 2 are still read)."""
 
 _JSON_ATTRS = "_json_attrs"
 

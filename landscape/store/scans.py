@@ -4,6 +4,13 @@ A :class:`ScanFile` holds the scan in memory and mirrors it to its file atomical
 point is computed is kept in its own mask (``/results/<label>/computed``, schema version 2), so
 a computed value that is not finite (an overflow) is stored as it is and never mistaken for a
 missing point; in files of version 1 a point is computed when its loss is not NaN.
+
+Schema version 3 adds two things. A scan may have no grid (``dims = []``, e.g. the Hessian's
+spectrum): each label then holds one record, its fields are scalars and its ``computed`` mask
+is a single flag, and the unit of work is the label (:meth:`ScanFile.missing` gives the
+positions of the labels not computed). And each label may hold *label arrays*, float64 datasets
+of any shape named in the root attribute ``label_arrays`` (e.g. eigenvalues, a density), written
+with the point or record that computes them, beside label attributes set at the same time.
 :func:`open_or_create_scan` resumes a file made with the same arguments and refuses
 (:class:`ScanMismatchError`) one made with others. Layout in ``docs/schema.md``.
 """
@@ -38,8 +45,10 @@ class ScanFile:
     """A scan held in memory and mirrored to ``path``.
 
     ``data[label][field]`` are float32 arrays of the grid's shape (NaN where not computed) and
-    ``computed[label]`` a bool array of the same shape; :meth:`set_point` fills one point,
-    :meth:`flush` writes the file atomically.
+    ``computed[label]`` a bool array of the same shape (0-d in a scan without a grid);
+    ``label_data[label][name]`` the label arrays set so far (names in ``label_arrays``);
+    :meth:`set_point` fills one point (or one label's record), :meth:`flush` writes the file
+    atomically.
     """
 
     path: str
@@ -55,6 +64,8 @@ class ScanFile:
     computed: dict[str, np.ndarray] = field(default_factory=dict)
     dirty: bool = False
     """True while points set since the last :meth:`flush` are not on disk yet."""
+    label_arrays: list[str] = field(default_factory=list)
+    label_data: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -65,13 +76,22 @@ class ScanFile:
     def n_points(self) -> int:
         return int(np.prod(self.shape))
 
+    @property
+    def gridless(self) -> bool:
+        """True for a scan without a grid (one record per label)."""
+        return not self.dims
+
     def __post_init__(self) -> None:
         for lab in self.labels:  # version 1: computed = the loss is not NaN
-            self.computed.setdefault(lab, ~np.isnan(self.data[lab]["loss"]))
+            self.computed.setdefault(lab, np.array(~np.isnan(self.data[lab]["loss"])))
+            self.label_data.setdefault(lab, {})
 
     def missing(self, label: str | None = None) -> np.ndarray:
-        """Flat (C-order) indices of points not computed for ``label`` (for any label if None)."""
+        """Flat (C-order) indices of points not computed for ``label`` (for any label if None);
+        in a scan without a grid, the positions in ``labels`` of the labels not computed."""
         labels = [label] if label is not None else self.labels
+        if self.gridless:
+            return np.asarray([self.labels.index(lab) for lab in labels if not self.computed[lab]], dtype=np.int64)
         mask = np.zeros(self.shape, dtype=bool)
         for lab in labels:
             mask |= ~self.computed[lab]
@@ -81,14 +101,29 @@ class ScanFile:
         """How many computed points of ``label`` have a loss that is not finite (overflow)."""
         return int((self.computed[label] & ~np.isfinite(self.data[label]["loss"])).sum())
 
-    def set_point(self, label: str, index: int | tuple[int, ...], values: Mapping[str, float]) -> None:
-        """Store the values of one grid point (flat index or index tuple) for ``label``."""
-        if isinstance(index, (int, np.integer)):
+    def set_point(self, label: str, index: int | tuple[int, ...], values: Mapping[str, Any]) -> None:
+        """Store the values of one grid point (flat index or index tuple) for ``label``; in a scan
+        without a grid, the label's record (``index``: its position in ``labels``, or ``()``).
+
+        ``values`` maps fields to scalars and label arrays to arrays (stored as float64); the
+        optional key ``"attrs"`` holds label attributes stored with them.
+        """
+        if self.gridless:
+            if index not in ((), self.labels.index(label)):
+                raise StoreError(f"a scan without a grid has one record per label: {label!r} is record "
+                                 f"{self.labels.index(label)}, not {index!r}")
+            index = ()
+        elif isinstance(index, (int, np.integer)):
             index = np.unravel_index(int(index), self.shape)
         for name, value in values.items():
-            if name not in self.data[label]:
-                raise StoreError(f"scan field {name!r} is not one of {self.fields}")
-            self.data[label][name][index] = np.float32(value)
+            if name == "attrs":
+                self.label_attrs.setdefault(label, {}).update(value)
+            elif name in self.label_arrays:
+                self.label_data[label][name] = np.asarray(value, dtype=np.float64)
+            elif name in self.data[label]:
+                self.data[label][name][index] = np.float32(value)
+            else:
+                raise StoreError(f"scan field {name!r} is not one of {[*self.fields, *self.label_arrays]}")
         self.computed[label][index] = True
         self.dirty = True
 
@@ -105,6 +140,13 @@ class ScanFile:
                     g["computed"][...] = self.computed[label].astype(np.uint8)
                 else:  # a version-1 file gains the mask
                     _mask_dataset(g, self.computed[label], self.dims)
+                for name, value in self.label_data[label].items():
+                    if name in g and (g[name].shape != value.shape or g[name].dtype != value.dtype):
+                        del g[name]
+                    if name in g:
+                        g[name][...] = value
+                    else:
+                        g.create_dataset(name, data=value)
                 if self.label_attrs.get(label):
                     set_attrs(g, self.label_attrs[label])
             set_attrs(f, {"complete": self.complete, "schema_version": SCHEMA_VERSION})
@@ -137,12 +179,15 @@ def create_scan(
     fields: Sequence[str] = ("loss",),
     attrs: Mapping[str, Any] | None = None,
     arrays: Mapping[str, tuple[np.ndarray, Mapping[str, Any]] | np.ndarray] | None = None,
+    label_arrays: Sequence[str] = (),
 ) -> ScanFile:
     """Create (atomically, replacing nothing unless absent) a new scan file with NaN results and
     nothing computed.
 
-    ``coords`` is ordered: its keys are the grid dims. ``arrays`` are extra datasets stored
-    under ``/arrays`` (value or ``(value, attrs)``), e.g. the scan directions.
+    ``coords`` is ordered: its keys are the grid dims (none: a scan without a grid, one record
+    per label). ``arrays`` are extra datasets stored under ``/arrays`` (value or
+    ``(value, attrs)``), e.g. the scan directions. ``label_arrays`` names the per-label arrays
+    of any shape that points will set (root attribute ``label_arrays``).
     """
     if not isinstance(kind, str) or not kind:
         raise StoreError(f"a scan needs a kind (a non-empty name), got {kind!r}")
@@ -154,6 +199,9 @@ def create_scan(
         raise StoreError(f"scan labels must be distinct and non-empty, got {labels}")
     if "loss" not in fields:
         fields = ["loss", *fields]
+    label_arrays = [str(x) for x in label_arrays]
+    if set(label_arrays) & {*fields, "computed", "attrs"} or len(set(label_arrays)) != len(label_arrays):
+        raise StoreError(f"label arrays {label_arrays} must be distinct and differ from the fields {fields}")
     dims = list(coords.keys())
     coord_arrays = {d: np.asarray(v, dtype=np.float32).reshape(-1) for d, v in coords.items()}
     shape = tuple(len(coord_arrays[d]) for d in dims)
@@ -166,6 +214,7 @@ def create_scan(
         "dims": dims,
         "labels": labels,
         "fields": fields,
+        **({"label_arrays": label_arrays} if label_arrays else {}),
         **dict(attrs or {}),
     }
     with atomic_update(path, fresh=True) as f:
@@ -188,7 +237,7 @@ def create_scan(
                 set_attrs(ds, a_attrs)
     return ScanFile(
         path=os.fspath(path), kind=kind, dims=dims, coords=coord_arrays, labels=labels,
-        fields=fields, data=data, attrs=root,
+        fields=fields, data=data, attrs=root, label_arrays=label_arrays,
     )
 
 
@@ -213,6 +262,9 @@ def open_scan(path: str, args: Mapping[str, Any] | None = None, kind: str | None
                 for lab in labels
             }
             label_attrs = {lab: get_attrs(f["results"][lab]) for lab in labels}
+            label_arrays = [str(x) for x in root.get("label_arrays", [])]
+            label_data = {lab: {name: np.asarray(f["results"][lab][name][()], dtype=np.float64)
+                                for name in label_arrays if name in f["results"][lab]} for lab in labels}
             computed = {lab: np.asarray(f["results"][lab]["computed"][()], dtype=bool)
                         for lab in labels if "computed" in f["results"][lab]}
     except (OSError, KeyError) as exc:
@@ -230,7 +282,7 @@ def open_scan(path: str, args: Mapping[str, Any] | None = None, kind: str | None
     return ScanFile(
         path=path, kind=root["kind"], dims=dims, coords=coords, labels=labels, fields=fields,
         data=data, attrs=root, label_attrs=label_attrs, complete=bool(root.get("complete", False)),
-        computed=computed,
+        computed=computed, label_arrays=label_arrays, label_data=label_data,
     )
 
 
@@ -244,6 +296,7 @@ def open_or_create_scan(
     fields: Sequence[str] = ("loss",),
     attrs: Mapping[str, Any] | None = None,
     arrays: Mapping[str, Any] | None = None,
+    label_arrays: Sequence[str] = (),
 ) -> tuple[ScanFile, bool]:
     """Resume ``path`` if it holds a scan of the same kind and arguments, else create it.
 
@@ -253,7 +306,7 @@ def open_or_create_scan(
     if os.path.exists(path):
         return open_scan(path, args=args, kind=kind), True
     return create_scan(path, kind=kind, args=args, coords=coords, labels=labels, fields=fields,
-                       attrs=attrs, arrays=arrays), False
+                       attrs=attrs, arrays=arrays, label_arrays=label_arrays), False
 
 
 def read_array(path: str, name: str) -> tuple[np.ndarray, dict[str, Any]]:
