@@ -189,6 +189,6 @@ LABELS: dict[str, Label] = {
     "crown-ibp": Label("CROWN-IBP", "#ff7f0e"),
     "crown": Label("CROWN", "#9467bd"),
     "cap": Label("CAP", "#2ca02c"),
-    "tightest": Label("Tightest (ours)", "#d62728"),
+    "tightest": Label("Tightest", "#d62728"),
 }
 """Every label a figure can carry, in the order legends and tables list them."""

@@ -17,34 +17,32 @@ from pathlib import Path
 
 import numpy as np
 
-from figures.data import LineScan
-from figures.style import apply_style, method_colour, method_rank, save, with_context
+from figures.labels import distinct, loss_axis, run_name
+from figures.records import LineScan
+from figures.style import apply_style, legend_below, line_style, method_colour, method_rank, save, with_context
 
 
 def _entries(scans: Sequence[LineScan]):
-    """(scan, method, arrays, label, colour) for every scanned loss; the label names method,
-    eps and checkpoint, and the file too when it records no checkpoint and several are drawn."""
+    """(scan, method, arrays, label, colour) for every scanned loss; the label names the method
+    and eps, and the run too where two curves would otherwise read the same."""
     pairs = [(s, m, arrays) for s in scans for m, arrays in sorted(s.series.items(), key=lambda kv: method_rank(kv[0]))]
-    out = []
-    for i, (s, m, arrays) in enumerate(pairs):
-        method = m if m != "loss" else s.meta.method
-        label = s.meta.label(method, with_checkpoint=True)
-        if not s.meta.checkpoint and len(scans) > 1:
-            label += f" [{s.meta.name or s.meta.path.stem}]"
-        out.append((s, method, arrays, label, method_colour(method, i)))
-    return out
+    methods = [m if m != "loss" else s.meta.method for s, m, _ in pairs]
+    labels = distinct([s.meta.label(m) for (s, _, _), m in zip(pairs, methods)], [s.meta.run for s, _, _ in pairs])
+    return [(s, m, arrays, label, method_colour(m, i))
+            for i, ((s, _, arrays), m, label) in enumerate(zip(pairs, methods, labels))]
 
 
-def _draw(ax, x: np.ndarray, values: np.ndarray, colour: str, label: str | None = None, **line) -> None:
-    """One curve on ``ax``. Computed points whose neighbours are both NaN (a partial scan
-    filled out of order) get a marker of their own, since a line has no segment through them."""
+def _draw(ax, x: np.ndarray, values: np.ndarray, colour: str, label: str | None = None, **line):
+    """One curve on ``ax`` (returned). Computed points whose neighbours are both NaN (a partial
+    scan filled out of order) get a marker of their own, since a line has no segment through them."""
     y = np.asarray(values, dtype=float)
-    ax.plot(x, y, color=colour, label=label, **line)
+    (drawn,) = ax.plot(x, y, color=colour, label=label, **line)
     finite = np.isfinite(y)
     padded = np.pad(finite, 1, constant_values=False)
     lone = finite & ~padded[:-2] & ~padded[2:]
-    if lone.any() and line.get("marker") is None:
+    if lone.any() and (line.get("marker") is None or "markevery" in line):
         ax.plot(np.asarray(x)[lone], y[lone], "o", ms=4, color=colour)
+    return drawn
 
 
 def loss_variation(loss: np.ndarray) -> float:
@@ -67,9 +65,11 @@ def plot_gradient_scans(
     import matplotlib.pyplot as plt
 
     entries = _entries(scans)
-    has_cos = any("cosine" in a for _, _, a, _, _ in entries)
-    has_smooth = any("smoothness" in a for _, _, a, _, _ in entries)
-    has_flip = any("sign_flip" in a and np.isfinite(a["sign_flip"]).any() for _, _, a, _, _ in entries)
+
+    def finite(key: str) -> bool:
+        return any(key in a and np.isfinite(a[key]).any() for _, _, a, _, _ in entries)
+
+    has_cos, has_smooth, has_flip = finite("cosine"), finite("smoothness"), finite("sign_flip")
     n_panels = 1 + has_cos + has_smooth + has_flip
     if n_panels == 4:
         fig, grid = plt.subplots(2, 2, figsize=(10.5, 7.6), squeeze=False)
@@ -78,7 +78,7 @@ def plot_gradient_scans(
     axes = list(grid.ravel())
     ax_loss = axes[0]
     handles = []
-    for scan, method, arrays, label, colour in entries:
+    for i, (scan, method, arrays, label, colour) in enumerate(entries):
         t = scan.coord
         mean = np.asarray(arrays["loss"], dtype=float)
         if not np.isfinite(mean).any():  # a scan whose points are not computed yet
@@ -87,22 +87,21 @@ def plot_gradient_scans(
         base = mean[zero] if np.isfinite(mean[zero]) else np.nanmin(mean)
         rel = mean - base
         dl = loss_variation(mean)
-        (h,) = ax_loss.plot(t, rel, "-o", ms=3.5, lw=1.8, color=colour,
-                            label=f"{label}: L(θ)={base:.3g}, ΔL={dl:.3g}")
+        (h,) = ax_loss.plot(t, rel, color=colour, label=f"{label}: L(θ)={base:.3g}, ΔL={dl:.3g}", **line_style(i))
         handles.append(h)
-        finite = rel[np.isfinite(rel)]
-        if finite.size:
-            ax_loss.axhspan(finite.min(), finite.max(), color=colour, alpha=0.10, lw=0)
+        values = rel[np.isfinite(rel)]
+        if values.size:
+            ax_loss.axhspan(values.min(), values.max(), color=colour, alpha=0.10, lw=0)
     ax_loss.axhline(0.0, color="0.4", lw=0.8, ls=":")
     ax_loss.set_xlabel("step size t along −∇L (× learning rate)")
-    ax_loss.set_ylabel("L(θ − t·lr·∇L) − L(θ)  (nats)")
+    ax_loss.set_ylabel(f"L(θ − t·lr·∇L) − L(θ), L = {loss_axis([m for _, m, *_ in entries])}")
     ax_loss.set_title("Loss along −∇L (band: loss variation)")
 
     def curve_panel(ax, key: str, ylabel: str, title: str, log: bool = False) -> None:
-        for scan, method, arrays, label, colour in entries:
-            if key not in arrays:
+        for i, (scan, method, arrays, label, colour) in enumerate(entries):
+            if key not in arrays or not np.isfinite(arrays[key]).any():
                 continue
-            _draw(ax, scan.coord, arrays[key], colour, label, marker="o", ms=3.5, lw=1.8)
+            _draw(ax, scan.coord, arrays[key], colour, label, **line_style(i))
         ax.set_xlabel("step size t along −∇L (× learning rate)")
         ax.set_ylabel(ylabel)
         ax.set_title(title)
@@ -121,51 +120,52 @@ def plot_gradient_scans(
     if has_flip:
         curve_panel(axes[panel], "sign_flip", "fraction of coefficients", "Sign flips of bound coefficients")
     fig.suptitle(with_context("Gradient-direction scan", [s.meta for s in scans]), fontsize=12)
-    if handles:  # none while no point of the scan is computed yet
-        fig.legend(handles=handles, loc="lower center", ncol=min(2, len(handles)), bbox_to_anchor=(0.5, 0.0))
-    rows = (len(handles) + 1) // 2
-    height = fig.get_size_inches()[1]
-    fig.tight_layout(rect=(0, min(0.4, 0.27 * rows / height + 0.02), 1, 1))
+    fig.tight_layout()
+    legend_below(fig, handles, ncol=min(2, len(handles) or 1))  # none while no point is computed yet
     return save(fig, out_dir, stem, formats)
 
 
-def _positive(ax) -> bool:
-    """True when every plotted y value is positive and they span more than a decade."""
+def _positive(ax, ratio: float = 20.0) -> bool:
+    """True when every plotted y value is positive and the largest is over ``ratio`` times the smallest."""
     ys = np.concatenate([np.asarray(line.get_ydata(), dtype=float) for line in ax.get_lines()] or [np.zeros(0)])
     ys = ys[np.isfinite(ys)]
-    return bool(ys.size and ys.min() > 0 and ys.max() / ys.min() > 20)
+    return bool(ys.size and ys.min() > 0 and ys.max() / ys.min() > ratio)
 
 
 def plot_line_scans(
-    scans: Sequence[LineScan], out_dir: str | Path, stem: str, formats: Sequence[str] = ("png", "pdf")
+    scans: Sequence[LineScan], out_dir: str | Path, stem: str, formats: Sequence[str] = ("png", "pdf"),
+    log: bool = False,
 ) -> list[Path]:
     """Loss against the scan coordinate for ``random-1d`` or ``interpolate`` scans, one line
-    per method and file; the centre (α = 0, and α = 1 for interpolations) is marked."""
+    per method and file (each with its own dashes and markers, so equal curves stay visible);
+    the centre (0, and 1 for interpolations) is marked. ``log``: a logarithmic loss axis."""
     apply_style()
     import matplotlib.pyplot as plt
 
     kind = scans[0].meta.kind
-    entries = _entries(scans)
+    entries = [e for e in _entries(scans) if np.isfinite(np.asarray(e[2]["loss"], dtype=float)).any()]
     fig, ax = plt.subplots(figsize=(6.2, 4.2))
-    for scan, method, arrays, label, colour in entries:
-        _draw(ax, scan.coord, arrays["loss"], colour, label, lw=1.9)
+    handles = []
+    for i, (scan, method, arrays, label, colour) in enumerate(entries):
+        style = {**line_style(i), "markevery": max(1, scan.coord.size // 12)}
+        handles.append(_draw(ax, scan.coord, arrays["loss"], colour, label, **style))
     ax.axvline(0.0, color="0.3", lw=0.9, ls="--")
     if kind == "interpolate":
-        from figures.style import short_path
-
         ax.axvline(1.0, color="0.3", lw=0.9, ls="--")
         ax.set_title("Loss between two checkpoints")
-        ends = {(short_path(s.meta.checkpoint), short_path(s.meta.attrs.get("to_checkpoint"))) for s in scans}
+        ends = {(s.meta.run, run_name(s.meta.attrs.get("to_checkpoint"))) for s in scans}
         if len(ends) == 1:
             a, b = next(iter(ends))
             if a and b:
-                ax.set_xlabel(f"interpolation α (0 = {a}, 1 = {b})")
+                ax.set_xlabel(f"interpolation α (0 = run {a}, 1 = run {b})")
     else:
         ax.set_title("Loss along a random direction (0 = checkpoint)")
     ax.set_title(with_context(ax.get_title(), [s.meta for s in scans]))
     if not ax.get_xlabel():
         ax.set_xlabel(scans[0].coord_label)
-    ax.set_ylabel("loss (cross-entropy, nats)")
-    ax.legend(loc="best")
+    ax.set_ylabel(loss_axis([m for _, m, *_ in entries]))
+    if log and _positive(ax, ratio=0.0):
+        ax.set_yscale("log")
     fig.tight_layout()
+    legend_below(fig, handles, ncol=min(2, len(handles) or 1))
     return save(fig, out_dir, stem, formats)

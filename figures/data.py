@@ -2,12 +2,15 @@
 
 Every file the toolkit writes is an HDF5 file with a root attribute ``kind`` and a
 ``schema_version``; its layout is ``docs/schema.md`` and :mod:`landscape.store` its reader. This module is
-the one place in :mod:`figures` that knows the layout: it turns ``store.read(path)`` into
+the one place in :mod:`figures` that knows the layout: it turns ``store.read(path)`` into the
+records of :mod:`figures.records` (re-exported here):
 
 * :class:`Meta` - what made the file (kind, method, eps, checkpoint, dataset, model);
 * :class:`LineScan` - a 1D scan (``gradient``, ``random-1d``, ``interpolate``): one
   coordinate axis and, per scanned loss (method), the arrays along it;
-* :class:`SurfaceScan` - a ``random-2d`` scan: two axes and one grid per method;
+* :class:`SurfaceScan` - a ``random-2d`` or ``pca`` scan: two axes and one grid per method
+  (and a PCA scan's trajectory and explained variance);
+* :class:`SpectrumScan` - a ``hessian`` scan: eigenvalues, trace and density per method;
 * :class:`TrainRun` - a training run (``train``): per-step scalars, per-epoch metrics and
   the training probes (gradient scans every N steps, relaxation statistics);
 * :class:`CertifyResult` - rows of clean / PGD / verified error per method and eps
@@ -20,14 +23,17 @@ the missing array, and so does a ``schema_version`` this toolkit cannot read.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from bounds.names import FILE_KINDS, SCAN_KINDS
+from figures.records import CertifyResult, LineScan, Meta, Record, SpectrumScan, SurfaceScan, TrainRun
 from landscape import store
+
+__all__ = ["load", "read_raw", "check_header", "supported_schema_versions", "Meta", "LineScan", "SurfaceScan",
+           "SpectrumScan", "TrainRun", "CertifyResult", "Record"]
 
 
 # --------------------------------------------------------------------------- reading
@@ -82,78 +88,6 @@ def _arrays(node: dict) -> dict[str, np.ndarray]:
 
 def _groups(node: dict) -> dict[str, dict]:
     return {k: v for k, v in node.items() if k != "attrs" and isinstance(v, dict)}
-
-
-# --------------------------------------------------------------------------- records
-
-
-@dataclass
-class Meta:
-    """What made a result file; ``label`` is what legends show."""
-
-    path: Path
-    kind: str
-    method: str | None = None
-    eps: float | None = None
-    checkpoint: str | None = None
-    dataset: str | None = None
-    model: str | None = None
-    attrs: dict = field(default_factory=dict)
-    name: str = ""  # unique short name among the files of one plot call
-
-    def label(self, method: str | None = None, with_checkpoint: bool = True) -> str:
-        """Legend text: method, eps and (optionally) checkpoint."""
-        from figures.style import legend_label, short_path
-
-        ckpt = short_path(self.checkpoint) if with_checkpoint else None
-        return legend_label(method or self.method, self.eps, ckpt or None)
-
-
-@dataclass
-class LineScan:
-    """A 1D scan: ``coord`` along one axis, per-method arrays in ``series[method][name]``
-    (``loss`` always; a gradient scan also ``cosine``, ``rms``, ``smoothness``)."""
-
-    meta: Meta
-    coord: np.ndarray
-    coord_label: str
-    series: dict[str, dict[str, np.ndarray]]
-    n_computed: int = 0
-
-
-@dataclass
-class SurfaceScan:
-    """A 2D scan: ``loss[method]`` has shape ``[len(x), len(y)]``."""
-
-    meta: Meta
-    x: np.ndarray
-    y: np.ndarray
-    loss: dict[str, np.ndarray]
-    n_computed: int = 0
-
-
-@dataclass
-class TrainRun:
-    """A training run: ``steps``/``epochs`` columns and ``probes`` columns (each probe a row;
-    2-D arrays ``[n_probes, n_t]`` for the gradient scans along ``probe_t``)."""
-
-    meta: Meta
-    steps: dict[str, np.ndarray]
-    epochs: dict[str, np.ndarray]
-    probes: dict[str, np.ndarray]
-    probe_t: np.ndarray | None
-
-
-@dataclass
-class CertifyResult:
-    """Rows of a verified-error table: dicts with ``method, eps, clean_err, pgd_err,
-    verified_err`` and optionally one ``verified_<bound>`` per bound method."""
-
-    meta: Meta
-    rows: list[dict]
-
-
-Record = LineScan | SurfaceScan | TrainRun | CertifyResult
 
 
 # --------------------------------------------------------------------------- helpers
@@ -282,8 +216,32 @@ def _line_scan(path: Path, raw: dict, meta: Meta) -> LineScan:
 def _surface_scan(path: Path, raw: dict, meta: Meta) -> SurfaceScan:
     _, (x, y) = _scan_grid(path, raw, meta.attrs, 2)
     results = _scan_results(path, raw, (x.size, y.size))
-    return SurfaceScan(meta=meta, x=x, y=y, loss={label: r["loss"] for label, r in results.items()},
+    scan = SurfaceScan(meta=meta, x=x, y=y, loss={label: r["loss"] for label, r in results.items()},
                        n_computed=_n_computed(results))
+    if meta.kind == "pca":
+        path_xy = _need(_arrays(_groups(raw).get("arrays", {})), ("trajectory",), path, "arrays")
+        ratios = [float(v) for v in (meta.attrs.get("explained_variance") or [np.nan, np.nan])]
+        if path_xy.ndim != 2 or path_xy.shape[1] != 2:
+            raise ValueError(f"{path}: arrays/trajectory has shape {path_xy.shape}, expected [n_checkpoints, 2]")
+        for label in scan.loss:
+            scan.paths[label], scan.variance[label] = path_xy, ratios
+    return scan
+
+
+def _spectrum_scan(path: Path, raw: dict, meta: Meta) -> SpectrumScan:
+    results = _groups(raw).get("results")
+    if results is None or not _groups(results):
+        raise ValueError(f"{path}: missing group results/<label>/ (the scanned losses)")
+    spectra: dict[str, dict] = {}
+    for label, node in _groups(results).items():
+        arrays, attrs = _arrays(node), _attrs(node)
+        if "computed" in arrays and not np.asarray(arrays["computed"]).any():
+            continue  # not computed yet
+        entry = {k: _need(arrays, (k,), path, f"results/{label}") for k in ("eigenvalues", "density_grid", "density")}
+        entry.update(trace=float(attrs.get("trace", np.nan)), trace_stderr=float(attrs.get("trace_stderr", np.nan)),
+                     loss=float(np.asarray(arrays.get("loss", np.nan))))
+        spectra[label] = entry
+    return SpectrumScan(meta=meta, spectra=spectra, n_computed=len(spectra))
 
 
 def _n_computed(results: dict[str, dict]) -> int:
@@ -379,7 +337,9 @@ def load(path: str | Path) -> Record:
     attrs = check_header(p, raw)
     meta = _meta(p, attrs)
     if meta.kind in SCAN_KINDS:
-        return _line_scan(p, raw, meta) if SCAN_KINDS[meta.kind].dims == 1 else _surface_scan(p, raw, meta)
+        dims = SCAN_KINDS[meta.kind].dims
+        return _line_scan(p, raw, meta) if dims == 1 else _surface_scan(p, raw, meta) if dims == 2 else \
+            _spectrum_scan(p, raw, meta)
     if meta.kind == "train":
         return _train_run(p, raw, meta)
     return _certify(p, raw, meta)

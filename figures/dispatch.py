@@ -1,22 +1,26 @@
 """``plot_file``: draw whatever a set of result files holds, chosen by each file's ``kind``.
 
 One file gives its own figures; several files are also overlaid (methods compared on shared
-axes), and comparison outputs appear when the files carry what they need: the
-tightness-versus-smoothness scatter (training runs with probes) and the verified-error
-table and plot (``certify`` files).
+axes, 2D scans of one kind and grid on one colour scale), and comparison outputs appear when
+the files carry what they need: the tightness-versus-smoothness scatter (training runs with
+probes) and the verified-error table and plot (``certify`` files). A PCA scan's figures carry
+its trajectory; a Hessian scan gives its densities and eigenvalues.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
-from figures import curves, surfaces, tables, training
-from figures.data import CertifyResult, LineScan, Record, SurfaceScan, TrainRun, load
-from figures.style import legend_label, method_rank, normalise_formats
+from figures import curves, spectra, surfaces, tables, training
+from figures.data import load
+from figures.labels import distinct, legend_label
+from figures.records import CertifyResult, LineScan, Record, SpectrumScan, SurfaceScan, TrainRun
+from figures.style import method_rank, normalise_formats
 
 
 def _slug(text: str) -> str:
@@ -51,26 +55,30 @@ def _stem(name: str, kind: str) -> str:
 
 
 def _merge_surfaces(scans: Sequence[SurfaceScan]) -> SurfaceScan | None:
-    """Several 2D scans on the same grid as one record with a panel per (file, method), or
-    None when there are fewer than two or their grids differ."""
+    """Several 2D scans of one kind on the same grid as one record with a panel per (file,
+    method), each titled with its run, or None when there are fewer than two or their grids
+    differ."""
     if len(scans) < 2:
         return None
     first = scans[0]
-    if any(s.x.shape != first.x.shape or s.y.shape != first.y.shape or not np.allclose(s.x, first.x)
-           or not np.allclose(s.y, first.y) for s in scans):
+    if any(s.meta.kind != first.meta.kind or s.x.shape != first.x.shape or s.y.shape != first.y.shape
+           or not np.allclose(s.x, first.x) or not np.allclose(s.y, first.y) for s in scans):
         return None
-    loss: dict[str, np.ndarray] = {}
-    for s in scans:
-        for label, grid in s.loss.items():
-            key = label if label not in loss else f"{label} [{s.meta.name}]"
-            loss[key] = grid
     from dataclasses import replace
 
     common = {k: v for k, v in first.meta.attrs.items() if all(s.meta.attrs.get(k) == v for s in scans)}
-    meta = replace(first.meta, method=None, checkpoint=None, attrs=common,
+    meta = replace(first.meta, method=None, checkpoint=None, attrs=common, path=first.meta.path.parent / "compare",
                    eps=first.meta.eps if all(s.meta.eps == first.meta.eps for s in scans) else None,
                    model=first.meta.model if all(s.meta.model == first.meta.model for s in scans) else None)
-    return SurfaceScan(meta=meta, x=first.x, y=first.y, loss=loss)
+    merged = SurfaceScan(meta=meta, x=first.x, y=first.y, loss={})
+    runs = distinct([s.meta.run for s in scans], [s.meta.name for s in scans])
+    for s, run in zip(scans, runs):
+        for label, grid in s.loss.items():
+            key = f"{label} [{run}]"
+            merged.loss[key], merged.methods[key], merged.runs[key] = grid, s.method(label) or label, run
+            if label in s.paths:
+                merged.paths[key], merged.variance[key] = s.paths[label], s.variance[label]
+    return merged
 
 
 def tightness_points(runs: Sequence[TrainRun], certs: Sequence[CertifyResult] = ()) -> list[dict]:
@@ -84,7 +92,8 @@ def tightness_points(runs: Sequence[TrainRun], certs: Sequence[CertifyResult] = 
             if "bound_gap" in row and np.isfinite(row["bound_gap"]):
                 cert_tight.setdefault(str(row.get("method")), row["bound_gap"])
     points = []
-    for run in runs:
+    labels = distinct([legend_label(r.meta.method, r.meta.eps) for r in runs], [r.meta.run for r in runs])
+    for run, label in zip(runs, labels):
         s = training.summary(run, last_fraction=0.5)
         tight = s["tightness"]
         if not np.isfinite(tight):
@@ -99,7 +108,7 @@ def tightness_points(runs: Sequence[TrainRun], certs: Sequence[CertifyResult] = 
         points.append(
             {
                 "method": run.meta.method,
-                "label": legend_label(run.meta.method, run.meta.eps),
+                "label": label,
                 "tightness": tight,
                 "smoothness": smooth,
                 "smoothness_err": err,
@@ -113,11 +122,13 @@ def plot_records(
     out_dir: str | Path,
     formats: Sequence[str] | str = ("png", "pdf"),
     surface3d: bool = False,
+    log: bool = False,
 ) -> list[Path]:
     """Draw figures (and tables) for already-loaded records; see :func:`plot_file`."""
     fmts = normalise_formats(formats)
     out = Path(out_dir)
-    empty = [str(r.meta.path) for r in records if isinstance(r, (LineScan, SurfaceScan)) and not r.n_computed]
+    empty = [str(r.meta.path) for r in records if isinstance(r, (LineScan, SurfaceScan, SpectrumScan))
+             and not r.n_computed]
     if empty:
         raise ValueError(f"nothing to draw in {', '.join(empty)}: no point of the scan is computed yet "
                          "(run the same scan command again to compute them)")
@@ -130,18 +141,28 @@ def plot_records(
         if isinstance(r, LineScan):
             line_kinds.setdefault(r.meta.kind, []).append(r)
     for kind, scans in line_kinds.items():
-        draw = curves.plot_gradient_scans if kind == "gradient" else curves.plot_line_scans
+        draw = curves.plot_gradient_scans if kind == "gradient" else partial(curves.plot_line_scans, log=log)
         for scan in scans:
             written += draw([scan], out, _stem(scan.meta.name, kind), fmts)
         if len(scans) > 1:
             written += draw(scans, out, f"compare_{kind}", fmts)
 
-    surfaces_ = [r for r in records if isinstance(r, SurfaceScan)]
-    for r in surfaces_:
-        written += surfaces.plot_surface(r, out, _stem(r.meta.name, "random-2d"), fmts, surface3d=surface3d)
-    merged = _merge_surfaces(surfaces_)
-    if merged is not None:
-        written += surfaces.plot_surface(merged, out, "compare_random-2d", fmts, surface3d=surface3d)
+    surface_kinds: dict[str, list[SurfaceScan]] = {}
+    for r in records:
+        if isinstance(r, SurfaceScan):
+            surface_kinds.setdefault(r.meta.kind, []).append(r)
+    for kind, group in surface_kinds.items():
+        for r in group:
+            written += surfaces.plot_surface(r, out, _stem(r.meta.name, kind), fmts, surface3d=surface3d, log=log)
+        merged = _merge_surfaces(group)
+        if merged is not None:
+            written += surfaces.plot_surface(merged, out, f"compare_{kind}", fmts, surface3d=surface3d, log=log)
+
+    spectra_ = [r for r in records if isinstance(r, SpectrumScan)]
+    for r in spectra_:
+        written += spectra.plot_spectra([r], out, _stem(r.meta.name, "hessian"), fmts)
+    if len(spectra_) > 1:
+        written += spectra.plot_spectra(spectra_, out, "compare_hessian", fmts)
 
     runs = [r for r in records if isinstance(r, TrainRun)]
     certs = [r for r in records if isinstance(r, CertifyResult)]
@@ -180,8 +201,11 @@ def plot_file(
     out_dir: str | Path,
     formats: Sequence[str] | str = ("png", "pdf"),
     surface3d: bool = False,
+    log: bool = False,
 ) -> list[Path]:
-    """Read every result file in ``paths`` and draw what it holds into ``out_dir``.
+    """Read every result file in ``paths`` and draw what it holds into ``out_dir``; ``log``
+    draws losses on a logarithmic scale (the colours of 2D scans, the z axis of 3D surfaces,
+    the loss axis of 1D scans).
 
     Returns the written paths (figures in each of ``formats``, plus ``.md``/``.tex`` tables).
     Raises FileNotFoundError for a missing file and ValueError for a file of an unknown kind
@@ -194,4 +218,4 @@ def plot_file(
         raise ValueError("no result files given to plot")
     normalise_formats(formats)
     records = [load(p) for p in paths]
-    return plot_records(records, out_dir, formats, surface3d=surface3d)
+    return plot_records(records, out_dir, formats, surface3d=surface3d, log=log)

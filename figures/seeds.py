@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from figures.data import TrainRun
-from figures.style import apply_style, method_colour, method_name, save, with_context
+from figures.records import TrainRun
+from figures.style import apply_style, legend_below, line_style, method_colour, method_name, save, with_context
 from figures.training import PROBE_STATS, probe_stat, probe_x
 
 
@@ -71,8 +71,8 @@ def plot_seed_bands(
                 continue
             x, mean, std = b
             colour = method_colour(method, i)
-            (line,) = ax.plot(x, mean, "-o", ms=2.5, lw=1.6, color=colour,
-                              label=f"{method_name(method)} (mean of {len(rs)} seeds ± sd)")
+            (line,) = ax.plot(x, mean, color=colour, label=f"{method_name(method)} (mean of {len(rs)} seeds ± sd)",
+                              **{**line_style(i), "markevery": max(1, x.size // 15)})
             ax.fill_between(x, mean - std, mean + std, color=colour, alpha=0.18, lw=0)
             handles.setdefault(method, line)
         ax.set_title(title)
@@ -80,7 +80,7 @@ def plot_seed_bands(
         ax.set_xlabel("training step")
     for ax in flat[len(present):]:
         ax.set_visible(False)
-    fig.legend(handles=list(handles.values()), loc="lower center", ncol=min(4, len(handles)), bbox_to_anchor=(0.5, -0.01))
     fig.suptitle(with_context("Landscape probes over training, across seeds", [r.meta for r in runs]), fontsize=12)
-    fig.tight_layout(rect=(0, 0.35 / fig.get_size_inches()[1] + 0.02, 1, 1))
+    fig.tight_layout()
+    legend_below(fig, list(handles.values()), ncol=min(4, len(handles)))
     return save(fig, out_dir, f"{prefix}_probes", formats)

@@ -1,8 +1,9 @@
-"""Shared look of every figure: seaborn theme, one fixed colour per method, legend labels
-and saving to several formats.
+"""Shared look of every figure: seaborn theme, one fixed colour per method, distinct dashes
+and markers per curve, legends outside the data, and saving to several formats.
 
 Every figure module calls :func:`apply_style` before drawing and :func:`save` to write the
-figure, so that the same method has the same colour and name in every picture.
+figure, so that the same method has the same colour and name in every picture. The words
+(method and run names, loss names) are :mod:`figures.labels`.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 from bounds.names import LABELS  # noqa: E402
+from figures.labels import format_eps, legend_label, method_name  # noqa: E402,F401  (re-exported)
 from landscape import store  # noqa: E402
 
 FORMATS: tuple[str, ...] = ("png", "pdf", "svg")
@@ -45,15 +47,6 @@ def apply_style() -> None:
     )
 
 
-def method_name(method: str | None) -> str:
-    """Display name of a method key (``"crown-ibp"`` -> ``"CROWN-IBP"``); unknown keys pass through."""
-    if not method:
-        return "?"
-    base = str(method)
-    label = LABELS.get(base.lower())
-    return label.display if label is not None else base
-
-
 def method_rank(method: str | None) -> int:
     """Sort key listing methods the toolkit knows in a fixed order (IBP before CROWN-IBP, ...,
     the tightest-slope method last), unknown ones after them."""
@@ -71,39 +64,27 @@ def method_colour(method: str | None, index: int = 0) -> str:
     return _EXTRA_COLOURS[index % len(_EXTRA_COLOURS)]
 
 
-def format_eps(eps: float | None) -> str:
-    """Eps for a legend: ``0.1`` -> ``"ε=0.1"``, common CIFAR fractions as ``k/255``."""
-    if eps is None:
-        return ""
-    try:
-        value = float(eps)
-    except (TypeError, ValueError):
-        return f"ε={eps}"
-    if value != value:  # NaN
-        return ""
-    k = value * 255.0
-    if value > 0 and abs(k - round(k)) < 1e-6 and value < 0.1:
-        return f"ε={int(round(k))}/255"
-    return f"ε={value:g}"
+LINESTYLES: tuple = ("-", "--", "-.", ":", (0, (5, 1.5, 1, 1.5, 1, 1.5)))
+MARKERS = "osD^vP*X<>"
 
 
-def legend_label(method: str | None, eps: float | None = None, checkpoint: str | None = None) -> str:
-    """Legend entry naming method, eps and checkpoint, e.g. ``"IBP, ε=0.1 (ibp/checkpoint.pt)"``."""
-    parts = [method_name(method)]
-    eps_text = format_eps(eps)
-    if eps_text:
-        parts[0] += f", {eps_text}"
-    if checkpoint:
-        parts.append(f"({checkpoint})")
-    return " ".join(parts)
+def line_style(index: int) -> dict:
+    """Dashes and a marker for the ``index``-th curve of a panel, so that curves which coincide
+    (two methods with the same values) stay visible: each has its own dash pattern and marker,
+    and later ones are drawn a little thinner, on top."""
+    return {"ls": LINESTYLES[index % len(LINESTYLES)], "marker": MARKERS[index % len(MARKERS)],
+            "lw": max(1.0, 2.0 - 0.25 * index), "ms": max(3.0, 6.0 - 0.8 * index)}
 
 
-def short_path(path: str | Path | None, keep: int = 2) -> str:
-    """The last ``keep`` components of a path, enough to tell checkpoints apart in a legend."""
-    if not path:
-        return ""
-    parts = Path(str(path)).parts
-    return "/".join(parts[-keep:])
+def legend_below(fig: plt.Figure, handles: Sequence, ncol: int | None = None, **kw) -> object | None:
+    """One legend for the whole figure, below it, outside every axes, so no legend box covers
+    data (saving with a tight bounding box keeps it in the image). Call after the layout."""
+    handles = [h for h in handles if h is not None]
+    if not handles:
+        return None
+    ncol = ncol or min(3, len(handles))
+    return fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0), bbox_transform=fig.transFigure,
+                      ncol=ncol, frameon=False, **kw)
 
 
 def with_context(what: str, metas: Iterable) -> str:

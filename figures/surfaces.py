@@ -1,9 +1,15 @@
-"""2D figures of a ``random-2d`` scan: L(theta + α d1 + β d2) on an (α, β) grid.
+"""2D figures of a ``random-2d`` or ``pca`` scan: L(theta + x d1 + y d2) on an (x, y) grid.
 
-For each scanned loss (method) a filled contour plot and a heatmap are drawn, with the
-checkpoint itself (α = β = 0) marked; ``surface3d=True`` adds a 3D surface.  Grid points
-not yet computed (NaN) are left blank.  Every panel has its own colour bar, because the
-methods' losses differ in scale; compare the *shape* of the level sets between panels.
+For each scanned loss a panel of filled contours and one of a heatmap are drawn, with the
+checkpoint itself (x = y = 0) marked; ``surface3d=True`` adds 3D surfaces. All panels of a
+figure share one colour scale (and the 3D surfaces one z axis), so that methods compare
+honestly: the same colour is the same loss in every panel. ``log=True`` makes that scale
+logarithmic, which shows the level sets of losses that differ by orders of magnitude. Grid
+points not yet computed (NaN) are left blank.
+
+A PCA scan (Li et al. 2018, section 7) also draws the training trajectory projected on the
+plane, its start and its end, and labels each axis with the share of the trajectory's variance
+its direction explains.
 """
 
 from __future__ import annotations
@@ -13,8 +19,12 @@ from pathlib import Path
 
 import numpy as np
 
-from figures.data import SurfaceScan
-from figures.style import apply_style, format_eps, method_name, save, short_path
+from figures.labels import loss_axis, loss_title
+from figures.records import SurfaceScan
+from figures.style import apply_style, legend_below, save
+
+LOG_FLOOR = 1e-8
+"""On a log scale, losses below this share of the largest one are drawn at it."""
 
 
 def _grid(n: int) -> tuple[int, int]:
@@ -23,32 +33,96 @@ def _grid(n: int) -> tuple[int, int]:
     return (n + cols - 1) // cols, cols
 
 
-def _panels(n: int):
+def _panels(n: int, **kw):
     import matplotlib.pyplot as plt
 
     rows, cols = _grid(n)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.9 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.4 * cols + 0.9, 3.9 * rows), squeeze=False, **kw)
     flat = list(axes.ravel())
     for ax in flat[n:]:
         ax.set_visible(False)
     return fig, flat[:n]
 
 
-def _title(scan: SurfaceScan, method: str) -> str:
-    bits = [method_name(method if method != "loss" else scan.meta.method)]
-    eps = format_eps(scan.meta.eps)
-    if eps:
-        bits.append(eps)
-    return ", ".join(bits)
+def _title(scan: SurfaceScan, key: str) -> str:
+    title = loss_title(scan.method(key), scan.meta.eps)
+    return f"{title} — run {scan.runs[key]}" if key in scan.runs else title
 
 
 def _suptitle(scan: SurfaceScan, what: str) -> str:
-    bits = [b for b in (scan.meta.dataset, scan.meta.model, short_path(scan.meta.checkpoint)) if b]
+    bits = [b for b in (scan.meta.dataset, scan.meta.model) if b]
+    if not scan.runs and scan.meta.run:
+        bits.append(f"run {scan.meta.run}")
     return what + (f" — {', '.join(map(str, bits))}" if bits else "")
 
 
-def _mark_centre(ax) -> None:
-    ax.plot([0.0], [0.0], marker="*", ms=13, color="white", mec="black", mew=1.0, ls="none", label="checkpoint (α=β=0)")
+def _axis_labels(scan: SurfaceScan, key: str) -> tuple[str, str]:
+    ratios = scan.variance.get(key)
+    if ratios is not None:
+        return tuple(f"{name} PC: {100 * r:.1f} % of the variance" if np.isfinite(r) else f"{name} PC"
+                     for name, r in zip(("1st", "2nd"), ratios))  # type: ignore[return-value]
+    return "x (direction 1)", "y (direction 2)"
+
+
+def shared_scale(grids: Sequence[np.ndarray], log: bool = False, n_levels: int = 21):
+    """One colour norm and one set of contour levels for every panel: from the smallest to the
+    largest computed value over all of them (on a log scale from the smallest positive one,
+    at least :data:`LOG_FLOOR` times the largest)."""
+    from matplotlib import colors
+
+    values = np.concatenate([np.asarray(g, dtype=float).ravel() for g in grids])
+    values = values[np.isfinite(values)]
+    if log:
+        positive = values[values > 0]
+        hi = float(positive.max()) if positive.size else 1.0
+        lo = max(float(positive.min()) if positive.size else hi, hi * LOG_FLOOR)
+        if not hi > lo:
+            lo, hi = lo / 1.5, hi * 1.5
+        return colors.LogNorm(vmin=lo, vmax=hi), np.geomspace(lo, hi, n_levels)
+    lo, hi = float(values.min()), float(values.max())
+    if not hi > lo:
+        pad = max(abs(lo) * 1e-3, 1e-6)
+        lo, hi = lo - pad, hi + pad
+    return colors.Normalize(vmin=lo, vmax=hi), np.linspace(lo, hi, n_levels)
+
+
+def _drawn(z: np.ndarray, norm, log: bool) -> np.ma.MaskedArray:
+    z = np.asarray(z, dtype=float)
+    if log:  # on the log scale a (tiny) loss below the floor is drawn at the floor
+        z = np.where(np.isfinite(z), np.maximum(z, norm.vmin), z)
+    return np.ma.masked_invalid(z)
+
+
+def _marks(ax, scan: SurfaceScan, key: str) -> list:
+    """The checkpoint (x = y = 0) and, for a PCA scan, the trajectory with its start and end;
+    returns the handles for the figure's legend."""
+    handles = []
+    path = scan.paths.get(key)
+    if path is not None and len(path):
+        (line,) = ax.plot(path[:, 0], path[:, 1], "-", color="white", lw=2.6, zorder=4)
+        line.set_label("_outline")
+        (line,) = ax.plot(path[:, 0], path[:, 1], "-o", color="#d62728", lw=1.4, ms=3, zorder=5,
+                          label="training trajectory (checkpoints)")
+        handles.append(line)
+        (start,) = ax.plot(path[:1, 0], path[:1, 1], "s", ms=8, color="#2ca02c", mec="black", zorder=6,
+                           label="start of training")
+        handles.append(start)
+    (centre,) = ax.plot([0.0], [0.0], marker="*", ms=14, color="white", mec="black", mew=1.0, ls="none", zorder=7,
+                        label="end: the scanned checkpoint (x = y = 0)" if path is not None else
+                        "the scanned checkpoint (x = y = 0)")
+    handles.append(centre)
+    return handles
+
+
+def _finish(fig, axes, scan: SurfaceScan, keys: list[str], mappable, label: str, what: str, handles: list) -> None:
+    for ax, key in zip(axes, keys):
+        xl, yl = _axis_labels(scan, key)
+        ax.set_xlabel(xl)
+        ax.set_ylabel(yl)
+        ax.set_title(_title(scan, key))
+    fig.colorbar(mappable, ax=axes, label=label, shrink=0.9, pad=0.02)
+    fig.suptitle(_suptitle(scan, what), fontsize=12)
+    legend_below(fig, handles)
 
 
 def plot_surface(
@@ -57,70 +131,79 @@ def plot_surface(
     stem: str,
     formats: Sequence[str] = ("png", "pdf"),
     surface3d: bool = False,
+    log: bool = False,
 ) -> list[Path]:
-    """Contour and heatmap figures (and a 3D surface when asked) of one 2D scan."""
+    """Contour and heatmap figures (and 3D surfaces when asked) of one 2D scan, every panel on
+    one colour scale (logarithmic with ``log``); panels of losses with no computed point are
+    left out."""
     apply_style()
-    import matplotlib.pyplot as plt
+    from matplotlib import cm
 
+    keys = [k for k, z in scan.loss.items() if np.isfinite(np.asarray(z, dtype=float)).any()]
+    if not keys:
+        raise ValueError(f"{scan.meta.path}: no computed point to draw")
     written: list[Path] = []
-    methods = list(scan.loss)
     xx, yy = np.meshgrid(scan.x, scan.y, indexing="ij")
+    norm, levels = shared_scale([scan.loss[k] for k in keys], log)
+    label = loss_axis([scan.method(k) for k in keys], where="panel title") + (", log scale" if log else "")
+    mappable = cm.ScalarMappable(norm=norm, cmap="viridis")
 
-    fig, axes = _panels(len(methods))
-    for ax, method in zip(axes, methods):
-        z = np.ma.masked_invalid(scan.loss[method])
-        levels = 20 if z.count() > 1 and float(z.max() - z.min()) > 0 else 2
-        cs = ax.contourf(xx, yy, z, levels=levels, cmap="viridis")
-        if levels > 2:
-            ax.contour(xx, yy, z, levels=cs.levels[::3], colors="white", linewidths=0.5, alpha=0.6)
-        fig.colorbar(cs, ax=ax, label="loss (nats)")
-        _mark_centre(ax)
-        ax.set_xlabel("α (direction 1)")
-        ax.set_ylabel("β (direction 2)")
-        ax.set_title(_title(scan, method))
-        ax.legend(loc="upper right", fontsize=7)
-        ax.set_aspect("equal", adjustable="box")
-    fig.suptitle(_suptitle(scan, "Loss contours around the checkpoint"), fontsize=12)
-    fig.tight_layout()
+    fig, axes = _panels(len(keys), layout="constrained")
+    handles: list = []
+    for ax, key in zip(axes, keys):
+        z = _drawn(scan.loss[key], norm, log)
+        ax.contourf(xx, yy, z, levels=levels, norm=norm, cmap="viridis")
+        ax.contour(xx, yy, z, levels=levels[::4], norm=norm, colors="white", linewidths=0.5, alpha=0.6)
+        handles = _marks(ax, scan, key)
+        ax.set_xlim(scan.x[0], scan.x[-1])
+        ax.set_ylim(scan.y[0], scan.y[-1])
+    _finish(fig, axes, scan, keys, mappable, label, "Loss contours around the checkpoint", handles)
     written += save(fig, out_dir, f"{stem}_contour", formats)
 
-    # half a grid cell around the outer points, so each cell is centred on its (α, β)
+    # half a grid cell around the outer points, so each cell is centred on its (x, y)
     dx = (scan.x[-1] - scan.x[0]) / (scan.x.size - 1) / 2 if scan.x.size > 1 else 0.5
     dy = (scan.y[-1] - scan.y[0]) / (scan.y.size - 1) / 2 if scan.y.size > 1 else 0.5
-    fig, axes = _panels(len(methods))
-    for ax, method in zip(axes, methods):
-        z = np.ma.masked_invalid(scan.loss[method])
-        im = ax.imshow(
-            z.T,
-            origin="lower",
-            extent=(scan.x[0] - dx, scan.x[-1] + dx, scan.y[0] - dy, scan.y[-1] + dy),
-            cmap="magma",
-            aspect="auto",
-            interpolation="nearest",
-        )
-        fig.colorbar(im, ax=ax, label="loss (nats)")
-        ax.plot([0.0], [0.0], marker="+", ms=16, mew=2.2, color="cyan", ls="none", label="checkpoint (α=β=0)")
-        ax.set_xlabel("α (direction 1)")
-        ax.set_ylabel("β (direction 2)")
-        ax.set_title(_title(scan, method))
-        ax.legend(loc="upper right", fontsize=7)
+    fig, axes = _panels(len(keys), layout="constrained")
+    heat = cm.ScalarMappable(norm=norm, cmap="magma")
+    for ax, key in zip(axes, keys):
+        ax.imshow(_drawn(scan.loss[key], norm, log).T, origin="lower", norm=norm, cmap="magma", aspect="auto",
+                  interpolation="nearest",
+                  extent=(scan.x[0] - dx, scan.x[-1] + dx, scan.y[0] - dy, scan.y[-1] + dy))
+        handles = _marks(ax, scan, key)
         ax.grid(False)
-    fig.suptitle(_suptitle(scan, "Loss heatmap around the checkpoint"), fontsize=12)
-    fig.tight_layout()
+    _finish(fig, axes, scan, keys, heat, label, "Loss heatmap around the checkpoint", handles)
     written += save(fig, out_dir, f"{stem}_heatmap", formats)
 
     if surface3d:
-        rows, cols = _grid(len(methods))
-        fig = plt.figure(figsize=(5.0 * cols, 4.3 * rows))
-        for i, method in enumerate(methods):
-            ax = fig.add_subplot(rows, cols, i + 1, projection="3d")
-            z = np.asarray(scan.loss[method], dtype=float)
-            ax.plot_surface(xx, yy, np.where(np.isfinite(z), z, np.nan), cmap="viridis", linewidth=0, antialiased=True)
-            ax.set_xlabel("α")
-            ax.set_ylabel("β")
-            ax.set_zlabel("loss (nats)")
-            ax.set_title(_title(scan, method))
-        fig.suptitle(_suptitle(scan, "Loss surface"), fontsize=12)
-        fig.tight_layout()
-        written += save(fig, out_dir, f"{stem}_surface3d", formats)
+        written += _surface3d(scan, keys, xx, yy, norm, log, out_dir, stem, formats)
     return written
+
+
+def _surface3d(scan: SurfaceScan, keys: list[str], xx, yy, norm, log: bool, out_dir, stem: str,
+               formats) -> list[Path]:
+    """3D surfaces on one z axis (log10 of the loss with ``log``, ticks labelled as powers of 10)."""
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, LogLocator
+
+    rows, cols = _grid(len(keys))
+    fig = plt.figure(figsize=(5.0 * cols, 4.3 * rows))
+    lo, hi = (np.log10(norm.vmin), np.log10(norm.vmax)) if log else (norm.vmin, norm.vmax)
+    for i, key in enumerate(keys):
+        ax = fig.add_subplot(rows, cols, i + 1, projection="3d")
+        z = np.ma.filled(_drawn(scan.loss[key], norm, log), np.nan)
+        ax.plot_surface(xx, yy, np.log10(z) if log else z, cmap="viridis", vmin=lo, vmax=hi, linewidth=0,
+                        antialiased=True)
+        ax.set_zlim(lo, hi)
+        if log:  # a log z axis: log10 of the loss drawn, ticks at round losses
+            ticks = [t for t in LogLocator(subs=(1.0, 2.0, 5.0)).tick_values(norm.vmin, norm.vmax)
+                     if norm.vmin <= t <= norm.vmax]
+            ax.set_zticks(np.log10(ticks) if len(ticks) >= 2 else np.linspace(lo, hi, 3))
+            ax.zaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{10.0 ** v:.3g}"))
+        xl, yl = _axis_labels(scan, key)
+        ax.set_xlabel(xl.split(":")[0] if ":" in xl else "x")
+        ax.set_ylabel(yl.split(":")[0] if ":" in yl else "y")
+        ax.set_zlabel("loss (nats" + (", log scale)" if log else ")"))
+        ax.set_title(_title(scan, key))
+    fig.suptitle(_suptitle(scan, "Loss surface (one z axis for all panels)"), fontsize=12)
+    fig.tight_layout()
+    return save(fig, out_dir, f"{stem}_surface3d", formats)

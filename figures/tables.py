@@ -14,7 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from figures.style import apply_style, format_eps, method_colour, method_name, method_rank, save, write_text
+from figures.style import (MARKERS, apply_style, format_eps, legend_below, method_colour, method_name, method_rank, save,
+                           write_text)
 
 _COLUMNS = (("clean_err", "Clean"), ("pgd_err", "PGD"), ("verified_err", "Verified"))
 
@@ -133,16 +134,18 @@ def plot_error_vs_eps(
         colour = method_colour(m, i)
         ver = np.array([r.get("verified_err", np.nan) for r in mine], dtype=float)
         scale = 100.0 if np.nanmax(ver, initial=0) <= 1.0 else 1.0
-        ax.plot(eps, scale * ver, "-o", lw=2, ms=5, color=colour, label=f"{method_name(m)}: verified")
+        marker, ms = MARKERS[i % len(MARKERS)], max(3.5, 7.0 - 1.0 * i)  # coinciding methods stay visible
+        ax.plot(eps, scale * ver, "-", marker=marker, lw=2, ms=ms, color=colour, label=f"{method_name(m)}: verified")
         if any("pgd_err" in r for r in mine):
             pgd = np.array([r.get("pgd_err", np.nan) for r in mine], dtype=float)
-            ax.plot(eps, scale * pgd, "--s", lw=1.4, ms=4, color=colour, alpha=0.8, label=f"{method_name(m)}: PGD")
+            ax.plot(eps, scale * pgd, "--", marker=marker, mfc="none", lw=1.4, ms=ms, color=colour, alpha=0.8,
+                    label=f"{method_name(m)}: PGD")
     ax.set_xlabel("test ε (L∞ radius, input units)")
     ax.set_ylabel("test error (%)")
     ax.set_ylim(0, 100)
     ax.set_title("Verified and PGD error against ε")
-    ax.legend(loc="best", ncol=2 if len(methods) > 2 else 1)
     fig.tight_layout()
+    legend_below(fig, ax.get_lines(), ncol=2)
     return save(fig, out_dir, stem, formats)
 
 
@@ -184,6 +187,7 @@ def plot_tightness_vs_smoothness(
     ax.set_ylabel(y_label)
     ax.set_title("Tightness versus smoothness (one point per method)")
     ax.margins(0.2)
-    ax.legend(loc="best")
     fig.tight_layout()
+    handles, _ = ax.get_legend_handles_labels()
+    legend_below(fig, handles, ncol=min(2, len(handles)))
     return save(fig, out_dir, stem, formats)

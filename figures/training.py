@@ -22,8 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from figures.data import TrainRun
-from figures.style import apply_style, method_colour, method_name, rolling_mean, save, with_context
+from figures.records import TrainRun
+from figures.style import (apply_style, legend_below, line_style, method_colour, method_name, rolling_mean, save,
+                           with_context)
 
 # (key, candidate column names (a trailing "*" matches a prefix; several matches are averaged),
 #  axis label, title)
@@ -35,19 +36,24 @@ PROBE_STATS: tuple[tuple[str, tuple[str, ...], str, str], ...] = (
     ("rga_cosine", ("rga_cos", "rga_cosine", "rga_cos*"), "cos(d lb/dx, d m/dx)", "Relaxed-gradient cosine"),
     ("sign_flip", ("sign_flip", "sign_flip_rate"), "fraction flipped, mean t>0", "Sign-flip rate of bound coefficients"),
     ("loss_final_variation", ("loss_final_variation",), "ΔL at the final ε (nats)", "Loss variation at final ε"),
+    ("hessian_top_eig", ("hessian_top_eig",), "λ of largest |λ| of the step's loss", "Top Hessian eigenvalue"),
+    ("hessian_trace", ("hessian_trace",), "tr H of the step's loss (Hutchinson)", "Hessian trace"),
 )
 
 
 def _label(run: TrainRun, with_name: bool) -> str:
-    label = run.meta.label(with_checkpoint=False)
-    if with_name and run.meta.name:
-        label += f" [{run.meta.name}]"
-    return label
+    return run.meta.label(with_run=with_name)
 
 
 def _needs_names(runs: Sequence[TrainRun]) -> bool:
     keys = [(r.meta.method, r.meta.eps) for r in runs]
     return len(set(keys)) < len(keys)
+
+
+def _has(run: TrainRun, key: str) -> bool:
+    """Whether ``run`` records probe statistic ``key`` with at least one finite value."""
+    y = probe_stat(run, key)
+    return y is not None and bool(np.isfinite(y).any())
 
 
 def reduce_over_t(values: np.ndarray, t: np.ndarray | None) -> np.ndarray:
@@ -107,12 +113,12 @@ def _plot_stat(ax, runs: Sequence[TrainRun], key: str, names: bool, **line) -> d
     training step; returns the drawn lines by run index."""
     lines = {}
     for i, run in enumerate(runs):
-        y = probe_stat(run, key)
-        if y is None:
+        if not _has(run, key):
             continue
+        y = probe_stat(run, key)
         x = probe_x(run)[: y.size]
-        (lines[i],) = ax.plot(x, y[: x.size], "-o", color=method_colour(run.meta.method, i),
-                              label=_label(run, names), **line)
+        (lines[i],) = ax.plot(x, y[: x.size], color=method_colour(run.meta.method, i), label=_label(run, names),
+                              **{**line_style(i), "markevery": max(1, x.size // 15), **line})
     return lines
 
 
@@ -124,7 +130,7 @@ def plot_probe_stats(
     apply_style()
     import matplotlib.pyplot as plt
 
-    present = [s for s in PROBE_STATS if any(probe_stat(r, s[0]) is not None for r in runs)]
+    present = [s for s in PROBE_STATS if any(_has(r, s[0]) for r in runs)]
     if not present:
         raise ValueError("no training probes in these files; train with --probe-every N to record them")
     cols = 4 if len(present) in (7, 8) else min(3, len(present))
@@ -134,7 +140,7 @@ def plot_probe_stats(
     names = _needs_names(runs)
     legend: dict[int, object] = {}  # one entry per run, even for a run missing from the first panel
     for ax, (key, _, ylabel, title) in zip(flat, present):
-        for i, line in _plot_stat(ax, runs, key, names, ms=2.5, lw=1.5).items():
+        for i, line in _plot_stat(ax, runs, key, names).items():
             legend.setdefault(i, line)
         ax.set_title(title)
         ax.set_ylabel(ylabel)
@@ -143,9 +149,9 @@ def plot_probe_stats(
     for ax in flat[len(present):]:
         ax.set_visible(False)
     handles = [legend[i] for i in sorted(legend)]
-    fig.legend(handles=handles, loc="lower center", ncol=min(4, max(1, len(handles))), bbox_to_anchor=(0.5, -0.01))
     fig.suptitle(with_context("Landscape probes over training", [r.meta for r in runs]), fontsize=12)
-    fig.tight_layout(rect=(0, 0.35 / fig.get_size_inches()[1] + 0.02, 1, 1))
+    fig.tight_layout()
+    legend_below(fig, handles, ncol=min(4, max(1, len(handles))))
     return save(fig, out_dir, stem, formats)
 
 
@@ -158,14 +164,15 @@ def plot_single_stat(
 
     _, _, ylabel, title = next(s for s in PROBE_STATS if s[0] == key)
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    if not _plot_stat(ax, runs, key, _needs_names(runs), ms=3, lw=1.7):
+    lines = _plot_stat(ax, runs, key, _needs_names(runs))
+    if not lines:
         plt.close(fig)
         raise ValueError(f"no run in these files records the probe statistic {key!r}")
     ax.set_xlabel("training step")
     ax.set_ylabel(ylabel)
     ax.set_title(with_context(f"{title} over training", [r.meta for r in runs]))
-    ax.legend(loc="best")
     fig.tight_layout()
+    legend_below(fig, [lines[i] for i in sorted(lines)], ncol=min(3, len(lines)))
     return save(fig, out_dir, stem, formats)
 
 
@@ -184,7 +191,7 @@ def plot_gradient_direction_over_training(
     import matplotlib.pyplot as plt
     from matplotlib import cm, colors
 
-    runs = [r for r in runs if has_gradient_probes(r)]
+    runs = [r for r in runs if has_gradient_probes(r) and np.isfinite(np.asarray(r.probes["loss"], dtype=float)).any()]
     if not runs:
         raise ValueError("no gradient-direction probes (probes/loss over probes/t) in these files")
     cols = min(4, len(runs))
@@ -229,53 +236,59 @@ _CURVES = (
 def plot_training_curves(
     runs: Sequence[TrainRun], out_dir: str | Path, stem: str, formats: Sequence[str] = ("png", "pdf")
 ) -> list[Path]:
-    """Loss, robust and clean batch error per step (moving average, raw values faint), and the
-    eps schedule, for every run. ValueError when no run has per-step records."""
+    """Loss, robust and clean batch error per step (moving average, raw values faint), the eps
+    schedule and the test errors after each epoch, for every run; a panel only where some run
+    has values for it. ValueError when no run has per-step records."""
     apply_style()
     import matplotlib.pyplot as plt
 
     runs = [r for r in runs if "loss" in r.steps]
     if not runs:
         raise ValueError("no per-step records (steps/loss) in these files")
-    has_eps = any("eps" in r.steps for r in runs)
-    has_test = any("test_clean_err" in r.epochs for r in runs)
-    n = len(_CURVES) + has_eps + has_test
+
+    def step_column(run: TrainRun, keys: tuple[str, ...]) -> str | None:
+        key = next((k for k in keys if k in run.steps), None)
+        return key if key is not None and np.isfinite(np.asarray(run.steps[key], dtype=float)).any() else None
+
+    panels = [(keys, ylabel, title) for keys, ylabel, title in _CURVES if any(step_column(r, keys) for r in runs)]
+    panels += [(("eps",), "training ε (input units)", "ε schedule")] if any(step_column(r, ("eps",)) for r in runs) else []
+    has_test = any("test_clean_err" in r.epochs and np.isfinite(r.epochs["test_clean_err"]).any() for r in runs)
+    n = len(panels) + has_test
     cols = 3 if n >= 5 else (2 if n == 4 else n)
-    fig, grid = plt.subplots((n + cols - 1) // cols, cols, figsize=(5.0 * cols, 3.5 * ((n + cols - 1) // cols)), squeeze=False)
+    rows = (n + cols - 1) // cols
+    fig, grid = plt.subplots(rows, cols, figsize=(5.0 * cols, 3.5 * rows), squeeze=False)
     axes = list(grid.ravel())
     for ax in axes[n:]:
         ax.set_visible(False)
     names = _needs_names(runs)
+    handles = []
     for i, run in enumerate(runs):
-        colour = method_colour(run.meta.method, i)
+        colour, style = method_colour(run.meta.method, i), line_style(i)
         label = _label(run, names)
         x = np.asarray(run.steps.get("step", np.arange(len(run.steps["loss"]))), dtype=float)
         window = max(1, x.size // 25)
-        for ax, (keys, ylabel, title) in zip(axes, _CURVES):
-            key = next((k for k in keys if k in run.steps), None)
+        line = None
+        for ax, (keys, ylabel, title) in zip(axes, panels):
+            key = step_column(run, keys)
+            ax.set_title(title)
+            ax.set_ylabel(ylabel)
+            ax.set_xlabel("training step")
             if key is None:
                 continue
             y = np.asarray(run.steps[key], dtype=float)
             if "err" in key and np.nanmax(y, initial=0) <= 1.0:
                 y = 100.0 * y
-            ax.plot(x, y, lw=0.6, color=colour, alpha=0.25)
-            ax.plot(x, rolling_mean(y, window), lw=1.8, color=colour, label=label)
-            ax.set_title(title)
-            ax.set_ylabel(ylabel)
-            ax.set_xlabel("training step")
-        if has_eps and "eps" in run.steps:
-            ax = axes[len(_CURVES)]
-            ax.plot(x, np.asarray(run.steps["eps"], dtype=float), lw=1.8, color=colour, label=label)
-            ax.set_title("ε schedule")
-            ax.set_ylabel("training ε (input units)")
-            ax.set_xlabel("training step")
+            if key != "eps":
+                ax.plot(x, y, lw=0.6, color=colour, alpha=0.25)
+                y = rolling_mean(y, window)
+            (line,) = ax.plot(x, y, color=colour, label=label, ls=style["ls"], lw=style["lw"], marker=style["marker"],
+                              ms=style["ms"], markevery=max(1, x.size // 10))
+        handles += [line] if line is not None else []
         if has_test and "test_clean_err" in run.epochs:
-            _test_panel(axes[len(_CURVES) + has_eps], run, colour)
-    if has_test:
-        _test_legend(axes[len(_CURVES) + has_eps])
-    axes[0].legend(loc="best")
+            _test_panel(axes[len(panels)], run, colour)
     fig.suptitle(with_context("Training curves", [r.meta for r in runs]), fontsize=12)
     fig.tight_layout()
+    legend_below(fig, handles + (_test_handles() if has_test else []), ncol=min(3, len(handles) + 3 * has_test))
     return save(fig, out_dir, stem, formats)
 
 
@@ -295,11 +308,10 @@ def _test_panel(ax, run: TrainRun, colour: str) -> None:
     ax.set_xlabel("training step")
 
 
-def _test_legend(ax) -> None:
+def _test_handles() -> list:
     from matplotlib.lines import Line2D
 
-    handles = [Line2D([], [], color="0.3", ls=style, label=name) for _, style, name in _TEST_STYLES]
-    ax.legend(handles=handles, loc="best")
+    return [Line2D([], [], color="0.3", ls=style, label=f"test error: {name}") for _, style, name in _TEST_STYLES]
 
 
 def summary(run: TrainRun, last_fraction: float = 1.0) -> dict[str, float]:

@@ -18,12 +18,15 @@ import click
 @click.option("--format", "formats", default="png,pdf", show_default=True,
               help="Comma-separated image formats: png, pdf, svg.")
 @click.option("--surface3d", is_flag=True, help="Also draw 3D surfaces of 2D scans.")
-def plot(files: tuple[Path, ...], out_dir: Path, formats: str, surface3d: bool) -> None:
+@click.option("--log", is_flag=True, help="Draw losses on a log scale: the shared colour scale of 2D scans, the "
+              "z axis of 3D surfaces, the loss axis of 1D scans.")
+def plot(files: tuple[Path, ...], out_dir: Path, formats: str, surface3d: bool, log: bool) -> None:
     """Draw whatever the result FILES hold (scans, training runs, certification results).
 
-    Several files are overlaid (methods on shared axes); training runs with probes also give
-    a tightness-versus-smoothness scatter, and certify files a verified-error table
-    (Markdown and LaTeX).
+    Several files are overlaid (methods on shared axes; 2D scans share one colour scale);
+    training runs with probes also give a tightness-versus-smoothness scatter, certify files a
+    verified-error table (Markdown and LaTeX), PCA scans the training path on the loss
+    contours and Hessian scans the spectral densities and top eigenvalues.
     """
     import figures
     from figures.style import normalise_formats
@@ -35,7 +38,7 @@ def plot(files: tuple[Path, ...], out_dir: Path, formats: str, surface3d: bool) 
     for f in files:
         if not f.exists():
             raise click.BadParameter(f"result file {f} does not exist", param_hint="FILES")
-    written = figures.plot_file(list(files), out_dir, formats=fmts, surface3d=surface3d)
+    written = figures.plot_file(list(files), out_dir, formats=fmts, surface3d=surface3d, log=log)
     for path in written:
         click.echo(str(path))
     click.echo(f"wrote {len(written)} files to {out_dir}", err=True)

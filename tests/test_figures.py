@@ -257,7 +257,7 @@ def test_verified_error_table_markdown_values() -> None:
     ]
     md = verified_error_markdown(rows).splitlines()
     assert md[2].startswith("| IBP | 0.1 | 25.0 | 35.0 | 45.0 |")
-    assert md[3].startswith("| Tightest (ours) | 0.1 | 20.0 | 30.0 | 40.0 |")
+    assert md[3].startswith("| Tightest | 0.1 | 20.0 | 30.0 | 40.0 |")
     tex = verified_error_latex(rows)
     assert r"\textbf{40.0}" in tex and r"\textbf{45.0}" not in tex
     with pytest.raises(ValueError, match="no certification results"):
@@ -418,4 +418,4 @@ def test_probe_panel_legend_names_every_run(tmp_path: Path, monkeypatch) -> None
     figs = _capture_figures(monkeypatch, training)
     training.plot_probe_stats([a, b], tmp_path, "probes", ("png",))
     labels = [t.get_text() for legend in figs[0].legends for t in legend.get_texts()]
-    assert labels == ["IBP, ε=0.1", "Tightest (ours), ε=0.1"], labels
+    assert labels == ["IBP, ε=0.1", "Tightest, ε=0.1"], labels

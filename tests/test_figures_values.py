@@ -20,7 +20,7 @@ import pytest
 from landscape import store
 
 EPS = 0.1
-NAMES = {"ibp": "IBP", "crown-ibp": "CROWN-IBP", "tightest": "Tightest (ours)"}
+NAMES = {"ibp": "IBP", "crown-ibp": "CROWN-IBP", "tightest": "Tightest"}
 
 
 def f32(values) -> np.ndarray:
@@ -121,7 +121,7 @@ def panel_method(ax) -> str:
     return found[0]
 
 
-def test_surface_heatmap_draws_loss_transposed_with_alpha_horizontal(tmp_path: Path, drawn) -> None:
+def test_surface_heatmap_draws_loss_transposed_with_x_horizontal(tmp_path: Path, drawn) -> None:
     from figures import data, surfaces
 
     surfaces.plot_surface(data.load(make_surface(tmp_path / "s.h5")), tmp_path, "s", ("png",))
@@ -136,13 +136,13 @@ def test_surface_heatmap_draws_loss_transposed_with_alpha_horizontal(tmp_path: P
         (im,) = ax.images
         arr = im.get_array()
         z = expected_surface(method)
-        assert arr.shape == (y.size, x.size), "imshow rows must be β (y), columns α (x): draw z.T"
+        assert arr.shape == (y.size, x.size), "imshow rows must be y, columns x: draw z.T"
         assert im.origin == "lower"
         np.testing.assert_allclose(im.get_extent(), (x[0] - dx, x[-1] + dx, y[0] - dy, y[-1] + dy), rtol=1e-6)
         mask = np.ma.getmaskarray(arr)
         np.testing.assert_array_equal(mask, ~np.isfinite(z.T))
         np.testing.assert_allclose(np.ma.filled(arr, np.nan), z.T, rtol=1e-6)
-        # the checkpoint marker sits at alpha = beta = 0
+        # the checkpoint marker sits at x = y = 0
         assert any(list(ln.get_xdata()) == [0.0] and list(ln.get_ydata()) == [0.0] for ln in ax.get_lines())
     assert np.ma.getmaskarray(next(ax for ax in panels if panel_method(ax) == "ibp").images[0].get_array())[
         SURF_NAN[2], SURF_NAN[1]
@@ -150,7 +150,7 @@ def test_surface_heatmap_draws_loss_transposed_with_alpha_horizontal(tmp_path: P
 
 
 def test_surface_contour_levels_follow_the_grid(tmp_path: Path, drawn) -> None:
-    """The filled contours cover α horizontally and β vertically, and at every interior grid
+    """The filled contours cover x horizontally and y vertically, and at every interior grid
     point the band drawn there is the band of that point's loss."""
     from matplotlib.contour import QuadContourSet
 
@@ -161,6 +161,8 @@ def test_surface_contour_levels_follow_the_grid(tmp_path: Path, drawn) -> None:
     panels = [ax for ax in fig.axes if any(isinstance(c, QuadContourSet) for c in ax.collections)]
     assert sorted(panel_method(ax) for ax in panels) == ["ibp", "tightest"]
     x, y = f32(SURF_X), f32(SURF_Y)
+    both = np.concatenate([expected_surface(m).ravel() for m in ("ibp", "tightest")])
+    shared = None
     for ax in panels:
         method = panel_method(ax)
         assert ax.get_title() == f"{NAMES[method]}, ε={EPS:g}"
@@ -169,8 +171,12 @@ def test_surface_contour_levels_follow_the_grid(tmp_path: Path, drawn) -> None:
         verts = np.concatenate([p.vertices for p in cs.get_paths() if len(p.vertices)])
         np.testing.assert_allclose([verts[:, 0].min(), verts[:, 0].max()], [x[0], x[-1]], atol=1e-6)
         np.testing.assert_allclose([verts[:, 1].min(), verts[:, 1].max()], [y[0], y[-1]], atol=1e-6)
-        assert cs.levels[0] <= np.nanmin(z) and cs.levels[-1] >= np.nanmax(z)
-        assert cs.levels[1] > np.nanmin(z) and cs.levels[-2] < np.nanmax(z)
+        # one colour scale for both panels: the levels span the losses of every method
+        shared = cs.levels if shared is None else shared
+        np.testing.assert_array_equal(cs.levels, shared)
+        assert cs.levels[0] <= np.nanmin(both) and cs.levels[-1] >= np.nanmax(both)
+        assert cs.levels[1] > np.nanmin(both) and cs.levels[-2] < np.nanmax(both)
+        assert (cs.norm.vmin, cs.norm.vmax) == (shared[0], shared[-1])
         paths = cs.get_paths()
         span = float(np.nanmax(z) - np.nanmin(z))
         checked = 0
@@ -291,7 +297,8 @@ def test_line_scan_draws_stored_loss_per_method(tmp_path: Path, drawn) -> None:
         x, yv = xy(line_labelled(ax, f"{NAMES[m]}, ε={EPS:g}"))
         np.testing.assert_allclose(x, f32(LINE_X))
         np.testing.assert_allclose(yv, f32(line_loss(m)), rtol=1e-6)
-    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["IBP, ε=0.1", "Tightest (ours), ε=0.1"]
+    (legend,) = drawn["r"].legends
+    assert [t.get_text() for t in legend.get_texts()] == ["IBP, ε=0.1", "Tightest, ε=0.1"]
 
 
 # ----------------------------------------------------------------------------- training runs
@@ -404,7 +411,8 @@ def test_single_stat_draws_grad_cosine_mean_over_positive_t(runs, tmp_path: Path
         x, yv = xy(line_labelled(ax, f"{NAMES[m]}, ε={EPS:g}"))
         np.testing.assert_allclose(x, PROBE_STEPS[m])
         np.testing.assert_allclose(yv, expected_stat(m, "grad_cosine"), rtol=1e-5)
-    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["IBP, ε=0.1", "Tightest (ours), ε=0.1"]
+    (legend,) = drawn["gc"].legends
+    assert [t.get_text() for t in legend.get_texts()] == ["IBP, ε=0.1", "Tightest, ε=0.1"]
 
 
 def test_training_curves_draw_eps_schedule_and_raw_records(runs, tmp_path: Path, drawn) -> None:

@@ -40,7 +40,7 @@ def test_tiny_profile_end_to_end_and_resume(tmp_path: Path) -> None:
         assert (out / "runs" / "digits_eps0.1" / "seed0" / m / "checkpoint.pt").exists()
         assert (fig / f"{m}_gradient.png").exists() and (fig / f"{m}_random-2d_heatmap.png").exists()
     table = (fig / "compare_verified_error.md").read_text()
-    for name in ("IBP", "CROWN-IBP", "CAP", "Tightest (ours)"):
+    for name in ("IBP", "CROWN-IBP", "CAP", "Tightest"):
         assert f"| {name} |" in table
     assert (fig / "compare_verified_error.tex").read_text().count(r"\\") >= 9  # header + 4 methods x 2 eps
     summary = json.loads((out / "summary.json").read_text())

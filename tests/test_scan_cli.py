@@ -291,9 +291,11 @@ def test_pca_scan_of_a_trajectory(stepped, tmp_path):
     sizes = [int(np.prod(s)) for s in meta["param_shapes"]]
     parts = np.split(direction, np.cumsum(sizes)[:-1])
     assert all((part == 0).all() == (len(shape) == 1) for part, shape in zip(parts, meta["param_shapes"]))
-    # export works on it
+    # export and plot work on it
     assert _run(["export", out, "--out", tmp_path / "vtk"]) == 0
     assert sorted(p.name for p in (tmp_path / "vtk").iterdir()) == ["pca_clean.vtu", "pca_crown-ibp.vtu"]
+    assert _run(["plot", out, "--out", tmp_path / "fig", "--format", "png"]) == 0
+    assert (tmp_path / "fig" / "pca_contour.png").stat().st_size > 5000
 
 
 def test_pca_scan_under_torchrun_equals_one_process(stepped, tmp_path):
@@ -352,6 +354,8 @@ def test_hessian_scan_resumes_per_label(ckpts, tmp_path, monkeypatch):
         assert r["slq_nodes"].shape == r["slq_weights"].shape == (2, 8)
     before = _bytes(out)
     assert _run(args) == 0 and _bytes(out) == before  # complete
+    assert _run(["plot", out, "--out", tmp_path / "fig", "--format", "png"]) == 0
+    assert (tmp_path / "fig" / "h_hessian.png").exists()
 
 
 def test_hessian_scan_values_and_its_options(ckpts, tmp_path, capsys):

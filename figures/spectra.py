@@ -1,0 +1,74 @@
+"""The Hessian of each scanned loss (a ``hessian`` scan, ``docs/scans.md``): its spectral
+density, overlaid for every loss on a log scale (stochastic Lanczos quadrature, as PyHessian
+draws it), and its top eigenvalues by rank (Lanczos). The legend gives each loss's trace
+(Hutchinson's estimate, with its standard error).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from figures.labels import distinct, loss_name, loss_title
+from figures.records import SpectrumScan
+from figures.style import apply_style, legend_below, line_style, method_colour, method_rank, save, with_context
+
+DENSITY_FLOOR = 1e-7
+"""Densities are drawn down to this share of their largest value (below it, the log axis stops)."""
+
+
+def _entries(scans: Sequence[SpectrumScan]) -> list[tuple[SpectrumScan, str, dict, str, str]]:
+    """(scan, label, spectrum, legend text, colour) of every computed loss, named by method and
+    run where they would otherwise read the same."""
+    pairs = [(s, lab, spec) for s in scans for lab, spec in sorted(s.spectra.items(), key=lambda kv: method_rank(kv[0]))]
+    names = distinct([loss_title(lab, s.meta.eps) for s, lab, _ in pairs], [s.meta.run for s, _, _ in pairs])
+    return [(s, lab, spec, name, method_colour(lab, i)) for i, ((s, lab, spec), name) in enumerate(zip(pairs, names))]
+
+
+def _number(value: float) -> str:
+    """A trace or its error in a legend: whole numbers from 100 on, else 3 significant digits."""
+    return f"{value:.0f}" if abs(value) >= 100 else f"{value:.3g}"
+
+
+def plot_spectra(
+    scans: Sequence[SpectrumScan], out_dir: str | Path, stem: str, formats: Sequence[str] = ("png", "pdf")
+) -> list[Path]:
+    """Spectral densities (log scale) and top eigenvalues of every computed loss of ``scans``."""
+    apply_style()
+    import matplotlib.pyplot as plt
+
+    entries = _entries(scans)
+    if not entries:
+        raise ValueError(f"nothing to draw in {', '.join(str(s.meta.path) for s in scans)}: no loss of the Hessian "
+                         "scan is computed yet (run the same scan command again to compute them)")
+    fig, (ax_d, ax_e) = plt.subplots(1, 2, figsize=(11.0, 4.2), gridspec_kw={"width_ratios": [1.6, 1.0]})
+    peak = max(float(np.nanmax(spec["density"])) for _, _, spec, _, _ in entries)
+    floor = peak * DENSITY_FLOOR
+    handles = []
+    for i, (scan, label, spec, name, colour) in enumerate(entries):
+        style = line_style(i)
+        grid, dens = np.asarray(spec["density_grid"], dtype=float), np.asarray(spec["density"], dtype=float)
+        text = f"{name}: tr H = {_number(spec['trace'])} ± {_number(spec['trace_stderr'])}"
+        (line,) = ax_d.plot(grid, np.maximum(dens, floor), color=colour, ls=style["ls"], lw=style["lw"], label=text)
+        handles.append(line)
+        eig = np.asarray(spec["eigenvalues"], dtype=float)
+        ax_e.plot(np.arange(1, eig.size + 1), eig, color=colour, ls=style["ls"], lw=style["lw"],
+                  marker=style["marker"], ms=style["ms"] + 1, label=text)
+    ax_d.set_yscale("log")
+    ax_d.set_ylim(floor, peak * 3)
+    ax_d.set_xlabel("eigenvalue λ of the Hessian")
+    ax_d.set_ylabel("spectral density (log scale)")
+    ax_d.set_title("Hessian eigenvalue density (SLQ)")
+    ax_e.axhline(0.0, color="0.4", lw=0.8, ls=":")
+    ax_e.set_xlabel("rank i (1 = largest)")
+    ax_e.set_ylabel("λ_i, the i-th largest eigenvalue")
+    ax_e.set_title("Top eigenvalues (Lanczos)")
+    ax_e.xaxis.get_major_locator().set_params(integer=True)
+    losses = sorted({loss_name(lab) for _, lab, *_ in entries})
+    what = f"Hessian of the {losses[0]}" if len(losses) == 1 else "Hessian of each loss"
+    fig.suptitle(with_context(what, [s.meta for s in scans]), fontsize=12)
+    fig.tight_layout()
+    legend_below(fig, handles, ncol=min(2, len(handles)))
+    return save(fig, out_dir, stem, formats)
