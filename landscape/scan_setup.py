@@ -137,7 +137,7 @@ def prepare_scan(request: Any, ctx: Context) -> PreparedScan:
     from landscape.scan_losses import LossClosure, select_samples
     from train.checkpoint import check_fits, load_model
     from train.config import run_domain
-    from train.data import DATASETS, load_dataset
+    from train.data import load_dataset
 
     kind, seed, device = request.kind, request.seed, request.device
     torch.manual_seed(seed)
@@ -160,7 +160,12 @@ def prepare_scan(request: Any, ctx: Context) -> PreparedScan:
         attrs = {f"hessian_{k}": v for k, v in options.to_dict().items()}
     model2 = load_model(request.to_checkpoint, device=device)[0] if request.to_checkpoint is not None else None
     dataset = cfg.get("dataset", "digits")
-    domain = run_domain(cfg, DATASETS[dataset]) if dataset in DATASETS else (0.0, 1.0)
+    data = request.data
+    if data is None:
+        data = load_dataset(dataset, data_dir=request.data_dir or cfg.get("data_dir"), download=request.download,
+                            train_size=cfg.get("train_size"), test_size=cfg.get("test_size"),
+                            seed=int(cfg.get("seed", 0)))
+    domain = run_domain(cfg, data.spec)  # the dataset's own range, a user dataset's too
     eps = float(cfg.get("eps", 0.0)) if request.eps is None else float(request.eps)
     specs = request.loss_specs(cfg, eps, domain)
     lr = float(cfg.get("lr", 1.0)) if request.lr is None else float(request.lr)
@@ -171,11 +176,6 @@ def prepare_scan(request: Any, ctx: Context) -> PreparedScan:
         fields = ["loss"]
     args = scan_args(request, coords, specs, cfg, lr, extra)
 
-    data = request.data
-    if data is None:
-        data = load_dataset(dataset, data_dir=request.data_dir or cfg.get("data_dir"), download=request.download,
-                            train_size=cfg.get("train_size"), test_size=cfg.get("test_size"),
-                            seed=int(cfg.get("seed", 0)))
     check_fits(ckpt, data.spec, where=f"checkpoint {request.checkpoint!r}")
 
     error = None  # every input is checked: now rank 0 checks (and creates) the output's place
