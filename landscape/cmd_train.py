@@ -118,8 +118,9 @@ def _option(flag: str, help: str = "", **kw):
 
 @click.command("train")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML or JSON file of options.")
-@_option("--dataset", help="digits, mnist, fashion-mnist, cifar10, svhn.")
-@_option("--model", help="A model of the zoo (train.models.MODELS), e.g. mlp, cnn-tiny, dm-small.")
+@_option("--dataset", help="digits, mnist, fashion-mnist, cifar10, svhn, or your own: FILE.py:function (README).")
+@_option("--model", help="A model of the zoo (train.models.MODELS), e.g. mlp, cnn-tiny, dm-small, or your own: "
+         "FILE.py:function returning an nn.Sequential (README).")
 @click.option("--model-option", "model_option", multiple=True, metavar="KEY=VALUE", help="Model option, e.g. widths=[64,64].")
 @_option("--method", help=f"Training method: {', '.join(TRAIN_METHODS)}.")
 @_option("--slope", help=f"Lower-slope policy: {', '.join(SLOPES)}.")
