@@ -168,7 +168,9 @@ def _layer_bounds(
 
 
 def _affine_layers_before(ops: list[LayerOp], k: int) -> int:
-    return sum(1 for op in ops[:k] if op.kind in ("linear", "conv"))
+    """Linear, conv and residual ops before ``k`` (IBP is exact through at most one of them; the
+    per-channel Normalize and BatchNorm maps keep it exact)."""
+    return sum(1 for op in ops[:k] if op.kind in ("linear", "conv", "fork"))
 
 
 def prepare(
@@ -333,7 +335,8 @@ def compute_bounds(
     """Certified bounds ``lower <= C f(x') <= upper`` for every ``x'`` in the clipped L-inf ball.
 
     Args:
-        model: ``nn.Sequential`` of Normalize, Linear, Conv2d, ReLU, Flatten.
+        model: ``nn.Sequential`` of Normalize, Linear, Conv2d, ReLU, Flatten, BatchNorm1d/2d,
+            AvgPool2d and Residual blocks (``docs/design.md``).
         x: ``[B, *input_shape]`` float32/float64 (results follow its dtype), before normalisation.
         eps: radius, float or ``[B]`` tensor (>= 0).
         method: a key of ``bounds.names.BOUND_METHODS``. slope: one of ``bounds.names.SLOPES``;
@@ -363,7 +366,7 @@ def compute_bounds(
     eps = check_eps(eps, x.shape[0])
     domain = check_domain(domain)
     opt_steps, opt_lr = check_opt(opt_steps, opt_lr)
-    ops = layer_ops(model, tuple(x.shape[1:]), x.dtype, x.device)
+    ops = layer_ops(model, tuple(x.shape[1:]), x.dtype, x.device, x=x)
     n_out = ops[-1].out_shape[0]
     C = check_C(C, x.shape[0], n_out, x)
     search_C = None

@@ -3,7 +3,10 @@
 A box ``[lo, hi]`` is carried as centre ``c = (lo + hi) / 2`` and radius ``r = (hi - lo) / 2``
 (both ``[B, *shape]``). Through an affine layer ``z -> W z + b``: ``c' = W c + b``,
 ``r' = |W| r`` (exact for one layer). Through ReLU (monotone): ``[relu(c - r), relu(c + r)]``.
-Normalize ``(z - mean) / std`` scales both by ``1 / std`` (std > 0), Flatten reshapes.
+Normalize ``(z - mean) / std`` scales both by ``1 / std`` (std > 0), BatchNorm's per-channel
+``w z + b`` maps them to ``w c + b`` and ``|w| r`` (exact), Flatten reshapes. A residual block
+(``fork``, branch, ``swap``, shortcut, ``add``; :mod:`bounds.network`) bounds both paths from the
+same box and adds their centres and radii: ``[l1 + l2, u1 + u2]`` contains every ``y1 + y2``.
 
 After a ReLU the pass carries *twice* the centre and radius (``relu(u) + relu(l)`` and
 ``relu(u) - relu(l)``) and folds the factor 1/2 into the next affine layer's (small) weight
@@ -31,7 +34,7 @@ import torch.nn.functional as F
 
 from bounds import plain
 from bounds.compiled import interval_relu_forward
-from bounds.network import LayerOp
+from bounds.network import STACK_KINDS, LayerOp
 
 
 def channel_view(t: torch.Tensor, ndim: int) -> torch.Tensor:
@@ -71,6 +74,11 @@ def affine_forward(op: LayerOp, z: torch.Tensor, with_bias: bool = True) -> torc
         return zz / channel_view(op.weight, nd)
     if op.kind == "flatten":
         return z.reshape(z.shape[0], -1)
+    if op.kind == "scale":
+        if op.weight is None:
+            raise ValueError("a training-mode BatchNorm needs the clean batch for its statistics (layer_ops(..., x=x))")
+        nd = z.dim() - 1
+        return z * channel_view(op.weight, nd) + channel_view(op.bias, nd) if with_bias else z * channel_view(op.weight, nd)
     raise ValueError(f"op {op.kind} is not affine")
 
 
@@ -80,6 +88,8 @@ def radius_forward(op: LayerOp, r: torch.Tensor) -> torch.Tensor:
         return F.linear(r, op.weight.abs())
     if op.kind == "conv":
         return F.conv2d(r, op.weight.abs(), None, **op.conv_args)
+    if op.kind == "scale":
+        return r * channel_view(op.weight.abs(), r.dim() - 1)
     return affine_forward(op, r, with_bias=False)  # normalize (std > 0) and flatten
 
 
@@ -202,12 +212,23 @@ def ibp(
     twice = False  # c, r hold twice the centre and radius (after a ReLU)
     hwc: Optional[tuple[int, ...]] = None  # c, r: a [C, H, W] flattened in channels-last order
     preact: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+    stack: list[tuple[torch.Tensor, torch.Tensor]] = []  # boxes held by residual blocks
     last = len(ops) - 1
     for k, op in enumerate(ops):
         weight = op.weight
         if hwc is not None:
             weight, hwc = hwc_columns(op.weight, hwc), None
-        if op.kind == "relu":
+        if op.kind in STACK_KINDS:
+            if twice:
+                c, r, twice = c * 0.5, r * 0.5, False
+            if op.kind == "fork":
+                stack.append((c, r))
+            elif op.kind == "swap":
+                (c, r), stack[-1] = stack[-1], (c, r)
+            else:
+                c0, r0 = stack.pop()
+                c, r = c + c0, r + r0
+        elif op.kind == "relu":
             if twice:
                 c, r = c * 0.5, r * 0.5
             l, u, c, r = _IntervalRelu.apply(c, r, kernels) if fast else interval_relu_forward(c, r)

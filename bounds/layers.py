@@ -1,13 +1,14 @@
 """Layers that the bound engine understands beyond torch's own.
 
 The model zoo builds every network as ``nn.Sequential`` of ``Normalize``, ``Linear``,
-``Conv2d``, ``ReLU`` and ``Flatten``; ``Normalize`` lives here (not in ``train``) because the
-bound engine must recognise it and ``bounds`` imports nothing from the rest of the toolkit.
+``Conv2d``, ``ReLU``, ``Flatten`` and (``cnn7``) BatchNorm; ``Normalize`` and ``Residual`` live
+here (not in ``train``) because the bound engine must recognise them and ``bounds`` imports
+nothing from the rest of the toolkit.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 from torch import nn
@@ -43,3 +44,23 @@ class Normalize(nn.Module):
 
     def extra_repr(self) -> str:
         return f"mean={[round(v, 4) for v in self.mean.tolist()]}, std={[round(v, 4) for v in self.std.tolist()]}"
+
+
+class Residual(nn.Module):
+    """A residual block: ``y = branch(x) + shortcut(x)`` (``shortcut`` None: the identity).
+
+    ``branch``: an ``nn.Sequential`` of layers the bound engine accepts; ``shortcut``: None, one
+    such layer or an ``nn.Sequential`` of them. Both paths map ``[B, *shape]`` to the same
+    ``[B, *shape_out]``. The engine bounds it as two paths from one input box whose results are
+    added (``docs/design.md``).
+    """
+
+    def __init__(self, branch: nn.Sequential, shortcut: Optional[nn.Module] = None) -> None:
+        super().__init__()
+        if not isinstance(branch, nn.Sequential):
+            raise ValueError(f"Residual needs an nn.Sequential branch, got {type(branch).__name__}")
+        self.branch = branch
+        self.shortcut = shortcut
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.branch(x) + (x if self.shortcut is None else self.shortcut(x))

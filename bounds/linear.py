@@ -8,6 +8,11 @@ from ``p - 1`` down to 0 keeping ``A . f_p = A_k . z_k + b`` valid (or a lower b
 - Conv2d: ``b += sum_hw(A) . c``, ``A <- conv_transpose(A, W)`` (the adjoint of the convolution);
 - Flatten: ``A`` reshaped to the input shape;
 - Normalize ``z' = (z - m) / s``: ``A <- A / s``, ``b -= (A / s) . m``;
+- BatchNorm ``z' = w z + c`` per channel: ``b += A . c``, ``A <- A w``;
+- residual blocks (:mod:`bounds.network`): a stack of coefficients mirrors the forward stack;
+  ``add`` (``z = z + pop()``) pushes a copy of ``A`` (both summands get ``A``), ``swap`` exchanges
+  ``A`` with the top, and ``fork`` (``push(z)``) pops the top and adds it to ``A``: the two paths'
+  coefficients meet at the block input. A value with no coefficients yet is ``None``;
 - ReLU with lines ``a z <= relu(z) <= s z + t``: with ``A+ = max(A, 0)``, ``A- = min(A, 0)``,
   ``A <- A+ a + A- s`` and ``b += A- . t`` (positive coefficients take the lower line,
   negative ones the upper line).
@@ -40,7 +45,7 @@ from torch.nn.grad import conv2d_weight
 from bounds import plain
 from bounds.compiled import relu_step_forward
 from bounds.interval import channel_view, hwc_columns
-from bounds.network import LayerOp
+from bounds.network import LayerOp, stack_depth
 from bounds.relaxations import Relaxation
 
 
@@ -299,6 +304,9 @@ def affine_backward(op: LayerOp, A: torch.Tensor) -> tuple[torch.Tensor, torch.T
         A = A / channel_view(op.weight, len(op.in_shape))
         db = -(A.flatten(3).sum(-1) if A.dim() > 3 else A) @ op.bias
         return A, db
+    if op.kind == "scale":  # BatchNorm: w z + c per channel
+        db = (A.flatten(3).sum(-1) if A.dim() > 3 else A) @ op.bias
+        return A * channel_view(op.weight, len(op.in_shape)), db
     raise ValueError(f"op {op.kind} is not affine")
 
 
@@ -329,10 +337,21 @@ def backward_bound(
     Returns ``(lower [B, S], A_in [B, S, *input_shape])`` (``A_in`` possibly channels-last).
     """
     bias = None
+    stack: list[Optional[torch.Tensor]] = [None] * stack_depth(ops, position)
     k = position - 1
     while k >= 0:
         op = ops[k]
-        if op.kind == "relu":
+        db = None
+        if op.kind == "add":
+            stack.append(A)
+        elif op.kind == "swap":
+            A, stack[-1] = stack[-1], A
+        elif op.kind == "fork":
+            top = stack.pop()
+            A = top if A is None else A if top is None else A + top
+        elif A is None:
+            pass  # a path without coefficients (a pass that starts inside a residual block)
+        elif op.kind == "relu":
             A, db = relu_backward(A, relax[k], kernels)
         elif (op.kind == "linear" and k > 0 and ops[k - 1].kind == "flatten" and len(ops[k - 1].in_shape) == 3
               and not plain.active()):

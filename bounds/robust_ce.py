@@ -62,7 +62,7 @@ def robust_cross_entropy(
     if unknown:
         raise ValueError(f"unexpected keyword argument(s) {sorted(unknown)} for robust_cross_entropy")
     opt_steps, opt_lr = check_opt(kw.get("opt_steps", 20), kw.get("opt_lr", 0.1))
-    ops = layer_ops(model, tuple(x.shape[1:]), x.dtype, x.device)
+    ops = layer_ops(model, tuple(x.shape[1:]), x.dtype, x.device, x=x)
     n = ops[-1].out_shape[0]
     if not isinstance(y, torch.Tensor) or y.shape != (x.shape[0],):
         raise ValueError(f"y must be a tensor of {x.shape[0]} labels, got {getattr(y, 'shape', type(y))}")
