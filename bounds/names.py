@@ -82,13 +82,16 @@ def bound_slope(method: str, slope: Optional[str]) -> str:
 class TrainMethod:
     """A training method: the bound it minimises. ``bound`` is a :data:`BOUND_METHODS` key
     (None: natural training); ``slope`` the policy it is tied to (None: any, default
-    ``adaptive``); ``beta`` a CROWN-IBP mixing weight it fixes (None: the schedule's)."""
+    ``adaptive``); ``beta`` a CROWN-IBP mixing weight it fixes (None: the schedule's);
+    ``attack``: its loss runs a PGD attack at every evaluation (``train.mixed_losses``), so a
+    scan cannot batch it under ``vmap`` and seeds the attack's start to repeat it."""
 
     name: str
     bound: Optional[str]
     slope: Optional[str] = None
     beta: Optional[float] = None
     summary: str = ""
+    attack: bool = False
 
 
 TRAIN_METHODS: dict[str, TrainMethod] = {
@@ -103,6 +106,10 @@ TRAIN_METHODS: dict[str, TrainMethod] = {
                             "(2021) compare it (full CROWN with same slopes is crown --slope same-slope)"),
         TrainMethod("tightest", "crown-ibp", "tightest", 1.0,
                     summary="CROWN-IBP with the tightest lower slopes, beta = 1 (Lee et al. 2021)"),
+        TrainMethod("sabr", "ibp", attack=True,
+                    summary="IBP on a small box B(x', lambda eps) around a PGD point x' (Mueller et al. 2023)"),
+        TrainMethod("mtl-ibp", "ibp", attack=True,
+                    summary="(1 - alpha) CE at a PGD point + alpha IBP robust CE (De Palma et al. 2024)"),
     )
 }
 """Training methods, by name."""
@@ -190,5 +197,7 @@ LABELS: dict[str, Label] = {
     "crown": Label("CROWN", "#9467bd"),
     "cap": Label("CAP", "#2ca02c"),
     "tightest": Label("Tightest", "#d62728"),
+    "sabr": Label("SABR", "#17becf"),
+    "mtl-ibp": Label("MTL-IBP", "#bcbd22"),
 }
 """Every label a figure can carry, in the order legends and tables list them."""

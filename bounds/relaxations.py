@@ -86,15 +86,44 @@ def same_slope(l: torch.Tensor, u: torch.Tensor, generator: Optional[torch.Gener
     return with_lower_slope(l, u, s, upper=(s, t))
 
 
+class ShardGenerator(torch.Generator):
+    """A generator for one shard of a batch: rows ``rows`` of a batch of ``total`` rows.
+
+    :func:`rand_rows` with it draws ``U[0, 1)`` for the whole batch, ``[total, *shape[1:]]``, and
+    keeps rows ``rows``, so the random slopes (or PGD starts) of a shard equal the matching rows
+    of the draw one process makes for the whole batch from an equally seeded plain generator.
+    Distributed training (``train.parallel``) hands one to each process.
+    """
+
+    def __new__(cls, rows: slice, total: int, device: str | torch.device = "cpu") -> "ShardGenerator":
+        return super().__new__(cls, device)
+
+    def __init__(self, rows: slice, total: int, device: str | torch.device = "cpu") -> None:
+        start, stop, _ = rows.indices(int(total))
+        self.rows, self.total = slice(start, stop), int(total)
+
+
+def rand_rows(shape: tuple[int, ...] | torch.Size, generator: Optional[torch.Generator] = None,
+              dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> torch.Tensor:
+    """``torch.rand(shape)`` from ``generator``; for a :class:`ShardGenerator` with
+    ``shape[0] == len(rows)``, rows ``rows`` of ``torch.rand((total, *shape[1:]))``."""
+    shape = tuple(shape)
+    if isinstance(generator, ShardGenerator) and shape and shape[0] == generator.rows.stop - generator.rows.start:
+        whole = torch.rand((generator.total, *shape[1:]), generator=generator, dtype=dtype, device=device)
+        return whole[generator.rows]
+    return torch.rand(shape, generator=generator, dtype=dtype, device=device)
+
+
 def uniform(l: torch.Tensor, u: torch.Tensor, generator: Optional[torch.Generator] = None) -> Relaxation:
-    """``a ~ U[0, 1]`` independently per neuron and sample (drawn from ``generator``)."""
-    a = torch.rand(u.shape, generator=generator, dtype=u.dtype, device=u.device)
+    """``a ~ U[0, 1]`` independently per neuron and sample (drawn from ``generator``;
+    :func:`rand_rows`)."""
+    a = rand_rows(u.shape, generator, dtype=u.dtype, device=u.device)
     return with_lower_slope(l, u, a)
 
 
 def binary(l: torch.Tensor, u: torch.Tensor, generator: Optional[torch.Generator] = None) -> Relaxation:
     """``a ~ Bernoulli(1/2)`` independently per neuron and sample."""
-    a = (torch.rand(u.shape, generator=generator, dtype=u.dtype, device=u.device) < 0.5).to(u.dtype)
+    a = (rand_rows(u.shape, generator, dtype=u.dtype, device=u.device) < 0.5).to(u.dtype)
     return with_lower_slope(l, u, a)
 
 

@@ -145,6 +145,14 @@ def _option(flag: str, help: str = "", **kw):
 @_option("--grad-clip", type=float, help="Max gradient L2 norm (0 = off).")
 @_option("--seed", type=int)
 @_option("--fused-loss/--no-fused-loss", default=None, help="Fused certified cross-entropy bound.")
+@_option("--sabr-lambda", type=float, help="sabr: box size lambda in (0, 1]; IBP on B(x', lambda eps) around a PGD point.")
+@_option("--mtl-alpha", type=float, help="mtl-ibp: weight alpha of the IBP loss, (1 - alpha) on the PGD loss.")
+@_option("--attack-steps", type=int, help="PGD steps of the sabr / mtl-ibp attack (none: 8 for sabr, 1 for mtl-ibp).")
+@_option("--init", type=click.Choice(["default", "ibp"]), help="Weight init: the zoo's, or Shi et al.'s IBP init.")
+@_option("--warmup-reg/--no-warmup-reg", default=None, help="Shi et al.'s tightness and ReLU-balance regularisers "
+         "while eps ramps.")
+@_option("--warmup-reg-lambda", type=float, help="Weight lambda of the warm-up regularisers.")
+@_option("--warmup-reg-tol", type=float, help="Tolerance tau of the warm-up regularisers.")
 @_option("--train-size", type=int, help="Use a seeded subset of the training set.")
 @_option("--test-size", type=int, help="Use a seeded subset of the test set.")
 @_option("--data-dir", type=click.Path(file_okay=False), help="The only folder the dataset is looked for in.")
@@ -165,6 +173,8 @@ def _option(flag: str, help: str = "", **kw):
 @_option("--eval-size", type=int, help="Test samples evaluated after each epoch (0 = off).")
 @_option("--opt-steps", type=int, help="Iterations of the 'optimized' slope policy.")
 @_option("--opt-lr", type=float, help="Step size of the 'optimized' slope policy.")
+@_option("--compile/--no-compile", default=None, help="Run the bound engine's element-wise steps as compiled kernels "
+         "(cached on disk; the first run of a model compiles for a while).")
 @click.option("--out", "out_dir", required=True, type=click.Path(), help="Run directory.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last epoch checkpoint; options not "
               "given are the run's own (e.g. --resume --epochs 40 extends it).")
@@ -174,7 +184,9 @@ def train(config_file, model_option, lr_milestones, download, out_dir, resume, o
     """Train a certifiably robust model; write checkpoints and train.h5 to --out."""
     from train.config import TrainConfig, load_config, read_config_file
     from train.loop import load_data, resolve_device
+    from train import parallel
     from train.models import model_description
+    from landscape.distributed import barrier
 
     if resume and overwrite:
         raise click.ClickException("--resume and --overwrite exclude each other")
@@ -211,10 +223,19 @@ def train(config_file, model_option, lr_milestones, download, out_dir, resume, o
     spec = data.spec
     model_description(config.model, spec.input_shape, spec.n_classes, spec.mean, spec.std, **config.model_options)
 
-    out.mkdir(parents=True, exist_ok=True)
-    if overwrite:
-        _clear_run(out)
-    result = train_in_dir(out, config, data, resume_from=resume_from, progress=not quiet)
+    proc = parallel.init(parallel.backend_for(config.device))  # under torchrun: every rank checked the same
+    try:
+        parallel.check_batch(proc, config.batch_size)
+        barrier(proc)  # every rank has read --out before rank 0 changes it
+        if proc.is_main:
+            out.mkdir(parents=True, exist_ok=True)
+            if overwrite:
+                _clear_run(out)
+        result = train_in_dir(out, config, data, resume_from=resume_from, progress=not quiet, parallel=proc)
+    finally:
+        parallel.shutdown(proc)
+    if not proc.is_main:
+        return
     m = result.metrics
     summary = ", ".join(f"{k}={m[k]:.4f}" for k in sorted(m) if k.startswith("test_") or k in ("train_loss",))
     click.echo(f"trained {config.method} for {result.epoch} epochs ({result.step} steps, {result.wall_time:.1f} s): "

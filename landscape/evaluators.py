@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from bounds import plain
-from bounds.names import FIXED_SLOPES, resolve_method
+from bounds.names import FIXED_SLOPES, TRAIN_METHODS, resolve_method
 from landscape import metrics as M
 from landscape.directions import get_params, gradient_direction, named_params, perturbed, set_params
 
@@ -41,14 +41,17 @@ def batchable(fn: LossFn) -> bool:
     """Whether ``torch.func.vmap`` can evaluate the loss closure ``fn`` over stacked parameter
     sets: the clean loss (its own ``functional``), and the certified losses of ``ibp`` and of
     ``crown-ibp`` with a fixed slope policy (``adaptive``, ``zero``, ``one``, ``same-slope``),
-    fused or not, through the engine's plain mode (:mod:`bounds.plain`). Not: PGD, the slope
-    searches, random slopes, ``crown``'s data-dependent neuron selection."""
+    fused or not, through the engine's plain mode (:mod:`bounds.plain`). Not: PGD (nor the
+    methods whose loss runs an attack, ``TrainMethod.attack``), the slope searches, random
+    slopes, ``crown``'s data-dependent neuron selection."""
     if getattr(fn, "vmappable", False):
         return True
     spec = getattr(fn, "spec", None)
     if spec is None or getattr(spec, "kind", None) != "certified":
         return False
     method, slope, _ = resolve_method(spec.method, spec.slope, spec.beta)
+    if TRAIN_METHODS[spec.method].attack:
+        return False
     return method is None or method == "ibp" or (method == "crown-ibp" and slope in FIXED_SLOPES)
 
 

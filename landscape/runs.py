@@ -71,23 +71,28 @@ def probe_callbacks(config: Any, sink: Sink, t_values: Sequence[float] | None = 
 
 def train_in_dir(run_dir: Path, config: Any, data: Any, resume_from: Path | None = None,
                  probe_t: Sequence[float] | None = None, extra_attrs: Mapping[str, Any] = (),
-                 progress: bool = True) -> Any:
+                 progress: bool = True, parallel: Any = None) -> Any:
     """Train ``config`` (a :class:`train.config.TrainConfig`) on ``data`` into ``run_dir``:
     ``config.json``, ``train.h5`` with a probe every ``config.probe_every`` steps (at step
     multiples ``probe_t``), the epoch checkpoints and ``checkpoint.pt``; continue from
     ``resume_from`` when given (checked before anything is written). Warnings of the run (a
-    collapse) are stored as the root attribute ``warnings``. Returns the
-    :class:`train.loop.TrainResult`."""
+    collapse) are stored as the root attribute ``warnings``, the number of processes of the
+    latest training call as ``world_size``. ``parallel``: this process's
+    :class:`train.parallel.Context` under torchrun, where rank 0 alone writes and the other
+    ranks only train their shares. Returns the :class:`train.loop.TrainResult`."""
     from train.loop import check_resume, train
 
     if resume_from is not None:
         check_resume(config, resume_from)
+    if parallel is not None and not parallel.is_main:
+        return train(config, resume_from=resume_from, progress=False, data=data, parallel=parallel)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n")
     sink = open_train_record(run_dir / "train.h5", config, resume_from, extra_attrs)
+    store.write_attrs(str(run_dir / "train.h5"), {"world_size": parallel.world if parallel is not None else 1})
     callbacks = probe_callbacks(config, sink, probe_t)
     result = train(config, callbacks=callbacks, sink=sink, resume_from=resume_from, progress=progress,
-                   out_dir=run_dir, data=data)
+                   out_dir=run_dir, data=data, parallel=parallel)
     store.write_attrs(str(run_dir / "train.h5"), {"warnings": list(result.warnings)})
     return result

@@ -4,9 +4,11 @@ Kinds (x, y the fixed batch, f the network at the current parameters):
 
 - ``certified``: the training loss of :func:`train.objective.certified_loss`,
   L = kappa * CE(f(x), y) + (1 - kappa) * CE([0, -lb(x, eps)], 0), with lb the margin lower
-  bounds of ``method`` (``natural``, ``ibp``, ``crown-ibp``, ``crown``, ``cap``, ``tightest``),
-  ``slope`` and ``beta``; random slope policies get a freshly seeded generator on every call, so
-  the same parameters always give the same loss;
+  bounds of ``method`` (any of :data:`bounds.names.TRAIN_METHODS`), ``slope`` and ``beta``;
+  random slope policies and the attacks of ``sabr`` and ``mtl-ibp`` (their PGD start) get a
+  freshly seeded generator on every call, so the same parameters always give the same loss;
+  ``options`` are those of the method's loss (:meth:`train.objective.LossOptions.for_method`:
+  SABR's lambda, MTL-IBP's alpha, their attack steps), recorded with the scan;
 - ``clean``: CE(f(x), y);
 - ``pgd``: CE(f(x_adv), y), x_adv the last iterate of ``pgd_steps`` steps of L-inf PGD ascent
   on the cross-entropy from a seeded uniform start (:func:`train.attacks.pgd_last_iterate`,
@@ -29,7 +31,7 @@ from torch import Tensor, nn
 
 from bounds.names import SCAN_LOSSES, resolve_method
 from train.attacks import pgd_last_iterate
-from train.objective import BoundSetup, certified_loss
+from train.objective import BoundSetup, LossOptions, certified_loss
 
 __all__ = ["LossSpec", "LossClosure", "make_loss", "select_samples"]
 
@@ -48,8 +50,10 @@ class LossSpec:
     fused: bool = False
     pgd_steps: int = 10
     seed: int = 0
+    options: tuple = ()
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "options", tuple(sorted((str(k), v) for k, v in dict(self.options).items())))
         if self.kind != "certified" and self.kind not in SCAN_LOSSES:
             raise ValueError(f"unknown loss kind {self.kind!r}; choose one of certified, {', '.join(SCAN_LOSSES)}")
         if self.kind == "certified":
@@ -71,6 +75,10 @@ class LossSpec:
         """JSON-able dict of the spec."""
         d = asdict(self)
         d["domain"] = None if self.domain is None else list(self.domain)
+        if self.options:
+            d["options"] = dict(self.options)
+        else:  # the key of a method without options: absent, as in files written before it existed
+            d.pop("options")
         return d
 
 
@@ -117,6 +125,7 @@ class LossClosure:
         loss, stats = certified_loss(
             model, self.x, self.y, s.eps, method=s.method, slope=s.slope, beta=s.beta, kappa=s.kappa,
             fused=s.fused, domain=None if s.domain is None else tuple(s.domain), generator=self._generator(),
+            options=LossOptions(**dict(s.options)),
         )
         self.last_stats = stats
         return loss
@@ -175,12 +184,13 @@ def make_loss(
     fused: bool = False,
     pgd_steps: int = 10,
     seed: int = 0,
+    options: dict[str, Any] | None = None,
 ) -> LossClosure:
-    """A :class:`LossClosure` of the given kind over the fixed batch (x, y)."""
+    """A :class:`LossClosure` of the given kind over the fixed batch (x, y); ``options``: those
+    of the method's loss (:class:`train.objective.LossOptions` fields; None: the defaults)."""
     spec = LossSpec(kind=kind, method=method, slope=slope, beta=float(beta), kappa=float(kappa), eps=float(eps),
                     domain=None if domain is None else (float(domain[0]), float(domain[1])), fused=bool(fused),
-                    pgd_steps=int(pgd_steps),
-                    seed=int(seed))
+                    pgd_steps=int(pgd_steps), seed=int(seed), options=tuple((options or {}).items()))
     return LossClosure(model, x, y, spec)
 
 

@@ -281,6 +281,7 @@ class ScanRequest:
         """One :class:`landscape.scan_losses.LossSpec` per scanned loss, with the checkpoint's
         final training values (config ``cfg``) where the request leaves them open."""
         from landscape.scan_losses import LossSpec
+        from train.objective import LossOptions
 
         if self.methods is not None:
             labels = [m.strip() for m in self.methods]
@@ -300,11 +301,12 @@ class ScanRequest:
             if info is not None and info.slope is not None and slope == info.slope:
                 slope = None
             kappa = self.kappa if self.kappa is not None else float(cfg.get("kappa_end", 0.0))
+            options = LossOptions.of(cfg).for_method(name) if kind == "certified" else {}
             specs.append(LossSpec(kind=kind, method=name if kind == "certified" else "ibp", slope=slope, beta=beta,
                                   kappa=kappa, eps=float(eps),
                                   domain=None if domain is None else (float(domain[0]), float(domain[1])),
                                   fused=bool(self.fused and kind == "certified"), pgd_steps=int(self.pgd_steps),
-                                  seed=int(self.seed)))
+                                  seed=int(self.seed), options=tuple(options.items())))
         return specs
 
 

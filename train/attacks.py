@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bounds.relaxations import rand_rows
+
 __all__ = ["OBJECTIVES", "margin_objective", "pgd_attack", "pgd_last_iterate", "pgd_margin"]
 
 OBJECTIVES = ("margin", "ce")
@@ -152,7 +154,7 @@ def pgd_last_iterate(
     lo, hi = x - eps, x + eps
     if domain is not None:
         lo, hi = lo.clamp(min=domain[0]), hi.clamp(max=domain[1])
-    u = torch.rand(x.shape, generator=generator, dtype=x.dtype).to(x.device)
+    u = rand_rows(x.shape, generator, dtype=x.dtype).to(x.device)  # a shard's rows of the batch's draw
     cur = lo + u * (hi - lo)
     alpha = 2.5 * eps / steps
     params = list(model.parameters())

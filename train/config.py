@@ -36,6 +36,7 @@ from bounds import names
 from train import plugins
 
 RAMPS = ("linear", "smooth")
+INITS = ("default", "ibp")
 OPTIMIZERS = ("adam", "sgd")
 DEVICES_PREFIX = ("cpu", "cuda", "mps")
 
@@ -48,7 +49,7 @@ DEFAULT_LR = {"adam": 1e-3, "sgd": 0.05}
 #: Fields that do not change what a run computes; a resumed or re-opened run may differ here.
 NON_IDENTITY_FIELDS = frozenset(
     {"epochs", "device", "data_dir", "record_every", "grad_every", "probe_every", "probe_batches",
-     "probe_fresh_slopes", "eval_size", "checkpoint_every_steps", "probe_hessian"}
+     "probe_fresh_slopes", "eval_size", "checkpoint_every_steps", "probe_hessian", "compile"}
 )
 
 
@@ -80,6 +81,14 @@ class TrainConfig:
         grad_clip: max global L2 norm of the gradient (0 = no clipping).
         seed: seeds model init, data order and random slopes.
         fused_loss: use the fused certified cross-entropy bound (``docs/fused-loss.md``).
+        sabr_lambda: SABR's box size lambda in (0, 1]: IBP on ``B(x', lambda eps)`` (``sabr``;
+            Mueller et al. 2023 use 0.1-0.9 by setting; :mod:`train.mixed_losses`).
+        mtl_alpha: MTL-IBP's weight alpha in [0, 1] of the IBP loss against the PGD loss (``mtl-ibp``).
+        attack_steps: PGD steps of the ``sabr`` / ``mtl-ibp`` attack (None: 8 / 1).
+        init: ``default`` (the zoo's) or ``ibp``: Shi et al. (2021)'s N(0, (sqrt(2 pi) / fan_in)^2)
+            weights and zero biases for every affine layer but the last (:mod:`train.shi`).
+        warmup_reg, warmup_reg_lambda, warmup_reg_tol: Shi et al.'s tightness and ReLU-balance
+            regularisers while eps ramps, with weight lambda (1 - eps_t / eps) and tolerance tau.
         normalize_inputs: the model's first layer normalises with the dataset's mean and std
             (False: it feeds the pixels as they are, as Lee et al.'s code does).
         bounded_input: the eps-ball is clipped to the pixel range (the correct threat model;
@@ -97,6 +106,8 @@ class TrainConfig:
             steps (and ``checkpoint_step0.pt``, the initialisation), for finer trajectories; 0 = never.
         eval_size: test samples used by the per-epoch evaluation (0 = skip it).
         opt_steps, opt_lr: iterations and step size of the ``optimized`` slope policy.
+        compile: run the bound engine's element-wise steps as compiled kernels cached on disk
+            (``bounds.compiled``; the same losses to float rounding, so a resume may change it).
     """
 
     dataset: str = "digits"
@@ -125,6 +136,13 @@ class TrainConfig:
     grad_clip: float = 0.0
     seed: int = 0
     fused_loss: bool = False
+    sabr_lambda: float = 0.4
+    mtl_alpha: float = 0.5
+    attack_steps: int | None = None
+    init: str = "default"
+    warmup_reg: bool = False
+    warmup_reg_lambda: float = 0.5
+    warmup_reg_tol: float = 0.5
     normalize_inputs: bool = True
     bounded_input: bool = True
     train_size: int | None = None
@@ -141,6 +159,7 @@ class TrainConfig:
     eval_size: int = 1000
     opt_steps: int = 20
     opt_lr: float = 0.1
+    compile: bool = False
 
     def __post_init__(self) -> None:
         if self.lr_milestones is not None and not isinstance(self.lr_milestones, (list, tuple)):
@@ -195,9 +214,21 @@ class TrainConfig:
             raise ValueError(f"lr_milestones must be increasing, got {list(self.lr_milestones)}")
         _finite("lr_decay", self.lr_decay, low=0.0, high=1.0, strict=True)
         _finite("grad_clip", self.grad_clip, low=0.0)
+        _finite("sabr_lambda", self.sabr_lambda, low=0.0, high=1.0, strict=True)
+        _finite("mtl_alpha", self.mtl_alpha, low=0.0, high=1.0)
+        if self.attack_steps is not None:
+            _integer("attack_steps", self.attack_steps, low=1)
+        _choice("init", self.init, INITS)
+        if not isinstance(self.warmup_reg, bool):
+            raise ValueError(f"warmup_reg must be true or false, got {self.warmup_reg!r}")
+        _finite("warmup_reg_lambda", self.warmup_reg_lambda, low=0.0)
+        _finite("warmup_reg_tol", self.warmup_reg_tol, low=0.0, strict=True)
+        if self.warmup_reg and self.method == "natural":
+            raise ValueError("warmup_reg regularises a bound; natural training has none (drop --warmup-reg)")
         _integer("seed", self.seed, low=0)
         _integer("probe_batches", self.probe_batches, low=1)
-        for name in ("fused_loss", "normalize_inputs", "bounded_input", "probe_fresh_slopes", "probe_hessian"):
+        for name in ("fused_loss", "normalize_inputs", "bounded_input", "probe_fresh_slopes", "probe_hessian",
+                     "compile"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
         for name in ("train_size", "test_size"):

@@ -15,6 +15,9 @@ policies draw from a generator seeded from ``(seed, s)``, so ``ctx.loss_fn(model
 step's loss exactly. No numpy or Python global random state is used. Resuming from an
 epoch checkpoint therefore gives bit-identical weights on CPU.
 
+Under torchrun each process bounds its shard of every global batch, and gradients and stats
+are summed weighted by shard size (:mod:`train.parallel`): one process's update on that batch.
+
 Callbacks (:mod:`train.callbacks`) are how other modules (``landscape.probes``) watch training
 without ``train`` importing them; per-step scalars leave through a ``sink(group, rows)``
 (:mod:`train.recorder`) for the same reason.
@@ -39,7 +42,8 @@ from train.callbacks import Callback, StepContext, call
 from train.collapse import collapse_warning
 from train.checkpoint import capture_rng, check_finite, load_checkpoint, load_state, restore_rng, save_checkpoint
 from train.config import TrainConfig, run_domain
-from train.objective import BoundSetup, certified_loss
+from train.objective import BoundSetup, LossOptions, certified_loss
+from train import parallel as par
 from train.recorder import ScalarRecorder, Sink, flat_grad
 from train.schedules import Schedule
 
@@ -75,8 +79,9 @@ def make_optimizer(config: TrainConfig, params: Iterable[nn.Parameter]) -> torch
 
 
 def build_for_config(config: TrainConfig, spec: Any) -> tuple[nn.Module, dict[str, Any]]:
-    """Build the config's model for dataset ``spec`` (after ``torch.manual_seed(seed)``)."""
-    from train import models
+    """Build the config's model for dataset ``spec`` (after ``torch.manual_seed(seed)``), then
+    initialise it as ``config.init`` says (:func:`train.shi.init_weights`)."""
+    from train import models, shi
 
     mean, std = (tuple(spec.mean), tuple(spec.std)) if config.normalize_inputs else \
         ((0.0,) * len(spec.mean), (1.0,) * len(spec.std))
@@ -84,6 +89,7 @@ def build_for_config(config: TrainConfig, spec: Any) -> tuple[nn.Module, dict[st
               **config.model_options)
     torch.manual_seed(config.seed)
     model = models.build_model(config.model, **kw)
+    shi.init_weights(model, config.init, config.seed)
     desc = models.model_description(config.model, **kw)
     return model, desc
 
@@ -149,6 +155,7 @@ def train(
     data: Any = None,
     model: nn.Module | None = None,
     warn: Callable[[str], None] | None = None,
+    parallel: par.Context | None = None,
 ) -> TrainResult:
     """Train a model as ``config`` says.
 
@@ -171,13 +178,19 @@ def train(
             store the description ``{"name": "custom"}``).
         warn: receives each warning line (a collapsed run, :mod:`train.collapse`); default:
             printed to stderr. Warnings are also in ``TrainResult.warnings``.
+        parallel: this process's place under torchrun (:func:`train.parallel.init`); default one
+            process. Ranks other than 0 ignore ``callbacks``, ``sink`` and ``out_dir``.
 
     Returns:
         :class:`TrainResult` with the model, the last epoch's metrics and all epochs' history.
     """
     if not isinstance(config, TrainConfig):
         config = TrainConfig.from_dict(config)
-    device = resolve_device(config.device)
+    proc = parallel or par.Context()
+    device = par.local_device(proc, resolve_device(config.device))
+    par.check_batch(proc, config.batch_size)
+    if not proc.is_main:  # rank 0 alone records, probes and writes
+        callbacks, sink, out_dir = (), None, None
     ckpt = check_resume(config, resume_from) if resume_from is not None else None
     data = data if data is not None else load_data(config)
     spec = data.spec
@@ -218,16 +231,19 @@ def train(
     schedule = Schedule.from_config(config, spe)
     method, slope = config.method, config.resolved_slope
     extra_kw = {"opt_steps": config.opt_steps, "opt_lr": config.opt_lr} if slope == "optimized" else {}
+    extra_kw["options"] = LossOptions.of(config)  # sabr / mtl-ibp / warm-up regulariser (train.objective)
     out_path = Path(out_dir) if out_dir is not None else None
     final_vals = {"eps": config.eps, "beta": config.beta_end, "kappa": config.kappa_end}
     metrics: dict[str, float] = dict(history[-1]) if history else {}
 
     def step_loss(m: nn.Module, xb: torch.Tensor, yb: torch.Tensor, eps: float, beta: float, kappa: float,
-                  seed: int) -> tuple[torch.Tensor, dict[str, float]]:
-        """The step's certified loss and stats at module ``m``; random slopes drawn from ``seed``."""
-        gen = torch.Generator(device=device).manual_seed(seed)
+                  seed: int, shard: par.Shard | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+        """The step's certified loss and stats at module ``m``; random slopes drawn from ``seed``
+        (``shard``: the rows of the global batch's draw that ``xb`` holds)."""
+        gen = shard.generator(seed, device) if shard else torch.Generator(device=device).manual_seed(seed)
         return certified_loss(m, xb, yb, eps, method=method, slope=config.slope, beta=beta, kappa=kappa,
-                              fused=config.fused_loss, domain=domain, generator=gen, **extra_kw)
+                              fused=config.fused_loss, domain=domain, generator=gen, compile=config.compile,
+                              **extra_kw)
 
     def loss_at(vals: Mapping[str, float], step_seed: int, xb: torch.Tensor, yb: torch.Tensor, final: bool = False,
                 seed: int | None = None) -> Callable[[nn.Module], torch.Tensor]:
@@ -252,7 +268,7 @@ def train(
         else:
             _print_warning(line)
 
-    bar = _progress_bar(config.epochs * spe, step, method, progress)
+    bar = _progress_bar(config.epochs * spe, step, method, progress and proc.is_main)
     t0 = time.perf_counter()
     every = config.checkpoint_every_steps if out_path is not None else 0
     if every and ckpt is None:
@@ -266,19 +282,21 @@ def train(
             t_epoch = time.perf_counter()
             for b in range(spe):
                 idx = order[b * config.batch_size : (b + 1) * config.batch_size].to(train_x.device)
-                xb, yb = train_x[idx], train_y[idx]
+                xb, yb = train_x[idx], train_y[idx]  # the global batch; this rank bounds its shard
+                shard = par.batch_shard(proc, len(yb))
                 vals = schedule.values(step)
                 for group in optimizer.param_groups:
                     group["lr"] = vals["lr"]
                 step_seed = _mix(config.seed, 1_000_003 + step)
                 optimizer.zero_grad(set_to_none=True)
-                loss, stats = step_loss(model, xb, yb, vals["eps"], vals["beta"], vals["kappa"], step_seed)
-                loss_value = float(loss.detach())
+                loss, stats = step_loss(model, shard.take(xb), shard.take(yb), vals["eps"], vals["beta"],
+                                        vals["kappa"], step_seed, shard)
+                loss.backward()
+                loss_value, stats = par.reduce_step(proc, model, loss, stats, shard)  # the global batch's
                 if not math.isfinite(loss_value):
                     raise RuntimeError(
                         f"training diverged: the loss is {loss_value} at step {step} (epoch {epoch + 1}); "
                         "try a smaller lr, a longer eps ramp or --grad-clip")
-                loss.backward()
                 grad_norm = float(flat_grad(model).norm())
                 if callbacks:
                     ctx = StepContext(
@@ -312,8 +330,8 @@ def train(
             metrics = {f"train_{k}": v / n for k, v in sums.items()}
             metrics.update(epoch=epoch, step=step, eps=schedule.eps_at(step - 1), lr=schedule.lr_at(step - 1),
                            epoch_seconds=time.perf_counter() - t_epoch)
-            metrics.update(_epoch_eval(model, data, config, domain, device))
-            if config.eval_size > 0 and len(data.test_x):
+            metrics.update(_epoch_eval(model, data, config, domain, device) if proc.is_main else {})
+            if config.eval_size > 0 and len(data.test_x) and proc.is_main:
                 warning = collapse_warning(model, data.test_x[: config.eval_size].to(device),
                                            data.test_y[: config.eval_size], spec.n_classes,
                                            metrics.get("train_robust_ce"), metrics.get("train_clean_ce"),
@@ -321,7 +339,7 @@ def train(
                 metrics["collapsed"] = float(warning is not None)
                 if warning is not None:
                     report(warning)
-            metrics["wall_time"] = wall_offset + time.perf_counter() - t0
+            metrics = par.broadcast(proc, {**metrics, "wall_time": wall_offset + time.perf_counter() - t0})
             history.append(metrics)
             if out_path is not None:
                 save(out_path / f"checkpoint_epoch{epoch + 1}.pt", epoch + 1, metrics["wall_time"])
@@ -331,7 +349,7 @@ def train(
         if bar is not None:
             bar.close()
     wall = wall_offset + time.perf_counter() - t0
-    if not (config.eval_size > 0 and start_epoch < config.epochs) and len(data.test_x):
+    if not (config.eval_size > 0 and start_epoch < config.epochs) and len(data.test_x) and proc.is_main:
         warning = collapse_warning(model, data.test_x[:1000].to(device), data.test_y[:1000], spec.n_classes,
                                    metrics.get("train_robust_ce"), metrics.get("train_clean_ce"),
                                    "at the end of training")

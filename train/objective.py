@@ -14,12 +14,17 @@ bound (never looser than IBP).
 Methods (:data:`bounds.names.TRAIN_METHODS`): ``natural`` (``L = CE(f(x), y)``), ``ibp``,
 ``crown-ibp`` (``beta`` mixes CROWN and IBP lower bounds), ``crown``, ``cap`` and ``tightest``
 (CROWN-IBP with the tightest slopes and beta = 1; Lee et al. 2021). ``slope`` picks the engine's
-lower-slope policy for the linear methods.
+lower-slope policy for the linear methods. ``sabr`` and ``mtl-ibp`` replace the robust term by
+their own (:mod:`train.mixed_losses`): SABR's IBP robust CE on a small box ``B(x', lambda eps)``
+around a PGD point, MTL-IBP's ``(1 - alpha) CE(f(x_adv), y) + alpha L_IBP``; their options
+travel in a :class:`LossOptions`, which also holds Shi et al.'s warm-up regulariser
+(:mod:`train.shi`), added to the loss of any bound method while eps ramps.
 
 Batch statistics returned beside the loss (a read-only mapping of floats): ``clean_ce``,
 ``clean_err`` (fraction misclassified at x), ``robust_ce``, ``robust_err`` (fraction whose margin
-lower bounds are not all > 0; NaN when ``fused`` gives no margins) and ``unstable_frac_l{i}``
-(unstable ReLUs / ReLUs of layer i). They become floats when first read (:class:`LazyStats`),
+lower bounds are not all > 0; NaN when ``fused`` gives no margins; for ``sabr`` those of the
+small box), ``unstable_frac_l{i}`` (unstable ReLUs / ReLUs of layer i) and, with the warm-up
+regulariser on, ``reg`` (its value, 0 outside the ramp), ``reg_tightness`` and ``reg_relu``. They become floats when first read (:class:`LazyStats`),
 so computing the loss never waits for the device: a caller that only needs the loss, or reads
 the stats later, lets several steps or grid points queue up on an accelerator.
 """
@@ -27,7 +32,7 @@ the stats later, lets several steps or grid points queue up on an accelerator.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, Callable, Iterator, Sequence, Union
 
 import torch
@@ -36,6 +41,7 @@ from torch import nn
 
 import bounds
 from bounds.names import resolve_method
+from train import mixed_losses, shi
 
 
 @dataclass(frozen=True)
@@ -64,6 +70,47 @@ class BoundSetup:
     def linear(self) -> bool:
         """True for a linear relaxation (CROWN-type bound with slopes and input coefficients)."""
         return self.method is not None and self.method != "ibp"
+
+
+@dataclass(frozen=True)
+class LossOptions:
+    """Options of a loss beyond its bound: SABR's box size ``sabr_lambda`` in (0, 1], MTL-IBP's
+    weight ``mtl_alpha`` in [0, 1], the PGD steps of their attacks ``attack_steps`` (None: the
+    method's own, :data:`train.mixed_losses.SABR_STEPS` / ``MTL_STEPS``), and Shi et al.'s
+    warm-up regulariser: on/off, weight ``warmup_reg_lambda``, tolerance ``warmup_reg_tol`` and
+    the run's final radius ``eps_target`` (the ramp's end). Defaults equal
+    :class:`train.config.TrainConfig`'s."""
+
+    sabr_lambda: float = 0.4
+    mtl_alpha: float = 0.5
+    attack_steps: int | None = None
+    warmup_reg: bool = False
+    warmup_reg_lambda: float = 0.5
+    warmup_reg_tol: float = 0.5
+    eps_target: float | None = None
+
+    @classmethod
+    def of(cls, config: Any) -> "LossOptions":
+        """The options of a run's config (a :class:`train.config.TrainConfig` or a checkpoint's
+        config dict; a missing key takes the default); ``eps_target`` is its ``eps``."""
+        get = config.get if isinstance(config, Mapping) else lambda k, d: getattr(config, k, d)
+        values = {f.name: get(f.name, f.default) for f in fields(cls) if f.name != "eps_target"}
+        return cls(**values, eps_target=float(get("eps", 0.0)))
+
+    def steps(self, method: str) -> int:
+        """The attack's PGD steps of ``method``."""
+        if self.attack_steps is not None:
+            return int(self.attack_steps)
+        return mixed_losses.SABR_STEPS if method == "sabr" else mixed_losses.MTL_STEPS
+
+    def for_method(self, method: str) -> dict[str, float]:
+        """The options that change ``method``'s loss at its final eps (the regulariser is 0
+        there): what a scan of that loss records."""
+        if method == "sabr":
+            return {"sabr_lambda": float(self.sabr_lambda), "attack_steps": self.steps(method)}
+        if method == "mtl-ibp":
+            return {"mtl_alpha": float(self.mtl_alpha), "attack_steps": self.steps(method)}
+        return {}
 
 
 class LazyStats(Mapping):
@@ -117,9 +164,14 @@ def certified_loss(
     domain: tuple[float, float] | None = (0.0, 1.0),
     generator: torch.Generator | None = None,
     compile: bool = False,
+    options: LossOptions | None = None,
     **bound_kw: Any,
 ) -> tuple[torch.Tensor, LazyStats]:
-    """Certified loss ``L = kappa * CE(f(x), y) + (1 - kappa) * robust CE`` and batch stats.
+    """Certified loss ``L = kappa * CE(f(x), y) + (1 - kappa) * robust term (+ R)`` and batch stats.
+
+    The robust term is the bound's robust CE (module docstring), SABR's or MTL-IBP's
+    (:mod:`train.mixed_losses`); ``R`` is Shi et al.'s warm-up regulariser when
+    ``options.warmup_reg`` is on and eps ramps (:mod:`train.shi`).
 
     Args:
         model: ``nn.Sequential`` the engine accepts (starts with ``Normalize``).
@@ -131,10 +183,12 @@ def certified_loss(
         kappa: clean-loss weight in [0, 1].
         fused: True: the fused robust cross-entropy bound (``docs/fused-loss.md``); ``"min"``:
             per sample the smaller of that bound and the IBP bound; False: the margin bound.
-        generator: random source of random slope policies (``uniform``, ``binary``, ``tightest``),
-            so that a loss can be evaluated again exactly.
+        generator: random source of random slope policies (``uniform``, ``binary``, ``tightest``)
+            and of the attacks' starts (``sabr``, ``mtl-ibp``), so that a loss can be evaluated
+            again exactly.
         compile: run the engine's element-wise steps as compiled kernels, cached on disk
             (:mod:`bounds.compiled`; the same loss to float rounding).
+        options: SABR, MTL-IBP and regulariser options (:class:`LossOptions`; None: defaults).
         bound_kw: passed to the engine (e.g. ``opt_steps``, ``opt_lr``).
 
     Returns:
@@ -144,6 +198,7 @@ def certified_loss(
     bound_method, slope_used, beta_used = resolve_method(method, slope, beta)
     if not 0.0 <= float(kappa) <= 1.0:
         raise ValueError(f"kappa must lie in [0, 1], got {kappa}")
+    opts = options if options is not None else LossOptions()
     logits_needed_grad = bound_method is None or kappa > 0.0
     with torch.set_grad_enabled(torch.is_grad_enabled() and logits_needed_grad):
         logits = model(x)
@@ -157,21 +212,60 @@ def certified_loss(
     common = dict(method=bound_method, slope=slope_used, beta=beta_used, domain=domain, compile=compile, **bound_kw)
     if generator is not None:
         common["generator"] = generator
-    if fused:
-        robust = bounds.robust_cross_entropy(model, x, y, eps, fused=fused, reduction="mean", **common)
-        stats.update(robust_ce=robust.detach(), robust_err=float("nan"))
-    else:
-        n_classes = logits.shape[1]
-        spec = bounds.margin_spec(y, n_classes)
-        res = bounds.compute_bounds(model, x, eps, C=spec, y=y, need_upper=False, **common)
-        lower = res.lower
-        robust = bounds.margin_ce(lower, reduction="mean")
-        failed = (lower.detach() <= 0).any(dim=1)
-        stats.update(robust_ce=robust.detach(), robust_err=lambda: failed.float().mean())
-        for i, (l, u) in enumerate(res.preact):
-            stats[f"unstable_frac_l{i}"] = lambda l=l.detach(), u=u.detach(): _unstable_fraction(l, u)
+    center, radius = x, eps
+    if method == "sabr":
+        center, radius = mixed_losses.sabr_center(model, x, y, eps, opts.sabr_lambda, domain, opts.steps(method),
+                                                  generator)
+    robust, preact = _robust_term(model, center, y, radius, fused, common, logits.shape[1], stats)
+    if method == "mtl-ibp" and float(opts.mtl_alpha) < 1.0:
+        x_adv = mixed_losses.mtl_point(model, x, y, eps, domain, opts.steps(method), generator)
+        adv_ce = F.cross_entropy(model(x_adv), y)
+        stats["adv_ce"] = adv_ce.detach()
+        robust = mixed_losses.mtl_mix(adv_ce, robust, opts.mtl_alpha)
     if kappa > 0.0:
         loss = kappa * clean_ce + (1.0 - kappa) * robust
     else:
         loss = robust
+    if opts.warmup_reg:
+        own = preact if bound_method in ("ibp", "crown-ibp") and method != "sabr" else None
+        reg = _warmup_term(model, x, eps, domain, own, opts, stats)
+        if reg is not None:
+            loss = loss + reg
     return loss, LazyStats(stats)
+
+
+def _robust_term(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float | torch.Tensor, fused: bool | str,
+                 common: dict[str, Any], n_classes: int, stats: dict[str, Any]) -> tuple[torch.Tensor, Any]:
+    """The bound's robust CE over ``B(x, eps) ∩ domain`` (mean over the batch), its stats into
+    ``stats``, and the ReLU layers' pre-activation bounds (None when fused)."""
+    if fused:
+        robust = bounds.robust_cross_entropy(model, x, y, eps, fused=fused, reduction="mean", **common)
+        stats.update(robust_ce=robust.detach(), robust_err=float("nan"))
+        return robust, None
+    spec = bounds.margin_spec(y, n_classes)
+    res = bounds.compute_bounds(model, x, eps, C=spec, y=y, need_upper=False, **common)
+    lower = res.lower
+    robust = bounds.margin_ce(lower, reduction="mean")
+    failed = (lower.detach() <= 0).any(dim=1)
+    stats.update(robust_ce=robust.detach(), robust_err=lambda: failed.float().mean())
+    for i, (l, u) in enumerate(res.preact):
+        stats[f"unstable_frac_l{i}"] = lambda l=l.detach(), u=u.detach(): _unstable_fraction(l, u)
+    return robust, res.preact
+
+
+def _warmup_term(model: nn.Module, x: torch.Tensor, eps: float | torch.Tensor, domain: tuple[float, float] | None,
+                 preact: Any, opts: LossOptions, stats: dict[str, Any]) -> torch.Tensor | None:
+    """Shi et al.'s regulariser at this eps (None outside the ramp), from the step's own IBP
+    pre-activation bounds ``preact`` or, when None, from an IBP pass over ``B(x, eps)``."""
+    e = float(eps) if not isinstance(eps, torch.Tensor) else float(eps.detach().float().mean())
+    target = opts.eps_target if opts.eps_target is not None else e
+    intensity = shi.warmup_intensity(e, target, opts.warmup_reg_lambda)
+    if intensity == 0.0:
+        stats.update(reg=0.0, reg_tightness=float("nan"), reg_relu=float("nan"))
+        return None
+    if preact is None:
+        preact = bounds.compute_bounds(model, x, eps, method="ibp", domain=domain, need_upper=False).preact
+    reg, parts = shi.warmup_regulariser(preact, shi.input_radius(model, x, eps, domain), intensity,
+                                        opts.warmup_reg_tol)
+    stats.update(reg=reg.detach(), **parts)
+    return reg
