@@ -45,6 +45,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bounds.relaxations import rand_rows
+
 __all__ = ["SABR_STEPS", "MTL_STEPS", "uniform_in_box", "pgd_box", "shrunk_box", "sabr_center", "mtl_point",
            "mtl_mix"]
 
@@ -77,9 +79,11 @@ def _clip_box(x: torch.Tensor, r: torch.Tensor, domain: Sequence[float] | None) 
 
 def uniform_in_box(lo: torch.Tensor, hi: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
     """``lo + U (hi - lo)``, ``U ~ U[0, 1)`` of ``lo``'s shape drawn from ``generator`` on its
-    own device (the same start on any device for a CPU generator)."""
+    own device (the same start on any device for a CPU generator; a shard's rows of the whole
+    batch's draw for a :class:`bounds.relaxations.ShardGenerator`, as distributed training
+    hands out, :func:`bounds.relaxations.rand_rows`)."""
     device = generator.device if generator is not None else lo.device
-    u = torch.rand(lo.shape, generator=generator, dtype=lo.dtype, device=device).to(lo.device)
+    u = rand_rows(lo.shape, generator, dtype=lo.dtype, device=device).to(lo.device)
     return lo + u * (hi - lo)
 
 
