@@ -16,7 +16,8 @@ from bounds.names import PAPER_METHODS
 @click.command("reproduce")
 @click.option("--profile", default="quick", show_default=True,
               help="A profile of configs/*.yaml: quick (minutes on a 2-core CPU), official (the paper code's "
-                   "setting on Fashion-MNIST), paper (the paper's settings, for a GPU), tiny (a smoke test).")
+                   "setting on Fashion-MNIST), paper (the paper's settings, for a GPU), tiny (a smoke test), "
+                   "modern (IBP, CROWN-IBP, tightest, SABR, MTL-IBP on a Fashion-MNIST subset).")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Directory for runs, scans, figures and tables; an existing one is resumed.")
 @click.option("--device", default="cpu", show_default=True, help="torch device, e.g. cpu or cuda.")
@@ -29,7 +30,8 @@ from bounds.names import PAPER_METHODS
               help="Shorten every run to about this many steps, on a training subset: a smoke test.")
 @click.option("--seeds", default="0", show_default=True, help="Comma-separated seeds: every run once per seed, and "
               "the summary states each claim with its spread across them.")
-@click.option("--methods", default=None, help=f"Comma-separated subset of {','.join(PAPER_METHODS)}.")
+@click.option("--methods", default=None, help=f"Comma-separated training methods with a bound, e.g. "
+              f"{','.join(PAPER_METHODS)},sabr,mtl-ibp [default: the profile's, else {','.join(PAPER_METHODS)}].")
 @click.option("--download", is_flag=True, help="Fetch a missing dataset from its official source (needs a network).")
 @click.option("--format", "formats", default="png,pdf", show_default=True, help="Image formats of the figures.")
 @click.option("--dry-run", is_flag=True, help="Print the plan (runs and their settings) and stop.")

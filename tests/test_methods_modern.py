@@ -266,3 +266,41 @@ def test_train_probe_and_scan_through_the_cli(tmp_path, capsys, method: str, ext
                                               {"attack_steps": 1, "mtl_alpha": cfg.mtl_alpha}]
     for label in ("sabr", "mtl-ibp"):  # a deterministic function of the weights: seeded attacks
         assert (a["results"][label]["loss"] == b["results"][label]["loss"]).all()
+
+
+# ----------------------------------------------------------------------------- reproduce
+
+
+def test_reproduce_runs_a_setting_of_its_own_methods_with_the_hessian(tmp_path, monkeypatch) -> None:
+    """A setting's ``methods:`` list (here SABR and MTL-IBP) is what reproduce trains; their runs are
+    certified, scanned and summarised, with the probes' top Hessian eigenvalue."""
+    import json
+
+    import yaml
+    from click.testing import CliRunner
+
+    from landscape.cli import cli
+    from landscape.reproduce import make_plan
+
+    modern = make_plan("modern")
+    assert [r.method for r in modern.runs] == ["ibp", "crown-ibp", "tightest", "sabr", "mtl-ibp"]
+    assert all(r.config["probe_hessian"] for r in modern.runs)
+    assert [r.method for r in make_plan("tiny", methods=["crown", "sabr"]).runs] == ["crown", "sabr"]
+
+    tiny = yaml.safe_load((__import__("pathlib").Path(__file__).parents[1] / "configs" / "tiny.yaml").read_text())
+    tiny.update(probe_hessian=True, epochs=1)
+    tiny["reproduce"].update(profile="tiny-modern", setting="digits_modern", methods=["sabr", "mtl-ibp"])
+    configs = tmp_path / "configs"
+    configs.mkdir()
+    (configs / "tiny-modern.yaml").write_text(yaml.safe_dump(tiny))
+    monkeypatch.setenv("LANDSCAPE_CONFIGS", str(configs))
+    out = tmp_path / "out"
+    result = CliRunner().invoke(cli, ["reproduce", "--profile", "tiny-modern", "--out", str(out), "--format", "png"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads((out / "summary.json").read_text())["runs"]
+    assert [r["method"] for r in rows] == ["sabr", "mtl-ibp"]
+    for r in rows:
+        assert r["verified_err"] is not None and r["hessian_top_eig"] is not None and math.isfinite(r["hessian_top_eig"])
+    assert "top Hessian eig." in (out / "summary.md").read_text()
+    assert sorted(p.name for p in (out / "scans" / "digits_modern" / "seed0").glob("*.h5")) == sorted(
+        f"{m}_{k}.h5" for m in ("sabr", "mtl-ibp") for k in ("gradient", "random-1d", "random-2d"))

@@ -87,8 +87,8 @@ def test_bad_profile_and_method(tmp_path: Path, capsys) -> None:
 
     with pytest.raises(ValueError, match="unknown profile 'huge'; choose one of .*official"):
         make_plan("huge")
-    with pytest.raises(ValueError, match="unknown method 'crown'"):
-        make_plan("tiny", methods=["crown"])
+    with pytest.raises(ValueError, match="unknown method 'natural'"):  # reproduce trains methods with a bound
+        make_plan("tiny", methods=["natural"])
     assert main(["reproduce", "--profile", "tiny", "--methods", "bogus", "--out", str(tmp_path / "o")]) == 1
     assert "unknown method 'bogus'" in capsys.readouterr().err
     assert main(["reproduce", "--profile", "huge", "--out", str(tmp_path / "o")]) != 0

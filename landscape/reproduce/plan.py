@@ -7,8 +7,10 @@ of its runs) and a ``reproduce:`` section that says which profile it belongs to 
 runs are certified and scanned. A profile is the set of files that name it: ``tiny`` (a smoke
 test on digits), ``quick`` (a few minutes on a 2-core CPU: a Fashion-MNIST subset when its files
 are present, else digits), ``official`` (the paper code's own setting on Fashion-MNIST) and
-``paper`` (the paper's MNIST and CIFAR-10 settings, for a GPU). Every run trains one of the
-methods Lee et al. (2021) compare (:data:`bounds.names.PAPER_METHODS`) with one seed.
+``paper`` (the paper's MNIST and CIFAR-10 settings, for a GPU), and ``modern`` (IBP, CROWN-IBP,
+tightest, SABR and MTL-IBP on a Fashion-MNIST subset). A setting's ``methods:`` list says what
+it trains (default: the methods Lee et al. (2021) compare, :data:`bounds.names.PAPER_METHODS`);
+``--methods`` picks any training method with a bound instead.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
-from bounds.names import PAPER_METHODS
+from bounds.names import PAPER_METHODS, TRAIN_METHODS
 
 __all__ = ["Setting", "RunPlan", "Plan", "config_dirs", "load_settings", "profile_names", "make_plan",
            "describe_plan"]
@@ -59,6 +61,7 @@ class Setting:
     scan_points_2d: int = 11
     scan_range: float = 1.0
     notes: list[str] = field(default_factory=list)
+    methods: tuple[str, ...] = PAPER_METHODS
 
     @property
     def dataset(self) -> str:
@@ -87,6 +90,7 @@ def _setting(path: Path) -> Setting | None:
             scan_samples=int(scan.get("samples", 200)), scan_points_gradient=int(scan.get("points_gradient", 10)),
             scan_points_1d=int(scan.get("points_1d", 21)), scan_points_2d=int(scan.get("points_2d", 11)),
             scan_range=float(scan.get("range", 1.0)), notes=[" ".join(str(n).split()) for n in rep.get("notes", [])],
+            methods=tuple(str(m) for m in rep.get("methods", PAPER_METHODS)),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"setting file {path}: bad reproduce section ({exc})") from None
@@ -172,7 +176,8 @@ def make_plan(profile: str, device: str = "cpu", data_dir: str | Path | None = N
               seeds: Sequence[int] = (0,), steps: int | None = None) -> Plan:
     """The runs of ``profile`` (see the module docstring) for every method and seed.
 
-    ``methods`` selects a subset of :data:`bounds.names.PAPER_METHODS`; ``dataset`` picks the
+    ``methods`` selects the methods (any training method with a bound; default: each setting's
+    ``methods:``, else :data:`bounds.names.PAPER_METHODS`); ``dataset`` picks the
     profile's settings on that dataset (by default: every setting, except that settings marked
     ``default`` are taken when their files are present and the others only when they are not);
     ``seeds`` trains every run once per seed. ``steps`` shortens every run to about that many
@@ -194,10 +199,12 @@ def make_plan(profile: str, device: str = "cpu", data_dir: str | Path | None = N
     else:
         preferred = [s for s in mine if s.default and _available(s.dataset, dd)]
         chosen = preferred or [s for s in mine if not s.default] or mine
-    picked = list(PAPER_METHODS) if methods is None else list(methods)
-    bad = [m for m in picked if m not in PAPER_METHODS]
+    trainable = [m for m, info in TRAIN_METHODS.items() if info.bound is not None]
+    own = list(dict.fromkeys(m for s in chosen for m in s.methods))
+    picked = own if methods is None else list(methods)
+    bad = [m for m in picked if m not in trainable]
     if bad or not picked:
-        raise ValueError(f"unknown method {bad[0] if bad else ''!r} for reproduce; choose from {', '.join(PAPER_METHODS)}")
+        raise ValueError(f"unknown method {bad[0] if bad else ''!r} for reproduce; choose from {', '.join(trainable)}")
     seeds = [int(s) for s in seeds]
     if not seeds or any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
         raise ValueError(f"--seeds: expected distinct seeds >= 0, got {seeds}")
@@ -206,7 +213,7 @@ def make_plan(profile: str, device: str = "cpu", data_dir: str | Path | None = N
             raise ValueError(f"--steps must be >= 1, got {steps}")
         chosen = [_shortened(s, int(steps)) for s in chosen]
     runs = [RunPlan(s.name, m, dict(s.train, method=m, seed=seed, device=device, data_dir=dd), seed)
-            for seed in seeds for s in chosen for m in picked]
+            for seed in seeds for s in chosen for m in picked if methods is not None or m in s.methods]
     by_name = {s.name: _sized(s) for s in chosen}
     return Plan(profile, device, runs, by_name, seeds)
 

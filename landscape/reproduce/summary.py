@@ -6,10 +6,12 @@ Per run, from its probes (what the paper code's logs report): the loss variation
 gradient (mean over the probes and at the last one), the gradient cosine (mean over t > 0 and
 the probes, and at t = 5: mean and last), ``a_sign`` and the sign-flip rate (mean over t > 0:
 mean and last), the smoothness, the RGA cosine and the unstable fraction (means over the second
-half of training); from its certification: clean, PGD and verified error at eps_train (by the
-union and by the run's own bound), the gap of its own bound, and the gap of its bound measured
-on every model of the same setting and seed (``bound_gap_common``: on common models the axis
-compares the bounds, not the models they trained).
+half of training), and with ``probe_hessian`` the top Hessian eigenvalue of the step's loss
+(``hessian_top_eig``: mean over the probes, and at the last one); from its certification:
+clean, PGD and verified error at eps_train (by the union and by the run's own bound), the gap
+of its own bound, and the gap of its bound measured on every model of the same setting and seed
+(``bound_gap_common``: on common models the axis compares the bounds, not the models they
+trained).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ __all__ = ["result_files", "load_results", "summary_rows", "aggregate", "summary
 STATS = ("clean_err", "pgd_err", "verified_err", "verified_err_own", "bound_gap", "bound_gap_common",
          "loss_variation", "loss_variation_last", "grad_cosine", "grad_cosine_t5", "grad_cosine_t5_last",
          "a_sign", "a_sign_last", "sign_flip", "sign_flip_last", "smoothness", "rga_cosine", "unstable_frac",
-         "train_seconds")
+         "hessian_top_eig", "hessian_top_eig_last", "train_seconds")
 
 
 def result_files(plan: Plan, out: Path, setting: str, seeds: list[int] | None = None) -> list[Path]:
@@ -59,7 +61,8 @@ def _probe_numbers(rec: Any) -> dict[str, float]:
     s = ftraining.summary(rec, last_fraction=0.5)
     for key, name in (("smoothness", "smoothness"), ("rga_cosine", "rga_cosine"), ("unstable_frac", "unstable_frac")):
         out[name] = s[key]
-    for key, name in (("loss_variation", "loss_variation"), ("grad_cosine", "grad_cosine"), ("sign_flip", "sign_flip")):
+    for key, name in (("loss_variation", "loss_variation"), ("grad_cosine", "grad_cosine"), ("sign_flip", "sign_flip"),
+                      ("hessian_top_eig", "hessian_top_eig")):
         y = ftraining.probe_stat(rec, key)
         out[name] = _mean(y)
         out[f"{name}_last"] = _last(y)
@@ -173,7 +176,7 @@ _COLUMNS = (("clean_err", "clean err. (%)", True), ("pgd_err", "PGD err. (%)", T
             ("bound_gap_common", "bound gap (common models)", False), ("loss_variation", "loss variation", False),
             ("grad_cosine", "grad. cosine", False), ("grad_cosine_t5", "cosine at t=5", False),
             ("a_sign", "a_sign", False), ("sign_flip", "sign flips", False), ("rga_cosine", "RGA cosine", False),
-            ("train_seconds", "train s", False))
+            ("hessian_top_eig", "top Hessian eig.", False), ("train_seconds", "train s", False))
 
 
 def summary_markdown(rows: list[dict]) -> str:
