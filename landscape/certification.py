@@ -18,8 +18,11 @@ def certify_rows(model: Any, x: Any, y: Any, eps_list: Sequence[float], methods:
                  **evaluate_kw: Any) -> tuple[dict[str, list], list[dict[str, Any]]]:
     """One row per eps of :func:`train.evaluate.evaluate` (clean / PGD / verified error, per bound
     method and their union), as columns (``method`` holds ``label`` on every row), and the
-    evaluations themselves. ``evaluate_kw``: ``pgd_steps``, ``domain``, ``batch_size``, ..."""
+    evaluations themselves. ``evaluate_kw``: ``pgd_steps``, ``domain``, ``batch_size``, ...
+    The model is put in evaluation mode (BatchNorm certifies with its running statistics)."""
     from train.evaluate import evaluate, metric_key
+
+    model.eval()
 
     rows: dict[str, list] = {"method": [], "eps": [], "clean_err": [], "pgd_err": [], "verified_err": []}
     for m in methods:

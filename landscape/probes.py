@@ -111,6 +111,7 @@ class GradientProbe:
         params = [p for _, p in named_params(model)]
         saved = [p.detach().clone() for p in params]
         grads = [None if p.grad is None else p.grad.detach().clone() for p in params]
+        buffers = [b.detach().clone() for b in model.buffers()]  # BatchNorm's running statistics
         rng = torch.get_rng_state()
         cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
         was_training = model.training
@@ -121,6 +122,8 @@ class GradientProbe:
                 for p, s, g in zip(params, saved, grads):
                     p.copy_(s)
                     p.grad = g
+                for b, s in zip(model.buffers(), buffers):
+                    b.copy_(s)
             torch.set_rng_state(rng)
             if cuda_rng is not None:
                 torch.cuda.set_rng_state_all(cuda_rng)

@@ -15,7 +15,7 @@ from train.models import MODELS, ModelError, build_from_description, build_model
 # Models that cannot take 8x8 inputs: their unpadded convolutions collapse the image.
 CANNOT_TAKE = {("dm-small", (1, 8, 8)), ("dm-medium", (1, 8, 8))}
 SHAPES = sorted({spec.input_shape for spec in DATASETS.values()})
-ALLOWED = (Normalize, nn.Conv2d, nn.ReLU, nn.Flatten, nn.Linear)
+ALLOWED = (Normalize, nn.Conv2d, nn.ReLU, nn.Flatten, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d)
 
 
 def _stats(shape: tuple[int, ...]) -> tuple[list[float], list[float]]:
@@ -24,7 +24,7 @@ def _stats(shape: tuple[int, ...]) -> tuple[list[float], list[float]]:
 
 def test_registry_names() -> None:
     assert set(MODELS) == {"mlp", "cnn-tiny", "dm-small", "model-small", "dm-medium", "dm-large", "cnn-4layer",
-                           "ibp-large"}
+                           "ibp-large", "cnn7"}
     assert issubclass(ModelError, ValueError)
 
 
@@ -41,8 +41,8 @@ def test_every_model_on_every_dataset_shape(name: str, shape: tuple[int, int, in
     assert isinstance(model, nn.Sequential) and isinstance(model[0], Normalize)
     assert all(isinstance(m, ALLOWED) for m in model)
     assert isinstance(model[-1], nn.Linear) and model[-1].out_features == 10
-    # every hidden Conv2d/Linear is followed by a ReLU, the output layer is not
-    mods = list(model)
+    # every hidden Conv2d/Linear is followed by a ReLU (after its BatchNorm, if any), the output layer is not
+    mods = [m for m in model if not isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d))]
     for i, m in enumerate(mods[:-1]):
         if isinstance(m, (nn.Conv2d, nn.Linear)):
             assert isinstance(mods[i + 1], nn.ReLU)

@@ -1,4 +1,5 @@
-"""Model zoo: plain ``nn.Sequential`` networks of Normalize, Conv2d, ReLU, Flatten and Linear.
+"""Model zoo: plain ``nn.Sequential`` networks of Normalize, Conv2d, ReLU, Flatten, Linear and
+(``cnn7``) BatchNorm; the table of models is :mod:`train.zoo`.
 
 >>> from train.data import DATASETS
 >>> from train.models import build_model, model_description, build_from_description
@@ -12,7 +13,8 @@ modules by shape arithmetic, so any input ``(C, H, W)`` works as long as no spat
 collapses. A convolution with kernel ``k``, stride ``s`` and padding ``p`` maps a side of
 length ``n`` to ``floor((n + 2p - k) / s) + 1``; when that is ``<= 0`` the model cannot take the
 shape and :class:`ModelError` names the model, the shape and the layer. A ReLU follows every
-hidden Conv2d/Linear; the last Linear gives the ``n_classes`` logits.
+hidden Conv2d/Linear (after its BatchNorm, if it has one); the last Linear gives the
+``n_classes`` logits. BatchNorm models must be put in ``eval()`` mode to certify.
 
 Zoo (``C`` input channels, ``n`` classes; ``Conv k x k / s, p`` = kernel, stride, padding)
 ------------------------------------------------------------------------------------------
@@ -42,6 +44,11 @@ Zoo (``C`` input channels, ``n`` classes; ``Conv k x k / s, p`` = kernel, stride
                 Conv(4w, 8w, 3/1, p1) - Conv(8w, 8w, 4/2, p1) - FC(linear_size) -
                 FC(linear_size) - FC(n). (auto_LiRPA's smaller ``cnn_4layer``, two convolutions
                 and one hidden FC, is a different network despite the name.)
+``cnn7``        CNN7 of Shi et al. 2021 and CTBench (their code's ``cnn_7layer_bn2``):
+                Conv(C, w, 3/1, p1) - Conv(w, w, 3/1, p1) - Conv(w, 2w, 3/2, p1) - Conv(2w, 2w,
+                3/1, p1) - Conv(2w, 2w, 3/1, p1) - FC(linear_size) - FC(n), BatchNorm after every
+                hidden Conv/FC (before its ReLU; auto_LiRPA's example ``cnn_7layer_bn`` has none
+                after the FC); options ``width=64``, ``linear_size=512`` (CIFAR-10: 17.2M parameters).
 
 Your own model
 --------------
@@ -61,14 +68,14 @@ deterministic function of ``torch``'s global seed at build time.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence, Union
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import nn
 
 from bounds.layers import Normalize
 from train import plugins
+from train.zoo import MODELS, Conv, Dense, ModelSpec, PlanEntry
 
 __all__ = [
     "ModelError",
@@ -88,87 +95,6 @@ changes. A layer-list description (your own model, :mod:`train.usermodels`) is v
 
 class ModelError(ValueError):
     """Unknown model name or option, a bad option value, or an input shape a model cannot take."""
-
-
-@dataclass(frozen=True)
-class Conv:
-    """Plan entry: ``Conv2d(in, out, kernel, stride, padding)`` followed by ReLU."""
-
-    out: int
-    kernel: int
-    stride: int = 1
-    padding: int = 0
-
-
-@dataclass(frozen=True)
-class Dense:
-    """Plan entry: ``Linear(in, out)`` followed by ReLU (hidden layer)."""
-
-    out: int
-
-
-PlanEntry = Union[Conv, Dense]
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """A zoo entry: ``plan(options)`` lists the hidden layers; ``defaults`` are the options
-    it accepts (with their default values); ``spatial`` says whether it needs ``(C, H, W)``."""
-
-    name: str
-    plan: Callable[[Mapping[str, Any]], list[PlanEntry]]
-    defaults: Mapping[str, Any] = field(default_factory=dict)
-    spatial: bool = True
-    summary: str = ""
-
-
-def _mlp(o: Mapping[str, Any]) -> list[PlanEntry]:
-    return [Dense(w) for w in o["widths"]]
-
-
-def _cnn_tiny(o: Mapping[str, Any]) -> list[PlanEntry]:
-    w = o["width"]
-    return [Conv(8 * w, 3, 1, 1), Conv(16 * w, 4, 2, 1), Dense(o["linear_size"])]
-
-
-def _dm_small(o: Mapping[str, Any]) -> list[PlanEntry]:
-    return [Conv(16, 4, 2, 0), Conv(32, 4, 1, 0), Dense(100)]
-
-
-def _model_small(o: Mapping[str, Any]) -> list[PlanEntry]:
-    return [Conv(16, 4, 2, 1), Conv(32, 4, 1, 1), Dense(100)]
-
-
-def _dm_medium(o: Mapping[str, Any]) -> list[PlanEntry]:
-    return [Conv(32, 3, 1, 0), Conv(32, 4, 2, 0), Conv(64, 3, 1, 0), Conv(64, 4, 2, 0), Dense(512), Dense(512)]
-
-
-def _dm_large(o: Mapping[str, Any]) -> list[PlanEntry]:
-    return [Conv(64, 3, 1, 1), Conv(64, 3, 1, 1), Conv(128, 3, 2, 1), Conv(128, 3, 1, 1), Conv(128, 3, 1, 1),
-            Dense(o["linear_size"])]
-
-
-def _cnn_4layer(o: Mapping[str, Any]) -> list[PlanEntry]:
-    w, h = o["width"], o["linear_size"]
-    return [Conv(4 * w, 3, 1, 1), Conv(4 * w, 4, 2, 1), Conv(8 * w, 3, 1, 1), Conv(8 * w, 4, 2, 1), Dense(h), Dense(h)]
-
-
-MODELS: dict[str, ModelSpec] = {
-    "mlp": ModelSpec("mlp", _mlp, {"widths": (256, 256)}, spatial=False,
-                     summary="fully connected ReLU network, hidden widths configurable"),
-    "cnn-tiny": ModelSpec("cnn-tiny", _cnn_tiny, {"width": 1, "linear_size": 64},
-                          summary="two small convolutions and one hidden FC layer; fits 8x8 digits"),
-    "dm-small": ModelSpec("dm-small", _dm_small, {}, summary="DM-small of Gowal et al. 2018 (CROWN-IBP paper)"),
-    "model-small": ModelSpec("model-small", _model_small, {},
-                             summary="model_small of Lee et al. 2021's code: DM-small with padded convolutions"),
-    "dm-medium": ModelSpec("dm-medium", _dm_medium, {}, summary="DM-medium of Gowal et al. 2018 (CROWN-IBP paper)"),
-    "dm-large": ModelSpec("dm-large", _dm_large, {"linear_size": 512},
-                          summary="DM-large of Gowal et al. 2018 (CROWN-IBP's IBP_large)"),
-    "cnn-4layer": ModelSpec("cnn-4layer", _cnn_4layer, {"width": 8, "linear_size": 512},
-                            summary="4 conv + 3 FC CIFAR-10 model of Lee et al. 2021"),
-    "ibp-large": ModelSpec("ibp-large", _dm_large, {"linear_size": 512},
-                           summary="MNIST/SVHN model of Lee et al. 2021 (= dm-large / IBP_large)"),
-}
 
 
 # --------------------------------------------------------------------------- validation
@@ -354,6 +280,8 @@ def build_model(
                 layers.append(nn.Flatten())
                 flattened = True
             layers.append(nn.Linear(math.prod(current), entry.out))
+        if entry.bn:
+            layers.append(nn.BatchNorm2d(entry.out) if isinstance(entry, Conv) else nn.BatchNorm1d(entry.out))
         if i < len(planned) - 1:
             layers.append(nn.ReLU())
         current = out_shape
