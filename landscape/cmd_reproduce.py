@@ -34,10 +34,12 @@ from bounds.names import PAPER_METHODS
               f"{','.join(PAPER_METHODS)},sabr,mtl-ibp [default: the profile's, else {','.join(PAPER_METHODS)}].")
 @click.option("--download", is_flag=True, help="Fetch a missing dataset from its official source (needs a network).")
 @click.option("--format", "formats", default="png,pdf", show_default=True, help="Image formats of the figures.")
+@click.option("--compile", is_flag=True, help="Train, certify and scan with the bound engine's compiled kernels "
+              "(cached on disk; the first run of a model compiles for a while).")
 @click.option("--dry-run", is_flag=True, help="Print the plan (runs and their settings) and stop.")
 def reproduce(profile: str, out_dir: Path, device: str, data_dir: Path | None, dataset: str | None, steps: int | None,
               seeds: str,
-              methods: str | None, download: bool, formats: str, dry_run: bool) -> None:
+              methods: str | None, download: bool, formats: str, compile: bool, dry_run: bool) -> None:
     """Reproduce the paper's analysis: train IBP, CROWN-IBP (beta = 1), CAP and the
     tightest-slope method with training probes (once per seed), certify them at several eps,
     scan them, and write the figures, tables and a summary that states the paper's claims with
@@ -56,6 +58,9 @@ def reproduce(profile: str, out_dir: Path, device: str, data_dir: Path | None, d
         raise click.BadParameter(f"expected comma-separated integers, got {seeds!r}", param_hint="--seeds") from None
     plan = repro.make_plan(profile, device=device, data_dir=data_dir, methods=chosen, dataset=dataset,
                            seeds=seed_list, steps=steps)
+    if compile:  # the runs' configs carry it (a resume keeps it), and their certify and scan steps read it
+        for r in plan.runs:
+            r.config["compile"] = True
     if dry_run:
         click.echo(repro.describe_plan(plan))
         return

@@ -71,6 +71,8 @@ from bounds.names import DIRECTION_NORMS, SCAN_KINDS, SCAN_LOSSES, TRAIN_METHODS
 @click.option("--batch-points", type=click.IntRange(min=1), default=None,
               help="Grid points per torch.func.vmap pass (clean loss only) [default: 16 on CUDA, 1 on CPU, "
                    "where vmap measured slower than a loop].")
+@click.option("--compile", is_flag=True, help="Run the bound engine's element-wise steps as compiled kernels (cached "
+              "on disk; the first run of a model compiles for a while).")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
 @click.option("--data-dir", type=click.Path(), default=None, help="Dataset folder [default: the checkpoint's].")
 @click.option("--download", is_flag=True, help="Fetch a missing dataset from its official source (needs a network).")

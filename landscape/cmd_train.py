@@ -262,9 +262,11 @@ def train(config_file, model_option, lr_milestones, download, out_dir, resume, o
 @click.option("--float64", "double", is_flag=True,
               help="Bound in float64: float32 rounding can move a bound by ~1e-6 relative, so use this "
                    "when a certificate must hold to the last digit.")
+@click.option("--compile", is_flag=True, help="Bound with the engine's compiled kernels (cached on disk; the first "
+              "run of a model compiles for a while).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def certify(checkpoint, eps, methods, pgd_steps, pgd_restarts, test_size, batch_size, data_dir, download, device, seed,
-            out, double, as_json) -> None:
+            out, double, compile, as_json) -> None:
     """Clean, PGD and verified error of a checkpoint on its dataset's test set."""
     from landscape.certification import certify_rows, write_certify_file
     from train.checkpoint import check_fits, load_model
@@ -302,7 +304,8 @@ def certify(checkpoint, eps, methods, pgd_steps, pgd_restarts, test_size, batch_
         model, test_x = model.double(), test_x.double()
     columns, results = certify_rows(model, test_x, data.test_y, eps_list, method_list, str(cfg.get("method")),
                                     pgd_steps=pgd_steps, pgd_restarts=pgd_restarts, batch_size=batch_size,
-                                    domain=run_domain(cfg, data.spec), seed=seed, progress=not as_json)
+                                    domain=run_domain(cfg, data.spec), seed=seed, progress=not as_json,
+                                    compile=compile)
     for res in results:
         res["checkpoint"] = str(checkpoint)
         res["dtype"] = "float64" if double else "float32"

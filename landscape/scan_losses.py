@@ -88,15 +88,18 @@ class LossClosure:
     ``closure(model=None)`` evaluates on ``model`` (default: the model given at construction)
     with its current parameters. ``closure.functional(params)`` evaluates with a dict of
     parameters via ``torch.func.functional_call`` (used with ``vmap`` for the clean loss).
+    ``compile``: the certified loss runs the engine's compiled kernels (:mod:`bounds.compiled`;
+    the same values to float rounding, so it is not part of the spec a scan file records).
     """
 
-    def __init__(self, model: nn.Module, x: Tensor, y: Tensor, spec: LossSpec) -> None:
+    def __init__(self, model: nn.Module, x: Tensor, y: Tensor, spec: LossSpec, compile: bool = False) -> None:
         if x.shape[0] != y.shape[0] or x.shape[0] == 0:
             raise ValueError(f"need a non-empty batch with one label per sample, got x {tuple(x.shape)}, y {tuple(y.shape)}")
         self.model = model
         self.x = x.detach()
         self.y = y.detach()
         self.spec = spec
+        self.compile = bool(compile)
         self.last_stats: dict[str, float] = {}
 
     @property
@@ -125,7 +128,7 @@ class LossClosure:
         loss, stats = certified_loss(
             model, self.x, self.y, s.eps, method=s.method, slope=s.slope, beta=s.beta, kappa=s.kappa,
             fused=s.fused, domain=None if s.domain is None else tuple(s.domain), generator=self._generator(),
-            options=LossOptions(**dict(s.options)),
+            options=LossOptions(**dict(s.options)), compile=self.compile,
         )
         self.last_stats = stats
         return loss

@@ -169,7 +169,8 @@ class ScanRequest:
     glob, a list or a run directory; default: the run's epoch and step checkpoints beside
     ``checkpoint``) and whether their differences are centred. ``top_k`` to
     ``density_points``: the work of a Hessian scan (:class:`landscape.spectrum.SpectrumOptions`;
-    None: its defaults).
+    None: its defaults). ``compile``: certified losses run the engine's compiled kernels (the
+    same values to float rounding; not part of the arguments a file records).
     """
 
     checkpoint: str
@@ -206,6 +207,7 @@ class ScanRequest:
     pgd_steps: int = 10
     fused: bool = False
     batch_points: int | None = None
+    compile: bool = False
     device: str = "cpu"
     data_dir: str | None = None
     download: bool = False

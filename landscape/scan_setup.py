@@ -192,7 +192,7 @@ def prepare_scan(request: Any, ctx: Context) -> PreparedScan:
 
     x, y = select_samples(data, request.samples, request.split, seed)
     x, y = x.to(device), y.to(device)
-    closures = [LossClosure(model, x, y, s) for s in specs]
+    closures = [LossClosure(model, x, y, s, compile=request.compile) for s in specs]
 
     batch_points = request.batch_points
     if batch_points is None:

@@ -60,15 +60,17 @@ def verified_mask(
     method: str,
     slope: str = "adaptive",
     domain: tuple[float, float] = (0.0, 1.0),
+    compile: bool = False,
 ) -> torch.Tensor:
-    """``[B]`` bool: every margin lower bound ``f_y - f_j`` (j != y) of ``method`` is > 0."""
+    """``[B]`` bool: every margin lower bound ``f_y - f_j`` (j != y) of ``method`` is > 0
+    (``compile``: with the engine's compiled kernels, :mod:`bounds.compiled`)."""
     import bounds
 
     with torch.no_grad():
         n_classes = model(x[:1]).shape[1]
         spec = bounds.margin_spec(y, n_classes)
         res = bounds.compute_bounds(model, x, eps, method=method, slope=slope, C=spec, beta=1.0, domain=domain, y=y,
-                                    need_upper=False)
+                                    need_upper=False, compile=compile)
     return (res.lower > 0).all(dim=1)
 
 
@@ -85,6 +87,7 @@ def evaluate(
     slope: str = "adaptive",
     seed: int = 0,
     progress: bool = True,
+    compile: bool = False,
 ) -> dict[str, Any]:
     """Clean, PGD and verified error of ``model`` on ``(x, y)`` at radius ``eps``.
 
@@ -99,6 +102,8 @@ def evaluate(
         slope: lower-slope policy of the methods named without one (``crown-ibp``, ``crown``).
         seed: seed of the attack's random starts.
         progress: show a tqdm bar.
+        compile: bound with the engine's compiled kernels (:mod:`bounds.compiled`; the same
+            bounds to float rounding).
 
     Returns:
         ``{"n", "eps", "clean_err", "pgd_err", "verified_err", "verified_err_<m>"...}``;
@@ -134,7 +139,7 @@ def evaluate(
                 wrong_pgd[s : s + len(xb)] = clean_wrong.cpu()
             for m in methods:
                 bound, chosen = bounds_of[m]
-                ok = verified_mask(model, xb, yb, eps, bound, slope=chosen, domain=domain)
+                ok = verified_mask(model, xb, yb, eps, bound, slope=chosen, domain=domain, compile=compile)
                 verified[m][s : s + len(xb)] = (ok & ~clean_wrong).cpu()
             if bar is not None:
                 bar.update(len(xb))

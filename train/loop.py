@@ -378,7 +378,7 @@ def _epoch_eval(model: nn.Module, data: Any, config: TrainConfig, domain: tuple[
     model.eval()
     res = evaluate(model, test_x[: config.eval_size], data.test_y[: config.eval_size], config.eps,
                    methods=methods, pgd_steps=0, batch_size=max(config.batch_size, 256), domain=domain,
-                   progress=False)
+                   progress=False, compile=config.compile)
     out = {"test_clean_err": res["clean_err"]}
     for m in methods:
         out["test_" + metric_key(m)] = res[metric_key(m)]

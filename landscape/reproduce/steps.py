@@ -98,7 +98,7 @@ def certify_run(run: RunPlan, out: Path, plan: Plan, data: Any) -> Path:
     methods = list(dict.fromkeys([*setting.certify_methods, run.method]))
     log(f"certifying {run.key} at eps {', '.join(f'{e:.4g}' for e in eps_list)}")
     rows, results = certify_rows(model, x, y, eps_list, methods, run.method, pgd_steps=setting.pgd_steps,
-                                 domain=domain)
+                                 domain=domain, compile=bool(run.config.get("compile", False)))
     rows["verified_err_own"] = list(rows[metric_key(run.method)])
     k = min(setting.tight_samples, n)
     bounds = {m: resolve_method(m, None, 1.0) for m in dict.fromkeys(r.method for r in plan.runs)}
@@ -127,7 +127,8 @@ def scan_run(run: RunPlan, out: Path, plan: Plan, data: Any) -> list[Path]:
     scan_dir.mkdir(parents=True, exist_ok=True)
     written = []
     common = dict(checkpoint=str(run.run_dir(out) / "checkpoint.pt"), methods=[run.method],
-                  samples=setting.scan_samples, seed=0, device=plan.device, data=data, command="landscape reproduce")
+                  samples=setting.scan_samples, seed=0, device=plan.device, data=data, command="landscape reproduce",
+                  compile=bool(run.config.get("compile", False)))
     r = setting.scan_range
     for kind, points in (("gradient", setting.scan_points_gradient), ("random-1d", setting.scan_points_1d),
                          ("random-2d", setting.scan_points_2d)):
