@@ -100,3 +100,26 @@ def test_certify_rows_uses_evaluation_mode() -> None:
     certify_rows(model, x, y, [0.01], ["ibp"], "test", pgd_steps=2)
     assert not model.training
     assert all(torch.equal(a, b) for a, b in zip(before, model.buffers())), "certification moved the running stats"
+
+
+def test_layer_list_records_batchnorm_and_avgpool() -> None:
+    """A model outside the zoo with BatchNorm and AvgPool2d is recorded as a layer list and
+    rebuilt with the same function (state dict, running statistics included); a residual block
+    is refused with a message naming it."""
+    import pytest
+
+    from bounds.layers import Residual
+    from train.models import ModelError
+    from train.usermodels import build, describe
+
+    model = nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.BatchNorm2d(3, momentum=0.2), nn.ReLU(),
+                          nn.AvgPool2d(2), nn.Flatten(), nn.Linear(48, 5), nn.BatchNorm1d(5, affine=False),
+                          nn.ReLU(), nn.Linear(5, 3))
+    model(torch.rand(16, 1, 8, 8))  # move the running statistics
+    d = json.loads(json.dumps(describe(model.eval(), (1, 8, 8))))
+    twin = build(d)
+    twin.load_state_dict(model.state_dict())
+    x = torch.rand(4, 1, 8, 8)
+    assert torch.equal(twin.eval()(x), model(x))
+    with pytest.raises(ModelError, match=r"layer 0 \(Residual\)"):
+        describe(nn.Sequential(Residual(nn.Sequential(nn.Linear(4, 4))), nn.Linear(4, 2)))

@@ -6,8 +6,9 @@ A model function (``--model FILE.py:function`` or ``package.module:function``,
     function(input_shape, n_classes, **model_options)          # input_shape: a tuple (C, H, W)
 
 and must return an ``nn.Sequential`` the bound engine accepts (``bounds.network.layer_ops``):
-``bounds.Normalize``, ``nn.Linear``, ``nn.Conv2d`` (zero padding), ``nn.ReLU`` and ``nn.Flatten``,
-with float32 parameters, giving ``n_classes`` outputs for inputs ``[B, *input_shape]`` in
+``bounds.Normalize``, ``nn.Linear``, ``nn.Conv2d`` (zero padding), ``nn.ReLU``, ``nn.Flatten``,
+``nn.BatchNorm1d``/``nn.BatchNorm2d`` and ``nn.AvgPool2d`` (``bounds.layers.Residual`` blocks are
+bounded but not yet recorded in a layer list), with float32 parameters, giving ``n_classes`` outputs for inputs ``[B, *input_shape]`` in
 ``[0, 1]``. The model is used as returned: nothing is put in front of it. If the function has
 parameters named ``mean`` and ``std``, it also gets the dataset's per-channel statistics (zeros
 and ones when the run says ``normalize_inputs: false``) to build its own ``Normalize`` layer.
@@ -22,7 +23,11 @@ Recording (:func:`describe`): a checkpoint stores any such model, and any model 
                                  "kernel_size": [kh, kw], "stride": [..], "padding": [..],
                                  "dilation": [..], "groups", "bias": true},
                                 {"name": "3", "kind": "linear", "in_features", "out_features", "bias"},
-                                {"name": "2", "kind": "relu"}, {"name": "4", "kind": "flatten"}, ...]}
+                                {"name": "2", "kind": "relu"}, {"name": "4", "kind": "flatten"},
+                                {"kind": "batchnorm2d" or "batchnorm1d", "num_features", "eps",
+                                 "momentum", "affine", "track_running_stats"},
+                                {"kind": "avgpool", "kernel_size", "stride", "padding", "ceil_mode",
+                                 "count_include_pad"}, ...]}
 
 :func:`build` turns it back into the same ``nn.Sequential`` (the same child names, so the
 state dict loads) of the plain torch layers the bound engine sees, without importing your code:
@@ -39,7 +44,7 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import nn
 
-from bounds.layers import Normalize
+from bounds.layers import Normalize, Residual
 from bounds.network import layer_ops
 from train import plugins
 
@@ -48,7 +53,8 @@ __all__ = ["LAYERS_VERSION", "build_user_model", "describe", "describe_reference
 LAYERS_VERSION = 2
 """Version of a layer-list model description (zoo descriptions are version 1)."""
 
-_SUPPORTED = "use bounds.Normalize, nn.Linear, nn.Conv2d, nn.ReLU and nn.Flatten only"
+_SUPPORTED = ("use bounds.Normalize, nn.Linear, nn.Conv2d, nn.ReLU, nn.Flatten, nn.BatchNorm1d/2d and nn.AvgPool2d "
+              "only")
 
 
 def _error(message: str) -> ValueError:
@@ -127,6 +133,18 @@ def _layer(name: str, i: int, layer: nn.Module) -> dict[str, Any]:
         if layer.start_dim != 1 or layer.end_dim != -1:
             raise _error(f"layer {i} (Flatten) must flatten dims 1..-1, got {layer.start_dim}..{layer.end_dim}")
         entry.update(kind="flatten")
+    elif isinstance(layer, (nn.BatchNorm1d, nn.BatchNorm2d)):
+        entry.update(kind="batchnorm2d" if isinstance(layer, nn.BatchNorm2d) else "batchnorm1d",
+                     num_features=layer.num_features, eps=layer.eps, momentum=layer.momentum, affine=layer.affine,
+                     track_running_stats=layer.track_running_stats)
+    elif isinstance(layer, nn.AvgPool2d):
+        entry.update(kind="avgpool", kernel_size=_pair(layer.kernel_size),
+                     stride=_pair(layer.stride if layer.stride is not None else layer.kernel_size),
+                     padding=_pair(layer.padding), ceil_mode=bool(layer.ceil_mode),
+                     count_include_pad=bool(layer.count_include_pad))
+    elif isinstance(layer, Residual):
+        raise _error(f"layer {i} (Residual): residual blocks cannot be recorded in a layer-list description yet; "
+                     "train such a model through train.loop.train and rebuild it with your own code")
     else:
         raise _error(f"layer {i} ({type(layer).__name__}) is not supported by the bound engine; {_SUPPORTED}")
     return entry
@@ -175,6 +193,13 @@ def _module(entry: Mapping[str, Any]) -> nn.Module:
         return nn.ReLU()
     if kind == "flatten":
         return nn.Flatten()
+    if kind in ("batchnorm1d", "batchnorm2d"):
+        bn = nn.BatchNorm2d if kind == "batchnorm2d" else nn.BatchNorm1d
+        return bn(int(entry["num_features"]), eps=float(entry["eps"]), momentum=entry["momentum"],
+                  affine=bool(entry["affine"]), track_running_stats=bool(entry["track_running_stats"]))
+    if kind == "avgpool":
+        return nn.AvgPool2d(tuple(entry["kernel_size"]), stride=tuple(entry["stride"]), padding=tuple(entry["padding"]),
+                            ceil_mode=bool(entry["ceil_mode"]), count_include_pad=bool(entry["count_include_pad"]))
     raise _error(f"model description has a layer of unknown kind {kind!r}")
 
 
