@@ -171,11 +171,11 @@ def reduce_step(ctx: Context, model: torch.nn.Module, loss: torch.Tensor, stats:
     if not ctx.active:
         return float(loss.detach()), stats
     w = shard.weight
-    params = [p for p in model.parameters() if p.requires_grad]
-    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    params = [p for p in model.parameters() if p.grad is not None]  # the same ones in every rank: one graph
+    grads = [p.grad for p in params]
     keys = sorted(stats)
     values = [float(loss.detach())] + [float(stats[k]) for k in keys]
-    head = torch.tensor([0.0 if w == 0 else v * w for v in values], dtype=torch.float64, device=params[0].device)
+    head = torch.tensor([0.0 if w == 0 else v * w for v in values], dtype=torch.float64, device=loss.device)
     flat = torch.cat([head] + [(g.detach() * w if w else torch.zeros_like(g)).reshape(-1).to(torch.float64)
                                for g in grads])
     dist.all_reduce(flat, op=dist.ReduceOp.SUM)
