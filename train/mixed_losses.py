@@ -5,7 +5,7 @@ Notation: ``x`` ``[B, *shape]`` inputs in the domain ``D = [lo, hi]``, ``y`` ``[
 ``L_IBP(c, r) = CE([0, -lb(c, r)], 0)`` the robust cross-entropy of the IBP margin lower bounds
 ``lb`` over ``B(c, r) ∩ D`` (:func:`bounds.margin_ce`), ``CE`` the cross-entropy.
 
-**SABR** (Müller et al. 2023, "Certified Training: Small Boxes are All You Need", Sec. 3):
+**SABR** (Müller et al. 2023, "Certified Training: Small Boxes are All You Need", ICLR 2023):
 propagate a small box around an adversarial point instead of the whole ball::
 
     tau = lambda * eps,                    lambda in (0, 1]                  (box size)
@@ -21,7 +21,8 @@ sign-gradient ascent on ``CE(f(x'), y)`` from a uniform start in the shrunk box,
 ``0.5 (eps - tau)`` multiplied by 0.1 after steps 4 and 7 (the schedule of SABR's training attack).
 
 **MTL-IBP** (De Palma et al. 2024, "Expressive Losses for Verified Robustness via Convex
-Combinations", the MTL-IBP loss)::
+Combinations", ICLR 2024: the MTL-IBP loss, a convex combination of an adversarial and an IBP
+loss)::
 
     L_MTL = (1 - alpha) * CE(f(x_adv), y) + alpha * L_IBP(x, eps),          alpha in [0, 1]
 

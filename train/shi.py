@@ -1,10 +1,10 @@
 """IBP initialisation and warm-up regularisers of Shi et al. (2021), "Fast Certified Robust
-Training with Short Warmup" (Sec. 3.2 and 3.3).
+Training with Short Warmup" (NeurIPS 2021).
 
 **Initialisation** (:func:`ibp_init`, ``train --init ibp``): every weight of a ``Linear`` or
 ``Conv2d`` layer except the last one is drawn as ::
 
-    w ~ N(0, sigma^2),   sigma = sqrt(2 pi) / fan_in                               (Sec. 3.2)
+    w ~ N(0, sigma^2),   sigma = sqrt(2 pi) / fan_in                   (the paper's IBP initialisation)
 
 with ``fan_in = in_features`` (Linear) or ``in_channels * kh * kw`` (Conv2d), and its bias is set
 to 0. Then ``E|w| = sigma sqrt(2 / pi) = 2 / fan_in``, so an IBP radius ``r`` entering the layer
@@ -16,7 +16,7 @@ the zoo's residual blocks are not treated specially here.)
 **Warm-up regularisers** (:func:`warmup_regulariser`, ``train --warmup-reg``), added to the loss
 only while eps ramps (``1e-6 <= eps_t < eps_target``) with intensity ::
 
-    w_t = lambda * (1 - eps_t / eps_target)                                         (Sec. 3.3)
+    w_t = lambda * (1 - eps_t / eps_target)            (the regularisers' weight, decreasing with eps)
 
 From the IBP pre-activation bounds ``[l, u]`` of every ReLU layer (``BoundResult.preact``),
 centre ``c = (u + l) / 2`` and radius ``r = (u - l) / 2``, and the radius ``r_0`` of the input
@@ -34,7 +34,9 @@ growing faster than the input box; ``L_relu`` keeps active and inactive neurons 
 centres' first and second moments. The formulas follow the authors' code (``regularization.py``,
 ``compute_reg``). A layer whose active or inactive set is empty contributes 0 to ``L_relu`` (its
 ratio has no gradient); the authors' code skips or fully penalises that case depending on which
-set is empty. Defaults: ``lambda = 0.5``, ``tau = 0.5`` (the authors').
+set is empty. Defaults: ``lambda = 0.5``, ``tau = 0.5`` (the authors'). Under torchrun each
+process regularises its shard of the batch and the ranks average the values (the ratios are not
+linear in the batch, so this is close to, not equal to, the one-process value).
 """
 
 from __future__ import annotations
