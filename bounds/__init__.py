@@ -3,6 +3,7 @@
 Public API::
 
     from bounds import compute_bounds, margin_spec, margin_ce, robust_cross_entropy, BoundResult, Normalize
+    from bounds import Residual             # a residual block: branch(x) + shortcut(x)
     from bounds import METHODS, SLOPES      # the names of bounds.names
 
 Modules (one job each): ``names`` (every name the toolkit knows; torch-free), ``network``
@@ -28,6 +29,7 @@ _LAZY = {
     "BoundResult": "bounds.compute",
     "compute_bounds": "bounds.compute",
     "Normalize": "bounds.layers",
+    "Residual": "bounds.layers",
     "robust_cross_entropy": "bounds.robust_ce",
     "margin_spec": "bounds.spec",
     "margin_ce": "bounds.spec",
