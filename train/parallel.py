@@ -176,8 +176,9 @@ def reduce_step(ctx: Context, model: torch.nn.Module, loss: torch.Tensor, stats:
     keys = sorted(stats)
     values = [float(loss.detach())] + [float(stats[k]) for k in keys]
     head = torch.tensor([0.0 if w == 0 else v * w for v in values], dtype=torch.float64, device=loss.device)
-    flat = torch.cat([head] + [(g.detach() * w if w else torch.zeros_like(g)).reshape(-1).to(torch.float64)
-                               for g in grads])
+    flat = torch.cat([head] + [g.detach().reshape(-1).to(torch.float64) * w for g in grads])
+    if w == 0:  # an empty shard's stand-in row: nothing of it counts, not even a NaN
+        flat[len(values):] = 0.0
     dist.all_reduce(flat, op=dist.ReduceOp.SUM)
     start = len(values)
     for p, g in zip(params, grads):
