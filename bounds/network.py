@@ -249,7 +249,9 @@ def layer_ops(
         raise ValueError(f"the bound engine needs an nn.Sequential model, got {type(model).__name__}")
     if len(model) == 0:
         raise ValueError("the model is an empty nn.Sequential")
-    builder = _Builder(dtype, device, x)
+    batch_stats = any(isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)) and (m.training or m.running_mean is None)
+                      for m in model.modules())
+    builder = _Builder(dtype, device, x if batch_stats else None)  # the clean forward pass only when needed
     shape = tuple(int(s) for s in input_shape)
     for i, layer in enumerate(model):
         shape = builder.layer(layer, shape, i, str(i))

@@ -6,7 +6,8 @@ hide itself:
 - ``bn_cases``: a hypothesis strategy of tiny networks of four kinds -- ``mlp-bn`` (Linear,
   BatchNorm1d, ReLU), ``cnn-bn`` (Conv2d, BatchNorm2d, ReLU, AvgPool2d), ``res`` (a residual
   block with an identity or 1x1-conv shortcut, BatchNorm inside) and ``res-mlp`` -- in eval mode,
-  with random running statistics and affine parameters (negative gammas included);
+  with random running statistics and affine parameters (negative gammas included), sometimes
+  ending with a BatchNorm1d on the logits;
 - ``relu_inputs_hooked``: every ReLU's input at ``x``, in forward order, nested ReLUs included;
 - ``fold_bn``: the same function with every eval-mode BatchNorm folded into the Linear/Conv2d
   in front of it (``W' = w W``, ``b' = w b + c`` with ``w = gamma / sqrt(var + eps)``);
@@ -94,6 +95,9 @@ def bn_cases(draw: st.DrawFn, kinds=("mlp-bn", "cnn-bn", "res", "res-mlp"), dtyp
     pool, shortcut = draw(st.booleans()), draw(st.booleans())
     ws = draw(st.sampled_from([0.5, 1.0, 2.0]))
     model, shape = make_net(kind, seed, n_classes, pool=pool, shortcut=shortcut, weight_scale=ws)
+    tail = draw(st.booleans())
+    if tail:  # the network ends with a BatchNorm1d (no last Linear to merge with C)
+        model.append(randomize(nn.BatchNorm1d(n_classes).double(), torch.Generator().manual_seed(seed)).eval())
     gen = torch.Generator().manual_seed(seed + 1)
     batch = draw(st.integers(1, max_batch))
     domain = draw(st.sampled_from([None, (0.0, 1.0)]))
@@ -106,7 +110,7 @@ def bn_cases(draw: st.DrawFn, kinds=("mlp-bn", "cnn-bn", "res", "res-mlp"), dtyp
                                                  dtype=dtype)
     else:
         eps = float(draw(st.sampled_from(list(eps_choices))))
-    desc = f"{kind} seed={seed} pool={pool} shortcut={shortcut} ws={ws}"
+    desc = f"{kind} seed={seed} pool={pool} shortcut={shortcut} ws={ws} bn_tail={tail}"
     return Case(model.to(dtype), x.to(dtype), y, eps, domain, n_classes, desc)
 
 
