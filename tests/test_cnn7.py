@@ -123,3 +123,18 @@ def test_layer_list_records_batchnorm_and_avgpool() -> None:
     assert torch.equal(twin.eval()(x), model(x))
     with pytest.raises(ModelError, match=r"layer 0 \(Residual\)"):
         describe(nn.Sequential(Residual(nn.Sequential(nn.Linear(4, 4))), nn.Linear(4, 2)))
+
+
+def test_evaluate_runs_in_evaluation_mode_and_restores_the_mode() -> None:
+    from train.evaluate import evaluate
+
+    model = build_model("cnn7", (1, 8, 8), 10, [0.3], [0.3], width=2, linear_size=8).train()
+    model(torch.rand(32, 1, 8, 8))  # running statistics away from (0, 1)
+    before = [b.clone() for b in model.buffers()]
+    x, y = torch.rand(6, 1, 8, 8), torch.randint(0, 10, (6,))
+    res = evaluate(model, x, y, 0.01, methods=["ibp"], pgd_steps=2, batch_size=3, progress=False)
+    assert model.training, "evaluate restores the caller's mode"
+    assert all(torch.equal(a, b) for a, b in zip(before, model.buffers())), "evaluation moved the running stats"
+    with torch.no_grad():
+        wrong = (model.eval()(x).argmax(1) != y).float().mean()
+    assert res["clean_err"] == float(wrong)

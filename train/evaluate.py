@@ -125,6 +125,8 @@ def evaluate(
     verified = {m: torch.zeros(len(x), dtype=torch.bool) for m in methods}
     starts = range(0, len(x), batch_size)
     bar = _progress(len(x), progress)
+    was_training = model.training
+    model.eval()  # BatchNorm with its running statistics (docs/design.md); the mode is restored below
     try:
         for s in starts:
             xb = x[s : s + batch_size].to(device)
@@ -146,6 +148,7 @@ def evaluate(
                 bar.set_postfix(clean=f"{wrong_clean[: s + len(xb)].float().mean():.3f}",
                                 pgd=f"{wrong_pgd[: s + len(xb)].float().mean():.3f}")
     finally:
+        model.train(was_training)
         if bar is not None:
             bar.close()
     out: dict[str, Any] = {
