@@ -189,7 +189,10 @@ class _Builder:
         if len(shape) != 3:
             raise ValueError(f"{name} expects input [C, H, W] per sample, got {list(shape)}")
         c = shape[0]
-        out = _conv_out(shape, nn.Conv2d(c, c, k, stride=s, groups=c, bias=False, device="meta"), name, p)
+        hw = [(n + 2 * pp - kk) // ss + 1 for n, kk, ss, pp in zip(shape[1:], k, s, p)]
+        if min(hw) < 1:
+            raise ValueError(f"{name} gets a {shape[1]}x{shape[2]} input, too small for its kernel")
+        out = (c, hw[0], hw[1])
         weight = torch.full((c, 1, *k), 1.0 / (k[0] * k[1]), dtype=self.dtype, device=self.device)
         return LayerOp(i, "conv", shape, out, weight, None, dict(stride=s, padding=p, dilation=(1, 1), groups=c))
 

@@ -13,6 +13,8 @@
   statistics (``bn_helpers.batch_stat_copy``); at eps = 0 they equal the training-mode forward;
   bounding leaves the running statistics alone.
 - Errors: unsupported AvgPool2d options and mismatched shapes name the layer.
+- Plain mode (``bounds/plain.py``) equals the fast paths, and a batched (vmap) scan of a
+  BatchNorm network equals the point-by-point loop.
 """
 
 from __future__ import annotations
@@ -214,6 +216,7 @@ def test_training_mode_bn_statistics_get_gradients() -> None:
     (nn.AvgPool2d(2, ceil_mode=True), "ceil_mode"),
     (nn.AvgPool2d(2, divisor_override=3), "divisor_override"),
     (nn.AvgPool2d(3, padding=1, count_include_pad=False), "count_include_pad"),
+    (nn.AvgPool2d(5), "too small for its kernel"),
 ])
 def test_unsupported_avgpool_options_are_refused(pool: nn.AvgPool2d, message: str) -> None:
     model = nn.Sequential(nn.Conv2d(1, 2, 3), pool, nn.Flatten(), nn.Linear(8, 2))
@@ -231,3 +234,38 @@ def test_unsupported_avgpool_options_are_refused(pool: nn.AvgPool2d, message: st
 def test_bad_bn_and_residual_shapes_are_refused(model: nn.Sequential, x: torch.Tensor, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         compute_bounds(model.eval(), x, 0.1)
+
+
+# ----------------------------------------------------------------------------- plain mode and batched scans
+
+
+@pytest.mark.parametrize("kind,train", [("cnn-bn", False), ("res", False), ("cnn-bn", True)])
+def test_plain_mode_and_batched_scans(kind: str, train: bool) -> None:
+    """The plain mode (``bounds/plain.py``, what ``torch.func.vmap`` scans run) gives the fast
+    paths' bounds, and a batched scan of a BatchNorm network equals the point-by-point loop."""
+    import numpy as np
+
+    from bounds import plain
+    from landscape import directions as D
+    from landscape.evaluators import DirectionEvaluator
+    from landscape.scan_losses import make_loss
+
+    model, shape = make_net(kind, 5, shortcut=True)
+    model.train(train)
+    x = torch.rand(4, *shape, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    y = torch.tensor([0, 1, 2, 0])
+    for method, slope in (("ibp", None), ("crown-ibp", "adaptive"), ("crown-ibp", "same-slope")):
+        fast = compute_bounds(model, x, 0.05, method, slope, C=margin_spec(y, 3).double())
+        with plain.plain():
+            ref = compute_bounds(model, x, 0.05, method, slope, C=margin_spec(y, 3).double())
+        assert torch.allclose(fast.lower, ref.lower, atol=1e-10) and torch.allclose(fast.upper, ref.upper, atol=1e-10)
+    if train:
+        return
+    fn = make_loss(model, x, y, kind="certified", method="crown-ibp", slope="same-slope", eps=0.05, fused=True)
+    d = D.random_direction(model, seed=0)
+    coeffs = np.linspace(-0.5, 0.5, 5)[:, None]
+    loop = DirectionEvaluator(model, [fn], [d], coeffs)(list(range(5)))
+    batched = DirectionEvaluator(model, [fn], [d], coeffs, vmap_batch=3)(list(range(5)))
+    got = np.array([v[fn.label]["loss"] for v in batched])
+    ref_vals = np.array([v[fn.label]["loss"] for v in loop])
+    assert np.allclose(got, ref_vals, rtol=1e-8, atol=1e-10)
