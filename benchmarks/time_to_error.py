@@ -7,9 +7,10 @@ linear ramp over the next 55 %, kappa 1 -> 0 over the ramp, beta = 1, Adam):
 
 - **full**: every step minimises ``kappa CE + (1 - kappa) margin_ce(lb_CROWN-IBP)``, one backward
   row per margin (``n_classes - 1`` rows per sample);
-- **recipe**: while eps is below its final value, the robust term is the fused bound taken per
-  sample as the smaller of it and the IBP bound (``fused="min"``, one backward row per sample,
-  ``docs/fused-loss.md``); from the first step at the final eps on, the full loss.
+- **recipe** (``train --fused-ramp``, ``TrainConfig.fused_at``): while eps is below its final
+  value, the robust term is the fused bound taken per sample as the smaller of it and the IBP
+  bound (``fused="min"``, one backward row per sample, ``docs/fused-loss.md``); from the first
+  step at the final eps on, the full loss.
 
 After every epoch, the CROWN-IBP verified error at the final eps on ``--test-size`` test samples
 (not counted in the training time). The target is the verified error the full arm ends at; the
@@ -45,8 +46,9 @@ from train.schedules import Schedule  # noqa: E402
 
 
 def train_arm(cfg: TrainConfig, data, recipe: bool, epochs: int, test_size: int, log) -> list[dict]:
-    """Train one arm for ``epochs`` epochs; one record per epoch: cumulative training CPU and
-    wall seconds, the verified error, and how many steps used the fused loss."""
+    """Train one arm (``recipe``: ``cfg.fused_ramp`` is set) for ``epochs`` epochs; one record per
+    epoch: cumulative training CPU and wall seconds, the verified error, and how many steps used
+    the fused loss."""
     model, _ = build_for_config(cfg, data.spec)
     opt = make_optimizer(cfg, model.parameters())
     domain = run_domain(cfg, data.spec)
@@ -65,7 +67,7 @@ def train_arm(cfg: TrainConfig, data, recipe: bool, epochs: int, test_size: int,
             v = sched.values(step)
             for g in opt.param_groups:
                 g["lr"] = v["lr"]
-            fused = "min" if recipe and v["eps"] < cfg.eps else False
+            fused = cfg.fused_at(v["eps"])
             fused_steps += bool(fused)
             opt.zero_grad(set_to_none=True)
             loss, _ = certified_loss(model, data.train_x[idx], data.train_y[idx], v["eps"], method="crown-ibp",
@@ -120,7 +122,7 @@ def main() -> None:
         f"eps {cfg.eps}, {cfg.epochs} epochs (ramp {cfg.eps_start_epoch:g} -> "
         f"{cfg.eps_start_epoch + cfg.eps_ramp_epochs:g}), batch {cfg.batch_size}, {args.threads} thread(s)")
     full = train_arm(cfg, data, False, cfg.epochs, args.test_size, log)
-    recipe = train_arm(cfg, data, True, cfg.epochs + args.extra_epochs, args.test_size, log)
+    recipe = train_arm(cfg.replace(fused_ramp=True), data, True, cfg.epochs + args.extra_epochs, args.test_size, log)
     target = full[-1]["verified_err"]
     a, b = first_at(full, target), first_at(recipe, target)
     log(f"\ntarget: the full arm's final CROWN-IBP verified error, {100 * target:.1f} %")

@@ -81,6 +81,9 @@ class TrainConfig:
         grad_clip: max global L2 norm of the gradient (0 = no clipping).
         seed: seeds model init, data order and random slopes.
         fused_loss: use the fused certified cross-entropy bound (``docs/fused-loss.md``).
+        fused_ramp: while eps is below its final value (warm-up and ramp), bound the robust
+            term by the fused bound or IBP's, whichever is smaller per sample (``fused="min"``),
+            and by the loss ``fused_loss`` says from the final eps on (:meth:`fused_at`).
         sabr_lambda: SABR's box size lambda in (0, 1]: IBP on ``B(x', lambda eps)`` (``sabr``;
             Mueller et al. 2023 use 0.1-0.9 by setting; :mod:`train.mixed_losses`).
         mtl_alpha: MTL-IBP's weight alpha in [0, 1] of the IBP loss against the PGD loss (``mtl-ibp``).
@@ -136,6 +139,7 @@ class TrainConfig:
     grad_clip: float = 0.0
     seed: int = 0
     fused_loss: bool = False
+    fused_ramp: bool = False
     sabr_lambda: float = 0.4
     mtl_alpha: float = 0.5
     attack_steps: int | None = None
@@ -227,8 +231,8 @@ class TrainConfig:
             raise ValueError("warmup_reg regularises a bound; natural training has none (drop --warmup-reg)")
         _integer("seed", self.seed, low=0)
         _integer("probe_batches", self.probe_batches, low=1)
-        for name in ("fused_loss", "normalize_inputs", "bounded_input", "probe_fresh_slopes", "probe_hessian",
-                     "compile"):
+        for name in ("fused_loss", "fused_ramp", "normalize_inputs", "bounded_input", "probe_fresh_slopes",
+                     "probe_hessian", "compile"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
         for name in ("train_size", "test_size"):
@@ -236,8 +240,9 @@ class TrainConfig:
                 _integer(name, getattr(self, name), low=1)
         if self.data_dir is not None and (not isinstance(self.data_dir, str) or not self.data_dir):
             raise ValueError(f"data_dir must be a folder name, got {self.data_dir!r}")
-        if self.fused_loss and self.method == "natural":
-            raise ValueError("fused_loss bounds a certified loss; natural training has none (drop --fused-loss)")
+        if (self.fused_loss or self.fused_ramp) and self.method == "natural":
+            raise ValueError("fused_loss and fused_ramp bound a certified loss; natural training has none (drop "
+                             "--fused-loss, --fused-ramp)")
         if not isinstance(self.device, str) or not self.device.startswith(DEVICES_PREFIX):
             raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
         _integer("record_every", self.record_every, low=1)
@@ -246,6 +251,11 @@ class TrainConfig:
         _finite("opt_lr", self.opt_lr, low=0.0, strict=True)
 
     # ------------------------------------------------------------------ derived values
+    def fused_at(self, eps: float) -> bool | str:
+        """The ``fused`` argument of :func:`train.objective.certified_loss` at radius ``eps``:
+        ``"min"`` while ``eps < self.eps`` under ``fused_ramp``, else ``fused_loss``."""
+        return "min" if self.fused_ramp and float(eps) < self.eps else self.fused_loss
+
     @property
     def resolved_slope(self) -> str:
         """The lower-slope policy actually used."""

@@ -242,7 +242,7 @@ def train(
         (``shard``: the rows of the global batch's draw that ``xb`` holds)."""
         gen = shard.generator(seed, device) if shard else torch.Generator(device=device).manual_seed(seed)
         return certified_loss(m, xb, yb, eps, method=method, slope=config.slope, beta=beta, kappa=kappa,
-                              fused=config.fused_loss, domain=domain, generator=gen, compile=config.compile,
+                              fused=config.fused_at(eps), domain=domain, generator=gen, compile=config.compile,
                               **extra_kw)
 
     def loss_at(vals: Mapping[str, float], step_seed: int, xb: torch.Tensor, yb: torch.Tensor, final: bool = False,
