@@ -160,3 +160,19 @@ def test_train_reads_a_reproduction_setting(tmp_path: Path) -> None:
     tiny = next(s for s in settings if s.profile == "tiny")
     assert main(["train", "--config", str(tiny.path), "--method", "ibp", "--epochs", "1", "--out", str(tmp_path / "r"),
                  "--quiet"]) == 0
+
+
+def test_as_tight_claim_says_when_tightest_is_better_beyond_the_spread() -> None:
+    """C3's "as tight as" part: equal within the spread, better beyond it, worse beyond it."""
+    from landscape.reproduce.claims import claims
+
+    def verdict(tightest_gaps: list[float]) -> str:
+        rows = [{"setting": "s", "seed": k, "method": m, "bound_gap_common": g, "loss_variation": 0.1}
+                for k, gap in enumerate(tightest_gaps)
+                for m, g in (("crown-ibp", 0.5), ("tightest", gap))]
+        c3 = next(c for c in claims(rows, "s") if c["claim"].startswith("C3"))
+        return c3["parts"][0]["verdict"]
+
+    assert verdict([0.49, 0.51, 0.50]) == "holds (no difference beyond the spread)"
+    assert verdict([0.40, 0.41, 0.39]) == "holds (better beyond the spread)"
+    assert verdict([0.60, 0.61, 0.59]) == "does not hold (worse beyond the spread)"

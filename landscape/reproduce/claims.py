@@ -55,7 +55,9 @@ def _verdict(m: float, sd: float, n: int, equivalence: bool = False) -> str:
         favours = m <= 0 if equivalence else m > 0
         return "single seed, no spread: " + ("favours the claim" if favours else "against the claim")
     if equivalence:
-        return "holds (no difference beyond the spread)" if abs(m) <= sd or m <= 0 else "does not hold (worse beyond the spread)"
+        if abs(m) <= sd:
+            return "holds (no difference beyond the spread)"
+        return "holds (better beyond the spread)" if m < 0 else "does not hold (worse beyond the spread)"
     if m - sd > 0:
         return "holds (exceeds the spread)"
     if m + sd < 0:
