@@ -26,7 +26,7 @@ from torch import nn
 
 from bounds.relaxations import rand_rows
 
-__all__ = ["OBJECTIVES", "margin_objective", "pgd_attack", "pgd_last_iterate", "pgd_margin"]
+__all__ = ["OBJECTIVES", "margin_objective", "per_sample_eps", "pgd_attack", "pgd_last_iterate", "pgd_margin"]
 
 OBJECTIVES = ("margin", "ce")
 
@@ -38,7 +38,9 @@ def margin_objective(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return others.max(dim=1).values - true
 
 
-def _per_sample_eps(eps: float | torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+def per_sample_eps(eps: float | torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``eps`` (a number or ``[B]``) as ``[B, 1, ..., 1]``, broadcasting against ``x`` ``[B, *shape]``;
+    ValueError for another shape, a negative or a non-finite radius."""
     e = torch.as_tensor(eps, dtype=x.dtype, device=x.device)
     if e.dim() == 0:
         e = e.expand(x.shape[0])
@@ -84,7 +86,7 @@ def pgd_attack(
     if steps < 0 or restarts < 1:
         raise ValueError(f"PGD needs steps >= 0 and restarts >= 1, got steps={steps}, restarts={restarts}")
     x = x.detach()
-    e = _per_sample_eps(eps, x)
+    e = per_sample_eps(eps, x)
     lo_box, hi_box = x - e, x + e
     if domain is not None:
         lo_box, hi_box = lo_box.clamp(min=domain[0]), hi_box.clamp(max=domain[1])

@@ -47,6 +47,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bounds.relaxations import rand_rows
+from train.attacks import per_sample_eps
 
 __all__ = ["SABR_STEPS", "MTL_STEPS", "uniform_in_box", "pgd_box", "shrunk_box", "sabr_center", "mtl_point",
            "mtl_mix"]
@@ -57,16 +58,6 @@ MTL_STEPS = 1
 """Default PGD steps of MTL-IBP's attack."""
 SABR_DECAY_AT = (4, 7)
 """Steps after which SABR's attack step size is multiplied by 0.1."""
-
-
-def _column(eps: float | torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """``eps`` as ``[B, 1, ..., 1]`` (broadcasts against ``x``)."""
-    e = torch.as_tensor(eps, dtype=x.dtype, device=x.device)
-    if e.dim() == 0:
-        e = e.expand(x.shape[0])
-    if e.shape != (x.shape[0],):
-        raise ValueError(f"eps must be a number or one value per sample ([{x.shape[0]}]), got shape {tuple(e.shape)}")
-    return e.view(-1, *([1] * (x.dim() - 1)))
 
 
 def _clip_box(x: torch.Tensor, r: torch.Tensor, domain: Sequence[float] | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -120,7 +111,7 @@ def shrunk_box(x: torch.Tensor, eps: float | torch.Tensor, lam: float,
                domain: Sequence[float] | None) -> tuple[torch.Tensor, torch.Tensor]:
     """SABR's search region ``[x - (eps - tau), x + (eps - tau)] ∩ D``, ``tau = lam * eps``
     (``[B, *shape]`` each)."""
-    e = _column(eps, x)
+    e = per_sample_eps(eps, x)
     return _clip_box(x, e - lam * e, domain)
 
 
@@ -137,7 +128,7 @@ def sabr_center(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float |
     if float(lam) == 1.0 or not bool(torch.as_tensor(eps).gt(0).any()) or int(steps) == 0:
         return x, tau
     lo, hi = shrunk_box(x, eps, lam, domain)
-    e = _column(eps, x)
+    e = per_sample_eps(eps, x)
     return pgd_box(model, y, lo, hi, steps, 0.5 * (e - lam * e), generator, SABR_DECAY_AT), tau
 
 
@@ -150,7 +141,7 @@ def mtl_point(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float | t
     x = x.detach()
     if not bool(torch.as_tensor(eps).gt(0).any()):
         return x
-    e = _column(eps, x)
+    e = per_sample_eps(eps, x)
     lo, hi = _clip_box(x, e, domain)
     size = 1.25 * e if int(steps) == 1 else 2.5 * e / max(int(steps), 1)
     return pgd_box(model, y, lo, hi, steps, size, generator)
