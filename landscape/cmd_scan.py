@@ -69,8 +69,8 @@ from bounds.names import DIRECTION_NORMS, SCAN_KINDS, SCAN_LOSSES, TRAIN_METHODS
               help="PGD steps of the pgd loss (recomputed at every point).")
 @click.option("--fused", is_flag=True, help="Use the fused certified loss.")
 @click.option("--batch-points", type=click.IntRange(min=1), default=None,
-              help="Grid points per torch.func.vmap pass (clean loss only) [default: 16 on CUDA, 1 on CPU, "
-                   "where vmap measured slower than a loop].")
+              help="Grid points per torch.func.vmap pass of the losses vmap can batch (clean, IBP, CROWN-IBP with fixed "
+                   "slopes; the others loop) [default: 16 on CUDA, 1 on CPU, where vmap measured slower].")
 @click.option("--compile", is_flag=True, help="Run the bound engine's element-wise steps as compiled kernels (cached "
               "on disk; the first run of a model compiles for a while).")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
