@@ -176,3 +176,32 @@ def test_as_tight_claim_says_when_tightest_is_better_beyond_the_spread() -> None
     assert verdict([0.49, 0.51, 0.50]) == "holds (no difference beyond the spread)"
     assert verdict([0.40, 0.41, 0.39]) == "holds (better beyond the spread)"
     assert verdict([0.60, 0.61, 0.59]) == "does not hold (worse beyond the spread)"
+
+
+def test_a_larger_plan_adds_the_missing_bound_gaps_to_a_certified_run(tmp_path: Path) -> None:
+    """A run certified by a one-method plan (one process per method) gets the other methods'
+    bound gaps added when a plan with more methods reaches it; the rest of the file is kept."""
+    import numpy as np
+
+    from landscape import reproduce, store
+    from landscape.reproduce.steps import certify_run, gap_column
+    from train.config import TrainConfig
+    from train.loop import load_data
+
+    one = reproduce.make_plan("tiny", methods=["ibp"])
+    run = one.runs[0]
+    data = load_data(TrainConfig.from_dict(run.config))
+    reproduce.train_run(run, tmp_path, one, data, progress=False)
+    path = certify_run(run, tmp_path, one, data)
+    before = store.read(str(path))
+    assert gap_column("tightest") not in before["results"]
+
+    two = reproduce.make_plan("tiny", methods=["ibp", "tightest"])
+    same = next(r for r in two.runs if r.method == "ibp")
+    assert same.run_dir(tmp_path) == run.run_dir(tmp_path)
+    after = store.read(str(certify_run(same, tmp_path, two, data)))
+    assert after["attrs"]["complete"]
+    assert np.isfinite(after["results"][gap_column("tightest")]).all()
+    for column, values in before["results"].items():
+        np.testing.assert_array_equal(after["results"][column], values)
+    assert after["attrs"]["created"] == before["attrs"]["created"]

@@ -21,7 +21,7 @@ from bounds.names import resolve_method
 from landscape.reproduce.plan import Plan, RunPlan
 from landscape.runs import latest_epoch_checkpoint, train_in_dir
 
-__all__ = ["log", "train_run", "certify_run", "scan_run"]
+__all__ = ["log", "gap_column", "train_run", "certify_run", "scan_run"]
 
 
 def log(msg: str) -> None:
@@ -67,11 +67,18 @@ def train_run(run: RunPlan, out: Path, plan: Plan, data: Any, progress: bool = T
     return True
 
 
+def gap_column(method: str) -> str:
+    """The certify-file column of ``method``'s bound gap on a run's model."""
+    return "bound_gap_" + method.replace("-", "_")
+
+
 def certify_run(run: RunPlan, out: Path, plan: Plan, data: Any) -> Path:
     """Clean / PGD / verified error at the setting's eps (by the setting's verification methods,
     the run's own bound and their union), and at eps_train how tight the bound of every method
     of the plan is on this model (``bound_gap_<method>``; ``bound_gap`` is the run's own), into
-    ``certify.h5`` of the run (skipped when that file is complete)."""
+    ``certify.h5`` of the run. A complete file is kept; when it lacks the gap of a method of this
+    plan (it was certified by a plan with fewer methods, e.g. one ``--methods M`` process per
+    method), only those gaps are computed and added, on the same samples."""
     import numpy as np
     import torch
 
@@ -84,9 +91,15 @@ def certify_run(run: RunPlan, out: Path, plan: Plan, data: Any) -> Path:
 
     run_dir = run.run_dir(out)
     path = run_dir / "certify.h5"
-    if path.exists() and store.read(str(path))["attrs"].get("complete"):
-        return path
-    path.unlink(missing_ok=True)
+    bounds = {m: resolve_method(m, None, 1.0) for m in dict.fromkeys(r.method for r in plan.runs)}
+    old = store.read(str(path)) if path.exists() else None
+    if old is not None and old["attrs"].get("complete"):
+        missing = [m for m in bounds if gap_column(m) not in old["results"]]
+        if not missing:
+            return path
+    else:
+        old = None
+        path.unlink(missing_ok=True)
     setting = plan.setting(run.setting)
     model, ckpt = load_model(run_dir / "checkpoint.pt", device=plan.device)
     model.eval()
@@ -94,21 +107,34 @@ def certify_run(run: RunPlan, out: Path, plan: Plan, data: Any) -> Path:
     domain = run_domain(cfg, data.spec)
     n = min(setting.certify_size, len(data.test_x))
     x, y = data.test_x[:n].to(plan.device), data.test_y[:n].to(plan.device)
+    k = min(setting.tight_samples, n)
+
+    def gaps_of(methods: list[str]) -> dict[str, dict[str, float]]:
+        return bound_gaps(model, x[:k], y[:k], float(cfg["eps"]), {m: (str(bounds[m][0]), bounds[m][1], bounds[m][2])
+                                                                 for m in methods},
+                          domain=domain, pgd_steps=setting.pgd_steps, generator=torch.Generator().manual_seed(0))
+
+    if old is not None:
+        log(f"adding the bound gaps of {', '.join(missing)} to {path}")
+        rows = {c: [v.decode() if isinstance(v, bytes) else v for v in col.tolist()]
+                for c, col in old["results"].items() if isinstance(col, np.ndarray)}
+        n_rows = len(next(iter(rows.values())))
+        for m, g in gaps_of(missing).items():
+            rows[gap_column(m)] = list(np.full(n_rows, g["gap"]))
+        keep = {a: v for a, v in old["attrs"].items() if a not in ("complete", "kind", "schema_version")}
+        return write_certify_file(path, rows, keep)
     eps_list = setting.certify_eps
     methods = list(dict.fromkeys([*setting.certify_methods, run.method]))
     log(f"certifying {run.key} at eps {', '.join(f'{e:.4g}' for e in eps_list)}")
     rows, results = certify_rows(model, x, y, eps_list, methods, run.method, pgd_steps=setting.pgd_steps,
                                  domain=domain, compile=bool(run.config.get("compile", False)))
     rows["verified_err_own"] = list(rows[metric_key(run.method)])
-    k = min(setting.tight_samples, n)
-    bounds = {m: resolve_method(m, None, 1.0) for m in dict.fromkeys(r.method for r in plan.runs)}
-    gaps = bound_gaps(model, x[:k], y[:k], float(cfg["eps"]), {m: (str(b), s, be) for m, (b, s, be) in bounds.items()},
-                      domain=domain, pgd_steps=setting.pgd_steps, generator=torch.Generator().manual_seed(0))
+    gaps = gaps_of(list(bounds))
     own = gaps[run.method]
     for name, key in (("bound_gap", "gap"), ("bound_lb", "lb"), ("pgd_margin", "pgd_margin")):
         rows[name] = list(np.full(len(eps_list), own[key]))
     for m, g in gaps.items():
-        rows["bound_gap_" + m.replace("-", "_")] = list(np.full(len(eps_list), g["gap"]))
+        rows[gap_column(m)] = list(np.full(len(eps_list), g["gap"]))
     bound, slope, _ = bounds[run.method]
     return write_certify_file(path, rows, {
         "method": run.method, "dataset": cfg["dataset"], "model": cfg["model"], "eps": float(cfg["eps"]),

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from landscape.reproduce.plan import Plan
+from landscape.reproduce.steps import gap_column
 
 __all__ = ["result_files", "load_results", "summary_rows", "aggregate", "summary_markdown", "json_ready",
            "STATS"]
@@ -115,7 +116,7 @@ def summary_rows(plan: Plan, out: Path, records: dict[Path, Any]) -> list[dict]:
 def _common_gaps(plan: Plan, out: Path, records: dict[Path, Any], rows: list[dict]) -> None:
     """``bound_gap_common`` of each row: its method's bound gap averaged over every model of
     the same setting and seed (the ``bound_gap_<method>`` columns of their certify files)."""
-    column = {r.method: "bound_gap_" + r.method.replace("-", "_") for r in plan.runs}
+    column = {r.method: gap_column(r.method) for r in plan.runs}
     for row in rows:
         gaps = []
         for other in plan.runs:
