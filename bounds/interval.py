@@ -42,14 +42,14 @@ def channel_view(t: torch.Tensor, ndim: int) -> torch.Tensor:
     return t.view(-1, *([1] * (ndim - 1)))
 
 
-def input_box(
+def input_bounds(
     x: torch.Tensor, eps: Union[float, torch.Tensor], domain: Optional[Sequence[float]]
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Centre and radius ``[B, *input_shape]`` of the box ``[x - eps, x + eps]`` clipped to ``domain``.
+    """Lower and upper corners ``[B, *input_shape]`` of the box ``[x - eps, x + eps]`` clipped to
+    ``domain``: ``[max(x - eps, lo), min(x + eps, hi)]``, widened if needed so that it always
+    contains ``x`` itself (so ``eps = 0`` is exact even for an ``x`` marginally outside the domain).
 
-    ``eps``: float or ``[B]`` tensor. The clipped box is ``[max(x - eps, lo), min(x + eps, hi)]``,
-    widened if needed so that it always contains ``x`` itself (so ``eps = 0`` is exact even for
-    an ``x`` marginally outside the domain).
+    ``eps``: float, ``[B]`` tensor, or a tensor that already broadcasts as ``[B, 1, ..., 1]``.
     """
     if isinstance(eps, torch.Tensor):
         e = eps.to(dtype=x.dtype, device=x.device).reshape(-1, *([1] * (x.dim() - 1)))
@@ -59,6 +59,14 @@ def input_box(
     if domain is not None:
         lo = torch.minimum(lo.clamp(min=float(domain[0])), x)
         hi = torch.maximum(hi.clamp(max=float(domain[1])), x)
+    return lo, hi
+
+
+def input_box(
+    x: torch.Tensor, eps: Union[float, torch.Tensor], domain: Optional[Sequence[float]]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Centre and radius ``[B, *input_shape]`` of the clipped input box of :func:`input_bounds`."""
+    lo, hi = input_bounds(x, eps, domain)
     return (lo + hi) * 0.5, (hi - lo) * 0.5
 
 

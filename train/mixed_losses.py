@@ -46,6 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bounds.interval import input_bounds
 from bounds.relaxations import rand_rows
 from train.attacks import per_sample_eps
 
@@ -58,15 +59,6 @@ MTL_STEPS = 1
 """Default PGD steps of MTL-IBP's attack."""
 SABR_DECAY_AT = (4, 7)
 """Steps after which SABR's attack step size is multiplied by 0.1."""
-
-
-def _clip_box(x: torch.Tensor, r: torch.Tensor, domain: Sequence[float] | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """``[x - r, x + r] ∩ D``, widened to contain ``x`` (as the engine's input box)."""
-    lo, hi = x - r, x + r
-    if domain is not None:
-        lo = torch.minimum(lo.clamp(min=float(domain[0])), x)
-        hi = torch.maximum(hi.clamp(max=float(domain[1])), x)
-    return lo, hi
 
 
 def uniform_in_box(lo: torch.Tensor, hi: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
@@ -112,7 +104,7 @@ def shrunk_box(x: torch.Tensor, eps: float | torch.Tensor, lam: float,
     """SABR's search region ``[x - (eps - tau), x + (eps - tau)] ∩ D``, ``tau = lam * eps``
     (``[B, *shape]`` each)."""
     e = per_sample_eps(eps, x)
-    return _clip_box(x, e - lam * e, domain)
+    return input_bounds(x, e - lam * e, domain)
 
 
 def sabr_center(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float | torch.Tensor, lam: float,
@@ -142,7 +134,7 @@ def mtl_point(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float | t
     if not bool(torch.as_tensor(eps).gt(0).any()):
         return x
     e = per_sample_eps(eps, x)
-    lo, hi = _clip_box(x, e, domain)
+    lo, hi = input_bounds(x, e, domain)
     size = 1.25 * e if int(steps) == 1 else 2.5 * e / max(int(steps), 1)
     return pgd_box(model, y, lo, hi, steps, size, generator)
 
