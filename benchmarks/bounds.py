@@ -38,8 +38,9 @@ Every section runs in its own subprocess with ``OMP_WAIT_POLICY=PASSIVE``, ``--t
 and the tuned allocator (``landscape.allocator.tune_allocator``, as the ``landscape`` command
 does; ``--allocator default`` keeps glibc's). Ratios are best-of-``--repeats`` wall times of
 interleaved rounds in the same process; CPU-time ratios (``time.process_time``, less sensitive
-to other processes on a shared machine) are printed beside them. The load average is printed
-before and after each section.
+to other processes on a shared machine) are printed beside them, and so is the median over rounds
+of the ratio measured within one round (``paired``: both steps seconds apart, so a drift of the
+machine's speed over minutes cancels). The load average is printed before and after each section.
 """
 
 from __future__ import annotations
@@ -109,10 +110,12 @@ def build(name: str, mean, std, seed: int = 0, **options):
 
 def timed(fns: dict[str, Callable], repeats: int, zero_grad: Callable[[], None]) -> dict:
     """Best wall and CPU seconds per function over interleaved rounds (after one warm-up call each,
-    whose time is kept as ``first``)."""
+    whose time is kept as ``first``), and every round's wall time (``rounds``, for
+    :func:`paired`)."""
     wall = {k: float("inf") for k in fns}
     cpu = dict(wall)
     first = {}
+    rounds: dict[str, list[float]] = {k: [] for k in fns}
     for k, fn in fns.items():
         zero_grad()
         t0 = time.perf_counter()
@@ -123,9 +126,21 @@ def timed(fns: dict[str, Callable], repeats: int, zero_grad: Callable[[], None])
             zero_grad()
             t0, c0 = time.perf_counter(), time.process_time()
             fn()
-            wall[k] = min(wall[k], time.perf_counter() - t0)
+            rounds[k].append(time.perf_counter() - t0)
+            wall[k] = min(wall[k], rounds[k][-1])
             cpu[k] = min(cpu[k], time.process_time() - c0)
-    return {"wall": wall, "cpu": cpu, "first": first}
+    return {"wall": wall, "cpu": cpu, "first": first, "rounds": rounds}
+
+
+def paired(r: dict, k: str, ref: str) -> float:
+    """Median over rounds of ``time(k) / time(ref)`` measured in the same round, seconds apart.
+
+    On a shared machine the speed drifts by tens of percent over minutes; a ratio of two
+    best-of times can pair a fast moment of one function with a slow one of the other, while
+    the per-round ratio compares both under nearly the same conditions."""
+    ratios = sorted(a / b for a, b in zip(r["rounds"][k], r["rounds"][ref]))
+    n = len(ratios)
+    return ratios[n // 2] if n % 2 else 0.5 * (ratios[n // 2 - 1] + ratios[n // 2])
 
 
 # ----------------------------------------------------------------------------- 1. steps
@@ -225,15 +240,18 @@ def fmt_steps(r: dict) -> str:
     lines = [f"\n## 1. steps: dm-small, batch {r['batch']} ({r['data']}), eps {r['eps']}, loss + backward, lower bounds only",
              f"{r['load_before']} (before), {r['load_after']} (after)",
              f"natural step: {w['natural'] * 1e3:.1f} ms wall, {c['natural'] * 1e3:.1f} ms CPU",
-             f"{'step':30s} {'ms':>8s} {'x natural':>10s} {'(cpu)':>7s} {'vs auto_LiRPA':>14s} {'(cpu)':>7s} {'loss':>9s}"]
+             "ratios: of best-of times (wall, cpu) and the median of per-round ratios (paired)",
+             f"{'step':30s} {'ms':>8s} {'x natural':>10s} {'(cpu)':>7s} {'(paired)':>9s} {'vs auto_LiRPA':>14s} "
+             f"{'(cpu)':>7s} {'(paired)':>9s} {'loss':>9s}"]
     for k in w:
         if k == "natural":
             continue
         base = k.replace(" compiled", "")
         lir = f"auto_LiRPA {base}"
-        vs = f"{w[k] / w[lir]:14.2f} {c[k] / c[lir]:7.2f}" if lir in w and not k.startswith("auto") else f"{'':14s} {'':7s}"
-        lines.append(f"{k:30s} {w[k] * 1e3:8.1f} {w[k] / w['natural']:10.2f} {c[k] / c['natural']:7.2f} {vs} "
-                     f"{r['values'][k]:9.4f}")
+        vs = (f"{w[k] / w[lir]:14.2f} {c[k] / c[lir]:7.2f} {paired(r, k, lir):9.2f}"
+              if lir in w and not k.startswith("auto") else f"{'':14s} {'':7s} {'':9s}")
+        lines.append(f"{k:30s} {w[k] * 1e3:8.1f} {w[k] / w['natural']:10.2f} {c[k] / c['natural']:7.2f} "
+                     f"{paired(r, k, 'natural'):9.2f} {vs} {r['values'][k]:9.4f}")
     lines += [f"note: {n}" for n in r["notes"]]
     return "\n".join(lines)
 
@@ -379,7 +397,8 @@ def fmt_paper(r: dict) -> str:
         for ours in (f"{m} (ours)", f"{m} (ours, compiled)"):
             if ours in w:
                 b = f"{m} (paper code)"
-                lines.append(f"{ours:28s} / paper code = {w[ours] / w[b]:.2f} wall, {c[ours] / c[b]:.2f} cpu")
+                lines.append(f"{ours:28s} / paper code = {w[ours] / w[b]:.2f} wall, {c[ours] / c[b]:.2f} cpu, "
+                             f"{paired(r, ours, b):.2f} paired")
     return "\n".join(lines)
 
 
@@ -599,7 +618,7 @@ def main(argv=None) -> int:
     p.add_argument("--allocator", choices=("tuned", "default"), default="tuned")
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--eps", type=float, default=0.1)
-    p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--repeats", type=int, default=9)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--no-compile", action="store_true", help="skip the compiled steps and the compile times")
     p.add_argument("--lirpa-python", help="interpreter of an environment with auto_LiRPA installed (section 1)")

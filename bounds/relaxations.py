@@ -22,6 +22,7 @@ from typing import Callable, NamedTuple, Optional
 
 import torch
 
+from bounds import plain
 
 class Relaxation(NamedTuple):
     """Lines of one ReLU layer, each ``[B, *shape]``: ``a z <= relu(z) <= s z + t``."""
@@ -43,11 +44,67 @@ def upper_line(l: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Te
     Computed without branches: ``s = u+ / max(u+ - l-, tiny)``, ``t = -s l-``
     (``u+ = max(u, 0)``, ``l- = min(l, 0)``): stable neurons come out exact, the denominator is
     never zero, and nothing overflows (``s`` is in ``[0, 1]``).
+
+    Gradients (:class:`_UpperLine`) in closed form: with ``d = u - l`` on unstable neurons,
+    ``ds/du = -l / d^2``, ``ds/dl = u / d^2``, ``dt/du = l^2 / d^2``, ``dt/dl = -u^2 / d^2``, and
+    zero on stable ones, the same numbers autograd gets from the expression above (up to float
+    rounding; at the kinks ``l = 0`` or ``u = 0`` exactly, the zero one-sided derivative).
     """
+    if plain.active():  # standard operations only (bounds/plain.py)
+        return _upper_line_ops(l, u)
+    return _UpperLine.apply(l, u)
+
+
+def _upper_line_ops(l: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`upper_line` as plain differentiable operations (plain mode)."""
     tiny = torch.finfo(u.dtype).tiny
     upos, lneg = u.clamp(min=0), l.clamp(max=0)
     s = (upos / (upos - lneg).clamp(min=tiny)).clamp(max=1)
     return s, -s * lneg
+
+
+def _upper_line_grads(l, u, s, den, gs, gt):
+    """``(dl, du)`` of :func:`upper_line` from ``gs = dL/ds``, ``gt = dL/dt`` (either may be None).
+
+    With ``k = 1[l < 0 < u] / den`` (``den = u - l`` there): ``du = k (1 - s) (gs - gt l)`` and
+    ``dl = k s (gs - gt u)``, which are the formulas of :func:`upper_line`'s doc since
+    ``1 - s = -l / d``. Differentiable operations only, so a graph of the gradient can be built."""
+    k = ((l < 0) & (u > 0)).to(s.dtype) / den
+    if gs is None:
+        gs = torch.zeros_like(s)
+    if gt is None:
+        return k * (s * gs), k * ((1 - s) * gs)
+    return k * s * torch.addcmul(gs, gt, u, value=-1.0), k * (1 - s) * torch.addcmul(gs, gt, l, value=-1.0)
+
+
+class _UpperLine(torch.autograd.Function):
+    """:func:`upper_line` with its gradient in closed form (:func:`_upper_line_grads`): about half
+    the time of autograd through the clamps and the division, which costs a few percent of a
+    CROWN-IBP training step. Under ``create_graph`` the backward recomputes ``s`` and the
+    denominator from ``l`` and ``u`` with differentiable operations, so double backward works."""
+
+    @staticmethod
+    def forward(ctx, l, u):  # type: ignore[override]
+        tiny = torch.finfo(u.dtype).tiny
+        upos, lneg = u.clamp(min=0), l.clamp(max=0)
+        den = torch.sub(upos, lneg).clamp_(min=tiny)
+        s = torch.div(upos, den).clamp_(max=1)
+        t = torch.mul(s, lneg).neg_()
+        ctx.save_for_backward(l, u, s, den)
+        ctx.set_materialize_grads(False)
+        return s, t
+
+    @staticmethod
+    def backward(ctx, gs, gt):  # type: ignore[override]
+        l, u, s, den = ctx.saved_tensors
+        if gs is None and gt is None:
+            return None, None
+        if torch.is_grad_enabled():  # double backward: s and den as functions of l and u
+            tiny = torch.finfo(u.dtype).tiny
+            upos, lneg = u.clamp(min=0), l.clamp(max=0)
+            den = (upos - lneg).clamp(min=tiny)
+            s = (upos / den).clamp(max=1)
+        return _upper_line_grads(l, u, s, den, gs, gt)
 
 
 def with_lower_slope(
