@@ -61,6 +61,27 @@ def test_relaxations_hand_values():
     assert set(b[:, 0].tolist()) == {0.0, 1.0}
 
 
+def test_upper_line_gradient_equals_autograd_of_its_expression():
+    """The closed-form gradient of the upper line (and its double backward) equals autograd
+    through the plain expression, on unstable, active and dead neurons."""
+    from bounds.relaxations import _UpperLine, _upper_line_ops
+
+    torch.manual_seed(0)
+    l = (torch.randn(60, dtype=torch.float64) * 2).requires_grad_()
+    u = (l.detach() + torch.rand(60, dtype=torch.float64) * 3).requires_grad_()
+    assert torch.autograd.gradcheck(_UpperLine.apply, (l, u))
+    assert torch.autograd.gradgradcheck(_UpperLine.apply, (l, u))
+    gs, gt = torch.randn(60, dtype=torch.float64), torch.randn(60, dtype=torch.float64)
+    got = []
+    for fn in (rx.upper_line, _upper_line_ops):
+        s, t = fn(l, u)
+        g = torch.autograd.grad((s * gs).sum() + (t * gt).sum(), (l, u), create_graph=True)
+        h = torch.autograd.grad(sum((x**2).sum() for x in g), (l, u))
+        got.append((s, t, *g, *h))
+    for a, b in zip(*got):
+        assert torch.allclose(a, b, rtol=1e-10, atol=1e-12)
+
+
 def test_relaxation_degenerate_intervals_are_finite():
     l = torch.tensor([0.0, -1e-30, -5.0, 2.0, 0.0])
     u = torch.tensor([0.0, 1e-30, -5.0, 2.0, 1e-38])
