@@ -13,11 +13,13 @@ After a ReLU the pass carries *twice* the centre and radius (``relu(u) + relu(l)
 instead of scaling the (large) activations: ``W (2c) / 2 = (W / 2)(2c)`` exactly in floating
 point, since halving is exact.
 
-Layout. Image-shaped boxes enter every convolution with more than one input channel
-channels-last (``[B, H, W, C]`` in memory), where oneDNN's convolutions and their gradients are
-faster (with a single input channel they are slower, so the input stays as it is); a Flatten followed by a Linear layer flattens in
-that order and permutes the Linear layer's columns to match, so nothing large is copied. The
-pre-activation bounds in ``preact`` are then channels-last tensors with the usual shape.
+Layout. Image-shaped boxes enter every convolution channels-last (``[B, H, W, C]`` in memory),
+where oneDNN's convolutions and their gradients are faster; a single-channel input is only
+viewed so (the same memory), which makes oneDNN return the first convolution's output
+channels-last instead of a tensor the next layer would have to copy. A Flatten followed by a
+Linear layer flattens in that order and permutes the Linear layer's columns to match, so
+nothing large is copied. The pre-activation bounds in ``preact`` are then channels-last tensors
+with the usual shape.
 
 With a specification ``C`` ``[B, S, n_out]`` and a final Linear layer, the last layer is merged
 with ``C`` ("elision"): ``W' = C W`` ``[B, S, n_in]``, ``b' = C b``, then
@@ -165,6 +167,14 @@ def channels_last(t: torch.Tensor) -> torch.Tensor:
     return t.contiguous(memory_format=torch.channels_last)
 
 
+def single_channel_last(t: torch.Tensor) -> torch.Tensor:
+    """A contiguous ``t`` ``[B, 1, H, W]`` viewed with channels-last strides (the same memory, no
+    copy): oneDNN then returns the convolution's output channels-last, which the next layers
+    want, instead of a ``[B, C, H, W]`` output that must be copied into that layout."""
+    B, _, H, W = t.shape
+    return t.view(B, H, W, 1).permute(0, 3, 1, 2)
+
+
 def is_channels_last(t: torch.Tensor) -> bool:
     """True if ``t`` ``[B, C, H, W]`` (``C > 1``) is stored in memory order ``[B, H, W, C]``."""
     return t.dim() == 4 and t.shape[1] > 1 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
@@ -256,7 +266,9 @@ def ibp(
             return IntervalResult(mid - rad, mid + rad, preact)
         else:
             if fast and op.kind == "conv" and c.shape[1] > 1 and not is_channels_last(c):
-                c, r = channels_last(c), channels_last(r)  # (oneDNN is slower so with one channel)
+                c, r = channels_last(c), channels_last(r)
+            elif fast and op.kind == "conv" and c.shape[1] == 1 and c.is_contiguous() and r.is_contiguous():
+                c, r = single_channel_last(c), single_channel_last(r)
             c, r = _affine_box(op, c, r, twice, weight)
             twice = twice and op.kind == "flatten"
     if twice:
