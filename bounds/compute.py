@@ -185,6 +185,11 @@ def prepare(
     kernels: Optional[compiled.Kernels] = None,
 ) -> Prepared:
     """Input box, IBP, intermediate bounds (IBP or CROWN by ``method``) and static relaxations."""
+    with compiled.activated(kernels):  # the compiled upper line for the policies (bounds/compiled.py)
+        return _prepare(ops, x, eps, domain, method, slope, C, generator, kernels)
+
+
+def _prepare(ops, x, eps, domain, method, slope, C, generator, kernels) -> Prepared:
     center, radius = input_box(x, eps, domain)
     res = ibp(ops, center, radius, C, kernels)
     policy = POLICIES[slope]
@@ -216,7 +221,7 @@ def final_relaxations(
     ``objective(detached_prep, relax) -> scalar loss`` (minimised / sign-followed)."""
     if slope not in SEARCHED_SLOPES or not prep.relax:
         return prep.relax
-    with torch.inference_mode(False), torch.enable_grad():
+    with torch.inference_mode(False), torch.enable_grad(), compiled.activated(prep.kernels):
         det = prep.detached()
         start = {k: r.lower_slope for k, r in det.relax.items()}
 

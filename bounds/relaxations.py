@@ -22,7 +22,7 @@ from typing import Callable, NamedTuple, Optional
 
 import torch
 
-from bounds import plain
+from bounds import compiled, plain
 
 class Relaxation(NamedTuple):
     """Lines of one ReLU layer, each ``[B, *shape]``: ``a z <= relu(z) <= s z + t``."""
@@ -52,7 +52,7 @@ def upper_line(l: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Te
     """
     if plain.active():  # standard operations only (bounds/plain.py)
         return _upper_line_ops(l, u)
-    return _UpperLine.apply(l, u)
+    return _UpperLine.apply(l, u, compiled.active())
 
 
 def _upper_line_ops(l: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -81,16 +81,21 @@ class _UpperLine(torch.autograd.Function):
     """:func:`upper_line` with its gradient in closed form (:func:`_upper_line_grads`): about half
     the time of autograd through the clamps and the division, which costs a few percent of a
     CROWN-IBP training step. Under ``create_graph`` the backward recomputes ``s`` and the
-    denominator from ``l`` and ``u`` with differentiable operations, so double backward works."""
+    denominator from ``l`` and ``u`` with differentiable operations, so double backward works.
+    ``kernels``: None (eager) or the compiled kernels (:mod:`bounds.compiled`) for both passes."""
 
     @staticmethod
-    def forward(ctx, l, u):  # type: ignore[override]
-        tiny = torch.finfo(u.dtype).tiny
-        upos, lneg = u.clamp(min=0), l.clamp(max=0)
-        den = torch.sub(upos, lneg).clamp_(min=tiny)
-        s = torch.div(upos, den).clamp_(max=1)
-        t = torch.mul(s, lneg).neg_()
+    def forward(ctx, l, u, kernels=None):  # type: ignore[override]
+        if kernels is not None:
+            s, t, den = kernels.upper_forward(l, u)
+        else:
+            tiny = torch.finfo(u.dtype).tiny
+            upos, lneg = u.clamp(min=0), l.clamp(max=0)
+            den = torch.sub(upos, lneg).clamp_(min=tiny)
+            s = torch.div(upos, den).clamp_(max=1)
+            t = torch.mul(s, lneg).neg_()
         ctx.save_for_backward(l, u, s, den)
+        ctx.kernels = kernels
         ctx.set_materialize_grads(False)
         return s, t
 
@@ -98,13 +103,15 @@ class _UpperLine(torch.autograd.Function):
     def backward(ctx, gs, gt):  # type: ignore[override]
         l, u, s, den = ctx.saved_tensors
         if gs is None and gt is None:
-            return None, None
+            return None, None, None
         if torch.is_grad_enabled():  # double backward: s and den as functions of l and u
             tiny = torch.finfo(u.dtype).tiny
             upos, lneg = u.clamp(min=0), l.clamp(max=0)
             den = (upos - lneg).clamp(min=tiny)
             s = (upos / den).clamp(max=1)
-        return _upper_line_grads(l, u, s, den, gs, gt)
+        elif ctx.kernels is not None:
+            return (*ctx.kernels.upper_backward(l, u, s, den, gs, gt), None)
+        return (*_upper_line_grads(l, u, s, den, gs, gt), None)
 
 
 def with_lower_slope(

@@ -58,6 +58,31 @@ def test_compiled_loss_and_gradients_equal_eager(method, slope, fused):
         assert torch.allclose(g, r, rtol=1e-4, atol=1e-6 * max(1.0, float(r.abs().max())))
 
 
+def test_the_relaxation_policies_run_the_compiled_upper_line_only_inside_the_engine(monkeypatch):
+    """compile=True makes the kernels active while the engine computes relaxations (prepare and
+    the slope search), so the upper line runs compiled in both passes; outside, nothing is active."""
+    calls = {"forward": 0, "backward": 0}
+    fwd, bwd = compiled.Kernels.upper_forward, compiled.Kernels.upper_backward
+
+    def spy_fwd(self, l, u):
+        calls["forward"] += 1
+        return fwd(self, l, u)
+
+    def spy_bwd(self, *args):
+        calls["backward"] += 1
+        return bwd(self, *args)
+
+    monkeypatch.setattr(compiled.Kernels, "upper_forward", spy_fwd)
+    monkeypatch.setattr(compiled.Kernels, "upper_backward", spy_bwd)
+    model, (x, y) = small_cnn(), batch()
+    loss_and_grads(model, x, y, True, method="crown-ibp", slope="tightest")
+    assert calls["forward"] >= 6 and calls["backward"] >= 3  # 3 ReLU layers: prepare + search; gradient
+    assert compiled.active() is None
+    before = dict(calls)
+    loss_and_grads(model, x, y, False, method="crown-ibp", slope="adaptive")
+    assert calls == before
+
+
 def test_compiled_bounds_equal_eager_also_in_float64_and_other_batch_sizes():
     model = small_cnn().double()
     for n in (5, 2):
