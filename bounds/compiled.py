@@ -167,11 +167,12 @@ def upper_line_forward(l, u):
 def upper_line_backward(l, u, s, den, gs, gt):
     """``(dl, du)`` of :class:`bounds.relaxations._UpperLine` (``gs`` or ``gt`` may be None):
     ``k = 1[l < 0 < u] / den``, ``dl = k s (gs - gt u)``, ``du = k (1 - s) (gs - gt l)``."""
-    k = torch.where((l < 0) & (u > 0), 1.0 / den, 0.0)
-    gs = torch.zeros((), dtype=l.dtype, device=l.device) if gs is None else gs
+    k = ((l < 0) & (u > 0)).to(den.dtype) / den
+    if gs is None:
+        gs = torch.zeros_like(s)
     if gt is None:
         return k * s * gs, k * (1 - s) * gs
-    return k * s * (gs - gt * u), k * (1 - s) * (gs - gt * l)
+    return k * s * torch.addcmul(gs, gt, u, value=-1.0), k * (1 - s) * torch.addcmul(gs, gt, l, value=-1.0)
 
 
 # ----------------------------------------------------------------------------- the kernels

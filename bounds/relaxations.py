@@ -51,49 +51,23 @@ def upper_line(l: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Te
     rounding; at the kinks ``l = 0`` or ``u = 0`` exactly, the zero one-sided derivative).
     """
     if plain.active():  # standard operations only (bounds/plain.py)
-        return _upper_line_ops(l, u)
+        s, t, _ = compiled.upper_line_forward(l, u)
+        return s, t
     return _UpperLine.apply(l, u, compiled.active())
 
 
-def _upper_line_ops(l: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`upper_line` as plain differentiable operations (plain mode)."""
-    tiny = torch.finfo(u.dtype).tiny
-    upos, lneg = u.clamp(min=0), l.clamp(max=0)
-    s = (upos / (upos - lneg).clamp(min=tiny)).clamp(max=1)
-    return s, -s * lneg
-
-
-def _upper_line_grads(l, u, s, den, gs, gt):
-    """``(dl, du)`` of :func:`upper_line` from ``gs = dL/ds``, ``gt = dL/dt`` (either may be None).
-
-    With ``k = 1[l < 0 < u] / den`` (``den = u - l`` there): ``du = k (1 - s) (gs - gt l)`` and
-    ``dl = k s (gs - gt u)``, which are the formulas of :func:`upper_line`'s doc since
-    ``1 - s = -l / d``. Differentiable operations only, so a graph of the gradient can be built."""
-    k = ((l < 0) & (u > 0)).to(s.dtype) / den
-    if gs is None:
-        gs = torch.zeros_like(s)
-    if gt is None:
-        return k * (s * gs), k * ((1 - s) * gs)
-    return k * s * torch.addcmul(gs, gt, u, value=-1.0), k * (1 - s) * torch.addcmul(gs, gt, l, value=-1.0)
-
-
 class _UpperLine(torch.autograd.Function):
-    """:func:`upper_line` with its gradient in closed form (:func:`_upper_line_grads`): about half
-    the time of autograd through the clamps and the division, which costs a few percent of a
-    CROWN-IBP training step. Under ``create_graph`` the backward recomputes ``s`` and the
-    denominator from ``l`` and ``u`` with differentiable operations, so double backward works.
-    ``kernels``: None (eager) or the compiled kernels (:mod:`bounds.compiled`) for both passes."""
+    """:func:`upper_line` with its gradient written out (the formulas of :func:`upper_line`'s
+    doc, :func:`bounds.compiled.upper_line_backward`): about half the time of autograd through
+    the clamps and the division, which costs a few percent of a CROWN-IBP training step. Under
+    ``create_graph`` the backward recomputes ``s`` and the denominator from ``l`` and ``u``, so
+    double backward works. ``kernels``: None (eager) or the compiled kernels
+    (:mod:`bounds.compiled`), which run the same two bodies as fused loops."""
 
     @staticmethod
     def forward(ctx, l, u, kernels=None):  # type: ignore[override]
-        if kernels is not None:
-            s, t, den = kernels.upper_forward(l, u)
-        else:
-            tiny = torch.finfo(u.dtype).tiny
-            upos, lneg = u.clamp(min=0), l.clamp(max=0)
-            den = torch.sub(upos, lneg).clamp_(min=tiny)
-            s = torch.div(upos, den).clamp_(max=1)
-            t = torch.mul(s, lneg).neg_()
+        fwd = compiled.upper_line_forward if kernels is None else kernels.upper_forward
+        s, t, den = fwd(l, u)
         ctx.save_for_backward(l, u, s, den)
         ctx.kernels = kernels
         ctx.set_materialize_grads(False)
@@ -105,13 +79,10 @@ class _UpperLine(torch.autograd.Function):
         if gs is None and gt is None:
             return None, None, None
         if torch.is_grad_enabled():  # double backward: s and den as functions of l and u
-            tiny = torch.finfo(u.dtype).tiny
-            upos, lneg = u.clamp(min=0), l.clamp(max=0)
-            den = (upos - lneg).clamp(min=tiny)
-            s = (upos / den).clamp(max=1)
+            s, _, den = compiled.upper_line_forward(l, u)
         elif ctx.kernels is not None:
             return (*ctx.kernels.upper_backward(l, u, s, den, gs, gt), None)
-        return (*_upper_line_grads(l, u, s, den, gs, gt), None)
+        return (*compiled.upper_line_backward(l, u, s, den, gs, gt), None)
 
 
 def with_lower_slope(
