@@ -240,9 +240,11 @@ class _ConvTranspose(torch.autograd.Function):
         stride, padding, dilation, groups = args["stride"], args["padding"], args["dilation"], args["groups"]
         ctx.save_for_backward(A, W)
         ctx.args, ctx.fold = args, fold
-        if fold:
+        if fold:  # the batch folded as channels (one image, N * C_in channels): no loop over samples
             cols = torch.matmul(W.reshape(W.shape[0], -1).t(), A.flatten(2))
-            return F.fold(cols, size, W.shape[2:], dilation=dilation, padding=padding, stride=stride)
+            out = F.fold(cols.view(1, -1, cols.shape[-1]), size, W.shape[2:], dilation=dilation, padding=padding,
+                         stride=stride)
+            return out.view(A.shape[0], -1, *size)
         out_pad = tuple(
             size[i] - ((A.shape[2 + i] - 1) * stride[i] - 2 * padding[i] + dilation[i] * (W.shape[2 + i] - 1) + 1)
             for i in range(2)

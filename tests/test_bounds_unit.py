@@ -386,6 +386,28 @@ def test_searched_slopes_under_inference_mode():
         assert torch.allclose(ref.lower, got.lower) and torch.isfinite(loss)
 
 
+@pytest.mark.parametrize("c_in,c_out,k,stride,pad,size", [(1, 16, 4, 2, 0, 12), (1, 9, 3, 2, 1, 9), (2, 8, 2, 1, 0, 6),
+                                                         (3, 4, 3, 1, 1, 7)])
+def test_conv_transpose_kernels_equal_the_adjoint(c_in, c_out, k, stride, pad, size):
+    """Both implementations of the transposed convolution of the backward pass (matrix product
+    + fold, used when ``c_in k^2 <= c_out``, and oneDNN's) equal ``F.conv_transpose2d``, with
+    gradients and double backward (gradcheck in float64)."""
+    from bounds.linear import _ConvTranspose
+
+    torch.manual_seed(0)
+    W = torch.randn(c_out, c_in, k, k, dtype=torch.float64, requires_grad=True)
+    out = (size + 2 * pad - k) // stride + 1
+    args = dict(stride=(stride, stride), padding=(pad, pad), dilation=(1, 1), groups=1)
+    A = torch.randn(3, c_out, out, out, dtype=torch.float64, requires_grad=True)
+    op_pad = size - ((out - 1) * stride - 2 * pad + k)
+    ref = F.conv_transpose2d(A, W, None, stride, pad, op_pad)
+    for fold in (True, False):
+        got = _ConvTranspose.apply(A, W, (size, size), args, fold)
+        assert got.shape == ref.shape and torch.allclose(got, ref, atol=1e-12)
+        fn = lambda a, w, fold=fold: _ConvTranspose.apply(a, w, (size, size), args, fold)  # noqa: E731
+        assert torch.autograd.gradcheck(fn, (A, W)) and torch.autograd.gradgradcheck(fn, (A, W))
+
+
 def test_relu_step_gradients_and_double_backward():
     from bounds.linear import _ReluStep
 
