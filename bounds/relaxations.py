@@ -92,10 +92,10 @@ def with_lower_slope(
     upper: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
 ) -> Relaxation:
     """Relaxation with lower slope ``a`` on unstable neurons and the exact lines on stable ones:
-    ``a_eff = 1[l >= 0 < u] + 1[l < 0 < u] a``. ``upper``: a precomputed ``upper_line(l, u)``."""
+    ``a_eff = 1[l >= 0 < u] + 1[l < 0 < u] a``, computed as ``1[u > 0] (l >= 0 ? 1 : a)``.
+    ``upper``: a precomputed ``upper_line(l, u)``."""
     s, t = upper_line(l, u) if upper is None else upper
-    active = ((l >= 0) & (u > 0)).to(u.dtype)
-    a_eff = torch.addcmul(active, unstable_mask(l, u).to(u.dtype), a.to(u.dtype))
+    a_eff = torch.where(l >= 0, 1.0, a.to(u.dtype)) * (u > 0)
     return Relaxation(a_eff, s, t)
 
 

@@ -45,7 +45,7 @@ def tighten(bounds: Bounds, start: Mapping[int, torch.Tensor], objective: Object
             out[k] = a0.detach()
         else:
             a0 = a0.detach()
-            out[k] = torch.where(g < 0, torch.ones_like(a0), torch.where(g > 0, torch.zeros_like(a0), a0))
+            out[k] = torch.where(g < 0, 1.0, torch.where(g > 0, 0.0, a0))
     return out
 
 
