@@ -190,6 +190,7 @@ def prepare(
 
 
 def _prepare(ops, x, eps, domain, method, slope, C, generator, kernels) -> Prepared:
+    """The body of :func:`prepare` (inside its ``compiled.activated`` block)."""
     center, radius = input_box(x, eps, domain)
     res = ibp(ops, center, radius, C, kernels)
     policy = POLICIES[slope]

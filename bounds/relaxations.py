@@ -24,6 +24,7 @@ import torch
 
 from bounds import compiled, plain
 
+
 class Relaxation(NamedTuple):
     """Lines of one ReLU layer, each ``[B, *shape]``: ``a z <= relu(z) <= s z + t``."""
 
