@@ -33,11 +33,6 @@ class Relaxation(NamedTuple):
     upper_intercept: torch.Tensor
 
 
-def unstable_mask(l: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """Boolean ``[B, *shape]``: ``l < 0 < u``."""
-    return (l < 0) & (u > 0)
-
-
 def upper_line(l: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Upper line ``(s, t)`` of relu on ``[l, u]``: chord ``s = u / (u - l)``, ``t = -s l`` where
     unstable; ``(1, 0)`` where ``l >= 0 < u``; ``(0, 0)`` where ``u <= 0``.
