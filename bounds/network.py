@@ -91,17 +91,22 @@ def _conv_padding(layer: nn.Conv2d, name: str) -> tuple[int, int]:
     return _pair(pad)
 
 
+def _spatial_out(shape: tuple[int, ...], kernel: tuple[int, int], stride: tuple[int, int],
+                 dilation: tuple[int, int], padding: tuple[int, int], name: str) -> tuple[int, int]:
+    """Output height and width of a convolution or pooling window on a ``[C, H, W]`` input:
+    ``(n + 2 p - d (k - 1) - 1) // s + 1`` per side; ValueError when the input is too small."""
+    hw = [(n + 2 * pp - dd * (kk - 1) - 1) // ss + 1 for n, kk, ss, dd, pp in zip(shape[1:], kernel, stride, dilation,
+                                                                                    padding)]
+    if min(hw) < 1:
+        raise ValueError(f"{name} gets a {shape[1]}x{shape[2]} input, too small for its kernel")
+    return hw[0], hw[1]
+
+
 def _conv_out(shape: tuple[int, ...], layer: nn.Conv2d, name: str, padding: tuple[int, int]) -> tuple[int, ...]:
     if len(shape) != 3 or shape[0] != layer.in_channels:
         raise ValueError(f"{name} expects input [{layer.in_channels}, H, W] per sample, got {list(shape)}")
-    k, s, d = _pair(layer.kernel_size), _pair(layer.stride), _pair(layer.dilation)
-    hw = []
-    for size, kk, ss, dd, pp in zip(shape[1:], k, s, d, padding):
-        out = (size + 2 * pp - dd * (kk - 1) - 1) // ss + 1
-        if out < 1:
-            raise ValueError(f"{name} gets a {shape[1]}x{shape[2]} input, too small for its kernel")
-        hw.append(out)
-    return (layer.out_channels, hw[0], hw[1])
+    hw = _spatial_out(shape, _pair(layer.kernel_size), _pair(layer.stride), _pair(layer.dilation), padding, name)
+    return (layer.out_channels, *hw)
 
 
 class _Builder:
@@ -189,10 +194,7 @@ class _Builder:
         if len(shape) != 3:
             raise ValueError(f"{name} expects input [C, H, W] per sample, got {list(shape)}")
         c = shape[0]
-        hw = [(n + 2 * pp - kk) // ss + 1 for n, kk, ss, pp in zip(shape[1:], k, s, p)]
-        if min(hw) < 1:
-            raise ValueError(f"{name} gets a {shape[1]}x{shape[2]} input, too small for its kernel")
-        out = (c, hw[0], hw[1])
+        out = (c, *_spatial_out(shape, k, s, (1, 1), p, name))
         weight = torch.full((c, 1, *k), 1.0 / (k[0] * k[1]), dtype=self.dtype, device=self.device)
         return LayerOp(i, "conv", shape, out, weight, None, dict(stride=s, padding=p, dilation=(1, 1), groups=c))
 
