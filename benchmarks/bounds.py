@@ -48,6 +48,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -112,8 +113,7 @@ def timed(fns: dict[str, Callable], repeats: int, zero_grad: Callable[[], None])
     """Best wall and CPU seconds per function over interleaved rounds (after one warm-up call each,
     whose time is kept as ``first``), and every round's wall time (``rounds``, for
     :func:`paired`)."""
-    wall = {k: float("inf") for k in fns}
-    cpu = dict(wall)
+    cpu = {k: float("inf") for k in fns}
     first = {}
     rounds: dict[str, list[float]] = {k: [] for k in fns}
     for k, fn in fns.items():
@@ -127,8 +127,8 @@ def timed(fns: dict[str, Callable], repeats: int, zero_grad: Callable[[], None])
             t0, c0 = time.perf_counter(), time.process_time()
             fn()
             rounds[k].append(time.perf_counter() - t0)
-            wall[k] = min(wall[k], rounds[k][-1])
             cpu[k] = min(cpu[k], time.process_time() - c0)
+    wall = {k: min(v, default=float("inf")) for k, v in rounds.items()}
     return {"wall": wall, "cpu": cpu, "first": first, "rounds": rounds}
 
 
@@ -138,9 +138,7 @@ def paired(r: dict, k: str, ref: str) -> float:
     On a shared machine the speed drifts by tens of percent over minutes; a ratio of two
     best-of times can pair a fast moment of one function with a slow one of the other, while
     the per-round ratio compares both under nearly the same conditions."""
-    ratios = sorted(a / b for a, b in zip(r["rounds"][k], r["rounds"][ref]))
-    n = len(ratios)
-    return ratios[n // 2] if n % 2 else 0.5 * (ratios[n // 2 - 1] + ratios[n // 2])
+    return statistics.median(a / b for a, b in zip(r["rounds"][k], r["rounds"][ref]))
 
 
 # ----------------------------------------------------------------------------- 1. steps
