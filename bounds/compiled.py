@@ -246,8 +246,7 @@ class Kernels:
         return (self.relu_forward, self.relu_backward)[i]
 
     def interval_forward(self, c, r):
-        r = r if r.stride() == c.stride() else torch.empty_like(c).copy_(r)
-        outs = _run(self._interval_fwd, _memory_view(c), _memory_view(r))
+        outs = _run(self._interval_fwd, _memory_view(c), _in_layout(r, c))
         return tuple(_like(o, c) for o in outs)
 
     def interval_backward(self, l, u, gl, gu, gc, gr):
@@ -257,15 +256,13 @@ class Kernels:
 
     def upper_forward(self, l, u):
         """``(s, t, den)`` in ``l``'s shape and layout."""
-        u = u if u.stride() == l.stride() else torch.empty_like(l).copy_(u)
-        outs = _run(self._upper_fwd, _memory_view(l), _memory_view(u))
+        outs = _run(self._upper_fwd, _memory_view(l), _in_layout(u, l))
         return tuple(_like(o, l) for o in outs)
 
     def upper_backward(self, l, u, s, den, gs, gt):
-        """``(dl, du)`` in ``l``'s shape and layout (``u``, ``s``, ``den`` share it)."""
-        u = u if u.stride() == l.stride() else torch.empty_like(l).copy_(u)
-        grads = (_in_layout(g, l) for g in (gs, gt))
-        dl, du = _run(self._upper_bwd, *(_memory_view(v) for v in (l, u, s, den)), *grads)
+        """``(dl, du)`` in ``l``'s shape and layout (``s`` and ``den`` share it)."""
+        ins = (_in_layout(v, l) for v in (l, u, s, den, gs, gt))
+        dl, du = _run(self._upper_bwd, *ins)
         return _like(dl, l), _like(du, l)
 
 
