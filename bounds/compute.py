@@ -224,15 +224,14 @@ def final_relaxations(
         return prep.relax
     with torch.inference_mode(False), torch.enable_grad(), compiled.activated(prep.kernels):
         det = prep.detached()
-        start = {k: r.lower_slope for k, r in det.relax.items()}
 
         def obj(relax: dict[int, Relaxation]) -> torch.Tensor:
             return objective(det, relax)
 
         if slope == "tightest":
-            found = slope_search.tighten(det.preact, start, obj)
+            found = slope_search.tighten(det.preact, det.relax, obj)
         else:
-            found = slope_search.optimize(det.preact, start, obj, opt_steps, opt_lr)
+            found = slope_search.optimize(det.preact, det.relax, obj, opt_steps, opt_lr)
     out = {}
     for k, (l, u) in prep.preact.items():
         s, t = prep.relax[k].upper_slope, prep.relax[k].upper_intercept

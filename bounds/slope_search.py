@@ -1,7 +1,8 @@
 """Searches over the lower slopes of unstable neurons: ``tightest`` and ``optimized``.
 
-Both take the *detached* pre-activation bounds of every ReLU layer, the starting lower slopes,
-and an ``objective(relax) -> scalar loss`` that runs a (detached) final backward pass with the
+Both take the *detached* pre-activation bounds of every ReLU layer, the starting relaxations
+(their lower slopes are the start; their upper lines, which the search does not change, are
+reused as they are), and an ``objective(relax) -> scalar loss`` that runs a (detached) final backward pass with the
 given relaxations. They return new lower slopes (detached ``[B, *shape]`` per layer, only the
 unstable entries matter); the caller then runs the real, differentiable pass with them.
 
@@ -19,55 +20,56 @@ from typing import Callable, Mapping
 
 import torch
 
-from bounds.relaxations import Relaxation, upper_line, with_lower_slope
+from bounds.relaxations import Relaxation, with_lower_slope
 
 Objective = Callable[[Mapping[int, Relaxation]], torch.Tensor]
 Bounds = Mapping[int, tuple[torch.Tensor, torch.Tensor]]
 
 
-def _relax(bounds: Bounds, uppers: Mapping, slopes: Mapping[int, torch.Tensor]) -> dict[int, Relaxation]:
-    return {k: with_lower_slope(l, u, slopes[k], upper=uppers[k]) for k, (l, u) in bounds.items()}
+def _relax(bounds: Bounds, start: Mapping[int, Relaxation], slopes: Mapping[int, torch.Tensor]) -> dict:
+    """Relaxations with lower slopes ``slopes`` and the upper lines of ``start``."""
+    return {
+        k: with_lower_slope(l, u, slopes[k], upper=(start[k].upper_slope, start[k].upper_intercept))
+        for k, (l, u) in bounds.items()
+    }
 
 
-def tighten(bounds: Bounds, start: Mapping[int, torch.Tensor], objective: Objective) -> dict[int, torch.Tensor]:
+def tighten(bounds: Bounds, start: Mapping[int, Relaxation], objective: Objective) -> dict[int, torch.Tensor]:
     """One signed-gradient step to the vertices: ``a = 1[g < 0] + a0 1[g == 0]``.
 
-    ``bounds``: ``{relu op index: (l, u)}`` detached; ``start``: ``{k: a0 [B, *shape]}``.
+    ``bounds``: ``{relu op index: (l, u)}`` detached; ``start``: ``{k: Relaxation}`` with the
+    start slopes ``a0`` ``[B, *shape]`` and the upper lines of ``bounds``.
     """
-    uppers = {k: upper_line(l, u) for k, (l, u) in bounds.items()}
     with torch.enable_grad():
-        leaves = {k: a.detach().clone().requires_grad_(True) for k, a in start.items()}
-        loss = objective(_relax(bounds, uppers, leaves))
+        leaves = {k: r.lower_slope.detach().clone().requires_grad_(True) for k, r in start.items()}
+        loss = objective(_relax(bounds, start, leaves))
         grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
     out = {}
-    for (k, a0), g in zip(start.items(), grads):
-        if g is None:
-            out[k] = a0.detach()
-        else:
-            a0 = a0.detach()
-            out[k] = torch.where(g < 0, 1.0, torch.where(g > 0, 0.0, a0))
+    for (k, r), g in zip(start.items(), grads):
+        a0 = r.lower_slope.detach()
+        out[k] = a0 if g is None else torch.where(g < 0, 1.0, torch.where(g > 0, 0.0, a0))
     return out
 
 
 def optimize(
-    bounds: Bounds, start: Mapping[int, torch.Tensor], objective: Objective, steps: int, lr: float
+    bounds: Bounds, start: Mapping[int, Relaxation], objective: Objective, steps: int, lr: float
 ) -> dict[int, torch.Tensor]:
-    """Projected Adam on the lower slopes: ``steps`` updates minimising ``objective``.
+    """Projected Adam on the lower slopes: ``steps`` updates minimising ``objective``, from the
+    lower slopes of ``start`` (``{k: Relaxation}``, whose upper lines are kept).
 
     The Adam update (betas 0.9, 0.999, eps 1e-8, as ``torch.optim.Adam`` computes it, operation
     for operation) is written out so that its step count stays a Python number: nothing in the
     search waits for the device.
     """
     if steps <= 0:
-        return {k: a.detach() for k, a in start.items()}
+        return {k: r.lower_slope.detach() for k, r in start.items()}
     beta1, beta2, eps = 0.9, 0.999, 1e-8
-    uppers = {k: upper_line(l, u) for k, (l, u) in bounds.items()}
     with torch.enable_grad():
-        leaves = {k: a.detach().clone().requires_grad_(True) for k, a in start.items()}
+        leaves = {k: r.lower_slope.detach().clone().requires_grad_(True) for k, r in start.items()}
         avg = {k: torch.zeros_like(a) for k, a in leaves.items()}
         avg_sq = {k: torch.zeros_like(a) for k, a in leaves.items()}
         for step in range(1, steps + 1):
-            loss = objective(_relax(bounds, uppers, leaves))
+            loss = objective(_relax(bounds, start, leaves))
             grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
             step_size = lr / (1 - beta1**step)
             correction2 = math.sqrt(1 - beta2**step)
