@@ -13,20 +13,27 @@ for ``steps`` iterations, where ``clip_ball`` projects onto ``[x - eps, x + eps]
 :func:`pgd_attack` is the evaluation attack: a sample is a *success* when some iterate (or the
 clean input) is misclassified; later restarts only run on samples not yet broken; the returned
 example is the first misclassified iterate found, else the one with the largest margin
-objective. :func:`pgd_last_iterate` is the adversarial-training loss's attack (Madry et al.):
-one restart, ascent on the mean cross-entropy, the last iterate returned. :func:`pgd_margin`
-gives the smallest margin the evaluation attack finds.
+objective. :func:`pgd_margin` gives the smallest margin the evaluation attack finds.
+
+:func:`pgd_box` is the one attack of the losses that contain one: one restart from a uniform
+start in a box, ascent on the cross-entropy, the last iterate returned, the model in eval mode.
+:func:`pgd_last_iterate` runs it on the ball (the adversarial loss of Madry et al., which the
+scans evaluate), SABR's and MTL-IBP's losses on their boxes (:mod:`train.mixed_losses`).
 """
 
 from __future__ import annotations
+
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bounds.interval import input_bounds
 from bounds.relaxations import rand_rows
 
-__all__ = ["OBJECTIVES", "margin_objective", "per_sample_eps", "pgd_attack", "pgd_last_iterate", "pgd_margin"]
+__all__ = ["OBJECTIVES", "margin_objective", "per_sample_eps", "pgd_attack", "uniform_in_box", "pgd_box",
+           "pgd_last_iterate", "pgd_margin"]
 
 OBJECTIVES = ("margin", "ce")
 
@@ -135,6 +142,44 @@ def pgd_attack(
     return best.detach(), success
 
 
+def uniform_in_box(lo: torch.Tensor, hi: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """``lo + U (hi - lo)``, ``U ~ U[0, 1)`` of ``lo``'s shape drawn from ``generator`` on its
+    own device (the same start on any device for a CPU generator; a shard's rows of the whole
+    batch's draw for a :class:`bounds.relaxations.ShardGenerator`, as distributed training
+    hands out, :func:`bounds.relaxations.rand_rows`)."""
+    device = generator.device if generator is not None else lo.device
+    u = rand_rows(lo.shape, generator, dtype=lo.dtype, device=device).to(lo.device)
+    return lo + u * (hi - lo)
+
+
+def pgd_box(model: nn.Module, y: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, steps: int,
+            step_size: torch.Tensor | float, generator: torch.Generator | None = None,
+            decay_at: Sequence[int] = ()) -> torch.Tensor:
+    """PGD ascent on ``sum_i CE(f(x'_i), y_i)`` inside the box ``[lo, hi]`` (``[B, *shape]``).
+
+    ``x'_0 ~ U[lo, hi]``; ``x'_{k+1} = clip_[lo, hi](x'_k + a_k sign(grad_x' CE))`` for
+    ``k < steps``, with ``a_k = step_size * 0.1^(number of d in decay_at with d <= k)``
+    (``step_size`` a number or ``[B, 1, ..., 1]``). Returns the last iterate, detached. The model
+    runs in eval mode and is put back as it was.
+    """
+    if int(steps) < 0:
+        raise ValueError(f"PGD needs steps >= 0, got {steps}")
+    cur = uniform_in_box(lo, hi, generator).detach()
+    was_training = model.training
+    model.eval()
+    try:
+        for k in range(int(steps)):
+            a = step_size * 0.1 ** sum(1 for d in decay_at if d <= k)
+            cur = cur.requires_grad_(True)
+            with torch.enable_grad():
+                loss = F.cross_entropy(model(cur), y, reduction="sum")
+                (g,) = torch.autograd.grad(loss, cur)
+            cur = torch.max(torch.min(cur.detach() + a * g.sign(), hi), lo)
+    finally:
+        model.train(was_training)
+    return cur.detach()
+
+
 def pgd_last_iterate(
     model: nn.Module,
     x: torch.Tensor,
@@ -144,36 +189,16 @@ def pgd_last_iterate(
     domain: tuple[float, float] | None = (0.0, 1.0),
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """The last iterate of ``steps`` steps of L-inf PGD ascent on the mean ``CE(f(x'), y)``
-    (detached; the parameters get no gradient).
-
-    ``x' <- clip(x' + a sign(grad_x' CE), ball ∩ domain)``, ``a = 2.5 eps / steps``, from a
-    uniform start in the ball drawn on the CPU from ``generator`` (the same start on any device).
+    """The last iterate of ``steps`` steps of L-inf PGD ascent on ``CE(f(x'), y)`` in the ball
+    ``[x - eps, x + eps] ∩ domain`` (detached; the parameters get no gradient): :func:`pgd_box`
+    with step size ``a = 2.5 eps / steps`` from a uniform start drawn from ``generator``.
+    ``x`` itself for ``eps = 0``.
     """
     x = x.detach()
     if eps == 0:
         return x
-    lo, hi = x - eps, x + eps
-    if domain is not None:
-        lo, hi = lo.clamp(min=domain[0]), hi.clamp(max=domain[1])
-    u = rand_rows(x.shape, generator, dtype=x.dtype).to(x.device)  # a shard's rows of the batch's draw
-    cur = lo + u * (hi - lo)
-    alpha = 2.5 * eps / steps
-    params = list(model.parameters())
-    req = [p.requires_grad for p in params]
-    try:
-        for p in params:
-            p.requires_grad_(False)
-        for _ in range(steps):
-            cur = cur.detach().requires_grad_(True)
-            with torch.enable_grad():
-                loss = F.cross_entropy(model(cur), y)
-                (g,) = torch.autograd.grad(loss, cur)
-            cur = torch.max(torch.min(cur.detach() + alpha * g.sign(), hi), lo)
-    finally:
-        for p, r in zip(params, req):
-            p.requires_grad_(r)
-    return cur.detach()
+    lo, hi = input_bounds(x, eps, domain)
+    return pgd_box(model, y, lo, hi, steps, 2.5 * eps / steps, generator)
 
 
 def pgd_margin(

@@ -29,7 +29,8 @@ loss)::
 with ``x_adv`` a PGD point in ``B(x, eps) ∩ D`` (:func:`mtl_point`): by default one step
 (:data:`MTL_STEPS`, the single-step attack the paper's experiments mostly use) of size
 ``1.25 eps`` from a uniform start (random-start FGSM, Wong et al. 2020); with ``k > 1`` steps the
-size is ``2.5 eps / k`` (as :func:`train.attacks.pgd_last_iterate`). ``alpha = 1`` is IBP exactly,
+size is ``2.5 eps / k`` (as :func:`train.attacks.pgd_last_iterate`). Both attacks run
+:func:`train.attacks.pgd_box`. ``alpha = 1`` is IBP exactly,
 ``alpha = 0`` the adversarial-training loss at ``x_adv``.
 
 Every attack draws its start from the caller's ``generator`` only (on that generator's device),
@@ -43,15 +44,12 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from bounds.interval import input_bounds
-from bounds.relaxations import rand_rows
-from train.attacks import per_sample_eps
+from train.attacks import per_sample_eps, pgd_box
 
-__all__ = ["SABR_STEPS", "MTL_STEPS", "uniform_in_box", "pgd_box", "shrunk_box", "sabr_center", "mtl_point",
-           "mtl_mix"]
+__all__ = ["SABR_STEPS", "MTL_STEPS", "shrunk_box", "sabr_center", "mtl_point", "mtl_mix"]
 
 SABR_STEPS = 8
 """Default PGD steps of SABR's centre search."""
@@ -59,44 +57,6 @@ MTL_STEPS = 1
 """Default PGD steps of MTL-IBP's attack."""
 SABR_DECAY_AT = (4, 7)
 """Steps after which SABR's attack step size is multiplied by 0.1."""
-
-
-def uniform_in_box(lo: torch.Tensor, hi: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    """``lo + U (hi - lo)``, ``U ~ U[0, 1)`` of ``lo``'s shape drawn from ``generator`` on its
-    own device (the same start on any device for a CPU generator; a shard's rows of the whole
-    batch's draw for a :class:`bounds.relaxations.ShardGenerator`, as distributed training
-    hands out, :func:`bounds.relaxations.rand_rows`)."""
-    device = generator.device if generator is not None else lo.device
-    u = rand_rows(lo.shape, generator, dtype=lo.dtype, device=device).to(lo.device)
-    return lo + u * (hi - lo)
-
-
-def pgd_box(model: nn.Module, y: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, steps: int,
-            step_size: torch.Tensor | float, generator: torch.Generator | None = None,
-            decay_at: Sequence[int] = ()) -> torch.Tensor:
-    """PGD ascent on ``sum_i CE(f(x'_i), y_i)`` inside the box ``[lo, hi]`` (``[B, *shape]``).
-
-    ``x'_0 ~ U[lo, hi]``; ``x'_{k+1} = clip_[lo, hi](x'_k + a_k sign(grad_x' CE))`` for
-    ``k < steps``, with ``a_k = step_size * 0.1^(number of d in decay_at with d <= k)``
-    (``step_size`` a number or ``[B, 1, ..., 1]``). Returns the last iterate, detached. The model
-    runs in eval mode and is put back as it was.
-    """
-    if int(steps) < 0:
-        raise ValueError(f"PGD needs steps >= 0, got {steps}")
-    cur = uniform_in_box(lo, hi, generator).detach()
-    was_training = model.training
-    model.eval()
-    try:
-        for k in range(int(steps)):
-            a = step_size * 0.1 ** sum(1 for d in decay_at if d <= k)
-            cur = cur.requires_grad_(True)
-            with torch.enable_grad():
-                loss = F.cross_entropy(model(cur), y, reduction="sum")
-                (g,) = torch.autograd.grad(loss, cur)
-            cur = torch.max(torch.min(cur.detach() + a * g.sign(), hi), lo)
-    finally:
-        model.train(was_training)
-    return cur.detach()
 
 
 def shrunk_box(x: torch.Tensor, eps: float | torch.Tensor, lam: float,
