@@ -2,9 +2,10 @@
 
 Both take the *detached* pre-activation bounds of every ReLU layer, the starting relaxations
 (their lower slopes are the start; their upper lines, which the search does not change, are
-reused as they are), and an ``objective(relax) -> scalar loss`` that runs a (detached) final backward pass with the
-given relaxations. They return new lower slopes (detached ``[B, *shape]`` per layer, only the
-unstable entries matter); the caller then runs the real, differentiable pass with them.
+reused as they are), and an ``objective(relax) -> scalar loss`` that runs a (detached) final
+backward pass with the given relaxations. They return new lower slopes (detached
+``[B, *shape]`` per layer, only the unstable entries matter); the caller then runs the real,
+differentiable pass with them.
 
 - :func:`tighten` (the paper's method): ``g = d loss / d a`` at the start ``a0``;
   ``a = 1`` where ``g < 0``, ``a = 0`` where ``g > 0``, ``a = a0`` where ``g == 0``.
