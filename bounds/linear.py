@@ -205,11 +205,43 @@ def relu_backward(
 
 
 def _uses_fold(op: LayerOp) -> bool:
-    """The transposed convolution runs as a matrix product and ``F.fold`` when that is no larger
-    than the coefficients themselves (few input channels, e.g. the first layer of an image
-    model): oneDNN's transposed convolution is slow with one or three output channels."""
+    """The transposed convolution runs as a matrix product and a fold (:func:`_fold_sum`) when
+    that is no larger than the coefficients themselves (few input channels, e.g. the first layer
+    of an image model): oneDNN's transposed convolution is slow with one or three output channels."""
     w, args = op.weight, op.conv_args
     return args["groups"] == 1 and args["dilation"] == (1, 1) and w.shape[1] * w.shape[2] * w.shape[3] <= w.shape[0]
+
+
+def _fold_sum(cols: torch.Tensor, size: tuple[int, int], stride: tuple[int, int],
+              padding: tuple[int, int]) -> torch.Tensor:
+    """col2im: ``cols`` ``[N, C, kh, kw, h, w]`` -> ``out`` ``[N, C, H, W]`` (``size = (H, W)``),
+    ``out[n, c, s0 p - p0 + i, s1 q - p1 + j] += cols[n, c, i, j, p, q]`` (positions outside the
+    output dropped), as ``kh * kw`` strided in-place additions. ATen's col2im (``F.fold``) runs
+    on one thread; this runs on all of them: 1.0-1.3x faster on 1-channel MNIST first layers and
+    3.4x on a 3-channel 3x3 CIFAR first layer."""
+    N, C, kh, kw, h, w = cols.shape
+    H, W = size
+    out = cols.new_zeros(N * C, H, W)
+    cols = cols.reshape(N * C, kh, kw, h, w)
+
+    def span(k: int, s: int, pad: int, n_in: int, n_out: int) -> Optional[tuple[slice, slice]]:
+        """(input slice, output slice) of kernel offset ``k``: ``0 <= s p - pad + k < n_out``."""
+        first = max(0, -((k - pad) // s))
+        last = min(n_in, (n_out - 1 + pad - k) // s + 1)
+        if last <= first:
+            return None
+        start = s * first - pad + k
+        return slice(first, last), slice(start, start + s * (last - first - 1) + 1, s)
+
+    for i in range(kh):
+        rows = span(i, stride[0], padding[0], h, H)
+        if rows is None:
+            continue
+        for j in range(kw):
+            cs = span(j, stride[1], padding[1], w, W)
+            if cs is not None:
+                out[:, rows[1], cs[1]] += cols[:, i, j, rows[0], cs[0]]
+    return out.view(N, C, H, W)
 
 
 class _ConvTranspose(torch.autograd.Function):
@@ -217,7 +249,7 @@ class _ConvTranspose(torch.autograd.Function):
     ``z -> conv2d(z, W)`` (no bias) on inputs of size ``H x W``.
 
     Forward: oneDNN's transposed convolution, or, with few input channels (:func:`_uses_fold`),
-    a matrix product and ``F.fold``. Backward (both): ``dA = conv2d(G, W)``,
+    a matrix product and a fold (:func:`_fold_sum`). Backward (both): ``dA = conv2d(G, W)``,
     ``dW = conv2d_weight(G, W.shape, A)`` with ``G`` channels-last (a single-channel ``G`` only
     viewed so): oneDNN then returns ``dA`` channels-last, like ``A``, and with one input channel
     this is 2-3x faster than the fold's own adjoint (an im2col of ``G`` and two matrix
@@ -229,11 +261,9 @@ class _ConvTranspose(torch.autograd.Function):
         stride, padding, dilation, groups = args["stride"], args["padding"], args["dilation"], args["groups"]
         ctx.save_for_backward(A, W)
         ctx.args = args
-        if fold:  # the batch folded as channels (one image, N * C_in channels): no loop over samples
-            cols = torch.matmul(W.reshape(W.shape[0], -1).t(), A.flatten(2))
-            out = F.fold(cols.view(1, -1, cols.shape[-1]), size, W.shape[2:], dilation=dilation, padding=padding,
-                         stride=stride)
-            return out.view(A.shape[0], -1, *size)
+        if fold:
+            cols = torch.matmul(W.reshape(W.shape[0], -1).t(), A.flatten(2))  # [N, C_in kh kw, h w]
+            return _fold_sum(cols.view(A.shape[0], *W.shape[1:], *A.shape[2:]), size, stride, padding)
         out_pad = tuple(
             size[i] - ((A.shape[2 + i] - 1) * stride[i] - 2 * padding[i] + dilation[i] * (W.shape[2 + i] - 1) + 1)
             for i in range(2)

@@ -387,11 +387,13 @@ def test_searched_slopes_under_inference_mode():
 
 
 @pytest.mark.parametrize("c_in,c_out,k,stride,pad,size", [(1, 16, 4, 2, 0, 12), (1, 9, 3, 2, 1, 9), (2, 8, 2, 1, 0, 6),
-                                                         (3, 4, 3, 1, 1, 7)])
+                                                         (3, 4, 3, 1, 1, 7), (1, 9, 3, 2, 0, 10), (3, 27, 3, 1, 2, 5)])
 def test_conv_transpose_kernels_equal_the_adjoint(c_in, c_out, k, stride, pad, size):
     """Both implementations of the transposed convolution of the backward pass (matrix product
     + fold, used when ``c_in k^2 <= c_out``, and oneDNN's) equal ``F.conv_transpose2d``, with
-    gradients and double backward (gradcheck in float64)."""
+    gradients and double backward (gradcheck in float64); among the geometries, one whose last
+    input row no kernel position reaches (size 10, k 3, stride 2) and one whose padding of 2
+    puts whole kernel rows outside the output."""
     from bounds.linear import _ConvTranspose
 
     torch.manual_seed(0)
