@@ -222,7 +222,7 @@ def final_relaxations(
     ``objective(detached_prep, relax) -> scalar loss`` (minimised / sign-followed)."""
     if slope not in SEARCHED_SLOPES or not prep.relax:
         return prep.relax
-    with torch.inference_mode(False), torch.enable_grad(), compiled.activated(prep.kernels):
+    with torch.inference_mode(False), torch.enable_grad():  # the search reuses prepare's upper lines
         det = prep.detached()
 
         def obj(relax: dict[int, Relaxation]) -> torch.Tensor:
