@@ -163,16 +163,15 @@ class _IntervalRelu(torch.autograd.Function):
 
 
 def channels_last(t: torch.Tensor) -> torch.Tensor:
-    """``t`` ``[B, C, H, W]`` stored channels-last."""
+    """``t`` ``[B, C, H, W]`` in channels-last memory order (``[B, H, W, C]``), where oneDNN's
+    convolutions and their gradients are faster: copied unless it already is, except that a
+    contiguous single-channel ``t`` is only viewed with channels-last strides (the same memory).
+    That view matters: oneDNN then returns the convolution's output channels-last, which the
+    next layers want, instead of a ``[B, C, H, W]`` output that must be copied into that layout."""
+    if t.shape[1] == 1 and t.is_contiguous():
+        B, _, H, W = t.shape
+        return t.view(B, H, W, 1).permute(0, 3, 1, 2)
     return t.contiguous(memory_format=torch.channels_last)
-
-
-def single_channel_last(t: torch.Tensor) -> torch.Tensor:
-    """A contiguous ``t`` ``[B, 1, H, W]`` viewed with channels-last strides (the same memory, no
-    copy): oneDNN then returns the convolution's output channels-last, which the next layers
-    want, instead of a ``[B, C, H, W]`` output that must be copied into that layout."""
-    B, _, H, W = t.shape
-    return t.view(B, H, W, 1).permute(0, 3, 1, 2)
 
 
 def is_channels_last(t: torch.Tensor) -> bool:
@@ -265,10 +264,8 @@ def ibp(
             rad = torch.bmm(W.abs(), r.unsqueeze(-1)).squeeze(-1)
             return IntervalResult(mid - rad, mid + rad, preact)
         else:
-            if fast and op.kind == "conv" and c.shape[1] > 1 and not is_channels_last(c):
+            if fast and op.kind == "conv":
                 c, r = channels_last(c), channels_last(r)
-            elif fast and op.kind == "conv" and c.shape[1] == 1 and c.is_contiguous() and r.is_contiguous():
-                c, r = single_channel_last(c), single_channel_last(r)
             c, r = _affine_box(op, c, r, twice, weight)
             twice = twice and op.kind == "flatten"
     if twice:

@@ -44,7 +44,7 @@ from torch.nn.grad import conv2d_weight
 
 from bounds import plain
 from bounds.compiled import relu_step_forward
-from bounds.interval import channel_view, hwc_columns, single_channel_last
+from bounds.interval import channel_view, channels_last, hwc_columns
 from bounds.network import LayerOp, stack_depth
 from bounds.relaxations import Relaxation
 
@@ -275,10 +275,7 @@ class _ConvTranspose(torch.autograd.Function):
     def backward(ctx, G):  # type: ignore[override]
         A, W = ctx.saved_tensors
         args = ctx.args
-        if G.shape[1] == 1 and G.is_contiguous():
-            G = single_channel_last(G)
-        elif not G.is_contiguous(memory_format=torch.channels_last):
-            G = G.contiguous(memory_format=torch.channels_last)
+        G = channels_last(G)
         geom = (args["stride"], args["padding"], args["dilation"], args["groups"])
         dA = F.conv2d(G, W, None, *geom) if ctx.needs_input_grad[0] else None
         dW = conv2d_weight(G, W.shape, A, *geom) if ctx.needs_input_grad[1] else None
@@ -296,8 +293,8 @@ def conv_transpose(op: LayerOp, A: torch.Tensor) -> torch.Tensor:
         back = F.conv_transpose2d(flat, w, None, args["stride"], args["padding"], out_pad, args["groups"], args["dilation"])
         return back.reshape(B, S, *op.in_shape)
     fold = _uses_fold(op)
-    if not fold and not flat.is_contiguous(memory_format=torch.channels_last):
-        flat = flat.contiguous(memory_format=torch.channels_last)
+    if not fold:
+        flat = channels_last(flat)
     back = _ConvTranspose.apply(flat, op.weight, tuple(op.in_shape[1:]), op.conv_args, fold)
     return back.reshape(B, S, *op.in_shape)
 
