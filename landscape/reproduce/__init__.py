@@ -17,6 +17,7 @@ landscape and figures together (figures lazily).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from dataclasses import dataclass
@@ -49,10 +50,11 @@ class ReproduceResult:
     wall_time: float
     trained: list[str]
     reused: list[str]
+    margins: dict | None = None
 
     def summary(self) -> str:
         """The summary table (Markdown) and where the figures are."""
-        text = summary_markdown(self.summary_rows)
+        text = summary_markdown(self.summary_rows, self.margins)
         n_fig = sum(1 for p in self.files if p.suffix == ".png")
         return (f"{text}\ntrained {len(self.trained)} runs, reused {len(self.reused)}; "
                 f"{n_fig} PNG figures under {self.out_dir / 'figures'}; {self.wall_time:.0f} s")
@@ -98,13 +100,15 @@ def run(plan: Plan, out_dir: str | Path, formats: Sequence[str] | str = ("png", 
     records = load_results(plan, out)
     files = draw(plan, out, fmts, records)
     rows = summary_rows(plan, out, records)
+    margins = {s: plan.setting(s).margins for s in plan.settings()}
     summary = {"runs": rows, "methods": aggregate(rows),
-               "claims": {s: claims(rows, s) for s in plan.settings()}}
+               "margins": {s: dataclasses.asdict(m) for s, m in margins.items()},
+               "claims": {s: claims(rows, s, margins[s]) for s in plan.settings()}}
     (out / "summary.json").write_text(json.dumps(json_ready(summary), indent=2, allow_nan=False) + "\n")
-    (out / "summary.md").write_text(summary_markdown(rows))
+    (out / "summary.md").write_text(summary_markdown(rows, margins))
     wall = time.perf_counter() - t0
     log(f"done in {wall:.0f} s")
-    return ReproduceResult(out, files, rows, wall, trained, reused)
+    return ReproduceResult(out, files, rows, wall, trained, reused, margins)
 
 
 def draw(plan: Plan, out: Path, formats: Sequence[str] = ("png", "pdf"),

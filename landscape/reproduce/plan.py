@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from bounds.names import PAPER_METHODS, TRAIN_METHODS
+from landscape.reproduce.claims import Margins
 
 __all__ = ["Setting", "RunPlan", "Plan", "config_dirs", "load_settings", "profile_names", "make_plan",
            "describe_plan"]
@@ -62,6 +63,7 @@ class Setting:
     scan_range: float = 1.0
     notes: list[str] = field(default_factory=list)
     methods: tuple[str, ...] = PAPER_METHODS
+    margins: Margins = field(default_factory=Margins)
 
     @property
     def dataset(self) -> str:
@@ -91,6 +93,7 @@ def _setting(path: Path) -> Setting | None:
             scan_points_1d=int(scan.get("points_1d", 21)), scan_points_2d=int(scan.get("points_2d", 11)),
             scan_range=float(scan.get("range", 1.0)), notes=[" ".join(str(n).split()) for n in rep.get("notes", [])],
             methods=tuple(str(m) for m in rep.get("methods", PAPER_METHODS)),
+            margins=Margins.from_dict(rep.get("claims")),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"setting file {path}: bad reproduce section ({exc})") from None

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from bounds.names import resolve_method
+from figures.runstats import gap_column
 from landscape.reproduce.plan import Plan, RunPlan
 from landscape.runs import latest_epoch_checkpoint, train_in_dir
 
@@ -65,11 +66,6 @@ def train_run(run: RunPlan, out: Path, plan: Plan, data: Any, progress: bool = T
                  extra_attrs={"profile": plan.profile}, progress=progress)
     store.write_attrs(str(run_dir / "train.h5"), {"train_seconds": time.perf_counter() - t0})
     return True
-
-
-def gap_column(method: str) -> str:
-    """The certify-file column of ``method``'s bound gap on a run's model."""
-    return "bound_gap_" + method.replace("-", "_")
 
 
 def certify_run(run: RunPlan, out: Path, plan: Plan, data: Any) -> Path:

@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from figures.runstats import common_gap, probe_numbers
 from landscape.reproduce.plan import Plan
-from landscape.reproduce.steps import gap_column
 
 __all__ = ["result_files", "load_results", "summary_rows", "aggregate", "summary_markdown", "json_ready",
            "STATS"]
@@ -32,7 +32,7 @@ __all__ = ["result_files", "load_results", "summary_rows", "aggregate", "summary
 STATS = ("clean_err", "pgd_err", "verified_err", "verified_err_own", "bound_gap", "bound_gap_common",
          "loss_variation", "loss_variation_last", "grad_cosine", "grad_cosine_t5", "grad_cosine_t5_last",
          "a_sign", "a_sign_last", "sign_flip", "sign_flip_last", "smoothness", "rga_cosine", "unstable_frac",
-         "hessian_top_eig", "hessian_top_eig_last", "train_seconds")
+         "hessian_top_eig", "hessian_top_eig_last", "probes_final_eps", "train_seconds")
 
 
 def result_files(plan: Plan, out: Path, setting: str, seeds: list[int] | None = None) -> list[Path]:
@@ -54,43 +54,6 @@ def load_results(plan: Plan, out: Path) -> dict[Path, Any]:
     return {p: load(p) for setting in plan.settings() for p in result_files(plan, out, setting)}
 
 
-def _probe_numbers(rec: Any) -> dict[str, float]:
-    """The probe statistics of one run (see the module docstring)."""
-    from figures import training as ftraining
-
-    out: dict[str, float] = {}
-    s = ftraining.summary(rec, last_fraction=0.5)
-    for key, name in (("smoothness", "smoothness"), ("rga_cosine", "rga_cosine"), ("unstable_frac", "unstable_frac")):
-        out[name] = s[key]
-    for key, name in (("loss_variation", "loss_variation"), ("grad_cosine", "grad_cosine"), ("sign_flip", "sign_flip"),
-                      ("hessian_top_eig", "hessian_top_eig")):
-        y = ftraining.probe_stat(rec, key)
-        out[name] = _mean(y)
-        out[f"{name}_last"] = _last(y)
-    a_sign = rec.probes.get("a_sign")
-    if a_sign is not None and rec.probe_t is not None:
-        per_probe = ftraining.reduce_over_t(a_sign, rec.probe_t)
-        out["a_sign"], out["a_sign_last"] = _mean(per_probe), _last(per_probe)
-    cos = rec.probes.get("cos")
-    if cos is not None and rec.probe_t is not None and np.ndim(cos) == 2:
-        at5 = np.flatnonzero(np.isclose(rec.probe_t, 5.0))
-        if at5.size:
-            out["grad_cosine_t5"], out["grad_cosine_t5_last"] = _mean(cos[:, at5[0]]), _last(cos[:, at5[0]])
-    return out
-
-
-def _mean(y: Any) -> float:
-    y = np.asarray(y, dtype=float).reshape(-1) if y is not None else np.zeros(0)
-    y = y[np.isfinite(y)]
-    return float(y.mean()) if y.size else float("nan")
-
-
-def _last(y: Any) -> float:
-    y = np.asarray(y, dtype=float).reshape(-1) if y is not None else np.zeros(0)
-    y = y[np.isfinite(y)]
-    return float(y[-1]) if y.size else float("nan")
-
-
 def summary_rows(plan: Plan, out: Path, records: dict[Path, Any]) -> list[dict]:
     """One row per run (see the module docstring), from the ``records`` of :func:`load_results`."""
     rows = []
@@ -100,7 +63,7 @@ def summary_rows(plan: Plan, out: Path, records: dict[Path, Any]) -> list[dict]:
                                "model": run.config["model"], "eps_train": run.config["eps"]}
         rec = records.get(run_dir / "train.h5")
         if rec is not None:
-            row.update(_probe_numbers(rec))
+            row.update(probe_numbers(rec, float(run.config["eps"])))
             row["train_seconds"] = rec.meta.attrs.get("train_seconds")
             row["warnings"] = list(rec.meta.attrs.get("warnings") or [])
         cert = records.get(run_dir / "certify.h5")
@@ -115,17 +78,11 @@ def summary_rows(plan: Plan, out: Path, records: dict[Path, Any]) -> list[dict]:
 
 def _common_gaps(plan: Plan, out: Path, records: dict[Path, Any], rows: list[dict]) -> None:
     """``bound_gap_common`` of each row: its method's bound gap averaged over every model of
-    the same setting and seed (the ``bound_gap_<method>`` columns of their certify files)."""
-    column = {r.method: gap_column(r.method) for r in plan.runs}
+    the same setting and seed (:func:`figures.runstats.common_gap`)."""
     for row in rows:
-        gaps = []
-        for other in plan.runs:
-            if other.setting != row["setting"] or other.seed != row["seed"]:
-                continue
-            cert = records.get(other.run_dir(out) / "certify.h5")
-            if cert is not None and cert.rows and column[row["method"]] in cert.rows[0]:
-                gaps.append(cert.rows[0][column[row["method"]]])
-        row["bound_gap_common"] = float(np.mean(gaps)) if gaps else float("nan")
+        certs = [records.get(other.run_dir(out) / "certify.h5") for other in plan.runs
+                 if other.setting == row["setting"] and other.seed == row["seed"]]
+        row["bound_gap_common"] = common_gap(row["method"], [c for c in certs if c is not None])
 
 
 def aggregate(rows: list[dict]) -> list[dict]:
@@ -174,16 +131,18 @@ def _fmt(v: Any, pct: bool = False, std: Any = None) -> str:
 
 _COLUMNS = (("clean_err", "clean err. (%)", True), ("pgd_err", "PGD err. (%)", True),
             ("verified_err", "verified err. (%)", True), ("verified_err_own", "verified, own bound (%)", True),
-            ("bound_gap_common", "bound gap (common models)", False), ("loss_variation", "loss variation", False),
+            ("bound_gap_common", "bound gap (common models)", False), ("loss_variation", "loss variation (mean of all probes)", False),
             ("grad_cosine", "grad. cosine", False), ("grad_cosine_t5", "cosine at t=5", False),
             ("a_sign", "a_sign", False), ("sign_flip", "sign flips", False), ("rga_cosine", "RGA cosine", False),
             ("hessian_top_eig", "top Hessian eig.", False), ("train_seconds", "train s", False))
 
 
-def summary_markdown(rows: list[dict]) -> str:
+def summary_markdown(rows: list[dict], margins: dict | None = None) -> str:
     """The summary: per setting and method, each statistic's mean (± its standard deviation
-    across seeds when there are several), the paper's claims, then any warnings. ``rows`` are
-    the per-run rows of :func:`summary_rows` (or already aggregated rows)."""
+    across seeds when there are several), the paper's claims judged by
+    :func:`landscape.reproduce.claims.claims` (``margins``: per setting, the
+    :class:`~landscape.reproduce.claims.Margins` its file declares), then any warnings. ``rows``
+    are the per-run rows of :func:`summary_rows` (or already aggregated rows)."""
     from landscape.reproduce.claims import claims_markdown
 
     agg = aggregate(rows) if rows and "seed" in rows[0] else rows
@@ -195,7 +154,7 @@ def summary_markdown(rows: list[dict]) -> str:
         lines.append(f"| {r['setting']} | {r['method']} | {r['model']} | {len(seeds) or 1} | " + " | ".join(cells) + " |")
     text = "\n".join(lines) + "\n"
     if rows and "seed" in rows[0]:
-        text += "\n" + claims_markdown(rows)
+        text += "\n" + claims_markdown(rows, margins)
     notes = [f"- **{r['setting']}/{r['method']}**: {w}" for r in agg for w in r.get("warnings") or []]
     if notes:
         text += "\nWarnings (the run collapsed; its numbers above do not measure the method):\n" + "\n".join(notes) + "\n"
