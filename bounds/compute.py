@@ -15,10 +15,15 @@ Methods (``f`` the network, ``C`` ``[B, S, n_out]``):
   sample can depend on the rest of the batch, while the final bounds do not). The first ReLU layer
   (one affine layer from the input) keeps its IBP bounds, which are exact there.
   ``beta`` is ignored.
-- ``cap``: ``crown`` with the same-slope relaxation.
+  Before it allocates, it estimates the memory those passes keep for the backward pass
+  (:func:`crown_memory_estimate`) and refuses with one clear error when it exceeds what the
+  machine has.
+- ``cap``: CROWN-IBP with the same-slope relaxation and beta = 1, the bound the training method
+  ``cap`` minimises and Lee et al. (2021) compare (:func:`bounds.names.engine_method`); full
+  CROWN with same slopes is ``crown`` with ``slope="same-slope"``.
 
 Slopes: a policy from :mod:`bounds.relaxations`, one slope per neuron and sample shared by every
-row of ``C`` and by the lower and upper passes. For ``crown``/``cap`` the intermediate passes use
+row of ``C`` and by the lower and upper passes. For ``crown`` the intermediate passes use
 the policy's slopes, except ``optimized`` and ``tightest``, whose intermediate passes use
 ``adaptive`` slopes; those two search the slopes of every ReLU layer for the *final* pass only
 (:mod:`bounds.slope_search`), on detached copies, and the final differentiable pass uses the
@@ -37,7 +42,7 @@ from torch import nn
 from bounds import compiled, slope_search
 from bounds.interval import IntervalResult, ibp, input_box
 from bounds.linear import backward_bound
-from bounds.names import SEARCHED_SLOPES
+from bounds.names import SEARCHED_SLOPES, engine_method
 from bounds.network import LayerOp, layer_ops, plain, relu_indices, shape_at
 from bounds.relaxations import POLICIES, Relaxation, with_lower_slope
 from bounds.spec import (
@@ -167,6 +172,65 @@ def _layer_bounds(
     return l_flat.index_copy(1, idx, low).reshape(l_ibp.shape), u_flat.index_copy(1, idx, up).reshape(u_ibp.shape)
 
 
+#: bytes kept per byte of the backward-pass coefficients, measured on model_small at batch 2 and 4
+#: (peak RSS 1.51 and 2.73 GiB; the coefficients and the tensors autograd saves beside them)
+CROWN_OVERHEAD = 1.25
+
+
+def crown_memory_estimate(ops: list[LayerOp], preact: dict[int, tuple[torch.Tensor, torch.Tensor]],
+                          center: torch.Tensor) -> int:
+    """Bytes that ``crown``'s intermediate passes keep for autograd: for every ReLU layer ``k``
+    with more than one affine layer before it, ``B x 2 n_k x sum_{p <= k} |shape_p| x itemsize x``
+    :data:`CROWN_OVERHEAD`, ``n_k`` the neurons IBP leaves unstable in some sample (``preact``:
+    IBP bounds ``[B, *shape_k]``). Every chunk's coefficients are kept when the bounds are
+    differentiated; otherwise one chunk at a time (about 64 MiB)."""
+    B, item = center.shape[0], center.element_size()
+    total = 0.0
+    for k in relu_indices(ops):
+        if _affine_layers_before(ops, k) <= 1:
+            continue
+        l, u = preact[k]
+        n_k = int(((l.reshape(B, -1) < 0) & (u.reshape(B, -1) > 0)).any(0).sum())
+        widths = sum(int(torch.Size(shape_at(ops, p)).numel()) for p in range(k + 1))
+        total += B * 2.0 * n_k * widths * item * CROWN_OVERHEAD
+    return int(total)
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Free memory of ``device`` in bytes (CUDA: the driver's free memory; CPU: Linux's
+    MemAvailable), or None where it cannot be read."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def check_crown_memory(ops: list[LayerOp], preact: dict[int, tuple[torch.Tensor, torch.Tensor]],
+                       center: torch.Tensor) -> None:
+    """MemoryError naming the estimate and the alternatives when ``crown``'s differentiable
+    intermediate passes would need more memory than the device has (see
+    :func:`crown_memory_estimate`); nothing when the bounds are not differentiated."""
+    keeps_graph = torch.is_grad_enabled() and (
+        center.requires_grad or any(t is not None and t.requires_grad for op in ops for t in (op.weight, op.bias)))
+    if not keeps_graph:
+        return
+    need = crown_memory_estimate(ops, preact, center)
+    have = available_memory(center.device)
+    if have is not None and need > have:
+        raise MemoryError(
+            f"full CROWN bounds of this network at batch {center.shape[0]} would keep about {need / 2**30:.1f} GiB "
+            f"for the backward pass, more than the {have / 2**30:.1f} GiB available; use method='crown-ibp' "
+            f"(CROWN-IBP, e.g. with slope='same-slope' as the 'cap' method does), a smaller batch, or bounds "
+            f"without gradients (torch.no_grad())")
+
+
 def _affine_layers_before(ops: list[LayerOp], k: int) -> int:
     """Linear, conv and residual ops before ``k`` (IBP is exact through at most one of them; the
     per-channel Normalize and BatchNorm maps keep it exact)."""
@@ -195,10 +259,12 @@ def _prepare(ops, x, eps, domain, method, slope, C, generator, kernels) -> Prepa
     res = ibp(ops, center, radius, C, kernels)
     policy = POLICIES[slope]
     inner_policy = POLICIES["adaptive"] if slope in SEARCHED_SLOPES else policy
-    linear_inner = method in ("crown", "cap")
+    linear_inner = method == "crown"
     preact: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
     relax: dict[int, Relaxation] = {}
-    inner: dict[int, Relaxation] = {}  # relaxations of the intermediate passes (crown/cap)
+    inner: dict[int, Relaxation] = {}  # relaxations of the intermediate passes (crown)
+    if linear_inner:
+        check_crown_memory(ops, res.preact, center)
     for k in relu_indices(ops):
         l, u = res.preact[k]
         if linear_inner and _affine_layers_before(ops, k) > 1:
@@ -345,7 +411,8 @@ def compute_bounds(
         x: ``[B, *input_shape]`` float32/float64 (results follow its dtype), before normalisation.
         eps: radius, float or ``[B]`` tensor (>= 0).
         method: a key of ``bounds.names.BOUND_METHODS``. slope: one of ``bounds.names.SLOPES``;
-            None means ``adaptive`` (``same-slope`` for ``cap``, the only slope ``cap`` accepts).
+            None means ``adaptive`` (``same-slope`` for ``cap``, the only slope ``cap`` accepts;
+            ``cap`` is CROWN-IBP with those lines at beta = 1, and ignores ``beta``).
         C: ``[B, S, n_out]`` specification (None: the logits, ``S = n_out``).
         beta: crown-ibp mixing weight in ``[0, 1]`` (``lower = beta crown + (1 - beta) ibp``).
         domain: ``(low, high)`` the ball is clipped to, or None.
@@ -367,7 +434,7 @@ def compute_bounds(
     """
     check_x(x)
     slope = check_method_slope(method, slope)
-    beta = check_beta(beta)
+    method, slope, beta = engine_method(method, slope, check_beta(beta))
     eps = check_eps(eps, x.shape[0])
     domain = check_domain(domain)
     opt_steps, opt_lr = check_opt(opt_steps, opt_lr)

@@ -20,7 +20,7 @@ is clamped from below at ``floor`` (raising it keeps an upper bound; the true ar
 least ``e^{-m}``), so nothing is NaN or infinite.
 
 Per method: ``ibp`` uses the IBP bound ``S_ibp = sum_j e^{u_j - m}`` (equal to the unfused IBP
-loss); ``crown``/``cap`` use the chord bound ``S_lin = U + T``; ``crown-ibp`` mixes the two
+loss); ``crown`` uses the chord bound ``S_lin = U + T``; ``crown-ibp`` mixes the two
 bounds on the sum of exponentials, ``beta S_lin + (1 - beta) S_ibp`` (a convex combination
 of upper bounds is one). ``tightest``/``optimized`` search the slopes on this fused loss.
 

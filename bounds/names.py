@@ -75,6 +75,15 @@ def bound_slope(method: str, slope: Optional[str]) -> str:
     return slope
 
 
+def engine_method(method: str, slope: str, beta: float) -> tuple[str, str, float]:
+    """The bound the engine computes for a validated ``(method, slope, beta)``: ``cap`` is
+    CROWN-IBP with the same-slope lines at beta = 1 (the bound the training method ``cap``
+    minimises); every other method is itself. The one place this rule is written."""
+    if method == "cap":
+        return "crown-ibp", "same-slope", 1.0
+    return method, slope, beta
+
+
 # ----------------------------------------------------------------------------- training methods
 
 

@@ -8,7 +8,7 @@ one pass (:class:`landscape.evaluators.DirectionEvaluator`). The values equal th
 float rounding (``tests/test_scan_batched.py``). Plain mode is meant for evaluation without
 gradients: it builds no custom backward passes and is slower than the fast path when not batched.
 The slope searches (``tightest``, ``optimized``), the random policies (``uniform``, ``binary``)
-and the data-dependent neuron selection of ``crown``/``cap`` cannot run under vmap.
+and the data-dependent neuron selection of ``crown`` cannot run under vmap.
 """
 
 from __future__ import annotations

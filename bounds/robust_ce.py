@@ -19,6 +19,7 @@ from torch import nn
 from bounds import compiled
 from bounds.compute import bounds_from
 from bounds.fused import fused_loss
+from bounds.names import engine_method
 from bounds.network import layer_ops
 from bounds.spec import check_beta, check_domain, check_eps, check_method_slope, check_opt, check_x, margin_ce, margin_spec
 
@@ -51,7 +52,7 @@ def robust_cross_entropy(
     """
     check_x(x)
     slope = check_method_slope(method, slope)
-    beta = check_beta(beta)
+    method, slope, beta = engine_method(method, slope, check_beta(beta))
     eps = check_eps(eps, x.shape[0])
     domain = check_domain(domain)
     if fused not in FUSED:

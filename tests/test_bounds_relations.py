@@ -194,9 +194,10 @@ def test_one_hidden_layer_crown_equals_crown_ibp_and_cap_equals_same_slope(case:
         tol = tolerance(case.x.dtype, a.lower, a.upper)
         assert_close(a.lower, b.lower, tol, f"1 hidden layer: crown/{slope} lower = crown-ibp lower")
         assert_close(a.upper, b.upper, tol, f"1 hidden layer: crown/{slope} upper = crown-ibp upper")
-    a = _bounds(case, "cap", "same-slope", C=C)
-    b = _bounds(case, "crown", "same-slope", C=C)
-    assert_close(a.lower, b.lower, tolerance(case.x.dtype, a.lower), "cap = crown + same-slope")
+    a = _bounds(case, "cap", "same-slope", C=C, beta=0.3)  # cap fixes beta = 1
+    b = _bounds(case, "crown-ibp", "same-slope", C=C, beta=1.0)
+    assert_close(a.lower, b.lower, tolerance(case.x.dtype, a.lower), "cap = crown-ibp + same-slope, beta 1")
+    assert_close(a.upper, b.upper, tolerance(case.x.dtype, a.upper), "cap = crown-ibp + same-slope, beta 1")
 
 
 # ------------------------------------------------------------------ slopes and counts
@@ -526,8 +527,8 @@ def test_fused_ibp_equals_unfused_ibp_and_crown_ibp_beta_zero(case: Case) -> Non
     assert_close(cib_f, ibp_u, tol, "fused crown-ibp beta=0 vs ibp")
 
 
-@pytest.mark.parametrize("method", ["crown", "cap"])
-def test_crown_intermediate_bounds_do_not_depend_on_chunking(method: str, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("slope", ["adaptive", "same-slope"])
+def test_crown_intermediate_bounds_do_not_depend_on_chunking(slope: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Identity specifications are split into row chunks for memory; any chunk size gives the
     same bounds (checked with chunks of one row or a few rows on a small CNN)."""
     from bounds import compute as bc
@@ -535,7 +536,7 @@ def test_crown_intermediate_bounds_do_not_depend_on_chunking(method: str, monkey
     model = make_cnn((1, 6, 6), [(2, 3, 1, 1), (2, 3, 2, 1)], [5], 3, seed=7)
     x = torch.rand(3, 1, 6, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(7))
     y = torch.tensor([0, 1, 2])
-    slope = "same-slope" if method == "cap" else "adaptive"
+    method = "crown"
     ref = compute_bounds(model, x, 0.05, method=method, slope=slope, C=margin_spec(y, 3))
     for elements in (1, 200, 1000):
         monkeypatch.setattr(bc, "CHUNK_ELEMENTS", elements)
