@@ -28,7 +28,7 @@ import numpy as np
 from figures import training as ftraining
 from figures.records import CertifyResult, TrainRun
 
-__all__ = ["probe_numbers", "gap_column", "common_gap", "final_eps_probes"]
+__all__ = ["probe_numbers", "gap_column", "common_gap", "final_eps_probes", "test_selection"]
 
 
 def gap_column(method: str) -> str:
@@ -92,3 +92,26 @@ def common_gap(method: str, certs: Sequence[CertifyResult]) -> float:
     gaps = [float(c.rows[0][column]) for c in certs if c.rows and column in c.rows[0]]
     gaps = [g for g in gaps if math.isfinite(g)]
     return float(np.mean(gaps)) if gaps else float("nan")
+
+
+def test_selection(rec: TrainRun, method: str, after_epoch: float) -> dict[str, float]:
+    """The paper code's reported model: of the epochs ``t >= after_epoch`` (0-based; the code
+    takes ``t >= schedule_start + schedule_length``, the epoch after its ramp ends), the last one
+    with the lowest verified error on the test set by the per-epoch evaluation (the run's own
+    bound family: IBP for ``ibp``, CROWN-IBP otherwise). ``selected_epoch`` (1-based, as the
+    checkpoints count), ``selected_verified_err``, ``selected_clean_err``; NaN where the run has
+    no per-epoch evaluation after the ramp. This is test-set selection: optimistic by design."""
+    nan = {"selected_epoch": float("nan"), "selected_verified_err": float("nan"), "selected_clean_err": float("nan")}
+    key = "test_verified_err_" + ("ibp" if method == "ibp" else "crown_ibp")
+    epochs = rec.epochs
+    if key not in epochs or "epoch" not in epochs:
+        return nan
+    t = np.asarray(epochs["epoch"], dtype=float)
+    err = np.asarray(epochs[key], dtype=float)
+    ok = np.flatnonzero((t >= after_epoch) & np.isfinite(err))
+    if not ok.size:
+        return nan
+    best = ok[np.flatnonzero(err[ok] == err[ok].min())[-1]]  # `err <= best_err` keeps the later epoch
+    clean = np.asarray(epochs.get("test_clean_err", np.full(t.shape, np.nan)), dtype=float)
+    return {"selected_epoch": float(t[best] + 1), "selected_verified_err": float(err[best]),
+            "selected_clean_err": float(clean[best])}

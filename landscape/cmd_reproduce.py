@@ -15,8 +15,9 @@ from bounds.names import PAPER_METHODS
 
 @click.command("reproduce")
 @click.option("--profile", default="quick", show_default=True,
-              help="A profile of configs/*.yaml: quick (minutes on a 2-core CPU), official (the paper code's "
-                   "setting on Fashion-MNIST), paper (the paper's settings, for a GPU), tiny (a smoke test), "
+              help="A profile of configs/*.yaml: quick (minutes on a 2-core CPU), official-short (the paper "
+                   "code's protocol on model_small for 1,500 steps, CPU-sized), paper (the paper code's MNIST, "
+                   "CIFAR-10 and SVHN settings, for a GPU), tiny (a smoke test), "
                    "modern (IBP, CROWN-IBP, tightest, SABR, MTL-IBP on a Fashion-MNIST subset).")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Directory for runs, scans, figures and tables; an existing one is resumed.")
@@ -36,10 +37,15 @@ from bounds.names import PAPER_METHODS
 @click.option("--format", "formats", default="png,pdf", show_default=True, help="Image formats of the figures.")
 @click.option("--compile", is_flag=True, help="Train, certify and scan with the bound engine's compiled kernels "
               "(cached on disk; the first run of a model compiles for a while).")
+@click.option("--test-selected", is_flag=True,
+              help="Also report, beside the final model, each run's epoch with the lowest verified error on the "
+                   "test set after the eps ramp, as the paper code selects its reported model (test-set "
+                   "selection: optimistic, labelled so; needs the per-epoch evaluation, eval_size > 0).")
 @click.option("--dry-run", is_flag=True, help="Print the plan (runs and their settings) and stop.")
 def reproduce(profile: str, out_dir: Path, device: str, data_dir: Path | None, dataset: str | None, steps: int | None,
               seeds: str,
-              methods: str | None, download: bool, formats: str, compile: bool, dry_run: bool) -> None:
+              methods: str | None, download: bool, formats: str, compile: bool, test_selected: bool,
+              dry_run: bool) -> None:
     """Reproduce the paper's analysis: train IBP, CROWN-IBP (beta = 1), CAP and the
     tightest-slope method with training probes (once per seed), certify them at several eps,
     scan them, and write the figures, tables and a summary that states the paper's claims with
@@ -58,6 +64,7 @@ def reproduce(profile: str, out_dir: Path, device: str, data_dir: Path | None, d
         raise click.BadParameter(f"expected comma-separated integers, got {seeds!r}", param_hint="--seeds") from None
     plan = repro.make_plan(profile, device=device, data_dir=data_dir, methods=chosen, dataset=dataset,
                            seeds=seed_list, steps=steps)
+    plan.test_selected = test_selected
     if compile:  # the runs' configs carry it (a resume keeps it), and their certify and scan steps read it
         for r in plan.runs:
             r.config["compile"] = True

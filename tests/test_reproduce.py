@@ -65,13 +65,13 @@ def test_plans_write_down_the_settings() -> None:
     from train.config import TrainConfig
 
     paper = make_plan("paper", device="cuda")
-    assert {r.setting for r in paper.runs} == {"mnist_eps0.4", "cifar10_eps2_255", "cifar10_eps8_255"}
+    assert {r.setting for r in paper.runs} == {"mnist_eps0.4", "cifar10_eps2_255", "cifar10_eps8_255", "svhn_eps0.01"}
     mnist = [r.config for r in paper.runs if r.setting == "mnist_eps0.4"]
     assert all(c["eps"] == 0.4 and c["model"] == "ibp-large" and c["epochs"] == 200 for c in mnist)
     assert {r.method for r in paper.runs} == set(METHODS)
     assert all(r.config["device"] == "cuda" and r.config["beta_end"] == 1.0 for r in paper.runs)
     assert all(r.config["kappa_start"] == 0.0 and r.config["bounded_input"] is False for r in paper.runs)
-    official = make_plan("official", seeds=[0, 1, 2])
+    official = make_plan("official-short", seeds=[0, 1, 2])
     assert len(official.runs) == 12 and {r.seed for r in official.runs} == {0, 1, 2}
     cfg = TrainConfig.from_dict(official.runs[0].config)  # every setting is a valid training config
     assert (cfg.model, cfg.batch_size, cfg.lr, cfg.epochs, cfg.probe_every) == ("model-small", 80, 5e-4, 2, 100)
@@ -85,7 +85,7 @@ def test_plans_write_down_the_settings() -> None:
 def test_bad_profile_and_method(tmp_path: Path, capsys) -> None:
     from landscape.reproduce import make_plan
 
-    with pytest.raises(ValueError, match="unknown profile 'huge'; choose one of .*official"):
+    with pytest.raises(ValueError, match="unknown profile 'huge'; choose one of .*official-short"):
         make_plan("huge")
     with pytest.raises(ValueError, match="unknown method 'natural'"):  # reproduce trains methods with a bound
         make_plan("tiny", methods=["natural"])
@@ -152,7 +152,7 @@ def test_train_reads_a_reproduction_setting(tmp_path: Path) -> None:
     from train.config import load_config
 
     settings = load_settings()
-    assert {s.profile for s in settings} >= {"tiny", "quick", "official", "paper"}
+    assert {s.profile for s in settings} >= {"tiny", "quick", "official-short", "paper"}
     for s in settings:
         cfg = load_config(s.path, {"method": "tightest"})
         assert cfg.dataset == s.dataset and cfg.method == "tightest"

@@ -92,6 +92,10 @@ class TrainConfig:
             weights and zero biases for every affine layer but the last (:mod:`train.shi`).
         warmup_reg, warmup_reg_lambda, warmup_reg_tol: Shi et al.'s tightness and ReLU-balance
             regularisers while eps ramps, with weight lambda (1 - eps_t / eps) and tolerance tau.
+        random_crop [pixels], random_flip: data augmentation of every training batch, as the paper
+            code's CIFAR-10 (crop 4 and flip) and SVHN (crop 4) settings do: each image zero-padded
+            by ``random_crop`` pixels and cut back at a random offset, and mirrored left-right with
+            probability 1/2 (:mod:`train.augment`; 0 / False: none).
         normalize_inputs: the model's first layer normalises with the dataset's mean and std
             (False: it feeds the pixels as they are, as Lee et al.'s code does).
         bounded_input: the eps-ball is clipped to the pixel range (the correct threat model;
@@ -147,6 +151,8 @@ class TrainConfig:
     warmup_reg: bool = False
     warmup_reg_lambda: float = 0.5
     warmup_reg_tol: float = 0.5
+    random_crop: int = 0
+    random_flip: bool = False
     normalize_inputs: bool = True
     bounded_input: bool = True
     train_size: int | None = None
@@ -231,8 +237,9 @@ class TrainConfig:
             raise ValueError("warmup_reg regularises a bound; natural training has none (drop --warmup-reg)")
         _integer("seed", self.seed, low=0)
         _integer("probe_batches", self.probe_batches, low=1)
+        _integer("random_crop", self.random_crop, low=0)
         for name in ("fused_loss", "fused_ramp", "normalize_inputs", "bounded_input", "probe_fresh_slopes",
-                     "probe_hessian", "compile"):
+                     "probe_hessian", "compile", "random_flip"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
         for name in ("train_size", "test_size"):

@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 from bounds.names import resolve_method
+from train.augment import crop_and_flip
 from train.callbacks import Callback, StepContext, call
 from train.collapse import collapse_warning
 from train.checkpoint import capture_rng, check_finite, load_checkpoint, load_state, restore_rng, save_checkpoint
@@ -223,6 +224,10 @@ def train(
     n = len(train_x)
     if n == 0:
         raise ValueError(f"dataset {config.dataset!r} has no training samples")
+    augment = config.random_crop > 0 or config.random_flip
+    if augment and train_x.ndim != 4:
+        raise ValueError(f"random_crop and random_flip augment images; dataset {config.dataset!r} has inputs of "
+                         f"shape {tuple(train_x.shape[1:])}")
     spe = math.ceil(n / config.batch_size)
     if ckpt is not None and step != start_epoch * spe:
         raise ValueError(f"cannot resume from {str(resume_from)!r}: it was written in the middle of epoch "
@@ -283,6 +288,9 @@ def train(
             for b in range(spe):
                 idx = order[b * config.batch_size : (b + 1) * config.batch_size].to(train_x.device)
                 xb, yb = train_x[idx], train_y[idx]  # the global batch; this rank bounds its shard
+                if augment:  # the same draws in every process and on resume: seeded by (seed, step)
+                    xb = crop_and_flip(xb, config.random_crop, config.random_flip,
+                                       torch.Generator().manual_seed(_mix(config.seed, 2_000_003 + step)))
                 shard = par.batch_shard(proc, len(yb))
                 vals = schedule.values(step)
                 for group in optimizer.param_groups:

@@ -6,8 +6,10 @@ keys of a training config at the top (``landscape train --config FILE --method M
 of its runs) and a ``reproduce:`` section that says which profile it belongs to and how its
 runs are certified and scanned. A profile is the set of files that name it: ``tiny`` (a smoke
 test on digits), ``quick`` (a few minutes on a 2-core CPU: a Fashion-MNIST subset when its files
-are present, else digits), ``official`` (the paper code's own setting on Fashion-MNIST) and
-``paper`` (the paper's MNIST and CIFAR-10 settings, for a GPU), and ``modern`` (IBP, CROWN-IBP,
+are present, else digits), ``official-short`` (a CPU-sized run of the paper code's protocol on
+Fashion-MNIST: its optimiser, batch, bound settings and probe on model_small for 1,500 steps at
+eps 0.1), ``paper`` (the paper code's MNIST, CIFAR-10 and SVHN settings item by item, for a
+GPU), and ``modern`` (IBP, CROWN-IBP,
 tightest, SABR and MTL-IBP on a Fashion-MNIST subset). A setting's ``methods:`` list says what
 it trains (default: the methods Lee et al. (2021) compare, :data:`bounds.names.PAPER_METHODS`);
 ``--methods`` picks any training method with a bound instead.
@@ -151,6 +153,7 @@ class Plan:
     runs: list[RunPlan]
     settings_by_name: dict[str, Setting]
     seeds: list[int]
+    test_selected: bool = False
 
     def settings(self) -> list[str]:
         return list(dict.fromkeys(r.setting for r in self.runs))
@@ -186,7 +189,8 @@ def make_plan(profile: str, device: str = "cpu", data_dir: str | Path | None = N
     ``seeds`` trains every run once per seed. ``steps`` shortens every run to about that many
     steps (a smoke test: the same schedule in epochs on a training subset of
     ``ceil(steps / epochs) * batch_size`` samples, at most 200 test samples of which 100 are
-    certified, one probe (at step 0, at t = 0, 1 and 5), and small certifications and scans). ValueError for an unknown profile, method or dataset.
+    certified, a probe every ``steps // 3`` steps (at t = 0, 1 and 5, so that some see eps > 0),
+    and small certifications and scans). ValueError for an unknown profile, method or dataset.
     """
     settings = load_settings()
     names = list(dict.fromkeys(s.profile for s in settings))
@@ -228,7 +232,7 @@ def _shortened(setting: Setting, steps: int) -> Setting:
     epochs, batch = int(train.get("epochs", 1)), int(train.get("batch_size", 128))
     train["train_size"] = min(int(train.get("train_size") or 10**9), -(-steps // epochs) * batch)
     train["test_size"] = min(int(train.get("test_size") or 200), 200)
-    train["probe_every"] = steps  # one probe, at step 0
+    train["probe_every"] = max(1, steps // 3)  # a few probes, the last ones at eps > 0
     return replace(setting, train=train, probe_t=[0.0, 1.0, 5.0], certify_size=min(setting.certify_size, 100),
                    pgd_steps=min(setting.pgd_steps, 5),
                    tight_samples=min(setting.tight_samples, 20), scan_samples=min(setting.scan_samples, 20),
@@ -247,6 +251,19 @@ def _sized(setting: Setting) -> Setting:
     return replace(setting, certify_size=min(setting.certify_size, int(n))) if n else setting
 
 
+def _schedule_words(c: dict) -> str:
+    """The learning-rate decay, input normalisation, eps-ball clipping and augmentation of a run
+    config, in the words of :func:`describe_plan`."""
+    words = []
+    if c.get("lr_milestones"):
+        words.append(f"lr x{c.get('lr_decay', 0.1):g} at {','.join(f'{m:g}' for m in c['lr_milestones'])}")
+    words.append("normalised" if c.get("normalize_inputs", True) else "unnormalised")
+    words.append("clipped" if c.get("bounded_input", True) else "unclipped")
+    aug = ([f"crop {c['random_crop']}"] if c.get("random_crop") else []) + (["flip"] if c.get("random_flip") else [])
+    words.append("+".join(aug) if aug else "no augmentation")
+    return " " + " ".join(words)
+
+
 def describe_plan(plan: Plan) -> str:
     """A human-readable list of the plan's runs and settings."""
     lines = [f"profile {plan.profile} on {plan.device}: {len(plan.runs)} runs (seeds {', '.join(map(str, plan.seeds))})"]
@@ -256,6 +273,7 @@ def describe_plan(plan: Plan) -> str:
             f"  {r.key:<40} {c['dataset']}/{c['model']} {json.dumps(c.get('model_options') or {})} "
             f"eps={c['eps']:.4g} epochs={c['epochs']} batch={c['batch_size']} lr={c['lr']:g} "
             f"ramp={c['eps_start_epoch']:g}+{c['eps_ramp_epochs']:g} probe_every={r.probe_every}"
+            + _schedule_words(c)
         )
     for name in plan.settings():
         s = plan.setting(name)
