@@ -33,7 +33,9 @@ trace by Hutchinson's estimate with ``trace_samples`` Rademacher vectors
 
 Fresh slopes: the step's loss draws its random slopes (``tightest``'s random start, ``uniform``,
 ``binary``) from one seed, so every point of the scan uses the same start. With
-``fresh_slopes=True`` every evaluation draws a new one, as the paper's probe does.
+``fresh_slopes=True`` every evaluation draws a new one, as the paper's probe does, and the scan
+moves along the training step's own gradient (``.grad`` after its backward, as the paper code
+does), not along the gradient of a new random start.
 """
 
 from __future__ import annotations
@@ -172,6 +174,15 @@ class GradientProbe:
 
         return fresh(False), fresh(True)
 
+    @staticmethod
+    def _step_gradient(model: nn.Module) -> list[torch.Tensor] | None:
+        """The training step's own gradient (``.grad`` after its backward), one tensor per
+        parameter (zeros where a parameter got none); None when no parameter has one."""
+        params = [p for _, p in named_params(model)]
+        if all(p.grad is None for p in params):
+            return None
+        return [torch.zeros_like(p) if p.grad is None else p.grad.detach().clone() for p in params]
+
     def _probe(self, ctx: Any) -> dict[str, np.ndarray]:
         parts = [self._probe_batch(ctx, b, x, y) for b, (x, y) in enumerate(self._probe_batches(ctx))]
         if len(parts) == 1:
@@ -210,8 +221,9 @@ class GradientProbe:
                 return sign_changes(a0, lower_coefficients(m, x, y, eps, setup, generator()))
 
         extra = {"final": final_fn} if final_fn is not None else {}
+        direction = self._step_gradient(model) if self.fresh_slopes and self.batches == 1 else None
         res = gradient_scan(loss_fn, model, self.t_values, float(ctx.lr), extra_losses=extra,
-                            point_metrics=point_metrics)
+                            point_metrics=point_metrics, direction=direction)
         n = len(self.t_values)
         nan = np.full(n, np.nan, dtype=np.float32)
         rows: dict[str, np.ndarray] = {

@@ -75,18 +75,22 @@ def gradient_scan(
     lr: float = 1.0,
     extra_losses: Mapping[str, LossFn] | None = None,
     point_metrics: Callable[[nn.Module, str], dict[str, float]] | None = None,
+    direction: Sequence[Tensor] | None = None,
 ) -> dict[str, Any]:
     """The gradient-direction scan in memory (see the module docstring).
 
     Returns ``{"t": [T], "loss", "grad_norm", "cos", "rms", "smoothness": [T],
     "loss_variation": float}`` for ``loss_fn`` and, for every ``extra_losses[name]`` (evaluated
     at the same points; its own gradient at theta_0 is the reference), the same under
-    ``"<name>/<field>"`` and ``"<name>/loss_variation"``. Parameters are restored exactly.
+    ``"<name>/<field>"`` and ``"<name>/loss_variation"``. ``direction``: move along
+    ``theta - t lr direction`` instead of ``loss_fn``'s gradient at theta (one tensor per
+    parameter, e.g. the training step's own gradient). Parameters are restored exactly.
     """
     t = default_t_values() if t_values is None else np.asarray(t_values, dtype=np.float64)
     extra = dict(extra_losses or {})
     labels = ["main", *extra.keys()]
-    ev = GradientEvaluator(model, [loss_fn, *extra.values()], t, lr, labels=labels, point_metrics=point_metrics)
+    ev = GradientEvaluator(model, [loss_fn, *extra.values()], t, lr, labels=labels, point_metrics=point_metrics,
+                           direction=direction)
     res = _collect(ev, len(t), (len(t),))
     out: dict[str, Any] = {"t": t}
     for label in labels:

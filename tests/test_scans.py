@@ -371,3 +371,29 @@ def test_fresh_slopes_draw_a_new_start_at_every_point():
     np.testing.assert_allclose(out[True, "crown-ibp"]["a_sign"], out[False, "crown-ibp"]["a_sign"])
     # random starts: a new one at every point changes the sign metrics (even at t = 0)
     assert out[False, "tightest"]["a_sign"][0] == 0.0 and out[True, "tightest"]["a_sign"][0] > 0.0
+
+
+def test_fresh_slopes_move_along_the_steps_own_gradient(monkeypatch):
+    """Under fresh slopes the probe's direction is the training step's gradient (``.grad``), as
+    the paper code's probe uses it, not the gradient of a new random start."""
+    net = _net()
+    x, y = _batch()
+    step_grad = [torch.randn_like(p) for _, p in D.named_params(net)]
+    for p, g in zip((p for _, p in D.named_params(net)), step_grad):
+        p.grad = g.clone()
+    seen = {}
+    real = probes.gradient_scan
+
+    def spy(*args, **kw):
+        seen["direction"] = kw.get("direction")
+        return real(*args, **kw)
+
+    monkeypatch.setattr(probes, "gradient_scan", spy)
+    rows = []
+    probes.GradientProbe(every=1, t_values=[0.0, 1.0], fresh_slopes=True, sink=lambda g_, r: rows.append(r)).on_step(
+        _probe_ctx(net, x, y, "tightest"))
+    assert seen["direction"] is not None
+    assert all(torch.equal(a, b) for a, b in zip(seen["direction"], step_grad))
+    probes.GradientProbe(every=1, t_values=[0.0, 1.0], fresh_slopes=False, sink=lambda g_, r: None).on_step(
+        _probe_ctx(net, x, y, "tightest"))
+    assert seen["direction"] is None  # without fresh slopes the step's loss is the probe's loss: its own gradient
