@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from figures import curves, spectra, surfaces, tables, training
+from figures import curves, runstats, spectra, surfaces, tables, training
 from figures.data import load
 from figures.labels import distinct, legend_label
 from figures.records import CertifyResult, LineScan, Record, SpectrumScan, SurfaceScan, TrainRun
@@ -82,38 +82,25 @@ def _merge_surfaces(scans: Sequence[SurfaceScan]) -> SurfaceScan | None:
 
 
 def tightness_points(runs: Sequence[TrainRun], certs: Sequence[CertifyResult] = ()) -> list[dict]:
-    """One scatter point per run: bound tightness, the ``bound_gap`` (PGD margin minus
-    certified lower bound, smaller = tighter) of the run's own probes or steps when it records
-    one, else of the certify file of the same method, and the loss variation averaged over the
-    last half of the probes (with its standard error)."""
-    cert_tight: dict[str, float] = {}
+    """One scatter point per run, by the definitions of the summary (:mod:`figures.runstats`):
+    tightness is the method's bound gap at eps_train on common models (its ``bound_gap_<method>``
+    column averaged over every certify file that carries it), else the gap its own certify file
+    reports, else the mean ``bound_gap`` of its probes; smoothness is the loss variation averaged
+    over all of its probes. A single run has no spread, so no error bars."""
+    own_cert: dict[str, float] = {}
     for c in certs:
         for row in c.rows:
             if "bound_gap" in row and np.isfinite(row["bound_gap"]):
-                cert_tight.setdefault(str(row.get("method")), row["bound_gap"])
+                own_cert.setdefault(str(row.get("method")), row["bound_gap"])
     points = []
     labels = distinct([legend_label(r.meta.method, r.meta.eps) for r in runs], [r.meta.run for r in runs])
     for run, label in zip(runs, labels):
-        s = training.summary(run, last_fraction=0.5)
-        tight = s["tightness"]
+        method = str(run.meta.method)
+        tight = runstats.common_gap(method, certs)
         if not np.isfinite(tight):
-            tight = cert_tight.get(str(run.meta.method), float("nan"))
-        smooth = s["loss_variation"]
-        y = training.probe_stat(run, "loss_variation")
-        err = None
-        if y is not None:
-            tail = y[-max(1, y.size // 2):]
-            tail = tail[np.isfinite(tail)]
-            err = float(tail.std() / np.sqrt(tail.size)) if tail.size > 1 else None
-        points.append(
-            {
-                "method": run.meta.method,
-                "label": label,
-                "tightness": tight,
-                "smoothness": smooth,
-                "smoothness_err": err,
-            }
-        )
+            tight = own_cert.get(method, training.summary(run)["tightness"])
+        points.append({"method": run.meta.method, "label": label, "tightness": tight,
+                       "smoothness": runstats.probe_numbers(run)["loss_variation"]})
     return points
 
 

@@ -149,16 +149,43 @@ def plot_error_vs_eps(
     return save(fig, out_dir, stem, formats)
 
 
+def summary_points(methods: Sequence[dict], setting: str) -> tuple[list[dict], int]:
+    """The tightness-versus-smoothness points of one setting from the summary's per-method rows
+    (``summary.json``'s ``methods``): ``bound_gap_common`` and ``loss_variation`` (means across
+    seeds) with their standard deviations across seeds as error bars; and the largest number of
+    seeds behind a point."""
+    points, seeds = [], 0
+    for r in methods:
+        if r.get("setting") != setting:
+            continue
+        n = len(r.get("seeds") or [])
+        seeds = max(seeds, n)
+
+        def num(key: str) -> float:
+            v = r.get(key)
+            return float(v) if v is not None else float("nan")
+
+        def err(key: str) -> float | None:
+            v = r.get(f"{key}_std")
+            return float(v) if n > 1 and v is not None and np.isfinite(v) else None
+
+        points.append({"method": r["method"], "tightness": num("bound_gap_common"), "smoothness": num("loss_variation"),
+                       "tightness_err": err("bound_gap_common"), "smoothness_err": err("loss_variation")})
+    return points, seeds
+
+
 def plot_tightness_vs_smoothness(
     points: Sequence[dict],
     out_dir: str | Path,
     stem: str,
     formats: Sequence[str] = ("png", "pdf"),
-    x_label: str = "bound gap: PGD margin − certified lower bound (lower = tighter)",
-    y_label: str = "loss variation ΔL along −∇L (nats, lower = smoother)",
+    x_label: str = "bound gap at ε_train on common models (PGD margin − lower bound; lower = tighter)",
+    y_label: str = "loss variation ΔL along −∇L, mean of all probes (nats)",
+    title: str = "Tightness versus smoothness (one point per method)",
 ) -> list[Path]:
     """Scatter of ``points`` (dicts with ``method, tightness, smoothness`` and optionally
-    ``label``, ``tightness_err``, ``smoothness_err``), one point per method."""
+    ``label``, ``tightness_err``, ``smoothness_err``), one point per method: the numbers of the
+    summary (:func:`summary_points`, :func:`figures.dispatch.tightness_points`)."""
     apply_style()
     import matplotlib.pyplot as plt
 
@@ -185,7 +212,7 @@ def plot_tightness_vs_smoothness(
         )
     ax.set_xlabel(x_label)
     ax.set_ylabel(y_label)
-    ax.set_title("Tightness versus smoothness (one point per method)")
+    ax.set_title(title)
     ax.margins(0.2)
     fig.tight_layout()
     handles, _ = ax.get_legend_handles_labels()

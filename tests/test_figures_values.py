@@ -498,35 +498,78 @@ def make_certify(path: Path, method: str, bound_gap: float) -> Path:
     return path
 
 
-def test_tightness_points_use_the_runs_own_bound_gap(tmp_path: Path, drawn) -> None:
-    """A run that records its bound gap is placed there (not at the certify file's gap); a run
-    without one falls back to the certify file of its method. Drawn end to end by plot_records."""
+def test_tightness_points_are_the_summarys_numbers(tmp_path: Path, drawn) -> None:
+    """A run is placed at the summary's numbers: its method's gap on common models where the
+    certify files carry ``bound_gap_<method>``, else its own certify file's gap, else its probes'
+    mean gap; and its loss variation averaged over all probes (the summary's definition, not the
+    last half). Drawn end to end by plot_records, without error bars (one run has no spread)."""
     from figures import data, dispatch
 
-    gaps = {"ibp": 3.25, "tightest": 0.41}
-    records = [data.load(make_run(tmp_path / f"{m}_train.h5", m, bound_gap=g)) for m, g in gaps.items()]
+    records = [data.load(make_run(tmp_path / f"{m}_train.h5", m, bound_gap=g))
+               for m, g in (("ibp", 3.25), ("tightest", 0.41))]
     records.append(data.load(make_run(tmp_path / "crown_train.h5", "crown-ibp")))  # no bound gap of its own
     records += [data.load(make_certify(tmp_path / f"{m}_cert.h5", m, g))
                 for m, g in (("ibp", 9.5), ("crown-ibp", 1.75))]
     runs = [r for r in records if isinstance(r, data.TrainRun)]
     certs = [r for r in records if isinstance(r, data.CertifyResult)]
 
-    def loss_variation_tail(method: str) -> float:  # the last half of the probes
-        lv = expected_stat(method, "loss_variation")
-        return float(lv[-max(1, int(round(lv.size * 0.5))):].mean())
+    def loss_variation_all(method: str) -> float:
+        return float(np.nanmean(expected_stat(method, "loss_variation")))
 
     points = {p["method"]: p for p in dispatch.tightness_points(runs, certs)}
-    expected = {"ibp": 3.25, "tightest": 0.41, "crown-ibp": 1.75}
+    expected = {"ibp": 9.5, "tightest": 0.41, "crown-ibp": 1.75}  # own certify gap first, then the probes'
     for m, gap in expected.items():
         assert points[m]["tightness"] == pytest.approx(gap, rel=1e-6), m
-        assert points[m]["smoothness"] == pytest.approx(loss_variation_tail(m), rel=1e-5), m
+        assert points[m]["smoothness"] == pytest.approx(loss_variation_all(m), rel=1e-5), m
+        assert "smoothness_err" not in points[m] or points[m]["smoothness_err"] is None
 
     dispatch.plot_records(records, tmp_path / "fig", formats="png")
     (ax,) = drawn["compare_tightness_vs_smoothness"].axes
     drawn_points = scatter_points(ax)
     for m, gap in expected.items():
         x, yv = drawn_points[f"{NAMES[m]}, ε={EPS:g}"]
-        assert (x, yv) == pytest.approx((gap, loss_variation_tail(m)), rel=1e-5), m
+        assert (x, yv) == pytest.approx((gap, loss_variation_all(m)), rel=1e-5), m
+    _verified_error_vs_eps_is_drawn(drawn)
+    # with the common-model columns (every model certified by every method's bound) those win
+    common = tmp_path / "common_cert.h5"
+    store.write_attrs(str(common), {"kind": "certify", "method": "ibp"})
+    store.append_rows(str(common), "results", {"method": np.array(["ibp"], dtype=object), "eps": np.array([0.1]),
+                                               "clean_err": np.array([0.1]), "verified_err": np.array([0.5]),
+                                               "bound_gap": np.array([9.5]), "bound_gap_ibp": np.array([8.0]),
+                                               "bound_gap_tightest": np.array([0.3])})
+    with_common = certs + [data.load(common)]
+    points = {p["method"]: p for p in dispatch.tightness_points(runs, with_common)}
+    assert points["ibp"]["tightness"] == pytest.approx(8.0) and points["tightest"]["tightness"] == pytest.approx(0.3)
+
+
+def test_reproduce_draws_tightness_vs_smoothness_from_the_summary_rows(tmp_path: Path, drawn) -> None:
+    """The figure plots summary.json's per-method means with their standard deviations across
+    seeds as error bars, and its title says how many seeds."""
+    from landscape.reproduce import draw_summary
+    from landscape.reproduce.plan import Plan, Setting
+
+    methods = [{"setting": "s", "method": "ibp", "seeds": [0, 1, 2], "bound_gap_common": 11.4,
+                "bound_gap_common_std": 2.0, "loss_variation": 0.0105, "loss_variation_std": 0.0015},
+               {"setting": "s", "method": "tightest", "seeds": [0, 1, 2], "bound_gap_common": 0.41,
+                "bound_gap_common_std": 0.024, "loss_variation": 0.061, "loss_variation_std": 0.009}]
+    plan = Plan("p", "cpu", [], {"s": Setting("s", "p", tmp_path, {"dataset": "digits"})}, [0, 1, 2])
+    plan.runs = [type("R", (), {"setting": "s"})()]
+    draw_summary(plan, tmp_path, ("png",), methods)
+    (ax,) = drawn["compare_tightness_vs_smoothness"].axes
+    assert "3 seeds" in ax.get_title()
+    pts = scatter_points(ax)
+    assert pts["IBP"] == pytest.approx((11.4, 0.0105)) and pts["Tightest"] == pytest.approx((0.41, 0.061))
+    from matplotlib.container import ErrorbarContainer
+
+    bars = {c.get_label(): c for c in ax.containers if isinstance(c, ErrorbarContainer)}
+    (xbar, ybar) = bars["IBP"].lines[2]  # the x and y error-bar collections
+    x_ends = np.asarray(xbar.get_segments())[0][:, 0]
+    y_ends = np.asarray(ybar.get_segments())[0][:, 1]
+    assert sorted(x_ends) == pytest.approx([11.4 - 2.0, 11.4 + 2.0])
+    assert sorted(y_ends) == pytest.approx([0.0105 - 0.0015, 0.0105 + 0.0015])
+
+
+def _verified_error_vs_eps_is_drawn(drawn) -> None:
     (ev,) = drawn["compare_verified_error_vs_eps"].axes
     x, yv = xy(line_labelled(ev, "IBP: verified"))
     np.testing.assert_allclose(x, [0.1, 0.2, 0.3])

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +37,7 @@ from landscape.reproduce.summary import (
     summary_rows,
 )
 
-__all__ = ["Plan", "RunPlan", "make_plan", "describe_plan", "run", "draw", "ReproduceResult",
+__all__ = ["Plan", "RunPlan", "make_plan", "describe_plan", "run", "draw", "draw_summary", "ReproduceResult",
            "train_run", "certify_run", "scan_run", "load_results"]
 
 
@@ -101,7 +102,9 @@ def run(plan: Plan, out_dir: str | Path, formats: Sequence[str] | str = ("png", 
     files = draw(plan, out, fmts, records)
     rows = summary_rows(plan, out, records)
     margins = {s: plan.setting(s).margins for s in plan.settings()}
-    summary = {"runs": rows, "methods": aggregate(rows),
+    methods = aggregate(rows)
+    files = list(dict.fromkeys(files + draw_summary(plan, out, fmts, methods)))
+    summary = {"runs": rows, "methods": methods,
                "margins": {s: dataclasses.asdict(m) for s, m in margins.items()},
                "claims": {s: claims(rows, s, margins[s]) for s in plan.settings()}}
     (out / "summary.json").write_text(json.dumps(json_ready(summary), indent=2, allow_nan=False) + "\n")
@@ -109,6 +112,24 @@ def run(plan: Plan, out_dir: str | Path, formats: Sequence[str] | str = ("png", 
     wall = time.perf_counter() - t0
     log(f"done in {wall:.0f} s")
     return ReproduceResult(out, files, rows, wall, trained, reused, margins)
+
+
+def draw_summary(plan: Plan, out: Path, formats: Sequence[str], methods: list[dict]) -> list[Path]:
+    """The figures that show summary statistics, drawn from the summary's own per-method rows
+    (``methods`` of ``summary.json``): ``compare_tightness_vs_smoothness`` of every setting,
+    with error bars across seeds (replacing the one :func:`draw` made from the first seed)."""
+    from figures.tables import plot_tightness_vs_smoothness, summary_points
+
+    files: list[Path] = []
+    for setting in plan.settings():
+        points, seeds = summary_points(methods, setting)
+        if not any(math.isfinite(p["tightness"]) and math.isfinite(p["smoothness"]) for p in points):
+            continue
+        title = ("Tightness versus smoothness: mean ± sd over " + f"{seeds} seeds" if seeds > 1
+                 else "Tightness versus smoothness (one seed)")
+        files += plot_tightness_vs_smoothness(points, out / "figures" / setting, "compare_tightness_vs_smoothness",
+                                              formats, title=title)
+    return files
 
 
 def draw(plan: Plan, out: Path, formats: Sequence[str] = ("png", "pdf"),
