@@ -13,6 +13,7 @@ toolkit's schedule gives at every epoch are compared with the paper code's formu
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -136,3 +137,37 @@ def test_a_run_with_augmentation_trains_resumes_and_refuses_non_images(tmp_path)
     assert all(torch.equal(w1[k], w2[k]) for k in w1)
     with pytest.raises(ValueError, match="must be >= 0"):
         TrainConfig(**base, random_crop=-1)
+
+
+def _run_with_epochs(method: str, verified: list[float], eps_per_probe: list[float] | None = None):
+    import numpy as np
+
+    from figures.records import Meta, TrainRun
+
+    n = len(verified)
+    epochs = {"epoch": np.arange(n, dtype=float), "test_clean_err": np.linspace(0.3, 0.2, n),
+              "test_verified_err_" + ("ibp" if method == "ibp" else "crown_ibp"): np.asarray(verified, dtype=float)}
+    probes = {} if eps_per_probe is None else {"eps": np.asarray(eps_per_probe, dtype=float)[:, None].repeat(3, 1)}
+    return TrainRun(Meta(Path("x.h5"), "train", method=method, eps=0.1), {}, epochs, probes, None)
+
+
+def test_test_selection_takes_the_last_best_epoch_after_the_ramp() -> None:
+    """As the paper code: among epochs t >= start + length (0-based), the lowest test verified
+    error, ties to the later epoch (``err <= best_err``); earlier epochs never count."""
+    from figures.runstats import test_selection
+
+    verified = [0.1, 0.9, 0.8, 0.5, 0.6, 0.5, 0.7]  # epoch 0 is best but inside the ramp
+    sel = test_selection(_run_with_epochs("tightest", verified), "tightest", after_epoch=2.0)
+    assert sel["selected_epoch"] == 6.0 and sel["selected_verified_err"] == 0.5  # epoch index 5, 1-based 6
+    assert sel["selected_clean_err"] == pytest.approx(0.3 - 0.1 * 5 / 6)
+    ibp = test_selection(_run_with_epochs("ibp", verified), "ibp", after_epoch=6.0)
+    assert ibp["selected_epoch"] == 7.0
+    none = test_selection(_run_with_epochs("ibp", verified), "ibp", after_epoch=10.0)
+    assert math.isnan(none["selected_epoch"])
+
+
+def test_probes_at_the_final_eps_are_counted() -> None:
+    from figures.runstats import final_eps_probes
+
+    run = _run_with_epochs("ibp", [0.5], eps_per_probe=[0.0, 0.05, 0.1, 0.1])
+    assert final_eps_probes(run) == 2 and final_eps_probes(run, 0.05) == 1
