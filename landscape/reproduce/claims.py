@@ -318,7 +318,8 @@ def claims(rows: list[dict], setting: str, margins: Optional[Margins] = None) ->
         for c in out:
             c["verdict"] = "undecided"
             for p in c["parts"]:
-                p.update(verdict="undecided", reason=reason, seeds_needed=None)
+                both = f"{p['reason']}; {reason}" if p.get("reason") else reason
+                p.update(verdict="undecided", reason=both, seeds_needed=None)
                 for s in p.get("secondary", []):
                     s.update(verdict="undecided", disagrees=False)
     return out
