@@ -16,7 +16,7 @@ Methods (``f`` the network, ``C`` ``[B, S, n_out]``):
   (one affine layer from the input) keeps its IBP bounds, which are exact there.
   ``beta`` is ignored.
   Before it allocates, it estimates the memory those passes keep for the backward pass
-  (:func:`crown_memory_estimate`) and refuses with one clear error when it exceeds what the
+  (:func:`bounds.memory.crown_memory_estimate`) and refuses with one clear error when it exceeds what the
   machine has.
 - ``cap``: CROWN-IBP with the same-slope relaxation and beta = 1, the bound the training method
   ``cap`` minimises and Lee et al. (2021) compare (:func:`bounds.names.engine_method`); full
@@ -41,9 +41,10 @@ from torch import nn
 
 from bounds import compiled, slope_search
 from bounds.interval import IntervalResult, ibp, input_box
+from bounds.memory import check_crown_memory
 from bounds.linear import backward_bound
 from bounds.names import SEARCHED_SLOPES, engine_method
-from bounds.network import LayerOp, layer_ops, plain, relu_indices, shape_at
+from bounds.network import LayerOp, affine_layers_before, layer_ops, plain, relu_indices, shape_at
 from bounds.relaxations import POLICIES, Relaxation, with_lower_slope
 from bounds.spec import (
     check_beta, check_C, check_domain, check_eps, check_method_slope, check_opt, check_x, margin_ce, margin_spec,
@@ -172,71 +173,6 @@ def _layer_bounds(
     return l_flat.index_copy(1, idx, low).reshape(l_ibp.shape), u_flat.index_copy(1, idx, up).reshape(u_ibp.shape)
 
 
-#: bytes kept per byte of the backward-pass coefficients, measured on model_small at batch 2 and 4
-#: (peak RSS 1.51 and 2.73 GiB; the coefficients and the tensors autograd saves beside them)
-CROWN_OVERHEAD = 1.25
-
-
-def crown_memory_estimate(ops: list[LayerOp], preact: dict[int, tuple[torch.Tensor, torch.Tensor]],
-                          center: torch.Tensor) -> int:
-    """Bytes that ``crown``'s intermediate passes keep for autograd: for every ReLU layer ``k``
-    with more than one affine layer before it, ``B x 2 n_k x sum_{p <= k} |shape_p| x itemsize x``
-    :data:`CROWN_OVERHEAD`, ``n_k`` the neurons IBP leaves unstable in some sample (``preact``:
-    IBP bounds ``[B, *shape_k]``). Every chunk's coefficients are kept when the bounds are
-    differentiated; otherwise one chunk at a time (about 64 MiB)."""
-    B, item = center.shape[0], center.element_size()
-    total = 0.0
-    for k in relu_indices(ops):
-        if _affine_layers_before(ops, k) <= 1:
-            continue
-        l, u = preact[k]
-        n_k = int(((l.reshape(B, -1) < 0) & (u.reshape(B, -1) > 0)).any(0).sum())
-        widths = sum(int(torch.Size(shape_at(ops, p)).numel()) for p in range(k + 1))
-        total += B * 2.0 * n_k * widths * item * CROWN_OVERHEAD
-    return int(total)
-
-
-def available_memory(device: torch.device) -> int | None:
-    """Free memory of ``device`` in bytes (CUDA: the driver's free memory; CPU: Linux's
-    MemAvailable), or None where it cannot be read."""
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return int(free)
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
-
-
-def check_crown_memory(ops: list[LayerOp], preact: dict[int, tuple[torch.Tensor, torch.Tensor]],
-                       center: torch.Tensor) -> None:
-    """MemoryError naming the estimate and the alternatives when ``crown``'s differentiable
-    intermediate passes would need more memory than the device has (see
-    :func:`crown_memory_estimate`); nothing when the bounds are not differentiated."""
-    keeps_graph = torch.is_grad_enabled() and (
-        center.requires_grad or any(t is not None and t.requires_grad for op in ops for t in (op.weight, op.bias)))
-    if not keeps_graph:
-        return
-    need = crown_memory_estimate(ops, preact, center)
-    have = available_memory(center.device)
-    if have is not None and need > have:
-        raise MemoryError(
-            f"full CROWN bounds of this network at batch {center.shape[0]} would keep about {need / 2**30:.1f} GiB "
-            f"for the backward pass, more than the {have / 2**30:.1f} GiB available; use method='crown-ibp' "
-            f"(CROWN-IBP, e.g. with slope='same-slope' as the 'cap' method does), a smaller batch, or bounds "
-            f"without gradients (torch.no_grad())")
-
-
-def _affine_layers_before(ops: list[LayerOp], k: int) -> int:
-    """Linear, conv and residual ops before ``k`` (IBP is exact through at most one of them; the
-    per-channel Normalize and BatchNorm maps keep it exact)."""
-    return sum(1 for op in ops[:k] if op.kind in ("linear", "conv", "fork"))
-
-
 def prepare(
     ops: list[LayerOp],
     x: torch.Tensor,
@@ -267,7 +203,7 @@ def _prepare(ops, x, eps, domain, method, slope, C, generator, kernels) -> Prepa
         check_crown_memory(ops, res.preact, center)
     for k in relu_indices(ops):
         l, u = res.preact[k]
-        if linear_inner and _affine_layers_before(ops, k) > 1:
+        if linear_inner and affine_layers_before(ops, k) > 1:
             l, u = _layer_bounds(ops, k, inner, center, radius, l, u, kernels)
         preact[k] = (l, u)
         relax[k] = policy(l, u, generator)

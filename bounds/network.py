@@ -275,6 +275,12 @@ def relu_indices(ops: list[LayerOp]) -> list[int]:
     return [k for k, op in enumerate(ops) if op.kind == "relu"]
 
 
+def affine_layers_before(ops: list[LayerOp], k: int) -> int:
+    """Linear, conv and residual ops before ``k`` (IBP is exact through at most one of them; the
+    per-channel Normalize and BatchNorm maps keep it exact)."""
+    return sum(1 for op in ops[:k] if op.kind in ("linear", "conv", "fork"))
+
+
 def shape_at(ops: list[LayerOp], position: int) -> tuple[int, ...]:
     """Per-sample shape at ``position`` (the input of ``ops[position]``; ``len(ops)`` is the output)."""
     return ops[position].in_shape if position < len(ops) else ops[-1].out_shape

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bounds import compute as bc
+from bounds import memory
 from bounds import compute_bounds, robust_cross_entropy
 from train.models import build_model
 
@@ -42,7 +42,7 @@ def test_full_crown_refuses_a_batch_that_does_not_fit(monkeypatch: pytest.Monkey
     model = _model_small()
     g = torch.Generator().manual_seed(3)
     x, y = torch.rand(8, 1, 28, 28, generator=g), torch.randint(0, 10, (8,), generator=g)
-    monkeypatch.setattr(bc, "available_memory", lambda device: 2**30)  # 1 GiB free
+    monkeypatch.setattr(memory, "available_memory", lambda device: 2**30)  # 1 GiB free
     with pytest.raises(MemoryError, match=r"about \d+\.\d GiB .* more than the 1\.0 GiB available; use "
                                           r"method='crown-ibp'"):
         robust_cross_entropy(model, x, y, 0.1, method="crown", slope="same-slope", domain=None)
@@ -64,6 +64,6 @@ def test_the_estimate_grows_with_the_batch_and_is_about_the_measured_peak() -> N
         x = torch.rand(B, 1, 28, 28, generator=torch.Generator().manual_seed(B))
         ops = layer_ops(model, (1, 28, 28), x.dtype, x.device, x=x)
         c, r = input_box(x, 0.1, None)
-        est[B] = bc.crown_memory_estimate(ops, ibp(ops, c, r, None).preact, c)
+        est[B] = memory.crown_memory_estimate(ops, ibp(ops, c, r, None).preact, c)
     assert 1.4 * 2**30 < est[4] < 5.6 * 2**30
     assert 1.6 < est[8] / est[4] < 2.4

@@ -171,3 +171,13 @@ def test_probes_at_the_final_eps_are_counted() -> None:
 
     run = _run_with_epochs("ibp", [0.5], eps_per_probe=[0.0, 0.05, 0.1, 0.1])
     assert final_eps_probes(run) == 2 and final_eps_probes(run, 0.05) == 1
+
+
+def test_augmentation_of_non_images_is_refused() -> None:
+    from train.augment import batch_augmenter
+
+    cfg = TrainConfig(dataset="digits", random_crop=2)
+    with pytest.raises(ValueError, match="augment images; dataset 'digits' has inputs of shape \\(64,\\)"):
+        batch_augmenter(cfg, torch.zeros(5, 64), lambda s: s)
+    x = torch.zeros(5, 64)
+    assert batch_augmenter(TrainConfig(), x, lambda s: s)(x, 3) is x

@@ -13,10 +13,12 @@ and every torchrun process see the same batch.
 
 from __future__ import annotations
 
+from typing import Any, Callable
+
 import torch
 import torch.nn.functional as F
 
-__all__ = ["crop_and_flip"]
+__all__ = ["crop_and_flip", "batch_augmenter"]
 
 
 def crop_and_flip(x: torch.Tensor, pad: int, flip: bool, generator: torch.Generator) -> torch.Tensor:
@@ -43,3 +45,18 @@ def crop_and_flip(x: torch.Tensor, pad: int, flip: bool, generator: torch.Genera
         c = torch.arange(C, device=x.device)[None, :, None, None]
         out = padded[b, c, rows[:, None, :, None], cols[:, None, None, :]]
     return out
+
+
+def batch_augmenter(config: Any, inputs: torch.Tensor,
+                    seed_of: Callable[[int], int]) -> Callable[[torch.Tensor, int], torch.Tensor]:
+    """``augment(xb, step)`` for a run config's ``random_crop`` / ``random_flip`` (the identity
+    when it asks for neither), drawing from a generator seeded with ``seed_of(step)``, so every
+    process and a resumed run see the same batch. ValueError when the training ``inputs`` are
+    not images ``[N, C, H, W]``."""
+    pad, flip = int(config.random_crop), bool(config.random_flip)
+    if pad == 0 and not flip:
+        return lambda xb, step: xb
+    if inputs.ndim != 4:
+        raise ValueError(f"random_crop and random_flip augment images; dataset {config.dataset!r} has inputs of "
+                         f"shape {tuple(inputs.shape[1:])}")
+    return lambda xb, step: crop_and_flip(xb, pad, flip, torch.Generator().manual_seed(seed_of(step)))

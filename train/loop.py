@@ -10,10 +10,10 @@ One step at global step ``s`` (0-based) on mini-batch ``(x, y)``::
     clip to grad_clip (if > 0); optimizer.step()
 
 Repeatability: the model is initialised after ``torch.manual_seed(seed)``; the data order of
-epoch ``e`` is ``randperm`` of a ``torch.Generator`` seeded from ``(seed, e)``; random slope
-policies draw from a generator seeded from ``(seed, s)``, so ``ctx.loss_fn(model)`` repeats the
-step's loss exactly. No numpy or Python global random state is used. Resuming from an
-epoch checkpoint therefore gives bit-identical weights on CPU.
+epoch ``e`` is ``randperm`` of a ``torch.Generator`` seeded from ``(seed, e)``; random slopes and
+random crops and flips (:mod:`train.augment`) draw from generators seeded from ``(seed, s)``, so
+``ctx.loss_fn(model)`` repeats the step's loss exactly. No numpy or Python global random state
+is used: resuming from an epoch checkpoint gives bit-identical weights on CPU.
 
 Under torchrun each process bounds its shard of every global batch, and gradients and stats
 are summed weighted by shard size (:mod:`train.parallel`): one process's update on that batch.
@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from bounds.names import resolve_method
-from train.augment import crop_and_flip
+from train.augment import batch_augmenter
 from train.callbacks import Callback, StepContext, call
 from train.collapse import collapse_warning
 from train.checkpoint import capture_rng, check_finite, load_checkpoint, load_state, restore_rng, save_checkpoint
@@ -106,10 +106,9 @@ def load_data(config: TrainConfig, download: bool = False) -> Any:
 def resolve_device(name: str) -> torch.device:
     """``torch.device`` for ``name``; an unavailable CUDA/MPS device is a ValueError."""
     dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} was asked for but CUDA is not available")
-    if dev.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"device {name!r} was asked for but MPS is not available")
+    for kind, available in (("cuda", torch.cuda.is_available), ("mps", torch.backends.mps.is_available)):
+        if dev.type == kind and not available():
+            raise ValueError(f"device {name!r} was asked for but {kind.upper()} is not available")
     return dev
 
 
@@ -185,8 +184,7 @@ def train(
     Returns:
         :class:`TrainResult` with the model, the last epoch's metrics and all epochs' history.
     """
-    if not isinstance(config, TrainConfig):
-        config = TrainConfig.from_dict(config)
+    config = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(config)
     proc = parallel or par.Context()
     device = par.local_device(proc, resolve_device(config.device))
     par.check_batch(proc, config.batch_size)
@@ -224,10 +222,7 @@ def train(
     n = len(train_x)
     if n == 0:
         raise ValueError(f"dataset {config.dataset!r} has no training samples")
-    augment = config.random_crop > 0 or config.random_flip
-    if augment and train_x.ndim != 4:
-        raise ValueError(f"random_crop and random_flip augment images; dataset {config.dataset!r} has inputs of "
-                         f"shape {tuple(train_x.shape[1:])}")
+    augment = batch_augmenter(config, train_x, lambda s: _mix(config.seed, 2_000_003 + s))
     spe = math.ceil(n / config.batch_size)
     if ckpt is not None and step != start_epoch * spe:
         raise ValueError(f"cannot resume from {str(resume_from)!r}: it was written in the middle of epoch "
@@ -287,10 +282,7 @@ def train(
             t_epoch = time.perf_counter()
             for b in range(spe):
                 idx = order[b * config.batch_size : (b + 1) * config.batch_size].to(train_x.device)
-                xb, yb = train_x[idx], train_y[idx]  # the global batch; this rank bounds its shard
-                if augment:  # the same draws in every process and on resume: seeded by (seed, step)
-                    xb = crop_and_flip(xb, config.random_crop, config.random_flip,
-                                       torch.Generator().manual_seed(_mix(config.seed, 2_000_003 + step)))
+                xb, yb = augment(train_x[idx], step), train_y[idx]  # the global batch; this rank bounds its shard
                 shard = par.batch_shard(proc, len(yb))
                 vals = schedule.values(step)
                 for group in optimizer.param_groups:
