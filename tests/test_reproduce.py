@@ -144,7 +144,7 @@ def test_seeds_give_bands_and_claims_with_their_spread(tmp_path: Path) -> None:
     assert all(p["verdict"] in ("holds", "contradicted", "undecided") for p in c1["parts"])
     assert all(len(p["ci"]) == 2 and "p" in p for p in c1["parts"])
     md = (out / "summary.md").read_text()
-    assert "± " in md and "2 seeds: **" in md
+    assert "± " in md and "2 seed(s): **" in md
 
 
 def test_train_reads_a_reproduction_setting(tmp_path: Path) -> None:

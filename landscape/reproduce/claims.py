@@ -351,8 +351,9 @@ def _p(v: Any) -> str:
 def describe(p: dict[str, Any]) -> str:
     """One part (or secondary test) in words: mean, 90 % interval, p, seeds, verdict."""
     low, high = p.get("ci") or (float("nan"), float("nan"))
-    text = f"mean {_num(p.get('mean'))}, 90 % CI [{_num(low)}, {_num(high)}], p = {_p(p.get('p'))}, " \
-           f"{p.get('seeds', 0)} seeds: **{p['verdict']}**"
+    tested = isinstance(p.get("p"), (int, float)) and math.isfinite(p["p"])
+    interval = f", 90 % CI [{_num(low)}, {_num(high)}], p = {_p(p.get('p'))}" if tested else ""
+    text = f"mean {_num(p.get('mean'))}{interval}, {p.get('seeds', 0)} seed(s): **{p['verdict']}**"
     if p.get("direction"):
         text += f" (the difference lies {p['direction']} the margin)"
     if p.get("verdict") == "undecided" and p.get("reason"):
@@ -369,7 +370,8 @@ def claims_markdown(rows: list[dict], margins: Optional[dict[str, Margins]] = No
     lines = [f"Claims (paired across seeds; directional parts by a one-sided paired t test, equivalence by "
              f"TOST, each at {ALPHA:g}; intervals are 90 % two-sided, each end a one-sided 95 % bound; "
              "roughness by the loss variation, the primary metric, with the gradient cosine, smoothness "
-             "estimate and sign-flip rate as secondary metrics; see landscape/reproduce/claims.py):", ""]
+             "estimate and sign-flip rate as secondary metrics, their differences oriented so that > 0 agrees "
+             "with the claim; see docs/claims.md):", ""]
     for setting in dict.fromkeys(r["setting"] for r in rows):
         mine = (margins or {}).get(setting) or Margins()
         for c in claims(rows, setting, mine):

@@ -137,6 +137,7 @@ _COLUMNS = (("clean_err", "clean err. (%)", True), ("pgd_err", "PGD err. (%)", T
             ("verified_err", "verified err. (%)", True), ("verified_err_own", "verified, own bound (%)", True),
             ("bound_gap_common", "bound gap (common models)", False), ("loss_variation", "loss variation (mean of all probes)", False),
             ("grad_cosine", "grad. cosine", False), ("grad_cosine_t5", "cosine at t=5", False),
+            ("smoothness", "smoothness est.", False),
             ("a_sign", "a_sign", False), ("sign_flip", "sign flips", False), ("rga_cosine", "RGA cosine", False),
             ("hessian_top_eig", "top Hessian eig.", False), ("train_seconds", "train s", False))
 
