@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     except click.ClickException as exc:
         exc.show()
         return exc.exit_code
-    except (ValueError, OSError, KeyError, RuntimeError) as exc:
+    except (ValueError, OSError, KeyError, RuntimeError, MemoryError) as exc:
         if debug():
             raise
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc

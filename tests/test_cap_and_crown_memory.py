@@ -67,3 +67,15 @@ def test_the_estimate_grows_with_the_batch_and_is_about_the_measured_peak() -> N
         est[B] = memory.crown_memory_estimate(ops, ibp(ops, c, r, None).preact, c)
     assert 1.4 * 2**30 < est[4] < 5.6 * 2**30
     assert 1.6 < est[8] / est[4] < 2.4
+
+
+def test_the_command_line_gives_one_error_line(tmp_path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    from landscape.cli import main
+
+    monkeypatch.setattr(memory, "available_memory", lambda device: 1024)  # 1 KiB free
+    code = main(["train", "--dataset", "digits", "--model", "cnn-tiny", "--method", "crown", "--epochs", "1",
+                 "--eps", "0.3", "--eps-start-epoch", "0", "--eps-ramp-epochs", "0",
+                 "--train-size", "64", "--test-size", "16", "--eval-size", "0", "--out", str(tmp_path / "r"),
+                 "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 1 and err.count("Error: full CROWN bounds") == 1 and "method='crown-ibp'" in err
