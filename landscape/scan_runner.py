@@ -126,8 +126,8 @@ def fill_scan(
                     interval = max(flush_seconds, 20.0 * (last - t0))  # writing stays <= ~5% of the time
             if finished:
                 break
-    except BaseException:
-        if ctx.is_main and scan is not None and scan.dirty:
+    except BaseException as exc:
+        if ctx.is_main and scan is not None and scan.dirty and not isinstance(exc, store.FileChangedError):
             scan.flush()
         raise
     finally:
@@ -335,6 +335,7 @@ def run_scan(request: ScanRequest, progress: bool = True) -> ScanOutcome:
 
     request.check()
     ctx = distributed.init()
+    scan_file = None
     try:
         plan = prepare_scan(request, ctx)
         scan_file, todo = _open_file(request, plan, ctx)
@@ -347,6 +348,8 @@ def run_scan(request: ScanRequest, progress: bool = True) -> ScanOutcome:
         return ScanOutcome(request.out, n_total, len(todo), seconds, {k: dict(v) for k, v in attrs.items()},
                            {lab: n for lab, n in bad.items() if n})
     finally:
+        if scan_file is not None:
+            scan_file.close()
         distributed.shutdown(ctx)
 
 
@@ -363,7 +366,7 @@ def _open_file(request: ScanRequest, plan: Any, ctx: Context) -> tuple[store.Sca
         attrs = {**provenance(request.command), **plan.attrs, "world_size": ctx.world}
         scan_file, resumed = store.open_or_create_scan(
             request.out, kind=request.kind, args=plan.args, coords=plan.coords, labels=plan.labels,
-            fields=plan.fields, attrs=attrs, arrays=plan.arrays, label_arrays=plan.label_arrays)
+            fields=plan.fields, attrs=attrs, arrays=plan.arrays, label_arrays=plan.label_arrays, lock=True)
         if resumed and (request.kind.startswith("random") or request.kind == "pca"):
             for name, (value, _) in plan.arrays.items():
                 stored, _ = store.read_array(request.out, name)
@@ -380,5 +383,7 @@ def _open_file(request: ScanRequest, plan: Any, ctx: Context) -> tuple[store.Sca
         error = exc
     distributed.broadcast(ctx, (None if error is None else str(error), todo))
     if error is not None:
+        if scan_file is not None:
+            scan_file.close()
         raise error
     return scan_file, todo

@@ -22,7 +22,7 @@ import secrets
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import h5py
 import numpy as np
@@ -95,11 +95,13 @@ def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike, like: str | os.PathLike | None = None) -> Iterator[str]:
+def atomic_path(path: str | os.PathLike, like: str | os.PathLike | None = None,
+                written: Callable[[os.stat_result], None] | None = None) -> Iterator[str]:
     """A temporary path beside ``path`` to write the new file to; on a clean exit it replaces
     ``path`` atomically (with the mode of ``like``, or of a new file under the umask), on an
     exception it is deleted and ``path`` is untouched. Stale temporaries of ``path`` are removed
-    first; a full disk raises :class:`DiskFullError`."""
+    first; a full disk raises :class:`DiskFullError`. ``written`` is called with the stat of the
+    finished temporary just before it replaces ``path`` (its identity as the new file)."""
     path = os.fspath(path)
     if os.path.isdir(path):
         raise IsADirectoryError(f"cannot write {path}: it is a directory")
@@ -115,6 +117,8 @@ def atomic_path(path: str | os.PathLike, like: str | os.PathLike | None = None) 
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         _set_mode(tmp, like)
+        if written is not None:
+            written(os.stat(tmp))
         os.replace(tmp, path)
         tmp = ""
     except Exception as exc:
@@ -127,19 +131,37 @@ def atomic_path(path: str | os.PathLike, like: str | os.PathLike | None = None) 
 
 
 @contextlib.contextmanager
-def atomic_update(path: str, fresh: bool = False) -> Iterator[h5py.File]:
+def atomic_update(path: str, fresh: bool = False, check: Callable[[os.stat_result | None], None] | None = None,
+                  written: Callable[[os.stat_result], None] | None = None) -> Iterator[h5py.File]:
     """Open a writable copy of ``path`` (or an empty file when ``fresh`` or absent); on a clean
     exit the copy replaces ``path`` atomically, on an exception it is deleted and ``path`` is
     untouched (:func:`atomic_path`). The copy is changed in memory and written with plain file
-    I/O, so a full disk fails cleanly instead of inside the HDF5 library."""
+    I/O, so a full disk fails cleanly instead of inside the HDF5 library.
+
+    ``check(stat)`` sees the stat of the very file whose bytes are copied (None if there is
+    none) and may raise to refuse it; ``written(stat)``, the new file's (see :func:`atomic_path`):
+    together they let a writer make sure it rewrites only its own last version."""
     path = os.fspath(path)
     update = os.path.exists(path) and not os.path.isdir(path) and not fresh
     if update:
         check_hdf5(path)
-    image = io.BytesIO(Path(path).read_bytes() if update else b"")
+    raw = b""
+    if update:
+        try:
+            with open(path, "rb") as fh:
+                if check is not None:
+                    check(os.fstat(fh.fileno()))
+                raw = fh.read()
+        except FileNotFoundError:
+            if check is not None:
+                check(None)
+            raise
+    elif check is not None and not fresh:
+        check(None)
+    image = io.BytesIO(raw)
     with h5py.File(image, "r+" if update else "w") as f:
         yield f
-    with atomic_path(path, like=path if update else None) as tmp:
+    with atomic_path(path, like=path if update else None, written=written) as tmp:
         with open(tmp, "wb") as fh:
             fh.write(image.getbuffer())
 
