@@ -209,6 +209,12 @@ def train(config_file, model_option, lr_milestones, download, out_dir, resume, o
                  **{k: v for k, v in options.items() if v is not None}}
         config = TrainConfig.from_dict({**old, **{k.replace("-", "_"): v for k, v in given.items()}})
         resume_from = latest_epoch_checkpoint(out)
+        from landscape.trajectory import run_checkpoints
+
+        if resume_from is None and (any((out / name).exists() for name in RUN_FILES[1:]) or run_checkpoints(out)):
+            raise click.ClickException(
+                f"--resume: {out} holds a run but no epoch checkpoint (checkpoint_epoch*.pt) to continue from; "
+                "nothing was changed. Use --overwrite to train it again from the start")
     else:
         config = load_config(config_file, options)
         if old is not None and not overwrite:
