@@ -182,8 +182,11 @@ def _option(flag: str, help: str = "", **kw):
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last epoch checkpoint; options not "
               "given are the run's own (e.g. --resume --epochs 40 extends it).")
 @click.option("--overwrite", is_flag=True, help="Replace the run in --out.")
+@click.option("--trust-code", is_flag=True, help="--resume: import and run the model or dataset code (FILE.py:function) "
+              "that the run's config names [default: only when --model / --dataset name it again].")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def train(config_file, model_option, lr_milestones, download, out_dir, resume, overwrite, quiet, **options) -> None:
+def train(config_file, model_option, lr_milestones, download, out_dir, resume, overwrite, trust_code, quiet,
+          **options) -> None:
     """Train a certifiably robust model; write checkpoints and train.h5 to --out."""
     from train.config import TrainConfig, load_config, read_config_file
     from train.loop import load_data, resolve_device
@@ -207,6 +210,11 @@ def train(config_file, model_option, lr_milestones, download, out_dir, resume, o
             raise click.ClickException(f"--resume: {out} holds no run to resume (no config.json)")
         given = {**(read_config_file(config_file) if config_file else {}),
                  **{k: v for k, v in options.items() if v is not None}}
+        from train.plugins import check_trusted
+
+        for what in ("model", "dataset"):  # the run's own code runs only when asked for
+            if what not in given:
+                check_trusted(old.get(what), what, f"the run's config {out / 'config.json'}", trust=trust_code)
         config = TrainConfig.from_dict({**old, **{k.replace("-", "_"): v for k, v in given.items()}})
         resume_from = latest_epoch_checkpoint(out)
         from landscape.trajectory import run_checkpoints
@@ -273,9 +281,13 @@ def train(config_file, model_option, lr_milestones, download, out_dir, resume, o
                    "when a certificate must hold to the last digit.")
 @click.option("--compile", is_flag=True, help="Bound with the engine's compiled kernels (cached on disk; the first "
               "run of a model compiles for a while).")
+@click.option("--dataset", "named_dataset", default=None,
+              help="The dataset code (FILE.py:function) the checkpoint names, named again to allow importing it.")
+@click.option("--trust-code", is_flag=True, help="Import and run the dataset code the checkpoint names (a checkpoint's "
+              "code runs only with this or --dataset naming it).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def certify(checkpoint, eps, methods, pgd_steps, pgd_restarts, test_size, batch_size, data_dir, download, device, seed,
-            out, double, compile, as_json) -> None:
+            out, double, compile, named_dataset, trust_code, as_json) -> None:
     """Clean, PGD and verified error of a checkpoint on its dataset's test set."""
     from landscape.certification import certify_rows, write_certify_file
     from train.checkpoint import check_fits, load_model
@@ -304,6 +316,9 @@ def certify(checkpoint, eps, methods, pgd_steps, pgd_restarts, test_size, batch_
     dev = resolve_device(device)
     model, ckpt = load_model(checkpoint, device=dev)
     cfg = ckpt["config"]
+    from train.plugins import check_trusted
+
+    check_trusted(cfg["dataset"], "dataset", f"checkpoint {checkpoint!r}", named=named_dataset, trust=trust_code)
     eps_list = [float(cfg.get("eps", 0.0))] if eps_list is None else eps_list
     data = load_dataset(cfg["dataset"], data_dir=data_dir or cfg.get("data_dir"), download=download,
                         test_size=test_size, seed=seed)

@@ -169,7 +169,8 @@ class ScanRequest:
     glob, a list or a run directory; default: the run's epoch and step checkpoints beside
     ``checkpoint``) and whether their differences are centred. ``top_k`` to
     ``density_points``: the work of a Hessian scan (:class:`landscape.spectrum.SpectrumOptions`;
-    None: its defaults). ``compile``: certified losses run the engine's compiled kernels (the
+    None: its defaults). ``dataset``, ``trust_code``: dataset code the checkpoint names is
+    imported only when ``dataset`` names the same reference or ``trust_code`` is set. ``compile``: certified losses run the engine's compiled kernels (the
     same values to float rounding; not part of the arguments a file records).
     """
 
@@ -211,6 +212,8 @@ class ScanRequest:
     device: str = "cpu"
     data_dir: str | None = None
     download: bool = False
+    dataset: str | None = None
+    trust_code: bool = False
     command: str | None = None
     data: Any = field(default=None, repr=False)
 

@@ -143,6 +143,11 @@ def prepare_scan(request: Any, ctx: Context) -> PreparedScan:
     torch.manual_seed(seed)
     model, ckpt = load_model(request.checkpoint, device=device)
     cfg = dict(ckpt.get("config") or {})
+    if request.data is None:  # before any work: the checkpoint's dataset code runs only when asked for
+        from train.plugins import check_trusted
+
+        check_trusted(cfg.get("dataset", "digits"), "dataset", f"checkpoint {request.checkpoint!r}",
+                      named=request.dataset, trust=request.trust_code)
     model.eval()
     extra: dict[str, Any] = {}
     attrs: dict[str, Any] = {}

@@ -67,3 +67,28 @@ def test_resume_failing_on_a_broken_train_h5_keeps_config_json(run_copy, capsys)
     one_error(code, err, "train.h5")
     assert snapshot(run_copy) == before
     assert json.loads((run_copy / "config.json").read_text())["epochs"] == 1
+
+
+# ----------------------------------------------------------------------------- loading never runs code
+@pytest.mark.parametrize("name", ["this:s", "os:getcwd", "evil.py:run"])
+def test_a_checkpoint_naming_code_as_its_model_is_refused_without_importing(run_dir, tmp_path, capsys, name):
+    import subprocess
+    import sys
+
+    import torch
+
+    c = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+    c["model"]["name"] = name
+    (tmp_path / "evil.py").write_text("open('RAN', 'w').write('x')\ndef run(*a, **k):\n    open('RAN', 'w')\n")
+    bad = tmp_path / "e.pt"
+    torch.save(c, bad)
+    code = ("import sys\nfrom landscape.cli import main\nrc = main(sys.argv[1:])\n"
+            "print('IMPORTED' if 'this' in sys.modules else 'clean')\nsys.exit(rc)")
+    for args in (["certify", bad], ["scan", bad, "--kind", "random-1d", "--points", "3", "--out", tmp_path / "s.h5"],
+                 ["scan", run_dir / "checkpoint.pt", "--kind", "interpolate", "--to", bad, "--points", "3",
+                  "--out", tmp_path / "i.h5"]):
+        p = subprocess.run([sys.executable, "-c", code, *map(str, args)], cwd=tmp_path, capture_output=True, text=True)
+        one_error(p.returncode, p.stderr, name, "not a model of the zoo", "never imports or runs code")
+        assert "Zen of Python" not in p.stdout and p.stdout.strip() == "clean", p.stdout
+        assert not (tmp_path / "RAN").exists()
+        assert not (tmp_path / "s.h5").exists() and not (tmp_path / "i.h5").exists()

@@ -314,6 +314,10 @@ def build_from_description(d: Mapping[str, Any]) -> nn.Sequential:
     missing = [k for k in ("name", "input_shape", "n_classes", "mean", "std") if k not in d]
     if missing:
         raise ModelError(f"model description lacks {', '.join(missing)}")
+    if not isinstance(d["name"], str) or d["name"] not in MODELS:  # never import what a file names
+        raise ModelError(f"model description names {d['name']!r}, which is not a model of the zoo "
+                         f"({', '.join(MODELS)}); a description names a zoo model or lists its layers, and loading "
+                         "one never imports or runs code")
     version = d.get("version", DESCRIPTION_VERSION)
     if version != DESCRIPTION_VERSION:
         raise ModelError(f"model description version {version!r} is not supported (this toolkit reads "

@@ -32,7 +32,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-__all__ = ["PluginError", "is_reference", "canonical", "resolve", "call", "describe_exception"]
+__all__ = ["PluginError", "is_reference", "canonical", "resolve", "call", "describe_exception", "check_trusted"]
 
 
 class PluginError(ValueError):
@@ -118,6 +118,26 @@ def _import_module(target: str, ref: str, what: str) -> Any:
         raise PluginError(f"importing {what} module {target!r} failed: {describe_exception(exc)}") from exc
     except Exception as exc:
         raise PluginError(f"importing {what} module {target!r} failed: {describe_exception(exc)}") from exc
+
+
+def check_trusted(ref: object, what: str, source: str, named: str | None = None, trust: bool = False) -> None:
+    """Refuse (PluginError) to import the code reference ``ref`` that ``source`` (a checkpoint, a
+    run's config) names, unless the user asked for it: by naming the same reference on the
+    command line (``named``, compared in :func:`canonical` form) or by ``trust`` (``--trust-code``).
+    Names that are not references (the zoo, the built-in datasets) always pass."""
+    if not is_reference(ref) or trust:
+        return
+    if named is not None:
+        try:
+            same = canonical(named, what) == canonical(str(ref), what)
+        except PluginError:
+            same = False
+        if same:
+            return
+        raise PluginError(f"--{what} {named}: {source} names {what} code {ref!r}, not this; name the same reference, "
+                          "or pass --trust-code to run the one it names")
+    raise PluginError(f"{source} names {what} code {ref!r}; reading a file never runs the code it names: pass "
+                      f"--{what} {ref} to name it yourself, or --trust-code, to import and run it")
 
 
 def resolve(ref: str, what: str = "model") -> Callable[..., Any]:
