@@ -383,3 +383,34 @@ def test_a_runs_stored_code_runs_on_resume_only_when_asked(files, capsys) -> Non
     code, _, err = run(capsys, ["train", "--out", "run", "--resume", "--epochs", "2", "--quiet", "--trust-code"])
     assert code == 0, err
     assert json.loads((files / "run" / "config.json").read_text())["epochs"] == 2
+
+
+def test_a_model_file_edited_between_two_calls_is_imported_again(tmp_path) -> None:
+    """Same process, same path, same size and modification time: the second call sees the edit."""
+    import os
+
+    from train import plugins
+
+    f = tmp_path / "edited.py"
+    f.write_text("def make():\n    return 1\n")
+    st = f.stat()
+    assert plugins.resolve(f"{f}:make")() == 1
+    f.write_text("def make():\n    return 2\n")  # the same size
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))  # and the same time, as within one clock tick
+    assert plugins.resolve(f"{f}:make")() == 2
+    spec = dataset_spec("digits")
+    g = tmp_path / "net.py"
+    g.write_text("from torch import nn\ndef make(shape, n):\n    return nn.Sequential(nn.Flatten(), nn.Linear(64, n))\n")
+    assert build_model(f"{g}:make", spec.input_shape, spec.n_classes, spec.mean, spec.std)[1].out_features == 10
+    g.write_text("from torch import nn\ndef make(shape, n):\n    return nn.Sequential(nn.Flatten(), nn.Linear(64, 5))\n")
+    with pytest.raises(ValueError, match="5"):  # the edited function runs (and its 5 outputs are refused)
+        build_model(f"{g}:make", spec.input_shape, spec.n_classes, spec.mean, spec.std)
+    d = tmp_path / "d.py"
+    body = "import numpy as np\ndef load():\n    x = np.full((8, 1, 2, 2), 0.{v})\n    y = np.arange(8) % 2\n" \
+           "    return x, y, x, y\n"
+    d.write_text(body.format(v=2))
+    st = d.stat()
+    assert float(load_dataset(f"{d}:load").train_x[0, 0, 0, 0]) == pytest.approx(0.2)
+    d.write_text(body.format(v=7))
+    os.utime(d, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert float(load_dataset(f"{d}:load").train_x[0, 0, 0, 0]) == pytest.approx(0.7)

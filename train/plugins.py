@@ -18,7 +18,8 @@ function with no arguments (:mod:`train.userdata`). Every failure is one :class:
 import that fails, a missing attribute, something that is not callable, or a call that raises
 (the original exception is chained, so ``LANDSCAPE_DEBUG=1`` shows its traceback).
 
-A file is imported once per modification time (editing it between two calls re-imports it);
+A file is imported once per content (editing it between two calls re-imports it, whatever its
+size and modification time say);
 its module is registered in ``sys.modules`` under a private name derived from its path.
 """
 
@@ -39,7 +40,7 @@ class PluginError(ValueError):
     """A model or dataset reference that cannot be imported, found or called."""
 
 
-_FILE_MODULES: dict[str, tuple[tuple[int, int], Any]] = {}
+_FILE_MODULES: dict[str, tuple[str, Any]] = {}
 
 
 def is_reference(name: object) -> bool:
@@ -81,8 +82,7 @@ def _import_file(path: str, ref: str, what: str) -> Any:
     if not p.is_file():
         where = "is a folder" if p.is_dir() else "does not exist"
         raise PluginError(f"{what} file {path} (from {ref!r}) {where}")
-    stat = p.stat()
-    stamp = (stat.st_mtime_ns, stat.st_size)
+    stamp = hashlib.sha256(p.read_bytes()).hexdigest()  # the content: an edit that keeps size and mtime counts too
     cached = _FILE_MODULES.get(path)
     if cached is not None and cached[0] == stamp:
         return cached[1]
