@@ -27,7 +27,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import math
-import os
 from typing import Any, Mapping, Optional
 
 import numpy as np
