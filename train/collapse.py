@@ -2,8 +2,9 @@
 certified loss stuck at ``log(n_classes)`` together with the clean loss (every margin bound
 and every margin 0: the network's outputs no longer depend on its input; a certified loss
 alone near ``log(n_classes)`` is common mid-ramp and means nothing). Both usually mean eps grew before the network had learnt
-anything; the training loop reports them at every evaluated epoch and at the end, and records
-them (epoch column ``collapsed``, ``TrainResult.warnings``)."""
+anything. The training loop records them at every evaluated epoch (epoch column ``collapsed``)
+and reports one warning (``TrainResult.warnings``) only when the run ends collapsed: a run that
+collapses for an epoch or two mid-ramp and recovers is not warned about."""
 
 from __future__ import annotations
 

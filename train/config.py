@@ -128,8 +128,8 @@ class TrainConfig:
     kappa_start: float = 1.0
     kappa_end: float = 0.0
     kappa_schedule: str = "linear"
-    epochs: int = 10
-    batch_size: int = 128
+    epochs: int = 20
+    batch_size: int = 32
     optimizer: str = "adam"
     lr: float | None = None
     momentum: float = 0.9

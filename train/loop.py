@@ -274,6 +274,8 @@ def train(
     if every and ckpt is None:
         save(out_path / "checkpoint_step0.pt", 0, 0.0)  # the initialisation starts the trajectory
     last_ckpt: Path | None = None
+    last_warning: str | None = None  # the last evaluated epoch's collapse, and since when it lasts
+    collapsed_since: int | None = None
     try:
         for epoch in range(start_epoch, config.epochs):
             model.train()
@@ -337,8 +339,11 @@ def train(
                                            metrics.get("train_robust_ce"), metrics.get("train_clean_ce"),
                                            f"after epoch {epoch + 1}")
                 metrics["collapsed"] = float(warning is not None)
-                if warning is not None:
-                    report(warning)
+                if warning is None:
+                    collapsed_since = None
+                elif collapsed_since is None:
+                    collapsed_since = epoch + 1
+                last_warning = warning
             metrics = par.broadcast(proc, {**metrics, "wall_time": wall_offset + time.perf_counter() - t0})
             history.append(metrics)
             if out_path is not None:
@@ -349,7 +354,10 @@ def train(
         if bar is not None:
             bar.close()
     wall = wall_offset + time.perf_counter() - t0
-    if not (config.eval_size > 0 and start_epoch < config.epochs) and len(data.test_x) and proc.is_main:
+    if last_warning is not None:  # reported once, only when the run ends collapsed (many recover mid-ramp)
+        since = f" (collapsed since epoch {collapsed_since})" if collapsed_since and collapsed_since <= epoch else ""
+        report(last_warning.replace(": training has collapsed;", f"{since}: training has collapsed;", 1))
+    elif not (config.eval_size > 0 and start_epoch < config.epochs) and len(data.test_x) and proc.is_main:
         warning = collapse_warning(model, data.test_x[:1000].to(device), data.test_y[:1000], spec.n_classes,
                                    metrics.get("train_robust_ce"), metrics.get("train_clean_ce"),
                                    "at the end of training")
