@@ -100,17 +100,27 @@ def write_vtk_surface(path: str | os.PathLike, x: np.ndarray, y: np.ndarray, los
     path = Path(path)
     if path.suffix != ".vtu":
         raise ValueError(f"a VTK unstructured grid file ends in .vtu, got {path.name!r}")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", dir=path.parent)
-    os.close(fd)
-    os.remove(tmp)  # pyevtk writes tmp + ".vtu" itself
-    written = ""
+    target = Path(store.files.written_path(path))  # a link is written through
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.stem}.", dir=target.parent)
+        os.close(fd)
+        os.remove(tmp)  # pyevtk writes tmp + ".vtu" itself
+    except OSError as exc:
+        if store.files.is_disk_full(exc):
+            raise store.files.disk_full_error(path) from None
+        raise
+    written = tmp + ".vtu"
     try:
         written = unstructuredGridToVTK(tmp, np.ascontiguousarray(x[ii]), np.ascontiguousarray(y[jj]),
                                         values.astype(np.float64), connectivity=connectivity, offsets=offsets,
                                         cell_types=types, pointData=point_data)
         os.chmod(written, 0o666 & ~_umask())
-        os.replace(written, path)
+        os.replace(written, target)
         written = ""
+    except OSError as exc:
+        if store.files.is_disk_full(exc):
+            raise store.files.disk_full_error(path) from None
+        raise
     finally:
         if written and os.path.exists(written):
             os.remove(written)

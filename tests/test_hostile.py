@@ -92,3 +92,113 @@ def test_a_checkpoint_naming_code_as_its_model_is_refused_without_importing(run_
         assert "Zen of Python" not in p.stdout and p.stdout.strip() == "clean", p.stdout
         assert not (tmp_path / "RAN").exists()
         assert not (tmp_path / "s.h5").exists() and not (tmp_path / "i.h5").exists()
+
+
+# ----------------------------------------------------------------------------- symlinks written through
+def test_symlinked_outputs_are_written_through(run_dir, tmp_path, capsys):
+    import os
+
+    from landscape import store
+
+    (tmp_path / "target").mkdir()
+    link = tmp_path / "link.h5"
+    os.symlink("target/real.h5", link)
+    code, _, err = run(capsys, ["scan", run_dir / "checkpoint.pt", "--kind", "random-2d", "--points", "3",
+                                "--samples", "8", "--quiet", "--out", link])
+    assert code == 0, err
+    assert link.is_symlink() and (tmp_path / "target" / "real.h5").is_file()
+    assert store.read(link)["attrs"]["complete"] is True
+    vtk = tmp_path / "vtk"
+    vtk.mkdir()
+    (tmp_path / "target" / "real.vtu").write_text("old")
+    os.symlink(tmp_path / "target" / "real.vtu", vtk / "link_ibp.vtu")
+    code, _, err = run(capsys, ["export", link, "--format", "vtk", "--out", vtk])
+    assert code == 0, err
+    assert (vtk / "link_ibp.vtu").is_symlink() and (tmp_path / "target" / "real.vtu").read_bytes() != b"old"
+    (tmp_path / "t2").mkdir()
+    os.symlink(tmp_path / "t2" / "c.json", tmp_path / "cfg.json")
+    from landscape.runs import write_config_json
+
+    write_config_json(tmp_path / "cfg.json", {"a": 1})
+    assert (tmp_path / "cfg.json").is_symlink() and json.loads((tmp_path / "t2" / "c.json").read_text()) == {"a": 1}
+    import torch
+
+    from train.checkpoint import load_checkpoint, save_checkpoint
+
+    os.symlink(tmp_path / "t2" / "m.pt", tmp_path / "m.pt")
+    c = load_checkpoint(run_dir / "checkpoint.pt")
+    model = torch.nn.Linear(2, 2)
+    assert save_checkpoint(tmp_path / "m.pt", model, model_desc={"name": "custom"}, config=c["config"], epoch=1,
+                           step=1) == tmp_path / "m.pt"
+    assert (tmp_path / "m.pt").is_symlink() and (tmp_path / "t2" / "m.pt").is_file()
+
+
+# ----------------------------------------------------------------------------- malformed and newer files
+def _crafted(run_dir, tmp_path, change) -> Path:
+    import torch
+
+    c = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+    change(c)
+    p = tmp_path / "crafted.pt"
+    torch.save(c, p)
+    return p
+
+
+@pytest.mark.parametrize("change,words", [
+    (lambda c: c["state_dict"].__setitem__(next(iter(c["state_dict"])), "abc"), ["state_dict entry", "not a tensor"]),
+    (lambda c: c.__setitem__("format_version", [1]), ["format_version", "not a number"]),
+    (lambda c: c.__setitem__("format_version", None), ["format_version", "not a number"]),
+    (lambda c: c.__setitem__("format_version", "abc"), ["format_version", "not a number"]),
+    (lambda c: c["config"].__setitem__("eps", "abc"), ["'eps'", "not a number"]),
+    (lambda c: c["model"].__setitem__("version", 3), ["model description version 3", "newer"]),
+])
+def test_malformed_checkpoints_are_one_line_naming_file_and_key(run_dir, tmp_path, capsys, change, words):
+    p = _crafted(run_dir, tmp_path, change)
+    code, _, err = run(capsys, ["certify", p, "--pgd-steps", "1", "--test-size", "8"])
+    one_error(code, err, *words)
+    if "version 3" not in words[0]:
+        assert "crafted.pt" in err
+
+
+def test_an_unsafe_pickle_names_what_it_would_have_run(tmp_path, capsys):
+    import os as _os
+
+    import torch
+
+    class Evil:
+        def __reduce__(self):
+            return (_os.system, ("true",))
+
+    p = tmp_path / "evil.pt"
+    torch.save({"a": Evil()}, p)
+    code, _, err = run(capsys, ["certify", p])
+    one_error(code, err, "posix.system", "blocked")
+    assert not err.rstrip().endswith("(Weights only load failed)")
+
+
+def test_files_of_a_newer_schema_are_refused_not_relabelled(run_dir, tmp_path, capsys):
+    import h5py
+
+    from landscape import store
+
+    scan = tmp_path / "s.h5"
+    args = ["scan", run_dir / "checkpoint.pt", "--kind", "random-1d", "--points", "3", "--samples", "8", "--quiet",
+            "--out", scan]
+    assert run(capsys, args)[0] == 0
+    with h5py.File(scan, "r+") as f:
+        f.attrs["schema_version"] = 4
+        f.attrs["complete"] = False
+    before = scan.read_bytes()
+    code, _, err = run(capsys, args)
+    one_error(code, err, "schema version 4", "s.h5")
+    assert scan.read_bytes() == before
+    code, _, err = run(capsys, ["export", scan, "--out", tmp_path / "vtk"])
+    one_error(code, err, "schema version 4")
+    h5 = tmp_path / "t.h5"
+    store.append_rows(h5, "steps", {"a": [1.0]})
+    with h5py.File(h5, "r+") as f:
+        f.attrs["schema_version"] = 9
+    before = h5.read_bytes()
+    with pytest.raises(store.StoreError, match="schema version 9"):
+        store.append_rows(h5, "steps", {"a": [2.0]})
+    assert h5.read_bytes() == before

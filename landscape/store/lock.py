@@ -67,8 +67,8 @@ def check_stamp(path: str, expected: Stamp | None, st: os.stat_result | None) ->
 
 
 def lock_path(path: str | os.PathLike) -> str:
-    """The sidecar lock file of ``path``: ``.NAME.lock`` in the same folder."""
-    path = os.path.abspath(os.fspath(path))
+    """The sidecar lock file of ``path`` (of the file a link points to): ``.NAME.lock`` beside it."""
+    path = os.path.realpath(os.fspath(path))  # one lock for a file and every link to it
     return os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.lock")
 
 

@@ -31,6 +31,7 @@ from landscape.store.files import (
     atomic_update,
     canonical_json,
     check_hdf5,
+    check_version,
     get_attrs,
     set_attrs,
 )
@@ -276,6 +277,7 @@ def open_scan(path: str, args: Mapping[str, Any] | None = None, kind: str | None
     before = os.stat(path)
     try:
         with h5py.File(path, "r") as f:
+            check_version(path, f)
             root = get_attrs(f)
             if "args_json" not in root or "dims" not in root:
                 raise StoreError(f"{path} is not a landscape scan file; refusing to overwrite it")
