@@ -311,8 +311,10 @@ def certify(checkpoint, eps, methods, pgd_steps, pgd_restarts, test_size, batch_
     if test_size is not None and test_size < 1:
         raise click.ClickException("--test-size: must be >= 1")
     eps_list = None if eps is None else _parse_eps(eps)
-    if out is not None and Path(out).is_dir():
-        raise click.ClickException(f"--out: {out} is a directory")
+    if out is not None:
+        from landscape.certification import check_certify_out
+
+        check_certify_out(out)  # before any work: a missing, read-only or wrong place fails now
     dev = resolve_device(device)
     model, ckpt = load_model(checkpoint, device=dev)
     cfg = ckpt["config"]

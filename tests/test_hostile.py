@@ -202,3 +202,26 @@ def test_files_of_a_newer_schema_are_refused_not_relabelled(run_dir, tmp_path, c
     with pytest.raises(store.StoreError, match="schema version 9"):
         store.append_rows(h5, "steps", {"a": [2.0]})
     assert h5.read_bytes() == before
+
+
+# ----------------------------------------------------------------------------- certify --out checked first
+def test_certify_out_is_checked_before_the_certification(run_dir, tmp_path, capsys, monkeypatch):
+    import landscape.certification as certification
+
+    ran = []
+    real = certification.certify_rows
+    monkeypatch.setattr(certification, "certify_rows", lambda *a, **k: ran.append(1) or real(*a, **k))
+    base = ["certify", run_dir / "checkpoint.pt", "--eps", "0.05", "--pgd-steps", "1", "--test-size", "8"]
+    (tmp_path / "afile").write_text("x")
+    code, out, err = run(capsys, [*base, "--out", tmp_path / "afile" / "sub" / "cert.h5"])
+    one_error(code, err, "--out", "afile", "not a writable folder")
+    assert not ran and not out
+    real_access = certification.os.access
+    monkeypatch.setattr(certification.os, "access", lambda p, m: False if str(p).endswith("readonly_dir") else real_access(p, m))
+    (tmp_path / "readonly_dir").mkdir()
+    code, out, err = run(capsys, [*base, "--out", tmp_path / "readonly_dir" / "cert.h5"])
+    one_error(code, err, "--out", "not a writable folder")
+    assert not ran and not list((tmp_path / "readonly_dir").iterdir())
+    code, out, err = run(capsys, [*base, "--out", tmp_path / "nodir" / "sub" / "cert.h5"])
+    assert code == 0, err
+    assert ran and (tmp_path / "nodir" / "sub" / "cert.h5").is_file()
