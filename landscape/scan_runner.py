@@ -152,7 +152,14 @@ def parse_range(text: str | Sequence[float] | None, kind: str) -> tuple[float, f
         raise ValueError(f"--range: expected two numbers 'a,b', got {text!r}") from None
     if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
         raise ValueError(f"--range: need finite a < b, got {text!r}")
+    if max(abs(lo), abs(hi)) > F32_MAX or not np.float32(lo) < np.float32(hi):
+        raise ValueError(f"--range: the grid is stored in float32, so a and b must lie within +-{F32_MAX:.3g} and "
+                         f"differ there, got {text!r}")
     return lo, hi
+
+
+F32_MAX = float(np.finfo(np.float32).max)
+F32_TINY = float(np.finfo(np.float32).tiny)
 
 
 @dataclass
@@ -225,6 +232,13 @@ class ScanRequest:
             raise ValueError(f"--eps: eps must be a finite number >= 0, got {self.eps}")
         if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"--lr: lr must be a finite number > 0, got {self.lr}")
+        if self.kind == "gradient":
+            t_min, t_max = float(self.t_min), float(self.t_max)
+            if not (math.isfinite(t_min) and math.isfinite(t_max) and 0 < t_min < t_max):
+                raise ValueError(f"--t-min/--t-max: need 0 < t_min < t_max, got {self.t_min}, {self.t_max}")
+            if t_min < F32_TINY or t_max > F32_MAX or not np.float32(t_min) < np.float32(t_max):
+                raise ValueError(f"--t-min/--t-max: t is stored in float32, so it must lie in [{F32_TINY:.3g}, "
+                                 f"{F32_MAX:.3g}] with t_min < t_max there, got {self.t_min}, {self.t_max}")
         if self.kind == "interpolate" and self.to_checkpoint is None:
             raise ValueError("--kind interpolate needs --to CKPT2")
         if self.kind != "interpolate" and self.to_checkpoint is not None:

@@ -225,3 +225,17 @@ def test_certify_out_is_checked_before_the_certification(run_dir, tmp_path, caps
     code, out, err = run(capsys, [*base, "--out", tmp_path / "nodir" / "sub" / "cert.h5"])
     assert code == 0, err
     assert ran and (tmp_path / "nodir" / "sub" / "cert.h5").is_file()
+
+
+# ----------------------------------------------------------------------------- float32 overflow of the grid
+@pytest.mark.parametrize("extra,words", [
+    (["--kind", "random-1d", "--range=1e308,1.7e308", "--points", "3"], ["--range", "float32"]),
+    (["--kind", "random-1d", "--range=0,1e39", "--points", "3"], ["--range", "float32"]),
+    (["--kind", "gradient", "--t-min", "1e-300", "--t-max", "1e300"], ["--t-min", "float32"]),
+    (["--kind", "gradient", "--t-min", "1", "--t-max", "1.00000001"], ["--t-min", "float32"]),
+])
+def test_a_grid_that_overflows_float32_is_refused_first(run_dir, tmp_path, capsys, extra, words):
+    out = tmp_path / "t.h5"
+    code, _, err = run(capsys, ["scan", run_dir / "checkpoint.pt", *extra, "--samples", "8", "--quiet", "--out", out])
+    one_error(code, err, *words)
+    assert not out.exists()
