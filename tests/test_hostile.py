@@ -239,3 +239,60 @@ def test_a_grid_that_overflows_float32_is_refused_first(run_dir, tmp_path, capsy
     code, _, err = run(capsys, ["scan", run_dir / "checkpoint.pt", *extra, "--samples", "8", "--quiet", "--out", out])
     one_error(code, err, *words)
     assert not out.exists()
+
+
+# ----------------------------------------------------------------------------- user code that misbehaves
+USER = '''
+import sys
+import numpy as np
+import torch
+from torch import nn
+
+
+def data(big=False):
+    g = np.random.default_rng(0)
+    x = g.random((40, 1, 4, 4)).astype("float32")
+    y = np.arange(40) % 2
+    return x, y, x[:10], y[:10]
+
+
+def huge():
+    x, y, vx, vy = data()
+    y = y.copy()
+    y[3] = 1_000_000
+    return x, y, vx, vy
+
+
+def leaves():
+    sys.exit(0)
+
+
+def net(shape, n):
+    return nn.Sequential(nn.Flatten(), nn.Linear(16, n))
+
+
+def nan_net(shape, n):
+    m = net(shape, n)
+    with torch.no_grad():
+        m[1].weight[0, 0] = float("nan")
+    return m
+
+
+def exit_net(shape, n):
+    sys.exit(0)
+'''
+
+
+@pytest.mark.parametrize("args,words", [
+    (["--dataset", "user.py:huge", "--model", "user.py:net"], ["train_y[3]", "1000000", "classes"]),
+    (["--dataset", "user.py:leaves", "--model", "user.py:net"], ["user.py:leaves", "sys.exit(0)"]),
+    (["--dataset", "user.py:data", "--model", "user.py:exit_net"], ["user.py:exit_net", "sys.exit(0)"]),
+    (["--dataset", "user.py:data", "--model", "user.py:nan_net"], ["user.py:nan_net", "NaN", "'1.weight'"]),
+])
+def test_user_code_that_misbehaves_is_one_line_and_leaves_nothing(tmp_path, capsys, monkeypatch, args, words):
+    (tmp_path / "user.py").write_text(USER)
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run(capsys, ["train", *args, "--method", "ibp", "--epochs", "1", "--batch-size", "20", "--quiet",
+                                  "--out", "x"])
+    one_error(code, err, *words)
+    assert not (tmp_path / "x").exists()

@@ -98,6 +98,9 @@ def _import_file(path: str, ref: str, what: str) -> Any:
     sys.modules[name] = module
     try:
         spec.loader.exec_module(module)
+    except SystemExit as exc:
+        sys.modules.pop(name, None)
+        raise PluginError(f"importing {what} file {path} failed: it called sys.exit({exc.code!r})") from exc
     except Exception as exc:
         sys.modules.pop(name, None)
         raise PluginError(f"importing {what} file {path} failed: {describe_exception(exc)}") from exc
@@ -170,5 +173,7 @@ def call(ref: str, fn: Callable[..., Any], *args: Any, what: str = "model", **kw
     """``fn(*args, **kwargs)``; any exception it raises becomes one PluginError naming ``ref``."""
     try:
         return fn(*args, **kwargs)
+    except SystemExit as exc:  # a function that exits would end the command silently, with its status
+        raise PluginError(f"{what} function {ref!r} called sys.exit({exc.code!r}) instead of returning") from exc
     except Exception as exc:
         raise PluginError(f"{what} function {ref!r} raised {describe_exception(exc)}") from exc

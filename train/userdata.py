@@ -71,6 +71,11 @@ def _images(arr: np.ndarray, key: str, who: str) -> np.ndarray:
     return x
 
 
+MAX_CLASSES_WITHOUT_NAMES = 10_000
+"""A label this large or larger is refused unless ``classes`` names every class: one stray label
+(e.g. 1,000,000) would otherwise make a model with a million outputs."""
+
+
 def _labels(arr: np.ndarray, key: str, n: int, who: str) -> np.ndarray:
     if arr.dtype.kind not in "iu":
         raise DatasetError(f"{who}: {key} must hold integer class labels, got dtype {arr.dtype}")
@@ -131,6 +136,11 @@ def check(result: Any, ref: str) -> tuple[tuple[np.ndarray, ...], Any]:
         if top >= len(classes):
             raise DatasetError(f"{who}: the labels go up to {top}, but only {len(classes)} class names are given")
     n_classes = len(classes) if classes is not None else top + 1
+    if classes is None and n_classes > MAX_CLASSES_WITHOUT_NAMES:
+        where, arr = ("train_y", ty) if ty.max() >= vy.max() else ("test_y", vy)
+        raise DatasetError(f"{who}: {where}[{int(arr.argmax())}] is the label {top}, which would make a model of "
+                           f"{n_classes} classes; labels are 0 .. n_classes - 1 (to mean that many classes, give "
+                           f"their names as 'classes')")
     if n_classes < 2:
         raise DatasetError(f"{who}: every label is 0; a classifier needs at least 2 classes")
     c = tx.shape[1]
