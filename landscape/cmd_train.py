@@ -236,6 +236,10 @@ def train(config_file, model_option, lr_milestones, download, out_dir, resume, o
             raise click.ClickException(
                 f"{out} holds another run (a different config); use --overwrite to replace it or choose another --out")
     resolve_device(config.device)
+    if config.compile:
+        from bounds.compiled import check_cache
+
+        check_cache()  # an unwritable cache fails now, not inside the first compiled step
     data = load_data(config, download=download)  # unknown or missing dataset: one clear error here
     spec = data.spec
     model_description(config.model, spec.input_shape, spec.n_classes, spec.mean, spec.std, **config.model_options)
@@ -311,6 +315,10 @@ def certify(checkpoint, eps, methods, pgd_steps, pgd_restarts, test_size, batch_
     if test_size is not None and test_size < 1:
         raise click.ClickException("--test-size: must be >= 1")
     eps_list = None if eps is None else _parse_eps(eps)
+    if compile:
+        from bounds.compiled import check_cache
+
+        check_cache()
     if out is not None:
         from landscape.certification import check_certify_out
 

@@ -177,7 +177,8 @@ class ScanRequest:
     ``checkpoint``) and whether their differences are centred. ``top_k`` to
     ``density_points``: the work of a Hessian scan (:class:`landscape.spectrum.SpectrumOptions`;
     None: its defaults). ``dataset``, ``trust_code``: dataset code the checkpoint names is
-    imported only when ``dataset`` names the same reference or ``trust_code`` is set. ``compile``: certified losses run the engine's compiled kernels (the
+    imported only when ``dataset`` names the same reference or ``trust_code`` is set.
+    ``compile``: certified losses run the engine's compiled kernels (the
     same values to float rounding; not part of the arguments a file records).
     """
 
@@ -265,6 +266,10 @@ class ScanRequest:
 
             SpectrumOptions(**spectrum)
         parse_range(self.range, self.kind)
+        if self.compile:
+            from bounds.compiled import check_cache
+
+            check_cache()  # an unwritable cache fails now, before any file is made
 
     def spectrum_options(self) -> dict[str, Any]:
         """The options of a Hessian scan as given (None: the default)."""

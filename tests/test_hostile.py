@@ -296,3 +296,19 @@ def test_user_code_that_misbehaves_is_one_line_and_leaves_nothing(tmp_path, caps
                                   "--out", "x"])
     one_error(code, err, *words)
     assert not (tmp_path / "x").exists()
+
+
+def test_an_unwritable_compile_cache_fails_before_any_work(run_dir, tmp_path, capsys, monkeypatch):
+    (tmp_path / "afile").write_text("x")
+    bad = tmp_path / "afile" / "cache"
+    monkeypatch.setenv("LANDSCAPE_COMPILE_CACHE", str(bad))
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    code, _, err = run(capsys, ["train", *TINY, "--method", "crown-ibp", "--compile", "--out", tmp_path / "x"])
+    one_error(code, err, "--compile", str(bad), "LANDSCAPE_COMPILE_CACHE")
+    assert not (tmp_path / "x").exists()
+    code, _, err = run(capsys, ["scan", run_dir / "checkpoint.pt", "--kind", "random-1d", "--points", "3", "--compile",
+                                "--quiet", "--out", tmp_path / "s.h5"])
+    one_error(code, err, "--compile", str(bad))
+    assert not (tmp_path / "s.h5").exists()
+    code, _, err = run(capsys, ["certify", run_dir / "checkpoint.pt", "--compile"])
+    one_error(code, err, "--compile", str(bad))
