@@ -31,7 +31,7 @@ from bounds.names import DIRECTION_NORMS, SCAN_KINDS, SCAN_LOSSES, TRAIN_METHODS
 @click.option("--slope", default=None, help="Lower-slope policy (see bounds.names.SLOPES) [default: each method's own].")
 @click.option("--samples", type=click.IntRange(min=1), default=100, show_default=True, help="Fixed samples the loss is computed on.")
 @click.option("--split", type=click.Choice(["train", "test"]), default="train", show_default=True)
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seeds samples, directions, random slopes.")
+@click.option("--seed", type=click.IntRange(min=0, max=2**63 - 1), default=0, show_default=True, help="Seeds samples, directions, random slopes.")
 @click.option("--points", type=click.IntRange(min=1), default=None,
               help="Points per axis [gradient: 10 log-spaced t (plus 0 and 1); random, pca: 21; interpolate: 41].")
 @click.option("--range", "range_", default=None,

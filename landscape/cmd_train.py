@@ -277,7 +277,8 @@ def train(config_file, model_option, lr_milestones, download, out_dir, resume, o
 @click.option("--data-dir", type=click.Path(file_okay=False), help="The only folder the dataset is looked for in.")
 @click.option("--download", is_flag=True, help="Fetch a missing dataset from its official source (needs a network).")
 @click.option("--device", default="cpu", show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the subset and the attack.")
+@click.option("--seed", type=click.IntRange(min=0, max=2**63 - 1), default=0, show_default=True,
+              help="Seed of the subset and the attack.")
 @click.option("--out", type=click.Path(dir_okay=False), default=None,
               help="Also write the results to this HDF5 file (kind certify, one row per eps; docs/schema.md).")
 @click.option("--float64", "double", is_flag=True,

@@ -251,6 +251,9 @@ class ScanRequest:
         for name, value in (("samples", self.samples), ("points", self.points or 1), ("pgd_steps", self.pgd_steps)):
             if int(value) < 1:
                 raise ValueError(f"--{name.replace('_', '-')}: must be >= 1, got {value}")
+        if self.kind in ("random-2d", "pca") and self.points is not None and int(self.points) < 2:
+            raise ValueError(f"--points: a {self.kind} scan is a surface and needs at least 2 points per axis, "
+                             f"got {self.points}")
         if self.kind != "pca" and (self.trajectory is not None or self.center):
             raise ValueError("--trajectory and --center are only used with --kind pca")
         spectrum = {k: v for k, v in self.spectrum_options().items() if v is not None}

@@ -179,6 +179,9 @@ def prepare_scan(request: Any, ctx: Context) -> PreparedScan:
         fields = [*E.GRADIENT_FIELDS, *(E.SIGN_FIELDS if request.metrics else ())]
     else:
         fields = ["loss"]
+    n_split = len(getattr(data, f"{request.split}_y"))
+    if request.samples > n_split:  # all of the split: record what is used, not what was asked for
+        request.samples = n_split
     args = scan_args(request, coords, specs, cfg, lr, extra)
 
     check_fits(ckpt, data.spec, where=f"checkpoint {request.checkpoint!r}")

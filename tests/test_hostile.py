@@ -312,3 +312,44 @@ def test_an_unwritable_compile_cache_fails_before_any_work(run_dir, tmp_path, ca
     assert not (tmp_path / "s.h5").exists()
     code, _, err = run(capsys, ["certify", run_dir / "checkpoint.pt", "--compile"])
     one_error(code, err, "--compile", str(bad))
+
+
+# ----------------------------------------------------------------------------- options checked first
+def test_seeds_beyond_int64_are_refused_before_anything_is_written(tmp_path, capsys):
+    big = "100000000000000000000000"
+    code, _, err = run(capsys, ["train", *TINY, "--seed", big, "--out", tmp_path / "x"])
+    one_error(code, err, "seed")
+    assert not (tmp_path / "x").exists()
+    code, _, err = run(capsys, ["reproduce", "--profile", "quick", "--dataset", "digits", "--seeds", f"0,{big}",
+                                "--dry-run", "--out", tmp_path / "r"])
+    assert code != 0 and "--seeds" in err and "Traceback" not in err
+    assert not (tmp_path / "r").exists()
+    code, _, err = run(capsys, ["train", *TINY, "--seed", str(2**63 - 1), "--out", tmp_path / "ok"])
+    assert code == 0, err
+
+
+def test_a_surface_of_one_point_is_refused(run_dir, tmp_path, capsys):
+    code, _, err = run(capsys, ["scan", run_dir / "checkpoint.pt", "--kind", "random-2d", "--points", "1",
+                                "--quiet", "--out", tmp_path / "p.h5"])
+    one_error(code, err, "--points", "at least 2")
+    assert not (tmp_path / "p.h5").exists()
+
+
+def test_hessian_top_k_beyond_the_parameters_blames_top_k(tmp_path, capsys):
+    lin = tmp_path / "lin"
+    assert run(capsys, ["train", "--dataset", "digits", "--model", "mlp", "--model-option", "widths=[2]", "--epochs",
+                        "1", "--train-size", "64", "--test-size", "32", "--quiet", "--out", lin])[0] == 0
+    code, _, err = run(capsys, ["scan", lin / "checkpoint.pt", "--kind", "hessian", "--methods", "clean", "--top-k",
+                                "200", "--quiet", "--out", tmp_path / "h.h5"])
+    line = one_error(code, err, "--top-k", "160 parameters")
+    assert "--lanczos-steps" not in line
+
+
+def test_samples_beyond_the_split_record_what_was_used(run_dir, tmp_path, capsys):
+    from landscape import store
+
+    out = tmp_path / "s.h5"
+    code, _, err = run(capsys, ["scan", run_dir / "checkpoint.pt", "--kind", "random-1d", "--points", "3", "--split",
+                                "test", "--samples", "500", "--quiet", "--out", out])
+    assert code == 0, err
+    assert json.loads(store.read(out)["attrs"]["args_json"])["samples"] == 32
