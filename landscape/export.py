@@ -133,6 +133,17 @@ def _umask() -> int:
     return mask
 
 
+def _group(results: dict, label: str) -> dict | None:
+    """The results group of ``label`` in :func:`store.read`'s nested dicts (a ``/`` in a label
+    is a path of groups in HDF5); None if absent."""
+    g: object = results
+    for part in label.split("/"):
+        if not isinstance(g, dict) or part not in g:
+            return None
+        g = g[part]
+    return g if isinstance(g, dict) else None
+
+
 def _safe(label: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", label)
 
@@ -162,10 +173,24 @@ def export_scan(scan_path: str | os.PathLike, out_dir: str | os.PathLike, fmt: s
         raise ValueError(f"{scan_path} is a {kind} scan over ({', '.join(dims)}), not a 2D scan; "
                          "export needs a scan over two axes such as random-2d")
     x, y = data["coords"][dims[0]], data["coords"][dims[1]]
+    labels = [str(lab) for lab in attrs.get("labels", [])]
+    groups = {lab: _group(data["results"], lab) for lab in labels}
+    missing = [lab for lab, g in groups.items() if g is None or "loss" not in g]
+    if missing:
+        raise ValueError(f"{scan_path} is damaged: its attribute 'labels' names {missing[0]!r}, which has no "
+                         f"/results/{missing[0]}/loss")
+    names: dict[str, str] = {}
+    for label in labels:
+        name = f"{scan_path.stem}_{_safe(label)}.vtu"
+        if name in names:
+            raise ValueError(f"{scan_path}: labels {names[name]!r} and {label!r} would both be written to {name}")
+        names[name] = label
+    if not any(np.isfinite(np.asarray(groups[lab]["loss"], dtype=np.float64)).any() for lab in labels):
+        raise ValueError(f"{scan_path} has no computed point in any of its labels; nothing to export")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written: dict[str, Path | None] = {}
-    for label in attrs.get("labels", []):
+    for label in labels:
         target = out / f"{scan_path.stem}_{_safe(label)}.vtu"
-        written[label] = write_vtk_surface(target, x, y, data["results"][label]["loss"], log=log)
+        written[label] = write_vtk_surface(target, x, y, groups[label]["loss"], log=log)
     return written

@@ -353,3 +353,76 @@ def test_samples_beyond_the_split_record_what_was_used(run_dir, tmp_path, capsys
                                 "test", "--samples", "500", "--quiet", "--out", out])
     assert code == 0, err
     assert json.loads(store.read(out)["attrs"]["args_json"])["samples"] == 32
+
+
+# ----------------------------------------------------------------------------- export
+def _scan2d(path, labels, values=None):
+    import numpy as np
+
+    from landscape import store
+
+    s = store.create_scan(str(path), kind="random-2d", args={"k": 1}, coords={"x": [0.0, 1.0], "y": [0.0, 1.0]},
+                          labels=labels)
+    for lab in labels:
+        for i in range(4 if values is not None else 0):
+            s.set_point(lab, i, {"loss": float(values)})
+    s.flush()
+    return path
+
+
+def test_export_refuses_empty_colliding_and_damaged_scans(tmp_path, capsys):
+    import h5py
+
+    empty = _scan2d(tmp_path / "empty.h5", ["ibp"])
+    code, _, err = run(capsys, ["export", empty, "--out", tmp_path / "v1"])
+    one_error(code, err, "empty.h5", "no computed point")
+    assert not (tmp_path / "v1").exists()
+    both = _scan2d(tmp_path / "both.h5", ["a/b", "a_b"], values=1.0)
+    code, _, err = run(capsys, ["export", both, "--out", tmp_path / "v2"])
+    one_error(code, err, "'a/b'", "'a_b'", "both_a_b.vtu")
+    assert not (tmp_path / "v2").exists()
+    ghost = _scan2d(tmp_path / "ghost.h5", ["ibp"], values=1.0)
+    with h5py.File(ghost, "r+") as f:
+        f.attrs["labels"] = '["ibp", "ghost"]'
+    code, _, err = run(capsys, ["export", ghost, "--out", tmp_path / "v3"])
+    one_error(code, err, "ghost.h5", "damaged", "'ghost'")
+
+
+def test_export_on_a_full_disk_names_the_file_and_leaves_no_temporary(tmp_path, capsys, monkeypatch):
+    import errno
+
+    import pyevtk.hl
+
+    src = _scan2d(tmp_path / "s.h5", ["ibp"], values=1.0)
+
+    def full(path, *a, **k):
+        with open(path + ".vtu", "wb") as fh:
+            fh.write(b"")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(pyevtk.hl, "unstructuredGridToVTK", full)
+    code, _, err = run(capsys, ["export", src, "--out", tmp_path / "vtk"])
+    one_error(code, err, "s_ibp.vtu", "disk is full")
+    assert list((tmp_path / "vtk").iterdir()) == []
+
+
+def test_config_json_is_written_atomically(run_copy, capsys, monkeypatch):
+    """A full disk while config.json is written leaves the old one, not an empty file."""
+    import errno
+
+    import landscape.runs as runs
+
+    before = (run_copy / "config.json").read_bytes()
+    real = Path.write_text
+
+    def full(self, text, *a, **k):
+        if ".tmp" in self.name:
+            real(self, "", *a, **k)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, text, *a, **k)
+
+    monkeypatch.setattr(Path, "write_text", full)
+    with pytest.raises(OSError, match="disk is full"):
+        runs.write_config_json(run_copy / "config.json", {"epochs": 3})
+    assert (run_copy / "config.json").read_bytes() == before
+    assert not [p for p in run_copy.iterdir() if p.name.endswith(".tmp")]
