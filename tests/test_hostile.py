@@ -426,3 +426,13 @@ def test_config_json_is_written_atomically(run_copy, capsys, monkeypatch):
         runs.write_config_json(run_copy / "config.json", {"epochs": 3})
     assert (run_copy / "config.json").read_bytes() == before
     assert not [p for p in run_copy.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_a_pca_trajectory_from_another_run_is_refused(run_dir, tmp_path, capsys):
+    other = tmp_path / "other"
+    code, _, err = run(capsys, ["train", *TINY, "--method", "ibp", "--seed", "5", "--out", other])
+    assert code == 0, err
+    code, _, err = run(capsys, ["scan", run_dir / "checkpoint.pt", "--kind", "pca", "--trajectory",
+                                f"{other}/checkpoint_*.pt", "--points", "3", "--quiet", "--out", tmp_path / "p.h5"])
+    one_error(code, err, "another run", "seed")
+    assert not (tmp_path / "p.h5").exists()
