@@ -436,3 +436,48 @@ def test_a_pca_trajectory_from_another_run_is_refused(run_dir, tmp_path, capsys)
                                 f"{other}/checkpoint_*.pt", "--points", "3", "--quiet", "--out", tmp_path / "p.h5"])
     one_error(code, err, "another run", "seed")
     assert not (tmp_path / "p.h5").exists()
+
+
+# ----------------------------------------------------------------------------- reproduce settings
+SETTING = """dataset: digits
+model: mlp
+{extra}
+epochs: 1
+reproduce:
+  profile: hostile
+  setting: {name}
+"""
+
+
+@pytest.mark.parametrize("name,extra,words", [
+    ("../escaped", "eps: 0.1", ["reproduce.setting", "plain name", "../escaped"]),
+    ("ok", "eps: 0.1\nbatch_sise: 32", ["h.yaml", "batch_sise"]),
+    ("ok", "eps: abc", ["h.yaml", "eps"]),
+])
+def test_bad_reproduce_settings_are_one_line_naming_the_file(tmp_path, capsys, monkeypatch, name, extra, words):
+    folder = tmp_path / "cfg"
+    folder.mkdir()
+    (folder / "h.yaml").write_text(SETTING.format(name=name, extra=extra))
+    monkeypatch.setenv("LANDSCAPE_CONFIGS", str(folder))
+    out = tmp_path / "sub" / "out"
+    code, _, err = run(capsys, ["reproduce", "--profile", "hostile", "--dry-run", "--out", out])
+    one_error(code, err, *words)
+    assert not (tmp_path / "sub").exists() and not (tmp_path / "escaped").exists()
+
+
+def test_a_setting_without_eps_gets_the_training_default(tmp_path, capsys, monkeypatch):
+    folder = tmp_path / "cfg"
+    folder.mkdir()
+    (folder / "h.yaml").write_text(SETTING.format(name="ok", extra=""))
+    monkeypatch.setenv("LANDSCAPE_CONFIGS", str(folder))
+    code, out, err = run(capsys, ["reproduce", "--profile", "hostile", "--dry-run", "--out", tmp_path / "o"])
+    assert code == 0, err
+    assert "eps=0.1 " in out and "at eps 0.1 " in out
+
+
+def test_reproduce_with_an_empty_data_dir_does_not_switch_dataset(tmp_path, capsys):
+    (tmp_path / "EMPTY").mkdir()
+    code, out, err = run(capsys, ["reproduce", "--profile", "quick", "--data-dir", tmp_path / "EMPTY", "--dry-run",
+                                  "--out", tmp_path / "x"])
+    one_error(code, err, "--data-dir", "fashion-mnist", "--dataset")
+    assert "digits" not in out
