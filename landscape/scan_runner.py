@@ -18,14 +18,15 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from bounds.compiled import check_cache
 from bounds.names import SCAN_KINDS, SCAN_LOSSES, SLOPES, TRAIN_METHODS
 from landscape import distributed, store
 from landscape.distributed import Context, barrier, exchange, shard
 from landscape.metrics import loss_variation
 from landscape.provenance import provenance
+from landscape.scans import check_float32_grid
 
 __all__ = ["ScanRequest", "ScanOutcome", "run_scan", "fill_scan", "finish_scan", "Chunker", "parse_range"]
-
 Summaries = Callable[[store.ScanFile], Mapping[str, Mapping[str, Any]]]
 
 
@@ -152,14 +153,8 @@ def parse_range(text: str | Sequence[float] | None, kind: str) -> tuple[float, f
         raise ValueError(f"--range: expected two numbers 'a,b', got {text!r}") from None
     if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
         raise ValueError(f"--range: need finite a < b, got {text!r}")
-    if max(abs(lo), abs(hi)) > F32_MAX or not np.float32(lo) < np.float32(hi):
-        raise ValueError(f"--range: the grid is stored in float32, so a and b must lie within +-{F32_MAX:.3g} and "
-                         f"differ there, got {text!r}")
+    check_float32_grid("--range", lo, hi, text)
     return lo, hi
-
-
-F32_MAX = float(np.finfo(np.float32).max)
-F32_TINY = float(np.finfo(np.float32).tiny)
 
 
 @dataclass
@@ -177,9 +172,9 @@ class ScanRequest:
     ``checkpoint``) and whether their differences are centred. ``top_k`` to
     ``density_points``: the work of a Hessian scan (:class:`landscape.spectrum.SpectrumOptions`;
     None: its defaults). ``dataset``, ``trust_code``: dataset code the checkpoint names is
-    imported only when ``dataset`` names the same reference or ``trust_code`` is set.
-    ``compile``: certified losses run the engine's compiled kernels (the
-    same values to float rounding; not part of the arguments a file records).
+    imported only when ``dataset`` names the same reference or ``trust_code`` is set. ``compile``:
+    certified losses run the engine's compiled kernels (the same values to float rounding; not
+    part of the arguments a file records).
     """
 
     checkpoint: str
@@ -234,12 +229,7 @@ class ScanRequest:
         if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"--lr: lr must be a finite number > 0, got {self.lr}")
         if self.kind == "gradient":
-            t_min, t_max = float(self.t_min), float(self.t_max)
-            if not (math.isfinite(t_min) and math.isfinite(t_max) and 0 < t_min < t_max):
-                raise ValueError(f"--t-min/--t-max: need 0 < t_min < t_max, got {self.t_min}, {self.t_max}")
-            if t_min < F32_TINY or t_max > F32_MAX or not np.float32(t_min) < np.float32(t_max):
-                raise ValueError(f"--t-min/--t-max: t is stored in float32, so it must lie in [{F32_TINY:.3g}, "
-                                 f"{F32_MAX:.3g}] with t_min < t_max there, got {self.t_min}, {self.t_max}")
+            check_float32_grid("--t-min/--t-max", float(self.t_min), float(self.t_max), positive=True)
         if self.kind == "interpolate" and self.to_checkpoint is None:
             raise ValueError("--kind interpolate needs --to CKPT2")
         if self.kind != "interpolate" and self.to_checkpoint is not None:
@@ -252,8 +242,7 @@ class ScanRequest:
             if int(value) < 1:
                 raise ValueError(f"--{name.replace('_', '-')}: must be >= 1, got {value}")
         if self.kind in ("random-2d", "pca") and self.points is not None and int(self.points) < 2:
-            raise ValueError(f"--points: a {self.kind} scan is a surface and needs at least 2 points per axis, "
-                             f"got {self.points}")
+            raise ValueError(f"--points: a {self.kind} scan needs at least 2 points per axis, got {self.points}")
         if self.kind != "pca" and (self.trajectory is not None or self.center):
             raise ValueError("--trajectory and --center are only used with --kind pca")
         spectrum = {k: v for k, v in self.spectrum_options().items() if v is not None}
@@ -270,8 +259,6 @@ class ScanRequest:
             SpectrumOptions(**spectrum)
         parse_range(self.range, self.kind)
         if self.compile:
-            from bounds.compiled import check_cache
-
             check_cache()  # an unwritable cache fails now, before any file is made
 
     def spectrum_options(self) -> dict[str, Any]:
@@ -395,10 +382,9 @@ def _open_file(request: ScanRequest, plan: Any, ctx: Context) -> tuple[store.Sca
         if resumed and (request.kind.startswith("random") or request.kind == "pca"):
             for name, (value, _) in plan.arrays.items():
                 stored, _ = store.read_array(request.out, name)
-                if request.kind == "pca":  # from an SVD: equal up to the rounding of another thread count
-                    same = stored.shape == value.shape and np.allclose(stored, value, rtol=1e-4, atol=1e-6)
-                else:
-                    same = stored.shape == value.shape and np.array_equal(stored, value)
+                # PCA directions come from an SVD: equal up to the rounding of another thread count
+                same = stored.shape == value.shape and (np.allclose(stored, value, rtol=1e-4, atol=1e-6)
+                                                        if request.kind == "pca" else np.array_equal(stored, value))
                 if not same:
                     what = "PCA directions than its checkpoints give" if request.kind == "pca" else \
                         "random directions than this seed gives"
@@ -408,7 +394,7 @@ def _open_file(request: ScanRequest, plan: Any, ctx: Context) -> tuple[store.Sca
         error = exc
     distributed.broadcast(ctx, (None if error is None else str(error), todo))
     if error is not None:
-        if scan_file is not None:
+        if scan_file is not None:  # the lock goes with the refusal
             scan_file.close()
         raise error
     return scan_file, todo
