@@ -190,16 +190,16 @@ def test_files_of_a_newer_schema_are_refused_not_relabelled(run_dir, tmp_path, c
         f.attrs["complete"] = False
     before = scan.read_bytes()
     code, _, err = run(capsys, args)
-    one_error(code, err, "schema version 4", "s.h5")
+    one_error(code, err, "schema_version 4", "s.h5")
     assert scan.read_bytes() == before
     code, _, err = run(capsys, ["export", scan, "--out", tmp_path / "vtk"])
-    one_error(code, err, "schema version 4")
+    one_error(code, err, "schema_version 4")
     h5 = tmp_path / "t.h5"
     store.append_rows(h5, "steps", {"a": [1.0]})
     with h5py.File(h5, "r+") as f:
         f.attrs["schema_version"] = 9
     before = h5.read_bytes()
-    with pytest.raises(store.StoreError, match="schema version 9"):
+    with pytest.raises(store.StoreError, match="schema_version 9"):
         store.append_rows(h5, "steps", {"a": [2.0]})
     assert h5.read_bytes() == before
 

@@ -198,8 +198,8 @@ def check_version(path: str | os.PathLike, f: h5py.File) -> None:
     except (TypeError, ValueError):
         raise StoreError(f"{os.fspath(path)} has a schema_version that is not a number ({_from_attr(raw)!r})") from None
     if version > SCHEMA_VERSION:
-        raise StoreError(f"{os.fspath(path)} has schema version {version}, newer than this toolkit reads "
-                         f"({SCHEMA_VERSION}); use a newer cert-landscape, or another file")
+        raise StoreError(f"{os.fspath(path)} has schema_version {version}, newer than this toolkit reads "
+                         f"({SCHEMA_VERSION}), so it is not supported; use a newer cert-landscape, or another file")
 
 
 def check_hdf5(path: str) -> None:
