@@ -68,6 +68,23 @@ def configure_cache() -> str:
     return os.environ["TORCHINDUCTOR_CACHE_DIR"]
 
 
+def check_cache() -> str:
+    """Make sure the compile cache can be written before any work starts (a read-only or
+    impossible folder fails late, inside inductor, with an unexplained error otherwise).
+    Configures it (:func:`configure_cache`) and returns it; a ValueError names the folder."""
+    import tempfile
+
+    try:
+        folder = configure_cache()
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        where = os.environ.get("TORCHINDUCTOR_CACHE_DIR") or cache_dir()
+        raise ValueError(f"--compile: cannot write the compile cache {where} ({exc.strerror or exc}); set "
+                         f"{ENV_VAR} to a writable folder") from None
+    return folder
+
+
 # ----------------------------------------------------------------------------- the bodies
 
 

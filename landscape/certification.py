@@ -3,6 +3,7 @@ its own bound is, written as one ``kind = "certify"`` file (layout in ``docs/sch
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -39,11 +40,28 @@ def certify_rows(model: Any, x: Any, y: Any, eps_list: Sequence[float], methods:
     return rows, results
 
 
+def check_certify_out(path: str | Path) -> None:
+    """Refuse, before any work, an ``--out`` that cannot be written: a folder, an existing file
+    that is not HDF5, or a place whose nearest existing folder is missing or not writable
+    (missing folders below it are made only when the file is written)."""
+    out = Path(store.files.written_path(path)).absolute()
+    if out.is_dir():
+        raise ValueError(f"--out: {path} is a directory")
+    if out.exists():
+        store.files.check_hdf5(str(out))
+    folder = out.parent
+    while not folder.exists():
+        folder = folder.parent
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        raise PermissionError(f"--out: cannot write {path}: {folder} is not a writable folder")
+
+
 def write_certify_file(path: str | Path, rows: Mapping[str, Sequence[Any]], attrs: Mapping[str, Any]) -> Path:
     """Write ``rows`` (columns of equal length; ``method`` as strings, the rest float32) and the
     root ``attrs`` to ``path`` as a complete certify file. It is built beside ``path`` and moved
     into place at the end, so ``path`` is either absent, the old file, or the whole new one."""
-    out = Path(path)
+    out = Path(store.files.written_path(path))  # a link is written through
+    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".partial.h5")
     tmp.unlink(missing_ok=True)
     cols = {k: np.asarray(v, dtype=np.float32) for k, v in rows.items() if k != "method"}

@@ -62,6 +62,10 @@ def reproduce(profile: str, out_dir: Path, device: str, data_dir: Path | None, d
         seed_list = [int(s) for s in seeds.replace(" ", "").split(",") if s]
     except ValueError:
         raise click.BadParameter(f"expected comma-separated integers, got {seeds!r}", param_hint="--seeds") from None
+    from train.config import MAX_SEED
+
+    if any(not 0 <= s <= MAX_SEED for s in seed_list):
+        raise click.BadParameter(f"seeds must lie in 0 .. {MAX_SEED}, got {seeds!r}", param_hint="--seeds")
     plan = repro.make_plan(profile, device=device, data_dir=data_dir, methods=chosen, dataset=dataset,
                            seeds=seed_list, steps=steps)
     plan.test_selected = test_selected

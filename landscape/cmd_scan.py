@@ -31,7 +31,7 @@ from bounds.names import DIRECTION_NORMS, SCAN_KINDS, SCAN_LOSSES, TRAIN_METHODS
 @click.option("--slope", default=None, help="Lower-slope policy (see bounds.names.SLOPES) [default: each method's own].")
 @click.option("--samples", type=click.IntRange(min=1), default=100, show_default=True, help="Fixed samples the loss is computed on.")
 @click.option("--split", type=click.Choice(["train", "test"]), default="train", show_default=True)
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seeds samples, directions, random slopes.")
+@click.option("--seed", type=click.IntRange(min=0, max=2**63 - 1), default=0, show_default=True, help="Seeds samples, directions, random slopes.")
 @click.option("--points", type=click.IntRange(min=1), default=None,
               help="Points per axis [gradient: 10 log-spaced t (plus 0 and 1); random, pca: 21; interpolate: 41].")
 @click.option("--range", "range_", default=None,
@@ -76,6 +76,10 @@ from bounds.names import DIRECTION_NORMS, SCAN_KINDS, SCAN_LOSSES, TRAIN_METHODS
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
 @click.option("--data-dir", type=click.Path(), default=None, help="Dataset folder [default: the checkpoint's].")
 @click.option("--download", is_flag=True, help="Fetch a missing dataset from its official source (needs a network).")
+@click.option("--dataset", default=None,
+              help="The dataset code (FILE.py:function) the checkpoint names, named again to allow importing it.")
+@click.option("--trust-code", is_flag=True, help="Import and run the dataset code the checkpoint names (a checkpoint's "
+              "code runs only with this or --dataset naming it).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def scan(checkpoint: str, methods: str | None, range_: str | None, quiet: bool, **options: Any) -> None:
     """Scan the loss landscape of CHECKPOINT into an HDF5 file (resumable)."""

@@ -182,8 +182,11 @@ def _option(flag: str, help: str = "", **kw):
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last epoch checkpoint; options not "
               "given are the run's own (e.g. --resume --epochs 40 extends it).")
 @click.option("--overwrite", is_flag=True, help="Replace the run in --out.")
+@click.option("--trust-code", is_flag=True, help="--resume: import and run the model or dataset code (FILE.py:function) "
+              "that the run's config names [default: only when --model / --dataset name it again].")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def train(config_file, model_option, lr_milestones, download, out_dir, resume, overwrite, quiet, **options) -> None:
+def train(config_file, model_option, lr_milestones, download, out_dir, resume, overwrite, trust_code, quiet,
+          **options) -> None:
     """Train a certifiably robust model; write checkpoints and train.h5 to --out."""
     from train.config import TrainConfig, load_config, read_config_file
     from train.loop import load_data, resolve_device
@@ -207,8 +210,19 @@ def train(config_file, model_option, lr_milestones, download, out_dir, resume, o
             raise click.ClickException(f"--resume: {out} holds no run to resume (no config.json)")
         given = {**(read_config_file(config_file) if config_file else {}),
                  **{k: v for k, v in options.items() if v is not None}}
+        from train.plugins import check_trusted
+
+        for what in ("model", "dataset"):  # the run's own code runs only when asked for
+            if what not in given:
+                check_trusted(old.get(what), what, f"the run's config {out / 'config.json'}", trust=trust_code)
         config = TrainConfig.from_dict({**old, **{k.replace("-", "_"): v for k, v in given.items()}})
         resume_from = latest_epoch_checkpoint(out)
+        from landscape.trajectory import run_checkpoints
+
+        if resume_from is None and (any((out / name).exists() for name in RUN_FILES[1:]) or run_checkpoints(out)):
+            raise click.ClickException(
+                f"--resume: {out} holds a run but no epoch checkpoint (checkpoint_epoch*.pt) to continue from; "
+                "nothing was changed. Use --overwrite to train it again from the start")
     else:
         config = load_config(config_file, options)
         if old is not None and not overwrite:
@@ -222,6 +236,10 @@ def train(config_file, model_option, lr_milestones, download, out_dir, resume, o
             raise click.ClickException(
                 f"{out} holds another run (a different config); use --overwrite to replace it or choose another --out")
     resolve_device(config.device)
+    if config.compile:
+        from bounds.compiled import check_cache
+
+        check_cache()  # an unwritable cache fails now, not inside the first compiled step
     data = load_data(config, download=download)  # unknown or missing dataset: one clear error here
     spec = data.spec
     model_description(config.model, spec.input_shape, spec.n_classes, spec.mean, spec.std, **config.model_options)
@@ -259,7 +277,8 @@ def train(config_file, model_option, lr_milestones, download, out_dir, resume, o
 @click.option("--data-dir", type=click.Path(file_okay=False), help="The only folder the dataset is looked for in.")
 @click.option("--download", is_flag=True, help="Fetch a missing dataset from its official source (needs a network).")
 @click.option("--device", default="cpu", show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the subset and the attack.")
+@click.option("--seed", type=click.IntRange(min=0, max=2**63 - 1), default=0, show_default=True,
+              help="Seed of the subset and the attack.")
 @click.option("--out", type=click.Path(dir_okay=False), default=None,
               help="Also write the results to this HDF5 file (kind certify, one row per eps; docs/schema.md).")
 @click.option("--float64", "double", is_flag=True,
@@ -267,9 +286,13 @@ def train(config_file, model_option, lr_milestones, download, out_dir, resume, o
                    "when a certificate must hold to the last digit.")
 @click.option("--compile", is_flag=True, help="Bound with the engine's compiled kernels (cached on disk; the first "
               "run of a model compiles for a while).")
+@click.option("--dataset", "named_dataset", default=None,
+              help="The dataset code (FILE.py:function) the checkpoint names, named again to allow importing it.")
+@click.option("--trust-code", is_flag=True, help="Import and run the dataset code the checkpoint names (a checkpoint's "
+              "code runs only with this or --dataset naming it).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def certify(checkpoint, eps, methods, pgd_steps, pgd_restarts, test_size, batch_size, data_dir, download, device, seed,
-            out, double, compile, as_json) -> None:
+            out, double, compile, named_dataset, trust_code, as_json) -> None:
     """Clean, PGD and verified error of a checkpoint on its dataset's test set."""
     from landscape.certification import certify_rows, write_certify_file
     from train.checkpoint import check_fits, load_model
@@ -293,11 +316,20 @@ def certify(checkpoint, eps, methods, pgd_steps, pgd_restarts, test_size, batch_
     if test_size is not None and test_size < 1:
         raise click.ClickException("--test-size: must be >= 1")
     eps_list = None if eps is None else _parse_eps(eps)
-    if out is not None and Path(out).is_dir():
-        raise click.ClickException(f"--out: {out} is a directory")
+    if compile:
+        from bounds.compiled import check_cache
+
+        check_cache()
+    if out is not None:
+        from landscape.certification import check_certify_out
+
+        check_certify_out(out)  # before any work: a missing, read-only or wrong place fails now
     dev = resolve_device(device)
     model, ckpt = load_model(checkpoint, device=dev)
     cfg = ckpt["config"]
+    from train.plugins import check_trusted
+
+    check_trusted(cfg["dataset"], "dataset", f"checkpoint {checkpoint!r}", named=named_dataset, trust=trust_code)
     eps_list = [float(cfg.get("eps", 0.0))] if eps_list is None else eps_list
     data = load_dataset(cfg["dataset"], data_dir=data_dir or cfg.get("data_dir"), download=download,
                         test_size=test_size, seed=seed)

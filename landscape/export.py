@@ -100,17 +100,27 @@ def write_vtk_surface(path: str | os.PathLike, x: np.ndarray, y: np.ndarray, los
     path = Path(path)
     if path.suffix != ".vtu":
         raise ValueError(f"a VTK unstructured grid file ends in .vtu, got {path.name!r}")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", dir=path.parent)
-    os.close(fd)
-    os.remove(tmp)  # pyevtk writes tmp + ".vtu" itself
-    written = ""
+    target = Path(store.files.written_path(path))  # a link is written through
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.stem}.", dir=target.parent)
+        os.close(fd)
+        os.remove(tmp)  # pyevtk writes tmp + ".vtu" itself
+    except OSError as exc:
+        if store.files.is_disk_full(exc):
+            raise store.files.disk_full_error(path) from None
+        raise
+    written = tmp + ".vtu"
     try:
         written = unstructuredGridToVTK(tmp, np.ascontiguousarray(x[ii]), np.ascontiguousarray(y[jj]),
                                         values.astype(np.float64), connectivity=connectivity, offsets=offsets,
                                         cell_types=types, pointData=point_data)
         os.chmod(written, 0o666 & ~_umask())
-        os.replace(written, path)
+        os.replace(written, target)
         written = ""
+    except OSError as exc:
+        if store.files.is_disk_full(exc):
+            raise store.files.disk_full_error(path) from None
+        raise
     finally:
         if written and os.path.exists(written):
             os.remove(written)
@@ -121,6 +131,17 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def _group(results: dict, label: str) -> dict | None:
+    """The results group of ``label`` in :func:`store.read`'s nested dicts (a ``/`` in a label
+    is a path of groups in HDF5); None if absent."""
+    g: object = results
+    for part in label.split("/"):
+        if not isinstance(g, dict) or part not in g:
+            return None
+        g = g[part]
+    return g if isinstance(g, dict) else None
 
 
 def _safe(label: str) -> str:
@@ -152,10 +173,24 @@ def export_scan(scan_path: str | os.PathLike, out_dir: str | os.PathLike, fmt: s
         raise ValueError(f"{scan_path} is a {kind} scan over ({', '.join(dims)}), not a 2D scan; "
                          "export needs a scan over two axes such as random-2d")
     x, y = data["coords"][dims[0]], data["coords"][dims[1]]
+    labels = [str(lab) for lab in attrs.get("labels", [])]
+    groups = {lab: _group(data["results"], lab) for lab in labels}
+    missing = [lab for lab, g in groups.items() if g is None or "loss" not in g]
+    if missing:
+        raise ValueError(f"{scan_path} is damaged: its attribute 'labels' names {missing[0]!r}, which has no "
+                         f"/results/{missing[0]}/loss")
+    names: dict[str, str] = {}
+    for label in labels:
+        name = f"{scan_path.stem}_{_safe(label)}.vtu"
+        if name in names:
+            raise ValueError(f"{scan_path}: labels {names[name]!r} and {label!r} would both be written to {name}")
+        names[name] = label
+    if not any(np.isfinite(np.asarray(groups[lab]["loss"], dtype=np.float64)).any() for lab in labels):
+        raise ValueError(f"{scan_path} has no computed point in any of its labels; nothing to export")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written: dict[str, Path | None] = {}
-    for label in attrs.get("labels", []):
+    for label in labels:
         target = out / f"{scan_path.stem}_{_safe(label)}.vtu"
-        written[label] = write_vtk_surface(target, x, y, data["results"][label]["loss"], log=log)
+        written[label] = write_vtk_surface(target, x, y, groups[label]["loss"], log=log)
     return written

@@ -27,6 +27,14 @@ def latest_epoch_checkpoint(run_dir: Path) -> Path | None:
     return max(found)[1] if found else None
 
 
+def write_config_json(path: Path, config: Mapping[str, Any]) -> None:
+    """Write a run's ``config.json`` atomically (a temporary beside it, then ``os.replace``): a
+    full disk or a crash leaves the old file (or none), never an empty or half-written one."""
+    text = json.dumps(dict(config), indent=2, sort_keys=True) + "\n"
+    with store.atomic_path(path) as tmp:
+        Path(tmp).write_text(text)
+
+
 def open_train_record(h5: Path, config: Any, resume_from: Path | None, extra_attrs: Mapping[str, Any] = ()) -> Sink:
     """Prepare the run's HDF5 file and return the sink the training loop writes rows through.
 
@@ -47,7 +55,12 @@ def open_train_record(h5: Path, config: Any, resume_from: Path | None, extra_att
         })
     else:
         ckpt = load_checkpoint(resume_from)
-        store.truncate_run(path, int(ckpt["step"]), int(ckpt["epoch"]))
+        try:
+            store.read(path)  # the whole record must read before any of it is cut
+            store.truncate_run(path, int(ckpt["step"]), int(ckpt["epoch"]))
+        except (OSError, KeyError, ValueError) as exc:
+            raise store.StoreError(f"--resume: cannot continue the run's record {path} ({exc}); nothing was changed. "
+                                   "Move it away to resume without it, or use --overwrite to start again") from None
         store.write_attrs(path, {"resumed_from": str(resume_from)})
 
     def sink(group: str, rows: dict) -> None:
@@ -88,8 +101,8 @@ def train_in_dir(run_dir: Path, config: Any, data: Any, resume_from: Path | None
         return train(config, resume_from=resume_from, progress=False, data=data, parallel=parallel)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n")
     sink = open_train_record(run_dir / "train.h5", config, resume_from, extra_attrs)
+    write_config_json(run_dir / "config.json", config.to_dict())  # after the record: a failed resume keeps it
     store.write_attrs(str(run_dir / "train.h5"), {"world_size": parallel.world if parallel is not None else 1})
     callbacks = probe_callbacks(config, sink, probe_t)
     result = train(config, callbacks=callbacks, sink=sink, resume_from=resume_from, progress=progress,

@@ -18,14 +18,15 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from bounds.compiled import check_cache
 from bounds.names import SCAN_KINDS, SCAN_LOSSES, SLOPES, TRAIN_METHODS
 from landscape import distributed, store
 from landscape.distributed import Context, barrier, exchange, shard
 from landscape.metrics import loss_variation
 from landscape.provenance import provenance
+from landscape.scans import check_float32_grid
 
 __all__ = ["ScanRequest", "ScanOutcome", "run_scan", "fill_scan", "finish_scan", "Chunker", "parse_range"]
-
 Summaries = Callable[[store.ScanFile], Mapping[str, Mapping[str, Any]]]
 
 
@@ -126,8 +127,8 @@ def fill_scan(
                     interval = max(flush_seconds, 20.0 * (last - t0))  # writing stays <= ~5% of the time
             if finished:
                 break
-    except BaseException:
-        if ctx.is_main and scan is not None and scan.dirty:
+    except BaseException as exc:
+        if ctx.is_main and scan is not None and scan.dirty and not isinstance(exc, store.FileChangedError):
             scan.flush()
         raise
     finally:
@@ -152,6 +153,7 @@ def parse_range(text: str | Sequence[float] | None, kind: str) -> tuple[float, f
         raise ValueError(f"--range: expected two numbers 'a,b', got {text!r}") from None
     if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
         raise ValueError(f"--range: need finite a < b, got {text!r}")
+    check_float32_grid("--range", lo, hi, text)
     return lo, hi
 
 
@@ -169,8 +171,10 @@ class ScanRequest:
     glob, a list or a run directory; default: the run's epoch and step checkpoints beside
     ``checkpoint``) and whether their differences are centred. ``top_k`` to
     ``density_points``: the work of a Hessian scan (:class:`landscape.spectrum.SpectrumOptions`;
-    None: its defaults). ``compile``: certified losses run the engine's compiled kernels (the
-    same values to float rounding; not part of the arguments a file records).
+    None: its defaults). ``dataset``, ``trust_code``: dataset code the checkpoint names is
+    imported only when ``dataset`` names the same reference or ``trust_code`` is set. ``compile``:
+    certified losses run the engine's compiled kernels (the same values to float rounding; not
+    part of the arguments a file records).
     """
 
     checkpoint: str
@@ -211,6 +215,8 @@ class ScanRequest:
     device: str = "cpu"
     data_dir: str | None = None
     download: bool = False
+    dataset: str | None = None
+    trust_code: bool = False
     command: str | None = None
     data: Any = field(default=None, repr=False)
 
@@ -222,6 +228,8 @@ class ScanRequest:
             raise ValueError(f"--eps: eps must be a finite number >= 0, got {self.eps}")
         if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"--lr: lr must be a finite number > 0, got {self.lr}")
+        if self.kind == "gradient":
+            check_float32_grid("--t-min/--t-max", float(self.t_min), float(self.t_max), positive=True)
         if self.kind == "interpolate" and self.to_checkpoint is None:
             raise ValueError("--kind interpolate needs --to CKPT2")
         if self.kind != "interpolate" and self.to_checkpoint is not None:
@@ -233,6 +241,8 @@ class ScanRequest:
         for name, value in (("samples", self.samples), ("points", self.points or 1), ("pgd_steps", self.pgd_steps)):
             if int(value) < 1:
                 raise ValueError(f"--{name.replace('_', '-')}: must be >= 1, got {value}")
+        if self.kind in ("random-2d", "pca") and self.points is not None and int(self.points) < 2:
+            raise ValueError(f"--points: a {self.kind} scan needs at least 2 points per axis, got {self.points}")
         if self.kind != "pca" and (self.trajectory is not None or self.center):
             raise ValueError("--trajectory and --center are only used with --kind pca")
         spectrum = {k: v for k, v in self.spectrum_options().items() if v is not None}
@@ -248,6 +258,8 @@ class ScanRequest:
 
             SpectrumOptions(**spectrum)
         parse_range(self.range, self.kind)
+        if self.compile:
+            check_cache()  # an unwritable cache fails now, before any file is made
 
     def spectrum_options(self) -> dict[str, Any]:
         """The options of a Hessian scan as given (None: the default)."""
@@ -335,6 +347,7 @@ def run_scan(request: ScanRequest, progress: bool = True) -> ScanOutcome:
 
     request.check()
     ctx = distributed.init()
+    scan_file = None
     try:
         plan = prepare_scan(request, ctx)
         scan_file, todo = _open_file(request, plan, ctx)
@@ -347,6 +360,8 @@ def run_scan(request: ScanRequest, progress: bool = True) -> ScanOutcome:
         return ScanOutcome(request.out, n_total, len(todo), seconds, {k: dict(v) for k, v in attrs.items()},
                            {lab: n for lab, n in bad.items() if n})
     finally:
+        if scan_file is not None:
+            scan_file.close()
         distributed.shutdown(ctx)
 
 
@@ -363,14 +378,13 @@ def _open_file(request: ScanRequest, plan: Any, ctx: Context) -> tuple[store.Sca
         attrs = {**provenance(request.command), **plan.attrs, "world_size": ctx.world}
         scan_file, resumed = store.open_or_create_scan(
             request.out, kind=request.kind, args=plan.args, coords=plan.coords, labels=plan.labels,
-            fields=plan.fields, attrs=attrs, arrays=plan.arrays, label_arrays=plan.label_arrays)
+            fields=plan.fields, attrs=attrs, arrays=plan.arrays, label_arrays=plan.label_arrays, lock=True)
         if resumed and (request.kind.startswith("random") or request.kind == "pca"):
             for name, (value, _) in plan.arrays.items():
                 stored, _ = store.read_array(request.out, name)
-                if request.kind == "pca":  # from an SVD: equal up to the rounding of another thread count
-                    same = stored.shape == value.shape and np.allclose(stored, value, rtol=1e-4, atol=1e-6)
-                else:
-                    same = stored.shape == value.shape and np.array_equal(stored, value)
+                # PCA directions come from an SVD: equal up to the rounding of another thread count
+                same = stored.shape == value.shape and (np.allclose(stored, value, rtol=1e-4, atol=1e-6)
+                                                        if request.kind == "pca" else np.array_equal(stored, value))
                 if not same:
                     what = "PCA directions than its checkpoints give" if request.kind == "pca" else \
                         "random directions than this seed gives"
@@ -380,5 +394,7 @@ def _open_file(request: ScanRequest, plan: Any, ctx: Context) -> tuple[store.Sca
         error = exc
     distributed.broadcast(ctx, (None if error is None else str(error), todo))
     if error is not None:
+        if scan_file is not None:  # the lock goes with the refusal
+            scan_file.close()
         raise error
     return scan_file, todo

@@ -143,6 +143,11 @@ def prepare_scan(request: Any, ctx: Context) -> PreparedScan:
     torch.manual_seed(seed)
     model, ckpt = load_model(request.checkpoint, device=device)
     cfg = dict(ckpt.get("config") or {})
+    if request.data is None:  # before any work: the checkpoint's dataset code runs only when asked for
+        from train.plugins import check_trusted
+
+        check_trusted(cfg.get("dataset", "digits"), "dataset", f"checkpoint {request.checkpoint!r}",
+                      named=request.dataset, trust=request.trust_code)
     model.eval()
     extra: dict[str, Any] = {}
     attrs: dict[str, Any] = {}
@@ -174,6 +179,9 @@ def prepare_scan(request: Any, ctx: Context) -> PreparedScan:
         fields = [*E.GRADIENT_FIELDS, *(E.SIGN_FIELDS if request.metrics else ())]
     else:
         fields = ["loss"]
+    n_split = len(getattr(data, f"{request.split}_y"))
+    if request.samples > n_split:  # all of the split: record what is used, not what was asked for
+        request.samples = n_split
     args = scan_args(request, coords, specs, cfg, lr, extra)
 
     check_fits(ckpt, data.spec, where=f"checkpoint {request.checkpoint!r}")

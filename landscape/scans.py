@@ -39,6 +39,20 @@ def default_t_values(t_min: float = 0.5, t_max: float = 5.0, n: int = 10, includ
     return np.unique(np.asarray(ts, dtype=np.float64))
 
 
+def check_float32_grid(option: str, lo: float, hi: float, text: object = None, positive: bool = False) -> None:
+    """ValueError naming ``option`` unless ``lo < hi`` are finite and stay finite, distinct (and
+    for ``positive``, above 0) in float32, the type a scan file stores its grid in."""
+    f32 = np.finfo(np.float32)
+    given = text if text is not None else f"{lo}, {hi}"
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi and (lo > 0 or not positive)):
+        raise ValueError(f"{option}: need finite {'0 < ' if positive else ''}a < b, got {given!r}")
+    if max(abs(lo), abs(hi)) > float(f32.max) or not np.float32(lo) < np.float32(hi) or \
+            (positive and lo < float(f32.tiny)):
+        raise ValueError(f"{option}: the grid is stored in float32, so its ends must lie within "
+                         f"{'[%.3g, %.3g]' % (f32.tiny, f32.max) if positive else '+-%.3g' % f32.max} and differ "
+                         f"there, got {given!r}")
+
+
 def grid_coords(lo: float, hi: float, points: int) -> np.ndarray:
     """``points`` evenly spaced values from lo to hi (inclusive); a single point is the centre of
     the scan, 0 (the checkpoint itself), when the range holds it, else the range's middle."""

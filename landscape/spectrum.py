@@ -71,6 +71,9 @@ class SpectrumOptions:
 
     def resolved(self, n_params: int) -> "SpectrumOptions":
         """A copy with ``lanczos_steps`` set (the default, or at most ``n_params``)."""
+        if int(self.top_k) > int(n_params):
+            raise ValueError(f"--top-k: the model has {n_params} parameters, fewer than the {self.top_k} eigenvalues "
+                             "asked for")
         steps = max(2 * self.top_k + 20, 40) if self.lanczos_steps is None else int(self.lanczos_steps)
         return replace(self, lanczos_steps=min(steps, int(n_params)))
 

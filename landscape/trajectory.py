@@ -154,6 +154,20 @@ def _check_architecture(path: Path, desc: dict[str, Any], final_path: Path, fina
     )
 
 
+def _check_same_run(path: Path, cfg: dict[str, Any], final_path: Path, final_cfg: dict[str, Any]) -> None:
+    """Refuse a checkpoint of another run than the final one's: their configs differ in a field
+    that decides what the run computes (``epochs`` and bookkeeping fields aside, so a resumed,
+    extended run is still one run)."""
+    from train.config import NON_IDENTITY_FIELDS
+
+    keys = sorted(k for k in set(cfg) | set(final_cfg)
+                  if k not in NON_IDENTITY_FIELDS and k not in ("eps_start_epoch", "eps_ramp_epochs")
+                  and cfg.get(k) != final_cfg.get(k))
+    if keys:
+        raise ValueError(f"checkpoint {str(path)!r} is from another run than the final checkpoint {str(final_path)!r} "
+                         f"(their configs differ in: {', '.join(keys)}); a PCA trajectory is one run's path")
+
+
 def load_trajectory(
     source: str | os.PathLike | Sequence[str | os.PathLike], final: str | os.PathLike | None = None
 ) -> Trajectory:
@@ -163,8 +177,8 @@ def load_trajectory(
     ``final``: the checkpoint that ends the trajectory (theta_f), e.g. the one a scan looks at;
     default: the one :func:`find_checkpoints` gives, else the last by (epoch, step).
 
-    Refuses (``ValueError``) a checkpoint of another architecture than the final one, and a
-    trajectory without a checkpoint besides the final one.
+    Refuses (``ValueError``) a checkpoint of another architecture or another run than the final
+    one, and a trajectory without a checkpoint besides the final one.
     """
     files, final_path = find_checkpoints(source)
     if final is not None:
@@ -190,6 +204,7 @@ def load_trajectory(
     points = []
     for key, (p, ckpt) in loaded.items():
         _check_architecture(p, ckpt["model"], final_file, final_ckpt["model"])
+        _check_same_run(p, ckpt["config"], final_file, final_ckpt["config"])
         if key != final_key and _order(ckpt) > _order(final_ckpt):
             continue  # after the final checkpoint
         points.append((_order(ckpt), key == final_key, str(p), p, ckpt))

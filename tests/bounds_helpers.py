@@ -120,9 +120,13 @@ def make_mlp(
     return nn.Sequential(*layers).to(dtype), input_shape
 
 
+def _pair(v: int | Sequence[int]) -> tuple[int, int]:
+    return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))
+
+
 def make_cnn(
     in_shape: tuple[int, int, int],
-    convs: Sequence[tuple[int, int, int, int]],
+    convs: Sequence[tuple],
     hidden: Sequence[int],
     n_out: int,
     *,
@@ -132,9 +136,12 @@ def make_cnn(
     bias_scale: float = 0.3,
     dtype: torch.dtype = torch.float64,
 ) -> nn.Sequential:
-    """A random ``[Normalize] -> (Conv2d -> ReLU)* -> Flatten -> (Linear -> ReLU)* -> Linear`` network.
+    """A random ``[Normalize] -> (Conv2d -> ReLU [-> AvgPool2d])* -> Flatten -> (Linear -> ReLU)* -> Linear``
+    network.
 
-    ``convs`` lists ``(out_channels, kernel, stride, padding)`` per conv layer.
+    ``convs`` lists ``(out_channels, kernel, stride, padding)`` per layer, each window argument
+    an int or a ``(height, width)`` pair (rectangular kernels and strides); ``out_channels = 0``
+    makes the layer an ``AvgPool2d(kernel, stride, padding)`` (channels unchanged, no ReLU).
     """
     gen = torch.Generator().manual_seed(seed)
     c, h, w = in_shape
@@ -144,12 +151,16 @@ def make_cnn(
         std = (torch.rand(c, generator=gen) * 0.8 + 0.2).tolist()
         layers.append(Normalize(mean, std))
     for oc, k, s, p in convs:
-        conv = nn.Conv2d(c, oc, k, stride=s, padding=p)
-        _init_affine(conv, gen, weight_scale, bias_scale)
-        layers += [conv, nn.ReLU()]
-        c = oc
-        h = (h + 2 * p - k) // s + 1
-        w = (w + 2 * p - k) // s + 1
+        (kh, kw), (sh, sw), (ph, pw) = _pair(k), _pair(s), _pair(p)
+        if oc == 0:
+            layers.append(nn.AvgPool2d((kh, kw), stride=(sh, sw), padding=(ph, pw)))
+        else:
+            conv = nn.Conv2d(c, oc, (kh, kw), stride=(sh, sw), padding=(ph, pw))
+            _init_affine(conv, gen, weight_scale, bias_scale)
+            layers += [conv, nn.ReLU()]
+            c = oc
+        h = (h + 2 * ph - kh) // sh + 1
+        w = (w + 2 * pw - kw) // sw + 1
     layers.append(nn.Flatten())
     width = c * h * w
     for hd in hidden:
@@ -167,18 +178,34 @@ EPS_CHOICES = (0.0, 1e-3, 0.01, 0.02, 0.05, 0.1, 0.1, 0.3, 1.5)
 
 
 @st.composite
-def conv_specs(draw: st.DrawFn, h: int, w: int) -> list[tuple[int, int, int, int]]:
-    """0-2 small conv layers whose output stays at least 1x1."""
+def conv_specs(draw: st.DrawFn, h: int, w: int) -> list[tuple]:
+    """1-2 small conv layers, each sometimes followed by an AvgPool2d, whose output stays at least
+    1x1. Kernels, strides and paddings are drawn per dimension, so windows are often rectangular
+    (a bound that mixes up height and width, e.g. a pool's ``1 / kh^2`` for ``1 / (kh kw)``, fails)."""
     specs = []
+
+    def window(max_k: int, pool: bool) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]]:
+        k = (draw(st.integers(1, max_k)), draw(st.integers(1, max_k)))
+        st_ = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
+        p = tuple(draw(st.integers(0, (kk // 2) if pool else (1 if kk > 1 else 0))) for kk in k)
+        return k, st_, p  # type: ignore[return-value]
+
+    def out(h: int, w: int, k, s, p) -> tuple[int, int]:
+        return (h + 2 * p[0] - k[0]) // s[0] + 1, (w + 2 * p[1] - k[1]) // s[1] + 1
+
     for _ in range(draw(st.integers(1, 2))):
-        k = draw(st.integers(1, 3))
-        s = draw(st.integers(1, 2))
-        p = draw(st.integers(0, 1 if k > 1 else 0))
-        nh, nw = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
+        k, s, p = window(3, pool=False)
+        nh, nw = out(h, w, k, s, p)
         if nh < 1 or nw < 1:
             break
         specs.append((draw(st.integers(1, 2)), k, s, p))
         h, w = nh, nw
+        if draw(st.booleans()):
+            k, s, p = window(3, pool=True)
+            nh, nw = out(h, w, k, s, p)
+            if nh >= 1 and nw >= 1:
+                specs.append((0, k, s, p))
+                h, w = nh, nw
     return specs
 
 
@@ -743,7 +770,7 @@ def _affine_interval(layer: nn.Module, lo: torch.Tensor, hi: torch.Tensor) -> tu
             f.conv2d(lo, wp, layer.bias, **kw) + f.conv2d(hi, wn, None, **kw),
             f.conv2d(hi, wp, layer.bias, **kw) + f.conv2d(lo, wn, None, **kw),
         )
-    if isinstance(layer, (Normalize, nn.Flatten)):  # increasing in every coordinate
+    if isinstance(layer, (Normalize, nn.Flatten, nn.AvgPool2d)):  # increasing in every coordinate
         return layer(lo), layer(hi)
     raise TypeError(f"not an affine layer: {layer}")
 

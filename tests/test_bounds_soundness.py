@@ -31,6 +31,7 @@ from bounds_helpers import (
     empirical_margin_range,
     empirical_max_ce,
     input_box,
+    make_cnn,
     relu_inputs,
     tolerance,
 )
@@ -165,3 +166,33 @@ def test_zoo_models_sound_in_float32(name: str, options: dict, methods: list[str
         for slope in (["adaptive", "tightest"] if method != "ibp" else ["adaptive"]):
             check_bounds_sound(case, method, slope, 1.0, 0, spec=True)
             check_loss_sound(case, method, slope, 1.0, 0)
+
+
+# Rectangular windows: a kernel, stride or padding whose height and width differ, in a Conv2d and
+# an AvgPool2d. At eps = 0 every method must give back the network's own value exactly, which a
+# bound that mixes up the two dimensions (a pool kernel of 1 / kh^2 instead of 1 / (kh kw), a
+# stride taken from the wrong axis) cannot; at eps > 0 the bounds must hold.
+RECT_NETS = [
+    ((1, 6, 5), [(2, (3, 1), (1, 2), (1, 0)), (0, (2, 1), (2, 1), 0)]),
+    ((2, 5, 7), [(2, (1, 3), (2, 1), (0, 1)), (0, (1, 3), (1, 2), (0, 1))]),
+    ((1, 7, 6), [(3, (2, 3), (1, 1), 0), (0, (3, 2), (2, 2), (1, 1)), (2, (2, 1), (1, 2), (1, 0))]),
+    ((1, 4, 8), [(2, 3, (1, 2), 1), (0, (2, 4), (2, 4), 0)]),
+]
+
+
+@pytest.mark.parametrize("method,slope", [("ibp", "adaptive"), ("crown-ibp", "adaptive"), ("crown", "adaptive"),
+                                          ("cap", "same-slope")])
+@pytest.mark.parametrize("net", range(len(RECT_NETS)))
+def test_rectangular_conv_and_pool_windows(method: str, slope: str, net: int) -> None:
+    shape, convs = RECT_NETS[net]
+    model = make_cnn(shape, convs, [4], 3, seed=net).eval()
+    assert any(isinstance(m, torch.nn.AvgPool2d) for m in model)
+    x = torch.rand((3, *shape), generator=torch.Generator().manual_seed(net), dtype=torch.float64)
+    y = torch.tensor([0, 1, 2])
+    C = margin_spec(y, 3).to(torch.float64)
+    res = compute_bounds(model, x, 0.0, method=method, slope=slope, C=C, y=y, domain=(0.0, 1.0))
+    exact = torch.einsum("bsn,bn->bs", C, model(x).detach())
+    torch.testing.assert_close(res.lower, exact, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(res.upper, exact, rtol=1e-9, atol=1e-9)
+    case = Case(model, x, y, 0.05, (0.0, 1.0), 3, f"rectangular net {net}")
+    check_bounds_sound(case, method, slope, 1.0, seed=net, spec=True)

@@ -514,3 +514,29 @@ def test_a_gzip_bomb_is_refused_before_it_is_inflated(tmp_path, monkeypatch):
     huge.write_bytes(bytes([0, 0, 8, 3]) + np.array([100000, 4000, 4000], dtype=">u4").tobytes())
     with pytest.raises(DatasetError, match="more than the .* an IDX dataset may hold"):
         dataformats.read_idx(huge)
+
+
+def test_an_idx_header_with_a_wrong_shape_is_refused_before_inflating(tmp_path: Path, monkeypatch) -> None:
+    """An honest gzip file whose header declares a shape the dataset cannot have (more rows than
+    labels, or images that are not 28 x 28) is refused from its header, without inflating it."""
+    d = tmp_path / "d"
+    make_idx_set(d)
+    n = 30
+    for dims in ((n, 200, 200), (n + 1, 28, 28)):
+        big = d / "train-images-idx3-ubyte.gz"
+        with gzip.open(big, "wb", compresslevel=9) as fh:
+            fh.write(bytes([0, 0, 8, 3]) + np.array(dims, dtype=">u4").tobytes())
+            fh.write(bytes(int(np.prod(dims))))
+        inflated = []
+        real_read = gzip.GzipFile.read
+
+        def counting_read(self, k=-1, _real=real_read):
+            out = _real(self, k)
+            inflated.append(len(out))
+            return out
+
+        monkeypatch.setattr(gzip.GzipFile, "read", counting_read)
+        with pytest.raises(DatasetError, match=r"expected \(1, 28, 28\)|31 images but"):
+            load_dataset("mnist", data_dir=d)
+        monkeypatch.undo()
+        assert sum(inflated) < 4096, dims  # headers only (and the small label file)

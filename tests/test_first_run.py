@@ -41,7 +41,7 @@ def test_train_help_shows_every_default() -> None:
     text = CliRunner().invoke(cli, ["train", "--help"], terminal_width=200).output
     flat = " ".join(text.split())
     for needle in ("[default: (5% of --epochs)]", "ramps over epochs 5%-60% of the run",
-                   "[default: (0.001 for adam,", "[default: (128)]", "[default: (linear)]", "[default: (0.1)]",
+                   "[default: (0.001 for adam,", "[default: (32)]", "[default: (20)]", "[default: (linear)]", "[default: (0.1)]",
                    "[default: (digits)]", "[default: (the method's own)]"):
         assert needle in flat, needle
 
@@ -58,11 +58,45 @@ def test_the_first_command_trains(tmp_path) -> None:
     assert rec["epochs"]["test_verified_err_ibp"][-1] <= 0.40 and rec["epochs"]["test_clean_err"][-1] <= 0.15
 
 
+@pytest.mark.slow
+def test_train_with_nothing_but_out_trains(tmp_path, capsys) -> None:
+    """`landscape train --out X` alone (IBP, cnn-tiny, digits, eps 0.1) ends at most at 40 %
+    verified error by its own bound, with no collapse warning (it used to end at 90 % after seven)."""
+    out = tmp_path / "X"
+    assert main(["train", "--out", str(out), "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert "Warning" not in err, err
+    rec = store.read(out / "train.h5")
+    assert rec["attrs"]["warnings"] == [] and rec["attrs"]["method"] == "ibp"
+    assert rec["epochs"]["test_verified_err_ibp"][-1] <= 0.40 and rec["epochs"]["test_clean_err"][-1] <= 0.15
+
+
+def test_a_collapse_that_recovers_is_not_warned_about(monkeypatch) -> None:
+    """Only a collapse that lasts to the end is reported: epochs 1-2 collapsed, 3 fine -> none;
+    epochs 2-3 collapsed -> one warning, after epoch 3, since epoch 2."""
+    from train import loop
+
+    for pattern, expected in (((1, 1, 0), []), ((0, 1, 1), ["after epoch 3 (collapsed since epoch 2)"])):
+        calls = iter(pattern)
+
+        def fake(model, x, y, n, r, c, when, _calls=calls):
+            return f"the model predicts class 0 for 99% of the test samples {when}: training has collapsed; advice" \
+                if next(_calls) else None
+
+        monkeypatch.setattr(loop, "collapse_warning", fake)
+        cfg = TrainConfig(dataset="digits", model="mlp", model_options={"widths": [8]}, method="ibp", epochs=3,
+                          batch_size=32, train_size=64, test_size=32, eval_size=32)
+        seen: list[str] = []
+        result = loop.train(cfg, progress=False, warn=seen.append)
+        assert len(seen) == len(expected) and all(e in w for e, w in zip(expected, seen)), seen
+        assert [h["collapsed"] for h in result.history] == [float(v) for v in pattern]
+
+
 # ----------------------------------------------------------------------------- collapse
 
 
 def test_a_collapse_is_reported_and_recorded(tmp_path, capsys) -> None:
-    """A run that ends predicting one class gets one warning line per evaluated epoch, an
+    """A run that ends predicting one class gets one warning line (saying since when), an
     epoch column ``collapsed`` and the root attribute ``warnings``; reproduce's summary lists it."""
     from landscape.reproduce.summary import summary_markdown
 
@@ -72,10 +106,11 @@ def test_a_collapse_is_reported_and_recorded(tmp_path, capsys) -> None:
                  "--out", str(out)]) == 0
     err = capsys.readouterr().err
     lines = [ln for ln in err.splitlines() if ln.startswith("Warning:")]
-    assert len(lines) == 2 and "training has collapsed" in lines[0] and "--eps-ramp-epochs" in lines[0]
+    assert len(lines) == 1 and "training has collapsed" in lines[0] and "--eps-ramp-epochs" in lines[0]
+    assert "after epoch 2 (collapsed since epoch 1)" in lines[0]
     rec = store.read(out / "train.h5")
     assert rec["epochs"]["collapsed"].tolist() == [1.0, 1.0]
-    assert len(rec["attrs"]["warnings"]) == 2 and "after epoch 2" in rec["attrs"]["warnings"][1]
+    assert len(rec["attrs"]["warnings"]) == 1 and "after epoch 2" in rec["attrs"]["warnings"][0]
     md = summary_markdown([{"setting": "s", "method": "ibp", "model": "mlp", "warnings": rec["attrs"]["warnings"]}])
     assert "Warnings" in md and "training has collapsed" in md
 

@@ -172,13 +172,19 @@ def test_train_certify_scan_from_the_command_line(files, capsys, monkeypatch) ->
 
     certify = ["certify", "run/checkpoint.pt", "--eps", "0.02", "--methods", "ibp,crown", "--pgd-steps", "3",
                "--json"]
+    code, out, err = run(capsys, certify)  # the checkpoint's dataset code runs only when the user asks
+    assert code == 1 and err.startswith("Error: checkpoint 'run/checkpoint.pt' names dataset code") and \
+        "--trust-code" in err and "--dataset" in err, err
+    code, out, err = run(capsys, [*certify, "--dataset", "other.py:load"])
+    assert code == 1 and "names dataset code" in err and "not this" in err, err
+    certify.append("--trust-code")
     code, out, err = run(capsys, certify)
     assert code == 0, err
     first = json.loads(out)
     assert first["n"] == 40 and first["clean_err"] <= first["pgd_err"] <= first["verified_err"]
     for kind, extra in (("gradient", []), ("random-1d", ["--points", "3"])):
         code, _, err = run(capsys, ["scan", "run/checkpoint.pt", "--kind", kind, "--samples", "16", *extra,
-                                    "--out", f"{kind}.h5", "--quiet"])
+                                    "--out", f"{kind}.h5", "--quiet", "--dataset", "mydata.py:load"])
         assert code == 0, err
         assert store.read(str(files / f"{kind}.h5"))["attrs"]["complete"]
 
@@ -358,3 +364,53 @@ def test_config_stores_a_file_reference_with_its_absolute_path(files) -> None:
     assert TrainConfig.from_dict(cfg.to_dict()) == cfg
     with pytest.raises(ValueError, match="dataset reference 'digits:' must be FILE.py:function"):
         TrainConfig(dataset="digits:")
+
+
+def test_a_runs_stored_code_runs_on_resume_only_when_asked(files, capsys) -> None:
+    """`train --resume` reads the model and dataset references from the run's config.json: they are
+    imported only when --model/--dataset name them again or --trust-code is given."""
+    short = [a if a != "2" else "1" for a in TRAIN]
+    code, _, err = run(capsys, ["train", *short, "--out", "run"])
+    assert code == 0, err
+    before = {p.name: p.read_bytes() for p in (files / "run").iterdir()}
+    code, _, err = run(capsys, ["train", "--out", "run", "--resume", "--epochs", "2", "--quiet"])
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert code == 1 and len(lines) == 1 and "config.json names model code" in lines[0] and "--trust-code" in lines[0]
+    code, _, err = run(capsys, ["train", "--out", "run", "--resume", "--epochs", "2", "--quiet", "--model",
+                                "mymodel.py:make"])
+    assert code == 1 and "config.json names dataset code" in err, err
+    assert {p.name: p.read_bytes() for p in (files / "run").iterdir()} == before
+    code, _, err = run(capsys, ["train", "--out", "run", "--resume", "--epochs", "2", "--quiet", "--trust-code"])
+    assert code == 0, err
+    assert json.loads((files / "run" / "config.json").read_text())["epochs"] == 2
+
+
+def test_a_model_file_edited_between_two_calls_is_imported_again(tmp_path) -> None:
+    """Same process, same path, same size and modification time: the second call sees the edit."""
+    import os
+
+    from train import plugins
+
+    f = tmp_path / "edited.py"
+    f.write_text("def make():\n    return 1\n")
+    st = f.stat()
+    assert plugins.resolve(f"{f}:make")() == 1
+    f.write_text("def make():\n    return 2\n")  # the same size
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))  # and the same time, as within one clock tick
+    assert plugins.resolve(f"{f}:make")() == 2
+    spec = dataset_spec("digits")
+    g = tmp_path / "net.py"
+    g.write_text("from torch import nn\ndef make(shape, n):\n    return nn.Sequential(nn.Flatten(), nn.Linear(64, n))\n")
+    assert build_model(f"{g}:make", spec.input_shape, spec.n_classes, spec.mean, spec.std)[1].out_features == 10
+    g.write_text("from torch import nn\ndef make(shape, n):\n    return nn.Sequential(nn.Flatten(), nn.Linear(64, 5))\n")
+    with pytest.raises(ValueError, match="5"):  # the edited function runs (and its 5 outputs are refused)
+        build_model(f"{g}:make", spec.input_shape, spec.n_classes, spec.mean, spec.std)
+    d = tmp_path / "d.py"
+    body = "import numpy as np\ndef load():\n    x = np.full((8, 1, 2, 2), 0.{v})\n    y = np.arange(8) % 2\n" \
+           "    return x, y, x, y\n"
+    d.write_text(body.format(v=2))
+    st = d.stat()
+    assert float(load_dataset(f"{d}:load").train_x[0, 0, 0, 0]) == pytest.approx(0.2)
+    d.write_text(body.format(v=7))
+    os.utime(d, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert float(load_dataset(f"{d}:load").train_x[0, 0, 0, 0]) == pytest.approx(0.7)

@@ -144,6 +144,7 @@ def save_checkpoint(
     }
     buffer = io.BytesIO()
     torch.save(payload, buffer)  # in memory first: torch's writer hides a full disk in its own errors
+    given, path = path, Path(os.path.realpath(path)) if path.is_symlink() else path  # a link is written through
     _remove_stale(path)
     tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
     try:
@@ -164,7 +165,7 @@ def save_checkpoint(
     finally:
         if tmp is not None and tmp.exists():
             tmp.unlink()
-    return path
+    return given
 
 
 def describe_module(model: nn.Module, dataset: Any = None) -> dict[str, Any]:
@@ -223,7 +224,10 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise CheckpointError(f"checkpoint {str(p)!r} is corrupt or not a PyTorch file ({type(exc).__name__})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{str(p)!r} is not a cert-landscape checkpoint (it was written by another program)")
-    if int(ckpt.get("format_version", -1)) > FORMAT_VERSION:
+    fv = ckpt.get("format_version")
+    if isinstance(fv, bool) or not isinstance(fv, int):
+        raise CheckpointError(f"checkpoint {str(p)!r} is corrupt: its 'format_version' entry is {fv!r}, not a number")
+    if fv > FORMAT_VERSION:
         raise CheckpointError(
             f"checkpoint {str(p)!r} has format version {ckpt.get('format_version')}, newer than this toolkit reads ({FORMAT_VERSION})"
         )
@@ -237,6 +241,14 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     for key in ("dataset", "method", "model"):
         if not isinstance(ckpt["config"].get(key), str):
             raise CheckpointError(f"checkpoint {str(p)!r} is corrupt: its config has no {key!r} name")
+    bad = [k for k, v in ckpt["state_dict"].items() if not torch.is_tensor(v)]
+    if bad:
+        raise CheckpointError(f"checkpoint {str(p)!r} is corrupt: its state_dict entry {bad[0]!r} is a "
+                              f"{type(ckpt['state_dict'][bad[0]]).__name__}, not a tensor")
+    for key in ("eps", "lr", "beta_end", "kappa_end"):
+        value = ckpt["config"].get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise CheckpointError(f"checkpoint {str(p)!r} is corrupt: its config's {key!r} is {value!r}, not a number")
     return ckpt
 
 
@@ -244,7 +256,7 @@ def _unsafe_reason(exc: BaseException) -> str:
     """The reason torch gives for refusing to unpickle, whole (e.g. ``Unsupported global: GLOBAL
     mod.Class was not an allowed global by default``), without its advice to allow-list it."""
     text = " ".join(str(exc).split())
-    for marker in ("WeightsUnpickler error:", "Unsupported"):
+    for marker in ("WeightsUnpickler error:", "Trying to load unsupported", "Unsupported"):
         if marker in text:
             reason = text[text.index(marker):].removeprefix("WeightsUnpickler error:").strip()
             return reason.split(". Please use")[0].split(". Check the documentation")[0].rstrip(".")

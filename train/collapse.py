@@ -2,8 +2,9 @@
 certified loss stuck at ``log(n_classes)`` together with the clean loss (every margin bound
 and every margin 0: the network's outputs no longer depend on its input; a certified loss
 alone near ``log(n_classes)`` is common mid-ramp and means nothing). Both usually mean eps grew before the network had learnt
-anything; the training loop reports them at every evaluated epoch and at the end, and records
-them (epoch column ``collapsed``, ``TrainResult.warnings``)."""
+anything. The training loop records them at every evaluated epoch (epoch column ``collapsed``)
+and reports one warning (``TrainResult.warnings``) only when the run ends collapsed: a run that
+collapses for an epoch or two mid-ramp and recovers is not warned about."""
 
 from __future__ import annotations
 
@@ -63,3 +64,25 @@ def collapse_warning(model: nn.Module, x: torch.Tensor, y: torch.Tensor, n_class
         return (f"the certified loss is stuck at log({n_classes}) = {stuck:.3f} {when}: every margin bound is 0, "
                 f"the network's outputs no longer depend on its input; {ADVICE}")
     return None
+
+
+class CollapseWatch:
+    """Follows the collapse warnings of the evaluated epochs and gives the one to report at the
+    end: the last epoch's, saying since which epoch the run has stayed collapsed (None when the
+    last evaluated epoch was fine, however many earlier ones collapsed)."""
+
+    def __init__(self) -> None:
+        self.last: str | None = None
+        self.since: int | None = None
+
+    def update(self, warning: str | None, epoch: int) -> str | None:
+        """``warning``: :func:`collapse_warning` after (1-based) ``epoch``, or None; returned."""
+        self.last = warning
+        self.since = None if warning is None else (self.since or epoch)
+        return warning
+
+    def final(self, epoch: int) -> str | None:
+        if self.last is None:
+            return None
+        since = f" (collapsed since epoch {self.since})" if self.since is not None and self.since < epoch else ""
+        return self.last.replace(": training has collapsed;", f"{since}: training has collapsed;", 1)

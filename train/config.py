@@ -41,6 +41,9 @@ OPTIMIZERS = ("adam", "sgd")
 DEVICES_PREFIX = ("cpu", "cuda", "mps")
 
 #: Share of the epochs trained at eps = 0 before the ramp starts, and share the ramp lasts.
+MAX_SEED = 2**63 - 1
+"""The largest seed: seeds are stored as HDF5 int64 attributes."""
+
 WARMUP_FRACTION = 0.05
 RAMP_FRACTION = 0.55
 #: Learning rate when none is given, per optimiser.
@@ -132,8 +135,8 @@ class TrainConfig:
     kappa_start: float = 1.0
     kappa_end: float = 0.0
     kappa_schedule: str = "linear"
-    epochs: int = 10
-    batch_size: int = 128
+    epochs: int = 20
+    batch_size: int = 32
     optimizer: str = "adam"
     lr: float | None = None
     momentum: float = 0.9
@@ -235,7 +238,7 @@ class TrainConfig:
         _finite("warmup_reg_tol", self.warmup_reg_tol, low=0.0, strict=True)
         if self.warmup_reg and self.method == "natural":
             raise ValueError("warmup_reg regularises a bound; natural training has none (drop --warmup-reg)")
-        _integer("seed", self.seed, low=0)
+        _integer("seed", self.seed, low=0, high=MAX_SEED)
         _integer("probe_batches", self.probe_batches, low=1)
         _integer("random_crop", self.random_crop, low=0)
         for name in ("fused_loss", "fused_ramp", "normalize_inputs", "bounded_input", "probe_fresh_slopes",
@@ -359,8 +362,10 @@ def _finite(name: str, value: Any, low: float | None = None, high: float | None 
         raise ValueError(f"{name} must be <= {high}, got {value}")
 
 
-def _integer(name: str, value: Any, low: int | None = None) -> None:
+def _integer(name: str, value: Any, low: int | None = None, high: int | None = None) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
         raise ValueError(f"{name} must be an integer, got {value!r}")
     if low is not None and value < low:
         raise ValueError(f"{name} must be >= {low}, got {value}")
+    if high is not None and value > high:
+        raise ValueError(f"{name} must be <= {high}, got {value}")

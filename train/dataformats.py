@@ -29,7 +29,7 @@ import os
 import tarfile
 import zlib
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 import numpy as np
 
@@ -96,7 +96,7 @@ def _read_exactly(stream, n: int, path: Path) -> bytes:
         ) from exc
 
 
-def read_idx(path: str | Path) -> np.ndarray:
+def read_idx(path: str | Path, expect: "Callable[[tuple[int, ...], np.dtype], None] | None" = None) -> np.ndarray:
     """Parse one IDX file (raw or gzip) into a numpy array of its declared shape and type.
 
     Checks, before the data is read (or inflated): the first two magic bytes are zero, the type
@@ -104,7 +104,8 @@ def read_idx(path: str | Path) -> np.ndarray:
     most :data:`MAX_IDX_BYTES` and agrees with the file's own size (a gzip file's trailer), so a
     gzip bomb is refused without inflating it. Then the data size must equal
     ``prod(dims) * itemsize`` exactly (a shorter file is reported as truncated, a longer one as
-    having trailing bytes).
+    having trailing bytes). ``expect(dims, dtype)`` may refuse the declared shape and type
+    (raise DatasetError) before any data is read.
     """
     path = Path(path)
     stream, size, zipped = _open_idx(path)
@@ -130,6 +131,8 @@ def read_idx(path: str | Path) -> np.ndarray:
         if expected > MAX_IDX_BYTES:
             raise DatasetError(f"IDX file {path} declares dims {dims} ({expected} bytes), more than the "
                                f"{MAX_IDX_BYTES} an IDX dataset may hold; refusing to read it")
+        if expect is not None:
+            expect(dims, dtype)
         if zipped and (header + expected) % (1 << 32) != size:
             raise DatasetError(f"IDX file {path} declares dims {dims} ({expected} data bytes) but its gzip "
                                f"trailer says it inflates to {size} bytes: the file is damaged or not what it claims")
@@ -143,24 +146,31 @@ def read_idx(path: str | Path) -> np.ndarray:
     return arr.astype(dtype.newbyteorder("="), copy=True)
 
 
-def read_idx_pair(images_path: str | Path, labels_path: str | Path, n_classes: int = 10) -> tuple[np.ndarray, np.ndarray]:
+def read_idx_pair(images_path: str | Path, labels_path: str | Path, n_classes: int = 10,
+                  image_hw: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Read an IDX image file ``[N, H, W]`` (uint8) and its label file ``[N]``.
 
-    Returns ``(images [N, 1, H, W] uint8, labels [N] int64)``; checks the shapes agree and the
-    labels lie in ``0 .. n_classes - 1``.
+    Returns ``(images [N, 1, H, W] uint8, labels [N] int64)``; checks the shapes agree (and
+    ``(H, W) == image_hw`` when given) from the headers, before the images are inflated, and
+    that the labels lie in ``0 .. n_classes - 1``.
     """
-    images = read_idx(images_path)
-    labels = read_idx(labels_path)
-    if images.ndim != 3 or images.dtype != np.uint8:
-        raise DatasetError(
-            f"IDX image file {images_path} should hold uint8 images [N, H, W], got {images.dtype} {images.shape}"
-        )
-    if labels.ndim != 1:
-        raise DatasetError(f"IDX label file {labels_path} should hold a vector [N], got shape {labels.shape}")
-    if labels.shape[0] != images.shape[0]:
-        raise DatasetError(
-            f"{images_path} has {images.shape[0]} images but {labels_path} has {labels.shape[0]} labels"
-        )
+    def label_shape(dims: tuple[int, ...], dtype: np.dtype) -> None:
+        if len(dims) != 1:
+            raise DatasetError(f"IDX label file {labels_path} should hold a vector [N], got shape {dims}")
+
+    labels = read_idx(labels_path, expect=label_shape)  # the small file first: its N bounds the images'
+
+    def image_shape(dims: tuple[int, ...], dtype: np.dtype) -> None:  # checked before the data is inflated
+        if len(dims) != 3 or dtype != np.uint8:
+            raise DatasetError(f"IDX image file {images_path} should hold uint8 images [N, H, W], its header "
+                               f"declares {dtype} {dims}")
+        if image_hw is not None and tuple(dims[1:]) != tuple(image_hw):
+            raise DatasetError(f"IDX image file {images_path} declares images of shape (1, {dims[1]}, {dims[2]}), "
+                               f"expected (1, {image_hw[0]}, {image_hw[1]})")
+        if dims[0] != labels.shape[0]:
+            raise DatasetError(f"{images_path} has {dims[0]} images but {labels_path} has {labels.shape[0]} labels")
+
+    images = read_idx(images_path, expect=image_shape)
     labels = labels.astype(np.int64)
     _check_labels(labels, n_classes, labels_path)
     return images[:, None, :, :], labels

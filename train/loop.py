@@ -40,7 +40,7 @@ from torch import nn
 from bounds.names import resolve_method
 from train.augment import batch_augmenter
 from train.callbacks import Callback, StepContext, call
-from train.collapse import collapse_warning
+from train.collapse import CollapseWatch, collapse_warning
 from train.checkpoint import capture_rng, check_finite, load_checkpoint, load_state, restore_rng, save_checkpoint
 from train.config import TrainConfig, run_domain
 from train.objective import BoundSetup, LossOptions, certified_loss
@@ -274,6 +274,7 @@ def train(
     if every and ckpt is None:
         save(out_path / "checkpoint_step0.pt", 0, 0.0)  # the initialisation starts the trajectory
     last_ckpt: Path | None = None
+    watch = CollapseWatch()  # reported once, only when the run ends collapsed (many recover mid-ramp)
     try:
         for epoch in range(start_epoch, config.epochs):
             model.train()
@@ -332,13 +333,10 @@ def train(
                            epoch_seconds=time.perf_counter() - t_epoch)
             metrics.update(_epoch_eval(model, data, config, domain, device) if proc.is_main else {})
             if config.eval_size > 0 and len(data.test_x) and proc.is_main:
-                warning = collapse_warning(model, data.test_x[: config.eval_size].to(device),
-                                           data.test_y[: config.eval_size], spec.n_classes,
-                                           metrics.get("train_robust_ce"), metrics.get("train_clean_ce"),
-                                           f"after epoch {epoch + 1}")
-                metrics["collapsed"] = float(warning is not None)
-                if warning is not None:
-                    report(warning)
+                test_x, test_y = data.test_x[: config.eval_size].to(device), data.test_y[: config.eval_size]
+                warning = collapse_warning(model, test_x, test_y, spec.n_classes, metrics.get("train_robust_ce"),
+                                           metrics.get("train_clean_ce"), f"after epoch {epoch + 1}")
+                metrics["collapsed"] = float(watch.update(warning, epoch + 1) is not None)
             metrics = par.broadcast(proc, {**metrics, "wall_time": wall_offset + time.perf_counter() - t0})
             history.append(metrics)
             if out_path is not None:
@@ -349,7 +347,9 @@ def train(
         if bar is not None:
             bar.close()
     wall = wall_offset + time.perf_counter() - t0
-    if not (config.eval_size > 0 and start_epoch < config.epochs) and len(data.test_x) and proc.is_main:
+    if watch.final(config.epochs) is not None:
+        report(watch.final(config.epochs))
+    elif not (config.eval_size > 0 and start_epoch < config.epochs) and len(data.test_x) and proc.is_main:
         warning = collapse_warning(model, data.test_x[:1000].to(device), data.test_y[:1000], spec.n_classes,
                                    metrics.get("train_robust_ce"), metrics.get("train_clean_ce"),
                                    "at the end of training")

@@ -304,6 +304,10 @@ def build_from_description(d: Mapping[str, Any]) -> nn.Sequential:
     description (version 2), by :func:`train.usermodels.describe` (weights come from a state dict)."""
     if not isinstance(d, Mapping):
         raise ModelError(f"a model description must be a dict, got {type(d).__name__}")
+    version = d.get("version", DESCRIPTION_VERSION)
+    if isinstance(version, bool) or version not in (DESCRIPTION_VERSION, 2):  # never build a newer one as an older
+        raise ModelError(f"model description version {version!r} is not supported (this toolkit reads "
+                         f"{DESCRIPTION_VERSION} and 2; a newer cert-landscape wrote it)")
     if d.get("version") == 2 or "layers" in d or d.get("unrecorded"):
         from train import usermodels
 
@@ -314,6 +318,10 @@ def build_from_description(d: Mapping[str, Any]) -> nn.Sequential:
     missing = [k for k in ("name", "input_shape", "n_classes", "mean", "std") if k not in d]
     if missing:
         raise ModelError(f"model description lacks {', '.join(missing)}")
+    if not isinstance(d["name"], str) or d["name"] not in MODELS:  # never import what a file names
+        raise ModelError(f"unknown model {d['name']!r} in a model description: it is not a model of the zoo "
+                         f"({', '.join(MODELS)}); a description names a zoo model or lists its layers, and loading "
+                         "one never imports or runs code")
     version = d.get("version", DESCRIPTION_VERSION)
     if version != DESCRIPTION_VERSION:
         raise ModelError(f"model description version {version!r} is not supported (this toolkit reads "

@@ -18,7 +18,8 @@ function with no arguments (:mod:`train.userdata`). Every failure is one :class:
 import that fails, a missing attribute, something that is not callable, or a call that raises
 (the original exception is chained, so ``LANDSCAPE_DEBUG=1`` shows its traceback).
 
-A file is imported once per modification time (editing it between two calls re-imports it);
+A file is imported once per content (editing it between two calls re-imports it, whatever its
+size and modification time say);
 its module is registered in ``sys.modules`` under a private name derived from its path.
 """
 
@@ -32,14 +33,14 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-__all__ = ["PluginError", "is_reference", "canonical", "resolve", "call", "describe_exception"]
+__all__ = ["PluginError", "is_reference", "canonical", "resolve", "call", "describe_exception", "check_trusted"]
 
 
 class PluginError(ValueError):
     """A model or dataset reference that cannot be imported, found or called."""
 
 
-_FILE_MODULES: dict[str, tuple[tuple[int, int], Any]] = {}
+_FILE_MODULES: dict[str, tuple[str, Any]] = {}
 
 
 def is_reference(name: object) -> bool:
@@ -81,8 +82,7 @@ def _import_file(path: str, ref: str, what: str) -> Any:
     if not p.is_file():
         where = "is a folder" if p.is_dir() else "does not exist"
         raise PluginError(f"{what} file {path} (from {ref!r}) {where}")
-    stat = p.stat()
-    stamp = (stat.st_mtime_ns, stat.st_size)
+    stamp = hashlib.sha256(p.read_bytes()).hexdigest()  # the content: an edit that keeps size and mtime counts too
     cached = _FILE_MODULES.get(path)
     if cached is not None and cached[0] == stamp:
         return cached[1]
@@ -98,6 +98,9 @@ def _import_file(path: str, ref: str, what: str) -> Any:
     sys.modules[name] = module
     try:
         spec.loader.exec_module(module)
+    except SystemExit as exc:
+        sys.modules.pop(name, None)
+        raise PluginError(f"importing {what} file {path} failed: it called sys.exit({exc.code!r})") from exc
     except Exception as exc:
         sys.modules.pop(name, None)
         raise PluginError(f"importing {what} file {path} failed: {describe_exception(exc)}") from exc
@@ -118,6 +121,26 @@ def _import_module(target: str, ref: str, what: str) -> Any:
         raise PluginError(f"importing {what} module {target!r} failed: {describe_exception(exc)}") from exc
     except Exception as exc:
         raise PluginError(f"importing {what} module {target!r} failed: {describe_exception(exc)}") from exc
+
+
+def check_trusted(ref: object, what: str, source: str, named: str | None = None, trust: bool = False) -> None:
+    """Refuse (PluginError) to import the code reference ``ref`` that ``source`` (a checkpoint, a
+    run's config) names, unless the user asked for it: by naming the same reference on the
+    command line (``named``, compared in :func:`canonical` form) or by ``trust`` (``--trust-code``).
+    Names that are not references (the zoo, the built-in datasets) always pass."""
+    if not is_reference(ref) or trust:
+        return
+    if named is not None:
+        try:
+            same = canonical(named, what) == canonical(str(ref), what)
+        except PluginError:
+            same = False
+        if same:
+            return
+        raise PluginError(f"--{what} {named}: {source} names {what} code {ref!r}, not this; name the same reference, "
+                          "or pass --trust-code to run the one it names")
+    raise PluginError(f"{source} names {what} code {ref!r}; reading a file never runs the code it names: pass "
+                      f"--{what} {ref} to name it yourself, or --trust-code, to import and run it")
 
 
 def resolve(ref: str, what: str = "model") -> Callable[..., Any]:
@@ -150,5 +173,7 @@ def call(ref: str, fn: Callable[..., Any], *args: Any, what: str = "model", **kw
     """``fn(*args, **kwargs)``; any exception it raises becomes one PluginError naming ``ref``."""
     try:
         return fn(*args, **kwargs)
+    except SystemExit as exc:  # a function that exits would end the command silently, with its status
+        raise PluginError(f"{what} function {ref!r} called sys.exit({exc.code!r}) instead of returning") from exc
     except Exception as exc:
         raise PluginError(f"{what} function {ref!r} raised {describe_exception(exc)}") from exc

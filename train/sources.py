@@ -81,8 +81,8 @@ def _locate_idx(folder: Path) -> Optional[dict[str, Path]]:
 
 
 def _read_idx_set(found: dict[str, Path]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    tx, ty = read_idx_pair(found["train_images"], found["train_labels"])
-    vx, vy = read_idx_pair(found["test_images"], found["test_labels"])
+    tx, ty = read_idx_pair(found["train_images"], found["train_labels"], image_hw=(28, 28))  # MNIST, Fashion-MNIST
+    vx, vy = read_idx_pair(found["test_images"], found["test_labels"], image_hw=(28, 28))
     if tx.shape[1:] != vx.shape[1:]:
         raise DatasetError(f"train images {tx.shape[1:]} and test images {vx.shape[1:]} differ in shape")
     return tx, ty, vx, vy

@@ -25,8 +25,8 @@ to get the same data: certify or scan a checkpoint only if you trust the code it
 from __future__ import annotations
 
 import functools
+import hashlib
 import math
-import os
 from typing import Any, Mapping, Optional
 
 import numpy as np
@@ -69,6 +69,11 @@ def _images(arr: np.ndarray, key: str, who: str) -> np.ndarray:
         raise DatasetError(f"{who}: {key} has values in [{lo:g}, {hi:g}], outside [0, 1]; scale the images to "
                            f"[0, 1]{hint}")
     return x
+
+
+MAX_CLASSES_WITHOUT_NAMES = 10_000
+"""A label this large or larger is refused unless ``classes`` names every class: one stray label
+(e.g. 1,000,000) would otherwise make a model with a million outputs."""
 
 
 def _labels(arr: np.ndarray, key: str, n: int, who: str) -> np.ndarray:
@@ -131,6 +136,11 @@ def check(result: Any, ref: str) -> tuple[tuple[np.ndarray, ...], Any]:
         if top >= len(classes):
             raise DatasetError(f"{who}: the labels go up to {top}, but only {len(classes)} class names are given")
     n_classes = len(classes) if classes is not None else top + 1
+    if classes is None and n_classes > MAX_CLASSES_WITHOUT_NAMES:
+        where, arr = ("train_y", ty) if ty.max() >= vy.max() else ("test_y", vy)
+        raise DatasetError(f"{who}: {where}[{int(arr.argmax())}] is the label {top}, which would make a model of "
+                           f"{n_classes} classes; labels are 0 .. n_classes - 1 (to mean that many classes, give "
+                           f"their names as 'classes')")
     if n_classes < 2:
         raise DatasetError(f"{who}: every label is 0; a classifier needs at least 2 classes")
     c = tx.shape[1]
@@ -152,9 +162,9 @@ def check(result: Any, ref: str) -> tuple[tuple[np.ndarray, ...], Any]:
 def _stamp(ref: str) -> tuple:
     target = ref.rpartition(":")[0]
     if target.endswith(".py"):
-        try:
-            st = os.stat(target)
-            return (st.st_mtime_ns, st.st_size)
+        try:  # the content: an edit that keeps the size and modification time counts too
+            with open(target, "rb") as fh:
+                return (hashlib.sha256(fh.read()).hexdigest(),)
         except OSError:
             return ()
     return ()

@@ -102,6 +102,9 @@ def build_user_model(ref: str, input_shape: Sequence[int], n_classes: int, mean:
     for name, t in [*model.named_parameters(), *model.named_buffers()]:
         if t.is_floating_point() and t.dtype != torch.float32:
             raise _error(f"{who} has {t.dtype} values in {name!r}; the data are float32, so build it in float32")
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise _error(f"model function {ref!r} returned a model with NaN or Inf values in {name!r}; it must "
+                         "start from finite weights")
     check_input(model, input_shape, n_classes, who)
     return model
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -83,12 +84,22 @@ def _setting(path: Path) -> Setting | None:
     if not isinstance(data, dict) or not isinstance(data.get("reproduce"), dict):
         return None
     rep = dict(data.pop("reproduce"))
+    name = rep.get("setting")
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name) or ".." in name:
+        raise ValueError(f"setting file {path}: reproduce.setting must be a plain name (letters, digits, '.', '_', "
+                         f"'-'; it names folders under --out), got {name!r}")
     cert, scan = dict(rep.get("certify") or {}), dict(rep.get("scan") or {})
+    from train.config import TrainConfig
+
+    try:  # the training part, as `train --config` reads it: typos and bad values named now
+        TrainConfig.from_dict(data)
+    except (ValueError, TypeError, KeyError) as exc:
+        raise ValueError(f"setting file {path}: {exc}") from None
     try:
         return Setting(
             name=str(rep["setting"]), profile=str(rep["profile"]), path=path, train=data,
             default=bool(rep.get("default", False)), probe_t=rep.get("probe_t"),
-            certify_eps=[float(e) for e in cert.get("eps", [data.get("eps", 0.0)])],
+            certify_eps=[float(e) for e in cert.get("eps", [data.get("eps", _default_eps())])],
             certify_size=int(cert.get("size", 500)), certify_methods=tuple(cert.get("methods", ("ibp", "crown-ibp"))),
             pgd_steps=int(cert.get("pgd_steps", 20)), tight_samples=int(cert.get("tightness_samples", 256)),
             scan_samples=int(scan.get("samples", 200)), scan_points_gradient=int(scan.get("points_gradient", 10)),
@@ -99,6 +110,12 @@ def _setting(path: Path) -> Setting | None:
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"setting file {path}: bad reproduce section ({exc})") from None
+
+
+def _default_eps() -> float:
+    from train.config import TrainConfig
+
+    return float(TrainConfig.eps)
 
 
 def load_settings() -> list[Setting]:
@@ -205,6 +222,10 @@ def make_plan(profile: str, device: str = "cpu", data_dir: str | Path | None = N
             raise ValueError(f"profile {profile!r} runs on {' or '.join(datasets)}, not {dataset!r}")
     else:
         preferred = [s for s in mine if s.default and _available(s.dataset, dd)]
+        missing = [s.dataset for s in mine if s.default and s not in preferred]
+        if dd is not None and missing and not preferred:  # an explicit folder never switches the dataset silently
+            raise ValueError(f"--data-dir {dd}: no {missing[0]} files there (profile {profile!r} runs on "
+                             f"{missing[0]}); put them there, or choose the dataset with --dataset")
         chosen = preferred or [s for s in mine if not s.default] or mine
     trainable = [m for m, info in TRAIN_METHODS.items() if info.bound is not None]
     own = list(dict.fromkeys(m for s in chosen for m in s.methods))
@@ -219,10 +240,21 @@ def make_plan(profile: str, device: str = "cpu", data_dir: str | Path | None = N
         if int(steps) < 1:
             raise ValueError(f"--steps must be >= 1, got {steps}")
         chosen = [_shortened(s, int(steps)) for s in chosen]
-    runs = [RunPlan(s.name, m, dict(s.train, method=m, seed=seed, device=device, data_dir=dd), seed)
+    runs = [RunPlan(s.name, m, _checked(s, dict(s.train, method=m, seed=seed, device=device, data_dir=dd)), seed)
             for seed in seeds for s in chosen for m in picked if methods is not None or m in s.methods]
     by_name = {s.name: _sized(s) for s in chosen}
     return Plan(profile, device, runs, by_name, seeds)
+
+
+def _checked(setting: Setting, config: dict) -> dict:
+    """``config`` as the training config will read it (every default filled in), or one
+    ValueError naming the setting file: a missing value, a typo in a key, a bad value."""
+    from train.config import TrainConfig
+
+    try:
+        return TrainConfig.from_dict(config).to_dict()
+    except (ValueError, TypeError, KeyError) as exc:
+        raise ValueError(f"setting file {setting.path}: {exc}") from None
 
 
 def _shortened(setting: Setting, steps: int) -> Setting:

@@ -9,7 +9,9 @@ without the rest.
   :func:`write_attrs`;
 - :mod:`landscape.store.rows`: growing columns (:func:`append_rows`) and cutting them back to
   a checkpoint (:func:`truncate_run`);
-- :mod:`landscape.store.scans`: :class:`ScanFile`, created, resumed and filled point by point.
+- :mod:`landscape.store.scans`: :class:`ScanFile`, created, resumed and filled point by point;
+- :mod:`landscape.store.lock`: one writer per file (:class:`WriterLock`) and the identity check
+  that keeps a writer from rewriting a file someone else changed.
 
 Reading: :func:`read` returns nested dicts, ``{"attrs": {...}, "results": {"crown-ibp":
 {"attrs": {...}, "loss": array, ...}}, "coords": {...}}``.
@@ -25,6 +27,7 @@ from landscape.store.files import (
     read,
     write_attrs,
 )
+from landscape.store.lock import FileBusyError, FileChangedError, WriterLock
 from landscape.store.rows import append_rows, truncate_rows, truncate_run
 from landscape.store.scans import (
     ScanFile,
@@ -39,6 +42,9 @@ __all__ = [
     "SCHEMA_VERSION",
     "StoreError",
     "DiskFullError",
+    "FileBusyError",
+    "FileChangedError",
+    "WriterLock",
     "ScanMismatchError",
     "append_rows",
     "write_attrs",

@@ -22,7 +22,7 @@ import secrets
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import h5py
 import numpy as np
@@ -94,13 +94,24 @@ def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
     return removed
 
 
+def written_path(path: str | os.PathLike) -> str:
+    """The file a write of ``path`` changes: ``path`` itself, or for a symbolic link the file it
+    points to (resolved through every link), so that a link is written through, never replaced
+    by a plain file while its target goes stale."""
+    path = os.fspath(path)
+    return os.path.realpath(path) if os.path.islink(path) else path
+
+
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike, like: str | os.PathLike | None = None) -> Iterator[str]:
+def atomic_path(path: str | os.PathLike, like: str | os.PathLike | None = None,
+                written: Callable[[os.stat_result], None] | None = None) -> Iterator[str]:
     """A temporary path beside ``path`` to write the new file to; on a clean exit it replaces
     ``path`` atomically (with the mode of ``like``, or of a new file under the umask), on an
     exception it is deleted and ``path`` is untouched. Stale temporaries of ``path`` are removed
-    first; a full disk raises :class:`DiskFullError`."""
-    path = os.fspath(path)
+    first; a full disk raises :class:`DiskFullError`. A symbolic link is written through: its
+    target is replaced, the link stays (:func:`written_path`). ``written`` is called with the stat of the
+    finished temporary just before it replaces ``path`` (its identity as the new file)."""
+    path = written_path(path)
     if os.path.isdir(path):
         raise IsADirectoryError(f"cannot write {path}: it is a directory")
     directory = os.path.dirname(os.path.abspath(path)) or "."
@@ -115,6 +126,8 @@ def atomic_path(path: str | os.PathLike, like: str | os.PathLike | None = None) 
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         _set_mode(tmp, like)
+        if written is not None:
+            written(os.stat(tmp))
         os.replace(tmp, path)
         tmp = ""
     except Exception as exc:
@@ -127,19 +140,39 @@ def atomic_path(path: str | os.PathLike, like: str | os.PathLike | None = None) 
 
 
 @contextlib.contextmanager
-def atomic_update(path: str, fresh: bool = False) -> Iterator[h5py.File]:
+def atomic_update(path: str, fresh: bool = False, check: Callable[[os.stat_result | None], None] | None = None,
+                  written: Callable[[os.stat_result], None] | None = None) -> Iterator[h5py.File]:
     """Open a writable copy of ``path`` (or an empty file when ``fresh`` or absent); on a clean
     exit the copy replaces ``path`` atomically, on an exception it is deleted and ``path`` is
     untouched (:func:`atomic_path`). The copy is changed in memory and written with plain file
-    I/O, so a full disk fails cleanly instead of inside the HDF5 library."""
+    I/O, so a full disk fails cleanly instead of inside the HDF5 library.
+
+    ``check(stat)`` sees the stat of the very file whose bytes are copied (None if there is
+    none) and may raise to refuse it; ``written(stat)``, the new file's (see :func:`atomic_path`):
+    together they let a writer make sure it rewrites only its own last version."""
     path = os.fspath(path)
     update = os.path.exists(path) and not os.path.isdir(path) and not fresh
     if update:
         check_hdf5(path)
-    image = io.BytesIO(Path(path).read_bytes() if update else b"")
+    raw = b""
+    if update:
+        try:
+            with open(path, "rb") as fh:
+                if check is not None:
+                    check(os.fstat(fh.fileno()))
+                raw = fh.read()
+        except FileNotFoundError:
+            if check is not None:
+                check(None)
+            raise
+    elif check is not None and not fresh:
+        check(None)
+    image = io.BytesIO(raw)
     with h5py.File(image, "r+" if update else "w") as f:
+        if update:
+            check_version(path, f)
         yield f
-    with atomic_path(path, like=path if update else None) as tmp:
+    with atomic_path(path, like=path if update else None, written=written) as tmp:
         with open(tmp, "wb") as fh:
             fh.write(image.getbuffer())
 
@@ -152,6 +185,21 @@ def _set_mode(tmp: str, like: str | os.PathLike | None) -> None:
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(tmp, 0o666 & ~umask)
+
+
+def check_version(path: str | os.PathLike, f: h5py.File) -> None:
+    """Refuse (StoreError) a file whose ``schema_version`` is newer than :data:`SCHEMA_VERSION`:
+    this toolkit would misread it, and rewriting it would relabel it as an older layout."""
+    raw = f.attrs.get("schema_version")
+    if raw is None:
+        return
+    try:
+        version = int(_from_attr(raw))
+    except (TypeError, ValueError):
+        raise StoreError(f"{os.fspath(path)} has a schema_version that is not a number ({_from_attr(raw)!r})") from None
+    if version > SCHEMA_VERSION:
+        raise StoreError(f"{os.fspath(path)} has schema_version {version}, newer than this toolkit reads "
+                         f"({SCHEMA_VERSION}), so it is not supported; use a newer cert-landscape, or another file")
 
 
 def check_hdf5(path: str) -> None:
@@ -254,6 +302,7 @@ def read(path: str) -> dict[str, Any]:
     if not h5py.is_hdf5(path):
         raise StoreError(f"{path} is not an HDF5 file")
     with h5py.File(path, "r") as f:
+        check_version(path, f)
         return _read_group(f)
 
 

@@ -31,9 +31,11 @@ from landscape.store.files import (
     atomic_update,
     canonical_json,
     check_hdf5,
+    check_version,
     get_attrs,
     set_attrs,
 )
+from landscape.store.lock import Stamp, WriterLock, check_stamp, stamp_of
 
 
 class ScanMismatchError(StoreError):
@@ -66,6 +68,10 @@ class ScanFile:
     """True while points set since the last :meth:`flush` are not on disk yet."""
     label_arrays: list[str] = field(default_factory=list)
     label_data: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    stamp: Stamp | None = field(default=None, repr=False, compare=False)
+    """Identity of the file as this writer last wrote or read it; a flush refuses any other."""
+    lock: WriterLock | None = field(default=None, repr=False, compare=False)
+    """This process's writer lock on the file (:func:`open_or_create_scan` with ``lock=True``)."""
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -131,7 +137,7 @@ class ScanFile:
         """Write results (and ``complete``, label attrs) to ``path`` atomically."""
         if complete is not None:
             self.complete = bool(complete)
-        with atomic_update(self.path) as f:
+        with atomic_update(self.path, **self._guard()) as f:
             for label in self.labels:
                 g = f["results"][label]
                 for name in self.fields:
@@ -155,8 +161,27 @@ class ScanFile:
     def write_attrs(self, attrs: Mapping[str, Any]) -> None:
         """Set root attributes now (atomically)."""
         self.attrs.update(attrs)
-        with atomic_update(self.path) as f:
+        with atomic_update(self.path, **self._guard()) as f:
             set_attrs(f, attrs)
+
+    def _guard(self) -> dict[str, Any]:
+        """The checks of :func:`atomic_update` that keep this writer to its own file: the file
+        rewritten must be the version this writer last wrote or read (else
+        :class:`~landscape.store.lock.FileChangedError`, the file left as it is), and the new
+        version becomes the one expected next."""
+        def check(st: os.stat_result | None) -> None:
+            check_stamp(self.path, self.stamp, st)
+
+        def written(st: os.stat_result) -> None:
+            self.stamp = stamp_of(st)
+
+        return {"check": check, "written": written}
+
+    def close(self) -> None:
+        """Release the writer lock (the file stays as last flushed)."""
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
 
 
 def _mask_dataset(group: h5py.Group, mask: np.ndarray, dims: Sequence[str]) -> None:
@@ -217,7 +242,8 @@ def create_scan(
         **({"label_arrays": label_arrays} if label_arrays else {}),
         **dict(attrs or {}),
     }
-    with atomic_update(path, fresh=True) as f:
+    stamps: list[Stamp] = []
+    with atomic_update(path, fresh=True, written=lambda st: stamps.append(stamp_of(st))) as f:
         set_attrs(f, root)
         gc = f.create_group("coords")
         for d in dims:
@@ -237,7 +263,7 @@ def create_scan(
                 set_attrs(ds, a_attrs)
     return ScanFile(
         path=os.fspath(path), kind=kind, dims=dims, coords=coord_arrays, labels=labels,
-        fields=fields, data=data, attrs=root, label_arrays=label_arrays,
+        fields=fields, data=data, attrs=root, label_arrays=label_arrays, stamp=stamps[-1],
     )
 
 
@@ -248,8 +274,10 @@ def open_scan(path: str, args: Mapping[str, Any] | None = None, kind: str | None
     if not os.path.exists(path):
         raise FileNotFoundError(f"scan file {path} does not exist")
     check_hdf5(path)
+    before = os.stat(path)
     try:
         with h5py.File(path, "r") as f:
+            check_version(path, f)
             root = get_attrs(f)
             if "args_json" not in root or "dims" not in root:
                 raise StoreError(f"{path} is not a landscape scan file; refusing to overwrite it")
@@ -269,6 +297,10 @@ def open_scan(path: str, args: Mapping[str, Any] | None = None, kind: str | None
                         for lab in labels if "computed" in f["results"][lab]}
     except (OSError, KeyError) as exc:
         raise StoreError(f"{path} is not a readable landscape scan file ({exc})") from exc
+    try:
+        check_stamp(path, stamp_of(before), os.stat(path))
+    except FileNotFoundError:
+        check_stamp(path, stamp_of(before), None)
     if kind is not None and root["kind"] != kind:
         raise ScanMismatchError(
             f"{path} holds a scan of kind {root['kind']!r}, not {kind!r}; choose another --out or delete it"
@@ -282,7 +314,7 @@ def open_scan(path: str, args: Mapping[str, Any] | None = None, kind: str | None
     return ScanFile(
         path=path, kind=root["kind"], dims=dims, coords=coords, labels=labels, fields=fields,
         data=data, attrs=root, label_attrs=label_attrs, complete=bool(root.get("complete", False)),
-        computed=computed, label_arrays=label_arrays, label_data=label_data,
+        computed=computed, label_arrays=label_arrays, label_data=label_data, stamp=stamp_of(before),
     )
 
 
@@ -297,16 +329,29 @@ def open_or_create_scan(
     attrs: Mapping[str, Any] | None = None,
     arrays: Mapping[str, Any] | None = None,
     label_arrays: Sequence[str] = (),
+    lock: bool = False,
 ) -> tuple[ScanFile, bool]:
     """Resume ``path`` if it holds a scan of the same kind and arguments, else create it.
 
     Returns ``(scan, resumed)``. A file from other arguments raises :class:`ScanMismatchError`
-    and is left untouched.
+    and is left untouched. With ``lock``, the scan holds the file's writer lock
+    (:class:`~landscape.store.lock.WriterLock`) until :meth:`ScanFile.close`: a second writer
+    is refused with :class:`~landscape.store.lock.FileBusyError` before it reads anything.
     """
-    if os.path.exists(path):
-        return open_scan(path, args=args, kind=kind), True
-    return create_scan(path, kind=kind, args=args, coords=coords, labels=labels, fields=fields,
-                       attrs=attrs, arrays=arrays, label_arrays=label_arrays), False
+    held = WriterLock(path).acquire() if lock else None
+    try:
+        if os.path.exists(path):
+            scan, resumed = open_scan(path, args=args, kind=kind), True
+        else:
+            scan = create_scan(path, kind=kind, args=args, coords=coords, labels=labels, fields=fields,
+                               attrs=attrs, arrays=arrays, label_arrays=label_arrays)
+            resumed = False
+    except BaseException:
+        if held is not None:
+            held.release()
+        raise
+    scan.lock = held
+    return scan, resumed
 
 
 def read_array(path: str, name: str) -> tuple[np.ndarray, dict[str, Any]]:
