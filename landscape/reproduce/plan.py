@@ -62,6 +62,7 @@ class Setting:
     scan_range: float = 1.0
     notes: list[str] = field(default_factory=list)
     methods: tuple[str, ...] = PAPER_METHODS
+    slurm: dict = field(default_factory=dict)
 
     @property
     def dataset(self) -> str:
@@ -91,6 +92,7 @@ def _setting(path: Path) -> Setting | None:
             scan_points_1d=int(scan.get("points_1d", 21)), scan_points_2d=int(scan.get("points_2d", 11)),
             scan_range=float(scan.get("range", 1.0)), notes=[" ".join(str(n).split()) for n in rep.get("notes", [])],
             methods=tuple(str(m) for m in rep.get("methods", PAPER_METHODS)),
+            slurm=dict(rep.get("slurm") or {}),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"setting file {path}: bad reproduce section ({exc})") from None
