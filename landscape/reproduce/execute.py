@@ -390,7 +390,11 @@ def _executor(out: Path, how: Execution) -> Any:
         ex = submitit.LocalExecutor(folder=folder)
         ex.update_parameters(timeout_min=opts.time)
         return ex
-    ex = submitit.SlurmExecutor(folder=folder)
+    try:
+        ex = submitit.SlurmExecutor(folder=folder)
+    except RuntimeError as exc:  # no srun here
+        raise RuntimeError(f"--launcher slurm: no SLURM cluster found from this machine ({exc}); run the command "
+                           "on a login node of the cluster") from None
     params: dict[str, Any] = {"time": opts.time, "cpus_per_task": opts.cpus_per_job, "ntasks_per_node": 1,
                               "nodes": 1, "job_name": "landscape-reproduce"}
     if opts.partition:
