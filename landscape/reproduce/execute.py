@@ -428,10 +428,13 @@ def _with_submitit(plan: Plan, out: Path, how: Execution, download: bool) -> lis
         for j, r in done:
             running.remove((j, r))
             try:
-                outcomes.append(j.result())
+                o = j.result()
             except Exception as exc:
                 log(f"{r.key} (job {j.job_id}) failed: {' '.join(str(exc).split())[-400:]}")
                 failures.append((r.key, exc))
+                continue
+            outcomes.append(o)
+            log(f"finished {r.key} on {o['where']} in {o['seconds']:.0f} s ({'trained' if o['trained'] else 'reused'})")
     if failures:
         raise _failed(failures)
     return outcomes
