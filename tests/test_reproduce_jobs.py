@@ -17,6 +17,7 @@ import pytest
 from landscape.cli import main
 from landscape.reproduce import execute
 from landscape.reproduce.execute import Execution, RunLock, SlurmOptions, parse_slurm_time
+from landscape.reproduce.slurm import make_executor
 
 # a small plan: two methods of the tiny profile (tightest draws random slopes), seed 3
 PLAN = ["--profile", "tiny", "--methods", "ibp,tightest", "--seeds", "3"]
@@ -247,10 +248,9 @@ def test_the_slurm_job_script_carries_the_options(tmp_path: Path, monkeypatch) -
     submitit = pytest.importorskip("submitit")
     if submitit.SlurmExecutor.affinity() <= 0:
         with pytest.raises(RuntimeError, match="no SLURM cluster found"):
-            execute._executor(tmp_path, Execution(launcher="slurm"))
+            make_executor(tmp_path, "slurm", SlurmOptions())
     monkeypatch.setattr(submitit.SlurmExecutor, "affinity", staticmethod(lambda: 1))
-    how = Execution(launcher="slurm", slurm=SlurmOptions(partition="gpu", gpus_per_job=2, time=90, cpus_per_job=8))
-    ex = execute._executor(tmp_path, how)
+    ex = make_executor(tmp_path, "slurm", SlurmOptions(partition="gpu", gpus_per_job=2, time=90, cpus_per_job=8))
     text = ex._make_submission_file_text("python -m submitit.core._submit X", "uid")
     for line in ("#SBATCH --partition=gpu", "#SBATCH --gpus-per-node=2", "#SBATCH --time=90",
                  "#SBATCH --cpus-per-task=8", "#SBATCH --ntasks-per-node=1"):

@@ -28,16 +28,16 @@ This module is part of the composition root :mod:`landscape.reproduce`.
 from __future__ import annotations
 
 import os
-import re
 import socket
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from landscape.reproduce.plan import Plan, RunPlan
 from landscape.reproduce import steps
+from landscape.reproduce.locks import RunLock, summary_lock
+from landscape.reproduce.plan import Plan, RunPlan
+from landscape.reproduce.slurm import SlurmOptions, parse_slurm_time, submit_all
 from landscape.reproduce.steps import certify_run, log, scan_run, train_run
 
 __all__ = ["Execution", "SlurmOptions", "RunLock", "carry_out", "carry_out_run", "LAUNCHERS", "parse_slurm_time",
@@ -47,81 +47,6 @@ LAUNCHERS = ("processes", "slurm", "local")
 """``processes``: this machine (``--jobs`` workers, 1 = this process); ``slurm``: one SLURM job per
 run through submitit; ``local``: the same through submitit's local executor (real subprocesses on
 this machine; what the test suite runs in place of a cluster)."""
-
-SLURM_KEYS = ("partition", "gpus_per_job", "time", "cpus_per_job")
-"""Keys of a setting file's ``reproduce: slurm:`` section (the ``--slurm-*`` options override them)."""
-
-
-def parse_slurm_time(value: Any) -> int:
-    """A SLURM time limit as minutes: an integer (minutes), ``MM:SS``, ``HH:MM:SS``,
-    ``D-HH`` or ``D-HH:MM[:SS]`` (seconds rounded up). ValueError otherwise."""
-    if isinstance(value, bool):
-        raise ValueError(f"--slurm-time: expected minutes or [D-]HH:MM:SS, got {value!r}")
-    if isinstance(value, int):
-        minutes = value
-    else:
-        text = str(value).strip()
-        m = re.fullmatch(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?", text)
-        if m is None:
-            raise ValueError(f"--slurm-time: expected minutes or [D-]HH:MM:SS, got {value!r}")
-        days, a, b, c = m.groups()
-        nums = [int(v) for v in (a, b, c) if v is not None]
-        if days is not None:  # D-HH, D-HH:MM, D-HH:MM:SS
-            nums += [0] * (3 - len(nums))
-            seconds = int(days) * 86400 + nums[0] * 3600 + nums[1] * 60 + nums[2]
-        elif len(nums) == 1:  # minutes
-            seconds = nums[0] * 60
-        elif len(nums) == 2:  # MM:SS
-            seconds = nums[0] * 60 + nums[1]
-        else:  # HH:MM:SS
-            seconds = nums[0] * 3600 + nums[1] * 60 + nums[2]
-        minutes = -(-seconds // 60)
-    if minutes < 1:
-        raise ValueError(f"--slurm-time: the limit must be at least one minute, got {value!r}")
-    return minutes
-
-
-@dataclass
-class SlurmOptions:
-    """One SLURM job per run: its partition (None: the cluster's default), GPUs, CPUs (also the
-    job's torch threads) and time limit in minutes."""
-
-    partition: str | None = None
-    gpus_per_job: int = 0
-    time: int = 60
-    cpus_per_job: int = 2
-
-    @classmethod
-    def resolve(cls, plan: Plan, **given: Any) -> "SlurmOptions":
-        """The options from the command line (``given``, None = not given) over those of the plan's
-        settings' ``reproduce: slurm:`` sections (the first setting that names a key wins) over the
-        defaults. ValueError for a bad value or an unknown key."""
-        merged: dict[str, Any] = {}
-        for name in plan.settings():
-            section = dict(getattr(plan.setting(name), "slurm", None) or {})
-            bad = [k for k in section if k not in SLURM_KEYS]
-            if bad:
-                raise ValueError(f"setting {name}: unknown key {bad[0]!r} in reproduce: slurm: "
-                                 f"(expected {', '.join(SLURM_KEYS)})")
-            for k, v in section.items():
-                merged.setdefault(k, v)
-        merged.update({k: v for k, v in given.items() if v is not None})
-        opts = cls()
-        if merged.get("partition") is not None:
-            opts.partition = str(merged["partition"])
-        for key in ("gpus_per_job", "cpus_per_job"):
-            if key in merged:
-                try:
-                    value = int(merged[key])
-                except (TypeError, ValueError):
-                    value = -1
-                low = 0 if key == "gpus_per_job" else 1
-                if value < low or isinstance(merged[key], bool):
-                    raise ValueError(f"--slurm-{key.replace('_', '-')}: expected an integer >= {low}, got {merged[key]!r}")
-                setattr(opts, key, value)
-        if "time" in merged:
-            opts.time = parse_slurm_time(merged["time"])
-        return opts
 
 
 @dataclass
@@ -153,81 +78,6 @@ class Execution:
         import torch
 
         return max(1, torch.get_num_threads() // self.jobs)
-
-
-# ----------------------------------------------------------------------------------------------
-# the lock of a run
-
-
-class RunLock:
-    """An advisory lock on one file (``fcntl.flock``): held by at most one open file of any
-    process, released when that file is closed or its process dies. The holder writes
-    ``pid host`` into the file so that a waiter can say who it waits for."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = Path(path)
-        self._fd: int | None = None
-
-    def holder(self) -> str:
-        """Who holds (or last held) the lock, as its holder wrote it."""
-        try:
-            text = self.path.read_text().strip()
-        except OSError:
-            return "another process"
-        pid, _, host = text.partition(" ")
-        return f"process {pid} on {host}" if pid else "another process"
-
-    def acquire(self, wait: bool = True, what: str = "", poll: float = 1.0) -> bool:
-        """Take the lock; when another process holds it, log who and wait for it (``wait``), else
-        return False."""
-        try:
-            import fcntl
-        except ImportError:  # no flock on this platform: run unlocked
-            return True
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        told = False
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if not wait:
-                    os.close(fd)
-                    return False
-                if not told:
-                    log(f"{what or self.path} is being worked on by {self.holder()} ({self.path}); waiting for it")
-                    told = True
-                time.sleep(poll)
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()} {socket.gethostname()}\n".encode())
-        self._fd = fd
-        if told:
-            log(f"{what or self.path}: the other process is done with it")
-        return True
-
-    def release(self) -> None:
-        """Let the lock go (the file stays: removing it would race with a waiter)."""
-        if self._fd is not None:
-            import fcntl
-
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = None
-
-    def __enter__(self) -> "RunLock":
-        self.acquire()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.release()
-
-
-def summary_lock(out: Path) -> RunLock:
-    """The lock taken (and waited for) while the figures and the summary of ``out`` are written."""
-    lock = RunLock(Path(out) / ".summary.lock")
-    lock.acquire(what="the summary")
-    return lock
 
 
 # ----------------------------------------------------------------------------------------------
@@ -379,67 +229,6 @@ def _job(plan: Plan, out: str, index: int, download: bool, threads: int | None) 
     return carry_out_run(run, Path(out), plan, _data(run, download), progress=False, where=where)
 
 
-def _executor(out: Path, how: Execution) -> Any:
-    try:
-        import submitit
-    except ImportError:
-        raise ValueError("--launcher slurm needs submitit: pip install 'cert-landscape[slurm]'") from None
-    folder = Path(out) / "submitit" / "%j"
-    opts = how.slurm
-    if how.launcher == "local":
-        ex = submitit.LocalExecutor(folder=folder)
-        ex.update_parameters(timeout_min=opts.time)
-        return ex
-    try:
-        ex = submitit.SlurmExecutor(folder=folder)
-    except RuntimeError as exc:  # no srun here
-        raise RuntimeError(f"--launcher slurm: no SLURM cluster found from this machine ({exc}); run the command "
-                           "on a login node of the cluster") from None
-    params: dict[str, Any] = {"time": opts.time, "cpus_per_task": opts.cpus_per_job, "ntasks_per_node": 1,
-                              "nodes": 1, "job_name": "landscape-reproduce"}
-    if opts.partition:
-        params["partition"] = opts.partition
-    if opts.gpus_per_job:
-        params["gpus_per_node"] = opts.gpus_per_job
-    ex.update_parameters(**params)
-    return ex
-
-
-def _with_submitit(plan: Plan, out: Path, how: Execution, download: bool) -> list[dict[str, Any]]:
-    """Each run a job; at most ``how.jobs`` at a time with the local executor (a cluster's
-    scheduler paces its own)."""
-    ex = _executor(out, how)
-    threads = how.threads_per_run if how.threads_per_run is not None else (
-        how.slurm.cpus_per_job if how.launcher == "slurm" else how.threads())
-    cap = how.jobs if how.launcher == "local" else len(plan.runs)
-    pending = list(range(len(plan.runs)))
-    running: list[tuple[Any, RunPlan]] = []
-    outcomes, failures = [], []
-    while pending or running:
-        while pending and len(running) < cap:
-            i = pending.pop(0)
-            job = ex.submit(_job, plan, str(out), i, download, threads)
-            log(f"submitted {plan.runs[i].key} as job {job.job_id} (log: {job.paths.stderr})")
-            running.append((job, plan.runs[i]))
-        done = [(j, r) for j, r in running if j.done()]
-        if not done:
-            time.sleep(1.0)
-            continue
-        for j, r in done:
-            running.remove((j, r))
-            try:
-                o = j.result()
-            except Exception as exc:
-                log(f"{r.key} (job {j.job_id}) failed: {' '.join(str(exc).split())[-400:]}")
-                failures.append((r.key, exc))
-                continue
-            outcomes.append(o)
-            log(f"finished {r.key} on {o['where']} in {o['seconds']:.0f} s ({'trained' if o['trained'] else 'reused'})")
-    if failures:
-        raise _failed(failures)
-    return outcomes
-
-
 # ----------------------------------------------------------------------------------------------
 
 
@@ -451,7 +240,11 @@ def carry_out(plan: Plan, out: Path, data_for: Callable[[RunPlan], Any], how: Ex
     the end with one RuntimeError naming every failed run."""
     how = how or Execution()
     if how.launcher in ("slurm", "local"):
-        outcomes = _with_submitit(plan, out, how, download)
+        threads = how.threads_per_run if how.threads_per_run is not None else (
+            how.slurm.cpus_per_job if how.launcher == "slurm" else how.threads())
+        outcomes, failures = submit_all(plan, out, how.launcher, how.slurm, how.jobs, _job, (download, threads))
+        if failures:
+            raise _failed(failures)
     elif how.jobs > 1 and len(plan.runs) > 1:
         outcomes = _in_processes(plan, out, how, download)
     else:
