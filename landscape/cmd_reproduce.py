@@ -45,7 +45,8 @@ from bounds.names import PAPER_METHODS
                    "numbers bit for bit under any --jobs.")
 @click.option("--launcher", type=click.Choice(["processes", "slurm", "local"]), default="processes",
               show_default=True, help="processes: this machine (--jobs); slurm: one SLURM job per run through "
-              "submitit (pip install 'cert-landscape[slurm]'); this command waits for them, then writes the summary.")
+              "submitit (pip install 'cert-landscape[slurm]'); this command waits for them, then writes the summary; "
+              "local: the same jobs as subprocesses here through submitit's local executor (a test of the launcher).")
 @click.option("--slurm-partition", default=None, help="SLURM partition of the jobs [profile's reproduce: slurm:, "
               "else the cluster's default].")
 @click.option("--slurm-gpus-per-job", type=int, default=None, help="GPUs of every SLURM job [default 0].")
