@@ -42,10 +42,27 @@ from bounds.names import PAPER_METHODS
                    "test set after the eps ramp, as the paper code selects its reported model (test-set "
                    "selection: optimistic, labelled so; needs the per-epoch evaluation, eval_size > 0).")
 @click.option("--dry-run", is_flag=True, help="Print the plan (runs and their settings) and stop.")
+@click.option("--jobs", type=int, default=1, show_default=True,
+              help="Carry out this many runs at a time in worker processes, each with its share of the CPU threads "
+                   "(or its own GPU when several are visible); the figures and summary follow when all are done.")
+@click.option("--threads-per-run", type=int, default=None,
+              help="Torch threads of every run [default: the CPU threads / --jobs]; the same value gives the same "
+                   "numbers bit for bit under any --jobs.")
+@click.option("--launcher", type=click.Choice(["processes", "slurm", "local"]), default="processes",
+              show_default=True, help="processes: this machine (--jobs); slurm: one SLURM job per run through "
+              "submitit (pip install 'cert-landscape[slurm]'); this command waits for them, then writes the summary; "
+              "local: the same jobs as subprocesses here through submitit's local executor (a test of the launcher).")
+@click.option("--slurm-partition", default=None, help="SLURM partition of the jobs [profile's reproduce: slurm:, "
+              "else the cluster's default].")
+@click.option("--slurm-gpus-per-job", type=int, default=None, help="GPUs of every SLURM job [default 0].")
+@click.option("--slurm-cpus-per-job", type=int, default=None,
+              help="CPUs of every SLURM job, also its torch threads [default 2].")
+@click.option("--slurm-time", default=None, help="Time limit of every SLURM job: minutes or [D-]HH:MM:SS [default 60].")
 def reproduce(profile: str, out_dir: Path, device: str, data_dir: Path | None, dataset: str | None, steps: int | None,
               seeds: str,
               methods: str | None, download: bool, formats: str, compile: bool, test_selected: bool,
-              dry_run: bool) -> None:
+              dry_run: bool, jobs: int, threads_per_run: int | None, launcher: str, slurm_partition: str | None,
+              slurm_gpus_per_job: int | None, slurm_cpus_per_job: int | None, slurm_time: str | None) -> None:
     """Reproduce the paper's analysis: train IBP, CROWN-IBP (beta = 1), CAP and the
     tightest-slope method with training probes (once per seed), certify them at several eps,
     scan them, and write the figures, tables and a summary that states the paper's claims with
@@ -72,10 +89,18 @@ def reproduce(profile: str, out_dir: Path, device: str, data_dir: Path | None, d
     if compile:  # the runs' configs carry it (a resume keeps it), and their certify and scan steps read it
         for r in plan.runs:
             r.config["compile"] = True
+    how = repro.Execution(jobs=jobs, threads_per_run=threads_per_run, launcher=launcher,
+                          slurm=repro.SlurmOptions.resolve(plan, partition=slurm_partition, gpus_per_job=slurm_gpus_per_job,
+                                                           cpus_per_job=slurm_cpus_per_job, time=slurm_time))
+    if launcher != "processes":
+        import importlib.util
+
+        if importlib.util.find_spec("submitit") is None:
+            raise click.UsageError("--launcher slurm needs submitit: pip install 'cert-landscape[slurm]'")
     if dry_run:
         click.echo(repro.describe_plan(plan))
         return
-    result = repro.run(plan, out_dir, formats=formats, download=download)
+    result = repro.run(plan, out_dir, formats=formats, download=download, how=how)
     click.echo(result.summary())
 
 

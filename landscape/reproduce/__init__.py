@@ -27,6 +27,7 @@ from typing import Any, Sequence
 
 from landscape.reproduce.plan import Plan, RunPlan, describe_plan, make_plan
 from landscape.reproduce.steps import certify_run, log, scan_run, train_run
+from landscape.reproduce.execute import Execution, SlurmOptions, carry_out, summary_lock
 from landscape.reproduce.claims import claims
 from landscape.reproduce.summary import (
     aggregate,
@@ -38,7 +39,7 @@ from landscape.reproduce.summary import (
 )
 
 __all__ = ["Plan", "RunPlan", "make_plan", "describe_plan", "run", "draw", "draw_summary", "ReproduceResult",
-           "train_run", "certify_run", "scan_run", "load_results"]
+           "train_run", "certify_run", "scan_run", "load_results", "Execution", "SlurmOptions"]
 
 
 @dataclass
@@ -62,8 +63,10 @@ class ReproduceResult:
 
 
 def run(plan: Plan, out_dir: str | Path, formats: Sequence[str] | str = ("png", "pdf"),
-        progress: bool = True, download: bool = False) -> ReproduceResult:
-    """Carry out ``plan`` into ``out_dir`` (see the module docstring); resumable."""
+        progress: bool = True, download: bool = False, how: Execution | None = None) -> ReproduceResult:
+    """Carry out ``plan`` into ``out_dir`` (see the module docstring); resumable. ``how`` says
+    where the runs go (:mod:`landscape.reproduce.execute`: this process, ``--jobs N`` workers,
+    SLURM jobs); the figures and summary are written when every run is done."""
     from figures.style import normalise_formats
 
     fmts = normalise_formats(formats)
@@ -75,7 +78,6 @@ def run(plan: Plan, out_dir: str | Path, formats: Sequence[str] | str = ("png", 
     out.mkdir(parents=True, exist_ok=True)
     (out / "plan.txt").write_text(describe_plan(plan) + "\n")
     t0 = time.perf_counter()
-    trained, reused = [], []
     datasets: dict[tuple, Any] = {}
 
     def data_for(run: RunPlan):
@@ -87,17 +89,9 @@ def run(plan: Plan, out_dir: str | Path, formats: Sequence[str] | str = ("png", 
 
     for r in plan.runs:  # load every dataset first: a missing one fails before any training
         data_for(r)
-    for r in plan.runs:
-        if train_run(r, out, plan, data_for(r), progress=progress):
-            trained.append(r.key)
-        else:
-            reused.append(r.key)
-            log(f"{r.key}: finished run found, not trained again")
-    for r in plan.runs:
-        certify_run(r, out, plan, data_for(r))
-        log(f"scanning {r.key}")
-        scan_run(r, out, plan, data_for(r))
+    trained, reused = carry_out(plan, out, data_for, how, progress=progress, download=download)
 
+    held = summary_lock(out)  # another plan on this --out may be writing them
     records = load_results(plan, out)
     files = draw(plan, out, fmts, records)
     rows = summary_rows(plan, out, records)
@@ -109,6 +103,7 @@ def run(plan: Plan, out_dir: str | Path, formats: Sequence[str] | str = ("png", 
                "claims": {s: claims(rows, s, margins[s]) for s in plan.settings()}}
     (out / "summary.json").write_text(json.dumps(json_ready(summary), indent=2, allow_nan=False) + "\n")
     (out / "summary.md").write_text(summary_markdown(rows, margins))
+    held.release()
     wall = time.perf_counter() - t0
     log(f"done in {wall:.0f} s")
     return ReproduceResult(out, files, rows, wall, trained, reused, margins)

@@ -67,6 +67,7 @@ class Setting:
     notes: list[str] = field(default_factory=list)
     methods: tuple[str, ...] = PAPER_METHODS
     margins: Margins = field(default_factory=Margins)
+    slurm: dict = field(default_factory=dict)
 
     @property
     def dataset(self) -> str:
@@ -107,6 +108,7 @@ def _setting(path: Path) -> Setting | None:
             scan_range=float(scan.get("range", 1.0)), notes=[" ".join(str(n).split()) for n in rep.get("notes", [])],
             methods=tuple(str(m) for m in rep.get("methods", PAPER_METHODS)),
             margins=Margins.from_dict(rep.get("claims")),
+            slurm=dict(rep.get("slurm") or {}),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"setting file {path}: bad reproduce section ({exc})") from None

@@ -25,9 +25,13 @@ from landscape.runs import latest_epoch_checkpoint, train_in_dir
 __all__ = ["log", "gap_column", "train_run", "certify_run", "scan_run"]
 
 
+LOG_PREFIX = ""
+"""Put before every progress line of this process (a worker of ``--jobs N`` sets its name)."""
+
+
 def log(msg: str) -> None:
     """One progress line of ``reproduce`` on stderr."""
-    print(f"[reproduce] {msg}", file=sys.stderr, flush=True)
+    print(f"[reproduce] {LOG_PREFIX}{msg}", file=sys.stderr, flush=True)
 
 
 def _finished(run_dir: Path, cfg: Any) -> bool:
