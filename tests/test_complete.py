@@ -281,3 +281,27 @@ def test_art_attack_sits_beside_pgd(checkpoint, capsys) -> None:
     res = json.loads(capsys.readouterr().out)
     assert res["attack"] == "apgd-ce"
     assert res["clean_err"] <= res["attack_err"] <= res["exact_err"] <= res["verified_err"]
+
+
+def test_reproduce_adds_the_exact_columns_of_complete_files(checkpoint, tmp_path) -> None:
+    from landscape.certification import write_complete_file
+    from landscape.complete import run_complete
+    from landscape.reproduce.exact import add_exact_columns, wants_exact
+    from landscape.reproduce.plan import make_plan
+    from train.checkpoint import load_model
+    from train.data import load_dataset
+
+    quick, tiny = make_plan("quick", dataset="digits"), make_plan("tiny")
+    assert all(wants_exact(quick, r) for r in quick.runs) and not any(wants_exact(tiny, r) for r in tiny.runs)
+    model, _ = load_model(checkpoint)
+    data = load_dataset("digits", test_size=10, seed=0)
+    run = quick.runs[0]
+    res = run_complete(model, data.test_x, data.test_y, 0.1, ["ibp", run.method], pgd_steps=2, margins=True,
+                       progress=False)
+    run.run_dir(tmp_path).mkdir(parents=True)
+    write_complete_file(run.run_dir(tmp_path) / "complete.h5", res, {"method": run.method})
+    rows = [{"method": r.method} for r in quick.runs]
+    add_exact_columns(quick, tmp_path, rows)
+    assert rows[0]["exact_err"] == pytest.approx(res.totals["exact_err"])
+    assert rows[0]["exact_gap_own"] == pytest.approx(res.tightness["gap_mean"][res.bounds.index(run.method)])
+    assert "exact_gap_crown_optimized" in rows[0] and "exact_err" not in rows[1]

@@ -26,6 +26,7 @@ from typing import Any, Sequence
 from landscape.reproduce.plan import Plan, RunPlan, describe_plan, make_plan
 from landscape.reproduce.steps import certify_run, log, scan_run, train_run
 from landscape.reproduce.claims import claims
+from landscape.reproduce.exact import add_exact_columns, exact_run, wants_exact
 from landscape.reproduce.summary import (
     aggregate,
     json_ready,
@@ -92,12 +93,15 @@ def run(plan: Plan, out_dir: str | Path, formats: Sequence[str] | str = ("png", 
             log(f"{r.key}: finished run found, not trained again")
     for r in plan.runs:
         certify_run(r, out, plan, data_for(r))
+        if wants_exact(plan, r):
+            exact_run(r, out, plan, data_for(r))
         log(f"scanning {r.key}")
         scan_run(r, out, plan, data_for(r))
 
     records = load_results(plan, out)
     files = draw(plan, out, fmts, records)
     rows = summary_rows(plan, out, records)
+    add_exact_columns(plan, out, rows)
     summary = {"runs": rows, "methods": aggregate(rows),
                "claims": {s: claims(rows, s) for s in plan.settings()}}
     (out / "summary.json").write_text(json.dumps(json_ready(summary), indent=2, allow_nan=False) + "\n")
