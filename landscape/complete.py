@@ -261,6 +261,9 @@ def run_complete(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: 
     result = CompleteResult(samples, totals, names)
     if exact:
         result.tightness = tightness_rows(result)
+    else:  # no program ran: nothing was decided exactly
+        for k in ("exact_err", "timeouts", "exact_verified", "decided", "exact_upper_err", "time_limit", "milp_samples"):
+            del totals[k]
     return result
 
 

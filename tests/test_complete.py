@@ -305,3 +305,24 @@ def test_reproduce_adds_the_exact_columns_of_complete_files(checkpoint, tmp_path
     assert rows[0]["exact_err"] == pytest.approx(res.totals["exact_err"])
     assert rows[0]["exact_gap_own"] == pytest.approx(res.tightness["gap_mean"][res.bounds.index(run.method)])
     assert "exact_gap_crown_optimized" in rows[0] and "exact_err" not in rows[1]
+
+
+def test_attack_alone_and_without_the_toolbox(checkpoint, capsys, monkeypatch) -> None:
+    from landscape import standard_attacks
+    from landscape.cli import main
+
+    pytest.importorskip("art")
+    assert main(["certify", checkpoint, "--eps", "0.1", "--test-size", "12", "--pgd-steps", "3", "--attack",
+                 "apgd-t", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["attack"] == "apgd-t" and "exact_err" not in res
+    assert res["clean_err"] <= res["attack_err"] <= res["verified_err"]
+
+    def missing():
+        raise ImportError("--attack needs the Adversarial Robustness Toolbox; install it with pip install "
+                          "'cert-landscape[attack]'")
+
+    monkeypatch.setattr(standard_attacks, "_import_art", missing)
+    assert main(["certify", checkpoint, "--eps", "0.1", "--test-size", "8", "--attack", "autoattack"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("Error:") and "cert-landscape[attack]" in err and len(err.splitlines()) == 1
