@@ -248,8 +248,8 @@ def run_complete(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: 
     n_timeouts = int((status == milp.TIMEOUT).sum())
     union = np.any(np.stack([verified_by[m] for m in names]), 0) | (status == milp.VERIFIED)
     totals: dict[str, Any] = {
-        "n": N, "eps": eps, "attack": attack_name, "clean_err": float(cw.mean()), "pgd_err": float(pgd_broken.float().mean()),
-        "attack_err": float(attack_broken.float().mean()), "exact_err": float((status == milp.FALSIFIED).mean()),
+        "n": N, "eps": eps, "attack": attack_name, "clean_err": float(cw.mean()), "pgd_err": float(pgd_broken.double().mean()),
+        "attack_err": float(attack_broken.double().mean()), "exact_err": float((status == milp.FALSIFIED).mean()),
         "timeouts": n_timeouts, "exact_verified": float((status == milp.VERIFIED).mean()),
         "decided": float((status != milp.TIMEOUT).mean()), "seconds": time.perf_counter() - t_start,
         "time_limit": float(time_limit), "milp_samples": len(todo),

@@ -2,8 +2,8 @@
 
 For the small models of the profiles in :data:`EXACT_PROFILES` (the quick MLPs), every run is
 decided exactly at its eps_train by :func:`landscape.complete.run_complete` with ``margins``
-(each correctly classified test sample's exact minimum margin, :data:`TIME_LIMIT` seconds per
-sample), into ``complete.h5`` of the run (the certify layout of ``docs/schema.md``; resumed like
+(each correctly classified sample's exact minimum margin, :data:`TIME_LIMIT` seconds per
+sample) on the first :data:`EXACT_SAMPLES` test samples, into ``complete.h5`` of the run (the certify layout of ``docs/schema.md``; resumed like
 ``certify --complete --out``). :func:`add_exact_columns` then gives each summary row
 
 - ``exact_err``, ``attack_err``, ``timeouts``: the exact robust error (share falsified), the
@@ -22,12 +22,15 @@ from typing import Any
 
 from landscape.reproduce.plan import Plan, RunPlan
 
-__all__ = ["EXACT_PROFILES", "TIME_LIMIT", "wants_exact", "exact_run", "add_exact_columns"]
+__all__ = ["EXACT_PROFILES", "EXACT_SAMPLES", "TIME_LIMIT", "wants_exact", "exact_run", "add_exact_columns"]
 
 #: the profiles whose runs are decided exactly (MLPs small enough for the program).
 EXACT_PROFILES = ("quick",)
 #: seconds of the exact program per sample.
 TIME_LIMIT = 10.0
+#: the first this many test samples are decided (every correct one solved for its exact minimum
+#: margin, a few seconds each on a 2-core CPU).
+EXACT_SAMPLES = 100
 
 
 def wants_exact(plan: Plan, run: RunPlan) -> bool:
@@ -41,7 +44,7 @@ def _key(name: str) -> str:
 
 
 def exact_run(run: RunPlan, out: Path, plan: Plan, data: Any) -> Path:
-    """Decide every test sample of the setting's certify subset exactly at eps_train; a complete
+    """Decide the first :data:`EXACT_SAMPLES` test samples exactly at eps_train; a complete
     ``complete.h5`` is kept, an interrupted one continued."""
     from landscape import store
     from landscape.certification import write_complete_file
@@ -58,7 +61,7 @@ def exact_run(run: RunPlan, out: Path, plan: Plan, data: Any) -> Path:
     model, ckpt = load_model(run_dir / "checkpoint.pt", device="cpu")
     model.eval()
     cfg = ckpt["config"]
-    n = min(setting.certify_size, len(data.test_x))
+    n = min(EXACT_SAMPLES, setting.certify_size, len(data.test_x))
     x, y = data.test_x[:n].cpu(), data.test_y[:n].cpu()
     eps = float(cfg["eps"])
     methods = list(dict.fromkeys([*setting.certify_methods, run.method]))
