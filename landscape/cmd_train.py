@@ -7,7 +7,9 @@ optionally ``grads`` and ``probes``; layout in ``docs/schema.md``). Options may 
 ``--config FILE`` (YAML or JSON, keys named like the options); options on the command line win.
 
 ``landscape certify runs/ibp/checkpoint.pt --eps 0.1 --json`` prints clean, PGD and verified
-error (per method and their union) on the test set of the checkpoint's dataset.
+error (per method and their union) on the test set of the checkpoint's dataset; with
+``--complete`` it also decides every sample exactly (:mod:`landscape.complete`), with
+``--attack autoattack`` it adds that attack beside its PGD (:mod:`landscape.standard_attacks`).
 
 Every bad value is reported before any work starts, as one line.
 """
