@@ -37,6 +37,14 @@ CERTIFY_METHODS: tuple[str, ...] = ("ibp", "crown-ibp", "crown")
 """The bound methods a certification uses by default (a sample is verified if one of them
 verifies it)."""
 
+ATTACKS: dict[str, str] = {
+    "pgd": "the toolkit's own L-inf PGD on the margin (train.attacks.pgd_attack)",
+    "autoattack": "AutoAttack (APGD-CE, APGD-T, FAB-T, Square) of the Adversarial Robustness Toolbox",
+    "apgd-ce": "APGD on the cross-entropy, Adversarial Robustness Toolbox",
+    "apgd-t": "targeted APGD on the difference-of-logits ratio, Adversarial Robustness Toolbox",
+}
+"""Attacks ``landscape certify --attack`` runs beside the toolkit's PGD (name -> what it is)."""
+
 SLOPES: dict[str, str] = {
     "adaptive": "a = 1 if u >= -l else 0 (CROWN's choice, the lower line of smaller area)",
     "zero": "a = 0",

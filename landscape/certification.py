@@ -72,3 +72,101 @@ def write_certify_file(path: str | Path, rows: Mapping[str, Sequence[Any]], attr
     store.write_attrs(str(tmp), {"complete": True})
     tmp.replace(out)
     return out
+
+
+def write_complete_file(path: str | Path, result: Any, attrs: Mapping[str, Any]) -> Path:
+    """A certify file with the totals of :func:`landscape.complete.run_complete` as its one
+    ``results`` row, the per-sample columns in ``samples`` and the per-bound tightness in
+    ``tightness`` (``docs/schema.md``); built beside ``path`` and moved into place at the end."""
+    out = Path(path)
+    tmp = out.with_suffix(".partial.h5")
+    tmp.unlink(missing_ok=True)
+    t = result.totals
+    row = {k: np.asarray([v], dtype=np.float32) for k, v in t.items() if isinstance(v, (int, float))}
+    row["method"] = np.asarray([attrs.get("method")], dtype=object)
+    store.write_attrs(str(tmp), {"kind": "certify", **provenance(), **dict(attrs), "attack": t["attack"],
+                                 "bounds": result.bounds, "complete": False})
+    store.append_rows(str(tmp), "results", row)
+    store.append_rows(str(tmp), "samples", result.samples)
+    if result.tightness:
+        tight = {k: (np.asarray(v, dtype=object) if k == "bound" else np.asarray(v, dtype=np.float64))
+                 for k, v in result.tightness.items()}
+        store.append_rows(str(tmp), "tightness", tight)
+    store.write_attrs(str(tmp), {"complete": True})
+    tmp.replace(out)
+    return out
+
+
+def complete_lines(result: Any, exact: bool) -> list[tuple[str, str]]:
+    """The printed table of a complete (or attack-only) certification: (name, value) pairs."""
+    t = result.totals
+    pct = lambda v: f"{100 * v:6.2f} %"  # noqa: E731
+    rows = [("clean error", pct(t["clean_err"])), ("PGD error", pct(t["pgd_err"]))]
+    if t["attack"] != "pgd":
+        rows.append((f"{t['attack']} error", pct(t["attack_err"])))
+    if exact:
+        rows.append(("exact robust error (falsified)", pct(t["exact_err"])))
+        rows.append(("timeouts (undecided)", f"{t['timeouts']:6d}"))
+    for m in result.bounds:
+        rows.append((f"verified error, {m}", pct(t["verified_err_" + m.replace('-', '_').replace(':', '_')])))
+    rows.append(("verified error (union of bounds)", pct(t["verified_err"])))
+    if exact:
+        for m, gap, share in zip(result.tightness["bound"], result.tightness["gap_mean"], result.tightness["fault_share"]):
+            rows.append((f"gap to exact margin, {m}", f"{gap:8.4f}  (bound's share of the error gap {share:.2f})"))
+        rows.append(("seconds", f"{t['seconds']:8.1f}"))
+    return rows
+
+
+def certify_complete(model: Any, x: Any, y: Any, eps: float | None, cfg: Mapping[str, Any], *, checkpoint: str,
+                     methods: Sequence[str], domain: Sequence[float], attack_name: str, pgd_steps: int,
+                     pgd_restarts: int, seed: int, complete: bool, time_limit: float, jobs: int, margins: bool,
+                     batch_size: int, out: str | None, as_json: bool, double: bool, test_size: int | None) -> None:
+    """``landscape certify --complete`` / ``--attack``: run, print (a table or one JSON object) and
+    write ``out``; the exact program's per-sample results are kept in ``<out>.progress.h5`` until
+    the file is complete (a rerun with the same settings continues). ValueError / ImportError for
+    a bad input (the caller prints it as one ``Error:`` line)."""
+    import json
+
+    import click
+
+    from landscape.complete import progress_path, run_complete
+    from landscape.standard_attacks import make_attack
+
+    eps = float(cfg.get("eps", 0.0)) if eps is None else float(eps)
+    attack = None if attack_name == "pgd" else make_attack(attack_name, eps, domain, seed=seed, batch_size=batch_size)
+    settings = {"checkpoint": str(Path(checkpoint).resolve()), "eps": eps, "seed": seed, "test_size": test_size,
+                "n": len(x), "time_limit": float(time_limit), "margins": bool(margins), "attack": attack_name,
+                "pgd_steps": pgd_steps, "pgd_restarts": pgd_restarts, "double": bool(double)}
+    resume = progress_path(out) if (out is not None and complete) else None
+    result = run_complete(model, x, y, eps, methods, domain=domain, attack=attack, attack_name=attack_name,
+                          pgd_steps=pgd_steps, pgd_restarts=pgd_restarts, seed=seed, time_limit=time_limit,
+                          jobs=jobs, batch_size=batch_size, margins=margins, progress=not as_json,
+                          resume=resume, settings=settings, exact=complete)
+    t = result.totals
+    if out is not None:
+        write_complete_file(out, result, {
+            "method": cfg.get("method"), "dataset": cfg["dataset"], "model": cfg.get("model"),
+            "eps": float(cfg.get("eps", 0.0)), "checkpoint": settings["checkpoint"], "n_test": len(x),
+            "dtype": "float64" if double else "float32", "methods": list(methods), "pgd_steps": pgd_steps,
+            "pgd_restarts": pgd_restarts, "complete_verification": bool(complete), "time_limit": float(time_limit),
+            "margins": bool(margins), "seed": seed})
+        if resume is not None:
+            resume.unlink(missing_ok=True)
+    if as_json:
+        keys = {k: v for k, v in t.items()}
+        keys.update(checkpoint=str(checkpoint), dtype="float64" if double else "float32",
+                    union=sorted(result.bounds))
+        if complete:
+            keys["tightness"] = {b: {"gap_mean": g, "fault_share": f} for b, g, f in
+                                 zip(result.tightness["bound"], result.tightness["gap_mean"],
+                                     result.tightness["fault_share"])}
+        click.echo(json.dumps(keys, sort_keys=True, default=float))
+        return
+    click.echo(f"{checkpoint}: {cfg.get('method')} {cfg.get('model')} on {cfg['dataset']}, {t['n']} test samples, "
+               f"eps = {eps:g}" + (f", exact within {time_limit:g} s per sample" if complete else ""))
+    rows = complete_lines(result, complete)
+    width = max(len(r[0]) for r in rows)
+    for name, value in rows:
+        click.echo(f"  {name:<{width}}  {value}")
+    if out is not None:
+        click.echo(f"wrote {out}", err=True)

@@ -7,7 +7,9 @@ optionally ``grads`` and ``probes``; layout in ``docs/schema.md``). Options may 
 ``--config FILE`` (YAML or JSON, keys named like the options); options on the command line win.
 
 ``landscape certify runs/ibp/checkpoint.pt --eps 0.1 --json`` prints clean, PGD and verified
-error (per method and their union) on the test set of the checkpoint's dataset.
+error (per method and their union) on the test set of the checkpoint's dataset; with
+``--complete`` it also decides every sample exactly (:mod:`landscape.complete`), with
+``--attack autoattack`` it adds that attack beside its PGD (:mod:`landscape.standard_attacks`).
 
 Every bad value is reported before any work starts, as one line.
 """
@@ -21,7 +23,7 @@ from typing import Any
 
 import click
 
-from bounds.names import CERTIFY_METHODS, SLOPES, TRAIN_METHODS
+from bounds.names import ATTACKS, CERTIFY_METHODS, SLOPES, TRAIN_METHODS
 from landscape.runs import latest_epoch_checkpoint, train_in_dir
 
 RUN_FILES = ("config.json", "train.h5", "checkpoint.pt")
@@ -291,8 +293,19 @@ def train(config_file, model_option, lr_milestones, download, out_dir, resume, o
 @click.option("--trust-code", is_flag=True, help="Import and run the dataset code the checkpoint names (a checkpoint's "
               "code runs only with this or --dataset naming it).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option("--complete", is_flag=True, help="Also decide every sample exactly (verified / falsified / timeout) "
+              "by a mixed-integer program solved with HiGHS; one eps; resumable with --out.")
+@click.option("--time-limit", type=float, default=10.0, show_default=True,
+              help="--complete: seconds of the exact program per sample.")
+@click.option("--jobs", type=int, default=1, show_default=True, help="--complete: processes solving samples.")
+@click.option("--margins", is_flag=True, help="--complete: solve the exact minimum margin of every correctly "
+              "classified sample, also those a bound or the attack decided (the tightness measures need it).")
+@click.option("--attack", "attack_name", default="pgd", show_default=True,
+              help="Attack reported beside the toolkit's PGD: pgd (that one alone), autoattack, apgd-ce or "
+                   "apgd-t (the Adversarial Robustness Toolbox: pip install 'cert-landscape[attack]').")
 def certify(checkpoint, eps, methods, pgd_steps, pgd_restarts, test_size, batch_size, data_dir, download, device, seed,
-            out, double, compile, named_dataset, trust_code, as_json) -> None:
+            out, double, compile, named_dataset, trust_code, as_json, complete, time_limit, jobs, margins,
+            attack_name) -> None:
     """Clean, PGD and verified error of a checkpoint on its dataset's test set."""
     from landscape.certification import certify_rows, write_certify_file
     from train.checkpoint import check_fits, load_model
@@ -324,6 +337,16 @@ def certify(checkpoint, eps, methods, pgd_steps, pgd_restarts, test_size, batch_
         from landscape.certification import check_certify_out
 
         check_certify_out(out)  # before any work: a missing, read-only or wrong place fails now
+    if not time_limit > 0 or jobs < 1:
+        raise click.ClickException("--time-limit must be > 0 and --jobs >= 1")
+    if (margins or jobs != 1) and not complete:
+        raise click.ClickException("--margins and --jobs need --complete")
+    if (complete or attack_name != "pgd") and eps_list is not None and len(eps_list) != 1:
+        raise click.ClickException("--complete and --attack run at one eps; give one --eps")
+    if attack_name not in ATTACKS:
+        raise click.ClickException(f"--attack: unknown attack {attack_name!r}; choose one of {', '.join(ATTACKS)}")
+    if out is not None and Path(out).is_dir():
+        raise click.ClickException(f"--out: {out} is a directory")
     dev = resolve_device(device)
     model, ckpt = load_model(checkpoint, device=dev)
     cfg = ckpt["config"]
@@ -337,6 +360,18 @@ def certify(checkpoint, eps, methods, pgd_steps, pgd_restarts, test_size, batch_
     test_x = data.test_x
     if double:
         model, test_x = model.double(), test_x.double()
+    if complete or attack_name != "pgd":
+        from landscape.certification import certify_complete
+
+        try:
+            certify_complete(model, test_x, data.test_y, eps_list[0] if len(eps_list) == 1 else None, cfg,
+                             checkpoint=checkpoint, methods=method_list, domain=run_domain(cfg, data.spec),
+                             attack_name=attack_name, pgd_steps=pgd_steps, pgd_restarts=pgd_restarts, seed=seed,
+                             complete=complete, time_limit=time_limit, jobs=jobs, margins=margins,
+                             batch_size=batch_size, out=out, as_json=as_json, double=double, test_size=test_size)
+        except (ValueError, ImportError) as exc:
+            raise click.ClickException(str(exc)) from None
+        return
     columns, results = certify_rows(model, test_x, data.test_y, eps_list, method_list, str(cfg.get("method")),
                                     pgd_steps=pgd_steps, pgd_restarts=pgd_restarts, batch_size=batch_size,
                                     domain=run_domain(cfg, data.spec), seed=seed, progress=not as_json,

@@ -29,6 +29,7 @@ from landscape.reproduce.plan import Plan, RunPlan, describe_plan, make_plan
 from landscape.reproduce.steps import certify_run, log, scan_run, train_run
 from landscape.reproduce.execute import Execution, SlurmOptions, carry_out, summary_lock
 from landscape.reproduce.claims import claims
+from landscape.reproduce.exact import add_exact_columns
 from landscape.reproduce.summary import (
     aggregate,
     json_ready,
@@ -95,6 +96,7 @@ def run(plan: Plan, out_dir: str | Path, formats: Sequence[str] | str = ("png", 
     records = load_results(plan, out)
     files = draw(plan, out, fmts, records)
     rows = summary_rows(plan, out, records)
+    add_exact_columns(plan, out, rows)
     margins = {s: plan.setting(s).margins for s in plan.settings()}
     methods = aggregate(rows)
     files = list(dict.fromkeys(files + draw_summary(plan, out, fmts, methods)))

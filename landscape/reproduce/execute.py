@@ -38,6 +38,7 @@ from landscape.reproduce import steps
 from landscape.reproduce.locks import RunLock, summary_lock
 from landscape.reproduce.plan import Plan, RunPlan
 from landscape.reproduce.slurm import SlurmOptions, parse_slurm_time, submit_all
+from landscape.reproduce.exact import exact_run, wants_exact
 from landscape.reproduce.steps import certify_run, log, scan_run, train_run
 
 __all__ = ["Execution", "SlurmOptions", "RunLock", "carry_out", "carry_out_run", "LAUNCHERS", "parse_slurm_time",
@@ -97,6 +98,8 @@ def carry_out_run(run: RunPlan, out: Path, plan: Plan, data: Any, progress: bool
         if not trained:
             log(f"{run.key}: finished run found, not trained again")
         certify_run(run, out, plan, data)
+        if wants_exact(plan, run):
+            exact_run(run, out, plan, data)
         log(f"scanning {run.key}")
         scan_run(run, out, plan, data)
     finally:

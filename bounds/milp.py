@@ -1,0 +1,313 @@
+"""Complete verification: the exact worst margin of a ReLU network over the clipped L-inf ball,
+as a mixed-integer linear program (Tjeng, Xiao and Tedrake 2019), solved by HiGHS through
+``scipy.optimize.milp``.
+
+The network, flattened to affine maps between its ReLU layers (:func:`affine_net`)::
+
+    z_1 = W_1 x + b_1,   a_k = relu(z_k),   z_{k+1} = W_{k+1} a_k + b_{k+1},   f(x) = W_L a_{L-1} + b_L
+
+over ``x`` in the box ``[lo, hi]`` (the ball clipped to the domain). Given sound bounds
+``l <= z <= u`` of every pre-activation (the engine's tightest: CROWN with ``optimized``
+slopes), each ReLU becomes:
+
+- ``u <= 0`` (dead): ``a = 0``, the neuron drops out of the next layer;
+- ``l >= 0`` (active): ``a = z``;
+- ``l < 0 < u`` (unstable): one binary ``d`` and ``a >= 0, a >= z, a <= u d, a <= z - l (1 - d)``
+  (the big-M formulation with the tightest constants ``M = u, -l``).
+
+The margin of class ``j`` is ``m_j(x) = f_y(x) - f_j(x)``; the exact minimum margin is
+``min_j min_x m_j``, one MILP per wrong class (same constraints, a different objective). A class
+whose sound lower bound already reaches the smallest margin found so far (the attack's, then
+the solved classes') cannot hold the minimum and is skipped.
+
+This module imports neither torch nor the rest of the engine at load (worker processes solve
+with numpy and scipy only); :func:`affine_net` imports torch when called.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
+
+import numpy as np
+import scipy.sparse as sp
+
+from bounds.milp_net import AffineNet, UnsupportedLayerError, affine_net, milp_inputs
+
+__all__ = ["AffineNet", "MarginResult", "UnsupportedLayerError", "affine_net", "exact_min_margin", "milp_inputs",
+           "margins_of", "init_worker", "solve_task", "VERIFIED",
+           "FALSIFIED", "TIMEOUT", "STATUS_NAMES"]
+
+#: the per-sample outcomes (``status`` columns of a certify file).
+VERIFIED, FALSIFIED, TIMEOUT = 1, 2, 3
+STATUS_NAMES = {0: "pending", VERIFIED: "verified", FALSIFIED: "falsified", TIMEOUT: "timeout"}
+
+#: relative widening of the pre-activation bounds before they become MILP variable bounds (the
+#: engine's float64 rounding; a wider box is still a sound relaxation).
+BOUND_SLACK = 1e-9
+
+
+@dataclass
+class MarginResult:
+    """Outcome of :func:`exact_min_margin` for one sample.
+
+    ``status``: :data:`VERIFIED` (every class's margin is provably > 0), :data:`FALSIFIED`
+    (``counterexample`` ``[n_in]``, inside the box, has a margin < 0 in a float64 forward pass)
+    or :data:`TIMEOUT`. ``margin``: the smallest margin at a point found (an upper bound of the
+    exact minimum), ``margin_lower``: a proven lower bound of it; ``optimal``: every class was
+    solved to optimality or skipped, so ``margin`` is the exact minimum (to the MIP gap,
+    ``margin - margin_lower``). ``point``: the input attaining ``margin``. ``milps``: programs
+    solved, ``seconds``: time spent.
+    """
+
+    status: int
+    margin: float
+    margin_lower: float
+    optimal: bool
+    point: Optional[np.ndarray]
+    counterexample: Optional[np.ndarray] = None
+    milps: int = 0
+    seconds: float = 0.0
+    per_class: dict[int, tuple[float, float]] = field(default_factory=dict)
+
+
+def _build(net: AffineNet, lo: np.ndarray, hi: np.ndarray, preact: Sequence[tuple[np.ndarray, np.ndarray]]):
+    """The big-M program's constraints (module docstring). Returns ``(A, lb_c, ub_c, lb_v, ub_v,
+    integrality, last, zs)``, ``A`` a CSR matrix over the variables, ``last`` ``[n_last, n_vars]``
+    the last ReLU layer's activations as linear maps of the variables (logits ``W_L last v + b_L``)
+    and ``zs`` per ReLU layer the indices of its pre-activation variables.
+
+    Variables: ``x`` (in ``[lo, hi]``), then per ReLU layer its pre-activations ``z`` (in
+    ``[l, u]``), the outputs ``a`` of its unstable neurons (in ``[0, u]``) and their binaries."""
+    n0 = lo.size
+    layers = []
+    n_vars = n0
+    for k in range(net.n_relu_layers):
+        l = np.asarray(preact[k][0], dtype=np.float64).reshape(-1)
+        u = np.asarray(preact[k][1], dtype=np.float64).reshape(-1)
+        if l.size != net.weights[k].shape[0]:
+            raise ValueError(f"ReLU layer {k}: {l.size} bounds for {net.weights[k].shape[0]} neurons")
+        slack = BOUND_SLACK * (1.0 + np.maximum(np.abs(l), np.abs(u)))
+        l, u = np.minimum(l - slack, u), u + slack  # widened, and never crossed
+        unstable = (l < 0) & (u > 0)
+        n, n_u = l.size, int(unstable.sum())
+        z = np.arange(n_vars, n_vars + n)
+        a = np.arange(n_vars + n, n_vars + n + n_u)
+        d = np.arange(n_vars + n + n_u, n_vars + n + 2 * n_u)
+        n_vars += n + 2 * n_u
+        layers.append((l, u, unstable, z, a, d))
+    lb_v = [np.asarray(lo, np.float64).reshape(-1)]
+    ub_v = [np.asarray(hi, np.float64).reshape(-1)]
+    integ = [np.zeros(n0)]
+    act = sp.csr_matrix((np.ones(n0), (np.arange(n0), np.arange(n0))), shape=(n0, n_vars))
+    blocks, lbc, ubc = [], [], []
+    for k, (l, u, unstable, z, a, d) in enumerate(layers):
+        n, n_u = l.size, a.size
+        lb_v += [l, np.zeros(n_u), np.zeros(n_u)]
+        ub_v += [u, u[unstable], np.ones(n_u)]
+        integ += [np.zeros(n + n_u), np.ones(n_u)]
+        # z - W act(v) = b
+        zsel = sp.csr_matrix((np.ones(n), (np.arange(n), z)), shape=(n, n_vars))
+        blocks.append(zsel - net.weights[k] @ act)
+        lbc.append(net.biases[k])
+        ubc.append(net.biases[k])
+        if n_u:
+            r = np.arange(n_u)
+            zu, lu, uu = z[unstable], l[unstable], u[unstable]
+            one = np.ones(n_u)
+
+            def rows(cols: list[np.ndarray], vals: list[np.ndarray]) -> sp.csr_matrix:
+                return sp.csr_matrix((np.concatenate(vals), (np.tile(r, len(cols)), np.concatenate(cols))),
+                                     shape=(n_u, n_vars))
+
+            blocks.append(rows([a, zu], [one, -one]))  # a - z >= 0
+            lbc.append(np.zeros(n_u))
+            ubc.append(np.full(n_u, np.inf))
+            blocks.append(rows([a, d], [one, -uu]))  # a - u d <= 0
+            lbc.append(np.full(n_u, -np.inf))
+            ubc.append(np.zeros(n_u))
+            blocks.append(rows([a, zu, d], [one, -one, -lu]))  # a - z - l d <= -l
+            lbc.append(np.full(n_u, -np.inf))
+            ubc.append(-lu)
+        # this layer's activations: z where active, a where unstable, nothing where dead
+        active = l >= 0
+        ia, iu = np.nonzero(active)[0], np.nonzero(unstable)[0]
+        act = sp.csr_matrix((np.ones(ia.size + iu.size), (np.concatenate([ia, iu]), np.concatenate([z[active], a]))),
+                            shape=(n, n_vars))
+    A = sp.vstack(blocks).tocsr() if blocks else sp.csr_matrix((0, n_vars))
+    lbc_all = np.concatenate(lbc) if lbc else np.zeros(0)
+    ubc_all = np.concatenate(ubc) if ubc else np.zeros(0)
+    return A, lbc_all, ubc_all, np.concatenate(lb_v), np.concatenate(ub_v), np.concatenate(integ), act, \
+        [layer[3] for layer in layers]
+
+
+def tighten(net: AffineNet, lo: np.ndarray, hi: np.ndarray, preact: Sequence[tuple[np.ndarray, np.ndarray]],
+            deadline: float) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Pre-activation bounds of ReLU layers 2, 3, ... tightened by linear programs: for each
+    unstable neuron, min and max of its ``z`` over the program of :func:`_build` with the binaries
+    relaxed to ``[0, 1]`` (a relaxation of the reachable set, so the results are sound), layer by
+    layer, intersected with the given bounds. Stops (keeping what it has) at ``deadline``
+    (``time.perf_counter()`` seconds)."""
+    from scipy.optimize import Bounds, LinearConstraint, milp
+
+    pre = [(np.asarray(l, np.float64).reshape(-1).copy(), np.asarray(u, np.float64).reshape(-1).copy())
+           for l, u in preact]
+    for k in range(1, len(pre)):
+        l, u = pre[k]
+        idx = np.nonzero((l < 0) & (u > 0))[0]
+        if idx.size == 0:
+            continue
+        A, lbc, ubc, lbv, ubv, _, _, zs = _build(net, lo, hi, pre)
+        cons = [LinearConstraint(A, lbc, ubc)]
+        bnds = Bounds(lbv, ubv)
+        for i in idx:
+            for sign in (1.0, -1.0):
+                if time.perf_counter() > deadline:
+                    return pre
+                c = np.zeros(lbv.size)
+                c[zs[k][i]] = sign
+                res = milp(c, bounds=bnds, constraints=cons, options={"disp": False})
+                if res.status == 0:
+                    if sign > 0:
+                        l[i] = max(l[i], float(res.fun) - 1e-9 * (1 + abs(res.fun)))
+                    else:
+                        u[i] = min(u[i], -float(res.fun) + 1e-9 * (1 + abs(res.fun)))
+    return pre
+
+
+def margins_of(net: AffineNet, x: np.ndarray, y: int) -> np.ndarray:
+    """Margins ``f_y - f_j`` ``[n_out]`` of one flattened input (``0`` at ``j = y``), float64."""
+    logits = net.forward(np.asarray(x, np.float64).reshape(1, -1))[0]
+    return logits[y] - logits
+
+
+def exact_min_margin(
+    net: AffineNet,
+    lo: np.ndarray,
+    hi: np.ndarray,
+    y: int,
+    preact: Sequence[tuple[np.ndarray, np.ndarray]],
+    lower: Optional[np.ndarray] = None,
+    start: Optional[np.ndarray] = None,
+    time_limit: float = 10.0,
+    mip_rel_gap: float = 1e-6,
+    need_margin: bool = True,
+    tighten_lp: bool = True,
+    cutoff: bool = True,
+) -> MarginResult:
+    """Decide one sample exactly: is ``f_y(x) - f_j(x) > 0`` for every ``j != y`` and every ``x``
+    in ``[lo, hi]`` (``[n_in]`` each, flattened)?
+
+    Args:
+        net: :func:`affine_net` of the model.
+        lo, hi: the input box (the ball ``[x - eps, x + eps]`` clipped to the domain).
+        y: the label.
+        preact: per ReLU layer sound bounds ``(l, u)`` ``[n_k]`` of its pre-activations over the box.
+        lower: ``[n_out]`` sound lower bounds of the margins (entry ``y`` ignored); classes whose
+            bound reaches the best margin found are skipped, and they order the search.
+        start: a point of the box (the attack's); its margins start the search.
+        time_limit: seconds for the whole sample (all its programs).
+        mip_rel_gap: HiGHS's relative optimality gap.
+        need_margin: False stops at the first class proven negative (falsified) instead of
+            solving the rest for the minimum.
+        tighten_lp: first tighten the bounds of ReLU layers 2, 3, ... by linear programs
+            (:func:`tighten`, at most a quarter of ``time_limit``).
+        cutoff: add ``m_j <= best`` (the smallest margin attained so far) to class ``j``'s program:
+            only values below it can change the minimum, and an infeasible program proves
+            ``m_j >= best``.
+
+    Returns:
+        :class:`MarginResult`.
+    """
+    from scipy.optimize import Bounds, LinearConstraint, milp
+
+    t0 = time.perf_counter()
+    lo = np.asarray(lo, np.float64).reshape(-1)
+    hi = np.asarray(hi, np.float64).reshape(-1)
+    w_out, b_out = net.weights[-1], net.biases[-1]
+    n_out = b_out.size
+    lower = np.full(n_out, -np.inf) if lower is None else np.asarray(lower, np.float64).reshape(-1)
+    point = np.clip(np.asarray(start, np.float64).reshape(-1), lo, hi) if start is not None else (lo + hi) / 2
+    m0 = margins_of(net, point, y)
+    m0[y] = np.inf
+    best, best_point = float(m0.min()), point
+    if tighten_lp:
+        preact = tighten(net, lo, hi, preact, t0 + time_limit / 4)
+    A, lbc, ubc, lbv, ubv, integ, last, _ = _build(net, lo, hi, preact)
+    out_map = (w_out @ last).tocsr()  # logits = out_map v + b_out
+    others = [j for j in range(n_out) if j != y]
+    # classes a bound cannot settle first (most likely to break), then the rest by their bound
+    order = sorted(others, key=lambda j: (lower[j] > 0, m0[j] if lower[j] <= 0 else lower[j]))
+    proven = {j: float(lower[j]) for j in others}  # per class, a proven lower bound of its margin
+    solved_all, milps, per_class = True, 0, {}
+    constraints = [LinearConstraint(A, lbc, ubc)] if A.shape[0] else []
+    for j in order:
+        if best < 0 and not need_margin:
+            solved_all = False
+            break
+        if lower[j] >= best:  # cannot be below the smallest margin already attained
+            continue
+        left = time_limit - (time.perf_counter() - t0)
+        if left <= 0.01:
+            solved_all = False
+            break
+        c = np.asarray((out_map[y] - out_map[j]).todense()).reshape(-1)
+        const = float(b_out[y] - b_out[j])
+        cons = constraints
+        if cutoff and np.isfinite(best):  # only values below the best margin attained matter: m_j <= best
+            cons = constraints + [LinearConstraint(sp.csr_matrix(c[None]), -np.inf, best - const)]
+        res = milp(c, integrality=integ, bounds=Bounds(lbv, ubv), constraints=cons,
+                   options={"time_limit": left, "mip_rel_gap": mip_rel_gap, "disp": False})
+        milps += 1
+        dual = getattr(res, "mip_dual_bound", None)
+        if res.status == 2 and cutoff:  # infeasible below the cutoff: m_j >= best everywhere
+            proven[j] = max(proven[j], best)
+            per_class[j] = (best, np.nan)
+            continue
+        if res.status == 0:
+            dual_bound = float(dual) + const if dual is not None and np.isfinite(dual) else float(res.fun) + const
+        else:
+            solved_all = False
+            dual_bound = float(dual) + const if dual is not None and np.isfinite(dual) else -np.inf
+        proven[j] = max(proven[j], dual_bound)
+        if res.x is not None:
+            cand = np.clip(res.x[: lo.size], lo, hi)
+            m = margins_of(net, cand, y)
+            m[y] = np.inf
+            if m.min() < best:
+                best, best_point = float(m.min()), cand
+            per_class[j] = (dual_bound, float(m[j]))
+        else:
+            per_class[j] = (dual_bound, np.nan)
+        if res.status not in (0, 1):  # infeasible / unbounded / error: the program is wrong for this sample
+            raise RuntimeError(f"HiGHS failed on class {j}: {res.message}")
+    margin_lower = float(min(proven.values())) if others else np.inf
+    optimal = solved_all  # every class solved to optimality or skipped by its bound
+    if best < 0:
+        status = FALSIFIED
+    elif margin_lower > 0:
+        status = VERIFIED
+    else:
+        status = TIMEOUT
+    return MarginResult(status, best, min(margin_lower, best), optimal, best_point,
+                        best_point if status == FALSIFIED else None, milps, time.perf_counter() - t0, per_class)
+
+
+_NET: Optional[AffineNet] = None
+
+
+def init_worker(net: AffineNet) -> None:
+    """Hold ``net`` for :func:`solve_task` (a process pool's initializer; the pool's workers
+    import numpy and scipy, not torch)."""
+    global _NET
+    _NET = net
+
+
+def solve_task(task: tuple) -> tuple[int, MarginResult]:
+    """``(i, lo, hi, y, preact, lower, start, time_limit)`` -> ``(i, exact_min_margin(...))`` on
+    the network :func:`init_worker` set."""
+    if _NET is None:
+        raise RuntimeError("solve_task needs init_worker(net) first")
+    i, lo, hi, y, pre, lower, start, limit = task
+    return i, exact_min_margin(_NET, lo, hi, y, pre, lower=lower, start=start, time_limit=limit)
