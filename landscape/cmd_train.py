@@ -23,7 +23,7 @@ from typing import Any
 
 import click
 
-from bounds.names import ATTACKS, CERTIFY_METHODS, SLOPES, TRAIN_METHODS
+from bounds.names import CERTIFY_METHODS, SLOPES, TRAIN_METHODS
 from landscape.runs import latest_epoch_checkpoint, train_in_dir
 
 RUN_FILES = ("config.json", "train.h5", "checkpoint.pt")
@@ -337,16 +337,10 @@ def certify(checkpoint, eps, methods, pgd_steps, pgd_restarts, test_size, batch_
         from landscape.certification import check_certify_out
 
         check_certify_out(out)  # before any work: a missing, read-only or wrong place fails now
-    if not time_limit > 0 or jobs < 1:
-        raise click.ClickException("--time-limit must be > 0 and --jobs >= 1")
-    if (margins or jobs != 1) and not complete:
-        raise click.ClickException("--margins and --jobs need --complete")
-    if (complete or attack_name != "pgd") and eps_list is not None and len(eps_list) != 1:
-        raise click.ClickException("--complete and --attack run at one eps; give one --eps")
-    if attack_name not in ATTACKS:
-        raise click.ClickException(f"--attack: unknown attack {attack_name!r}; choose one of {', '.join(ATTACKS)}")
-    if out is not None and Path(out).is_dir():
-        raise click.ClickException(f"--out: {out} is a directory")
+    from landscape.complete import options_problem
+    problem = options_problem(complete, time_limit, jobs, margins, attack_name, eps_list, out)
+    if problem:
+        raise click.ClickException(problem)
     dev = resolve_device(device)
     model, ckpt = load_model(checkpoint, device=dev)
     cfg = ckpt["config"]

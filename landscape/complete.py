@@ -292,3 +292,22 @@ def tightness_rows(result: CompleteResult) -> dict[str, list]:
         rows["verified_err"].append(v)
         rows["fault_share"].append(float((v - t["exact_err"]) / denom) if denom > 0 else np.nan)
     return rows
+
+
+def options_problem(complete: bool, time_limit: float, jobs: int, margins: bool, attack: str,
+                    eps_list: list[float] | None, out: str | None) -> str | None:
+    """What is wrong with ``certify``'s ``--complete`` / ``--attack`` options (None: nothing)."""
+    from bounds.names import ATTACKS
+
+    if not time_limit > 0 or jobs < 1:
+        return "--time-limit must be > 0 and --jobs >= 1"
+    if (margins or jobs != 1) and not complete:
+        return "--margins and --jobs need --complete"
+    if (complete or attack != "pgd") and eps_list is not None and len(eps_list) != 1:
+        return "--complete and --attack run at one eps; give one --eps"
+    if attack not in ATTACKS:
+        return f"--attack: unknown attack {attack!r}; choose one of {', '.join(ATTACKS)}"
+    if out is not None and Path(out).is_dir():
+        return f"--out: {out} is a directory"
+    return None
+
