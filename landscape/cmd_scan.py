@@ -21,8 +21,11 @@ from bounds.names import DIRECTION_NORMS, SCAN_KINDS, SCAN_LOSSES, TRAIN_METHODS
 @click.option("--out", required=True, type=click.Path(), help="Results file (.h5); resumed if it exists.")
 @click.option("--methods", default=None,
               help="Comma-separated losses scanned over the same points: training methods "
-                   f"({', '.join(TRAIN_METHODS)}) or {', '.join(SCAN_LOSSES)}; a gradient scan moves along the "
-                   "first one's gradient. [default: the checkpoint's method]")
+                   f"({', '.join(TRAIN_METHODS)}) or {', '.join(SCAN_LOSSES)}; a gradient scan moves each along "
+                   "its own gradient (see --direction-from). [default: the checkpoint's method]")
+@click.option("--direction-from", default=None, metavar="METHOD",
+              help="gradient: move every loss of --methods along this one's gradient (a shared direction) "
+                   "[default: each loss along its own gradient].")
 @click.option("--loss", type=click.Choice(("certified", *SCAN_LOSSES)), default="certified", show_default=True,
               help="Loss kind when --methods is not given.")
 @click.option("--eps", type=float, default=None, help="Radius of the certified/PGD loss [default: the final training eps].")
@@ -61,6 +64,8 @@ from bounds.names import DIRECTION_NORMS, SCAN_KINDS, SCAN_LOSSES, TRAIN_METHODS
 @click.option("--density-sigma", type=float, default=None,
               help="hessian: Gaussian width of the density, relative to the spread of the eigenvalues [default: 0.01].")
 @click.option("--density-points", type=int, default=None, help="hessian: grid points of the density [default: 1000].")
+@click.option("--layers/--no-layers", default=None,
+              help="hessian: also the top eigenvalues and trace of each layer's block of the Hessian [default: on].")
 @click.option("--hessian", is_flag=True, help="Also store the Hessian eigenvalue of largest magnitude of each loss at "
               "the checkpoint (Lanczos).")
 @click.option("--metrics/--no-metrics", default=True, show_default=True,

@@ -6,10 +6,12 @@ and the in-memory functions of :mod:`landscape.scans` over every point. The mode
 are moved in place and restored exactly afterwards.
 
 - :class:`GradientEvaluator`: theta_t = theta_0 - t lr g, g = grad L_0(theta_0) the raw gradient
-  of the first loss; for each loss L at each t: L(theta_t), ||g_t||, cos(g, g_t),
-  RMS(g_t - g) and ||g_t - g|| / ||theta_t - theta_0|| with g = grad L(theta_0) of that same loss.
+  of the first loss (``own_direction=True``: each loss L moves along its own g = grad L(theta_0));
+  for each loss L at each t: L(theta_t), ||g_t||, cos(g, g_t), RMS(g_t - g) and
+  ||g_t - g|| / ||theta_t - theta_0|| with g = grad L(theta_0) of that same loss.
 - :class:`DirectionEvaluator`: L(theta_0 + sum_k c_k d_k) for coefficient rows c, point by point
-  or several points per ``torch.func.vmap`` pass (:func:`batchable`).
+  or several points per ``torch.func.vmap`` pass (:func:`batchable`); an interpolation also moves
+  the BatchNorm running statistics, b(alpha) = b_1 + alpha (b_2 - b_1) (``buffer_path``).
 
 Definitions in ``docs/scans.md``.
 """
@@ -26,7 +28,7 @@ from torch import Tensor, nn
 from bounds import plain
 from bounds.names import FIXED_SLOPES, TRAIN_METHODS, resolve_method
 from landscape import metrics as M
-from landscape.directions import get_params, gradient_direction, named_params, perturbed, set_params
+from landscape.directions import BufferPath, get_params, gradient_direction, named_params, perturbed, set_buffers, set_params
 
 __all__ = ["GRADIENT_FIELDS", "SIGN_FIELDS", "GradientEvaluator", "DirectionEvaluator", "sign_change_metrics",
            "loss_labels", "batchable"]
@@ -103,6 +105,10 @@ class GradientEvaluator:
         point_metrics: optional ``fn(model, label) -> dict[str, float]`` of extra per-point
             values (e.g. sign changes of the bound coefficients), called at every point.
         direction: use this direction instead of grad L_0 (one tensor per parameter).
+        own_direction: move each loss along its own gradient at theta_0 (theta_t^(k) =
+            theta_0 - t lr grad L_k(theta_0)), so that every label's values are those of a scan of
+            that loss alone; otherwise (the default, and the training probe's) every loss is
+            evaluated at the same points, along ``direction`` or grad L_0.
 
     ``batch_size = None``: it takes any number of points per call (the caller picks the chunk).
     """
@@ -119,6 +125,7 @@ class GradientEvaluator:
         point_metrics: Callable[[nn.Module, str], dict[str, float]] | None = None,
         point_fields: Sequence[str] = (),
         direction: Sequence[Tensor] | None = None,
+        own_direction: bool = False,
     ) -> None:
         if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
             raise ValueError(f"the learning rate must be a finite number > 0, got {lr!r}")
@@ -138,18 +145,36 @@ class GradientEvaluator:
             self.loss0[label] = float(loss)
             self.grad0[label] = grad
         self.grad0_vec = {label: M.as_vector(g) for label, g in self.grad0.items()}
+        if own_direction and direction is not None:
+            raise ValueError("give either a shared direction or own_direction=True, not both")
+        self.own_direction = bool(own_direction)
         self.direction = list(direction) if direction is not None else self.grad0[self.labels[0]]
         self.direction_norm = float(M.as_vector(self.direction).norm())
+        self.directions = {lab: (self.grad0[lab] if self.own_direction else self.direction) for lab in self.labels}
+        self.direction_norms = {lab: float(M.as_vector(d).norm()) for lab, d in self.directions.items()}
+
+    def set_direction(self, label: str) -> None:
+        """Move every loss along ``label``'s gradient at theta_0 (a shared direction)."""
+        if label not in self.grad0:
+            raise ValueError(f"{label!r} is not one of the scanned losses ({', '.join(self.labels)})")
+        self.own_direction = False
+        self.direction = self.grad0[label]
+        self.direction_norm = float(M.as_vector(self.direction).norm())
+        self.directions = {lab: self.direction for lab in self.labels}
+        self.direction_norms = {lab: self.direction_norm for lab in self.labels}
 
     def __call__(self, indices: Sequence[int]) -> list[Values]:
         out = []
         try:
             for i in indices:
                 t = float(self.t_values[int(i)])
-                set_params(self.params, self.base, [self.direction], [-t * self.lr])
-                step = abs(t) * self.lr * self.direction_norm
+                if not self.own_direction:
+                    set_params(self.params, self.base, [self.direction], [-t * self.lr])
                 values: Values = {}
                 for label, fn in zip(self.labels, self.losses):
+                    if self.own_direction:
+                        set_params(self.params, self.base, [self.directions[label]], [-t * self.lr])
+                    step = abs(t) * self.lr * self.direction_norms[label]
                     if t == 0.0:
                         loss, grad = self.loss0[label], self.grad0[label]
                     else:
@@ -198,8 +223,12 @@ class DirectionEvaluator:
         labels: Sequence[str] | None = None,
         base: Sequence[Tensor] | None = None,
         vmap_batch: int = 1,
+        buffer_path: BufferPath | None = None,
     ) -> None:
         self.model = model
+        self.buffer_path = list(buffer_path or [])
+        if self.buffer_path and len(directions) != 1:
+            raise ValueError("buffers move along one coefficient (an interpolation): give one direction")
         self.losses = list(losses)
         self.labels = loss_labels(self.losses, labels)
         self.directions = [list(d) for d in directions]
@@ -207,7 +236,7 @@ class DirectionEvaluator:
         self.restore = get_params(model)
         self.base = [b.detach().clone() for b in base] if base is not None else self.restore
         self.params = [p for _, p in named_params(model)]
-        vm = all(batchable(fn) for fn in self.losses) and int(vmap_batch) > 1
+        vm = all(batchable(fn) for fn in self.losses) and int(vmap_batch) > 1 and not self.buffer_path
         self.batch_size: int | None = int(vmap_batch) if vm else None
         self._functionals = [_functional(fn, model) for fn in self.losses] if vm else []
 
@@ -235,9 +264,13 @@ class DirectionEvaluator:
             with torch.no_grad():
                 for i in indices:
                     set_params(self.params, self.base, self.directions, self.coeffs[int(i)])
+                    if self.buffer_path:
+                        set_buffers(self.buffer_path, float(self.coeffs[int(i)][0]))
                     out.append({label: {"loss": float(fn(self.model))} for label, fn in zip(self.labels, self.losses)})
         finally:
             set_params(self.params, self.restore)
+            if self.buffer_path:
+                set_buffers(self.buffer_path, 0.0)
         return out
 
 

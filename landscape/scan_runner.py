@@ -161,7 +161,8 @@ class ScanRequest:
 
     ``methods``: the losses scanned over the same points, training methods or
     :data:`bounds.names.SCAN_LOSSES` (default: the checkpoint's method, or ``loss`` when it is
-    ``clean`` / ``pgd``); a gradient scan moves along the first one's gradient. ``eps``,
+    ``clean`` / ``pgd``); a gradient scan moves each loss along its own gradient, or every loss
+    along the gradient of the loss ``direction_from`` (one of them). ``eps``,
     ``beta``, ``kappa`` default to the checkpoint's final training values, ``lr`` to its
     learning rate. ``data``: an already loaded dataset of the checkpoint (else loaded here).
     ``keep_bias``: whether biases move along random or PCA directions (default: not for random
@@ -191,6 +192,7 @@ class ScanRequest:
     t_min: float = 0.5
     t_max: float = 5.0
     lr: float | None = None
+    direction_from: str | None = None
     norm: str = "filter"
     keep_bias: bool | None = None
     hessian: bool = False
@@ -203,6 +205,7 @@ class ScanRequest:
     density_steps: int | None = None
     density_sigma: float | None = None
     density_points: int | None = None
+    layers: bool | None = None
     metrics: bool = True
     pgd_steps: int = 10
     fused: bool = False
@@ -233,6 +236,8 @@ class ScanRequest:
         for name, value in (("samples", self.samples), ("points", self.points or 1), ("pgd_steps", self.pgd_steps)):
             if int(value) < 1:
                 raise ValueError(f"--{name.replace('_', '-')}: must be >= 1, got {value}")
+        if self.direction_from is not None and self.kind != "gradient":
+            raise ValueError("--direction-from is only used with --kind gradient")
         if self.kind != "pca" and (self.trajectory is not None or self.center):
             raise ValueError("--trajectory and --center are only used with --kind pca")
         spectrum = {k: v for k, v in self.spectrum_options().items() if v is not None}
@@ -252,7 +257,7 @@ class ScanRequest:
     def spectrum_options(self) -> dict[str, Any]:
         """The options of a Hessian scan as given (None: the default)."""
         names = ("top_k", "lanczos_steps", "trace_samples", "density_runs", "density_steps", "density_sigma",
-                 "density_points")
+                 "density_points", "layers")
         return {k: getattr(self, k) for k in names}
 
     def moves_bias(self) -> bool:
@@ -261,7 +266,7 @@ class ScanRequest:
 
     def coords(self, ranges: Sequence[tuple[float, float]] | None = None) -> dict[str, np.ndarray]:
         """The grid axes: ``t`` (gradient), ``x`` (and ``y``) (random, PCA), ``alpha``
-        (interpolate), none (hessian). ``ranges``: the default range of each axis, where the
+        (interpolate: ``--points`` values, plus 0 and 1 where missing), none (hessian). ``ranges``: the default range of each axis, where the
         kind has none of its own (PCA: the trajectory's); ``--range`` wins."""
         from landscape.scans import default_t_values, grid_coords
 
@@ -277,7 +282,11 @@ class ScanRequest:
         lo, hi = parse_range(self.range, self.kind)
         if self.kind == "random-2d":
             return {"x": grid_coords(lo, hi, n), "y": grid_coords(lo, hi, n)}
-        return {"alpha" if self.kind == "interpolate" else "x": grid_coords(lo, hi, n)}
+        if self.kind == "interpolate":  # the two checkpoints themselves are always points of the scan
+            from landscape.scans import with_endpoints
+
+            return {"alpha": with_endpoints(grid_coords(lo, hi, n))}
+        return {"x": grid_coords(lo, hi, n)}
 
     def loss_specs(self, cfg: Mapping[str, Any], eps: float, domain: Sequence[float] | None) -> list[Any]:
         """One :class:`landscape.scan_losses.LossSpec` per scanned loss, with the checkpoint's

@@ -133,7 +133,8 @@ def prepare_scan(request: Any, ctx: Context) -> PreparedScan:
     import torch
 
     from landscape import evaluators as E
-    from landscape.directions import flatten, get_params, interpolation_direction, random_direction
+    from landscape.directions import (batchnorm_buffer_path, flatten, get_params, interpolation_direction,
+                                      random_direction)
     from landscape.scan_losses import LossClosure, select_samples
     from train.checkpoint import check_fits, load_model
     from train.config import run_domain
@@ -159,6 +160,8 @@ def prepare_scan(request: Any, ctx: Context) -> PreparedScan:
         extra = {"spectrum": options.to_dict()}
         attrs = {f"hessian_{k}": v for k, v in options.to_dict().items()}
     model2 = load_model(request.to_checkpoint, device=device)[0] if request.to_checkpoint is not None else None
+    if model2 is not None and any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        extra = {**extra, "batchnorm_buffers": "interpolated"}
     dataset = cfg.get("dataset", "digits")
     data = request.data
     if data is None:
@@ -170,6 +173,11 @@ def prepare_scan(request: Any, ctx: Context) -> PreparedScan:
     specs = request.loss_specs(cfg, eps, domain)
     lr = float(cfg.get("lr", 1.0)) if request.lr is None else float(request.lr)
     labels = [s.label for s in specs]
+    direction_from = request.direction_from
+    if direction_from is not None and direction_from not in labels:
+        raise ValueError(f"--direction-from: {direction_from!r} is not one of the scanned losses ({', '.join(labels)})")
+    if kind == "gradient" and len(labels) > 1:  # one loss: its own gradient either way (and files stay as before)
+        extra = {**extra, "direction": "own" if direction_from is None else f"shared:{direction_from}"}
     if kind == "gradient":
         fields = [*E.GRADIENT_FIELDS, *(E.SIGN_FIELDS if request.metrics else ())]
     else:
@@ -201,10 +209,20 @@ def prepare_scan(request: Any, ctx: Context) -> PreparedScan:
     label_arrays: Sequence[str] = ()
     if kind == "gradient":
         point_metrics = E.sign_change_metrics(closures, labels) if request.metrics else None
+        own = direction_from is None
         evaluator: Any = E.GradientEvaluator(model, closures, coords["t"], lr, labels=labels,
                                              point_metrics=point_metrics,
-                                             point_fields=E.SIGN_FIELDS if request.metrics else ())
-        arrays["gradient"] = (flatten(evaluator.direction).cpu().numpy().astype(np.float32), meta)
+                                             point_fields=E.SIGN_FIELDS if request.metrics else (),
+                                             own_direction=own)
+        if not own:
+            evaluator.set_direction(direction_from)
+        first = labels[0] if own else direction_from
+        arrays["gradient"] = (flatten(evaluator.directions[first]).cpu().numpy().astype(np.float32),
+                              {**meta, "label": first})
+        if own:
+            for label in labels[1:]:
+                arrays[f"gradient_{label}"] = (
+                    flatten(evaluator.directions[label]).cpu().numpy().astype(np.float32), {**meta, "label": label})
     elif kind.startswith("random"):
         gen = torch.Generator().manual_seed(seed)
         ignore = None if request.moves_bias() else "biasbn"
@@ -217,18 +235,19 @@ def prepare_scan(request: Any, ctx: Context) -> PreparedScan:
         grid = np.stack(np.meshgrid(*coords.values(), indexing="ij"), axis=-1).reshape(-1, 2)
         evaluator = E.DirectionEvaluator(model, closures, pca_dirs, grid, labels, vmap_batch=batch_points)
     elif kind == "hessian":
-        from landscape.spectrum import LABEL_ARRAYS, SpectrumEvaluator
+        from landscape.spectrum import LABEL_ARRAYS, SpectrumEvaluator, layer_arrays
 
         evaluator = SpectrumEvaluator(model, closures, labels, options, seed=seed)
-        label_arrays = LABEL_ARRAYS
+        label_arrays = [*LABEL_ARRAYS, *(layer_arrays(model) if options.layers else ())]
     else:
         theta1, theta2 = get_params(model), get_params(model2)
         if [t.shape for t in theta1] != [t.shape for t in theta2]:
             raise ValueError(f"{request.to_checkpoint} has another architecture than {request.checkpoint}; "
                              "cannot interpolate")
         d = interpolation_direction(theta1, theta2)
+        buffers = batchnorm_buffer_path(model, model2)  # BatchNorm statistics move with the weights
         evaluator = E.DirectionEvaluator(model, closures, [d], coords["alpha"][:, None], labels,
-                                         base=theta1, vmap_batch=batch_points)
+                                         base=theta1, vmap_batch=batch_points, buffer_path=buffers)
 
     def summaries(scan_file: Any) -> dict[str, dict[str, Any]]:
         out: dict[str, dict[str, Any]] = {}
@@ -251,5 +270,6 @@ def prepare_scan(request: Any, ctx: Context) -> PreparedScan:
         "train_method": cfg.get("method"), "methods": labels, "eps": eps, "seed": seed,
         "samples": request.samples, "split": request.split, "lr": lr if kind == "gradient" else None,
         "norm": request.norm if kind.startswith("random") else None,
+        **({"direction_from": "own" if direction_from is None else direction_from} if kind == "gradient" else {}),
     }
     return PreparedScan(coords, labels, fields, args, attrs, arrays, evaluator, summaries, label_arrays)

@@ -71,6 +71,12 @@ def test_every_kind(ckpts, tmp_path):
     d = store.read(out)
     loss = d["results"]["crown-ibp"]["loss"]
     np.testing.assert_allclose(d["coords"]["alpha"], [-0.5, 0, 0.5, 1.0, 1.5])
+    out11 = tmp_path / "i11.h5"  # 11 points miss 0 and 1: both are added
+    assert _run(["scan", a, "--kind", "interpolate", "--to", b, "--out", out11, "--points", "11", *COMMON]) == 0
+    d11 = store.read(out11)
+    assert len(d11["coords"]["alpha"]) == 13 and {0.0, 1.0} <= set(d11["coords"]["alpha"].tolist())
+    i0, i1 = (int(np.flatnonzero(d11["coords"]["alpha"] == v)[0]) for v in (0.0, 1.0))
+    assert d11["results"]["crown-ibp"]["loss"][i0] == loss[1] and d11["results"]["crown-ibp"]["loss"][i1] == loss[3]
     # alpha = 0 and 1 are the two checkpoints: compare with the gradient scans' t = 0 losses
     g1 = tmp_path / "g1.h5"
     assert _run(["scan", a, "--out", g1, "--points", "1", "--no-metrics", *COMMON]) == 0
@@ -78,6 +84,40 @@ def test_every_kind(ckpts, tmp_path):
     assert _run(["scan", b, "--out", g2, "--points", "1", "--no-metrics", *COMMON]) == 0
     assert loss[1] == pytest.approx(store.read(g1)["results"]["crown-ibp"]["loss"][0], rel=1e-5)
     assert loss[3] == pytest.approx(store.read(g2)["results"]["crown-ibp"]["loss"][0], rel=1e-5)
+
+
+def test_multi_method_gradient_scan_moves_each_along_its_own_gradient(ckpts, tmp_path):
+    """A 3-method gradient scan equals three single-method scans, label by label and field by
+    field; --direction-from METHOD moves all three along that method's gradient instead."""
+    _, b = ckpts
+    methods = ["ibp", "crown-ibp", "tightest"]
+    both = tmp_path / "all.h5"
+    assert _run(["scan", b, "--out", both, "--methods", ",".join(methods), "--points", "3", *COMMON]) == 0
+    d = store.read(both)
+    assert d["attrs"]["direction_from"] == "own"
+    for m in methods:
+        one = tmp_path / f"{m}.h5"
+        assert _run(["scan", b, "--out", one, "--methods", m, "--points", "3", *COMMON]) == 0
+        s = store.read(one)
+        for name, value in s["results"][m].items():
+            if isinstance(value, np.ndarray):
+                np.testing.assert_array_equal(d["results"][m][name], value, err_msg=f"{m} {name}")
+        key = "gradient" if m == methods[0] else f"gradient_{m}"
+        np.testing.assert_array_equal(d["arrays"][key], s["arrays"]["gradient"])
+
+    shared = tmp_path / "shared.h5"
+    assert _run(["scan", b, "--out", shared, "--methods", ",".join(methods), "--points", "3",
+                 "--direction-from", "crown-ibp", *COMMON]) == 0
+    sh = store.read(shared)
+    assert sh["attrs"]["direction_from"] == "crown-ibp"
+    np.testing.assert_array_equal(sh["arrays"]["gradient"], d["arrays"]["gradient_crown-ibp"])
+    np.testing.assert_array_equal(sh["results"]["crown-ibp"]["loss"], d["results"]["crown-ibp"]["loss"])
+    for m in ("ibp", "tightest"):  # another direction: other losses away from t = 0
+        assert sh["results"][m]["loss"][0] == d["results"][m]["loss"][0]
+        assert not np.array_equal(sh["results"][m]["loss"], d["results"][m]["loss"])
+    assert _run(["scan", b, "--out", tmp_path / "bad.h5", "--methods", "ibp,crown-ibp",
+                 "--direction-from", "cap", *COMMON]) == 1
+    assert not (tmp_path / "bad.h5").exists()
 
 
 def test_resume_after_a_killed_scan(ckpts, tmp_path, monkeypatch):
