@@ -76,6 +76,24 @@ def line_style(index: int) -> dict:
             "lw": max(1.0, 2.0 - 0.25 * index), "ms": max(3.0, 6.0 - 0.8 * index)}
 
 
+HATCHES = ("////", "\\\\\\\\", "....", "xxxx", "||||", "----", "oo", "++")
+
+
+def band_style(index: int, colour: str) -> dict:
+    """A shaded band (``axhspan`` / ``fill_between``) of the ``index``-th method that stays
+    distinguishable where bands overlap: a light fill, its own hatch in the method's colour and a
+    dashed edge, so overlapping bands read as crossing hatches instead of one mixed colour."""
+    return {"facecolor": colour, "alpha": 0.08, "hatch": HATCHES[index % len(HATCHES)],
+            "edgecolor": colour, "lw": 0.0}
+
+
+def band_edges(ax, lo: float, hi: float, colour: str, index: int) -> None:
+    """The two edges of a horizontal band as thin lines in the method's dash pattern."""
+    ls = LINESTYLES[index % len(LINESTYLES)]
+    for y in (lo, hi):
+        ax.axhline(y, color=colour, lw=0.9, ls=ls, alpha=0.9)
+
+
 def legend_below(fig: plt.Figure, handles: Sequence, ncol: int | None = None, **kw) -> object | None:
     """One legend for the whole figure, below it, outside every axes, so no legend box covers
     data (saving with a tight bounding box keeps it in the image). Call after the layout."""

@@ -209,11 +209,12 @@ def grad_arrays(method: str) -> dict[str, np.ndarray]:
     return {"loss": 0.731 + 0.02 * t**2, "cos": 1.0 - 0.01 * t**2, "smoothness": 3.0 + 0.7 * np.abs(t)}
 
 
-def make_gradient(path: Path) -> Path:
+def make_gradient(path: Path, direction_from: str | None = None) -> Path:
+    extra = {} if direction_from is None else {"direction_from": direction_from}
     scan = store.create_scan(
         str(path), kind="gradient", args={"t": GRAD_T.tolist()}, coords={"t": GRAD_T}, labels=["tightest", "ibp"],
         fields=["loss", "cos", "smoothness"],
-        attrs={"eps": EPS, "checkpoint": "runs/demo/checkpoint.pt", "dataset": "digits", "model": "mlp"},
+        attrs={"eps": EPS, "checkpoint": "runs/demo/checkpoint.pt", "dataset": "digits", "model": "mlp", **extra},
     )
     for m in ("ibp", "tightest"):
         arrays = grad_arrays(m)
@@ -221,6 +222,24 @@ def make_gradient(path: Path) -> Path:
             scan.set_point(m, i, {k: v[i] for k, v in arrays.items()})
     scan.flush(complete=True)
     return path
+
+
+def test_gradient_scan_says_which_gradient_each_method_moved_along(tmp_path: Path, drawn) -> None:
+    """Own directions, a shared one named by --direction-from, and an old file (no attribute:
+    the first method's gradient) each say so on every panel's x axis; the loss-variation bands of
+    the methods have different hatches, so overlapping bands stay apart."""
+    from figures import curves, data
+
+    cases = {"own": "each method's own", "ibp": "of IBP", None: "of Tightest"}
+    for i, (direction, words) in enumerate(cases.items()):
+        curves.plot_gradient_scans([data.load(make_gradient(tmp_path / f"g{i}.h5", direction))], tmp_path, f"g{i}",
+                                   ("png",))
+        fig = drawn[f"g{i}"]
+        for ax in fig.axes:
+            assert words in ax.get_xlabel(), (direction, ax.get_xlabel())
+        ax = axis_titled(fig, "Loss along −∇L (band: loss variation)")
+        hatches = [p.get_hatch() for p in ax.patches]
+        assert len(hatches) == 2 and len(set(hatches)) == 2 and None not in hatches, hatches
 
 
 def test_gradient_scan_loss_panel_draws_change_from_t0_and_legend_numbers(tmp_path: Path, drawn) -> None:
