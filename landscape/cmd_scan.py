@@ -32,7 +32,11 @@ from bounds.names import DIRECTION_NORMS, SCAN_KINDS, SCAN_LOSSES, TRAIN_METHODS
 @click.option("--beta", type=float, default=None, help="CROWN-IBP mixing weight [default: the final training beta].")
 @click.option("--kappa", type=float, default=None, help="Clean-loss weight [default: the final training kappa].")
 @click.option("--slope", default=None, help="Lower-slope policy (see bounds.names.SLOPES) [default: each method's own].")
-@click.option("--samples", type=click.IntRange(min=1), default=100, show_default=True, help="Fixed samples the loss is computed on.")
+@click.option("--samples", default="100", show_default=True,
+              help="Fixed samples the loss is computed on: a number, or 'all' (the whole split).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None,
+              help="Evaluate the losses, gradients and Hessian-vector products over mini-batches of this many "
+                   "samples, accumulated, so memory does not grow with --samples [default: one batch].")
 @click.option("--split", type=click.Choice(["train", "test"]), default="train", show_default=True)
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seeds samples, directions, random slopes.")
 @click.option("--points", type=click.IntRange(min=1), default=None,

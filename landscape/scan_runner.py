@@ -184,7 +184,8 @@ class ScanRequest:
     beta: float | None = None
     kappa: float | None = None
     slope: str | None = None
-    samples: int = 100
+    samples: int | str = 100
+    batch_size: int | None = None
     split: str = "train"
     seed: int = 0
     points: int | None = None
@@ -233,7 +234,18 @@ class ScanRequest:
             raise ValueError(f"--slope: unknown slope {self.slope!r}; choose one of {', '.join(SLOPES)}")
         if self.methods is not None and self.loss != "certified":
             raise ValueError("give either --loss clean|pgd or --methods, not both")
-        for name, value in (("samples", self.samples), ("points", self.points or 1), ("pgd_steps", self.pgd_steps)):
+        if isinstance(self.samples, str):
+            if self.samples.strip().lower() != "all":
+                try:
+                    self.samples = int(self.samples)
+                except ValueError:
+                    raise ValueError(f"--samples: expected a number >= 1 or 'all', got {self.samples!r}") from None
+            else:
+                self.samples = "all"
+        if self.batch_size is not None and int(self.batch_size) < 1:
+            raise ValueError(f"--batch-size: must be >= 1, got {self.batch_size}")
+        for name, value in (("samples", 1 if self.samples == "all" else self.samples), ("points", self.points or 1),
+                            ("pgd_steps", self.pgd_steps)):
             if int(value) < 1:
                 raise ValueError(f"--{name.replace('_', '-')}: must be >= 1, got {value}")
         if self.direction_from is not None and self.kind != "gradient":

@@ -62,6 +62,7 @@ def scan_args(request: Any, coords: Mapping[str, np.ndarray], specs: Sequence[An
         "keep_bias": request.moves_bias() if kind.startswith("random") else None,
         "metrics": request.metrics if kind == "gradient" else None,
         "hessian": "lanczos-magnitude" if request.hessian else False,
+        **({"batch_size": int(request.batch_size)} if request.batch_size is not None else {}),
         **dict(extra or {}),
     }
 
@@ -135,7 +136,7 @@ def prepare_scan(request: Any, ctx: Context) -> PreparedScan:
     from landscape import evaluators as E
     from landscape.directions import (batchnorm_buffer_path, flatten, get_params, interpolation_direction,
                                       random_direction)
-    from landscape.scan_losses import LossClosure, select_samples
+    from landscape.scan_losses import make_closure, select_samples
     from train.checkpoint import check_fits, load_model
     from train.config import run_domain
     from train.data import load_dataset
@@ -200,7 +201,7 @@ def prepare_scan(request: Any, ctx: Context) -> PreparedScan:
 
     x, y = select_samples(data, request.samples, request.split, seed)
     x, y = x.to(device), y.to(device)
-    closures = [LossClosure(model, x, y, s, compile=request.compile) for s in specs]
+    closures = [make_closure(model, x, y, s, batch_size=request.batch_size, compile=request.compile) for s in specs]
 
     batch_points = request.batch_points
     if batch_points is None:

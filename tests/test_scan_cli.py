@@ -427,6 +427,52 @@ def test_hessian_scan_values_and_its_options(ckpts, tmp_path, capsys):
     assert not (tmp_path / "x.h5").exists()
 
 
+def test_hessian_scan_per_layer_interlaces_and_accumulates_minibatches(ckpts, tmp_path, capsys):
+    """Per-layer records on trained checkpoints: every layer's top eigenvalue is at most the whole
+    model's (Cauchy interlacing) and the layer traces add up to about the whole trace; a scan of
+    the whole split in mini-batches (--samples all --batch-size 30) gives the values of one batch."""
+    a, b = ckpts
+    for ckpt in (a, b):
+        out = tmp_path / f"h_{Path(ckpt).stem}.h5"
+        assert _run(["scan", ckpt, "--kind", "hessian", "--methods", "crown-ibp,ibp,clean", "--top-k", "2",
+                     "--trace-samples", "40", "--density-runs", "1", "--density-steps", "5", "--density-points", "20",
+                     *COMMON, "--out", out]) == 0
+        d = store.read(out)
+        for label, r in d["results"].items():
+            if label == "attrs":
+                continue
+            layers = r["layers"]
+            assert sorted(k for k in layers if k != "attrs") == ["2", "4", "6"]  # mlp: Linear at 2, 4, 6
+            top = r["eigenvalues"][0]
+            for name, rec in layers.items():
+                if name == "attrs":
+                    continue
+                assert rec["eigenvalues"].shape == (2,) and rec["eigenvalues"][0] >= rec["eigenvalues"][1]
+                assert rec["eigenvalues"][0] <= top + 1e-5 * abs(top), (label, name, rec["eigenvalues"][0], top)
+            total = sum(float(rec["trace"]) for n, rec in layers.items() if n != "attrs")
+            err = np.sqrt(sum(float(rec["trace_stderr"]) ** 2 for n, rec in layers.items() if n != "attrs"))
+            assert abs(total - r["attrs"]["trace"]) <= 5 * (err + r["attrs"]["trace_stderr"]) + 1e-6
+            sizes = sum(float(rec["size"]) for n, rec in layers.items() if n != "attrs")
+            assert sizes == (64 * 16 + 16) + (16 * 16 + 16) + (16 * 10 + 10)
+
+    one, mini = tmp_path / "one.h5", tmp_path / "mini.h5"
+    base = ["scan", b, "--kind", "hessian", "--methods", "crown-ibp", "--top-k", "2", "--trace-samples", "4",
+            "--density-runs", "1", "--density-steps", "5", "--density-points", "20", "--no-layers", "--quiet",
+            "--samples", "all"]
+    assert _run([*base, "--out", one]) == 0
+    assert _run([*base, "--batch-size", "30", "--out", mini]) == 0
+    r1, r2 = store.read(one), store.read(mini)
+    assert r2["attrs"]["samples"] == "all" and "layers" not in r2["results"]["crown-ibp"]
+    for key in ("loss", "eigenvalues"):
+        np.testing.assert_allclose(r2["results"]["crown-ibp"][key], r1["results"]["crown-ibp"][key], rtol=1e-4)
+    assert r2["results"]["crown-ibp"]["attrs"]["trace"] == pytest.approx(
+        r1["results"]["crown-ibp"]["attrs"]["trace"], rel=1e-4)
+    for bad, needle in ((["--samples", "many"], "--samples"), (["--samples", "0"], "--samples")):
+        assert _run([*base[:-2], *bad, "--out", tmp_path / "x.h5"]) == 1
+        assert needle in capsys.readouterr().err
+    assert not (tmp_path / "x.h5").exists()
+
+
 def test_hessian_scan_under_torchrun_splits_the_labels(ckpts, tmp_path):
     _, b = ckpts
     args = ["scan", b, "--kind", "hessian", "--methods", "clean,ibp,crown-ibp", *SPECTRUM, *COMMON]
