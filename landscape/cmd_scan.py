@@ -70,6 +70,11 @@ from bounds.names import DIRECTION_NORMS, SCAN_KINDS, SCAN_LOSSES, TRAIN_METHODS
 @click.option("--density-points", type=int, default=None, help="hessian: grid points of the density [default: 1000].")
 @click.option("--layers/--no-layers", default=None,
               help="hessian: also the top eigenvalues and trace of each layer's block of the Hessian [default: on].")
+@click.option("--fields", default=None,
+              help="random, interpolate, pca: also store at every point the errors named here, of clean_err, "
+                   "pgd_err, verified_err (the union of --verify-methods' bounds), on the scan's samples at its eps.")
+@click.option("--verify-methods", default="ibp,crown-ibp", show_default=True,
+              help="The bounds whose union certifies a sample for --fields verified_err.")
 @click.option("--hessian", is_flag=True, help="Also store the Hessian eigenvalue of largest magnitude of each loss at "
               "the checkpoint (Lanczos).")
 @click.option("--metrics/--no-metrics", default=True, show_default=True,
@@ -90,6 +95,7 @@ def scan(checkpoint: str, methods: str | None, range_: str | None, quiet: bool, 
     """Scan the loss landscape of CHECKPOINT into an HDF5 file (resumable)."""
     from landscape.scan_runner import ScanRequest, run_scan
 
+    options["verify_methods"] = [m.strip() for m in options["verify_methods"].split(",") if m.strip()]
     listed = None if methods is None else methods.split(",")
     request = ScanRequest(checkpoint=checkpoint, methods=listed, range=range_, **options)
     done = run_scan(request, progress=not quiet)

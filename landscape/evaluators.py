@@ -30,12 +30,14 @@ from bounds.names import FIXED_SLOPES, TRAIN_METHODS, resolve_method
 from landscape import metrics as M
 from landscape.directions import BufferPath, get_params, gradient_direction, named_params, perturbed, set_buffers, set_params
 
-__all__ = ["GRADIENT_FIELDS", "SIGN_FIELDS", "GradientEvaluator", "DirectionEvaluator", "sign_change_metrics",
-           "loss_labels", "batchable"]
+__all__ = ["GRADIENT_FIELDS", "SIGN_FIELDS", "ERROR_FIELDS", "GradientEvaluator", "DirectionEvaluator",
+           "sign_change_metrics", "error_metrics", "loss_labels", "batchable"]
 
 LossFn = Callable[[nn.Module], Tensor]
 GRADIENT_FIELDS = ("loss", "grad_norm", "cos", "rms", "smoothness")
 SIGN_FIELDS = ("a_sign", "sign_flip")
+ERROR_FIELDS = ("clean_err", "pgd_err", "verified_err")
+"""Per-point errors a direction scan can store beside the loss (``--fields``)."""
 Values = dict[str, dict[str, float]]  # label -> field -> value
 
 
@@ -224,8 +226,10 @@ class DirectionEvaluator:
         base: Sequence[Tensor] | None = None,
         vmap_batch: int = 1,
         buffer_path: BufferPath | None = None,
+        point_values: Callable[[nn.Module], dict[str, float]] | None = None,
     ) -> None:
         self.model = model
+        self.point_values = point_values
         self.buffer_path = list(buffer_path or [])
         if self.buffer_path and len(directions) != 1:
             raise ValueError("buffers move along one coefficient (an interpolation): give one direction")
@@ -236,7 +240,8 @@ class DirectionEvaluator:
         self.restore = get_params(model)
         self.base = [b.detach().clone() for b in base] if base is not None else self.restore
         self.params = [p for _, p in named_params(model)]
-        vm = all(batchable(fn) for fn in self.losses) and int(vmap_batch) > 1 and not self.buffer_path
+        vm = (all(batchable(fn) for fn in self.losses) and int(vmap_batch) > 1 and not self.buffer_path
+              and point_values is None)
         self.batch_size: int | None = int(vmap_batch) if vm else None
         self._functionals = [_functional(fn, model) for fn in self.losses] if vm else []
 
@@ -266,12 +271,51 @@ class DirectionEvaluator:
                     set_params(self.params, self.base, self.directions, self.coeffs[int(i)])
                     if self.buffer_path:
                         set_buffers(self.buffer_path, float(self.coeffs[int(i)][0]))
-                    out.append({label: {"loss": float(fn(self.model))} for label, fn in zip(self.labels, self.losses)})
+                    values = {label: {"loss": float(fn(self.model))} for label, fn in zip(self.labels, self.losses)}
+                    if self.point_values is not None:  # once per point, the same for every label
+                        shared = self.point_values(self.model)
+                        for v in values.values():
+                            v.update(shared)
+                    out.append(values)
         finally:
             set_params(self.params, self.restore)
             if self.buffer_path:
                 set_buffers(self.buffer_path, 0.0)
         return out
+
+
+def error_metrics(
+    x: Tensor, y: Tensor, eps: float, fields: Sequence[str], verify_methods: Sequence[str] = ("ibp", "crown-ibp"),
+    pgd_steps: int = 10, domain: tuple[float, float] | None = (0.0, 1.0), seed: int = 0, batch_size: int = 256,
+) -> Callable[[nn.Module], dict[str, float]]:
+    """A ``point_values`` function for :class:`DirectionEvaluator`: the errors ``fields`` (of
+    :data:`ERROR_FIELDS`) of the model at the point on the scan's samples ``x`` [N, ...],
+    ``y`` [N] at radius ``eps`` (:func:`train.evaluate.evaluate`):
+
+    - ``clean_err`` = mean 1[argmax f(x) != y];
+    - ``pgd_err`` = mean over samples of (misclassified clean, or broken by ``pgd_steps`` steps of
+      L-inf PGD from a start seeded with ``seed``);
+    - ``verified_err`` = 1 - mean 1[correct and some method of ``verify_methods`` proves every
+      margin lower bound > 0] (the union of the bounds, as ``landscape certify`` reports it).
+
+    Since a verified sample resists every attack, ``verified_err >= pgd_err >= clean_err`` at every
+    point (the gap verified - PGD is what the bounds cannot certify)."""
+    from train.evaluate import evaluate
+
+    unknown = [f for f in fields if f not in ERROR_FIELDS]
+    if unknown or not fields:
+        raise ValueError(f"--fields: unknown field(s) {unknown or list(fields)}; choose from {', '.join(ERROR_FIELDS)}")
+    want = list(fields)
+    dom = (0.0, 1.0) if domain is None else (float(domain[0]), float(domain[1]))
+    methods = list(verify_methods) if "verified_err" in want else []
+    steps = int(pgd_steps) if "pgd_err" in want else 0
+
+    def point_values(model: nn.Module) -> dict[str, float]:
+        res = evaluate(model, x, y, eps, methods=methods, pgd_steps=steps, domain=dom, seed=seed,
+                       batch_size=batch_size, progress=False)
+        return {f: float(res[f]) for f in want}
+
+    return point_values
 
 
 def sign_change_metrics(

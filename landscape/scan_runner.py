@@ -207,6 +207,8 @@ class ScanRequest:
     density_sigma: float | None = None
     density_points: int | None = None
     layers: bool | None = None
+    fields: Sequence[str] | None = None
+    verify_methods: Sequence[str] = ("ibp", "crown-ibp")
     metrics: bool = True
     pgd_steps: int = 10
     fused: bool = False
@@ -248,6 +250,28 @@ class ScanRequest:
                             ("pgd_steps", self.pgd_steps)):
             if int(value) < 1:
                 raise ValueError(f"--{name.replace('_', '-')}: must be >= 1, got {value}")
+        if self.fields is not None:
+            from landscape.evaluators import ERROR_FIELDS
+
+            if isinstance(self.fields, str):
+                self.fields = [f.strip() for f in self.fields.split(",") if f.strip()]
+            bad = [f for f in self.fields if f not in ERROR_FIELDS]
+            if bad or not self.fields or len(set(self.fields)) != len(self.fields):
+                raise ValueError(f"--fields: expected distinct names of {', '.join(ERROR_FIELDS)}, got "
+                                 f"{','.join(self.fields)!r}")
+            if "verified_err" in self.fields:
+                from train.evaluate import verifier
+
+                if not list(self.verify_methods):
+                    raise ValueError("--verify-methods: give at least one bound method")
+                for m in self.verify_methods:
+                    try:
+                        verifier(m)
+                    except ValueError as exc:
+                        raise ValueError(f"--verify-methods: {exc}") from None
+            if self.kind in ("gradient", "hessian"):
+                raise ValueError("--fields adds errors at the points of a random, interpolate or pca scan; "
+                                 f"not with --kind {self.kind}")
         if self.direction_from is not None and self.kind != "gradient":
             raise ValueError("--direction-from is only used with --kind gradient")
         if self.kind != "pca" and (self.trajectory is not None or self.center):

@@ -182,7 +182,10 @@ def prepare_scan(request: Any, ctx: Context) -> PreparedScan:
     if kind == "gradient":
         fields = [*E.GRADIENT_FIELDS, *(E.SIGN_FIELDS if request.metrics else ())]
     else:
-        fields = ["loss"]
+        fields = ["loss", *(request.fields or ())]
+    if request.fields:
+        extra = {**extra, "fields": list(request.fields), "verify_methods": list(request.verify_methods),
+                 "pgd_steps": int(request.pgd_steps)}
     args = scan_args(request, coords, specs, cfg, lr, extra)
 
     check_fits(ckpt, data.spec, where=f"checkpoint {request.checkpoint!r}")
@@ -208,6 +211,10 @@ def prepare_scan(request: Any, ctx: Context) -> PreparedScan:
         batch_points = 16 if str(device).startswith("cuda") else 1
     meta = _params_meta(model)
     label_arrays: Sequence[str] = ()
+    errors = None
+    if request.fields:
+        errors = E.error_metrics(x, y, eps, request.fields, request.verify_methods, pgd_steps=request.pgd_steps,
+                                 domain=domain, seed=seed, batch_size=int(request.batch_size or 256))
     if kind == "gradient":
         point_metrics = E.sign_change_metrics(closures, labels) if request.metrics else None
         own = direction_from is None
@@ -229,12 +236,14 @@ def prepare_scan(request: Any, ctx: Context) -> PreparedScan:
         ignore = None if request.moves_bias() else "biasbn"
         dirs = [random_direction(model, request.norm, ignore, generator=gen) for _ in coords]
         grid = np.stack(np.meshgrid(*coords.values(), indexing="ij"), axis=-1).reshape(-1, len(coords))
-        evaluator = E.DirectionEvaluator(model, closures, dirs, grid, labels, vmap_batch=batch_points)
+        evaluator = E.DirectionEvaluator(model, closures, dirs, grid, labels, vmap_batch=batch_points,
+                                         point_values=errors)
         for name, d in zip(coords, dirs):
             arrays[f"direction_{name}"] = (flatten(d).cpu().numpy().astype(np.float32), meta)
     elif kind == "pca":
         grid = np.stack(np.meshgrid(*coords.values(), indexing="ij"), axis=-1).reshape(-1, 2)
-        evaluator = E.DirectionEvaluator(model, closures, pca_dirs, grid, labels, vmap_batch=batch_points)
+        evaluator = E.DirectionEvaluator(model, closures, pca_dirs, grid, labels, vmap_batch=batch_points,
+                                         point_values=errors)
     elif kind == "hessian":
         from landscape.spectrum import LABEL_ARRAYS, SpectrumEvaluator, layer_arrays
 
@@ -248,7 +257,8 @@ def prepare_scan(request: Any, ctx: Context) -> PreparedScan:
         d = interpolation_direction(theta1, theta2)
         buffers = batchnorm_buffer_path(model, model2)  # BatchNorm statistics move with the weights
         evaluator = E.DirectionEvaluator(model, closures, [d], coords["alpha"][:, None], labels,
-                                         base=theta1, vmap_batch=batch_points, buffer_path=buffers)
+                                         base=theta1, vmap_batch=batch_points, buffer_path=buffers,
+                                         point_values=errors)
 
     def summaries(scan_file: Any) -> dict[str, dict[str, Any]]:
         out: dict[str, dict[str, Any]] = {}

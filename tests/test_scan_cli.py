@@ -504,3 +504,47 @@ def test_scan_hessian_flag_is_the_lanczos_top_eigenvalue(ckpts, tmp_path):
     fn = LossClosure(model, *select_samples(data, 16, "train", 0), LossSpec(kind="clean"))
     expected = float(top_eigenvalues(fn, model, k=1, seed=0, which="magnitude")[0])
     assert d["results"]["clean"]["attrs"]["hessian_top_eig"] == pytest.approx(expected, rel=1e-6)
+
+
+def test_error_fields_beside_the_loss(ckpts, tmp_path, capsys):
+    """--fields stores the clean, PGD and verified error at every point, equal to
+    train.evaluate.evaluate of the model there, ordered clean <= PGD <= verified; an
+    interpolation with verified_err answers at both checkpoints as certify does."""
+    from train.checkpoint import load_model
+    from train.data import load_dataset
+    from train.evaluate import evaluate
+    from landscape.scan_losses import select_samples
+
+    a, b = ckpts
+    out = tmp_path / "e.h5"
+    fields = "clean_err,pgd_err,verified_err"
+    assert _run(["scan", a, "--kind", "interpolate", "--to", b, "--out", out, "--points", "3", "--fields", fields,
+                 "--methods", "crown-ibp,clean", *COMMON]) == 0
+    d = store.read(out)
+    alpha = d["coords"]["alpha"]
+    assert alpha.tolist() == [-0.5, 0.0, 0.5, 1.0, 1.5]
+    r = d["results"]["crown-ibp"]
+    for f in fields.split(","):
+        assert r[f].shape == alpha.shape and np.isfinite(r[f]).all()
+        np.testing.assert_array_equal(r[f], d["results"]["clean"][f])  # the model's, whatever the loss
+    assert (r["clean_err"] <= r["pgd_err"]).all() and (r["pgd_err"] <= r["verified_err"]).all()
+    data = load_dataset("digits", train_size=100, test_size=20, seed=0)
+    x, y = select_samples(data, 16, "train", 0)
+    for i, ckpt in ((1, a), (3, b)):
+        model, _ = load_model(ckpt)
+        res = evaluate(model, x, y, 0.1, methods=["ibp", "crown-ibp"], pgd_steps=10, seed=0, progress=False)
+        for f in fields.split(","):
+            assert r[f][i] == pytest.approx(res[f], abs=1e-6), (f, i)
+
+    out2 = tmp_path / "e2.h5"
+    assert _run(["scan", b, "--kind", "random-2d", "--out", out2, "--points", "2", "--fields", "verified_err",
+                 "--verify-methods", "ibp", *COMMON]) == 0
+    r2 = store.read(out2)["results"]["crown-ibp"]
+    assert r2["verified_err"].shape == (2, 2) and "pgd_err" not in r2
+    for bad, needle in ((["--fields", "nope"], "--fields"), (["--fields", "verified_err", "--verify-methods", "x"],
+                                                            "--verify-methods")):
+        assert _run(["scan", b, "--kind", "random-1d", *bad, *COMMON, "--out", tmp_path / "x.h5"]) == 1
+        assert needle in capsys.readouterr().err
+    assert _run(["scan", b, "--kind", "gradient", "--fields", "clean_err", *COMMON, "--out", tmp_path / "x.h5"]) == 1
+    assert "--fields" in capsys.readouterr().err
+    assert not (tmp_path / "x.h5").exists()
