@@ -162,6 +162,9 @@ _LINE_FIELDS = {
     "grad_norm": ("grad_norm",),
     "sign_flip": ("sign_flip",),
     "a_sign": ("a_sign",),
+    "clean_err": ("clean_err",),
+    "pgd_err": ("pgd_err",),
+    "verified_err": ("verified_err",),
 }
 
 
@@ -218,6 +221,11 @@ def _surface_scan(path: Path, raw: dict, meta: Meta) -> SurfaceScan:
     results = _scan_results(path, raw, (x.size, y.size))
     scan = SurfaceScan(meta=meta, x=x, y=y, loss={label: r["loss"] for label, r in results.items()},
                        n_computed=_n_computed(results))
+    for r in results.values():  # the model's errors at each point, the same under every label
+        found = {f: r[f] for f in ("clean_err", "pgd_err", "verified_err") if f in r and r[f].shape == (x.size, y.size)}
+        if found:
+            scan.errors = found
+            break
     if meta.kind == "pca":
         path_xy = _need(_arrays(_groups(raw).get("arrays", {})), ("trajectory",), path, "arrays")
         ratios = [float(v) for v in (meta.attrs.get("explained_variance") or [np.nan, np.nan])]

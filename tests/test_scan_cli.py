@@ -541,6 +541,13 @@ def test_error_fields_beside_the_loss(ckpts, tmp_path, capsys):
                  "--verify-methods", "ibp", *COMMON]) == 0
     r2 = store.read(out2)["results"]["crown-ibp"]
     assert r2["verified_err"].shape == (2, 2) and "pgd_err" not in r2
+
+    out3 = tmp_path / "e3.h5"  # all three on a plane: the gap panel too
+    assert _run(["scan", b, "--kind", "random-2d", "--out", out3, "--points", "2", "--fields", fields, *COMMON]) == 0
+    figs = tmp_path / "figs"
+    assert _run(["plot", out, out2, out3, "--out", figs, "--format", "png"]) == 0
+    drawn = sorted(p.name for p in figs.glob("*_errors.png"))
+    assert len(drawn) == 3, drawn
     for bad, needle in ((["--fields", "nope"], "--fields"), (["--fields", "verified_err", "--verify-methods", "x"],
                                                             "--verify-methods")):
         assert _run(["scan", b, "--kind", "random-1d", *bad, *COMMON, "--out", tmp_path / "x.h5"]) == 1
