@@ -248,6 +248,13 @@ def _spectrum_scan(path: Path, raw: dict, meta: Meta) -> SpectrumScan:
         entry = {k: _need(arrays, (k,), path, f"results/{label}") for k in ("eigenvalues", "density_grid", "density")}
         entry.update(trace=float(attrs.get("trace", np.nan)), trace_stderr=float(attrs.get("trace_stderr", np.nan)),
                      loss=float(np.asarray(arrays.get("loss", np.nan))))
+        for k in ("slq_nodes", "slq_weights"):  # to broaden every density of a figure alike
+            if k in arrays:
+                entry[k] = np.asarray(arrays[k], dtype=float)
+        entry["density_sigma"] = float(attrs.get("density_sigma", np.nan))
+        layers = _groups(node).get("layers") or {}
+        entry["layers"] = {name: {k: np.asarray(v, dtype=float) for k, v in _arrays(rec).items()}
+                           for name, rec in _groups(layers).items()}
         spectra[label] = entry
     return SpectrumScan(meta=meta, spectra=spectra, n_computed=len(spectra))
 

@@ -419,3 +419,26 @@ def test_probe_panel_legend_names_every_run(tmp_path: Path, monkeypatch) -> None
     training.plot_probe_stats([a, b], tmp_path, "probes", ("png",))
     labels = [t.get_text() for legend in figs[0].legends for t in legend.get_texts()]
     assert labels == ["IBP, ε=0.1", "Tightest, ε=0.1"], labels
+
+
+def test_hessian_densities_of_one_figure_share_one_width() -> None:
+    """Two spectra whose nodes spread over 1 and over 100: both are broadened with sigma =
+    0.01 * 100 = 1, so a lone node gives the same peak (height 1 / (sqrt(2 pi) sigma) times its
+    weight) in both; a spectrum without nodes keeps its stored density."""
+    from figures.spectra import common_densities
+
+    narrow = {"slq_nodes": np.array([[0.0, 1.0]]), "slq_weights": np.array([[0.5, 0.5]]),
+              "density_grid": np.zeros(2), "density": np.zeros(2)}
+    wide = {"slq_nodes": np.array([[0.0, 100.0]]), "slq_weights": np.array([[0.5, 0.5]]),
+            "density_grid": np.zeros(2), "density": np.zeros(2)}
+    old = {"density_grid": np.array([0.0, 1.0]), "density": np.array([1.0, 1.0])}
+    (g1, d1), (g2, d2), (g3, d3) = common_densities([narrow, wide, old], points=20001)[0]
+    sigma = common_densities([narrow, wide])[1]
+    assert sigma == pytest.approx(1.0)
+    for g, d in ((g1, d1), (g2, d2)):
+        assert np.trapezoid(d, g) == pytest.approx(1.0, rel=1e-6)
+    peak = 1.0 / (np.sqrt(2 * np.pi) * sigma)
+    assert d2.max() == pytest.approx(0.5 * peak, rel=1e-3)  # two far nodes: each its own peak
+    # the narrow spectrum's two nodes (1 apart, sigma 1) merge into one bump, as they would on the wide one's scale
+    assert d1.max() < 2 * 0.5 * peak and d1.max() > 0.5 * peak
+    np.testing.assert_array_equal(d3, old["density"])

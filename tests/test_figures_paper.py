@@ -253,6 +253,9 @@ def test_pca_figure_draws_the_trajectory_and_the_explained_variance(tmp_path: Pa
     labels = [t.get_text() for t in drawn["p_contour"].legends[0].get_texts()]
     assert labels[0] == "training trajectory (checkpoints)" and "start of training" in labels
     assert any(t.startswith("end: the scanned checkpoint") for t in labels)
+    for stem in ("p_contour", "p_heatmap"):  # equal aspect: a unit along x is as long as one along y
+        (ax,) = _data_axes(drawn[stem])
+        assert ax.get_aspect() == 1.0, (stem, ax.get_aspect())
 
 
 def test_hessian_figure_overlays_densities_on_a_log_scale(tmp_path: Path, drawn) -> None:
