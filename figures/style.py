@@ -8,6 +8,8 @@ figure, so that the same method has the same colour and name in every picture. T
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -105,16 +107,32 @@ def legend_below(fig: plt.Figure, handles: Sequence, ncol: int | None = None, **
                       ncol=ncol, frameon=False, **kw)
 
 
+_NOTES: list[str] = []
+
+
+@contextmanager
+def context_note(text: str):
+    """While active, every figure title made by :func:`with_context` ends with ``(text)``: e.g.
+    ``reproduce --seeds`` says which seed a figure of one seed's runs shows."""
+    _NOTES.append(str(text))
+    try:
+        yield
+    finally:
+        _NOTES.pop()
+
+
 def with_context(what: str, metas: Iterable) -> str:
     """A title ``"what — digits, mlp"``: ``what`` followed by the dataset and the model when
-    all of ``metas`` (:class:`figures.data.Meta`) share them, each left out otherwise."""
+    all of ``metas`` (:class:`figures.data.Meta`) share them, each left out otherwise, and the
+    active :func:`context_note`."""
     metas = list(metas)
     bits = []
     for attr in ("dataset", "model"):
         values = {getattr(m, attr) for m in metas if getattr(m, attr, None)}
         if len(values) == 1:
             bits.append(str(next(iter(values))))
-    return what + (f" — {', '.join(bits)}" if bits else "")
+    note = f" ({'; '.join(_NOTES)})" if _NOTES else ""
+    return what + (f" — {', '.join(bits)}" if bits else "") + note
 
 
 def save(fig: plt.Figure, out_dir: str | Path, stem: str, formats: Sequence[str] = ("png", "pdf")) -> list[Path]:

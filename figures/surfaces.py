@@ -54,7 +54,10 @@ def _suptitle(scan: SurfaceScan, what: str) -> str:
     bits = [b for b in (scan.meta.dataset, scan.meta.model) if b]
     if not scan.runs and scan.meta.run:
         bits.append(f"run {scan.meta.run}")
-    return what + (f" — {', '.join(map(str, bits))}" if bits else "")
+    from figures.style import _NOTES
+
+    note = f" ({'; '.join(_NOTES)})" if _NOTES else ""
+    return what + (f" — {', '.join(map(str, bits))}" if bits else "") + note
 
 
 def _axis_labels(scan: SurfaceScan, key: str) -> tuple[str, str]:

@@ -550,3 +550,35 @@ def test_tightness_points_use_the_runs_own_bound_gap(tmp_path: Path, drawn) -> N
     x, yv = xy(line_labelled(ev, "IBP: verified"))
     np.testing.assert_allclose(x, [0.1, 0.2, 0.3])
     np.testing.assert_allclose(yv, [36.0, 55.0, 71.0])
+
+
+def test_seed_gradient_figure_draws_the_mean_and_band_over_seeds(tmp_path: Path, monkeypatch) -> None:
+    """Two seeds' gradient scans of one method: the drawn loss-change line is their mean, the band
+    spans mean ± sd, and the legend says how many seeds."""
+    from figures import data, seeds
+
+    kept = {}
+    monkeypatch.setattr(seeds, "save", lambda fig, out, stem, formats=("png",): kept.setdefault(stem, fig) and [])
+    t = np.array([0.0, 0.5, 1.0, 2.0])
+    losses = [np.array([1.0, 1.2, 1.5, 2.0]), np.array([2.0, 2.0, 2.1, 2.6])]
+    scans = []
+    for k, loss in enumerate(losses):
+        path = tmp_path / f"s{k}.h5"
+        scan = store.create_scan(str(path), kind="gradient", args={"k": k}, coords={"t": t}, labels=["ibp"],
+                                 fields=["loss", "cos"], attrs={"eps": EPS, "dataset": "digits", "model": "mlp",
+                                                                "direction_from": "own"})
+        for i in range(t.size):
+            scan.set_point("ibp", i, {"loss": loss[i], "cos": 1.0 - 0.1 * i * (k + 1)})
+        scan.flush(complete=True)
+        scans.append(data.load(path))
+    seeds.plot_seed_gradient(scans, tmp_path, "g", ("png",))
+    fig = kept["g"]
+    ax = axis_titled(fig, "Loss along −∇L")
+    (line,) = [ln for ln in ax.get_lines() if ln.get_label().startswith("IBP")]
+    changes = np.vstack([loss - loss[0] for loss in losses])
+    np.testing.assert_allclose(line.get_ydata(), changes.mean(axis=0), rtol=1e-6)
+    assert "mean ± sd of 2 seeds" in line.get_label() and "2 seeds" in fig._suptitle.get_text()
+    (band,) = ax.collections
+    ys = band.get_paths()[0].vertices[:, 1]
+    lo, hi = (changes.mean(0) - changes.std(0)), (changes.mean(0) + changes.std(0))
+    assert ys.min() == pytest.approx(lo.min(), abs=1e-6) and ys.max() == pytest.approx(hi.max(), abs=1e-6)
