@@ -231,9 +231,26 @@ def _surface_scan(path: Path, raw: dict, meta: Meta) -> SurfaceScan:
         ratios = [float(v) for v in (meta.attrs.get("explained_variance") or [np.nan, np.nan])]
         if path_xy.ndim != 2 or path_xy.shape[1] != 2:
             raise ValueError(f"{path}: arrays/trajectory has shape {path_xy.shape}, expected [n_checkpoints, 2]")
+        steps = _trajectory_steps(path, len(path_xy))
         for label in scan.loss:
             scan.paths[label], scan.variance[label] = path_xy, ratios
+            scan.path_steps[label] = steps
     return scan
+
+
+def _trajectory_steps(path: Path, n: int) -> np.ndarray:
+    """The training step of each checkpoint of a PCA scan's path (attribute ``steps`` of
+    ``arrays/trajectory``); NaN where the file does not say."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            value = f["arrays/trajectory"].attrs.get("steps")
+        steps = _decode(value)
+        out = np.asarray([np.nan if v is None else float(v) for v in steps], dtype=float)
+    except (OSError, KeyError, TypeError, ValueError):
+        return np.full(n, np.nan)
+    return out if out.shape == (n,) else np.full(n, np.nan)
 
 
 def _spectrum_scan(path: Path, raw: dict, meta: Meta) -> SpectrumScan:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from figures import curves, errors, spectra, surfaces, tables, training
+from figures import curves, errors, paths, spectra, surfaces, tables, training
 from figures.data import load
 from figures.labels import distinct, legend_label
 from figures.records import CertifyResult, LineScan, Record, SpectrumScan, SurfaceScan, TrainRun
@@ -161,6 +161,13 @@ def plot_records(
         merged = _merge_surfaces(group)
         if merged is not None:
             written += surfaces.plot_surface(merged, out, f"compare_{kind}", fmts, surface3d=surface3d, log=log)
+
+    pairs = paths.path_pairs([r for r in records if isinstance(r, SurfaceScan)],
+                             [r for r in records if isinstance(r, TrainRun)])
+    for pair in pairs:
+        written += paths.plot_pca_paths([pair], out, _stem(pair[0].meta.name, "pca") + "_path", fmts)
+    if len(pairs) > 1:
+        written += paths.plot_pca_paths(pairs, out, "compare_pca_path", fmts)
 
     spectra_ = [r for r in records if isinstance(r, SpectrumScan)]
     for r in spectra_:

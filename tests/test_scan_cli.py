@@ -555,3 +555,36 @@ def test_error_fields_beside_the_loss(ckpts, tmp_path, capsys):
     assert _run(["scan", b, "--kind", "gradient", "--fields", "clean_err", *COMMON, "--out", tmp_path / "x.h5"]) == 1
     assert "--fields" in capsys.readouterr().err
     assert not (tmp_path / "x.h5").exists()
+
+
+def test_pca_path_is_coloured_by_the_unstable_fraction_with_milestones(tmp_path, monkeypatch):
+    """plot with a PCA scan and its run's train.h5: the path's points carry the unstable fraction
+    of their checkpoint's step (mean over layers, from train.h5), and the eps ramp's milestones
+    are marked on the path."""
+    from figures import data, paths
+
+    stepped = tmp_path / "run"
+    assert _run(["train", "--dataset", "digits", "--model", "mlp", "--method", "crown-ibp", "--eps", "0.1",
+                 "--epochs", "2", "--batch-size", "50", "--train-size", "100", "--test-size", "20", "--eval-size", "0",
+                 "--eps-ramp-epochs", "1", "--checkpoint-every-steps", "1", "--out", stepped, "--quiet"]) == 0
+    out = tmp_path / "pca.h5"
+    assert _run(["scan", stepped / "checkpoint.pt", "--kind", "pca", "--out", out, "--points", "2", *COMMON]) == 0
+    scan, run = data.load(out), data.load(stepped / "train.h5")
+    (pair,) = paths.path_pairs([scan], [run])
+    kept = {}
+    monkeypatch.setattr(paths, "save", lambda fig, o, stem, formats=("png",): kept.setdefault(stem, fig) and [])
+    paths.plot_pca_paths([pair], tmp_path, "p", ("png",))
+    fig = kept["p"]
+    ax = fig.axes[0]
+    (points,) = [c for c in ax.collections if c.get_array() is not None]
+    steps = scan.path_steps[pair[1]]
+    assert steps.tolist() == [0.0, 1.0, 2.0, 3.0, 4.0, 4.0]  # the final checkpoint is the last epoch's
+    uf_steps, uf = paths.unstable_fraction(run)
+    want = [uf[0] if s < uf_steps[0] else float(np.interp(s, uf_steps, uf)) for s in steps]
+    np.testing.assert_allclose(np.asarray(points.get_array()), want, rtol=1e-6)
+    labels = [h.get_label() for h in fig.legends[0].legend_handles]
+    assert "ε reaches its final value" in labels, labels
+    monkeypatch.undo()
+    figs = tmp_path / "figs"
+    assert _run(["plot", out, stepped / "train.h5", "--out", figs, "--format", "png"]) == 0
+    assert list(figs.glob("*pca_path.png"))
