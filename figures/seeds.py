@@ -21,7 +21,7 @@ import numpy as np
 from figures.records import LineScan, TrainRun
 from figures.style import (apply_style, band_style, legend_below, line_style, method_colour, method_name, method_rank,
                            save, with_context)
-from figures.training import PROBE_STATS, probe_stat, probe_x
+from figures.training import PROBE_STATS, panel_notes, probe_stat, probe_x
 
 
 def seed_groups(runs: Sequence[TrainRun]) -> dict[str, list[TrainRun]]:
@@ -84,6 +84,11 @@ def plot_seed_bands(
                               **{**line_style(i), "markevery": max(1, x.size // 15)})
             ax.fill_between(x, mean - std, mean + std, color=colour, alpha=0.18, lw=0)
             handles.setdefault(method, line)
+        notes = []
+        for method, rs in groups.items():
+            b = band(rs, key)
+            notes.append((method, None if b is None else b[0], None if b is None else b[1], rs[0]))
+        panel_notes(ax, notes)
         ax.set_title(title)
         ax.set_ylabel(ylabel)
         ax.set_xlabel("training step")

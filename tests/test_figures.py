@@ -442,3 +442,23 @@ def test_hessian_densities_of_one_figure_share_one_width() -> None:
     # the narrow spectrum's two nodes (1 apart, sigma 1) merge into one bump, as they would on the wide one's scale
     assert d1.max() < 2 * 0.5 * peak and d1.max() > 0.5 * peak
     np.testing.assert_array_equal(d3, old["density"])
+
+
+def test_panels_say_why_a_method_has_no_line_or_stops() -> None:
+    """IBP's missing relaxation statistic and a CROWN-IBP series that stops where beta reaches 0
+    are written on the panel; a complete series adds nothing."""
+    from types import SimpleNamespace
+
+    import matplotlib.pyplot as plt
+
+    from figures.training import panel_notes
+
+    fig, ax = plt.subplots()
+    x = np.array([0.0, 10.0, 20.0, 30.0])
+    run = SimpleNamespace(steps={"step": np.arange(0, 31, 5.0), "beta": np.array([1, 0.8, 0.6, 0.4, 0.2, 0, 0.0])})
+    notes = panel_notes(ax, [("ibp", None, None, None), ("crown-ibp", x, np.array([0.5, 0.4, 0.3, np.nan]), run),
+                             ("tightest", x, np.array([0.1, 0.2, 0.3, 0.4]), None)])
+    assert notes == ["no line for IBP: no linear relaxation", "CROWN-IBP stops at step 30: β = 0 (pure IBP) from there"]
+    assert [t.get_text() for t in ax.texts] == ["\n".join(notes)]
+    assert panel_notes(ax, [("tightest", x, np.ones(4), None)]) == []
+    plt.close(fig)
