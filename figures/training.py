@@ -249,7 +249,7 @@ def plot_gradient_direction_over_training(
     flat = list(axes.ravel())
     steps_all = np.concatenate([probe_x(r) for r in runs])
     norm = colors.Normalize(vmin=float(np.nanmin(steps_all)), vmax=float(max(np.nanmax(steps_all), np.nanmin(steps_all) + 1)))
-    cmap = plt.get_cmap("viridis")
+    cmap = plt.get_cmap("viridis_r")  # the newest probes darkest, drawn last (on top)
     names = _needs_names(runs)
     for ax, run in zip(flat, runs):
         loss = np.asarray(run.probes["loss"], dtype=float)

@@ -404,7 +404,7 @@ def test_gradient_direction_over_training_draws_each_probe_from_its_own_t0(runs,
             x, yv = xy(line)
             np.testing.assert_allclose(x, PROBE_T)
             np.testing.assert_allclose(yv, loss - loss[0], rtol=1e-6, atol=1e-7)
-            np.testing.assert_allclose(to_rgba(line.get_color()), plt.get_cmap("viridis")(norm(step)), atol=1e-6)
+            np.testing.assert_allclose(to_rgba(line.get_color()), plt.get_cmap("viridis_r")(norm(step)), atol=1e-6)
 
 
 @pytest.mark.parametrize("key", ["loss_variation", "grad_cosine", "smoothness"])
