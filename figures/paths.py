@@ -133,8 +133,8 @@ def plot_pca_paths(pairs: Sequence[tuple[SurfaceScan, str, TrainRun]], out_dir: 
                            label=f"{what}", ls="none")
             handles.setdefault(name, h)
         ratios = scan.variance.get(key) or [np.nan, np.nan]
-        ax.set_xlabel(f"1st PC ({100 * ratios[0]:.1f} % of the variance)" if np.isfinite(ratios[0]) else "1st PC")
-        ax.set_ylabel(f"2nd PC ({100 * ratios[1]:.1f} %)" if np.isfinite(ratios[1]) else "2nd PC")
+        ax.set_xlabel(f"1st PC ({100 * ratios[0]:.1f} % var.)" if np.isfinite(ratios[0]) else "1st PC")
+        ax.set_ylabel(f"2nd PC ({100 * ratios[1]:.1f} % var.)" if np.isfinite(ratios[1]) else "2nd PC")
         ax.set_title(f"{method_name(run.meta.method)}, run {run.meta.run}")
         ax.set_aspect("equal", adjustable="datalim")
     if sc is not None:

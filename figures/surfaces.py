@@ -63,7 +63,7 @@ def _suptitle(scan: SurfaceScan, what: str) -> str:
 def _axis_labels(scan: SurfaceScan, key: str) -> tuple[str, str]:
     ratios = scan.variance.get(key)
     if ratios is not None:
-        return tuple(f"{name} PC: {100 * r:.1f} % of the variance" if np.isfinite(r) else f"{name} PC"
+        return tuple(f"{name} PC ({100 * r:.1f} % var.)" if np.isfinite(r) else f"{name} PC"
                      for name, r in zip(("1st", "2nd"), ratios))  # type: ignore[return-value]
     return "x (direction 1)", "y (direction 2)"
 

@@ -32,7 +32,7 @@ PROBE_STATS: tuple[tuple[str, tuple[str, ...], str, str], ...] = (
     ("loss_variation", ("loss_variation", "loss_var"), "ΔL = max_t L − min_t L (nats)", "Loss variation along −∇L"),
     ("grad_cosine", ("cos", "grad_cosine", "cosine"), "cos(∇L(θ), ∇L(θ_t)), mean t>0", "Gradient-angle similarity"),
     ("smoothness", ("smoothness",), "‖Δ∇L‖ / ‖Δθ‖, mean t>0", "Smoothness estimate"),
-    ("unstable_frac", ("unstable_frac", "unstable_fraction", "unstable_frac_l*", "unstable*"), "fraction of ReLUs (mean over layers)", "Unstable neurons"),
+    ("unstable_frac", ("unstable_frac", "unstable_fraction", "unstable_frac_l*", "unstable*"), "unstable share of ReLUs", "Unstable neurons (mean over layers)"),
     ("rga_cosine", ("rga_cos", "rga_cosine", "rga_cos*"), "cos(d lb/dx, d m/dx)", "Relaxed-gradient cosine"),
     ("sign_flip", ("sign_flip", "sign_flip_rate"), "fraction flipped, mean t>0", "Sign-flip rate of bound coefficients"),
     ("loss_final_variation", ("loss_final_variation",), "ΔL at the final ε (nats)", "Loss variation at final ε"),
