@@ -21,7 +21,8 @@ import numpy as np
 from figures.records import LineScan, TrainRun
 from figures.style import (apply_style, band_style, legend_below, line_style, method_colour, method_name, method_rank,
                            save, with_context)
-from figures.training import PROBE_STATS, panel_notes, probe_stat, probe_x
+from figures.notes import panel_notes
+from figures.training import PROBE_STATS, probe_stat, probe_x
 
 
 def seed_groups(runs: Sequence[TrainRun]) -> dict[str, list[TrainRun]]:

@@ -121,6 +121,11 @@ def context_note(text: str):
         _NOTES.pop()
 
 
+def context_suffix() -> str:
+    """`` (note; note)`` of the active :func:`context_note` calls, or ``""``."""
+    return f" ({'; '.join(_NOTES)})" if _NOTES else ""
+
+
 def with_context(what: str, metas: Iterable) -> str:
     """A title ``"what — digits, mlp"``: ``what`` followed by the dataset and the model when
     all of ``metas`` (:class:`figures.data.Meta`) share them, each left out otherwise, and the
@@ -131,8 +136,7 @@ def with_context(what: str, metas: Iterable) -> str:
         values = {getattr(m, attr) for m in metas if getattr(m, attr, None)}
         if len(values) == 1:
             bits.append(str(next(iter(values))))
-    note = f" ({'; '.join(_NOTES)})" if _NOTES else ""
-    return what + (f" — {', '.join(bits)}" if bits else "") + note
+    return what + (f" — {', '.join(bits)}" if bits else "") + context_suffix()
 
 
 def save(fig: plt.Figure, out_dir: str | Path, stem: str, formats: Sequence[str] = ("png", "pdf")) -> list[Path]:

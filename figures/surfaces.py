@@ -54,10 +54,9 @@ def _suptitle(scan: SurfaceScan, what: str) -> str:
     bits = [b for b in (scan.meta.dataset, scan.meta.model) if b]
     if not scan.runs and scan.meta.run:
         bits.append(f"run {scan.meta.run}")
-    from figures.style import _NOTES
+    from figures.style import context_suffix
 
-    note = f" ({'; '.join(_NOTES)})" if _NOTES else ""
-    return what + (f" — {', '.join(map(str, bits))}" if bits else "") + note
+    return what + (f" — {', '.join(map(str, bits))}" if bits else "") + context_suffix()
 
 
 def _axis_labels(scan: SurfaceScan, key: str) -> tuple[str, str]:

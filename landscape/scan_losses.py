@@ -33,7 +33,7 @@ from bounds.names import SCAN_LOSSES, resolve_method
 from train.attacks import pgd_last_iterate
 from train.objective import BoundSetup, LossOptions, certified_loss
 
-__all__ = ["LossSpec", "LossClosure", "BatchedLoss", "make_loss", "make_closure", "select_samples"]
+__all__ = ["LossSpec", "LossClosure", "BatchedLoss", "make_loss", "make_closure", "parse_samples", "select_samples"]
 
 
 @dataclass(frozen=True)
@@ -254,6 +254,18 @@ def make_loss(
                     domain=None if domain is None else (float(domain[0]), float(domain[1])), fused=bool(fused),
                     pgd_steps=int(pgd_steps), seed=int(seed), options=tuple((options or {}).items()))
     return LossClosure(model, x, y, spec)
+
+
+def parse_samples(value: int | str) -> int | str:
+    """``--samples``: a number (checked >= 1 by the caller) or ``"all"`` (the whole split)."""
+    if isinstance(value, str):
+        if value.strip().lower() == "all":
+            return "all"
+        try:
+            return int(value)
+        except ValueError:
+            raise ValueError(f"--samples: expected a number >= 1 or 'all', got {value!r}") from None
+    return value
 
 
 def select_samples(data: Any, n: int | str, split: str = "train", seed: int = 0) -> tuple[Tensor, Tensor]:

@@ -23,6 +23,7 @@ from landscape import distributed, store
 from landscape.distributed import Context, barrier, exchange, shard
 from landscape.metrics import loss_variation
 from landscape.provenance import provenance
+from landscape.scans import parse_range
 
 __all__ = ["ScanRequest", "ScanOutcome", "run_scan", "fill_scan", "finish_scan", "Chunker", "parse_range"]
 
@@ -141,20 +142,6 @@ def fill_scan(
 # ----------------------------------------------------------------------------- the request
 
 
-def parse_range(text: str | Sequence[float] | None, kind: str) -> tuple[float, float]:
-    """``"a,b"`` or ``(a, b)`` -> (a, b) with finite a < b (default per kind)."""
-    if text is None:
-        return SCAN_KINDS[kind].range or (-1.0, 1.0)
-    parts = [p.strip() for p in str(text).split(",")] if isinstance(text, str) else list(text)
-    try:
-        lo, hi = (float(p) for p in parts)
-    except (TypeError, ValueError):
-        raise ValueError(f"--range: expected two numbers 'a,b', got {text!r}") from None
-    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
-        raise ValueError(f"--range: need finite a < b, got {text!r}")
-    return lo, hi
-
-
 @dataclass
 class ScanRequest:
     """Everything that defines a scan (the options of ``landscape scan``).
@@ -236,14 +223,9 @@ class ScanRequest:
             raise ValueError(f"--slope: unknown slope {self.slope!r}; choose one of {', '.join(SLOPES)}")
         if self.methods is not None and self.loss != "certified":
             raise ValueError("give either --loss clean|pgd or --methods, not both")
-        if isinstance(self.samples, str):
-            if self.samples.strip().lower() != "all":
-                try:
-                    self.samples = int(self.samples)
-                except ValueError:
-                    raise ValueError(f"--samples: expected a number >= 1 or 'all', got {self.samples!r}") from None
-            else:
-                self.samples = "all"
+        from landscape.scan_losses import parse_samples
+
+        self.samples = parse_samples(self.samples)
         if self.batch_size is not None and int(self.batch_size) < 1:
             raise ValueError(f"--batch-size: must be >= 1, got {self.batch_size}")
         for name, value in (("samples", 1 if self.samples == "all" else self.samples), ("points", self.points or 1),
@@ -251,27 +233,9 @@ class ScanRequest:
             if int(value) < 1:
                 raise ValueError(f"--{name.replace('_', '-')}: must be >= 1, got {value}")
         if self.fields is not None:
-            from landscape.evaluators import ERROR_FIELDS
+            from landscape.evaluators import check_error_fields
 
-            if isinstance(self.fields, str):
-                self.fields = [f.strip() for f in self.fields.split(",") if f.strip()]
-            bad = [f for f in self.fields if f not in ERROR_FIELDS]
-            if bad or not self.fields or len(set(self.fields)) != len(self.fields):
-                raise ValueError(f"--fields: expected distinct names of {', '.join(ERROR_FIELDS)}, got "
-                                 f"{','.join(self.fields)!r}")
-            if "verified_err" in self.fields:
-                from train.evaluate import verifier
-
-                if not list(self.verify_methods):
-                    raise ValueError("--verify-methods: give at least one bound method")
-                for m in self.verify_methods:
-                    try:
-                        verifier(m)
-                    except ValueError as exc:
-                        raise ValueError(f"--verify-methods: {exc}") from None
-            if self.kind in ("gradient", "hessian"):
-                raise ValueError("--fields adds errors at the points of a random, interpolate or pca scan; "
-                                 f"not with --kind {self.kind}")
+            self.fields = check_error_fields(self.fields, self.verify_methods, self.kind)
         if self.direction_from is not None and self.kind != "gradient":
             raise ValueError("--direction-from is only used with --kind gradient")
         if self.kind != "pca" and (self.trajectory is not None or self.center):

@@ -21,10 +21,11 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 from torch import Tensor, nn
 
+from bounds.names import SCAN_KINDS
 from landscape import metrics as M
 from landscape.evaluators import DirectionEvaluator, GradientEvaluator, LossFn, Values
 
-__all__ = ["default_t_values", "grid_coords", "with_endpoints", "gradient_scan", "scan_1d", "scan_2d", "interpolate"]
+__all__ = ["default_t_values", "grid_coords", "with_endpoints", "parse_range", "gradient_scan", "scan_1d", "scan_2d", "interpolate"]
 
 
 def default_t_values(t_min: float = 0.5, t_max: float = 5.0, n: int = 10, include_one: bool = True) -> np.ndarray:
@@ -49,6 +50,20 @@ def grid_coords(lo: float, hi: float, points: int) -> np.ndarray:
     if int(points) == 1:
         return np.array([0.0 if lo <= 0.0 <= hi else (lo + hi) / 2])
     return np.linspace(lo, hi, int(points))
+
+
+def parse_range(text: str | Sequence[float] | None, kind: str) -> tuple[float, float]:
+    """``"a,b"`` or ``(a, b)`` -> (a, b) with finite a < b (default per kind)."""
+    if text is None:
+        return SCAN_KINDS[kind].range or (-1.0, 1.0)
+    parts = [p.strip() for p in str(text).split(",")] if isinstance(text, str) else list(text)
+    try:
+        lo, hi = (float(p) for p in parts)
+    except (TypeError, ValueError):
+        raise ValueError(f"--range: expected two numbers 'a,b', got {text!r}") from None
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+        raise ValueError(f"--range: need finite a < b, got {text!r}")
+    return lo, hi
 
 
 def with_endpoints(alphas: Sequence[float], tol: float = 1e-9) -> np.ndarray:

@@ -451,7 +451,7 @@ def test_panels_say_why_a_method_has_no_line_or_stops() -> None:
 
     import matplotlib.pyplot as plt
 
-    from figures.training import panel_notes
+    from figures.notes import panel_notes
 
     fig, ax = plt.subplots()
     x = np.array([0.0, 10.0, 20.0, 30.0])
