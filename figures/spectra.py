@@ -84,7 +84,11 @@ def plot_spectra(
     if not entries:
         raise ValueError(f"nothing to draw in {', '.join(str(s.meta.path) for s in scans)}: no loss of the Hessian "
                          "scan is computed yet (run the same scan command again to compute them)")
-    fig, (ax_d, ax_e) = plt.subplots(1, 2, figsize=(11.0, 4.2), gridspec_kw={"width_ratios": [1.6, 1.0]})
+    layered = [(name, colour, spec["layers"]) for _, _, spec, name, colour in entries if spec.get("layers")]
+    if layered:
+        fig, (ax_d, ax_e, ax_l) = plt.subplots(1, 3, figsize=(15.5, 4.4), gridspec_kw={"width_ratios": [1.6, 1.0, 1.1]})
+    else:
+        fig, (ax_d, ax_e) = plt.subplots(1, 2, figsize=(11.0, 4.2), gridspec_kw={"width_ratios": [1.6, 1.0]})
     densities, sigma = common_densities([spec for _, _, spec, _, _ in entries])
     peak = max(float(np.nanmax(d)) for _, d in densities)
     floor = peak * DENSITY_FLOOR
@@ -110,9 +114,31 @@ def plot_spectra(
     ax_e.set_ylabel("λ_i, the i-th largest eigenvalue")
     ax_e.set_title("Top eigenvalues (Lanczos)")
     ax_e.xaxis.get_major_locator().set_params(integer=True)
+    if layered:
+        _layer_panel(ax_l, layered)
     losses = sorted({loss_name(lab) for _, lab, *_ in entries})
     what = f"Hessian of the {losses[0]}" if len(losses) == 1 else "Hessian of each loss"
     fig.suptitle(with_context(what, [s.meta for s in scans]), fontsize=12)
     fig.tight_layout()
     legend_below(fig, handles, ncol=min(2, len(handles)))
     return save(fig, out_dir, stem, formats)
+
+
+def _layer_panel(ax, layered: Sequence[tuple[str, str, dict]]) -> None:
+    """Top eigenvalue of each layer's block of the Hessian (``layers/<layer>/eigenvalues[0]``),
+    grouped bars per layer, one hatched bar per loss; the whole model's top eigenvalue bounds
+    every bar (Cauchy interlacing)."""
+    from figures.style import HATCHES
+
+    layers = list(dict.fromkeys(k for _, _, lay in layered for k in lay))
+    width = 0.8 / len(layered)
+    for i, (name, colour, lay) in enumerate(layered):
+        tops = [float(np.asarray(lay[k]["eigenvalues"])[0]) if k in lay else np.nan for k in layers]
+        ax.bar(np.arange(len(layers)) + (i - (len(layered) - 1) / 2) * width, tops, width=width, color=colour,
+               alpha=0.55, hatch=HATCHES[i % len(HATCHES)], edgecolor=colour, label=name)
+    ax.set_xticks(np.arange(len(layers)), [f"layer {k}" for k in layers])
+    ax.set_ylabel("top eigenvalue of the layer's block")
+    ax.set_title("Per-layer curvature (Lanczos)")
+    values = [float(np.asarray(lay[k]["eigenvalues"])[0]) for _, _, lay in layered for k in lay]
+    if values and min(values) > 0 and max(values) / min(values) > 30:
+        ax.set_yscale("log")

@@ -462,3 +462,32 @@ def test_panels_say_why_a_method_has_no_line_or_stops() -> None:
     assert [t.get_text() for t in ax.texts] == ["\n".join(notes)]
     assert panel_notes(ax, [("tightest", x, np.ones(4), None)]) == []
     plt.close(fig)
+
+
+def test_hessian_figure_draws_each_layers_top_eigenvalue(tmp_path: Path, monkeypatch) -> None:
+    """A Hessian scan with per-layer records gets a third panel: one bar per (layer, loss) whose
+    height is that layer's top eigenvalue."""
+    from figures import data, spectra
+
+    kept = {}
+    monkeypatch.setattr(spectra, "save", lambda fig, out, stem, formats=("png",): kept.setdefault(stem, fig) and [])
+    path = tmp_path / "h.h5"
+    arrays = ["eigenvalues", "density_grid", "density", *[f"layers/{k}/{n}" for k in ("1", "3")
+                                                           for n in ("eigenvalues", "trace", "trace_stderr", "size")]]
+    scan = store.create_scan(str(path), kind="hessian", args={"k": 1}, coords={}, labels=["ibp", "tightest"],
+                             attrs={"eps": 0.1, "dataset": "digits", "model": "mlp"}, label_arrays=arrays)
+    tops = {"ibp": {"1": 2.0, "3": 5.0}, "tightest": {"1": 40.0, "3": 300.0}}
+    for i, lab in enumerate(("ibp", "tightest")):
+        grid = np.linspace(-1, 5, 50)
+        rec = {"loss": 1.0, "eigenvalues": [400.0, 1.0], "density_grid": grid, "density": np.exp(-grid**2),
+               "attrs": {"trace": 1.0, "trace_stderr": 0.1}}
+        for k, v in tops[lab].items():
+            rec.update({f"layers/{k}/eigenvalues": [v, v / 2], f"layers/{k}/trace": 1.0,
+                        f"layers/{k}/trace_stderr": 0.1, f"layers/{k}/size": 10.0})
+        scan.set_point(lab, i, rec)
+    scan.flush(complete=True)
+    spectra.plot_spectra([data.load(path)], tmp_path, "h", ("png",))
+    ax = [a for a in kept["h"].axes if a.get_title() == "Per-layer curvature (Lanczos)"][0]
+    heights = sorted(round(p.get_height(), 6) for p in ax.patches)
+    assert heights == sorted(v for t in tops.values() for v in t.values())
+    assert ax.get_yscale() == "log"  # 2 to 300
