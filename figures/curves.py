@@ -19,7 +19,8 @@ import numpy as np
 
 from figures.labels import distinct, loss_axis, run_name
 from figures.records import LineScan
-from figures.style import apply_style, legend_below, line_style, method_colour, method_rank, save, with_context
+from figures.style import (apply_style, band_edges, band_style, legend_below, line_style, method_colour, method_rank,
+                            save, with_context)
 
 
 def _entries(scans: Sequence[LineScan]):
@@ -43,6 +44,27 @@ def _draw(ax, x: np.ndarray, values: np.ndarray, colour: str, label: str | None 
     if lone.any() and (line.get("marker") is None or "markevery" in line):
         ax.plot(np.asarray(x)[lone], y[lone], "o", ms=4, color=colour)
     return drawn
+
+
+def gradient_direction_text(scans: Sequence[LineScan]) -> tuple[str, str]:
+    """``(axis, note)``: what the gradient scans moved along, from their ``direction_from``
+    attribute: each method along its own gradient (``own``), or every method along one
+    method's (a shared direction; files written before the attribute existed used the first
+    method's)."""
+    froms = set()
+    for s in scans:
+        d = s.meta.attrs.get("direction_from")
+        if d is None and len(s.series) > 1:
+            methods = s.meta.attrs.get("methods") or s.meta.attrs.get("labels") or list(s.series)
+            d = str(list(methods)[0])
+        froms.add("own" if d in (None, "own") else str(d))
+    if froms == {"own"}:
+        return "step t along each method's own −∇L (× lr)", "each method along its own gradient"
+    shared = sorted(froms - {"own"})
+    from figures.labels import method_name
+
+    names = ", ".join(method_name(m) for m in shared)
+    return f"step t along −∇L of {names} (× lr)", f"every method along the gradient of {names}"
 
 
 def loss_variation(loss: np.ndarray) -> float:
@@ -91,18 +113,23 @@ def plot_gradient_scans(
         handles.append(h)
         values = rel[np.isfinite(rel)]
         if values.size:
-            ax_loss.axhspan(values.min(), values.max(), color=colour, alpha=0.10, lw=0)
+            ax_loss.axhspan(values.min(), values.max(), **band_style(i, colour))
+            band_edges(ax_loss, values.min(), values.max(), colour, i)
     ax_loss.axhline(0.0, color="0.4", lw=0.8, ls=":")
-    ax_loss.set_xlabel("step size t along −∇L (× learning rate)")
-    ax_loss.set_ylabel(f"L(θ − t·lr·∇L) − L(θ), L = {loss_axis([m for _, m, *_ in entries])}")
+    xlabel, note = gradient_direction_text(scans)
+    ax_loss.set_xlabel(xlabel)
+    ax_loss.set_ylabel("L(θ_t) − L(θ) (nats)")
     ax_loss.set_title("Loss along −∇L (band: loss variation)")
+    ax_loss.text(0.02, 0.98, f"L: {loss_axis([m for _, m, *_ in entries], unit='')}\nθ_t: {note}",
+                 transform=ax_loss.transAxes, va="top", ha="left", fontsize=7.5, color="0.25",
+                 bbox={"facecolor": "white", "alpha": 0.8, "lw": 0, "pad": 1.5})
 
     def curve_panel(ax, key: str, ylabel: str, title: str, log: bool = False) -> None:
         for i, (scan, method, arrays, label, colour) in enumerate(entries):
             if key not in arrays or not np.isfinite(arrays[key]).any():
                 continue
             _draw(ax, scan.coord, arrays[key], colour, label, **line_style(i))
-        ax.set_xlabel("step size t along −∇L (× learning rate)")
+        ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
         ax.set_title(title)
         if log and _positive(ax):

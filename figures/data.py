@@ -162,6 +162,9 @@ _LINE_FIELDS = {
     "grad_norm": ("grad_norm",),
     "sign_flip": ("sign_flip",),
     "a_sign": ("a_sign",),
+    "clean_err": ("clean_err",),
+    "pgd_err": ("pgd_err",),
+    "verified_err": ("verified_err",),
 }
 
 
@@ -218,14 +221,36 @@ def _surface_scan(path: Path, raw: dict, meta: Meta) -> SurfaceScan:
     results = _scan_results(path, raw, (x.size, y.size))
     scan = SurfaceScan(meta=meta, x=x, y=y, loss={label: r["loss"] for label, r in results.items()},
                        n_computed=_n_computed(results))
+    for r in results.values():  # the model's errors at each point, the same under every label
+        found = {f: r[f] for f in ("clean_err", "pgd_err", "verified_err") if f in r and r[f].shape == (x.size, y.size)}
+        if found:
+            scan.errors = found
+            break
     if meta.kind == "pca":
         path_xy = _need(_arrays(_groups(raw).get("arrays", {})), ("trajectory",), path, "arrays")
         ratios = [float(v) for v in (meta.attrs.get("explained_variance") or [np.nan, np.nan])]
         if path_xy.ndim != 2 or path_xy.shape[1] != 2:
             raise ValueError(f"{path}: arrays/trajectory has shape {path_xy.shape}, expected [n_checkpoints, 2]")
+        steps = _trajectory_steps(path, len(path_xy))
         for label in scan.loss:
             scan.paths[label], scan.variance[label] = path_xy, ratios
+            scan.path_steps[label] = steps
     return scan
+
+
+def _trajectory_steps(path: Path, n: int) -> np.ndarray:
+    """The training step of each checkpoint of a PCA scan's path (attribute ``steps`` of
+    ``arrays/trajectory``); NaN where the file does not say."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            value = f["arrays/trajectory"].attrs.get("steps")
+        steps = _decode(value)
+        out = np.asarray([np.nan if v is None else float(v) for v in steps], dtype=float)
+    except (OSError, KeyError, TypeError, ValueError):
+        return np.full(n, np.nan)
+    return out if out.shape == (n,) else np.full(n, np.nan)
 
 
 def _spectrum_scan(path: Path, raw: dict, meta: Meta) -> SpectrumScan:
@@ -240,6 +265,13 @@ def _spectrum_scan(path: Path, raw: dict, meta: Meta) -> SpectrumScan:
         entry = {k: _need(arrays, (k,), path, f"results/{label}") for k in ("eigenvalues", "density_grid", "density")}
         entry.update(trace=float(attrs.get("trace", np.nan)), trace_stderr=float(attrs.get("trace_stderr", np.nan)),
                      loss=float(np.asarray(arrays.get("loss", np.nan))))
+        for k in ("slq_nodes", "slq_weights"):  # to broaden every density of a figure alike
+            if k in arrays:
+                entry[k] = np.asarray(arrays[k], dtype=float)
+        entry["density_sigma"] = float(attrs.get("density_sigma", np.nan))
+        layers = _groups(node).get("layers") or {}
+        entry["layers"] = {name: {k: np.asarray(v, dtype=float) for k, v in _arrays(rec).items()}
+                           for name, rec in _groups(layers).items()}
         spectra[label] = entry
     return SpectrumScan(meta=meta, spectra=spectra, n_computed=len(spectra))
 

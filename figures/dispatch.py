@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from figures import curves, runstats, spectra, surfaces, tables, training
+from figures import curves, errors, paths, runstats, spectra, surfaces, tables, training
 from figures.data import load
 from figures.labels import distinct, legend_label
 from figures.records import CertifyResult, LineScan, Record, SpectrumScan, SurfaceScan, TrainRun
@@ -131,6 +131,8 @@ def plot_records(
         draw = curves.plot_gradient_scans if kind == "gradient" else partial(curves.plot_line_scans, log=log)
         for scan in scans:
             written += draw([scan], out, _stem(scan.meta.name, kind), fmts)
+            if kind != "gradient" and errors.line_errors(scan):
+                written += errors.plot_error_lines(scan, out, _stem(scan.meta.name, kind) + "_errors", fmts)
         if len(scans) > 1:
             written += draw(scans, out, f"compare_{kind}", fmts)
 
@@ -141,9 +143,18 @@ def plot_records(
     for kind, group in surface_kinds.items():
         for r in group:
             written += surfaces.plot_surface(r, out, _stem(r.meta.name, kind), fmts, surface3d=surface3d, log=log)
+            if r.errors:
+                written += errors.plot_error_surfaces(r, out, _stem(r.meta.name, kind) + "_errors", fmts)
         merged = _merge_surfaces(group)
         if merged is not None:
             written += surfaces.plot_surface(merged, out, f"compare_{kind}", fmts, surface3d=surface3d, log=log)
+
+    pairs = paths.path_pairs([r for r in records if isinstance(r, SurfaceScan)],
+                             [r for r in records if isinstance(r, TrainRun)])
+    for pair in pairs:
+        written += paths.plot_pca_paths([pair], out, _stem(pair[0].meta.name, "pca") + "_path", fmts)
+    if len(pairs) > 1:
+        written += paths.plot_pca_paths(pairs, out, "compare_pca_path", fmts)
 
     spectra_ = [r for r in records if isinstance(r, SpectrumScan)]
     for r in spectra_:

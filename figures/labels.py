@@ -107,7 +107,7 @@ def loss_axis(labels: Iterable[str | None], unit: str = "nats", where: str = "le
     if len(names) == 1:
         text = names[0]
     elif all(k not in SCAN_LOSSES and k != "natural" for k in keys):
-        text = f"certified loss of the method in the {where}"
+        text = "certified loss of each method" if where == "legend" else f"certified loss ({where})"
     else:
         text = f"loss named in the {where}"
     return f"{text} ({unit})" if unit else text

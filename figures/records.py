@@ -72,7 +72,12 @@ class SurfaceScan:
     methods: dict[str, str] = field(default_factory=dict)
     runs: dict[str, str] = field(default_factory=dict)
     paths: dict[str, np.ndarray] = field(default_factory=dict)
+    path_steps: dict[str, np.ndarray] = field(default_factory=dict)
+    """Per key of a PCA scan: the training step of each checkpoint of the path (NaN if unknown)."""
     variance: dict[str, list[float]] = field(default_factory=dict)
+    errors: dict[str, np.ndarray] = field(default_factory=dict)
+    """The error grids stored beside the loss (``clean_err``, ``pgd_err``, ``verified_err``: the
+    model's at each point, the same under every label), when the scan has them."""
 
     def method(self, key: str) -> str | None:
         """The loss label of panel ``key``."""

@@ -8,6 +8,8 @@ figure, so that the same method has the same colour and name in every picture. T
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -76,6 +78,24 @@ def line_style(index: int) -> dict:
             "lw": max(1.0, 2.0 - 0.25 * index), "ms": max(3.0, 6.0 - 0.8 * index)}
 
 
+HATCHES = ("////", "\\\\\\\\", "....", "xxxx", "||||", "----", "oo", "++")
+
+
+def band_style(index: int, colour: str) -> dict:
+    """A shaded band (``axhspan`` / ``fill_between``) of the ``index``-th method that stays
+    distinguishable where bands overlap: a light fill, its own hatch in the method's colour and a
+    dashed edge, so overlapping bands read as crossing hatches instead of one mixed colour."""
+    return {"facecolor": colour, "alpha": 0.08, "hatch": HATCHES[index % len(HATCHES)],
+            "edgecolor": colour, "lw": 0.0}
+
+
+def band_edges(ax, lo: float, hi: float, colour: str, index: int) -> None:
+    """The two edges of a horizontal band as thin lines in the method's dash pattern."""
+    ls = LINESTYLES[index % len(LINESTYLES)]
+    for y in (lo, hi):
+        ax.axhline(y, color=colour, lw=0.9, ls=ls, alpha=0.9)
+
+
 def legend_below(fig: plt.Figure, handles: Sequence, ncol: int | None = None, **kw) -> object | None:
     """One legend for the whole figure, below it, outside every axes, so no legend box covers
     data (saving with a tight bounding box keeps it in the image). Call after the layout."""
@@ -87,16 +107,36 @@ def legend_below(fig: plt.Figure, handles: Sequence, ncol: int | None = None, **
                       ncol=ncol, frameon=False, **kw)
 
 
+_NOTES: list[str] = []
+
+
+@contextmanager
+def context_note(text: str):
+    """While active, every figure title made by :func:`with_context` ends with ``(text)``: e.g.
+    ``reproduce --seeds`` says which seed a figure of one seed's runs shows."""
+    _NOTES.append(str(text))
+    try:
+        yield
+    finally:
+        _NOTES.pop()
+
+
+def context_suffix() -> str:
+    """`` (note; note)`` of the active :func:`context_note` calls, or ``""``."""
+    return f" ({'; '.join(_NOTES)})" if _NOTES else ""
+
+
 def with_context(what: str, metas: Iterable) -> str:
     """A title ``"what — digits, mlp"``: ``what`` followed by the dataset and the model when
-    all of ``metas`` (:class:`figures.data.Meta`) share them, each left out otherwise."""
+    all of ``metas`` (:class:`figures.data.Meta`) share them, each left out otherwise, and the
+    active :func:`context_note`."""
     metas = list(metas)
     bits = []
     for attr in ("dataset", "model"):
         values = {getattr(m, attr) for m in metas if getattr(m, attr, None)}
         if len(values) == 1:
             bits.append(str(next(iter(values))))
-    return what + (f" — {', '.join(bits)}" if bits else "")
+    return what + (f" — {', '.join(bits)}" if bits else "") + context_suffix()
 
 
 def save(fig: plt.Figure, out_dir: str | Path, stem: str, formats: Sequence[str] = ("png", "pdf")) -> list[Path]:

@@ -9,7 +9,8 @@ points not yet computed (NaN) are left blank.
 
 A PCA scan (Li et al. 2018, section 7) also draws the training trajectory projected on the
 plane, its start and its end, and labels each axis with the share of the trajectory's variance
-its direction explains.
+its direction explains. Its axes are drawn with equal aspect (both directions are unit vectors
+in parameter space), so a direction that explains little of the variance looks short.
 """
 
 from __future__ import annotations
@@ -53,13 +54,15 @@ def _suptitle(scan: SurfaceScan, what: str) -> str:
     bits = [b for b in (scan.meta.dataset, scan.meta.model) if b]
     if not scan.runs and scan.meta.run:
         bits.append(f"run {scan.meta.run}")
-    return what + (f" — {', '.join(map(str, bits))}" if bits else "")
+    from figures.style import context_suffix
+
+    return what + (f" — {', '.join(map(str, bits))}" if bits else "") + context_suffix()
 
 
 def _axis_labels(scan: SurfaceScan, key: str) -> tuple[str, str]:
     ratios = scan.variance.get(key)
     if ratios is not None:
-        return tuple(f"{name} PC: {100 * r:.1f} % of the variance" if np.isfinite(r) else f"{name} PC"
+        return tuple(f"{name} PC ({100 * r:.1f} % var.)" if np.isfinite(r) else f"{name} PC"
                      for name, r in zip(("1st", "2nd"), ratios))  # type: ignore[return-value]
     return "x (direction 1)", "y (direction 2)"
 
@@ -157,6 +160,8 @@ def plot_surface(
         handles = _marks(ax, scan, key)
         ax.set_xlim(scan.x[0], scan.x[-1])
         ax.set_ylim(scan.y[0], scan.y[-1])
+        if scan.meta.kind == "pca":  # one unit is one unit of parameter distance on both axes
+            ax.set_aspect("equal", adjustable="box")
     _finish(fig, axes, scan, keys, mappable, label, "Loss contours around the checkpoint", handles)
     written += save(fig, out_dir, f"{stem}_contour", formats)
 
@@ -166,7 +171,8 @@ def plot_surface(
     fig, axes = _panels(len(keys), layout="constrained")
     heat = cm.ScalarMappable(norm=norm, cmap="magma")
     for ax, key in zip(axes, keys):
-        ax.imshow(_drawn(scan.loss[key], norm, log).T, origin="lower", norm=norm, cmap="magma", aspect="auto",
+        ax.imshow(_drawn(scan.loss[key], norm, log).T, origin="lower", norm=norm, cmap="magma",
+                  aspect="equal" if scan.meta.kind == "pca" else "auto",
                   interpolation="nearest",
                   extent=(scan.x[0] - dx, scan.x[-1] + dx, scan.y[0] - dy, scan.y[-1] + dy))
         handles = _marks(ax, scan, key)

@@ -135,17 +135,28 @@ def plot_error_vs_eps(
         ver = np.array([r.get("verified_err", np.nan) for r in mine], dtype=float)
         scale = 100.0 if np.nanmax(ver, initial=0) <= 1.0 else 1.0
         marker, ms = MARKERS[i % len(MARKERS)], max(3.5, 7.0 - 1.0 * i)  # coinciding methods stay visible
-        ax.plot(eps, scale * ver, "-", marker=marker, lw=2, ms=ms, color=colour, label=f"{method_name(m)}: verified")
+        n_seeds = int(max((r.get("n_seeds", 1) for r in mine), default=1))
+        seeds = f" (mean of {n_seeds} seeds ± sd)" if n_seeds > 1 else ""
+        ax.plot(eps, scale * ver, "-", marker=marker, lw=2, ms=ms, color=colour,
+                label=f"{method_name(m)}: verified{seeds}")
+        shift = (i - (len(methods) - 1) / 2) * 0.006 * (np.ptp(eps) if eps.size > 1 else 1.0)  # bars side by side
+        if n_seeds > 1:
+            sd = np.array([r.get("verified_err_sd", np.nan) for r in mine], dtype=float)
+            ax.errorbar(eps + shift, scale * ver, yerr=scale * sd, fmt="none", ecolor=colour, capsize=3, lw=1.2)
         if any("pgd_err" in r for r in mine):
             pgd = np.array([r.get("pgd_err", np.nan) for r in mine], dtype=float)
             ax.plot(eps, scale * pgd, "--", marker=marker, mfc="none", lw=1.4, ms=ms, color=colour, alpha=0.8,
                     label=f"{method_name(m)}: PGD")
+            if n_seeds > 1:
+                sd = np.array([r.get("pgd_err_sd", np.nan) for r in mine], dtype=float)
+                ax.errorbar(eps + shift, scale * pgd, yerr=scale * sd, fmt="none", ecolor=colour, capsize=2, lw=0.9,
+                            alpha=0.7)
     ax.set_xlabel("test ε (L∞ radius, input units)")
     ax.set_ylabel("test error (%)")
     ax.set_ylim(0, 100)
     ax.set_title("Verified and PGD error against ε")
     fig.tight_layout()
-    legend_below(fig, ax.get_lines(), ncol=2)
+    legend_below(fig, [ln for ln in ax.get_lines() if not ln.get_label().startswith("_")], ncol=2)
     return save(fig, out_dir, stem, formats)
 
 

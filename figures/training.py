@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from figures.records import TrainRun
+from figures.notes import panel_notes
 from figures.style import (apply_style, legend_below, line_style, method_colour, method_name, rolling_mean, save,
                            with_context)
 
@@ -32,7 +33,7 @@ PROBE_STATS: tuple[tuple[str, tuple[str, ...], str, str], ...] = (
     ("loss_variation", ("loss_variation", "loss_var"), "ΔL = max_t L − min_t L (nats)", "Loss variation along −∇L"),
     ("grad_cosine", ("cos", "grad_cosine", "cosine"), "cos(∇L(θ), ∇L(θ_t)), mean t>0", "Gradient-angle similarity"),
     ("smoothness", ("smoothness",), "‖Δ∇L‖ / ‖Δθ‖, mean t>0", "Smoothness estimate"),
-    ("unstable_frac", ("unstable_frac", "unstable_fraction", "unstable_frac_l*", "unstable*"), "fraction of ReLUs (mean over layers)", "Unstable neurons"),
+    ("unstable_frac", ("unstable_frac", "unstable_fraction", "unstable_frac_l*", "unstable*"), "unstable share of ReLUs", "Unstable neurons (mean over layers)"),
     ("rga_cosine", ("rga_cos", "rga_cosine", "rga_cos*"), "cos(d lb/dx, d m/dx)", "Relaxed-gradient cosine"),
     ("sign_flip", ("sign_flip", "sign_flip_rate"), "fraction flipped, mean t>0", "Sign-flip rate of bound coefficients"),
     ("loss_final_variation", ("loss_final_variation",), "ΔL at the final ε (nats)", "Loss variation at final ε"),
@@ -142,6 +143,12 @@ def plot_probe_stats(
     for ax, (key, _, ylabel, title) in zip(flat, present):
         for i, line in _plot_stat(ax, runs, key, names).items():
             legend.setdefault(i, line)
+        series = []
+        for run in runs:
+            y = probe_stat(run, key)
+            series.append((str(run.meta.method), probe_x(run)[: y.size] if y is not None else None,
+                           None if y is None else y[: probe_x(run).size], run))
+        panel_notes(ax, series)
         ax.set_title(title)
         ax.set_ylabel(ylabel)
         ax.set_xlabel("training step")
@@ -201,7 +208,7 @@ def plot_gradient_direction_over_training(
     flat = list(axes.ravel())
     steps_all = np.concatenate([probe_x(r) for r in runs])
     norm = colors.Normalize(vmin=float(np.nanmin(steps_all)), vmax=float(max(np.nanmax(steps_all), np.nanmin(steps_all) + 1)))
-    cmap = plt.get_cmap("viridis")
+    cmap = plt.get_cmap("viridis_r")  # the newest probes darkest, drawn last (on top)
     names = _needs_names(runs)
     for ax, run in zip(flat, runs):
         loss = np.asarray(run.probes["loss"], dtype=float)

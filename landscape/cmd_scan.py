@@ -21,15 +21,22 @@ from bounds.names import DIRECTION_NORMS, SCAN_KINDS, SCAN_LOSSES, TRAIN_METHODS
 @click.option("--out", required=True, type=click.Path(), help="Results file (.h5); resumed if it exists.")
 @click.option("--methods", default=None,
               help="Comma-separated losses scanned over the same points: training methods "
-                   f"({', '.join(TRAIN_METHODS)}) or {', '.join(SCAN_LOSSES)}; a gradient scan moves along the "
-                   "first one's gradient. [default: the checkpoint's method]")
+                   f"({', '.join(TRAIN_METHODS)}) or {', '.join(SCAN_LOSSES)}; a gradient scan moves each along "
+                   "its own gradient (see --direction-from). [default: the checkpoint's method]")
+@click.option("--direction-from", default=None, metavar="METHOD",
+              help="gradient: move every loss of --methods along this one's gradient (a shared direction) "
+                   "[default: each loss along its own gradient].")
 @click.option("--loss", type=click.Choice(("certified", *SCAN_LOSSES)), default="certified", show_default=True,
               help="Loss kind when --methods is not given.")
 @click.option("--eps", type=float, default=None, help="Radius of the certified/PGD loss [default: the final training eps].")
 @click.option("--beta", type=float, default=None, help="CROWN-IBP mixing weight [default: the final training beta].")
 @click.option("--kappa", type=float, default=None, help="Clean-loss weight [default: the final training kappa].")
 @click.option("--slope", default=None, help="Lower-slope policy (see bounds.names.SLOPES) [default: each method's own].")
-@click.option("--samples", type=click.IntRange(min=1), default=100, show_default=True, help="Fixed samples the loss is computed on.")
+@click.option("--samples", default="100", show_default=True,
+              help="Fixed samples the loss is computed on: a number, or 'all' (the whole split).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None,
+              help="Evaluate the losses, gradients and Hessian-vector products over mini-batches of this many "
+                   "samples, accumulated, so memory does not grow with --samples [default: one batch].")
 @click.option("--split", type=click.Choice(["train", "test"]), default="train", show_default=True)
 @click.option("--seed", type=click.IntRange(min=0, max=2**63 - 1), default=0, show_default=True, help="Seeds samples, directions, random slopes.")
 @click.option("--points", type=click.IntRange(min=1), default=None,
@@ -61,6 +68,13 @@ from bounds.names import DIRECTION_NORMS, SCAN_KINDS, SCAN_LOSSES, TRAIN_METHODS
 @click.option("--density-sigma", type=float, default=None,
               help="hessian: Gaussian width of the density, relative to the spread of the eigenvalues [default: 0.01].")
 @click.option("--density-points", type=int, default=None, help="hessian: grid points of the density [default: 1000].")
+@click.option("--layers/--no-layers", default=None,
+              help="hessian: also the top eigenvalues and trace of each layer's block of the Hessian [default: on].")
+@click.option("--fields", default=None,
+              help="random, interpolate, pca: also store at every point the errors named here, of clean_err, "
+                   "pgd_err, verified_err (the union of --verify-methods' bounds), on the scan's samples at its eps.")
+@click.option("--verify-methods", default="ibp,crown-ibp", show_default=True,
+              help="The bounds whose union certifies a sample for --fields verified_err.")
 @click.option("--hessian", is_flag=True, help="Also store the Hessian eigenvalue of largest magnitude of each loss at "
               "the checkpoint (Lanczos).")
 @click.option("--metrics/--no-metrics", default=True, show_default=True,
@@ -85,6 +99,7 @@ def scan(checkpoint: str, methods: str | None, range_: str | None, quiet: bool, 
     """Scan the loss landscape of CHECKPOINT into an HDF5 file (resumable)."""
     from landscape.scan_runner import ScanRequest, run_scan
 
+    options["verify_methods"] = [m.strip() for m in options["verify_methods"].split(",") if m.strip()]
     listed = None if methods is None else methods.split(",")
     request = ScanRequest(checkpoint=checkpoint, methods=listed, range=range_, **options)
     done = run_scan(request, progress=not quiet)

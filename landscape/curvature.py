@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from landscape.directions import named_params
 
-__all__ = ["HessianOperator", "hessian_vector_product", "top_hessian_eigenvalue"]
+__all__ = ["HessianOperator", "loss_parts", "hessian_vector_product", "top_hessian_eigenvalue"]
 
 
 def _dot(a: list[Tensor], b: list[Tensor]) -> Tensor:
@@ -42,6 +42,17 @@ def _hvp(grads: list[Tensor], params: list[Tensor], v: list[Tensor]) -> list[Ten
     return [torch.zeros_like(p) if h is None else h.detach() for p, h in zip(params, hv)]
 
 
+def loss_parts(loss_fn: Callable[[nn.Module], Tensor]) -> list[tuple[float, Callable[[nn.Module], Tensor]]]:
+    """``[(w_b, L_b)]``: a loss that is a weighted sum of mini-batch losses
+    (:class:`landscape.scan_losses.BatchedLoss`, attribute ``parts``) split into them, so that its
+    gradient and Hessian-vector products can be accumulated one batch at a time; any other loss
+    is one part of weight 1."""
+    parts = getattr(loss_fn, "parts", None)
+    if parts is None:
+        return [(1.0, loss_fn)]
+    return [(float(w), fn) for w, fn in parts]
+
+
 class HessianOperator:
     """The Hessian H = d^2 L / d theta^2 of ``loss_fn(model)`` at the parameters the model has
     when the operator is made, as a linear map on directions.
@@ -56,29 +67,62 @@ class HessianOperator:
 
     ``zero`` is True when the gradient does not depend on the parameters (H = 0); ``products``
     counts the products taken.
+
+    ``names``: the parameters (names of ``model.named_parameters()``, in that order) of a block
+    ``B``; the operator is then the block ``H_BB`` of the Hessian (a principal submatrix: the
+    second derivatives with respect to those parameters only), and ``P`` their size.
+
+    A loss made of mini-batch parts (:func:`loss_parts`, more than one) is never held as one
+    graph: every product builds the graph of one batch at a time,
+    ``H v = sum_b w_b H_b v``, so memory stays that of one batch whatever the number of samples
+    (at the price of one gradient evaluation per batch and product).
     """
 
-    def __init__(self, loss_fn: Callable[[nn.Module], Tensor], model: nn.Module) -> None:
-        self.params = [p for _, p in named_params(model)]
+    def __init__(self, loss_fn: Callable[[nn.Module], Tensor], model: nn.Module,
+                 names: "list[str] | None" = None) -> None:
+        named = named_params(model)
+        if names is not None:
+            wanted = set(names)
+            unknown = wanted - {n for n, _ in named}
+            if unknown or not wanted:
+                raise ValueError(f"unknown or no parameters for a Hessian block: {sorted(unknown) or names}")
+            named = [(n, p) for n, p in named if n in wanted]
+        self.model = model
+        self.params = [p for _, p in named]
         self.shapes = [tuple(p.shape) for p in self.params]
         self.size = sum(p.numel() for p in self.params)
         self.products = 0
+        self.parts = loss_parts(loss_fn)
         with torch.enable_grad():
-            self.grads = _gradient_graph(loss_fn, self.params, model)
+            if len(self.parts) == 1:
+                self.grads = _gradient_graph(self.parts[0][1], self.params, model)
+                self._zero = self.grads is None
+            else:  # built per product; whether H = 0 is a property of the loss, checked on the first batch
+                self.grads = None
+                self._zero = _gradient_graph(self.parts[0][1], self.params, model) is None
 
     @property
     def zero(self) -> bool:
-        return self.grads is None
+        return self._zero
 
     def __call__(self, v: list[Tensor]) -> list[Tensor]:
         if len(v) != len(self.params) or any(tuple(a.shape) != s for a, s in zip(v, self.shapes)):
             raise ValueError("a direction must have one tensor per parameter, shaped like it")
         self.products += 1
-        if self.grads is None:
+        if self._zero:
             return [torch.zeros_like(p) for p in self.params]
         v = [a.to(device=p.device, dtype=p.dtype) for a, p in zip(v, self.params)]
         with torch.enable_grad():
-            return _hvp(self.grads, self.params, v)
+            if self.grads is not None:
+                return _hvp(self.grads, self.params, v)
+            total = [torch.zeros_like(p) for p in self.params]
+            for w, fn in self.parts:
+                grads = _gradient_graph(fn, self.params, self.model)
+                if grads is not None:
+                    for acc, h in zip(total, _hvp(grads, self.params, v)):
+                        acc.add_(h, alpha=w)
+                del grads
+            return total
 
     def matvec(self, v: Tensor) -> Tensor:
         if v.dim() != 1 or v.numel() != self.size:

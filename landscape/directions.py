@@ -115,8 +115,19 @@ def random_direction(
 
 def gradient_direction(loss_fn: Callable[[nn.Module], Tensor], model: nn.Module) -> tuple[Tensor, list[Tensor]]:
     """``(L(theta), grad L(theta))``: the loss and its raw gradient (one tensor per parameter),
-    without touching ``p.grad``."""
+    without touching ``p.grad``. A loss made of mini-batch parts (attribute ``parts``,
+    :class:`landscape.scan_losses.BatchedLoss`) is differentiated one batch at a time and the
+    weighted gradients summed."""
     params = [p for _, p in named_params(model)]
+    parts = getattr(loss_fn, "parts", None)
+    if parts is not None and len(parts) > 1:  # a mini-batch loss: accumulate batch by batch (one graph at a time)
+        total_loss, total = None, [torch.zeros_like(p) for p in params]
+        for w, fn in parts:
+            loss_b, grads_b = gradient_direction(fn, model)
+            total_loss = w * loss_b if total_loss is None else total_loss + w * loss_b
+            for acc, g in zip(total, grads_b):
+                acc.add_(g, alpha=float(w))
+        return total_loss, total
     with torch.enable_grad():
         loss = loss_fn(model)
         grads = torch.autograd.grad(loss, params, allow_unused=True)
@@ -128,6 +139,46 @@ def interpolation_direction(theta1: Sequence[Tensor], theta2: Sequence[Tensor]) 
     if len(theta1) != len(theta2) or any(a.shape != b.shape for a, b in zip(theta1, theta2)):
         raise ValueError("the two checkpoints have different parameter shapes; cannot interpolate")
     return [b.detach() - a.detach() for a, b in zip(theta1, theta2)]
+
+
+BufferPath = list[tuple[Tensor, Tensor, Tensor, bool]]
+
+
+def batchnorm_buffer_path(model: nn.Module, model2: nn.Module) -> BufferPath:
+    """The BatchNorm running statistics of ``model`` to move between two checkpoints:
+    ``(buffer, b1, d, is_var)`` per floating-point buffer of a BatchNorm module (``running_mean``,
+    ``running_var``), with ``b1`` its value in ``model`` and ``d = b2 - b1`` (``model2``'s
+    value minus it), so that ``buffer <- b1 + alpha d`` (:func:`set_buffers`) interpolates them
+    as the parameters are. Empty for a model without BatchNorm."""
+    from torch.nn.modules.batchnorm import _BatchNorm
+
+    others = dict(model2.named_modules())
+    out = []
+    for name, module in model.named_modules():
+        if not isinstance(module, _BatchNorm):
+            continue
+        other = others.get(name)
+        if not isinstance(other, _BatchNorm):
+            raise ValueError(f"the second checkpoint has no BatchNorm at {name!r}; cannot interpolate")
+        for key in ("running_mean", "running_var"):
+            b1, b2 = getattr(module, key, None), getattr(other, key, None)
+            if b1 is None or b2 is None:
+                continue
+            if b1.shape != b2.shape:
+                raise ValueError(f"BatchNorm {name!r}: {key} shapes differ; cannot interpolate")
+            b1c = b1.detach().clone()
+            out.append((b1, b1c, b2.detach().to(b1) - b1c, key == "running_var"))
+    return out
+
+
+@torch.no_grad()
+def set_buffers(path: BufferPath, alpha: float) -> None:
+    """In place: every buffer of ``path`` (:func:`batchnorm_buffer_path`) <- ``b1 + alpha d``
+    (exactly ``b1`` at alpha = 0); a running variance is clamped at 0 (outside [0, 1] the line
+    can cross it)."""
+    for buffer, b1, d, is_var in path:
+        value = b1 + float(alpha) * d if alpha != 0.0 else b1
+        buffer.copy_(value.clamp_min(0.0) if is_var else value)
 
 
 @torch.no_grad()

@@ -6,10 +6,12 @@ and the in-memory functions of :mod:`landscape.scans` over every point. The mode
 are moved in place and restored exactly afterwards.
 
 - :class:`GradientEvaluator`: theta_t = theta_0 - t lr g, g = grad L_0(theta_0) the raw gradient
-  of the first loss; for each loss L at each t: L(theta_t), ||g_t||, cos(g, g_t),
-  RMS(g_t - g) and ||g_t - g|| / ||theta_t - theta_0|| with g = grad L(theta_0) of that same loss.
+  of the first loss (``own_direction=True``: each loss L moves along its own g = grad L(theta_0));
+  for each loss L at each t: L(theta_t), ||g_t||, cos(g, g_t), RMS(g_t - g) and
+  ||g_t - g|| / ||theta_t - theta_0|| with g = grad L(theta_0) of that same loss.
 - :class:`DirectionEvaluator`: L(theta_0 + sum_k c_k d_k) for coefficient rows c, point by point
-  or several points per ``torch.func.vmap`` pass (:func:`batchable`).
+  or several points per ``torch.func.vmap`` pass (:func:`batchable`); an interpolation also moves
+  the BatchNorm running statistics, b(alpha) = b_1 + alpha (b_2 - b_1) (``buffer_path``).
 
 Definitions in ``docs/scans.md``.
 """
@@ -26,14 +28,16 @@ from torch import Tensor, nn
 from bounds import plain
 from bounds.names import FIXED_SLOPES, TRAIN_METHODS, resolve_method
 from landscape import metrics as M
-from landscape.directions import get_params, gradient_direction, named_params, perturbed, set_params
+from landscape.directions import BufferPath, get_params, gradient_direction, named_params, perturbed, set_buffers, set_params
 
-__all__ = ["GRADIENT_FIELDS", "SIGN_FIELDS", "GradientEvaluator", "DirectionEvaluator", "sign_change_metrics",
-           "loss_labels", "batchable"]
+__all__ = ["GRADIENT_FIELDS", "SIGN_FIELDS", "ERROR_FIELDS", "GradientEvaluator", "DirectionEvaluator",
+           "sign_change_metrics", "error_metrics", "check_error_fields", "loss_labels", "batchable"]
 
 LossFn = Callable[[nn.Module], Tensor]
 GRADIENT_FIELDS = ("loss", "grad_norm", "cos", "rms", "smoothness")
 SIGN_FIELDS = ("a_sign", "sign_flip")
+ERROR_FIELDS = ("clean_err", "pgd_err", "verified_err")
+"""Per-point errors a direction scan can store beside the loss (``--fields``)."""
 Values = dict[str, dict[str, float]]  # label -> field -> value
 
 
@@ -103,6 +107,10 @@ class GradientEvaluator:
         point_metrics: optional ``fn(model, label) -> dict[str, float]`` of extra per-point
             values (e.g. sign changes of the bound coefficients), called at every point.
         direction: use this direction instead of grad L_0 (one tensor per parameter).
+        own_direction: move each loss along its own gradient at theta_0 (theta_t^(k) =
+            theta_0 - t lr grad L_k(theta_0)), so that every label's values are those of a scan of
+            that loss alone; otherwise (the default, and the training probe's) every loss is
+            evaluated at the same points, along ``direction`` or grad L_0.
 
     ``batch_size = None``: it takes any number of points per call (the caller picks the chunk).
     """
@@ -119,6 +127,7 @@ class GradientEvaluator:
         point_metrics: Callable[[nn.Module, str], dict[str, float]] | None = None,
         point_fields: Sequence[str] = (),
         direction: Sequence[Tensor] | None = None,
+        own_direction: bool = False,
     ) -> None:
         if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
             raise ValueError(f"the learning rate must be a finite number > 0, got {lr!r}")
@@ -138,18 +147,36 @@ class GradientEvaluator:
             self.loss0[label] = float(loss)
             self.grad0[label] = grad
         self.grad0_vec = {label: M.as_vector(g) for label, g in self.grad0.items()}
+        if own_direction and direction is not None:
+            raise ValueError("give either a shared direction or own_direction=True, not both")
+        self.own_direction = bool(own_direction)
         self.direction = list(direction) if direction is not None else self.grad0[self.labels[0]]
         self.direction_norm = float(M.as_vector(self.direction).norm())
+        self.directions = {lab: (self.grad0[lab] if self.own_direction else self.direction) for lab in self.labels}
+        self.direction_norms = {lab: float(M.as_vector(d).norm()) for lab, d in self.directions.items()}
+
+    def set_direction(self, label: str) -> None:
+        """Move every loss along ``label``'s gradient at theta_0 (a shared direction)."""
+        if label not in self.grad0:
+            raise ValueError(f"{label!r} is not one of the scanned losses ({', '.join(self.labels)})")
+        self.own_direction = False
+        self.direction = self.grad0[label]
+        self.direction_norm = float(M.as_vector(self.direction).norm())
+        self.directions = {lab: self.direction for lab in self.labels}
+        self.direction_norms = {lab: self.direction_norm for lab in self.labels}
 
     def __call__(self, indices: Sequence[int]) -> list[Values]:
         out = []
         try:
             for i in indices:
                 t = float(self.t_values[int(i)])
-                set_params(self.params, self.base, [self.direction], [-t * self.lr])
-                step = abs(t) * self.lr * self.direction_norm
+                if not self.own_direction:
+                    set_params(self.params, self.base, [self.direction], [-t * self.lr])
                 values: Values = {}
                 for label, fn in zip(self.labels, self.losses):
+                    if self.own_direction:
+                        set_params(self.params, self.base, [self.directions[label]], [-t * self.lr])
+                    step = abs(t) * self.lr * self.direction_norms[label]
                     if t == 0.0:
                         loss, grad = self.loss0[label], self.grad0[label]
                     else:
@@ -198,8 +225,14 @@ class DirectionEvaluator:
         labels: Sequence[str] | None = None,
         base: Sequence[Tensor] | None = None,
         vmap_batch: int = 1,
+        buffer_path: BufferPath | None = None,
+        point_values: Callable[[nn.Module], dict[str, float]] | None = None,
     ) -> None:
         self.model = model
+        self.point_values = point_values
+        self.buffer_path = list(buffer_path or [])
+        if self.buffer_path and len(directions) != 1:
+            raise ValueError("buffers move along one coefficient (an interpolation): give one direction")
         self.losses = list(losses)
         self.labels = loss_labels(self.losses, labels)
         self.directions = [list(d) for d in directions]
@@ -207,7 +240,8 @@ class DirectionEvaluator:
         self.restore = get_params(model)
         self.base = [b.detach().clone() for b in base] if base is not None else self.restore
         self.params = [p for _, p in named_params(model)]
-        vm = all(batchable(fn) for fn in self.losses) and int(vmap_batch) > 1
+        vm = (all(batchable(fn) for fn in self.losses) and int(vmap_batch) > 1 and not self.buffer_path
+              and point_values is None)
         self.batch_size: int | None = int(vmap_batch) if vm else None
         self._functionals = [_functional(fn, model) for fn in self.losses] if vm else []
 
@@ -235,10 +269,78 @@ class DirectionEvaluator:
             with torch.no_grad():
                 for i in indices:
                     set_params(self.params, self.base, self.directions, self.coeffs[int(i)])
-                    out.append({label: {"loss": float(fn(self.model))} for label, fn in zip(self.labels, self.losses)})
+                    if self.buffer_path:
+                        set_buffers(self.buffer_path, float(self.coeffs[int(i)][0]))
+                    values = {label: {"loss": float(fn(self.model))} for label, fn in zip(self.labels, self.losses)}
+                    if self.point_values is not None:  # once per point, the same for every label
+                        shared = self.point_values(self.model)
+                        for v in values.values():
+                            v.update(shared)
+                    out.append(values)
         finally:
             set_params(self.params, self.restore)
+            if self.buffer_path:
+                set_buffers(self.buffer_path, 0.0)
         return out
+
+
+def check_error_fields(fields: Sequence[str] | str, verify_methods: Sequence[str], kind: str) -> list[str]:
+    """The ``--fields`` of a scan as a list, checked (one ValueError naming the bad option):
+    distinct names of :data:`ERROR_FIELDS`, verification methods that exist when
+    ``verified_err`` is asked for, and a kind with a grid of weights (not gradient or hessian)."""
+    from train.evaluate import verifier
+
+    if isinstance(fields, str):
+        fields = [f.strip() for f in fields.split(",") if f.strip()]
+    fields = list(fields)
+    bad = [f for f in fields if f not in ERROR_FIELDS]
+    if bad or not fields or len(set(fields)) != len(fields):
+        raise ValueError(f"--fields: expected distinct names of {', '.join(ERROR_FIELDS)}, got {','.join(fields)!r}")
+    if "verified_err" in fields:
+        if not list(verify_methods):
+            raise ValueError("--verify-methods: give at least one bound method")
+        for m in verify_methods:
+            try:
+                verifier(m)
+            except ValueError as exc:
+                raise ValueError(f"--verify-methods: {exc}") from None
+    if kind in ("gradient", "hessian"):
+        raise ValueError(f"--fields adds errors at the points of a random, interpolate or pca scan; not with --kind {kind}")
+    return fields
+
+
+def error_metrics(
+    x: Tensor, y: Tensor, eps: float, fields: Sequence[str], verify_methods: Sequence[str] = ("ibp", "crown-ibp"),
+    pgd_steps: int = 10, domain: tuple[float, float] | None = (0.0, 1.0), seed: int = 0, batch_size: int = 256,
+) -> Callable[[nn.Module], dict[str, float]]:
+    """A ``point_values`` function for :class:`DirectionEvaluator`: the errors ``fields`` (of
+    :data:`ERROR_FIELDS`) of the model at the point on the scan's samples ``x`` [N, ...],
+    ``y`` [N] at radius ``eps`` (:func:`train.evaluate.evaluate`):
+
+    - ``clean_err`` = mean 1[argmax f(x) != y];
+    - ``pgd_err`` = mean over samples of (misclassified clean, or broken by ``pgd_steps`` steps of
+      L-inf PGD from a start seeded with ``seed``);
+    - ``verified_err`` = 1 - mean 1[correct and some method of ``verify_methods`` proves every
+      margin lower bound > 0] (the union of the bounds, as ``landscape certify`` reports it).
+
+    Since a verified sample resists every attack, ``verified_err >= pgd_err >= clean_err`` at every
+    point (the gap verified - PGD is what the bounds cannot certify)."""
+    from train.evaluate import evaluate
+
+    unknown = [f for f in fields if f not in ERROR_FIELDS]
+    if unknown or not fields:
+        raise ValueError(f"--fields: unknown field(s) {unknown or list(fields)}; choose from {', '.join(ERROR_FIELDS)}")
+    want = list(fields)
+    dom = (0.0, 1.0) if domain is None else (float(domain[0]), float(domain[1]))
+    methods = list(verify_methods) if "verified_err" in want else []
+    steps = int(pgd_steps) if "pgd_err" in want else 0
+
+    def point_values(model: nn.Module) -> dict[str, float]:
+        res = evaluate(model, x, y, eps, methods=methods, pgd_steps=steps, domain=dom, seed=seed,
+                       batch_size=batch_size, progress=False)
+        return {f: float(res[f]) for f in want}
+
+    return point_values
 
 
 def sign_change_metrics(

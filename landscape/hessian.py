@@ -67,6 +67,7 @@ __all__ = [
     "hessian_trace",
     "spectral_density",
     "dense_hessian",
+    "parameter_blocks",
     "hessian_linear_operator",
 ]
 
@@ -202,6 +203,7 @@ def top_eigenvalues(
     seed: int = 0,
     which: str = "largest",
     return_vectors: bool = False,
+    names: list[str] | None = None,
 ) -> Tensor | tuple[Tensor, list[list[Tensor]]]:
     """The ``k`` top Hessian eigenvalues of ``loss_fn(model)`` by ``iters`` Lanczos steps.
 
@@ -211,6 +213,8 @@ def top_eigenvalues(
         seed: seeds the Gaussian start vector (and the restarts after an invariant subspace).
         which: ``"largest"`` (algebraically largest) or ``"magnitude"`` (largest |lambda|).
         return_vectors: also return the unit eigenvectors.
+        names: the parameters of a block (see :class:`~landscape.curvature.HessianOperator`):
+            the eigenvalues of the block ``H_BB`` (P is then the block's size).
 
     Returns:
         ``values``: float64 tensor [k], sorted by value, largest first; with ``return_vectors``,
@@ -220,7 +224,7 @@ def top_eigenvalues(
     """
     if which not in WHICH:
         raise ValueError(f"unknown which {which!r}; choose one of {', '.join(WHICH)}")
-    op = HessianOperator(loss_fn, model)
+    op = HessianOperator(loss_fn, model, names)
     if not 1 <= int(k) <= op.size:
         raise ValueError(f"k must be in [1, {op.size}] (the number of parameters), got {k}")
     k = int(k)
@@ -249,7 +253,8 @@ def _rademacher(n: int, gen: torch.Generator) -> Tensor:
 
 
 def hessian_trace(
-    loss_fn: LossFn, model: nn.Module, samples: int = 100, seed: int = 0, deflate: int = 0
+    loss_fn: LossFn, model: nn.Module, samples: int = 100, seed: int = 0, deflate: int = 0,
+    names: list[str] | None = None,
 ) -> TraceEstimate:
     """Hutchinson's estimate of ``tr H`` from ``samples`` Rademacher vectors drawn from
     ``torch.Generator().manual_seed(seed)`` (see the module docstring). The loss graph is
@@ -264,10 +269,13 @@ def hessian_trace(
     The first term is exact (the diagonal of Lanczos' ``T``); the second is Hutchinson's with
     ``z <- R z``. ``mean`` is their sum; ``stderr`` and ``samples`` are the second term's (the
     first has none). Unbiased for every ``d``; ``d + samples`` products in all.
+
+    ``names``: the trace of the block ``H_BB`` of those parameters (the sum of the block traces
+    over a partition of the parameters is ``tr H``).
     """
     if int(samples) < 1:
         raise ValueError(f"need at least one sample, got {samples}")
-    op = HessianOperator(loss_fn, model)
+    op = HessianOperator(loss_fn, model, names)
     if not 0 <= int(deflate) < op.size:
         raise ValueError(f"deflate must be in [0, {op.size - 1}], got {deflate}")
     gen = torch.Generator().manual_seed(int(seed))
@@ -334,10 +342,21 @@ def spectral_density(
     return SpectralDensity(grid=grid, density=density / total, nodes=nodes, weights=weights, sigma=sigma)
 
 
-def dense_hessian(loss_fn: LossFn, model: nn.Module) -> Tensor:
+def parameter_blocks(model: nn.Module) -> dict[str, list[str]]:
+    """The parameter blocks of per-layer curvature: ``{layer: [parameter names]}``, a layer
+    being the module that owns the parameters (``"1.weight"``, ``"1.bias"`` -> ``"1"``), in
+    parameter order. The blocks partition the parameters."""
+    blocks: dict[str, list[str]] = {}
+    for name, _ in model.named_parameters():
+        layer = name.rsplit(".", 1)[0] if "." in name else name
+        blocks.setdefault(layer, []).append(name)
+    return blocks
+
+
+def dense_hessian(loss_fn: LossFn, model: nn.Module, names: list[str] | None = None) -> Tensor:
     """The full Hessian [P, P] (float64), column by column from P Hessian-vector products;
-    for small models (and tests)."""
-    op = HessianOperator(loss_fn, model)
+    for small models (and tests). ``names``: only the block of those parameters."""
+    op = HessianOperator(loss_fn, model, names)
     eye = torch.eye(op.size, dtype=torch.float64)
     return torch.stack([op.matvec(eye[i]) for i in range(op.size)], dim=1)
 

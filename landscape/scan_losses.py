@@ -33,7 +33,7 @@ from bounds.names import SCAN_LOSSES, resolve_method
 from train.attacks import pgd_last_iterate
 from train.objective import BoundSetup, LossOptions, certified_loss
 
-__all__ = ["LossSpec", "LossClosure", "make_loss", "select_samples"]
+__all__ = ["LossSpec", "LossClosure", "BatchedLoss", "make_loss", "make_closure", "parse_samples", "select_samples"]
 
 
 @dataclass(frozen=True)
@@ -161,6 +161,65 @@ class LossClosure:
         return torch.func.functional_call(_LossModule(self.model, self), {f"model.{k}": v for k, v in params.items()}, ())
 
 
+class BatchedLoss:
+    """A scan loss over many samples, in mini-batches: ``L = sum_b (n_b / N) L_b`` with ``L_b`` the
+    :class:`LossClosure` of batch ``b`` (``n_b`` of the ``N`` samples, in order).
+
+    Every loss of a scan is a mean over its samples, so with one batch this is the loss itself;
+    with several it is the same mean, except where a loss draws per call (random slopes, an
+    attack's start), which each batch seeds alike. ``parts`` = ``[(n_b / N, L_b)]`` lets
+    :func:`landscape.directions.gradient_direction` and
+    :class:`landscape.curvature.HessianOperator` accumulate the gradient and Hessian-vector
+    products batch by batch, one graph at a time, so memory does not grow with ``N``. Calling it
+    sums the batch losses (under ``torch.no_grad`` that also holds one batch at a time).
+    """
+
+    def __init__(self, parts: Sequence[LossClosure]) -> None:
+        parts = list(parts)
+        if not parts:
+            raise ValueError("a batched loss needs at least one batch")
+        n = sum(int(p.x.shape[0]) for p in parts)
+        self.closures = parts
+        self.parts = [(int(p.x.shape[0]) / n, p) for p in parts]
+        self.spec = parts[0].spec
+        self.model = parts[0].model
+        self.n_samples = n
+
+    @property
+    def label(self) -> str:
+        return self.spec.label
+
+    vmappable = False
+
+    def __call__(self, model: nn.Module | None = None) -> Tensor:
+        total = None
+        for w, fn in self.parts:
+            value = w * fn(model)
+            total = value if total is None else total + value
+        return total
+
+    def bound_setup(self, model: nn.Module | None = None) -> BoundSetup | None:
+        return self.closures[0].bound_setup(model)
+
+    def lower_A(self, model: nn.Module | None = None) -> Tensor | None:
+        """The batches' lower-bound coefficients, concatenated along the samples."""
+        parts = [fn.lower_A(model) for fn in self.closures]
+        return None if parts[0] is None else torch.cat(parts)
+
+
+def make_closure(model: nn.Module, x: Tensor, y: Tensor, spec: LossSpec, batch_size: int | None = None,
+                 compile: bool = False) -> "LossClosure | BatchedLoss":
+    """The scan loss of ``spec`` on (x, y): one :class:`LossClosure`, or a :class:`BatchedLoss`
+    of batches of ``batch_size`` samples when there are more samples than that."""
+    n = int(x.shape[0])
+    if batch_size is None or int(batch_size) >= n:
+        return LossClosure(model, x, y, spec, compile=compile)
+    if int(batch_size) < 1:
+        raise ValueError(f"--batch-size: must be >= 1, got {batch_size}")
+    b = int(batch_size)
+    return BatchedLoss([LossClosure(model, x[i:i + b], y[i:i + b], spec, compile=compile) for i in range(0, n, b)])
+
+
 class _LossModule(nn.Module):
     """Wraps (model, closure) so ``functional_call`` can swap the model's parameters."""
 
@@ -197,10 +256,25 @@ def make_loss(
     return LossClosure(model, x, y, spec)
 
 
-def select_samples(data: Any, n: int, split: str = "train", seed: int = 0) -> tuple[Tensor, Tensor]:
-    """``n`` samples of ``data.<split>_x/_y`` chosen by a seeded permutation (all if n >= size)."""
+def parse_samples(value: int | str) -> int | str:
+    """``--samples``: a number (checked >= 1 by the caller) or ``"all"`` (the whole split)."""
+    if isinstance(value, str):
+        if value.strip().lower() == "all":
+            return "all"
+        try:
+            return int(value)
+        except ValueError:
+            raise ValueError(f"--samples: expected a number >= 1 or 'all', got {value!r}") from None
+    return value
+
+
+def select_samples(data: Any, n: int | str, split: str = "train", seed: int = 0) -> tuple[Tensor, Tensor]:
+    """``n`` samples of ``data.<split>_x/_y`` chosen by a seeded permutation (all if n >= size
+    or ``n == "all"``), kept in index order."""
     if split not in ("train", "test"):
         raise ValueError(f"unknown split {split!r}; choose train or test")
+    if n == "all":
+        n = int(getattr(data, f"{split}_x").shape[0])
     if int(n) < 1:
         raise ValueError(f"the number of samples must be >= 1, got {n}")
     x, y = getattr(data, f"{split}_x"), getattr(data, f"{split}_y")

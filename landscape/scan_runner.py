@@ -24,7 +24,7 @@ from landscape import distributed, store
 from landscape.distributed import Context, barrier, exchange, shard
 from landscape.metrics import loss_variation
 from landscape.provenance import provenance
-from landscape.scans import check_float32_grid
+from landscape.scans import check_float32_grid, parse_range
 
 __all__ = ["ScanRequest", "ScanOutcome", "run_scan", "fill_scan", "finish_scan", "Chunker", "parse_range"]
 Summaries = Callable[[store.ScanFile], Mapping[str, Mapping[str, Any]]]
@@ -142,28 +142,14 @@ def fill_scan(
 # ----------------------------------------------------------------------------- the request
 
 
-def parse_range(text: str | Sequence[float] | None, kind: str) -> tuple[float, float]:
-    """``"a,b"`` or ``(a, b)`` -> (a, b) with finite a < b (default per kind)."""
-    if text is None:
-        return SCAN_KINDS[kind].range or (-1.0, 1.0)
-    parts = [p.strip() for p in str(text).split(",")] if isinstance(text, str) else list(text)
-    try:
-        lo, hi = (float(p) for p in parts)
-    except (TypeError, ValueError):
-        raise ValueError(f"--range: expected two numbers 'a,b', got {text!r}") from None
-    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
-        raise ValueError(f"--range: need finite a < b, got {text!r}")
-    check_float32_grid("--range", lo, hi, text)
-    return lo, hi
-
-
 @dataclass
 class ScanRequest:
     """Everything that defines a scan (the options of ``landscape scan``).
 
     ``methods``: the losses scanned over the same points, training methods or
     :data:`bounds.names.SCAN_LOSSES` (default: the checkpoint's method, or ``loss`` when it is
-    ``clean`` / ``pgd``); a gradient scan moves along the first one's gradient. ``eps``,
+    ``clean`` / ``pgd``); a gradient scan moves each loss along its own gradient, or every loss
+    along the gradient of the loss ``direction_from`` (one of them). ``eps``,
     ``beta``, ``kappa`` default to the checkpoint's final training values, ``lr`` to its
     learning rate. ``data``: an already loaded dataset of the checkpoint (else loaded here).
     ``keep_bias``: whether biases move along random or PCA directions (default: not for random
@@ -187,7 +173,8 @@ class ScanRequest:
     beta: float | None = None
     kappa: float | None = None
     slope: str | None = None
-    samples: int = 100
+    samples: int | str = 100
+    batch_size: int | None = None
     split: str = "train"
     seed: int = 0
     points: int | None = None
@@ -195,6 +182,7 @@ class ScanRequest:
     t_min: float = 0.5
     t_max: float = 5.0
     lr: float | None = None
+    direction_from: str | None = None
     norm: str = "filter"
     keep_bias: bool | None = None
     hessian: bool = False
@@ -207,6 +195,9 @@ class ScanRequest:
     density_steps: int | None = None
     density_sigma: float | None = None
     density_points: int | None = None
+    layers: bool | None = None
+    fields: Sequence[str] | None = None
+    verify_methods: Sequence[str] = ("ibp", "crown-ibp")
     metrics: bool = True
     pgd_steps: int = 10
     fused: bool = False
@@ -238,11 +229,23 @@ class ScanRequest:
             raise ValueError(f"--slope: unknown slope {self.slope!r}; choose one of {', '.join(SLOPES)}")
         if self.methods is not None and self.loss != "certified":
             raise ValueError("give either --loss clean|pgd or --methods, not both")
-        for name, value in (("samples", self.samples), ("points", self.points or 1), ("pgd_steps", self.pgd_steps)):
+        from landscape.scan_losses import parse_samples
+
+        self.samples = parse_samples(self.samples)
+        if self.batch_size is not None and int(self.batch_size) < 1:
+            raise ValueError(f"--batch-size: must be >= 1, got {self.batch_size}")
+        for name, value in (("samples", 1 if self.samples == "all" else self.samples), ("points", self.points or 1),
+                            ("pgd_steps", self.pgd_steps)):
             if int(value) < 1:
                 raise ValueError(f"--{name.replace('_', '-')}: must be >= 1, got {value}")
         if self.kind in ("random-2d", "pca") and self.points is not None and int(self.points) < 2:
             raise ValueError(f"--points: a {self.kind} scan needs at least 2 points per axis, got {self.points}")
+        if self.fields is not None:
+            from landscape.evaluators import check_error_fields
+
+            self.fields = check_error_fields(self.fields, self.verify_methods, self.kind)
+        if self.direction_from is not None and self.kind != "gradient":
+            raise ValueError("--direction-from is only used with --kind gradient")
         if self.kind != "pca" and (self.trajectory is not None or self.center):
             raise ValueError("--trajectory and --center are only used with --kind pca")
         spectrum = {k: v for k, v in self.spectrum_options().items() if v is not None}
@@ -264,7 +267,7 @@ class ScanRequest:
     def spectrum_options(self) -> dict[str, Any]:
         """The options of a Hessian scan as given (None: the default)."""
         names = ("top_k", "lanczos_steps", "trace_samples", "density_runs", "density_steps", "density_sigma",
-                 "density_points")
+                 "density_points", "layers")
         return {k: getattr(self, k) for k in names}
 
     def moves_bias(self) -> bool:
@@ -273,7 +276,7 @@ class ScanRequest:
 
     def coords(self, ranges: Sequence[tuple[float, float]] | None = None) -> dict[str, np.ndarray]:
         """The grid axes: ``t`` (gradient), ``x`` (and ``y``) (random, PCA), ``alpha``
-        (interpolate), none (hessian). ``ranges``: the default range of each axis, where the
+        (interpolate: ``--points`` values, plus 0 and 1 where missing), none (hessian). ``ranges``: the default range of each axis, where the
         kind has none of its own (PCA: the trajectory's); ``--range`` wins."""
         from landscape.scans import default_t_values, grid_coords
 
@@ -289,7 +292,11 @@ class ScanRequest:
         lo, hi = parse_range(self.range, self.kind)
         if self.kind == "random-2d":
             return {"x": grid_coords(lo, hi, n), "y": grid_coords(lo, hi, n)}
-        return {"alpha" if self.kind == "interpolate" else "x": grid_coords(lo, hi, n)}
+        if self.kind == "interpolate":  # the two checkpoints themselves are always points of the scan
+            from landscape.scans import with_endpoints
+
+            return {"alpha": with_endpoints(grid_coords(lo, hi, n))}
+        return {"x": grid_coords(lo, hi, n)}
 
     def loss_specs(self, cfg: Mapping[str, Any], eps: float, domain: Sequence[float] | None) -> list[Any]:
         """One :class:`landscape.scan_losses.LossSpec` per scanned loss, with the checkpoint's

@@ -62,6 +62,7 @@ def scan_args(request: Any, coords: Mapping[str, np.ndarray], specs: Sequence[An
         "keep_bias": request.moves_bias() if kind.startswith("random") else None,
         "metrics": request.metrics if kind == "gradient" else None,
         "hessian": "lanczos-magnitude" if request.hessian else False,
+        **({"batch_size": int(request.batch_size)} if request.batch_size is not None else {}),
         **dict(extra or {}),
     }
 
@@ -133,8 +134,9 @@ def prepare_scan(request: Any, ctx: Context) -> PreparedScan:
     import torch
 
     from landscape import evaluators as E
-    from landscape.directions import flatten, get_params, interpolation_direction, random_direction
-    from landscape.scan_losses import LossClosure, select_samples
+    from landscape.directions import (batchnorm_buffer_path, flatten, get_params, interpolation_direction,
+                                      random_direction)
+    from landscape.scan_losses import make_closure, select_samples
     from train.checkpoint import check_fits, load_model
     from train.config import run_domain
     from train.data import load_dataset
@@ -164,6 +166,8 @@ def prepare_scan(request: Any, ctx: Context) -> PreparedScan:
         extra = {"spectrum": options.to_dict()}
         attrs = {f"hessian_{k}": v for k, v in options.to_dict().items()}
     model2 = load_model(request.to_checkpoint, device=device)[0] if request.to_checkpoint is not None else None
+    if model2 is not None and any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        extra = {**extra, "batchnorm_buffers": "interpolated"}
     dataset = cfg.get("dataset", "digits")
     data = request.data
     if data is None:
@@ -175,12 +179,20 @@ def prepare_scan(request: Any, ctx: Context) -> PreparedScan:
     specs = request.loss_specs(cfg, eps, domain)
     lr = float(cfg.get("lr", 1.0)) if request.lr is None else float(request.lr)
     labels = [s.label for s in specs]
+    direction_from = request.direction_from
+    if direction_from is not None and direction_from not in labels:
+        raise ValueError(f"--direction-from: {direction_from!r} is not one of the scanned losses ({', '.join(labels)})")
+    if kind == "gradient" and len(labels) > 1:  # one loss: its own gradient either way (and files stay as before)
+        extra = {**extra, "direction": "own" if direction_from is None else f"shared:{direction_from}"}
     if kind == "gradient":
         fields = [*E.GRADIENT_FIELDS, *(E.SIGN_FIELDS if request.metrics else ())]
     else:
-        fields = ["loss"]
+        fields = ["loss", *(request.fields or ())]
+    if request.fields:
+        extra = {**extra, "fields": list(request.fields), "verify_methods": list(request.verify_methods),
+                 "pgd_steps": int(request.pgd_steps)}
     n_split = len(getattr(data, f"{request.split}_y"))
-    if request.samples > n_split:  # all of the split: record what is used, not what was asked for
+    if request.samples != "all" and request.samples > n_split:  # record what is used, not what was asked for
         request.samples = n_split
     args = scan_args(request, coords, specs, cfg, lr, extra)
 
@@ -200,43 +212,61 @@ def prepare_scan(request: Any, ctx: Context) -> PreparedScan:
 
     x, y = select_samples(data, request.samples, request.split, seed)
     x, y = x.to(device), y.to(device)
-    closures = [LossClosure(model, x, y, s, compile=request.compile) for s in specs]
+    closures = [make_closure(model, x, y, s, batch_size=request.batch_size, compile=request.compile) for s in specs]
 
     batch_points = request.batch_points
     if batch_points is None:
         batch_points = 16 if str(device).startswith("cuda") else 1
     meta = _params_meta(model)
     label_arrays: Sequence[str] = ()
+    errors = None
+    if request.fields:
+        errors = E.error_metrics(x, y, eps, request.fields, request.verify_methods, pgd_steps=request.pgd_steps,
+                                 domain=domain, seed=seed, batch_size=int(request.batch_size or 256))
     if kind == "gradient":
         point_metrics = E.sign_change_metrics(closures, labels) if request.metrics else None
+        own = direction_from is None
         evaluator: Any = E.GradientEvaluator(model, closures, coords["t"], lr, labels=labels,
                                              point_metrics=point_metrics,
-                                             point_fields=E.SIGN_FIELDS if request.metrics else ())
-        arrays["gradient"] = (flatten(evaluator.direction).cpu().numpy().astype(np.float32), meta)
+                                             point_fields=E.SIGN_FIELDS if request.metrics else (),
+                                             own_direction=own)
+        if not own:
+            evaluator.set_direction(direction_from)
+        first = labels[0] if own else direction_from
+        arrays["gradient"] = (flatten(evaluator.directions[first]).cpu().numpy().astype(np.float32),
+                              {**meta, "label": first})
+        if own:
+            for label in labels[1:]:
+                arrays[f"gradient_{label}"] = (
+                    flatten(evaluator.directions[label]).cpu().numpy().astype(np.float32), {**meta, "label": label})
     elif kind.startswith("random"):
         gen = torch.Generator().manual_seed(seed)
         ignore = None if request.moves_bias() else "biasbn"
         dirs = [random_direction(model, request.norm, ignore, generator=gen) for _ in coords]
         grid = np.stack(np.meshgrid(*coords.values(), indexing="ij"), axis=-1).reshape(-1, len(coords))
-        evaluator = E.DirectionEvaluator(model, closures, dirs, grid, labels, vmap_batch=batch_points)
+        evaluator = E.DirectionEvaluator(model, closures, dirs, grid, labels, vmap_batch=batch_points,
+                                         point_values=errors)
         for name, d in zip(coords, dirs):
             arrays[f"direction_{name}"] = (flatten(d).cpu().numpy().astype(np.float32), meta)
     elif kind == "pca":
         grid = np.stack(np.meshgrid(*coords.values(), indexing="ij"), axis=-1).reshape(-1, 2)
-        evaluator = E.DirectionEvaluator(model, closures, pca_dirs, grid, labels, vmap_batch=batch_points)
+        evaluator = E.DirectionEvaluator(model, closures, pca_dirs, grid, labels, vmap_batch=batch_points,
+                                         point_values=errors)
     elif kind == "hessian":
-        from landscape.spectrum import LABEL_ARRAYS, SpectrumEvaluator
+        from landscape.spectrum import LABEL_ARRAYS, SpectrumEvaluator, layer_arrays
 
         evaluator = SpectrumEvaluator(model, closures, labels, options, seed=seed)
-        label_arrays = LABEL_ARRAYS
+        label_arrays = [*LABEL_ARRAYS, *(layer_arrays(model) if options.layers else ())]
     else:
         theta1, theta2 = get_params(model), get_params(model2)
         if [t.shape for t in theta1] != [t.shape for t in theta2]:
             raise ValueError(f"{request.to_checkpoint} has another architecture than {request.checkpoint}; "
                              "cannot interpolate")
         d = interpolation_direction(theta1, theta2)
+        buffers = batchnorm_buffer_path(model, model2)  # BatchNorm statistics move with the weights
         evaluator = E.DirectionEvaluator(model, closures, [d], coords["alpha"][:, None], labels,
-                                         base=theta1, vmap_batch=batch_points)
+                                         base=theta1, vmap_batch=batch_points, buffer_path=buffers,
+                                         point_values=errors)
 
     def summaries(scan_file: Any) -> dict[str, dict[str, Any]]:
         out: dict[str, dict[str, Any]] = {}
@@ -259,5 +289,6 @@ def prepare_scan(request: Any, ctx: Context) -> PreparedScan:
         "train_method": cfg.get("method"), "methods": labels, "eps": eps, "seed": seed,
         "samples": request.samples, "split": request.split, "lr": lr if kind == "gradient" else None,
         "norm": request.norm if kind.startswith("random") else None,
+        **({"direction_from": "own" if direction_from is None else direction_from} if kind == "gradient" else {}),
     }
     return PreparedScan(coords, labels, fields, args, attrs, arrays, evaluator, summaries, label_arrays)

@@ -21,10 +21,11 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 from torch import Tensor, nn
 
+from bounds.names import SCAN_KINDS
 from landscape import metrics as M
 from landscape.evaluators import DirectionEvaluator, GradientEvaluator, LossFn, Values
 
-__all__ = ["default_t_values", "grid_coords", "gradient_scan", "scan_1d", "scan_2d", "interpolate"]
+__all__ = ["default_t_values", "grid_coords", "with_endpoints", "parse_range", "gradient_scan", "scan_1d", "scan_2d", "interpolate"]
 
 
 def default_t_values(t_min: float = 0.5, t_max: float = 5.0, n: int = 10, include_one: bool = True) -> np.ndarray:
@@ -63,6 +64,32 @@ def grid_coords(lo: float, hi: float, points: int) -> np.ndarray:
     if int(points) == 1:
         return np.array([0.0 if lo <= 0.0 <= hi else (lo + hi) / 2])
     return np.linspace(lo, hi, int(points))
+
+
+def parse_range(text: str | Sequence[float] | None, kind: str) -> tuple[float, float]:
+    """``"a,b"`` or ``(a, b)`` -> (a, b) with finite a < b (default per kind)."""
+    if text is None:
+        return SCAN_KINDS[kind].range or (-1.0, 1.0)
+    parts = [p.strip() for p in str(text).split(",")] if isinstance(text, str) else list(text)
+    try:
+        lo, hi = (float(p) for p in parts)
+    except (TypeError, ValueError):
+        raise ValueError(f"--range: expected two numbers 'a,b', got {text!r}") from None
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+        raise ValueError(f"--range: need finite a < b, got {text!r}")
+    check_float32_grid("--range", lo, hi, text)
+    return lo, hi
+
+
+def with_endpoints(alphas: Sequence[float], tol: float = 1e-9) -> np.ndarray:
+    """``alphas`` with the two checkpoints of an interpolation in it: values within ``tol`` times
+    the span of 0 or 1 become exactly 0 or 1, both are added when missing, and the result is
+    sorted without repeats."""
+    a = np.asarray(alphas, dtype=np.float64).reshape(-1)
+    span = max(float(a.max() - a.min()) if a.size else 0.0, 1.0)
+    for end in (0.0, 1.0):
+        a = np.where(np.abs(a - end) <= tol * span, end, a)
+    return np.unique(np.concatenate([a, [0.0, 1.0]]))
 
 
 def _loss_list(losses: Sequence[LossFn] | LossFn) -> list[LossFn]:
@@ -156,14 +183,20 @@ def interpolate(
     alphas: Sequence[float] | None = None,
     labels: Sequence[str] | None = None,
     vmap_batch: int = 1,
+    model2: nn.Module | None = None,
 ) -> dict[str, np.ndarray]:
     """label -> L((1 - alpha) theta_1 + alpha theta_2) for alpha in ``alphas``
-    (default 41 points in [-0.5, 1.5]). The model's own parameters are restored afterwards."""
-    from landscape.directions import interpolation_direction
+    (default 41 points in [-0.5, 1.5]). With ``model2`` (the second checkpoint's network, whose
+    parameters are ``theta2``), the BatchNorm running statistics of ``model`` (those of theta_1)
+    are interpolated too (:func:`landscape.directions.batchnorm_buffer_path`). The model's own
+    parameters and buffers are restored afterwards."""
+    from landscape.directions import batchnorm_buffer_path, interpolation_direction
 
     alphas = grid_coords(-0.5, 1.5, 41) if alphas is None else np.asarray(alphas)
     losses = _loss_list(losses)
     d = interpolation_direction(theta1, theta2)
-    ev = DirectionEvaluator(model, losses, [d], np.asarray(alphas)[:, None], labels, base=theta1, vmap_batch=vmap_batch)
+    path = batchnorm_buffer_path(model, model2) if model2 is not None else None
+    ev = DirectionEvaluator(model, losses, [d], np.asarray(alphas)[:, None], labels, base=theta1, vmap_batch=vmap_batch,
+                            buffer_path=path)
     res = _collect(ev, len(alphas), (len(alphas),))
     return {lab: r["loss"] for lab, r in res.items()}

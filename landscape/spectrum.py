@@ -18,7 +18,15 @@ stored, and torchrun processes share the labels). For a label with loss ``L`` it
   times the spread of the Ritz values (attribute ``density_sigma`` holds the absolute width),
   normalised to integrate to 1 over the grid of ``density_points`` points;
 - ``slq_nodes``, ``slq_weights`` [R, m]: the Ritz values and weights behind the density, so it
-  can be broadened again with another width without new Hessian-vector products.
+  can be broadened again with another width without new Hessian-vector products;
+- with ``layers`` (the default), per parameter block ``B`` (a layer: the module owning the
+  parameters, :func:`landscape.hessian.parameter_blocks`), under ``layers/<layer>/``:
+  ``eigenvalues`` [min(k, |B|)], the top eigenvalues of the block ``H_BB`` (the principal
+  submatrix of ``H`` on that layer's parameters: the curvature when only that layer moves),
+  from ``min(lanczos_steps, |B|)`` Lanczos steps with the same seed; ``trace``, ``trace_stderr``
+  (Hutchinson on ``H_BB`` with ``trace_samples`` vectors, seeded with ``seed + 1``; the block
+  traces sum to ``tr H``) and ``size`` = |B|. By Cauchy's interlacing theorem the largest
+  eigenvalue of ``H_BB`` never exceeds that of ``H``.
 
 Definitions in ``docs/scans.md``; the layout in ``docs/schema.md``.
 """
@@ -34,12 +42,20 @@ from torch import nn
 
 from landscape.directions import named_params
 from landscape.evaluators import LossFn, Values, loss_labels
-from landscape.hessian import hessian_trace, spectral_density, top_eigenvalues
+from landscape.hessian import hessian_trace, parameter_blocks, spectral_density, top_eigenvalues
 
-__all__ = ["SpectrumOptions", "SpectrumEvaluator", "LABEL_ARRAYS"]
+__all__ = ["SpectrumOptions", "SpectrumEvaluator", "LABEL_ARRAYS", "LAYER_ARRAYS", "layer_arrays"]
 
 LABEL_ARRAYS = ("eigenvalues", "density_grid", "density", "slq_nodes", "slq_weights")
 """The per-label arrays of a Hessian scan file."""
+
+LAYER_ARRAYS = ("eigenvalues", "trace", "trace_stderr", "size")
+"""The arrays of each layer's record, under ``layers/<layer>/``."""
+
+
+def layer_arrays(model: nn.Module) -> list[str]:
+    """The label-array names of the per-layer records of ``model`` (``layers/<layer>/<name>``)."""
+    return [f"layers/{layer}/{name}" for layer in parameter_blocks(model) for name in LAYER_ARRAYS]
 
 
 @dataclass(frozen=True)
@@ -54,6 +70,7 @@ class SpectrumOptions:
     density_steps: int = 40
     density_sigma: float = 0.01
     density_points: int = 1000
+    layers: bool = True
 
     def __post_init__(self) -> None:
         for name in ("top_k", "trace_samples", "density_runs", "density_steps"):
@@ -105,10 +122,31 @@ class SpectrumEvaluator:
         trace = hessian_trace(loss_fn, model, samples=o.trace_samples, seed=self.seed + 1)
         dens = spectral_density(loss_fn, model, runs=o.density_runs, steps=o.density_steps, seed=self.seed + 2,
                                 sigma_rel=o.density_sigma, grid_points=o.density_points)
-        return {"loss": loss, "eigenvalues": top.numpy(), "density_grid": dens.grid, "density": dens.density,
-                "slq_nodes": dens.nodes, "slq_weights": dens.weights,
-                "attrs": {"trace": trace.mean, "trace_stderr": trace.stderr, "density_sigma": dens.sigma,
-                          "top_eigenvalue": float(top[0])}}
+        out = {"loss": loss, "eigenvalues": top.numpy(), "density_grid": dens.grid, "density": dens.density,
+               "slq_nodes": dens.nodes, "slq_weights": dens.weights,
+               "attrs": {"trace": trace.mean, "trace_stderr": trace.stderr, "density_sigma": dens.sigma,
+                         "top_eigenvalue": float(top[0])}}
+        if o.layers:
+            out.update(self.layer_records(loss_fn))
+        return out
+
+    def layer_records(self, loss_fn: LossFn) -> dict[str, Any]:
+        """The per-layer records of one loss (module docstring), as label arrays."""
+        o, model = self.options, self.model
+        sizes = dict(named_params(model))
+        out: dict[str, Any] = {}
+        for layer, names in parameter_blocks(model).items():
+            size = sum(sizes[n].numel() for n in names)
+            k = min(o.top_k, size)
+            top = top_eigenvalues(loss_fn, model, k=k, iters=max(k, min(int(o.lanczos_steps), size)), seed=self.seed,
+                                  which="largest", names=names)
+            trace = hessian_trace(loss_fn, model, samples=o.trace_samples, seed=self.seed + 1, names=names)
+            prefix = f"layers/{layer}/"
+            out[prefix + "eigenvalues"] = top.numpy()
+            out[prefix + "trace"] = trace.mean
+            out[prefix + "trace_stderr"] = trace.stderr
+            out[prefix + "size"] = float(size)
+        return out
 
     def __call__(self, indices: Sequence[int]) -> list[Values]:
         return [{self.labels[int(i)]: self.record(self.losses[int(i)])} for i in indices]

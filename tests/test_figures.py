@@ -419,3 +419,75 @@ def test_probe_panel_legend_names_every_run(tmp_path: Path, monkeypatch) -> None
     training.plot_probe_stats([a, b], tmp_path, "probes", ("png",))
     labels = [t.get_text() for legend in figs[0].legends for t in legend.get_texts()]
     assert labels == ["IBP, ε=0.1", "Tightest, ε=0.1"], labels
+
+
+def test_hessian_densities_of_one_figure_share_one_width() -> None:
+    """Two spectra whose nodes spread over 1 and over 100: both are broadened with sigma =
+    0.01 * 100 = 1, so a lone node gives the same peak (height 1 / (sqrt(2 pi) sigma) times its
+    weight) in both; a spectrum without nodes keeps its stored density."""
+    from figures.spectra import common_densities
+
+    narrow = {"slq_nodes": np.array([[0.0, 1.0]]), "slq_weights": np.array([[0.5, 0.5]]),
+              "density_grid": np.zeros(2), "density": np.zeros(2)}
+    wide = {"slq_nodes": np.array([[0.0, 100.0]]), "slq_weights": np.array([[0.5, 0.5]]),
+            "density_grid": np.zeros(2), "density": np.zeros(2)}
+    old = {"density_grid": np.array([0.0, 1.0]), "density": np.array([1.0, 1.0])}
+    (g1, d1), (g2, d2), (g3, d3) = common_densities([narrow, wide, old], points=20001)[0]
+    sigma = common_densities([narrow, wide])[1]
+    assert sigma == pytest.approx(1.0)
+    for g, d in ((g1, d1), (g2, d2)):
+        assert np.trapezoid(d, g) == pytest.approx(1.0, rel=1e-6)
+    peak = 1.0 / (np.sqrt(2 * np.pi) * sigma)
+    assert d2.max() == pytest.approx(0.5 * peak, rel=1e-3)  # two far nodes: each its own peak
+    # the narrow spectrum's two nodes (1 apart, sigma 1) merge into one bump, as they would on the wide one's scale
+    assert d1.max() < 2 * 0.5 * peak and d1.max() > 0.5 * peak
+    np.testing.assert_array_equal(d3, old["density"])
+
+
+def test_panels_say_why_a_method_has_no_line_or_stops() -> None:
+    """IBP's missing relaxation statistic and a CROWN-IBP series that stops where beta reaches 0
+    are written on the panel; a complete series adds nothing."""
+    from types import SimpleNamespace
+
+    import matplotlib.pyplot as plt
+
+    from figures.notes import panel_notes
+
+    fig, ax = plt.subplots()
+    x = np.array([0.0, 10.0, 20.0, 30.0])
+    run = SimpleNamespace(steps={"step": np.arange(0, 31, 5.0), "beta": np.array([1, 0.8, 0.6, 0.4, 0.2, 0, 0.0])})
+    notes = panel_notes(ax, [("ibp", None, None, None), ("crown-ibp", x, np.array([0.5, 0.4, 0.3, np.nan]), run),
+                             ("tightest", x, np.array([0.1, 0.2, 0.3, 0.4]), None)])
+    assert notes == ["no line for IBP: no linear relaxation", "CROWN-IBP stops at step 30: β = 0 (pure IBP) from there"]
+    assert [t.get_text() for t in ax.texts] == ["\n".join(notes)]
+    assert panel_notes(ax, [("tightest", x, np.ones(4), None)]) == []
+    plt.close(fig)
+
+
+def test_hessian_figure_draws_each_layers_top_eigenvalue(tmp_path: Path, monkeypatch) -> None:
+    """A Hessian scan with per-layer records gets a third panel: one bar per (layer, loss) whose
+    height is that layer's top eigenvalue."""
+    from figures import data, spectra
+
+    kept = {}
+    monkeypatch.setattr(spectra, "save", lambda fig, out, stem, formats=("png",): kept.setdefault(stem, fig) and [])
+    path = tmp_path / "h.h5"
+    arrays = ["eigenvalues", "density_grid", "density", *[f"layers/{k}/{n}" for k in ("1", "3")
+                                                           for n in ("eigenvalues", "trace", "trace_stderr", "size")]]
+    scan = store.create_scan(str(path), kind="hessian", args={"k": 1}, coords={}, labels=["ibp", "tightest"],
+                             attrs={"eps": 0.1, "dataset": "digits", "model": "mlp"}, label_arrays=arrays)
+    tops = {"ibp": {"1": 2.0, "3": 5.0}, "tightest": {"1": 40.0, "3": 300.0}}
+    for i, lab in enumerate(("ibp", "tightest")):
+        grid = np.linspace(-1, 5, 50)
+        rec = {"loss": 1.0, "eigenvalues": [400.0, 1.0], "density_grid": grid, "density": np.exp(-grid**2),
+               "attrs": {"trace": 1.0, "trace_stderr": 0.1}}
+        for k, v in tops[lab].items():
+            rec.update({f"layers/{k}/eigenvalues": [v, v / 2], f"layers/{k}/trace": 1.0,
+                        f"layers/{k}/trace_stderr": 0.1, f"layers/{k}/size": 10.0})
+        scan.set_point(lab, i, rec)
+    scan.flush(complete=True)
+    spectra.plot_spectra([data.load(path)], tmp_path, "h", ("png",))
+    ax = [a for a in kept["h"].axes if a.get_title() == "Per-layer curvature (Lanczos)"][0]
+    heights = sorted(round(p.get_height(), 6) for p in ax.patches)
+    assert heights == sorted(v for t in tops.values() for v in t.values())
+    assert ax.get_yscale() == "log"  # 2 to 300

@@ -244,7 +244,7 @@ def test_pca_figure_draws_the_trajectory_and_the_explained_variance(tmp_path: Pa
     scan = data.load(make_surface(tmp_path / "p.h5", {"ibp": 1.0}, kind="pca"))
     surfaces.plot_surface(scan, tmp_path, "p", ("png",))
     (ax,) = _data_axes(drawn["p_contour"])
-    assert ax.get_xlabel() == "1st PC: 83.0 % of the variance" and ax.get_ylabel() == "2nd PC: 12.0 % of the variance"
+    assert ax.get_xlabel() == "1st PC (83.0 % var.)" and ax.get_ylabel() == "2nd PC (12.0 % var.)"
     path = next(ln for ln in ax.get_lines() if ln.get_label().startswith("training trajectory"))
     np.testing.assert_allclose(np.column_stack(path.get_data()), [[-0.9, 0.4], [-0.5, -0.2], [-0.2, -0.1], [0, 0]],
                                atol=1e-6)
@@ -253,6 +253,9 @@ def test_pca_figure_draws_the_trajectory_and_the_explained_variance(tmp_path: Pa
     labels = [t.get_text() for t in drawn["p_contour"].legends[0].get_texts()]
     assert labels[0] == "training trajectory (checkpoints)" and "start of training" in labels
     assert any(t.startswith("end: the scanned checkpoint") for t in labels)
+    for stem in ("p_contour", "p_heatmap"):  # equal aspect: a unit along x is as long as one along y
+        (ax,) = _data_axes(drawn[stem])
+        assert ax.get_aspect() == 1.0, (stem, ax.get_aspect())
 
 
 def test_hessian_figure_overlays_densities_on_a_log_scale(tmp_path: Path, drawn) -> None:
@@ -286,3 +289,52 @@ def test_partial_hessian_scan_draws_the_computed_losses(tmp_path: Path, drawn) -
     scan.flush()
     figures.plot_file(path, tmp_path / "fig", formats="png")
     assert len(drawn["part_hessian"].axes[0].get_lines()) == 1
+
+
+def _text_boxes(fig, renderer) -> list[tuple[str, object]]:
+    """(what, window extent) of every visible, non-empty text of ``fig``: the suptitle, and per
+    2D axes its title, axis labels and tick labels."""
+    out = []
+    if getattr(fig, "_suptitle", None) is not None and fig._suptitle.get_text():
+        out.append(("suptitle", fig._suptitle.get_window_extent(renderer)))
+    for k, ax in enumerate(fig.axes):
+        if not ax.get_visible() or ax.name == "3d":
+            continue
+        texts = [("title", ax.title), ("xlabel", ax.xaxis.label), ("ylabel", ax.yaxis.label)]
+        lo_x, hi_x = sorted(ax.get_xlim())
+        lo_y, hi_y = sorted(ax.get_ylim())
+        for axis, (lo, hi), what in ((ax.xaxis, (lo_x, hi_x), "xtick"), (ax.yaxis, (lo_y, hi_y), "ytick")):
+            for tick in axis.get_major_ticks():  # only the ticks inside the view are drawn
+                loc = tick.get_loc()
+                span = (hi - lo) * 1e-9
+                if lo - span <= loc <= hi + span:
+                    texts.append((what, tick.label1))
+        for what, t in texts:
+            if t.get_visible() and t.get_text().strip():
+                out.append((f"axes {k} {what} {t.get_text()!r}", t.get_window_extent(renderer)))
+    return out
+
+
+def test_no_label_or_tick_text_overlaps_another(every_figure) -> None:
+    """Measured in the drawn figures: no two texts (titles, axis labels, tick labels, the
+    suptitle) overlap, and no axis label is longer than its panel's side."""
+    for stem, fig in every_figure.items():
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        boxes = _text_boxes(fig, renderer)
+        for i, (a, ba) in enumerate(boxes):
+            for b, bb in boxes[i + 1:]:
+                shrunk = ba.shrunk(0.98, 0.9)  # a pixel of antialiasing is not an overlap
+                assert not shrunk.overlaps(bb.shrunk(0.98, 0.9)), f"{stem}: {a} overlaps {b}"
+        for ax in _data_axes(fig):
+            if ax.name == "3d":
+                continue
+            box = ax.get_window_extent(renderer)
+            ylab = ax.yaxis.label
+            if ylab.get_text():
+                assert ylab.get_window_extent(renderer).height <= box.height * 1.02, \
+                    f"{stem}: the y label {ylab.get_text()!r} runs past its panel"
+            xlab = ax.xaxis.label
+            if xlab.get_text():
+                assert xlab.get_window_extent(renderer).width <= box.width * 1.3, \
+                    f"{stem}: the x label {xlab.get_text()!r} runs far past its panel"

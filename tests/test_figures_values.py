@@ -209,11 +209,12 @@ def grad_arrays(method: str) -> dict[str, np.ndarray]:
     return {"loss": 0.731 + 0.02 * t**2, "cos": 1.0 - 0.01 * t**2, "smoothness": 3.0 + 0.7 * np.abs(t)}
 
 
-def make_gradient(path: Path) -> Path:
+def make_gradient(path: Path, direction_from: str | None = None) -> Path:
+    extra = {} if direction_from is None else {"direction_from": direction_from}
     scan = store.create_scan(
         str(path), kind="gradient", args={"t": GRAD_T.tolist()}, coords={"t": GRAD_T}, labels=["tightest", "ibp"],
         fields=["loss", "cos", "smoothness"],
-        attrs={"eps": EPS, "checkpoint": "runs/demo/checkpoint.pt", "dataset": "digits", "model": "mlp"},
+        attrs={"eps": EPS, "checkpoint": "runs/demo/checkpoint.pt", "dataset": "digits", "model": "mlp", **extra},
     )
     for m in ("ibp", "tightest"):
         arrays = grad_arrays(m)
@@ -221,6 +222,24 @@ def make_gradient(path: Path) -> Path:
             scan.set_point(m, i, {k: v[i] for k, v in arrays.items()})
     scan.flush(complete=True)
     return path
+
+
+def test_gradient_scan_says_which_gradient_each_method_moved_along(tmp_path: Path, drawn) -> None:
+    """Own directions, a shared one named by --direction-from, and an old file (no attribute:
+    the first method's gradient) each say so on every panel's x axis; the loss-variation bands of
+    the methods have different hatches, so overlapping bands stay apart."""
+    from figures import curves, data
+
+    cases = {"own": "each method's own", "ibp": "of IBP", None: "of Tightest"}
+    for i, (direction, words) in enumerate(cases.items()):
+        curves.plot_gradient_scans([data.load(make_gradient(tmp_path / f"g{i}.h5", direction))], tmp_path, f"g{i}",
+                                   ("png",))
+        fig = drawn[f"g{i}"]
+        for ax in fig.axes:
+            assert words in ax.get_xlabel(), (direction, ax.get_xlabel())
+        ax = axis_titled(fig, "Loss along −∇L (band: loss variation)")
+        hatches = [p.get_hatch() for p in ax.patches]
+        assert len(hatches) == 2 and len(set(hatches)) == 2 and None not in hatches, hatches
 
 
 def test_gradient_scan_loss_panel_draws_change_from_t0_and_legend_numbers(tmp_path: Path, drawn) -> None:
@@ -385,7 +404,7 @@ def test_gradient_direction_over_training_draws_each_probe_from_its_own_t0(runs,
             x, yv = xy(line)
             np.testing.assert_allclose(x, PROBE_T)
             np.testing.assert_allclose(yv, loss - loss[0], rtol=1e-6, atol=1e-7)
-            np.testing.assert_allclose(to_rgba(line.get_color()), plt.get_cmap("viridis")(norm(step)), atol=1e-6)
+            np.testing.assert_allclose(to_rgba(line.get_color()), plt.get_cmap("viridis_r")(norm(step)), atol=1e-6)
 
 
 @pytest.mark.parametrize("key", ["loss_variation", "grad_cosine", "smoothness"])
@@ -574,3 +593,35 @@ def _verified_error_vs_eps_is_drawn(drawn) -> None:
     x, yv = xy(line_labelled(ev, "IBP: verified"))
     np.testing.assert_allclose(x, [0.1, 0.2, 0.3])
     np.testing.assert_allclose(yv, [36.0, 55.0, 71.0])
+
+
+def test_seed_gradient_figure_draws_the_mean_and_band_over_seeds(tmp_path: Path, monkeypatch) -> None:
+    """Two seeds' gradient scans of one method: the drawn loss-change line is their mean, the band
+    spans mean ± sd, and the legend says how many seeds."""
+    from figures import data, seeds
+
+    kept = {}
+    monkeypatch.setattr(seeds, "save", lambda fig, out, stem, formats=("png",): kept.setdefault(stem, fig) and [])
+    t = np.array([0.0, 0.5, 1.0, 2.0])
+    losses = [np.array([1.0, 1.2, 1.5, 2.0]), np.array([2.0, 2.0, 2.1, 2.6])]
+    scans = []
+    for k, loss in enumerate(losses):
+        path = tmp_path / f"s{k}.h5"
+        scan = store.create_scan(str(path), kind="gradient", args={"k": k}, coords={"t": t}, labels=["ibp"],
+                                 fields=["loss", "cos"], attrs={"eps": EPS, "dataset": "digits", "model": "mlp",
+                                                                "direction_from": "own"})
+        for i in range(t.size):
+            scan.set_point("ibp", i, {"loss": loss[i], "cos": 1.0 - 0.1 * i * (k + 1)})
+        scan.flush(complete=True)
+        scans.append(data.load(path))
+    seeds.plot_seed_gradient(scans, tmp_path, "g", ("png",))
+    fig = kept["g"]
+    ax = axis_titled(fig, "Loss along −∇L")
+    (line,) = [ln for ln in ax.get_lines() if ln.get_label().startswith("IBP")]
+    changes = np.vstack([loss - loss[0] for loss in losses])
+    np.testing.assert_allclose(line.get_ydata(), changes.mean(axis=0), rtol=1e-6)
+    assert "mean ± sd of 2 seeds" in line.get_label() and "2 seeds" in fig._suptitle.get_text()
+    (band,) = ax.collections
+    ys = band.get_paths()[0].vertices[:, 1]
+    lo, hi = (changes.mean(0) - changes.std(0)), (changes.mean(0) + changes.std(0))
+    assert ys.min() == pytest.approx(lo.min(), abs=1e-6) and ys.max() == pytest.approx(hi.max(), abs=1e-6)

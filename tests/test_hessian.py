@@ -213,3 +213,121 @@ def test_float32_model_matches_the_float64_hessian(mlp):
     closure = make_loss(small, x.float(), y, kind="certified", method="crown-ibp", eps=0.1)
     top = hessian.top_eigenvalues(closure, small, k=2)
     np.testing.assert_allclose(top.numpy(), torch.linalg.eigvalsh(h).flip(0)[:2].numpy(), rtol=1e-3)
+
+
+# ----------------------------------------------------------------------------- per-layer blocks and mini-batches
+
+
+def _block_slices(model) -> dict[str, slice]:
+    """Where each layer's parameters sit in the flat parameter vector."""
+    out, start = {}, 0
+    for layer, names in hessian.parameter_blocks(model).items():
+        size = sum(dict(model.named_parameters())[n].numel() for n in names)
+        out[layer] = slice(start, start + size)
+        start += size
+    return out
+
+
+@pytest.mark.parametrize("spec", LOSSES, ids=lambda s: s.get("method", s["kind"]))
+def test_per_layer_curvature_is_the_dense_block_hessian(mlp, spec):
+    """Each layer's record (top eigenvalues, trace) equals that of the principal block of the
+    dense Hessian on its parameters; the block tops interlace below the whole model's, and the
+    block traces sum to the whole trace."""
+    from landscape.spectrum import SpectrumEvaluator, SpectrumOptions
+
+    model, x, y = mlp
+    closure = make_loss(model, x, y, eps=0.1, **spec)
+    h = dense_reference(closure, model)
+    blocks = hessian.parameter_blocks(model)
+    assert list(blocks) == ["2", "4", "6"] and sum(len(v) for v in blocks.values()) == len(list(model.parameters()))
+    ev = SpectrumEvaluator(model, [closure], ["L"], SpectrumOptions(top_k=3, trace_samples=400, density_runs=1,
+                                                                   density_steps=5, density_points=50))
+    rec = ev.record(closure)
+    whole_top = float(torch.linalg.eigvalsh(h)[-1])
+    assert rec["eigenvalues"][0] == pytest.approx(whole_top, rel=1e-6)
+    block_traces = 0.0
+    for layer, sl in _block_slices(model).items():
+        hb = h[sl, sl]
+        exact = torch.linalg.eigvalsh(hb).flip(0)
+        got = rec[f"layers/{layer}/eigenvalues"]
+        assert rec[f"layers/{layer}/size"] == hb.shape[0]
+        np.testing.assert_allclose(got, exact[:3].numpy(), rtol=1e-6, atol=1e-9 * float(exact.abs().max()))
+        # the HVP restricted to the block is the block of the full Hessian (not the block of H^2 etc.)
+        torch.testing.assert_close(hessian.dense_hessian(closure, model, names=blocks[layer]), hb, rtol=1e-9,
+                                   atol=1e-12)
+        assert float(exact[0]) <= whole_top + 1e-9 * abs(whole_top)  # Cauchy interlacing, exact matrices
+        assert got[0] <= rec["eigenvalues"][0] + 1e-6 * abs(rec["eigenvalues"][0])
+        t, se = rec[f"layers/{layer}/trace"], rec[f"layers/{layer}/trace_stderr"]
+        assert abs(t - float(hb.trace())) <= 4 * se + 1e-12
+        block_traces += float(hb.trace())
+    assert block_traces == pytest.approx(float(h.trace()), rel=1e-9)
+
+
+def test_block_eigenvalues_on_a_quadratic_are_those_of_the_principal_submatrix():
+    """On L = 1/2 theta^T A theta + c^T theta the block of ``w`` (the first 12 coordinates) has
+    Hessian A[:12, :12] exactly, and that of ``b`` A[12:, 12:]; both tops lie below A's."""
+    a, _ = rotated(EIGS)
+    model = Quadratic(a)
+    for names, sl in ((["w"], slice(0, 12)), (["b"], slice(12, 17))):
+        exact = torch.linalg.eigvalsh(a[sl, sl]).flip(0)
+        top = hessian.top_eigenvalues(quad_loss, model, k=3, names=names)
+        np.testing.assert_allclose(top.numpy(), exact[:3].numpy(), rtol=1e-9, atol=1e-9)
+        assert float(top[0]) <= max(EIGS) + 1e-9
+        tr = hessian.hessian_trace(quad_loss, model, samples=2000, seed=0, names=names)
+        assert abs(tr.mean - float(a[sl, sl].trace())) <= 4 * tr.stderr
+    with pytest.raises(ValueError, match="unknown or no parameters"):
+        hessian.top_eigenvalues(quad_loss, model, names=["nope"])
+
+
+@pytest.mark.parametrize("spec", LOSSES, ids=lambda s: s.get("method", s["kind"]))
+def test_minibatch_hessian_products_equal_the_whole_batch(mlp, spec):
+    """A loss split into mini-batches (weights n_b / N) has the whole batch's loss, gradient and
+    Hessian-vector products (every loss here is a mean over samples), computed one batch at a
+    time."""
+    from landscape.directions import gradient_direction
+    from landscape.scan_losses import BatchedLoss, make_closure
+
+    model, x, y = mlp
+    whole = make_loss(model, x, y, eps=0.1, **spec)
+    batched = make_closure(model, x, y, whole.spec, batch_size=5)  # 5 + 5 + 5 + 1: unequal weights
+    assert isinstance(batched, BatchedLoss) and [len(p.x) for p in batched.closures] == [5, 5, 5, 1]
+    with torch.no_grad():
+        assert float(batched(model)) == pytest.approx(float(whole(model)), rel=1e-12)
+    l1, g1 = gradient_direction(whole, model)
+    l2, g2 = gradient_direction(batched, model)
+    assert float(l2) == pytest.approx(float(l1), rel=1e-12)
+    torch.testing.assert_close(flatten(g2), flatten(g1), rtol=1e-10, atol=1e-12)
+    op1, op2 = HessianOperator(whole, model), HessianOperator(batched, model)
+    assert op2.grads is None  # no graph is held between products
+    v = torch.randn(op1.size, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    torch.testing.assert_close(op2.matvec(v), op1.matvec(v), rtol=1e-10, atol=1e-12)
+    top1 = hessian.top_eigenvalues(whole, model, k=2)
+    top2 = hessian.top_eigenvalues(batched, model, k=2)
+    np.testing.assert_allclose(top2.numpy(), top1.numpy(), rtol=1e-8)
+    assert make_closure(model, x, y, whole.spec, batch_size=16) is not None
+    assert not isinstance(make_closure(model, x, y, whole.spec, batch_size=16), BatchedLoss)
+
+
+@pytest.mark.slow
+def test_whole_split_hessian_in_minibatches_peaks_like_a_200_sample_one():
+    """The digits training split (1,437 samples) in batches of 200 needs at most 1.5x the memory of
+    a 200-sample Hessian (the peak RSS increment of the Hessian work, each in a fresh process,
+    ``benchmarks/hessian_memory.py``); in one batch it needs over twice as much, so the measurement
+    tells the two apart."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "hessian_memory.py"
+
+    def run(n: str, b: int) -> dict:
+        out = subprocess.run([sys.executable, str(script), "--child", "--n", n, "--b", str(b), "--steps", "3",
+                              "--trace", "1"], check=True, capture_output=True, text=True, timeout=600)
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    small, batched, whole = run("200", 0), run("all", 200), run("all", 0)
+    assert small["samples"] == 200 and batched["samples"] == whole["samples"] == 1437
+    assert batched["top"] == pytest.approx(whole["top"], rel=1e-4)
+    assert batched["increment_mib"] <= 1.5 * small["increment_mib"], (batched, small)
+    assert whole["increment_mib"] > 2.0 * small["increment_mib"], (whole, small)

@@ -302,5 +302,7 @@ def test_reproduce_runs_a_setting_of_its_own_methods_with_the_hessian(tmp_path, 
     for r in rows:
         assert r["verified_err"] is not None and r["hessian_top_eig"] is not None and math.isfinite(r["hessian_top_eig"])
     assert "top Hessian eig." in (out / "summary.md").read_text()
-    assert sorted(p.name for p in (out / "scans" / "digits_modern" / "seed0").glob("*.h5")) == sorted(
-        f"{m}_{k}.h5" for m in ("sabr", "mtl-ibp") for k in ("gradient", "random-1d", "random-2d"))
+    names = {p.name for p in (out / "scans" / "digits_modern" / "seed0").glob("*.h5")}
+    kinds = ("gradient", "random-1d", "random-2d", "hessian")  # and the PCA plane where the run has checkpoints
+    assert {f"{m}_{k}.h5" for m in ("sabr", "mtl-ibp") for k in kinds} <= names
+    assert names <= {f"{m}_{k}.h5" for m in ("sabr", "mtl-ibp") for k in (*kinds, "pca")}

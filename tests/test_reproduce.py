@@ -136,6 +136,11 @@ def test_seeds_give_bands_and_claims_with_their_spread(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output + repr(result.exception)
     assert (out / "runs" / "digits_eps0.1" / "seed1" / "tightest" / "checkpoint.pt").exists()
     assert (out / "figures" / "digits_eps0.1" / "seeds_probes.png").stat().st_size > 5000
+    figs = out / "figures" / "digits_eps0.1"
+    for stem in ("compare_gradient", "compare_verified_error_vs_eps"):  # drawn across the seeds
+        assert (figs / f"{stem}.png").stat().st_size > 5000, stem
+    table = (figs / "compare_verified_error.md").read_text()
+    assert "Mean over 2 seeds (0, 1)" in table
     summary = json.loads((out / "summary.json").read_text())
     agg = {r["method"]: r for r in summary["methods"]}
     assert agg["ibp"]["seeds"] == [0, 1] and agg["ibp"]["verified_err_std"] is not None

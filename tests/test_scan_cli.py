@@ -71,6 +71,12 @@ def test_every_kind(ckpts, tmp_path):
     d = store.read(out)
     loss = d["results"]["crown-ibp"]["loss"]
     np.testing.assert_allclose(d["coords"]["alpha"], [-0.5, 0, 0.5, 1.0, 1.5])
+    out11 = tmp_path / "i11.h5"  # 11 points miss 0 and 1: both are added
+    assert _run(["scan", a, "--kind", "interpolate", "--to", b, "--out", out11, "--points", "11", *COMMON]) == 0
+    d11 = store.read(out11)
+    assert len(d11["coords"]["alpha"]) == 13 and {0.0, 1.0} <= set(d11["coords"]["alpha"].tolist())
+    i0, i1 = (int(np.flatnonzero(d11["coords"]["alpha"] == v)[0]) for v in (0.0, 1.0))
+    assert d11["results"]["crown-ibp"]["loss"][i0] == loss[1] and d11["results"]["crown-ibp"]["loss"][i1] == loss[3]
     # alpha = 0 and 1 are the two checkpoints: compare with the gradient scans' t = 0 losses
     g1 = tmp_path / "g1.h5"
     assert _run(["scan", a, "--out", g1, "--points", "1", "--no-metrics", *COMMON]) == 0
@@ -78,6 +84,40 @@ def test_every_kind(ckpts, tmp_path):
     assert _run(["scan", b, "--out", g2, "--points", "1", "--no-metrics", *COMMON]) == 0
     assert loss[1] == pytest.approx(store.read(g1)["results"]["crown-ibp"]["loss"][0], rel=1e-5)
     assert loss[3] == pytest.approx(store.read(g2)["results"]["crown-ibp"]["loss"][0], rel=1e-5)
+
+
+def test_multi_method_gradient_scan_moves_each_along_its_own_gradient(ckpts, tmp_path):
+    """A 3-method gradient scan equals three single-method scans, label by label and field by
+    field; --direction-from METHOD moves all three along that method's gradient instead."""
+    _, b = ckpts
+    methods = ["ibp", "crown-ibp", "tightest"]
+    both = tmp_path / "all.h5"
+    assert _run(["scan", b, "--out", both, "--methods", ",".join(methods), "--points", "3", *COMMON]) == 0
+    d = store.read(both)
+    assert d["attrs"]["direction_from"] == "own"
+    for m in methods:
+        one = tmp_path / f"{m}.h5"
+        assert _run(["scan", b, "--out", one, "--methods", m, "--points", "3", *COMMON]) == 0
+        s = store.read(one)
+        for name, value in s["results"][m].items():
+            if isinstance(value, np.ndarray):
+                np.testing.assert_array_equal(d["results"][m][name], value, err_msg=f"{m} {name}")
+        key = "gradient" if m == methods[0] else f"gradient_{m}"
+        np.testing.assert_array_equal(d["arrays"][key], s["arrays"]["gradient"])
+
+    shared = tmp_path / "shared.h5"
+    assert _run(["scan", b, "--out", shared, "--methods", ",".join(methods), "--points", "3",
+                 "--direction-from", "crown-ibp", *COMMON]) == 0
+    sh = store.read(shared)
+    assert sh["attrs"]["direction_from"] == "crown-ibp"
+    np.testing.assert_array_equal(sh["arrays"]["gradient"], d["arrays"]["gradient_crown-ibp"])
+    np.testing.assert_array_equal(sh["results"]["crown-ibp"]["loss"], d["results"]["crown-ibp"]["loss"])
+    for m in ("ibp", "tightest"):  # another direction: other losses away from t = 0
+        assert sh["results"][m]["loss"][0] == d["results"][m]["loss"][0]
+        assert not np.array_equal(sh["results"][m]["loss"], d["results"][m]["loss"])
+    assert _run(["scan", b, "--out", tmp_path / "bad.h5", "--methods", "ibp,crown-ibp",
+                 "--direction-from", "cap", *COMMON]) == 1
+    assert not (tmp_path / "bad.h5").exists()
 
 
 def test_resume_after_a_killed_scan(ckpts, tmp_path, monkeypatch):
@@ -387,6 +427,52 @@ def test_hessian_scan_values_and_its_options(ckpts, tmp_path, capsys):
     assert not (tmp_path / "x.h5").exists()
 
 
+def test_hessian_scan_per_layer_interlaces_and_accumulates_minibatches(ckpts, tmp_path, capsys):
+    """Per-layer records on trained checkpoints: every layer's top eigenvalue is at most the whole
+    model's (Cauchy interlacing) and the layer traces add up to about the whole trace; a scan of
+    the whole split in mini-batches (--samples all --batch-size 30) gives the values of one batch."""
+    a, b = ckpts
+    for ckpt in (a, b):
+        out = tmp_path / f"h_{Path(ckpt).stem}.h5"
+        assert _run(["scan", ckpt, "--kind", "hessian", "--methods", "crown-ibp,ibp,clean", "--top-k", "2",
+                     "--trace-samples", "40", "--density-runs", "1", "--density-steps", "5", "--density-points", "20",
+                     *COMMON, "--out", out]) == 0
+        d = store.read(out)
+        for label, r in d["results"].items():
+            if label == "attrs":
+                continue
+            layers = r["layers"]
+            assert sorted(k for k in layers if k != "attrs") == ["2", "4", "6"]  # mlp: Linear at 2, 4, 6
+            top = r["eigenvalues"][0]
+            for name, rec in layers.items():
+                if name == "attrs":
+                    continue
+                assert rec["eigenvalues"].shape == (2,) and rec["eigenvalues"][0] >= rec["eigenvalues"][1]
+                assert rec["eigenvalues"][0] <= top + 1e-5 * abs(top), (label, name, rec["eigenvalues"][0], top)
+            total = sum(float(rec["trace"]) for n, rec in layers.items() if n != "attrs")
+            err = np.sqrt(sum(float(rec["trace_stderr"]) ** 2 for n, rec in layers.items() if n != "attrs"))
+            assert abs(total - r["attrs"]["trace"]) <= 5 * (err + r["attrs"]["trace_stderr"]) + 1e-6
+            sizes = sum(float(rec["size"]) for n, rec in layers.items() if n != "attrs")
+            assert sizes == (64 * 16 + 16) + (16 * 16 + 16) + (16 * 10 + 10)
+
+    one, mini = tmp_path / "one.h5", tmp_path / "mini.h5"
+    base = ["scan", b, "--kind", "hessian", "--methods", "crown-ibp", "--top-k", "2", "--trace-samples", "4",
+            "--density-runs", "1", "--density-steps", "5", "--density-points", "20", "--no-layers", "--quiet",
+            "--samples", "all"]
+    assert _run([*base, "--out", one]) == 0
+    assert _run([*base, "--batch-size", "30", "--out", mini]) == 0
+    r1, r2 = store.read(one), store.read(mini)
+    assert r2["attrs"]["samples"] == "all" and "layers" not in r2["results"]["crown-ibp"]
+    for key in ("loss", "eigenvalues"):
+        np.testing.assert_allclose(r2["results"]["crown-ibp"][key], r1["results"]["crown-ibp"][key], rtol=1e-4)
+    assert r2["results"]["crown-ibp"]["attrs"]["trace"] == pytest.approx(
+        r1["results"]["crown-ibp"]["attrs"]["trace"], rel=1e-4)
+    for bad, needle in ((["--samples", "many"], "--samples"), (["--samples", "0"], "--samples")):
+        assert _run([*base[:-2], *bad, "--out", tmp_path / "x.h5"]) == 1
+        assert needle in capsys.readouterr().err
+    assert not (tmp_path / "x.h5").exists()
+
+
 def test_hessian_scan_under_torchrun_splits_the_labels(ckpts, tmp_path):
     _, b = ckpts
     args = ["scan", b, "--kind", "hessian", "--methods", "clean,ibp,crown-ibp", *SPECTRUM, *COMMON]
@@ -418,3 +504,87 @@ def test_scan_hessian_flag_is_the_lanczos_top_eigenvalue(ckpts, tmp_path):
     fn = LossClosure(model, *select_samples(data, 16, "train", 0), LossSpec(kind="clean"))
     expected = float(top_eigenvalues(fn, model, k=1, seed=0, which="magnitude")[0])
     assert d["results"]["clean"]["attrs"]["hessian_top_eig"] == pytest.approx(expected, rel=1e-6)
+
+
+def test_error_fields_beside_the_loss(ckpts, tmp_path, capsys):
+    """--fields stores the clean, PGD and verified error at every point, equal to
+    train.evaluate.evaluate of the model there, ordered clean <= PGD <= verified; an
+    interpolation with verified_err answers at both checkpoints as certify does."""
+    from train.checkpoint import load_model
+    from train.data import load_dataset
+    from train.evaluate import evaluate
+    from landscape.scan_losses import select_samples
+
+    a, b = ckpts
+    out = tmp_path / "e.h5"
+    fields = "clean_err,pgd_err,verified_err"
+    assert _run(["scan", a, "--kind", "interpolate", "--to", b, "--out", out, "--points", "3", "--fields", fields,
+                 "--methods", "crown-ibp,clean", *COMMON]) == 0
+    d = store.read(out)
+    alpha = d["coords"]["alpha"]
+    assert alpha.tolist() == [-0.5, 0.0, 0.5, 1.0, 1.5]
+    r = d["results"]["crown-ibp"]
+    for f in fields.split(","):
+        assert r[f].shape == alpha.shape and np.isfinite(r[f]).all()
+        np.testing.assert_array_equal(r[f], d["results"]["clean"][f])  # the model's, whatever the loss
+    assert (r["clean_err"] <= r["pgd_err"]).all() and (r["pgd_err"] <= r["verified_err"]).all()
+    data = load_dataset("digits", train_size=100, test_size=20, seed=0)
+    x, y = select_samples(data, 16, "train", 0)
+    for i, ckpt in ((1, a), (3, b)):
+        model, _ = load_model(ckpt)
+        res = evaluate(model, x, y, 0.1, methods=["ibp", "crown-ibp"], pgd_steps=10, seed=0, progress=False)
+        for f in fields.split(","):
+            assert r[f][i] == pytest.approx(res[f], abs=1e-6), (f, i)
+
+    out2 = tmp_path / "e2.h5"
+    assert _run(["scan", b, "--kind", "random-2d", "--out", out2, "--points", "2", "--fields", "verified_err",
+                 "--verify-methods", "ibp", *COMMON]) == 0
+    r2 = store.read(out2)["results"]["crown-ibp"]
+    assert r2["verified_err"].shape == (2, 2) and "pgd_err" not in r2
+
+    out3 = tmp_path / "e3.h5"  # all three on a plane: the gap panel too
+    assert _run(["scan", b, "--kind", "random-2d", "--out", out3, "--points", "2", "--fields", fields, *COMMON]) == 0
+    figs = tmp_path / "figs"
+    assert _run(["plot", out, out2, out3, "--out", figs, "--format", "png"]) == 0
+    drawn = sorted(p.name for p in figs.glob("*_errors.png"))
+    assert len(drawn) == 3, drawn
+    for bad, needle in ((["--fields", "nope"], "--fields"), (["--fields", "verified_err", "--verify-methods", "x"],
+                                                            "--verify-methods")):
+        assert _run(["scan", b, "--kind", "random-1d", *bad, *COMMON, "--out", tmp_path / "x.h5"]) == 1
+        assert needle in capsys.readouterr().err
+    assert _run(["scan", b, "--kind", "gradient", "--fields", "clean_err", *COMMON, "--out", tmp_path / "x.h5"]) == 1
+    assert "--fields" in capsys.readouterr().err
+    assert not (tmp_path / "x.h5").exists()
+
+
+def test_pca_path_is_coloured_by_the_unstable_fraction_with_milestones(tmp_path, monkeypatch):
+    """plot with a PCA scan and its run's train.h5: the path's points carry the unstable fraction
+    of their checkpoint's step (mean over layers, from train.h5), and the eps ramp's milestones
+    are marked on the path."""
+    from figures import data, paths
+
+    stepped = tmp_path / "run"
+    assert _run(["train", "--dataset", "digits", "--model", "mlp", "--method", "crown-ibp", "--eps", "0.1",
+                 "--epochs", "2", "--batch-size", "50", "--train-size", "100", "--test-size", "20", "--eval-size", "0",
+                 "--eps-ramp-epochs", "1", "--checkpoint-every-steps", "1", "--out", stepped, "--quiet"]) == 0
+    out = tmp_path / "pca.h5"
+    assert _run(["scan", stepped / "checkpoint.pt", "--kind", "pca", "--out", out, "--points", "2", *COMMON]) == 0
+    scan, run = data.load(out), data.load(stepped / "train.h5")
+    (pair,) = paths.path_pairs([scan], [run])
+    kept = {}
+    monkeypatch.setattr(paths, "save", lambda fig, o, stem, formats=("png",): kept.setdefault(stem, fig) and [])
+    paths.plot_pca_paths([pair], tmp_path, "p", ("png",))
+    fig = kept["p"]
+    ax = fig.axes[0]
+    (points,) = [c for c in ax.collections if c.get_array() is not None]
+    steps = scan.path_steps[pair[1]]
+    assert steps.tolist() == [0.0, 1.0, 2.0, 3.0, 4.0, 4.0]  # the final checkpoint is the last epoch's
+    uf_steps, uf = paths.unstable_fraction(run)
+    want = [uf[0] if s < uf_steps[0] else float(np.interp(s, uf_steps, uf)) for s in steps]
+    np.testing.assert_allclose(np.asarray(points.get_array()), want, rtol=1e-6)
+    labels = [h.get_label() for h in fig.legends[0].legend_handles]
+    assert "ε reaches its final value" in labels, labels
+    monkeypatch.undo()
+    figs = tmp_path / "figs"
+    assert _run(["plot", out, stepped / "train.h5", "--out", figs, "--format", "png"]) == 0
+    assert list(figs.glob("*pca_path.png"))

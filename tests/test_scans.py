@@ -249,13 +249,19 @@ def test_each_scanned_loss_compares_with_its_own_gradient():
     first = lambda m: 0.5 * (h1 * m.w ** 2).sum()  # noqa: E731
     second = lambda m: 0.5 * (h2 * (m.w - c) ** 2).sum()  # noqa: E731
     model, lr, ts = _Quad(theta0), 0.1, [0.0, 0.5, 1.0, 3.0]
-    ev = evaluators.GradientEvaluator(model, [first, second], ts, lr, labels=["a", "b"])
-    out = ev(range(len(ts)))
+    for own in (False, True):
+        ev = evaluators.GradientEvaluator(model, [first, second], ts, lr, labels=["a", "b"], own_direction=own)
+        _check_two_quadratics(ev(range(len(ts))), own, theta0, h1, h2, c, ts, lr)
+    assert torch.equal(model.w.detach(), theta0)
+
+
+def _check_two_quadratics(out, own, theta0, h1, h2, c, ts, lr):
     g1 = h1 * theta0
     for label, h, shift in (("a", h1, 0.0), ("b", h2, c)):
         g0 = h * (theta0 - shift)
         for i, t in enumerate(ts):
-            th = theta0 - t * lr * g1  # both labels move along the FIRST loss's gradient
+            # shared: both labels move along the FIRST loss's gradient; own: each along its own
+            th = theta0 - t * lr * (g0 if own else g1)
             gt = h * (th - shift)
             v = out[i][label]
             assert v["loss"] == pytest.approx(float(0.5 * (h * (th - shift) ** 2).sum()), rel=1e-12)
@@ -266,7 +272,6 @@ def test_each_scanned_loss_compares_with_its_own_gradient():
                 assert math.isnan(v["smoothness"])
             else:
                 assert v["smoothness"] == pytest.approx(float((gt - g0).norm() / (th - theta0).norm()), rel=1e-10)
-    assert torch.equal(model.w.detach(), theta0)
 
 
 @pytest.mark.parametrize("method, slope, beta", [("crown-ibp", "zero", 0.5), ("cap", "same-slope", 1.0),
@@ -397,3 +402,56 @@ def test_fresh_slopes_move_along_the_steps_own_gradient(monkeypatch):
     probes.GradientProbe(every=1, t_values=[0.0, 1.0], fresh_slopes=False, sink=lambda g_, r: None).on_step(
         _probe_ctx(net, x, y, "tightest"))
     assert seen["direction"] is None  # without fresh slopes the step's loss is the probe's loss: its own gradient
+
+
+# ----------------------------------------------------------------------------- interpolation
+
+
+def _bn_net(seed: int) -> nn.Sequential:
+    """A tiny eval-mode network with BatchNorm whose running statistics differ per seed."""
+    torch.manual_seed(seed)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(16, 12), nn.BatchNorm1d(12), nn.ReLU(), nn.Linear(12, 4))
+    g = torch.Generator().manual_seed(seed + 100)
+    net[2].running_mean.copy_(torch.randn(12, generator=g))
+    net[2].running_var.copy_(0.2 + 2.0 * torch.rand(12, generator=g))
+    return net.eval()
+
+
+@pytest.mark.parametrize("kind", ["clean", "certified"])
+def test_interpolation_moves_batchnorm_statistics_and_hits_both_checkpoints(kind):
+    """With BatchNorm buffers interpolated, alpha = 0 and 1 are the two checkpoints exactly (their
+    own losses) and alpha = 0.5 is the network of averaged weights and averaged statistics; without
+    them alpha = 1 is not the second checkpoint (the test can fail), and the model is restored."""
+    a, b = _bn_net(0), _bn_net(1)
+    x, y = _batch(8)
+    loss = lambda m: make_loss(m, x, y, kind=kind, method="crown-ibp", eps=0.05)(m)  # noqa: E731
+    with torch.no_grad():
+        la, lb = float(loss(a)), float(loss(b))
+    theta1, theta2 = D.get_params(a), D.get_params(b)
+    buffers = {k: v.clone() for k, v in a.state_dict().items()}
+    alphas = scans.with_endpoints(np.linspace(-0.5, 1.5, 11))
+    assert 0.0 in alphas and 1.0 in alphas and len(alphas) == 13
+    res = scans.interpolate([loss], a, theta1, theta2, alphas, labels=["L"], model2=b)["L"]
+    assert res[list(alphas).index(0.0)] == pytest.approx(la, rel=1e-6)
+    assert res[list(alphas).index(1.0)] == pytest.approx(lb, rel=1e-6)
+    mid = _bn_net(0)
+    sa, sb = a.state_dict(), b.state_dict()
+    mid.load_state_dict({k: (sa[k] + 0.5 * (sb[k] - sa[k])) if sa[k].is_floating_point() else sa[k] for k in sa})
+    assert res[list(alphas).index(0.5)] == pytest.approx(float(loss(mid)), rel=1e-5)
+    for k, v in a.state_dict().items():
+        assert torch.equal(v, buffers[k]), k
+    old = scans.interpolate([loss], a, theta1, theta2, alphas, labels=["L"])["L"]  # weights only
+    assert abs(old[list(alphas).index(1.0)] - lb) > 1e-3
+
+
+def test_interpolation_grid_always_holds_both_checkpoints():
+    np.testing.assert_array_equal(scans.with_endpoints([0.25, 0.5]), [0.0, 0.25, 0.5, 1.0])
+    np.testing.assert_array_equal(scans.with_endpoints(np.linspace(-0.5, 1.5, 41)), np.linspace(-0.5, 1.5, 41))
+    got = scans.with_endpoints([-0.1, 1e-17, 0.9999999999999999, 2.0])
+    np.testing.assert_array_equal(got, [-0.1, 0.0, 1.0, 2.0])
+    running_var = torch.tensor([1.0, 0.1])
+    path = [(running_var, running_var.clone(), torch.tensor([-3.0, 1.0]), True)]
+    D.set_buffers(path, 1.0)
+    assert running_var.tolist() == [0.0, pytest.approx(1.1)]  # clamped at 0, never negative
+    D.set_buffers(path, 0.0)
+    assert running_var.tolist() == [1.0, pytest.approx(0.1)]

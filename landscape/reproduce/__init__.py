@@ -133,10 +133,16 @@ def draw(plan: Plan, out: Path, formats: Sequence[str] = ("png", "pdf"),
          records: dict[Path, Any] | None = None) -> list[Path]:
     """All figures and tables of every setting into ``out/figures/<setting>/``, from
     ``records`` (:func:`load_results`; read here when not given): every figure of the first
-    seed's runs, and with several seeds the probe statistics of every run as mean and band
-    across seeds (``seeds_*``)."""
+    seed's runs (2D losses on a log colour scale, so the region around each checkpoint is
+    resolved next to IBP's large corners). With several seeds those figures say which seed they
+    show, and ``compare_gradient``, ``compare_verified_error_vs_eps`` and
+    ``compare_verified_error.md/.tex`` are drawn again as the mean with a band or bars across
+    every seed, and the probe statistics of every run as mean and band (``seeds_*``)."""
     from figures.dispatch import plot_records
-    from figures.seeds import plot_seed_bands
+    from figures.records import CertifyResult, LineScan
+    from figures.seeds import plot_seed_bands, plot_seed_gradient, seed_certify_rows
+    from figures.style import context_note
+    from figures.tables import plot_error_vs_eps, write_tables
 
     if records is None:
         records = load_results(plan, out)
@@ -144,9 +150,26 @@ def draw(plan: Plan, out: Path, formats: Sequence[str] = ("png", "pdf"),
     for setting in plan.settings():
         mine = [records[p] for p in result_files(plan, out, setting, seeds=plan.seeds[:1]) if p in records]
         log(f"drawing {setting} ({len(mine)} files)")
-        files += plot_records(mine, out / "figures" / setting, formats)
-        if len(plan.seeds) > 1:
-            runs = [records[r.run_dir(out) / "train.h5"] for r in plan.runs
-                    if r.setting == setting and r.run_dir(out) / "train.h5" in records]
-            files += plot_seed_bands(runs, out / "figures" / setting, "seeds", formats)
+        where = out / "figures" / setting
+        if len(plan.seeds) < 2:
+            files += plot_records(mine, where, formats, log=True)
+            continue
+        with context_note(f"seed {plan.seeds[0]} of {len(plan.seeds)}"):
+            files += plot_records(mine, where, formats, log=True)
+        per_seed = [[records[p] for p in result_files(plan, out, setting, seeds=[s]) if p in records]
+                    for s in plan.seeds]
+        grads = [r for rs in per_seed for r in rs if isinstance(r, LineScan) and r.meta.kind == "gradient"]
+        files += plot_seed_gradient(grads, where, "compare_gradient", formats)
+        rows = seed_certify_rows([[row for r in rs if isinstance(r, CertifyResult) for row in r.rows]
+                                  for rs in per_seed])
+        if rows:
+            files += write_tables(rows, where, "compare_verified_error")
+            md = where / "compare_verified_error.md"
+            md.write_text(md.read_text() + f"\nMean over {max(r['n_seeds'] for r in rows)} seeds "
+                          f"({', '.join(map(str, plan.seeds))}); the standard deviations are the error bars of "
+                          "compare_verified_error_vs_eps.\n")
+            files += plot_error_vs_eps(rows, where, "compare_verified_error_vs_eps", formats)
+        runs = [records[r.run_dir(out) / "train.h5"] for r in plan.runs
+                if r.setting == setting and r.run_dir(out) / "train.h5" in records]
+        files += plot_seed_bands(runs, where, "seeds", formats)
     return files

@@ -143,8 +143,8 @@ def certify_run(run: RunPlan, out: Path, plan: Plan, data: Any) -> Path:
 
 
 def scan_run(run: RunPlan, out: Path, plan: Plan, data: Any) -> list[Path]:
-    """Gradient, random-1d and random-2d scans of the final model with the run's own certified
-    loss at eps_train (:func:`landscape.scan_runner.run_scan`; complete files are kept)."""
+    """Gradient, random-1d, random-2d, PCA (the run's epoch checkpoints) and Hessian scans of the
+    final model with the run's own certified loss at eps_train (:func:`landscape.scan_runner.run_scan`; complete files are kept)."""
     from landscape.scan_runner import ScanRequest, run_scan
     from landscape.store import ScanMismatchError
 
@@ -156,16 +156,33 @@ def scan_run(run: RunPlan, out: Path, plan: Plan, data: Any) -> list[Path]:
                   samples=setting.scan_samples, seed=0, device=plan.device, data=data, command="landscape reproduce",
                   compile=bool(run.config.get("compile", False)))
     r = setting.scan_range
-    for kind, points in (("gradient", setting.scan_points_gradient), ("random-1d", setting.scan_points_1d),
-                         ("random-2d", setting.scan_points_2d)):
+    kinds: list[tuple[str, dict]] = [
+        ("gradient", {"points": setting.scan_points_gradient}),
+        ("random-1d", {"points": setting.scan_points_1d, "range": (-r, r)}),
+        ("random-2d", {"points": setting.scan_points_2d, "range": (-r, r)}),
+        ("pca", {"points": setting.scan_points_2d}),  # the plane of the run's epoch checkpoints
+        ("hessian", dict(HESSIAN_WORK)),
+    ]
+    for kind, extra in kinds:
         path = scan_dir / f"{run.method}_{kind}.h5"
-        extra = {} if kind == "gradient" else {"range": (-r, r)}
-        request = ScanRequest(out=str(path), kind=kind, points=points, **extra, **common)
+        request = ScanRequest(out=str(path), kind=kind, **extra, **common)
         try:
-            run_scan(request, progress=False)
-        except ScanMismatchError:  # made by another version or plan: a derived file, so redo it
-            log(f"{path} was made with other settings; scanning again")
-            path.unlink()
-            run_scan(request, progress=False)
+            try:
+                run_scan(request, progress=False)
+            except ScanMismatchError:  # made by another version or plan: a derived file, so redo it
+                log(f"{path} was made with other settings; scanning again")
+                path.unlink()
+                run_scan(request, progress=False)
+        except ValueError as exc:
+            if kind != "pca":
+                raise
+            log(f"{run.key}: no PCA scan ({exc})")  # e.g. a run with a single checkpoint
+            continue
         written.append(path)
     return written
+
+
+HESSIAN_WORK = {"top_k": 5, "lanczos_steps": 30, "trace_samples": 30, "density_runs": 4, "density_steps": 30}
+"""The Hessian scan of each final model in ``reproduce``: fewer products than the scan's defaults
+(30 + 30 + 4 x 30 per loss and about 60 per layer), enough for the top eigenvalues, a trace with
+its error and a density shape."""
