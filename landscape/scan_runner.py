@@ -11,20 +11,18 @@ definitions in ``docs/scans.md``, file layout in ``docs/schema.md``.
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from bounds.compiled import check_cache
-from bounds.names import SCAN_KINDS, SCAN_LOSSES, SLOPES, TRAIN_METHODS
+from bounds.names import SCAN_KINDS, SCAN_LOSSES, TRAIN_METHODS
 from landscape import distributed, store
 from landscape.distributed import Context, barrier, exchange, shard
 from landscape.metrics import loss_variation
 from landscape.provenance import provenance
-from landscape.scans import check_float32_grid, parse_range
+from landscape.scans import parse_range
 
 __all__ = ["ScanRequest", "ScanOutcome", "run_scan", "fill_scan", "finish_scan", "Chunker", "parse_range"]
 Summaries = Callable[[store.ScanFile], Mapping[str, Mapping[str, Any]]]
@@ -212,57 +210,10 @@ class ScanRequest:
     data: Any = field(default=None, repr=False)
 
     def check(self) -> None:
-        """One ValueError naming the first bad option."""
-        if self.kind not in SCAN_KINDS:
-            raise ValueError(f"--kind: unknown scan kind {self.kind!r}; choose one of {', '.join(SCAN_KINDS)}")
-        if self.eps is not None and not (math.isfinite(self.eps) and self.eps >= 0):
-            raise ValueError(f"--eps: eps must be a finite number >= 0, got {self.eps}")
-        if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
-            raise ValueError(f"--lr: lr must be a finite number > 0, got {self.lr}")
-        if self.kind == "gradient":
-            check_float32_grid("--t-min/--t-max", float(self.t_min), float(self.t_max), positive=True)
-        if self.kind == "interpolate" and self.to_checkpoint is None:
-            raise ValueError("--kind interpolate needs --to CKPT2")
-        if self.kind != "interpolate" and self.to_checkpoint is not None:
-            raise ValueError("--to is only used with --kind interpolate")
-        if self.slope is not None and self.slope not in SLOPES:
-            raise ValueError(f"--slope: unknown slope {self.slope!r}; choose one of {', '.join(SLOPES)}")
-        if self.methods is not None and self.loss != "certified":
-            raise ValueError("give either --loss clean|pgd or --methods, not both")
-        from landscape.scan_losses import parse_samples
+        """One ValueError naming the first bad option (:func:`landscape.scan_checks.check_request`)."""
+        from landscape.scan_checks import check_request
 
-        self.samples = parse_samples(self.samples)
-        if self.batch_size is not None and int(self.batch_size) < 1:
-            raise ValueError(f"--batch-size: must be >= 1, got {self.batch_size}")
-        for name, value in (("samples", 1 if self.samples == "all" else self.samples), ("points", self.points or 1),
-                            ("pgd_steps", self.pgd_steps)):
-            if int(value) < 1:
-                raise ValueError(f"--{name.replace('_', '-')}: must be >= 1, got {value}")
-        if self.kind in ("random-2d", "pca") and self.points is not None and int(self.points) < 2:
-            raise ValueError(f"--points: a {self.kind} scan needs at least 2 points per axis, got {self.points}")
-        if self.fields is not None:
-            from landscape.evaluators import check_error_fields
-
-            self.fields = check_error_fields(self.fields, self.verify_methods, self.kind)
-        if self.direction_from is not None and self.kind != "gradient":
-            raise ValueError("--direction-from is only used with --kind gradient")
-        if self.kind != "pca" and (self.trajectory is not None or self.center):
-            raise ValueError("--trajectory and --center are only used with --kind pca")
-        spectrum = {k: v for k, v in self.spectrum_options().items() if v is not None}
-        if self.kind != "hessian" and spectrum:
-            raise ValueError(f"--{next(iter(spectrum)).replace('_', '-')} is only used with --kind hessian")
-        if self.kind == "hessian":
-            if self.hessian:
-                raise ValueError("--hessian adds the top eigenvalue to a grid scan; --kind hessian computes the "
-                                 "spectrum itself (drop --hessian)")
-            if self.points is not None or self.range is not None:
-                raise ValueError("--points and --range set a grid; --kind hessian has none (see --top-k)")
-            from landscape.spectrum import SpectrumOptions
-
-            SpectrumOptions(**spectrum)
-        parse_range(self.range, self.kind)
-        if self.compile:
-            check_cache()  # an unwritable cache fails now, before any file is made
+        check_request(self)
 
     def spectrum_options(self) -> dict[str, Any]:
         """The options of a Hessian scan as given (None: the default)."""
