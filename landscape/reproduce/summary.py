@@ -33,7 +33,9 @@ STATS = ("clean_err", "pgd_err", "verified_err", "verified_err_own", "bound_gap"
          "loss_variation", "loss_variation_last", "grad_cosine", "grad_cosine_t5", "grad_cosine_t5_last",
          "a_sign", "a_sign_last", "sign_flip", "sign_flip_last", "smoothness", "rga_cosine", "unstable_frac",
          "hessian_top_eig", "hessian_top_eig_last", "probes_final_eps", "train_seconds",
-         "selected_epoch", "selected_verified_err", "selected_clean_err")
+         "selected_epoch", "selected_verified_err", "selected_clean_err",
+         "exact_err", "attack_err", "timeouts", "exact_gap_ibp", "exact_gap_crown_ibp", "exact_gap_crown",
+         "exact_gap_crown_optimized")
 
 
 def result_files(plan: Plan, out: Path, setting: str, seeds: list[int] | None = None) -> list[Path]:
@@ -169,6 +171,19 @@ def summary_markdown(rows: list[dict], margins: dict | None = None) -> str:
             text += (f"| {r['setting']} | {r['method']} | {_fmt(r.get('selected_epoch'))} | "
                      f"{_fmt(r.get('selected_clean_err'), True, r.get('selected_clean_err_std'))} | "
                      f"{_fmt(r.get('selected_verified_err'), True, r.get('selected_verified_err_std'))} |\n")
+    exact = [r for r in agg if isinstance(r.get("exact_err"), float) and math.isfinite(r["exact_err"])]
+    if exact:
+        text += ("\nThe exact worst case (landscape/reproduce/exact.py: the first test samples decided by a MILP at "
+                 "eps_train): exact robust error beside the attack's, and each bound's mean gap to the exact minimum "
+                 "margin on the samples solved to optimality (lower = tighter).\n\n"
+                 "| setting | method | exact err. (%) | attack err. (%) | timeouts | gap IBP | gap CROWN-IBP | gap CROWN "
+                 "| gap CROWN, optimized slopes |\n|---|---|---:|---:|---:|---:|---:|---:|---:|\n")
+        for r in exact:
+            cells = [_fmt(r.get("exact_err"), True, r.get("exact_err_std")), _fmt(r.get("attack_err"), True,
+                     r.get("attack_err_std")), _fmt(r.get("timeouts"))]
+            cells += [_fmt(r.get(f"exact_gap_{b}"), False, r.get(f"exact_gap_{b}_std"))
+                      for b in ("ibp", "crown_ibp", "crown", "crown_optimized")]
+            text += f"| {r['setting']} | {r['method']} | " + " | ".join(cells) + " |\n"
     if rows and "seed" in rows[0]:
         text += "\n" + claims_markdown(rows, margins)
     notes = [f"- **{r['setting']}/{r['method']}**: {w}" for r in agg for w in r.get("warnings") or []]
