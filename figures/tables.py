@@ -191,7 +191,7 @@ def plot_tightness_vs_smoothness(
     stem: str,
     formats: Sequence[str] = ("png", "pdf"),
     x_label: str = "bound gap at ε_train on common models (lower = tighter)",
-    y_label: str = "loss variation ΔL along −∇L, mean of all probes (nats)",
+    y_label: str = "loss variation ΔL, mean of all probes (nats)",
     title: str = "Tightness versus smoothness (one point per method)",
 ) -> list[Path]:
     """Scatter of ``points`` (dicts with ``method, tightness, smoothness`` and optionally
