@@ -179,3 +179,16 @@ def test_margins_are_validated() -> None:
         Margins.from_dict({"gap": 0.1})
     with pytest.raises(ValueError, match="must be a finite number > 0"):
         Margins(verified_err=0.0)
+
+
+def test_a_claim_refuted_in_the_methods_favour_differs_favourably() -> None:
+    """Tightest tighter than CROWN-IBP beyond the margin: "as tight as" is not equivalent (below),
+    and the claim, with its smoothness parts holding, differs favourably instead of being called
+    contradicted; looser beyond the margin stays contradicted."""
+    tighter = _paper_rows(6, tight_gap=0.3, var_tight=0.05, verified_tight=0.50)
+    c3 = next(c for c in claims(tighter, "s") if c["claim"].startswith("C3"))
+    assert c3["parts"][0]["verdict"] == "not equivalent" and c3["parts"][0]["direction"] == "below"
+    assert all(p["verdict"] == "holds" for p in c3["parts"][1:])
+    assert c3["verdict"] == "differs favourably"
+    looser = _paper_rows(6, tight_gap=0.7, var_tight=0.05, verified_tight=0.50)
+    assert next(c for c in claims(looser, "s") if c["claim"].startswith("C3"))["verdict"] == "contradicted"

@@ -43,7 +43,9 @@ values), or None when no number would do (the mean points the other way, or sits
 margin).
 
 A claim *holds* when every part holds (directional) or is equivalent; it is *contradicted* when
-a part is contradicted or not equivalent; else it is *undecided*. Fewer than two seeds, or runs
+a part is contradicted or not equivalent above the margin (worse than claimed); it *differs
+favourably* when the only parts that fail are not equivalent below the margin (tighter, or a
+lower verified error, than claimed); else it is *undecided*. Fewer than two seeds, or runs
 with fewer than :data:`MIN_FINAL_PROBES` probes at the final eps, give no verdict ("undecided",
 with the reason).
 
@@ -263,11 +265,18 @@ def _final_probe_shortfall(rows: list[dict], setting: str) -> list[str]:
 
 
 def _claim(name: str, parts: list[dict]) -> dict[str, Any]:
+    """A claim's verdict from its parts. An equivalence part that is "not equivalent" below the
+    margin (tightest tighter, or with a lower verified error, beyond it) refutes the claim as
+    stated but in the method's favour: the claim then "differs favourably" unless another part
+    is contradicted."""
     verdicts = [p["verdict"] for p in parts]
+    better = [p["verdict"] == "not equivalent" and p.get("direction") == "below" for p in parts]
     if all(v in ("holds", "equivalent") for v in verdicts):
         verdict = "holds"
-    elif any(v in ("contradicted", "not equivalent") for v in verdicts):
+    elif any(v == "contradicted" or (v == "not equivalent" and not b) for v, b in zip(verdicts, better)):
         verdict = "contradicted"
+    elif all(v in ("holds", "equivalent") or b for v, b in zip(verdicts, better)):
+        verdict = "differs favourably"
     else:
         verdict = "undecided"
     return {"claim": name, "verdict": verdict, "parts": parts}
