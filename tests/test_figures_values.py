@@ -565,14 +565,14 @@ def test_reproduce_draws_tightness_vs_smoothness_from_the_summary_rows(tmp_path:
     """The figure plots summary.json's per-method means with their standard deviations across
     seeds as error bars, and its title says how many seeds."""
     from landscape.reproduce import draw_summary
-    from landscape.reproduce.plan import Plan, Setting
+    from landscape.reproduce.plan import Plan, RunPlan, Setting
 
     methods = [{"setting": "s", "method": "ibp", "seeds": [0, 1, 2], "bound_gap_common": 11.4,
                 "bound_gap_common_std": 2.0, "loss_variation": 0.0105, "loss_variation_std": 0.0015},
                {"setting": "s", "method": "tightest", "seeds": [0, 1, 2], "bound_gap_common": 0.41,
                 "bound_gap_common_std": 0.024, "loss_variation": 0.061, "loss_variation_std": 0.009}]
-    plan = Plan("p", "cpu", [], {"s": Setting("s", "p", tmp_path, {"dataset": "digits"})}, [0, 1, 2])
-    plan.runs = [type("R", (), {"setting": "s"})()]
+    runs = [RunPlan("s", m, {}, seed) for seed in (0, 1, 2) for m in ("ibp", "tightest")]
+    plan = Plan("p", "cpu", runs, {"s": Setting("s", "p", tmp_path, {"dataset": "digits"})}, [0, 1, 2])
     draw_summary(plan, tmp_path, ("png",), methods)
     (ax,) = drawn["compare_tightness_vs_smoothness"].axes
     assert "3 seeds" in ax.get_title()

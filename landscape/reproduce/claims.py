@@ -145,7 +145,7 @@ def _interval(m: float, se: float, n: int, level: float) -> tuple[float, float]:
 
 
 def _upper_tail(x: float, df: int) -> float:
-    """``P(T_df >= x)``, with the limits of a zero standard error."""
+    """``P(T_df >= x)`` (``x`` may be infinite: a zero standard error); NaN stays NaN."""
     if math.isnan(x):
         return float("nan")
     return float(stats.t.sf(x, df))
