@@ -179,6 +179,12 @@ def test_margins_are_validated() -> None:
         Margins.from_dict({"gap": 0.1})
     with pytest.raises(ValueError, match="must be a finite number > 0"):
         Margins(verified_err=0.0)
+    with pytest.raises(ValueError, match="must be a finite number > 0, got True"):  # YAML `true` is no margin
+        Margins.from_dict({"verified_err": True})
+    with pytest.raises(ValueError, match="got 'abc'"):
+        Margins.from_dict({"gap_relative": "abc"})
+    assert Margins.from_dict({"verified_err": 1}).verified_err == 1.0 and isinstance(
+        Margins.from_dict({"verified_err": 1}).verified_err, float)
 
 
 def test_a_claim_refuted_in_the_methods_favour_differs_favourably() -> None:

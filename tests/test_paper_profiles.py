@@ -181,3 +181,5 @@ def test_augmentation_of_non_images_is_refused() -> None:
         batch_augmenter(cfg, torch.zeros(5, 64), lambda s: s)
     x = torch.zeros(5, 64)
     assert batch_augmenter(TrainConfig(), x, lambda s: s)(x, 3) is x
+    with pytest.raises(ValueError, match="random_crop: 1000000 pixels of padding is more than the 8x8 images"):
+        batch_augmenter(TrainConfig(random_crop=1_000_000), torch.zeros(5, 1, 8, 8), lambda s: s)

@@ -59,4 +59,7 @@ def batch_augmenter(config: Any, inputs: torch.Tensor,
     if inputs.ndim != 4:
         raise ValueError(f"random_crop and random_flip augment images; dataset {config.dataset!r} has inputs of "
                          f"shape {tuple(inputs.shape[1:])}")
+    if pad > min(inputs.shape[2:]):  # a larger padding only adds blank images, at quadratic memory cost
+        raise ValueError(f"random_crop: {pad} pixels of padding is more than the {inputs.shape[2]}x{inputs.shape[3]} "
+                         f"images of dataset {config.dataset!r} have")
     return lambda xb, step: crop_and_flip(xb, pad, flip, torch.Generator().manual_seed(seed_of(step)))

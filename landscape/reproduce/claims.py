@@ -106,6 +106,7 @@ class Margins:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
                 raise ValueError(f"claims margin {name} must be a finite number > 0, got {v!r}")
+            object.__setattr__(self, name, float(v))
 
     @classmethod
     def from_dict(cls, data: Optional[dict]) -> "Margins":
@@ -113,7 +114,7 @@ class Margins:
         unknown = sorted(set(data) - {"verified_err", "gap_relative"})
         if unknown:
             raise ValueError(f"unknown claims margin {unknown[0]!r} (known: verified_err, gap_relative)")
-        return cls(**{k: float(v) for k, v in data.items()})
+        return cls(**data)
 
 
 def paired(rows: list[dict], setting: str, a: str, b: str, key: str) -> np.ndarray:
