@@ -53,7 +53,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Callable
+from collections.abc import Callable
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # run as a script, this folder would shadow the packages (benchmarks/bounds.py)
@@ -167,11 +167,15 @@ def lirpa_step(model, x, eps: float, C, method: str) -> Callable:
     from auto_LiRPA import BoundedModule, BoundedTensor, PerturbationLpNorm
 
     bounded = BoundedModule(model, torch.zeros_like(x[:1]), device=x.device.type)
-    ptb = PerturbationLpNorm(norm=float("inf"), eps=eps, x_L=(x - eps).clamp(0, 1), x_U=(x + eps).clamp(0, 1))
+    ptb = PerturbationLpNorm(
+        norm=float("inf"), eps=eps, x_L=(x - eps).clamp(0, 1), x_U=(x + eps).clamp(0, 1)
+    )
     zeros = torch.zeros(x.shape[0], dtype=torch.long)
 
     def step():
-        lb, _ = bounded.compute_bounds(x=(BoundedTensor(x, ptb),), C=C, method=method, bound_upper=False)
+        lb, _ = bounded.compute_bounds(
+            x=(BoundedTensor(x, ptb),), C=C, method=method, bound_upper=False
+        )
         z = torch.cat([torch.zeros_like(lb[:, :1]), -lb], 1)
         loss = F.cross_entropy(z, zeros)
         loss.backward()
@@ -205,8 +209,17 @@ def run_steps(args) -> dict:
             continue
 
         def step(method=method, slope=slope, fused=fused, comp=comp):
-            loss = robust_cross_entropy(model, x, y, eps, method, slope, fused=fused, compile=comp,
-                                        generator=torch.Generator().manual_seed(0))
+            loss = robust_cross_entropy(
+                model,
+                x,
+                y,
+                eps,
+                method,
+                slope,
+                fused=fused,
+                compile=comp,
+                generator=torch.Generator().manual_seed(0),
+            )
             loss.backward()
             return loss
 
@@ -219,13 +232,22 @@ def run_steps(args) -> dict:
             for ours, name in LIRPA.items():
                 fns[f"auto_LiRPA {ours}"] = lirpa_step(model, x, eps, C, name)
     except ImportError as exc:
-        notes.append(f"auto_LiRPA not importable ({exc}): its rows are skipped (see --lirpa-python)")
+        notes.append(
+            f"auto_LiRPA not importable ({exc}): its rows are skipped (see --lirpa-python)"
+        )
     with torch.no_grad():
         values = {}
         for k, fn in fns.items():
             with torch.enable_grad():
                 values[k] = float(fn().detach())
-    out = {"load_before": load(), "data": source, "batch": args.batch, "eps": eps, "values": values, "notes": notes}
+    out = {
+        "load_before": load(),
+        "data": source,
+        "batch": args.batch,
+        "eps": eps,
+        "values": values,
+        "notes": notes,
+    }
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         out.update(timed(fns, args.repeats, lambda: model.zero_grad(set_to_none=True)))
@@ -235,21 +257,29 @@ def run_steps(args) -> dict:
 
 def fmt_steps(r: dict) -> str:
     w, c = r["wall"], r["cpu"]
-    lines = [f"\n## 1. steps: dm-small, batch {r['batch']} ({r['data']}), eps {r['eps']}, loss + backward, lower bounds only",
-             f"{r['load_before']} (before), {r['load_after']} (after)",
-             f"natural step: {w['natural'] * 1e3:.1f} ms wall, {c['natural'] * 1e3:.1f} ms CPU",
-             "ratios: of best-of times (wall, cpu) and the median of per-round ratios (paired)",
-             f"{'step':30s} {'ms':>8s} {'x natural':>10s} {'(cpu)':>7s} {'(paired)':>9s} {'vs auto_LiRPA':>14s} "
-             f"{'(cpu)':>7s} {'(paired)':>9s} {'loss':>9s}"]
+    lines = [
+        f"\n## 1. steps: dm-small, batch {r['batch']} ({r['data']}), eps {r['eps']}, "
+        "loss + backward, lower bounds only",
+        f"{r['load_before']} (before), {r['load_after']} (after)",
+        f"natural step: {w['natural'] * 1e3:.1f} ms wall, {c['natural'] * 1e3:.1f} ms CPU",
+        "ratios: of best-of times (wall, cpu) and the median of per-round ratios (paired)",
+        f"{'step':30s} {'ms':>8s} {'x natural':>10s} {'(cpu)':>7s} {'(paired)':>9s} {'vs auto_LiRPA':>14s} "
+        f"{'(cpu)':>7s} {'(paired)':>9s} {'loss':>9s}",
+    ]
     for k in w:
         if k == "natural":
             continue
         base = k.replace(" compiled", "")
         lir = f"auto_LiRPA {base}"
-        vs = (f"{w[k] / w[lir]:14.2f} {c[k] / c[lir]:7.2f} {paired(r, k, lir):9.2f}"
-              if lir in w and not k.startswith("auto") else f"{'':14s} {'':7s} {'':9s}")
-        lines.append(f"{k:30s} {w[k] * 1e3:8.1f} {w[k] / w['natural']:10.2f} {c[k] / c['natural']:7.2f} "
-                     f"{paired(r, k, 'natural'):9.2f} {vs} {r['values'][k]:9.4f}")
+        vs = (
+            f"{w[k] / w[lir]:14.2f} {c[k] / c[lir]:7.2f} {paired(r, k, lir):9.2f}"
+            if lir in w and not k.startswith("auto")
+            else f"{'':14s} {'':7s} {'':9s}"
+        )
+        lines.append(
+            f"{k:30s} {w[k] * 1e3:8.1f} {w[k] / w['natural']:10.2f} {c[k] / c['natural']:7.2f} "
+            f"{paired(r, k, 'natural'):9.2f} {vs} {r['values'][k]:9.4f}"
+        )
     lines += [f"note: {n}" for n in r["notes"]]
     return "\n".join(lines)
 
@@ -307,10 +337,15 @@ def paper_loss(model, x, y, eps: float, lower_d: list | None = None):
     c = eye[y].unsqueeze(1) - eye.unsqueeze(0)
     keep = y.unsqueeze(1) != torch.arange(n).unsqueeze(0)
     c = c[keep].view(x.shape[0], n - 1, n)
-    others = torch.arange(n - 1).unsqueeze(0) + (torch.arange(n - 1).unsqueeze(0) >= y.unsqueeze(1)).long()
+    others = (
+        torch.arange(n - 1).unsqueeze(0)
+        + (torch.arange(n - 1).unsqueeze(0) >= y.unsqueeze(1)).long()
+    )
     model(norm=float("inf"), x_U=x + eps, x_L=x - eps, eps=eps, C=c, method_opt="interval_range")
     kw = {} if lower_d is None else {"lower_d_list2": lower_d}
-    _, _, lb, _ = model(norm=float("inf"), x_U=x + eps, x_L=x - eps, eps=eps, C=c, method_opt="backward_range", **kw)
+    _, _, lb, _ = model(
+        norm=float("inf"), x_U=x + eps, x_L=x - eps, eps=eps, C=c, method_opt="backward_range", **kw
+    )
     full = torch.zeros(x.shape[0], n, dtype=x.dtype).scatter(1, others, lb)
     return F.cross_entropy(-full, y)
 
@@ -342,8 +377,10 @@ def run_paper(args) -> dict:
     crown = {k: False for k in ("same-slope", "zero-lb", "one-lb", "binary", "ours", "uniform")}
     theirs_c = paper_model(ours, model_defs, bound_layers, dict(crown))
     theirs_t = paper_model(ours, model_defs, bound_layers, dict(crown, ours=True))
-    opts = {name: torch.optim.Adam(m.parameters(), lr=5e-4) for name, m in
-            (("ours", ours), ("paper_c", theirs_c), ("paper_t", theirs_t))}
+    opts = {
+        name: torch.optim.Adam(m.parameters(), lr=5e-4)
+        for name, m in (("ours", ours), ("paper_c", theirs_c), ("paper_t", theirs_t))
+    }
     state = {k: [p.detach().clone() for p in o.param_groups[0]["params"]] for k, o in opts.items()}
 
     def with_adam(key: str, loss_fn):
@@ -357,13 +394,24 @@ def run_paper(args) -> dict:
                 for p, p0 in zip(opt.param_groups[0]["params"], state[key]):
                     p.copy_(p0)
             return loss
+
         return step
 
     def ours_loss(slope, comp=False):
         def fn():
             F.cross_entropy(ours(x), y)  # the clean forward of a training step
-            return robust_cross_entropy(ours, x, y, eps, "crown-ibp", slope, domain=None, compile=comp,
-                                        generator=torch.Generator().manual_seed(0))
+            return robust_cross_entropy(
+                ours,
+                x,
+                y,
+                eps,
+                "crown-ibp",
+                slope,
+                domain=None,
+                compile=comp,
+                generator=torch.Generator().manual_seed(0),
+            )
+
         return fn
 
     fns = {
@@ -371,7 +419,9 @@ def run_paper(args) -> dict:
         "crown-ibp (ours)": with_adam("ours", ours_loss("adaptive")),
         "crown-ibp (paper code)": with_adam("paper_c", lambda: paper_loss(theirs_c, x, y, eps)),
         "tightest (ours)": with_adam("ours", ours_loss("tightest")),
-        "tightest (paper code)": with_adam("paper_t", lambda: paper_tightest_loss(theirs_t, x, y, eps)),
+        "tightest (paper code)": with_adam(
+            "paper_t", lambda: paper_tightest_loss(theirs_t, x, y, eps)
+        ),
     }
     if not args.no_compile:
         fns["crown-ibp (ours, compiled)"] = with_adam("ours", ours_loss("adaptive", True))
@@ -385,18 +435,24 @@ def run_paper(args) -> dict:
 
 def fmt_paper(r: dict) -> str:
     w, c = r["wall"], r["cpu"]
-    lines = [f"\n## 2. the paper code's setting: model_small, batch 80 ({r['data']}), eps {r['eps']}, unclipped box, "
-             "clean forward + loss + backward + Adam step",
-             f"{r['load_before']} (before), {r['load_after']} (after)"]
+    lines = [
+        f"\n## 2. the paper code's setting: model_small, batch 80 ({r['data']}), eps {r['eps']}, unclipped box, "
+        "clean forward + loss + backward + Adam step",
+        f"{r['load_before']} (before), {r['load_after']} (after)",
+    ]
     for k in w:
-        lines.append(f"{k:28s} {w[k] * 1e3:8.1f} ms  {w[k] / w['natural (ours)']:6.2f}x natural "
-                     f"({c[k] / c['natural (ours)']:5.2f}x cpu)  loss {r['values'][k]:.4f}")
+        lines.append(
+            f"{k:28s} {w[k] * 1e3:8.1f} ms  {w[k] / w['natural (ours)']:6.2f}x natural "
+            f"({c[k] / c['natural (ours)']:5.2f}x cpu)  loss {r['values'][k]:.4f}"
+        )
     for m in ("crown-ibp", "tightest"):
         for ours in (f"{m} (ours)", f"{m} (ours, compiled)"):
             if ours in w:
                 b = f"{m} (paper code)"
-                lines.append(f"{ours:28s} / paper code = {w[ours] / w[b]:.2f} wall, {c[ours] / c[b]:.2f} cpu, "
-                             f"{paired(r, ours, b):.2f} paired")
+                lines.append(
+                    f"{ours:28s} / paper code = {w[ours] / w[b]:.2f} wall, {c[ours] / c[b]:.2f} cpu, "
+                    f"{paired(r, ours, b):.2f} paired"
+                )
     return "\n".join(lines)
 
 
@@ -414,14 +470,25 @@ def run_compile(args) -> dict:
     x, y = x_all[: args.batch], y_all[: args.batch]
     model = build("dm-small", mean, std)
     out = {"load_before": load()}
-    for label, method, slope in (("ibp", "ibp", None), ("crown-ibp", "crown-ibp", "adaptive"),
-                                 ("tightest", "crown-ibp", "tightest")):
+    for label, method, slope in (
+        ("ibp", "ibp", None),
+        ("crown-ibp", "crown-ibp", "adaptive"),
+        ("tightest", "crown-ibp", "tightest"),
+    ):
         times = []
         for _ in range(3):
             model.zero_grad(set_to_none=True)
             t0 = time.perf_counter()
-            robust_cross_entropy(model, x, y, args.eps, method, slope, compile=True,
-                                 generator=torch.Generator().manual_seed(0)).backward()
+            robust_cross_entropy(
+                model,
+                x,
+                y,
+                args.eps,
+                method,
+                slope,
+                compile=True,
+                generator=torch.Generator().manual_seed(0),
+            ).backward()
             times.append(time.perf_counter() - t0)
         out[label] = {"first": times[0], "steady": min(times[1:])}
     from torch._dynamo.utils import counters
@@ -432,11 +499,17 @@ def run_compile(args) -> dict:
 
 
 def fmt_compile(cold: dict, warm: dict) -> str:
-    lines = ["\n## 3. compile time (compile=True, dm-small, batch 256): first step in a fresh process",
-             f"cold: {cold['load_before']}; warm: {warm['load_before']}",
-             f"{'step':10s} {'empty cache':>14s} {'warm cache':>12s} {'steady step':>12s}   (seconds; compile = first - steady)"]
+    lines = [
+        "\n## 3. compile time (compile=True, dm-small, batch 256): first step in a fresh process",
+        f"cold: {cold['load_before']}; warm: {warm['load_before']}",
+        f"{'step':10s} {'empty cache':>14s} {'warm cache':>12s} {'steady step':>12s}"
+        "   (seconds; compile = first - steady)",
+    ]
     for k in ("ibp", "crown-ibp", "tightest"):
-        lines.append(f"{k:10s} {cold[k]['first']:14.1f} {warm[k]['first']:12.1f} {min(cold[k]['steady'], warm[k]['steady']):12.2f}")
+        lines.append(
+            f"{k:10s} {cold[k]['first']:14.1f} {warm[k]['first']:12.1f} "
+            f"{min(cold[k]['steady'], warm[k]['steady']):12.2f}"
+        )
     lines.append(f"inductor FX-graph cache, cold: {cold['cache']}, warm: {warm['cache']}")
     return "\n".join(lines)
 
@@ -444,7 +517,16 @@ def fmt_compile(cold: dict, warm: dict) -> str:
 # ----------------------------------------------------------------------------- 4. extras
 
 
-EXTRA_SLOPES = ("adaptive", "zero", "one", "same-slope", "uniform", "binary", "optimized", "tightest")
+EXTRA_SLOPES = (
+    "adaptive",
+    "zero",
+    "one",
+    "same-slope",
+    "uniform",
+    "binary",
+    "optimized",
+    "tightest",
+)
 
 
 def loss_configs() -> list[tuple[str, str, object]]:
@@ -463,7 +545,14 @@ def certified_losses(model, x, y, eps: float, cfgs, opt_steps: int) -> dict:
     with torch.no_grad():
         for method, slope, fused in cfgs:
             loss = robust_cross_entropy(
-                model, x, y, eps, method, slope, fused=fused, opt_steps=opt_steps,
+                model,
+                x,
+                y,
+                eps,
+                method,
+                slope,
+                fused=fused,
+                opt_steps=opt_steps,
                 generator=torch.Generator().manual_seed(0),
             )
             out[f"{method}|{slope}|{fused}"] = float(loss)
@@ -485,7 +574,9 @@ def train_ibp(model, x_all, y_all, eps: float, steps: int, batch: int) -> float:
         idx = torch.randint(0, x_all.shape[0], (batch,), generator=g)
         e = eps * (step + 1) / steps
         xb, yb = x_all[idx], y_all[idx]
-        loss = 0.5 * F.cross_entropy(model(xb), yb) + 0.5 * robust_cross_entropy(model, xb, yb, e, "ibp")
+        loss = 0.5 * F.cross_entropy(model(xb), yb) + 0.5 * robust_cross_entropy(
+            model, xb, yb, e, "ibp"
+        )
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -512,12 +603,23 @@ def tightest_stats(n_nets: int, seed: int = 0) -> dict:
     from bounds import robust_cross_entropy
 
     g = torch.Generator().manual_seed(seed)
-    res = {f: {"vs_start": 0, "vs_adaptive": 0, "ties_start": 0, "sample_vs_start": [0, 0], "sample_vs_adaptive": [0, 0]}
-           for f in ("unfused", "fused")}
+    res = {
+        f: {
+            "vs_start": 0,
+            "vs_adaptive": 0,
+            "ties_start": 0,
+            "sample_vs_start": [0, 0],
+            "sample_vs_adaptive": [0, 0],
+        }
+        for f in ("unfused", "fused")
+    }
     for i in range(n_nets):
         torch.manual_seed(seed * 100003 + i)
         d = int(torch.randint(2, 9, (1,), generator=g))
-        widths = [int(torch.randint(4, 33, (1,), generator=g)) for _ in range(int(torch.randint(1, 4, (1,), generator=g)))]
+        widths = [
+            int(torch.randint(4, 33, (1,), generator=g))
+            for _ in range(int(torch.randint(1, 4, (1,), generator=g)))
+        ]
         n = int(torch.randint(2, 6, (1,), generator=g))
         layers: list[nn.Module] = []
         prev = d
@@ -531,8 +633,12 @@ def tightest_stats(n_nets: int, seed: int = 0) -> dict:
         with torch.no_grad():
             for fused, key in ((False, "unfused"), (True, "fused")):
                 kw = dict(eps=eps, method="crown-ibp", fused=fused, reduction="none")
-                start = robust_cross_entropy(model, x, y, slope="uniform", generator=torch.Generator().manual_seed(i), **kw)
-                tight = robust_cross_entropy(model, x, y, slope="tightest", generator=torch.Generator().manual_seed(i), **kw)
+                start = robust_cross_entropy(
+                    model, x, y, slope="uniform", generator=torch.Generator().manual_seed(i), **kw
+                )
+                tight = robust_cross_entropy(
+                    model, x, y, slope="tightest", generator=torch.Generator().manual_seed(i), **kw
+                )
                 adapt = robust_cross_entropy(model, x, y, slope="adaptive", **kw)
                 r = res[key]
                 r["vs_start"] += int(tight.mean() < start.mean())
@@ -545,11 +651,9 @@ def tightest_stats(n_nets: int, seed: int = 0) -> dict:
     return {"n_nets": n_nets, **res}
 
 
-
 def run_extras(args) -> dict:
     """The MLP's crown/cap steps, certified losses at initialisation and after a short IBP
     training, and the tightest-slope statistics over random networks."""
-    import torch
     import torch.nn.functional as F
 
     from bounds import robust_cross_entropy
@@ -559,9 +663,20 @@ def run_extras(args) -> dict:
     x, y = x_all[: args.batch], y_all[: args.batch]
     mlp = build("mlp", mean, std, widths=(128, 128))
     fns = {"natural": lambda: F.cross_entropy(mlp(x), y).backward()}
-    for method, slope in (("ibp", None), ("crown-ibp", "adaptive"), ("crown", "adaptive"), ("cap", None)):
-        fns[method] = lambda m=method, s=slope: robust_cross_entropy(mlp, x, y, args.eps, m, s).backward()
-    out = {"load_before": load(), "data": source, "mlp": timed(fns, max(2, args.repeats // 3), lambda: mlp.zero_grad())}
+    for method, slope in (
+        ("ibp", None),
+        ("crown-ibp", "adaptive"),
+        ("crown", "adaptive"),
+        ("cap", None),
+    ):
+        fns[method] = lambda m=method, s=slope: robust_cross_entropy(
+            mlp, x, y, args.eps, m, s
+        ).backward()
+    out = {
+        "load_before": load(),
+        "data": source,
+        "mlp": timed(fns, max(2, args.repeats // 3), lambda: mlp.zero_grad()),
+    }
     model = build("dm-small", mean, std)
     le, cfgs = 0.02, loss_configs()
     out["loss_init"] = certified_losses(model, x, y, le, cfgs, 20)
@@ -576,22 +691,34 @@ def run_extras(args) -> dict:
 
 def fmt_extras(r: dict) -> str:
     w, c = r["mlp"]["wall"], r["mlp"]["cpu"]
-    lines = ["\n## 4. extras", f"{r['load_before']} (before), {r['load_after']} (after)",
-             "MLP (128, 128), loss + backward: " + ", ".join(
-                 f"{k} {w[k] / w['natural']:.1f}x ({c[k] / c['natural']:.1f}x cpu)" for k in w if k != "natural"),
-             f"mean certified loss, dm-small, eps 0.02: init -> after 60 IBP steps (clean train acc "
-             f"{r['acc_trained']:.3f}; IBP-unstable ReLUs {r['unstable_init']:.3f} -> {r['unstable_trained']:.3f})"]
+    lines = [
+        "\n## 4. extras",
+        f"{r['load_before']} (before), {r['load_after']} (after)",
+        "MLP (128, 128), loss + backward: "
+        + ", ".join(
+            f"{k} {w[k] / w['natural']:.1f}x ({c[k] / c['natural']:.1f}x cpu)"
+            for k in w
+            if k != "natural"
+        ),
+        f"mean certified loss, dm-small, eps 0.02: init -> after 60 IBP steps (clean train acc "
+        f"{r['acc_trained']:.3f}; IBP-unstable ReLUs {r['unstable_init']:.3f} -> {r['unstable_trained']:.3f})",
+    ]
     for key in r["loss_init"]:
         method, slope, fused = key.split("|")
-        lines.append(f"{method:10s} {slope:11s} fused={fused:5s} {r['loss_init'][key]:9.4f} -> {r['loss_trained'][key]:9.4f}")
+        lines.append(
+            f"{method:10s} {slope:11s} fused={fused:5s} {r['loss_init'][key]:9.4f} -> {r['loss_trained'][key]:9.4f}"
+        )
     t = r["tightest"]
-    lines.append(f"tightest vs its random start and vs adaptive (crown-ibp), {t['n_nets']} random MLPs")
+    lines.append(
+        f"tightest vs its random start and vs adaptive (crown-ibp), {t['n_nets']} random MLPs"
+    )
     for key in ("unfused", "fused"):
         s = t[key]
         lines.append(
             f"{key:8s} nets with lower mean loss: vs start {s['vs_start']}/{t['n_nets']} (ties {s['ties_start']}), "
             f"vs adaptive {s['vs_adaptive']}/{t['n_nets']}; samples: vs start {s['sample_vs_start'][0]}/"
-            f"{s['sample_vs_start'][1]}, vs adaptive {s['sample_vs_adaptive'][0]}/{s['sample_vs_adaptive'][1]}")
+            f"{s['sample_vs_start'][1]}, vs adaptive {s['sample_vs_adaptive'][0]}/{s['sample_vs_adaptive'][1]}"
+        )
     return "\n".join(lines)
 
 
@@ -618,15 +745,35 @@ def main(argv=None) -> int:
     p.add_argument("--eps", type=float, default=0.1)
     p.add_argument("--repeats", type=int, default=9)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--no-compile", action="store_true", help="skip the compiled steps and the compile times")
-    p.add_argument("--lirpa-python", help="interpreter of an environment with auto_LiRPA installed (section 1)")
-    p.add_argument("--paper-code", help="checkout of the paper's repository (section 2; skipped without it)")
-    p.add_argument("--extras", action="store_true", help="also the MLP crown/cap steps, losses and tightest statistics")
+    p.add_argument(
+        "--no-compile", action="store_true", help="skip the compiled steps and the compile times"
+    )
+    p.add_argument(
+        "--lirpa-python", help="interpreter of an environment with auto_LiRPA installed (section 1)"
+    )
+    p.add_argument(
+        "--paper-code", help="checkout of the paper's repository (section 2; skipped without it)"
+    )
+    p.add_argument(
+        "--extras",
+        action="store_true",
+        help="also the MLP crown/cap steps, losses and tightest statistics",
+    )
     p.add_argument("--json", help="write the raw results here")
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    args.passthrough = ["--allocator", args.allocator, "--batch", str(args.batch), "--eps", str(args.eps),
-                        "--repeats", str(args.repeats), "--threads", str(args.threads)]
+    args.passthrough = [
+        "--allocator",
+        args.allocator,
+        "--batch",
+        str(args.batch),
+        "--eps",
+        str(args.eps),
+        "--repeats",
+        str(args.repeats),
+        "--threads",
+        str(args.threads),
+    ]
     if args.no_compile:
         args.passthrough.append("--no-compile")
     if args.paper_code:

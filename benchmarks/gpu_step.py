@@ -21,7 +21,7 @@ import statistics
 import sys
 import time
 import warnings
-from typing import Callable
+from collections.abc import Callable
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
@@ -48,7 +48,11 @@ def main() -> None:
         sys.exit("Error: no CUDA GPU visible (run with --device cpu for a smoke test)")
     torch.manual_seed(0)
     mean, std = (0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616)
-    model = build_model("cnn7", input_shape=(3, 32, 32), n_classes=10, mean=mean, std=std).to(dev).train()
+    model = (
+        build_model("cnn7", input_shape=(3, 32, 32), n_classes=10, mean=mean, std=std)
+        .to(dev)
+        .train()
+    )
     gen = torch.Generator().manual_seed(0)
     x = torch.rand(args.batch, 3, 32, 32, generator=gen).to(dev)
     y = torch.randint(0, 10, (args.batch,), generator=gen).to(dev)
@@ -68,10 +72,14 @@ def main() -> None:
             loss = robust_cross_entropy(model, x, y, eps, method, slope, domain=(0.0, 1.0))
             loss.backward()
             return loss
+
         return step
 
-    fns: dict[str, Callable] = {"natural": natural, "ibp": engine("ibp", None),
-                                "crown-ibp": engine("crown-ibp", "adaptive")}
+    fns: dict[str, Callable] = {
+        "natural": natural,
+        "ibp": engine("ibp", None),
+        "crown-ibp": engine("crown-ibp", "adaptive"),
+    }
     notes = []
     try:
         with warnings.catch_warnings():
@@ -79,16 +87,21 @@ def main() -> None:
             from auto_LiRPA import BoundedModule, BoundedTensor, PerturbationLpNorm
 
             bounded = BoundedModule(model, torch.zeros_like(x[:1]), device=dev.type)
-            ptb = PerturbationLpNorm(norm=float("inf"), eps=eps, x_L=(x - eps).clamp(0, 1), x_U=(x + eps).clamp(0, 1))
+            ptb = PerturbationLpNorm(
+                norm=float("inf"), eps=eps, x_L=(x - eps).clamp(0, 1), x_U=(x + eps).clamp(0, 1)
+            )
             C = margin_spec(y, 10)
             zeros = torch.zeros(x.shape[0], dtype=torch.long, device=dev)
 
             def lirpa(method: str) -> Callable:
                 def step():
-                    lb, _ = bounded.compute_bounds(x=(BoundedTensor(x, ptb),), C=C, method=method, bound_upper=False)
+                    lb, _ = bounded.compute_bounds(
+                        x=(BoundedTensor(x, ptb),), C=C, method=method, bound_upper=False
+                    )
                     loss = F.cross_entropy(torch.cat([torch.zeros_like(lb[:, :1]), -lb], 1), zeros)
                     loss.backward()
                     return loss
+
                 return step
 
             fns["auto_LiRPA ibp"] = lirpa("IBP")
@@ -113,7 +126,9 @@ def main() -> None:
             rounds[k].append(time.perf_counter() - t0)
     ms = {k: 1e3 * statistics.median(v) for k, v in rounds.items()}
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
-    print(f"CNN7 (BatchNorm), CIFAR-10-shaped batch {args.batch}, eps {eps:.4g}, on {name}, torch {torch.__version__}")
+    print(
+        f"CNN7 (BatchNorm), CIFAR-10-shaped batch {args.batch}, eps {eps:.4g}, on {name}, torch {torch.__version__}"
+    )
     print(f"{'step':24s} {'ms (median)':>12s} {'x natural':>10s} {'loss':>10s}")
     for k in fns:
         print(f"{k:24s} {ms[k]:12.2f} {ms[k] / ms['natural']:10.2f} {values[k]:10.4f}")
@@ -122,7 +137,11 @@ def main() -> None:
             print(f"{k}: auto_LiRPA / engine = {ms[f'auto_LiRPA {k}'] / ms[k]:.2f}")
     for n in notes:
         print("note:", n)
-    print(json.dumps({"device": name, "batch": args.batch, "ms": ms, "values": values, "notes": notes}))
+    print(
+        json.dumps(
+            {"device": name, "batch": args.batch, "ms": ms, "values": values, "notes": notes}
+        )
+    )
 
 
 if __name__ == "__main__":

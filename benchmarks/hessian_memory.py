@@ -37,7 +37,9 @@ def child(args: argparse.Namespace) -> dict:
     torch.manual_seed(0)
     data = load_dataset("digits")
     spec = data.spec
-    model = build_model(args.model, spec.input_shape, spec.n_classes, list(spec.mean), list(spec.std)).eval()
+    model = build_model(
+        args.model, spec.input_shape, spec.n_classes, list(spec.mean), list(spec.std)
+    ).eval()
     n = "all" if args.n == "all" else int(args.n)
     x, y = select_samples(data, n, "train", 0)
     loss = LossSpec(kind="certified", method=args.method, eps=0.1, domain=(0.0, 1.0))
@@ -46,13 +48,34 @@ def child(args: argparse.Namespace) -> dict:
     top = float(top_eigenvalues(fn, model, k=1, iters=args.steps, seed=0)[0])
     trace = hessian_trace(fn, model, samples=args.trace, seed=1).mean
     after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"samples": int(x.shape[0]), "batch": args.b or int(x.shape[0]), "top": top, "trace": trace,
-            "peak_mib": after / 1024, "increment_mib": (after - before) / 1024}
+    return {
+        "samples": int(x.shape[0]),
+        "batch": args.b or int(x.shape[0]),
+        "top": top,
+        "trace": trace,
+        "peak_mib": after / 1024,
+        "increment_mib": (after - before) / 1024,
+    }
 
 
 def measure(n: str, b: int, args: argparse.Namespace) -> dict:
-    cmd = [sys.executable, __file__, "--child", "--n", str(n), "--b", str(b), "--model", args.model,
-           "--method", args.method, "--steps", str(args.steps), "--trace", str(args.trace)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child",
+        "--n",
+        str(n),
+        "--b",
+        str(b),
+        "--model",
+        args.model,
+        "--method",
+        args.method,
+        "--steps",
+        str(args.steps),
+        "--trace",
+        str(args.trace),
+    ]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -72,10 +95,15 @@ def main() -> None:
         return
     rows = [measure("200", 0, args), measure("all", 200, args), measure("all", 0, args)]
     for r in rows:
-        print(f"{r['samples']:5d} samples, batches of {r['batch']:5d}: peak {r['peak_mib']:7.1f} MiB, "
-              f"increment {r['increment_mib']:7.1f} MiB (top {r['top']:.4g}, trace {r['trace']:.4g})")
-    print(f"ratio of increments, all in batches of 200 / 200: {rows[1]['increment_mib'] / max(rows[0]['increment_mib'], 1e-9):.2f}; "
-          f"peaks: {rows[1]['peak_mib'] / rows[0]['peak_mib']:.2f}")
+        print(
+            f"{r['samples']:5d} samples, batches of {r['batch']:5d}: peak {r['peak_mib']:7.1f} MiB, "
+            f"increment {r['increment_mib']:7.1f} MiB (top {r['top']:.4g}, trace {r['trace']:.4g})"
+        )
+    print(
+        f"ratio of increments, all in batches of 200 / 200: "
+        f"{rows[1]['increment_mib'] / max(rows[0]['increment_mib'], 1e-9):.2f}; "
+        f"peaks: {rows[1]['peak_mib'] / rows[0]['peak_mib']:.2f}"
+    )
 
 
 if __name__ == "__main__":

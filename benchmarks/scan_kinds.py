@@ -72,19 +72,29 @@ def main() -> None:
     model, ckpt = load_model(args.checkpoint)
     model.eval()
     cfg = ckpt["config"]
-    data = load_dataset(cfg["dataset"], train_size=cfg.get("train_size"), test_size=cfg.get("test_size"),
-                        seed=int(cfg.get("seed", 0)))
+    data = load_dataset(
+        cfg["dataset"],
+        train_size=cfg.get("train_size"),
+        test_size=cfg.get("test_size"),
+        seed=int(cfg.get("seed", 0)),
+    )
     x, y = select_samples(data, args.samples, "train", 0)
     domain = run_domain(cfg, DATASETS[cfg["dataset"]])
-    print(f"{args.checkpoint}: {cfg.get('model')} on {cfg['dataset']}, {sum(p.numel() for p in model.parameters())} "
-          f"parameters, {args.samples} samples, 1 thread, CPU seconds")
+    print(
+        f"{args.checkpoint}: {cfg.get('model')} on {cfg['dataset']}, {sum(p.numel() for p in model.parameters())} "
+        f"parameters, {args.samples} samples, 1 thread, CPU seconds"
+    )
     n = args.points**2
-    print(f"| loss | one evaluation (ms) | pca {args.points}x{args.points} (s) | pca / evaluation | pca setup (s) | "
-          "grid point / evaluation | hessian (s) | hessian / evaluation |")
+    print(
+        f"| loss | one evaluation (ms) | pca {args.points}x{args.points} (s) | pca / evaluation | pca setup (s) | "
+        "grid point / evaluation | hessian (s) | hessian / evaluation |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for method in args.methods.split(","):
         common = dict(checkpoint=args.checkpoint, methods=[method], samples=args.samples, data=data)
-        spec = ScanRequest(out="unused", **common).loss_specs(cfg, float(cfg.get("eps", 0.0)), domain)[0]
+        spec = ScanRequest(out="unused", **common).loss_specs(
+            cfg, float(cfg.get("eps", 0.0)), domain
+        )[0]
         loss = LossClosure(model, x, y, spec)
 
         def evaluate() -> None:
@@ -96,8 +106,10 @@ def main() -> None:
         setup_s = _scan_seconds(kind="pca", points=1, **common)
         hessian_s = _scan_seconds(kind="hessian", **common)
         point = (pca_s - setup_s) / max(n - 1, 1)
-        print(f"| {method} | {1e3 * eval_s:.2f} | {pca_s:.2f} | {pca_s / eval_s:.0f} | {setup_s:.2f} | "
-              f"{point / eval_s:.2f} | {hessian_s:.1f} | {hessian_s / eval_s:.0f} |")
+        print(
+            f"| {method} | {1e3 * eval_s:.2f} | {pca_s:.2f} | {pca_s / eval_s:.0f} | {setup_s:.2f} | "
+            f"{point / eval_s:.2f} | {hessian_s:.1f} | {hessian_s / eval_s:.0f} |"
+        )
 
 
 if __name__ == "__main__":

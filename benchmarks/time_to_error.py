@@ -35,14 +35,14 @@ import time
 if sys.path and os.path.abspath(sys.path[0] or ".") == os.path.dirname(os.path.abspath(__file__)):
     sys.path.pop(0)
 
-import torch  # noqa: E402
+import torch
 
-from train.config import TrainConfig, run_domain  # noqa: E402
-from train.data import load_dataset  # noqa: E402
-from train.evaluate import evaluate, metric_key  # noqa: E402
-from train.loop import build_for_config, make_optimizer  # noqa: E402
-from train.objective import certified_loss  # noqa: E402
-from train.schedules import Schedule  # noqa: E402
+from train.config import TrainConfig, run_domain
+from train.data import load_dataset
+from train.evaluate import evaluate, metric_key
+from train.loop import build_for_config, make_optimizer
+from train.objective import certified_loss
+from train.schedules import Schedule
 
 
 def train_arm(cfg: TrainConfig, data, recipe: bool, epochs: int, test_size: int, log) -> list[dict]:
@@ -63,28 +63,53 @@ def train_arm(cfg: TrainConfig, data, recipe: bool, epochs: int, test_size: int,
         model.train()
         c0, w0 = time.process_time(), time.perf_counter()
         for b in range(spe):
-            idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
+            idx = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
             v = sched.values(step)
             for g in opt.param_groups:
                 g["lr"] = v["lr"]
             fused = cfg.fused_at(v["eps"])
             fused_steps += bool(fused)
             opt.zero_grad(set_to_none=True)
-            loss, _ = certified_loss(model, data.train_x[idx], data.train_y[idx], v["eps"], method="crown-ibp",
-                                     beta=v["beta"], kappa=v["kappa"], fused=fused, domain=domain)
+            loss, _ = certified_loss(
+                model,
+                data.train_x[idx],
+                data.train_y[idx],
+                v["eps"],
+                method="crown-ibp",
+                beta=v["beta"],
+                kappa=v["kappa"],
+                fused=fused,
+                domain=domain,
+            )
             loss.backward()
             opt.step()
             step += 1
         cpu += time.process_time() - c0
         wall += time.perf_counter() - w0
         model.eval()
-        ev = evaluate(model, x_test, y_test, cfg.eps, methods=["crown-ibp"], pgd_steps=0, domain=domain,
-                      progress=False)
-        rec = {"epoch": epoch + 1, "cpu": cpu, "wall": wall, "verified_err": ev[metric_key("crown-ibp")],
-               "clean_err": ev["clean_err"], "fused_steps": fused_steps}
-        log(f"{'recipe' if recipe else 'full':6s} epoch {epoch + 1:3d}: train {cpu:7.1f} s CPU {wall:7.1f} s wall, "
+        ev = evaluate(
+            model,
+            x_test,
+            y_test,
+            cfg.eps,
+            methods=["crown-ibp"],
+            pgd_steps=0,
+            domain=domain,
+            progress=False,
+        )
+        rec = {
+            "epoch": epoch + 1,
+            "cpu": cpu,
+            "wall": wall,
+            "verified_err": ev[metric_key("crown-ibp")],
+            "clean_err": ev["clean_err"],
+            "fused_steps": fused_steps,
+        }
+        log(
+            f"{'recipe' if recipe else 'full':6s} epoch {epoch + 1:3d}: train {cpu:7.1f} s CPU {wall:7.1f} s wall, "
             f"verified {100 * rec['verified_err']:5.1f} %, clean {100 * rec['clean_err']:5.1f} %, "
-            f"fused steps {fused_steps}")
+            f"fused steps {fused_steps}"
+        )
         out.append(rec)
     return out
 
@@ -95,13 +120,20 @@ def first_at(records: list[dict], target: float) -> dict | None:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--dataset", default="fashion-mnist")
     p.add_argument("--model", default="mlp")
     p.add_argument("--train-size", type=int, default=5000)
     p.add_argument("--test-size", type=int, default=1000)
     p.add_argument("--epochs", type=int, default=20)
-    p.add_argument("--extra-epochs", type=int, default=5, help="More epochs the recipe may take to reach the target.")
+    p.add_argument(
+        "--extra-epochs",
+        type=int,
+        default=5,
+        help="More epochs the recipe may take to reach the target.",
+    )
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--eps", type=float, default=0.1)
     p.add_argument("--lr", type=float, default=None)
@@ -110,32 +142,60 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
 
-    cfg = TrainConfig(dataset=args.dataset, model=args.model, method="crown-ibp", eps=args.eps, epochs=args.epochs,
-                      batch_size=args.batch_size, lr=args.lr, seed=args.seed, train_size=args.train_size,
-                      test_size=args.test_size)
-    data = load_dataset(cfg.dataset, train_size=cfg.train_size, test_size=cfg.test_size, seed=cfg.seed)
+    cfg = TrainConfig(
+        dataset=args.dataset,
+        model=args.model,
+        method="crown-ibp",
+        eps=args.eps,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        train_size=args.train_size,
+        test_size=args.test_size,
+    )
+    data = load_dataset(
+        cfg.dataset, train_size=cfg.train_size, test_size=cfg.test_size, seed=cfg.seed
+    )
 
     def log(line: str) -> None:
         print(line, flush=True)
 
-    log(f"# {cfg.dataset} ({len(data.train_x)} train, {min(args.test_size, len(data.test_x))} test), {cfg.model}, "
+    log(
+        f"# {cfg.dataset} ({len(data.train_x)} train, {min(args.test_size, len(data.test_x))} test), {cfg.model}, "
         f"eps {cfg.eps}, {cfg.epochs} epochs (ramp {cfg.eps_start_epoch:g} -> "
-        f"{cfg.eps_start_epoch + cfg.eps_ramp_epochs:g}), batch {cfg.batch_size}, {args.threads} thread(s)")
+        f"{cfg.eps_start_epoch + cfg.eps_ramp_epochs:g}), batch {cfg.batch_size}, {args.threads} thread(s)"
+    )
     full = train_arm(cfg, data, False, cfg.epochs, args.test_size, log)
-    recipe = train_arm(cfg.replace(fused_ramp=True), data, True, cfg.epochs + args.extra_epochs, args.test_size, log)
+    recipe = train_arm(
+        cfg.replace(fused_ramp=True),
+        data,
+        True,
+        cfg.epochs + args.extra_epochs,
+        args.test_size,
+        log,
+    )
     target = full[-1]["verified_err"]
     a, b = first_at(full, target), first_at(recipe, target)
     log(f"\ntarget: the full arm's final CROWN-IBP verified error, {100 * target:.1f} %")
     log(f"full   reaches it after epoch {a['epoch']}: {a['cpu']:.1f} s CPU, {a['wall']:.1f} s wall")
     at_end = recipe[cfg.epochs - 1]
-    log(f"recipe after {cfg.epochs} epochs: verified {100 * at_end['verified_err']:.1f} %, "
-        f"{at_end['cpu']:.1f} s CPU ({at_end['cpu'] / full[-1]['cpu']:.2f}x the full arm's {cfg.epochs} epochs)")
+    log(
+        f"recipe after {cfg.epochs} epochs: verified {100 * at_end['verified_err']:.1f} %, "
+        f"{at_end['cpu']:.1f} s CPU ({at_end['cpu'] / full[-1]['cpu']:.2f}x the full arm's {cfg.epochs} epochs)"
+    )
     if b is None:
-        log(f"recipe does not reach it within {cfg.epochs + args.extra_epochs} epochs "
-            f"(best {100 * min(r['verified_err'] for r in recipe):.1f} %)")
+        log(
+            f"recipe does not reach it within {cfg.epochs + args.extra_epochs} epochs "
+            f"(best {100 * min(r['verified_err'] for r in recipe):.1f} %)"
+        )
     else:
-        log(f"recipe reaches it after epoch {b['epoch']}: {b['cpu']:.1f} s CPU, {b['wall']:.1f} s wall")
-        log(f"ratio recipe / full: {b['cpu'] / a['cpu']:.2f} (CPU), {b['wall'] / a['wall']:.2f} (wall)")
+        log(
+            f"recipe reaches it after epoch {b['epoch']}: {b['cpu']:.1f} s CPU, {b['wall']:.1f} s wall"
+        )
+        log(
+            f"ratio recipe / full: {b['cpu'] / a['cpu']:.2f} (CPU), {b['wall'] / a['wall']:.2f} (wall)"
+        )
 
 
 if __name__ == "__main__":

@@ -37,19 +37,23 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import os
-from typing import Callable, Iterator, Optional
+from collections.abc import Callable, Iterator
 
 import torch
 
 ENV_VAR = "LANDSCAPE_COMPILE_CACHE"
 
-_KERNELS: dict[str, "Kernels"] = {}
-_ACTIVE: contextvars.ContextVar[Optional["Kernels"]] = contextvars.ContextVar("bounds_active_kernels", default=None)
+_KERNELS: dict[str, Kernels] = {}
+_ACTIVE: contextvars.ContextVar[Kernels | None] = contextvars.ContextVar(
+    "bounds_active_kernels", default=None
+)
 
 
 def cache_dir() -> str:
     """Where compiled code is kept: ``$LANDSCAPE_COMPILE_CACHE``, else ``~/.cache/landscape/compile``."""
-    return os.environ.get(ENV_VAR) or os.path.join(os.path.expanduser("~"), ".cache", "landscape", "compile")
+    return os.environ.get(ENV_VAR) or os.path.join(
+        os.path.expanduser("~"), ".cache", "landscape", "compile"
+    )
 
 
 def configure_cache() -> str:
@@ -60,7 +64,11 @@ def configure_cache() -> str:
 
     current = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
     # inductor writes its default into the variable itself once it has looked it up
-    if os.environ.get(ENV_VAR) or not current or os.path.abspath(current) == os.path.abspath(default_cache_dir()):
+    if (
+        os.environ.get(ENV_VAR)
+        or not current
+        or os.path.abspath(current) == os.path.abspath(default_cache_dir())
+    ):
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache_dir()
     os.makedirs(os.environ["TORCHINDUCTOR_CACHE_DIR"], exist_ok=True)
 
@@ -80,8 +88,10 @@ def check_cache() -> str:
             pass
     except OSError as exc:
         where = os.environ.get("TORCHINDUCTOR_CACHE_DIR") or cache_dir()
-        raise ValueError(f"--compile: cannot write the compile cache {where} ({exc.strerror or exc}); set "
-                         f"{ENV_VAR} to a writable folder") from None
+        raise ValueError(
+            f"--compile: cannot write the compile cache {where} ({exc.strerror or exc}); set "
+            f"{ENV_VAR} to a writable folder"
+        ) from None
     return folder
 
 
@@ -120,7 +130,9 @@ def relu_step_backward(A, a, s, t, G, g, need_A: bool, need_a: bool, need_s: boo
 ROWS_UNROLLED = 32
 
 
-def relu_step_backward_rows(A, a, s, t, G, g, need_A: bool, need_a: bool, need_s: bool, need_t: bool):
+def relu_step_backward_rows(
+    A, a, s, t, G, g, need_A: bool, need_a: bool, need_s: bool, need_t: bool
+):
     """:func:`relu_step_backward` written row by row (``S = A.shape[1]`` small, e.g. 9 margins).
 
     In :func:`relu_step_backward` the element-wise ``dA`` (over ``[B, S, N]``) and the sums over
@@ -189,7 +201,9 @@ def upper_line_backward(l, u, s, den, gs, gt):
         gs = torch.zeros_like(s)
     if gt is None:
         return k * s * gs, k * (1 - s) * gs
-    return k * s * torch.addcmul(gs, gt, u, value=-1.0), k * (1 - s) * torch.addcmul(gs, gt, l, value=-1.0)
+    return k * s * torch.addcmul(gs, gt, u, value=-1.0), k * (1 - s) * torch.addcmul(
+        gs, gt, l, value=-1.0
+    )
 
 
 # ----------------------------------------------------------------------------- the kernels
@@ -225,7 +239,7 @@ def _like(flat: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return flat.as_strided(like.shape, like.stride())
 
 
-def _in_layout(g: Optional[torch.Tensor], like: torch.Tensor) -> Optional[torch.Tensor]:
+def _in_layout(g: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor | None:
     """``g`` (same shape as ``like``, any strides) as a 1-D tensor in ``like``'s memory order."""
     if g is None:
         return None
@@ -259,7 +273,9 @@ class Kernels:
         kernel = self._relu_bwd_rows if 0 < A.shape[1] <= ROWS_UNROLLED else self._relu_bwd
         return _run(kernel, *(_plain(v) for v in (A, a, s, t, G, g)), *need)
 
-    def __getitem__(self, i: int):  # (forward, backward) as :class:`bounds.linear._ReluStep` calls them
+    def __getitem__(
+        self, i: int
+    ):  # (forward, backward) as :class:`bounds.linear._ReluStep` calls them
         return (self.relu_forward, self.relu_backward)[i]
 
     def interval_forward(self, c, r):
@@ -283,13 +299,13 @@ class Kernels:
         return _like(dl, l), _like(du, l)
 
 
-def active() -> Optional[Kernels]:
+def active() -> Kernels | None:
     """The kernels the engine made active for the relaxation policies (None: eager)."""
     return _ACTIVE.get()
 
 
 @contextlib.contextmanager
-def activated(k: Optional[Kernels]) -> Iterator[None]:
+def activated(k: Kernels | None) -> Iterator[None]:
     """Make ``k`` the active kernels inside the block (None keeps the eager path)."""
     token = _ACTIVE.set(k)
     try:
@@ -298,7 +314,7 @@ def activated(k: Optional[Kernels]) -> Iterator[None]:
         _ACTIVE.reset(token)
 
 
-def kernels(enabled: bool) -> Optional[Kernels]:
+def kernels(enabled: bool) -> Kernels | None:
     """The compiled kernels (created, and the cache configured, on first use), or None."""
     if not enabled:
         return None

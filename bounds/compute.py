@@ -32,22 +32,30 @@ found slopes as constants.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Callable, Optional, Sequence, Union
 
 import torch
 from torch import nn
 
 from bounds import compiled, slope_search
 from bounds.interval import IntervalResult, ibp, input_box
-from bounds.memory import check_crown_memory
 from bounds.linear import backward_bound
+from bounds.memory import check_crown_memory
 from bounds.names import SEARCHED_SLOPES, engine_method
 from bounds.network import LayerOp, affine_layers_before, layer_ops, plain, relu_indices, shape_at
 from bounds.relaxations import POLICIES, Relaxation, with_lower_slope
 from bounds.spec import (
-    check_beta, check_C, check_domain, check_eps, check_method_slope, check_opt, check_x, margin_ce, margin_spec,
+    check_beta,
+    check_C,
+    check_domain,
+    check_eps,
+    check_method_slope,
+    check_opt,
+    check_x,
+    margin_ce,
+    margin_spec,
 )
 
 #: elements of one backward-pass coefficient tensor per chunk of identity rows (crown's
@@ -70,9 +78,9 @@ class BoundResult:
     lower: torch.Tensor
     upper: torch.Tensor
     preact: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
-    slopes: Optional[list[torch.Tensor]] = None
-    upper_slopes: Optional[list[torch.Tensor]] = None
-    lower_A: Optional[torch.Tensor] = None
+    slopes: list[torch.Tensor] | None = None
+    upper_slopes: list[torch.Tensor] | None = None
+    lower_A: torch.Tensor | None = None
 
     @cached_property
     def counts(self) -> list[dict[str, int]]:
@@ -108,9 +116,9 @@ class Prepared:
     ibp: IntervalResult
     preact: dict[int, tuple[torch.Tensor, torch.Tensor]]
     relax: dict[int, Relaxation]
-    kernels: Optional[compiled.Kernels] = None
+    kernels: compiled.Kernels | None = None
 
-    def detached(self) -> "Prepared":
+    def detached(self) -> Prepared:
         """A copy cut from the autograd graph (and made of normal tensors under inference mode)."""
         return Prepared(
             [op.detached() for op in self.ops],
@@ -123,11 +131,13 @@ class Prepared:
         )
 
     def final_pass(
-        self, A: torch.Tensor, relax: Optional[dict[int, Relaxation]] = None
+        self, A: torch.Tensor, relax: dict[int, Relaxation] | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Lower bound ``[B, S]`` of ``A . f`` and input coefficients, with ``relax`` (default: static)."""
         relax = self.relax if relax is None else relax
-        return backward_bound(self.ops, len(self.ops), A, relax, self.center, self.radius, self.kernels)
+        return backward_bound(
+            self.ops, len(self.ops), A, relax, self.center, self.radius, self.kernels
+        )
 
 
 def _layer_bounds(
@@ -138,7 +148,7 @@ def _layer_bounds(
     radius: torch.Tensor,
     l_ibp: torch.Tensor,
     u_ibp: torch.Tensor,
-    kernels: Optional[compiled.Kernels] = None,
+    kernels: compiled.Kernels | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """CROWN bounds ``(l, u)`` ``[B, *shape]`` of the input of ReLU op ``k``, intersected with the
     IBP bounds ``l_ibp, u_ibp``.
@@ -170,22 +180,26 @@ def _layer_bounds(
     low, up = torch.cat(lows, 1), torch.cat(ups, 1)
     low = torch.maximum(low, l_flat[:, idx])
     up = torch.minimum(up, u_flat[:, idx])
-    return l_flat.index_copy(1, idx, low).reshape(l_ibp.shape), u_flat.index_copy(1, idx, up).reshape(u_ibp.shape)
+    return l_flat.index_copy(1, idx, low).reshape(l_ibp.shape), u_flat.index_copy(
+        1, idx, up
+    ).reshape(u_ibp.shape)
 
 
 def prepare(
     ops: list[LayerOp],
     x: torch.Tensor,
-    eps: Union[float, torch.Tensor],
-    domain: Optional[tuple[float, float]],
+    eps: float | torch.Tensor,
+    domain: tuple[float, float] | None,
     method: str,
     slope: str,
-    C: Optional[torch.Tensor],
-    generator: Optional[torch.Generator],
-    kernels: Optional[compiled.Kernels] = None,
+    C: torch.Tensor | None,
+    generator: torch.Generator | None,
+    kernels: compiled.Kernels | None = None,
 ) -> Prepared:
     """Input box, IBP, intermediate bounds (IBP or CROWN by ``method``) and static relaxations."""
-    with compiled.activated(kernels):  # the compiled upper line for the policies (bounds/compiled.py)
+    with compiled.activated(
+        kernels
+    ):  # the compiled upper line for the policies (bounds/compiled.py)
         return _prepare(ops, x, eps, domain, method, slope, C, generator, kernels)
 
 
@@ -215,7 +229,7 @@ def _prepare(ops, x, eps, domain, method, slope, C, generator, kernels) -> Prepa
 def final_relaxations(
     prep: Prepared,
     slope: str,
-    objective: Optional[Callable[[Prepared, dict[int, Relaxation]], torch.Tensor]],
+    objective: Callable[[Prepared, dict[int, Relaxation]], torch.Tensor] | None,
     opt_steps: int,
     opt_lr: float,
 ) -> dict[int, Relaxation]:
@@ -224,7 +238,10 @@ def final_relaxations(
     ``objective(detached_prep, relax) -> scalar loss`` (minimised / sign-followed)."""
     if slope not in SEARCHED_SLOPES or not prep.relax:
         return prep.relax
-    with torch.inference_mode(False), torch.enable_grad():  # the search reuses prepare's upper lines
+    with (
+        torch.inference_mode(False),
+        torch.enable_grad(),
+    ):  # the search reuses prepare's upper lines
         det = prep.detached()
 
         def obj(relax: dict[int, Relaxation]) -> torch.Tensor:
@@ -242,7 +259,7 @@ def final_relaxations(
 
 
 def _default_objective(
-    slope: str, loss_fn: Optional[Callable], C: torch.Tensor
+    slope: str, loss_fn: Callable | None, C: torch.Tensor
 ) -> Callable[[Prepared, dict[int, Relaxation]], torch.Tensor]:
     """Loss of the lower bounds minimised by the slope search."""
 
@@ -260,18 +277,18 @@ def _default_objective(
 def bounds_from(
     ops: list[LayerOp],
     x: torch.Tensor,
-    eps: Union[float, torch.Tensor],
+    eps: float | torch.Tensor,
     method: str,
     slope: str,
-    C: Optional[torch.Tensor],
+    C: torch.Tensor | None,
     beta: float,
-    domain: Optional[tuple[float, float]],
-    loss_fn: Optional[Callable] = None,
+    domain: tuple[float, float] | None,
+    loss_fn: Callable | None = None,
     opt_steps: int = 20,
     opt_lr: float = 0.1,
-    generator: Optional[torch.Generator] = None,
+    generator: torch.Generator | None = None,
     need_upper: bool = True,
-    search_C: Optional[torch.Tensor] = None,
+    search_C: torch.Tensor | None = None,
     compile: bool = False,
 ) -> BoundResult:
     """The engine behind :func:`compute_bounds`, on validated arguments.
@@ -325,17 +342,17 @@ def bounds_from(
 def compute_bounds(
     model: nn.Module,
     x: torch.Tensor,
-    eps: Union[float, torch.Tensor],
+    eps: float | torch.Tensor,
     method: str = "crown-ibp",
-    slope: Optional[str] = None,
-    C: Optional[torch.Tensor] = None,
+    slope: str | None = None,
+    C: torch.Tensor | None = None,
     beta: float = 1.0,
-    domain: Optional[Sequence[float]] = (0.0, 1.0),
-    loss_fn: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
-    y: Optional[torch.Tensor] = None,
+    domain: Sequence[float] | None = (0.0, 1.0),
+    loss_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    y: torch.Tensor | None = None,
     opt_steps: int = 20,
     opt_lr: float = 0.1,
-    generator: Optional[torch.Generator] = None,
+    generator: torch.Generator | None = None,
     need_upper: bool = True,
     compile: bool = False,
 ) -> BoundResult:
@@ -381,8 +398,23 @@ def compute_bounds(
     if C is None and y is not None and slope in SEARCHED_SLOPES:
         search_C = margin_spec(y, n_out).to(dtype=x.dtype, device=x.device)
         if search_C.shape[0] != x.shape[0]:
-            raise ValueError(f"y must have one label per sample ({x.shape[0]}), got {search_C.shape[0]}")
+            raise ValueError(
+                f"y must have one label per sample ({x.shape[0]}), got {search_C.shape[0]}"
+            )
     return bounds_from(
-        ops, x, eps, method, slope, C, beta, domain, loss_fn, opt_steps, opt_lr, generator,
-        need_upper=bool(need_upper), search_C=search_C, compile=bool(compile),
+        ops,
+        x,
+        eps,
+        method,
+        slope,
+        C,
+        beta,
+        domain,
+        loss_fn,
+        opt_steps,
+        opt_lr,
+        generator,
+        need_upper=bool(need_upper),
+        search_C=search_C,
+        compile=bool(compile),
     )

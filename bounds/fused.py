@@ -36,7 +36,7 @@ the per-sample minimum of ``fused=True`` and IBP for every policy.
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Union
+from collections.abc import Callable
 
 import torch
 
@@ -70,16 +70,16 @@ def fused_loss(
     ops: list[LayerOp],
     x: torch.Tensor,
     y: torch.Tensor,
-    eps: Union[float, torch.Tensor],
+    eps: float | torch.Tensor,
     method: str,
     slope: str,
     beta: float,
-    domain: Optional[tuple[float, float]],
-    loss_fn: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+    domain: tuple[float, float] | None,
+    loss_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
     opt_steps: int = 20,
     opt_lr: float = 0.1,
-    generator: Optional[torch.Generator] = None,
-    kernels: Optional[object] = None,
+    generator: torch.Generator | None = None,
+    kernels: object | None = None,
     keep_ibp: bool = False,
 ) -> torch.Tensor:
     """Per-sample fused upper bound ``[B]`` of ``max_{x'} CE(f(x'), y)`` (arguments validated).
@@ -109,8 +109,16 @@ def fused_loss(
     row = (s.unsqueeze(-1) * C).sum(1, keepdim=True)  # = -w, [B, 1, n]
     T = t.sum(1, keepdim=True)
 
-    def total(p: Prepared, relax: dict[int, Relaxation], s_ibp=s_ibp, row=row, T=T, m=m, floor=floor,
-              keep_ibp=keep_ibp) -> torch.Tensor:
+    def total(
+        p: Prepared,
+        relax: dict[int, Relaxation],
+        s_ibp=s_ibp,
+        row=row,
+        T=T,
+        m=m,
+        floor=floor,
+        keep_ibp=keep_ibp,
+    ) -> torch.Tensor:
         neg_u, _ = p.final_pass(row, relax)  # lower bound of -w.f, [B, 1]
         s_lin = -neg_u + T
         s_all = beta * s_lin + (1.0 - beta) * s_ibp if method == "crown-ibp" else s_lin
@@ -119,7 +127,9 @@ def fused_loss(
         return (m + torch.log(torch.maximum(floor + s_all, floor))).squeeze(1)
 
     def objective(det: Prepared, relax: dict[int, Relaxation]) -> torch.Tensor:
-        per_sample = total(det, relax, plain(s_ibp), plain(row), plain(T), plain(m), plain(floor), False)
+        per_sample = total(
+            det, relax, plain(s_ibp), plain(row), plain(T), plain(m), plain(floor), False
+        )
         return (loss_fn(per_sample) if loss_fn is not None else per_sample).sum()
 
     relax = final_relaxations(prep, slope, objective, opt_steps, opt_lr)

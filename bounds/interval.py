@@ -28,8 +28,8 @@ with ``C`` ("elision"): ``W' = C W`` ``[B, S, n_in]``, ``b' = C b``, then
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -45,7 +45,7 @@ def channel_view(t: torch.Tensor, ndim: int) -> torch.Tensor:
 
 
 def input_bounds(
-    x: torch.Tensor, eps: Union[float, torch.Tensor], domain: Optional[Sequence[float]]
+    x: torch.Tensor, eps: float | torch.Tensor, domain: Sequence[float] | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Lower and upper corners ``[B, *input_shape]`` of the box ``[x - eps, x + eps]`` clipped to
     ``domain``: ``[max(x - eps, lo), min(x + eps, hi)]``, widened if needed so that it always
@@ -65,7 +65,7 @@ def input_bounds(
 
 
 def input_box(
-    x: torch.Tensor, eps: Union[float, torch.Tensor], domain: Optional[Sequence[float]]
+    x: torch.Tensor, eps: float | torch.Tensor, domain: Sequence[float] | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Centre and radius ``[B, *input_shape]`` of the clipped input box of :func:`input_bounds`."""
     lo, hi = input_bounds(x, eps, domain)
@@ -86,9 +86,15 @@ def affine_forward(op: LayerOp, z: torch.Tensor, with_bias: bool = True) -> torc
         return z.reshape(z.shape[0], -1)
     if op.kind == "scale":
         if op.weight is None:
-            raise ValueError("a training-mode BatchNorm needs the clean batch for its statistics (layer_ops(..., x=x))")
+            raise ValueError(
+                "a training-mode BatchNorm needs the clean batch for its statistics (layer_ops(..., x=x))"
+            )
         nd = z.dim() - 1
-        return z * channel_view(op.weight, nd) + channel_view(op.bias, nd) if with_bias else z * channel_view(op.weight, nd)
+        return (
+            z * channel_view(op.weight, nd) + channel_view(op.bias, nd)
+            if with_bias
+            else z * channel_view(op.weight, nd)
+        )
     raise ValueError(f"op {op.kind} is not affine")
 
 
@@ -176,7 +182,12 @@ def channels_last(t: torch.Tensor) -> torch.Tensor:
 
 def is_channels_last(t: torch.Tensor) -> bool:
     """True if ``t`` ``[B, C, H, W]`` (``C > 1``) is stored in memory order ``[B, H, W, C]``."""
-    return t.dim() == 4 and t.shape[1] > 1 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
+    return (
+        t.dim() == 4
+        and t.shape[1] > 1
+        and not t.is_contiguous()
+        and t.is_contiguous(memory_format=torch.channels_last)
+    )
 
 
 def hwc_columns(weight: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
@@ -187,7 +198,7 @@ def hwc_columns(weight: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
 
 
 def _affine_box(
-    op: LayerOp, c: torch.Tensor, r: torch.Tensor, twice: bool, weight: Optional[torch.Tensor]
+    op: LayerOp, c: torch.Tensor, r: torch.Tensor, twice: bool, weight: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The box after the affine op ``op``; ``twice``: ``c``, ``r`` hold twice the centre and
     radius (the halving then goes into the weight of a linear or conv layer); ``weight``: the
@@ -216,8 +227,8 @@ def ibp(
     ops: list[LayerOp],
     center: torch.Tensor,
     radius: torch.Tensor,
-    C: Optional[torch.Tensor] = None,
-    kernels: Optional[object] = None,
+    C: torch.Tensor | None = None,
+    kernels: object | None = None,
 ) -> IntervalResult:
     """Interval bounds of every ReLU's input and of ``C f(x')`` over the box (``center``, ``radius``).
 
@@ -227,7 +238,7 @@ def ibp(
     c, r = center, radius
     fast = not plain.active()  # plain mode: standard operations only (bounds/plain.py)
     twice = False  # c, r hold twice the centre and radius (after a ReLU)
-    hwc: Optional[tuple[int, ...]] = None  # c, r: a [C, H, W] flattened in channels-last order
+    hwc: tuple[int, ...] | None = None  # c, r: a [C, H, W] flattened in channels-last order
     preact: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
     stack: list[tuple[torch.Tensor, torch.Tensor]] = []  # boxes held by residual blocks
     last = len(ops) - 1
@@ -251,7 +262,13 @@ def ibp(
             l, u, c, r = _IntervalRelu.apply(c, r, kernels) if fast else interval_relu_forward(c, r)
             twice = True
             preact[k] = (l, u)
-        elif op.kind == "flatten" and fast and is_channels_last(c) and k < last and ops[k + 1].kind == "linear":
+        elif (
+            op.kind == "flatten"
+            and fast
+            and is_channels_last(c)
+            and k < last
+            and ops[k + 1].kind == "linear"
+        ):
             hwc = tuple(c.shape[1:])
             c, r = (t.permute(0, 2, 3, 1).reshape(t.shape[0], -1) for t in (c, r))
         elif k == last and op.kind == "linear" and C is not None:

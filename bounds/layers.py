@@ -8,7 +8,7 @@ nothing from the rest of the toolkit.
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -26,7 +26,9 @@ class Normalize(nn.Module):
         mean_t = torch.as_tensor(list(mean), dtype=torch.float32).flatten()
         std_t = torch.as_tensor(list(std), dtype=torch.float32).flatten()
         if mean_t.numel() != std_t.numel() or mean_t.numel() == 0:
-            raise ValueError(f"Normalize needs as many means as stds, got {mean_t.numel()} and {std_t.numel()}")
+            raise ValueError(
+                f"Normalize needs as many means as stds, got {mean_t.numel()} and {std_t.numel()}"
+            )
         if not bool((std_t > 0).all()):
             raise ValueError(f"Normalize needs positive stds, got {std_t.tolist()}")
         self.register_buffer("mean", mean_t)
@@ -55,7 +57,7 @@ class Residual(nn.Module):
     added (``docs/design.md``).
     """
 
-    def __init__(self, branch: nn.Sequential, shortcut: Optional[nn.Module] = None) -> None:
+    def __init__(self, branch: nn.Sequential, shortcut: nn.Module | None = None) -> None:
         super().__init__()
         if not isinstance(branch, nn.Sequential):
             raise ValueError(f"Residual needs an nn.Sequential branch, got {type(branch).__name__}")

@@ -21,8 +21,9 @@ __all__ = ["CROWN_OVERHEAD", "crown_memory_estimate", "available_memory", "check
 CROWN_OVERHEAD = 1.25
 
 
-def crown_memory_estimate(ops: list[LayerOp], preact: dict[int, tuple[torch.Tensor, torch.Tensor]],
-                          center: torch.Tensor) -> int:
+def crown_memory_estimate(
+    ops: list[LayerOp], preact: dict[int, tuple[torch.Tensor, torch.Tensor]], center: torch.Tensor
+) -> int:
     """Bytes that ``crown``'s intermediate passes keep for autograd: for every ReLU layer ``k``
     with more than one affine layer before it, ``B x 2 n_k x sum_{p <= k} |shape_p| x itemsize x``
     :data:`CROWN_OVERHEAD`, ``n_k`` the neurons IBP leaves unstable in some sample (``preact``:
@@ -57,13 +58,16 @@ def available_memory(device: torch.device) -> int | None:
     return None
 
 
-def check_crown_memory(ops: list[LayerOp], preact: dict[int, tuple[torch.Tensor, torch.Tensor]],
-                       center: torch.Tensor) -> None:
+def check_crown_memory(
+    ops: list[LayerOp], preact: dict[int, tuple[torch.Tensor, torch.Tensor]], center: torch.Tensor
+) -> None:
     """MemoryError naming the estimate and the alternatives when ``crown``'s differentiable
     intermediate passes would need more memory than the device has (see
     :func:`crown_memory_estimate`); nothing when the bounds are not differentiated."""
     keeps_graph = torch.is_grad_enabled() and (
-        center.requires_grad or any(t is not None and t.requires_grad for op in ops for t in (op.weight, op.bias)))
+        center.requires_grad
+        or any(t is not None and t.requires_grad for op in ops for t in (op.weight, op.bias))
+    )
     if not keeps_graph:
         return
     need = crown_memory_estimate(ops, preact, center)
@@ -73,4 +77,5 @@ def check_crown_memory(ops: list[LayerOp], preact: dict[int, tuple[torch.Tensor,
             f"full CROWN bounds of this network at batch {center.shape[0]} would keep about {need / 2**30:.1f} GiB "
             f"for the backward pass, more than the {have / 2**30:.1f} GiB available; use method='crown-ibp' "
             f"(CROWN-IBP, e.g. with slope='same-slope' as the 'cap' method does), a smaller batch, or bounds "
-            f"without gradients (torch.no_grad())")
+            f"without gradients (torch.no_grad())"
+        )

@@ -27,17 +27,29 @@ with numpy and scipy only); :func:`affine_net` imports torch when called.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
 
 import numpy as np
 import scipy.sparse as sp
 
 from bounds.milp_net import AffineNet, UnsupportedLayerError, affine_net, milp_inputs
 
-__all__ = ["AffineNet", "MarginResult", "UnsupportedLayerError", "affine_net", "exact_min_margin", "milp_inputs",
-           "margins_of", "init_worker", "solve_task", "VERIFIED",
-           "FALSIFIED", "TIMEOUT", "STATUS_NAMES"]
+__all__ = [
+    "AffineNet",
+    "MarginResult",
+    "UnsupportedLayerError",
+    "affine_net",
+    "exact_min_margin",
+    "milp_inputs",
+    "margins_of",
+    "init_worker",
+    "solve_task",
+    "VERIFIED",
+    "FALSIFIED",
+    "TIMEOUT",
+    "STATUS_NAMES",
+]
 
 #: the per-sample outcomes (``status`` columns of a certify file).
 VERIFIED, FALSIFIED, TIMEOUT = 1, 2, 3
@@ -65,14 +77,16 @@ class MarginResult:
     margin: float
     margin_lower: float
     optimal: bool
-    point: Optional[np.ndarray]
-    counterexample: Optional[np.ndarray] = None
+    point: np.ndarray | None
+    counterexample: np.ndarray | None = None
     milps: int = 0
     seconds: float = 0.0
     per_class: dict[int, tuple[float, float]] = field(default_factory=dict)
 
 
-def _build(net: AffineNet, lo: np.ndarray, hi: np.ndarray, preact: Sequence[tuple[np.ndarray, np.ndarray]]):
+def _build(
+    net: AffineNet, lo: np.ndarray, hi: np.ndarray, preact: Sequence[tuple[np.ndarray, np.ndarray]]
+):
     """The big-M program's constraints (module docstring). Returns ``(A, lb_c, ub_c, lb_v, ub_v,
     integrality, last, zs)``, ``A`` a CSR matrix over the variables, ``last`` ``[n_last, n_vars]``
     the last ReLU layer's activations as linear maps of the variables (logits ``W_L last v + b_L``)
@@ -87,7 +101,9 @@ def _build(net: AffineNet, lo: np.ndarray, hi: np.ndarray, preact: Sequence[tupl
         l = np.asarray(preact[k][0], dtype=np.float64).reshape(-1)
         u = np.asarray(preact[k][1], dtype=np.float64).reshape(-1)
         if l.size != net.weights[k].shape[0]:
-            raise ValueError(f"ReLU layer {k}: {l.size} bounds for {net.weights[k].shape[0]} neurons")
+            raise ValueError(
+                f"ReLU layer {k}: {l.size} bounds for {net.weights[k].shape[0]} neurons"
+            )
         slack = BOUND_SLACK * (1.0 + np.maximum(np.abs(l), np.abs(u)))
         l, u = np.minimum(l - slack, u), u + slack  # widened, and never crossed
         unstable = (l < 0) & (u > 0)
@@ -117,9 +133,13 @@ def _build(net: AffineNet, lo: np.ndarray, hi: np.ndarray, preact: Sequence[tupl
             zu, lu, uu = z[unstable], l[unstable], u[unstable]
             one = np.ones(n_u)
 
-            def rows(cols: list[np.ndarray], vals: list[np.ndarray]) -> sp.csr_matrix:
-                return sp.csr_matrix((np.concatenate(vals), (np.tile(r, len(cols)), np.concatenate(cols))),
-                                     shape=(n_u, n_vars))
+            def rows(
+                cols: list[np.ndarray], vals: list[np.ndarray], r: np.ndarray = r, n_u: int = n_u
+            ) -> sp.csr_matrix:
+                return sp.csr_matrix(
+                    (np.concatenate(vals), (np.tile(r, len(cols)), np.concatenate(cols))),
+                    shape=(n_u, n_vars),
+                )
 
             blocks.append(rows([a, zu], [one, -one]))  # a - z >= 0
             lbc.append(np.zeros(n_u))
@@ -133,17 +153,35 @@ def _build(net: AffineNet, lo: np.ndarray, hi: np.ndarray, preact: Sequence[tupl
         # this layer's activations: z where active, a where unstable, nothing where dead
         active = l >= 0
         ia, iu = np.nonzero(active)[0], np.nonzero(unstable)[0]
-        act = sp.csr_matrix((np.ones(ia.size + iu.size), (np.concatenate([ia, iu]), np.concatenate([z[active], a]))),
-                            shape=(n, n_vars))
+        act = sp.csr_matrix(
+            (
+                np.ones(ia.size + iu.size),
+                (np.concatenate([ia, iu]), np.concatenate([z[active], a])),
+            ),
+            shape=(n, n_vars),
+        )
     A = sp.vstack(blocks).tocsr() if blocks else sp.csr_matrix((0, n_vars))
     lbc_all = np.concatenate(lbc) if lbc else np.zeros(0)
     ubc_all = np.concatenate(ubc) if ubc else np.zeros(0)
-    return A, lbc_all, ubc_all, np.concatenate(lb_v), np.concatenate(ub_v), np.concatenate(integ), act, \
-        [layer[3] for layer in layers]
+    return (
+        A,
+        lbc_all,
+        ubc_all,
+        np.concatenate(lb_v),
+        np.concatenate(ub_v),
+        np.concatenate(integ),
+        act,
+        [layer[3] for layer in layers],
+    )
 
 
-def tighten(net: AffineNet, lo: np.ndarray, hi: np.ndarray, preact: Sequence[tuple[np.ndarray, np.ndarray]],
-            deadline: float) -> list[tuple[np.ndarray, np.ndarray]]:
+def tighten(
+    net: AffineNet,
+    lo: np.ndarray,
+    hi: np.ndarray,
+    preact: Sequence[tuple[np.ndarray, np.ndarray]],
+    deadline: float,
+) -> list[tuple[np.ndarray, np.ndarray]]:
     """Pre-activation bounds of ReLU layers 2, 3, ... tightened by linear programs: for each
     unstable neuron, min and max of its ``z`` over the program of :func:`_build` with the binaries
     relaxed to ``[0, 1]`` (a relaxation of the reachable set, so the results are sound), layer by
@@ -151,8 +189,10 @@ def tighten(net: AffineNet, lo: np.ndarray, hi: np.ndarray, preact: Sequence[tup
     (``time.perf_counter()`` seconds)."""
     from scipy.optimize import Bounds, LinearConstraint, milp
 
-    pre = [(np.asarray(l, np.float64).reshape(-1).copy(), np.asarray(u, np.float64).reshape(-1).copy())
-           for l, u in preact]
+    pre = [
+        (np.asarray(l, np.float64).reshape(-1).copy(), np.asarray(u, np.float64).reshape(-1).copy())
+        for l, u in preact
+    ]
     for k in range(1, len(pre)):
         l, u = pre[k]
         idx = np.nonzero((l < 0) & (u > 0))[0]
@@ -188,8 +228,8 @@ def exact_min_margin(
     hi: np.ndarray,
     y: int,
     preact: Sequence[tuple[np.ndarray, np.ndarray]],
-    lower: Optional[np.ndarray] = None,
-    start: Optional[np.ndarray] = None,
+    lower: np.ndarray | None = None,
+    start: np.ndarray | None = None,
     time_limit: float = 10.0,
     mip_rel_gap: float = 1e-6,
     need_margin: bool = True,
@@ -228,7 +268,11 @@ def exact_min_margin(
     w_out, b_out = net.weights[-1], net.biases[-1]
     n_out = b_out.size
     lower = np.full(n_out, -np.inf) if lower is None else np.asarray(lower, np.float64).reshape(-1)
-    point = np.clip(np.asarray(start, np.float64).reshape(-1), lo, hi) if start is not None else (lo + hi) / 2
+    point = (
+        np.clip(np.asarray(start, np.float64).reshape(-1), lo, hi)
+        if start is not None
+        else (lo + hi) / 2
+    )
     m0 = margins_of(net, point, y)
     m0[y] = np.inf
     best, best_point = float(m0.min()), point
@@ -255,10 +299,17 @@ def exact_min_margin(
         c = np.asarray((out_map[y] - out_map[j]).todense()).reshape(-1)
         const = float(b_out[y] - b_out[j])
         cons = constraints
-        if cutoff and np.isfinite(best):  # only values below the best margin attained matter: m_j <= best
+        if cutoff and np.isfinite(
+            best
+        ):  # only values below the best margin attained matter: m_j <= best
             cons = constraints + [LinearConstraint(sp.csr_matrix(c[None]), -np.inf, best - const)]
-        res = milp(c, integrality=integ, bounds=Bounds(lbv, ubv), constraints=cons,
-                   options={"time_limit": left, "mip_rel_gap": mip_rel_gap, "disp": False})
+        res = milp(
+            c,
+            integrality=integ,
+            bounds=Bounds(lbv, ubv),
+            constraints=cons,
+            options={"time_limit": left, "mip_rel_gap": mip_rel_gap, "disp": False},
+        )
         milps += 1
         dual = getattr(res, "mip_dual_bound", None)
         if res.status == 2 and cutoff:  # infeasible below the cutoff: m_j >= best everywhere
@@ -266,7 +317,11 @@ def exact_min_margin(
             per_class[j] = (best, np.nan)
             continue
         if res.status == 0:
-            dual_bound = float(dual) + const if dual is not None and np.isfinite(dual) else float(res.fun) + const
+            dual_bound = (
+                float(dual) + const
+                if dual is not None and np.isfinite(dual)
+                else float(res.fun) + const
+            )
         else:
             solved_all = False
             dual_bound = float(dual) + const if dual is not None and np.isfinite(dual) else -np.inf
@@ -280,7 +335,10 @@ def exact_min_margin(
             per_class[j] = (dual_bound, float(m[j]))
         else:
             per_class[j] = (dual_bound, np.nan)
-        if res.status not in (0, 1):  # infeasible / unbounded / error: the program is wrong for this sample
+        if res.status not in (
+            0,
+            1,
+        ):  # infeasible / unbounded / error: the program is wrong for this sample
             raise RuntimeError(f"HiGHS failed on class {j}: {res.message}")
     margin_lower = float(min(proven.values())) if others else np.inf
     optimal = solved_all  # every class solved to optimality or skipped by its bound
@@ -290,11 +348,20 @@ def exact_min_margin(
         status = VERIFIED
     else:
         status = TIMEOUT
-    return MarginResult(status, best, min(margin_lower, best), optimal, best_point,
-                        best_point if status == FALSIFIED else None, milps, time.perf_counter() - t0, per_class)
+    return MarginResult(
+        status,
+        best,
+        min(margin_lower, best),
+        optimal,
+        best_point,
+        best_point if status == FALSIFIED else None,
+        milps,
+        time.perf_counter() - t0,
+        per_class,
+    )
 
 
-_NET: Optional[AffineNet] = None
+_NET: AffineNet | None = None
 
 
 def init_worker(net: AffineNet) -> None:

@@ -6,8 +6,9 @@ Imports numpy and scipy at load; torch only inside the functions that need it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -60,15 +61,19 @@ def affine_net(model: Any, input_shape: Sequence[int]) -> AffineNet:
     ops = layer_ops(model, shape, torch.float64)
     for op in ops:
         if op.kind in STACK_KINDS:
-            raise UnsupportedLayerError(f"layer {op.index} (Residual) is not supported by the complete verifier; "
-                                        "it handles Normalize, Linear, Conv2d, AvgPool2d, BatchNorm (eval), "
-                                        "Flatten and ReLU")
+            raise UnsupportedLayerError(
+                f"layer {op.index} (Residual) is not supported by the complete verifier; "
+                "it handles Normalize, Linear, Conv2d, AvgPool2d, BatchNorm (eval), "
+                "Flatten and ReLU"
+            )
         if op.kind == "scale" and op.weight is None:
-            raise UnsupportedLayerError(f"layer {op.index} (BatchNorm in training mode) is not supported by the "
-                                        "complete verifier; put the model in eval mode")
+            raise UnsupportedLayerError(
+                f"layer {op.index} (BatchNorm in training mode) is not supported by the "
+                "complete verifier; put the model in eval mode"
+            )
     segments: list[list[Any]] = [[]]
     seg_shapes = [shape]
-    for k, op in enumerate(ops):
+    for op in ops:
         if op.kind == "relu":
             segments.append([])
             seg_shapes.append(op.out_shape)
@@ -85,7 +90,10 @@ def affine_net(model: Any, input_shape: Sequence[int]) -> AffineNet:
                 stop = min(n_in, start + 1024)
                 basis = torch.zeros(stop - start, n_in, dtype=torch.float64)
                 basis[torch.arange(stop - start), torch.arange(start, stop)] = 1.0
-                out = _run(seg, basis.reshape(-1, *in_shape), clean_forward).reshape(stop - start, -1) - c
+                out = (
+                    _run(seg, basis.reshape(-1, *in_shape), clean_forward).reshape(stop - start, -1)
+                    - c
+                )
                 cols.append(sp.csr_matrix(out.numpy()))
             weights.append(sp.vstack(cols).T.tocsr())
             biases.append(c.numpy().copy())
@@ -98,9 +106,14 @@ def _run(seg: list[Any], z: Any, clean_forward: Any) -> Any:
     return z
 
 
-def milp_inputs(model: Any, x: Any, y: Any, eps: float, domain: Optional[Sequence[float]] = (0.0, 1.0),
-                opt_steps: int = 20) -> tuple[np.ndarray, np.ndarray, list[list[tuple[np.ndarray, np.ndarray]]],
-                                              np.ndarray]:
+def milp_inputs(
+    model: Any,
+    x: Any,
+    y: Any,
+    eps: float,
+    domain: Sequence[float] | None = (0.0, 1.0),
+    opt_steps: int = 20,
+) -> tuple[np.ndarray, np.ndarray, list[list[tuple[np.ndarray, np.ndarray]]], np.ndarray]:
     """What :func:`exact_min_margin` needs for a batch, from the engine's tightest bounds: CROWN
     with ``optimized`` slopes on the margin specification, in float64.
 
@@ -117,14 +130,29 @@ def milp_inputs(model: Any, x: Any, y: Any, eps: float, domain: Optional[Sequenc
     with torch.no_grad():
         n_out = int(model(x[:1]).shape[1])
         spec = margin_spec(y, n_out).to(torch.float64)
-        res = compute_bounds(model, x, eps, method="crown", slope="optimized", C=spec, y=y, domain=domain,
-                             need_upper=False, opt_steps=opt_steps)
+        res = compute_bounds(
+            model,
+            x,
+            eps,
+            method="crown",
+            slope="optimized",
+            C=spec,
+            y=y,
+            domain=domain,
+            need_upper=False,
+            opt_steps=opt_steps,
+        )
         lo_t, hi_t = input_bounds(x, eps, None if domain is None else tuple(domain))
     B = x.shape[0]
     lo = lo_t.reshape(B, -1).detach().numpy()
     hi = hi_t.reshape(B, -1).detach().numpy()
-    pre = [[(l[b].detach().reshape(-1).numpy(), u[b].detach().reshape(-1).numpy()) for l, u in res.preact]
-           for b in range(B)]
+    pre = [
+        [
+            (l[b].detach().reshape(-1).numpy(), u[b].detach().reshape(-1).numpy())
+            for l, u in res.preact
+        ]
+        for b in range(B)
+    ]
     low = res.lower.detach().numpy()
     full = np.full((B, n_out), np.inf)
     for b in range(B):

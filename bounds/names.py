@@ -17,14 +17,13 @@ below; every layer (config, command line, scans, the bound tests) picks it up fr
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 VERSION = "0.1.0"
 """The toolkit's version (``setup.cfg`` reads it from here)."""
 
 # ----------------------------------------------------------------------------- the bound engine
 
-BOUND_METHODS: dict[str, Optional[str]] = {
+BOUND_METHODS: dict[str, str | None] = {
     "ibp": None,
     "crown-ibp": None,
     "crown": None,
@@ -68,7 +67,7 @@ random draw): the relaxations the paper's relaxed-gradient analysis compares."""
 DEFAULT_SLOPE = "adaptive"
 
 
-def bound_slope(method: str, slope: Optional[str]) -> str:
+def bound_slope(method: str, slope: str | None) -> str:
     """Validate a bound method and slope policy; returns the policy to use (the method's own
     one, or ``adaptive``, when ``slope`` is None). ValueError names the bad value."""
     if method not in BOUND_METHODS:
@@ -104,9 +103,9 @@ class TrainMethod:
     scan cannot batch it under ``vmap`` and seeds the attack's start to repeat it."""
 
     name: str
-    bound: Optional[str]
-    slope: Optional[str] = None
-    beta: Optional[float] = None
+    bound: str | None
+    slope: str | None = None
+    beta: float | None = None
     summary: str = ""
     attack: bool = False
 
@@ -116,33 +115,59 @@ TRAIN_METHODS: dict[str, TrainMethod] = {
     for m in (
         TrainMethod("natural", None, summary="clean cross-entropy, no bound"),
         TrainMethod("ibp", "ibp", summary="interval bound propagation (Gowal et al. 2018)"),
-        TrainMethod("crown-ibp", "crown-ibp", summary="IBP intermediate bounds, one CROWN pass (Zhang et al. 2020)"),
+        TrainMethod(
+            "crown-ibp",
+            "crown-ibp",
+            summary="IBP intermediate bounds, one CROWN pass (Zhang et al. 2020)",
+        ),
         TrainMethod("crown", "crown", summary="CROWN bounds for every layer"),
-        TrainMethod("cap", "crown-ibp", "same-slope", 1.0,
-                    summary="CROWN-IBP with the same-slope lower lines u/(u-l), beta = 1: CAP as Lee et al. "
-                            "(2021) compare it (full CROWN with same slopes is crown --slope same-slope)"),
-        TrainMethod("tightest", "crown-ibp", "tightest", 1.0,
-                    summary="CROWN-IBP with the tightest lower slopes, beta = 1 (Lee et al. 2021)"),
-        TrainMethod("sabr", "ibp", attack=True,
-                    summary="IBP on a small box B(x', lambda eps) around a PGD point x' (Mueller et al. 2023)"),
-        TrainMethod("mtl-ibp", "ibp", attack=True,
-                    summary="(1 - alpha) CE at a PGD point + alpha IBP robust CE (De Palma et al. 2024)"),
+        TrainMethod(
+            "cap",
+            "crown-ibp",
+            "same-slope",
+            1.0,
+            summary="CROWN-IBP with the same-slope lower lines u/(u-l), beta = 1: CAP as Lee et al. "
+            "(2021) compare it (full CROWN with same slopes is crown --slope same-slope)",
+        ),
+        TrainMethod(
+            "tightest",
+            "crown-ibp",
+            "tightest",
+            1.0,
+            summary="CROWN-IBP with the tightest lower slopes, beta = 1 (Lee et al. 2021)",
+        ),
+        TrainMethod(
+            "sabr",
+            "ibp",
+            attack=True,
+            summary="IBP on a small box B(x', lambda eps) around a PGD point x' (Mueller et al. 2023)",
+        ),
+        TrainMethod(
+            "mtl-ibp",
+            "ibp",
+            attack=True,
+            summary="(1 - alpha) CE at a PGD point + alpha IBP robust CE (De Palma et al. 2024)",
+        ),
     )
 }
 """Training methods, by name."""
 
 
-def resolve_method(method: str, slope: Optional[str], beta: float) -> tuple[Optional[str], str, float]:
+def resolve_method(method: str, slope: str | None, beta: float) -> tuple[str | None, str, float]:
     """A training method's ``(bound method, slope policy, beta)``; the bound method is None for
     ``natural``. ``slope`` None means the method's own policy (else ``adaptive``). ValueError
     for an unknown method or slope, or a slope the method does not allow."""
     if method not in TRAIN_METHODS:
-        raise ValueError(f"unknown training method {method!r}; choose one of {', '.join(TRAIN_METHODS)}")
+        raise ValueError(
+            f"unknown training method {method!r}; choose one of {', '.join(TRAIN_METHODS)}"
+        )
     info = TRAIN_METHODS[method]
     if slope is not None and slope not in SLOPES:
         raise ValueError(f"unknown slope {slope!r}; choose one of {', '.join(SLOPES)}")
     if info.slope is not None and slope not in (None, info.slope):
-        raise ValueError(f"method {method!r} fixes the slope to {info.slope!r}, got slope {slope!r}")
+        raise ValueError(
+            f"method {method!r} fixes the slope to {info.slope!r}, got slope {slope!r}"
+        )
     used = slope if slope is not None else (info.slope or DEFAULT_SLOPE)
     return info.bound, used, float(beta if info.beta is None else info.beta)
 
@@ -157,6 +182,7 @@ PAPER_METHODS: tuple[str, ...] = ("ibp", "crown-ibp", "cap", "tightest")
 
 # ----------------------------------------------------------------------------- scans and results
 
+
 @dataclass(frozen=True)
 class ScanKind:
     """A kind of scan: what it moves along (``summary``), its grid's default number of points
@@ -166,24 +192,53 @@ class ScanKind:
 
     summary: str
     points: int
-    range: Optional[tuple[float, float]]
+    range: tuple[float, float] | None
     axis: str
     dims: int = 1
 
 
 SCAN_KINDS: dict[str, ScanKind] = {
-    "gradient": ScanKind("theta_t = theta - t lr grad L at t in {0, 1} and log-spaced t", 10, None,
-                         "step size t along −∇L (× learning rate)"),
-    "random-1d": ScanKind("theta + x d along one normalised random direction", 21, (-1.0, 1.0),
-                          "distance along the random direction (× direction)"),
-    "random-2d": ScanKind("theta + x d_x + y d_y on a grid of two random directions", 21, (-1.0, 1.0),
-                          "coefficients of the two random directions", dims=2),
-    "interpolate": ScanKind("theta_1 + alpha (theta_2 - theta_1) between two checkpoints", 41, (-0.5, 1.5),
-                            "interpolation α (0 = first checkpoint, 1 = second)"),
-    "pca": ScanKind("theta + x d_1 + y d_2 on a grid of the top two principal directions of the training "
-                    "trajectory", 21, None, "coordinates along the trajectory's two principal directions", dims=2),
-    "hessian": ScanKind("the Hessian at theta: top eigenvalues (Lanczos), trace (Hutchinson) and spectral density "
-                        "(SLQ)", 0, None, "eigenvalue of the Hessian", dims=0),
+    "gradient": ScanKind(
+        "theta_t = theta - t lr grad L at t in {0, 1} and log-spaced t",
+        10,
+        None,
+        "step size t along −∇L (× learning rate)",
+    ),
+    "random-1d": ScanKind(
+        "theta + x d along one normalised random direction",
+        21,
+        (-1.0, 1.0),
+        "distance along the random direction (× direction)",
+    ),
+    "random-2d": ScanKind(
+        "theta + x d_x + y d_y on a grid of two random directions",
+        21,
+        (-1.0, 1.0),
+        "coefficients of the two random directions",
+        dims=2,
+    ),
+    "interpolate": ScanKind(
+        "theta_1 + alpha (theta_2 - theta_1) between two checkpoints",
+        41,
+        (-0.5, 1.5),
+        "interpolation α (0 = first checkpoint, 1 = second)",
+    ),
+    "pca": ScanKind(
+        "theta + x d_1 + y d_2 on a grid of the top two principal directions of the training "
+        "trajectory",
+        21,
+        None,
+        "coordinates along the trajectory's two principal directions",
+        dims=2,
+    ),
+    "hessian": ScanKind(
+        "the Hessian at theta: top eigenvalues (Lanczos), trace (Hutchinson) and spectral density "
+        "(SLQ)",
+        0,
+        None,
+        "eigenvalue of the Hessian",
+        dims=0,
+    ),
 }
 """What ``landscape scan --kind`` can scan."""
 

@@ -24,12 +24,10 @@ position ``len(ops)`` its output.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Optional
 
 import torch
-from torch import nn
-
 import torch.nn.functional as F
+from torch import nn
 
 from bounds.layers import Normalize, Residual
 
@@ -55,11 +53,11 @@ class LayerOp:
     kind: str
     in_shape: tuple[int, ...]
     out_shape: tuple[int, ...]
-    weight: Optional[torch.Tensor] = None
-    bias: Optional[torch.Tensor] = None
-    conv_args: Optional[dict] = None
+    weight: torch.Tensor | None = None
+    bias: torch.Tensor | None = None
+    conv_args: dict | None = None
 
-    def detached(self) -> "LayerOp":
+    def detached(self) -> LayerOp:
         """The same op with its parameters cut from the autograd graph (cloned if inference tensors)."""
         return replace(
             self,
@@ -79,7 +77,9 @@ def _pair(v) -> tuple[int, int]:
 
 def _conv_padding(layer: nn.Conv2d, name: str) -> tuple[int, int]:
     if layer.padding_mode != "zeros":
-        raise ValueError(f"{name} uses padding_mode={layer.padding_mode!r}; only 'zeros' is supported")
+        raise ValueError(
+            f"{name} uses padding_mode={layer.padding_mode!r}; only 'zeros' is supported"
+        )
     pad = layer.padding
     if isinstance(pad, str):
         if pad == "valid":
@@ -91,21 +91,35 @@ def _conv_padding(layer: nn.Conv2d, name: str) -> tuple[int, int]:
     return _pair(pad)
 
 
-def _spatial_out(shape: tuple[int, ...], kernel: tuple[int, int], stride: tuple[int, int],
-                 dilation: tuple[int, int], padding: tuple[int, int], name: str) -> tuple[int, int]:
+def _spatial_out(
+    shape: tuple[int, ...],
+    kernel: tuple[int, int],
+    stride: tuple[int, int],
+    dilation: tuple[int, int],
+    padding: tuple[int, int],
+    name: str,
+) -> tuple[int, int]:
     """Output height and width of a convolution or pooling window on a ``[C, H, W]`` input:
     ``(n + 2 p - d (k - 1) - 1) // s + 1`` per side; ValueError when the input is too small."""
-    hw = [(n + 2 * pp - dd * (kk - 1) - 1) // ss + 1 for n, kk, ss, dd, pp in zip(shape[1:], kernel, stride, dilation,
-                                                                                    padding)]
+    hw = [
+        (n + 2 * pp - dd * (kk - 1) - 1) // ss + 1
+        for n, kk, ss, dd, pp in zip(shape[1:], kernel, stride, dilation, padding)
+    ]
     if min(hw) < 1:
         raise ValueError(f"{name} gets a {shape[1]}x{shape[2]} input, too small for its kernel")
     return hw[0], hw[1]
 
 
-def _conv_out(shape: tuple[int, ...], layer: nn.Conv2d, name: str, padding: tuple[int, int]) -> tuple[int, ...]:
+def _conv_out(
+    shape: tuple[int, ...], layer: nn.Conv2d, name: str, padding: tuple[int, int]
+) -> tuple[int, ...]:
     if len(shape) != 3 or shape[0] != layer.in_channels:
-        raise ValueError(f"{name} expects input [{layer.in_channels}, H, W] per sample, got {list(shape)}")
-    hw = _spatial_out(shape, _pair(layer.kernel_size), _pair(layer.stride), _pair(layer.dilation), padding, name)
+        raise ValueError(
+            f"{name} expects input [{layer.in_channels}, H, W] per sample, got {list(shape)}"
+        )
+    hw = _spatial_out(
+        shape, _pair(layer.kernel_size), _pair(layer.stride), _pair(layer.dilation), padding, name
+    )
     return (layer.out_channels, *hw)
 
 
@@ -113,13 +127,15 @@ class _Builder:
     """Walks the layers, appending ops and tracking (with a batch) the clean forward values that
     training-mode BatchNorm takes its statistics from."""
 
-    def __init__(self, dtype: torch.dtype, device: Optional[torch.device], x: Optional[torch.Tensor]) -> None:
+    def __init__(
+        self, dtype: torch.dtype, device: torch.device | None, x: torch.Tensor | None
+    ) -> None:
         self.dtype, self.device = dtype, device
         self.ops: list[LayerOp] = []
         self.z = None if x is None else x.to(dtype=dtype, device=device)
-        self.stack: list[Optional[torch.Tensor]] = []
+        self.stack: list[torch.Tensor | None] = []
 
-    def cast(self, t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    def cast(self, t: torch.Tensor | None) -> torch.Tensor | None:
         return None if t is None else t.to(dtype=self.dtype, device=self.device)
 
     def add(self, op: LayerOp) -> tuple[int, ...]:
@@ -140,24 +156,41 @@ class _Builder:
             shape = self.layer(layer, shape, i, f"{where}.{j}")
         return shape
 
-    def layer(self, layer: nn.Module, shape: tuple[int, ...], i: int, where: str) -> tuple[int, ...]:
+    def layer(
+        self, layer: nn.Module, shape: tuple[int, ...], i: int, where: str
+    ) -> tuple[int, ...]:
         name = f"layer {where} ({type(layer).__name__})"
         if isinstance(layer, nn.Sequential):
             return self.layers(layer, shape, i, where)
         if isinstance(layer, Normalize):
             if len(shape) < 1 or shape[0] != layer.mean.numel():
-                raise ValueError(f"{name} has {layer.mean.numel()} channels but its input is {list(shape)}")
-            return self.add(LayerOp(i, "normalize", shape, shape, self.cast(layer.std), self.cast(layer.mean)))
+                raise ValueError(
+                    f"{name} has {layer.mean.numel()} channels but its input is {list(shape)}"
+                )
+            return self.add(
+                LayerOp(i, "normalize", shape, shape, self.cast(layer.std), self.cast(layer.mean))
+            )
         if isinstance(layer, nn.Linear):
             if len(shape) != 1 or shape[0] != layer.in_features:
-                raise ValueError(f"{name} expects {layer.in_features} input features, got input {list(shape)}")
+                raise ValueError(
+                    f"{name} expects {layer.in_features} input features, got input {list(shape)}"
+                )
             out = (layer.out_features,)
-            return self.add(LayerOp(i, "linear", shape, out, self.cast(layer.weight), self.cast(layer.bias)))
+            return self.add(
+                LayerOp(i, "linear", shape, out, self.cast(layer.weight), self.cast(layer.bias))
+            )
         if isinstance(layer, nn.Conv2d):
             padding = _conv_padding(layer, name)
             out = _conv_out(shape, layer, name, padding)
-            args = dict(stride=_pair(layer.stride), padding=padding, dilation=_pair(layer.dilation), groups=layer.groups)
-            return self.add(LayerOp(i, "conv", shape, out, self.cast(layer.weight), self.cast(layer.bias), args))
+            args = dict(
+                stride=_pair(layer.stride),
+                padding=padding,
+                dilation=_pair(layer.dilation),
+                groups=layer.groups,
+            )
+            return self.add(
+                LayerOp(i, "conv", shape, out, self.cast(layer.weight), self.cast(layer.bias), args)
+            )
         if isinstance(layer, nn.AvgPool2d):
             return self.add(self.avgpool(layer, shape, i, name))
         if isinstance(layer, (nn.BatchNorm1d, nn.BatchNorm2d)):
@@ -166,15 +199,23 @@ class _Builder:
             return self.add(LayerOp(i, "relu", shape, shape))
         if isinstance(layer, nn.Flatten):
             if layer.start_dim != 1 or layer.end_dim != -1:
-                raise ValueError(f"{name} must flatten dims 1..-1, got {layer.start_dim}..{layer.end_dim}")
+                raise ValueError(
+                    f"{name} must flatten dims 1..-1, got {layer.start_dim}..{layer.end_dim}"
+                )
             return self.add(LayerOp(i, "flatten", shape, (int(torch.Size(shape).numel()),)))
         if isinstance(layer, Residual):
             self.add(LayerOp(i, "fork", shape, shape))
             out = self.layers(layer.branch, shape, i, f"{where}.branch")
             self.add(LayerOp(i, "swap", out, shape))
-            short = shape if layer.shortcut is None else self.layer(layer.shortcut, shape, i, f"{where}.shortcut")
+            short = (
+                shape
+                if layer.shortcut is None
+                else self.layer(layer.shortcut, shape, i, f"{where}.shortcut")
+            )
             if short != out:
-                raise ValueError(f"{name}: its branch gives {list(out)} per sample but its shortcut {list(short)}")
+                raise ValueError(
+                    f"{name}: its branch gives {list(out)} per sample but its shortcut {list(short)}"
+                )
             return self.add(LayerOp(i, "add", out, out))
         raise ValueError(
             f"{name} is not supported by the bound engine; use Normalize, Linear, Conv2d, ReLU, Flatten, "
@@ -188,25 +229,41 @@ class _Builder:
         if layer.ceil_mode:
             raise ValueError(f"{name} uses ceil_mode=True, which the bound engine does not support")
         if layer.divisor_override:
-            raise ValueError(f"{name} uses divisor_override, which the bound engine does not support")
+            raise ValueError(
+                f"{name} uses divisor_override, which the bound engine does not support"
+            )
         if not layer.count_include_pad and p != (0, 0):
-            raise ValueError(f"{name} uses count_include_pad=False with padding, which the bound engine does not support")
+            raise ValueError(
+                f"{name} uses count_include_pad=False with padding, which the bound engine does not support"
+            )
         if len(shape) != 3:
             raise ValueError(f"{name} expects input [C, H, W] per sample, got {list(shape)}")
         c = shape[0]
         out = (c, *_spatial_out(shape, k, s, (1, 1), p, name))
         weight = torch.full((c, 1, *k), 1.0 / (k[0] * k[1]), dtype=self.dtype, device=self.device)
-        return LayerOp(i, "conv", shape, out, weight, None, dict(stride=s, padding=p, dilation=(1, 1), groups=c))
+        return LayerOp(
+            i,
+            "conv",
+            shape,
+            out,
+            weight,
+            None,
+            dict(stride=s, padding=p, dilation=(1, 1), groups=c),
+        )
 
     def batchnorm(self, layer: nn.Module, shape: tuple[int, ...], i: int, name: str) -> LayerOp:
         """BatchNorm as ``y = w z + b`` per channel (module doc): running or clean-batch statistics."""
         want = 3 if isinstance(layer, nn.BatchNorm2d) else 1
         if len(shape) != want or shape[0] != layer.num_features:
             what = "[C, H, W]" if want == 3 else "[C]"
-            raise ValueError(f"{name} expects input {what} with C = {layer.num_features} per sample, got {list(shape)}")
+            raise ValueError(
+                f"{name} expects input {what} with C = {layer.num_features} per sample, got {list(shape)}"
+            )
         if layer.training or layer.running_mean is None or layer.running_var is None:
             if self.z is None:
-                return LayerOp(i, "scale", shape, shape)  # a shape check only: no batch to take statistics from
+                return LayerOp(
+                    i, "scale", shape, shape
+                )  # a shape check only: no batch to take statistics from
             dims = [0, *range(2, self.z.dim())]
             mean, var = self.z.mean(dims), self.z.var(dims, unbiased=False)
         else:
@@ -238,8 +295,8 @@ def layer_ops(
     model: nn.Module,
     input_shape: tuple[int, ...],
     dtype: torch.dtype = torch.float32,
-    device: Optional[torch.device] = None,
-    x: Optional[torch.Tensor] = None,
+    device: torch.device | None = None,
+    x: torch.Tensor | None = None,
 ) -> list[LayerOp]:
     """Validate ``model`` and return its layers as :class:`LayerOp` records.
 
@@ -251,17 +308,25 @@ def layer_ops(
     mismatch, and for a network whose output is not a vector.
     """
     if not isinstance(model, nn.Sequential):
-        raise ValueError(f"the bound engine needs an nn.Sequential model, got {type(model).__name__}")
+        raise ValueError(
+            f"the bound engine needs an nn.Sequential model, got {type(model).__name__}"
+        )
     if len(model) == 0:
         raise ValueError("the model is an empty nn.Sequential")
-    batch_stats = any(isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)) and (m.training or m.running_mean is None)
-                      for m in model.modules())
-    builder = _Builder(dtype, device, x if batch_stats else None)  # the clean forward pass only when needed
+    batch_stats = any(
+        isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)) and (m.training or m.running_mean is None)
+        for m in model.modules()
+    )
+    builder = _Builder(
+        dtype, device, x if batch_stats else None
+    )  # the clean forward pass only when needed
     shape = tuple(int(s) for s in input_shape)
     for i, layer in enumerate(model):
         shape = builder.layer(layer, shape, i, str(i))
     if len(shape) != 1:
-        raise ValueError(f"the model's output must be a vector per sample, got shape {list(shape)}; add a Flatten")
+        raise ValueError(
+            f"the model's output must be a vector per sample, got shape {list(shape)}; add a Flatten"
+        )
     return builder.ops
 
 

@@ -18,7 +18,8 @@ here (adaptive and uniform); the search itself lives in :mod:`bounds.slope_searc
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple, Optional
+from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 
@@ -85,7 +86,7 @@ def with_lower_slope(
     l: torch.Tensor,
     u: torch.Tensor,
     a: torch.Tensor,
-    upper: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
+    upper: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> Relaxation:
     """Relaxation with lower slope ``a`` on unstable neurons and the exact lines on stable ones:
     ``a_eff = 1[l >= 0 < u] + 1[l < 0 < u] a``, computed as ``1[u > 0] (l >= 0 ? 1 : a)``.
@@ -95,23 +96,27 @@ def with_lower_slope(
     return Relaxation(a_eff, s, t)
 
 
-def adaptive(l: torch.Tensor, u: torch.Tensor, generator: Optional[torch.Generator] = None) -> Relaxation:
+def adaptive(
+    l: torch.Tensor, u: torch.Tensor, generator: torch.Generator | None = None
+) -> Relaxation:
     """CROWN's default: ``a = 1`` if ``u >= -l`` else ``0`` (the lower line of smaller area).
     ``1[u + l >= 0 and u > 0]`` is also exact on stable neurons."""
     return Relaxation(((u + l >= 0) & (u > 0)).to(u.dtype), *upper_line(l, u))
 
 
-def zero(l: torch.Tensor, u: torch.Tensor, generator: Optional[torch.Generator] = None) -> Relaxation:
+def zero(l: torch.Tensor, u: torch.Tensor, generator: torch.Generator | None = None) -> Relaxation:
     """``a = 0`` on every unstable neuron."""
     return Relaxation(((l >= 0) & (u > 0)).to(u.dtype), *upper_line(l, u))
 
 
-def one(l: torch.Tensor, u: torch.Tensor, generator: Optional[torch.Generator] = None) -> Relaxation:
+def one(l: torch.Tensor, u: torch.Tensor, generator: torch.Generator | None = None) -> Relaxation:
     """``a = 1`` on every unstable neuron."""
     return Relaxation((u > 0).to(u.dtype), *upper_line(l, u))
 
 
-def same_slope(l: torch.Tensor, u: torch.Tensor, generator: Optional[torch.Generator] = None) -> Relaxation:
+def same_slope(
+    l: torch.Tensor, u: torch.Tensor, generator: torch.Generator | None = None
+) -> Relaxation:
     """``a = u / (u - l)``, parallel to the upper line (Fast-Lin / CAP)."""
     s, t = upper_line(l, u)
     return with_lower_slope(l, u, s, upper=(s, t))
@@ -126,7 +131,7 @@ class ShardGenerator(torch.Generator):
     Distributed training (``train.parallel``) hands one to each process.
     """
 
-    def __new__(cls, rows: slice, total: int, device: str | torch.device = "cpu") -> "ShardGenerator":
+    def __new__(cls, rows: slice, total: int, device: str | torch.device = "cpu") -> ShardGenerator:
         return super().__new__(cls, device)
 
     def __init__(self, rows: slice, total: int, device: str | torch.device = "cpu") -> None:
@@ -134,25 +139,39 @@ class ShardGenerator(torch.Generator):
         self.rows, self.total = slice(start, stop), int(total)
 
 
-def rand_rows(shape: tuple[int, ...] | torch.Size, generator: Optional[torch.Generator] = None,
-              dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> torch.Tensor:
+def rand_rows(
+    shape: tuple[int, ...] | torch.Size,
+    generator: torch.Generator | None = None,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+) -> torch.Tensor:
     """``torch.rand(shape)`` from ``generator``; for a :class:`ShardGenerator` with
     ``shape[0] == len(rows)``, rows ``rows`` of ``torch.rand((total, *shape[1:]))``."""
     shape = tuple(shape)
-    if isinstance(generator, ShardGenerator) and shape and shape[0] == generator.rows.stop - generator.rows.start:
-        whole = torch.rand((generator.total, *shape[1:]), generator=generator, dtype=dtype, device=device)
+    if (
+        isinstance(generator, ShardGenerator)
+        and shape
+        and shape[0] == generator.rows.stop - generator.rows.start
+    ):
+        whole = torch.rand(
+            (generator.total, *shape[1:]), generator=generator, dtype=dtype, device=device
+        )
         return whole[generator.rows]
     return torch.rand(shape, generator=generator, dtype=dtype, device=device)
 
 
-def uniform(l: torch.Tensor, u: torch.Tensor, generator: Optional[torch.Generator] = None) -> Relaxation:
+def uniform(
+    l: torch.Tensor, u: torch.Tensor, generator: torch.Generator | None = None
+) -> Relaxation:
     """``a ~ U[0, 1]`` independently per neuron and sample (drawn from ``generator``;
     :func:`rand_rows`)."""
     a = rand_rows(u.shape, generator, dtype=u.dtype, device=u.device)
     return with_lower_slope(l, u, a)
 
 
-def binary(l: torch.Tensor, u: torch.Tensor, generator: Optional[torch.Generator] = None) -> Relaxation:
+def binary(
+    l: torch.Tensor, u: torch.Tensor, generator: torch.Generator | None = None
+) -> Relaxation:
     """``a ~ Bernoulli(1/2)`` independently per neuron and sample."""
     a = (rand_rows(u.shape, generator, dtype=u.dtype, device=u.device) < 0.5).to(u.dtype)
     return with_lower_slope(l, u, a)

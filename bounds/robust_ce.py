@@ -11,7 +11,8 @@ IBP; see :mod:`bounds.fused`).
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence, Union
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -21,7 +22,16 @@ from bounds.compute import bounds_from
 from bounds.fused import fused_loss
 from bounds.names import engine_method
 from bounds.network import layer_ops
-from bounds.spec import check_beta, check_domain, check_eps, check_method_slope, check_opt, check_x, margin_ce, margin_spec
+from bounds.spec import (
+    check_beta,
+    check_domain,
+    check_eps,
+    check_method_slope,
+    check_opt,
+    check_x,
+    margin_ce,
+    margin_spec,
+)
 
 REDUCTIONS = ("mean", "sum", "none")
 FUSED = (False, True, "min")
@@ -31,12 +41,12 @@ def robust_cross_entropy(
     model: nn.Module,
     x: torch.Tensor,
     y: torch.Tensor,
-    eps: Union[float, torch.Tensor],
+    eps: float | torch.Tensor,
     method: str = "crown-ibp",
-    slope: Optional[str] = None,
+    slope: str | None = None,
     beta: float = 1.0,
-    domain: Optional[Sequence[float]] = (0.0, 1.0),
-    fused: Union[bool, str] = False,
+    domain: Sequence[float] | None = (0.0, 1.0),
+    fused: bool | str = False,
     reduction: str = "mean",
     compile: bool = False,
     **kw: Any,
@@ -61,22 +71,50 @@ def robust_cross_entropy(
         raise ValueError(f"unknown reduction {reduction!r}; choose one of {', '.join(REDUCTIONS)}")
     unknown = set(kw) - {"loss_fn", "opt_steps", "opt_lr", "generator"}
     if unknown:
-        raise ValueError(f"unexpected keyword argument(s) {sorted(unknown)} for robust_cross_entropy")
+        raise ValueError(
+            f"unexpected keyword argument(s) {sorted(unknown)} for robust_cross_entropy"
+        )
     opt_steps, opt_lr = check_opt(kw.get("opt_steps", 20), kw.get("opt_lr", 0.1))
     ops = layer_ops(model, tuple(x.shape[1:]), x.dtype, x.device, x=x)
     n = ops[-1].out_shape[0]
     if not isinstance(y, torch.Tensor) or y.shape != (x.shape[0],):
-        raise ValueError(f"y must be a tensor of {x.shape[0]} labels, got {getattr(y, 'shape', type(y))}")
+        raise ValueError(
+            f"y must be a tensor of {x.shape[0]} labels, got {getattr(y, 'shape', type(y))}"
+        )
     if fused:
         loss = fused_loss(
-            ops, x, y, eps, method, slope, beta, domain, kw.get("loss_fn"), opt_steps, opt_lr, kw.get("generator"),
-            compiled.kernels(bool(compile)), keep_ibp=fused == "min",
+            ops,
+            x,
+            y,
+            eps,
+            method,
+            slope,
+            beta,
+            domain,
+            kw.get("loss_fn"),
+            opt_steps,
+            opt_lr,
+            kw.get("generator"),
+            compiled.kernels(bool(compile)),
+            keep_ibp=fused == "min",
         )
     else:
         C = margin_spec(y, n).to(dtype=x.dtype, device=x.device)
         res = bounds_from(
-            ops, x, eps, method, slope, C, beta, domain, kw.get("loss_fn"), opt_steps, opt_lr, kw.get("generator"),
-            need_upper=False, compile=bool(compile),
+            ops,
+            x,
+            eps,
+            method,
+            slope,
+            C,
+            beta,
+            domain,
+            kw.get("loss_fn"),
+            opt_steps,
+            opt_lr,
+            kw.get("generator"),
+            need_upper=False,
+            compile=bool(compile),
         )
         loss = margin_ce(res.lower)
     if reduction == "mean":

@@ -17,7 +17,7 @@ differentiable pass with them.
 from __future__ import annotations
 
 import math
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 
@@ -27,7 +27,9 @@ Objective = Callable[[Mapping[int, Relaxation]], torch.Tensor]
 Bounds = Mapping[int, tuple[torch.Tensor, torch.Tensor]]
 
 
-def _relax(bounds: Bounds, start: Mapping[int, Relaxation], slopes: Mapping[int, torch.Tensor]) -> dict:
+def _relax(
+    bounds: Bounds, start: Mapping[int, Relaxation], slopes: Mapping[int, torch.Tensor]
+) -> dict:
     """Relaxations with lower slopes ``slopes`` and the upper lines of ``start``."""
     return {
         k: with_lower_slope(l, u, slopes[k], upper=(start[k].upper_slope, start[k].upper_intercept))
@@ -35,7 +37,9 @@ def _relax(bounds: Bounds, start: Mapping[int, Relaxation], slopes: Mapping[int,
     }
 
 
-def tighten(bounds: Bounds, start: Mapping[int, Relaxation], objective: Objective) -> dict[int, torch.Tensor]:
+def tighten(
+    bounds: Bounds, start: Mapping[int, Relaxation], objective: Objective
+) -> dict[int, torch.Tensor]:
     """One signed-gradient step to the vertices: ``a = 1[g < 0] + a0 1[g == 0]``.
 
     ``bounds``: ``{relu op index: (l, u)}`` detached; ``start``: ``{k: Relaxation}`` with the
@@ -78,7 +82,9 @@ def optimize(
                 for (k, a), g in zip(leaves.items(), grads):
                     if g is None:
                         continue
-                    g = g.nan_to_num(nan=0.0, posinf=0.0, neginf=0.0)  # an overflowing loss moves nothing
+                    g = g.nan_to_num(
+                        nan=0.0, posinf=0.0, neginf=0.0
+                    )  # an overflowing loss moves nothing
                     avg[k].lerp_(g, 1 - beta1)
                     avg_sq[k].mul_(beta2).addcmul_(g, g, value=1 - beta2)
                     denom = (avg_sq[k].sqrt() / correction2).add_(eps)

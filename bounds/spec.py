@@ -9,7 +9,7 @@ that a bound computation never waits for the device (shapes and dtypes are check
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence, Union
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -36,13 +36,20 @@ def margin_spec(y: torch.Tensor, n_classes: int) -> torch.Tensor:
     Row ``k`` of sample ``b`` is ``e_{y_b} - e_{j_k}`` where ``j_0 < j_1 < ...`` are the classes
     other than ``y_b``, so ``(C f)_k = f_y - f_{j_k}`` (the margin; positive means correct).
     """
-    if not isinstance(y, torch.Tensor) or y.dim() != 1 or y.dtype.is_floating_point or y.dtype == torch.bool:
+    if (
+        not isinstance(y, torch.Tensor)
+        or y.dim() != 1
+        or y.dtype.is_floating_point
+        or y.dtype == torch.bool
+    ):
         raise ValueError("y must be a 1-D integer tensor of class labels")
     n = int(n_classes)
     if n < 2:
         raise ValueError(f"n_classes must be at least 2, got {n_classes}")
     if y.numel() and host_checks(y) and (int(y.min()) < 0 or int(y.max()) >= n):
-        raise ValueError(f"labels must lie in [0, {n - 1}], got values in [{int(y.min())}, {int(y.max())}]")
+        raise ValueError(
+            f"labels must lie in [0, {n - 1}], got values in [{int(y.min())}, {int(y.max())}]"
+        )
     y = y.long()
     idx = torch.arange(n - 1, device=y.device).unsqueeze(0)  # [1, n-1]
     others = idx + (idx >= y.unsqueeze(1)).long()  # [B, n-1]: skip y
@@ -70,12 +77,14 @@ def check_x(x: torch.Tensor) -> None:
     if not isinstance(x, torch.Tensor) or not x.dtype.is_floating_point:
         raise ValueError("x must be a floating-point tensor [batch, *input_shape]")
     if x.dim() < 2:
-        raise ValueError(f"x must have a batch dimension and an input shape, got shape {list(x.shape)}")
+        raise ValueError(
+            f"x must have a batch dimension and an input shape, got shape {list(x.shape)}"
+        )
     if host_checks(x) and not all_finite(x):
         raise ValueError("x contains NaN or infinite values")
 
 
-def check_eps(eps: Union[float, torch.Tensor], batch: int) -> Union[float, torch.Tensor]:
+def check_eps(eps: float | torch.Tensor, batch: int) -> float | torch.Tensor:
     """``eps``: a finite float >= 0 or a tensor ``[]`` / ``[B]`` of them. Returns float or ``[B]`` tensor."""
     if isinstance(eps, torch.Tensor):
         if eps.dim() == 0 and not host_checks(eps):
@@ -83,7 +92,9 @@ def check_eps(eps: Union[float, torch.Tensor], batch: int) -> Union[float, torch
         elif eps.dim() == 0:
             eps = float(eps)
         elif eps.shape != (batch,):
-            raise ValueError(f"eps as a tensor must have shape [{batch}] (one radius per sample), got {list(eps.shape)}")
+            raise ValueError(
+                f"eps as a tensor must have shape [{batch}] (one radius per sample), got {list(eps.shape)}"
+            )
         else:
             if host_checks(eps) and (not all_finite(eps) or bool((eps < 0).any())):
                 raise ValueError("eps must be finite and non-negative")
@@ -97,7 +108,7 @@ def check_eps(eps: Union[float, torch.Tensor], batch: int) -> Union[float, torch
     return e
 
 
-def check_domain(domain: Optional[Sequence[float]]) -> Optional[tuple[float, float]]:
+def check_domain(domain: Sequence[float] | None) -> tuple[float, float] | None:
     if domain is None:
         return None
     try:
@@ -109,7 +120,7 @@ def check_domain(domain: Optional[Sequence[float]]) -> Optional[tuple[float, flo
     return lo, hi
 
 
-def check_method_slope(method: str, slope: Optional[str]) -> str:
+def check_method_slope(method: str, slope: str | None) -> str:
     """Validate the pair; returns the slope to use (see :func:`bounds.names.bound_slope`)."""
     return names.bound_slope(method, slope)
 
@@ -129,7 +140,7 @@ def check_beta(beta: float) -> float:
     return b
 
 
-def check_C(C: Optional[torch.Tensor], batch: int, n_out: int, x: torch.Tensor) -> Optional[torch.Tensor]:
+def check_C(C: torch.Tensor | None, batch: int, n_out: int, x: torch.Tensor) -> torch.Tensor | None:
     """``C``: ``[B, S, n_out]`` (or ``[S, n_out]``, shared by all samples); cast to x's dtype/device."""
     if C is None:
         return None

@@ -19,18 +19,35 @@ import numpy as np
 
 from figures.labels import distinct, loss_axis, run_name
 from figures.records import LineScan
-from figures.style import (apply_style, band_edges, band_style, legend_below, line_style, method_colour, method_rank,
-                            save, with_context)
+from figures.style import (
+    apply_style,
+    band_edges,
+    band_style,
+    legend_below,
+    line_style,
+    method_colour,
+    method_rank,
+    save,
+    with_context,
+)
 
 
 def _entries(scans: Sequence[LineScan]):
     """(scan, method, arrays, label, colour) for every scanned loss; the label names the method
     and eps, and the run too where two curves would otherwise read the same."""
-    pairs = [(s, m, arrays) for s in scans for m, arrays in sorted(s.series.items(), key=lambda kv: method_rank(kv[0]))]
+    pairs = [
+        (s, m, arrays)
+        for s in scans
+        for m, arrays in sorted(s.series.items(), key=lambda kv: method_rank(kv[0]))
+    ]
     methods = [m if m != "loss" else s.meta.method for s, m, _ in pairs]
-    labels = distinct([s.meta.label(m) for (s, _, _), m in zip(pairs, methods)], [s.meta.run for s, _, _ in pairs])
-    return [(s, m, arrays, label, method_colour(m, i))
-            for i, ((s, _, arrays), m, label) in enumerate(zip(pairs, methods, labels))]
+    labels = distinct(
+        [s.meta.label(m) for (s, _, _), m in zip(pairs, methods)], [s.meta.run for s, _, _ in pairs]
+    )
+    return [
+        (s, m, arrays, label, method_colour(m, i))
+        for i, ((s, _, arrays), m, label) in enumerate(zip(pairs, methods, labels))
+    ]
 
 
 def _draw(ax, x: np.ndarray, values: np.ndarray, colour: str, label: str | None = None, **line):
@@ -75,7 +92,10 @@ def loss_variation(loss: np.ndarray) -> float:
 
 
 def plot_gradient_scans(
-    scans: Sequence[LineScan], out_dir: str | Path, stem: str, formats: Sequence[str] = ("png", "pdf")
+    scans: Sequence[LineScan],
+    out_dir: str | Path,
+    stem: str,
+    formats: Sequence[str] = ("png", "pdf"),
 ) -> list[Path]:
     """Loss change (with the loss-variation band), gradient cosine and smoothness against step
     size for every method of every gradient scan, overlaid on shared axes.
@@ -100,7 +120,7 @@ def plot_gradient_scans(
     axes = list(grid.ravel())
     ax_loss = axes[0]
     handles = []
-    for i, (scan, method, arrays, label, colour) in enumerate(entries):
+    for i, (scan, _method, arrays, label, colour) in enumerate(entries):
         t = scan.coord
         mean = np.asarray(arrays["loss"], dtype=float)
         if not np.isfinite(mean).any():  # a scan whose points are not computed yet
@@ -109,7 +129,9 @@ def plot_gradient_scans(
         base = mean[zero] if np.isfinite(mean[zero]) else np.nanmin(mean)
         rel = mean - base
         dl = loss_variation(mean)
-        (h,) = ax_loss.plot(t, rel, color=colour, label=f"{label}: L(θ)={base:.3g}, ΔL={dl:.3g}", **line_style(i))
+        (h,) = ax_loss.plot(
+            t, rel, color=colour, label=f"{label}: L(θ)={base:.3g}, ΔL={dl:.3g}", **line_style(i)
+        )
         handles.append(h)
         values = rel[np.isfinite(rel)]
         if values.size:
@@ -120,12 +142,20 @@ def plot_gradient_scans(
     ax_loss.set_xlabel(xlabel)
     ax_loss.set_ylabel("L(θ_t) − L(θ) (nats)")
     ax_loss.set_title("Loss along −∇L (band: loss variation)")
-    ax_loss.text(0.02, 0.98, f"L: {loss_axis([m for _, m, *_ in entries], unit='')}\nθ_t: {note}",
-                 transform=ax_loss.transAxes, va="top", ha="left", fontsize=7.5, color="0.25",
-                 bbox={"facecolor": "white", "alpha": 0.8, "lw": 0, "pad": 1.5})
+    ax_loss.text(
+        0.02,
+        0.98,
+        f"L: {loss_axis([m for _, m, *_ in entries], unit='')}\nθ_t: {note}",
+        transform=ax_loss.transAxes,
+        va="top",
+        ha="left",
+        fontsize=7.5,
+        color="0.25",
+        bbox={"facecolor": "white", "alpha": 0.8, "lw": 0, "pad": 1.5},
+    )
 
     def curve_panel(ax, key: str, ylabel: str, title: str, log: bool = False) -> None:
-        for i, (scan, method, arrays, label, colour) in enumerate(entries):
+        for i, (scan, _method, arrays, label, colour) in enumerate(entries):
             if key not in arrays or not np.isfinite(arrays[key]).any():
                 continue
             _draw(ax, scan.coord, arrays[key], colour, label, **line_style(i))
@@ -141,26 +171,40 @@ def plot_gradient_scans(
         axes[panel].axhline(1.0, color="0.4", lw=0.8, ls=":")
         panel += 1
     if has_smooth:
-        curve_panel(axes[panel], "smoothness", "‖∇L(θ_t) − ∇L(θ)‖ / ‖θ_t − θ‖", "Smoothness (lower = smoother)",
-                    log=True)
+        curve_panel(
+            axes[panel],
+            "smoothness",
+            "‖∇L(θ_t) − ∇L(θ)‖ / ‖θ_t − θ‖",
+            "Smoothness (lower = smoother)",
+            log=True,
+        )
         panel += 1
     if has_flip:
-        curve_panel(axes[panel], "sign_flip", "fraction of coefficients", "Sign flips of bound coefficients")
+        curve_panel(
+            axes[panel], "sign_flip", "fraction of coefficients", "Sign flips of bound coefficients"
+        )
     fig.suptitle(with_context("Gradient-direction scan", [s.meta for s in scans]), fontsize=12)
     fig.tight_layout()
-    legend_below(fig, handles, ncol=min(2, len(handles) or 1))  # none while no point is computed yet
+    legend_below(
+        fig, handles, ncol=min(2, len(handles) or 1)
+    )  # none while no point is computed yet
     return save(fig, out_dir, stem, formats)
 
 
 def _positive(ax, ratio: float = 20.0) -> bool:
     """True when every plotted y value is positive and the largest is over ``ratio`` times the smallest."""
-    ys = np.concatenate([np.asarray(line.get_ydata(), dtype=float) for line in ax.get_lines()] or [np.zeros(0)])
+    ys = np.concatenate(
+        [np.asarray(line.get_ydata(), dtype=float) for line in ax.get_lines()] or [np.zeros(0)]
+    )
     ys = ys[np.isfinite(ys)]
     return bool(ys.size and ys.min() > 0 and ys.max() / ys.min() > ratio)
 
 
 def plot_line_scans(
-    scans: Sequence[LineScan], out_dir: str | Path, stem: str, formats: Sequence[str] = ("png", "pdf"),
+    scans: Sequence[LineScan],
+    out_dir: str | Path,
+    stem: str,
+    formats: Sequence[str] = ("png", "pdf"),
     log: bool = False,
 ) -> list[Path]:
     """Loss against the scan coordinate for ``random-1d`` or ``interpolate`` scans, one line
@@ -170,10 +214,12 @@ def plot_line_scans(
     import matplotlib.pyplot as plt
 
     kind = scans[0].meta.kind
-    entries = [e for e in _entries(scans) if np.isfinite(np.asarray(e[2]["loss"], dtype=float)).any()]
+    entries = [
+        e for e in _entries(scans) if np.isfinite(np.asarray(e[2]["loss"], dtype=float)).any()
+    ]
     fig, ax = plt.subplots(figsize=(6.2, 4.2))
     handles = []
-    for i, (scan, method, arrays, label, colour) in enumerate(entries):
+    for i, (scan, _method, arrays, label, colour) in enumerate(entries):
         style = {**line_style(i), "markevery": max(1, scan.coord.size // 12)}
         handles.append(_draw(ax, scan.coord, arrays["loss"], colour, label, **style))
     ax.axvline(0.0, color="0.3", lw=0.9, ls="--")

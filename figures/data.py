@@ -29,11 +29,30 @@ from typing import Any
 import numpy as np
 
 from bounds.names import FILE_KINDS, SCAN_KINDS
-from figures.records import CertifyResult, LineScan, Meta, Record, SpectrumScan, SurfaceScan, TrainRun
+from figures.records import (
+    CertifyResult,
+    LineScan,
+    Meta,
+    Record,
+    SpectrumScan,
+    SurfaceScan,
+    TrainRun,
+)
 from landscape import store
 
-__all__ = ["load", "read_raw", "check_header", "supported_schema_versions", "Meta", "LineScan", "SurfaceScan",
-           "SpectrumScan", "TrainRun", "CertifyResult", "Record"]
+__all__ = [
+    "load",
+    "read_raw",
+    "check_header",
+    "supported_schema_versions",
+    "Meta",
+    "LineScan",
+    "SurfaceScan",
+    "SpectrumScan",
+    "TrainRun",
+    "CertifyResult",
+    "Record",
+]
 
 
 # --------------------------------------------------------------------------- reading
@@ -139,7 +158,9 @@ def check_header(path: Path, raw: dict) -> dict:
     try:
         version = int(attrs["schema_version"])
     except (TypeError, ValueError):
-        raise ValueError(f"{path}: schema_version {attrs['schema_version']!r} is not an integer") from None
+        raise ValueError(
+            f"{path}: schema_version {attrs['schema_version']!r} is not an integer"
+        ) from None
     supported = supported_schema_versions()
     if version not in supported:
         raise ValueError(
@@ -148,7 +169,9 @@ def check_header(path: Path, raw: dict) -> dict:
         )
     kind = attrs.get("kind")
     if kind not in FILE_KINDS:
-        raise ValueError(f"{path}: unknown result kind {kind!r}; expected one of {', '.join(FILE_KINDS)}")
+        raise ValueError(
+            f"{path}: unknown result kind {kind!r}; expected one of {', '.join(FILE_KINDS)}"
+        )
     return attrs
 
 
@@ -168,7 +191,9 @@ _LINE_FIELDS = {
 }
 
 
-def _scan_grid(path: Path, raw: dict, attrs: dict, n_dims: int) -> tuple[list[str], list[np.ndarray]]:
+def _scan_grid(
+    path: Path, raw: dict, attrs: dict, n_dims: int
+) -> tuple[list[str], list[np.ndarray]]:
     """Names and coordinates of the grid axes (``/coords/<dim>`` in the order of attr ``dims``)."""
     coords = _groups(raw).get("coords")
     if coords is None:
@@ -177,7 +202,9 @@ def _scan_grid(path: Path, raw: dict, attrs: dict, n_dims: int) -> tuple[list[st
     if not isinstance(dims, list) or not dims:
         dims = [k for k in _arrays(coords)]
     if len(dims) != n_dims:
-        raise ValueError(f"{path}: a {attrs.get('kind')} scan needs {n_dims} grid axes, the file has {len(dims)} ({dims})")
+        raise ValueError(
+            f"{path}: a {attrs.get('kind')} scan needs {n_dims} grid axes, the file has {len(dims)} ({dims})"
+        )
     arrays = _arrays(coords)
     return [str(d) for d in dims], [_need(arrays, (str(d),), path, "coords") for d in dims]
 
@@ -193,8 +220,13 @@ def _scan_results(path: Path, raw: dict, shape: tuple[int, ...]) -> dict[str, di
         arrays = _arrays(node)
         loss = _need(arrays, ("loss",), path, f"results/{label}")
         if loss.shape != shape:
-            raise ValueError(f"{path}: results/{label}/loss has shape {loss.shape}, expected the grid shape {shape}")
-        out[label] = {**{k: np.asarray(v, dtype=float) for k, v in arrays.items()}, "attrs": _attrs(node)}
+            raise ValueError(
+                f"{path}: results/{label}/loss has shape {loss.shape}, expected the grid shape {shape}"
+            )
+        out[label] = {
+            **{k: np.asarray(v, dtype=float) for k, v in arrays.items()},
+            "attrs": _attrs(node),
+        }
     return out
 
 
@@ -213,16 +245,27 @@ def _line_scan(path: Path, raw: dict, meta: Meta) -> LineScan:
     label = SCAN_KINDS[kind].axis
     if kind == "random-1d" and dims[0] not in ("x", "alpha"):
         label = f"{dims[0]} (× random direction)"
-    return LineScan(meta=meta, coord=coord, coord_label=label, series=series, n_computed=_n_computed(results))
+    return LineScan(
+        meta=meta, coord=coord, coord_label=label, series=series, n_computed=_n_computed(results)
+    )
 
 
 def _surface_scan(path: Path, raw: dict, meta: Meta) -> SurfaceScan:
     _, (x, y) = _scan_grid(path, raw, meta.attrs, 2)
     results = _scan_results(path, raw, (x.size, y.size))
-    scan = SurfaceScan(meta=meta, x=x, y=y, loss={label: r["loss"] for label, r in results.items()},
-                       n_computed=_n_computed(results))
+    scan = SurfaceScan(
+        meta=meta,
+        x=x,
+        y=y,
+        loss={label: r["loss"] for label, r in results.items()},
+        n_computed=_n_computed(results),
+    )
     for r in results.values():  # the model's errors at each point, the same under every label
-        found = {f: r[f] for f in ("clean_err", "pgd_err", "verified_err") if f in r and r[f].shape == (x.size, y.size)}
+        found = {
+            f: r[f]
+            for f in ("clean_err", "pgd_err", "verified_err")
+            if f in r and r[f].shape == (x.size, y.size)
+        }
         if found:
             scan.errors = found
             break
@@ -230,7 +273,9 @@ def _surface_scan(path: Path, raw: dict, meta: Meta) -> SurfaceScan:
         path_xy = _need(_arrays(_groups(raw).get("arrays", {})), ("trajectory",), path, "arrays")
         ratios = [float(v) for v in (meta.attrs.get("explained_variance") or [np.nan, np.nan])]
         if path_xy.ndim != 2 or path_xy.shape[1] != 2:
-            raise ValueError(f"{path}: arrays/trajectory has shape {path_xy.shape}, expected [n_checkpoints, 2]")
+            raise ValueError(
+                f"{path}: arrays/trajectory has shape {path_xy.shape}, expected [n_checkpoints, 2]"
+            )
         steps = _trajectory_steps(path, len(path_xy))
         for label in scan.loss:
             scan.paths[label], scan.variance[label] = path_xy, ratios
@@ -262,16 +307,24 @@ def _spectrum_scan(path: Path, raw: dict, meta: Meta) -> SpectrumScan:
         arrays, attrs = _arrays(node), _attrs(node)
         if "computed" in arrays and not np.asarray(arrays["computed"]).any():
             continue  # not computed yet
-        entry = {k: _need(arrays, (k,), path, f"results/{label}") for k in ("eigenvalues", "density_grid", "density")}
-        entry.update(trace=float(attrs.get("trace", np.nan)), trace_stderr=float(attrs.get("trace_stderr", np.nan)),
-                     loss=float(np.asarray(arrays.get("loss", np.nan))))
+        entry = {
+            k: _need(arrays, (k,), path, f"results/{label}")
+            for k in ("eigenvalues", "density_grid", "density")
+        }
+        entry.update(
+            trace=float(attrs.get("trace", np.nan)),
+            trace_stderr=float(attrs.get("trace_stderr", np.nan)),
+            loss=float(np.asarray(arrays.get("loss", np.nan))),
+        )
         for k in ("slq_nodes", "slq_weights"):  # to broaden every density of a figure alike
             if k in arrays:
                 entry[k] = np.asarray(arrays[k], dtype=float)
         entry["density_sigma"] = float(attrs.get("density_sigma", np.nan))
         layers = _groups(node).get("layers") or {}
-        entry["layers"] = {name: {k: np.asarray(v, dtype=float) for k, v in _arrays(rec).items()}
-                           for name, rec in _groups(layers).items()}
+        entry["layers"] = {
+            name: {k: np.asarray(v, dtype=float) for k, v in _arrays(rec).items()}
+            for name, rec in _groups(layers).items()
+        }
         spectra[label] = entry
     return SpectrumScan(meta=meta, spectra=spectra, n_computed=len(spectra))
 
@@ -332,11 +385,17 @@ def _last_per_key(cols: dict[str, np.ndarray], key: str) -> dict[str, np.ndarray
 
 def _train_run(path: Path, raw: dict, meta: Meta) -> TrainRun:
     groups = _groups(raw)
-    steps = _last_per_key({k: np.asarray(v) for k, v in _arrays(groups.get("steps", {})).items()}, "step")
-    epochs = _last_per_key({k: np.asarray(v) for k, v in _arrays(groups.get("epochs", {})).items()}, "epoch")
+    steps = _last_per_key(
+        {k: np.asarray(v) for k, v in _arrays(groups.get("steps", {})).items()}, "step"
+    )
+    epochs = _last_per_key(
+        {k: np.asarray(v) for k, v in _arrays(groups.get("epochs", {})).items()}, "epoch"
+    )
     probes, probe_t = _probe_matrix(_arrays(groups.get("probes", {})))
     if not steps and not probes and not epochs:
-        raise ValueError(f"{path}: missing arrays steps/*, epochs/* and probes/*; nothing to plot in this training file")
+        raise ValueError(
+            f"{path}: missing arrays steps/*, epochs/* and probes/*; nothing to plot in this training file"
+        )
     return TrainRun(meta=meta, steps=steps, epochs=epochs, probes=probes, probe_t=probe_t)
 
 
@@ -370,8 +429,13 @@ def load(path: str | Path) -> Record:
     meta = _meta(p, attrs)
     if meta.kind in SCAN_KINDS:
         dims = SCAN_KINDS[meta.kind].dims
-        return _line_scan(p, raw, meta) if dims == 1 else _surface_scan(p, raw, meta) if dims == 2 else \
-            _spectrum_scan(p, raw, meta)
+        return (
+            _line_scan(p, raw, meta)
+            if dims == 1
+            else _surface_scan(p, raw, meta)
+            if dims == 2
+            else _spectrum_scan(p, raw, meta)
+        )
     if meta.kind == "train":
         return _train_run(p, raw, meta)
     return _certify(p, raw, meta)

@@ -33,7 +33,7 @@ def _name_records(records: Sequence[Record]) -> None:
     depth = [1] * len(records)
 
     def name(i: int) -> str:
-        return _slug("_".join(records[i].meta.path.with_suffix("").parts[-depth[i]:]))
+        return _slug("_".join(records[i].meta.path.with_suffix("").parts[-depth[i] :]))
 
     for _ in range(8):
         names = [name(i) for i in range(len(records))]
@@ -61,21 +61,39 @@ def _merge_surfaces(scans: Sequence[SurfaceScan]) -> SurfaceScan | None:
     if len(scans) < 2:
         return None
     first = scans[0]
-    if any(s.meta.kind != first.meta.kind or s.x.shape != first.x.shape or s.y.shape != first.y.shape
-           or not np.allclose(s.x, first.x) or not np.allclose(s.y, first.y) for s in scans):
+    if any(
+        s.meta.kind != first.meta.kind
+        or s.x.shape != first.x.shape
+        or s.y.shape != first.y.shape
+        or not np.allclose(s.x, first.x)
+        or not np.allclose(s.y, first.y)
+        for s in scans
+    ):
         return None
     from dataclasses import replace
 
-    common = {k: v for k, v in first.meta.attrs.items() if all(s.meta.attrs.get(k) == v for s in scans)}
-    meta = replace(first.meta, method=None, checkpoint=None, attrs=common, path=first.meta.path.parent / "compare",
-                   eps=first.meta.eps if all(s.meta.eps == first.meta.eps for s in scans) else None,
-                   model=first.meta.model if all(s.meta.model == first.meta.model for s in scans) else None)
+    common = {
+        k: v for k, v in first.meta.attrs.items() if all(s.meta.attrs.get(k) == v for s in scans)
+    }
+    meta = replace(
+        first.meta,
+        method=None,
+        checkpoint=None,
+        attrs=common,
+        path=first.meta.path.parent / "compare",
+        eps=first.meta.eps if all(s.meta.eps == first.meta.eps for s in scans) else None,
+        model=first.meta.model if all(s.meta.model == first.meta.model for s in scans) else None,
+    )
     merged = SurfaceScan(meta=meta, x=first.x, y=first.y, loss={})
     runs = distinct([s.meta.run for s in scans], [s.meta.name for s in scans])
     for s, run in zip(scans, runs):
         for label, grid in s.loss.items():
             key = f"{label} [{run}]"
-            merged.loss[key], merged.methods[key], merged.runs[key] = grid, s.method(label) or label, run
+            merged.loss[key], merged.methods[key], merged.runs[key] = (
+                grid,
+                s.method(label) or label,
+                run,
+            )
             if label in s.paths:
                 merged.paths[key], merged.variance[key] = s.paths[label], s.variance[label]
     return merged
@@ -93,14 +111,22 @@ def tightness_points(runs: Sequence[TrainRun], certs: Sequence[CertifyResult] = 
             if "bound_gap" in row and np.isfinite(row["bound_gap"]):
                 own_cert.setdefault(str(row.get("method")), row["bound_gap"])
     points = []
-    labels = distinct([legend_label(r.meta.method, r.meta.eps) for r in runs], [r.meta.run for r in runs])
+    labels = distinct(
+        [legend_label(r.meta.method, r.meta.eps) for r in runs], [r.meta.run for r in runs]
+    )
     for run, label in zip(runs, labels):
         method = str(run.meta.method)
         tight = runstats.common_gap(method, certs)
         if not np.isfinite(tight):
             tight = own_cert.get(method, training.summary(run)["tightness"])
-        points.append({"method": run.meta.method, "label": label, "tightness": tight,
-                       "smoothness": runstats.probe_numbers(run)["loss_variation"]})
+        points.append(
+            {
+                "method": run.meta.method,
+                "label": label,
+                "tightness": tight,
+                "smoothness": runstats.probe_numbers(run)["loss_variation"],
+            }
+        )
     return points
 
 
@@ -114,11 +140,16 @@ def plot_records(
     """Draw figures (and tables) for already-loaded records; see :func:`plot_file`."""
     fmts = normalise_formats(formats)
     out = Path(out_dir)
-    empty = [str(r.meta.path) for r in records if isinstance(r, (LineScan, SurfaceScan, SpectrumScan))
-             and not r.n_computed]
+    empty = [
+        str(r.meta.path)
+        for r in records
+        if isinstance(r, (LineScan, SurfaceScan, SpectrumScan)) and not r.n_computed
+    ]
     if empty:
-        raise ValueError(f"nothing to draw in {', '.join(empty)}: no point of the scan is computed yet "
-                         "(run the same scan command again to compute them)")
+        raise ValueError(
+            f"nothing to draw in {', '.join(empty)}: no point of the scan is computed yet "
+            "(run the same scan command again to compute them)"
+        )
     records = sorted(records, key=lambda r: method_rank(r.meta.method))
     _name_records(records)
     written: list[Path] = []
@@ -128,11 +159,17 @@ def plot_records(
         if isinstance(r, LineScan):
             line_kinds.setdefault(r.meta.kind, []).append(r)
     for kind, scans in line_kinds.items():
-        draw = curves.plot_gradient_scans if kind == "gradient" else partial(curves.plot_line_scans, log=log)
+        draw = (
+            curves.plot_gradient_scans
+            if kind == "gradient"
+            else partial(curves.plot_line_scans, log=log)
+        )
         for scan in scans:
             written += draw([scan], out, _stem(scan.meta.name, kind), fmts)
             if kind != "gradient" and errors.line_errors(scan):
-                written += errors.plot_error_lines(scan, out, _stem(scan.meta.name, kind) + "_errors", fmts)
+                written += errors.plot_error_lines(
+                    scan, out, _stem(scan.meta.name, kind) + "_errors", fmts
+                )
         if len(scans) > 1:
             written += draw(scans, out, f"compare_{kind}", fmts)
 
@@ -142,17 +179,27 @@ def plot_records(
             surface_kinds.setdefault(r.meta.kind, []).append(r)
     for kind, group in surface_kinds.items():
         for r in group:
-            written += surfaces.plot_surface(r, out, _stem(r.meta.name, kind), fmts, surface3d=surface3d, log=log)
+            written += surfaces.plot_surface(
+                r, out, _stem(r.meta.name, kind), fmts, surface3d=surface3d, log=log
+            )
             if r.errors:
-                written += errors.plot_error_surfaces(r, out, _stem(r.meta.name, kind) + "_errors", fmts)
+                written += errors.plot_error_surfaces(
+                    r, out, _stem(r.meta.name, kind) + "_errors", fmts
+                )
         merged = _merge_surfaces(group)
         if merged is not None:
-            written += surfaces.plot_surface(merged, out, f"compare_{kind}", fmts, surface3d=surface3d, log=log)
+            written += surfaces.plot_surface(
+                merged, out, f"compare_{kind}", fmts, surface3d=surface3d, log=log
+            )
 
-    pairs = paths.path_pairs([r for r in records if isinstance(r, SurfaceScan)],
-                             [r for r in records if isinstance(r, TrainRun)])
+    pairs = paths.path_pairs(
+        [r for r in records if isinstance(r, SurfaceScan)],
+        [r for r in records if isinstance(r, TrainRun)],
+    )
     for pair in pairs:
-        written += paths.plot_pca_paths([pair], out, _stem(pair[0].meta.name, "pca") + "_path", fmts)
+        written += paths.plot_pca_paths(
+            [pair], out, _stem(pair[0].meta.name, "pca") + "_path", fmts
+        )
     if len(pairs) > 1:
         written += paths.plot_pca_paths(pairs, out, "compare_pca_path", fmts)
 
@@ -170,18 +217,26 @@ def plot_records(
             written += training.plot_training_curves(runs, out, f"{prefix}_training_curves", fmts)
         probed = [r for r in runs if r.probes]
         if probed:
-            if any(training.probe_stat(r, key) is not None for r in probed for key, *_ in training.PROBE_STATS):
+            if any(
+                training.probe_stat(r, key) is not None
+                for r in probed
+                for key, *_ in training.PROBE_STATS
+            ):
                 written += training.plot_probe_stats(probed, out, f"{prefix}_probes", fmts)
             for key in ("loss_variation", "grad_cosine"):
                 if any(training.probe_stat(r, key) is not None for r in probed):
-                    written += training.plot_single_stat(probed, key, out, f"{prefix}_{key}_over_training", fmts)
+                    written += training.plot_single_stat(
+                        probed, key, out, f"{prefix}_{key}_over_training", fmts
+                    )
             if any(training.has_gradient_probes(r) for r in probed):
                 written += training.plot_gradient_direction_over_training(
                     probed, out, f"{prefix}_gradient_direction_over_training", fmts
                 )
             points = tightness_points(probed, certs)
             if any(np.isfinite(p["tightness"]) and np.isfinite(p["smoothness"]) for p in points):
-                written += tables.plot_tightness_vs_smoothness(points, out, f"{prefix}_tightness_vs_smoothness", fmts)
+                written += tables.plot_tightness_vs_smoothness(
+                    points, out, f"{prefix}_tightness_vs_smoothness", fmts
+                )
     if certs:
         rows = [row for c in certs for row in c.rows]
         prefix = certs[0].meta.name if len(certs) == 1 else "compare"
@@ -190,7 +245,9 @@ def plot_records(
 
     if not written:
         names = ", ".join(str(r.meta.path) for r in records)
-        raise ValueError(f"nothing to plot in {names}: the files hold no scan points, probes or per-step records")
+        raise ValueError(
+            f"nothing to plot in {names}: the files hold no scan points, probes or per-step records"
+        )
     return written
 
 

@@ -26,8 +26,11 @@ from figures.style import apply_style, legend_below, save, with_context
 
 ERROR_FIELDS = ("clean_err", "pgd_err", "verified_err")
 NAMES = {"clean_err": "clean error", "pgd_err": "PGD error", "verified_err": "verified error"}
-STYLE = {"clean_err": dict(color="#4c72b0", ls=":", marker="o"), "pgd_err": dict(color="#dd8452", ls="--", marker="s"),
-         "verified_err": dict(color="#55a868", ls="-", marker="D")}
+STYLE = {
+    "clean_err": dict(color="#4c72b0", ls=":", marker="o"),
+    "pgd_err": dict(color="#dd8452", ls="--", marker="s"),
+    "verified_err": dict(color="#55a868", ls="-", marker="D"),
+}
 
 
 def line_errors(scan: LineScan) -> dict[str, np.ndarray]:
@@ -39,15 +42,20 @@ def line_errors(scan: LineScan) -> dict[str, np.ndarray]:
     return {}
 
 
-def plot_error_lines(scan: LineScan, out_dir: str | Path, stem: str,
-                     formats: Sequence[str] = ("png", "pdf")) -> list[Path]:
+def plot_error_lines(
+    scan: LineScan, out_dir: str | Path, stem: str, formats: Sequence[str] = ("png", "pdf")
+) -> list[Path]:
     """The errors of one 1D scan against its coordinate, and the verified − PGD gap."""
     apply_style()
     import matplotlib.pyplot as plt
 
     errors = line_errors(scan)
     x = np.asarray(scan.coord, dtype=float)
-    gap = errors["verified_err"] - errors["pgd_err"] if {"verified_err", "pgd_err"} <= set(errors) else None
+    gap = (
+        errors["verified_err"] - errors["pgd_err"]
+        if {"verified_err", "pgd_err"} <= set(errors)
+        else None
+    )
     n = 1 + (gap is not None)
     fig, axes = plt.subplots(1, n, figsize=(5.2 * n, 4.0), squeeze=False)
     ax = axes[0][0]
@@ -57,8 +65,17 @@ def plot_error_lines(scan: LineScan, out_dir: str | Path, stem: str,
             (h,) = ax.plot(x, errors[f], label=NAMES[f], lw=1.8, ms=4, **STYLE[f])
             handles.append(h)
     if gap is not None:
-        h = ax.fill_between(x, errors["pgd_err"], errors["verified_err"], facecolor="#55a868", alpha=0.12,
-                            hatch="////", edgecolor="#55a868", lw=0, label="verified − PGD (not certified, not broken)")
+        h = ax.fill_between(
+            x,
+            errors["pgd_err"],
+            errors["verified_err"],
+            facecolor="#55a868",
+            alpha=0.12,
+            hatch="////",
+            edgecolor="#55a868",
+            lw=0,
+            label="verified − PGD (not certified, not broken)",
+        )
         handles.append(h)
     _mark_checkpoints(ax, scan)
     ax.set_ylim(-0.02, 1.02)
@@ -99,8 +116,9 @@ def surface_errors(scan: SurfaceScan) -> dict[str, np.ndarray]:
     return {k: np.asarray(v, dtype=float) for k, v in scan.errors.items()}
 
 
-def plot_error_surfaces(scan: SurfaceScan, out_dir: str | Path, stem: str,
-                        formats: Sequence[str] = ("png", "pdf")) -> list[Path]:
+def plot_error_surfaces(
+    scan: SurfaceScan, out_dir: str | Path, stem: str, formats: Sequence[str] = ("png", "pdf")
+) -> list[Path]:
     """One heatmap per stored error (one colour scale [0, 1] for all) and one of the verified −
     PGD gap, the checkpoint (0, 0) marked."""
     apply_style()
@@ -109,7 +127,11 @@ def plot_error_surfaces(scan: SurfaceScan, out_dir: str | Path, stem: str,
 
     errors = surface_errors(scan)
     keys = [f for f in ERROR_FIELDS if f in errors]
-    gap = errors["verified_err"] - errors["pgd_err"] if {"verified_err", "pgd_err"} <= set(errors) else None
+    gap = (
+        errors["verified_err"] - errors["pgd_err"]
+        if {"verified_err", "pgd_err"} <= set(errors)
+        else None
+    )
     n = len(keys) + (gap is not None)
     fig, axes = plt.subplots(1, n, figsize=(4.3 * n + 0.6, 4.1), squeeze=False)
     axes = list(axes[0])
@@ -117,15 +139,23 @@ def plot_error_surfaces(scan: SurfaceScan, out_dir: str | Path, stem: str,
     norm = Normalize(0.0, 1.0)
     mesh = None
     for ax, f in zip(axes, keys):
-        mesh = ax.pcolormesh(x, y, np.ma.masked_invalid(errors[f]).T, cmap="magma", norm=norm, shading="nearest")
+        mesh = ax.pcolormesh(
+            x, y, np.ma.masked_invalid(errors[f]).T, cmap="magma", norm=norm, shading="nearest"
+        )
         _finish_panel(ax, scan, NAMES[f])
     if mesh is not None:
         fig.colorbar(mesh, ax=axes[: len(keys)], label="error", shrink=0.9)
     if gap is not None:
         ax = axes[-1]
         hi = max(float(np.nanmax(gap)) if np.isfinite(gap).any() else 0.0, 1e-3)
-        gm = ax.pcolormesh(x, y, np.ma.masked_invalid(gap).T, cmap="viridis", norm=Normalize(0.0, hi),
-                           shading="nearest")
+        gm = ax.pcolormesh(
+            x,
+            y,
+            np.ma.masked_invalid(gap).T,
+            cmap="viridis",
+            norm=Normalize(0.0, hi),
+            shading="nearest",
+        )
         _finish_panel(ax, scan, "verified − PGD error")
         fig.colorbar(gm, ax=ax, label="not certified, not broken", shrink=0.9)
     fig.suptitle(with_context(_what(scan), [scan.meta]), fontsize=12)

@@ -23,7 +23,9 @@ def no_relaxation(method: str) -> bool:
     return info is not None and info.bound in (None, "ibp")
 
 
-def panel_notes(ax, series: Sequence[tuple[str, np.ndarray | None, np.ndarray | None, TrainRun | None]]) -> list[str]:
+def panel_notes(
+    ax, series: Sequence[tuple[str, np.ndarray | None, np.ndarray | None, TrainRun | None]]
+) -> list[str]:
     """Write on ``ax`` why a method has no line, or why its line stops, and return the notes.
 
     ``series``: ``(method, x, y, run)`` per method (``y`` None or all NaN: no line). A method
@@ -46,8 +48,18 @@ def panel_notes(ax, series: Sequence[tuple[str, np.ndarray | None, np.ndarray | 
             else:
                 notes.append(f"{name} stops at step {stop:.0f}")
     if notes:
-        ax.text(0.02, 0.02, "\n".join(notes), transform=ax.transAxes, ha="left", va="bottom", fontsize=7,
-                color="0.25", bbox={"facecolor": "white", "alpha": 0.85, "lw": 0, "pad": 1.5}, zorder=10)
+        ax.text(
+            0.02,
+            0.02,
+            "\n".join(notes),
+            transform=ax.transAxes,
+            ha="left",
+            va="bottom",
+            fontsize=7,
+            color="0.25",
+            bbox={"facecolor": "white", "alpha": 0.85, "lw": 0, "pad": 1.5},
+            zorder=10,
+        )
     return notes
 
 

@@ -20,9 +20,12 @@ import numpy as np
 from figures.records import SurfaceScan, TrainRun
 from figures.style import apply_style, legend_below, method_name, save, with_context
 
-MILESTONES = (("eps_start", "ε starts to grow", "^", "#2ca02c"), ("eps_end", "ε reaches its final value", "v", "#1f77b4"),
-              ("kappa_end", "κ reaches its final value", "P", "#9467bd"),
-              ("beta_end", "β reaches its final value", "X", "#ff7f0e"))
+MILESTONES = (
+    ("eps_start", "ε starts to grow", "^", "#2ca02c"),
+    ("eps_end", "ε reaches its final value", "v", "#1f77b4"),
+    ("kappa_end", "κ reaches its final value", "P", "#9467bd"),
+    ("beta_end", "β reaches its final value", "X", "#ff7f0e"),
+)
 
 
 def unstable_fraction(run: TrainRun) -> tuple[np.ndarray, np.ndarray] | None:
@@ -40,7 +43,12 @@ def milestones(run: TrainRun) -> dict[str, float]:
     steps = np.asarray(run.steps.get("step", []), dtype=float)
     for key, column in (("eps", "eps"), ("kappa", "kappa"), ("beta", "beta")):
         v = np.asarray(run.steps.get(column, []), dtype=float)
-        if v.size < 2 or steps.size != v.size or not np.isfinite(v).any() or np.nanmax(v) == np.nanmin(v):
+        if (
+            v.size < 2
+            or steps.size != v.size
+            or not np.isfinite(v).any()
+            or np.nanmax(v) == np.nanmin(v)
+        ):
             continue
         final = v[np.isfinite(v)][-1]
         if key == "eps":
@@ -67,7 +75,9 @@ def _at_step(path: np.ndarray, steps: np.ndarray, step: float) -> np.ndarray | N
     return np.array([np.interp(step, s, p[:, 0]), np.interp(step, s, p[:, 1])])
 
 
-def path_pairs(scans: Sequence[SurfaceScan], runs: Sequence[TrainRun]) -> list[tuple[SurfaceScan, str, TrainRun]]:
+def path_pairs(
+    scans: Sequence[SurfaceScan], runs: Sequence[TrainRun]
+) -> list[tuple[SurfaceScan, str, TrainRun]]:
     """(PCA scan, key, run) for each PCA path whose checkpoint lies in a run's directory."""
     by_dir = {Path(r.meta.path).resolve().parent: r for r in runs}
     out = []
@@ -82,8 +92,12 @@ def path_pairs(scans: Sequence[SurfaceScan], runs: Sequence[TrainRun]) -> list[t
     return out
 
 
-def plot_pca_paths(pairs: Sequence[tuple[SurfaceScan, str, TrainRun]], out_dir: str | Path, stem: str,
-                   formats: Sequence[str] = ("png", "pdf")) -> list[Path]:
+def plot_pca_paths(
+    pairs: Sequence[tuple[SurfaceScan, str, TrainRun]],
+    out_dir: str | Path,
+    stem: str,
+    formats: Sequence[str] = ("png", "pdf"),
+) -> list[Path]:
     """One panel per (PCA scan, run): the path coloured by the unstable fraction at each
     checkpoint, with the schedule's milestones; ``[]`` when no pair has the data."""
     apply_style()
@@ -92,7 +106,10 @@ def plot_pca_paths(pairs: Sequence[tuple[SurfaceScan, str, TrainRun]], out_dir: 
 
     items = []
     for scan, key, run in pairs:
-        path, steps = np.asarray(scan.paths[key], dtype=float), np.asarray(scan.path_steps.get(key), dtype=float)
+        path, steps = (
+            np.asarray(scan.paths[key], dtype=float),
+            np.asarray(scan.path_steps.get(key), dtype=float),
+        )
         uf = unstable_fraction(run)
         if uf is None or steps.shape != (len(path),) or not np.isfinite(steps).any():
             continue
@@ -102,11 +119,15 @@ def plot_pca_paths(pairs: Sequence[tuple[SurfaceScan, str, TrainRun]], out_dir: 
     if not items:
         return []
     values = np.concatenate([c[np.isfinite(c)] for *_, c in items])
-    norm = Normalize(float(values.min()) if values.size else 0.0, float(values.max()) if values.size else 1.0)
+    norm = Normalize(
+        float(values.min()) if values.size else 0.0, float(values.max()) if values.size else 1.0
+    )
     n = len(items)
     cols = min(n, 3)
     rows = (n + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols + 1.0, 4.2 * rows), squeeze=False, layout="constrained")
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(4.6 * cols + 1.0, 4.2 * rows), squeeze=False, layout="constrained"
+    )
     flat = list(axes.ravel())
     for ax in flat[n:]:
         ax.set_visible(False)
@@ -114,13 +135,42 @@ def plot_pca_paths(pairs: Sequence[tuple[SurfaceScan, str, TrainRun]], out_dir: 
     sc = None
     for ax, (scan, key, run, path, steps, colour) in zip(flat, items):
         ax.plot(path[:, 0], path[:, 1], "-", color="0.6", lw=1.0, zorder=1)
-        sc = ax.scatter(path[:, 0], path[:, 1], c=colour, cmap="plasma", norm=norm, s=46, edgecolors="black",
-                        linewidths=0.5, zorder=4)
-        (end,) = ax.plot([path[-1, 0]], [path[-1, 1]], "*", ms=20, mfc="none", mec="black", mew=1.2, zorder=5,
-                         label="final checkpoint", ls="none")
+        sc = ax.scatter(
+            path[:, 0],
+            path[:, 1],
+            c=colour,
+            cmap="plasma",
+            norm=norm,
+            s=46,
+            edgecolors="black",
+            linewidths=0.5,
+            zorder=4,
+        )
+        (end,) = ax.plot(
+            [path[-1, 0]],
+            [path[-1, 1]],
+            "*",
+            ms=20,
+            mfc="none",
+            mec="black",
+            mew=1.2,
+            zorder=5,
+            label="final checkpoint",
+            ls="none",
+        )
         handles.setdefault("end", end)
-        (start,) = ax.plot([path[0, 0]], [path[0, 1]], "s", ms=13, mfc="none", mec="black", mew=1.2, zorder=5,
-                           label="first checkpoint", ls="none")
+        (start,) = ax.plot(
+            [path[0, 0]],
+            [path[0, 1]],
+            "s",
+            ms=13,
+            mfc="none",
+            mec="black",
+            mew=1.2,
+            zorder=5,
+            label="first checkpoint",
+            ls="none",
+        )
         handles.setdefault("start", start)
         for name, (what, marker, mc) in {k: (w, m, c) for k, w, m, c in MILESTONES}.items():
             step = milestones(run).get(name)
@@ -129,18 +179,36 @@ def plot_pca_paths(pairs: Sequence[tuple[SurfaceScan, str, TrainRun]], out_dir: 
             point = _at_step(path, steps, step)
             if point is None:
                 continue
-            (h,) = ax.plot([point[0]], [point[1]], marker, ms=15, mfc="none", mec=mc, mew=1.8, zorder=6,
-                           label=f"{what}", ls="none")
+            (h,) = ax.plot(
+                [point[0]],
+                [point[1]],
+                marker,
+                ms=15,
+                mfc="none",
+                mec=mc,
+                mew=1.8,
+                zorder=6,
+                label=f"{what}",
+                ls="none",
+            )
             handles.setdefault(name, h)
         ratios = scan.variance.get(key) or [np.nan, np.nan]
-        ax.set_xlabel(f"1st PC ({100 * ratios[0]:.1f} % var.)" if np.isfinite(ratios[0]) else "1st PC")
-        ax.set_ylabel(f"2nd PC ({100 * ratios[1]:.1f} % var.)" if np.isfinite(ratios[1]) else "2nd PC")
+        ax.set_xlabel(
+            f"1st PC ({100 * ratios[0]:.1f} % var.)" if np.isfinite(ratios[0]) else "1st PC"
+        )
+        ax.set_ylabel(
+            f"2nd PC ({100 * ratios[1]:.1f} % var.)" if np.isfinite(ratios[1]) else "2nd PC"
+        )
         ax.set_title(f"{method_name(run.meta.method)}, run {run.meta.run}")
         ax.set_aspect("equal", adjustable="datalim")
     if sc is not None:
-        fig.colorbar(sc, ax=flat[:n], label="unstable ReLU fraction (mean over layers)",
-                     shrink=0.9)
-    fig.suptitle(with_context("Training path on the PCA plane, coloured by the unstable fraction",
-                              [s.meta for s, *_ in items]), fontsize=12)
+        fig.colorbar(sc, ax=flat[:n], label="unstable ReLU fraction (mean over layers)", shrink=0.9)
+    fig.suptitle(
+        with_context(
+            "Training path on the PCA plane, coloured by the unstable fraction",
+            [s.meta for s, *_ in items],
+        ),
+        fontsize=12,
+    )
     legend_below(fig, list(handles.values()), ncol=3)
     return save(fig, out_dir, stem, formats)

@@ -78,7 +78,10 @@ def probe_numbers(rec: TrainRun, eps_final: float | None = None) -> dict[str, fl
     if cos is not None and rec.probe_t is not None and np.ndim(cos) == 2:
         at5 = np.flatnonzero(np.isclose(rec.probe_t, 5.0))
         if at5.size:
-            out["grad_cosine_t5"], out["grad_cosine_t5_last"] = _mean(cos[:, at5[0]]), _last(cos[:, at5[0]])
+            out["grad_cosine_t5"], out["grad_cosine_t5_last"] = (
+                _mean(cos[:, at5[0]]),
+                _last(cos[:, at5[0]]),
+            )
     n_final = final_eps_probes(rec, eps_final)
     if n_final is not None:
         out["probes_final_eps"] = n_final
@@ -101,7 +104,11 @@ def test_selection(rec: TrainRun, method: str, after_epoch: float) -> dict[str, 
     bound family: IBP for ``ibp``, CROWN-IBP otherwise). ``selected_epoch`` (1-based, as the
     checkpoints count), ``selected_verified_err``, ``selected_clean_err``; NaN where the run has
     no per-epoch evaluation after the ramp. This is test-set selection: optimistic by design."""
-    nan = {"selected_epoch": float("nan"), "selected_verified_err": float("nan"), "selected_clean_err": float("nan")}
+    nan = {
+        "selected_epoch": float("nan"),
+        "selected_verified_err": float("nan"),
+        "selected_clean_err": float("nan"),
+    }
     key = "test_verified_err_" + ("ibp" if method == "ibp" else "crown_ibp")
     epochs = rec.epochs
     if key not in epochs or "epoch" not in epochs:
@@ -111,7 +118,12 @@ def test_selection(rec: TrainRun, method: str, after_epoch: float) -> dict[str, 
     ok = np.flatnonzero((t >= after_epoch) & np.isfinite(err))
     if not ok.size:
         return nan
-    best = ok[np.flatnonzero(err[ok] == err[ok].min())[-1]]  # `err <= best_err` keeps the later epoch
+    best = ok[
+        np.flatnonzero(err[ok] == err[ok].min())[-1]
+    ]  # `err <= best_err` keeps the later epoch
     clean = np.asarray(epochs.get("test_clean_err", np.full(t.shape, np.nan)), dtype=float)
-    return {"selected_epoch": float(t[best] + 1), "selected_verified_err": float(err[best]),
-            "selected_clean_err": float(clean[best])}
+    return {
+        "selected_epoch": float(t[best] + 1),
+        "selected_verified_err": float(err[best]),
+        "selected_clean_err": float(clean[best]),
+    }

@@ -18,10 +18,19 @@ from pathlib import Path
 
 import numpy as np
 
-from figures.records import LineScan, TrainRun
-from figures.style import (apply_style, band_style, legend_below, line_style, method_colour, method_name, method_rank,
-                           save, with_context)
 from figures.notes import panel_notes
+from figures.records import LineScan, TrainRun
+from figures.style import (
+    apply_style,
+    band_style,
+    legend_below,
+    line_style,
+    method_colour,
+    method_name,
+    method_rank,
+    save,
+    with_context,
+)
 from figures.training import PROBE_STATS, probe_stat, probe_x
 
 
@@ -41,7 +50,9 @@ def band(runs: Sequence[TrainRun], key: str) -> tuple[np.ndarray, np.ndarray, np
     for run in runs:
         y = probe_stat(run, key)
         if y is not None:
-            series.append(dict(zip(probe_x(run)[: y.size].tolist(), y[: probe_x(run).size].tolist())))
+            series.append(
+                dict(zip(probe_x(run)[: y.size].tolist(), y[: probe_x(run).size].tolist()))
+            )
     if not series:
         return None
     steps = sorted(set.intersection(*(set(s) for s in series)))
@@ -53,12 +64,21 @@ def band(runs: Sequence[TrainRun], key: str) -> tuple[np.ndarray, np.ndarray, np
         return None
     values = values[:, keep]
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # a step with one finite value: sd 0 is fine
-        return np.asarray(steps, dtype=float)[keep], np.nanmean(values, axis=0), np.nanstd(values, axis=0)
+        warnings.simplefilter(
+            "ignore", RuntimeWarning
+        )  # a step with one finite value: sd 0 is fine
+        return (
+            np.asarray(steps, dtype=float)[keep],
+            np.nanmean(values, axis=0),
+            np.nanstd(values, axis=0),
+        )
 
 
 def plot_seed_bands(
-    runs: Sequence[TrainRun], out_dir: str | Path, prefix: str, formats: Sequence[str] = ("png", "pdf")
+    runs: Sequence[TrainRun],
+    out_dir: str | Path,
+    prefix: str,
+    formats: Sequence[str] = ("png", "pdf"),
 ) -> list[Path]:
     """``<prefix>_probes``: every probe statistic, one panel each, a mean line and a band per
     method; ``[]`` when no run records probes."""
@@ -81,8 +101,13 @@ def plot_seed_bands(
                 continue
             x, mean, std = b
             colour = method_colour(method, i)
-            (line,) = ax.plot(x, mean, color=colour, label=f"{method_name(method)} (mean of {len(rs)} seeds ± sd)",
-                              **{**line_style(i), "markevery": max(1, x.size // 15)})
+            (line,) = ax.plot(
+                x,
+                mean,
+                color=colour,
+                label=f"{method_name(method)} (mean of {len(rs)} seeds ± sd)",
+                **{**line_style(i), "markevery": max(1, x.size // 15)},
+            )
             ax.fill_between(x, mean - std, mean + std, color=colour, alpha=0.18, lw=0)
             handles.setdefault(method, line)
         notes = []
@@ -93,9 +118,12 @@ def plot_seed_bands(
         ax.set_title(title)
         ax.set_ylabel(ylabel)
         ax.set_xlabel("training step")
-    for ax in flat[len(present):]:
+    for ax in flat[len(present) :]:
         ax.set_visible(False)
-    fig.suptitle(with_context("Landscape probes over training, across seeds", [r.meta for r in runs]), fontsize=12)
+    fig.suptitle(
+        with_context("Landscape probes over training, across seeds", [r.meta for r in runs]),
+        fontsize=12,
+    )
     fig.tight_layout()
     legend_below(fig, list(handles.values()), ncol=min(4, len(handles)))
     return save(fig, out_dir, f"{prefix}_probes", formats)
@@ -114,7 +142,12 @@ def seed_certify_rows(rows_by_seed: Sequence[Sequence[dict]]) -> list[dict]:
     out = []
     for (method, eps), rs in groups.items():
         row: dict = {"method": method, "eps": eps, "n_seeds": len(rs)}
-        keys = {k for r in rs for k, v in r.items() if isinstance(v, (int, float, np.floating)) and k not in ("eps",)}
+        keys = {
+            k
+            for r in rs
+            for k, v in r.items()
+            if isinstance(v, (int, float, np.floating)) and k not in ("eps",)
+        }
         for k in sorted(keys):
             vals = np.asarray([float(r.get(k, np.nan)) for r in rs], dtype=float)
             with warnings.catch_warnings():
@@ -136,13 +169,25 @@ def _gradient_series(scan: LineScan) -> dict[str, dict[str, np.ndarray]]:
         loss = np.asarray(arrays.get("loss"), dtype=float)
         if not np.isfinite(loss).any():
             continue
-        out[str(method)] = {"t": t, "change": loss - loss[zero], "variation": np.array([np.nanmax(loss) - np.nanmin(loss)]),
-                            **{k: np.asarray(arrays[k], dtype=float) for k in ("cosine", "smoothness") if k in arrays}}
+        out[str(method)] = {
+            "t": t,
+            "change": loss - loss[zero],
+            "variation": np.array([np.nanmax(loss) - np.nanmin(loss)]),
+            **{
+                k: np.asarray(arrays[k], dtype=float)
+                for k in ("cosine", "smoothness")
+                if k in arrays
+            },
+        }
     return out
 
 
-def plot_seed_gradient(scans: Sequence[LineScan], out_dir: str | Path, stem: str,
-                       formats: Sequence[str] = ("png", "pdf")) -> list[Path]:
+def plot_seed_gradient(
+    scans: Sequence[LineScan],
+    out_dir: str | Path,
+    stem: str,
+    formats: Sequence[str] = ("png", "pdf"),
+) -> list[Path]:
     """Gradient-direction scans of every seed's final model, per method the mean over seeds with a
     ±1 sd band (hatched, so overlapping bands stay apart): loss change L(θ_t) − L(θ), gradient
     cosine and smoothness against t; ``[]`` without gradient scans."""
@@ -155,9 +200,11 @@ def plot_seed_gradient(scans: Sequence[LineScan], out_dir: str | Path, stem: str
             groups.setdefault(method, []).append(series)
     if not groups:
         return []
-    panels = [("change", "L(θ_t) − L(θ) (nats)", "Loss along −∇L"),
-              ("cosine", "cos(∇L(θ), ∇L(θ_t))", "Gradient-angle similarity"),
-              ("smoothness", "‖∇L(θ_t) − ∇L(θ)‖ / ‖θ_t − θ‖", "Smoothness (lower = smoother)")]
+    panels = [
+        ("change", "L(θ_t) − L(θ) (nats)", "Loss along −∇L"),
+        ("cosine", "cos(∇L(θ), ∇L(θ_t))", "Gradient-angle similarity"),
+        ("smoothness", "‖∇L(θ_t) − ∇L(θ)‖ / ‖θ_t − θ‖", "Smoothness (lower = smoother)"),
+    ]
     panels = [p for p in panels if any(p[0] in s for ss in groups.values() for s in ss)]
     fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 4.0), squeeze=False)
     handles = []
@@ -167,8 +214,10 @@ def plot_seed_gradient(scans: Sequence[LineScan], out_dir: str | Path, stem: str
         t = series[0]["t"]
         same = [s for s in series if s["t"].shape == t.shape and np.allclose(s["t"], t)]
         dl = np.array([float(s["variation"][0]) for s in same])
-        label = (f"{method_name(method)}: ΔL = {np.mean(dl):.3g} ± {np.std(dl):.2g} "
-                 f"(mean ± sd of {len(same)} seeds)")
+        label = (
+            f"{method_name(method)}: ΔL = {np.mean(dl):.3g} ± {np.std(dl):.2g} "
+            f"(mean ± sd of {len(same)} seeds)"
+        )
         for ax, (key, ylabel, title) in zip(axes[0], panels):
             rows = [s[key] for s in same if key in s]
             if not rows:
@@ -188,8 +237,13 @@ def plot_seed_gradient(scans: Sequence[LineScan], out_dir: str | Path, stem: str
             if ax is axes[0][0]:
                 handles.append(line)
     n = max(len(v) for v in groups.values())
-    fig.suptitle(with_context(f"Gradient-direction scan of the final models, mean ± sd over {n} seeds",
-                              [s.meta for s in scans]), fontsize=12)
+    fig.suptitle(
+        with_context(
+            f"Gradient-direction scan of the final models, mean ± sd over {n} seeds",
+            [s.meta for s in scans],
+        ),
+        fontsize=12,
+    )
     fig.tight_layout()
     legend_below(fig, handles, ncol=1 if len(handles) > 2 else len(handles))
     return save(fig, out_dir, stem, formats)

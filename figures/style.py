@@ -8,21 +8,20 @@ figure, so that the same method has the same colour and name in every picture. T
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-
 from collections.abc import Iterable, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")  # figures are files, never windows
 
-import matplotlib.pyplot as plt  # noqa: E402
-import seaborn as sns  # noqa: E402
+import matplotlib.pyplot as plt
+import seaborn as sns
 
-from bounds.names import LABELS  # noqa: E402
-from figures.labels import format_eps, legend_label, method_name  # noqa: E402,F401  (re-exported)
-from landscape import store  # noqa: E402
+from bounds.names import LABELS
+from figures.labels import format_eps, legend_label, method_name  # noqa: F401  (re-exported)
+from landscape import store
 
 FORMATS: tuple[str, ...] = ("png", "pdf", "svg")
 """Image formats :func:`save` can write."""
@@ -74,8 +73,12 @@ def line_style(index: int) -> dict:
     """Dashes and a marker for the ``index``-th curve of a panel, so that curves which coincide
     (two methods with the same values) stay visible: each has its own dash pattern and marker,
     and later ones are drawn a little thinner, on top."""
-    return {"ls": LINESTYLES[index % len(LINESTYLES)], "marker": MARKERS[index % len(MARKERS)],
-            "lw": max(1.0, 2.0 - 0.25 * index), "ms": max(3.0, 6.0 - 0.8 * index)}
+    return {
+        "ls": LINESTYLES[index % len(LINESTYLES)],
+        "marker": MARKERS[index % len(MARKERS)],
+        "lw": max(1.0, 2.0 - 0.25 * index),
+        "ms": max(3.0, 6.0 - 0.8 * index),
+    }
 
 
 HATCHES = ("////", "\\\\\\\\", "....", "xxxx", "||||", "----", "oo", "++")
@@ -85,8 +88,13 @@ def band_style(index: int, colour: str) -> dict:
     """A shaded band (``axhspan`` / ``fill_between``) of the ``index``-th method that stays
     distinguishable where bands overlap: a light fill, its own hatch in the method's colour and a
     dashed edge, so overlapping bands read as crossing hatches instead of one mixed colour."""
-    return {"facecolor": colour, "alpha": 0.08, "hatch": HATCHES[index % len(HATCHES)],
-            "edgecolor": colour, "lw": 0.0}
+    return {
+        "facecolor": colour,
+        "alpha": 0.08,
+        "hatch": HATCHES[index % len(HATCHES)],
+        "edgecolor": colour,
+        "lw": 0.0,
+    }
 
 
 def band_edges(ax, lo: float, hi: float, colour: str, index: int) -> None:
@@ -96,15 +104,24 @@ def band_edges(ax, lo: float, hi: float, colour: str, index: int) -> None:
         ax.axhline(y, color=colour, lw=0.9, ls=ls, alpha=0.9)
 
 
-def legend_below(fig: plt.Figure, handles: Sequence, ncol: int | None = None, **kw) -> object | None:
+def legend_below(
+    fig: plt.Figure, handles: Sequence, ncol: int | None = None, **kw
+) -> object | None:
     """One legend for the whole figure, below it, outside every axes, so no legend box covers
     data (saving with a tight bounding box keeps it in the image). Call after the layout."""
     handles = [h for h in handles if h is not None]
     if not handles:
         return None
     ncol = ncol or min(3, len(handles))
-    return fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0), bbox_transform=fig.transFigure,
-                      ncol=ncol, frameon=False, **kw)
+    return fig.legend(
+        handles=handles,
+        loc="upper center",
+        bbox_to_anchor=(0.5, 0.0),
+        bbox_transform=fig.transFigure,
+        ncol=ncol,
+        frameon=False,
+        **kw,
+    )
 
 
 _NOTES: list[str] = []
@@ -139,7 +156,9 @@ def with_context(what: str, metas: Iterable) -> str:
     return what + (f" — {', '.join(bits)}" if bits else "") + context_suffix()
 
 
-def save(fig: plt.Figure, out_dir: str | Path, stem: str, formats: Sequence[str] = ("png", "pdf")) -> list[Path]:
+def save(
+    fig: plt.Figure, out_dir: str | Path, stem: str, formats: Sequence[str] = ("png", "pdf")
+) -> list[Path]:
     """Write ``fig`` as ``out_dir/stem.<fmt>`` for every format (each atomically:
     :func:`landscape.store.atomic_path`), close it, return the paths.
 

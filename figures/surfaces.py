@@ -38,7 +38,9 @@ def _panels(n: int, **kw):
     import matplotlib.pyplot as plt
 
     rows, cols = _grid(n)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.4 * cols + 0.9, 3.9 * rows), squeeze=False, **kw)
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(4.4 * cols + 0.9, 3.9 * rows), squeeze=False, **kw
+    )
     flat = list(axes.ravel())
     for ax in flat[n:]:
         ax.set_visible(False)
@@ -62,8 +64,10 @@ def _suptitle(scan: SurfaceScan, what: str) -> str:
 def _axis_labels(scan: SurfaceScan, key: str) -> tuple[str, str]:
     ratios = scan.variance.get(key)
     if ratios is not None:
-        return tuple(f"{name} PC ({100 * r:.1f} % var.)" if np.isfinite(r) else f"{name} PC"
-                     for name, r in zip(("1st", "2nd"), ratios))  # type: ignore[return-value]
+        return tuple(
+            f"{name} PC ({100 * r:.1f} % var.)" if np.isfinite(r) else f"{name} PC"
+            for name, r in zip(("1st", "2nd"), ratios)
+        )  # type: ignore[return-value]
     return "x (direction 1)", "y (direction 2)"
 
 
@@ -104,20 +108,49 @@ def _marks(ax, scan: SurfaceScan, key: str) -> list:
     if path is not None and len(path):
         (line,) = ax.plot(path[:, 0], path[:, 1], "-", color="white", lw=2.6, zorder=4)
         line.set_label("_outline")
-        (line,) = ax.plot(path[:, 0], path[:, 1], "-o", color="#d62728", lw=1.4, ms=3, zorder=5,
-                          label="training trajectory (checkpoints)")
+        (line,) = ax.plot(
+            path[:, 0],
+            path[:, 1],
+            "-o",
+            color="#d62728",
+            lw=1.4,
+            ms=3,
+            zorder=5,
+            label="training trajectory (checkpoints)",
+        )
         handles.append(line)
-        (start,) = ax.plot(path[:1, 0], path[:1, 1], "s", ms=8, color="#2ca02c", mec="black", zorder=6,
-                           label="start of training")
+        (start,) = ax.plot(
+            path[:1, 0],
+            path[:1, 1],
+            "s",
+            ms=8,
+            color="#2ca02c",
+            mec="black",
+            zorder=6,
+            label="start of training",
+        )
         handles.append(start)
-    (centre,) = ax.plot([0.0], [0.0], marker="*", ms=14, color="white", mec="black", mew=1.0, ls="none", zorder=7,
-                        label="end: the scanned checkpoint (x = y = 0)" if path is not None else
-                        "the scanned checkpoint (x = y = 0)")
+    (centre,) = ax.plot(
+        [0.0],
+        [0.0],
+        marker="*",
+        ms=14,
+        color="white",
+        mec="black",
+        mew=1.0,
+        ls="none",
+        zorder=7,
+        label="end: the scanned checkpoint (x = y = 0)"
+        if path is not None
+        else "the scanned checkpoint (x = y = 0)",
+    )
     handles.append(centre)
     return handles
 
 
-def _finish(fig, axes, scan: SurfaceScan, keys: list[str], mappable, label: str, what: str, handles: list) -> None:
+def _finish(
+    fig, axes, scan: SurfaceScan, keys: list[str], mappable, label: str, what: str, handles: list
+) -> None:
     for ax, key in zip(axes, keys):
         xl, yl = _axis_labels(scan, key)
         ax.set_xlabel(xl)
@@ -148,7 +181,9 @@ def plot_surface(
     written: list[Path] = []
     xx, yy = np.meshgrid(scan.x, scan.y, indexing="ij")
     norm, levels = shared_scale([scan.loss[k] for k in keys], log)
-    label = loss_axis([scan.method(k) for k in keys], where="panel title") + (", log scale" if log else "")
+    label = loss_axis([scan.method(k) for k in keys], where="panel title") + (
+        ", log scale" if log else ""
+    )
     mappable = cm.ScalarMappable(norm=norm, cmap="viridis")
 
     fig, axes = _panels(len(keys), layout="constrained")
@@ -156,7 +191,9 @@ def plot_surface(
     for ax, key in zip(axes, keys):
         z = _drawn(scan.loss[key], norm, log)
         ax.contourf(xx, yy, z, levels=levels, norm=norm, cmap="viridis")
-        ax.contour(xx, yy, z, levels=levels[::4], norm=norm, colors="white", linewidths=0.5, alpha=0.6)
+        ax.contour(
+            xx, yy, z, levels=levels[::4], norm=norm, colors="white", linewidths=0.5, alpha=0.6
+        )
         handles = _marks(ax, scan, key)
         ax.set_xlim(scan.x[0], scan.x[-1])
         ax.set_ylim(scan.y[0], scan.y[-1])
@@ -171,10 +208,15 @@ def plot_surface(
     fig, axes = _panels(len(keys), layout="constrained")
     heat = cm.ScalarMappable(norm=norm, cmap="magma")
     for ax, key in zip(axes, keys):
-        ax.imshow(_drawn(scan.loss[key], norm, log).T, origin="lower", norm=norm, cmap="magma",
-                  aspect="equal" if scan.meta.kind == "pca" else "auto",
-                  interpolation="nearest",
-                  extent=(scan.x[0] - dx, scan.x[-1] + dx, scan.y[0] - dy, scan.y[-1] + dy))
+        ax.imshow(
+            _drawn(scan.loss[key], norm, log).T,
+            origin="lower",
+            norm=norm,
+            cmap="magma",
+            aspect="equal" if scan.meta.kind == "pca" else "auto",
+            interpolation="nearest",
+            extent=(scan.x[0] - dx, scan.x[-1] + dx, scan.y[0] - dy, scan.y[-1] + dy),
+        )
         handles = _marks(ax, scan, key)
         ax.grid(False)
     _finish(fig, axes, scan, keys, heat, label, "Loss heatmap around the checkpoint", handles)
@@ -185,8 +227,9 @@ def plot_surface(
     return written
 
 
-def _surface3d(scan: SurfaceScan, keys: list[str], xx, yy, norm, log: bool, out_dir, stem: str,
-               formats) -> list[Path]:
+def _surface3d(
+    scan: SurfaceScan, keys: list[str], xx, yy, norm, log: bool, out_dir, stem: str, formats
+) -> list[Path]:
     """3D surfaces on one z axis (log10 of the loss with ``log``, ticks labelled as powers of 10)."""
     import matplotlib.pyplot as plt
     from matplotlib.ticker import FuncFormatter, LogLocator
@@ -197,14 +240,25 @@ def _surface3d(scan: SurfaceScan, keys: list[str], xx, yy, norm, log: bool, out_
     for i, key in enumerate(keys):
         ax = fig.add_subplot(rows, cols, i + 1, projection="3d")
         z = np.ma.filled(_drawn(scan.loss[key], norm, log), np.nan)
-        ax.plot_surface(xx, yy, np.log10(z) if log else z, cmap="viridis", vmin=lo, vmax=hi, linewidth=0,
-                        antialiased=True)
+        ax.plot_surface(
+            xx,
+            yy,
+            np.log10(z) if log else z,
+            cmap="viridis",
+            vmin=lo,
+            vmax=hi,
+            linewidth=0,
+            antialiased=True,
+        )
         ax.set_zlim(lo, hi)
         if log:  # a log z axis: log10 of the loss drawn, ticks at round losses
-            ticks = [t for t in LogLocator(subs=(1.0, 2.0, 5.0)).tick_values(norm.vmin, norm.vmax)
-                     if norm.vmin <= t <= norm.vmax]
+            ticks = [
+                t
+                for t in LogLocator(subs=(1.0, 2.0, 5.0)).tick_values(norm.vmin, norm.vmax)
+                if norm.vmin <= t <= norm.vmax
+            ]
             ax.set_zticks(np.log10(ticks) if len(ticks) >= 2 else np.linspace(lo, hi, 3))
-            ax.zaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{10.0 ** v:.3g}"))
+            ax.zaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{10.0**v:.3g}"))
         xl, yl = _axis_labels(scan, key)
         ax.set_xlabel(xl.split(":")[0] if ":" in xl else "x")
         ax.set_ylabel(yl.split(":")[0] if ":" in yl else "y")

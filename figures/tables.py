@@ -14,8 +14,17 @@ from pathlib import Path
 
 import numpy as np
 
-from figures.style import (MARKERS, apply_style, format_eps, legend_below, method_colour, method_name, method_rank, save,
-                           write_text)
+from figures.style import (
+    MARKERS,
+    apply_style,
+    format_eps,
+    legend_below,
+    method_colour,
+    method_name,
+    method_rank,
+    save,
+    write_text,
+)
 
 _COLUMNS = (("clean_err", "Clean"), ("pgd_err", "PGD"), ("verified_err", "Verified"))
 
@@ -27,7 +36,14 @@ def _pct(value: float | None) -> str:
 
 
 def _sorted_rows(rows: Sequence[dict]) -> list[dict]:
-    return sorted(rows, key=lambda r: (float(r.get("eps", 0.0)), method_rank(r.get("method")), str(r.get("method"))))
+    return sorted(
+        rows,
+        key=lambda r: (
+            float(r.get("eps", 0.0)),
+            method_rank(r.get("method")),
+            str(r.get("method")),
+        ),
+    )
 
 
 def _bound_columns(rows: Sequence[dict]) -> list[str]:
@@ -40,7 +56,11 @@ def _bound_columns(rows: Sequence[dict]) -> list[str]:
 
 def bound_name_key(column: str) -> str:
     """Method key of a per-bound column: ``verified_err_crown_ibp`` -> ``crown-ibp``."""
-    key = column[len("verified_err_"):] if column.startswith("verified_err_") else column[len("verified_"):]
+    key = (
+        column[len("verified_err_") :]
+        if column.startswith("verified_err_")
+        else column[len("verified_") :]
+    )
     return key.replace("_", "-")
 
 
@@ -55,10 +75,15 @@ def verified_error_markdown(rows: Sequence[dict]) -> str:
         raise ValueError("no certification results to tabulate")
     rows = _sorted_rows(rows)
     extra = _bound_columns(rows)
-    head = ["Method", "ε"] + [f"{name} err. (%)" for _, name in _COLUMNS] + [
-        f"Verified by {bound_name(k)} (%)" for k in extra
+    head = (
+        ["Method", "ε"]
+        + [f"{name} err. (%)" for _, name in _COLUMNS]
+        + [f"Verified by {bound_name(k)} (%)" for k in extra]
+    )
+    lines = [
+        "| " + " | ".join(head) + " |",
+        "|" + "|".join(["---"] * 2 + ["---:"] * (len(head) - 2)) + "|",
     ]
-    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * 2 + ["---:"] * (len(head) - 2)) + "|"]
     for r in rows:
         cells = [method_name(r.get("method")), format_eps(r.get("eps")).replace("ε=", "")]
         cells += [_pct(r.get(key)) for key, _ in _COLUMNS] + [_pct(r.get(k)) for k in extra]
@@ -70,7 +95,9 @@ def _tex(text: str) -> str:
     return text.replace("_", r"\_").replace("%", r"\%").replace("&", r"\&")
 
 
-def verified_error_latex(rows: Sequence[dict], caption: str = "Clean, PGD and verified test error (\\%).") -> str:
+def verified_error_latex(
+    rows: Sequence[dict], caption: str = "Clean, PGD and verified test error (\\%)."
+) -> str:
     """The same table as a LaTeX ``table`` with booktabs rules; the best verified error of each eps
     is bold (every row that reaches it), unless that eps has one row or all its rows are equal."""
     if not rows:
@@ -84,7 +111,11 @@ def verified_error_latex(rows: Sequence[dict], caption: str = "Clean, PGD and ve
             values.setdefault(float(r["eps"]), []).append(v)
     # the best of each eps in bold, where there is a comparison to win: two rows or more, not all equal
     best = {e: min(vs) for e, vs in values.items() if len(vs) > 1 and min(vs) < max(vs)}
-    head = ["Method", r"$\epsilon$"] + [name for _, name in _COLUMNS] + [_tex(bound_name(k)) for k in extra]
+    head = (
+        ["Method", r"$\epsilon$"]
+        + [name for _, name in _COLUMNS]
+        + [_tex(bound_name(k)) for k in extra]
+    )
     out = [
         r"\begin{table}[t]",
         r"\centering",
@@ -98,7 +129,11 @@ def verified_error_latex(rows: Sequence[dict], caption: str = "Clean, PGD and ve
         cells = [_tex(method_name(r.get("method"))), eps]
         for key, _ in _COLUMNS:
             text = _pct(r.get(key))
-            if key == "verified_err" and r.get(key) is not None and best.get(float(r["eps"])) == r.get(key):
+            if (
+                key == "verified_err"
+                and r.get(key) is not None
+                and best.get(float(r["eps"])) == r.get(key)
+            ):
                 text = r"\textbf{" + text + "}"
             cells.append(text.replace("–", "--"))
         cells += [_pct(r.get(k)).replace("–", "--") for k in extra]
@@ -107,7 +142,9 @@ def verified_error_latex(rows: Sequence[dict], caption: str = "Clean, PGD and ve
     return "\n".join(out) + "\n"
 
 
-def write_tables(rows: Sequence[dict], out_dir: str | Path, stem: str = "verified_error") -> list[Path]:
+def write_tables(
+    rows: Sequence[dict], out_dir: str | Path, stem: str = "verified_error"
+) -> list[Path]:
     """Write ``stem.md`` and ``stem.tex``; returns both paths."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -134,23 +171,62 @@ def plot_error_vs_eps(
         colour = method_colour(m, i)
         ver = np.array([r.get("verified_err", np.nan) for r in mine], dtype=float)
         scale = 100.0 if np.nanmax(ver, initial=0) <= 1.0 else 1.0
-        marker, ms = MARKERS[i % len(MARKERS)], max(3.5, 7.0 - 1.0 * i)  # coinciding methods stay visible
+        marker, ms = (
+            MARKERS[i % len(MARKERS)],
+            max(3.5, 7.0 - 1.0 * i),
+        )  # coinciding methods stay visible
         n_seeds = int(max((r.get("n_seeds", 1) for r in mine), default=1))
         seeds = f" (mean of {n_seeds} seeds ± sd)" if n_seeds > 1 else ""
-        ax.plot(eps, scale * ver, "-", marker=marker, lw=2, ms=ms, color=colour,
-                label=f"{method_name(m)}: verified{seeds}")
-        shift = (i - (len(methods) - 1) / 2) * 0.006 * (np.ptp(eps) if eps.size > 1 else 1.0)  # bars side by side
+        ax.plot(
+            eps,
+            scale * ver,
+            "-",
+            marker=marker,
+            lw=2,
+            ms=ms,
+            color=colour,
+            label=f"{method_name(m)}: verified{seeds}",
+        )
+        shift = (
+            (i - (len(methods) - 1) / 2) * 0.006 * (np.ptp(eps) if eps.size > 1 else 1.0)
+        )  # bars side by side
         if n_seeds > 1:
             sd = np.array([r.get("verified_err_sd", np.nan) for r in mine], dtype=float)
-            ax.errorbar(eps + shift, scale * ver, yerr=scale * sd, fmt="none", ecolor=colour, capsize=3, lw=1.2)
+            ax.errorbar(
+                eps + shift,
+                scale * ver,
+                yerr=scale * sd,
+                fmt="none",
+                ecolor=colour,
+                capsize=3,
+                lw=1.2,
+            )
         if any("pgd_err" in r for r in mine):
             pgd = np.array([r.get("pgd_err", np.nan) for r in mine], dtype=float)
-            ax.plot(eps, scale * pgd, "--", marker=marker, mfc="none", lw=1.4, ms=ms, color=colour, alpha=0.8,
-                    label=f"{method_name(m)}: PGD")
+            ax.plot(
+                eps,
+                scale * pgd,
+                "--",
+                marker=marker,
+                mfc="none",
+                lw=1.4,
+                ms=ms,
+                color=colour,
+                alpha=0.8,
+                label=f"{method_name(m)}: PGD",
+            )
             if n_seeds > 1:
                 sd = np.array([r.get("pgd_err_sd", np.nan) for r in mine], dtype=float)
-                ax.errorbar(eps + shift, scale * pgd, yerr=scale * sd, fmt="none", ecolor=colour, capsize=2, lw=0.9,
-                            alpha=0.7)
+                ax.errorbar(
+                    eps + shift,
+                    scale * pgd,
+                    yerr=scale * sd,
+                    fmt="none",
+                    ecolor=colour,
+                    capsize=2,
+                    lw=0.9,
+                    alpha=0.7,
+                )
     ax.set_xlabel("test ε (L∞ radius, input units)")
     ax.set_ylabel("test error (%)")
     ax.set_ylim(0, 100)
@@ -172,16 +248,23 @@ def summary_points(methods: Sequence[dict], setting: str) -> tuple[list[dict], i
         n = len(r.get("seeds") or [])
         seeds = max(seeds, n)
 
-        def num(key: str) -> float:
+        def num(key: str, r: dict = r) -> float:
             v = r.get(key)
             return float(v) if v is not None else float("nan")
 
-        def err(key: str) -> float | None:
+        def err(key: str, r: dict = r, n: int = n) -> float | None:
             v = r.get(f"{key}_std")
             return float(v) if n > 1 and v is not None and np.isfinite(v) else None
 
-        points.append({"method": r["method"], "tightness": num("bound_gap_common"), "smoothness": num("loss_variation"),
-                       "tightness_err": err("bound_gap_common"), "smoothness_err": err("loss_variation")})
+        points.append(
+            {
+                "method": r["method"],
+                "tightness": num("bound_gap_common"),
+                "smoothness": num("loss_variation"),
+                "tightness_err": err("bound_gap_common"),
+                "smoothness_err": err("loss_variation"),
+            }
+        )
     return points, seeds
 
 
@@ -200,7 +283,11 @@ def plot_tightness_vs_smoothness(
     apply_style()
     import matplotlib.pyplot as plt
 
-    pts = [p for p in points if np.isfinite(p.get("tightness", np.nan)) and np.isfinite(p.get("smoothness", np.nan))]
+    pts = [
+        p
+        for p in points
+        if np.isfinite(p.get("tightness", np.nan)) and np.isfinite(p.get("smoothness", np.nan))
+    ]
     if not pts:
         raise ValueError("no method has both a tightness and a smoothness measurement to plot")
     fig, ax = plt.subplots(figsize=(6.0, 4.6))
@@ -222,7 +309,9 @@ def plot_tightness_vs_smoothness(
             label=p.get("label") or method_name(p.get("method")),
         )
     gaps = np.array([p["tightness"] for p in pts], dtype=float)
-    if (gaps > 0).all() and gaps.max() / gaps.min() > 20:  # IBP's gap dwarfs the linear bounds': show both
+    if (
+        gaps > 0
+    ).all() and gaps.max() / gaps.min() > 20:  # IBP's gap dwarfs the linear bounds': show both
         ax.set_xscale("log")
         x_label += ", log scale"
     ax.set_xlabel(x_label)

@@ -22,22 +22,65 @@ from pathlib import Path
 
 import numpy as np
 
-from figures.records import TrainRun
 from figures.notes import panel_notes
-from figures.style import (apply_style, legend_below, line_style, method_colour, method_name, rolling_mean, save,
-                           with_context)
+from figures.records import TrainRun
+from figures.style import (
+    apply_style,
+    legend_below,
+    line_style,
+    method_colour,
+    method_name,
+    rolling_mean,
+    save,
+    with_context,
+)
 
 # (key, candidate column names (a trailing "*" matches a prefix; several matches are averaged),
 #  axis label, title)
 PROBE_STATS: tuple[tuple[str, tuple[str, ...], str, str], ...] = (
-    ("loss_variation", ("loss_variation", "loss_var"), "ΔL = max_t L − min_t L (nats)", "Loss variation along −∇L"),
-    ("grad_cosine", ("cos", "grad_cosine", "cosine"), "cos(∇L(θ), ∇L(θ_t)), mean t>0", "Gradient-angle similarity"),
+    (
+        "loss_variation",
+        ("loss_variation", "loss_var"),
+        "ΔL = max_t L − min_t L (nats)",
+        "Loss variation along −∇L",
+    ),
+    (
+        "grad_cosine",
+        ("cos", "grad_cosine", "cosine"),
+        "cos(∇L(θ), ∇L(θ_t)), mean t>0",
+        "Gradient-angle similarity",
+    ),
     ("smoothness", ("smoothness",), "‖Δ∇L‖ / ‖Δθ‖, mean t>0", "Smoothness estimate"),
-    ("unstable_frac", ("unstable_frac", "unstable_fraction", "unstable_frac_l*", "unstable*"), "unstable share of ReLUs", "Unstable neurons (mean over layers)"),
-    ("rga_cosine", ("rga_cos", "rga_cosine", "rga_cos*"), "cos(d lb/dx, d m/dx)", "Relaxed-gradient cosine"),
-    ("sign_flip", ("sign_flip", "sign_flip_rate"), "fraction flipped, mean t>0", "Sign-flip rate of bound coefficients"),
-    ("loss_final_variation", ("loss_final_variation",), "ΔL at the final ε (nats)", "Loss variation at final ε"),
-    ("hessian_top_eig", ("hessian_top_eig",), "λ of largest |λ| of the step's loss", "Top Hessian eigenvalue"),
+    (
+        "unstable_frac",
+        ("unstable_frac", "unstable_fraction", "unstable_frac_l*", "unstable*"),
+        "unstable share of ReLUs",
+        "Unstable neurons (mean over layers)",
+    ),
+    (
+        "rga_cosine",
+        ("rga_cos", "rga_cosine", "rga_cos*"),
+        "cos(d lb/dx, d m/dx)",
+        "Relaxed-gradient cosine",
+    ),
+    (
+        "sign_flip",
+        ("sign_flip", "sign_flip_rate"),
+        "fraction flipped, mean t>0",
+        "Sign-flip rate of bound coefficients",
+    ),
+    (
+        "loss_final_variation",
+        ("loss_final_variation",),
+        "ΔL at the final ε (nats)",
+        "Loss variation at final ε",
+    ),
+    (
+        "hessian_top_eig",
+        ("hessian_top_eig",),
+        "λ of largest |λ| of the step's loss",
+        "Top Hessian eigenvalue",
+    ),
     ("hessian_trace", ("hessian_trace",), "tr H of the step's loss (Hutchinson)", "Hessian trace"),
 )
 
@@ -118,13 +161,21 @@ def _plot_stat(ax, runs: Sequence[TrainRun], key: str, names: bool, **line) -> d
             continue
         y = probe_stat(run, key)
         x = probe_x(run)[: y.size]
-        (lines[i],) = ax.plot(x, y[: x.size], color=method_colour(run.meta.method, i), label=_label(run, names),
-                              **{**line_style(i), "markevery": max(1, x.size // 15), **line})
+        (lines[i],) = ax.plot(
+            x,
+            y[: x.size],
+            color=method_colour(run.meta.method, i),
+            label=_label(run, names),
+            **{**line_style(i), "markevery": max(1, x.size // 15), **line},
+        )
     return lines
 
 
 def plot_probe_stats(
-    runs: Sequence[TrainRun], out_dir: str | Path, stem: str, formats: Sequence[str] = ("png", "pdf")
+    runs: Sequence[TrainRun],
+    out_dir: str | Path,
+    stem: str,
+    formats: Sequence[str] = ("png", "pdf"),
 ) -> list[Path]:
     """Every probe statistic present in any run, one panel each, all methods overlaid; the
     panels share the training-step axis. ValueError when no run carries probes."""
@@ -133,10 +184,14 @@ def plot_probe_stats(
 
     present = [s for s in PROBE_STATS if any(_has(r, s[0]) for r in runs)]
     if not present:
-        raise ValueError("no training probes in these files; train with --probe-every N to record them")
+        raise ValueError(
+            "no training probes in these files; train with --probe-every N to record them"
+        )
     cols = 4 if len(present) in (7, 8) else min(3, len(present))
     rows = (len(present) + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(4.4 * cols, 3.3 * rows), sharex=True, squeeze=False)
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(4.4 * cols, 3.3 * rows), sharex=True, squeeze=False
+    )
     flat = list(axes.ravel())
     names = _needs_names(runs)
     legend: dict[int, object] = {}  # one entry per run, even for a run missing from the first panel
@@ -146,24 +201,36 @@ def plot_probe_stats(
         series = []
         for run in runs:
             y = probe_stat(run, key)
-            series.append((str(run.meta.method), probe_x(run)[: y.size] if y is not None else None,
-                           None if y is None else y[: probe_x(run).size], run))
+            series.append(
+                (
+                    str(run.meta.method),
+                    probe_x(run)[: y.size] if y is not None else None,
+                    None if y is None else y[: probe_x(run).size],
+                    run,
+                )
+            )
         panel_notes(ax, series)
         ax.set_title(title)
         ax.set_ylabel(ylabel)
         ax.set_xlabel("training step")
         ax.tick_params(labelbottom=True)
-    for ax in flat[len(present):]:
+    for ax in flat[len(present) :]:
         ax.set_visible(False)
     handles = [legend[i] for i in sorted(legend)]
-    fig.suptitle(with_context("Landscape probes over training", [r.meta for r in runs]), fontsize=12)
+    fig.suptitle(
+        with_context("Landscape probes over training", [r.meta for r in runs]), fontsize=12
+    )
     fig.tight_layout()
     legend_below(fig, handles, ncol=min(4, max(1, len(handles))))
     return save(fig, out_dir, stem, formats)
 
 
 def plot_single_stat(
-    runs: Sequence[TrainRun], key: str, out_dir: str | Path, stem: str, formats: Sequence[str] = ("png", "pdf")
+    runs: Sequence[TrainRun],
+    key: str,
+    out_dir: str | Path,
+    stem: str,
+    formats: Sequence[str] = ("png", "pdf"),
 ) -> list[Path]:
     """One probe statistic (e.g. ``grad_cosine``) over training, one line per run."""
     apply_style()
@@ -189,7 +256,10 @@ def has_gradient_probes(run: TrainRun) -> bool:
 
 
 def plot_gradient_direction_over_training(
-    runs: Sequence[TrainRun], out_dir: str | Path, stem: str, formats: Sequence[str] = ("png", "pdf")
+    runs: Sequence[TrainRun],
+    out_dir: str | Path,
+    stem: str,
+    formats: Sequence[str] = ("png", "pdf"),
 ) -> list[Path]:
     """The paper's main figure: for each run, L(θ_t) − L(θ_0) against the step size t at every
     probe, coloured by training step. Flat, nested curves = smooth landscape; curves that
@@ -198,16 +268,29 @@ def plot_gradient_direction_over_training(
     import matplotlib.pyplot as plt
     from matplotlib import cm, colors
 
-    runs = [r for r in runs if has_gradient_probes(r) and np.isfinite(np.asarray(r.probes["loss"], dtype=float)).any()]
+    runs = [
+        r
+        for r in runs
+        if has_gradient_probes(r) and np.isfinite(np.asarray(r.probes["loss"], dtype=float)).any()
+    ]
     if not runs:
         raise ValueError("no gradient-direction probes (probes/loss over probes/t) in these files")
     cols = min(4, len(runs))
     rows = (len(runs) + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(3.9 * cols + 0.8, 3.6 * rows + 0.3), sharey=True, squeeze=False,
-                             layout="constrained")
+    fig, axes = plt.subplots(
+        rows,
+        cols,
+        figsize=(3.9 * cols + 0.8, 3.6 * rows + 0.3),
+        sharey=True,
+        squeeze=False,
+        layout="constrained",
+    )
     flat = list(axes.ravel())
     steps_all = np.concatenate([probe_x(r) for r in runs])
-    norm = colors.Normalize(vmin=float(np.nanmin(steps_all)), vmax=float(max(np.nanmax(steps_all), np.nanmin(steps_all) + 1)))
+    norm = colors.Normalize(
+        vmin=float(np.nanmin(steps_all)),
+        vmax=float(max(np.nanmax(steps_all), np.nanmin(steps_all) + 1)),
+    )
     cmap = plt.get_cmap("viridis_r")  # the newest probes darkest, drawn last (on top)
     names = _needs_names(runs)
     for ax, run in zip(flat, runs):
@@ -219,17 +302,27 @@ def plot_gradient_direction_over_training(
             row = loss[p]
             if not np.isfinite(row).any():
                 continue
-            ax.plot(t, row - row[zero], "-", lw=1.2, color=cmap(norm(x[p] if p < x.size else p)), alpha=0.9)
+            ax.plot(
+                t,
+                row - row[zero],
+                "-",
+                lw=1.2,
+                color=cmap(norm(x[p] if p < x.size else p)),
+                alpha=0.9,
+            )
         ax.axhline(0.0, color="0.3", lw=0.8, ls=":")
         ax.set_title(_label(run, names), color=method_colour(run.meta.method))
         ax.set_xlabel("step size t (× lr)")
-    for ax in flat[len(runs):]:
+    for ax in flat[len(runs) :]:
         ax.set_visible(False)
     for r in range(rows):
         axes[r][0].set_ylabel("L(θ − t·lr·∇L) − L(θ)  (nats)")
     sm = cm.ScalarMappable(norm=norm, cmap=cmap)
     fig.colorbar(sm, ax=flat[: len(runs)], label="training step of the probe", shrink=0.9, pad=0.02)
-    fig.suptitle(with_context("Loss along the gradient direction over training", [r.meta for r in runs]), fontsize=12)
+    fig.suptitle(
+        with_context("Loss along the gradient direction over training", [r.meta for r in runs]),
+        fontsize=12,
+    )
     return save(fig, out_dir, stem, formats)
 
 
@@ -241,7 +334,10 @@ _CURVES = (
 
 
 def plot_training_curves(
-    runs: Sequence[TrainRun], out_dir: str | Path, stem: str, formats: Sequence[str] = ("png", "pdf")
+    runs: Sequence[TrainRun],
+    out_dir: str | Path,
+    stem: str,
+    formats: Sequence[str] = ("png", "pdf"),
 ) -> list[Path]:
     """Loss, robust and clean batch error per step (moving average, raw values faint), the eps
     schedule and the test errors after each epoch, for every run; a panel only where some run
@@ -255,11 +351,25 @@ def plot_training_curves(
 
     def step_column(run: TrainRun, keys: tuple[str, ...]) -> str | None:
         key = next((k for k in keys if k in run.steps), None)
-        return key if key is not None and np.isfinite(np.asarray(run.steps[key], dtype=float)).any() else None
+        return (
+            key
+            if key is not None and np.isfinite(np.asarray(run.steps[key], dtype=float)).any()
+            else None
+        )
 
-    panels = [(keys, ylabel, title) for keys, ylabel, title in _CURVES if any(step_column(r, keys) for r in runs)]
-    panels += [(("eps",), "training ε (input units)", "ε schedule")] if any(step_column(r, ("eps",)) for r in runs) else []
-    has_test = any("test_clean_err" in r.epochs and np.isfinite(r.epochs["test_clean_err"]).any() for r in runs)
+    panels = [
+        (keys, ylabel, title)
+        for keys, ylabel, title in _CURVES
+        if any(step_column(r, keys) for r in runs)
+    ]
+    panels += (
+        [(("eps",), "training ε (input units)", "ε schedule")]
+        if any(step_column(r, ("eps",)) for r in runs)
+        else []
+    )
+    has_test = any(
+        "test_clean_err" in r.epochs and np.isfinite(r.epochs["test_clean_err"]).any() for r in runs
+    )
     n = len(panels) + has_test
     cols = 3 if n >= 5 else (2 if n == 4 else n)
     rows = (n + cols - 1) // cols
@@ -288,28 +398,54 @@ def plot_training_curves(
             if key != "eps":
                 ax.plot(x, y, lw=0.6, color=colour, alpha=0.25)
                 y = rolling_mean(y, window)
-            (line,) = ax.plot(x, y, color=colour, label=label, ls=style["ls"], lw=style["lw"], marker=style["marker"],
-                              ms=style["ms"], markevery=max(1, x.size // 10))
+            (line,) = ax.plot(
+                x,
+                y,
+                color=colour,
+                label=label,
+                ls=style["ls"],
+                lw=style["lw"],
+                marker=style["marker"],
+                ms=style["ms"],
+                markevery=max(1, x.size // 10),
+            )
         handles += [line] if line is not None else []
         if has_test and "test_clean_err" in run.epochs:
             _test_panel(axes[len(panels)], run, colour)
     fig.suptitle(with_context("Training curves", [r.meta for r in runs]), fontsize=12)
     fig.tight_layout()
-    legend_below(fig, handles + (_test_handles() if has_test else []), ncol=min(3, len(handles) + 3 * has_test))
+    legend_below(
+        fig,
+        handles + (_test_handles() if has_test else []),
+        ncol=min(3, len(handles) + 3 * has_test),
+    )
     return save(fig, out_dir, stem, formats)
 
 
-_TEST_STYLES = (("test_clean_err", "-", "clean"), ("test_verified_err_ibp", "--", "verified by IBP"),
-                ("test_verified_err_crown_ibp", ":", "verified by CROWN-IBP"))
+_TEST_STYLES = (
+    ("test_clean_err", "-", "clean"),
+    ("test_verified_err_ibp", "--", "verified by IBP"),
+    ("test_verified_err_crown_ibp", ":", "verified by CROWN-IBP"),
+)
 
 
 def _test_panel(ax, run: TrainRun, colour: str) -> None:
     """Test errors after each epoch (the loop's quick evaluation) against the training step."""
     ep = run.epochs
-    x = np.asarray(ep.get("step", ep.get("epoch", np.arange(len(ep["test_clean_err"])))), dtype=float)
+    x = np.asarray(
+        ep.get("step", ep.get("epoch", np.arange(len(ep["test_clean_err"])))), dtype=float
+    )
     for key, style, _ in _TEST_STYLES:
         if key in ep:
-            ax.plot(x, 100.0 * np.asarray(ep[key], dtype=float), style, marker="o", ms=3, lw=1.6, color=colour)
+            ax.plot(
+                x,
+                100.0 * np.asarray(ep[key], dtype=float),
+                style,
+                marker="o",
+                ms=3,
+                lw=1.6,
+                color=colour,
+            )
     ax.set_title("Test error after each epoch")
     ax.set_ylabel("test error (%)")
     ax.set_xlabel("training step")
@@ -318,7 +454,10 @@ def _test_panel(ax, run: TrainRun, colour: str) -> None:
 def _test_handles() -> list:
     from matplotlib.lines import Line2D
 
-    return [Line2D([], [], color="0.3", ls=style, label=f"test error: {name}") for _, style, name in _TEST_STYLES]
+    return [
+        Line2D([], [], color="0.3", ls=style, label=f"test error: {name}")
+        for _, style, name in _TEST_STYLES
+    ]
 
 
 def summary(run: TrainRun, last_fraction: float = 1.0) -> dict[str, float]:

@@ -30,7 +30,9 @@ def _register() -> None:
     for module in (cmd_train, cmd_scan, cmd_plot, cmd_reproduce):
         for command in module.COMMANDS:
             cli.add_command(command)
-    from landscape.cmd_export import export; cli.add_command(export)  # noqa: E702
+    from landscape.cmd_export import export
+
+    cli.add_command(export)
 
 
 _register()

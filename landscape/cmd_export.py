@@ -14,12 +14,24 @@ import click
 
 @click.command("export")
 @click.argument("scan_file", type=click.Path(path_type=Path))
-@click.option("--format", "fmt", default="vtk", show_default=True,
-              help="Output format. vtk: one VTK XML unstructured grid (.vtu) per label, the surface "
-                   "z = loss over the (x, y) grid with the loss as point data; points not computed are left out.")
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Directory for the files (created if absent).")
-@click.option("--log", is_flag=True, help="Also store log_loss = ln(max(loss, 1e-12)) as point data.")
+@click.option(
+    "--format",
+    "fmt",
+    default="vtk",
+    show_default=True,
+    help="Output format. vtk: one VTK XML unstructured grid (.vtu) per label, the surface "
+    "z = loss over the (x, y) grid with the loss as point data; points not computed are left out.",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Directory for the files (created if absent).",
+)
+@click.option(
+    "--log", is_flag=True, help="Also store log_loss = ln(max(loss, 1e-12)) as point data."
+)
 def export(scan_file: Path, fmt: str, out_dir: Path, log: bool) -> None:
     """Export the 2D scan SCAN_FILE (e.g. random-2d) for ParaView, VisIt or VTK."""
     from landscape.export import export_scan

@@ -13,13 +13,27 @@ import click
 
 @click.command("plot")
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Directory for the figures (created if absent).")
-@click.option("--format", "formats", default="png,pdf", show_default=True,
-              help="Comma-separated image formats: png, pdf, svg.")
+@click.option(
+    "--out",
+    "out_dir",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Directory for the figures (created if absent).",
+)
+@click.option(
+    "--format",
+    "formats",
+    default="png,pdf",
+    show_default=True,
+    help="Comma-separated image formats: png, pdf, svg.",
+)
 @click.option("--surface3d", is_flag=True, help="Also draw 3D surfaces of 2D scans.")
-@click.option("--log", is_flag=True, help="Draw losses on a log scale: the shared colour scale of 2D scans, the "
-              "z axis of 3D surfaces, the loss axis of 1D scans.")
+@click.option(
+    "--log",
+    is_flag=True,
+    help="Draw losses on a log scale: the shared colour scale of 2D scans, the "
+    "z axis of 3D surfaces, the loss axis of 1D scans.",
+)
 def plot(files: tuple[Path, ...], out_dir: Path, formats: str, surface3d: bool, log: bool) -> None:
     """Draw whatever the result FILES hold (scans, training runs, certification results).
 

@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -59,12 +60,21 @@ def _margin(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.T
     with torch.no_grad():
         logits = model(x)
     true = logits.gather(1, y[:, None]).squeeze(1)
-    others = logits.masked_fill(torch.nn.functional.one_hot(y, logits.shape[1]).bool(), float("-inf"))
+    others = logits.masked_fill(
+        torch.nn.functional.one_hot(y, logits.shape[1]).bool(), float("-inf")
+    )
     return true - others.max(1).values
 
 
-def _bound_margins(model64: torch.nn.Module, x64: torch.Tensor, y: torch.Tensor, eps: float, name: str,
-                   domain: Sequence[float], batch_size: int) -> np.ndarray:
+def _bound_margins(
+    model64: torch.nn.Module,
+    x64: torch.Tensor,
+    y: torch.Tensor,
+    eps: float,
+    name: str,
+    domain: Sequence[float],
+    batch_size: int,
+) -> np.ndarray:
     """Per sample the smallest margin lower bound ``[N]`` of verification method ``name``."""
     import bounds
     from train.evaluate import verifier
@@ -72,24 +82,41 @@ def _bound_margins(model64: torch.nn.Module, x64: torch.Tensor, y: torch.Tensor,
     method, slope = verifier(name)
     out = []
     for s in range(0, len(x64), batch_size):
-        xb, yb = x64[s:s + batch_size], y[s:s + batch_size]
+        xb, yb = x64[s : s + batch_size], y[s : s + batch_size]
         with torch.no_grad():
             spec = bounds.margin_spec(yb, int(model64(xb[:1]).shape[1])).to(torch.float64)
-            res = bounds.compute_bounds(model64, xb, eps, method=method, slope=slope, C=spec, y=yb,
-                                        domain=tuple(domain), need_upper=False)
+            res = bounds.compute_bounds(
+                model64,
+                xb,
+                eps,
+                method=method,
+                slope=slope,
+                C=spec,
+                y=yb,
+                domain=tuple(domain),
+                need_upper=False,
+            )
         out.append(res.lower.detach().min(1).values.numpy())
     return np.concatenate(out)
 
 
-def _check_counterexample(model: torch.nn.Module, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor,
-                          eps: float, domain: Sequence[float]) -> torch.Tensor:
+def _check_counterexample(
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    x_adv: torch.Tensor,
+    y: torch.Tensor,
+    eps: float,
+    domain: Sequence[float],
+) -> torch.Tensor:
     """``[B]`` bool: ``x_adv`` lies in the clipped ball around ``x`` and ``model`` misclassifies it."""
     with torch.no_grad():
         wrong = model(x_adv.to(x.dtype)).argmax(1) != y
     d = (x_adv.double() - x.double()).reshape(len(x), -1)
-    inside = (d.abs().max(1).values <= eps + BALL_TOL)
+    inside = d.abs().max(1).values <= eps + BALL_TOL
     flat = x_adv.double().reshape(len(x), -1)
-    inside &= (flat.min(1).values >= domain[0] - BALL_TOL) & (flat.max(1).values <= domain[1] + BALL_TOL)
+    inside &= (flat.min(1).values >= domain[0] - BALL_TOL) & (
+        flat.max(1).values <= domain[1] + BALL_TOL
+    )
     return wrong & inside
 
 
@@ -101,8 +128,12 @@ def _open_progress(path: Path, settings: dict[str, Any]) -> dict[int, dict[str, 
     data = store.read(str(path))
     old = data["attrs"].get("settings")
     if old != settings:
-        diff = sorted(k for k in set(old or {}) | set(settings) if (old or {}).get(k) != settings.get(k))
-        raise ValueError(f"{path} holds a run with other settings ({', '.join(diff)}); delete it to start over")
+        diff = sorted(
+            k for k in set(old or {}) | set(settings) if (old or {}).get(k) != settings.get(k)
+        )
+        raise ValueError(
+            f"{path} holds a run with other settings ({', '.join(diff)}); delete it to start over"
+        )
     rows = data.get("samples", {})
     done = {}
     for r, i in enumerate(rows.get("index", [])):
@@ -110,12 +141,27 @@ def _open_progress(path: Path, settings: dict[str, Any]) -> dict[int, dict[str, 
     return done
 
 
-def run_complete(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, methods: Sequence[str],
-                 domain: Sequence[float] = (0.0, 1.0), attack: Optional[Callable] = None, attack_name: str = "pgd",
-                 pgd_steps: int = 20, pgd_restarts: int = 1, seed: int = 0, time_limit: float = 10.0, jobs: int = 1,
-                 batch_size: int = 256, margins: bool = False, progress: bool = True,
-                 resume: Optional[Path] = None, settings: Optional[dict[str, Any]] = None,
-                 exact: bool = True) -> CompleteResult:
+def run_complete(
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eps: float,
+    methods: Sequence[str],
+    domain: Sequence[float] = (0.0, 1.0),
+    attack: Callable | None = None,
+    attack_name: str = "pgd",
+    pgd_steps: int = 20,
+    pgd_restarts: int = 1,
+    seed: int = 0,
+    time_limit: float = 10.0,
+    jobs: int = 1,
+    batch_size: int = 256,
+    margins: bool = False,
+    progress: bool = True,
+    resume: Path | None = None,
+    settings: dict[str, Any] | None = None,
+    exact: bool = True,
+) -> CompleteResult:
     """Decide every sample of ``(x, y)`` ``[N, *shape]``, ``[N]`` at radius ``eps`` (module docstring).
 
     ``methods``: the verification methods reported (``crown:optimized`` is added); ``attack``:
@@ -134,14 +180,30 @@ def run_complete(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: 
     x64 = x.double()
     N = len(x)
     with torch.no_grad():
-        clean_wrong = torch.cat([model(x[s:s + batch_size]).argmax(1) != y[s:s + batch_size]
-                                 for s in range(0, N, batch_size)])
+        clean_wrong = torch.cat(
+            [
+                model(x[s : s + batch_size]).argmax(1) != y[s : s + batch_size]
+                for s in range(0, N, batch_size)
+            ]
+        )
     gen = torch.Generator().manual_seed(seed)
     advs = []
     for s in range(0, N, batch_size):
-        xb, yb = x[s:s + batch_size], y[s:s + batch_size]
-        adv, _ = pgd_attack(model, xb, yb, eps, steps=pgd_steps, restarts=pgd_restarts, domain=tuple(domain),
-                            generator=gen) if pgd_steps > 0 and eps > 0 else (xb.clone(), None)
+        xb, yb = x[s : s + batch_size], y[s : s + batch_size]
+        adv, _ = (
+            pgd_attack(
+                model,
+                xb,
+                yb,
+                eps,
+                steps=pgd_steps,
+                restarts=pgd_restarts,
+                domain=tuple(domain),
+                generator=gen,
+            )
+            if pgd_steps > 0 and eps > 0
+            else (xb.clone(), None)
+        )
         advs.append(adv)
     pgd_adv = torch.cat(advs)
     pgd_broken = _check_counterexample(model, x, pgd_adv, y, eps, domain) | clean_wrong
@@ -151,15 +213,23 @@ def run_complete(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: 
         other_broken = _check_counterexample(model, x, other, y, eps, domain) | clean_wrong
         attack_broken = other_broken
         # the start of the program, and the counterexample kept: whichever attack broke the sample
-        x_adv = torch.where((other_broken & ~pgd_broken).view(-1, *[1] * (x.dim() - 1)), other, pgd_adv)
+        x_adv = torch.where(
+            (other_broken & ~pgd_broken).view(-1, *[1] * (x.dim() - 1)), other, pgd_adv
+        )
         pgd_or_other = _margin(model64, other.double(), y).numpy()
     pgd_margin = _margin(model64, pgd_adv.double(), y).numpy()
     attack_margin = pgd_margin if attack is None else np.minimum(pgd_margin, pgd_or_other)
     names = list(dict.fromkeys([*methods, OPTIMIZED_BOUND]))
-    bound_margin = {m: _bound_margins(model64, x64, y, eps, m, domain, batch_size) for m in names if m != OPTIMIZED_BOUND}
+    bound_margin = {
+        m: _bound_margins(model64, x64, y, eps, m, domain, batch_size)
+        for m in names
+        if m != OPTIMIZED_BOUND
+    }
     lo, hi, pre, lower = [], [], [], []
     for s in range(0, N, batch_size):
-        a, b, c, d = milp.milp_inputs(model64, x64[s:s + batch_size], y[s:s + batch_size], eps, domain)
+        a, b, c, d = milp.milp_inputs(
+            model64, x64[s : s + batch_size], y[s : s + batch_size], eps, domain
+        )
         lo.append(a), hi.append(b), pre.extend(c), lower.append(d)
     lo, hi, lower = np.concatenate(lo), np.concatenate(hi), np.concatenate(lower)
     bound_margin[OPTIMIZED_BOUND] = lower.min(1)
@@ -175,10 +245,16 @@ def run_complete(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: 
     cex[broken] = x_adv.reshape(N, -1).detach().numpy()[broken]
     cex[cw] = x.reshape(N, -1).detach().numpy()[cw]
     if bool((any_verified & broken).any()):
-        raise RuntimeError("a sample is both verified by a bound and broken by the attack: a bound is unsound")
-    cols = {"exact_margin": np.full(N, np.nan), "exact_margin_lower": np.full(N, np.nan),
-            "optimal": np.zeros(N, dtype=np.int8), "milps": np.zeros(N, dtype=np.int32),
-            "seconds": np.zeros(N)}
+        raise RuntimeError(
+            "a sample is both verified by a bound and broken by the attack: a bound is unsound"
+        )
+    cols = {
+        "exact_margin": np.full(N, np.nan),
+        "exact_margin_lower": np.full(N, np.nan),
+        "optimal": np.zeros(N, dtype=np.int8),
+        "milps": np.zeros(N, dtype=np.int32),
+        "seconds": np.zeros(N),
+    }
     todo = [i for i in range(N) if exact and not cw[i] and (margins or status[i] == 0)]
     done = _open_progress(resume, settings or {}) if resume is not None else {}
 
@@ -186,8 +262,10 @@ def run_complete(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: 
         st = int(row["status"])
         if st in (milp.VERIFIED, milp.FALSIFIED):
             if status[i] and status[i] != st:
-                raise RuntimeError(f"sample {i}: the exact program says {milp.STATUS_NAMES[st]}, but it was "
-                                   f"{milp.STATUS_NAMES[int(status[i])]} before: a bound or the program is unsound")
+                raise RuntimeError(
+                    f"sample {i}: the exact program says {milp.STATUS_NAMES[st]}, but it was "
+                    f"{milp.STATUS_NAMES[int(status[i])]} before: a bound or the program is unsound"
+                )
             status[i] = st
         elif status[i] == 0:
             status[i] = milp.TIMEOUT
@@ -196,17 +274,43 @@ def run_complete(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: 
         for k in cols:
             cols[k][i] = row[k]
         if write:
-            store.append_rows(str(resume), "samples", {"index": np.array([i]), **{
-                k: np.array([row[k]]) for k in ("status", "exact_margin", "exact_margin_lower", "optimal", "milps",
-                                                "seconds")}, "point": np.asarray(row["point"], np.float32)[None]})
+            store.append_rows(
+                str(resume),
+                "samples",
+                {
+                    "index": np.array([i]),
+                    **{
+                        k: np.array([row[k]])
+                        for k in (
+                            "status",
+                            "exact_margin",
+                            "exact_margin_lower",
+                            "optimal",
+                            "milps",
+                            "seconds",
+                        )
+                    },
+                    "point": np.asarray(row["point"], np.float32)[None],
+                },
+            )
 
     tasks = []
     for i in todo:
         if i in done:
             record(i, done[i], False)
         else:
-            tasks.append((i, lo[i], hi[i], int(y[i]), pre[i], lower[i], x_adv[i].reshape(-1).double().numpy(),
-                          float(time_limit)))
+            tasks.append(
+                (
+                    i,
+                    lo[i],
+                    hi[i],
+                    int(y[i]),
+                    pre[i],
+                    lower[i],
+                    x_adv[i].reshape(-1).double().numpy(),
+                    float(time_limit),
+                )
+            )
     bar = None
     if progress and tasks:
         from tqdm.auto import tqdm
@@ -217,11 +321,19 @@ def run_complete(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: 
         point = r.point if r.point is not None else np.full(n_in, np.nan)
         if r.status == milp.FALSIFIED:  # the forward pass of the real model must agree
             p = torch.as_tensor(point, dtype=x.dtype).reshape(1, *x.shape[1:])
-            if not bool(_check_counterexample(model, x[i:i + 1], p, y[i:i + 1], eps, domain)[0]):
+            if not bool(
+                _check_counterexample(model, x[i : i + 1], p, y[i : i + 1], eps, domain)[0]
+            ):
                 r.status = milp.TIMEOUT  # a tie within rounding: left undecided
-        row = {"status": r.status, "exact_margin": r.margin if r.optimal else np.nan,
-               "exact_margin_lower": r.margin_lower, "optimal": int(r.optimal), "milps": r.milps,
-               "seconds": r.seconds, "point": point}
+        row = {
+            "status": r.status,
+            "exact_margin": r.margin if r.optimal else np.nan,
+            "exact_margin_lower": r.margin_lower,
+            "optimal": int(r.optimal),
+            "milps": r.milps,
+            "seconds": r.seconds,
+            "point": point,
+        }
         record(i, row, resume is not None)
         if bar is not None:
             bar.update(1)
@@ -241,18 +353,34 @@ def run_complete(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: 
     finally:
         if bar is not None:
             bar.close()
-    samples = {"index": np.arange(N), "label": y.numpy().astype(np.int64), "status": status,
-               "clean_wrong": cw.astype(np.int8), "pgd_broken": pgd_broken.numpy().astype(np.int8),
-               "attack_broken": attack_broken.numpy().astype(np.int8), "attack_margin": attack_margin, **cols,
-               **{f"bound_margin_{_key(m)}": bound_margin[m] for m in names}, "counterexample": cex}
+    samples = {
+        "index": np.arange(N),
+        "label": y.numpy().astype(np.int64),
+        "status": status,
+        "clean_wrong": cw.astype(np.int8),
+        "pgd_broken": pgd_broken.numpy().astype(np.int8),
+        "attack_broken": attack_broken.numpy().astype(np.int8),
+        "attack_margin": attack_margin,
+        **cols,
+        **{f"bound_margin_{_key(m)}": bound_margin[m] for m in names},
+        "counterexample": cex,
+    }
     n_timeouts = int((status == milp.TIMEOUT).sum())
     union = np.any(np.stack([verified_by[m] for m in names]), 0) | (status == milp.VERIFIED)
     totals: dict[str, Any] = {
-        "n": N, "eps": eps, "attack": attack_name, "clean_err": float(cw.mean()), "pgd_err": float(pgd_broken.double().mean()),
-        "attack_err": float(attack_broken.double().mean()), "exact_err": float((status == milp.FALSIFIED).mean()),
-        "timeouts": n_timeouts, "exact_verified": float((status == milp.VERIFIED).mean()),
-        "decided": float((status != milp.TIMEOUT).mean()), "seconds": time.perf_counter() - t_start,
-        "time_limit": float(time_limit), "milp_samples": len(todo),
+        "n": N,
+        "eps": eps,
+        "attack": attack_name,
+        "clean_err": float(cw.mean()),
+        "pgd_err": float(pgd_broken.double().mean()),
+        "attack_err": float(attack_broken.double().mean()),
+        "exact_err": float((status == milp.FALSIFIED).mean()),
+        "timeouts": n_timeouts,
+        "exact_verified": float((status == milp.VERIFIED).mean()),
+        "decided": float((status != milp.TIMEOUT).mean()),
+        "seconds": time.perf_counter() - t_start,
+        "time_limit": float(time_limit),
+        "milp_samples": len(todo),
     }
     for m in names:
         totals["verified_err_" + _key(m)] = float((~verified_by[m]).mean())
@@ -262,7 +390,15 @@ def run_complete(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: 
     if exact:
         result.tightness = tightness_rows(result)
     else:  # no program ran: nothing was decided exactly
-        for k in ("exact_err", "timeouts", "exact_verified", "decided", "exact_upper_err", "time_limit", "milp_samples"):
+        for k in (
+            "exact_err",
+            "timeouts",
+            "exact_verified",
+            "decided",
+            "exact_upper_err",
+            "time_limit",
+            "milp_samples",
+        ):
             del totals[k]
     return result
 
@@ -279,8 +415,14 @@ def tightness_rows(result: CompleteResult) -> dict[str, list]:
     is the attack's); NaN where the denominator is 0."""
     s, t = result.samples, result.totals
     ok = (s["optimal"] == 1) & (s["clean_wrong"] == 0) & np.isfinite(s["exact_margin"])
-    rows: dict[str, list] = {"bound": [], "gap_mean": [], "gap_max": [], "n_optimal": [], "verified_err": [],
-                             "fault_share": []}
+    rows: dict[str, list] = {
+        "bound": [],
+        "gap_mean": [],
+        "gap_max": [],
+        "n_optimal": [],
+        "verified_err": [],
+        "fault_share": [],
+    }
     for m in result.bounds:
         gap = s["exact_margin"][ok] - s[f"bound_margin_{_key(m)}"][ok]
         v = t["verified_err_" + _key(m)]
@@ -294,8 +436,15 @@ def tightness_rows(result: CompleteResult) -> dict[str, list]:
     return rows
 
 
-def options_problem(complete: bool, time_limit: float, jobs: int, margins: bool, attack: str,
-                    eps_list: list[float] | None, out: str | None) -> str | None:
+def options_problem(
+    complete: bool,
+    time_limit: float,
+    jobs: int,
+    margins: bool,
+    attack: str,
+    eps_list: list[float] | None,
+    out: str | None,
+) -> str | None:
     """What is wrong with ``certify``'s ``--complete`` / ``--attack`` options (None: nothing)."""
     from bounds.names import ATTACKS
 
@@ -310,4 +459,3 @@ def options_problem(complete: bool, time_limit: float, jobs: int, margins: bool,
     if out is not None and Path(out).is_dir():
         return f"--out: {out} is a directory"
     return None
-

@@ -13,7 +13,7 @@ parameters); :mod:`landscape.hessian` builds Lanczos, Hutchinson and the spectra
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
@@ -42,7 +42,9 @@ def _hvp(grads: list[Tensor], params: list[Tensor], v: list[Tensor]) -> list[Ten
     return [torch.zeros_like(p) if h is None else h.detach() for p, h in zip(params, hv)]
 
 
-def loss_parts(loss_fn: Callable[[nn.Module], Tensor]) -> list[tuple[float, Callable[[nn.Module], Tensor]]]:
+def loss_parts(
+    loss_fn: Callable[[nn.Module], Tensor],
+) -> list[tuple[float, Callable[[nn.Module], Tensor]]]:
     """``[(w_b, L_b)]``: a loss that is a weighted sum of mini-batch losses
     (:class:`landscape.scan_losses.BatchedLoss`, attribute ``parts``) split into them, so that its
     gradient and Hessian-vector products can be accumulated one batch at a time; any other loss
@@ -78,14 +80,20 @@ class HessianOperator:
     (at the price of one gradient evaluation per batch and product).
     """
 
-    def __init__(self, loss_fn: Callable[[nn.Module], Tensor], model: nn.Module,
-                 names: "list[str] | None" = None) -> None:
+    def __init__(
+        self,
+        loss_fn: Callable[[nn.Module], Tensor],
+        model: nn.Module,
+        names: list[str] | None = None,
+    ) -> None:
         named = named_params(model)
         if names is not None:
             wanted = set(names)
             unknown = wanted - {n for n, _ in named}
             if unknown or not wanted:
-                raise ValueError(f"unknown or no parameters for a Hessian block: {sorted(unknown) or names}")
+                raise ValueError(
+                    f"unknown or no parameters for a Hessian block: {sorted(unknown) or names}"
+                )
             named = [(n, p) for n, p in named if n in wanted]
         self.model = model
         self.params = [p for _, p in named]
@@ -126,10 +134,12 @@ class HessianOperator:
 
     def matvec(self, v: Tensor) -> Tensor:
         if v.dim() != 1 or v.numel() != self.size:
-            raise ValueError(f"need a flat vector of {self.size} entries, got shape {tuple(v.shape)}")
+            raise ValueError(
+                f"need a flat vector of {self.size} entries, got shape {tuple(v.shape)}"
+            )
         parts, start = [], 0
         for p in self.params:
-            parts.append(v[start:start + p.numel()].reshape(p.shape))
+            parts.append(v[start : start + p.numel()].reshape(p.shape))
             start += p.numel()
         hv = self(parts)
         return torch.cat([h.reshape(-1) for h in hv]).to(device=v.device, dtype=v.dtype)

@@ -19,7 +19,7 @@ in parameter order, so a seed gives the same direction on every device and proce
 
 from __future__ import annotations
 
-from typing import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -68,7 +68,7 @@ def unflatten(vector: Tensor, like: Sequence[Tensor]) -> list[Tensor]:
         raise ValueError(f"vector has {vector.numel()} entries, the parameters have {total}")
     out, start = [], 0
     for t in like:
-        out.append(vector[start:start + t.numel()].view_as(t).to(t.dtype))
+        out.append(vector[start : start + t.numel()].view_as(t).to(t.dtype))
         start += t.numel()
     return out
 
@@ -97,14 +97,18 @@ def random_direction(
     Pass ``generator`` to draw several directions from one stream (seed is then unused).
     """
     if norm not in NORMS:
-        raise ValueError(f"unknown direction normalisation {norm!r}; expected one of {', '.join(NORMS)}")
+        raise ValueError(
+            f"unknown direction normalisation {norm!r}; expected one of {', '.join(NORMS)}"
+        )
     if ignore not in (None, "none", "biasbn"):
         raise ValueError(f"unknown ignore option {ignore!r}; expected 'biasbn' or None")
     gen = generator if generator is not None else torch.Generator().manual_seed(int(seed))
     out = []
     for _, p in named_params(model):
         w = p.detach()
-        d = torch.randn(w.shape, generator=gen, dtype=torch.float32).to(device=w.device, dtype=w.dtype)
+        d = torch.randn(w.shape, generator=gen, dtype=torch.float32).to(
+            device=w.device, dtype=w.dtype
+        )
         if ignore == "biasbn" and w.dim() <= 1:
             d = torch.zeros_like(w)
         else:
@@ -113,14 +117,18 @@ def random_direction(
     return out
 
 
-def gradient_direction(loss_fn: Callable[[nn.Module], Tensor], model: nn.Module) -> tuple[Tensor, list[Tensor]]:
+def gradient_direction(
+    loss_fn: Callable[[nn.Module], Tensor], model: nn.Module
+) -> tuple[Tensor, list[Tensor]]:
     """``(L(theta), grad L(theta))``: the loss and its raw gradient (one tensor per parameter),
     without touching ``p.grad``. A loss made of mini-batch parts (attribute ``parts``,
     :class:`landscape.scan_losses.BatchedLoss`) is differentiated one batch at a time and the
     weighted gradients summed."""
     params = [p for _, p in named_params(model)]
     parts = getattr(loss_fn, "parts", None)
-    if parts is not None and len(parts) > 1:  # a mini-batch loss: accumulate batch by batch (one graph at a time)
+    if (
+        parts is not None and len(parts) > 1
+    ):  # a mini-batch loss: accumulate batch by batch (one graph at a time)
         total_loss, total = None, [torch.zeros_like(p) for p in params]
         for w, fn in parts:
             loss_b, grads_b = gradient_direction(fn, model)
@@ -131,7 +139,9 @@ def gradient_direction(loss_fn: Callable[[nn.Module], Tensor], model: nn.Module)
     with torch.enable_grad():
         loss = loss_fn(model)
         grads = torch.autograd.grad(loss, params, allow_unused=True)
-    return loss.detach(), [torch.zeros_like(p) if g is None else g.detach() for p, g in zip(params, grads)]
+    return loss.detach(), [
+        torch.zeros_like(p) if g is None else g.detach() for p, g in zip(params, grads)
+    ]
 
 
 def interpolation_direction(theta1: Sequence[Tensor], theta2: Sequence[Tensor]) -> list[Tensor]:
@@ -159,7 +169,9 @@ def batchnorm_buffer_path(model: nn.Module, model2: nn.Module) -> BufferPath:
             continue
         other = others.get(name)
         if not isinstance(other, _BatchNorm):
-            raise ValueError(f"the second checkpoint has no BatchNorm at {name!r}; cannot interpolate")
+            raise ValueError(
+                f"the second checkpoint has no BatchNorm at {name!r}; cannot interpolate"
+            )
         for key in ("running_mean", "running_var"):
             b1, b2 = getattr(module, key, None), getattr(other, key, None)
             if b1 is None or b2 is None:
@@ -198,7 +210,9 @@ def set_params(
         raise ValueError(f"{len(directions)} directions but {len(coeffs)} coefficients")
     params = [p for _, p in named_params(model)] if isinstance(model, nn.Module) else list(model)
     if len(params) != len(base):
-        raise ValueError(f"the model has {len(params)} parameter tensors, the base point {len(base)}")
+        raise ValueError(
+            f"the model has {len(params)} parameter tensors, the base point {len(base)}"
+        )
     torch._foreach_copy_(params, list(base))
     for c, d in zip(coeffs, directions):
         if c != 0.0:

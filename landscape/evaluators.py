@@ -19,7 +19,8 @@ Definitions in ``docs/scans.md``.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,10 +29,28 @@ from torch import Tensor, nn
 from bounds import plain
 from bounds.names import FIXED_SLOPES, TRAIN_METHODS, resolve_method
 from landscape import metrics as M
-from landscape.directions import BufferPath, get_params, gradient_direction, named_params, perturbed, set_buffers, set_params
+from landscape.directions import (
+    BufferPath,
+    get_params,
+    gradient_direction,
+    named_params,
+    perturbed,
+    set_buffers,
+    set_params,
+)
 
-__all__ = ["GRADIENT_FIELDS", "SIGN_FIELDS", "ERROR_FIELDS", "GradientEvaluator", "DirectionEvaluator",
-           "sign_change_metrics", "error_metrics", "check_error_fields", "loss_labels", "batchable"]
+__all__ = [
+    "GRADIENT_FIELDS",
+    "SIGN_FIELDS",
+    "ERROR_FIELDS",
+    "GradientEvaluator",
+    "DirectionEvaluator",
+    "sign_change_metrics",
+    "error_metrics",
+    "check_error_fields",
+    "loss_labels",
+    "batchable",
+]
 
 LossFn = Callable[[nn.Module], Tensor]
 GRADIENT_FIELDS = ("loss", "grad_norm", "cos", "rms", "smoothness")
@@ -80,7 +99,9 @@ def _functional(fn: LossFn, model: nn.Module) -> Callable[[dict[str, Tensor]], T
 
     def call(params: dict[str, Tensor]) -> Tensor:
         with plain.plain():
-            return torch.func.functional_call(closure, {f"model.{k}": v for k, v in params.items()}, ())
+            return torch.func.functional_call(
+                closure, {f"model.{k}": v for k, v in params.items()}, ()
+            )
 
     return call
 
@@ -152,13 +173,19 @@ class GradientEvaluator:
         self.own_direction = bool(own_direction)
         self.direction = list(direction) if direction is not None else self.grad0[self.labels[0]]
         self.direction_norm = float(M.as_vector(self.direction).norm())
-        self.directions = {lab: (self.grad0[lab] if self.own_direction else self.direction) for lab in self.labels}
-        self.direction_norms = {lab: float(M.as_vector(d).norm()) for lab, d in self.directions.items()}
+        self.directions = {
+            lab: (self.grad0[lab] if self.own_direction else self.direction) for lab in self.labels
+        }
+        self.direction_norms = {
+            lab: float(M.as_vector(d).norm()) for lab, d in self.directions.items()
+        }
 
     def set_direction(self, label: str) -> None:
         """Move every loss along ``label``'s gradient at theta_0 (a shared direction)."""
         if label not in self.grad0:
-            raise ValueError(f"{label!r} is not one of the scanned losses ({', '.join(self.labels)})")
+            raise ValueError(
+                f"{label!r} is not one of the scanned losses ({', '.join(self.labels)})"
+            )
         self.own_direction = False
         self.direction = self.grad0[label]
         self.direction_norm = float(M.as_vector(self.direction).norm())
@@ -232,7 +259,9 @@ class DirectionEvaluator:
         self.point_values = point_values
         self.buffer_path = list(buffer_path or [])
         if self.buffer_path and len(directions) != 1:
-            raise ValueError("buffers move along one coefficient (an interpolation): give one direction")
+            raise ValueError(
+                "buffers move along one coefficient (an interpolation): give one direction"
+            )
         self.losses = list(losses)
         self.labels = loss_labels(self.losses, labels)
         self.directions = [list(d) for d in directions]
@@ -240,8 +269,12 @@ class DirectionEvaluator:
         self.restore = get_params(model)
         self.base = [b.detach().clone() for b in base] if base is not None else self.restore
         self.params = [p for _, p in named_params(model)]
-        vm = (all(batchable(fn) for fn in self.losses) and int(vmap_batch) > 1 and not self.buffer_path
-              and point_values is None)
+        vm = (
+            all(batchable(fn) for fn in self.losses)
+            and int(vmap_batch) > 1
+            and not self.buffer_path
+            and point_values is None
+        )
         self.batch_size: int | None = int(vmap_batch) if vm else None
         self._functionals = [_functional(fn, model) for fn in self.losses] if vm else []
 
@@ -262,7 +295,7 @@ class DirectionEvaluator:
         if self.batch_size is not None:
             out: list[Values] = []
             for start in range(0, len(indices), self.batch_size):
-                out.extend(self._vmapped(indices[start:start + self.batch_size]))
+                out.extend(self._vmapped(indices[start : start + self.batch_size]))
             return out
         out = []
         try:
@@ -271,7 +304,10 @@ class DirectionEvaluator:
                     set_params(self.params, self.base, self.directions, self.coeffs[int(i)])
                     if self.buffer_path:
                         set_buffers(self.buffer_path, float(self.coeffs[int(i)][0]))
-                    values = {label: {"loss": float(fn(self.model))} for label, fn in zip(self.labels, self.losses)}
+                    values = {
+                        label: {"loss": float(fn(self.model))}
+                        for label, fn in zip(self.labels, self.losses)
+                    }
                     if self.point_values is not None:  # once per point, the same for every label
                         shared = self.point_values(self.model)
                         for v in values.values():
@@ -284,7 +320,9 @@ class DirectionEvaluator:
         return out
 
 
-def check_error_fields(fields: Sequence[str] | str, verify_methods: Sequence[str], kind: str) -> list[str]:
+def check_error_fields(
+    fields: Sequence[str] | str, verify_methods: Sequence[str], kind: str
+) -> list[str]:
     """The ``--fields`` of a scan as a list, checked (one ValueError naming the bad option):
     distinct names of :data:`ERROR_FIELDS`, verification methods that exist when
     ``verified_err`` is asked for, and a kind with a grid of weights (not gradient or hessian)."""
@@ -295,7 +333,9 @@ def check_error_fields(fields: Sequence[str] | str, verify_methods: Sequence[str
     fields = list(fields)
     bad = [f for f in fields if f not in ERROR_FIELDS]
     if bad or not fields or len(set(fields)) != len(fields):
-        raise ValueError(f"--fields: expected distinct names of {', '.join(ERROR_FIELDS)}, got {','.join(fields)!r}")
+        raise ValueError(
+            f"--fields: expected distinct names of {', '.join(ERROR_FIELDS)}, got {','.join(fields)!r}"
+        )
     if "verified_err" in fields:
         if not list(verify_methods):
             raise ValueError("--verify-methods: give at least one bound method")
@@ -305,13 +345,22 @@ def check_error_fields(fields: Sequence[str] | str, verify_methods: Sequence[str
             except ValueError as exc:
                 raise ValueError(f"--verify-methods: {exc}") from None
     if kind in ("gradient", "hessian"):
-        raise ValueError(f"--fields adds errors at the points of a random, interpolate or pca scan; not with --kind {kind}")
+        raise ValueError(
+            f"--fields adds errors at the points of a random, interpolate or pca scan; not with --kind {kind}"
+        )
     return fields
 
 
 def error_metrics(
-    x: Tensor, y: Tensor, eps: float, fields: Sequence[str], verify_methods: Sequence[str] = ("ibp", "crown-ibp"),
-    pgd_steps: int = 10, domain: tuple[float, float] | None = (0.0, 1.0), seed: int = 0, batch_size: int = 256,
+    x: Tensor,
+    y: Tensor,
+    eps: float,
+    fields: Sequence[str],
+    verify_methods: Sequence[str] = ("ibp", "crown-ibp"),
+    pgd_steps: int = 10,
+    domain: tuple[float, float] | None = (0.0, 1.0),
+    seed: int = 0,
+    batch_size: int = 256,
 ) -> Callable[[nn.Module], dict[str, float]]:
     """A ``point_values`` function for :class:`DirectionEvaluator`: the errors ``fields`` (of
     :data:`ERROR_FIELDS`) of the model at the point on the scan's samples ``x`` [N, ...],
@@ -329,15 +378,27 @@ def error_metrics(
 
     unknown = [f for f in fields if f not in ERROR_FIELDS]
     if unknown or not fields:
-        raise ValueError(f"--fields: unknown field(s) {unknown or list(fields)}; choose from {', '.join(ERROR_FIELDS)}")
+        raise ValueError(
+            f"--fields: unknown field(s) {unknown or list(fields)}; choose from {', '.join(ERROR_FIELDS)}"
+        )
     want = list(fields)
     dom = (0.0, 1.0) if domain is None else (float(domain[0]), float(domain[1]))
     methods = list(verify_methods) if "verified_err" in want else []
     steps = int(pgd_steps) if "pgd_err" in want else 0
 
     def point_values(model: nn.Module) -> dict[str, float]:
-        res = evaluate(model, x, y, eps, methods=methods, pgd_steps=steps, domain=dom, seed=seed,
-                       batch_size=batch_size, progress=False)
+        res = evaluate(
+            model,
+            x,
+            y,
+            eps,
+            methods=methods,
+            pgd_steps=steps,
+            domain=dom,
+            seed=seed,
+            batch_size=batch_size,
+            progress=False,
+        )
         return {f: float(res[f]) for f in want}
 
     return point_values

@@ -65,19 +65,24 @@ def surface_cells(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray,
     ids = np.full(mask.shape, -1, dtype=np.int64)
     ids[mask] = np.arange(int(mask.sum()))
     full = mask[:-1, :-1] & mask[1:, :-1] & mask[1:, 1:] & mask[:-1, 1:]
-    quads = np.stack([ids[:-1, :-1][full], ids[1:, :-1][full], ids[1:, 1:][full], ids[:-1, 1:][full]], axis=1)
+    quads = np.stack(
+        [ids[:-1, :-1][full], ids[1:, :-1][full], ids[1:, 1:][full], ids[:-1, 1:][full]], axis=1
+    )
     covered = np.zeros(mask.shape, dtype=bool)
     for di, dj in ((0, 0), (1, 0), (1, 1), (0, 1)):
-        covered[di:di + full.shape[0], dj:dj + full.shape[1]] |= full
+        covered[di : di + full.shape[0], dj : dj + full.shape[1]] |= full
     lonely = ids[mask & ~covered]
     connectivity = np.concatenate([quads.reshape(-1), lonely]).astype(np.int64)
     sizes = np.concatenate([np.full(len(quads), 4), np.ones(len(lonely))]).astype(np.int64)
-    types = np.concatenate([np.full(len(quads), VTK_QUAD), np.full(len(lonely), VTK_VERTEX)]).astype(np.uint8)
+    types = np.concatenate(
+        [np.full(len(quads), VTK_QUAD), np.full(len(lonely), VTK_VERTEX)]
+    ).astype(np.uint8)
     return ids, connectivity, np.cumsum(sizes).astype(np.int64), types
 
 
-def write_vtk_surface(path: str | os.PathLike, x: np.ndarray, y: np.ndarray, loss: np.ndarray,
-                      log: bool = False) -> Path | None:
+def write_vtk_surface(
+    path: str | os.PathLike, x: np.ndarray, y: np.ndarray, loss: np.ndarray, log: bool = False
+) -> Path | None:
     """Write the surface z = ``loss`` [nx, ny] over the grid ``x`` [nx], ``y`` [ny] to
     ``path`` (a ``.vtu`` file; layout in the module docstring). Returns the path, or None
     (nothing written) when no point is computed."""
@@ -96,7 +101,9 @@ def write_vtk_surface(path: str | os.PathLike, x: np.ndarray, y: np.ndarray, los
     values = loss[mask].astype(np.float32)
     point_data = {"loss": values, "i": ii.astype(np.int32), "j": jj.astype(np.int32)}
     if log:
-        point_data["log_loss"] = np.log(np.maximum(values.astype(np.float64), LOG_FLOOR)).astype(np.float32)
+        point_data["log_loss"] = np.log(np.maximum(values.astype(np.float64), LOG_FLOOR)).astype(
+            np.float32
+        )
     path = Path(path)
     if path.suffix != ".vtu":
         raise ValueError(f"a VTK unstructured grid file ends in .vtu, got {path.name!r}")
@@ -111,9 +118,16 @@ def write_vtk_surface(path: str | os.PathLike, x: np.ndarray, y: np.ndarray, los
         raise
     written = tmp + ".vtu"
     try:
-        written = unstructuredGridToVTK(tmp, np.ascontiguousarray(x[ii]), np.ascontiguousarray(y[jj]),
-                                        values.astype(np.float64), connectivity=connectivity, offsets=offsets,
-                                        cell_types=types, pointData=point_data)
+        written = unstructuredGridToVTK(
+            tmp,
+            np.ascontiguousarray(x[ii]),
+            np.ascontiguousarray(y[jj]),
+            values.astype(np.float64),
+            connectivity=connectivity,
+            offsets=offsets,
+            cell_types=types,
+            pointData=point_data,
+        )
         os.chmod(written, 0o666 & ~_umask())
         os.replace(written, target)
         written = ""
@@ -148,8 +162,9 @@ def _safe(label: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", label)
 
 
-def export_scan(scan_path: str | os.PathLike, out_dir: str | os.PathLike, fmt: str = "vtk",
-                log: bool = False) -> dict[str, Path | None]:
+def export_scan(
+    scan_path: str | os.PathLike, out_dir: str | os.PathLike, fmt: str = "vtk", log: bool = False
+) -> dict[str, Path | None]:
     """Export every label of the 2D scan ``scan_path`` into ``out_dir`` (created if absent).
 
     Returns ``{label: path}`` in the scan's label order, ``None`` for a label with no computed
@@ -157,7 +172,9 @@ def export_scan(scan_path: str | os.PathLike, out_dir: str | os.PathLike, fmt: s
     ``FileNotFoundError`` for a missing file.
     """
     if fmt not in EXPORT_FORMATS:
-        raise ValueError(f"unknown export format {fmt!r}; choose one of {', '.join(EXPORT_FORMATS)}")
+        raise ValueError(
+            f"unknown export format {fmt!r}; choose one of {', '.join(EXPORT_FORMATS)}"
+        )
     scan_path = Path(scan_path)
     if not scan_path.exists():
         raise FileNotFoundError(f"scan file {scan_path} does not exist")
@@ -168,25 +185,37 @@ def export_scan(scan_path: str | os.PathLike, out_dir: str | os.PathLike, fmt: s
     dims = attrs.get("dims")
     kind = attrs.get("kind", "unknown")
     if not isinstance(dims, list) or "results" not in data or "coords" not in data:
-        raise ValueError(f"{scan_path} is not a scan file (kind {kind!r}); export needs a 2D scan such as random-2d")
+        raise ValueError(
+            f"{scan_path} is not a scan file (kind {kind!r}); export needs a 2D scan such as random-2d"
+        )
     if len(dims) != 2:
-        raise ValueError(f"{scan_path} is a {kind} scan over ({', '.join(dims)}), not a 2D scan; "
-                         "export needs a scan over two axes such as random-2d")
+        raise ValueError(
+            f"{scan_path} is a {kind} scan over ({', '.join(dims)}), not a 2D scan; "
+            "export needs a scan over two axes such as random-2d"
+        )
     x, y = data["coords"][dims[0]], data["coords"][dims[1]]
     labels = [str(lab) for lab in attrs.get("labels", [])]
     groups = {lab: _group(data["results"], lab) for lab in labels}
     missing = [lab for lab, g in groups.items() if g is None or "loss" not in g]
     if missing:
-        raise ValueError(f"{scan_path} is damaged: its attribute 'labels' names {missing[0]!r}, which has no "
-                         f"/results/{missing[0]}/loss")
+        raise ValueError(
+            f"{scan_path} is damaged: its attribute 'labels' names {missing[0]!r}, which has no "
+            f"/results/{missing[0]}/loss"
+        )
     names: dict[str, str] = {}
     for label in labels:
         name = f"{scan_path.stem}_{_safe(label)}.vtu"
         if name in names:
-            raise ValueError(f"{scan_path}: labels {names[name]!r} and {label!r} would both be written to {name}")
+            raise ValueError(
+                f"{scan_path}: labels {names[name]!r} and {label!r} would both be written to {name}"
+            )
         names[name] = label
-    if not any(np.isfinite(np.asarray(groups[lab]["loss"], dtype=np.float64)).any() for lab in labels):
-        raise ValueError(f"{scan_path} has no computed point in any of its labels; nothing to export")
+    if not any(
+        np.isfinite(np.asarray(groups[lab]["loss"], dtype=np.float64)).any() for lab in labels
+    ):
+        raise ValueError(
+            f"{scan_path} has no computed point in any of its labels; nothing to export"
+        )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written: dict[str, Path | None] = {}

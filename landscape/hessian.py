@@ -49,8 +49,8 @@ spans ``[min theta - margin, max theta + margin]``.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
@@ -145,7 +145,9 @@ def lanczos(
     the basis (at most ``n`` steps are taken in all).
     """
     if v0.dim() != 1 or v0.numel() == 0:
-        raise ValueError(f"the start vector must be a non-empty flat vector, got shape {tuple(v0.shape)}")
+        raise ValueError(
+            f"the start vector must be a non-empty flat vector, got shape {tuple(v0.shape)}"
+        )
     n = v0.numel()
     steps = min(int(steps), n)
     if steps < 1:
@@ -183,14 +185,19 @@ def lanczos(
         beta_prev, q = b, w
         basis.append(q)
     m = len(alphas)
-    return LanczosResult(torch.tensor(alphas, dtype=torch.float64), torch.tensor(betas[: m - 1], dtype=torch.float64),
-                         torch.stack(basis[:m]))
+    return LanczosResult(
+        torch.tensor(alphas, dtype=torch.float64),
+        torch.tensor(betas[: m - 1], dtype=torch.float64),
+        torch.stack(basis[:m]),
+    )
 
 
 def _split(vector: Tensor, like: list[Tensor]) -> list[Tensor]:
     out, start = [], 0
     for p in like:
-        out.append(vector[start:start + p.numel()].reshape(p.shape).to(device=p.device, dtype=p.dtype))
+        out.append(
+            vector[start : start + p.numel()].reshape(p.shape).to(device=p.device, dtype=p.dtype)
+        )
         start += p.numel()
     return out
 
@@ -253,7 +260,11 @@ def _rademacher(n: int, gen: torch.Generator) -> Tensor:
 
 
 def hessian_trace(
-    loss_fn: LossFn, model: nn.Module, samples: int = 100, seed: int = 0, deflate: int = 0,
+    loss_fn: LossFn,
+    model: nn.Module,
+    samples: int = 100,
+    seed: int = 0,
+    deflate: int = 0,
     names: list[str] | None = None,
 ) -> TraceEstimate:
     """Hutchinson's estimate of ``tr H`` from ``samples`` Rademacher vectors drawn from
@@ -281,7 +292,9 @@ def hessian_trace(
     gen = torch.Generator().manual_seed(int(seed))
     exact, q = 0.0, None
     if int(deflate) > 0:
-        res = lanczos(op.matvec, torch.randn(op.size, generator=gen, dtype=torch.float64), int(deflate))
+        res = lanczos(
+            op.matvec, torch.randn(op.size, generator=gen, dtype=torch.float64), int(deflate)
+        )
         exact, q = float(res.alpha.sum()), res.basis
     values = np.empty(int(samples), dtype=np.float64)
     for i in range(int(samples)):
@@ -315,7 +328,9 @@ def spectral_density(
         margin: added on both sides of ``[min theta, max theta]``; default ``0.05 w + 5 sigma``.
     """
     if int(runs) < 1 or int(steps) < 1 or int(grid_points) < 2:
-        raise ValueError(f"need runs >= 1, steps >= 1 and grid_points >= 2, got {runs}, {steps}, {grid_points}")
+        raise ValueError(
+            f"need runs >= 1, steps >= 1 and grid_points >= 2, got {runs}, {steps}, {grid_points}"
+        )
     op = HessianOperator(loss_fn, model)
     m = min(int(steps), op.size)
     gen = torch.Generator().manual_seed(int(seed))
@@ -335,11 +350,15 @@ def spectral_density(
     grid = np.linspace(lo - margin, hi + margin, int(grid_points))
     ok = weights > 0
     diff = (grid[:, None] - nodes[ok][None, :]) / sigma
-    density = (np.exp(-0.5 * diff**2) * weights[ok][None, :]).sum(axis=1) / (int(runs) * sigma * math.sqrt(2 * math.pi))
+    density = (np.exp(-0.5 * diff**2) * weights[ok][None, :]).sum(axis=1) / (
+        int(runs) * sigma * math.sqrt(2 * math.pi)
+    )
     total = float(((density[1:] + density[:-1]) * 0.5 * np.diff(grid)).sum())  # trapezoid rule
     if not total > 0:
         raise ValueError("the spectral density vanishes on its grid; give a larger sigma or margin")
-    return SpectralDensity(grid=grid, density=density / total, nodes=nodes, weights=weights, sigma=sigma)
+    return SpectralDensity(
+        grid=grid, density=density / total, nodes=nodes, weights=weights, sigma=sigma
+    )
 
 
 def parameter_blocks(model: nn.Module) -> dict[str, list[str]]:

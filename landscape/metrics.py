@@ -30,7 +30,8 @@ Definitions and the paper's use of each are in ``docs/scans.md``.
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -88,7 +89,9 @@ def smoothness(g0: VectorLike, gt: VectorLike, step_norm: float) -> float:
 
 def loss_variation(losses: Sequence[float] | np.ndarray | Tensor) -> float:
     """max L - min L over the finite values (NaN if none)."""
-    arr = np.asarray(losses.detach().cpu() if isinstance(losses, Tensor) else losses, dtype=np.float64)
+    arr = np.asarray(
+        losses.detach().cpu() if isinstance(losses, Tensor) else losses, dtype=np.float64
+    )
     arr = arr[np.isfinite(arr)]
     return float(arr.max() - arr.min()) if arr.size else math.nan
 
@@ -101,7 +104,9 @@ def sign_changes(a: Tensor, a_t: Tensor) -> dict[str, float]:
     the paper's code logs: a flip counts 2, a change to or from 0 counts 1).
     """
     if a.shape != a_t.shape:
-        raise ValueError(f"coefficient tensors differ in shape: {tuple(a.shape)} vs {tuple(a_t.shape)}")
+        raise ValueError(
+            f"coefficient tensors differ in shape: {tuple(a.shape)} vs {tuple(a_t.shape)}"
+        )
     s, s_t = torch.sign(a.detach()), torch.sign(a_t.detach())
     return {
         "sign_flip": float((s != s_t).double().mean()),
@@ -110,7 +115,12 @@ def sign_changes(a: Tensor, a_t: Tensor) -> dict[str, float]:
 
 
 def lower_coefficients(
-    model: nn.Module, x: Tensor, y: Tensor, eps: float, setup: BoundSetup, generator: torch.Generator | None = None
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    eps: float,
+    setup: BoundSetup,
+    generator: torch.Generator | None = None,
 ) -> Tensor | None:
     """The input coefficients ``A`` ``[B, n_classes - 1, *input_shape]`` of the lower bound of
     the margins ``f_y - f_j`` (``BoundResult.lower_A``) by ``setup``'s method, slope and beta at
@@ -122,8 +132,18 @@ def lower_coefficients(
 
     with torch.no_grad():
         C = margin_spec(y, setup.n_classes).to(x.dtype)
-        res = compute_bounds(model, x, eps, method=setup.method, slope=setup.slope, C=C, beta=setup.beta,
-                             domain=setup.domain, y=y, generator=generator)
+        res = compute_bounds(
+            model,
+            x,
+            eps,
+            method=setup.method,
+            slope=setup.slope,
+            C=C,
+            beta=setup.beta,
+            domain=setup.domain,
+            y=y,
+            generator=generator,
+        )
     return None if res.lower_A is None else res.lower_A.detach()
 
 
@@ -192,7 +212,9 @@ def relaxed_gradient_approximation(
         logits, pre = relu_preactivations(model, x)
         k = int(n_classes or logits.shape[-1])
         C = margin_spec(y, k).to(logits.dtype)
-        res = compute_bounds(model, x, eps, method=method, slope=slope, C=C, beta=beta, domain=domain, **bound_kw)
+        res = compute_bounds(
+            model, x, eps, method=method, slope=slope, C=C, beta=beta, domain=domain, **bound_kw
+        )
         margins = torch.einsum("bsk,bk->bs", C, logits)
         lb = res.lower
         B, S = lb.shape
@@ -234,7 +256,9 @@ def rga_by_slope(
     out = {}
     for slope in slopes:
         gen = torch.Generator().manual_seed(int(seed))
-        out[slope] = relaxed_gradient_approximation(model, x, y, eps, method=method, slope=slope, generator=gen, **kw)
+        out[slope] = relaxed_gradient_approximation(
+            model, x, y, eps, method=method, slope=slope, generator=gen, **kw
+        )
     return out
 
 
@@ -255,8 +279,18 @@ def bound_tightness(
     """Certified lower bound against the PGD margin, per sample:
     ``lb`` = min_j lb_j, ``pgd_margin`` = min_j m_j(x_adv) (x_adv from a margin PGD attack),
     ``gap`` = pgd_margin - lb >= 0 (smaller is tighter). Returns the means over the batch."""
-    return bound_gaps(model, x, y, eps, {"bound": (method, slope, beta)}, domain=domain, pgd_steps=pgd_steps,
-                      pgd_restarts=pgd_restarts, seed=seed, **bound_kw)["bound"]
+    return bound_gaps(
+        model,
+        x,
+        y,
+        eps,
+        {"bound": (method, slope, beta)},
+        domain=domain,
+        pgd_steps=pgd_steps,
+        pgd_restarts=pgd_restarts,
+        seed=seed,
+        **bound_kw,
+    )["bound"]
 
 
 def bound_gaps(
@@ -277,7 +311,9 @@ def bound_gaps(
     which is reset for each bound when it is a ``torch.Generator``) goes to the engine."""
     from bounds import compute_bounds, margin_spec
 
-    adv = pgd_margin(model, x, y, eps, steps=pgd_steps, restarts=pgd_restarts, domain=domain, seed=seed)
+    adv = pgd_margin(
+        model, x, y, eps, steps=pgd_steps, restarts=pgd_restarts, domain=domain, seed=seed
+    )
     gen = bound_kw.get("generator")
     start = gen.get_state() if isinstance(gen, torch.Generator) else None
     out = {}
@@ -287,7 +323,13 @@ def bound_gaps(
         for name, (method, slope, beta) in bounds.items():
             if start is not None:
                 gen.set_state(start)
-            res = compute_bounds(model, x, eps, method=method, slope=slope, C=C, beta=beta, domain=domain, **bound_kw)
+            res = compute_bounds(
+                model, x, eps, method=method, slope=slope, C=C, beta=beta, domain=domain, **bound_kw
+            )
             lb = res.lower.min(dim=1).values
-            out[name] = {"lb": float(lb.mean()), "pgd_margin": float(adv.mean()), "gap": float((adv - lb).mean())}
+            out[name] = {
+                "lb": float(lb.mean()),
+                "pgd_margin": float(adv.mean()),
+                "gap": float((adv - lb).mean()),
+            }
     return out

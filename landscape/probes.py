@@ -1,7 +1,7 @@
 """Training probes: the gradient-direction scan during training (the paper's main figure).
 
-``GradientProbe(path, every=N)`` (or ``GradientProbe(every=N, sink=sink)``) is a callback of :mod:`train.loop` (``on_step`` is called after
-backward and before ``optimizer.step``). Every ``every`` steps it
+``GradientProbe(path, every=N)`` (or ``GradientProbe(every=N, sink=sink)``) is a callback of
+:mod:`train.loop` (``on_step`` is called after backward and before ``optimizer.step``). Every ``every`` steps it
 
 1. runs :func:`landscape.scans.gradient_scan` on ``ctx.loss_fn`` (the step's certified loss at
    its eps, beta, kappa, on the step's batch) with step size ``ctx.lr``: theta_t = theta -
@@ -42,7 +42,8 @@ from __future__ import annotations
 
 import itertools
 import math
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -75,14 +76,36 @@ class GradientProbe:
     """
 
     #: columns that get a ``<name>_std`` over the probe batches
-    SPREAD = ("loss_variation", "loss_final_variation", "cos", "cos_final", "smoothness", "a_sign", "sign_flip",
-              "rga_cos", "loss", "loss_final", "hessian_top_eig", "hessian_trace")
+    SPREAD = (
+        "loss_variation",
+        "loss_final_variation",
+        "cos",
+        "cos_final",
+        "smoothness",
+        "a_sign",
+        "sign_flip",
+        "rga_cos",
+        "loss",
+        "loss_final",
+        "hessian_top_eig",
+        "hessian_trace",
+    )
 
-    def __init__(self, path: str | None = None, every: int = 100, t_values: Sequence[float] | None = None,
-                 metrics: bool = True, seed: int = 0,
-                 sink: Callable[[str, dict[str, np.ndarray]], None] | None = None,
-                 batches: int = 1, fresh_slopes: bool = False, batch_seed: int = 0, hessian: bool | None = None,
-                 hessian_steps: int = 20, trace_samples: int = 20) -> None:
+    def __init__(
+        self,
+        path: str | None = None,
+        every: int = 100,
+        t_values: Sequence[float] | None = None,
+        metrics: bool = True,
+        seed: int = 0,
+        sink: Callable[[str, dict[str, np.ndarray]], None] | None = None,
+        batches: int = 1,
+        fresh_slopes: bool = False,
+        batch_seed: int = 0,
+        hessian: bool | None = None,
+        hessian_steps: int = 20,
+        trace_samples: int = 20,
+    ) -> None:
         if (path is None) == (sink is None):
             raise ValueError("GradientProbe needs exactly one of path and sink")
         if int(every) < 1:
@@ -90,7 +113,9 @@ class GradientProbe:
         self.path = None if path is None else str(path)
         self.sink = sink
         self.every = int(every)
-        self.t_values = default_t_values() if t_values is None else np.asarray(t_values, dtype=np.float64)
+        self.t_values = (
+            default_t_values() if t_values is None else np.asarray(t_values, dtype=np.float64)
+        )
         self.metrics = bool(metrics)
         self.seed = int(seed)
         if int(batches) < 1:
@@ -99,8 +124,14 @@ class GradientProbe:
         self.fresh_slopes = bool(fresh_slopes)
         self.batch_seed = int(batch_seed)
         if int(hessian_steps) < 1 or int(trace_samples) < 1:
-            raise ValueError(f"hessian_steps and trace_samples must be >= 1, got {hessian_steps}, {trace_samples}")
-        self.hessian, self.hessian_steps, self.trace_samples = hessian, int(hessian_steps), int(trace_samples)
+            raise ValueError(
+                f"hessian_steps and trace_samples must be >= 1, got {hessian_steps}, {trace_samples}"
+            )
+        self.hessian, self.hessian_steps, self.trace_samples = (
+            hessian,
+            int(hessian_steps),
+            int(trace_samples),
+        )
         self._fixed: list[tuple[torch.Tensor, torch.Tensor]] | None = None
         self.n_probes = 0
 
@@ -136,10 +167,10 @@ class GradientProbe:
             store.append_rows(self.path, "probes", rows)
         self.n_probes += 1
 
-    def on_epoch_end(self, epoch: int, model: nn.Module, metrics: dict) -> None:  # noqa: D102
+    def on_epoch_end(self, epoch: int, model: nn.Module, metrics: dict) -> None:
         return None
 
-    def on_train_end(self, model: nn.Module, metrics: dict) -> None:  # noqa: D102
+    def on_train_end(self, model: nn.Module, metrics: dict) -> None:
         return None
 
     # ------------------------------------------------------------------ the probe itself
@@ -152,14 +183,22 @@ class GradientProbe:
             size = int(ctx.config.batch_size)
             n = len(data.train_x)
             if self.batches * size > n:
-                raise ValueError(f"{self.batches} probe batches of {size} need {self.batches * size} training samples, "
-                                 f"the dataset has {n}")
-            idx = torch.randperm(n, generator=torch.Generator().manual_seed(self.batch_seed))[: self.batches * size]
-            self._fixed = [(data.train_x[i].to(ctx.x.device), data.train_y[i].to(ctx.y.device))
-                           for i in idx.split(size)]
+                raise ValueError(
+                    f"{self.batches} probe batches of {size} need {self.batches * size} training samples, "
+                    f"the dataset has {n}"
+                )
+            idx = torch.randperm(n, generator=torch.Generator().manual_seed(self.batch_seed))[
+                : self.batches * size
+            ]
+            self._fixed = [
+                (data.train_x[i].to(ctx.x.device), data.train_y[i].to(ctx.y.device))
+                for i in idx.split(size)
+            ]
         return self._fixed
 
-    def _losses(self, ctx: Any, b: int, x: torch.Tensor, y: torch.Tensor) -> tuple[Callable, Callable | None]:
+    def _losses(
+        self, ctx: Any, b: int, x: torch.Tensor, y: torch.Tensor
+    ) -> tuple[Callable, Callable | None]:
         """The step's loss and its final-schedule loss on batch ``b``; with fresh slopes, every
         call draws new random slopes."""
         own = self.batches == 1 and not self.fresh_slopes
@@ -170,7 +209,9 @@ class GradientProbe:
         calls = itertools.count()
 
         def fresh(final: bool) -> Callable:
-            return lambda m: ctx.loss_at(x, y, final=final, seed=_seed(self.seed, ctx.step, b, next(calls)))(m)
+            return lambda m: ctx.loss_at(
+                x, y, final=final, seed=_seed(self.seed, ctx.step, b, next(calls))
+            )(m)
 
         return fresh(False), fresh(True)
 
@@ -184,7 +225,9 @@ class GradientProbe:
         return [torch.zeros_like(p) if p.grad is None else p.grad.detach().clone() for p in params]
 
     def _probe(self, ctx: Any) -> dict[str, np.ndarray]:
-        parts = [self._probe_batch(ctx, b, x, y) for b, (x, y) in enumerate(self._probe_batches(ctx))]
+        parts = [
+            self._probe_batch(ctx, b, x, y) for b, (x, y) in enumerate(self._probe_batches(ctx))
+        ]
         if len(parts) == 1:
             return parts[0]
         rows = {}
@@ -192,14 +235,18 @@ class GradientProbe:
             if name in ("step", "epoch", "t", "lr", "eps"):
                 rows[name] = col
                 continue
-            stack = np.stack([p[name] for p in parts]).astype(np.float64)  # NaN where a value does not apply
+            stack = np.stack([p[name] for p in parts]).astype(
+                np.float64
+            )  # NaN where a value does not apply
             rows[name] = stack.mean(axis=0).astype(np.float32)
             if name in self.SPREAD or name.startswith("unstable_frac_l"):
                 rows[f"{name}_std"] = stack.std(axis=0).astype(np.float32)
         rows["probe_batches"] = np.full(len(self.t_values), len(parts), dtype=np.int64)
         return rows
 
-    def _probe_batch(self, ctx: Any, b: int, x: torch.Tensor, y: torch.Tensor) -> dict[str, np.ndarray]:
+    def _probe_batch(
+        self, ctx: Any, b: int, x: torch.Tensor, y: torch.Tensor
+    ) -> dict[str, np.ndarray]:
         model = ctx.model
         eps = float(ctx.eps)
         setup = ctx.bound  # the bound the step used: method, slope, beta, domain, n_classes
@@ -222,8 +269,15 @@ class GradientProbe:
 
         extra = {"final": final_fn} if final_fn is not None else {}
         direction = self._step_gradient(model) if self.fresh_slopes and self.batches == 1 else None
-        res = gradient_scan(loss_fn, model, self.t_values, float(ctx.lr), extra_losses=extra,
-                            point_metrics=point_metrics, direction=direction)
+        res = gradient_scan(
+            loss_fn,
+            model,
+            self.t_values,
+            float(ctx.lr),
+            extra_losses=extra,
+            point_metrics=point_metrics,
+            direction=direction,
+        )
         n = len(self.t_values)
         nan = np.full(n, np.nan, dtype=np.float32)
         rows: dict[str, np.ndarray] = {
@@ -239,12 +293,23 @@ class GradientProbe:
                 np.asarray(res[f"final/{name}"], dtype=np.float32) if extra else nan.copy()
             )
         rows["loss_variation"] = np.full(n, res["loss_variation"], dtype=np.float32)
-        rows["loss_final_variation"] = np.full(n, res.get("final/loss_variation", math.nan), dtype=np.float32)
+        rows["loss_final_variation"] = np.full(
+            n, res.get("final/loss_variation", math.nan), dtype=np.float32
+        )
         for name in ("a_sign", "sign_flip"):
             rows[name] = np.asarray(res[name], dtype=np.float32) if name in res else nan.copy()
         if use_bounds:
-            rga = relaxed_gradient_approximation(model, x, y, eps, method=setup.method, slope=setup.slope,
-                                                 beta=setup.beta, domain=setup.domain, generator=generator())
+            rga = relaxed_gradient_approximation(
+                model,
+                x,
+                y,
+                eps,
+                method=setup.method,
+                slope=setup.slope,
+                beta=setup.beta,
+                domain=setup.domain,
+                generator=generator(),
+            )
         else:
             rga = {}
         for name in ("rga_cos", "rga_rel_err", "slope_err", "upper_slope_err"):
@@ -252,10 +317,18 @@ class GradientProbe:
         for name, value in rga.items():
             if name.startswith("unstable_frac_l"):
                 rows[name] = np.full(n, value, dtype=np.float32)
-        hessian = self.hessian if self.hessian is not None else \
-            bool(getattr(getattr(ctx, "config", None), "probe_hessian", False))
+        hessian = (
+            self.hessian
+            if self.hessian is not None
+            else bool(getattr(getattr(ctx, "config", None), "probe_hessian", False))
+        )
         if hessian:
-            rows.update({k: np.full(n, v, dtype=np.float32) for k, v in self._curvature(loss_fn, model).items()})
+            rows.update(
+                {
+                    k: np.full(n, v, dtype=np.float32)
+                    for k, v in self._curvature(loss_fn, model).items()
+                }
+            )
         return rows
 
     def _curvature(self, loss_fn: Callable, model: nn.Module) -> dict[str, float]:
@@ -265,7 +338,11 @@ class GradientProbe:
         steps = min(self.hessian_steps, sum(p.numel() for _, p in named_params(model)))
         top = top_eigenvalues(loss_fn, model, k=1, iters=steps, seed=self.seed, which="magnitude")
         trace = hessian_trace(loss_fn, model, samples=self.trace_samples, seed=self.seed)
-        return {"hessian_top_eig": float(top[0]), "hessian_trace": trace.mean, "hessian_trace_stderr": trace.stderr}
+        return {
+            "hessian_top_eig": float(top[0]),
+            "hessian_trace": trace.mean,
+            "hessian_trace_stderr": trace.stderr,
+        }
 
 
 def _seed(*parts: int) -> int:

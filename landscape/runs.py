@@ -8,8 +8,9 @@ probes that write into it, and train, writing ``checkpoint_epoch{N}.pt`` and ``c
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 from landscape import store
 from landscape.provenance import provenance
@@ -35,7 +36,9 @@ def write_config_json(path: Path, config: Mapping[str, Any]) -> None:
         Path(tmp).write_text(text)
 
 
-def open_train_record(h5: Path, config: Any, resume_from: Path | None, extra_attrs: Mapping[str, Any] = ()) -> Sink:
+def open_train_record(
+    h5: Path, config: Any, resume_from: Path | None, extra_attrs: Mapping[str, Any] = ()
+) -> Sink:
     """Prepare the run's HDF5 file and return the sink the training loop writes rows through.
 
     A fresh run (``resume_from`` None, or no file yet) starts a new file whose root attributes
@@ -48,19 +51,31 @@ def open_train_record(h5: Path, config: Any, resume_from: Path | None, extra_att
     path = str(h5)
     if resume_from is None or not Path(h5).exists():
         Path(h5).unlink(missing_ok=True)  # rows of an earlier attempt that never finished an epoch
-        store.write_attrs(path, {
-            "kind": "train", "method": config.method, "dataset": config.dataset, "model": config.model,
-            "eps": float(config.eps), "seed": int(config.seed), "slope": config.resolved_slope,
-            **provenance(), "config": config.to_dict(), **dict(extra_attrs),
-        })
+        store.write_attrs(
+            path,
+            {
+                "kind": "train",
+                "method": config.method,
+                "dataset": config.dataset,
+                "model": config.model,
+                "eps": float(config.eps),
+                "seed": int(config.seed),
+                "slope": config.resolved_slope,
+                **provenance(),
+                "config": config.to_dict(),
+                **dict(extra_attrs),
+            },
+        )
     else:
         ckpt = load_checkpoint(resume_from)
         try:
             store.read(path)  # the whole record must read before any of it is cut
             store.truncate_run(path, int(ckpt["step"]), int(ckpt["epoch"]))
         except (OSError, KeyError, ValueError) as exc:
-            raise store.StoreError(f"--resume: cannot continue the run's record {path} ({exc}); nothing was changed. "
-                                   "Move it away to resume without it, or use --overwrite to start again") from None
+            raise store.StoreError(
+                f"--resume: cannot continue the run's record {path} ({exc}); nothing was changed. "
+                "Move it away to resume without it, or use --overwrite to start again"
+            ) from None
         store.write_attrs(path, {"resumed_from": str(resume_from)})
 
     def sink(group: str, rows: dict) -> None:
@@ -78,13 +93,27 @@ def probe_callbacks(config: Any, sink: Sink, t_values: Sequence[float] | None = 
     from landscape import probes
 
     kw = {} if t_values is None else {"t_values": list(t_values)}
-    return [probes.GradientProbe(every=config.probe_every, sink=sink, batches=config.probe_batches,
-                                 fresh_slopes=config.probe_fresh_slopes, **kw)]
+    return [
+        probes.GradientProbe(
+            every=config.probe_every,
+            sink=sink,
+            batches=config.probe_batches,
+            fresh_slopes=config.probe_fresh_slopes,
+            **kw,
+        )
+    ]
 
 
-def train_in_dir(run_dir: Path, config: Any, data: Any, resume_from: Path | None = None,
-                 probe_t: Sequence[float] | None = None, extra_attrs: Mapping[str, Any] = (),
-                 progress: bool = True, parallel: Any = None) -> Any:
+def train_in_dir(
+    run_dir: Path,
+    config: Any,
+    data: Any,
+    resume_from: Path | None = None,
+    probe_t: Sequence[float] | None = None,
+    extra_attrs: Mapping[str, Any] = (),
+    progress: bool = True,
+    parallel: Any = None,
+) -> Any:
     """Train ``config`` (a :class:`train.config.TrainConfig`) on ``data`` into ``run_dir``:
     ``config.json``, ``train.h5`` with a probe every ``config.probe_every`` steps (at step
     multiples ``probe_t``), the epoch checkpoints and ``checkpoint.pt``; continue from
@@ -102,10 +131,22 @@ def train_in_dir(run_dir: Path, config: Any, data: Any, resume_from: Path | None
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     sink = open_train_record(run_dir / "train.h5", config, resume_from, extra_attrs)
-    write_config_json(run_dir / "config.json", config.to_dict())  # after the record: a failed resume keeps it
-    store.write_attrs(str(run_dir / "train.h5"), {"world_size": parallel.world if parallel is not None else 1})
+    write_config_json(
+        run_dir / "config.json", config.to_dict()
+    )  # after the record: a failed resume keeps it
+    store.write_attrs(
+        str(run_dir / "train.h5"), {"world_size": parallel.world if parallel is not None else 1}
+    )
     callbacks = probe_callbacks(config, sink, probe_t)
-    result = train(config, callbacks=callbacks, sink=sink, resume_from=resume_from, progress=progress,
-                   out_dir=run_dir, data=data, parallel=parallel)
+    result = train(
+        config,
+        callbacks=callbacks,
+        sink=sink,
+        resume_from=resume_from,
+        progress=progress,
+        out_dir=run_dir,
+        data=data,
+        parallel=parallel,
+    )
     store.write_attrs(str(run_dir / "train.h5"), {"warnings": list(result.warnings)})
     return result

@@ -22,8 +22,9 @@ with respect to the parameters.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -33,7 +34,15 @@ from bounds.names import SCAN_LOSSES, resolve_method
 from train.attacks import pgd_last_iterate
 from train.objective import BoundSetup, LossOptions, certified_loss
 
-__all__ = ["LossSpec", "LossClosure", "BatchedLoss", "make_loss", "make_closure", "parse_samples", "select_samples"]
+__all__ = [
+    "LossSpec",
+    "LossClosure",
+    "BatchedLoss",
+    "make_loss",
+    "make_closure",
+    "parse_samples",
+    "select_samples",
+]
 
 
 @dataclass(frozen=True)
@@ -53,14 +62,25 @@ class LossSpec:
     options: tuple = ()
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "options", tuple(sorted((str(k), v) for k, v in dict(self.options).items())))
+        object.__setattr__(
+            self, "options", tuple(sorted((str(k), v) for k, v in dict(self.options).items()))
+        )
         if self.kind != "certified" and self.kind not in SCAN_LOSSES:
-            raise ValueError(f"unknown loss kind {self.kind!r}; choose one of certified, {', '.join(SCAN_LOSSES)}")
+            raise ValueError(
+                f"unknown loss kind {self.kind!r}; choose one of certified, {', '.join(SCAN_LOSSES)}"
+            )
         if self.kind == "certified":
             resolve_method(self.method, self.slope, self.beta)  # validates method and slope
-        for name, value, lo, hi in (("eps", self.eps, 0.0, math.inf), ("beta", self.beta, 0.0, 1.0),
-                                    ("kappa", self.kappa, 0.0, 1.0)):
-            if not isinstance(value, (int, float)) or not math.isfinite(value) or not lo <= value <= hi:
+        for name, value, lo, hi in (
+            ("eps", self.eps, 0.0, math.inf),
+            ("beta", self.beta, 0.0, 1.0),
+            ("kappa", self.kappa, 0.0, 1.0),
+        ):
+            if (
+                not isinstance(value, (int, float))
+                or not math.isfinite(value)
+                or not lo <= value <= hi
+            ):
                 bound = f">= {lo}" if hi == math.inf else f"in [{lo}, {hi}]"
                 raise ValueError(f"{name} must be a finite number {bound}, got {value!r}")
         if self.kind == "pgd" and int(self.pgd_steps) < 1:
@@ -92,9 +112,13 @@ class LossClosure:
     the same values to float rounding, so it is not part of the spec a scan file records).
     """
 
-    def __init__(self, model: nn.Module, x: Tensor, y: Tensor, spec: LossSpec, compile: bool = False) -> None:
+    def __init__(
+        self, model: nn.Module, x: Tensor, y: Tensor, spec: LossSpec, compile: bool = False
+    ) -> None:
         if x.shape[0] != y.shape[0] or x.shape[0] == 0:
-            raise ValueError(f"need a non-empty batch with one label per sample, got x {tuple(x.shape)}, y {tuple(y.shape)}")
+            raise ValueError(
+                f"need a non-empty batch with one label per sample, got x {tuple(x.shape)}, y {tuple(y.shape)}"
+            )
         self.model = model
         self.x = x.detach()
         self.y = y.detach()
@@ -122,13 +146,25 @@ class LossClosure:
         if s.kind == "clean":
             return F.cross_entropy(model(self.x), self.y)
         if s.kind == "pgd":
-            x_adv = pgd_last_iterate(model, self.x, self.y, s.eps, s.pgd_steps, s.domain, self._generator())
+            x_adv = pgd_last_iterate(
+                model, self.x, self.y, s.eps, s.pgd_steps, s.domain, self._generator()
+            )
             return F.cross_entropy(model(x_adv), self.y)
 
         loss, stats = certified_loss(
-            model, self.x, self.y, s.eps, method=s.method, slope=s.slope, beta=s.beta, kappa=s.kappa,
-            fused=s.fused, domain=None if s.domain is None else tuple(s.domain), generator=self._generator(),
-            options=LossOptions(**dict(s.options)), compile=self.compile,
+            model,
+            self.x,
+            self.y,
+            s.eps,
+            method=s.method,
+            slope=s.slope,
+            beta=s.beta,
+            kappa=s.kappa,
+            fused=s.fused,
+            domain=None if s.domain is None else tuple(s.domain),
+            generator=self._generator(),
+            options=LossOptions(**dict(s.options)),
+            compile=self.compile,
         )
         self.last_stats = stats
         return loss
@@ -140,7 +176,9 @@ class LossClosure:
         model = self.model if model is None else model
         with torch.no_grad():
             n_classes = int(model(self.x[:1]).shape[-1])
-        return BoundSetup.of(self.spec.method, self.spec.slope, self.spec.beta, self.spec.domain, n_classes)
+        return BoundSetup.of(
+            self.spec.method, self.spec.slope, self.spec.beta, self.spec.domain, n_classes
+        )
 
     def lower_A(self, model: nn.Module | None = None) -> Tensor | None:
         """The lower bound's input coefficients (:func:`landscape.metrics.lower_coefficients`) of
@@ -158,7 +196,9 @@ class LossClosure:
         if self.spec.kind == "clean":
             logits = torch.func.functional_call(self.model, params, (self.x,))
             return F.cross_entropy(logits, self.y)
-        return torch.func.functional_call(_LossModule(self.model, self), {f"model.{k}": v for k, v in params.items()}, ())
+        return torch.func.functional_call(
+            _LossModule(self.model, self), {f"model.{k}": v for k, v in params.items()}, ()
+        )
 
 
 class BatchedLoss:
@@ -207,8 +247,14 @@ class BatchedLoss:
         return None if parts[0] is None else torch.cat(parts)
 
 
-def make_closure(model: nn.Module, x: Tensor, y: Tensor, spec: LossSpec, batch_size: int | None = None,
-                 compile: bool = False) -> "LossClosure | BatchedLoss":
+def make_closure(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    spec: LossSpec,
+    batch_size: int | None = None,
+    compile: bool = False,
+) -> LossClosure | BatchedLoss:
     """The scan loss of ``spec`` on (x, y): one :class:`LossClosure`, or a :class:`BatchedLoss`
     of batches of ``batch_size`` samples when there are more samples than that."""
     n = int(x.shape[0])
@@ -217,7 +263,12 @@ def make_closure(model: nn.Module, x: Tensor, y: Tensor, spec: LossSpec, batch_s
     if int(batch_size) < 1:
         raise ValueError(f"--batch-size: must be >= 1, got {batch_size}")
     b = int(batch_size)
-    return BatchedLoss([LossClosure(model, x[i:i + b], y[i:i + b], spec, compile=compile) for i in range(0, n, b)])
+    return BatchedLoss(
+        [
+            LossClosure(model, x[i : i + b], y[i : i + b], spec, compile=compile)
+            for i in range(0, n, b)
+        ]
+    )
 
 
 class _LossModule(nn.Module):
@@ -250,9 +301,19 @@ def make_loss(
 ) -> LossClosure:
     """A :class:`LossClosure` of the given kind over the fixed batch (x, y); ``options``: those
     of the method's loss (:class:`train.objective.LossOptions` fields; None: the defaults)."""
-    spec = LossSpec(kind=kind, method=method, slope=slope, beta=float(beta), kappa=float(kappa), eps=float(eps),
-                    domain=None if domain is None else (float(domain[0]), float(domain[1])), fused=bool(fused),
-                    pgd_steps=int(pgd_steps), seed=int(seed), options=tuple((options or {}).items()))
+    spec = LossSpec(
+        kind=kind,
+        method=method,
+        slope=slope,
+        beta=float(beta),
+        kappa=float(kappa),
+        eps=float(eps),
+        domain=None if domain is None else (float(domain[0]), float(domain[1])),
+        fused=bool(fused),
+        pgd_steps=int(pgd_steps),
+        seed=int(seed),
+        options=tuple((options or {}).items()),
+    )
     return LossClosure(model, x, y, spec)
 
 
@@ -268,7 +329,9 @@ def parse_samples(value: int | str) -> int | str:
     return value
 
 
-def select_samples(data: Any, n: int | str, split: str = "train", seed: int = 0) -> tuple[Tensor, Tensor]:
+def select_samples(
+    data: Any, n: int | str, split: str = "train", seed: int = 0
+) -> tuple[Tensor, Tensor]:
     """``n`` samples of ``data.<split>_x/_y`` chosen by a seeded permutation (all if n >= size
     or ``n == "all"``), kept in index order."""
     if split not in ("train", "test"):

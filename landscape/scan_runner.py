@@ -12,8 +12,9 @@ definitions in ``docs/scans.md``, file layout in ``docs/schema.md``.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -24,7 +25,15 @@ from landscape.metrics import loss_variation
 from landscape.provenance import provenance
 from landscape.scans import parse_range
 
-__all__ = ["ScanRequest", "ScanOutcome", "run_scan", "fill_scan", "finish_scan", "Chunker", "parse_range"]
+__all__ = [
+    "ScanRequest",
+    "ScanOutcome",
+    "run_scan",
+    "fill_scan",
+    "finish_scan",
+    "Chunker",
+    "parse_range",
+]
 Summaries = Callable[[store.ScanFile], Mapping[str, Mapping[str, Any]]]
 
 
@@ -100,11 +109,13 @@ def fill_scan(
     mine = shard(todo, ctx.rank, ctx.world)
     chunker = Chunker(evaluator)
     desc = f"scan ({ctx.world} processes)" if ctx.active else f"scan {scan.kind}"
-    bar = tqdm(total=len(todo), desc=desc, unit="pt", disable=not (progress and ctx.is_main), leave=False)
+    bar = tqdm(
+        total=len(todo), desc=desc, unit="pt", disable=not (progress and ctx.is_main), leave=False
+    )
     last, interval, done, pos = time.monotonic(), flush_seconds, 0, 0
     try:
         while True:
-            chunk = mine[pos:pos + chunker.size]
+            chunk = mine[pos : pos + chunker.size]
             pos += len(chunk)
             t0 = time.perf_counter()
             local = list(zip(chunk, evaluator(chunk))) if chunk else []
@@ -118,15 +129,24 @@ def fill_scan(
                     bar.update(1)
                     if on_point is not None:
                         on_point(done)
-                if not finished and time.monotonic() - last >= interval:  # finish_scan writes the last
+                if (
+                    not finished and time.monotonic() - last >= interval
+                ):  # finish_scan writes the last
                     t0 = time.monotonic()
                     scan.flush()
                     last = time.monotonic()
-                    interval = max(flush_seconds, 20.0 * (last - t0))  # writing stays <= ~5% of the time
+                    interval = max(
+                        flush_seconds, 20.0 * (last - t0)
+                    )  # writing stays <= ~5% of the time
             if finished:
                 break
     except BaseException as exc:
-        if ctx.is_main and scan is not None and scan.dirty and not isinstance(exc, store.FileChangedError):
+        if (
+            ctx.is_main
+            and scan is not None
+            and scan.dirty
+            and not isinstance(exc, store.FileChangedError)
+        ):
             scan.flush()
         raise
     finally:
@@ -217,8 +237,16 @@ class ScanRequest:
 
     def spectrum_options(self) -> dict[str, Any]:
         """The options of a Hessian scan as given (None: the default)."""
-        names = ("top_k", "lanczos_steps", "trace_samples", "density_runs", "density_steps", "density_sigma",
-                 "density_points", "layers")
+        names = (
+            "top_k",
+            "lanczos_steps",
+            "trace_samples",
+            "density_runs",
+            "density_steps",
+            "density_sigma",
+            "density_points",
+            "layers",
+        )
         return {k: getattr(self, k) for k in names}
 
     def moves_bias(self) -> bool:
@@ -227,8 +255,8 @@ class ScanRequest:
 
     def coords(self, ranges: Sequence[tuple[float, float]] | None = None) -> dict[str, np.ndarray]:
         """The grid axes: ``t`` (gradient), ``x`` (and ``y``) (random, PCA), ``alpha``
-        (interpolate: ``--points`` values, plus 0 and 1 where missing), none (hessian). ``ranges``: the default range of each axis, where the
-        kind has none of its own (PCA: the trajectory's); ``--range`` wins."""
+        (interpolate: ``--points`` values, plus 0 and 1 where missing), none (hessian). ``ranges``:
+        the default range of each axis, where the kind has none of its own (PCA: the trajectory's); ``--range`` wins."""
         from landscape.scans import default_t_values, grid_coords
 
         n = self.points if self.points is not None else SCAN_KINDS[self.kind].points
@@ -243,13 +271,17 @@ class ScanRequest:
         lo, hi = parse_range(self.range, self.kind)
         if self.kind == "random-2d":
             return {"x": grid_coords(lo, hi, n), "y": grid_coords(lo, hi, n)}
-        if self.kind == "interpolate":  # the two checkpoints themselves are always points of the scan
+        if (
+            self.kind == "interpolate"
+        ):  # the two checkpoints themselves are always points of the scan
             from landscape.scans import with_endpoints
 
             return {"alpha": with_endpoints(grid_coords(lo, hi, n))}
         return {"x": grid_coords(lo, hi, n)}
 
-    def loss_specs(self, cfg: Mapping[str, Any], eps: float, domain: Sequence[float] | None) -> list[Any]:
+    def loss_specs(
+        self, cfg: Mapping[str, Any], eps: float, domain: Sequence[float] | None
+    ) -> list[Any]:
         """One :class:`landscape.scan_losses.LossSpec` per scanned loss, with the checkpoint's
         final training values (config ``cfg``) where the request leaves them open."""
         from landscape.scan_losses import LossSpec
@@ -260,7 +292,9 @@ class ScanRequest:
         else:
             labels = [self.loss if self.loss != "certified" else cfg.get("method", "ibp")]
         if not labels or any(not n for n in labels) or len(set(labels)) != len(labels):
-            raise ValueError(f"--methods: expected distinct comma-separated names, got {','.join(labels)!r}")
+            raise ValueError(
+                f"--methods: expected distinct comma-separated names, got {','.join(labels)!r}"
+            )
         specs = []
         for name in labels:
             kind = name if name in SCAN_LOSSES else "certified"
@@ -274,11 +308,21 @@ class ScanRequest:
                 slope = None
             kappa = self.kappa if self.kappa is not None else float(cfg.get("kappa_end", 0.0))
             options = LossOptions.of(cfg).for_method(name) if kind == "certified" else {}
-            specs.append(LossSpec(kind=kind, method=name if kind == "certified" else "ibp", slope=slope, beta=beta,
-                                  kappa=kappa, eps=float(eps),
-                                  domain=None if domain is None else (float(domain[0]), float(domain[1])),
-                                  fused=bool(self.fused and kind == "certified"), pgd_steps=int(self.pgd_steps),
-                                  seed=int(self.seed), options=tuple(options.items())))
+            specs.append(
+                LossSpec(
+                    kind=kind,
+                    method=name if kind == "certified" else "ibp",
+                    slope=slope,
+                    beta=beta,
+                    kappa=kappa,
+                    eps=float(eps),
+                    domain=None if domain is None else (float(domain[0]), float(domain[1])),
+                    fused=bool(self.fused and kind == "certified"),
+                    pgd_steps=int(self.pgd_steps),
+                    seed=int(self.seed),
+                    options=tuple(options.items()),
+                )
+            )
         return specs
 
 
@@ -310,20 +354,38 @@ def run_scan(request: ScanRequest, progress: bool = True) -> ScanOutcome:
         plan = prepare_scan(request, ctx)
         scan_file, todo = _open_file(request, plan, ctx)
         t0 = time.perf_counter()
-        fill_scan(scan_file, plan.evaluator, todo, ctx=ctx, progress=progress, summaries=plan.summaries)
+        fill_scan(
+            scan_file, plan.evaluator, todo, ctx=ctx, progress=progress, summaries=plan.summaries
+        )
         seconds = time.perf_counter() - t0
-        n_total = int(np.prod([len(c) for c in plan.coords.values()])) if plan.coords else len(plan.labels)
+        n_total = (
+            int(np.prod([len(c) for c in plan.coords.values()]))
+            if plan.coords
+            else len(plan.labels)
+        )
         attrs = scan_file.label_attrs if scan_file is not None else {}
-        bad = {lab: scan_file.nonfinite(lab) for lab in scan_file.labels} if scan_file is not None else {}
-        return ScanOutcome(request.out, n_total, len(todo), seconds, {k: dict(v) for k, v in attrs.items()},
-                           {lab: n for lab, n in bad.items() if n})
+        bad = (
+            {lab: scan_file.nonfinite(lab) for lab in scan_file.labels}
+            if scan_file is not None
+            else {}
+        )
+        return ScanOutcome(
+            request.out,
+            n_total,
+            len(todo),
+            seconds,
+            {k: dict(v) for k, v in attrs.items()},
+            {lab: n for lab, n in bad.items() if n},
+        )
     finally:
         if scan_file is not None:
             scan_file.close()
         distributed.shutdown(ctx)
 
 
-def _open_file(request: ScanRequest, plan: Any, ctx: Context) -> tuple[store.ScanFile | None, list[int]]:
+def _open_file(
+    request: ScanRequest, plan: Any, ctx: Context
+) -> tuple[store.ScanFile | None, list[int]]:
     """Rank 0 opens (or creates) the file and tells every rank which points are missing."""
     if not ctx.is_main:
         status = distributed.broadcast(ctx, None)
@@ -335,18 +397,35 @@ def _open_file(request: ScanRequest, plan: Any, ctx: Context) -> tuple[store.Sca
     try:
         attrs = {**provenance(request.command), **plan.attrs, "world_size": ctx.world}
         scan_file, resumed = store.open_or_create_scan(
-            request.out, kind=request.kind, args=plan.args, coords=plan.coords, labels=plan.labels,
-            fields=plan.fields, attrs=attrs, arrays=plan.arrays, label_arrays=plan.label_arrays, lock=True)
+            request.out,
+            kind=request.kind,
+            args=plan.args,
+            coords=plan.coords,
+            labels=plan.labels,
+            fields=plan.fields,
+            attrs=attrs,
+            arrays=plan.arrays,
+            label_arrays=plan.label_arrays,
+            lock=True,
+        )
         if resumed and (request.kind.startswith("random") or request.kind == "pca"):
             for name, (value, _) in plan.arrays.items():
                 stored, _ = store.read_array(request.out, name)
                 # PCA directions come from an SVD: equal up to the rounding of another thread count
-                same = stored.shape == value.shape and (np.allclose(stored, value, rtol=1e-4, atol=1e-6)
-                                                        if request.kind == "pca" else np.array_equal(stored, value))
+                same = stored.shape == value.shape and (
+                    np.allclose(stored, value, rtol=1e-4, atol=1e-6)
+                    if request.kind == "pca"
+                    else np.array_equal(stored, value)
+                )
                 if not same:
-                    what = "PCA directions than its checkpoints give" if request.kind == "pca" else \
-                        "random directions than this seed gives"
-                    raise ValueError(f"{request.out} holds other {what}; choose another --out or delete it")
+                    what = (
+                        "PCA directions than its checkpoints give"
+                        if request.kind == "pca"
+                        else "random directions than this seed gives"
+                    )
+                    raise ValueError(
+                        f"{request.out} holds other {what}; choose another --out or delete it"
+                    )
         todo = scan_file.missing().tolist()
     except (ValueError, OSError) as exc:
         error = exc

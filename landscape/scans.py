@@ -16,7 +16,8 @@ Definitions in ``docs/scans.md``.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from torch import Tensor, nn
@@ -25,10 +26,21 @@ from bounds.names import SCAN_KINDS
 from landscape import metrics as M
 from landscape.evaluators import DirectionEvaluator, GradientEvaluator, LossFn, Values
 
-__all__ = ["default_t_values", "grid_coords", "with_endpoints", "parse_range", "gradient_scan", "scan_1d", "scan_2d", "interpolate"]
+__all__ = [
+    "default_t_values",
+    "grid_coords",
+    "with_endpoints",
+    "parse_range",
+    "gradient_scan",
+    "scan_1d",
+    "scan_2d",
+    "interpolate",
+]
 
 
-def default_t_values(t_min: float = 0.5, t_max: float = 5.0, n: int = 10, include_one: bool = True) -> np.ndarray:
+def default_t_values(
+    t_min: float = 0.5, t_max: float = 5.0, n: int = 10, include_one: bool = True
+) -> np.ndarray:
     """{0} U logspace(t_min, t_max, n) (U {1}), sorted; the paper's gradient-scan steps."""
     if not (0 < t_min < t_max) or not math.isfinite(t_max):
         raise ValueError(f"need 0 < t_min < t_max, got t_min={t_min}, t_max={t_max}")
@@ -40,18 +52,25 @@ def default_t_values(t_min: float = 0.5, t_max: float = 5.0, n: int = 10, includ
     return np.unique(np.asarray(ts, dtype=np.float64))
 
 
-def check_float32_grid(option: str, lo: float, hi: float, text: object = None, positive: bool = False) -> None:
+def check_float32_grid(
+    option: str, lo: float, hi: float, text: object = None, positive: bool = False
+) -> None:
     """ValueError naming ``option`` unless ``lo < hi`` are finite and stay finite, distinct (and
     for ``positive``, above 0) in float32, the type a scan file stores its grid in."""
     f32 = np.finfo(np.float32)
     given = text if text is not None else f"{lo}, {hi}"
     if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi and (lo > 0 or not positive)):
         raise ValueError(f"{option}: need finite {'0 < ' if positive else ''}a < b, got {given!r}")
-    if max(abs(lo), abs(hi)) > float(f32.max) or not np.float32(lo) < np.float32(hi) or \
-            (positive and lo < float(f32.tiny)):
-        raise ValueError(f"{option}: the grid is stored in float32, so its ends must lie within "
-                         f"{'[%.3g, %.3g]' % (f32.tiny, f32.max) if positive else '+-%.3g' % f32.max} and differ "
-                         f"there, got {given!r}")
+    if (
+        max(abs(lo), abs(hi)) > float(f32.max)
+        or not np.float32(lo) < np.float32(hi)
+        or (positive and lo < float(f32.tiny))
+    ):
+        raise ValueError(
+            f"{option}: the grid is stored in float32, so its ends must lie within "
+            f"{f'[{f32.tiny:.3g}, {f32.max:.3g}]' if positive else f'+-{f32.max:.3g}'} and differ "
+            f"there, got {given!r}"
+        )
 
 
 def grid_coords(lo: float, hi: float, points: int) -> np.ndarray:
@@ -97,7 +116,9 @@ def _loss_list(losses: Sequence[LossFn] | LossFn) -> list[LossFn]:
     return [losses] if callable(losses) and not isinstance(losses, (list, tuple)) else list(losses)
 
 
-def _collect(evaluator: Callable[[Sequence[int]], list[Values]], n: int, shape: tuple[int, ...]) -> dict[str, dict[str, np.ndarray]]:
+def _collect(
+    evaluator: Callable[[Sequence[int]], list[Values]], n: int, shape: tuple[int, ...]
+) -> dict[str, dict[str, np.ndarray]]:
     res: dict[str, dict[str, np.ndarray]] = {}
     for i, values in enumerate(evaluator(list(range(n)))):
         for label, v in values.items():
@@ -130,8 +151,15 @@ def gradient_scan(
     t = default_t_values() if t_values is None else np.asarray(t_values, dtype=np.float64)
     extra = dict(extra_losses or {})
     labels = ["main", *extra.keys()]
-    ev = GradientEvaluator(model, [loss_fn, *extra.values()], t, lr, labels=labels, point_metrics=point_metrics,
-                           direction=direction)
+    ev = GradientEvaluator(
+        model,
+        [loss_fn, *extra.values()],
+        t,
+        lr,
+        labels=labels,
+        point_metrics=point_metrics,
+        direction=direction,
+    )
     res = _collect(ev, len(t), (len(t),))
     out: dict[str, Any] = {"t": t}
     for label in labels:
@@ -152,7 +180,9 @@ def scan_1d(
 ) -> dict[str, np.ndarray]:
     """label -> L(theta_0 + c d) for c in ``coords`` ([len(coords)])."""
     losses = _loss_list(losses)
-    ev = DirectionEvaluator(model, losses, [direction], np.asarray(coords)[:, None], labels, vmap_batch=vmap_batch)
+    ev = DirectionEvaluator(
+        model, losses, [direction], np.asarray(coords)[:, None], labels, vmap_batch=vmap_batch
+    )
     res = _collect(ev, len(coords), (len(coords),))
     return {lab: d["loss"] for lab, d in res.items()}
 
@@ -169,7 +199,9 @@ def scan_2d(
 ) -> dict[str, np.ndarray]:
     """label -> L(theta_0 + a d_x + b d_y) on the grid a in xs, b in ys ([len(xs), len(ys)])."""
     losses = _loss_list(losses)
-    coeffs = np.stack(np.meshgrid(np.asarray(xs), np.asarray(ys), indexing="ij"), axis=-1).reshape(-1, 2)
+    coeffs = np.stack(np.meshgrid(np.asarray(xs), np.asarray(ys), indexing="ij"), axis=-1).reshape(
+        -1, 2
+    )
     ev = DirectionEvaluator(model, losses, [dir_x, dir_y], coeffs, labels, vmap_batch=vmap_batch)
     res = _collect(ev, len(coeffs), (len(xs), len(ys)))
     return {lab: d["loss"] for lab, d in res.items()}
@@ -196,7 +228,15 @@ def interpolate(
     losses = _loss_list(losses)
     d = interpolation_direction(theta1, theta2)
     path = batchnorm_buffer_path(model, model2) if model2 is not None else None
-    ev = DirectionEvaluator(model, losses, [d], np.asarray(alphas)[:, None], labels, base=theta1, vmap_batch=vmap_batch,
-                            buffer_path=path)
+    ev = DirectionEvaluator(
+        model,
+        losses,
+        [d],
+        np.asarray(alphas)[:, None],
+        labels,
+        base=theta1,
+        vmap_batch=vmap_batch,
+        buffer_path=path,
+    )
     res = _collect(ev, len(alphas), (len(alphas),))
     return {lab: r["loss"] for lab, r in res.items()}

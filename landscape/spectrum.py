@@ -34,8 +34,9 @@ Definitions in ``docs/scans.md``; the layout in ``docs/schema.md``.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -75,23 +76,33 @@ class SpectrumOptions:
     def __post_init__(self) -> None:
         for name in ("top_k", "trace_samples", "density_runs", "density_steps"):
             if int(getattr(self, name)) < 1:
-                raise ValueError(f"--{name.replace('_', '-')}: must be >= 1, got {getattr(self, name)}")
+                raise ValueError(
+                    f"--{name.replace('_', '-')}: must be >= 1, got {getattr(self, name)}"
+                )
         if self.lanczos_steps is not None and int(self.lanczos_steps) < int(self.top_k):
-            raise ValueError(f"--lanczos-steps: must be at least --top-k = {self.top_k}, got {self.lanczos_steps}")
+            raise ValueError(
+                f"--lanczos-steps: must be at least --top-k = {self.top_k}, got {self.lanczos_steps}"
+            )
         if int(self.density_points) < 2:
             raise ValueError(f"--density-points: must be >= 2, got {self.density_points}")
         if not (math.isfinite(self.density_sigma) and self.density_sigma > 0):
-            raise ValueError(f"--density-sigma: must be a finite number > 0, got {self.density_sigma}")
+            raise ValueError(
+                f"--density-sigma: must be a finite number > 0, got {self.density_sigma}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    def resolved(self, n_params: int) -> "SpectrumOptions":
+    def resolved(self, n_params: int) -> SpectrumOptions:
         """A copy with ``lanczos_steps`` set (the default, or at most ``n_params``)."""
         if int(self.top_k) > int(n_params):
-            raise ValueError(f"--top-k: the model has {n_params} parameters, fewer than the {self.top_k} eigenvalues "
-                             "asked for")
-        steps = max(2 * self.top_k + 20, 40) if self.lanczos_steps is None else int(self.lanczos_steps)
+            raise ValueError(
+                f"--top-k: the model has {n_params} parameters, fewer than the {self.top_k} eigenvalues "
+                "asked for"
+            )
+        steps = (
+            max(2 * self.top_k + 20, 40) if self.lanczos_steps is None else int(self.lanczos_steps)
+        )
         return replace(self, lanczos_steps=min(steps, int(n_params)))
 
 
@@ -101,8 +112,14 @@ class SpectrumEvaluator:
 
     batch_size: int | None = None
 
-    def __init__(self, model: nn.Module, losses: Sequence[LossFn], labels: Sequence[str] | None = None,
-                 options: SpectrumOptions | None = None, seed: int = 0) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        losses: Sequence[LossFn],
+        labels: Sequence[str] | None = None,
+        options: SpectrumOptions | None = None,
+        seed: int = 0,
+    ) -> None:
         self.model = model
         self.losses = list(losses)
         self.labels = loss_labels(self.losses, labels)
@@ -110,22 +127,43 @@ class SpectrumEvaluator:
         size = sum(p.numel() for _, p in named_params(model))
         self.options = (options or SpectrumOptions()).resolved(size)
         if self.options.top_k > size:
-            raise ValueError(f"--top-k: the model has {size} parameters, fewer than the {self.options.top_k} "
-                             "eigenvalues asked for")
+            raise ValueError(
+                f"--top-k: the model has {size} parameters, fewer than the {self.options.top_k} "
+                "eigenvalues asked for"
+            )
 
     def record(self, loss_fn: LossFn) -> dict[str, Any]:
         """The record of one loss."""
         o, model = self.options, self.model
         with torch.no_grad():
             loss = float(loss_fn(model))
-        top = top_eigenvalues(loss_fn, model, k=o.top_k, iters=o.lanczos_steps, seed=self.seed, which="largest")
+        top = top_eigenvalues(
+            loss_fn, model, k=o.top_k, iters=o.lanczos_steps, seed=self.seed, which="largest"
+        )
         trace = hessian_trace(loss_fn, model, samples=o.trace_samples, seed=self.seed + 1)
-        dens = spectral_density(loss_fn, model, runs=o.density_runs, steps=o.density_steps, seed=self.seed + 2,
-                                sigma_rel=o.density_sigma, grid_points=o.density_points)
-        out = {"loss": loss, "eigenvalues": top.numpy(), "density_grid": dens.grid, "density": dens.density,
-               "slq_nodes": dens.nodes, "slq_weights": dens.weights,
-               "attrs": {"trace": trace.mean, "trace_stderr": trace.stderr, "density_sigma": dens.sigma,
-                         "top_eigenvalue": float(top[0])}}
+        dens = spectral_density(
+            loss_fn,
+            model,
+            runs=o.density_runs,
+            steps=o.density_steps,
+            seed=self.seed + 2,
+            sigma_rel=o.density_sigma,
+            grid_points=o.density_points,
+        )
+        out = {
+            "loss": loss,
+            "eigenvalues": top.numpy(),
+            "density_grid": dens.grid,
+            "density": dens.density,
+            "slq_nodes": dens.nodes,
+            "slq_weights": dens.weights,
+            "attrs": {
+                "trace": trace.mean,
+                "trace_stderr": trace.stderr,
+                "density_sigma": dens.sigma,
+                "top_eigenvalue": float(top[0]),
+            },
+        }
         if o.layers:
             out.update(self.layer_records(loss_fn))
         return out
@@ -138,9 +176,18 @@ class SpectrumEvaluator:
         for layer, names in parameter_blocks(model).items():
             size = sum(sizes[n].numel() for n in names)
             k = min(o.top_k, size)
-            top = top_eigenvalues(loss_fn, model, k=k, iters=max(k, min(int(o.lanczos_steps), size)), seed=self.seed,
-                                  which="largest", names=names)
-            trace = hessian_trace(loss_fn, model, samples=o.trace_samples, seed=self.seed + 1, names=names)
+            top = top_eigenvalues(
+                loss_fn,
+                model,
+                k=k,
+                iters=max(k, min(int(o.lanczos_steps), size)),
+                seed=self.seed,
+                which="largest",
+                names=names,
+            )
+            trace = hessian_trace(
+                loss_fn, model, samples=o.trace_samples, seed=self.seed + 1, names=names
+            )
             prefix = f"layers/{layer}/"
             out[prefix + "eigenvalues"] = top.numpy()
             out[prefix + "trace"] = trace.mean

@@ -17,7 +17,7 @@ The optional dependency is installed by ``pip install 'cert-landscape[attack]'``
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -46,13 +46,16 @@ def _import_art():
         from art.attacks.evasion import AutoAttack, AutoProjectedGradientDescent
         from art.estimators.classification import PyTorchClassifier
     except ImportError as exc:
-        raise ImportError(f"--attack needs the Adversarial Robustness Toolbox ({exc}); install it with "
-                          "pip install 'cert-landscape[attack]'") from None
+        raise ImportError(
+            f"--attack needs the Adversarial Robustness Toolbox ({exc}); install it with "
+            "pip install 'cert-landscape[attack]'"
+        ) from None
     return AutoAttack, AutoProjectedGradientDescent, PyTorchClassifier
 
 
-def make_attack(name: str, eps: float, domain: Sequence[float], seed: int = 0,
-                batch_size: int = 256) -> Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]:
+def make_attack(
+    name: str, eps: float, domain: Sequence[float], seed: int = 0, batch_size: int = 256
+) -> Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]:
     """The attack ``name`` (one of :data:`ART_ATTACKS`) at radius ``eps`` on ``domain``; see the
     module docstring. ValueError for another name, ImportError without ART."""
     if name not in ART_ATTACKS:
@@ -69,9 +72,14 @@ def make_attack(name: str, eps: float, domain: Sequence[float], seed: int = 0,
         with torch.no_grad():
             logits = model(x)
         n_classes = int(logits.shape[1])
-        clf = PyTorchClassifier(_Float32(model), loss=nn.CrossEntropyLoss(), input_shape=tuple(x.shape[1:]),
-                                nb_classes=n_classes, clip_values=(float(domain[0]), float(domain[1])),
-                                device_type="cpu")
+        clf = PyTorchClassifier(
+            _Float32(model),
+            loss=nn.CrossEntropyLoss(),
+            input_shape=tuple(x.shape[1:]),
+            nb_classes=n_classes,
+            clip_values=(float(domain[0]), float(domain[1])),
+            device_type="cpu",
+        )
         xs = x.detach().float().numpy()
         ys = y.numpy()
         step = eps / 4
@@ -79,15 +87,36 @@ def make_attack(name: str, eps: float, domain: Sequence[float], seed: int = 0,
             att = AutoAttack(clf, norm=np.inf, eps=eps, eps_step=step, batch_size=batch_size)
             return torch.from_numpy(att.generate(xs, y=ys)).to(x.dtype)
         if name == "apgd-ce":
-            att = APGD(clf, norm=np.inf, eps=eps, eps_step=step, max_iter=100, nb_random_init=5,
-                       batch_size=batch_size, loss_type="cross_entropy", verbose=False)
+            att = APGD(
+                clf,
+                norm=np.inf,
+                eps=eps,
+                eps_step=step,
+                max_iter=100,
+                nb_random_init=5,
+                batch_size=batch_size,
+                loss_type="cross_entropy",
+                verbose=False,
+            )
             return torch.from_numpy(att.generate(xs, y=ys)).to(x.dtype)
         # apgd-t: one targeted run per target class, the most likely wrong classes first
         out = xs.copy()
         broken = np.zeros(len(xs), dtype=bool)
-        order = logits.masked_fill(nn.functional.one_hot(y, n_classes).bool(), float("-inf")).argsort(1, descending=True)
-        att = APGD(clf, norm=np.inf, eps=eps, eps_step=step, max_iter=100, targeted=True, nb_random_init=1,
-                   batch_size=batch_size, loss_type="difference_logits_ratio", verbose=False)
+        order = logits.masked_fill(
+            nn.functional.one_hot(y, n_classes).bool(), float("-inf")
+        ).argsort(1, descending=True)
+        att = APGD(
+            clf,
+            norm=np.inf,
+            eps=eps,
+            eps_step=step,
+            max_iter=100,
+            targeted=True,
+            nb_random_init=1,
+            batch_size=batch_size,
+            loss_type="difference_logits_ratio",
+            verbose=False,
+        )
         for r in range(min(9, n_classes - 1)):
             todo = np.nonzero(~broken)[0]
             if todo.size == 0:

@@ -33,9 +33,10 @@ from __future__ import annotations
 
 import glob
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -104,7 +105,9 @@ def run_checkpoints(folder: str | os.PathLike) -> list[Path]:
     return sorted({p for pattern in TRAJECTORY_PATTERNS for p in Path(folder).glob(pattern)})
 
 
-def find_checkpoints(source: str | os.PathLike | Sequence[str | os.PathLike]) -> tuple[list[Path], Path | None]:
+def find_checkpoints(
+    source: str | os.PathLike | Sequence[str | os.PathLike],
+) -> tuple[list[Path], Path | None]:
     """The checkpoint files of a trajectory and its final checkpoint (None: the last by epoch).
 
     - a checkpoint file: the ``checkpoint_epoch*.pt`` and ``checkpoint_step*.pt`` beside it, and
@@ -126,7 +129,9 @@ def find_checkpoints(source: str | os.PathLike | Sequence[str | os.PathLike]) ->
         files = run_checkpoints(path)
         final = path / "checkpoint.pt"
         if not files and not final.exists():
-            raise FileNotFoundError(f"{text} holds no checkpoint_epoch*.pt, checkpoint_step*.pt or checkpoint.pt")
+            raise FileNotFoundError(
+                f"{text} holds no checkpoint_epoch*.pt, checkpoint_step*.pt or checkpoint.pt"
+            )
         return files, final if final.exists() else None
     if not path.exists():
         raise FileNotFoundError(f"checkpoint {text!r} does not exist")
@@ -143,7 +148,9 @@ def _order(ckpt: dict[str, Any]) -> tuple[int, int]:
     return int(ckpt["epoch"]), int(ckpt["step"])
 
 
-def _check_architecture(path: Path, desc: dict[str, Any], final_path: Path, final_desc: dict[str, Any]) -> None:
+def _check_architecture(
+    path: Path, desc: dict[str, Any], final_path: Path, final_desc: dict[str, Any]
+) -> None:
     if desc == final_desc:
         return
     keys = sorted(k for k in set(desc) | set(final_desc) if desc.get(k) != final_desc.get(k))
@@ -154,18 +161,26 @@ def _check_architecture(path: Path, desc: dict[str, Any], final_path: Path, fina
     )
 
 
-def _check_same_run(path: Path, cfg: dict[str, Any], final_path: Path, final_cfg: dict[str, Any]) -> None:
+def _check_same_run(
+    path: Path, cfg: dict[str, Any], final_path: Path, final_cfg: dict[str, Any]
+) -> None:
     """Refuse a checkpoint of another run than the final one's: their configs differ in a field
     that decides what the run computes (``epochs`` and bookkeeping fields aside, so a resumed,
     extended run is still one run)."""
     from train.config import NON_IDENTITY_FIELDS
 
-    keys = sorted(k for k in set(cfg) | set(final_cfg)
-                  if k not in NON_IDENTITY_FIELDS and k not in ("eps_start_epoch", "eps_ramp_epochs")
-                  and cfg.get(k) != final_cfg.get(k))
+    keys = sorted(
+        k
+        for k in set(cfg) | set(final_cfg)
+        if k not in NON_IDENTITY_FIELDS
+        and k not in ("eps_start_epoch", "eps_ramp_epochs")
+        and cfg.get(k) != final_cfg.get(k)
+    )
     if keys:
-        raise ValueError(f"checkpoint {str(path)!r} is from another run than the final checkpoint {str(final_path)!r} "
-                         f"(their configs differ in: {', '.join(keys)}); a PCA trajectory is one run's path")
+        raise ValueError(
+            f"checkpoint {str(path)!r} is from another run than the final checkpoint {str(final_path)!r} "
+            f"(their configs differ in: {', '.join(keys)}); a PCA trajectory is one run's path"
+        )
 
 
 def load_trajectory(
@@ -210,18 +225,29 @@ def load_trajectory(
         points.append((_order(ckpt), key == final_key, str(p), p, ckpt))
     points.sort(key=lambda t: t[:3])
     if len(points) < 2:
-        raise ValueError(f"a trajectory needs at least one checkpoint besides the final one {str(final_file)!r}")
+        raise ValueError(
+            f"a trajectory needs at least one checkpoint besides the final one {str(final_file)!r}"
+        )
     params = []
     for *_, p, ckpt in points:
         sd = ckpt["state_dict"]
         missing = [n for n in names if n not in sd]
         if missing:
             raise ValueError(f"checkpoint {str(p)!r} has no parameter {missing[0]!r}")
-        params.append([sd[n].detach().to(dtype=q.dtype, device="cpu") for n, (_, q) in zip(names, named_params(model))])
+        params.append(
+            [
+                sd[n].detach().to(dtype=q.dtype, device="cpu")
+                for n, (_, q) in zip(names, named_params(model))
+            ]
+        )
     return Trajectory(
-        paths=[t[3] for t in points], epochs=[int(t[4]["epoch"]) for t in points],
-        steps=[int(t[4]["step"]) for t in points], params=params,
-        final=[p.detach().clone() for _, p in named_params(model)], model=model, checkpoint=final_ckpt,
+        paths=[t[3] for t in points],
+        epochs=[int(t[4]["epoch"]) for t in points],
+        steps=[int(t[4]["step"]) for t in points],
+        params=params,
+        final=[p.detach().clone() for _, p in named_params(model)],
+        model=model,
+        checkpoint=final_ckpt,
     )
 
 
@@ -229,7 +255,9 @@ def _as_list(theta: Tensor | Sequence[Tensor]) -> list[Tensor]:
     return [theta] if isinstance(theta, Tensor) else list(theta)
 
 
-def _difference_matrix(thetas: Sequence[Tensor | Sequence[Tensor]], final: list[Tensor], ignore: str | None) -> Tensor:
+def _difference_matrix(
+    thetas: Sequence[Tensor | Sequence[Tensor]], final: list[Tensor], ignore: str | None
+) -> Tensor:
     """M [n, P] in the final parameters' dtype; 1-D parameters' columns zero for ``biasbn``."""
     if ignore not in (None, "none", "biasbn"):
         raise ValueError(f"unknown ignore option {ignore!r}; expected 'biasbn' or None")
@@ -238,11 +266,17 @@ def _difference_matrix(thetas: Sequence[Tensor | Sequence[Tensor]], final: list[
     for i, theta in enumerate(thetas):
         theta = _as_list(theta)
         if len(theta) != len(final) or any(a.shape != b.shape for a, b in zip(theta, final)):
-            raise ValueError(f"checkpoint {i} of the trajectory has other parameter shapes than the final one")
+            raise ValueError(
+                f"checkpoint {i} of the trajectory has other parameter shapes than the final one"
+            )
         parts = []
         for a, b in zip(theta, final):
             d = a.detach().to(device="cpu", dtype=dtype) - b.detach().to(device="cpu", dtype=dtype)
-            parts.append(torch.zeros_like(d).reshape(-1) if ignore == "biasbn" and b.dim() <= 1 else d.reshape(-1))
+            parts.append(
+                torch.zeros_like(d).reshape(-1)
+                if ignore == "biasbn" and b.dim() <= 1
+                else d.reshape(-1)
+            )
         rows.append(torch.cat(parts))
     if not rows:
         raise ValueError("a trajectory needs at least one checkpoint")
@@ -252,7 +286,7 @@ def _difference_matrix(thetas: Sequence[Tensor | Sequence[Tensor]], final: list[
 def _gram(m: Tensor) -> np.ndarray:
     g = torch.zeros(m.shape[0], m.shape[0], dtype=torch.float64)
     for s in range(0, m.shape[1], _BLOCK):
-        block = m[:, s:s + _BLOCK].to(torch.float64)
+        block = m[:, s : s + _BLOCK].to(torch.float64)
         g += block @ block.T
     return g.numpy()
 
@@ -260,27 +294,37 @@ def _gram(m: Tensor) -> np.ndarray:
 def _times(m: Tensor, coeffs: np.ndarray) -> Tensor:
     """M^T c [P] in float64 for a coefficient vector c [n]."""
     c = torch.from_numpy(np.ascontiguousarray(coeffs, dtype=np.float64))
-    return torch.cat([m[:, s:s + _BLOCK].to(torch.float64).T @ c for s in range(0, m.shape[1], _BLOCK)])
+    return torch.cat(
+        [m[:, s : s + _BLOCK].to(torch.float64).T @ c for s in range(0, m.shape[1], _BLOCK)]
+    )
 
 
 def _rows_dot(m: Tensor, d: Tensor) -> np.ndarray:
     """M d [n] in float64 for a float64 vector d [P]."""
     out = torch.zeros(m.shape[0], dtype=torch.float64)
     for s in range(0, m.shape[1], _BLOCK):
-        out += m[:, s:s + _BLOCK].to(torch.float64) @ d[s:s + _BLOCK]
+        out += m[:, s : s + _BLOCK].to(torch.float64) @ d[s : s + _BLOCK]
     return out.numpy()
 
 
 def _moving(final: list[Tensor], ignore: str | None) -> Tensor:
     """1.0 where a parameter entry may move, 0.0 where ``ignore`` zeroes it ([P], float64)."""
-    return torch.cat([torch.full((t.numel(),), 0.0 if ignore == "biasbn" and t.dim() <= 1 else 1.0,
-                                 dtype=torch.float64) for t in final])
+    return torch.cat(
+        [
+            torch.full(
+                (t.numel(),),
+                0.0 if ignore == "biasbn" and t.dim() <= 1 else 1.0,
+                dtype=torch.float64,
+            )
+            for t in final
+        ]
+    )
 
 
 def _split(vector: Tensor, like: list[Tensor]) -> list[Tensor]:
     out, start = [], 0
     for p in like:
-        out.append(vector[start:start + p.numel()].reshape(p.shape).to(p.dtype))
+        out.append(vector[start : start + p.numel()].reshape(p.shape).to(p.dtype))
         start += p.numel()
     return out
 
@@ -315,14 +359,18 @@ def pca_directions(
     evals, evecs = np.linalg.eigh(g)
     evals, evecs = evals[::-1], evecs[:, ::-1]
     sv = np.sqrt(np.clip(evals[:2] if n > 1 else np.array([evals[0], 0.0]), 0.0, None))
-    coeffs = j if center else np.eye(n)  # the matrix of the SVD: J M (centred) or M; d_k = M'^T u_k / s_k
+    coeffs = (
+        j if center else np.eye(n)
+    )  # the matrix of the SVD: J M (centred) or M; d_k = M'^T u_k / s_k
     d1 = _times(m, coeffs @ evecs[:, 0])
     d1 = d1 / torch.linalg.vector_norm(d1)
     if n > 1 and sv[1] > 1e-10 * sv[0]:
         d2 = _times(m, coeffs @ evecs[:, 1])
     else:  # rank 1: any unit vector orthogonal to d1 spans the plane
         sv[1] = 0.0
-        d2 = torch.randn(m.shape[1], generator=torch.Generator().manual_seed(int(seed)), dtype=torch.float64)
+        d2 = torch.randn(
+            m.shape[1], generator=torch.Generator().manual_seed(int(seed)), dtype=torch.float64
+        )
         d2 = d2 * _moving(final, ignore)
     d2 = d2 - (d2 @ d1) * d1
     d2 = d2 / torch.linalg.vector_norm(d2)
@@ -357,11 +405,13 @@ def project(
     gram = torch.from_numpy(_gram(d))
     dm = torch.zeros(d.shape[0], m.shape[0], dtype=torch.float64)
     for s in range(0, m.shape[1], _BLOCK):
-        dm += d[:, s:s + _BLOCK].to(torch.float64) @ m[:, s:s + _BLOCK].to(torch.float64).T
+        dm += d[:, s : s + _BLOCK].to(torch.float64) @ m[:, s : s + _BLOCK].to(torch.float64).T
     return torch.linalg.solve(gram, dm).T.numpy()
 
 
-def default_range(path: np.ndarray, margin: float = 0.1) -> tuple[tuple[float, float], tuple[float, float]]:
+def default_range(
+    path: np.ndarray, margin: float = 0.1
+) -> tuple[tuple[float, float], tuple[float, float]]:
     """Scan ranges ``((x_lo, x_hi), (y_lo, y_hi))`` that cover the path [n, 2] and the origin
     (theta_f), widened on each side by ``margin`` times the axis' span (an axis without span
     borrows the other's, or 1)."""
@@ -374,4 +424,7 @@ def default_range(path: np.ndarray, margin: float = 0.1) -> tuple[tuple[float, f
     fallback = float(span.max()) if span.max() > 0 else 1.0
     span = np.where(span > 0, span, fallback)
     pad = float(margin) * span
-    return ((float(lo[0] - pad[0]), float(hi[0] + pad[0])), (float(lo[1] - pad[1]), float(hi[1] + pad[1])))
+    return (
+        (float(lo[0] - pad[0]), float(hi[0] + pad[0])),
+        (float(lo[1] - pad[1]), float(hi[1] + pad[1])),
+    )

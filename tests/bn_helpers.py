@@ -21,12 +21,12 @@ import copy
 import math
 
 import torch
+from bounds_helpers import EPS_CHOICES, Case
 from hypothesis import strategies as st
 from torch import nn
 
 from bounds import Normalize
 from bounds.layers import Residual
-from bounds_helpers import EPS_CHOICES, Case
 
 BN = (nn.BatchNorm1d, nn.BatchNorm2d)
 
@@ -41,8 +41,11 @@ def randomize(model: nn.Module, gen: torch.Generator, weight_scale: float = 1.0)
     with torch.no_grad():
         for m in model.modules():
             if isinstance(m, (nn.Linear, nn.Conv2d)):
-                m.weight.copy_(torch.randn(m.weight.shape, generator=gen, dtype=torch.float64)
-                               * weight_scale / math.sqrt(m.weight[0].numel()))
+                m.weight.copy_(
+                    torch.randn(m.weight.shape, generator=gen, dtype=torch.float64)
+                    * weight_scale
+                    / math.sqrt(m.weight[0].numel())
+                )
                 if m.bias is not None:
                     m.bias.copy_(u(m.bias.shape, -0.5, 0.5))
             elif isinstance(m, BN):
@@ -53,30 +56,77 @@ def randomize(model: nn.Module, gen: torch.Generator, weight_scale: float = 1.0)
     return model
 
 
-def make_net(kind: str, seed: int, n_classes: int = 3, pool: bool = True, shortcut: bool = False,
-             weight_scale: float = 1.0) -> tuple[nn.Sequential, tuple[int, ...]]:
+def make_net(
+    kind: str,
+    seed: int,
+    n_classes: int = 3,
+    pool: bool = True,
+    shortcut: bool = False,
+    weight_scale: float = 1.0,
+) -> tuple[nn.Sequential, tuple[int, ...]]:
     """A random float64 eval-mode network of ``kind`` (module doc) and its per-sample input shape."""
     gen = torch.Generator().manual_seed(seed)
     if kind == "mlp-bn":
-        layers = [Normalize([0.4, 0.5, 0.3], [0.5, 0.3, 0.8]), nn.Linear(3, 5), nn.BatchNorm1d(5), nn.ReLU(),
-                  nn.Linear(5, 4), nn.BatchNorm1d(4), nn.ReLU(), nn.Linear(4, n_classes)]
+        layers = [
+            Normalize([0.4, 0.5, 0.3], [0.5, 0.3, 0.8]),
+            nn.Linear(3, 5),
+            nn.BatchNorm1d(5),
+            nn.ReLU(),
+            nn.Linear(5, 4),
+            nn.BatchNorm1d(4),
+            nn.ReLU(),
+            nn.Linear(4, n_classes),
+        ]
         shape: tuple[int, ...] = (3,)
     elif kind == "cnn-bn":
-        layers = [Normalize([0.4], [0.5]), nn.Conv2d(1, 2, 3, padding=1), nn.BatchNorm2d(2), nn.ReLU()]
+        layers = [
+            Normalize([0.4], [0.5]),
+            nn.Conv2d(1, 2, 3, padding=1),
+            nn.BatchNorm2d(2),
+            nn.ReLU(),
+        ]
         layers += [nn.AvgPool2d(2)] if pool else [nn.Conv2d(2, 2, 2, stride=2)]
-        layers += [nn.Conv2d(2, 2, 3, padding=1), nn.BatchNorm2d(2), nn.ReLU(), nn.AvgPool2d(3, stride=1, padding=1),
-                   nn.Flatten(), nn.Linear(8, 4), nn.BatchNorm1d(4), nn.ReLU(), nn.Linear(4, n_classes)]
+        layers += [
+            nn.Conv2d(2, 2, 3, padding=1),
+            nn.BatchNorm2d(2),
+            nn.ReLU(),
+            nn.AvgPool2d(3, stride=1, padding=1),
+            nn.Flatten(),
+            nn.Linear(8, 4),
+            nn.BatchNorm1d(4),
+            nn.ReLU(),
+            nn.Linear(4, n_classes),
+        ]
         shape = (1, 4, 4)
     elif kind == "res":
-        branch = nn.Sequential(nn.Conv2d(2, 2, 3, padding=1), nn.BatchNorm2d(2), nn.ReLU(), nn.Conv2d(2, 2, 3, padding=1))
+        branch = nn.Sequential(
+            nn.Conv2d(2, 2, 3, padding=1),
+            nn.BatchNorm2d(2),
+            nn.ReLU(),
+            nn.Conv2d(2, 2, 3, padding=1),
+        )
         short = nn.Sequential(nn.Conv2d(2, 2, 1), nn.BatchNorm2d(2)) if shortcut else None
-        layers = [Normalize([0.4], [0.5]), nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(), Residual(branch, short), nn.ReLU(),
-                  nn.AvgPool2d(2), nn.Flatten(), nn.Linear(8, n_classes)]
+        layers = [
+            Normalize([0.4], [0.5]),
+            nn.Conv2d(1, 2, 3, padding=1),
+            nn.ReLU(),
+            Residual(branch, short),
+            nn.ReLU(),
+            nn.AvgPool2d(2),
+            nn.Flatten(),
+            nn.Linear(8, n_classes),
+        ]
         shape = (1, 4, 4)
     elif kind == "res-mlp":
         branch = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 4))
-        layers = [nn.Linear(2, 4), nn.ReLU(), Residual(branch, nn.Linear(4, 4) if shortcut else None), nn.ReLU(),
-                  Residual(nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4))), nn.Linear(4, n_classes)]
+        layers = [
+            nn.Linear(2, 4),
+            nn.ReLU(),
+            Residual(branch, nn.Linear(4, 4) if shortcut else None),
+            nn.ReLU(),
+            Residual(nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4))),
+            nn.Linear(4, n_classes),
+        ]
         shape = (2,)
     else:
         raise ValueError(kind)
@@ -85,8 +135,13 @@ def make_net(kind: str, seed: int, n_classes: int = 3, pool: bool = True, shortc
 
 
 @st.composite
-def bn_cases(draw: st.DrawFn, kinds=("mlp-bn", "cnn-bn", "res", "res-mlp"), dtype: torch.dtype = torch.float64,
-             eps_choices=EPS_CHOICES, max_batch: int = 3) -> Case:
+def bn_cases(
+    draw: st.DrawFn,
+    kinds=("mlp-bn", "cnn-bn", "res", "res-mlp"),
+    dtype: torch.dtype = torch.float64,
+    eps_choices=EPS_CHOICES,
+    max_batch: int = 3,
+) -> Case:
     """A random network of ``kinds`` with a batch of inputs, labels, radius (float or per sample)
     and domain (None or [0, 1])."""
     kind = draw(st.sampled_from(list(kinds)))
@@ -97,7 +152,11 @@ def bn_cases(draw: st.DrawFn, kinds=("mlp-bn", "cnn-bn", "res", "res-mlp"), dtyp
     model, shape = make_net(kind, seed, n_classes, pool=pool, shortcut=shortcut, weight_scale=ws)
     tail = draw(st.booleans())
     if tail:  # the network ends with a BatchNorm1d (no last Linear to merge with C)
-        model.append(randomize(nn.BatchNorm1d(n_classes).double(), torch.Generator().manual_seed(seed)).eval())
+        model.append(
+            randomize(
+                nn.BatchNorm1d(n_classes).double(), torch.Generator().manual_seed(seed)
+            ).eval()
+        )
     gen = torch.Generator().manual_seed(seed + 1)
     batch = draw(st.integers(1, max_batch))
     domain = draw(st.sampled_from([None, (0.0, 1.0)]))
@@ -106,8 +165,9 @@ def bn_cases(draw: st.DrawFn, kinds=("mlp-bn", "cnn-bn", "res", "res-mlp"), dtyp
         x = x * 2.0 - 0.5
     y = torch.randint(0, n_classes, (batch,), generator=gen)
     if draw(st.booleans()):
-        eps: float | torch.Tensor = torch.tensor([draw(st.sampled_from(list(eps_choices))) for _ in range(batch)],
-                                                 dtype=dtype)
+        eps: float | torch.Tensor = torch.tensor(
+            [draw(st.sampled_from(list(eps_choices))) for _ in range(batch)], dtype=dtype
+        )
     else:
         eps = float(draw(st.sampled_from(list(eps_choices))))
     desc = f"{kind} seed={seed} pool={pool} shortcut={shortcut} ws={ws} bn_tail={tail}"
@@ -117,8 +177,11 @@ def bn_cases(draw: st.DrawFn, kinds=("mlp-bn", "cnn-bn", "res", "res-mlp"), dtyp
 def relu_inputs_hooked(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
     """The input of every ``nn.ReLU`` module of ``model`` at ``x``, in the order they run."""
     acts: list[torch.Tensor] = []
-    hooks = [m.register_forward_hook(lambda mod, inp, out: acts.append(inp[0]))
-             for m in model.modules() if isinstance(m, nn.ReLU)]
+    hooks = [
+        m.register_forward_hook(lambda mod, inp, out: acts.append(inp[0]))
+        for m in model.modules()
+        if isinstance(m, nn.ReLU)
+    ]
     try:
         model(x)
     finally:
@@ -134,7 +197,9 @@ def fold_bn(model: nn.Sequential) -> nn.Sequential:
     for layer in model:
         if isinstance(layer, BN):
             prev = copy.deepcopy(out.pop())
-            assert isinstance(prev, (nn.Linear, nn.Conv2d)), "fold_bn needs a Linear/Conv2d before every BatchNorm"
+            assert isinstance(prev, (nn.Linear, nn.Conv2d)), (
+                "fold_bn needs a Linear/Conv2d before every BatchNorm"
+            )
             w = layer.weight / torch.sqrt(layer.running_var + layer.eps)
             with torch.no_grad():
                 bias = prev.bias if prev.bias is not None else torch.zeros_like(w)

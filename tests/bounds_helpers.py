@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -70,14 +70,22 @@ class Case:
         )
 
 
-def _init_affine(layer: nn.Module, gen: torch.Generator, weight_scale: float, bias_scale: float) -> None:
+def _init_affine(
+    layer: nn.Module, gen: torch.Generator, weight_scale: float, bias_scale: float
+) -> None:
     """Fill a Linear/Conv2d with ``N(0, weight_scale^2 / fan_in)`` weights and ``N(0, bias_scale^2)`` biases."""
     w = layer.weight
     fan_in = w[0].numel()
     with torch.no_grad():
-        w.copy_(torch.randn(w.shape, generator=gen, dtype=torch.float64) * weight_scale / math.sqrt(fan_in))
+        w.copy_(
+            torch.randn(w.shape, generator=gen, dtype=torch.float64)
+            * weight_scale
+            / math.sqrt(fan_in)
+        )
         if layer.bias is not None:
-            layer.bias.copy_(torch.randn(layer.bias.shape, generator=gen, dtype=torch.float64) * bias_scale)
+            layer.bias.copy_(
+                torch.randn(layer.bias.shape, generator=gen, dtype=torch.float64) * bias_scale
+            )
 
 
 def make_mlp(
@@ -237,18 +245,37 @@ def cases(
         convs = draw(conv_specs(h, w))
         hidden = draw(st.lists(st.integers(2, 6), min_size=0, max_size=1))
         model = make_cnn(
-            (c_in, h, w), convs, hidden, n_classes, seed=seed, normalize=normalize,
-            weight_scale=weight_scale, bias_scale=bias_scale, dtype=dtype,
+            (c_in, h, w),
+            convs,
+            hidden,
+            n_classes,
+            seed=seed,
+            normalize=normalize,
+            weight_scale=weight_scale,
+            bias_scale=bias_scale,
+            dtype=dtype,
         )
         input_shape: tuple[int, ...] = (c_in, h, w)
         desc = f"cnn in={input_shape} convs={convs} hidden={hidden}"
     else:
         n_in = draw(st.integers(*n_in_range))
-        hidden = draw(st.lists(st.integers(1, max_width), min_size=hidden_layers[0], max_size=hidden_layers[1]))
+        hidden = draw(
+            st.lists(
+                st.integers(1, max_width), min_size=hidden_layers[0], max_size=hidden_layers[1]
+            )
+        )
         bias = draw(st.sampled_from([True, True, False]))
         model, input_shape = make_mlp(
-            n_in, hidden, n_classes, seed=seed, normalize=normalize, image=(kind == "mlp-image"),
-            weight_scale=weight_scale, bias_scale=bias_scale, bias=bias, dtype=dtype,
+            n_in,
+            hidden,
+            n_classes,
+            seed=seed,
+            normalize=normalize,
+            image=(kind == "mlp-image"),
+            weight_scale=weight_scale,
+            bias_scale=bias_scale,
+            bias=bias,
+            dtype=dtype,
         )
         desc = f"{kind} n_in={n_in} hidden={hidden}"
     desc += f" seed={seed} normalize={normalize} ws={weight_scale} bs={bias_scale}"
@@ -260,7 +287,9 @@ def cases(
         x = x * 2.0 - 0.5
     else:
         snap = torch.rand(x.shape, generator=gen, dtype=torch.float64)
-        x = torch.where(snap < 0.1, torch.zeros_like(x), torch.where(snap > 0.9, torch.ones_like(x), x))
+        x = torch.where(
+            snap < 0.1, torch.zeros_like(x), torch.where(snap > 0.9, torch.ones_like(x), x)
+        )
     x = x.to(dtype)
     y = torch.randint(0, n_classes, (batch,), generator=gen)
     if allow_tensor_eps and draw(st.booleans()):
@@ -291,7 +320,9 @@ def input_box(
     return lo, hi
 
 
-def margin_matrix(y: torch.Tensor, n_classes: int, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+def margin_matrix(
+    y: torch.Tensor, n_classes: int, dtype: torch.dtype = torch.float64
+) -> torch.Tensor:
     """Reference ``C``: rows ``e_y - e_j`` for ``j != y`` in increasing ``j`` -> ``[B, n-1, n]``."""
     rows = []
     for yb in y.tolist():
@@ -320,7 +351,9 @@ def relu_inputs(model: nn.Sequential, x: torch.Tensor) -> list[torch.Tensor]:
     return acts
 
 
-def uniform_points(lo: torch.Tensor, hi: torch.Tensor, k: int, gen: torch.Generator) -> torch.Tensor:
+def uniform_points(
+    lo: torch.Tensor, hi: torch.Tensor, k: int, gen: torch.Generator
+) -> torch.Tensor:
     """``k`` uniform points per sample of the box -> ``[B, k, *in]``."""
     u = torch.rand((lo.shape[0], k, *lo.shape[1:]), generator=gen, dtype=torch.float64).to(lo.dtype)
     return lo.unsqueeze(1) + u * (hi - lo).unsqueeze(1)
@@ -394,7 +427,11 @@ def empirical_margin_range(
     """
     gen = torch.Generator().manual_seed(seed)
     pts = torch.cat(
-        [((lo + hi) / 2).unsqueeze(1), uniform_points(lo, hi, n_uniform, gen), corner_points(lo, hi, n_corners, gen)],
+        [
+            ((lo + hi) / 2).unsqueeze(1),
+            uniform_points(lo, hi, n_uniform, gen),
+            corner_points(lo, hi, n_corners, gen),
+        ],
         dim=1,
     )
     with torch.no_grad():
@@ -410,7 +447,12 @@ def empirical_margin_range(
     if pgd_steps > 0:
         for sign in (1.0, -1.0):
             val, xs = pgd_minimise(
-                lambda z: sign * (model(z) * rows).sum(-1), lo_r, hi_r, steps=pgd_steps, restarts=restarts, gen=gen
+                lambda z: sign * (model(z) * rows).sum(-1),
+                lo_r,
+                hi_r,
+                steps=pgd_steps,
+                restarts=restarts,
+                gen=gen,
             )
             val = sign * val.view(b, s)
             vmin = torch.minimum(vmin, val) if sign > 0 else vmin
@@ -425,7 +467,9 @@ def cross_entropy_at(model: nn.Module, xs: torch.Tensor, y: torch.Tensor) -> tor
     """``CE(f(x'), y)`` for points ``xs [B, K, *in]`` -> ``[B, K]``."""
     b, k = xs.shape[:2]
     logits = model(xs.reshape(b * k, *xs.shape[2:]))
-    return torch.nn.functional.cross_entropy(logits, y.repeat_interleave(k), reduction="none").view(b, k)
+    return torch.nn.functional.cross_entropy(logits, y.repeat_interleave(k), reduction="none").view(
+        b, k
+    )
 
 
 def empirical_max_ce(
@@ -443,7 +487,11 @@ def empirical_max_ce(
     """Largest cross-entropy found in the box per sample (samples, corners, PGD ascent) -> ``[B]``."""
     gen = torch.Generator().manual_seed(seed)
     pts = torch.cat(
-        [((lo + hi) / 2).unsqueeze(1), uniform_points(lo, hi, n_uniform, gen), corner_points(lo, hi, n_corners, gen)],
+        [
+            ((lo + hi) / 2).unsqueeze(1),
+            uniform_points(lo, hi, n_uniform, gen),
+            corner_points(lo, hi, n_corners, gen),
+        ],
         dim=1,
     )
     with torch.no_grad():
@@ -451,7 +499,11 @@ def empirical_max_ce(
     if pgd_steps > 0:
         val, _ = pgd_minimise(
             lambda z: -torch.nn.functional.cross_entropy(model(z), y, reduction="none"),
-            lo, hi, steps=pgd_steps, restarts=restarts, gen=gen,
+            lo,
+            hi,
+            steps=pgd_steps,
+            restarts=restarts,
+            gen=gen,
         )
         best = torch.maximum(best, -val)
     return best
@@ -465,7 +517,9 @@ def tolerance(dtype: torch.dtype, *refs: torch.Tensor) -> torch.Tensor:
     rtol = 1e-8 if dtype == torch.float64 else 1e-5
     scale = torch.ones(())
     for r in refs:
-        scale = torch.maximum(scale, r.detach().abs().to(torch.float64).max() if r.numel() else scale)
+        scale = torch.maximum(
+            scale, r.detach().abs().to(torch.float64).max() if r.numel() else scale
+        )
     return rtol * (1.0 + scale)
 
 
@@ -494,7 +548,9 @@ def assert_close(a: torch.Tensor, b: torch.Tensor, tol: float | torch.Tensor, wh
 # --------------------------------------------------------------------------------------------
 
 
-def affine_pieces(model: nn.Sequential, input_shape: Sequence[int]) -> list[tuple[np.ndarray, np.ndarray] | None]:
+def affine_pieces(
+    model: nn.Sequential, input_shape: Sequence[int]
+) -> list[tuple[np.ndarray, np.ndarray] | None]:
     """The network as alternating dense affine maps ``(W, b)`` (float64, flat) and ``None`` (ReLU).
 
     Every maximal run of non-ReLU layers (Normalize, Linear, Conv2d, Flatten) is affine; its
@@ -537,7 +593,9 @@ def _run64(layer: nn.Module, h: torch.Tensor) -> torch.Tensor:
     return copy.deepcopy(layer).to(torch.float64)(h)
 
 
-def _lp(c: np.ndarray, a_ub: list[np.ndarray], b_ub: list[float], bounds: list[tuple[float, float]]):
+def _lp(
+    c: np.ndarray, a_ub: list[np.ndarray], b_ub: list[float], bounds: list[tuple[float, float]]
+):
     res = linprog(
         c,
         A_ub=np.array(a_ub) if a_ub else None,
@@ -561,7 +619,12 @@ class ExactResult:
 
 
 def exact_margin_range(
-    model: nn.Sequential, lo: torch.Tensor, hi: torch.Tensor, C: torch.Tensor | None, *, max_regions: int = 20000
+    model: nn.Sequential,
+    lo: torch.Tensor,
+    hi: torch.Tensor,
+    C: torch.Tensor | None,
+    *,
+    max_regions: int = 20000,
 ) -> ExactResult:
     """True min and max over the box ``[lo, hi]`` (one sample, ``[*in]``) of every row of ``C f(x)``.
 
@@ -617,7 +680,9 @@ def exact_margin_range(
             maxs[s], amax[s] = -v + h, xv
         results.append((mins, maxs, amin, amax))
 
-    def visit(piece_idx: int, wz: np.ndarray, bz: np.ndarray, j: int, pattern: list[bool], a_ub, b_ub) -> None:
+    def visit(
+        piece_idx: int, wz: np.ndarray, bz: np.ndarray, j: int, pattern: list[bool], a_ub, b_ub
+    ) -> None:
         """``wz x + bz``: pre-activations of the ReLU layer at ``pieces[piece_idx]``; ``j``: next neuron."""
         if j == wz.shape[0]:
             mask = np.array(pattern, dtype=np.float64)
@@ -667,13 +732,18 @@ def exact_batch(
     model: nn.Sequential, lo: torch.Tensor, hi: torch.Tensor, C: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor, list[ExactResult]]:
     """``exact_margin_range`` for every sample of a batch -> ``(min [B, S], max [B, S], results)``."""
-    res = [exact_margin_range(model, lo[b], hi[b], None if C is None else C[b]) for b in range(lo.shape[0])]
+    res = [
+        exact_margin_range(model, lo[b], hi[b], None if C is None else C[b])
+        for b in range(lo.shape[0])
+    ]
     mins = torch.tensor(np.stack([r.minimum for r in res]))
     maxs = torch.tensor(np.stack([r.maximum for r in res]))
     return mins, maxs, res
 
 
-def milp_margin_range(model: nn.Sequential, lo: torch.Tensor, hi: torch.Tensor, C: torch.Tensor | None) -> tuple[np.ndarray, np.ndarray]:
+def milp_margin_range(
+    model: nn.Sequential, lo: torch.Tensor, hi: torch.Tensor, C: torch.Tensor | None
+) -> tuple[np.ndarray, np.ndarray]:
     """True min / max of every spec row over the box by a big-M MILP (cross-check only).
 
     Variables: the input ``x``, and per ReLU layer the pre-activations ``z``, activations
@@ -745,8 +815,12 @@ def milp_margin_range(model: nn.Sequential, lo: torch.Tensor, hi: torch.Tensor, 
         c = np.zeros(n_vars)
         c[out_idx] = rrow
         for sign, store in ((1.0, mins), (-1.0, maxs)):
-            res = milp(sign * c, constraints=LinearConstraint(a_mat, lb, ub), integrality=np.array(integrality),
-                       bounds=Bounds(np.array(var_lo), np.array(var_hi)))
+            res = milp(
+                sign * c,
+                constraints=LinearConstraint(a_mat, lb, ub),
+                integrality=np.array(integrality),
+                bounds=Bounds(np.array(var_lo), np.array(var_hi)),
+            )
             assert res.status == 0, f"milp failed: {res.message}"
             store[s] = sign * res.fun
     return mins, maxs
@@ -757,15 +831,21 @@ def milp_margin_range(model: nn.Sequential, lo: torch.Tensor, hi: torch.Tensor, 
 # --------------------------------------------------------------------------------------------
 
 
-def _affine_interval(layer: nn.Module, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _affine_interval(
+    layer: nn.Module, lo: torch.Tensor, hi: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact interval image of the box ``[lo, hi]`` under one affine layer: ``W+ lo + W- hi + b``."""
     f = torch.nn.functional
     if isinstance(layer, nn.Linear):
         wp, wn = layer.weight.clamp(min=0), layer.weight.clamp(max=0)
-        return f.linear(lo, wp, layer.bias) + f.linear(hi, wn), f.linear(hi, wp, layer.bias) + f.linear(lo, wn)
+        return f.linear(lo, wp, layer.bias) + f.linear(hi, wn), f.linear(
+            hi, wp, layer.bias
+        ) + f.linear(lo, wn)
     if isinstance(layer, nn.Conv2d):
         wp, wn = layer.weight.clamp(min=0), layer.weight.clamp(max=0)
-        kw = dict(stride=layer.stride, padding=layer.padding, dilation=layer.dilation, groups=layer.groups)
+        kw = dict(
+            stride=layer.stride, padding=layer.padding, dilation=layer.dilation, groups=layer.groups
+        )
         return (
             f.conv2d(lo, wp, layer.bias, **kw) + f.conv2d(hi, wn, None, **kw),
             f.conv2d(hi, wp, layer.bias, **kw) + f.conv2d(lo, wn, None, **kw),

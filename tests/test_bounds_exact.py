@@ -25,10 +25,6 @@ import math
 import numpy as np
 import pytest
 import torch
-from hypothesis import assume, given
-from hypothesis import strategies as st
-
-import bounds
 from bounds_helpers import (
     COMBOS,
     Case,
@@ -45,9 +41,20 @@ from bounds_helpers import (
     spec_values,
     tolerance,
 )
+from hypothesis import assume, given
+from hypothesis import strategies as st
 
-LINEAR_METHODS = [("crown", "adaptive"), ("crown", "zero"), ("crown", "one"), ("cap", "same-slope"),
-                  ("crown-ibp", "adaptive"), ("crown-ibp", "same-slope"), ("crown-ibp", "uniform")]
+import bounds
+
+LINEAR_METHODS = [
+    ("crown", "adaptive"),
+    ("crown", "zero"),
+    ("crown", "one"),
+    ("cap", "same-slope"),
+    ("crown-ibp", "adaptive"),
+    ("crown-ibp", "same-slope"),
+    ("crown-ibp", "uniform"),
+]
 
 tiny_cases = cases(
     kinds=("mlp", "mlp-image"),
@@ -105,7 +112,9 @@ def test_enumeration_counts_regions_of_a_known_network() -> None:
         lin2.weight.fill_(1.0)
         lin2.bias.zero_()
     model = torch.nn.Sequential(lin1, torch.nn.ReLU(), lin2).double()
-    ex = exact_margin_range(model, -torch.ones(2, dtype=torch.float64), torch.ones(2, dtype=torch.float64), None)
+    ex = exact_margin_range(
+        model, -torch.ones(2, dtype=torch.float64), torch.ones(2, dtype=torch.float64), None
+    )
     assert 4 <= ex.regions <= 16
     np.testing.assert_allclose(ex.minimum, [0.0], atol=1e-9)
     np.testing.assert_allclose(ex.maximum, [2.0], atol=1e-9)
@@ -122,8 +131,16 @@ def test_every_method_brackets_the_true_extrema(case: Case, beta: float, seed: i
     tmin, tmax, _ = exact_batch(case.model, lo, hi, C)
     for method, slope in COMBOS:
         res = compute_bounds(
-            case.model, case.x, case.eps, method=method, slope=slope, C=C, y=case.y,
-            beta=beta if method == "crown-ibp" else 1.0, domain=case.domain, opt_steps=3,
+            case.model,
+            case.x,
+            case.eps,
+            method=method,
+            slope=slope,
+            C=C,
+            y=case.y,
+            beta=beta if method == "crown-ibp" else 1.0,
+            domain=case.domain,
+            opt_steps=3,
             generator=torch.Generator().manual_seed(seed),
         )
         tol = tolerance(case.x.dtype, tmin, tmax, res.lower, res.upper) + 1e-7  # LP tolerance
@@ -139,8 +156,17 @@ def test_eps_zero_every_method_is_exact(case: Case) -> None:
         m = torch.einsum("bsn,bn->bs", C, case.model(case.x))
     for method, slope in COMBOS:
         for eps in (0.0, torch.zeros(case.x.shape[0], dtype=case.x.dtype)):
-            res = compute_bounds(case.model, case.x, eps, method=method, slope=slope, C=C, y=case.y,
-                                 domain=case.domain, opt_steps=2)
+            res = compute_bounds(
+                case.model,
+                case.x,
+                eps,
+                method=method,
+                slope=slope,
+                C=C,
+                y=case.y,
+                domain=case.domain,
+                opt_steps=2,
+            )
             tol = tolerance(case.x.dtype, m)
             assert_close(res.lower, m, tol, f"{method}/{slope} eps=0 lower vs margins")
             assert_close(res.upper, m, tol, f"{method}/{slope} eps=0 upper vs margins")
@@ -154,13 +180,20 @@ def stable_cases(draw: st.DrawFn) -> Case:
     n_in = draw(st.integers(2, 4))
     hidden = draw(st.lists(st.integers(1, 5), min_size=1, max_size=2))
     n_classes = draw(st.integers(2, 3))
-    model, shape = make_mlp(n_in, hidden, n_classes, seed=seed, normalize=draw(st.booleans()), weight_scale=0.3)
+    model, shape = make_mlp(
+        n_in, hidden, n_classes, seed=seed, normalize=draw(st.booleans()), weight_scale=0.3
+    )
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for layer in list(model)[:-1]:
             if isinstance(layer, torch.nn.Linear):
-                sign = torch.where(torch.rand(layer.bias.shape, generator=gen) < 0.5, -1.0, 1.0).double()
-                layer.bias.copy_(sign * (2 + 2 * torch.rand(layer.bias.shape, generator=gen, dtype=torch.float64)))
+                sign = torch.where(
+                    torch.rand(layer.bias.shape, generator=gen) < 0.5, -1.0, 1.0
+                ).double()
+                layer.bias.copy_(
+                    sign
+                    * (2 + 2 * torch.rand(layer.bias.shape, generator=gen, dtype=torch.float64))
+                )
     b = draw(st.integers(1, 2))
     x = torch.rand((b, *shape), generator=gen, dtype=torch.float64)
     eps = draw(st.sampled_from([0.01, 0.05, 0.1]))
@@ -181,17 +214,35 @@ def test_linear_methods_exact_without_unstable_neurons(case: Case) -> None:
     tmin, tmax, exact = exact_batch(case.model, lo, hi, C)
     assert all(r.regions == 1 for r in exact)
     for method, slope in LINEAR_METHODS:
-        res = compute_bounds(case.model, case.x, case.eps, method=method, slope=slope, C=C, beta=1.0,
-                             domain=case.domain)
-        assert all(c["unstable"] == 0 for c in res.counts), f"{method}: stable network reported unstable"
+        res = compute_bounds(
+            case.model,
+            case.x,
+            case.eps,
+            method=method,
+            slope=slope,
+            C=C,
+            beta=1.0,
+            domain=case.domain,
+        )
+        assert all(c["unstable"] == 0 for c in res.counts), (
+            f"{method}: stable network reported unstable"
+        )
         tol = tolerance(case.x.dtype, tmin, tmax) + 1e-7
-        assert_close(res.lower, tmin, tol, f"{method}/{slope}: lower on a stable network vs true min")
-        assert_close(res.upper, tmax, tol, f"{method}/{slope}: upper on a stable network vs true max")
+        assert_close(
+            res.lower, tmin, tol, f"{method}/{slope}: lower on a stable network vs true min"
+        )
+        assert_close(
+            res.upper, tmax, tol, f"{method}/{slope}: upper on a stable network vs true max"
+        )
     # IBP on a stable network is still sound (and equals plain interval arithmetic)
     res = compute_bounds(case.model, case.x, case.eps, method="ibp", C=C, domain=case.domain)
     rl, ru, _ = reference_ibp(case.model, lo, hi, C)
-    assert_close(res.lower, rl, tolerance(case.x.dtype, rl), "ibp lower vs reference interval arithmetic")
-    assert_close(res.upper, ru, tolerance(case.x.dtype, ru), "ibp upper vs reference interval arithmetic")
+    assert_close(
+        res.lower, rl, tolerance(case.x.dtype, rl), "ibp lower vs reference interval arithmetic"
+    )
+    assert_close(
+        res.upper, ru, tolerance(case.x.dtype, ru), "ibp upper vs reference interval arithmetic"
+    )
 
 
 # ------------------------------------------------------------------ how far from the truth
@@ -218,8 +269,16 @@ def test_distance_to_true_minimum_report(capsys: pytest.CaptureFixture) -> None:
     gap of crown + adaptive is below that of ibp.
     """
     compute_bounds, margin_spec = _engine()
-    methods = [("ibp", "adaptive"), ("crown-ibp", "adaptive"), ("crown", "adaptive"), ("crown", "zero"),
-               ("crown", "one"), ("cap", "same-slope"), ("crown", "optimized"), ("crown-ibp", "tightest")]
+    methods = [
+        ("ibp", "adaptive"),
+        ("crown-ibp", "adaptive"),
+        ("crown", "adaptive"),
+        ("crown", "zero"),
+        ("crown", "one"),
+        ("cap", "same-slope"),
+        ("crown", "optimized"),
+        ("crown-ibp", "tightest"),
+    ]
     gaps: dict[str, list[float]] = {f"{m}/{s}": [] for m, s in methods}
     for seed in GAP_SEEDS:
         model, x, y, n = _gap_network(seed)
@@ -227,14 +286,27 @@ def test_distance_to_true_minimum_report(capsys: pytest.CaptureFixture) -> None:
         lo, hi = input_box(x, 0.1, (0.0, 1.0))
         tmin, _, _ = exact_batch(model, lo, hi, C)
         for m, s in methods:
-            res = compute_bounds(model, x, 0.1, method=m, slope=s, C=C, y=y, domain=(0.0, 1.0),
-                                 generator=torch.Generator().manual_seed(seed))
+            res = compute_bounds(
+                model,
+                x,
+                0.1,
+                method=m,
+                slope=s,
+                C=C,
+                y=y,
+                domain=(0.0, 1.0),
+                generator=torch.Generator().manual_seed(seed),
+            )
             gap = (tmin - res.lower.detach()).flatten()
             assert torch.isfinite(gap).all()
             assert bool((gap >= -1e-6).all()), f"{m}/{s} unsound on gap network {seed}: {gap}"
             gaps[f"{m}/{s}"] += gap.tolist()
     with capsys.disabled():
-        print("\nmean / median / max gap (true min - lower) over", len(gaps["ibp/adaptive"]), "margins:")
+        print(
+            "\nmean / median / max gap (true min - lower) over",
+            len(gaps["ibp/adaptive"]),
+            "margins:",
+        )
         for k, v in gaps.items():
             print(f"  {k:22s} {np.mean(v):9.4f} {np.median(v):9.4f} {np.max(v):9.4f}")
     assert np.mean(gaps["crown/adaptive"]) <= np.mean(gaps["ibp/adaptive"])

@@ -18,10 +18,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hypothesis import given
-from hypothesis import strategies as st
-
-from bounds import compute_bounds, margin_spec, robust_cross_entropy
 from bounds_helpers import (
     ALL_SLOPES,
     COMBOS,
@@ -35,6 +31,10 @@ from bounds_helpers import (
     relu_inputs,
     tolerance,
 )
+from hypothesis import given
+from hypothesis import strategies as st
+
+from bounds import compute_bounds, margin_spec, robust_cross_entropy
 
 BETAS = st.one_of(st.sampled_from([0.0, 1.0, 0.5]), st.floats(0.0, 1.0))
 
@@ -53,7 +53,9 @@ def _kwargs(method: str, slope: str, beta: float, case: Case, seed: int) -> dict
     )
 
 
-def check_bounds_sound(case: Case, method: str, slope: str, beta: float, seed: int, spec: bool) -> None:
+def check_bounds_sound(
+    case: Case, method: str, slope: str, beta: float, seed: int, spec: bool
+) -> None:
     """Bounds of ``C f`` (or of the logits) and of every ReLU input contain every point we find."""
     C = margin_spec(case.y, case.n_classes).to(case.x.dtype) if spec else None
     kw = _kwargs(method, slope, beta, case, seed)
@@ -64,8 +66,16 @@ def check_bounds_sound(case: Case, method: str, slope: str, beta: float, seed: i
     assert torch.isfinite(res.lower).all() and torch.isfinite(res.upper).all(), "non-finite bounds"
     lo, hi = input_box(case.x, case.eps, case.domain)
     vmin, vmax, pts = empirical_margin_range(
-        case.model, C, lo, hi, n_uniform=N_POINTS, n_corners=N_POINTS, pgd_steps=PGD_STEPS,
-        restarts=2 if spec else 1, seed=seed, return_points=True,
+        case.model,
+        C,
+        lo,
+        hi,
+        n_uniform=N_POINTS,
+        n_corners=N_POINTS,
+        pgd_steps=PGD_STEPS,
+        restarts=2 if spec else 1,
+        seed=seed,
+        return_points=True,
     )
     tol = tolerance(case.x.dtype, vmin, vmax, res.lower, res.upper)
     what = f"{method}/{slope} beta={beta} C={'margins' if spec else 'None'}"
@@ -80,29 +90,51 @@ def check_bounds_sound(case: Case, method: str, slope: str, beta: float, seed: i
         a = a.view(b, k, *a.shape[1:])
         assert l.shape == u.shape == (b, *a.shape[2:]), f"preact[{i}] shape"
         t = tolerance(case.x.dtype, a, l, u)
-        assert_le(l.unsqueeze(1).expand_as(a), a, t, f"{what}: preact[{i}] lower above a ReLU input")
-        assert_le(a, u.unsqueeze(1).expand_as(a), t, f"{what}: preact[{i}] upper below a ReLU input")
+        assert_le(
+            l.unsqueeze(1).expand_as(a), a, t, f"{what}: preact[{i}] lower above a ReLU input"
+        )
+        assert_le(
+            a, u.unsqueeze(1).expand_as(a), t, f"{what}: preact[{i}] upper below a ReLU input"
+        )
 
 
 def check_loss_sound(case: Case, method: str, slope: str, beta: float, seed: int) -> None:
     """The certified cross-entropy, fused and not, is >= the cross-entropy at every point we find."""
     lo, hi = input_box(case.x, case.eps, case.domain)
     worst = empirical_max_ce(
-        case.model, case.y, lo, hi, n_uniform=N_POINTS, n_corners=N_POINTS, pgd_steps=PGD_STEPS, restarts=1,
+        case.model,
+        case.y,
+        lo,
+        hi,
+        n_uniform=N_POINTS,
+        n_corners=N_POINTS,
+        pgd_steps=PGD_STEPS,
+        restarts=1,
         seed=seed,
     )
     for fused in (False, True):
         kw = _kwargs(method, slope, beta, case, seed)
-        loss = robust_cross_entropy(case.model, case.x, case.y, case.eps, fused=fused, reduction="none", **kw)
-        assert loss.shape == (case.x.shape[0],), f"reduction='none' gives one loss per sample, got {tuple(loss.shape)}"
+        loss = robust_cross_entropy(
+            case.model, case.x, case.y, case.eps, fused=fused, reduction="none", **kw
+        )
+        assert loss.shape == (case.x.shape[0],), (
+            f"reduction='none' gives one loss per sample, got {tuple(loss.shape)}"
+        )
         assert torch.isfinite(loss).all(), f"{method}/{slope} fused={fused}: non-finite loss {loss}"
         tol = tolerance(case.x.dtype, worst, loss)
-        assert_le(worst, loss, tol, f"{method}/{slope} beta={beta} fused={fused}: cross-entropy above its bound")
+        assert_le(
+            worst,
+            loss,
+            tol,
+            f"{method}/{slope} beta={beta} fused={fused}: cross-entropy above its bound",
+        )
 
 
 @pytest.mark.parametrize("method,slope", COMBOS, ids=[f"{m}-{s}" for m, s in COMBOS])
 @given(case=cases(), beta=BETAS, seed=st.integers(0, 2**16))
-def test_bounds_contain_every_attained_value(method: str, slope: str, case: Case, beta: float, seed: int) -> None:
+def test_bounds_contain_every_attained_value(
+    method: str, slope: str, case: Case, beta: float, seed: int
+) -> None:
     beta = beta if method == "crown-ibp" else 1.0
     check_bounds_sound(case, method, slope, beta, seed, spec=True)
     check_bounds_sound(case, method, slope, beta, seed, spec=False)
@@ -115,7 +147,9 @@ def test_bounds_contain_every_attained_value(method: str, slope: str, case: Case
     beta=BETAS,
     seed=st.integers(0, 2**16),
 )
-def test_bounds_sound_in_float32(case: Case, combo: tuple[str, str], beta: float, seed: int) -> None:
+def test_bounds_sound_in_float32(
+    case: Case, combo: tuple[str, str], beta: float, seed: int
+) -> None:
     method, slope = combo
     beta = beta if method == "crown-ibp" else 1.0
     check_bounds_sound(case, method, slope, beta, seed, spec=True)
@@ -129,17 +163,30 @@ def test_cap_refuses_other_slopes(slope: str) -> None:
         compute_bounds(model, torch.zeros(1, 2), 0.1, method="cap", slope=slope)
 
 
-@pytest.mark.parametrize("method,slope", [("crown", "tightest"), ("crown-ibp", "tightest"), ("crown-ibp", "optimized")])
+@pytest.mark.parametrize(
+    "method,slope", [("crown", "tightest"), ("crown-ibp", "tightest"), ("crown-ibp", "optimized")]
+)
 @given(case=cases(kinds=("mlp",), eps_choices=(0.1, 0.3, 1.5)), seed=st.integers(0, 2**16))
-def test_searched_slopes_sound_with_custom_loss(method: str, slope: str, case: Case, seed: int) -> None:
+def test_searched_slopes_sound_with_custom_loss(
+    method: str, slope: str, case: Case, seed: int
+) -> None:
     """``loss_fn`` steers the slope search; whatever it asks for, the result stays sound.
 
     The loss here rewards *loose* lower bounds on the first row (a perverse objective), so a
     search that forgot to keep slopes in [0, 1] or reused them inconsistently would show."""
     C = margin_spec(case.y, case.n_classes).to(case.x.dtype)
     res = compute_bounds(
-        case.model, case.x, case.eps, method=method, slope=slope, C=C, y=case.y, domain=case.domain,
-        loss_fn=lambda lower: lower[:, 0].sum(), opt_steps=3, generator=torch.Generator().manual_seed(seed),
+        case.model,
+        case.x,
+        case.eps,
+        method=method,
+        slope=slope,
+        C=C,
+        y=case.y,
+        domain=case.domain,
+        loss_fn=lambda lower: lower[:, 0].sum(),
+        opt_steps=3,
+        generator=torch.Generator().manual_seed(seed),
     )
     lo, hi = input_box(case.x, case.eps, case.domain)
     vmin, vmax = empirical_margin_range(case.model, C, lo, hi, pgd_steps=PGD_STEPS, seed=seed)
@@ -150,20 +197,26 @@ def test_searched_slopes_sound_with_custom_loss(method: str, slope: str, case: C
         assert bool(((a >= 0) & (a <= 1)).all()), "lower slopes must lie in [0, 1]"
 
 
-ZOO = [("mlp", dict(widths=(16, 16)), ["ibp", "crown-ibp", "crown"]), ("cnn-tiny", dict(linear_size=16), ["ibp", "crown-ibp"])]
+ZOO = [
+    ("mlp", dict(widths=(16, 16)), ["ibp", "crown-ibp", "crown"]),
+    ("cnn-tiny", dict(linear_size=16), ["ibp", "crown-ibp"]),
+]
 
 
 @pytest.mark.parametrize("name,options,methods", ZOO, ids=[z[0] for z in ZOO])
 def test_zoo_models_sound_in_float32(name: str, options: dict, methods: list[str]) -> None:
     """The model zoo's real networks (float32, default init, 8x8 digits-sized input, 10 classes)."""
     from train import models
-    model = models.build_model(name, input_shape=(1, 8, 8), n_classes=10, mean=(0.3,), std=(0.3,), **options)
+
+    model = models.build_model(
+        name, input_shape=(1, 8, 8), n_classes=10, mean=(0.3,), std=(0.3,), **options
+    )
     gen = torch.Generator().manual_seed(0)
     x = torch.rand(2, 1, 8, 8, generator=gen)
     y = torch.tensor([3, 8])
     case = Case(model.eval(), x, y, torch.tensor([0.02, 0.1]), (0.0, 1.0), 10, name)
     for method in methods:
-        for slope in (["adaptive", "tightest"] if method != "ibp" else ["adaptive"]):
+        for slope in ["adaptive", "tightest"] if method != "ibp" else ["adaptive"]:
             check_bounds_sound(case, method, slope, 1.0, 0, spec=True)
             check_loss_sound(case, method, slope, 1.0, 0)
 
@@ -180,8 +233,10 @@ RECT_NETS = [
 ]
 
 
-@pytest.mark.parametrize("method,slope", [("ibp", "adaptive"), ("crown-ibp", "adaptive"), ("crown", "adaptive"),
-                                          ("cap", "same-slope")])
+@pytest.mark.parametrize(
+    "method,slope",
+    [("ibp", "adaptive"), ("crown-ibp", "adaptive"), ("crown", "adaptive"), ("cap", "same-slope")],
+)
 @pytest.mark.parametrize("net", range(len(RECT_NETS)))
 def test_rectangular_conv_and_pool_windows(method: str, slope: str, net: int) -> None:
     shape, convs = RECT_NETS[net]

@@ -30,6 +30,7 @@ def no_host_round_trips(monkeypatch):
     def forbid(name):
         def raiser(self, *a, **k):
             raise AssertionError(f"host round-trip: Tensor.{name} called")
+
         return raiser
 
     with monkeypatch.context() as m:
@@ -41,15 +42,29 @@ def no_host_round_trips(monkeypatch):
 def small_cnn() -> nn.Sequential:
     torch.manual_seed(0)
     return nn.Sequential(
-        Normalize([0.3], [0.4]), nn.Conv2d(1, 3, 3, 2), nn.ReLU(), nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(),
-        nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 4),
+        Normalize([0.3], [0.4]),
+        nn.Conv2d(1, 3, 3, 2),
+        nn.ReLU(),
+        nn.Conv2d(3, 4, 3),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(16, 8),
+        nn.ReLU(),
+        nn.Linear(8, 4),
     )
 
 
 @pytest.mark.parametrize(
     "method,slope,beta",
-    [("ibp", None, 1.0), ("crown-ibp", "adaptive", 1.0), ("crown-ibp", "adaptive", 0.5), ("crown-ibp", "tightest", 1.0),
-     ("crown-ibp", "optimized", 1.0), ("crown-ibp", "same-slope", 1.0), ("crown-ibp", "uniform", 1.0)],
+    [
+        ("ibp", None, 1.0),
+        ("crown-ibp", "adaptive", 1.0),
+        ("crown-ibp", "adaptive", 0.5),
+        ("crown-ibp", "tightest", 1.0),
+        ("crown-ibp", "optimized", 1.0),
+        ("crown-ibp", "same-slope", 1.0),
+        ("crown-ibp", "uniform", 1.0),
+    ],
 )
 def test_no_host_round_trips_in_the_bound_and_the_loss(monkeypatch, method, slope, beta):
     model = small_cnn()
@@ -62,8 +77,16 @@ def test_no_host_round_trips_in_the_bound_and_the_loss(monkeypatch, method, slop
         total = res.lower.sum()
         for fused in (False, True, "min"):
             total = total + robust_cross_entropy(model, x, y, eps, method, fused=fused, **kw)
-        loss, stats = certified_loss(model, x, y, eps, method=method, slope=slope, beta=beta,
-                                     generator=torch.Generator().manual_seed(0))
+        loss, stats = certified_loss(
+            model,
+            x,
+            y,
+            eps,
+            method=method,
+            slope=slope,
+            beta=beta,
+            generator=torch.Generator().manual_seed(0),
+        )
         loss.backward()
     # stats are read afterwards (a host round-trip each, when the caller wants them)
     assert set(stats) >= {"clean_ce", "clean_err", "robust_ce", "robust_err"}

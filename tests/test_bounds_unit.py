@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bounds import METHODS, SLOPES, BoundResult, Normalize, compute_bounds, margin_spec, robust_cross_entropy
+from bounds import (
+    METHODS,
+    SLOPES,
+    BoundResult,
+    Normalize,
+    compute_bounds,
+    margin_spec,
+    robust_cross_entropy,
+)
 from bounds import relaxations as rx
 from bounds.fused import chord
 from bounds.interval import ibp, input_box
@@ -33,7 +40,14 @@ def small_cnn() -> nn.Sequential:
 
 
 def small_mlp() -> nn.Sequential:
-    return nn.Sequential(Normalize([0.5, 0.2, 0.1], [0.5, 2.0, 1.0]), nn.Linear(3, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 3))
+    return nn.Sequential(
+        Normalize([0.5, 0.2, 0.1], [0.5, 2.0, 1.0]),
+        nn.Linear(3, 8),
+        nn.ReLU(),
+        nn.Linear(8, 8),
+        nn.ReLU(),
+        nn.Linear(8, 3),
+    )
 
 
 def margins(model: nn.Module, x: torch.Tensor, C: torch.Tensor) -> torch.Tensor:
@@ -49,7 +63,9 @@ def test_relaxations_hand_values():
     s, t = rx.upper_line(l, u)
     assert torch.allclose(s, torch.tensor([[0.75, 0.25, 1.0, 0.0, 0.5]]))
     assert torch.allclose(t, torch.tensor([[0.75, 0.75, 0.0, 0.0, 0.5]]))
-    assert rx.adaptive(l, u).lower_slope.tolist() == [[1.0, 0.0, 1.0, 0.0, 1.0]]  # u >= -l -> 1 (tie -> 1)
+    assert rx.adaptive(l, u).lower_slope.tolist() == [
+        [1.0, 0.0, 1.0, 0.0, 1.0]
+    ]  # u >= -l -> 1 (tie -> 1)
     assert rx.zero(l, u).lower_slope.tolist() == [[0.0, 0.0, 1.0, 0.0, 0.0]]
     assert rx.one(l, u).lower_slope.tolist() == [[1.0, 1.0, 1.0, 0.0, 1.0]]
     ss = rx.same_slope(l, u)
@@ -95,7 +111,9 @@ def test_relaxation_degenerate_intervals_are_finite():
         for t in r:
             assert torch.isfinite(t).all()
     s, t = rx.upper_line(l, u)
-    assert s.tolist()[0] == 0.0 and s.tolist()[2] == 0.0  # l = u = 0 counts as dead (torch: relu'(0) = 0)
+    assert (
+        s.tolist()[0] == 0.0 and s.tolist()[2] == 0.0
+    )  # l = u = 0 counts as dead (torch: relu'(0) = 0)
     assert rx.adaptive(l, u).lower_slope[0] == 0 and rx.zero(l, u).lower_slope[3] == 1
 
 
@@ -142,8 +160,22 @@ def test_validation_errors_name_the_layer():
 
 def test_describe_shapes():
     ops = layer_ops(small_cnn(), (1, 8, 8))
-    assert [op.kind for op in ops] == ["normalize", "conv", "relu", "conv", "relu", "flatten", "linear", "relu", "linear"]
-    assert ops[1].out_shape == (3, 4, 4) and ops[3].out_shape == (4, 2, 2) and ops[5].out_shape == (16,)
+    assert [op.kind for op in ops] == [
+        "normalize",
+        "conv",
+        "relu",
+        "conv",
+        "relu",
+        "flatten",
+        "linear",
+        "relu",
+        "linear",
+    ]
+    assert (
+        ops[1].out_shape == (3, 4, 4)
+        and ops[3].out_shape == (4, 2, 2)
+        and ops[5].out_shape == (16,)
+    )
 
 
 # ---------------------------------------------------------------- the backward transposes
@@ -216,11 +248,17 @@ def test_result_shapes_and_eps0_exact(method, slope):
     res = compute_bounds(m, x, 0.05, method, slope, C=C)
     shapes = [(3, 3, 4, 4), (3, 4, 2, 2), (3, 12)]
     assert [tuple(l.shape) for l, _ in res.preact] == shapes
-    assert len(res.counts) == 3 and all(sum(c[k] for k in ("unstable", "active", "dead")) == c["total"] for c in res.counts)
+    assert len(res.counts) == 3 and all(
+        sum(c[k] for k in ("unstable", "active", "dead")) == c["total"] for c in res.counts
+    )
     if method == "ibp":
         assert res.slopes is None and res.lower_A is None
     else:
-        assert [tuple(a.shape) for a in res.slopes] == shapes == [tuple(a.shape) for a in res.upper_slopes]
+        assert (
+            [tuple(a.shape) for a in res.slopes]
+            == shapes
+            == [tuple(a.shape) for a in res.upper_slopes]
+        )
         assert res.lower_A.shape == (3, 3, 1, 8, 8)
         for a, (l, u) in zip(res.slopes, res.preact):
             assert ((a >= 0) & (a <= 1)).all()
@@ -342,7 +380,12 @@ def test_gradients_and_float64_and_huge_weights():
     m = small_cnn().double()
     x = torch.rand(2, 1, 8, 8, dtype=torch.float64, requires_grad=True)
     y = torch.tensor([1, 2])
-    for method, slope in [("ibp", None), ("crown-ibp", "tightest"), ("crown", "optimized"), ("cap", None)]:
+    for method, slope in [
+        ("ibp", None),
+        ("crown-ibp", "tightest"),
+        ("crown", "optimized"),
+        ("cap", None),
+    ]:
         for fused in (False, True):
             loss = robust_cross_entropy(m, x, y, 0.1, method, slope, fused=fused, opt_steps=3)
             assert loss.dtype == torch.float64
@@ -358,15 +401,21 @@ def test_gradients_and_float64_and_huge_weights():
             res = compute_bounds(big, xb, eps, method, slope)
             assert torch.isfinite(res.lower).all() and torch.isfinite(res.upper).all()
             for fused in (False, True):
-                assert torch.isfinite(robust_cross_entropy(big, xb, yb, eps, method, slope, fused=fused)).all()
+                assert torch.isfinite(
+                    robust_cross_entropy(big, xb, yb, eps, method, slope, fused=fused)
+                ).all()
 
 
 def test_tightest_follows_gradient_sign_and_generator():
     m, x = small_mlp(), torch.rand(6, 3)
     y = torch.randint(0, 3, (6,))
     C = margin_spec(y, 3)
-    r1 = compute_bounds(m, x, 0.2, "crown-ibp", "tightest", C=C, generator=torch.Generator().manual_seed(0))
-    r2 = compute_bounds(m, x, 0.2, "crown-ibp", "tightest", C=C, generator=torch.Generator().manual_seed(0))
+    r1 = compute_bounds(
+        m, x, 0.2, "crown-ibp", "tightest", C=C, generator=torch.Generator().manual_seed(0)
+    )
+    r2 = compute_bounds(
+        m, x, 0.2, "crown-ibp", "tightest", C=C, generator=torch.Generator().manual_seed(0)
+    )
     assert torch.equal(r1.lower, r2.lower)
     for a, (l, u) in zip(r1.slopes, r1.preact):
         unstable = (l < 0) & (u > 0)
@@ -379,15 +428,40 @@ def test_searched_slopes_under_inference_mode():
     m, x = small_mlp(), torch.rand(2, 3)
     y = torch.tensor([0, 1])
     for slope in ("tightest", "optimized"):
-        ref = compute_bounds(m, x, 0.2, "crown", slope, C=margin_spec(y, 3), generator=torch.Generator().manual_seed(0))
+        ref = compute_bounds(
+            m,
+            x,
+            0.2,
+            "crown",
+            slope,
+            C=margin_spec(y, 3),
+            generator=torch.Generator().manual_seed(0),
+        )
         with torch.inference_mode():
-            got = compute_bounds(m, x, 0.2, "crown", slope, C=margin_spec(y, 3), generator=torch.Generator().manual_seed(0))
+            got = compute_bounds(
+                m,
+                x,
+                0.2,
+                "crown",
+                slope,
+                C=margin_spec(y, 3),
+                generator=torch.Generator().manual_seed(0),
+            )
             loss = robust_cross_entropy(m, x, y, 0.2, "crown-ibp", slope, fused=True)
         assert torch.allclose(ref.lower, got.lower) and torch.isfinite(loss)
 
 
-@pytest.mark.parametrize("c_in,c_out,k,stride,pad,size", [(1, 16, 4, 2, 0, 12), (1, 9, 3, 2, 1, 9), (2, 8, 2, 1, 0, 6),
-                                                         (3, 4, 3, 1, 1, 7), (1, 9, 3, 2, 0, 10), (3, 27, 3, 1, 2, 5)])
+@pytest.mark.parametrize(
+    "c_in,c_out,k,stride,pad,size",
+    [
+        (1, 16, 4, 2, 0, 12),
+        (1, 9, 3, 2, 1, 9),
+        (2, 8, 2, 1, 0, 6),
+        (3, 4, 3, 1, 1, 7),
+        (1, 9, 3, 2, 0, 10),
+        (3, 27, 3, 1, 2, 5),
+    ],
+)
 def test_conv_transpose_kernels_equal_the_adjoint(c_in, c_out, k, stride, pad, size):
     """Both implementations of the transposed convolution of the backward pass (matrix product
     + fold, used when ``c_in k^2 <= c_out``, and oneDNN's) equal ``F.conv_transpose2d``, with
@@ -427,7 +501,9 @@ def test_hessian_vector_product_through_the_bound():
         loss = robust_cross_entropy(m, x, y, 0.05, "crown-ibp", fused=fused)
         grads = torch.autograd.grad(loss, params, create_graph=True)
         v = [torch.randn_like(p) for p in params]
-        hv = torch.autograd.grad(sum((g * vv).sum() for g, vv in zip(grads, v)), params, allow_unused=True)
+        hv = torch.autograd.grad(
+            sum((g * vv).sum() for g, vv in zip(grads, v)), params, allow_unused=True
+        )
         assert all(h is None or torch.isfinite(h).all() for h in hv)
 
 

@@ -7,8 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bounds import memory
-from bounds import compute_bounds, robust_cross_entropy
+from bounds import compute_bounds, memory, robust_cross_entropy
 from train.models import build_model
 
 
@@ -22,11 +21,14 @@ def test_cap_equals_crown_ibp_with_same_slopes_on_model_small_at_batch_80() -> N
     g = torch.Generator().manual_seed(1)
     x, y = torch.rand(80, 1, 28, 28, generator=g), torch.randint(0, 10, (80,), generator=g)
     cap = robust_cross_entropy(model, x, y, 0.1, method="cap", slope="same-slope", domain=None)
-    cib = robust_cross_entropy(model, x, y, 0.1, method="crown-ibp", slope="same-slope", domain=None)
+    cib = robust_cross_entropy(
+        model, x, y, 0.1, method="crown-ibp", slope="same-slope", domain=None
+    )
     assert torch.isfinite(cap) and abs(cap.detach().item() - cib.detach().item()) <= 1e-5
     fused = robust_cross_entropy(model, x[:8], y[:8], 0.1, method="cap", domain=None, fused=True)
-    fused_cib = robust_cross_entropy(model, x[:8], y[:8], 0.1, method="crown-ibp", slope="same-slope",
-                                     domain=None, fused=True)
+    fused_cib = robust_cross_entropy(
+        model, x[:8], y[:8], 0.1, method="crown-ibp", slope="same-slope", domain=None, fused=True
+    )
     assert abs(fused.detach().item() - fused_cib.detach().item()) <= 1e-5
 
 
@@ -43,11 +45,16 @@ def test_full_crown_refuses_a_batch_that_does_not_fit(monkeypatch: pytest.Monkey
     g = torch.Generator().manual_seed(3)
     x, y = torch.rand(8, 1, 28, 28, generator=g), torch.randint(0, 10, (8,), generator=g)
     monkeypatch.setattr(memory, "available_memory", lambda device: 2**30)  # 1 GiB free
-    with pytest.raises(MemoryError, match=r"about \d+\.\d GiB .* more than the 1\.0 GiB available; use "
-                                          r"method='crown-ibp'"):
+    with pytest.raises(
+        MemoryError,
+        match=r"about \d+\.\d GiB .* more than the 1\.0 GiB available; use "
+        r"method='crown-ibp'",
+    ):
         robust_cross_entropy(model, x, y, 0.1, method="crown", slope="same-slope", domain=None)
     with torch.no_grad():  # without gradients one chunk at a time: no refusal
-        lower = compute_bounds(model, x[:2], 0.1, method="crown", slope="same-slope", domain=None).lower
+        lower = compute_bounds(
+            model, x[:2], 0.1, method="crown", slope="same-slope", domain=None
+        ).lower
     assert torch.isfinite(lower).all()
 
 
@@ -69,13 +76,39 @@ def test_the_estimate_grows_with_the_batch_and_is_about_the_measured_peak() -> N
     assert 1.6 < est[8] / est[4] < 2.4
 
 
-def test_the_command_line_gives_one_error_line(tmp_path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+def test_the_command_line_gives_one_error_line(
+    tmp_path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
     from landscape.cli import main
 
     monkeypatch.setattr(memory, "available_memory", lambda device: 1024)  # 1 KiB free
-    code = main(["train", "--dataset", "digits", "--model", "cnn-tiny", "--method", "crown", "--epochs", "1",
-                 "--eps", "0.3", "--eps-start-epoch", "0", "--eps-ramp-epochs", "0",
-                 "--train-size", "64", "--test-size", "16", "--eval-size", "0", "--out", str(tmp_path / "r"),
-                 "--quiet"])
+    code = main(
+        [
+            "train",
+            "--dataset",
+            "digits",
+            "--model",
+            "cnn-tiny",
+            "--method",
+            "crown",
+            "--epochs",
+            "1",
+            "--eps",
+            "0.3",
+            "--eps-start-epoch",
+            "0",
+            "--eps-ramp-epochs",
+            "0",
+            "--train-size",
+            "64",
+            "--test-size",
+            "16",
+            "--eval-size",
+            "0",
+            "--out",
+            str(tmp_path / "r"),
+            "--quiet",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 1 and err.count("Error: full CROWN bounds") == 1 and "method='crown-ibp'" in err

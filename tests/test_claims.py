@@ -13,21 +13,36 @@ import pytest
 from scipy import stats
 
 from landscape.reproduce.claims import (
-    ALPHA, Margins, claims, claims_markdown, directional_test, equivalence_test, paired,
+    ALPHA,
+    Margins,
+    claims,
+    claims_markdown,
+    directional_test,
+    equivalence_test,
+    paired,
 )
 
 
-def _rows(values: dict[str, list[float]], key: str, setting: str = "s", **extra: float) -> list[dict]:
+def _rows(
+    values: dict[str, list[float]], key: str, setting: str = "s", **extra: float
+) -> list[dict]:
     """Rows of one statistic per (method, seed)."""
-    return [{"setting": setting, "seed": k, "method": m, key: v, **extra}
-            for m, vs in values.items() for k, v in enumerate(vs)]
+    return [
+        {"setting": setting, "seed": k, "method": m, key: v, **extra}
+        for m, vs in values.items()
+        for k, v in enumerate(vs)
+    ]
 
 
 def test_paired_differences_follow_seeds_and_drop_missing() -> None:
-    rows = [{"setting": "s", "seed": 2, "method": "a", "x": 5.0}, {"setting": "s", "seed": 2, "method": "b", "x": 1.0},
-            {"setting": "s", "seed": 0, "method": "a", "x": 3.0}, {"setting": "s", "seed": 0, "method": "b", "x": 2.5},
-            {"setting": "s", "seed": 1, "method": "a", "x": 9.0},  # b missing for seed 1
-            {"setting": "t", "seed": 0, "method": "b", "x": -100.0}]
+    rows = [
+        {"setting": "s", "seed": 2, "method": "a", "x": 5.0},
+        {"setting": "s", "seed": 2, "method": "b", "x": 1.0},
+        {"setting": "s", "seed": 0, "method": "a", "x": 3.0},
+        {"setting": "s", "seed": 0, "method": "b", "x": 2.5},
+        {"setting": "s", "seed": 1, "method": "a", "x": 9.0},  # b missing for seed 1
+        {"setting": "t", "seed": 0, "method": "b", "x": -100.0},
+    ]
     assert paired(rows, "s", "a", "b", "x").tolist() == [0.5, 4.0]
 
 
@@ -58,7 +73,9 @@ def test_directional_undecided_gives_the_seeds_it_would_need() -> None:
         return (stats.t.ppf(0.95, n - 1) + stats.t.ppf(0.80, n - 1)) * sd / math.sqrt(n) <= m
 
     assert enough(need) and not enough(need - 1)
-    assert directional_test([-0.2, 0.1, -0.3])["seeds_needed"] is None  # the mean points the other way
+    assert (
+        directional_test([-0.2, 0.1, -0.3])["seeds_needed"] is None
+    )  # the mean points the other way
 
 
 def test_one_seed_or_none_is_undecided() -> None:
@@ -82,7 +99,11 @@ def test_equivalence_known_answers() -> None:
     assert equivalence_test([-0.05, -0.06, -0.055], delta)["direction"] == "below"
     # the README's modern C4 case: mean -0.5 points, a 90 % interval of -2.8 to +1.8 points
     wide = equivalence_test([-0.03, 0.02, 0.005, -0.02, 0.0], delta)
-    assert wide["verdict"] == "undecided" and wide["seeds_needed"] is not None and wide["seeds_needed"] > 5
+    assert (
+        wide["verdict"] == "undecided"
+        and wide["seeds_needed"] is not None
+        and wide["seeds_needed"] > 5
+    )
 
 
 def test_equivalence_gets_no_easier_with_noise() -> None:
@@ -97,7 +118,9 @@ def test_false_positive_rate_under_no_difference_stays_at_most_five_percent(n: i
     """Under no true difference, "holds" is said at most ALPHA of the time (one-sided test)."""
     rng = np.random.default_rng(12345 + n)
     trials = 2000
-    holds = sum(directional_test(rng.normal(0.0, 1.0, size=n))["verdict"] == "holds" for _ in range(trials))
+    holds = sum(
+        directional_test(rng.normal(0.0, 1.0, size=n))["verdict"] == "holds" for _ in range(trials)
+    )
     rate = holds / trials
     # exact rate 0.05; three binomial standard errors above it still fails a rule at 11 %
     assert rate <= ALPHA + 3 * math.sqrt(ALPHA * (1 - ALPHA) / trials), rate
@@ -107,47 +130,74 @@ def test_tost_false_equivalence_rate_at_the_margin_stays_at_most_five_percent() 
     """With the true difference exactly at the margin, "equivalent" is said at most ALPHA of the time."""
     rng = np.random.default_rng(7)
     trials, delta = 2000, 0.5
-    hits = sum(equivalence_test(rng.normal(delta, 1.0, size=6), delta)["verdict"] == "equivalent"
-               for _ in range(trials))
+    hits = sum(
+        equivalence_test(rng.normal(delta, 1.0, size=6), delta)["verdict"] == "equivalent"
+        for _ in range(trials)
+    )
     assert hits / trials <= ALPHA + 3 * math.sqrt(ALPHA * (1 - ALPHA) / trials), hits / trials
 
 
-def _paper_rows(seeds: int, tight_gap: float, var_tight: float, verified_tight: float) -> list[dict]:
+def _paper_rows(
+    seeds: int, tight_gap: float, var_tight: float, verified_tight: float
+) -> list[dict]:
     """Four methods over ``seeds`` seeds with per-seed noise; IBP loose and smooth."""
     rng = np.random.default_rng(3)
     rows = []
-    base = {"ibp": (10.0, 0.01, 0.60), "crown-ibp": (0.5, 0.10, 0.50), "cap": (0.55, 0.09, 0.505),
-            "tightest": (tight_gap, var_tight, verified_tight)}
+    base = {
+        "ibp": (10.0, 0.01, 0.60),
+        "crown-ibp": (0.5, 0.10, 0.50),
+        "cap": (0.55, 0.09, 0.505),
+        "tightest": (tight_gap, var_tight, verified_tight),
+    }
     for k in range(seeds):
         shift = rng.normal(0, 0.01)
         for m, (gap, var, ver) in base.items():
-            rows.append({"setting": "s", "seed": k, "method": m, "bound_gap_common": gap + rng.normal(0, 0.005),
-                         "loss_variation": var + shift + rng.normal(0, 0.002),
-                         "grad_cosine": 0.9 - 5 * var + rng.normal(0, 0.01),
-                         "verified_err": ver + rng.normal(0, 0.002), "probes_final_eps": 10})
+            rows.append(
+                {
+                    "setting": "s",
+                    "seed": k,
+                    "method": m,
+                    "bound_gap_common": gap + rng.normal(0, 0.005),
+                    "loss_variation": var + shift + rng.normal(0, 0.002),
+                    "grad_cosine": 0.9 - 5 * var + rng.normal(0, 0.01),
+                    "verified_err": ver + rng.normal(0, 0.002),
+                    "probes_final_eps": 10,
+                }
+            )
     return rows
 
 
 def test_claims_known_answer_all_hold() -> None:
     rows = _paper_rows(6, tight_gap=0.5, var_tight=0.05, verified_tight=0.50)
-    out = {c["claim"][:2]: c for c in claims(rows, "s", Margins(verified_err=0.01, gap_relative=0.1))}
+    out = {
+        c["claim"][:2]: c for c in claims(rows, "s", Margins(verified_err=0.01, gap_relative=0.1))
+    }
     assert set(out) == {"C1", "C2", "C3", "C4"}
-    assert all(c["verdict"] == "holds" for c in out.values()), {k: [p["verdict"] for p in c["parts"]]
-                                                                 for k, c in out.items()}
+    assert all(c["verdict"] == "holds" for c in out.values()), {
+        k: [p["verdict"] for p in c["parts"]] for k, c in out.items()
+    }
     c3 = out["C3"]["parts"]
-    assert c3[0]["test"] == "TOST" and c3[0]["margin"] == pytest.approx(0.1 * np.mean(
-        [r["bound_gap_common"] for r in rows if r["method"] == "crown-ibp"]))
+    assert c3[0]["test"] == "TOST" and c3[0]["margin"] == pytest.approx(
+        0.1 * np.mean([r["bound_gap_common"] for r in rows if r["method"] == "crown-ibp"])
+    )
     rough = c3[1]
-    assert rough["metric"] == "loss_variation" and [s["metric"] for s in rough["secondary"]] == ["grad_cosine"]
+    assert rough["metric"] == "loss_variation" and [s["metric"] for s in rough["secondary"]] == [
+        "grad_cosine"
+    ]
     md = claims_markdown(rows, {"s": Margins()})
     assert "90 % CI" in md and "p = " in md and "C3" in md
 
 
 def test_claims_contradicted_and_undecided_parts_decide_the_claim() -> None:
-    rows = _paper_rows(6, tight_gap=0.8, var_tight=0.12, verified_tight=0.50)  # looser and rougher than CROWN-IBP
+    rows = _paper_rows(
+        6, tight_gap=0.8, var_tight=0.12, verified_tight=0.50
+    )  # looser and rougher than CROWN-IBP
     out = {c["claim"][:2]: c for c in claims(rows, "s")}
     assert out["C3"]["verdict"] == "contradicted"
-    assert out["C3"]["parts"][0]["verdict"] == "not equivalent" and out["C3"]["parts"][0]["direction"] == "above"
+    assert (
+        out["C3"]["parts"][0]["verdict"] == "not equivalent"
+        and out["C3"]["parts"][0]["direction"] == "above"
+    )
     assert out["C3"]["parts"][1]["verdict"] == "contradicted"
     two = _paper_rows(1, tight_gap=0.5, var_tight=0.05, verified_tight=0.5)
     assert all(c["verdict"] == "undecided" for c in claims(two, "s"))
@@ -160,7 +210,11 @@ def test_a_secondary_metric_that_disagrees_is_flagged() -> None:
             r["grad_cosine"] = 0.1 + 0.001 * r["seed"]
     c3 = next(c for c in claims(rows, "s") if c["claim"].startswith("C3"))
     sec = c3["parts"][1]["secondary"][0]
-    assert c3["parts"][1]["verdict"] == "holds" and sec["verdict"] == "contradicted" and sec["disagrees"]
+    assert (
+        c3["parts"][1]["verdict"] == "holds"
+        and sec["verdict"] == "contradicted"
+        and sec["disagrees"]
+    )
     assert "disagrees with the loss variation" in claims_markdown(rows)
 
 
@@ -170,7 +224,9 @@ def test_too_few_probes_at_the_final_eps_gives_no_verdict() -> None:
         r["probes_final_eps"] = 1
     out = claims(rows, "s")
     assert all(c["verdict"] == "undecided" for c in out)
-    assert all("fewer than 3 probes at the final eps" in p["reason"] for c in out for p in c["parts"])
+    assert all(
+        "fewer than 3 probes at the final eps" in p["reason"] for c in out for p in c["parts"]
+    )
 
 
 def test_margins_are_validated() -> None:
@@ -179,12 +235,15 @@ def test_margins_are_validated() -> None:
         Margins.from_dict({"gap": 0.1})
     with pytest.raises(ValueError, match="must be a finite number > 0"):
         Margins(verified_err=0.0)
-    with pytest.raises(ValueError, match="must be a finite number > 0, got True"):  # YAML `true` is no margin
+    with pytest.raises(
+        ValueError, match="must be a finite number > 0, got True"
+    ):  # YAML `true` is no margin
         Margins.from_dict({"verified_err": True})
     with pytest.raises(ValueError, match="got 'abc'"):
         Margins.from_dict({"gap_relative": "abc"})
     assert Margins.from_dict({"verified_err": 1}).verified_err == 1.0 and isinstance(
-        Margins.from_dict({"verified_err": 1}).verified_err, float)
+        Margins.from_dict({"verified_err": 1}).verified_err, float
+    )
 
 
 def test_a_claim_refuted_in_the_methods_favour_differs_favourably() -> None:
@@ -197,4 +256,7 @@ def test_a_claim_refuted_in_the_methods_favour_differs_favourably() -> None:
     assert all(p["verdict"] == "holds" for p in c3["parts"][1:])
     assert c3["verdict"] == "differs favourably"
     looser = _paper_rows(6, tight_gap=0.7, var_tight=0.05, verified_tight=0.50)
-    assert next(c for c in claims(looser, "s") if c["claim"].startswith("C3"))["verdict"] == "contradicted"
+    assert (
+        next(c for c in claims(looser, "s") if c["claim"].startswith("C3"))["verdict"]
+        == "contradicted"
+    )

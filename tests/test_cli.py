@@ -31,7 +31,9 @@ def test_unknown_command_is_one_error_and_nonzero(capsys) -> None:
 
 
 def test_console_script_runs_as_module() -> None:
-    out = subprocess.run([sys.executable, "-m", "landscape.cli", "--version"], capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "landscape.cli", "--version"], capture_output=True, text=True
+    )
     assert out.returncode == 0 and __version__ in out.stdout
 
 

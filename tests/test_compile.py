@@ -24,8 +24,15 @@ ROOT = Path(__file__).resolve().parents[1]
 def small_cnn() -> nn.Sequential:
     torch.manual_seed(3)
     return nn.Sequential(
-        Normalize([0.3], [0.4]), nn.Conv2d(1, 4, 3, 2), nn.ReLU(), nn.Conv2d(4, 6, 3, 1, 1), nn.ReLU(),
-        nn.Flatten(), nn.Linear(6 * 7 * 7, 12), nn.ReLU(), nn.Linear(12, 5),
+        Normalize([0.3], [0.4]),
+        nn.Conv2d(1, 4, 3, 2),
+        nn.ReLU(),
+        nn.Conv2d(4, 6, 3, 1, 1),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(6 * 7 * 7, 12),
+        nn.ReLU(),
+        nn.Linear(12, 5),
     )
 
 
@@ -37,16 +44,25 @@ def batch(n: int = 6) -> tuple[torch.Tensor, torch.Tensor]:
 def loss_and_grads(model, x, y, compile, **kw):
     model.zero_grad(set_to_none=True)
     x = x.clone().requires_grad_(True)
-    loss = robust_cross_entropy(model, x, y, 0.08, compile=compile, generator=torch.Generator().manual_seed(0), **kw)
+    loss = robust_cross_entropy(
+        model, x, y, 0.08, compile=compile, generator=torch.Generator().manual_seed(0), **kw
+    )
     loss.backward()
     return loss.detach(), [p.grad.clone() for p in model.parameters()] + [x.grad.clone()]
 
 
 @pytest.mark.parametrize(
     "method,slope,fused",
-    [("ibp", None, False), ("crown-ibp", "adaptive", False), ("crown-ibp", "same-slope", False),
-     ("crown-ibp", "tightest", False), ("crown-ibp", "optimized", False), ("crown-ibp", "adaptive", True),
-     ("crown-ibp", "tightest", "min"), ("crown", "adaptive", False)],
+    [
+        ("ibp", None, False),
+        ("crown-ibp", "adaptive", False),
+        ("crown-ibp", "same-slope", False),
+        ("crown-ibp", "tightest", False),
+        ("crown-ibp", "optimized", False),
+        ("crown-ibp", "adaptive", True),
+        ("crown-ibp", "tightest", "min"),
+        ("crown", "adaptive", False),
+    ],
 )
 def test_compiled_loss_and_gradients_equal_eager(method, slope, fused):
     model, (x, y) = small_cnn(), batch()
@@ -92,7 +108,9 @@ def test_compiled_bounds_equal_eager_also_in_float64_and_other_batch_sizes():
         for method in ("ibp", "crown-ibp"):
             ref = compute_bounds(model, x.double(), 0.1, method, C=C)
             got = compute_bounds(model, x.double(), 0.1, method, C=C, compile=True)
-            assert torch.allclose(got.lower, ref.lower, atol=1e-10) and torch.allclose(got.upper, ref.upper, atol=1e-10)
+            assert torch.allclose(got.lower, ref.lower, atol=1e-10) and torch.allclose(
+                got.upper, ref.upper, atol=1e-10
+            )
             for (l0, u0), (l1, u1) in zip(ref.preact, got.preact):
                 assert torch.allclose(l0, l1, atol=1e-10) and torch.allclose(u0, u1, atol=1e-10)
             if ref.lower_A is not None:
@@ -108,7 +126,9 @@ def test_hessian_vector_products_with_compile_equal_eager():
     for comp in (False, True):
         loss = robust_cross_entropy(model, x, y, 0.05, "crown-ibp", compile=comp)
         grads = torch.autograd.grad(loss, params, create_graph=True)
-        hv = torch.autograd.grad(sum((g * w).sum() for g, w in zip(grads, v)), params, allow_unused=True)
+        hv = torch.autograd.grad(
+            sum((g * w).sum() for g, w in zip(grads, v)), params, allow_unused=True
+        )
         out.append([torch.zeros_like(p) if h is None else h for h, p in zip(hv, params)])
     for a, b in zip(*out):
         assert torch.allclose(a, b, atol=1e-9)
@@ -116,9 +136,18 @@ def test_hessian_vector_products_with_compile_equal_eager():
 
 def test_certified_loss_passes_compile_through():
     model, (x, y) = small_cnn(), batch()
-    ref, ref_stats = certified_loss(model, x, y, 0.05, method="tightest", generator=torch.Generator().manual_seed(2))
-    got, got_stats = certified_loss(model, x, y, 0.05, method="tightest", generator=torch.Generator().manual_seed(2),
-                                    compile=True)
+    ref, ref_stats = certified_loss(
+        model, x, y, 0.05, method="tightest", generator=torch.Generator().manual_seed(2)
+    )
+    got, got_stats = certified_loss(
+        model,
+        x,
+        y,
+        0.05,
+        method="tightest",
+        generator=torch.Generator().manual_seed(2),
+        compile=True,
+    )
     assert torch.allclose(got, ref, rtol=1e-5)
     assert got_stats["robust_err"] == ref_stats["robust_err"]
 
@@ -127,7 +156,9 @@ def test_cache_dir_follows_the_environment(monkeypatch):
     monkeypatch.setenv(compiled.ENV_VAR, "/some/where")
     assert compiled.cache_dir() == "/some/where"
     monkeypatch.delenv(compiled.ENV_VAR)
-    assert compiled.cache_dir() == os.path.join(os.path.expanduser("~"), ".cache", "landscape", "compile")
+    assert compiled.cache_dir() == os.path.join(
+        os.path.expanduser("~"), ".cache", "landscape", "compile"
+    )
 
 
 SCRIPT = textwrap.dedent(
@@ -155,7 +186,9 @@ def test_a_second_process_reuses_the_disk_cache(tmp_path):
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
     runs = []
     for _ in range(2):
-        out = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            [sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, check=True
+        )
         runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
     first, second = runs
     assert first["misses"] > 0 and first["hits"] == 0

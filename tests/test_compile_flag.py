@@ -15,9 +15,31 @@ import pytest
 from bounds import compiled
 from landscape.cli import main
 
-TINY = ["--dataset", "digits", "--model", "mlp", "--model-option", "widths=[16]", "--method", "crown-ibp",
-        "--eps", "0.02", "--epochs", "1", "--batch-size", "32", "--train-size", "64", "--test-size", "32",
-        "--eps-ramp-epochs", "0", "--eval-size", "16", "--quiet"]
+TINY = [
+    "--dataset",
+    "digits",
+    "--model",
+    "mlp",
+    "--model-option",
+    "widths=[16]",
+    "--method",
+    "crown-ibp",
+    "--eps",
+    "0.02",
+    "--epochs",
+    "1",
+    "--batch-size",
+    "32",
+    "--train-size",
+    "64",
+    "--test-size",
+    "32",
+    "--eps-ramp-epochs",
+    "0",
+    "--eval-size",
+    "16",
+    "--quiet",
+]
 
 
 @pytest.fixture
@@ -39,7 +61,12 @@ def test_train_compile_reaches_the_engine_and_a_resume_keeps_it(tmp_path, asked)
     assert asked and all(asked)  # the training steps and the end-of-epoch evaluation
     assert json.loads((out / "config.json").read_text())["compile"] is True
     asked.clear()
-    assert main(["train", "--resume", "--epochs", "2", "--eval-size", "0", "--quiet", "--out", str(out)]) == 0
+    assert (
+        main(
+            ["train", "--resume", "--epochs", "2", "--eval-size", "0", "--quiet", "--out", str(out)]
+        )
+        == 0
+    )
     assert asked and all(asked)
     asked.clear()
     assert main(["train", *TINY, "--out", str(tmp_path / "eager")]) == 0
@@ -51,12 +78,44 @@ def test_scan_and_certify_compile_reach_the_engine(tmp_path, asked) -> None:
     assert main(["train", *TINY, "--out", str(run)]) == 0
     ckpt = str(run / "checkpoint.pt")
     asked.clear()
-    assert main(["scan", ckpt, "--kind", "random-1d", "--points", "3", "--samples", "8", "--compile", "--quiet",
-                 "--out", str(tmp_path / "s.h5")]) == 0
+    assert (
+        main(
+            [
+                "scan",
+                ckpt,
+                "--kind",
+                "random-1d",
+                "--points",
+                "3",
+                "--samples",
+                "8",
+                "--compile",
+                "--quiet",
+                "--out",
+                str(tmp_path / "s.h5"),
+            ]
+        )
+        == 0
+    )
     assert asked and all(asked)
     asked.clear()
-    assert main(["certify", ckpt, "--methods", "ibp,crown-ibp", "--pgd-steps", "0", "--test-size", "16",
-                 "--compile", "--json"]) == 0
+    assert (
+        main(
+            [
+                "certify",
+                ckpt,
+                "--methods",
+                "ibp,crown-ibp",
+                "--pgd-steps",
+                "0",
+                "--test-size",
+                "16",
+                "--compile",
+                "--json",
+            ]
+        )
+        == 0
+    )
     assert asked and all(asked)
 
 

@@ -11,28 +11,46 @@ import json
 import numpy as np
 import pytest
 import torch
+from bounds_helpers import exact_margin_range, make_mlp, margin_matrix
 from torch import nn
 
 import bounds
 from bounds import milp
-from bounds_helpers import exact_margin_range, make_mlp, margin_matrix
 from train.attacks import pgd_margin
 
-BOUNDS = [("ibp", "adaptive"), ("crown-ibp", "adaptive"), ("crown", "adaptive"), ("crown", "optimized")]
+BOUNDS = [
+    ("ibp", "adaptive"),
+    ("crown-ibp", "adaptive"),
+    ("crown", "adaptive"),
+    ("crown", "optimized"),
+]
 
 
-def _decide(model: nn.Sequential, x: torch.Tensor, y: torch.Tensor, eps: float, domain=(0.0, 1.0), **kw):
+def _decide(
+    model: nn.Sequential, x: torch.Tensor, y: torch.Tensor, eps: float, domain=(0.0, 1.0), **kw
+):
     """``exact_min_margin`` for each sample of the batch, with the engine's inputs."""
     model = model.double().eval()
     net = milp.affine_net(model, tuple(x.shape[1:]))
     lo, hi, pre, lower = milp.milp_inputs(model, x.double(), y, eps, domain)
-    return [milp.exact_min_margin(net, lo[b], hi[b], int(y[b]), pre[b], lower=lower[b], time_limit=60, **kw)
-            for b in range(len(x))], lo, hi, lower
+    return (
+        [
+            milp.exact_min_margin(
+                net, lo[b], hi[b], int(y[b]), pre[b], lower=lower[b], time_limit=60, **kw
+            )
+            for b in range(len(x))
+        ],
+        lo,
+        hi,
+        lower,
+    )
 
 
 def _min_bound(model, x, y, eps, method, slope, domain=(0.0, 1.0)) -> np.ndarray:
     spec = bounds.margin_spec(y, int(model(x[:1]).shape[1])).double()
-    res = bounds.compute_bounds(model, x, eps, method=method, slope=slope, C=spec, y=y, domain=domain)
+    res = bounds.compute_bounds(
+        model, x, eps, method=method, slope=slope, C=spec, y=y, domain=domain
+    )
     return res.lower.detach().min(1).values.numpy()
 
 
@@ -47,13 +65,15 @@ def _check_sandwich(model, x, y, eps, domain=(0.0, 1.0)) -> list[milp.MarginResu
             assert low[b] <= r.margin_lower + 1e-7, f"{method}:{slope} above the exact minimum"
     for b, r in enumerate(results):
         assert r.margin_lower <= r.margin + 1e-6
-        assert r.margin <= attack[b] + 1e-7, "the attack found a smaller margin than the exact minimum"
+        assert r.margin <= attack[b] + 1e-7, (
+            "the attack found a smaller margin than the exact minimum"
+        )
         assert r.status == (milp.FALSIFIED if r.margin < 0 else milp.VERIFIED)
         p = torch.tensor(r.point).reshape(1, *x.shape[1:])
         assert np.all(r.point >= lo[b]) and np.all(r.point <= hi[b])
         with torch.no_grad():
             logits = model(p)[0]
-        m = (logits[y[b]] - torch.cat([logits[: y[b]], logits[y[b] + 1:]])).min().item()
+        m = (logits[y[b]] - torch.cat([logits[: y[b]], logits[y[b] + 1 :]])).min().item()
         np.testing.assert_allclose(m, r.margin, atol=1e-9)  # the margin is attained at the point
         if r.status == milp.FALSIFIED:
             assert int(logits.argmax()) != int(y[b])
@@ -79,11 +99,13 @@ def test_exact_minimum_equals_enumeration_and_grid_in_2d(seed: int) -> None:
     pts = lo[0] + np.concatenate([grid, corners]) * (hi[0] - lo[0])
     with torch.no_grad():
         logits = model(torch.tensor(pts))
-    m = (logits[:, y[0]:y[0] + 1] - logits).numpy()
+    m = (logits[:, y[0] : y[0] + 1] - logits).numpy()
     m[:, int(y[0])] = np.inf
     grid_min = m.min()
     assert grid_min >= r.margin - 1e-9  # every grid point is in the box
-    assert grid_min - r.margin < 0.02  # and the grid comes close (the minimum is at a region vertex)
+    assert (
+        grid_min - r.margin < 0.02
+    )  # and the grid comes close (the minimum is at a region vertex)
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -99,7 +121,7 @@ def test_exact_between_bounds_and_attack_on_random_mlps(seed: int) -> None:
 def test_exact_between_bounds_and_attack_on_a_trained_mlp() -> None:
     gen = torch.Generator().manual_seed(0)
     x = torch.rand(256, 4, generator=gen, dtype=torch.float64)
-    y = ((x[:, 0] + x[:, 1] > 1.0).long() + (x[:, 2] > 0.5).long())
+    y = (x[:, 0] + x[:, 1] > 1.0).long() + (x[:, 2] > 0.5).long()
     model, _ = make_mlp(4, [16, 16], 3, seed=0, normalize=False)
     opt = torch.optim.Adam(model.parameters(), lr=0.02)
     for _ in range(150):
@@ -113,19 +135,32 @@ def test_exact_between_bounds_and_attack_on_a_trained_mlp() -> None:
 
 def test_convolution_is_the_affine_map_and_is_verified_exactly() -> None:
     torch.manual_seed(3)
-    model = nn.Sequential(bounds.Normalize([0.4], [0.3]), nn.Conv2d(1, 3, 3, stride=1, padding=1), nn.ReLU(),
-                          nn.Conv2d(3, 2, 2, stride=2), nn.ReLU(), nn.Flatten(), nn.Linear(8, 3)).double()
+    model = nn.Sequential(
+        bounds.Normalize([0.4], [0.3]),
+        nn.Conv2d(1, 3, 3, stride=1, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(3, 2, 2, stride=2),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(8, 3),
+    ).double()
     net = milp.affine_net(model, (1, 4, 4))
     x = torch.rand(5, 1, 4, 4, dtype=torch.float64)
     with torch.no_grad():
-        np.testing.assert_allclose(net.forward(x.reshape(5, -1).numpy()), model(x).numpy(), atol=1e-12)
+        np.testing.assert_allclose(
+            net.forward(x.reshape(5, -1).numpy()), model(x).numpy(), atol=1e-12
+        )
     y = model(x).argmax(1)
     _check_sandwich(model, x, y, 0.05)
 
 
 def test_unsupported_layers_are_refused_with_one_message() -> None:
-    res = nn.Sequential(nn.Linear(3, 3), bounds.Residual(nn.Sequential(nn.ReLU(), nn.Linear(3, 3))), nn.ReLU(),
-                        nn.Linear(3, 2))
+    res = nn.Sequential(
+        nn.Linear(3, 3),
+        bounds.Residual(nn.Sequential(nn.ReLU(), nn.Linear(3, 3))),
+        nn.ReLU(),
+        nn.Linear(3, 2),
+    )
     with pytest.raises(milp.UnsupportedLayerError, match="Residual"):
         milp.affine_net(res, (3,))
     with pytest.raises(ValueError, match="not supported"):
@@ -150,10 +185,14 @@ def test_a_tiny_time_limit_gives_timeout_not_a_wrong_answer() -> None:
     model = model.double().eval()
     net = milp.affine_net(model, (8,))
     lo, hi, pre, lower = milp.milp_inputs(model, x, y, 0.5)
-    exact = [milp.exact_min_margin(net, lo[b], hi[b], int(y[b]), pre[b], lower=lower[b], time_limit=60)
-             for b in range(2)]
+    exact = [
+        milp.exact_min_margin(net, lo[b], hi[b], int(y[b]), pre[b], lower=lower[b], time_limit=60)
+        for b in range(2)
+    ]
     for b in range(2):
-        r = milp.exact_min_margin(net, lo[b], hi[b], int(y[b]), pre[b], lower=lower[b], time_limit=1e-3)
+        r = milp.exact_min_margin(
+            net, lo[b], hi[b], int(y[b]), pre[b], lower=lower[b], time_limit=1e-3
+        )
         assert r.status in (milp.TIMEOUT, exact[b].status)
         assert r.margin_lower <= exact[b].margin + 1e-6 and r.margin >= exact[b].margin - 1e-6
 
@@ -161,9 +200,30 @@ def test_a_tiny_time_limit_gives_timeout_not_a_wrong_answer() -> None:
 # ------------------------------------------------------------------ the command
 
 
-TRAIN = ["train", "--dataset", "digits", "--model", "mlp", "--model-option", "widths=[12,12]", "--eps", "0.05",
-         "--epochs", "4", "--batch-size", "32", "--train-size", "512", "--test-size", "32", "--eps-ramp-epochs", "0",
-         "--method", "natural", "--quiet"]
+TRAIN = [
+    "train",
+    "--dataset",
+    "digits",
+    "--model",
+    "mlp",
+    "--model-option",
+    "widths=[12,12]",
+    "--eps",
+    "0.05",
+    "--epochs",
+    "4",
+    "--batch-size",
+    "32",
+    "--train-size",
+    "512",
+    "--test-size",
+    "32",
+    "--eps-ramp-epochs",
+    "0",
+    "--method",
+    "natural",
+    "--quiet",
+]
 
 
 @pytest.fixture(scope="module")
@@ -181,8 +241,20 @@ def test_certify_complete_json_file_and_resume(checkpoint, tmp_path, capsys) -> 
     from landscape.complete import progress_path
 
     out = tmp_path / "c.h5"
-    args = ["certify", checkpoint, "--eps", "0.1", "--test-size", "24", "--pgd-steps", "3", "--complete",
-            "--margins", "--out", str(out)]
+    args = [
+        "certify",
+        checkpoint,
+        "--eps",
+        "0.1",
+        "--test-size",
+        "24",
+        "--pgd-steps",
+        "3",
+        "--complete",
+        "--margins",
+        "--out",
+        str(out),
+    ]
     assert main([*args, "--json"]) == 0
     res = json.loads(capsys.readouterr().out)
     for key in ("attack_err", "exact_err", "timeouts", "clean_err", "pgd_err", "verified_err"):
@@ -201,7 +273,10 @@ def test_certify_complete_json_file_and_resume(checkpoint, tmp_path, capsys) -> 
         assert np.all(s[f"bound_margin_{m}"][ok] <= s["exact_margin"][ok] + 1e-6)
     assert np.all(s["exact_margin"][ok] <= s["attack_margin"][ok] + 1e-6)
     falsified = s["status"] == 2
-    assert np.isfinite(s["counterexample"][falsified]).all() and np.isnan(s["counterexample"][~falsified]).all()
+    assert (
+        np.isfinite(s["counterexample"][falsified]).all()
+        and np.isnan(s["counterexample"][~falsified]).all()
+    )
     assert list(h5["tightness"]["bound"]) == ["ibp", "crown-ibp", "crown", "crown:optimized"]
     assert np.all(h5["tightness"]["gap_mean"] >= -1e-6)
     assert not progress_path(out).exists()
@@ -210,7 +285,11 @@ def test_certify_complete_json_file_and_resume(checkpoint, tmp_path, capsys) -> 
     store.write_attrs(str(progress_path(out)), {"settings": {"eps": 0.3}})
     assert main([*args]) == 1
     err = capsys.readouterr().err
-    assert err.strip().startswith("Error:") and "other settings" in err and len(err.strip().splitlines()) == 1
+    assert (
+        err.strip().startswith("Error:")
+        and "other settings" in err
+        and len(err.strip().splitlines()) == 1
+    )
     progress_path(out).unlink()
     assert main(args) == 0
     assert "exact robust error" in capsys.readouterr().out
@@ -240,19 +319,31 @@ def test_run_complete_resumes_rows_already_solved(checkpoint, tmp_path, monkeypa
     seen = []
     monkeypatch.setattr(milp, "solve_task", lambda t: (seen.append(t[0]), real(t))[1])
     again = run_complete(model, data.test_x, data.test_y, 0.1, ["ibp"], **kw)
-    assert len(calls) == 2 and calls[0] not in seen and calls[1] in seen  # the finished sample is kept
-    fresh = run_complete(model, data.test_x, data.test_y, 0.1, ["ibp"], pgd_steps=2, margins=True, progress=False)
+    assert (
+        len(calls) == 2 and calls[0] not in seen and calls[1] in seen
+    )  # the finished sample is kept
+    fresh = run_complete(
+        model, data.test_x, data.test_y, 0.1, ["ibp"], pgd_steps=2, margins=True, progress=False
+    )
     np.testing.assert_array_equal(again.samples["status"], fresh.samples["status"])
-    np.testing.assert_allclose(again.samples["exact_margin"], fresh.samples["exact_margin"], atol=1e-6)
+    np.testing.assert_allclose(
+        again.samples["exact_margin"], fresh.samples["exact_margin"], atol=1e-6
+    )
     with pytest.raises(ValueError, match="other settings"):
-        run_complete(model, data.test_x, data.test_y, 0.1, ["ibp"], **{**kw, "settings": {"eps": 0.2}})
+        run_complete(
+            model, data.test_x, data.test_y, 0.1, ["ibp"], **{**kw, "settings": {"eps": 0.2}}
+        )
 
 
 def test_certify_flags_are_checked(checkpoint, capsys) -> None:
     from landscape.cli import main
 
-    for extra, words in ((["--jobs", "2"], "need --complete"), (["--complete", "--eps", "0.1,0.2"], "one eps"),
-                         (["--attack", "fgsm"], "unknown attack"), (["--complete", "--time-limit", "0"], "--time-limit")):
+    for extra, words in (
+        (["--jobs", "2"], "need --complete"),
+        (["--complete", "--eps", "0.1,0.2"], "one eps"),
+        (["--attack", "fgsm"], "unknown attack"),
+        (["--complete", "--time-limit", "0"], "--time-limit"),
+    ):
         assert main(["certify", checkpoint, "--test-size", "8", *extra]) == 1
         err = capsys.readouterr().err.strip()
         assert err.startswith("Error:") and words in err and len(err.splitlines()) == 1, err
@@ -265,9 +356,20 @@ def test_jobs_give_the_same_answers(checkpoint) -> None:
 
     model, ckpt = load_model(checkpoint)
     data = load_dataset("digits", test_size=12, seed=0)
-    one = run_complete(model, data.test_x, data.test_y, 0.1, ["ibp"], pgd_steps=2, margins=True, progress=False)
-    two = run_complete(model, data.test_x, data.test_y, 0.1, ["ibp"], pgd_steps=2, margins=True, progress=False,
-                       jobs=2)
+    one = run_complete(
+        model, data.test_x, data.test_y, 0.1, ["ibp"], pgd_steps=2, margins=True, progress=False
+    )
+    two = run_complete(
+        model,
+        data.test_x,
+        data.test_y,
+        0.1,
+        ["ibp"],
+        pgd_steps=2,
+        margins=True,
+        progress=False,
+        jobs=2,
+    )
     np.testing.assert_array_equal(one.samples["status"], two.samples["status"])
     np.testing.assert_allclose(one.samples["exact_margin"], two.samples["exact_margin"], atol=1e-6)
 
@@ -276,8 +378,25 @@ def test_art_attack_sits_beside_pgd(checkpoint, capsys) -> None:
     pytest.importorskip("art")
     from landscape.cli import main
 
-    assert main(["certify", checkpoint, "--eps", "0.1", "--test-size", "16", "--pgd-steps", "3", "--attack",
-                 "apgd-ce", "--complete", "--json"]) == 0
+    assert (
+        main(
+            [
+                "certify",
+                checkpoint,
+                "--eps",
+                "0.1",
+                "--test-size",
+                "16",
+                "--pgd-steps",
+                "3",
+                "--attack",
+                "apgd-ce",
+                "--complete",
+                "--json",
+            ]
+        )
+        == 0
+    )
     res = json.loads(capsys.readouterr().out)
     assert res["attack"] == "apgd-ce"
     assert res["clean_err"] <= res["attack_err"] <= res["exact_err"] <= res["verified_err"]
@@ -292,18 +411,30 @@ def test_reproduce_adds_the_exact_columns_of_complete_files(checkpoint, tmp_path
     from train.data import load_dataset
 
     quick, tiny = make_plan("quick", dataset="digits"), make_plan("tiny")
-    assert all(wants_exact(quick, r) for r in quick.runs) and not any(wants_exact(tiny, r) for r in tiny.runs)
+    assert all(wants_exact(quick, r) for r in quick.runs) and not any(
+        wants_exact(tiny, r) for r in tiny.runs
+    )
     model, _ = load_model(checkpoint)
     data = load_dataset("digits", test_size=10, seed=0)
     run = quick.runs[0]
-    res = run_complete(model, data.test_x, data.test_y, 0.1, ["ibp", run.method], pgd_steps=2, margins=True,
-                       progress=False)
+    res = run_complete(
+        model,
+        data.test_x,
+        data.test_y,
+        0.1,
+        ["ibp", run.method],
+        pgd_steps=2,
+        margins=True,
+        progress=False,
+    )
     run.run_dir(tmp_path).mkdir(parents=True)
     write_complete_file(run.run_dir(tmp_path) / "complete.h5", res, {"method": run.method})
     rows = [{"method": r.method} for r in quick.runs]
     add_exact_columns(quick, tmp_path, rows)
     assert rows[0]["exact_err"] == pytest.approx(res.totals["exact_err"])
-    assert rows[0]["exact_gap_own"] == pytest.approx(res.tightness["gap_mean"][res.bounds.index(run.method)])
+    assert rows[0]["exact_gap_own"] == pytest.approx(
+        res.tightness["gap_mean"][res.bounds.index(run.method)]
+    )
     assert "exact_gap_crown_optimized" in rows[0] and "exact_err" not in rows[1]
 
 
@@ -312,17 +443,40 @@ def test_attack_alone_and_without_the_toolbox(checkpoint, capsys, monkeypatch) -
     from landscape.cli import main
 
     pytest.importorskip("art")
-    assert main(["certify", checkpoint, "--eps", "0.1", "--test-size", "12", "--pgd-steps", "3", "--attack",
-                 "apgd-t", "--json"]) == 0
+    assert (
+        main(
+            [
+                "certify",
+                checkpoint,
+                "--eps",
+                "0.1",
+                "--test-size",
+                "12",
+                "--pgd-steps",
+                "3",
+                "--attack",
+                "apgd-t",
+                "--json",
+            ]
+        )
+        == 0
+    )
     res = json.loads(capsys.readouterr().out)
     assert res["attack"] == "apgd-t" and "exact_err" not in res
     assert res["clean_err"] <= res["attack_err"] <= res["verified_err"]
 
     def missing():
-        raise ImportError("--attack needs the Adversarial Robustness Toolbox; install it with pip install "
-                          "'cert-landscape[attack]'")
+        raise ImportError(
+            "--attack needs the Adversarial Robustness Toolbox; install it with pip install "
+            "'cert-landscape[attack]'"
+        )
 
     monkeypatch.setattr(standard_attacks, "_import_art", missing)
-    assert main(["certify", checkpoint, "--eps", "0.1", "--test-size", "8", "--attack", "autoattack"]) == 1
+    assert (
+        main(["certify", checkpoint, "--eps", "0.1", "--test-size", "8", "--attack", "autoattack"])
+        == 1
+    )
     err = capsys.readouterr().err.strip()
-    assert err.startswith("Error:") and "cert-landscape[attack]" in err and len(err.splitlines()) == 1
+    assert (
+        err.startswith("Error:") and "cert-landscape[attack]" in err and len(err.splitlines()) == 1
+    )

@@ -29,21 +29,37 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from bounds_helpers import (
+    Case,
+    assert_close,
+    assert_le,
+    cases,
+    empirical_margin_range,
+    empirical_max_ce,
+    input_box,
+    tolerance,
+)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bounds import compute_bounds, margin_spec, robust_cross_entropy
-from bounds_helpers import (Case, assert_close, assert_le, cases, empirical_margin_range, empirical_max_ce, input_box,
-                            tolerance)
 
 DEVICE = os.environ.get("LANDSCAPE_TEST_DEVICE", "cuda")
 ON_GPU = DEVICE.startswith("cuda")
-pytestmark = [pytest.mark.cuda,
-              pytest.mark.skipif(ON_GPU and not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+pytestmark = [
+    pytest.mark.cuda,
+    pytest.mark.skipif(ON_GPU and not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+]
 ROOT = Path(__file__).resolve().parents[1]
 
-ENGINE = [("ibp", "adaptive"), ("crown-ibp", "adaptive"), ("crown", "adaptive"), ("cap", "same-slope"),
-          ("crown-ibp", "tightest"), ("crown", "tightest")]
+ENGINE = [
+    ("ibp", "adaptive"),
+    ("crown-ibp", "adaptive"),
+    ("crown", "adaptive"),
+    ("cap", "same-slope"),
+    ("crown-ibp", "tightest"),
+    ("crown", "tightest"),
+]
 
 
 def _on(case: Case) -> tuple:
@@ -55,8 +71,9 @@ def _on(case: Case) -> tuple:
 @pytest.mark.parametrize("method,slope", ENGINE, ids=[f"{m}-{s}" for m, s in ENGINE])
 @settings(max_examples=15)
 @given(case=cases(), beta=st.sampled_from([0.0, 0.5, 1.0]), seed=st.integers(0, 2**16))
-def test_device_bounds_equal_the_cpu_and_are_sound(method: str, slope: str, case: Case, beta: float,
-                                                   seed: int) -> None:
+def test_device_bounds_equal_the_cpu_and_are_sound(
+    method: str, slope: str, case: Case, beta: float, seed: int
+) -> None:
     beta = beta if method == "crown-ibp" else 1.0
     kw = dict(method=method, slope=slope, beta=beta, domain=case.domain, opt_steps=3)
     C = margin_spec(case.y, case.n_classes).to(case.x.dtype)
@@ -81,27 +98,51 @@ def test_device_bounds_equal_the_cpu_and_are_sound(method: str, slope: str, case
         assert_close(l.cpu(), l_ref.cpu(), t, f"{what}: preact lower")
         assert_close(u.cpu(), u_ref.cpu(), t, f"{what}: preact upper")
     lo, hi = input_box(case.x, case.eps, case.domain)
-    vmin, vmax = empirical_margin_range(case.model, C, lo, hi, n_uniform=24, n_corners=24, pgd_steps=20, seed=seed)
+    vmin, vmax = empirical_margin_range(
+        case.model, C, lo, hi, n_uniform=24, n_corners=24, pgd_steps=20, seed=seed
+    )
     sound = tolerance(case.x.dtype, vmin, vmax, lower, upper)
     assert_le(lower, vmin, sound, f"{what}: lower bound above a value attained in the box")
     assert_le(vmax, upper, sound, f"{what}: upper bound below a value attained in the box")
-    worst = empirical_max_ce(case.model, case.y, lo, hi, n_uniform=24, n_corners=24, pgd_steps=20, restarts=1,
-                             seed=seed)
+    worst = empirical_max_ce(
+        case.model, case.y, lo, hi, n_uniform=24, n_corners=24, pgd_steps=20, restarts=1, seed=seed
+    )
     for fused in (False, True):
-        l_dev = robust_cross_entropy(model, x, y, eps, fused=fused, reduction="none", **kw,
-                                     generator=torch.Generator(device=DEVICE).manual_seed(seed)).cpu()
-        assert_le(worst, l_dev, tolerance(case.x.dtype, worst, l_dev), f"{what} fused={fused}: CE above its bound")
+        l_dev = robust_cross_entropy(
+            model,
+            x,
+            y,
+            eps,
+            fused=fused,
+            reduction="none",
+            **kw,
+            generator=torch.Generator(device=DEVICE).manual_seed(seed),
+        ).cpu()
+        assert_le(
+            worst,
+            l_dev,
+            tolerance(case.x.dtype, worst, l_dev),
+            f"{what} fused={fused}: CE above its bound",
+        )
         if slope != "tightest":
-            l_ref = robust_cross_entropy(case.model, case.x, case.y, case.eps, fused=fused, reduction="none", **kw)
-            assert_close(l_dev, l_ref, tolerance(case.x.dtype, l_ref), f"{what} fused={fused}: loss vs the CPU's")
+            l_ref = robust_cross_entropy(
+                case.model, case.x, case.y, case.eps, fused=fused, reduction="none", **kw
+            )
+            assert_close(
+                l_dev,
+                l_ref,
+                tolerance(case.x.dtype, l_ref),
+                f"{what} fused={fused}: loss vs the CPU's",
+            )
 
 
 def test_zoo_cnn_in_float32_on_the_device() -> None:
     """A zoo CNN in float32 (cuDNN, TF32 where allowed): bounds within 1e-3 of the CPU's and sound."""
     from train import models
 
-    model = models.build_model("cnn-tiny", input_shape=(1, 8, 8), n_classes=10, mean=(0.3,), std=(0.3,),
-                               linear_size=16).eval()
+    model = models.build_model(
+        "cnn-tiny", input_shape=(1, 8, 8), n_classes=10, mean=(0.3,), std=(0.3,), linear_size=16
+    ).eval()
     x = torch.rand(4, 1, 8, 8, generator=torch.Generator().manual_seed(0))
     y = torch.tensor([3, 8, 1, 0])
     case = Case(model, x, y, 0.05, (0.0, 1.0), 10, "cnn-tiny")
@@ -111,28 +152,65 @@ def test_zoo_cnn_in_float32_on_the_device() -> None:
     vmin, vmax = empirical_margin_range(model, C, lo, hi, pgd_steps=20)
     for method, slope in ENGINE:
         kw = dict(method=method, slope=slope, domain=(0.0, 1.0), opt_steps=3)
-        ref = compute_bounds(model, x, 0.05, C=C, y=y, **kw, generator=torch.Generator().manual_seed(0))
-        got = compute_bounds(dev_model, dx, 0.05, C=C.to(DEVICE), y=dy, **kw,
-                             generator=torch.Generator(device=DEVICE).manual_seed(0))
+        ref = compute_bounds(
+            model, x, 0.05, C=C, y=y, **kw, generator=torch.Generator().manual_seed(0)
+        )
+        got = compute_bounds(
+            dev_model,
+            dx,
+            0.05,
+            C=C.to(DEVICE),
+            y=dy,
+            **kw,
+            generator=torch.Generator(device=DEVICE).manual_seed(0),
+        )
         scale = 1e-3 * (1.0 + float(ref.lower.abs().max()))
         if slope != "tightest":  # (a random start from the device's stream)
             assert_close(got.lower.cpu(), ref.lower, scale, f"{method}/{slope}: lower vs the CPU's")
-        assert_le(got.lower.cpu(), vmin, scale, f"{method}/{slope}: lower bound above an attained value")
-        assert_le(vmax, got.upper.cpu(), scale, f"{method}/{slope}: upper bound below an attained value")
+        assert_le(
+            got.lower.cpu(), vmin, scale, f"{method}/{slope}: lower bound above an attained value"
+        )
+        assert_le(
+            vmax, got.upper.cpu(), scale, f"{method}/{slope}: upper bound below an attained value"
+        )
 
 
 # ---------------------------------------------------------------------------------------- training
 
-TINY = ["--dataset", "digits", "--model", "mlp", "--model-option", "widths=[16]", "--eps", "0.05",
-        "--epochs", "1", "--batch-size", "32", "--train-size", "64", "--test-size", "32",
-        "--eps-ramp-epochs", "0.5", "--eval-size", "16", "--quiet"]
+TINY = [
+    "--dataset",
+    "digits",
+    "--model",
+    "mlp",
+    "--model-option",
+    "widths=[16]",
+    "--eps",
+    "0.05",
+    "--epochs",
+    "1",
+    "--batch-size",
+    "32",
+    "--train-size",
+    "64",
+    "--test-size",
+    "32",
+    "--eps-ramp-epochs",
+    "0.5",
+    "--eval-size",
+    "16",
+    "--quiet",
+]
 
 
 def _train(out: Path, method: str, device: str, *extra: str) -> dict:
-    from landscape.cli import main
     import h5py
 
-    assert main(["train", *TINY, "--method", method, "--device", device, *extra, "--out", str(out)]) == 0
+    from landscape.cli import main
+
+    assert (
+        main(["train", *TINY, "--method", method, "--device", device, *extra, "--out", str(out)])
+        == 0
+    )
     with h5py.File(out / "train.h5") as f:
         return {c: f["steps"][c][:] for c in ("loss", "grad_norm")}
 
@@ -153,7 +231,9 @@ def test_a_training_step_of_every_method_on_the_device(tmp_path: Path, method: s
         np.testing.assert_allclose(got["loss"][0], ref["loss"][0], rtol=1e-4)
         np.testing.assert_allclose(got["grad_norm"][0], ref["grad_norm"][0], rtol=1e-3)
     ckpt = torch.load(tmp_path / "dev" / "checkpoint.pt", map_location="cpu", weights_only=True)
-    assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values() if v.is_floating_point())
+    assert all(
+        torch.isfinite(v).all() for v in ckpt["state_dict"].values() if v.is_floating_point()
+    )
 
 
 def test_compile_on_the_device_gives_the_eager_steps(tmp_path: Path) -> None:
@@ -171,25 +251,52 @@ def checkpoint(tmp_path_factory) -> Path:
     from train.loop import train
 
     out = tmp_path_factory.mktemp("run")
-    cfg = dict(dataset="digits", model="mlp", model_options={"widths": [16, 16]}, method="crown-ibp", eps=0.1,
-               epochs=1, batch_size=50, train_size=100, test_size=20, eval_size=0, lr=1e-3, eps_ramp_epochs=1.0)
+    cfg = dict(
+        dataset="digits",
+        model="mlp",
+        model_options={"widths": [16, 16]},
+        method="crown-ibp",
+        eps=0.1,
+        epochs=1,
+        batch_size=50,
+        train_size=100,
+        test_size=20,
+        eval_size=0,
+        lr=1e-3,
+        eps_ramp_epochs=1.0,
+    )
     train(cfg, out_dir=out, progress=False)
     return out / "checkpoint.pt"
 
 
 @pytest.mark.parametrize("kind", ["gradient", "random-1d", "random-2d"])
-def test_scans_on_the_device_give_the_cpu_values(checkpoint: Path, tmp_path: Path, kind: str) -> None:
+def test_scans_on_the_device_give_the_cpu_values(
+    checkpoint: Path, tmp_path: Path, kind: str
+) -> None:
     from landscape import store
     from landscape.cli import main
 
-    args = ["scan", str(checkpoint), "--kind", kind, "--methods", "crown-ibp,ibp,clean", "--points", "3",
-            "--samples", "16", "--quiet"]
+    args = [
+        "scan",
+        str(checkpoint),
+        "--kind",
+        kind,
+        "--methods",
+        "crown-ibp,ibp,clean",
+        "--points",
+        "3",
+        "--samples",
+        "16",
+        "--quiet",
+    ]
     assert main([*args, "--device", "cpu", "--out", str(tmp_path / "cpu.h5")]) == 0
     assert main([*args, "--device", DEVICE, "--out", str(tmp_path / "dev.h5")]) == 0
     a, b = store.read(str(tmp_path / "cpu.h5")), store.read(str(tmp_path / "dev.h5"))
     assert b["attrs"]["complete"] is True
     for label in ("crown-ibp", "ibp", "clean"):
-        np.testing.assert_allclose(b["results"][label]["loss"], a["results"][label]["loss"], rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(
+            b["results"][label]["loss"], a["results"][label]["loss"], rtol=1e-4, atol=1e-6
+        )
 
 
 # --------------------------------------------------------------------------------------- torchrun
@@ -201,18 +308,58 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-ARGS = ["--dataset", "digits", "--model", "mlp", "--model-option", "widths=[32]", "--method", "crown-ibp",
-        "--eps", "0.05", "--eps-start-epoch", "0", "--eps-ramp-epochs", "0.5", "--epochs", "1",
-        "--train-size", "193", "--test-size", "50", "--batch-size", "64", "--eval-size", "50", "--quiet"]
+ARGS = [
+    "--dataset",
+    "digits",
+    "--model",
+    "mlp",
+    "--model-option",
+    "widths=[32]",
+    "--method",
+    "crown-ibp",
+    "--eps",
+    "0.05",
+    "--eps-start-epoch",
+    "0",
+    "--eps-ramp-epochs",
+    "0.5",
+    "--epochs",
+    "1",
+    "--train-size",
+    "193",
+    "--test-size",
+    "50",
+    "--batch-size",
+    "64",
+    "--eval-size",
+    "50",
+    "--quiet",
+]
 
 
 def test_torchrun_on_the_device_trains_as_one_process(tmp_path: Path) -> None:
     """Every visible GPU one process (nccl when there are several; one GPU: one process)."""
     n = max(1, torch.cuda.device_count()) if ON_GPU else 1
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(n), "--master-addr", "127.0.0.1",
-           "--master-port", str(_free_port()), "-m", "landscape.cli", "train", *ARGS, "--device", DEVICE,
-           "--out", str(tmp_path / "torchrun")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        str(n),
+        "--master-addr",
+        "127.0.0.1",
+        "--master-port",
+        str(_free_port()),
+        "-m",
+        "landscape.cli",
+        "train",
+        *ARGS,
+        "--device",
+        DEVICE,
+        "--out",
+        str(tmp_path / "torchrun"),
+    ]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     from landscape.cli import main
@@ -221,7 +368,9 @@ def test_torchrun_on_the_device_trains_as_one_process(tmp_path: Path) -> None:
     one = torch.load(tmp_path / "one" / "checkpoint.pt", map_location="cpu", weights_only=True)
     two = torch.load(tmp_path / "torchrun" / "checkpoint.pt", map_location="cpu", weights_only=True)
     for k, a in one["state_dict"].items():
-        assert torch.allclose(two["state_dict"][k], a, rtol=1e-4, atol=1e-4 * float(a.abs().max())), k
+        assert torch.allclose(
+            two["state_dict"][k], a, rtol=1e-4, atol=1e-4 * float(a.abs().max())
+        ), k
 
 
 _NCCL = """
@@ -243,8 +392,20 @@ print("nccl ok" if dev.type == "cuda" else "gloo ok")
 
 
 def test_an_nccl_group_of_one_process_reduces_and_broadcasts() -> None:
-    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "DEV": DEVICE,
-           "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, "-c", _NCCL], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    env = {
+        **os.environ,
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(_free_port()),
+        "DEV": DEVICE,
+        "PYTHONPATH": str(ROOT),
+    }
+    proc = subprocess.run(
+        [sys.executable, "-c", _NCCL],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip().endswith("ok")

@@ -22,7 +22,15 @@ import torch
 
 import train.data as tdata
 import train.sources as tsources
-from train.data import DATASETS, Data, DatasetError, DatasetSpec, load_dataset, search_dirs, subset_indices
+from train.data import (
+    DATASETS,
+    Data,
+    DatasetError,
+    DatasetSpec,
+    load_dataset,
+    search_dirs,
+    subset_indices,
+)
 
 IDX_NAMES = {
     "train_images": "train-images-idx3-ubyte",
@@ -41,16 +49,27 @@ def idx_bytes(arr: np.ndarray, type_byte: int = 0x08) -> bytes:
     return header + np.ascontiguousarray(arr, dtype=np.uint8).tobytes()
 
 
-def make_idx_set(folder: Path, n_train: int = 30, n_test: int = 10, side: int = 28, label: int | None = None,
-                 gz: bool = True, seed: int = 0) -> dict[str, np.ndarray]:
+def make_idx_set(
+    folder: Path,
+    n_train: int = 30,
+    n_test: int = 10,
+    side: int = 28,
+    label: int | None = None,
+    gz: bool = True,
+    seed: int = 0,
+) -> dict[str, np.ndarray]:
     """Write the four MNIST-style IDX files into ``folder``; return the arrays written."""
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
     arrays = {
         "train_images": rng.integers(0, 256, (n_train, side, side), dtype=np.uint8),
-        "train_labels": (np.arange(n_train) % 10 if label is None else np.full(n_train, label)).astype(np.uint8),
+        "train_labels": (
+            np.arange(n_train) % 10 if label is None else np.full(n_train, label)
+        ).astype(np.uint8),
         "test_images": rng.integers(0, 256, (n_test, side, side), dtype=np.uint8),
-        "test_labels": (np.arange(n_test) % 10 if label is None else np.full(n_test, label)).astype(np.uint8),
+        "test_labels": (np.arange(n_test) % 10 if label is None else np.full(n_test, label)).astype(
+            np.uint8
+        ),
     }
     for role, stem in IDX_NAMES.items():
         data = idx_bytes(arrays[role])
@@ -69,7 +88,9 @@ def cifar_records(n: int, seed: int) -> tuple[bytes, np.ndarray, np.ndarray]:
     return raw, images, labels
 
 
-def make_cifar(folder: Path, per_batch: int = 4) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def make_cifar(
+    folder: Path, per_batch: int = 4
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     d = folder / "cifar-10-batches-bin"
     d.mkdir(parents=True, exist_ok=True)
     xs, ys = [], []
@@ -83,7 +104,9 @@ def make_cifar(folder: Path, per_batch: int = 4) -> tuple[np.ndarray, np.ndarray
     return np.concatenate(xs), np.concatenate(ys), tx, ty
 
 
-def make_svhn(folder: Path, n_train: int = 12, n_test: int = 6) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def make_svhn(
+    folder: Path, n_train: int = 12, n_test: int = 6
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     from scipy.io import savemat
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -239,8 +262,14 @@ def _corrupt(folder: Path, how: str) -> None:
 
 @pytest.mark.parametrize(
     "how,message",
-    [("truncated", "truncated"), ("magic", "wrong magic number"), ("type", "wrong magic number"),
-     ("trailing", "trailing bytes"), ("header", "truncated inside its header"), ("gzip", "gzip")],
+    [
+        ("truncated", "truncated"),
+        ("magic", "wrong magic number"),
+        ("type", "wrong magic number"),
+        ("trailing", "trailing bytes"),
+        ("header", "truncated inside its header"),
+        ("gzip", "gzip"),
+    ],
 )
 def test_corrupted_idx(tmp_path: Path, how: str, message: str) -> None:
     make_idx_set(tmp_path / "d")
@@ -256,7 +285,9 @@ def test_idx_inconsistent_labels(tmp_path: Path) -> None:
     (d / "train-labels-idx1-ubyte.gz").write_bytes(gzip.compress(idx_bytes(np.zeros(29, np.uint8))))
     with pytest.raises(DatasetError, match="30 images but .* 29 labels"):
         load_dataset("mnist", data_dir=d)
-    (d / "train-labels-idx1-ubyte.gz").write_bytes(gzip.compress(idx_bytes(np.full(30, 12, np.uint8))))
+    (d / "train-labels-idx1-ubyte.gz").write_bytes(
+        gzip.compress(idx_bytes(np.full(30, 12, np.uint8)))
+    )
     with pytest.raises(DatasetError, match="labels .* 0..9"):
         load_dataset("mnist", data_dir=d)
 
@@ -359,22 +390,31 @@ def test_search_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert set(load_dataset("mnist").train_y.tolist()) == {4}
 
 
-def test_env_var_folder_itself_and_subfolder_first(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_env_var_folder_itself_and_subfolder_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     make_idx_set(tmp_path / "env", label=5)
-    monkeypatch.setenv("LANDSCAPE_DATA", os.pathsep.join([str(tmp_path / "nothing"), str(tmp_path / "env")]))
+    monkeypatch.setenv(
+        "LANDSCAPE_DATA", os.pathsep.join([str(tmp_path / "nothing"), str(tmp_path / "env")])
+    )
     assert set(load_dataset("fashion-mnist").train_y.tolist()) == {5}
     make_idx_set(tmp_path / "env" / "fashion-mnist", label=6)
     assert set(load_dataset("fashion-mnist").train_y.tolist()) == {6}
     dirs = search_dirs("fashion-mnist")
     assert dirs.index(tmp_path / "env" / "fashion-mnist") < dirs.index(tmp_path / "env")
-    assert dirs.index(tmp_path / "env") < dirs.index(tmp_path / "cache" / "landscape" / "fashion-mnist")
+    assert dirs.index(tmp_path / "env") < dirs.index(
+        tmp_path / "cache" / "landscape" / "fashion-mnist"
+    )
     assert dirs[-1] == tmp_path / "system" / "fashion-mnist"
     # an explicit --data-dir is the only place looked
-    assert search_dirs("fashion-mnist", tmp_path / "x") == [tmp_path / "x" / s for s in
-                                                           ("fashion-mnist", "fashion_mnist", "FashionMNIST")] + [tmp_path / "x"]
+    assert search_dirs("fashion-mnist", tmp_path / "x") == [
+        tmp_path / "x" / s for s in ("fashion-mnist", "fashion_mnist", "FashionMNIST")
+    ] + [tmp_path / "x"]
 
 
-def test_an_explicit_data_dir_is_the_only_place_looked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_explicit_data_dir_is_the_only_place_looked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A --data-dir that does not exist, or holds only part of a dataset, is an error; the
     system copy (or any other) is never used in its place."""
     make_idx_set(tmp_path / "system" / "fashion-mnist", label=4)
@@ -402,11 +442,20 @@ def test_missing_dataset_message(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     with pytest.raises(DatasetError) as info:
         load_dataset("fashion-mnist")
     msg = str(info.value)
-    for place in (tmp_path / "envdir", tmp_path / "envdir" / "fashion-mnist",
-                  tmp_path / "cache" / "landscape" / "fashion-mnist", tmp_path / "system" / "fashion-mnist"):
+    for place in (
+        tmp_path / "envdir",
+        tmp_path / "envdir" / "fashion-mnist",
+        tmp_path / "cache" / "landscape" / "fashion-mnist",
+        tmp_path / "system" / "fashion-mnist",
+    ):
         assert str(place) in msg
-    for hint in ("apt-get install dataset-fashion-mnist", "--download", "--data-dir", "LANDSCAPE_DATA",
-                 "train-images-idx3-ubyte.gz"):
+    for hint in (
+        "apt-get install dataset-fashion-mnist",
+        "--download",
+        "--data-dir",
+        "LANDSCAPE_DATA",
+        "train-images-idx3-ubyte.gz",
+    ):
         assert hint in msg
     assert "is not set" not in msg
     monkeypatch.delenv("LANDSCAPE_DATA")
@@ -433,23 +482,35 @@ def test_download_offline_fails_fast(tmp_path: Path, monkeypatch: pytest.MonkeyP
         load_dataset("mnist", data_dir=tmp_path / "dl", download=True)
     assert time.monotonic() - start < 5
     msg = str(info.value)
-    assert "name resolution" in msg and "ossci-datasets" in msg and "check the network" in msg and "by hand into" in msg
+    assert (
+        "name resolution" in msg
+        and "ossci-datasets" in msg
+        and "check the network" in msg
+        and "by hand into" in msg
+    )
     assert len(calls) == 2  # both mirrors tried once, then one error
     assert not list((tmp_path / "dl").glob("*.part"))
 
 
 def test_download_checksum_mismatch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(urllib.request, "urlopen", lambda request, timeout=0: FakeResponse(b"garbage"))
+    monkeypatch.setattr(
+        urllib.request, "urlopen", lambda request, timeout=0: FakeResponse(b"garbage")
+    )
     with pytest.raises(DatasetError, match="checksum"):
         load_dataset("cifar10", data_dir=tmp_path / "dl", download=True)
     assert not any((tmp_path / "dl").iterdir())
 
 
-def test_download_success_then_found_locally(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_download_success_then_found_locally(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     make_svhn(tmp_path / "server")
     served = {p.name: p.read_bytes() for p in (tmp_path / "server").iterdir()}
     src = tsources.SOURCES["svhn"]
-    patched = tuple(dataclasses.replace(d, md5=hashlib.md5(served[d.filename]).hexdigest()) for d in src.downloads)
+    patched = tuple(
+        dataclasses.replace(d, md5=hashlib.md5(served[d.filename]).hexdigest())
+        for d in src.downloads
+    )
     monkeypatch.setitem(tsources.SOURCES, "svhn", dataclasses.replace(src, downloads=patched))
     fetched: list[str] = []
 
@@ -516,7 +577,9 @@ def test_a_gzip_bomb_is_refused_before_it_is_inflated(tmp_path, monkeypatch):
         dataformats.read_idx(huge)
 
 
-def test_an_idx_header_with_a_wrong_shape_is_refused_before_inflating(tmp_path: Path, monkeypatch) -> None:
+def test_an_idx_header_with_a_wrong_shape_is_refused_before_inflating(
+    tmp_path: Path, monkeypatch
+) -> None:
     """An honest gzip file whose header declares a shape the dataset cannot have (more rows than
     labels, or images that are not 28 x 28) is refused from its header, without inflating it."""
     d = tmp_path / "d"

@@ -25,12 +25,16 @@ def read_vtu(path: Path) -> dict:
     assert root.get("byte_order") == "LittleEndian" and root.get("header_type") == "UInt64"
     base = raw.index(b"_", start) + 1
     piece = root.find("UnstructuredGrid/Piece")
-    out = {"n_points": int(piece.get("NumberOfPoints")), "n_cells": int(piece.get("NumberOfCells")), "point_data": {}}
+    out = {
+        "n_points": int(piece.get("NumberOfPoints")),
+        "n_cells": int(piece.get("NumberOfCells")),
+        "point_data": {},
+    }
     for section in ("Points", "Cells", "PointData"):
         for arr in piece.find(section):
             pos = base + int(arr.get("offset"))
-            size = int(np.frombuffer(raw[pos:pos + 8], dtype="<u8")[0])
-            values = np.frombuffer(raw[pos + 8:pos + 8 + size], dtype=VTK_TYPES[arr.get("type")])
+            size = int(np.frombuffer(raw[pos : pos + 8], dtype="<u8")[0])
+            values = np.frombuffer(raw[pos + 8 : pos + 8 + size], dtype=VTK_TYPES[arr.get("type")])
             values = values.reshape(-1, int(arr.get("NumberOfComponents")))
             if section == "PointData":
                 out["point_data"][arr.get("Name")] = values[:, 0]
@@ -45,12 +49,18 @@ Y = np.linspace(-0.5, 0.5, 3)
 
 
 def surface() -> np.ndarray:
-    return (1.0 + X[:, None] ** 2 + 2 * Y[None, :] ** 2 + 0.1 * X[:, None] * Y[None, :]).astype(np.float32)
+    return (1.0 + X[:, None] ** 2 + 2 * Y[None, :] ** 2 + 0.1 * X[:, None] * Y[None, :]).astype(
+        np.float32
+    )
 
 
-def make_scan(path: Path, values: dict[str, np.ndarray], kind: str = "random-2d", dims=("x", "y")) -> Path:
+def make_scan(
+    path: Path, values: dict[str, np.ndarray], kind: str = "random-2d", dims=("x", "y")
+) -> Path:
     coords = {d: c for d, c in zip(dims, (X, Y))}
-    scan = store.create_scan(str(path), kind=kind, args={"k": 1}, coords=coords, labels=list(values))
+    scan = store.create_scan(
+        str(path), kind=kind, args={"k": 1}, coords=coords, labels=list(values)
+    )
     for label, loss in values.items():
         for index in np.ndindex(loss.shape):
             if np.isfinite(loss[index]):
@@ -65,7 +75,10 @@ def test_complete_scan_round_trip(tmp_path):
     written = export_scan(scan, tmp_path / "vtk", log=True)
     assert list(written) == ["crown-ibp", "clean"]
     assert written["crown-ibp"] == tmp_path / "vtk" / "surf_crown-ibp.vtu"
-    assert sorted(p.name for p in (tmp_path / "vtk").iterdir()) == ["surf_clean.vtu", "surf_crown-ibp.vtu"]
+    assert sorted(p.name for p in (tmp_path / "vtk").iterdir()) == [
+        "surf_clean.vtu",
+        "surf_crown-ibp.vtu",
+    ]
     for label, factor in (("crown-ibp", 1), ("clean", 2)):
         v = read_vtu(written[label])
         assert v["n_points"] == 12 and v["n_cells"] == 6
@@ -74,7 +87,9 @@ def test_complete_scan_round_trip(tmp_path):
         np.testing.assert_array_equal(j, np.tile(np.arange(3), 4))
         expected = factor * loss
         np.testing.assert_array_equal(v["point_data"]["loss"], expected[i, j])
-        np.testing.assert_allclose(v["points"], np.stack([X[i], Y[j], expected[i, j]], axis=1), rtol=1e-7)
+        np.testing.assert_allclose(
+            v["points"], np.stack([X[i], Y[j], expected[i, j]], axis=1), rtol=1e-7
+        )
         np.testing.assert_allclose(v["point_data"]["log_loss"], np.log(expected[i, j]), rtol=1e-6)
         assert (v["types"] == VTK_QUAD).all()
         np.testing.assert_array_equal(v["offsets"], 4 * np.arange(1, 7))
@@ -111,7 +126,9 @@ def test_partial_scan_leaves_out_points_not_computed(tmp_path):
 
 def test_cli_export_and_its_errors(tmp_path, capsys):
     scan = make_scan(tmp_path / "s.h5", {"ibp": surface()})
-    assert main(["export", str(scan), "--format", "vtk", "--out", str(tmp_path / "o"), "--log"]) == 0
+    assert (
+        main(["export", str(scan), "--format", "vtk", "--out", str(tmp_path / "o"), "--log"]) == 0
+    )
     out = capsys.readouterr()
     assert out.out.strip() == str(tmp_path / "o" / "s_ibp.vtu") and "wrote 1 file to" in out.err
     assert "log_loss" in read_vtu(tmp_path / "o" / "s_ibp.vtu")["point_data"]
@@ -133,7 +150,10 @@ def test_cli_export_and_its_errors(tmp_path, capsys):
         assert main(["export", *args, "--out", str(tmp_path / "bad")]) != 0
         err = capsys.readouterr().err
         lines = err.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith("Error: ") and message in lines[0], (args, err)
+        assert len(lines) == 1 and lines[0].startswith("Error: ") and message in lines[0], (
+            args,
+            err,
+        )
     assert not (tmp_path / "bad").exists() or not any((tmp_path / "bad").iterdir())
 
 
@@ -141,12 +161,40 @@ def test_cli_export_and_its_errors(tmp_path, capsys):
 def test_export_of_a_real_random_2d_scan(tmp_path):
     from train.loop import train
 
-    cfg = dict(dataset="digits", model="mlp", model_options={"widths": [8]}, method="ibp", eps=0.1, epochs=1,
-               batch_size=50, train_size=50, test_size=10, eval_size=0)
+    cfg = dict(
+        dataset="digits",
+        model="mlp",
+        model_options={"widths": [8]},
+        method="ibp",
+        eps=0.1,
+        epochs=1,
+        batch_size=50,
+        train_size=50,
+        test_size=10,
+        eval_size=0,
+    )
     train(cfg, out_dir=tmp_path / "run", progress=False)
     out = tmp_path / "surf.h5"
-    assert main(["scan", str(tmp_path / "run" / "checkpoint.pt"), "--kind", "random-2d", "--points", "3",
-                 "--methods", "ibp,clean", "--samples", "8", "--quiet", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "scan",
+                str(tmp_path / "run" / "checkpoint.pt"),
+                "--kind",
+                "random-2d",
+                "--points",
+                "3",
+                "--methods",
+                "ibp,clean",
+                "--samples",
+                "8",
+                "--quiet",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     written = export_scan(out, tmp_path / "vtk")
     d = store.read(out)
     for label in ("ibp", "clean"):
@@ -154,5 +202,9 @@ def test_export_of_a_real_random_2d_scan(tmp_path):
         loss = d["results"][label]["loss"]
         assert v["n_points"] == 9 and v["n_cells"] == 4
         np.testing.assert_array_equal(v["point_data"]["loss"], loss.reshape(-1))
-        np.testing.assert_allclose(v["points"][:, :2], np.stack(np.meshgrid(d["coords"]["x"], d["coords"]["y"],
-                                                                            indexing="ij"), -1).reshape(-1, 2))
+        np.testing.assert_allclose(
+            v["points"][:, :2],
+            np.stack(np.meshgrid(d["coords"]["x"], d["coords"]["y"], indexing="ij"), -1).reshape(
+                -1, 2
+            ),
+        )

@@ -14,7 +14,9 @@ from landscape import store
 from landscape.cli import main
 
 
-def _half(l: torch.Tensor, u: torch.Tensor, generator: torch.Generator | None = None) -> relaxations.Relaxation:
+def _half(
+    l: torch.Tensor, u: torch.Tensor, generator: torch.Generator | None = None
+) -> relaxations.Relaxation:
     """a = 1/2 on every unstable neuron."""
     return relaxations.with_lower_slope(l, u, torch.full_like(u, 0.5))
 
@@ -41,12 +43,54 @@ def test_a_new_slope_policy_needs_only_the_readme_steps(monkeypatch, tmp_path) -
     assert LossSpec(method="crown-ibp", slope="half").slope == "half"
 
     run = tmp_path / "run"
-    assert main(["train", "--dataset", "digits", "--model", "mlp", "--model-option", "widths=[8]", "--method",
-                 "crown-ibp", "--slope", "half", "--epochs", "1", "--train-size", "64", "--test-size", "16",
-                 "--eval-size", "0", "--out", str(run), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--dataset",
+                "digits",
+                "--model",
+                "mlp",
+                "--model-option",
+                "widths=[8]",
+                "--method",
+                "crown-ibp",
+                "--slope",
+                "half",
+                "--epochs",
+                "1",
+                "--train-size",
+                "64",
+                "--test-size",
+                "16",
+                "--eval-size",
+                "0",
+                "--out",
+                str(run),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     out = tmp_path / "g.h5"
-    assert main(["scan", str(run / "checkpoint.pt"), "--points", "1", "--samples", "8", "--slope", "half",
-                 "--out", str(out), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "scan",
+                str(run / "checkpoint.pt"),
+                "--points",
+                "1",
+                "--samples",
+                "8",
+                "--slope",
+                "half",
+                "--out",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert np.isfinite(store.read(out)["results"]["crown-ibp"]["loss"]).all()
 
 
@@ -56,7 +100,23 @@ def test_an_unknown_slope_is_refused_everywhere(tmp_path, capsys) -> None:
     with pytest.raises(ValueError, match="unknown slope 'half'"):
         TrainConfig(method="crown-ibp", slope="half")
     with pytest.raises(ValueError, match="unknown slope 'half'"):
-        compute_bounds(torch.nn.Sequential(torch.nn.Linear(2, 2)), torch.rand(1, 2), 0.1, slope="half")
-    assert main(["train", "--dataset", "digits", "--method", "crown-ibp", "--slope", "half", "--out",
-                 str(tmp_path / "r")]) == 1
+        compute_bounds(
+            torch.nn.Sequential(torch.nn.Linear(2, 2)), torch.rand(1, 2), 0.1, slope="half"
+        )
+    assert (
+        main(
+            [
+                "train",
+                "--dataset",
+                "digits",
+                "--method",
+                "crown-ibp",
+                "--slope",
+                "half",
+                "--out",
+                str(tmp_path / "r"),
+            ]
+        )
+        == 1
+    )
     assert "unknown slope 'half'" in capsys.readouterr().err

@@ -18,8 +18,23 @@ import torch
 from landscape import store
 from landscape.cli import main
 
-TINY = ["--dataset", "digits", "--model", "mlp", "--model-option", "widths=[8]", "--train-size", "64",
-        "--test-size", "32", "--batch-size", "32", "--eval-size", "0", "--quiet"]
+TINY = [
+    "--dataset",
+    "digits",
+    "--model",
+    "mlp",
+    "--model-option",
+    "widths=[8]",
+    "--train-size",
+    "64",
+    "--test-size",
+    "32",
+    "--batch-size",
+    "32",
+    "--eval-size",
+    "0",
+    "--quiet",
+]
 
 
 @pytest.fixture(scope="module")
@@ -39,12 +54,22 @@ def _landscape(args: list[str], file_size_limit: int | None = None) -> subproces
         resource.setrlimit(resource.RLIMIT_FSIZE, (file_size_limit, file_size_limit))
 
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    return subprocess.run([sys.executable, "-m", "landscape.cli", *args], capture_output=True, text=True, env=env,
-                          timeout=300, preexec_fn=limit if file_size_limit else None)
+    return subprocess.run(
+        [sys.executable, "-m", "landscape.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        preexec_fn=limit if file_size_limit else None,
+    )
 
 
 def _leftovers(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.iterdir() if p.name.endswith(".tmp") or p.name.endswith(".partial.h5"))
+    return sorted(
+        p.name
+        for p in folder.iterdir()
+        if p.name.endswith(".tmp") or p.name.endswith(".partial.h5")
+    )
 
 
 # ----------------------------------------------------------------------------- a full disk
@@ -54,27 +79,72 @@ def _leftovers(folder: Path) -> list[str]:
 def test_a_full_disk_is_one_error_and_leaves_no_partial_file(run, tmp_path) -> None:
     # scan: the results file cannot be written
     out = tmp_path / "scan" / "s.h5"
-    proc = _landscape(["scan", str(run / "checkpoint.pt"), "--kind", "random-2d", "--points", "5", "--samples", "8",
-                       "--out", str(out), "--quiet"], file_size_limit=4000)
+    proc = _landscape(
+        [
+            "scan",
+            str(run / "checkpoint.pt"),
+            "--kind",
+            "random-2d",
+            "--points",
+            "5",
+            "--samples",
+            "8",
+            "--out",
+            str(out),
+            "--quiet",
+        ],
+        file_size_limit=4000,
+    )
     err = proc.stderr.strip().splitlines()
     assert proc.returncode == 1 and len(err) == 1, proc.stderr
     assert err[0].startswith(f"Error: cannot write {out}: the disk is full")
     assert not out.exists() and _leftovers(out.parent) == []
     # train: the first checkpoint cannot be written
     train_out = tmp_path / "train"
-    proc = _landscape(["train", *TINY[:5], "widths=[256]", *TINY[6:], "--method", "ibp", "--epochs", "1",
-                       "--out", str(train_out)], file_size_limit=60_000)
+    proc = _landscape(
+        [
+            "train",
+            *TINY[:5],
+            "widths=[256]",
+            *TINY[6:],
+            "--method",
+            "ibp",
+            "--epochs",
+            "1",
+            "--out",
+            str(train_out),
+        ],
+        file_size_limit=60_000,
+    )
     err = proc.stderr.strip().splitlines()
     assert proc.returncode == 1 and len(err) == 1, proc.stderr
     assert "checkpoint_epoch1.pt: the disk is full" in err[0] and "inline_container" not in err[0]
     assert not (train_out / "checkpoint_epoch1.pt").exists() and _leftovers(train_out) == []
     # plot: the image cannot be written in full
     scan = tmp_path / "ok.h5"
-    assert main(["scan", str(run / "checkpoint.pt"), "--kind", "random-2d", "--points", "5", "--samples", "8",
-                 "--out", str(scan), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "scan",
+                str(run / "checkpoint.pt"),
+                "--kind",
+                "random-2d",
+                "--points",
+                "5",
+                "--samples",
+                "8",
+                "--out",
+                str(scan),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     figs = tmp_path / "figs"
     figs.mkdir()
-    proc = _landscape(["plot", str(scan), "--out", str(figs), "--format", "png"], file_size_limit=10_000)
+    proc = _landscape(
+        ["plot", str(scan), "--out", str(figs), "--format", "png"], file_size_limit=10_000
+    )
     err = proc.stderr.strip().splitlines()
     assert proc.returncode == 1 and len(err) == 1 and "the disk is full" in err[0], proc.stderr
     assert [p.name for p in figs.iterdir()] == []  # no truncated PNG
@@ -107,12 +177,19 @@ def test_the_store_maps_no_space_left_to_one_error(tmp_path, monkeypatch) -> Non
             self.fh.write(bytes(data)[:100])
             raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(files, "open", lambda name, mode="r": Full(name, mode) if "w" in mode else real_open(name, mode),
-                        raising=False)
+    monkeypatch.setattr(
+        files,
+        "open",
+        lambda name, mode="r": Full(name, mode) if "w" in mode else real_open(name, mode),
+        raising=False,
+    )
     with pytest.raises(store.DiskFullError) as info:
         store.append_rows(str(path), "steps", {"step": [2]})
-    assert str(info.value) == f"cannot write {path}: the disk is full (no space left on device); free some space " \
-                              "and run the command again"
+    assert (
+        str(info.value)
+        == f"cannot write {path}: the disk is full (no space left on device); free some space "
+        "and run the command again"
+    )
     assert path.read_bytes() == before and _leftovers(tmp_path) == []
 
 
@@ -123,8 +200,9 @@ def test_stale_temporaries_of_a_killed_writer_are_cleaned(tmp_path) -> None:
     from train.checkpoint import save_checkpoint
     from train.models import build_model, model_description
 
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
-                          text=True).stdout.strip()
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    ).stdout.strip()
     h5 = tmp_path / "train.h5"
     stale = [tmp_path / f".train.h5.{dead}.0a1b2c3d.tmp", tmp_path / ".train.h5.k3j4h5g6.tmp"]
     for p in stale:
@@ -138,12 +216,20 @@ def test_stale_temporaries_of_a_killed_writer_are_cleaned(tmp_path) -> None:
     old = tmp_path / f".checkpoint.pt.{dead}.12345678.tmp"
     old.write_bytes(b"half")
     net = build_model("mlp", (1, 2, 2), 2, (0.0,), (1.0,), widths=[3])
-    save_checkpoint(ckpt, net, model_desc=model_description("mlp", (1, 2, 2), 2, (0.0,), (1.0,), widths=[3]),
-                    config={"dataset": "digits", "method": "ibp", "model": "mlp"}, epoch=0, step=0)
+    save_checkpoint(
+        ckpt,
+        net,
+        model_desc=model_description("mlp", (1, 2, 2), 2, (0.0,), (1.0,), widths=[3]),
+        config={"dataset": "digits", "method": "ibp", "model": "mlp"},
+        epoch=0,
+        step=0,
+    )
     assert not old.exists()
     umask = os.umask(0)
     os.umask(umask)
-    assert ckpt.stat().st_mode & 0o777 == 0o666 & ~umask == h5.stat().st_mode & 0o777  # like every result
+    assert (
+        ckpt.stat().st_mode & 0o777 == 0o666 & ~umask == h5.stat().st_mode & 0o777
+    )  # like every result
 
 
 # ----------------------------------------------------------------------------- scans
@@ -151,16 +237,33 @@ def test_stale_temporaries_of_a_killed_writer_are_cleaned(tmp_path) -> None:
 
 def test_an_overflowing_scan_completes_and_reports_it(run, tmp_path, capsys) -> None:
     out = tmp_path / "g.h5"
-    args = ["scan", str(run / "checkpoint.pt"), "--kind", "gradient", "--lr", "1e30", "--points", "2",
-            "--samples", "8", "--out", str(out), "--quiet"]
+    args = [
+        "scan",
+        str(run / "checkpoint.pt"),
+        "--kind",
+        "gradient",
+        "--lr",
+        "1e30",
+        "--points",
+        "2",
+        "--samples",
+        "8",
+        "--out",
+        str(out),
+        "--quiet",
+    ]
     assert main(args) == 0
     err = capsys.readouterr().err
     assert "Warning:" in err and "not finite" in err
     rec = store.read(out)
-    assert rec["attrs"]["complete"] is True and rec["attrs"]["schema_version"] == store.SCHEMA_VERSION
+    assert (
+        rec["attrs"]["complete"] is True and rec["attrs"]["schema_version"] == store.SCHEMA_VERSION
+    )
     loss, computed = rec["results"]["crown-ibp"]["loss"], rec["results"]["crown-ibp"]["computed"]
     assert computed.all() and not np.isfinite(loss).all() and np.isfinite(loss[0])
-    assert rec["results"]["crown-ibp"]["attrs"]["nonfinite_points"] == int((~np.isfinite(loss)).sum())
+    assert rec["results"]["crown-ibp"]["attrs"]["nonfinite_points"] == int(
+        (~np.isfinite(loss)).sum()
+    )
     before = out.read_bytes()
     assert main(args) == 0 and out.read_bytes() == before  # complete: a rerun computes nothing
 
@@ -169,8 +272,9 @@ def test_scan_files_of_schema_version_1_are_still_read_and_resumed(tmp_path) -> 
     import h5py
 
     path = tmp_path / "v1.h5"
-    scan = store.create_scan(str(path), kind="random-1d", args={"a": 1}, coords={"x": [0.0, 1.0, 2.0]},
-                             labels=["ibp"])
+    scan = store.create_scan(
+        str(path), kind="random-1d", args={"a": 1}, coords={"x": [0.0, 1.0, 2.0]}, labels=["ibp"]
+    )
     scan.set_point("ibp", 0, {"loss": 1.5})
     scan.flush()
     with h5py.File(path, "r+") as f:  # as version 1 wrote it: no mask, NaN = not computed
@@ -204,11 +308,26 @@ def test_bad_checkpoints_are_one_clear_error_and_create_no_output(run, tmp_path,
     other_data["config"] = dict(other_data["config"], dataset="fashion-mnist")
     foreign = tmp_path / "foreign.pt"
     torch.save(other_data, foreign)
-    for ckpt, words in ((not_dict, "its 'config' entry is a list"),
-                        (foreign, "holds a model for inputs (1, 8, 8), but dataset 'fashion-mnist' has inputs")):
-        for cmd in (["scan", str(ckpt), "--kind", "random-1d", "--points", "3", "--samples", "8",
-                     "--out", str(tmp_path / "out" / "s.h5"), "--quiet"],
-                    ["certify", str(ckpt), "--test-size", "8", "--pgd-steps", "1"]):
+    for ckpt, words in (
+        (not_dict, "its 'config' entry is a list"),
+        (foreign, "holds a model for inputs (1, 8, 8), but dataset 'fashion-mnist' has inputs"),
+    ):
+        for cmd in (
+            [
+                "scan",
+                str(ckpt),
+                "--kind",
+                "random-1d",
+                "--points",
+                "3",
+                "--samples",
+                "8",
+                "--out",
+                str(tmp_path / "out" / "s.h5"),
+                "--quiet",
+            ],
+            ["certify", str(ckpt), "--test-size", "8", "--pgd-steps", "1"],
+        ):
             if ckpt is foreign:
                 cmd += ["--data-dir", str(_fake_fashion(tmp_path))]
             assert main(cmd) == 1, cmd
@@ -230,7 +349,11 @@ def _fake_fashion(tmp_path: Path) -> Path:
         images = rng.integers(0, 255, (n, 28, 28), dtype=np.uint8)
         labels = rng.integers(0, 10, n, dtype=np.uint8)
         with gzip.open(folder / f"{prefix}-images-idx3-ubyte.gz", "wb") as fh:
-            fh.write(bytes([0, 0, 8, 3]) + np.array([n, 28, 28], dtype=">u4").tobytes() + images.tobytes())
+            fh.write(
+                bytes([0, 0, 8, 3])
+                + np.array([n, 28, 28], dtype=">u4").tobytes()
+                + images.tobytes()
+            )
         with gzip.open(folder / f"{prefix}-labels-idx1-ubyte.gz", "wb") as fh:
             fh.write(bytes([0, 0, 8, 1]) + np.array([n], dtype=">u4").tobytes() + labels.tobytes())
     return folder
@@ -242,11 +365,15 @@ def test_the_unsafe_checkpoint_message_keeps_the_reason_whole(tmp_path, capsys) 
     class Something:
         pass
 
-    something = type("AVeryLongClassNameThatWouldHaveBeenCutMidWordBeforeBecauseOfALengthLimit", (Something,), {})
+    something = type(
+        "AVeryLongClassNameThatWouldHaveBeenCutMidWordBeforeBecauseOfALengthLimit", (Something,), {}
+    )
     globals()[something.__name__] = something
     something.__module__ = __name__
     path = tmp_path / "unsafe.pt"
-    torch.save({"format": "cert-landscape-checkpoint", "x": collections.OrderedDict(a=something())}, path)
+    torch.save(
+        {"format": "cert-landscape-checkpoint", "x": collections.OrderedDict(a=something())}, path
+    )
     assert main(["certify", str(path)]) == 1
     err = capsys.readouterr().err
     assert f"GLOBAL {__name__}.{something.__name__} was not an allowed global by default" in err
@@ -266,7 +393,12 @@ def test_resume_from_nan_weights_names_the_checkpoint(run, tmp_path, capsys) -> 
     before = (broken / "config.json").read_text()
     assert main(["train", "--out", str(broken), "--resume", "--epochs", "3", "--quiet"]) == 1
     err = capsys.readouterr().err
-    assert "cannot resume" in err and "NaN or Inf" in err and "checkpoint_epoch2.pt" in err and "lr" in err
+    assert (
+        "cannot resume" in err
+        and "NaN or Inf" in err
+        and "checkpoint_epoch2.pt" in err
+        and "lr" in err
+    )
     assert "diverged: the loss is" not in err
     assert (broken / "config.json").read_text() == before
 
@@ -282,5 +414,7 @@ def test_a_failed_resume_writes_nothing(run, tmp_path, capsys) -> None:
     assert main(["train", "--out", str(copy), "--resume", "--lr", "0.5", "--quiet"]) == 1
     assert "different config (lr" in capsys.readouterr().err
     assert {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in copy.iterdir()} == stamps
-    assert main(["train", "--out", str(copy), "--resume", "--epochs", "3", "--quiet"]) == 0  # extending works
+    assert (
+        main(["train", "--out", str(copy), "--resume", "--epochs", "3", "--quiet"]) == 0
+    )  # extending works
     assert torch.load(copy / "checkpoint.pt", weights_only=True)["epoch"] == 3

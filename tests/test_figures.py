@@ -29,7 +29,12 @@ def make_gradient_scan(path: Path, methods=("ibp", "crown-ibp"), eps: float = 0.
         coords={"t": T},
         labels=list(methods),
         fields=["loss", "grad_norm", "cos", "rms", "smoothness"],
-        attrs={"checkpoint": "runs/demo/checkpoint.pt", "dataset": "digits", "model": "cnn-tiny", "eps": eps},
+        attrs={
+            "checkpoint": "runs/demo/checkpoint.pt",
+            "dataset": "digits",
+            "model": "cnn-tiny",
+            "eps": eps,
+        },
     )
     for k, m in enumerate(methods):
         rough = 1.0 + 3.0 * k  # the second method is rougher
@@ -54,7 +59,11 @@ def make_line_scan(path: Path, kind: str = "random-1d", partial: bool = False) -
     dim = "alpha" if kind == "interpolate" else "x"
     xs = np.linspace(-0.5, 1.5, 21) if kind == "interpolate" else np.linspace(-1, 1, 21)
     scan = store.create_scan(
-        str(path), kind=kind, args={"k": kind}, coords={dim: xs}, labels=["ibp", "tightest"],
+        str(path),
+        kind=kind,
+        args={"k": kind},
+        coords={dim: xs},
+        labels=["ibp", "tightest"],
         attrs={"checkpoint": "runs/ibp/checkpoint.pt", "dataset": "digits", "eps": 0.1},
     )
     for k, m in enumerate(("ibp", "tightest")):
@@ -69,8 +78,17 @@ def make_line_scan(path: Path, kind: str = "random-1d", partial: bool = False) -
 def make_surface_scan(path: Path) -> Path:
     xs, ys = np.linspace(-1, 1, 11), np.linspace(-1, 1, 9)
     scan = store.create_scan(
-        str(path), kind="random-2d", args={"n": 11}, coords={"x": xs, "y": ys}, labels=["crown-ibp"],
-        attrs={"checkpoint": "runs/crown/checkpoint.pt", "dataset": "digits", "model": "mlp", "eps": 0.1},
+        str(path),
+        kind="random-2d",
+        args={"n": 11},
+        coords={"x": xs, "y": ys},
+        labels=["crown-ibp"],
+        attrs={
+            "checkpoint": "runs/crown/checkpoint.pt",
+            "dataset": "digits",
+            "model": "mlp",
+            "eps": 0.1,
+        },
     )
     for i, x in enumerate(xs):
         for j, y in enumerate(ys):
@@ -79,10 +97,19 @@ def make_surface_scan(path: Path) -> Path:
     return path
 
 
-def make_train_run(path: Path, method: str = "ibp", rough: float = 1.0, probes: bool = True, tight: float = 1.0) -> Path:
+def make_train_run(
+    path: Path, method: str = "ibp", rough: float = 1.0, probes: bool = True, tight: float = 1.0
+) -> Path:
     store.write_attrs(
         str(path),
-        {"kind": "train", "method": method, "dataset": "digits", "model": "cnn-tiny", "eps": 0.1, "seed": 0},
+        {
+            "kind": "train",
+            "method": method,
+            "dataset": "digits",
+            "model": "cnn-tiny",
+            "eps": 0.1,
+            "seed": 0,
+        },
     )
     n = 60
     step = np.arange(n)
@@ -99,11 +126,33 @@ def make_train_run(path: Path, method: str = "ibp", rough: float = 1.0, probes: 
             "unstable_frac_l0": np.full(n, 0.1 * rough),
         },
     )
-    store.append_rows(str(path), "epochs", {"epoch": np.array([1, 2, 3]), "step": np.array([20, 40, 60]),
-                                            "test_clean_err": np.array([0.4, 0.3, 0.2], dtype=np.float32),
-                                            "test_verified_err_ibp": np.array([0.9, 0.7, 0.6], dtype=np.float32)})
+    store.append_rows(
+        str(path),
+        "epochs",
+        {
+            "epoch": np.array([1, 2, 3]),
+            "step": np.array([20, 40, 60]),
+            "test_clean_err": np.array([0.4, 0.3, 0.2], dtype=np.float32),
+            "test_verified_err_ibp": np.array([0.9, 0.7, 0.6], dtype=np.float32),
+        },
+    )
     if probes:
-        rows: dict[str, list] = {k: [] for k in ("step", "t", "loss", "loss_final", "cos", "smoothness", "loss_variation", "sign_flip", "rga_cos", "unstable_frac_l0", "bound_gap")}
+        rows: dict[str, list] = {
+            k: []
+            for k in (
+                "step",
+                "t",
+                "loss",
+                "loss_final",
+                "cos",
+                "smoothness",
+                "loss_variation",
+                "sign_flip",
+                "rga_cos",
+                "unstable_frac_l0",
+                "bound_gap",
+            )
+        }
         for p in range(0, n, 10):
             loss = 1.0 - 0.1 * T + 0.02 * rough * (1 + p / 20) * T**2
             for i, t in enumerate(T):
@@ -118,12 +167,16 @@ def make_train_run(path: Path, method: str = "ibp", rough: float = 1.0, probes: 
                 rows["rga_cos"].append(0.9 / rough)
                 rows["unstable_frac_l0"].append(0.1 * rough)
                 rows["bound_gap"].append(tight)
-        store.append_rows(str(path), "probes", {k: np.asarray(v, dtype=np.float32) for k, v in rows.items()})
+        store.append_rows(
+            str(path), "probes", {k: np.asarray(v, dtype=np.float32) for k, v in rows.items()}
+        )
     return path
 
 
 def make_certify(path: Path, method: str, base: float) -> Path:
-    store.write_attrs(str(path), {"kind": "certify", "method": method, "dataset": "digits", "model": "cnn-tiny"})
+    store.write_attrs(
+        str(path), {"kind": "certify", "method": method, "dataset": "digits", "model": "cnn-tiny"}
+    )
     eps = np.array([0.05, 0.1, 0.2])
     store.append_rows(
         str(path),
@@ -184,7 +237,9 @@ def test_surface_with_3d(tmp_path: Path) -> None:
 
     f = make_surface_scan(tmp_path / "surf.h5")
     out = figures.plot_file(f, tmp_path / "fig", surface3d=True)
-    _images_ok(out, ["surf_random-2d_contour", "surf_random-2d_heatmap", "surf_random-2d_surface3d"])
+    _images_ok(
+        out, ["surf_random-2d_contour", "surf_random-2d_heatmap", "surf_random-2d_surface3d"]
+    )
     out2 = figures.plot_file(f, tmp_path / "fig2", formats="png")
     assert not any("surface3d" in p.name for p in out2)
 
@@ -196,7 +251,10 @@ def test_training_runs_compare_and_tables(tmp_path: Path) -> None:
     for m, rough, tight in (("ibp", 1.0, 3.0), ("crown-ibp", 4.0, 0.5), ("tightest", 1.5, 0.6)):
         (tmp_path / m).mkdir()
         runs.append(make_train_run(tmp_path / m / "train.h5", m, rough, tight=tight))
-    certs = [make_certify(tmp_path / m / "certify.h5", m, b) for m, b in (("ibp", 0.1), ("crown-ibp", 0.2))]
+    certs = [
+        make_certify(tmp_path / m / "certify.h5", m, b)
+        for m, b in (("ibp", 0.1), ("crown-ibp", 0.2))
+    ]
     out = figures.plot_file(runs + certs, tmp_path / "fig")
     _images_ok(
         out,
@@ -372,17 +430,32 @@ def test_partial_line_scan_draws_every_computed_point(tmp_path: Path, monkeypatc
 
     xs = np.linspace(-1, 1, 9)
     path = tmp_path / "holes.h5"
-    scan = store.create_scan(str(path), kind="random-1d", args={"k": 1}, coords={"x": xs}, labels=["ibp"],
-                             attrs={"checkpoint": "runs/ibp/checkpoint.pt", "eps": 0.1})
+    scan = store.create_scan(
+        str(path),
+        kind="random-1d",
+        args={"k": 1},
+        coords={"x": xs},
+        labels=["ibp"],
+        attrs={"checkpoint": "runs/ibp/checkpoint.pt", "eps": 0.1},
+    )
     for i in range(0, xs.size, 2):  # every other point computed
         scan.set_point("ibp", i, {"loss": 1.0 + xs[i] ** 2})
     scan.flush(complete=False)
     figs = _capture_figures(monkeypatch, curves)
     curves.plot_line_scans([data.load(path)], tmp_path, "holes", ("png",))
     ax = figs[0].axes[0]
-    drawn = [ln for ln in ax.get_lines() if np.isfinite(np.asarray(ln.get_ydata(), dtype=float)).any()
-             and ln.get_marker() not in (None, "None", "", " ")]
-    shown = {round(float(x), 6) for ln in drawn for x, y in zip(ln.get_xdata(), ln.get_ydata()) if np.isfinite(y)}
+    drawn = [
+        ln
+        for ln in ax.get_lines()
+        if np.isfinite(np.asarray(ln.get_ydata(), dtype=float)).any()
+        and ln.get_marker() not in (None, "None", "", " ")
+    ]
+    shown = {
+        round(float(x), 6)
+        for ln in drawn
+        for x, y in zip(ln.get_xdata(), ln.get_ydata())
+        if np.isfinite(y)
+    }
     assert shown >= {round(float(x), 6) for x in xs[::2]}, "isolated computed points are not drawn"
 
 
@@ -393,10 +466,19 @@ def test_a_scan_without_computed_points_is_nothing_to_draw(tmp_path: Path, capsy
     from landscape.cli import main
 
     path = tmp_path / "fresh.h5"
-    scan = store.create_scan(str(path), kind="gradient", args={"t": T.tolist()}, coords={"t": T}, labels=["ibp"],
-                             fields=["loss", "cos"], attrs={"eps": 0.1})
+    scan = store.create_scan(
+        str(path),
+        kind="gradient",
+        args={"t": T.tolist()},
+        coords={"t": T},
+        labels=["ibp"],
+        fields=["loss", "cos"],
+        attrs={"eps": 0.1},
+    )
     scan.flush(complete=False)
-    with pytest.raises(ValueError, match="nothing to draw in .*fresh.h5: no point of the scan is computed"):
+    with pytest.raises(
+        ValueError, match="nothing to draw in .*fresh.h5: no point of the scan is computed"
+    ):
         figures.plot_file(path, tmp_path / "fig", formats="png")
     assert main(["plot", str(path), "--out", str(tmp_path / "fig2"), "--format", "png"]) == 1
     assert "nothing to draw" in capsys.readouterr().err
@@ -413,7 +495,9 @@ def test_probe_panel_legend_names_every_run(tmp_path: Path, monkeypatch) -> None
     a = data.load(make_train_run(tmp_path / "a.h5", "ibp"))
     b_path = tmp_path / "b.h5"
     store.write_attrs(str(b_path), {"kind": "train", "method": "tightest", "eps": 0.1})
-    store.append_rows(str(b_path), "probes", {"step": np.array([0.0, 10.0]), "rga_cos": np.array([0.9, 0.8])})
+    store.append_rows(
+        str(b_path), "probes", {"step": np.array([0.0, 10.0]), "rga_cos": np.array([0.9, 0.8])}
+    )
     b = data.load(b_path)
     figs = _capture_figures(monkeypatch, training)
     training.plot_probe_stats([a, b], tmp_path, "probes", ("png",))
@@ -427,10 +511,18 @@ def test_hessian_densities_of_one_figure_share_one_width() -> None:
     weight) in both; a spectrum without nodes keeps its stored density."""
     from figures.spectra import common_densities
 
-    narrow = {"slq_nodes": np.array([[0.0, 1.0]]), "slq_weights": np.array([[0.5, 0.5]]),
-              "density_grid": np.zeros(2), "density": np.zeros(2)}
-    wide = {"slq_nodes": np.array([[0.0, 100.0]]), "slq_weights": np.array([[0.5, 0.5]]),
-            "density_grid": np.zeros(2), "density": np.zeros(2)}
+    narrow = {
+        "slq_nodes": np.array([[0.0, 1.0]]),
+        "slq_weights": np.array([[0.5, 0.5]]),
+        "density_grid": np.zeros(2),
+        "density": np.zeros(2),
+    }
+    wide = {
+        "slq_nodes": np.array([[0.0, 100.0]]),
+        "slq_weights": np.array([[0.5, 0.5]]),
+        "density_grid": np.zeros(2),
+        "density": np.zeros(2),
+    }
     old = {"density_grid": np.array([0.0, 1.0]), "density": np.array([1.0, 1.0])}
     (g1, d1), (g2, d2), (g3, d3) = common_densities([narrow, wide, old], points=20001)[0]
     sigma = common_densities([narrow, wide])[1]
@@ -455,10 +547,21 @@ def test_panels_say_why_a_method_has_no_line_or_stops() -> None:
 
     fig, ax = plt.subplots()
     x = np.array([0.0, 10.0, 20.0, 30.0])
-    run = SimpleNamespace(steps={"step": np.arange(0, 31, 5.0), "beta": np.array([1, 0.8, 0.6, 0.4, 0.2, 0, 0.0])})
-    notes = panel_notes(ax, [("ibp", None, None, None), ("crown-ibp", x, np.array([0.5, 0.4, 0.3, np.nan]), run),
-                             ("tightest", x, np.array([0.1, 0.2, 0.3, 0.4]), None)])
-    assert notes == ["no line for IBP: no linear relaxation", "CROWN-IBP stops at step 30: β = 0 (pure IBP) from there"]
+    run = SimpleNamespace(
+        steps={"step": np.arange(0, 31, 5.0), "beta": np.array([1, 0.8, 0.6, 0.4, 0.2, 0, 0.0])}
+    )
+    notes = panel_notes(
+        ax,
+        [
+            ("ibp", None, None, None),
+            ("crown-ibp", x, np.array([0.5, 0.4, 0.3, np.nan]), run),
+            ("tightest", x, np.array([0.1, 0.2, 0.3, 0.4]), None),
+        ],
+    )
+    assert notes == [
+        "no line for IBP: no linear relaxation",
+        "CROWN-IBP stops at step 30: β = 0 (pure IBP) from there",
+    ]
     assert [t.get_text() for t in ax.texts] == ["\n".join(notes)]
     assert panel_notes(ax, [("tightest", x, np.ones(4), None)]) == []
     plt.close(fig)
@@ -470,20 +573,48 @@ def test_hessian_figure_draws_each_layers_top_eigenvalue(tmp_path: Path, monkeyp
     from figures import data, spectra
 
     kept = {}
-    monkeypatch.setattr(spectra, "save", lambda fig, out, stem, formats=("png",): kept.setdefault(stem, fig) and [])
+    monkeypatch.setattr(
+        spectra, "save", lambda fig, out, stem, formats=("png",): kept.setdefault(stem, fig) and []
+    )
     path = tmp_path / "h.h5"
-    arrays = ["eigenvalues", "density_grid", "density", *[f"layers/{k}/{n}" for k in ("1", "3")
-                                                           for n in ("eigenvalues", "trace", "trace_stderr", "size")]]
-    scan = store.create_scan(str(path), kind="hessian", args={"k": 1}, coords={}, labels=["ibp", "tightest"],
-                             attrs={"eps": 0.1, "dataset": "digits", "model": "mlp"}, label_arrays=arrays)
+    arrays = [
+        "eigenvalues",
+        "density_grid",
+        "density",
+        *[
+            f"layers/{k}/{n}"
+            for k in ("1", "3")
+            for n in ("eigenvalues", "trace", "trace_stderr", "size")
+        ],
+    ]
+    scan = store.create_scan(
+        str(path),
+        kind="hessian",
+        args={"k": 1},
+        coords={},
+        labels=["ibp", "tightest"],
+        attrs={"eps": 0.1, "dataset": "digits", "model": "mlp"},
+        label_arrays=arrays,
+    )
     tops = {"ibp": {"1": 2.0, "3": 5.0}, "tightest": {"1": 40.0, "3": 300.0}}
     for i, lab in enumerate(("ibp", "tightest")):
         grid = np.linspace(-1, 5, 50)
-        rec = {"loss": 1.0, "eigenvalues": [400.0, 1.0], "density_grid": grid, "density": np.exp(-grid**2),
-               "attrs": {"trace": 1.0, "trace_stderr": 0.1}}
+        rec = {
+            "loss": 1.0,
+            "eigenvalues": [400.0, 1.0],
+            "density_grid": grid,
+            "density": np.exp(-(grid**2)),
+            "attrs": {"trace": 1.0, "trace_stderr": 0.1},
+        }
         for k, v in tops[lab].items():
-            rec.update({f"layers/{k}/eigenvalues": [v, v / 2], f"layers/{k}/trace": 1.0,
-                        f"layers/{k}/trace_stderr": 0.1, f"layers/{k}/size": 10.0})
+            rec.update(
+                {
+                    f"layers/{k}/eigenvalues": [v, v / 2],
+                    f"layers/{k}/trace": 1.0,
+                    f"layers/{k}/trace_stderr": 0.1,
+                    f"layers/{k}/size": 10.0,
+                }
+            )
         scan.set_point(lab, i, rec)
     scan.flush(complete=True)
     spectra.plot_spectra([data.load(path)], tmp_path, "h", ("png",))

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_figures import make_certify, make_gradient_scan, make_line_scan, make_train_run
 
 from landscape import store
-from test_figures import make_certify, make_gradient_scan, make_line_scan, make_train_run
 
 EPS = 0.1
 X, Y = np.linspace(-1, 1, 9), np.linspace(-0.5, 0.5, 7)
@@ -43,12 +43,28 @@ def drawn(monkeypatch):
 def make_surface(path: Path, scale: dict[str, float], kind: str = "random-2d") -> Path:
     """A 2D scan whose labels' losses differ in scale (``scale[label]`` times a bowl)."""
     arrays = {}
-    attrs = {"eps": EPS, "dataset": "digits", "model": "mlp", "checkpoint": f"runs/{path.stem}/checkpoint.pt"}
+    attrs = {
+        "eps": EPS,
+        "dataset": "digits",
+        "model": "mlp",
+        "checkpoint": f"runs/{path.stem}/checkpoint.pt",
+    }
     if kind == "pca":
-        arrays = {"trajectory": np.array([[-0.9, 0.4], [-0.5, -0.2], [-0.2, -0.1], [0.0, 0.0]], dtype=np.float32)}
+        arrays = {
+            "trajectory": np.array(
+                [[-0.9, 0.4], [-0.5, -0.2], [-0.2, -0.1], [0.0, 0.0]], dtype=np.float32
+            )
+        }
         attrs["explained_variance"] = [0.83, 0.12]
-    scan = store.create_scan(str(path), kind=kind, args={"k": kind}, coords={"x": X, "y": Y}, labels=list(scale),
-                             attrs=attrs, arrays=arrays)
+    scan = store.create_scan(
+        str(path),
+        kind=kind,
+        args={"k": kind},
+        coords={"x": X, "y": Y},
+        labels=list(scale),
+        attrs=attrs,
+        arrays=arrays,
+    )
     for label, k in scale.items():
         for i, x in enumerate(X):
             for j, y in enumerate(Y):
@@ -58,16 +74,35 @@ def make_surface(path: Path, scale: dict[str, float], kind: str = "random-2d") -
 
 
 def make_hessian(path: Path, labels=("clean", "ibp", "tightest")) -> Path:
-    scan = store.create_scan(str(path), kind="hessian", args={"k": 1}, coords={}, labels=list(labels),
-                             attrs={"eps": EPS, "dataset": "digits", "model": "mlp",
-                                    "checkpoint": "runs/cibp/checkpoint.pt"},
-                             label_arrays=["eigenvalues", "density_grid", "density"])
+    scan = store.create_scan(
+        str(path),
+        kind="hessian",
+        args={"k": 1},
+        coords={},
+        labels=list(labels),
+        attrs={
+            "eps": EPS,
+            "dataset": "digits",
+            "model": "mlp",
+            "checkpoint": "runs/cibp/checkpoint.pt",
+        },
+        label_arrays=["eigenvalues", "density_grid", "density"],
+    )
     for i, label in enumerate(labels):
         grid = np.linspace(-1, 3 + i, 200)
         dens = np.exp(-0.5 * (grid / 0.1) ** 2) + 0.01 * np.exp(-0.5 * ((grid - 2 - i) / 0.1) ** 2)
         dens /= np.trapezoid(dens, grid)
-        scan.set_point(label, i, {"loss": 1.0 + i, "eigenvalues": [2.0 + i, 1.5, 1.0], "density_grid": grid,
-                                  "density": dens, "attrs": {"trace": 10.0 + i, "trace_stderr": 0.5}})
+        scan.set_point(
+            label,
+            i,
+            {
+                "loss": 1.0 + i,
+                "eigenvalues": [2.0 + i, 1.5, 1.0],
+                "density_grid": grid,
+                "density": dens,
+                "attrs": {"trace": 10.0 + i, "trace_stderr": 0.5},
+            },
+        )
     scan.flush(complete=True)
     return path
 
@@ -77,11 +112,15 @@ def every_figure(tmp_path: Path, drawn) -> dict:
     """Every kind of figure, drawn from synthetic files (two files per comparison)."""
     import figures
 
-    files = [make_gradient_scan(tmp_path / "g1.h5"), make_gradient_scan(tmp_path / "g2.h5", methods=("tightest",)),
-             make_line_scan(tmp_path / "a.h5"), make_line_scan(tmp_path / "i.h5", kind="interpolate"),
-             make_surface(tmp_path / "s.h5", {"ibp": 72.0, "crown-ibp": 21.0}),
-             make_surface(tmp_path / "p.h5", {"ibp": 3.0, "clean": 1.0}, kind="pca"),
-             make_hessian(tmp_path / "h.h5")]
+    files = [
+        make_gradient_scan(tmp_path / "g1.h5"),
+        make_gradient_scan(tmp_path / "g2.h5", methods=("tightest",)),
+        make_line_scan(tmp_path / "a.h5"),
+        make_line_scan(tmp_path / "i.h5", kind="interpolate"),
+        make_surface(tmp_path / "s.h5", {"ibp": 72.0, "crown-ibp": 21.0}),
+        make_surface(tmp_path / "p.h5", {"ibp": 3.0, "clean": 1.0}, kind="pca"),
+        make_hessian(tmp_path / "h.h5"),
+    ]
     for m, rough, tight in (("ibp", 1.0, 3.0), ("tightest", 1.5, 0.6)):
         (tmp_path / m).mkdir()
         files.append(make_train_run(tmp_path / m / "train.h5", m, rough, tight=tight))
@@ -98,8 +137,15 @@ def _data_axes(fig):
 def _has_data(ax) -> bool:
     for line in ax.get_lines():
         y = np.asarray(line.get_ydata(), dtype=float)
-        if line.get_label() != "_outline" and np.isfinite(y).any() and y.size > 0 and line.get_visible():
-            if not (y.size == 2 and np.allclose(y, y[0]) and line.get_xdata()[0] in (0, 1)):  # not an axhline
+        if (
+            line.get_label() != "_outline"
+            and np.isfinite(y).any()
+            and y.size > 0
+            and line.get_visible()
+        ):
+            if not (
+                y.size == 2 and np.allclose(y, y[0]) and line.get_xdata()[0] in (0, 1)
+            ):  # not an axhline
                 return True
     if ax.images or any(len(getattr(c, "get_paths", lambda: [])()) for c in ax.collections):
         return True
@@ -108,10 +154,22 @@ def _has_data(ax) -> bool:
 
 def test_every_figure_is_drawn(every_figure) -> None:
     stems = set(every_figure)
-    for stem in ("g1_gradient", "compare_gradient", "a_random-1d", "i_interpolate", "s_random-2d_contour",
-                 "s_random-2d_heatmap", "s_random-2d_surface3d", "p_pca_contour", "p_pca_heatmap", "h_hessian",
-                 "compare_probes", "compare_training_curves", "compare_verified_error_vs_eps",
-                 "compare_tightness_vs_smoothness"):
+    for stem in (
+        "g1_gradient",
+        "compare_gradient",
+        "a_random-1d",
+        "i_interpolate",
+        "s_random-2d_contour",
+        "s_random-2d_heatmap",
+        "s_random-2d_surface3d",
+        "p_pca_contour",
+        "p_pca_heatmap",
+        "h_hessian",
+        "compare_probes",
+        "compare_training_curves",
+        "compare_verified_error_vs_eps",
+        "compare_tightness_vs_smoothness",
+    ):
         assert stem in stems, (stem, sorted(stems))
 
 
@@ -122,21 +180,28 @@ def test_no_legend_covers_data_and_no_panel_is_empty(every_figure) -> None:
         axes = _data_axes(fig)
         for ax in axes:
             assert _has_data(ax), f"{stem}: the panel {ax.get_title()!r} is empty"
-        legends = list(fig.legends) + [ax.get_legend() for ax in fig.axes if ax.get_legend() is not None]
+        legends = list(fig.legends) + [
+            ax.get_legend() for ax in fig.axes if ax.get_legend() is not None
+        ]
         for legend in legends:
             box = legend.get_window_extent(renderer)
             for ax in axes:
                 if ax.name == "3d":
                     continue
-                assert not box.overlaps(ax.get_window_extent(renderer)), \
+                assert not box.overlaps(ax.get_window_extent(renderer)), (
                     f"{stem}: the legend covers the panel {ax.get_title()!r}"
+                )
 
 
 def test_legends_name_runs_and_methods_never_paths(every_figure) -> None:
     for stem, fig in every_figure.items():
         texts = [t.get_text() for legend in fig.legends for t in legend.get_texts()]
-        texts += [t.get_text() for ax in fig.axes if ax.get_legend() for t in ax.get_legend().get_texts()]
-        texts += [ax.get_title() for ax in fig.axes] + [fig._suptitle.get_text() if fig._suptitle else ""]
+        texts += [
+            t.get_text() for ax in fig.axes if ax.get_legend() for t in ax.get_legend().get_texts()
+        ]
+        texts += [ax.get_title() for ax in fig.axes] + [
+            fig._suptitle.get_text() if fig._suptitle else ""
+        ]
         for text in texts:
             assert not re.search(r"\.(pt|h5)\b|/", text), f"{stem}: a path in {text!r}"
             assert "(ours)" not in text, f"{stem}: {text!r}"
@@ -155,7 +220,9 @@ def test_runs_of_one_method_are_told_apart_by_run_name(tmp_path: Path, drawn) ->
         f.attrs["checkpoint"] = "runs/late/checkpoint_epoch7.pt"
     figures.plot_file([one, two], tmp_path / "fig", formats="png")
     texts = [t.get_text() for t in drawn["compare_gradient"].legends[0].get_texts()]
-    assert any("run demo" in t for t in texts) and any("run late (epoch 7)" in t for t in texts), texts
+    assert any("run demo" in t for t in texts) and any("run late (epoch 7)" in t for t in texts), (
+        texts
+    )
 
 
 def test_comparisons_share_one_colour_scale_and_one_z_axis(tmp_path: Path, drawn) -> None:
@@ -165,15 +232,24 @@ def test_comparisons_share_one_colour_scale_and_one_z_axis(tmp_path: Path, drawn
     surfaces.plot_surface(scan, tmp_path, "s", ("png",), surface3d=True)
     for stem in ("s_contour", "s_heatmap"):
         fig = drawn[stem]
-        mappables = [c for ax in _data_axes(fig) for c in [*ax.images, *ax.collections] if hasattr(c, "norm")
-                     and c.get_array() is not None]
+        mappables = [
+            c
+            for ax in _data_axes(fig)
+            for c in [*ax.images, *ax.collections]
+            if hasattr(c, "norm") and c.get_array() is not None
+        ]
         limits = {(round(m.norm.vmin, 9), round(m.norm.vmax, 9)) for m in mappables}
         assert len(limits) == 1, (stem, limits)
         lo, hi = limits.pop()
         assert lo <= 21.0 * 0.2 + 1e-6 and hi >= 72.0 * (0.2 + 1 + 0.75 + 0.15) - 1e-4
-        assert sum(hasattr(ax, "_colorbar") for ax in fig.axes) == 1, f"{stem}: one colour bar for all panels"
+        assert sum(hasattr(ax, "_colorbar") for ax in fig.axes) == 1, (
+            f"{stem}: one colour bar for all panels"
+        )
         for ax in _data_axes(fig):
-            assert "α" not in ax.get_xlabel() + ax.get_ylabel() and "β" not in ax.get_xlabel() + ax.get_ylabel()
+            assert (
+                "α" not in ax.get_xlabel() + ax.get_ylabel()
+                and "β" not in ax.get_xlabel() + ax.get_ylabel()
+            )
             assert ax.get_xlabel() == "x (direction 1)" and ax.get_ylabel() == "y (direction 2)"
     zlims = {tuple(np.round(ax.get_zlim(), 9)) for ax in drawn["s_surface3d"].axes}
     assert len(zlims) == 1
@@ -191,8 +267,23 @@ def test_log_scale_option(tmp_path: Path, drawn) -> None:
     assert heat and all(isinstance(im.norm, LogNorm) for im in heat)
     assert "log scale" in drawn["s_heatmap"].axes[-1].get_ylabel()
     lo, hi = drawn["s_surface3d"].axes[0].get_zlim()
-    assert lo == pytest.approx(np.log10(heat[0].norm.vmin)) and hi == pytest.approx(np.log10(heat[0].norm.vmax))
-    assert main(["plot", str(tmp_path / "s.h5"), "--out", str(tmp_path / "o"), "--format", "png", "--log"]) == 0
+    assert lo == pytest.approx(np.log10(heat[0].norm.vmin)) and hi == pytest.approx(
+        np.log10(heat[0].norm.vmax)
+    )
+    assert (
+        main(
+            [
+                "plot",
+                str(tmp_path / "s.h5"),
+                "--out",
+                str(tmp_path / "o"),
+                "--format",
+                "png",
+                "--log",
+            ]
+        )
+        == 0
+    )
 
 
 def test_coinciding_curves_stay_visible(tmp_path: Path, drawn) -> None:
@@ -200,8 +291,14 @@ def test_coinciding_curves_stay_visible(tmp_path: Path, drawn) -> None:
 
     path = tmp_path / "same.h5"
     xs = np.linspace(-1, 1, 21)
-    scan = store.create_scan(str(path), kind="random-1d", args={"k": 1}, coords={"x": xs}, labels=["ibp", "tightest"],
-                             attrs={"eps": EPS})
+    scan = store.create_scan(
+        str(path),
+        kind="random-1d",
+        args={"k": 1},
+        coords={"x": xs},
+        labels=["ibp", "tightest"],
+        attrs={"eps": EPS},
+    )
     for label in ("ibp", "tightest"):
         for i, x in enumerate(xs):
             scan.set_point(label, i, {"loss": 1.0 + x**2})  # the same values
@@ -221,9 +318,18 @@ def test_axes_say_which_loss_is_drawn(tmp_path: Path, drawn) -> None:
     def interp(labels) -> str:
         path = tmp_path / f"{'_'.join(labels)}.h5"
         xs = np.linspace(-0.5, 1.5, 5)
-        scan = store.create_scan(str(path), kind="interpolate", args={"k": 1}, coords={"alpha": xs}, labels=labels,
-                                 attrs={"eps": EPS, "checkpoint": "runs/ibp/checkpoint.pt",
-                                        "to_checkpoint": "runs/cibp/checkpoint.pt"})
+        scan = store.create_scan(
+            str(path),
+            kind="interpolate",
+            args={"k": 1},
+            coords={"alpha": xs},
+            labels=labels,
+            attrs={
+                "eps": EPS,
+                "checkpoint": "runs/ibp/checkpoint.pt",
+                "to_checkpoint": "runs/cibp/checkpoint.pt",
+            },
+        )
         for label in labels:
             for i in range(xs.size):
                 scan.set_point(label, i, {"loss": 1.0 + i})
@@ -246,14 +352,22 @@ def test_pca_figure_draws_the_trajectory_and_the_explained_variance(tmp_path: Pa
     (ax,) = _data_axes(drawn["p_contour"])
     assert ax.get_xlabel() == "1st PC (83.0 % var.)" and ax.get_ylabel() == "2nd PC (12.0 % var.)"
     path = next(ln for ln in ax.get_lines() if ln.get_label().startswith("training trajectory"))
-    np.testing.assert_allclose(np.column_stack(path.get_data()), [[-0.9, 0.4], [-0.5, -0.2], [-0.2, -0.1], [0, 0]],
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        np.column_stack(path.get_data()),
+        [[-0.9, 0.4], [-0.5, -0.2], [-0.2, -0.1], [0, 0]],
+        atol=1e-6,
+    )
     start = next(ln for ln in ax.get_lines() if ln.get_label() == "start of training")
-    assert list(start.get_xdata()) == pytest.approx([-0.9]) and list(start.get_ydata()) == pytest.approx([0.4])
+    assert list(start.get_xdata()) == pytest.approx([-0.9]) and list(
+        start.get_ydata()
+    ) == pytest.approx([0.4])
     labels = [t.get_text() for t in drawn["p_contour"].legends[0].get_texts()]
     assert labels[0] == "training trajectory (checkpoints)" and "start of training" in labels
     assert any(t.startswith("end: the scanned checkpoint") for t in labels)
-    for stem in ("p_contour", "p_heatmap"):  # equal aspect: a unit along x is as long as one along y
+    for stem in (
+        "p_contour",
+        "p_heatmap",
+    ):  # equal aspect: a unit along x is as long as one along y
         (ax,) = _data_axes(drawn[stem])
         assert ax.get_aspect() == 1.0, (stem, ax.get_aspect())
 
@@ -279,13 +393,29 @@ def test_partial_hessian_scan_draws_the_computed_losses(tmp_path: Path, drawn) -
     import figures
 
     path = tmp_path / "part.h5"
-    scan = store.create_scan(str(path), kind="hessian", args={"k": 1}, coords={}, labels=["ibp", "clean"],
-                             attrs={"eps": EPS}, label_arrays=["eigenvalues", "density_grid", "density"])
+    scan = store.create_scan(
+        str(path),
+        kind="hessian",
+        args={"k": 1},
+        coords={},
+        labels=["ibp", "clean"],
+        attrs={"eps": EPS},
+        label_arrays=["eigenvalues", "density_grid", "density"],
+    )
     scan.flush()
     with pytest.raises(ValueError, match="nothing to draw"):
         figures.plot_file(path, tmp_path / "fig", formats="png")
-    scan.set_point("clean", 1, {"loss": 1.0, "eigenvalues": [1.0], "density_grid": [0.0, 1.0], "density": [1.0, 1.0],
-                                "attrs": {"trace": 1.0, "trace_stderr": 0.1}})
+    scan.set_point(
+        "clean",
+        1,
+        {
+            "loss": 1.0,
+            "eigenvalues": [1.0],
+            "density_grid": [0.0, 1.0],
+            "density": [1.0, 1.0],
+            "attrs": {"trace": 1.0, "trace_stderr": 0.1},
+        },
+    )
     scan.flush()
     figures.plot_file(path, tmp_path / "fig", formats="png")
     assert len(drawn["part_hessian"].axes[0].get_lines()) == 1
@@ -303,7 +433,10 @@ def _text_boxes(fig, renderer) -> list[tuple[str, object]]:
         texts = [("title", ax.title), ("xlabel", ax.xaxis.label), ("ylabel", ax.yaxis.label)]
         lo_x, hi_x = sorted(ax.get_xlim())
         lo_y, hi_y = sorted(ax.get_ylim())
-        for axis, (lo, hi), what in ((ax.xaxis, (lo_x, hi_x), "xtick"), (ax.yaxis, (lo_y, hi_y), "ytick")):
+        for axis, (lo, hi), what in (
+            (ax.xaxis, (lo_x, hi_x), "xtick"),
+            (ax.yaxis, (lo_y, hi_y), "ytick"),
+        ):
             for tick in axis.get_major_ticks():  # only the ticks inside the view are drawn
                 loc = tick.get_loc()
                 span = (hi - lo) * 1e-9
@@ -323,7 +456,7 @@ def test_no_label_or_tick_text_overlaps_another(every_figure) -> None:
         renderer = fig.canvas.get_renderer()
         boxes = _text_boxes(fig, renderer)
         for i, (a, ba) in enumerate(boxes):
-            for b, bb in boxes[i + 1:]:
+            for b, bb in boxes[i + 1 :]:
                 shrunk = ba.shrunk(0.98, 0.9)  # a pixel of antialiasing is not an overlap
                 assert not shrunk.overlaps(bb.shrunk(0.98, 0.9)), f"{stem}: {a} overlaps {b}"
         for ax in _data_axes(fig):
@@ -332,9 +465,11 @@ def test_no_label_or_tick_text_overlaps_another(every_figure) -> None:
             box = ax.get_window_extent(renderer)
             ylab = ax.yaxis.label
             if ylab.get_text():
-                assert ylab.get_window_extent(renderer).height <= box.height * 1.02, \
+                assert ylab.get_window_extent(renderer).height <= box.height * 1.02, (
                     f"{stem}: the y label {ylab.get_text()!r} runs past its panel"
+                )
             xlab = ax.xaxis.label
             if xlab.get_text():
-                assert xlab.get_window_extent(renderer).width <= box.width * 1.3, \
+                assert xlab.get_window_extent(renderer).width <= box.width * 1.3, (
                     f"{stem}: the x label {xlab.get_text()!r} runs far past its panel"
+                )

@@ -54,21 +54,27 @@ def drawn(monkeypatch):
 def axis_titled(fig, title: str):
     """The one visible axes of ``fig`` whose title is ``title``."""
     found = [ax for ax in fig.axes if ax.get_visible() and ax.get_title() == title]
-    assert len(found) == 1, f"{len(found)} axes titled {title!r}; titles: {[a.get_title() for a in fig.axes]}"
+    assert len(found) == 1, (
+        f"{len(found)} axes titled {title!r}; titles: {[a.get_title() for a in fig.axes]}"
+    )
     return found[0]
 
 
 def line_labelled(ax, label: str):
     """The one line on ``ax`` whose legend label is ``label``."""
     found = [ln for ln in ax.get_lines() if ln.get_label() == label]
-    assert len(found) == 1, f"{len(found)} lines labelled {label!r}; labels: {[ln.get_label() for ln in ax.get_lines()]}"
+    assert len(found) == 1, (
+        f"{len(found)} lines labelled {label!r}; labels: {[ln.get_label() for ln in ax.get_lines()]}"
+    )
     return found[0]
 
 
 def line_starting(ax, prefix: str):
     """The one line on ``ax`` whose legend label starts with ``prefix``."""
     found = [ln for ln in ax.get_lines() if ln.get_label().startswith(prefix)]
-    assert len(found) == 1, f"{len(found)} lines labelled {prefix!r}...; labels: {[ln.get_label() for ln in ax.get_lines()]}"
+    assert len(found) == 1, (
+        f"{len(found)} lines labelled {prefix!r}...; labels: {[ln.get_label() for ln in ax.get_lines()]}"
+    )
     return found[0]
 
 
@@ -93,8 +99,12 @@ def surface_loss(method: str, x: float, y: float) -> float:
 
 def make_surface(path: Path) -> Path:
     scan = store.create_scan(
-        str(path), kind="random-2d", args={"n": [11, 9]}, coords={"x": SURF_X, "y": SURF_Y},
-        labels=["ibp", "tightest"], attrs={"eps": EPS, "dataset": "digits", "model": "mlp"},
+        str(path),
+        kind="random-2d",
+        args={"n": [11, 9]},
+        coords={"x": SURF_X, "y": SURF_Y},
+        labels=["ibp", "tightest"],
+        attrs={"eps": EPS, "dataset": "digits", "model": "mlp"},
     )
     for m in ("ibp", "tightest"):
         for i, x in enumerate(SURF_X):
@@ -138,15 +148,19 @@ def test_surface_heatmap_draws_loss_transposed_with_x_horizontal(tmp_path: Path,
         z = expected_surface(method)
         assert arr.shape == (y.size, x.size), "imshow rows must be y, columns x: draw z.T"
         assert im.origin == "lower"
-        np.testing.assert_allclose(im.get_extent(), (x[0] - dx, x[-1] + dx, y[0] - dy, y[-1] + dy), rtol=1e-6)
+        np.testing.assert_allclose(
+            im.get_extent(), (x[0] - dx, x[-1] + dx, y[0] - dy, y[-1] + dy), rtol=1e-6
+        )
         mask = np.ma.getmaskarray(arr)
         np.testing.assert_array_equal(mask, ~np.isfinite(z.T))
         np.testing.assert_allclose(np.ma.filled(arr, np.nan), z.T, rtol=1e-6)
         # the checkpoint marker sits at x = y = 0
-        assert any(list(ln.get_xdata()) == [0.0] and list(ln.get_ydata()) == [0.0] for ln in ax.get_lines())
-    assert np.ma.getmaskarray(next(ax for ax in panels if panel_method(ax) == "ibp").images[0].get_array())[
-        SURF_NAN[2], SURF_NAN[1]
-    ], "the point that was never computed must stay blank"
+        assert any(
+            list(ln.get_xdata()) == [0.0] and list(ln.get_ydata()) == [0.0] for ln in ax.get_lines()
+        )
+    assert np.ma.getmaskarray(
+        next(ax for ax in panels if panel_method(ax) == "ibp").images[0].get_array()
+    )[SURF_NAN[2], SURF_NAN[1]], "the point that was never computed must stay blank"
 
 
 def test_surface_contour_levels_follow_the_grid(tmp_path: Path, drawn) -> None:
@@ -182,13 +196,19 @@ def test_surface_contour_levels_follow_the_grid(tmp_path: Path, drawn) -> None:
         checked = 0
         for i in range(1, x.size - 1):
             for j in range(1, y.size - 1):
-                if not np.isfinite(z[i - 1:i + 2, j - 1:j + 2]).all():
+                if not np.isfinite(z[i - 1 : i + 2, j - 1 : j + 2]).all():
                     continue  # on the edge of the blank (never computed) cell
                 if np.min(np.abs(cs.levels - z[i, j])) < 1e-3 * span:
                     continue  # on a level line: either band may claim it
                 band = int(np.searchsorted(cs.levels, z[i, j])) - 1
-                hits = [k for k, p in enumerate(paths) if len(p.vertices) and p.contains_point((x[i], y[j]))]
-                assert hits == [band], f"{method}: point ({x[i]:.2f}, {y[j]:.2f}) loss {z[i, j]:.3f} drawn in band {hits}, not {band}"
+                hits = [
+                    k
+                    for k, p in enumerate(paths)
+                    if len(p.vertices) and p.contains_point((x[i], y[j]))
+                ]
+                assert hits == [band], (
+                    f"{method}: point ({x[i]:.2f}, {y[j]:.2f}) loss {z[i, j]:.3f} drawn in band {hits}, not {band}"
+                )
                 checked += 1
         assert checked > 30
         if method == SURF_NAN[0]:  # the never-computed point lies in no band
@@ -205,16 +225,34 @@ GRAD_T = np.array([-0.5, 0.0, 0.5, 1.0, 2.0, 3.5, 5.0])  # t = 0 is not the firs
 def grad_arrays(method: str) -> dict[str, np.ndarray]:
     t = GRAD_T
     if method == "ibp":
-        return {"loss": 2.0 - 0.3 * t + 0.1 * t**2, "cos": 1.0 - 0.05 * np.abs(t), "smoothness": 0.5 + 0.1 * np.abs(t)}
-    return {"loss": 0.731 + 0.02 * t**2, "cos": 1.0 - 0.01 * t**2, "smoothness": 3.0 + 0.7 * np.abs(t)}
+        return {
+            "loss": 2.0 - 0.3 * t + 0.1 * t**2,
+            "cos": 1.0 - 0.05 * np.abs(t),
+            "smoothness": 0.5 + 0.1 * np.abs(t),
+        }
+    return {
+        "loss": 0.731 + 0.02 * t**2,
+        "cos": 1.0 - 0.01 * t**2,
+        "smoothness": 3.0 + 0.7 * np.abs(t),
+    }
 
 
 def make_gradient(path: Path, direction_from: str | None = None) -> Path:
     extra = {} if direction_from is None else {"direction_from": direction_from}
     scan = store.create_scan(
-        str(path), kind="gradient", args={"t": GRAD_T.tolist()}, coords={"t": GRAD_T}, labels=["tightest", "ibp"],
+        str(path),
+        kind="gradient",
+        args={"t": GRAD_T.tolist()},
+        coords={"t": GRAD_T},
+        labels=["tightest", "ibp"],
         fields=["loss", "cos", "smoothness"],
-        attrs={"eps": EPS, "checkpoint": "runs/demo/checkpoint.pt", "dataset": "digits", "model": "mlp", **extra},
+        attrs={
+            "eps": EPS,
+            "checkpoint": "runs/demo/checkpoint.pt",
+            "dataset": "digits",
+            "model": "mlp",
+            **extra,
+        },
     )
     for m in ("ibp", "tightest"):
         arrays = grad_arrays(m)
@@ -232,8 +270,12 @@ def test_gradient_scan_says_which_gradient_each_method_moved_along(tmp_path: Pat
 
     cases = {"own": "each method's own", "ibp": "of IBP", None: "of Tightest"}
     for i, (direction, words) in enumerate(cases.items()):
-        curves.plot_gradient_scans([data.load(make_gradient(tmp_path / f"g{i}.h5", direction))], tmp_path, f"g{i}",
-                                   ("png",))
+        curves.plot_gradient_scans(
+            [data.load(make_gradient(tmp_path / f"g{i}.h5", direction))],
+            tmp_path,
+            f"g{i}",
+            ("png",),
+        )
         fig = drawn[f"g{i}"]
         for ax in fig.axes:
             assert words in ax.get_xlabel(), (direction, ax.get_xlabel())
@@ -242,10 +284,14 @@ def test_gradient_scan_says_which_gradient_each_method_moved_along(tmp_path: Pat
         assert len(hatches) == 2 and len(set(hatches)) == 2 and None not in hatches, hatches
 
 
-def test_gradient_scan_loss_panel_draws_change_from_t0_and_legend_numbers(tmp_path: Path, drawn) -> None:
+def test_gradient_scan_loss_panel_draws_change_from_t0_and_legend_numbers(
+    tmp_path: Path, drawn
+) -> None:
     from figures import curves, data
 
-    curves.plot_gradient_scans([data.load(make_gradient(tmp_path / "g.h5"))], tmp_path, "g", ("png",))
+    curves.plot_gradient_scans(
+        [data.load(make_gradient(tmp_path / "g.h5"))], tmp_path, "g", ("png",)
+    )
     fig = drawn["g"]
     ax = axis_titled(fig, "Loss along −∇L (band: loss variation)")
     (legend,) = fig.legends
@@ -266,17 +312,24 @@ def test_gradient_scan_loss_panel_draws_change_from_t0_and_legend_numbers(tmp_pa
         # the band spans the drawn curve: its height is the loss variation
         spans = []
         for patch in ax.patches:
-            ys = ax.transData.inverted().transform(patch.get_transform().transform(patch.get_path().vertices))[:, 1]
+            ys = ax.transData.inverted().transform(
+                patch.get_transform().transform(patch.get_path().vertices)
+            )[:, 1]
             spans.append((ys.min(), ys.max()))
         assert any(np.allclose(s, (yv.min(), yv.max()), atol=1e-6) for s in spans), spans
     # the numbers themselves, so a swap between the two methods cannot pass
-    assert [re.search(r"L\(θ\)=(\S+), ΔL=(\S+)$", t).groups() for t in texts] == [("2", "1.2"), ("0.731", "0.5")]
+    assert [re.search(r"L\(θ\)=(\S+), ΔL=(\S+)$", t).groups() for t in texts] == [
+        ("2", "1.2"),
+        ("0.731", "0.5"),
+    ]
 
 
 def test_gradient_scan_cosine_and_smoothness_panels(tmp_path: Path, drawn) -> None:
     from figures import curves, data
 
-    curves.plot_gradient_scans([data.load(make_gradient(tmp_path / "g.h5"))], tmp_path, "g", ("png",))
+    curves.plot_gradient_scans(
+        [data.load(make_gradient(tmp_path / "g.h5"))], tmp_path, "g", ("png",)
+    )
     fig = drawn["g"]
     panels = {
         "cos": axis_titled(fig, "Gradient-angle similarity"),
@@ -297,15 +350,25 @@ LINE_X = np.linspace(-1.0, 1.0, 21)
 
 def line_loss(method: str) -> np.ndarray:
     x = LINE_X
-    return 0.5 + x**2 + 0.3 * x if method == "ibp" else 1.2 + 0.5 * x**2 - 0.2 * x + 0.05 * np.sin(7 * x)
+    return (
+        0.5 + x**2 + 0.3 * x
+        if method == "ibp"
+        else 1.2 + 0.5 * x**2 - 0.2 * x + 0.05 * np.sin(7 * x)
+    )
 
 
 def test_line_scan_draws_stored_loss_per_method(tmp_path: Path, drawn) -> None:
     from figures import curves, data
 
     path = tmp_path / "r.h5"
-    scan = store.create_scan(str(path), kind="random-1d", args={"k": 1}, coords={"x": LINE_X},
-                             labels=["tightest", "ibp"], attrs={"eps": EPS})
+    scan = store.create_scan(
+        str(path),
+        kind="random-1d",
+        args={"k": 1},
+        coords={"x": LINE_X},
+        labels=["tightest", "ibp"],
+        attrs={"eps": EPS},
+    )
     for m in ("ibp", "tightest"):
         for i, v in enumerate(line_loss(m)):
             scan.set_point(m, i, {"loss": v})
@@ -353,7 +416,10 @@ def step_columns(method: str) -> dict[str, np.ndarray]:
 
 
 def make_run(path: Path, method: str, bound_gap: float | None = None) -> Path:
-    store.write_attrs(str(path), {"kind": "train", "method": method, "eps": EPS, "dataset": "digits", "model": "mlp"})
+    store.write_attrs(
+        str(path),
+        {"kind": "train", "method": method, "eps": EPS, "dataset": "digits", "model": "mlp"},
+    )
     store.append_rows(str(path), "steps", step_columns(method))
     rows: dict[str, list] = {"step": [], "t": []}
     for p, step in enumerate(PROBE_STEPS[method]):
@@ -363,7 +429,9 @@ def make_run(path: Path, method: str, bound_gap: float | None = None) -> Path:
             rows.setdefault(key, []).extend(values.tolist())
         if bound_gap is not None:
             rows.setdefault("bound_gap", []).extend([bound_gap] * PROBE_T.size)
-    store.append_rows(str(path), "probes", {k: np.asarray(v, dtype=np.float32) for k, v in rows.items()})
+    store.append_rows(
+        str(path), "probes", {k: np.asarray(v, dtype=np.float32) for k, v in rows.items()}
+    )
     return path
 
 
@@ -386,7 +454,9 @@ def runs(tmp_path: Path):
     return [data.load(make_run(tmp_path / f"{m}.h5", m)) for m in ("ibp", "tightest")]
 
 
-def test_gradient_direction_over_training_draws_each_probe_from_its_own_t0(runs, tmp_path: Path, drawn) -> None:
+def test_gradient_direction_over_training_draws_each_probe_from_its_own_t0(
+    runs, tmp_path: Path, drawn
+) -> None:
     import matplotlib.pyplot as plt
     from matplotlib.colors import Normalize, to_rgba
 
@@ -404,11 +474,15 @@ def test_gradient_direction_over_training_draws_each_probe_from_its_own_t0(runs,
             x, yv = xy(line)
             np.testing.assert_allclose(x, PROBE_T)
             np.testing.assert_allclose(yv, loss - loss[0], rtol=1e-6, atol=1e-7)
-            np.testing.assert_allclose(to_rgba(line.get_color()), plt.get_cmap("viridis_r")(norm(step)), atol=1e-6)
+            np.testing.assert_allclose(
+                to_rgba(line.get_color()), plt.get_cmap("viridis_r")(norm(step)), atol=1e-6
+            )
 
 
 @pytest.mark.parametrize("key", ["loss_variation", "grad_cosine", "smoothness"])
-def test_probe_stats_panels_draw_each_statistic_against_probe_steps(runs, tmp_path: Path, drawn, key) -> None:
+def test_probe_stats_panels_draw_each_statistic_against_probe_steps(
+    runs, tmp_path: Path, drawn, key
+) -> None:
     from figures import training
 
     training.plot_probe_stats(runs, tmp_path, "ps", ("png",))
@@ -446,12 +520,18 @@ def test_training_curves_draw_eps_schedule_and_raw_records(runs, tmp_path: Path,
         np.testing.assert_allclose(x, cols["step"])
         np.testing.assert_allclose(yv, cols["eps"], rtol=1e-6)
         # the faint raw curves: loss as is, batch errors in percent
-        for title, expected in (("Certified training loss", cols["loss"]),
-                                ("Robust (verified) batch error", 100 * cols["robust_err"]),
-                                ("Clean batch error", 100 * cols["clean_err"])):
+        for title, expected in (
+            ("Certified training loss", cols["loss"]),
+            ("Robust (verified) batch error", 100 * cols["robust_err"]),
+            ("Clean batch error", 100 * cols["clean_err"]),
+        ):
             ax = axis_titled(fig, title)
-            raw = [ln for ln in ax.get_lines() if len(ln.get_ydata()) == expected.size
-                   and np.allclose(np.asarray(ln.get_ydata(), dtype=float), expected, rtol=1e-6)]
+            raw = [
+                ln
+                for ln in ax.get_lines()
+                if len(ln.get_ydata()) == expected.size
+                and np.allclose(np.asarray(ln.get_ydata(), dtype=float), expected, rtol=1e-6)
+            ]
             assert len(raw) == 1, f"{title}: no raw curve of {m}"
             np.testing.assert_allclose(xy(raw[0])[0], cols["step"])
 
@@ -505,15 +585,29 @@ def test_tightness_vs_smoothness_puts_each_method_at_its_point(tmp_path: Path, d
     ]
     tables.plot_tightness_vs_smoothness(points, tmp_path, "ts", ("png",))
     (ax,) = drawn["ts"].axes
-    assert scatter_points(ax) == {"IBP": (3.25, 0.12), "CROWN-IBP": (0.75, 0.93), "ours": (0.41, 0.18)}
+    assert scatter_points(ax) == {
+        "IBP": (3.25, 0.12),
+        "CROWN-IBP": (0.75, 0.93),
+        "ours": (0.41, 0.18),
+    }
 
 
 def make_certify(path: Path, method: str, bound_gap: float) -> Path:
     mine = [r for r in CERT_ROWS if r["method"] == method] or [dict(CERT_ROWS[0], method=method)]
     store.write_attrs(str(path), {"kind": "certify", "method": method})
-    cols = {k: np.array([r[k] for r in mine], dtype=float) for k in ("eps", "clean_err", "pgd_err", "verified_err")}
-    store.append_rows(str(path), "results", {"method": np.array([method] * len(mine), dtype=object), **cols,
-                                             "bound_gap": np.full(len(mine), bound_gap)})
+    cols = {
+        k: np.array([r[k] for r in mine], dtype=float)
+        for k in ("eps", "clean_err", "pgd_err", "verified_err")
+    }
+    store.append_rows(
+        str(path),
+        "results",
+        {
+            "method": np.array([method] * len(mine), dtype=object),
+            **cols,
+            "bound_gap": np.full(len(mine), bound_gap),
+        },
+    )
     return path
 
 
@@ -524,11 +618,17 @@ def test_tightness_points_are_the_summarys_numbers(tmp_path: Path, drawn) -> Non
     last half). Drawn end to end by plot_records, without error bars (one run has no spread)."""
     from figures import data, dispatch
 
-    records = [data.load(make_run(tmp_path / f"{m}_train.h5", m, bound_gap=g))
-               for m, g in (("ibp", 3.25), ("tightest", 0.41))]
-    records.append(data.load(make_run(tmp_path / "crown_train.h5", "crown-ibp")))  # no bound gap of its own
-    records += [data.load(make_certify(tmp_path / f"{m}_cert.h5", m, g))
-                for m, g in (("ibp", 9.5), ("crown-ibp", 1.75))]
+    records = [
+        data.load(make_run(tmp_path / f"{m}_train.h5", m, bound_gap=g))
+        for m, g in (("ibp", 3.25), ("tightest", 0.41))
+    ]
+    records.append(
+        data.load(make_run(tmp_path / "crown_train.h5", "crown-ibp"))
+    )  # no bound gap of its own
+    records += [
+        data.load(make_certify(tmp_path / f"{m}_cert.h5", m, g))
+        for m, g in (("ibp", 9.5), ("crown-ibp", 1.75))
+    ]
     runs = [r for r in records if isinstance(r, data.TrainRun)]
     certs = [r for r in records if isinstance(r, data.CertifyResult)]
 
@@ -536,7 +636,11 @@ def test_tightness_points_are_the_summarys_numbers(tmp_path: Path, drawn) -> Non
         return float(np.nanmean(expected_stat(method, "loss_variation")))
 
     points = {p["method"]: p for p in dispatch.tightness_points(runs, certs)}
-    expected = {"ibp": 9.5, "tightest": 0.41, "crown-ibp": 1.75}  # own certify gap first, then the probes'
+    expected = {
+        "ibp": 9.5,
+        "tightest": 0.41,
+        "crown-ibp": 1.75,
+    }  # own certify gap first, then the probes'
     for m, gap in expected.items():
         assert points[m]["tightness"] == pytest.approx(gap, rel=1e-6), m
         assert points[m]["smoothness"] == pytest.approx(loss_variation_all(m), rel=1e-5), m
@@ -552,32 +656,65 @@ def test_tightness_points_are_the_summarys_numbers(tmp_path: Path, drawn) -> Non
     # with the common-model columns (every model certified by every method's bound) those win
     common = tmp_path / "common_cert.h5"
     store.write_attrs(str(common), {"kind": "certify", "method": "ibp"})
-    store.append_rows(str(common), "results", {"method": np.array(["ibp"], dtype=object), "eps": np.array([0.1]),
-                                               "clean_err": np.array([0.1]), "verified_err": np.array([0.5]),
-                                               "bound_gap": np.array([9.5]), "bound_gap_ibp": np.array([8.0]),
-                                               "bound_gap_tightest": np.array([0.3])})
+    store.append_rows(
+        str(common),
+        "results",
+        {
+            "method": np.array(["ibp"], dtype=object),
+            "eps": np.array([0.1]),
+            "clean_err": np.array([0.1]),
+            "verified_err": np.array([0.5]),
+            "bound_gap": np.array([9.5]),
+            "bound_gap_ibp": np.array([8.0]),
+            "bound_gap_tightest": np.array([0.3]),
+        },
+    )
     with_common = certs + [data.load(common)]
     points = {p["method"]: p for p in dispatch.tightness_points(runs, with_common)}
-    assert points["ibp"]["tightness"] == pytest.approx(8.0) and points["tightest"]["tightness"] == pytest.approx(0.3)
+    assert points["ibp"]["tightness"] == pytest.approx(8.0) and points["tightest"][
+        "tightness"
+    ] == pytest.approx(0.3)
 
 
-def test_reproduce_draws_tightness_vs_smoothness_from_the_summary_rows(tmp_path: Path, drawn) -> None:
+def test_reproduce_draws_tightness_vs_smoothness_from_the_summary_rows(
+    tmp_path: Path, drawn
+) -> None:
     """The figure plots summary.json's per-method means with their standard deviations across
     seeds as error bars, and its title says how many seeds."""
     from landscape.reproduce import draw_summary
     from landscape.reproduce.plan import Plan, RunPlan, Setting
 
-    methods = [{"setting": "s", "method": "ibp", "seeds": [0, 1, 2], "bound_gap_common": 11.4,
-                "bound_gap_common_std": 2.0, "loss_variation": 0.0105, "loss_variation_std": 0.0015},
-               {"setting": "s", "method": "tightest", "seeds": [0, 1, 2], "bound_gap_common": 0.41,
-                "bound_gap_common_std": 0.024, "loss_variation": 0.061, "loss_variation_std": 0.009}]
+    methods = [
+        {
+            "setting": "s",
+            "method": "ibp",
+            "seeds": [0, 1, 2],
+            "bound_gap_common": 11.4,
+            "bound_gap_common_std": 2.0,
+            "loss_variation": 0.0105,
+            "loss_variation_std": 0.0015,
+        },
+        {
+            "setting": "s",
+            "method": "tightest",
+            "seeds": [0, 1, 2],
+            "bound_gap_common": 0.41,
+            "bound_gap_common_std": 0.024,
+            "loss_variation": 0.061,
+            "loss_variation_std": 0.009,
+        },
+    ]
     runs = [RunPlan("s", m, {}, seed) for seed in (0, 1, 2) for m in ("ibp", "tightest")]
-    plan = Plan("p", "cpu", runs, {"s": Setting("s", "p", tmp_path, {"dataset": "digits"})}, [0, 1, 2])
+    plan = Plan(
+        "p", "cpu", runs, {"s": Setting("s", "p", tmp_path, {"dataset": "digits"})}, [0, 1, 2]
+    )
     draw_summary(plan, tmp_path, ("png",), methods)
     (ax,) = drawn["compare_tightness_vs_smoothness"].axes
     assert "3 seeds" in ax.get_title()
     pts = scatter_points(ax)
-    assert pts["IBP"] == pytest.approx((11.4, 0.0105)) and pts["Tightest"] == pytest.approx((0.41, 0.061))
+    assert pts["IBP"] == pytest.approx((11.4, 0.0105)) and pts["Tightest"] == pytest.approx(
+        (0.41, 0.061)
+    )
     from matplotlib.container import ErrorbarContainer
 
     bars = {c.get_label(): c for c in ax.containers if isinstance(c, ErrorbarContainer)}
@@ -595,21 +732,31 @@ def _verified_error_vs_eps_is_drawn(drawn) -> None:
     np.testing.assert_allclose(yv, [36.0, 55.0, 71.0])
 
 
-def test_seed_gradient_figure_draws_the_mean_and_band_over_seeds(tmp_path: Path, monkeypatch) -> None:
+def test_seed_gradient_figure_draws_the_mean_and_band_over_seeds(
+    tmp_path: Path, monkeypatch
+) -> None:
     """Two seeds' gradient scans of one method: the drawn loss-change line is their mean, the band
     spans mean ± sd, and the legend says how many seeds."""
     from figures import data, seeds
 
     kept = {}
-    monkeypatch.setattr(seeds, "save", lambda fig, out, stem, formats=("png",): kept.setdefault(stem, fig) and [])
+    monkeypatch.setattr(
+        seeds, "save", lambda fig, out, stem, formats=("png",): kept.setdefault(stem, fig) and []
+    )
     t = np.array([0.0, 0.5, 1.0, 2.0])
     losses = [np.array([1.0, 1.2, 1.5, 2.0]), np.array([2.0, 2.0, 2.1, 2.6])]
     scans = []
     for k, loss in enumerate(losses):
         path = tmp_path / f"s{k}.h5"
-        scan = store.create_scan(str(path), kind="gradient", args={"k": k}, coords={"t": t}, labels=["ibp"],
-                                 fields=["loss", "cos"], attrs={"eps": EPS, "dataset": "digits", "model": "mlp",
-                                                                "direction_from": "own"})
+        scan = store.create_scan(
+            str(path),
+            kind="gradient",
+            args={"k": k},
+            coords={"t": t},
+            labels=["ibp"],
+            fields=["loss", "cos"],
+            attrs={"eps": EPS, "dataset": "digits", "model": "mlp", "direction_from": "own"},
+        )
         for i in range(t.size):
             scan.set_point("ibp", i, {"loss": loss[i], "cos": 1.0 - 0.1 * i * (k + 1)})
         scan.flush(complete=True)
@@ -624,4 +771,6 @@ def test_seed_gradient_figure_draws_the_mean_and_band_over_seeds(tmp_path: Path,
     (band,) = ax.collections
     ys = band.get_paths()[0].vertices[:, 1]
     lo, hi = (changes.mean(0) - changes.std(0)), (changes.mean(0) + changes.std(0))
-    assert ys.min() == pytest.approx(lo.min(), abs=1e-6) and ys.max() == pytest.approx(hi.max(), abs=1e-6)
+    assert ys.min() == pytest.approx(lo.min(), abs=1e-6) and ys.max() == pytest.approx(
+        hi.max(), abs=1e-6
+    )

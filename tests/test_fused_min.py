@@ -14,26 +14,38 @@ from __future__ import annotations
 
 import pytest
 import torch
+from bounds_helpers import COMBOS, Case, assert_le, cases, empirical_max_ce, input_box, tolerance
 from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
 
 from bounds import Normalize, robust_cross_entropy
-from bounds_helpers import COMBOS, Case, assert_le, cases, empirical_max_ce, input_box, tolerance
 
 LINEAR_COMBOS = [(m, s) for m, s in COMBOS if m != "ibp"]
 
 
 def _loss(case: Case, method: str, slope: str, beta: float, seed: int, fused) -> torch.Tensor:
     return robust_cross_entropy(
-        case.model, case.x, case.y, case.eps, method, slope, beta=beta, domain=case.domain, fused=fused,
-        reduction="none", opt_steps=3, generator=torch.Generator().manual_seed(seed),
+        case.model,
+        case.x,
+        case.y,
+        case.eps,
+        method,
+        slope,
+        beta=beta,
+        domain=case.domain,
+        fused=fused,
+        reduction="none",
+        opt_steps=3,
+        generator=torch.Generator().manual_seed(seed),
     )
 
 
 @pytest.mark.parametrize("method,slope", LINEAR_COMBOS, ids=[f"{m}-{s}" for m, s in LINEAR_COMBOS])
 @given(case=cases(), beta=st.sampled_from([1.0, 0.5, 0.0]), seed=st.integers(0, 2**16))
-def test_fused_min_is_sound_never_above_ibp_and_the_chord_where_tighter(method, slope, case, beta, seed):
+def test_fused_min_is_sound_never_above_ibp_and_the_chord_where_tighter(
+    method, slope, case, beta, seed
+):
     beta = beta if method == "crown-ibp" else 1.0
     got = _loss(case, method, slope, beta, seed, "min")
     chord = _loss(case, method, slope, beta, seed, True)
@@ -49,17 +61,33 @@ def test_fused_min_is_sound_never_above_ibp_and_the_chord_where_tighter(method, 
     expected = torch.minimum(chord, ibp_fused)
     assert torch.allclose(got, expected, rtol=0, atol=float(tol)), f"{what}: not min(chord, IBP)"
     tighter = chord < ibp_fused
-    assert torch.equal(got[tighter], chord[tighter]), f"{what}: differs from the chord where the chord is tighter"
+    assert torch.equal(got[tighter], chord[tighter]), (
+        f"{what}: differs from the chord where the chord is tighter"
+    )
     # sound: at least the cross-entropy anywhere we look in the box
     lo, hi = input_box(case.x, case.eps, case.domain)
-    worst = empirical_max_ce(case.model, case.y, lo, hi, n_uniform=16, n_corners=16, pgd_steps=15, restarts=1, seed=seed)
-    assert_le(worst, got, tolerance(case.x.dtype, worst, got), f"{what}: cross-entropy above the fused=min bound")
+    worst = empirical_max_ce(
+        case.model, case.y, lo, hi, n_uniform=16, n_corners=16, pgd_steps=15, restarts=1, seed=seed
+    )
+    assert_le(
+        worst,
+        got,
+        tolerance(case.x.dtype, worst, got),
+        f"{what}: cross-entropy above the fused=min bound",
+    )
 
 
 def _model() -> nn.Sequential:
     torch.manual_seed(5)
-    return nn.Sequential(Normalize([0.2], [0.5]), nn.Flatten(), nn.Linear(9, 16), nn.ReLU(), nn.Linear(16, 16),
-                         nn.ReLU(), nn.Linear(16, 4)).double()
+    return nn.Sequential(
+        Normalize([0.2], [0.5]),
+        nn.Flatten(),
+        nn.Linear(9, 16),
+        nn.ReLU(),
+        nn.Linear(16, 16),
+        nn.ReLU(),
+        nn.Linear(16, 4),
+    ).double()
 
 
 def _grads(model, x, y, eps, fused, method="crown-ibp"):

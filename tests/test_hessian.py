@@ -102,8 +102,12 @@ def test_hutchinson_on_quadratics():
     again = hessian.hessian_trace(quad_loss, Quadratic(a), samples=400, seed=1)
     assert again.mean == est.mean  # seeded
     # with a diagonal Hessian a Rademacher z gives z^T A z = tr A exactly: no variance at all
-    diag = hessian.hessian_trace(quad_loss, Quadratic(torch.diag(torch.tensor(EIGS, dtype=torch.float64))), samples=5)
-    assert diag.mean == pytest.approx(exact, abs=1e-12) and diag.stderr == pytest.approx(0.0, abs=1e-12)
+    diag = hessian.hessian_trace(
+        quad_loss, Quadratic(torch.diag(torch.tensor(EIGS, dtype=torch.float64))), samples=5
+    )
+    assert diag.mean == pytest.approx(exact, abs=1e-12) and diag.stderr == pytest.approx(
+        0.0, abs=1e-12
+    )
     # deflating part of the spectrum keeps the estimate unbiased and shrinks its error
     defl = hessian.hessian_trace(quad_loss, Quadratic(a), samples=400, seed=1, deflate=8)
     assert defl.stderr < est.stderr and abs(defl.mean - exact) <= 3 * defl.stderr
@@ -114,13 +118,19 @@ def test_spectral_density_integrates_to_one_and_peaks_at_the_eigenvalues():
     exact eigenvalues as nodes, and (Rademacher start) the weights are exactly multiplicity / P."""
     values, mult = [-2.0, 0.5, 3.0, 7.0], [5, 4, 4, 4]
     a = torch.diag(torch.tensor(np.repeat(values, mult), dtype=torch.float64))
-    sd = hessian.spectral_density(quad_loss, Quadratic(a), runs=3, steps=10, seed=0, grid_points=4001)
+    sd = hessian.spectral_density(
+        quad_loss, Quadratic(a), runs=3, steps=10, seed=0, grid_points=4001
+    )
     grid, dens = sd.grid, sd.density
     assert grid.shape == dens.shape == (4001,) and (dens >= 0).all()
-    assert float(((dens[1:] + dens[:-1]) * 0.5 * np.diff(grid)).sum()) == pytest.approx(1.0, abs=1e-12)
+    assert float(((dens[1:] + dens[:-1]) * 0.5 * np.diff(grid)).sum()) == pytest.approx(
+        1.0, abs=1e-12
+    )
     assert sd.nodes.shape == sd.weights.shape == (3, 10)
     np.testing.assert_allclose(np.nansum(sd.weights, axis=1), 1.0)
-    assert np.isnan(sd.nodes[:, 4:]).all() and (sd.weights[:, 4:] == 0).all()  # stopped after 4 steps
+    assert (
+        np.isnan(sd.nodes[:, 4:]).all() and (sd.weights[:, 4:] == 0).all()
+    )  # stopped after 4 steps
     spread = values[-1] - values[0]
     assert sd.sigma == pytest.approx(0.01 * spread)
     assert grid[0] == pytest.approx(values[0] - 0.05 * spread - 5 * sd.sigma)
@@ -155,14 +165,18 @@ def dense_reference(closure, model) -> torch.Tensor:
     def f(theta):
         params, start = {}, 0
         for n, s in zip(names, shapes):
-            params[n] = theta[start:start + s.numel()].view(s)
+            params[n] = theta[start : start + s.numel()].view(s)
             start += s.numel()
         return closure.functional(params)
 
     return torch.autograd.functional.hessian(f, flatten(get_params(model)))
 
 
-LOSSES = [dict(kind="clean"), dict(kind="certified", method="crown-ibp"), dict(kind="certified", method="ibp")]
+LOSSES = [
+    dict(kind="clean"),
+    dict(kind="certified", method="crown-ibp"),
+    dict(kind="certified", method="ibp"),
+]
 
 
 @pytest.mark.parametrize("spec", LOSSES, ids=lambda s: s.get("method", s["kind"]))
@@ -196,7 +210,9 @@ def test_tiny_mlp_against_the_dense_hessian(mlp, spec):
     assert deflated.mean == pytest.approx(trace, rel=1e-2)
 
     sd = hessian.spectral_density(closure, model, runs=2, steps=20)
-    assert float(((sd.density[1:] + sd.density[:-1]) * 0.5 * np.diff(sd.grid)).sum()) == pytest.approx(1.0)
+    assert float(
+        ((sd.density[1:] + sd.density[:-1]) * 0.5 * np.diff(sd.grid)).sum()
+    ) == pytest.approx(1.0)
     assert sd.grid[0] < float(exact[-1]) and sd.grid[-1] > float(exact[0])
 
     after = get_params(model)
@@ -207,7 +223,9 @@ def test_tiny_mlp_against_the_dense_hessian(mlp, spec):
 def test_float32_model_matches_the_float64_hessian(mlp):
     """The toolkit's models are float32: products run in the parameters' dtype, Lanczos in float64."""
     model, x, y = mlp
-    h = dense_reference(make_loss(model, x, y, kind="certified", method="crown-ibp", eps=0.1), model)
+    h = dense_reference(
+        make_loss(model, x, y, kind="certified", method="crown-ibp", eps=0.1), model
+    )
     small = build_model("mlp", (1, 2, 2), 3, [0.5], [0.25], widths=[4, 3])
     small.load_state_dict({k: v.float() for k, v in model.state_dict().items()})
     closure = make_loss(small, x.float(), y, kind="certified", method="crown-ibp", eps=0.1)
@@ -239,9 +257,17 @@ def test_per_layer_curvature_is_the_dense_block_hessian(mlp, spec):
     closure = make_loss(model, x, y, eps=0.1, **spec)
     h = dense_reference(closure, model)
     blocks = hessian.parameter_blocks(model)
-    assert list(blocks) == ["2", "4", "6"] and sum(len(v) for v in blocks.values()) == len(list(model.parameters()))
-    ev = SpectrumEvaluator(model, [closure], ["L"], SpectrumOptions(top_k=3, trace_samples=400, density_runs=1,
-                                                                   density_steps=5, density_points=50))
+    assert list(blocks) == ["2", "4", "6"] and sum(len(v) for v in blocks.values()) == len(
+        list(model.parameters())
+    )
+    ev = SpectrumEvaluator(
+        model,
+        [closure],
+        ["L"],
+        SpectrumOptions(
+            top_k=3, trace_samples=400, density_runs=1, density_steps=5, density_points=50
+        ),
+    )
     rec = ev.record(closure)
     whole_top = float(torch.linalg.eigvalsh(h)[-1])
     assert rec["eigenvalues"][0] == pytest.approx(whole_top, rel=1e-6)
@@ -251,11 +277,16 @@ def test_per_layer_curvature_is_the_dense_block_hessian(mlp, spec):
         exact = torch.linalg.eigvalsh(hb).flip(0)
         got = rec[f"layers/{layer}/eigenvalues"]
         assert rec[f"layers/{layer}/size"] == hb.shape[0]
-        np.testing.assert_allclose(got, exact[:3].numpy(), rtol=1e-6, atol=1e-9 * float(exact.abs().max()))
+        np.testing.assert_allclose(
+            got, exact[:3].numpy(), rtol=1e-6, atol=1e-9 * float(exact.abs().max())
+        )
         # the HVP restricted to the block is the block of the full Hessian (not the block of H^2 etc.)
-        torch.testing.assert_close(hessian.dense_hessian(closure, model, names=blocks[layer]), hb, rtol=1e-9,
-                                   atol=1e-12)
-        assert float(exact[0]) <= whole_top + 1e-9 * abs(whole_top)  # Cauchy interlacing, exact matrices
+        torch.testing.assert_close(
+            hessian.dense_hessian(closure, model, names=blocks[layer]), hb, rtol=1e-9, atol=1e-12
+        )
+        assert float(exact[0]) <= whole_top + 1e-9 * abs(
+            whole_top
+        )  # Cauchy interlacing, exact matrices
         assert got[0] <= rec["eigenvalues"][0] + 1e-6 * abs(rec["eigenvalues"][0])
         t, se = rec[f"layers/{layer}/trace"], rec[f"layers/{layer}/trace_stderr"]
         assert abs(t - float(hb.trace())) <= 4 * se + 1e-12
@@ -322,8 +353,25 @@ def test_whole_split_hessian_in_minibatches_peaks_like_a_200_sample_one():
     script = Path(__file__).resolve().parent.parent / "benchmarks" / "hessian_memory.py"
 
     def run(n: str, b: int) -> dict:
-        out = subprocess.run([sys.executable, str(script), "--child", "--n", n, "--b", str(b), "--steps", "3",
-                              "--trace", "1"], check=True, capture_output=True, text=True, timeout=600)
+        out = subprocess.run(
+            [
+                sys.executable,
+                str(script),
+                "--child",
+                "--n",
+                n,
+                "--b",
+                str(b),
+                "--steps",
+                "3",
+                "--trace",
+                "1",
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         return json.loads(out.stdout.strip().splitlines()[-1])
 
     small, batched, whole = run("200", 0), run("all", 200), run("all", 0)

@@ -43,7 +43,9 @@ def test_gradient_scan_on_quadratic_is_exact():
         assert res["rms"][i] == pytest.approx(float((gt - g).pow(2).mean().sqrt()), abs=1e-12)
         assert res["grad_norm"][i] == pytest.approx(float(gt.norm()), rel=1e-12)
         if t > 0:  # ||H (t lr g)|| / ||t lr g|| = ||H g|| / ||g||, whatever t
-            assert res["smoothness"][i] == pytest.approx(float((H @ g).norm() / g.norm()), rel=1e-10)
+            assert res["smoothness"][i] == pytest.approx(
+                float((H @ g).norm() / g.norm()), rel=1e-10
+            )
     assert math.isnan(res["smoothness"][0])
     losses = [float(0.5 * (THETA - t * lr * g) @ H @ (THETA - t * lr * g)) for t in ts]
     assert res["loss_variation"] == pytest.approx(max(losses) - min(losses), rel=1e-12)
@@ -52,7 +54,9 @@ def test_gradient_scan_on_quadratic_is_exact():
 
 def test_default_t_values_match_the_paper():
     ts = scans.default_t_values()
-    assert ts[0] == 0.0 and 1.0 in ts and ts[1] == pytest.approx(0.5) and ts[-1] == pytest.approx(5.0)
+    assert (
+        ts[0] == 0.0 and 1.0 in ts and ts[1] == pytest.approx(0.5) and ts[-1] == pytest.approx(5.0)
+    )
     assert len(ts) == 12 and np.all(np.diff(ts) > 0)
     with pytest.raises(ValueError):
         scans.default_t_values(5.0, 0.5)
@@ -98,23 +102,36 @@ def test_slope_errors_and_unstable_fractions_hand_made():
     l = torch.tensor([[-1.0, -1.0, 0.5, -2.0]])
     u = torch.tensor([[1.0, 2.0, 1.0, -1.0]])
     z = torch.tensor([[0.3, -0.2, 0.7, -1.5]])  # relu' = 1, 0, 1, 0; unstable: first two
-    res = BoundResult(lower=torch.zeros(1, 1), upper=torch.zeros(1, 1), preact=[(l, u)],
-                      slopes=[torch.tensor([[0.25, 1.0, 1.0, 0.0]])],
-                      upper_slopes=[torch.tensor([[0.5, 2 / 3, 1.0, 0.0]])])
+    res = BoundResult(
+        lower=torch.zeros(1, 1),
+        upper=torch.zeros(1, 1),
+        preact=[(l, u)],
+        slopes=[torch.tensor([[0.25, 1.0, 1.0, 0.0]])],
+        upper_slopes=[torch.tensor([[0.5, 2 / 3, 1.0, 0.0]])],
+    )
     out = metrics.slope_errors(res, [z])
     assert out["slope_err"] == pytest.approx((0.75 + 1.0) / 2)
     assert out["upper_slope_err"] == pytest.approx((0.5 + 2 / 3) / 2)
     assert out["n_unstable"] == 2
     assert res.counts == [{"unstable": 2, "active": 1, "dead": 1, "total": 4}]
     assert res.unstable_fractions() == [0.5]
-    stable = SimpleNamespace(preact=[(l.abs(), u)], slopes=res.slopes, upper_slopes=res.upper_slopes)
+    stable = SimpleNamespace(
+        preact=[(l.abs(), u)], slopes=res.slopes, upper_slopes=res.upper_slopes
+    )
     assert metrics.slope_errors(stable, [z])["slope_err"] == 0.0
 
 
 def _tiny_net() -> nn.Sequential:
     torch.manual_seed(0)
-    return nn.Sequential(Normalize([0.5], [0.5]), nn.Flatten(), nn.Linear(16, 12), nn.ReLU(), nn.Linear(12, 12),
-                         nn.ReLU(), nn.Linear(12, 4))
+    return nn.Sequential(
+        Normalize([0.5], [0.5]),
+        nn.Flatten(),
+        nn.Linear(16, 12),
+        nn.ReLU(),
+        nn.Linear(12, 12),
+        nn.ReLU(),
+        nn.Linear(12, 4),
+    )
 
 
 def _batch():
@@ -140,7 +157,9 @@ def test_rga_with_unstable_neurons_and_tightness():
     assert -1.0 <= out["rga_cos"] < 1.0 and out["rga_rel_err"] > 0
     assert 0.0 < out["unstable_frac_l0"] <= 1.0
     assert all(p.grad is None for p in net.parameters())
-    by = metrics.rga_by_slope(net, x, y, 0.2, method="crown-ibp", slopes=("adaptive", "zero", "one"))
+    by = metrics.rga_by_slope(
+        net, x, y, 0.2, method="crown-ibp", slopes=("adaptive", "zero", "one")
+    )
     assert by["adaptive"]["slope_err"] == pytest.approx(out["slope_err"])
     # zero / one slopes on unstable neurons: |0 - relu'| and |1 - relu'| add up to 1 per neuron
     assert by["zero"]["slope_err"] + by["one"]["slope_err"] == pytest.approx(1.0)

@@ -10,7 +10,14 @@ from torch import nn
 
 from bounds.layers import Normalize
 from train.data import DATASETS
-from train.models import MODELS, ModelError, build_from_description, build_model, model_description, output_shapes
+from train.models import (
+    MODELS,
+    ModelError,
+    build_from_description,
+    build_model,
+    model_description,
+    output_shapes,
+)
 
 # Models that cannot take 8x8 inputs: their unpadded convolutions collapse the image.
 CANNOT_TAKE = {("dm-small", (1, 8, 8)), ("dm-medium", (1, 8, 8))}
@@ -23,8 +30,17 @@ def _stats(shape: tuple[int, ...]) -> tuple[list[float], list[float]]:
 
 
 def test_registry_names() -> None:
-    assert set(MODELS) == {"mlp", "cnn-tiny", "dm-small", "model-small", "dm-medium", "dm-large", "cnn-4layer",
-                           "ibp-large", "cnn7"}
+    assert set(MODELS) == {
+        "mlp",
+        "cnn-tiny",
+        "dm-small",
+        "model-small",
+        "dm-medium",
+        "dm-large",
+        "cnn-4layer",
+        "ibp-large",
+        "cnn7",
+    }
     assert issubclass(ModelError, ValueError)
 
 
@@ -57,7 +73,11 @@ def _linear_sizes(model: nn.Sequential) -> list[tuple[int, int]]:
 
 
 def _convs(model: nn.Sequential) -> list[tuple[int, int, int, int]]:
-    return [(m.out_channels, m.kernel_size[0], m.stride[0], m.padding[0]) for m in model if isinstance(m, nn.Conv2d)]
+    return [
+        (m.out_channels, m.kernel_size[0], m.stride[0], m.padding[0])
+        for m in model
+        if isinstance(m, nn.Conv2d)
+    ]
 
 
 def test_published_architectures() -> None:
@@ -65,12 +85,21 @@ def test_published_architectures() -> None:
     small = build_model("dm-small", mnist, 10, [0.1], [0.3])
     assert _convs(small) == [(16, 4, 2, 0), (32, 4, 1, 0)]
     assert _linear_sizes(small) == [(32 * 10 * 10, 100), (100, 10)]
-    assert _linear_sizes(build_model("dm-small", cifar, 10, *_stats(cifar)))[0] == (32 * 12 * 12, 100)
+    assert _linear_sizes(build_model("dm-small", cifar, 10, *_stats(cifar)))[0] == (
+        32 * 12 * 12,
+        100,
+    )
     medium = build_model("dm-medium", mnist, 10, [0.1], [0.3])
     assert _convs(medium) == [(32, 3, 1, 0), (32, 4, 2, 0), (64, 3, 1, 0), (64, 4, 2, 0)]
     assert _linear_sizes(medium) == [(64 * 4 * 4, 512), (512, 512), (512, 10)]
     large = build_model("dm-large", mnist, 10, [0.1], [0.3])
-    assert _convs(large) == [(64, 3, 1, 1), (64, 3, 1, 1), (128, 3, 2, 1), (128, 3, 1, 1), (128, 3, 1, 1)]
+    assert _convs(large) == [
+        (64, 3, 1, 1),
+        (64, 3, 1, 1),
+        (128, 3, 2, 1),
+        (128, 3, 1, 1),
+        (128, 3, 1, 1),
+    ]
     assert _linear_sizes(large) == [(128 * 14 * 14, 512), (512, 10)]
     ibp = build_model("ibp-large", mnist, 10, [0.1], [0.3])
     assert _convs(ibp) == _convs(large) and _linear_sizes(ibp) == _linear_sizes(large)
@@ -78,7 +107,10 @@ def test_published_architectures() -> None:
     assert _convs(c4) == [(32, 3, 1, 1), (32, 4, 2, 1), (64, 3, 1, 1), (64, 4, 2, 1)]
     assert _linear_sizes(c4) == [(64 * 8 * 8, 512), (512, 512), (512, 10)]
     tiny = build_model("cnn-tiny", (1, 8, 8), 10, [0.3], [0.4])
-    assert _convs(tiny) == [(8, 3, 1, 1), (16, 4, 2, 1)] and _linear_sizes(tiny) == [(16 * 4 * 4, 64), (64, 10)]
+    assert _convs(tiny) == [(8, 3, 1, 1), (16, 4, 2, 1)] and _linear_sizes(tiny) == [
+        (16 * 4 * 4, 64),
+        (64, 10),
+    ]
 
 
 def test_options_change_the_network() -> None:
@@ -87,8 +119,12 @@ def test_options_change_the_network() -> None:
     assert isinstance(mlp[1], nn.Flatten)
     c4 = build_model("cnn-4layer", (3, 32, 32), 10, *_stats((3, 32, 32)), width=1, linear_size=16)
     assert _convs(c4)[-1][0] == 8 and _linear_sizes(c4) == [(8 * 8 * 8, 16), (16, 16), (16, 10)]
-    assert _linear_sizes(build_model("dm-large", (1, 8, 8), 10, [0.3], [0.4], linear_size=32))[-1] == (32, 10)
-    flat = build_model("mlp", (4,), 2, [0.0] * 4, [1.0] * 4, widths=[3])  # 1-D inputs for toy problems
+    assert _linear_sizes(build_model("dm-large", (1, 8, 8), 10, [0.3], [0.4], linear_size=32))[
+        -1
+    ] == (32, 10)
+    flat = build_model(
+        "mlp", (4,), 2, [0.0] * 4, [1.0] * 4, widths=[3]
+    )  # 1-D inputs for toy problems
     assert flat(torch.rand(5, 4)).shape == (5, 2)
 
 
@@ -103,13 +139,19 @@ def test_normalize_holds_mean_and_std() -> None:
     "kwargs,match",
     [
         (dict(name="resnet"), "unknown model 'resnet'; known models: mlp"),
-        (dict(name="mlp", options={"width": 3}), "model 'mlp' has no option width; accepted options: widths"),
+        (
+            dict(name="mlp", options={"width": 3}),
+            "model 'mlp' has no option width; accepted options: widths",
+        ),
         (dict(name="dm-small", options={"linear_size": 3}), "accepted options: none"),
         (dict(name="mlp", options={"widths": []}), "widths must be a non-empty list"),
         (dict(name="mlp", options={"widths": [4, 0]}), "positive integer"),
         (dict(name="cnn-4layer", options={"width": 1.5}), "width must be a positive integer"),
         (dict(name="cnn-4layer", options={"width": True}), "width must be a positive integer"),
-        (dict(name="cnn-4layer", options={"linear_size": "big"}), "linear_size must be a positive integer"),
+        (
+            dict(name="cnn-4layer", options={"linear_size": "big"}),
+            "linear_size must be a positive integer",
+        ),
         (dict(name="cnn-tiny", shape=(8, 8)), r"input_shape must be \(C, H, W\)"),
         (dict(name="cnn-tiny", shape=(1, 0, 8)), "input_shape"),
         (dict(name="cnn-tiny", mean=[0.1, 0.2]), "mean has 2 entries but the input has 1 channel"),
@@ -122,9 +164,23 @@ def test_errors(kwargs: dict, match: str) -> None:
     args = dict(name="cnn-tiny", shape=(1, 8, 8), n_classes=10, mean=[0.3], std=[0.4], options={})
     args.update(kwargs)
     with pytest.raises(ModelError, match=match):
-        build_model(args["name"], args["shape"], args["n_classes"], args["mean"], args["std"], **args["options"])
+        build_model(
+            args["name"],
+            args["shape"],
+            args["n_classes"],
+            args["mean"],
+            args["std"],
+            **args["options"],
+        )
     with pytest.raises(ModelError, match=match):
-        model_description(args["name"], args["shape"], args["n_classes"], args["mean"], args["std"], **args["options"])
+        model_description(
+            args["name"],
+            args["shape"],
+            args["n_classes"],
+            args["mean"],
+            args["std"],
+            **args["options"],
+        )
 
 
 def test_deterministic_given_seed() -> None:
@@ -138,15 +194,18 @@ def test_deterministic_given_seed() -> None:
         assert torch.equal(pa, pb) and not torch.equal(pa, pc)
 
 
-@pytest.mark.parametrize("name,shape,options", [
-    ("mlp", (1, 8, 8), {"widths": (16, 8)}),
-    ("cnn-tiny", (1, 8, 8), {}),
-    ("dm-small", (1, 28, 28), {}),
-    ("dm-medium", (3, 32, 32), {}),
-    ("dm-large", (1, 8, 8), {"linear_size": 32}),
-    ("cnn-4layer", (3, 32, 32), {"width": 1, "linear_size": 32}),
-    ("ibp-large", (1, 8, 8), {}),
-])
+@pytest.mark.parametrize(
+    "name,shape,options",
+    [
+        ("mlp", (1, 8, 8), {"widths": (16, 8)}),
+        ("cnn-tiny", (1, 8, 8), {}),
+        ("dm-small", (1, 28, 28), {}),
+        ("dm-medium", (3, 32, 32), {}),
+        ("dm-large", (1, 8, 8), {"linear_size": 32}),
+        ("cnn-4layer", (3, 32, 32), {"width": 1, "linear_size": 32}),
+        ("ibp-large", (1, 8, 8), {}),
+    ],
+)
 def test_describe_rebuild_round_trip(name: str, shape: tuple, options: dict) -> None:
     mean, std = [0.2] * shape[0], [0.3] * shape[0]
     torch.manual_seed(0)
@@ -188,5 +247,12 @@ def test_output_shapes_track_the_arithmetic() -> None:
     assert output_shapes("model-small", (1, 28, 28)) == [(16, 14, 14), (32, 13, 13), (100,), (10,)]
     small = build_model("model-small", (1, 28, 28), 10, [0.0], [1.0])
     assert sum(p.numel() for p in small.parameters()) == 550_406
-    assert sum(p.numel() for p in build_model("dm-small", (1, 28, 28), 10, [0.0], [1.0]).parameters()) == 329_606
-    assert output_shapes("dm-large", (1, 7, 7), 3)[2] == (128, 4, 4)  # odd sides round up with padding 1
+    assert (
+        sum(p.numel() for p in build_model("dm-small", (1, 28, 28), 10, [0.0], [1.0]).parameters())
+        == 329_606
+    )
+    assert output_shapes("dm-large", (1, 7, 7), 3)[2] == (
+        128,
+        4,
+        4,
+    )  # odd sides round up with padding 1

@@ -22,7 +22,11 @@ def fake_fashion(folder: Path, n_train: int = 240, n_test: int = 200) -> Path:
         images = rng.integers(0, 255, (n, 28, 28), dtype=np.uint8)
         labels = (np.arange(n) % 10).astype(np.uint8)
         with gzip.open(folder / f"{prefix}-images-idx3-ubyte.gz", "wb") as fh:
-            fh.write(bytes([0, 0, 8, 3]) + np.array([n, 28, 28], dtype=">u4").tobytes() + images.tobytes())
+            fh.write(
+                bytes([0, 0, 8, 3])
+                + np.array([n, 28, 28], dtype=">u4").tobytes()
+                + images.tobytes()
+            )
         with gzip.open(folder / f"{prefix}-labels-idx1-ubyte.gz", "wb") as fh:
             fh.write(bytes([0, 0, 8, 1]) + np.array([n], dtype=">u4").tobytes() + labels.tobytes())
     return folder
@@ -34,17 +38,43 @@ def test_official_short_profile_smoke_with_two_seeds(tmp_path: Path, capsys) -> 
 
     data = fake_fashion(tmp_path / "fm")
     out = tmp_path / "official-short"
-    args = ["reproduce", "--profile", "official-short", "--steps", "2", "--methods", "ibp,cap", "--seeds", "0,1",
-            "--data-dir", str(data), "--out", str(out), "--format", "png"]
+    args = [
+        "reproduce",
+        "--profile",
+        "official-short",
+        "--steps",
+        "2",
+        "--methods",
+        "ibp,cap",
+        "--seeds",
+        "0,1",
+        "--data-dir",
+        str(data),
+        "--out",
+        str(out),
+        "--format",
+        "png",
+    ]
     assert main(args) == 0, capsys.readouterr().err
     summary = json.loads((out / "summary.json").read_text())
-    assert {(r["method"], r["seed"]) for r in summary["runs"]} == {("ibp", 0), ("cap", 0), ("ibp", 1), ("cap", 1)}
+    assert {(r["method"], r["seed"]) for r in summary["runs"]} == {
+        ("ibp", 0),
+        ("cap", 0),
+        ("ibp", 1),
+        ("cap", 1),
+    }
     run = out / "runs" / "fashion-mnist_eps0.1" / "seed1" / "cap"
     config = json.loads((run / "config.json").read_text())
-    assert config["model"] == "model-small" and config["batch_size"] == 80 and config["bounded_input"] is False
+    assert (
+        config["model"] == "model-small"
+        and config["batch_size"] == 80
+        and config["bounded_input"] is False
+    )
     assert config["probe_fresh_slopes"] is True and config["kappa_start"] == 0.0
     probes = store.read(run / "train.h5")["probes"]
-    assert float(np.max(probes["eps"])) == pytest.approx(0.1)  # a probe at the final eps, not only at step 0
+    assert float(np.max(probes["eps"])) == pytest.approx(
+        0.1
+    )  # a probe at the final eps, not only at step 0
     assert np.isfinite(probes["loss_variation"][probes["eps"] > 0]).all()
     md = (out / "summary.md").read_text()
     assert "C2: CROWN-IBP and CAP are tighter than IBP but rougher: undecided" in md

@@ -19,7 +19,13 @@ from landscape.cli import main
 
 def _scan(path, args=None):
     return store.open_or_create_scan(
-        path, kind="random-1d", args=args or {"seed": 1}, coords={"x": [0.0, 1.0, 2.0]}, labels=["ibp"], lock=True)
+        path,
+        kind="random-1d",
+        args=args or {"seed": 1},
+        coords={"x": [0.0, 1.0, 2.0]},
+        labels=["ibp"],
+        lock=True,
+    )
 
 
 def test_second_writer_is_refused_and_the_lock_goes_with_the_writer(tmp_path):
@@ -29,9 +35,13 @@ def test_second_writer_is_refused_and_the_lock_goes_with_the_writer(tmp_path):
     with pytest.raises(store.FileBusyError, match=r"s\.h5 is being written by another process"):
         _scan(p)
     # another process is refused too (flock is per open file, so this is the real thing)
-    code = (f"from landscape import store\ntry:\n    store.WriterLock({str(p)!r}).acquire()\n"
-            "except store.FileBusyError as e:\n    print('busy', e)\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    code = (
+        f"from landscape import store\ntry:\n    store.WriterLock({str(p)!r}).acquire()\n"
+        "except store.FileBusyError as e:\n    print('busy', e)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
     assert out.startswith("busy")
     assert p.read_bytes() == before
     first.close()
@@ -46,8 +56,9 @@ def test_a_file_replaced_under_a_writer_is_left_as_the_other_made_it(tmp_path):
     scan, _ = _scan(p)
     scan.set_point("ibp", 0, {"loss": 1.0})
     scan.flush()
-    foreign = store.create_scan(other, kind="random-1d", args={"seed": 2}, coords={"x": [0.0, 1.0, 2.0]},
-                                labels=["ibp"])
+    foreign = store.create_scan(
+        other, kind="random-1d", args={"seed": 2}, coords={"x": [0.0, 1.0, 2.0]}, labels=["ibp"]
+    )
     for i in range(3):
         foreign.set_point("ibp", i, {"loss": 7.0})
     foreign.flush(complete=True)
@@ -68,7 +79,9 @@ def test_a_file_deleted_under_a_writer_is_one_clear_error(tmp_path):
     scan, _ = _scan(p)
     p.unlink()
     scan.set_point("ibp", 1, {"loss": 2.0})
-    with pytest.raises(store.FileChangedError, match="was deleted while this process was writing it"):
+    with pytest.raises(
+        store.FileChangedError, match="was deleted while this process was writing it"
+    ):
         scan.flush()
     assert not p.exists()
     scan.close()
@@ -79,8 +92,19 @@ def tiny_ckpt(tmp_path_factory) -> Path:
     from train.loop import train
 
     out = tmp_path_factory.mktemp("run")
-    cfg = dict(dataset="digits", model="mlp", model_options={"widths": [8]}, method="ibp", eps=0.1, epochs=1,
-               batch_size=50, train_size=50, test_size=10, eval_size=0, lr=1e-3)
+    cfg = dict(
+        dataset="digits",
+        model="mlp",
+        model_options={"widths": [8]},
+        method="ibp",
+        eps=0.1,
+        epochs=1,
+        batch_size=50,
+        train_size=50,
+        test_size=10,
+        eval_size=0,
+        lr=1e-3,
+    )
     train(cfg, out_dir=out, progress=False)
     return out / "checkpoint.pt"
 
@@ -110,16 +134,42 @@ def test_two_real_scans_of_one_file_never_mix(tiny_ckpt, tmp_path):
     refs = {}
     for seed in ("1", "2"):
         ref = tmp_path / f"ref{seed}.h5"
-        assert main(["scan", str(tiny_ckpt), "--kind", "random-1d", "--points", "9", "--samples", "20", "--methods",
-                     "ibp,clean", "--seed", seed, "--quiet", "--out", str(ref)]) == 0
+        assert (
+            main(
+                [
+                    "scan",
+                    str(tiny_ckpt),
+                    "--kind",
+                    "random-1d",
+                    "--points",
+                    "9",
+                    "--samples",
+                    "20",
+                    "--methods",
+                    "ibp,clean",
+                    "--seed",
+                    seed,
+                    "--quiet",
+                    "--out",
+                    str(ref),
+                ]
+            )
+            == 0
+        )
         refs[seed] = store.read(ref)
     race = tmp_path / "race"
     race.mkdir()
     rounds = 20
-    procs = {seed: subprocess.Popen([sys.executable, "-c", RACER, str(tiny_ckpt), str(race), seed, str(rounds)],
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                    env={**os.environ, "OMP_NUM_THREADS": "1"})
-             for seed in ("1", "2")}
+    procs = {
+        seed: subprocess.Popen(
+            [sys.executable, "-c", RACER, str(tiny_ckpt), str(race), seed, str(rounds)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+        )
+        for seed in ("1", "2")
+    }
     results = {}
     for seed, proc in procs.items():
         out, err = proc.communicate(timeout=600)

@@ -30,7 +30,9 @@ def test_quoted_results_appear_in_their_committed_summaries() -> None:
         assert source.is_file(), f"README quotes {path}, which is not committed"
         have = _numbers(source.read_text())
         missing = sorted(_numbers(re.sub(r"`[^`]*`", "", text)) - have)
-        assert not missing, f"numbers in the README's block from {path} that the file does not hold: {missing}"
+        assert not missing, (
+            f"numbers in the README's block from {path} that the file does not hold: {missing}"
+        )
 
 
 def test_no_placeholder_or_stale_profile_is_left() -> None:

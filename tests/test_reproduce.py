@@ -30,7 +30,9 @@ METHODS = ("ibp", "crown-ibp", "cap", "tightest")
 @pytest.mark.slow
 def test_tiny_profile_end_to_end_and_resume(tmp_path: Path) -> None:
     out = tmp_path / "repro"
-    result = CliRunner().invoke(cli, ["reproduce", "--profile", "tiny", "--out", str(out), "--format", "png"])
+    result = CliRunner().invoke(
+        cli, ["reproduce", "--profile", "tiny", "--out", str(out), "--format", "png"]
+    )
     assert result.exit_code == 0, result.output + repr(result.exception)
     fig = out / "figures" / "digits_eps0.1"
     for stem in FIGURES:
@@ -38,24 +40,36 @@ def test_tiny_profile_end_to_end_and_resume(tmp_path: Path) -> None:
         assert png.exists() and png.stat().st_size > 5000, stem
     for m in METHODS:
         assert (out / "runs" / "digits_eps0.1" / "seed0" / m / "checkpoint.pt").exists()
-        assert (fig / f"{m}_gradient.png").exists() and (fig / f"{m}_random-2d_heatmap.png").exists()
+        assert (fig / f"{m}_gradient.png").exists() and (
+            fig / f"{m}_random-2d_heatmap.png"
+        ).exists()
     table = (fig / "compare_verified_error.md").read_text()
     for name in ("IBP", "CROWN-IBP", "CAP", "Tightest"):
         assert f"| {name} |" in table
-    assert (fig / "compare_verified_error.tex").read_text().count(r"\\") >= 9  # header + 4 methods x 2 eps
+    assert (fig / "compare_verified_error.tex").read_text().count(
+        r"\\"
+    ) >= 9  # header + 4 methods x 2 eps
     summary = json.loads((out / "summary.json").read_text())
     rows = summary["runs"]
     assert [r["method"] for r in rows] == list(METHODS) and [r["seed"] for r in rows] == [0] * 4
     for r in rows:
-        assert 0.0 <= r["verified_err"] <= 1.0 and r["loss_variation"] >= 0.0 and r["bound_gap"] >= -1e-4
+        assert (
+            0.0 <= r["verified_err"] <= 1.0
+            and r["loss_variation"] >= 0.0
+            and r["bound_gap"] >= -1e-4
+        )
         assert r["bound_gap_common"] >= -1e-4 and r["verified_err_own"] >= r["verified_err"] - 1e-9
     assert [c["claim"][:2] for c in summary["claims"]["digits_eps0.1"]] == ["C1", "C2", "C3", "C4"]
-    assert all(c["verdict"] == "undecided" for c in summary["claims"]["digits_eps0.1"])  # one seed judges nothing
+    assert all(
+        c["verdict"] == "undecided" for c in summary["claims"]["digits_eps0.1"]
+    )  # one seed judges nothing
     assert "1 seed(s): a test needs at least 2" in (out / "summary.md").read_text()
 
     ckpt = out / "runs" / "digits_eps0.1" / "seed0" / "ibp" / "checkpoint.pt"
     stamp = ckpt.stat().st_mtime_ns
-    again = CliRunner().invoke(cli, ["reproduce", "--profile", "tiny", "--out", str(out), "--format", "png"])
+    again = CliRunner().invoke(
+        cli, ["reproduce", "--profile", "tiny", "--out", str(out), "--format", "png"]
+    )
     assert again.exit_code == 0, again.output
     assert "trained 0 runs, reused 4" in again.output
     assert ckpt.stat().st_mtime_ns == stamp
@@ -66,16 +80,29 @@ def test_plans_write_down_the_settings() -> None:
     from train.config import TrainConfig
 
     paper = make_plan("paper", device="cuda")
-    assert {r.setting for r in paper.runs} == {"mnist_eps0.4", "cifar10_eps2_255", "cifar10_eps8_255", "svhn_eps0.01"}
+    assert {r.setting for r in paper.runs} == {
+        "mnist_eps0.4",
+        "cifar10_eps2_255",
+        "cifar10_eps8_255",
+        "svhn_eps0.01",
+    }
     mnist = [r.config for r in paper.runs if r.setting == "mnist_eps0.4"]
     assert all(c["eps"] == 0.4 and c["model"] == "ibp-large" and c["epochs"] == 200 for c in mnist)
     assert {r.method for r in paper.runs} == set(METHODS)
     assert all(r.config["device"] == "cuda" and r.config["beta_end"] == 1.0 for r in paper.runs)
-    assert all(r.config["kappa_start"] == 0.0 and r.config["bounded_input"] is False for r in paper.runs)
+    assert all(
+        r.config["kappa_start"] == 0.0 and r.config["bounded_input"] is False for r in paper.runs
+    )
     official = make_plan("official-short", seeds=[0, 1, 2])
     assert len(official.runs) == 12 and {r.seed for r in official.runs} == {0, 1, 2}
     cfg = TrainConfig.from_dict(official.runs[0].config)  # every setting is a valid training config
-    assert (cfg.model, cfg.batch_size, cfg.lr, cfg.epochs, cfg.probe_every) == ("model-small", 80, 5e-4, 2, 100)
+    assert (cfg.model, cfg.batch_size, cfg.lr, cfg.epochs, cfg.probe_every) == (
+        "model-small",
+        80,
+        5e-4,
+        2,
+        100,
+    )
     assert not cfg.normalize_inputs and not cfg.bounded_input and cfg.probe_fresh_slopes
     text = describe_plan(make_plan("quick"))
     assert "ibp" in text and "tightest" in text and "certify" in text
@@ -88,17 +115,27 @@ def test_bad_profile_and_method(tmp_path: Path, capsys) -> None:
 
     with pytest.raises(ValueError, match="unknown profile 'huge'; choose one of .*official-short"):
         make_plan("huge")
-    with pytest.raises(ValueError, match="unknown method 'natural'"):  # reproduce trains methods with a bound
+    with pytest.raises(
+        ValueError, match="unknown method 'natural'"
+    ):  # reproduce trains methods with a bound
         make_plan("tiny", methods=["natural"])
-    assert main(["reproduce", "--profile", "tiny", "--methods", "bogus", "--out", str(tmp_path / "o")]) == 1
+    assert (
+        main(["reproduce", "--profile", "tiny", "--methods", "bogus", "--out", str(tmp_path / "o")])
+        == 1
+    )
     assert "unknown method 'bogus'" in capsys.readouterr().err
     assert main(["reproduce", "--profile", "huge", "--out", str(tmp_path / "o")]) != 0
 
 
 def test_dry_run_prints_plan(tmp_path: Path) -> None:
-    result = CliRunner().invoke(cli, ["reproduce", "--profile", "paper", "--out", str(tmp_path / "p"), "--dry-run"])
+    result = CliRunner().invoke(
+        cli, ["reproduce", "--profile", "paper", "--out", str(tmp_path / "p"), "--dry-run"]
+    )
     assert result.exit_code == 0
-    assert "mnist_eps0.4/seed0/tightest" in result.output and "cifar10_eps8_255/seed0/cap" in result.output
+    assert (
+        "mnist_eps0.4/seed0/tightest" in result.output
+        and "cifar10_eps8_255/seed0/cap" in result.output
+    )
     assert not (tmp_path / "p").exists()
 
 
@@ -131,8 +168,22 @@ def test_resume_drops_rows_written_after_the_checkpoint(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_seeds_give_bands_and_claims_with_their_spread(tmp_path: Path) -> None:
     out = tmp_path / "seeds"
-    result = CliRunner().invoke(cli, ["reproduce", "--profile", "tiny", "--methods", "ibp,tightest", "--seeds", "0,1",
-                                      "--out", str(out), "--format", "png"])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "reproduce",
+            "--profile",
+            "tiny",
+            "--methods",
+            "ibp,tightest",
+            "--seeds",
+            "0,1",
+            "--out",
+            str(out),
+            "--format",
+            "png",
+        ],
+    )
     assert result.exit_code == 0, result.output + repr(result.exception)
     assert (out / "runs" / "digits_eps0.1" / "seed1" / "tightest" / "checkpoint.pt").exists()
     assert (out / "figures" / "digits_eps0.1" / "seeds_probes.png").stat().st_size > 5000
@@ -165,8 +216,23 @@ def test_train_reads_a_reproduction_setting(tmp_path: Path) -> None:
     from landscape.cli import main
 
     tiny = next(s for s in settings if s.profile == "tiny")
-    assert main(["train", "--config", str(tiny.path), "--method", "ibp", "--epochs", "1", "--out", str(tmp_path / "r"),
-                 "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--config",
+                str(tiny.path),
+                "--method",
+                "ibp",
+                "--epochs",
+                "1",
+                "--out",
+                str(tmp_path / "r"),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
 
 
 def test_as_tight_claim_is_a_tost_against_the_declared_margin() -> None:
@@ -175,10 +241,14 @@ def test_as_tight_claim_is_a_tost_against_the_declared_margin() -> None:
     from landscape.reproduce.claims import Margins, claims
 
     def part(tightest_gaps: list[float]) -> dict:
-        rows = [{"setting": "s", "seed": k, "method": m, "bound_gap_common": g, "loss_variation": 0.1}
-                for k, gap in enumerate(tightest_gaps)
-                for m, g in (("crown-ibp", 0.5), ("tightest", gap))]
-        c3 = next(c for c in claims(rows, "s", Margins(gap_relative=0.1)) if c["claim"].startswith("C3"))
+        rows = [
+            {"setting": "s", "seed": k, "method": m, "bound_gap_common": g, "loss_variation": 0.1}
+            for k, gap in enumerate(tightest_gaps)
+            for m, g in (("crown-ibp", 0.5), ("tightest", gap))
+        ]
+        c3 = next(
+            c for c in claims(rows, "s", Margins(gap_relative=0.1)) if c["claim"].startswith("C3")
+        )
         return c3["parts"][0]
 
     assert part([0.49, 0.51, 0.50, 0.505])["verdict"] == "equivalent"

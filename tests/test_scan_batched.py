@@ -19,8 +19,15 @@ from landscape.scan_losses import make_loss
 def cnn(channels: int = 1) -> nn.Sequential:
     torch.manual_seed(4)
     return nn.Sequential(
-        Normalize([0.3] * channels, [0.4] * channels), nn.Conv2d(channels, 4, 3, 2, 1), nn.ReLU(),
-        nn.Conv2d(4, 6, 3, 1), nn.ReLU(), nn.Flatten(), nn.Linear(6 * 2 * 2, 10), nn.ReLU(), nn.Linear(10, 4),
+        Normalize([0.3] * channels, [0.4] * channels),
+        nn.Conv2d(channels, 4, 3, 2, 1),
+        nn.ReLU(),
+        nn.Conv2d(4, 6, 3, 1),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(6 * 2 * 2, 10),
+        nn.ReLU(),
+        nn.Linear(10, 4),
     )
 
 
@@ -30,15 +37,19 @@ def batch(channels: int = 1, n: int = 6):
 
 
 @pytest.mark.parametrize("channels", [1, 3])
-@pytest.mark.parametrize("method,slope", [("ibp", None), ("crown-ibp", "adaptive"), ("crown-ibp", "same-slope"),
-                                          ("crown-ibp", "zero")])
+@pytest.mark.parametrize(
+    "method,slope",
+    [("ibp", None), ("crown-ibp", "adaptive"), ("crown-ibp", "same-slope"), ("crown-ibp", "zero")],
+)
 def test_plain_mode_equals_the_fast_paths(channels, method, slope):
     model, (x, y) = cnn(channels), batch(channels)
     C = margin_spec(y, 4)
     fast = compute_bounds(model, x, 0.05, method, slope, C=C)
     with plain.plain():
         ref = compute_bounds(model, x, 0.05, method, slope, C=C)
-    assert torch.allclose(fast.lower, ref.lower, atol=1e-5) and torch.allclose(fast.upper, ref.upper, atol=1e-5)
+    assert torch.allclose(fast.lower, ref.lower, atol=1e-5) and torch.allclose(
+        fast.upper, ref.upper, atol=1e-5
+    )
     for (l0, u0), (l1, u1) in zip(fast.preact, ref.preact):
         assert torch.allclose(l0, l1, atol=1e-5) and torch.allclose(u0, u1, atol=1e-5)
     if fast.lower_A is not None:
@@ -46,14 +57,21 @@ def test_plain_mode_equals_the_fast_paths(channels, method, slope):
     for fused in (False, True, "min"):
         a = robust_cross_entropy(model, x, y, 0.05, method, slope, fused=fused, reduction="none")
         with plain.plain():
-            b = robust_cross_entropy(model, x, y, 0.05, method, slope, fused=fused, reduction="none")
+            b = robust_cross_entropy(
+                model, x, y, 0.05, method, slope, fused=fused, reduction="none"
+            )
         assert torch.allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize(
     "kind,method,slope,fused",
-    [("clean", "ibp", None, False), ("certified", "ibp", None, False), ("certified", "crown-ibp", None, False),
-     ("certified", "crown-ibp", "same-slope", True), ("certified", "natural", None, False)],
+    [
+        ("clean", "ibp", None, False),
+        ("certified", "ibp", None, False),
+        ("certified", "crown-ibp", None, False),
+        ("certified", "crown-ibp", "same-slope", True),
+        ("certified", "natural", None, False),
+    ],
 )
 def test_batched_scan_equals_the_loop(kind, method, slope, fused):
     model, (x, y) = cnn(), batch()
@@ -74,12 +92,19 @@ def test_batched_scan_equals_the_loop(kind, method, slope, fused):
 
 @pytest.mark.parametrize(
     "kind,method,slope",
-    [("pgd", "ibp", None), ("certified", "tightest", None), ("certified", "crown-ibp", "uniform"),
-     ("certified", "crown-ibp", "optimized"), ("certified", "crown", None)],
+    [
+        ("pgd", "ibp", None),
+        ("certified", "tightest", None),
+        ("certified", "crown-ibp", "uniform"),
+        ("certified", "crown-ibp", "optimized"),
+        ("certified", "crown", None),
+    ],
 )
 def test_losses_vmap_cannot_run_stay_point_by_point(kind, method, slope):
     model, (x, y) = cnn(), batch()
     fn = make_loss(model, x, y, kind=kind, method=method, slope=slope, eps=0.05)
     assert not batchable(fn)
-    ev = DirectionEvaluator(model, [fn], [D.random_direction(model, seed=0)], np.zeros((2, 1)), vmap_batch=4)
+    ev = DirectionEvaluator(
+        model, [fn], [D.random_direction(model, seed=0)], np.zeros((2, 1)), vmap_batch=4
+    )
     assert ev.batch_size is None

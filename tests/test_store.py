@@ -20,9 +20,21 @@ def _bytes(path) -> bytes:
 
 def test_append_rows_round_trip(tmp_path):
     p = tmp_path / "train.h5"
-    store.write_attrs(p, {"kind": "train", "eps": 0.1, "widths": [64, 64], "cfg": {"a": 1, "b": [1, 2]}, "none": None,
-                          "flag": True, "np": np.float32(2.5)})
-    store.append_rows(p, "steps", {"step": np.arange(3), "loss": np.array([3.0, 2.0, 1.0], np.float32)})
+    store.write_attrs(
+        p,
+        {
+            "kind": "train",
+            "eps": 0.1,
+            "widths": [64, 64],
+            "cfg": {"a": 1, "b": [1, 2]},
+            "none": None,
+            "flag": True,
+            "np": np.float32(2.5),
+        },
+    )
+    store.append_rows(
+        p, "steps", {"step": np.arange(3), "loss": np.array([3.0, 2.0, 1.0], np.float32)}
+    )
     store.append_rows(p, "steps", {"step": 3, "loss": 0.5})
     d = store.read(p)
     assert d["attrs"]["schema_version"] == store.SCHEMA_VERSION
@@ -44,14 +56,18 @@ def test_append_rows_new_and_missing_columns_are_filled(tmp_path):
     np.testing.assert_array_equal(g["u"], [np.nan, np.nan, 0.5])
     store.append_rows(p, "probes", {"t": np.zeros((2, 3))})
     assert store.read(p)["probes"]["t"].shape == (2, 3)
-    store.append_rows(p, "results", {"method": np.asarray(["ibp", "crown"], dtype=object), "eps": [0.1, 0.2]})
+    store.append_rows(
+        p, "results", {"method": np.asarray(["ibp", "crown"], dtype=object), "eps": [0.1, 0.2]}
+    )
     store.append_rows(p, "results", {"eps": [0.3]})
     assert store.read(p)["results"]["method"].tolist() == ["ibp", "crown", ""]
 
 
 def test_truncate_rows_keeps_rows_below_the_limit(tmp_path):
     path = str(tmp_path / "run.h5")
-    store.append_rows(path, "steps", {"step": np.arange(5), "loss": np.linspace(1, 2, 5), "g": np.ones((5, 3))})
+    store.append_rows(
+        path, "steps", {"step": np.arange(5), "loss": np.linspace(1, 2, 5), "g": np.ones((5, 3))}
+    )
     assert store.truncate_rows(path, "steps", "step", 3) == 2
     got = store.read(path)["steps"]
     assert got["step"].tolist() == [0, 1, 2] and got["g"].shape == (3, 3)
@@ -109,9 +125,14 @@ def test_crash_mid_write_leaves_old_file(tmp_path, monkeypatch):
 
 def _new_scan(path, args=None):
     return store.create_scan(
-        path, kind="random-2d", args=args or {"eps": 0.1, "methods": ["ibp", "crown-ibp"]},
-        coords={"x": np.linspace(-1, 1, 3), "y": [0.0, 1.0]}, labels=["ibp", "crown-ibp"], fields=["loss", "acc"],
-        attrs={"dataset": "digits"}, arrays={"direction_x": (np.arange(4, dtype=np.float32), {"param_names": ["w"]})},
+        path,
+        kind="random-2d",
+        args=args or {"eps": 0.1, "methods": ["ibp", "crown-ibp"]},
+        coords={"x": np.linspace(-1, 1, 3), "y": [0.0, 1.0]},
+        labels=["ibp", "crown-ibp"],
+        fields=["loss", "acc"],
+        attrs={"dataset": "digits"},
+        arrays={"direction_x": (np.arange(4, dtype=np.float32), {"param_names": ["w"]})},
     )
 
 
@@ -121,7 +142,10 @@ def test_scan_file_create_resume_and_read(tmp_path):
     assert s.shape == (3, 2) and s.n_points == 6
     d = store.read(p)
     assert d["attrs"]["complete"] is False and d["attrs"]["dims"] == ["x", "y"]
-    assert np.isnan(d["results"]["ibp"]["loss"]).all() and d["results"]["ibp"]["loss"].dtype == np.float32
+    assert (
+        np.isnan(d["results"]["ibp"]["loss"]).all()
+        and d["results"]["ibp"]["loss"].dtype == np.float32
+    )
     np.testing.assert_allclose(d["coords"]["x"], [-1, 0, 1])
     s.set_point("ibp", 3, {"loss": 1.5, "acc": 0.5})
     s.set_point("crown-ibp", (1, 1), {"loss": 2.5})
@@ -150,8 +174,13 @@ def test_scan_file_refuses_other_arguments(tmp_path):
     _new_scan(p)
     before = _bytes(p)
     with pytest.raises(store.ScanMismatchError, match="differs in: eps"):
-        store.open_or_create_scan(p, kind="random-2d", args={"eps": 0.2, "methods": ["ibp", "crown-ibp"]},
-                                  coords={"x": [0.0]}, labels=["ibp"])
+        store.open_or_create_scan(
+            p,
+            kind="random-2d",
+            args={"eps": 0.2, "methods": ["ibp", "crown-ibp"]},
+            coords={"x": [0.0]},
+            labels=["ibp"],
+        )
     with pytest.raises(store.ScanMismatchError, match="kind"):
         store.open_scan(p, kind="gradient")
     with pytest.raises(ValueError, match="already exists"):
@@ -194,11 +223,25 @@ def test_scan_without_grid_holds_one_record_per_label(tmp_path):
     """Schema 3: a scan with no dims (the Hessian's) has one record per label, with per-label
     arrays of any shape and label attributes set with the record; labels resume one by one."""
     p = tmp_path / "h.h5"
-    s = store.create_scan(p, kind="hessian", args={"k": 2}, coords={}, labels=["clean", "ibp", "tightest"],
-                          label_arrays=["eigenvalues", "density"])
+    s = store.create_scan(
+        p,
+        kind="hessian",
+        args={"k": 2},
+        coords={},
+        labels=["clean", "ibp", "tightest"],
+        label_arrays=["eigenvalues", "density"],
+    )
     assert s.shape == () and s.gridless and s.missing().tolist() == [0, 1, 2]
-    s.set_point("ibp", 1, {"loss": 2.5, "eigenvalues": np.array([3.0, 1.0]), "density": np.ones((2, 3)),
-                           "attrs": {"trace": 4.5}})
+    s.set_point(
+        "ibp",
+        1,
+        {
+            "loss": 2.5,
+            "eigenvalues": np.array([3.0, 1.0]),
+            "density": np.ones((2, 3)),
+            "attrs": {"trace": 4.5},
+        },
+    )
     with pytest.raises(ValueError, match="record 0, not 2"):
         s.set_point("clean", 2, {"loss": 1.0})
     with pytest.raises(ValueError, match="not one of"):
@@ -214,15 +257,25 @@ def test_scan_without_grid_holds_one_record_per_label(tmp_path):
     again = store.open_scan(p, args={"k": 2}, kind="hessian")
     assert again.missing().tolist() == [0, 2] and again.missing("ibp").tolist() == []
     np.testing.assert_array_equal(again.label_data["ibp"]["eigenvalues"], [3.0, 1.0])
-    again.set_point("clean", (), {"loss": 1.0, "eigenvalues": [1.0, 0.5, 0.25]})  # another length is fine
+    again.set_point(
+        "clean", (), {"loss": 1.0, "eigenvalues": [1.0, 0.5, 0.25]}
+    )  # another length is fine
     again.set_point("tightest", 2, {"loss": 3.0})
     again.flush(complete=True)
     final = store.open_scan(p, args={"k": 2})
-    assert final.missing().size == 0 and final.complete and final.label_attrs["ibp"] == {"trace": 4.5}
+    assert (
+        final.missing().size == 0 and final.complete and final.label_attrs["ibp"] == {"trace": 4.5}
+    )
     assert final.label_data["clean"]["eigenvalues"].tolist() == [1.0, 0.5, 0.25]
     with pytest.raises(ValueError, match="label arrays"):
-        store.create_scan(tmp_path / "bad.h5", kind="hessian", args={}, coords={}, labels=["a"],
-                          label_arrays=["loss"])
+        store.create_scan(
+            tmp_path / "bad.h5",
+            kind="hessian",
+            args={},
+            coords={},
+            labels=["a"],
+            label_arrays=["loss"],
+        )
 
 
 def test_scan_files_of_schema_version_2_are_still_read_and_resumed(tmp_path):

@@ -33,8 +33,17 @@ def saved(tmp_path):
     model(torch.rand(4, 1, 8, 8)).sum().backward()
     opt.step()
     cfg = TrainConfig(method="crown-ibp", eps=0.1, lr_milestones=(3, 5))
-    path = save_checkpoint(tmp_path / "ck.pt", model, model_desc=desc, config=cfg.to_dict(), epoch=2, step=17,
-                           optimizer=opt, metrics={"test_clean_err": 0.5}, history=[{"a": 1.0}])
+    path = save_checkpoint(
+        tmp_path / "ck.pt",
+        model,
+        model_desc=desc,
+        config=cfg.to_dict(),
+        epoch=2,
+        step=17,
+        optimizer=opt,
+        metrics={"test_clean_err": 0.5},
+        history=[{"a": 1.0}],
+    )
     return path, model, opt, cfg
 
 
@@ -43,7 +52,10 @@ def test_reload_bit_exact_with_weights_only(saved) -> None:
     raw = torch.load(path, weights_only=True)  # no arbitrary unpickling needed
     assert raw["format"] == "cert-landscape-checkpoint" and raw["epoch"] == 2 and raw["step"] == 17
     assert TrainConfig.from_dict(raw["config"]) == cfg
-    assert set(raw["versions"]) == {"toolkit", "torch", "python"} and raw["rng"]["torch"].dtype == torch.uint8
+    assert (
+        set(raw["versions"]) == {"toolkit", "torch", "python"}
+        and raw["rng"]["torch"].dtype == torch.uint8
+    )
     loaded, ckpt = load_model(path)
     for (k, a), (k2, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
         assert k == k2 and torch.equal(a, b)
@@ -51,7 +63,9 @@ def test_reload_bit_exact_with_weights_only(saved) -> None:
     assert torch.equal(model(x), loaded(x))
     opt2 = torch.optim.Adam(loaded.parameters(), lr=1e-3)
     opt2.load_state_dict(ckpt["optimizer"])
-    assert torch.equal(opt2.state_dict()["state"][0]["exp_avg"], opt.state_dict()["state"][0]["exp_avg"])
+    assert torch.equal(
+        opt2.state_dict()["state"][0]["exp_avg"], opt.state_dict()["state"][0]["exp_avg"]
+    )
     assert not list(path.parent.glob(".*.tmp"))  # atomic write left no temporary file
 
 
@@ -90,8 +104,14 @@ def test_architecture_mismatch_and_nan_weights(tmp_path, saved) -> None:
         load_model(ckpt)
     bad = model.state_dict()
     bad[next(iter(k for k in bad if k.endswith("weight")))][0] = float("nan")
-    nan_path = save_checkpoint(tmp_path / "nan.pt", model, model_desc=load_checkpoint(path)["model"],
-                               config=cfg.to_dict(), epoch=1, step=1)
+    nan_path = save_checkpoint(
+        tmp_path / "nan.pt",
+        model,
+        model_desc=load_checkpoint(path)["model"],
+        config=cfg.to_dict(),
+        epoch=1,
+        step=1,
+    )
     with pytest.raises(CheckpointError, match="NaN or Inf"):
         load_model(nan_path)
 

@@ -10,9 +10,27 @@ import torch
 from landscape import store
 from landscape.cli import main
 
-TINY = ["--dataset", "digits", "--model", "mlp", "--model-option", "widths=[16,16]", "--eps", "0.02",
-        "--epochs", "1", "--batch-size", "32", "--train-size", "64", "--test-size", "32", "--eps-ramp-epochs", "0",
-        "--quiet"]
+TINY = [
+    "--dataset",
+    "digits",
+    "--model",
+    "mlp",
+    "--model-option",
+    "widths=[16,16]",
+    "--eps",
+    "0.02",
+    "--epochs",
+    "1",
+    "--batch-size",
+    "32",
+    "--train-size",
+    "64",
+    "--test-size",
+    "32",
+    "--eps-ramp-epochs",
+    "0",
+    "--quiet",
+]
 
 
 def run(capsys, args: list[str]) -> tuple[int, str, str]:
@@ -35,19 +53,44 @@ def test_train_and_certify_every_method(tmp_path, capsys, method: str) -> None:
     extra = ["--probe-every", "1"] if method == "crown-ibp" else []
     code, stdout, err = run(capsys, ["train", *TINY, "--method", method, "--out", str(out), *extra])
     assert code == 0, err
-    assert {p.name for p in out.iterdir()} >= {"checkpoint.pt", "checkpoint_epoch1.pt", "train.h5", "config.json"}
+    assert {p.name for p in out.iterdir()} >= {
+        "checkpoint.pt",
+        "checkpoint_epoch1.pt",
+        "train.h5",
+        "config.json",
+    }
     h5 = store.read(str(out / "train.h5"))
     assert h5["attrs"]["kind"] == "train" and h5["attrs"]["method"] == method
     assert h5["steps"]["step"].tolist() == [0, 1] and len(h5["epochs"]["epoch"]) == 1
     if extra:
         assert sorted(set(h5["probes"]["step"].tolist())) == [0, 1]
     assert json.loads((out / "config.json").read_text())["method"] == method
-    code, stdout, err = run(capsys, ["certify", str(out / "checkpoint.pt"), "--eps", "0.02", "--methods",
-                                     "ibp,crown-ibp,crown", "--pgd-steps", "5", "--test-size", "32", "--json"])
+    code, stdout, err = run(
+        capsys,
+        [
+            "certify",
+            str(out / "checkpoint.pt"),
+            "--eps",
+            "0.02",
+            "--methods",
+            "ibp,crown-ibp,crown",
+            "--pgd-steps",
+            "5",
+            "--test-size",
+            "32",
+            "--json",
+        ],
+    )
     assert code == 0, err
     res = json.loads(stdout)
-    for key in ("clean_err", "pgd_err", "verified_err", "verified_err_ibp", "verified_err_crown_ibp",
-                "verified_err_crown"):
+    for key in (
+        "clean_err",
+        "pgd_err",
+        "verified_err",
+        "verified_err_ibp",
+        "verified_err_crown_ibp",
+        "verified_err_crown",
+    ):
         assert 0.0 <= res[key] <= 1.0, key
     assert res["clean_err"] <= res["pgd_err"] <= res["verified_err"] <= res["verified_err_ibp"]
 
@@ -55,8 +98,19 @@ def test_train_and_certify_every_method(tmp_path, capsys, method: str) -> None:
 def test_certify_in_float64_agrees_with_float32(tmp_path, capsys) -> None:
     out = tmp_path / "run"
     assert run(capsys, ["train", *TINY, "--method", "ibp", "--out", str(out)])[0] == 0
-    args = ["certify", str(out / "checkpoint.pt"), "--eps", "0.01", "--methods", "ibp,crown-ibp", "--pgd-steps", "3",
-            "--test-size", "32", "--json"]
+    args = [
+        "certify",
+        str(out / "checkpoint.pt"),
+        "--eps",
+        "0.01",
+        "--methods",
+        "ibp,crown-ibp",
+        "--pgd-steps",
+        "3",
+        "--test-size",
+        "32",
+        "--json",
+    ]
     code, single, err = run(capsys, args)
     assert code == 0, err
     code, double, err = run(capsys, [*args, "--float64"])
@@ -71,7 +125,14 @@ def test_config_file_resume_and_table(tmp_path, capsys) -> None:
     cfg = tmp_path / "run.yaml"
     cfg.write_text("method: crown-ibp\nbeta-end: 0.0\neps: 0.5\nlr: 0.002\n")
     out = tmp_path / "run"
-    args = ["train", "--config", str(cfg), *TINY, "--out", str(out)]  # --eps 0.02 overrides the file
+    args = [
+        "train",
+        "--config",
+        str(cfg),
+        *TINY,
+        "--out",
+        str(out),
+    ]  # --eps 0.02 overrides the file
     assert run(capsys, args)[0] == 0
     saved = json.loads((out / "config.json").read_text())
     assert saved["eps"] == 0.02 and saved["beta_end"] == 0.0 and saved["lr"] == 0.002
@@ -84,10 +145,23 @@ def test_config_file_resume_and_table(tmp_path, capsys) -> None:
     assert store.read(str(out / "train.h5"))["steps"]["step"].tolist() == [0, 1, 2, 3]
     code, _, err = run(capsys, ["train", *TINY, "--method", "ibp", "--out", str(out)])
     assert_one_line_error(code, err, "holds another run")
-    assert run(capsys, ["train", *TINY, "--method", "ibp", "--out", str(out), "--overwrite"])[0] == 0
+    assert (
+        run(capsys, ["train", *TINY, "--method", "ibp", "--out", str(out), "--overwrite"])[0] == 0
+    )
     assert not (out / "checkpoint_epoch2.pt").exists()
-    code, stdout, err = run(capsys, ["certify", str(out / "checkpoint.pt"), "--methods", "ibp", "--pgd-steps", "3",
-                                     "--test-size", "20"])
+    code, stdout, err = run(
+        capsys,
+        [
+            "certify",
+            str(out / "checkpoint.pt"),
+            "--methods",
+            "ibp",
+            "--pgd-steps",
+            "3",
+            "--test-size",
+            "20",
+        ],
+    )
     assert code == 0, err
     assert "verified error (union of ibp)" in stdout and "PGD error" in stdout
 

@@ -16,7 +16,9 @@ from landscape.directions import flatten, perturbed
 SHAPES = [(3, 4), (5,)]  # P = 17
 
 
-def synthetic(n: int, rank: int | None = None, seed: int = 0) -> tuple[list[list[torch.Tensor]], list[torch.Tensor]]:
+def synthetic(
+    n: int, rank: int | None = None, seed: int = 0
+) -> tuple[list[list[torch.Tensor]], list[torch.Tensor]]:
     """n parameter lists (float64) shaped like SHAPES; with ``rank``, theta_i - theta_f lies in a
     random subspace of that dimension. The final point is the last."""
     gen = torch.Generator().manual_seed(seed)
@@ -24,8 +26,9 @@ def synthetic(n: int, rank: int | None = None, seed: int = 0) -> tuple[list[list
     if rank is None:
         diffs = torch.randn(n - 1, 17, generator=gen, dtype=torch.float64)
     else:
-        diffs = torch.randn(n - 1, rank, generator=gen, dtype=torch.float64) @ torch.randn(rank, 17, generator=gen,
-                                                                                            dtype=torch.float64)
+        diffs = torch.randn(n - 1, rank, generator=gen, dtype=torch.float64) @ torch.randn(
+            rank, 17, generator=gen, dtype=torch.float64
+        )
     thetas = [[t + d for t, d in zip(final, split(row))] for row in diffs]
     return thetas + [[t.clone() for t in final]], final
 
@@ -34,7 +37,7 @@ def split(vector: torch.Tensor) -> list[torch.Tensor]:
     out, start = [], 0
     for s in SHAPES:
         k = int(np.prod(s))
-        out.append(vector[start:start + k].reshape(s))
+        out.append(vector[start : start + k].reshape(s))
         start += k
     return out
 
@@ -70,7 +73,9 @@ def test_centred_pca_is_scikit_learns():
     ref = PCA(n_components=2).fit(matrix(thetas, final))
     d = np.stack([flatten(x).numpy() for x in pca.directions])
     np.testing.assert_allclose(np.abs((d * ref.components_).sum(axis=1)), [1.0, 1.0], atol=1e-10)
-    np.testing.assert_allclose(pca.explained_variance_ratio, ref.explained_variance_ratio_, rtol=1e-10)
+    np.testing.assert_allclose(
+        pca.explained_variance_ratio, ref.explained_variance_ratio_, rtol=1e-10
+    )
     np.testing.assert_allclose(pca.path, matrix(thetas, final) @ d.T, atol=1e-10)  # not centred
 
 
@@ -87,13 +92,17 @@ def test_rank_one_and_ignored_biases():
     thetas, final = synthetic(3, rank=1, seed=3)
     pca = tj.pca_directions(thetas, final, seed=5)
     d1, d2 = (flatten(x) for x in pca.directions)
-    assert float(d1 @ d2) == pytest.approx(0.0, abs=1e-12) and float(d2.norm()) == pytest.approx(1.0)
+    assert float(d1 @ d2) == pytest.approx(0.0, abs=1e-12) and float(d2.norm()) == pytest.approx(
+        1.0
+    )
     np.testing.assert_allclose(pca.explained_variance_ratio, [1.0, 0.0], atol=1e-12)
     np.testing.assert_allclose(pca.path[:, 1], 0.0, atol=1e-12)
     thetas, final = synthetic(4, seed=4)
     for some in (thetas, thetas[2:]):  # rank 2, and rank 1 (d_2 drawn at random)
         pca = tj.pca_directions(some, final, ignore="biasbn")
-        assert all(float(d[1].abs().max()) == 0.0 for d in pca.directions)  # the 1-D parameter never moves
+        assert all(
+            float(d[1].abs().max()) == 0.0 for d in pca.directions
+        )  # the 1-D parameter never moves
         assert float(flatten(pca.directions[1]).norm()) == pytest.approx(1.0)
     with pytest.raises(ValueError, match="do not move"):
         tj.pca_directions([final, final], final)
@@ -109,7 +118,9 @@ def test_project_and_default_range():
     np.testing.assert_allclose(tj.project([point], final, [a, b]), [[0.3, -0.7]], atol=1e-10)
     (x0, x1), (y0, y1) = tj.default_range(pca.path, margin=0.1)
     lo, hi = np.minimum(pca.path.min(0), 0), np.maximum(pca.path.max(0), 0)
-    assert x0 == pytest.approx(lo[0] - 0.1 * (hi[0] - lo[0])) and x1 == pytest.approx(hi[0] + 0.1 * (hi[0] - lo[0]))
+    assert x0 == pytest.approx(lo[0] - 0.1 * (hi[0] - lo[0])) and x1 == pytest.approx(
+        hi[0] + 0.1 * (hi[0] - lo[0])
+    )
     assert y0 < pca.path[:, 1].min() and y1 > pca.path[:, 1].max()
     flat = np.array([[-2.0, 0.0], [0.0, 0.0]])  # no span along y: it borrows x's
     assert tj.default_range(flat, margin=0.5) == ((-3.0, 1.0), (-1.0, 1.0))
@@ -121,9 +132,20 @@ def test_project_and_default_range():
 def _train(out: Path, epochs: int, widths: list[int]) -> Path:
     from train.loop import train
 
-    cfg = dict(dataset="digits", model="mlp", model_options={"widths": widths}, method="crown-ibp", eps=0.1,
-               epochs=epochs, batch_size=50, train_size=100, test_size=20, eval_size=0, lr=1e-2,
-               eps_ramp_epochs=1.0)
+    cfg = dict(
+        dataset="digits",
+        model="mlp",
+        model_options={"widths": widths},
+        method="crown-ibp",
+        eps=0.1,
+        epochs=epochs,
+        batch_size=50,
+        train_size=100,
+        test_size=20,
+        eval_size=0,
+        lr=1e-2,
+        eps_ramp_epochs=1.0,
+    )
     train(cfg, out_dir=out, progress=False)
     return out
 
@@ -136,18 +158,30 @@ def run(tmp_path_factory) -> Path:
 
 def test_trajectory_of_a_digits_run(run):
     t = tj.load_trajectory(run / "checkpoint.pt")
-    assert [p.name for p in t.paths] == ["checkpoint_epoch1.pt", "checkpoint_epoch2.pt", "checkpoint_epoch3.pt",
-                                         "checkpoint.pt"]
+    assert [p.name for p in t.paths] == [
+        "checkpoint_epoch1.pt",
+        "checkpoint_epoch2.pt",
+        "checkpoint_epoch3.pt",
+        "checkpoint.pt",
+    ]
     assert t.epochs == [1, 2, 3, 3] and t.steps == [2, 4, 6, 6]
     names = [n for n, _ in t.model.named_parameters()]
-    assert [tuple(p.shape) for p in t.final] == [tuple(p.shape) for p in t.model.parameters()] and len(names) == 6
+    assert [tuple(p.shape) for p in t.final] == [
+        tuple(p.shape) for p in t.model.parameters()
+    ] and len(names) == 6
     pca = tj.pca_directions(t.params, t.final)
     assert pca.path.shape == (4, 2)
     np.testing.assert_allclose(pca.path[2:], 0.0, atol=1e-7)  # epoch 3 is the final checkpoint
-    assert pca.explained_variance_ratio.sum() == pytest.approx(1.0, abs=1e-6)  # two moving points: a plane
+    assert pca.explained_variance_ratio.sum() == pytest.approx(
+        1.0, abs=1e-6
+    )  # two moving points: a plane
     for theta, (x, y) in zip(t.params, pca.path):  # every checkpoint lies in the plane
-        torch.testing.assert_close(flatten(perturbed(t.final, pca.directions, [x, y])), flatten(theta),
-                                   atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            flatten(perturbed(t.final, pca.directions, [x, y])),
+            flatten(theta),
+            atol=1e-5,
+            rtol=1e-5,
+        )
     # the same checkpoints from the run directory and from a glob; a glob's final is its last
     same = tj.load_trajectory(run)
     assert [p.name for p in same.paths] == [p.name for p in t.paths]
@@ -162,7 +196,9 @@ def test_trajectory_of_a_digits_run(run):
     # a glob with the final checkpoint given apart (as a scan of checkpoint.pt would)
     scanned = tj.load_trajectory(str(run / "checkpoint_epoch*.pt"), final=run / "checkpoint.pt")
     assert [p.name for p in scanned.paths] == [p.name for p in t.paths]
-    upto2 = tj.load_trajectory(str(run / "checkpoint_epoch*.pt"), final=run / "checkpoint_epoch2.pt")
+    upto2 = tj.load_trajectory(
+        str(run / "checkpoint_epoch*.pt"), final=run / "checkpoint_epoch2.pt"
+    )
     assert [p.name for p in upto2.paths] == ["checkpoint_epoch1.pt", "checkpoint_epoch2.pt"]
     with pytest.raises(FileNotFoundError, match="final checkpoint"):
         tj.load_trajectory(run, final=run / "nope.pt")

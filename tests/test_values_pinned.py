@@ -17,8 +17,7 @@ from torch import nn
 from bounds import compute_bounds, margin_spec
 from landscape import directions as D
 from landscape import metrics, store
-from train.attacks import pgd_last_iterate, pgd_margin
-from train.attacks import margin_objective, pgd_attack
+from train.attacks import margin_objective, pgd_attack, pgd_last_iterate, pgd_margin
 
 DOMAIN = (0.0, 1.0)
 
@@ -42,7 +41,9 @@ def _linear_model(n_in: int, n_classes: int, seed: int) -> nn.Sequential:
     return model
 
 
-def _linear_batch(n: int, n_in: int, model: nn.Sequential, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _linear_batch(
+    n: int, n_in: int, model: nn.Sequential, seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Inputs in [0, 1] (many within eps of a domain face, so clipping matters) labelled with
     the clean prediction, so every sample starts correctly classified."""
     gen = torch.Generator().manual_seed(seed)
@@ -104,8 +105,17 @@ def test_pgd_margin_attack_reaches_the_closed_form_worst_case_on_a_linear_model(
     # the corner does clip for some samples: otherwise the domain part is untested
     assert bool(((x - eps < 0) | (x + eps > 1)).any())
 
-    x_adv, success = pgd_attack(model, x, y, eps, steps=20, restarts=1, objective="margin",
-                                domain=DOMAIN, generator=torch.Generator().manual_seed(0))
+    x_adv, success = pgd_attack(
+        model,
+        x,
+        y,
+        eps,
+        steps=20,
+        restarts=1,
+        objective="margin",
+        domain=DOMAIN,
+        generator=torch.Generator().manual_seed(0),
+    )
     _assert_in_ball_and_domain(x_adv, x, eps)
     assert torch.equal(success, breakable)
     with torch.no_grad():
@@ -127,8 +137,16 @@ def test_pgd_ce_attack_reaches_the_closed_form_worst_cross_entropy_on_a_linear_m
     assert 3 <= int(breakable.sum()) <= len(x) - 3
     worst_ce = F.softplus(-worst)  # two classes: CE = softplus(f_j - f_y), monotone in the margin
 
-    x_adv, success = pgd_attack(model, x, y, eps, steps=20, objective="ce", domain=DOMAIN,
-                                generator=torch.Generator().manual_seed(0))
+    x_adv, success = pgd_attack(
+        model,
+        x,
+        y,
+        eps,
+        steps=20,
+        objective="ce",
+        domain=DOMAIN,
+        generator=torch.Generator().manual_seed(0),
+    )
     _assert_in_ball_and_domain(x_adv, x, eps)
     assert torch.equal(success, breakable)
     with torch.no_grad():
@@ -146,7 +164,9 @@ def test_pgd_last_iterate_ends_at_the_worst_corner_of_a_linear_model():
     model = _linear_model(n_in, 2, seed=5)
     x, y = _linear_batch(24, n_in, model, seed=6)
     worst, corner, _ = _worst_case(model, x, y, eps)
-    x_adv = pgd_last_iterate(model, x, y, eps, steps=10, domain=DOMAIN, generator=torch.Generator().manual_seed(0))
+    x_adv = pgd_last_iterate(
+        model, x, y, eps, steps=10, domain=DOMAIN, generator=torch.Generator().manual_seed(0)
+    )
     _assert_in_ball_and_domain(x_adv, x, eps)
     torch.testing.assert_close(x_adv.double(), corner, rtol=0, atol=1e-6)
     with torch.no_grad():
@@ -173,8 +193,15 @@ def test_pgd_margin_equals_the_closed_form_worst_margin_on_robust_samples():
 
 def _direction_net() -> nn.Sequential:
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(48, 5),
-                         nn.BatchNorm1d(5), nn.ReLU(), nn.Linear(5, 3))
+    return nn.Sequential(
+        nn.Conv2d(2, 3, 3, padding=1),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(48, 5),
+        nn.BatchNorm1d(5),
+        nn.ReLU(),
+        nn.Linear(5, 3),
+    )
 
 
 @pytest.mark.parametrize("seed", [0, 5])
@@ -191,8 +218,12 @@ def test_filter_normalisation_keeps_biases_as_a_whole_when_not_ignored(seed):
             assert float(d64.norm()) == pytest.approx(float(p64.norm()), rel=1e-6), name
         else:  # one factor per filter (slice along dim 0)
             r2, p2 = r64.reshape(len(r64), -1), p64.reshape(len(p64), -1)
-            expected = (r2 * (p2.norm(dim=1, keepdim=True) / r2.norm(dim=1, keepdim=True))).view_as(r64)
-            torch.testing.assert_close(d64.reshape(len(d64), -1).norm(dim=1), p2.norm(dim=1), rtol=1e-6, atol=0)
+            expected = (r2 * (p2.norm(dim=1, keepdim=True) / r2.norm(dim=1, keepdim=True))).view_as(
+                r64
+            )
+            torch.testing.assert_close(
+                d64.reshape(len(d64), -1).norm(dim=1), p2.norm(dim=1), rtol=1e-6, atol=0
+            )
         torch.testing.assert_close(d64, expected, rtol=1e-5, atol=1e-7, msg=name)
 
 
@@ -215,7 +246,9 @@ def test_layer_normalisation_scales_whole_tensors():
 
 def _relu_net() -> nn.Sequential:
     torch.manual_seed(3)
-    return nn.Sequential(nn.Flatten(), nn.Linear(6, 10), nn.ReLU(), nn.Linear(10, 8), nn.ReLU(), nn.Linear(8, 4))
+    return nn.Sequential(
+        nn.Flatten(), nn.Linear(6, 10), nn.ReLU(), nn.Linear(10, 8), nn.ReLU(), nn.Linear(8, 4)
+    )
 
 
 def _relu_batch() -> tuple[torch.Tensor, torch.Tensor]:
@@ -271,7 +304,9 @@ def _reference_slope_errors(model, x, y, eps, method, slope):
     """Mean |slope - 1[z(x) > 0]| over the unstable neurons (l < 0 < u) of all ReLU layers,
     pooled, from the BoundResult's slopes/preactivations and the ReLU inputs at x."""
     with torch.no_grad():
-        res = compute_bounds(model, x, eps, method=method, slope=slope, C=margin_spec(y, 4), domain=DOMAIN)
+        res = compute_bounds(
+            model, x, eps, method=method, slope=slope, C=margin_spec(y, 4), domain=DOMAIN
+        )
         z, pre = x, []
         for layer in model:
             if isinstance(layer, nn.ReLU):
@@ -289,8 +324,13 @@ def _reference_slope_errors(model, x, y, eps, method, slope):
     return lo_err / n, up_err / n, n, n_pos, per_layer
 
 
-RGA_CASES = [("crown-ibp", "adaptive"), ("crown", "adaptive"), ("crown-ibp", "zero"), ("crown", "zero"),
-             ("crown-ibp", "one")]
+RGA_CASES = [
+    ("crown-ibp", "adaptive"),
+    ("crown", "adaptive"),
+    ("crown-ibp", "zero"),
+    ("crown", "zero"),
+    ("crown-ibp", "one"),
+]
 
 
 @pytest.mark.parametrize("method,slope", RGA_CASES)
@@ -302,7 +342,9 @@ def test_rga_matches_float64_finite_differences_and_direct_slope_errors(method, 
     assert out["rga_rel_err"] == pytest.approx(rel, abs=1e-5)
     assert cos < 0.999 and rel > 1e-3  # the bound's gradient really differs from the margin's
 
-    slope_err, upper_err, n, n_pos, fracs = _reference_slope_errors(model, x, y, RGA_EPS, method, slope)
+    slope_err, upper_err, n, n_pos, fracs = _reference_slope_errors(
+        model, x, y, RGA_EPS, method, slope
+    )
     assert n > 0 and out["n_unstable"] == n
     assert out["slope_err"] == pytest.approx(slope_err, abs=1e-6)
     assert out["upper_slope_err"] == pytest.approx(upper_err, abs=1e-6)
@@ -319,8 +361,11 @@ def test_slope_errors_boundaries_are_strict():
     l = torch.tensor([[0.0, -1.0, -1.0, -0.5]])
     u = torch.tensor([[1.0, 0.0, 2.0, 0.5]])
     z = torch.tensor([[0.5, -0.5, 0.0, 0.25]])  # unstable: the last two; relu' = 0 and 1 there
-    res = SimpleNamespace(preact=[(l, u)], slopes=[torch.tensor([[0.5, 0.5, 0.25, 0.75]])],
-                          upper_slopes=[torch.tensor([[1.0, 0.0, 2 / 3, 0.5]])])
+    res = SimpleNamespace(
+        preact=[(l, u)],
+        slopes=[torch.tensor([[0.5, 0.5, 0.25, 0.75]])],
+        upper_slopes=[torch.tensor([[1.0, 0.0, 2 / 3, 0.5]])],
+    )
     out = metrics.slope_errors(res, [z])
     assert out["n_unstable"] == 2.0
     assert out["slope_err"] == pytest.approx((0.25 + 0.25) / 2, abs=1e-12)
@@ -336,22 +381,41 @@ def test_bound_tightness_is_the_mean_min_bound_and_the_attack_margin(method):
     with torch.no_grad():
         y = model(x).argmax(dim=1)  # correctly classified: the attack has to search, not stop at x
     eps, steps, restarts, seed = 0.15, 5, 2, 1
-    out = metrics.bound_tightness(model, x, y, eps, method=method, pgd_steps=steps, pgd_restarts=restarts, seed=seed)
+    out = metrics.bound_tightness(
+        model, x, y, eps, method=method, pgd_steps=steps, pgd_restarts=restarts, seed=seed
+    )
     with torch.no_grad():
-        lower = compute_bounds(model, x, eps, method=method, C=margin_spec(y, 4), domain=DOMAIN).lower
+        lower = compute_bounds(
+            model, x, eps, method=method, C=margin_spec(y, 4), domain=DOMAIN
+        ).lower
     lb = lower.min(dim=1).values.double()
     # max over j differs from min over j here (4 classes): a max/min mix-up changes the value
     assert float((lower.max(dim=1).values.double() - lb).min()) > 0.1
-    adv = pgd_margin(model, x, y, eps, steps=steps, restarts=restarts, domain=DOMAIN, seed=seed).double()
+    adv = pgd_margin(
+        model, x, y, eps, steps=steps, restarts=restarts, domain=DOMAIN, seed=seed
+    ).double()
     # the attack's seed matters on this batch, so passing it through is pinned too
-    other = pgd_margin(model, x, y, eps, steps=steps, restarts=restarts, domain=DOMAIN, seed=0).double()
+    other = pgd_margin(
+        model, x, y, eps, steps=steps, restarts=restarts, domain=DOMAIN, seed=0
+    ).double()
     assert abs(float(other.mean() - adv.mean())) > 1e-4
     # pgd_margin is min_j (C f)_j at the point of the margin attack seeded alike
-    x_adv, _ = pgd_attack(model, x, y, eps, steps=steps, restarts=restarts, objective="margin", domain=DOMAIN,
-                          generator=torch.Generator().manual_seed(seed))
+    x_adv, _ = pgd_attack(
+        model,
+        x,
+        y,
+        eps,
+        steps=steps,
+        restarts=restarts,
+        objective="margin",
+        domain=DOMAIN,
+        generator=torch.Generator().manual_seed(seed),
+    )
     _assert_in_ball_and_domain(x_adv, x, eps)
     with torch.no_grad():
-        at_adv = torch.einsum("bsk,bk->bs", margin_spec(y, 4), model(x_adv)).min(dim=1).values.double()
+        at_adv = (
+            torch.einsum("bsk,bk->bs", margin_spec(y, 4), model(x_adv)).min(dim=1).values.double()
+        )
     torch.testing.assert_close(adv, at_adv, rtol=0, atol=1e-6)
     assert out["lb"] == pytest.approx(float(lb.mean()), abs=1e-6)
     assert out["pgd_margin"] == pytest.approx(float(adv.mean()), abs=1e-6)
@@ -382,11 +446,17 @@ def test_bound_tightness_on_a_linear_model_is_exact():
 
 def test_scan_missing_respects_the_label_when_labels_disagree(tmp_path):
     p = tmp_path / "scan.h5"
-    s = store.create_scan(p, kind="random-1d", args={"eps": 0.1}, coords={"x": [-1.0, -0.5, 0.0, 0.5, 1.0]},
-                          labels=["ibp", "crown-ibp"], fields=["loss"])
-    s.set_point("ibp", 1, {"loss": 0.25})        # first label only
+    s = store.create_scan(
+        p,
+        kind="random-1d",
+        args={"eps": 0.1},
+        coords={"x": [-1.0, -0.5, 0.0, 0.5, 1.0]},
+        labels=["ibp", "crown-ibp"],
+        fields=["loss"],
+    )
+    s.set_point("ibp", 1, {"loss": 0.25})  # first label only
     s.set_point("crown-ibp", 3, {"loss": 0.75})  # second label only
-    s.set_point("ibp", 4, {"loss": 1.0})         # both labels
+    s.set_point("ibp", 4, {"loss": 1.0})  # both labels
     s.set_point("crown-ibp", 4, {"loss": 2.0})
 
     def check(scan):

@@ -23,7 +23,7 @@ scans evaluate), SABR's and MTL-IBP's losses on their boxes (:mod:`train.mixed_l
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -32,8 +32,16 @@ from torch import nn
 from bounds.interval import input_bounds
 from bounds.relaxations import rand_rows
 
-__all__ = ["OBJECTIVES", "margin_objective", "per_sample_eps", "pgd_attack", "uniform_in_box", "pgd_box",
-           "pgd_last_iterate", "pgd_margin"]
+__all__ = [
+    "OBJECTIVES",
+    "margin_objective",
+    "per_sample_eps",
+    "pgd_attack",
+    "uniform_in_box",
+    "pgd_box",
+    "pgd_last_iterate",
+    "pgd_margin",
+]
 
 OBJECTIVES = ("margin", "ce")
 
@@ -52,7 +60,9 @@ def per_sample_eps(eps: float | torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     if e.dim() == 0:
         e = e.expand(x.shape[0])
     if e.shape != (x.shape[0],):
-        raise ValueError(f"eps must be a number or one value per sample ([{x.shape[0]}]), got shape {tuple(e.shape)}")
+        raise ValueError(
+            f"eps must be a number or one value per sample ([{x.shape[0]}]), got shape {tuple(e.shape)}"
+        )
     if bool((e < 0).any()) or not bool(torch.isfinite(e).all()):
         raise ValueError("eps must be finite and >= 0")
     return e.view(-1, *([1] * (x.dim() - 1)))
@@ -89,9 +99,13 @@ def pgd_attack(
         ``(x_adv, success)``: ``[B, *shape]`` examples inside ball ∩ domain, ``[B]`` bool.
     """
     if objective not in OBJECTIVES:
-        raise ValueError(f"unknown PGD objective {objective!r}; choose one of {', '.join(OBJECTIVES)}")
+        raise ValueError(
+            f"unknown PGD objective {objective!r}; choose one of {', '.join(OBJECTIVES)}"
+        )
     if steps < 0 or restarts < 1:
-        raise ValueError(f"PGD needs steps >= 0 and restarts >= 1, got steps={steps}, restarts={restarts}")
+        raise ValueError(
+            f"PGD needs steps >= 0 and restarts >= 1, got steps={steps}, restarts={restarts}"
+        )
     x = x.detach()
     e = per_sample_eps(eps, x)
     lo_box, hi_box = x - e, x + e
@@ -109,7 +123,9 @@ def pgd_attack(
             break
         xs, ys, lo, hi, a = x[todo], y[todo], lo_box[todo], hi_box[todo], alpha[todo]
         if random_start:
-            u = torch.rand(xs.shape, generator=generator, dtype=xs.dtype, device="cpu").to(xs.device)
+            u = torch.rand(xs.shape, generator=generator, dtype=xs.dtype, device="cpu").to(
+                xs.device
+            )
             cur = lo + u * (hi - lo)
         else:
             cur = xs.clone()
@@ -122,7 +138,11 @@ def pgd_attack(
                 logits = model(cur)
                 marg = margin_objective(logits, ys)
                 if it < steps:
-                    obj = marg if objective == "margin" else F.cross_entropy(logits, ys, reduction="none")
+                    obj = (
+                        marg
+                        if objective == "margin"
+                        else F.cross_entropy(logits, ys, reduction="none")
+                    )
                     (grad,) = torch.autograd.grad(obj.sum(), cur)
             with torch.no_grad():
                 m = marg.detach()
@@ -142,7 +162,9 @@ def pgd_attack(
     return best.detach(), success
 
 
-def uniform_in_box(lo: torch.Tensor, hi: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+def uniform_in_box(
+    lo: torch.Tensor, hi: torch.Tensor, generator: torch.Generator | None
+) -> torch.Tensor:
     """``lo + U (hi - lo)``, ``U ~ U[0, 1)`` of ``lo``'s shape drawn from ``generator`` on its
     own device (the same start on any device for a CPU generator; a shard's rows of the whole
     batch's draw for a :class:`bounds.relaxations.ShardGenerator`, as distributed training
@@ -152,9 +174,16 @@ def uniform_in_box(lo: torch.Tensor, hi: torch.Tensor, generator: torch.Generato
     return lo + u * (hi - lo)
 
 
-def pgd_box(model: nn.Module, y: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, steps: int,
-            step_size: torch.Tensor | float, generator: torch.Generator | None = None,
-            decay_at: Sequence[int] = ()) -> torch.Tensor:
+def pgd_box(
+    model: nn.Module,
+    y: torch.Tensor,
+    lo: torch.Tensor,
+    hi: torch.Tensor,
+    steps: int,
+    step_size: torch.Tensor | float,
+    generator: torch.Generator | None = None,
+    decay_at: Sequence[int] = (),
+) -> torch.Tensor:
     """PGD ascent on ``sum_i CE(f(x'_i), y_i)`` inside the box ``[lo, hi]`` (``[B, *shape]``).
 
     ``x'_0 ~ U[lo, hi]``; ``x'_{k+1} = clip_[lo, hi](x'_k + a_k sign(grad_x' CE))`` for
@@ -214,7 +243,16 @@ def pgd_margin(
     """Per-sample smallest margin ``min_{j != y} (f_y - f_j)(x_adv)`` at the point the margin
     attack :func:`pgd_attack` returns (an upper bound of the true worst margin), ``[B]``."""
     gen = torch.Generator().manual_seed(int(seed))  # pgd_attack draws its starts on the CPU
-    x_adv, _ = pgd_attack(model, x, y, eps, steps=steps, restarts=restarts, objective="margin",
-                          domain=None if domain is None else tuple(domain), generator=gen)
+    x_adv, _ = pgd_attack(
+        model,
+        x,
+        y,
+        eps,
+        steps=steps,
+        restarts=restarts,
+        objective="margin",
+        domain=None if domain is None else tuple(domain),
+        generator=gen,
+    )
     with torch.no_grad():
         return -margin_objective(model(x_adv), y)

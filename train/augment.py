@@ -13,7 +13,8 @@ and every torchrun process see the same batch.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -21,13 +22,17 @@ import torch.nn.functional as F
 __all__ = ["crop_and_flip", "batch_augmenter"]
 
 
-def crop_and_flip(x: torch.Tensor, pad: int, flip: bool, generator: torch.Generator) -> torch.Tensor:
+def crop_and_flip(
+    x: torch.Tensor, pad: int, flip: bool, generator: torch.Generator
+) -> torch.Tensor:
     """``x`` ``[B, C, H, W]`` with each image flipped left-right with probability 1/2 (``flip``)
     and randomly cropped from its ``pad``-pixel zero padding (``pad > 0``); the same shape,
     dtype and device. ``generator`` is a CPU generator (the draws are ``[B]`` tensors moved to
     ``x``'s device)."""
     if x.ndim != 4:
-        raise ValueError(f"random crops and flips need image batches [B, C, H, W], got shape {tuple(x.shape)}")
+        raise ValueError(
+            f"random crops and flips need image batches [B, C, H, W], got shape {tuple(x.shape)}"
+        )
     if pad < 0:
         raise ValueError(f"the crop padding must be >= 0, got {pad}")
     B, C, H, W = x.shape
@@ -47,8 +52,9 @@ def crop_and_flip(x: torch.Tensor, pad: int, flip: bool, generator: torch.Genera
     return out
 
 
-def batch_augmenter(config: Any, inputs: torch.Tensor,
-                    seed_of: Callable[[int], int]) -> Callable[[torch.Tensor, int], torch.Tensor]:
+def batch_augmenter(
+    config: Any, inputs: torch.Tensor, seed_of: Callable[[int], int]
+) -> Callable[[torch.Tensor, int], torch.Tensor]:
     """``augment(xb, step)`` for a run config's ``random_crop`` / ``random_flip`` (the identity
     when it asks for neither), drawing from a generator seeded with ``seed_of(step)``, so every
     process and a resumed run see the same batch. ValueError when the training ``inputs`` are
@@ -57,9 +63,17 @@ def batch_augmenter(config: Any, inputs: torch.Tensor,
     if pad == 0 and not flip:
         return lambda xb, step: xb
     if inputs.ndim != 4:
-        raise ValueError(f"random_crop and random_flip augment images; dataset {config.dataset!r} has inputs of "
-                         f"shape {tuple(inputs.shape[1:])}")
-    if pad > min(inputs.shape[2:]):  # a larger padding only adds blank images, at quadratic memory cost
-        raise ValueError(f"random_crop: {pad} pixels of padding is more than the {inputs.shape[2]}x{inputs.shape[3]} "
-                         f"images of dataset {config.dataset!r} have")
-    return lambda xb, step: crop_and_flip(xb, pad, flip, torch.Generator().manual_seed(seed_of(step)))
+        raise ValueError(
+            f"random_crop and random_flip augment images; dataset {config.dataset!r} has inputs of "
+            f"shape {tuple(inputs.shape[1:])}"
+        )
+    if pad > min(
+        inputs.shape[2:]
+    ):  # a larger padding only adds blank images, at quadratic memory cost
+        raise ValueError(
+            f"random_crop: {pad} pixels of padding is more than the {inputs.shape[2]}x{inputs.shape[3]} "
+            f"images of dataset {config.dataset!r} have"
+        )
+    return lambda xb, step: crop_and_flip(
+        xb, pad, flip, torch.Generator().manual_seed(seed_of(step))
+    )

@@ -49,8 +49,9 @@ import platform
 import secrets
 import time
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -81,7 +82,11 @@ _STALE_SECONDS = 600.0
 
 def versions() -> dict[str, str]:
     """``{"toolkit", "torch", "python"}`` version strings."""
-    return {"toolkit": names.VERSION, "torch": str(torch.__version__), "python": platform.python_version()}
+    return {
+        "toolkit": names.VERSION,
+        "torch": str(torch.__version__),
+        "python": platform.python_version(),
+    }
 
 
 def capture_rng() -> dict[str, Any]:
@@ -143,8 +148,13 @@ def save_checkpoint(
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
     buffer = io.BytesIO()
-    torch.save(payload, buffer)  # in memory first: torch's writer hides a full disk in its own errors
-    given, path = path, Path(os.path.realpath(path)) if path.is_symlink() else path  # a link is written through
+    torch.save(
+        payload, buffer
+    )  # in memory first: torch's writer hides a full disk in its own errors
+    given, path = (
+        path,
+        Path(os.path.realpath(path)) if path.is_symlink() else path,
+    )  # a link is written through
     _remove_stale(path)
     tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
     try:
@@ -159,8 +169,11 @@ def save_checkpoint(
         tmp = None
     except OSError as exc:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-            raise CheckpointWriteError(errno.ENOSPC, f"cannot write {path}: the disk is full (no space left on "
-                                                     "device); free some space and run the command again") from None
+            raise CheckpointWriteError(
+                errno.ENOSPC,
+                f"cannot write {path}: the disk is full (no space left on "
+                "device); free some space and run the command again",
+            ) from None
         raise
     finally:
         if tmp is not None and tmp.exists():
@@ -191,7 +204,7 @@ def _remove_stale(path: Path) -> None:
     """Delete temporaries ``.NAME.<pid>.<random>.tmp`` of ``path`` left by a process that is gone
     (killed mid-write); ones without a process id once older than ten minutes."""
     for tmp in path.parent.glob(f".{path.name}.*.tmp"):
-        pid = tmp.name[len(path.name) + 2:].split(".", 1)[0]
+        pid = tmp.name[len(path.name) + 2 :].split(".", 1)[0]
         if pid.isdigit():
             try:
                 os.kill(int(pid), 0)
@@ -205,7 +218,9 @@ def _remove_stale(path: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+def load_checkpoint(
+    path: str | os.PathLike, map_location: str | torch.device = "cpu"
+) -> dict[str, Any]:
     """Load and check a checkpoint written by :func:`save_checkpoint` (``weights_only=True``)."""
     p = Path(path)
     if not p.exists():
@@ -219,36 +234,66 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     except pickle.UnpicklingError as exc:
         raise CheckpointError(
             f"{str(p)!r} is not a cert-landscape checkpoint: it holds objects that cannot be loaded safely "
-            f"({_unsafe_reason(exc)})") from None
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError, KeyError, AttributeError) as exc:
-        raise CheckpointError(f"checkpoint {str(p)!r} is corrupt or not a PyTorch file ({type(exc).__name__})") from None
+            f"({_unsafe_reason(exc)})"
+        ) from None
+    except (
+        RuntimeError,
+        EOFError,
+        OSError,
+        zipfile.BadZipFile,
+        ValueError,
+        KeyError,
+        AttributeError,
+    ) as exc:
+        raise CheckpointError(
+            f"checkpoint {str(p)!r} is corrupt or not a PyTorch file ({type(exc).__name__})"
+        ) from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise CheckpointError(f"{str(p)!r} is not a cert-landscape checkpoint (it was written by another program)")
+        raise CheckpointError(
+            f"{str(p)!r} is not a cert-landscape checkpoint (it was written by another program)"
+        )
     fv = ckpt.get("format_version")
     if isinstance(fv, bool) or not isinstance(fv, int):
-        raise CheckpointError(f"checkpoint {str(p)!r} is corrupt: its 'format_version' entry is {fv!r}, not a number")
+        raise CheckpointError(
+            f"checkpoint {str(p)!r} is corrupt: its 'format_version' entry is {fv!r}, not a number"
+        )
     if fv > FORMAT_VERSION:
         raise CheckpointError(
-            f"checkpoint {str(p)!r} has format version {ckpt.get('format_version')}, newer than this toolkit reads ({FORMAT_VERSION})"
+            f"checkpoint {str(p)!r} has format version {ckpt.get('format_version')}, newer than "
+            f"this toolkit reads ({FORMAT_VERSION})"
         )
     for key in ("state_dict", "model", "config", "epoch", "step"):
         if key not in ckpt:
             raise CheckpointError(f"checkpoint {str(p)!r} is incomplete: it has no {key!r} entry")
-    for key, kind in (("state_dict", Mapping), ("model", Mapping), ("config", Mapping), ("epoch", int), ("step", int)):
+    for key, kind in (
+        ("state_dict", Mapping),
+        ("model", Mapping),
+        ("config", Mapping),
+        ("epoch", int),
+        ("step", int),
+    ):
         if not isinstance(ckpt[key], kind) or isinstance(ckpt[key], bool):
-            raise CheckpointError(f"checkpoint {str(p)!r} is corrupt: its {key!r} entry is a "
-                                  f"{type(ckpt[key]).__name__}, not a {'dict' if kind is Mapping else 'number'}")
+            raise CheckpointError(
+                f"checkpoint {str(p)!r} is corrupt: its {key!r} entry is a "
+                f"{type(ckpt[key]).__name__}, not a {'dict' if kind is Mapping else 'number'}"
+            )
     for key in ("dataset", "method", "model"):
         if not isinstance(ckpt["config"].get(key), str):
-            raise CheckpointError(f"checkpoint {str(p)!r} is corrupt: its config has no {key!r} name")
+            raise CheckpointError(
+                f"checkpoint {str(p)!r} is corrupt: its config has no {key!r} name"
+            )
     bad = [k for k, v in ckpt["state_dict"].items() if not torch.is_tensor(v)]
     if bad:
-        raise CheckpointError(f"checkpoint {str(p)!r} is corrupt: its state_dict entry {bad[0]!r} is a "
-                              f"{type(ckpt['state_dict'][bad[0]]).__name__}, not a tensor")
+        raise CheckpointError(
+            f"checkpoint {str(p)!r} is corrupt: its state_dict entry {bad[0]!r} is a "
+            f"{type(ckpt['state_dict'][bad[0]]).__name__}, not a tensor"
+        )
     for key in ("eps", "lr", "beta_end", "kappa_end"):
         value = ckpt["config"].get(key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
-            raise CheckpointError(f"checkpoint {str(p)!r} is corrupt: its config's {key!r} is {value!r}, not a number")
+            raise CheckpointError(
+                f"checkpoint {str(p)!r} is corrupt: its config's {key!r} is {value!r}, not a number"
+            )
     return ckpt
 
 
@@ -258,7 +303,7 @@ def _unsafe_reason(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
     for marker in ("WeightsUnpickler error:", "Trying to load unsupported", "Unsupported"):
         if marker in text:
-            reason = text[text.index(marker):].removeprefix("WeightsUnpickler error:").strip()
+            reason = text[text.index(marker) :].removeprefix("WeightsUnpickler error:").strip()
             return reason.split(". Please use")[0].split(". Check the documentation")[0].rstrip(".")
     return text.split(". ")[0] or type(exc).__name__
 
@@ -270,12 +315,16 @@ def check_finite(state_dict: Mapping[str, torch.Tensor], where: str = "model") -
             raise CheckpointError(f"{where} has NaN or Inf values in {name!r}")
 
 
-def load_state(model: nn.Module, state_dict: Mapping[str, torch.Tensor], where: str = "checkpoint") -> None:
+def load_state(
+    model: nn.Module, state_dict: Mapping[str, torch.Tensor], where: str = "checkpoint"
+) -> None:
     """``model.load_state_dict(strict=True)`` with a one-line error for a mismatch."""
     own = model.state_dict()
     missing = [k for k in own if k not in state_dict]
     unexpected = [k for k in state_dict if k not in own]
-    shapes = [k for k in own if k in state_dict and tuple(own[k].shape) != tuple(state_dict[k].shape)]
+    shapes = [
+        k for k in own if k in state_dict and tuple(own[k].shape) != tuple(state_dict[k].shape)
+    ]
     if missing or unexpected or shapes:
         parts = []
         if missing:
@@ -284,7 +333,9 @@ def load_state(model: nn.Module, state_dict: Mapping[str, torch.Tensor], where: 
             parts.append(f"unexpected {unexpected[:3]}")
         if shapes:
             k = shapes[0]
-            parts.append(f"{k!r} has shape {tuple(state_dict[k].shape)}, the model wants {tuple(own[k].shape)}")
+            parts.append(
+                f"{k!r} has shape {tuple(state_dict[k].shape)}, the model wants {tuple(own[k].shape)}"
+            )
         raise CheckpointError(f"{where} does not fit the model architecture: " + "; ".join(parts))
     model.load_state_dict(dict(state_dict), strict=True)
 
@@ -310,13 +361,19 @@ def check_fits(ckpt: Mapping[str, Any], spec: Any, where: str = "checkpoint") ->
         try:
             check_input(build_from_description(desc), spec.input_shape, None, "model")
         except ValueError as exc:
-            raise CheckpointError(f"{where} holds a model that does not take dataset {spec.name!r}'s inputs "
-                                  f"{tuple(spec.input_shape)}: {exc}") from None
+            raise CheckpointError(
+                f"{where} holds a model that does not take dataset {spec.name!r}'s inputs "
+                f"{tuple(spec.input_shape)}: {exc}"
+            ) from None
     if shape is not None and tuple(shape) != tuple(spec.input_shape):
-        raise CheckpointError(f"{where} holds a model for inputs {tuple(shape)}, but dataset {spec.name!r} has "
-                              f"inputs {tuple(spec.input_shape)}")
+        raise CheckpointError(
+            f"{where} holds a model for inputs {tuple(shape)}, but dataset {spec.name!r} has "
+            f"inputs {tuple(spec.input_shape)}"
+        )
     if n is not None and int(n) != int(spec.n_classes):
-        raise CheckpointError(f"{where} holds a model with {n} classes, but dataset {spec.name!r} has {spec.n_classes}")
+        raise CheckpointError(
+            f"{where} holds a model with {n} classes, but dataset {spec.name!r} has {spec.n_classes}"
+        )
 
 
 def load_model(

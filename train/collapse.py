@@ -1,8 +1,9 @@
 """Noticing a collapsed run: a model that predicts one class for most of the test set, or a
 certified loss stuck at ``log(n_classes)`` together with the clean loss (every margin bound
 and every margin 0: the network's outputs no longer depend on its input; a certified loss
-alone near ``log(n_classes)`` is common mid-ramp and means nothing). Both usually mean eps grew before the network had learnt
-anything. The training loop records them at every evaluated epoch (epoch column ``collapsed``)
+alone near ``log(n_classes)`` is common mid-ramp and means nothing). Both usually mean eps grew
+before the network had learnt anything. The training loop records them at every evaluated epoch
+(epoch column ``collapsed``)
 and reports one warning (``TrainResult.warnings``) only when the run ends collapsed: a run that
 collapses for an epoch or two mid-ramp and recovers is not warned about."""
 
@@ -20,11 +21,15 @@ MAJORITY_SHARE = 0.5
 #: are stuck there.
 STUCK_TOLERANCE = 0.01
 
-ADVICE = ("a longer eps ramp (--eps-ramp-epochs), a later start (--eps-start-epoch) or a smaller --lr "
-          "usually fixes it")
+ADVICE = (
+    "a longer eps ramp (--eps-ramp-epochs), a later start (--eps-start-epoch) or a smaller --lr "
+    "usually fixes it"
+)
 
 
-def majority_share(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512) -> tuple[int, float, float]:
+def majority_share(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512
+) -> tuple[int, float, float]:
     """``(class, share, true_share)``: the class the model predicts most often on ``x``, the
     share of samples predicted as it, and the share of the most common true label in ``y``."""
     was_training = model.training
@@ -32,7 +37,7 @@ def majority_share(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_siz
     preds = []
     with torch.no_grad():
         for s in range(0, len(x), batch_size):
-            preds.append(model(x[s:s + batch_size]).argmax(1).cpu())
+            preds.append(model(x[s : s + batch_size]).argmax(1).cpu())
     model.train(was_training)
     pred = torch.cat(preds)
     counts = torch.bincount(pred)
@@ -41,8 +46,15 @@ def majority_share(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_siz
     return top, float(counts[top]) / len(pred), true_share
 
 
-def collapse_warning(model: nn.Module, x: torch.Tensor, y: torch.Tensor, n_classes: int,
-                     robust_ce: float | None, clean_ce: float | None, when: str) -> str | None:
+def collapse_warning(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    n_classes: int,
+    robust_ce: float | None,
+    clean_ce: float | None,
+    when: str,
+) -> str | None:
     """One warning line when the run has collapsed (see the module docstring), else None.
 
     ``x``, ``y``: test samples; ``robust_ce``, ``clean_ce``: the training certified and clean
@@ -53,16 +65,24 @@ def collapse_warning(model: nn.Module, x: torch.Tensor, y: torch.Tensor, n_class
         return None
     top, share, true_share = majority_share(model, x, y)
     if share >= max(MAJORITY_SHARE, 2.0 * true_share):
-        return (f"the model predicts class {top} for {100 * share:.0f}% of the test samples {when}: training has "
-                f"collapsed; {ADVICE}")
+        return (
+            f"the model predicts class {top} for {100 * share:.0f}% of the test samples {when}: training has "
+            f"collapsed; {ADVICE}"
+        )
     stuck = math.log(n_classes)
 
     def at_log_n(value: float | None) -> bool:
-        return value is not None and math.isfinite(value) and abs(value - stuck) <= STUCK_TOLERANCE * stuck
+        return (
+            value is not None
+            and math.isfinite(value)
+            and abs(value - stuck) <= STUCK_TOLERANCE * stuck
+        )
 
     if at_log_n(robust_ce) and at_log_n(clean_ce):
-        return (f"the certified loss is stuck at log({n_classes}) = {stuck:.3f} {when}: every margin bound is 0, "
-                f"the network's outputs no longer depend on its input; {ADVICE}")
+        return (
+            f"the certified loss is stuck at log({n_classes}) = {stuck:.3f} {when}: every margin bound is 0, "
+            f"the network's outputs no longer depend on its input; {ADVICE}"
+        )
     return None
 
 
@@ -84,5 +104,11 @@ class CollapseWatch:
     def final(self, epoch: int) -> str | None:
         if self.last is None:
             return None
-        since = f" (collapsed since epoch {self.since})" if self.since is not None and self.since < epoch else ""
-        return self.last.replace(": training has collapsed;", f"{since}: training has collapsed;", 1)
+        since = (
+            f" (collapsed since epoch {self.since})"
+            if self.since is not None and self.since < epoch
+            else ""
+        )
+        return self.last.replace(
+            ": training has collapsed;", f"{since}: training has collapsed;", 1
+        )

@@ -28,9 +28,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from bounds import names
 from train import plugins
@@ -51,8 +52,20 @@ DEFAULT_LR = {"adam": 1e-3, "sgd": 0.05}
 
 #: Fields that do not change what a run computes; a resumed or re-opened run may differ here.
 NON_IDENTITY_FIELDS = frozenset(
-    {"epochs", "device", "data_dir", "record_every", "grad_every", "probe_every", "probe_batches",
-     "probe_fresh_slopes", "eval_size", "checkpoint_every_steps", "probe_hessian", "compile"}
+    {
+        "epochs",
+        "device",
+        "data_dir",
+        "record_every",
+        "grad_every",
+        "probe_every",
+        "probe_batches",
+        "probe_fresh_slopes",
+        "eval_size",
+        "checkpoint_every_steps",
+        "probe_hessian",
+        "compile",
+    }
 )
 
 
@@ -178,7 +191,9 @@ class TrainConfig:
         if self.lr_milestones is not None and not isinstance(self.lr_milestones, (list, tuple)):
             raise ValueError(f"lr_milestones must be a list of epochs, got {self.lr_milestones!r}")
         if self.model_options is not None and not isinstance(self.model_options, Mapping):
-            raise ValueError(f"model_options must be a mapping of option names to values, got {self.model_options!r}")
+            raise ValueError(
+                f"model_options must be a mapping of option names to values, got {self.model_options!r}"
+            )
         self.lr_milestones = tuple(self.lr_milestones or ())
         self.model_options = dict(self.model_options or {})
         _integer("epochs", self.epochs, low=1)
@@ -202,11 +217,15 @@ class TrainConfig:
         for name in ("dataset", "model"):
             if not isinstance(getattr(self, name), str) or not getattr(self, name):
                 raise ValueError(f"{name} must be a non-empty name, got {getattr(self, name)!r}")
-            if plugins.is_reference(getattr(self, name)):  # FILE.py:function, its path made absolute
+            if plugins.is_reference(
+                getattr(self, name)
+            ):  # FILE.py:function, its path made absolute
                 setattr(self, name, plugins.canonical(getattr(self, name), name))
         given = sorted({"input_shape", "n_classes", "mean", "std"} & set(self.model_options))
         if given:
-            raise ValueError(f"model_options cannot set {', '.join(given)}: the dataset gives them to the model")
+            raise ValueError(
+                f"model_options cannot set {', '.join(given)}: the dataset gives them to the model"
+            )
         _finite("eps", self.eps, low=0.0)
         _finite("eps_start_epoch", self.eps_start_epoch, low=0.0)
         _finite("eps_ramp_epochs", self.eps_ramp_epochs, low=0.0)
@@ -237,12 +256,22 @@ class TrainConfig:
         _finite("warmup_reg_lambda", self.warmup_reg_lambda, low=0.0)
         _finite("warmup_reg_tol", self.warmup_reg_tol, low=0.0, strict=True)
         if self.warmup_reg and self.method == "natural":
-            raise ValueError("warmup_reg regularises a bound; natural training has none (drop --warmup-reg)")
+            raise ValueError(
+                "warmup_reg regularises a bound; natural training has none (drop --warmup-reg)"
+            )
         _integer("seed", self.seed, low=0, high=MAX_SEED)
         _integer("probe_batches", self.probe_batches, low=1)
         _integer("random_crop", self.random_crop, low=0)
-        for name in ("fused_loss", "fused_ramp", "normalize_inputs", "bounded_input", "probe_fresh_slopes",
-                     "probe_hessian", "compile", "random_flip"):
+        for name in (
+            "fused_loss",
+            "fused_ramp",
+            "normalize_inputs",
+            "bounded_input",
+            "probe_fresh_slopes",
+            "probe_hessian",
+            "compile",
+            "random_flip",
+        ):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
         for name in ("train_size", "test_size"):
@@ -251,12 +280,20 @@ class TrainConfig:
         if self.data_dir is not None and (not isinstance(self.data_dir, str) or not self.data_dir):
             raise ValueError(f"data_dir must be a folder name, got {self.data_dir!r}")
         if (self.fused_loss or self.fused_ramp) and self.method == "natural":
-            raise ValueError("fused_loss and fused_ramp bound a certified loss; natural training has none (drop "
-                             "--fused-loss, --fused-ramp)")
+            raise ValueError(
+                "fused_loss and fused_ramp bound a certified loss; natural training has none (drop "
+                "--fused-loss, --fused-ramp)"
+            )
         if not isinstance(self.device, str) or not self.device.startswith(DEVICES_PREFIX):
             raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
         _integer("record_every", self.record_every, low=1)
-        for name in ("grad_every", "probe_every", "eval_size", "opt_steps", "checkpoint_every_steps"):
+        for name in (
+            "grad_every",
+            "probe_every",
+            "eval_size",
+            "opt_steps",
+            "checkpoint_every_steps",
+        ):
             _integer(name, getattr(self, name), low=0)
         _finite("opt_lr", self.opt_lr, low=0.0, strict=True)
 
@@ -277,26 +314,30 @@ class TrainConfig:
         return json.loads(json.dumps(dataclasses.asdict(self)))
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "TrainConfig":
+    def from_dict(cls, data: Mapping[str, Any]) -> TrainConfig:
         """Build from a dict; unknown keys are an error (they are usually typos).
 
         Keys may use dashes or underscores (``lr-milestones`` == ``lr_milestones``).
         """
         if not isinstance(data, Mapping):
-            raise ValueError(f"a training config must be a mapping of names to values, got {type(data).__name__}")
+            raise ValueError(
+                f"a training config must be a mapping of names to values, got {type(data).__name__}"
+            )
         known = {f.name for f in dataclasses.fields(cls)}
         clean: dict[str, Any] = {}
         for key, value in data.items():
             name = str(key).replace("-", "_")
             if name not in known:
-                raise ValueError(f"unknown training config key {key!r} (known: {', '.join(sorted(known))})")
+                raise ValueError(
+                    f"unknown training config key {key!r} (known: {', '.join(sorted(known))})"
+                )
             clean[name] = value
         try:
             return cls(**clean)
         except TypeError as exc:  # e.g. a list where a number belongs
             raise ValueError(f"bad training config value: {exc}") from None
 
-    def replace(self, **changes: Any) -> "TrainConfig":
+    def replace(self, **changes: Any) -> TrainConfig:
         """A validated copy with some fields changed."""
         return TrainConfig.from_dict({**self.to_dict(), **changes})
 
@@ -305,10 +346,14 @@ class TrainConfig:
         return {k: v for k, v in self.to_dict().items() if k not in NON_IDENTITY_FIELDS}
 
 
-def run_domain(config: "TrainConfig | Mapping[str, Any]", spec: Any) -> tuple[float, float] | None:
+def run_domain(config: TrainConfig | Mapping[str, Any], spec: Any) -> tuple[float, float] | None:
     """The box the eps-ball of a run is clipped to: the dataset's pixel range ``spec.domain``,
     or None when the run's config says ``bounded_input: false``."""
-    bounded = config.bounded_input if isinstance(config, TrainConfig) else bool(config.get("bounded_input", True))
+    bounded = (
+        config.bounded_input
+        if isinstance(config, TrainConfig)
+        else bool(config.get("bounded_input", True))
+    )
     return tuple(getattr(spec, "domain", (0.0, 1.0))) if bounded else None
 
 
@@ -327,7 +372,9 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         else:
             data = json.loads(text)
     except Exception as exc:  # yaml.YAMLError / json.JSONDecodeError
-        raise ValueError(f"config file {str(p)!r} is not valid {p.suffix.lstrip('.') or 'JSON'}: {exc}") from None
+        raise ValueError(
+            f"config file {str(p)!r} is not valid {p.suffix.lstrip('.') or 'JSON'}: {exc}"
+        ) from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -336,7 +383,9 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> TrainConfig:
+def load_config(
+    path: str | Path | None = None, overrides: Mapping[str, Any] | None = None
+) -> TrainConfig:
     """Config from a file (optional) with ``overrides`` (``None`` values ignored) on top."""
     data: dict[str, Any] = read_config_file(path) if path is not None else {}
     data = {str(k).replace("-", "_"): v for k, v in data.items()}
@@ -352,7 +401,9 @@ def _choice(name: str, value: Any, options: tuple[str, ...]) -> None:
         raise ValueError(f"unknown {name} {value!r}; choose one of {', '.join(options)}")
 
 
-def _finite(name: str, value: Any, low: float | None = None, high: float | None = None, strict: bool = False) -> None:
+def _finite(
+    name: str, value: Any, low: float | None = None, high: float | None = None, strict: bool = False
+) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise ValueError(f"{name} must be a finite number, got {value!r}")
     if low is not None and (value < low or (strict and value == low)):

@@ -58,7 +58,6 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import torch
@@ -103,7 +102,7 @@ class DatasetSpec:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     domain: tuple[float, float] = (0.0, 1.0)
-    classes: Optional[tuple[str, ...]] = None
+    classes: tuple[str, ...] | None = None
 
 
 @dataclass
@@ -123,12 +122,21 @@ DATASETS: dict[str, DatasetSpec] = {
     "digits": DatasetSpec("digits", (1, 8, 8), 10, (0.3054,), (0.3761,)),
     "mnist": DatasetSpec("mnist", (1, 28, 28), 10, (0.1307,), (0.3081,)),
     "fashion-mnist": DatasetSpec("fashion-mnist", (1, 28, 28), 10, (0.2860,), (0.3530,)),
-    "cifar10": DatasetSpec("cifar10", (3, 32, 32), 10, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
-    "svhn": DatasetSpec("svhn", (3, 32, 32), 10, (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970)),
+    "cifar10": DatasetSpec(
+        "cifar10", (3, 32, 32), 10, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+    ),
+    "svhn": DatasetSpec(
+        "svhn", (3, 32, 32), 10, (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970)
+    ),
 }
 
-_ALIASES = {"fashion_mnist": "fashion-mnist", "fashionmnist": "fashion-mnist", "fmnist": "fashion-mnist",
-            "cifar-10": "cifar10", "cifar_10": "cifar10"}
+_ALIASES = {
+    "fashion_mnist": "fashion-mnist",
+    "fashionmnist": "fashion-mnist",
+    "fmnist": "fashion-mnist",
+    "cifar-10": "cifar10",
+    "cifar_10": "cifar10",
+}
 
 
 # --------------------------------------------------------------------------- names and folders
@@ -140,13 +148,14 @@ def _canonical(name: str) -> str:
     key = name.strip().lower()
     key = _ALIASES.get(key, key)
     if key not in DATASETS:
-        raise DatasetError(f"unknown dataset {name!r}; known datasets: {', '.join(DATASETS)}, or your own as "
-                           "FILE.py:function or package.module:function")
+        raise DatasetError(
+            f"unknown dataset {name!r}; known datasets: {', '.join(DATASETS)}, or your own as "
+            "FILE.py:function or package.module:function"
+        )
     return key
 
 
-
-def dataset_spec(name: str) -> Optional[DatasetSpec]:
+def dataset_spec(name: str) -> DatasetSpec | None:
     """The spec of a registered dataset, or of a dataset function this process has loaded; None
     otherwise (a dataset function is never called here)."""
     if plugins.is_reference(name):
@@ -188,7 +197,7 @@ def _digits_arrays() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
 # --------------------------------------------------------------------------- subsets
 
 
-def _check_size(size: object, what: str) -> Optional[int]:
+def _check_size(size: object, what: str) -> int | None:
     if size is None:
         return None
     if isinstance(size, bool) or not isinstance(size, (int, np.integer)):
@@ -224,13 +233,16 @@ def subset_indices(labels: np.ndarray, size: int, seed: int) -> np.ndarray:
     return np.sort(chosen)
 
 
-def _take(x: np.ndarray, y: np.ndarray, size: Optional[int], seed: int, stream: int, what: str,
-          key: str) -> tuple[np.ndarray, np.ndarray]:
+def _take(
+    x: np.ndarray, y: np.ndarray, size: int | None, seed: int, stream: int, what: str, key: str
+) -> tuple[np.ndarray, np.ndarray]:
     if size is None:
         return x, y
     if size > y.shape[0]:
         part = "training" if stream == 0 else "test"
-        raise DatasetError(f"{what}={size} is larger than the {y.shape[0]} {part} samples of {key!r}")
+        raise DatasetError(
+            f"{what}={size} is larger than the {y.shape[0]} {part} samples of {key!r}"
+        )
     idx = subset_indices(y, size, seed * 2 + stream)
     return x[idx], y[idx]
 
@@ -240,16 +252,27 @@ def _to_tensors(x: np.ndarray, y: np.ndarray) -> tuple[torch.Tensor, torch.Tenso
         xf = x.astype(np.float32) / np.float32(255.0)
     else:
         xf = np.array(x, dtype=np.float32, copy=True)
-    return torch.from_numpy(np.ascontiguousarray(xf)), torch.from_numpy(np.array(y, dtype=np.int64, copy=True))
+    return torch.from_numpy(np.ascontiguousarray(xf)), torch.from_numpy(
+        np.array(y, dtype=np.int64, copy=True)
+    )
 
 
-def _registered_arrays(key: str, spec: DatasetSpec, data_dir: str | Path | None, download: bool) -> tuple:
+def _registered_arrays(
+    key: str, spec: DatasetSpec, data_dir: str | Path | None, download: bool
+) -> tuple:
     """``(train_x, train_y, test_x, test_y, source)`` of a registered dataset, found (or fetched)."""
     if key == "digits":
         return (*_digits_arrays(), "sklearn.datasets.load_digits")
-    if data_dir is not None and str(data_dir) != "" and not Path(data_dir).expanduser().is_dir() and not download:
-        raise DatasetError(f"--data-dir {data_dir} does not exist (or is not a folder); when given it is the "
-                           f"only place dataset {key!r} is looked for (--download fetches it there)")
+    if (
+        data_dir is not None
+        and str(data_dir) != ""
+        and not Path(data_dir).expanduser().is_dir()
+        and not download
+    ):
+        raise DatasetError(
+            f"--data-dir {data_dir} does not exist (or is not a folder); when given it is the "
+            f"only place dataset {key!r} is looked for (--download fetches it there)"
+        )
     found, looked = sources.find(key, data_dir)
     if found is None and download:
         target = sources.download(key, data_dir)
@@ -259,7 +282,9 @@ def _registered_arrays(key: str, spec: DatasetSpec, data_dir: str | Path | None,
     tx, ty, vx, vy = sources.read_cached(key, sources.file_key(found))
     source = ", ".join(str(p) for p in found.values())
     if tuple(tx.shape[1:]) != spec.input_shape:
-        raise DatasetError(f"{key} images in {source} have shape {tuple(tx.shape[1:])}, expected {spec.input_shape}")
+        raise DatasetError(
+            f"{key} images in {source} have shape {tuple(tx.shape[1:])}, expected {spec.input_shape}"
+        )
     return tx, ty, vx, vy, source
 
 
@@ -270,8 +295,8 @@ def load_dataset(
     name: str,
     data_dir: str | Path | None = None,
     download: bool = False,
-    train_size: Optional[int] = None,
-    test_size: Optional[int] = None,
+    train_size: int | None = None,
+    test_size: int | None = None,
     seed: int = 0,
 ) -> Data:
     """Load dataset ``name`` as float32 tensors ``[N, C, H, W]`` in ``[0, 1]`` with int64 labels.

@@ -28,8 +28,8 @@ import gzip
 import os
 import tarfile
 import zlib
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable
 
 import numpy as np
 
@@ -96,7 +96,9 @@ def _read_exactly(stream, n: int, path: Path) -> bytes:
         ) from exc
 
 
-def read_idx(path: str | Path, expect: "Callable[[tuple[int, ...], np.dtype], None] | None" = None) -> np.ndarray:
+def read_idx(
+    path: str | Path, expect: Callable[[tuple[int, ...], np.dtype], None] | None = None
+) -> np.ndarray:
     """Parse one IDX file (raw or gzip) into a numpy array of its declared shape and type.
 
     Checks, before the data is read (or inflated): the first two magic bytes are zero, the type
@@ -112,7 +114,9 @@ def read_idx(path: str | Path, expect: "Callable[[tuple[int, ...], np.dtype], No
     with stream:
         head = _read_exactly(stream, 4, path)
         if len(head) < 4:
-            raise DatasetError(f"IDX file {path} is truncated: only {len(head)} bytes, not even a header")
+            raise DatasetError(
+                f"IDX file {path} is truncated: only {len(head)} bytes, not even a header"
+            )
         if head[0] != 0 or head[1] != 0 or head[2] not in _IDX_TYPES:
             raise DatasetError(
                 f"{path} is not an IDX file: wrong magic number 0x{head[:4].hex()} "
@@ -125,50 +129,75 @@ def read_idx(path: str | Path, expect: "Callable[[tuple[int, ...], np.dtype], No
         header = 4 + 4 * ndim
         dim_bytes = _read_exactly(stream, 4 * ndim, path)
         if len(dim_bytes) < 4 * ndim:
-            raise DatasetError(f"IDX file {path} is truncated inside its header ({4 + len(dim_bytes)} of {header} bytes)")
+            raise DatasetError(
+                f"IDX file {path} is truncated inside its header ({4 + len(dim_bytes)} of {header} bytes)"
+            )
         dims = tuple(int(d) for d in np.frombuffer(dim_bytes, dtype=">u4", count=ndim))
         expected = int(np.prod(dims, dtype=object)) * dtype.itemsize
         if expected > MAX_IDX_BYTES:
-            raise DatasetError(f"IDX file {path} declares dims {dims} ({expected} bytes), more than the "
-                               f"{MAX_IDX_BYTES} an IDX dataset may hold; refusing to read it")
+            raise DatasetError(
+                f"IDX file {path} declares dims {dims} ({expected} bytes), more than the "
+                f"{MAX_IDX_BYTES} an IDX dataset may hold; refusing to read it"
+            )
         if expect is not None:
             expect(dims, dtype)
         if zipped and (header + expected) % (1 << 32) != size:
-            raise DatasetError(f"IDX file {path} declares dims {dims} ({expected} data bytes) but its gzip "
-                               f"trailer says it inflates to {size} bytes: the file is damaged or not what it claims")
+            raise DatasetError(
+                f"IDX file {path} declares dims {dims} ({expected} data bytes) but its gzip "
+                f"trailer says it inflates to {size} bytes: the file is damaged or not what it claims"
+            )
         data = _read_exactly(stream, expected + 1, path)
     found = len(data)
     if found < expected:
-        raise DatasetError(f"IDX file {path} is truncated: dims {dims} need {expected} data bytes, found {found}")
+        raise DatasetError(
+            f"IDX file {path} is truncated: dims {dims} need {expected} data bytes, found {found}"
+        )
     if found > expected:
         raise DatasetError(f"IDX file {path} has unexpected trailing bytes after dims {dims}")
     arr = np.frombuffer(data, dtype=dtype).reshape(dims)
     return arr.astype(dtype.newbyteorder("="), copy=True)
 
 
-def read_idx_pair(images_path: str | Path, labels_path: str | Path, n_classes: int = 10,
-                  image_hw: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+def read_idx_pair(
+    images_path: str | Path,
+    labels_path: str | Path,
+    n_classes: int = 10,
+    image_hw: tuple[int, int] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """Read an IDX image file ``[N, H, W]`` (uint8) and its label file ``[N]``.
 
     Returns ``(images [N, 1, H, W] uint8, labels [N] int64)``; checks the shapes agree (and
     ``(H, W) == image_hw`` when given) from the headers, before the images are inflated, and
     that the labels lie in ``0 .. n_classes - 1``.
     """
+
     def label_shape(dims: tuple[int, ...], dtype: np.dtype) -> None:
         if len(dims) != 1:
-            raise DatasetError(f"IDX label file {labels_path} should hold a vector [N], got shape {dims}")
+            raise DatasetError(
+                f"IDX label file {labels_path} should hold a vector [N], got shape {dims}"
+            )
 
-    labels = read_idx(labels_path, expect=label_shape)  # the small file first: its N bounds the images'
+    labels = read_idx(
+        labels_path, expect=label_shape
+    )  # the small file first: its N bounds the images'
 
-    def image_shape(dims: tuple[int, ...], dtype: np.dtype) -> None:  # checked before the data is inflated
+    def image_shape(
+        dims: tuple[int, ...], dtype: np.dtype
+    ) -> None:  # checked before the data is inflated
         if len(dims) != 3 or dtype != np.uint8:
-            raise DatasetError(f"IDX image file {images_path} should hold uint8 images [N, H, W], its header "
-                               f"declares {dtype} {dims}")
+            raise DatasetError(
+                f"IDX image file {images_path} should hold uint8 images [N, H, W], its header "
+                f"declares {dtype} {dims}"
+            )
         if image_hw is not None and tuple(dims[1:]) != tuple(image_hw):
-            raise DatasetError(f"IDX image file {images_path} declares images of shape (1, {dims[1]}, {dims[2]}), "
-                               f"expected (1, {image_hw[0]}, {image_hw[1]})")
+            raise DatasetError(
+                f"IDX image file {images_path} declares images of shape (1, {dims[1]}, {dims[2]}), "
+                f"expected (1, {image_hw[0]}, {image_hw[1]})"
+            )
         if dims[0] != labels.shape[0]:
-            raise DatasetError(f"{images_path} has {dims[0]} images but {labels_path} has {labels.shape[0]} labels")
+            raise DatasetError(
+                f"{images_path} has {dims[0]} images but {labels_path} has {labels.shape[0]} labels"
+            )
 
     images = read_idx(images_path, expect=image_shape)
     labels = labels.astype(np.int64)
@@ -237,7 +266,9 @@ def read_cifar_tar(archive: str | Path, members: Iterable[str]) -> tuple[np.ndar
                 xs.append(x)
                 ys.append(y)
     except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
-        raise DatasetError(f"CIFAR-10 archive {archive} is damaged or truncated ({exc}); delete it and get it again") from exc
+        raise DatasetError(
+            f"CIFAR-10 archive {archive} is damaged or truncated ({exc}); delete it and get it again"
+        ) from exc
     return np.concatenate(xs), np.concatenate(ys)
 
 
@@ -252,11 +283,15 @@ def read_svhn_mat(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     try:
         mat = loadmat(str(path))
     except (ValueError, OSError, TypeError, EOFError, NotImplementedError) as exc:
-        raise DatasetError(f"cannot read SVHN file {path} as a MATLAB v5 .mat file ({exc})") from exc
+        raise DatasetError(
+            f"cannot read SVHN file {path} as a MATLAB v5 .mat file ({exc})"
+        ) from exc
     except Exception as exc:  # scipy raises assorted private error types on corrupt files
         raise DatasetError(f"cannot read SVHN file {path}: {type(exc).__name__}: {exc}") from exc
     if "X" not in mat or "y" not in mat:
-        raise DatasetError(f"SVHN file {path} should hold variables X and y, found {sorted(k for k in mat if not k.startswith('__'))}")
+        raise DatasetError(
+            f"SVHN file {path} should hold variables X and y, found {sorted(k for k in mat if not k.startswith('__'))}"
+        )
     x, y = np.asarray(mat["X"]), np.asarray(mat["y"]).reshape(-1)
     if x.ndim != 4 or x.shape[2] != 3:
         raise DatasetError(f"SVHN file {path}: X should have shape [H, W, 3, N], got {x.shape}")
@@ -268,8 +303,9 @@ def read_svhn_mat(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
         x = x.astype(np.uint8)
     labels = y.astype(np.int64)
     if labels.size and (labels.min() < 1 or labels.max() > 10):
-        raise DatasetError(f"SVHN file {path}: labels should lie in 1..10, found {labels.min()}..{labels.max()}")
+        raise DatasetError(
+            f"SVHN file {path}: labels should lie in 1..10, found {labels.min()}..{labels.max()}"
+        )
     labels[labels == 10] = 0
     images = np.ascontiguousarray(x.transpose(3, 2, 0, 1))
     return images, labels
-

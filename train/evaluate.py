@@ -22,7 +22,8 @@ result's ``union`` lists the ``method:slope`` bounds the union holds.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -47,8 +48,10 @@ def verifier(name: str, default_slope: str = "adaptive") -> tuple[str, str]:
     info = TRAIN_METHODS.get(name)
     if info is None or info.bound is None:
         known = ", ".join(m for m, i in TRAIN_METHODS.items() if i.bound is not None)
-        raise ValueError(f"unknown verification method {name!r}; choose one of {known}, or a pair method:slope "
-                         "such as crown-ibp:tightest")
+        raise ValueError(
+            f"unknown verification method {name!r}; choose one of {known}, or a pair method:slope "
+            "such as crown-ibp:tightest"
+        )
     return info.bound, bound_slope(info.bound, info.slope or default_slope)
 
 
@@ -69,8 +72,19 @@ def verified_mask(
     with torch.no_grad():
         n_classes = model(x[:1]).shape[1]
         spec = bounds.margin_spec(y, n_classes)
-        res = bounds.compute_bounds(model, x, eps, method=method, slope=slope, C=spec, beta=1.0, domain=domain, y=y,
-                                    need_upper=False, compile=compile)
+        res = bounds.compute_bounds(
+            model,
+            x,
+            eps,
+            method=method,
+            slope=slope,
+            C=spec,
+            beta=1.0,
+            domain=domain,
+            y=y,
+            need_upper=False,
+            compile=compile,
+        )
     return (res.lower > 0).all(dim=1)
 
 
@@ -115,7 +129,9 @@ def evaluate(
     methods = list(methods)
     bounds_of = {m: verifier(m, slope) for m in methods}
     if len(x) != len(y) or len(x) == 0:
-        raise ValueError(f"evaluate needs as many labels as inputs (and at least one), got {len(x)} and {len(y)}")
+        raise ValueError(
+            f"evaluate needs as many labels as inputs (and at least one), got {len(x)} and {len(y)}"
+        )
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     device = next(model.parameters()).device
@@ -135,18 +151,31 @@ def evaluate(
                 clean_wrong = model(xb).argmax(1) != yb
             wrong_clean[s : s + len(xb)] = clean_wrong.cpu()
             if pgd_steps > 0 and eps > 0:
-                _, broken = pgd_attack(model, xb, yb, eps, steps=pgd_steps, restarts=pgd_restarts, domain=domain, generator=gen)
+                _, broken = pgd_attack(
+                    model,
+                    xb,
+                    yb,
+                    eps,
+                    steps=pgd_steps,
+                    restarts=pgd_restarts,
+                    domain=domain,
+                    generator=gen,
+                )
                 wrong_pgd[s : s + len(xb)] = (broken | clean_wrong).cpu()
             else:
                 wrong_pgd[s : s + len(xb)] = clean_wrong.cpu()
             for m in methods:
                 bound, chosen = bounds_of[m]
-                ok = verified_mask(model, xb, yb, eps, bound, slope=chosen, domain=domain, compile=compile)
+                ok = verified_mask(
+                    model, xb, yb, eps, bound, slope=chosen, domain=domain, compile=compile
+                )
                 verified[m][s : s + len(xb)] = (ok & ~clean_wrong).cpu()
             if bar is not None:
                 bar.update(len(xb))
-                bar.set_postfix(clean=f"{wrong_clean[: s + len(xb)].float().mean():.3f}",
-                                pgd=f"{wrong_pgd[: s + len(xb)].float().mean():.3f}")
+                bar.set_postfix(
+                    clean=f"{wrong_clean[: s + len(xb)].float().mean():.3f}",
+                    pgd=f"{wrong_pgd[: s + len(xb)].float().mean():.3f}",
+                )
     finally:
         model.train(was_training)
         if bar is not None:

@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import os
-import socket
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from tqdm import tqdm
 
@@ -54,20 +53,24 @@ def download_file(
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise DatasetError(f"cannot create the download folder {target.parent}: {exc.strerror or exc}") from exc
+        raise DatasetError(
+            f"cannot create the download folder {target.parent}: {exc.strerror or exc}"
+        ) from exc
     tmp = target.with_name(target.name + ".part")
     reasons: list[str] = []
     for url in urls:
         try:
             _fetch(url, tmp, timeout)
-        except (urllib.error.URLError, socket.timeout, TimeoutError, ConnectionError, OSError) as exc:
+        except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as exc:
             reason = getattr(exc, "reason", None) or exc
             reasons.append(f"{url}: {reason}")
             tmp.unlink(missing_ok=True)
             continue
         digest = file_digest(tmp, algorithm)
         if digest.lower() != checksum.lower():
-            reasons.append(f"{url}: {algorithm} checksum {digest} does not match the official {checksum}")
+            reasons.append(
+                f"{url}: {algorithm} checksum {digest} does not match the official {checksum}"
+            )
             tmp.unlink(missing_ok=True)
             continue
         os.replace(tmp, target)
@@ -80,14 +83,17 @@ def _fetch(url: str, dest: Path, timeout: float) -> None:
     request = urllib.request.Request(url, headers={"User-Agent": "cert-landscape dataset fetcher"})
     with urllib.request.urlopen(request, timeout=timeout) as response:
         total = response.headers.get("Content-Length")
-        with open(dest, "wb") as out, tqdm(
-            total=int(total) if total and total.isdigit() else None,
-            unit="B",
-            unit_scale=True,
-            desc=dest.name.removesuffix(".part"),
-            disable=None,
-            leave=False,
-        ) as bar:
+        with (
+            open(dest, "wb") as out,
+            tqdm(
+                total=int(total) if total and total.isdigit() else None,
+                unit="B",
+                unit_scale=True,
+                desc=dest.name.removesuffix(".part"),
+                disable=None,
+                leave=False,
+            ) as bar,
+        ):
             for block in iter(lambda: response.read(_CHUNK), b""):
                 out.write(block)
                 bar.update(len(block))

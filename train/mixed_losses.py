@@ -41,7 +41,7 @@ so a loss repeats exactly for the same weights and seed; it runs with the model 
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -59,17 +59,25 @@ SABR_DECAY_AT = (4, 7)
 """Steps after which SABR's attack step size is multiplied by 0.1."""
 
 
-def shrunk_box(x: torch.Tensor, eps: float | torch.Tensor, lam: float,
-               domain: Sequence[float] | None) -> tuple[torch.Tensor, torch.Tensor]:
+def shrunk_box(
+    x: torch.Tensor, eps: float | torch.Tensor, lam: float, domain: Sequence[float] | None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """SABR's search region ``[x - (eps - tau), x + (eps - tau)] ∩ D``, ``tau = lam * eps``
     (``[B, *shape]`` each)."""
     e = per_sample_eps(eps, x)
     return input_bounds(x, e - lam * e, domain)
 
 
-def sabr_center(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float | torch.Tensor, lam: float,
-                domain: Sequence[float] | None = (0.0, 1.0), steps: int = SABR_STEPS,
-                generator: torch.Generator | None = None) -> tuple[torch.Tensor, float | torch.Tensor]:
+def sabr_center(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eps: float | torch.Tensor,
+    lam: float,
+    domain: Sequence[float] | None = (0.0, 1.0),
+    steps: int = SABR_STEPS,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, float | torch.Tensor]:
     """SABR's small box: ``(x', tau)`` with ``x'`` ``[B, *shape]`` the PGD point in the shrunk box
     (:func:`shrunk_box`) and ``tau = lam * eps`` (a float for a float ``eps``, else ``[B]``).
     ``lam = 1`` or ``eps = 0`` gives ``x' = x`` without an attack."""
@@ -84,9 +92,15 @@ def sabr_center(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float |
     return pgd_box(model, y, lo, hi, steps, 0.5 * (e - lam * e), generator, SABR_DECAY_AT), tau
 
 
-def mtl_point(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float | torch.Tensor,
-              domain: Sequence[float] | None = (0.0, 1.0), steps: int = MTL_STEPS,
-              generator: torch.Generator | None = None) -> torch.Tensor:
+def mtl_point(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eps: float | torch.Tensor,
+    domain: Sequence[float] | None = (0.0, 1.0),
+    steps: int = MTL_STEPS,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """MTL-IBP's adversarial point ``x_adv`` ``[B, *shape]`` in ``B(x, eps) ∩ D``: ``steps``
     PGD steps of size ``1.25 eps`` (one step) or ``2.5 eps / steps`` from a uniform start;
     ``x`` itself for ``eps = 0``."""

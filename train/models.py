@@ -68,7 +68,8 @@ deterministic function of ``torch``'s global seed at build time.
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -102,8 +103,10 @@ class ModelError(ValueError):
 
 def _spec(name: object) -> ModelSpec:
     if not isinstance(name, str) or name not in MODELS:
-        raise ModelError(f"unknown model {name!r}; known models: {', '.join(MODELS)}, or your own as "
-                         "FILE.py:function or package.module:function")
+        raise ModelError(
+            f"unknown model {name!r}; known models: {', '.join(MODELS)}, or your own as "
+            "FILE.py:function or package.module:function"
+        )
     return MODELS[name]
 
 
@@ -112,7 +115,9 @@ def _positive_int(model: str, key: str, value: object) -> int:
         if isinstance(value, float) and value.is_integer():
             value = int(value)
         else:
-            raise ModelError(f"model {model!r}: option {key} must be a positive integer, got {value!r}")
+            raise ModelError(
+                f"model {model!r}: option {key} must be a positive integer, got {value!r}"
+            )
     if value <= 0:
         raise ModelError(f"model {model!r}: option {key} must be a positive integer, got {value}")
     return int(value)
@@ -123,13 +128,21 @@ def _options(spec: ModelSpec, options: Mapping[str, Any]) -> dict[str, Any]:
     unknown = sorted(set(options) - set(spec.defaults))
     if unknown:
         accepted = ", ".join(spec.defaults) if spec.defaults else "none"
-        raise ModelError(f"model {spec.name!r} has no option {', '.join(unknown)}; accepted options: {accepted}")
+        raise ModelError(
+            f"model {spec.name!r} has no option {', '.join(unknown)}; accepted options: {accepted}"
+        )
     merged = {**spec.defaults, **options}
     out: dict[str, Any] = {}
     for key, value in merged.items():
         if key == "widths":
-            if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or len(value) == 0:
-                raise ModelError(f"model {spec.name!r}: option widths must be a non-empty list of positive integers, got {value!r}")
+            if (
+                isinstance(value, (str, bytes))
+                or not isinstance(value, Sequence)
+                or len(value) == 0
+            ):
+                raise ModelError(
+                    f"model {spec.name!r}: option widths must be a non-empty list of positive integers, got {value!r}"
+                )
             out[key] = tuple(_positive_int(spec.name, "widths", v) for v in value)
         else:
             out[key] = _positive_int(spec.name, key, value)
@@ -140,27 +153,41 @@ def _shape(name: str, input_shape: object, spatial: bool) -> tuple[int, ...]:
     try:
         shape = tuple(input_shape)  # type: ignore[arg-type]
     except TypeError:
-        raise ModelError(f"model {name!r}: input_shape must be a tuple (C, H, W), got {input_shape!r}") from None
+        raise ModelError(
+            f"model {name!r}: input_shape must be a tuple (C, H, W), got {input_shape!r}"
+        ) from None
     ok_len = (3,) if spatial else (1, 3)
-    if len(shape) not in ok_len or any(isinstance(s, bool) or not isinstance(s, int) or s <= 0 for s in shape):
+    if len(shape) not in ok_len or any(
+        isinstance(s, bool) or not isinstance(s, int) or s <= 0 for s in shape
+    ):
         want = "(C, H, W)" if spatial else "(C, H, W) or (D,)"
-        raise ModelError(f"model {name!r}: input_shape must be {want} of positive integers, got {input_shape!r}")
+        raise ModelError(
+            f"model {name!r}: input_shape must be {want} of positive integers, got {input_shape!r}"
+        )
     return shape
 
 
 def _stats(name: str, values: object, channels: int, what: str) -> tuple[float, ...]:
     try:
-        flat = tuple(float(v) for v in torch.as_tensor(values, dtype=torch.float64).flatten().tolist())
+        flat = tuple(
+            float(v) for v in torch.as_tensor(values, dtype=torch.float64).flatten().tolist()
+        )
     except (TypeError, ValueError, RuntimeError):
-        raise ModelError(f"model {name!r}: {what} must be a sequence of numbers, got {values!r}") from None
+        raise ModelError(
+            f"model {name!r}: {what} must be a sequence of numbers, got {values!r}"
+        ) from None
     if len(flat) != channels:
-        raise ModelError(f"model {name!r}: {what} has {len(flat)} entries but the input has {channels} channel(s)")
+        raise ModelError(
+            f"model {name!r}: {what} has {len(flat)} entries but the input has {channels} channel(s)"
+        )
     if what == "std" and any(not v > 0 for v in flat):
         raise ModelError(f"model {name!r}: std must be positive, got {list(flat)}")
     return flat
 
 
-def output_shapes(name: str, input_shape: Sequence[int], n_classes: int = 10, **options: Any) -> list[tuple[int, ...]]:
+def output_shapes(
+    name: str, input_shape: Sequence[int], n_classes: int = 10, **options: Any
+) -> list[tuple[int, ...]]:
     """Shapes (without batch) after each planned layer, ending with ``(n_classes,)``.
 
     Pure shape arithmetic (no modules built); raises :class:`ModelError` where a spatial size
@@ -172,8 +199,9 @@ def output_shapes(name: str, input_shape: Sequence[int], n_classes: int = 10, **
     return [s for _, s in _plan(spec, opts, shape, n_classes)]
 
 
-def _plan(spec: ModelSpec, opts: Mapping[str, Any], shape: tuple[int, ...], n_classes: int
-          ) -> list[tuple[PlanEntry, tuple[int, ...]]]:
+def _plan(
+    spec: ModelSpec, opts: Mapping[str, Any], shape: tuple[int, ...], n_classes: int
+) -> list[tuple[PlanEntry, tuple[int, ...]]]:
     """Pair every plan entry (plus the final Dense(n_classes)) with its output shape."""
     out: list[tuple[PlanEntry, tuple[int, ...]]] = []
     current = shape
@@ -181,7 +209,9 @@ def _plan(spec: ModelSpec, opts: Mapping[str, Any], shape: tuple[int, ...], n_cl
     for i, entry in enumerate(entries):
         if isinstance(entry, Conv):
             if len(current) != 3:
-                raise ModelError(f"model {spec.name!r}: layer {i} is a convolution but its input has shape {current}")
+                raise ModelError(
+                    f"model {spec.name!r}: layer {i} is a convolution but its input has shape {current}"
+                )
             c, h, w = current
             nh = (h + 2 * entry.padding - entry.kernel) // entry.stride + 1
             nw = (w + 2 * entry.padding - entry.kernel) // entry.stride + 1
@@ -274,22 +304,35 @@ def build_model(
     planned = _plan(spec, opts, shape, desc["n_classes"])
     for i, (entry, out_shape) in enumerate(planned):
         if isinstance(entry, Conv):
-            layers.append(nn.Conv2d(current[0], entry.out, entry.kernel, stride=entry.stride, padding=entry.padding))
+            layers.append(
+                nn.Conv2d(
+                    current[0], entry.out, entry.kernel, stride=entry.stride, padding=entry.padding
+                )
+            )
         else:
             if not flattened:
                 layers.append(nn.Flatten())
                 flattened = True
             layers.append(nn.Linear(math.prod(current), entry.out))
         if entry.bn:
-            layers.append(nn.BatchNorm2d(entry.out) if isinstance(entry, Conv) else nn.BatchNorm1d(entry.out))
+            layers.append(
+                nn.BatchNorm2d(entry.out) if isinstance(entry, Conv) else nn.BatchNorm1d(entry.out)
+            )
         if i < len(planned) - 1:
             layers.append(nn.ReLU())
         current = out_shape
     return nn.Sequential(*layers)
 
 
-def _user_model(name: str, input_shape: Any, n_classes: Any, mean: Any, std: Any, options: Mapping[str, Any],
-                describe: bool) -> Any:
+def _user_model(
+    name: str,
+    input_shape: Any,
+    n_classes: Any,
+    mean: Any,
+    std: Any,
+    options: Mapping[str, Any],
+    describe: bool,
+) -> Any:
     from train import usermodels
 
     shape = _shape(name, input_shape, False)
@@ -305,31 +348,46 @@ def build_from_description(d: Mapping[str, Any]) -> nn.Sequential:
     if not isinstance(d, Mapping):
         raise ModelError(f"a model description must be a dict, got {type(d).__name__}")
     version = d.get("version", DESCRIPTION_VERSION)
-    if isinstance(version, bool) or version not in (DESCRIPTION_VERSION, 2):  # never build a newer one as an older
-        raise ModelError(f"model description version {version!r} is not supported (this toolkit reads "
-                         f"{DESCRIPTION_VERSION} and 2; a newer cert-landscape wrote it)")
+    if isinstance(version, bool) or version not in (
+        DESCRIPTION_VERSION,
+        2,
+    ):  # never build a newer one as an older
+        raise ModelError(
+            f"model description version {version!r} is not supported (this toolkit reads "
+            f"{DESCRIPTION_VERSION} and 2; a newer cert-landscape wrote it)"
+        )
     if d.get("version") == 2 or "layers" in d or d.get("unrecorded"):
         from train import usermodels
 
         return usermodels.build(d)
     if d.get("name") == "custom" and "input_shape" not in d:
-        raise ModelError("this checkpoint's model was passed to train.loop.train by an older toolkit, which did not "
-                         "record its layers; build it with your own code and load the checkpoint's state_dict")
+        raise ModelError(
+            "this checkpoint's model was passed to train.loop.train by an older toolkit, which did not "
+            "record its layers; build it with your own code and load the checkpoint's state_dict"
+        )
     missing = [k for k in ("name", "input_shape", "n_classes", "mean", "std") if k not in d]
     if missing:
         raise ModelError(f"model description lacks {', '.join(missing)}")
     if not isinstance(d["name"], str) or d["name"] not in MODELS:  # never import what a file names
-        raise ModelError(f"unknown model {d['name']!r} in a model description: it is not a model of the zoo "
-                         f"({', '.join(MODELS)}); a description names a zoo model or lists its layers, and loading "
-                         "one never imports or runs code")
+        raise ModelError(
+            f"unknown model {d['name']!r} in a model description: it is not a model of the zoo "
+            f"({', '.join(MODELS)}); a description names a zoo model or lists its layers, and loading "
+            "one never imports or runs code"
+        )
     version = d.get("version", DESCRIPTION_VERSION)
     if version != DESCRIPTION_VERSION:
-        raise ModelError(f"model description version {version!r} is not supported (this toolkit reads "
-                         f"{DESCRIPTION_VERSION} and 2)")
+        raise ModelError(
+            f"model description version {version!r} is not supported (this toolkit reads "
+            f"{DESCRIPTION_VERSION} and 2)"
+        )
     options = d.get("options") or {}
     if not isinstance(options, Mapping):
         raise ModelError(f"model description options must be a dict, got {type(options).__name__}")
     shape = d["input_shape"]
     if isinstance(shape, (str, bytes)) or not isinstance(shape, Sequence):
-        raise ModelError(f"model description input_shape must be a list such as [C, H, W], got {shape!r}")
-    return build_model(d["name"], tuple(shape), d["n_classes"], d["mean"], d["std"], **dict(options))
+        raise ModelError(
+            f"model description input_shape must be a list such as [C, H, W], got {shape!r}"
+        )
+    return build_model(
+        d["name"], tuple(shape), d["n_classes"], d["mean"], d["std"], **dict(options)
+    )

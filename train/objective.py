@@ -24,16 +24,18 @@ Batch statistics returned beside the loss (a read-only mapping of floats): ``cle
 ``clean_err`` (fraction misclassified at x), ``robust_ce``, ``robust_err`` (fraction whose margin
 lower bounds are not all > 0; NaN when ``fused`` gives no margins; for ``sabr`` those of the
 small box), ``unstable_frac_l{i}`` (unstable ReLUs / ReLUs of layer i) and, with the warm-up
-regulariser on, ``reg`` (its value, 0 outside the ramp), ``reg_tightness`` and ``reg_relu``. They become floats when first read (:class:`LazyStats`),
+regulariser on, ``reg`` (its value, 0 outside the ramp), ``reg_tightness`` and ``reg_relu``. They
+become floats when first read (:class:`LazyStats`),
 so computing the loss never waits for the device: a caller that only needs the loss, or reads
 the stats later, lets several steps or grid points queue up on an accelerator.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import functools
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields
-from typing import Any, Callable, Iterator, Sequence, Union
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -58,8 +60,14 @@ class BoundSetup:
     n_classes: int
 
     @classmethod
-    def of(cls, method: str, slope: str | None, beta: float, domain: Sequence[float] | None,
-           n_classes: int) -> "BoundSetup":
+    def of(
+        cls,
+        method: str,
+        slope: str | None,
+        beta: float,
+        domain: Sequence[float] | None,
+        n_classes: int,
+    ) -> BoundSetup:
         """The setup of training method ``method`` (see :func:`bounds.names.resolve_method`);
         ``domain`` None: the eps-ball is not clipped to the pixel range."""
         bound, used_slope, used_beta = resolve_method(method, slope, beta)
@@ -90,7 +98,7 @@ class LossOptions:
     eps_target: float | None = None
 
     @classmethod
-    def of(cls, config: Any) -> "LossOptions":
+    def of(cls, config: Any) -> LossOptions:
         """The options of a run's config (a :class:`train.config.TrainConfig` or a checkpoint's
         config dict; a missing key takes the default); ``eps_target`` is its ``eps``."""
         get = config.get if isinstance(config, Mapping) else lambda k, d: getattr(config, k, d)
@@ -120,7 +128,7 @@ class LazyStats(Mapping):
     key converts its value (a host round-trip for a tensor on an accelerator) and keeps it.
     """
 
-    def __init__(self, values: dict[str, Union[float, torch.Tensor, Callable[[], Any]]]) -> None:
+    def __init__(self, values: dict[str, float | torch.Tensor | Callable[[], Any]]) -> None:
         self._values = dict(values)
 
     def __getitem__(self, key: str) -> float:
@@ -204,18 +212,29 @@ def certified_loss(
         logits = model(x)
     clean_ce = F.cross_entropy(logits, y)
     wrong = logits.detach().argmax(1) != y
-    stats: dict[str, Any] = {"clean_ce": clean_ce.detach(), "clean_err": lambda: wrong.float().mean()}
+    stats: dict[str, Any] = {
+        "clean_ce": clean_ce.detach(),
+        "clean_err": lambda: wrong.float().mean(),
+    }
     if bound_method is None:
         stats.update(robust_ce=float("nan"), robust_err=float("nan"))
         return clean_ce, LazyStats(stats)
 
-    common = dict(method=bound_method, slope=slope_used, beta=beta_used, domain=domain, compile=compile, **bound_kw)
+    common = dict(
+        method=bound_method,
+        slope=slope_used,
+        beta=beta_used,
+        domain=domain,
+        compile=compile,
+        **bound_kw,
+    )
     if generator is not None:
         common["generator"] = generator
     center, radius = x, eps
     if method == "sabr":
-        center, radius = mixed_losses.sabr_center(model, x, y, eps, opts.sabr_lambda, domain, opts.steps(method),
-                                                  generator)
+        center, radius = mixed_losses.sabr_center(
+            model, x, y, eps, opts.sabr_lambda, domain, opts.steps(method), generator
+        )
     robust, preact = _robust_term(model, center, y, radius, fused, common, logits.shape[1], stats)
     if method == "mtl-ibp" and float(opts.mtl_alpha) < 1.0:
         x_adv = mixed_losses.mtl_point(model, x, y, eps, domain, opts.steps(method), generator)
@@ -234,12 +253,22 @@ def certified_loss(
     return loss, LazyStats(stats)
 
 
-def _robust_term(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float | torch.Tensor, fused: bool | str,
-                 common: dict[str, Any], n_classes: int, stats: dict[str, Any]) -> tuple[torch.Tensor, Any]:
+def _robust_term(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eps: float | torch.Tensor,
+    fused: bool | str,
+    common: dict[str, Any],
+    n_classes: int,
+    stats: dict[str, Any],
+) -> tuple[torch.Tensor, Any]:
     """The bound's robust CE over ``B(x, eps) ∩ domain`` (mean over the batch), its stats into
     ``stats``, and the ReLU layers' pre-activation bounds (None when fused)."""
     if fused:
-        robust = bounds.robust_cross_entropy(model, x, y, eps, fused=fused, reduction="mean", **common)
+        robust = bounds.robust_cross_entropy(
+            model, x, y, eps, fused=fused, reduction="mean", **common
+        )
         stats.update(robust_ce=robust.detach(), robust_err=float("nan"))
         return robust, None
     spec = bounds.margin_spec(y, n_classes)
@@ -249,12 +278,19 @@ def _robust_term(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float 
     failed = (lower.detach() <= 0).any(dim=1)
     stats.update(robust_ce=robust.detach(), robust_err=lambda: failed.float().mean())
     for i, (l, u) in enumerate(res.preact):
-        stats[f"unstable_frac_l{i}"] = lambda l=l.detach(), u=u.detach(): _unstable_fraction(l, u)
+        stats[f"unstable_frac_l{i}"] = functools.partial(_unstable_fraction, l.detach(), u.detach())
     return robust, res.preact
 
 
-def _warmup_term(model: nn.Module, x: torch.Tensor, eps: float | torch.Tensor, domain: tuple[float, float] | None,
-                 preact: Any, opts: LossOptions, stats: dict[str, Any]) -> torch.Tensor | None:
+def _warmup_term(
+    model: nn.Module,
+    x: torch.Tensor,
+    eps: float | torch.Tensor,
+    domain: tuple[float, float] | None,
+    preact: Any,
+    opts: LossOptions,
+    stats: dict[str, Any],
+) -> torch.Tensor | None:
     """Shi et al.'s regulariser at this eps (None outside the ramp), from the step's own IBP
     pre-activation bounds ``preact`` or, when None, from an IBP pass over ``B(x, eps)``."""
     e = float(eps) if not isinstance(eps, torch.Tensor) else float(eps.detach().float().mean())
@@ -264,8 +300,11 @@ def _warmup_term(model: nn.Module, x: torch.Tensor, eps: float | torch.Tensor, d
         stats.update(reg=0.0, reg_tightness=float("nan"), reg_relu=float("nan"))
         return None
     if preact is None:
-        preact = bounds.compute_bounds(model, x, eps, method="ibp", domain=domain, need_upper=False).preact
-    reg, parts = shi.warmup_regulariser(preact, shi.input_radius(model, x, eps, domain), intensity,
-                                        opts.warmup_reg_tol)
+        preact = bounds.compute_bounds(
+            model, x, eps, method="ibp", domain=domain, need_upper=False
+        ).preact
+    reg, parts = shi.warmup_regulariser(
+        preact, shi.input_radius(model, x, eps, domain), intensity, opts.warmup_reg_tol
+    )
     stats.update(reg=reg.detach(), **parts)
     return reg

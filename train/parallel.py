@@ -24,16 +24,29 @@ PGD starts of a shard are its rows of the draw for the whole batch
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.distributed as dist
 
 from bounds.relaxations import ShardGenerator
 
-__all__ = ["Context", "init", "shutdown", "broadcast", "all_reduce_sum", "shard_slice", "backend_for",
-           "local_device", "check_batch", "Shard", "batch_shard", "reduce_step"]
+__all__ = [
+    "Context",
+    "init",
+    "shutdown",
+    "broadcast",
+    "all_reduce_sum",
+    "shard_slice",
+    "backend_for",
+    "local_device",
+    "check_batch",
+    "Shard",
+    "batch_shard",
+    "reduce_step",
+]
 
 
 @dataclass
@@ -89,7 +102,7 @@ def all_reduce_sum(ctx: Context, tensors: Sequence[torch.Tensor]) -> None:
     dist.all_reduce(flat, op=dist.ReduceOp.SUM)
     start = 0
     for t in tensors:
-        t.copy_(flat[start:start + t.numel()].view_as(t))
+        t.copy_(flat[start : start + t.numel()].view_as(t))
         start += t.numel()
 
 
@@ -119,8 +132,10 @@ def local_device(ctx: Context, device: torch.device) -> torch.device:
 def check_batch(ctx: Context, batch_size: int) -> None:
     """ValueError unless every process gets a share of a global batch of ``batch_size``."""
     if batch_size < ctx.world:
-        raise ValueError(f"the global batch of {batch_size} samples is smaller than the {ctx.world} processes "
-                         f"training it; use --batch-size {ctx.world} or more, or fewer processes")
+        raise ValueError(
+            f"the global batch of {batch_size} samples is smaller than the {ctx.world} processes "
+            f"training it; use --batch-size {ctx.world} or more, or fewer processes"
+        )
 
 
 @dataclass(frozen=True)
@@ -158,8 +173,13 @@ def batch_shard(ctx: Context, total: int) -> Shard:
     return Shard(shard_slice(total, ctx), total, ctx.active)
 
 
-def reduce_step(ctx: Context, model: torch.nn.Module, loss: torch.Tensor, stats: Mapping[str, float],
-                shard: Shard) -> tuple[float, Mapping[str, float]]:
+def reduce_step(
+    ctx: Context,
+    model: torch.nn.Module,
+    loss: torch.Tensor,
+    stats: Mapping[str, float],
+    shard: Shard,
+) -> tuple[float, Mapping[str, float]]:
     """After ``loss.backward()`` on this rank's shard: the global batch's loss and statistics.
 
     In one process: ``(float(loss), stats)`` unchanged. Across processes, one all-reduce sums
@@ -171,18 +191,22 @@ def reduce_step(ctx: Context, model: torch.nn.Module, loss: torch.Tensor, stats:
     if not ctx.active:
         return float(loss.detach()), stats
     w = shard.weight
-    params = [p for p in model.parameters() if p.grad is not None]  # the same ones in every rank: one graph
+    params = [
+        p for p in model.parameters() if p.grad is not None
+    ]  # the same ones in every rank: one graph
     grads = [p.grad for p in params]
     keys = sorted(stats)
     values = [float(loss.detach())] + [float(stats[k]) for k in keys]
-    head = torch.tensor([0.0 if w == 0 else v * w for v in values], dtype=torch.float64, device=loss.device)
+    head = torch.tensor(
+        [0.0 if w == 0 else v * w for v in values], dtype=torch.float64, device=loss.device
+    )
     flat = torch.cat([head] + [g.detach().reshape(-1).to(torch.float64) * w for g in grads])
     if w == 0:  # an empty shard's stand-in row: nothing of it counts, not even a NaN
-        flat[len(values):] = 0.0
+        flat[len(values) :] = 0.0
     dist.all_reduce(flat, op=dist.ReduceOp.SUM)
     start = len(values)
     for p, g in zip(params, grads):
-        p.grad = flat[start:start + g.numel()].view_as(g).to(g.dtype)
+        p.grad = flat[start : start + g.numel()].view_as(g).to(g.dtype)
         start += g.numel()
     total = flat[: len(values)].tolist()
     return total[0], {k: v for k, v in zip(keys, total[1:])}

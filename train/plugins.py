@@ -30,10 +30,19 @@ import importlib
 import importlib.util
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-__all__ = ["PluginError", "is_reference", "canonical", "resolve", "call", "describe_exception", "check_trusted"]
+__all__ = [
+    "PluginError",
+    "is_reference",
+    "canonical",
+    "resolve",
+    "call",
+    "describe_exception",
+    "check_trusted",
+]
 
 
 class PluginError(ValueError):
@@ -82,7 +91,9 @@ def _import_file(path: str, ref: str, what: str) -> Any:
     if not p.is_file():
         where = "is a folder" if p.is_dir() else "does not exist"
         raise PluginError(f"{what} file {path} (from {ref!r}) {where}")
-    stamp = hashlib.sha256(p.read_bytes()).hexdigest()  # the content: an edit that keeps size and mtime counts too
+    stamp = hashlib.sha256(
+        p.read_bytes()
+    ).hexdigest()  # the content: an edit that keeps size and mtime counts too
     cached = _FILE_MODULES.get(path)
     if cached is not None and cached[0] == stamp:
         return cached[1]
@@ -100,10 +111,14 @@ def _import_file(path: str, ref: str, what: str) -> Any:
         spec.loader.exec_module(module)
     except SystemExit as exc:
         sys.modules.pop(name, None)
-        raise PluginError(f"importing {what} file {path} failed: it called sys.exit({exc.code!r})") from exc
+        raise PluginError(
+            f"importing {what} file {path} failed: it called sys.exit({exc.code!r})"
+        ) from exc
     except Exception as exc:
         sys.modules.pop(name, None)
-        raise PluginError(f"importing {what} file {path} failed: {describe_exception(exc)}") from exc
+        raise PluginError(
+            f"importing {what} file {path} failed: {describe_exception(exc)}"
+        ) from exc
     finally:
         if added and folder in sys.path:
             sys.path.remove(folder)
@@ -116,14 +131,22 @@ def _import_module(target: str, ref: str, what: str) -> Any:
         return importlib.import_module(target)
     except ModuleNotFoundError as exc:
         if exc.name is not None and (target == exc.name or target.startswith(exc.name + ".")):
-            raise PluginError(f"{what} module {target!r} (from {ref!r}) cannot be found: no module named "
-                              f"{exc.name!r} on the Python path (for a file, write path/to/file.py:function)") from exc
-        raise PluginError(f"importing {what} module {target!r} failed: {describe_exception(exc)}") from exc
+            raise PluginError(
+                f"{what} module {target!r} (from {ref!r}) cannot be found: no module named "
+                f"{exc.name!r} on the Python path (for a file, write path/to/file.py:function)"
+            ) from exc
+        raise PluginError(
+            f"importing {what} module {target!r} failed: {describe_exception(exc)}"
+        ) from exc
     except Exception as exc:
-        raise PluginError(f"importing {what} module {target!r} failed: {describe_exception(exc)}") from exc
+        raise PluginError(
+            f"importing {what} module {target!r} failed: {describe_exception(exc)}"
+        ) from exc
 
 
-def check_trusted(ref: object, what: str, source: str, named: str | None = None, trust: bool = False) -> None:
+def check_trusted(
+    ref: object, what: str, source: str, named: str | None = None, trust: bool = False
+) -> None:
     """Refuse (PluginError) to import the code reference ``ref`` that ``source`` (a checkpoint, a
     run's config) names, unless the user asked for it: by naming the same reference on the
     command line (``named``, compared in :func:`canonical` form) or by ``trust`` (``--trust-code``).
@@ -137,10 +160,14 @@ def check_trusted(ref: object, what: str, source: str, named: str | None = None,
             same = False
         if same:
             return
-        raise PluginError(f"--{what} {named}: {source} names {what} code {ref!r}, not this; name the same reference, "
-                          "or pass --trust-code to run the one it names")
-    raise PluginError(f"{source} names {what} code {ref!r}; reading a file never runs the code it names: pass "
-                      f"--{what} {ref} to name it yourself, or --trust-code, to import and run it")
+        raise PluginError(
+            f"--{what} {named}: {source} names {what} code {ref!r}, not this; name the same reference, "
+            "or pass --trust-code to run the one it names"
+        )
+    raise PluginError(
+        f"{source} names {what} code {ref!r}; reading a file never runs the code it names: pass "
+        f"--{what} {ref} to name it yourself, or --trust-code, to import and run it"
+    )
 
 
 def resolve(ref: str, what: str = "model") -> Callable[..., Any]:
@@ -157,15 +184,25 @@ def resolve(ref: str, what: str = "model") -> Callable[..., Any]:
     for i, part in enumerate(attr.split(".")):
         if not hasattr(obj, part):
             if i == 0:
-                public = sorted(k for k, v in vars(module).items() if callable(v) and not k.startswith("_")
-                                and getattr(v, "__module__", None) == module.__name__)
-                defined = f" (it defines {', '.join(public[:8])}{', ...' if len(public) > 8 else ''})" if public \
+                public = sorted(
+                    k
+                    for k, v in vars(module).items()
+                    if callable(v)
+                    and not k.startswith("_")
+                    and getattr(v, "__module__", None) == module.__name__
+                )
+                defined = (
+                    f" (it defines {', '.join(public[:8])}{', ...' if len(public) > 8 else ''})"
+                    if public
                     else " (it defines no functions)"
+                )
                 raise PluginError(f"{place} has no function {part!r}{defined}")
             raise PluginError(f"{place}: {'.'.join(attr.split('.')[:i])} has no attribute {part!r}")
         obj = getattr(obj, part)
     if not callable(obj):
-        raise PluginError(f"{what} reference {ref!r} names an object of type {type(obj).__name__}, not a function")
+        raise PluginError(
+            f"{what} reference {ref!r} names an object of type {type(obj).__name__}, not a function"
+        )
     return obj
 
 
@@ -173,7 +210,11 @@ def call(ref: str, fn: Callable[..., Any], *args: Any, what: str = "model", **kw
     """``fn(*args, **kwargs)``; any exception it raises becomes one PluginError naming ``ref``."""
     try:
         return fn(*args, **kwargs)
-    except SystemExit as exc:  # a function that exits would end the command silently, with its status
-        raise PluginError(f"{what} function {ref!r} called sys.exit({exc.code!r}) instead of returning") from exc
+    except (
+        SystemExit
+    ) as exc:  # a function that exits would end the command silently, with its status
+        raise PluginError(
+            f"{what} function {ref!r} called sys.exit({exc.code!r}) instead of returning"
+        ) from exc
     except Exception as exc:
         raise PluginError(f"{what} function {ref!r} raised {describe_exception(exc)}") from exc

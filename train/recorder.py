@@ -6,7 +6,7 @@ Per-step scalars leave ``train`` through a ``sink(group, rows)`` (e.g.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -21,7 +21,10 @@ Sink = Callable[[str, dict[str, np.ndarray]], None]
 
 def flat_grad(model: nn.Module) -> torch.Tensor:
     """All parameter gradients concatenated in ``parameters()`` order (zeros where None)."""
-    parts = [(p.grad if p.grad is not None else torch.zeros_like(p)).detach().reshape(-1) for p in model.parameters()]
+    parts = [
+        (p.grad if p.grad is not None else torch.zeros_like(p)).detach().reshape(-1)
+        for p in model.parameters()
+    ]
     return torch.cat(parts) if parts else torch.zeros(0)
 
 
@@ -38,19 +41,29 @@ class ScalarRecorder(BaseCallback):
 
     def __init__(self, sink: Sink | None = None, every: int = 50, grad_every: int = 0) -> None:
         if every < 1 or grad_every < 0:
-            raise ValueError(f"ScalarRecorder needs every >= 1 and grad_every >= 0, got {every}, {grad_every}")
+            raise ValueError(
+                f"ScalarRecorder needs every >= 1 and grad_every >= 0, got {every}, {grad_every}"
+            )
         self.sink, self.every, self.grad_every = sink, every, grad_every
         self.rows: list[dict[str, float]] = []
         self._pending = 0
         self._grads: list[tuple[int, np.ndarray]] = []
 
     def on_step(self, ctx: StepContext) -> None:
-        row: dict[str, float] = {"step": ctx.step, "epoch": ctx.epoch, "loss": ctx.loss,
-                                 "robust_ce": ctx.stats.get("robust_ce", float("nan")),
-                                 "clean_err": ctx.stats.get("clean_err", float("nan")),
-                                 "robust_err": ctx.stats.get("robust_err", float("nan")),
-                                 "grad_norm": ctx.grad_norm, "eps": ctx.eps, "beta": ctx.beta,
-                                 "kappa": ctx.kappa, "lr": ctx.lr, "wall_time": ctx.wall_time}
+        row: dict[str, float] = {
+            "step": ctx.step,
+            "epoch": ctx.epoch,
+            "loss": ctx.loss,
+            "robust_ce": ctx.stats.get("robust_ce", float("nan")),
+            "clean_err": ctx.stats.get("clean_err", float("nan")),
+            "robust_err": ctx.stats.get("robust_err", float("nan")),
+            "grad_norm": ctx.grad_norm,
+            "eps": ctx.eps,
+            "beta": ctx.beta,
+            "kappa": ctx.kappa,
+            "lr": ctx.lr,
+            "wall_time": ctx.wall_time,
+        }
         row.update({k: v for k, v in ctx.stats.items() if k.startswith("unstable_frac_l")})
         self.rows.append(row)
         self._pending += 1
@@ -77,8 +90,13 @@ class ScalarRecorder(BaseCallback):
             self.sink("steps", self.table(self.rows[-self._pending :]))
         self._pending = 0
         if self.sink is not None and self._grads:
-            self.sink("grads", {"step": np.asarray([s for s, _ in self._grads], dtype=np.int64),
-                                "grad": np.stack([g for _, g in self._grads])})
+            self.sink(
+                "grads",
+                {
+                    "step": np.asarray([s for s, _ in self._grads], dtype=np.int64),
+                    "grad": np.stack([g for _, g in self._grads]),
+                },
+            )
         self._grads = []
 
     def on_epoch_end(self, epoch: int, model: nn.Module, metrics: dict) -> None:

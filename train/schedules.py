@@ -25,8 +25,9 @@ per step, a milestone ``m`` (epochs, fractions allowed) acts from step ``round(m
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from train.config import TrainConfig
@@ -42,7 +43,13 @@ def linear_ramp(step: float, start: float, length: float, v0: float, v1: float) 
 
 
 def smooth_ramp(
-    step: float, start: float, length: float, v0: float, v1: float, mid_point: float = 0.25, power: float = 4.0
+    step: float,
+    start: float,
+    length: float,
+    v0: float,
+    v1: float,
+    mid_point: float = 0.25,
+    power: float = 4.0,
 ) -> float:
     """Polynomial-then-linear ramp (see the module docstring for the formula)."""
     if not 0.0 <= mid_point <= 1.0:
@@ -106,7 +113,7 @@ class Schedule:
     steps_per_epoch: int
 
     @classmethod
-    def from_config(cls, config: "TrainConfig", steps_per_epoch: int) -> "Schedule":
+    def from_config(cls, config: TrainConfig, steps_per_epoch: int) -> Schedule:
         """Build from a ``TrainConfig`` and the number of steps per epoch."""
         if steps_per_epoch < 1:
             raise ValueError(f"steps_per_epoch must be >= 1, got {steps_per_epoch}")
@@ -144,5 +151,9 @@ class Schedule:
 
     def values(self, step: int) -> dict[str, float]:
         """``{"eps", "beta", "kappa", "lr"}`` at ``step``."""
-        return {"eps": self.eps_at(step), "beta": self.beta_at(step), "kappa": self.kappa_at(step), "lr": self.lr_at(step)}
-
+        return {
+            "eps": self.eps_at(step),
+            "beta": self.beta_at(step),
+            "kappa": self.kappa_at(step),
+            "lr": self.lr_at(step),
+        }

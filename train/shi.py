@@ -42,7 +42,7 @@ linear in the batch, so this is close to, not equal to, the one-process value).
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -51,8 +51,17 @@ from torch import nn
 from bounds.interval import input_box
 from bounds.layers import Normalize
 
-__all__ = ["MIN_EPS", "init_weights", "ibp_init", "ibp_init_std", "warmup_intensity", "input_radius", "tightness_loss",
-           "relu_balance_loss", "warmup_regulariser"]
+__all__ = [
+    "MIN_EPS",
+    "init_weights",
+    "ibp_init",
+    "ibp_init_std",
+    "warmup_intensity",
+    "input_radius",
+    "tightness_loss",
+    "relu_balance_loss",
+    "warmup_regulariser",
+]
 
 MIN_EPS = 1e-6
 """Below this eps the regulariser is skipped (a step at eps = 0 trains naturally)."""
@@ -99,8 +108,9 @@ def warmup_intensity(eps: float, eps_target: float, lam: float) -> float:
     return float(lam) * (1.0 - eps / eps_target)
 
 
-def input_radius(model: nn.Module, x: torch.Tensor, eps: float | torch.Tensor,
-                 domain: Sequence[float] | None) -> torch.Tensor:
+def input_radius(
+    model: nn.Module, x: torch.Tensor, eps: float | torch.Tensor, domain: Sequence[float] | None
+) -> torch.Tensor:
     """Radius ``[B, *shape]`` of the input box ``[x - eps, x + eps] ∩ D`` as the first affine
     layer sees it: divided by the per-channel std of a leading ``Normalize``."""
     _, r = input_box(x, eps, domain)
@@ -110,7 +120,9 @@ def input_radius(model: nn.Module, x: torch.Tensor, eps: float | torch.Tensor,
     return r
 
 
-def tightness_loss(l: torch.Tensor, u: torch.Tensor, r0_mean: torch.Tensor, tol: float) -> torch.Tensor:
+def tightness_loss(
+    l: torch.Tensor, u: torch.Tensor, r0_mean: torch.Tensor, tol: float
+) -> torch.Tensor:
     """``relu(tol - r0_mean / mean((u - l) / 2)) / tol`` (scalar) for one ReLU layer."""
     r = ((u - l) / 2).mean()
     return F.relu(tol - r0_mean / r.clamp(min=1e-12)) / tol
@@ -135,8 +147,12 @@ def relu_balance_loss(l: torch.Tensor, u: torch.Tensor, tol: float) -> torch.Ten
     return (mean_term + var_term) / tol
 
 
-def warmup_regulariser(preact: Sequence[tuple[torch.Tensor, torch.Tensor]], r0: torch.Tensor, intensity: float,
-                       tol: float = 0.5) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def warmup_regulariser(
+    preact: Sequence[tuple[torch.Tensor, torch.Tensor]],
+    r0: torch.Tensor,
+    intensity: float,
+    tol: float = 0.5,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """``R = intensity * (mean L_tight + mean L_relu)`` over the ReLU layers' IBP bounds
     ``preact`` (``(l, u)`` each ``[B, *shape]``) and the input radius ``r0``
     (:func:`input_radius`). Returns ``(R, {"reg_tightness": ..., "reg_relu": ...})`` (detached
@@ -149,4 +165,7 @@ def warmup_regulariser(preact: Sequence[tuple[torch.Tensor, torch.Tensor]], r0: 
     r0_mean = r0.mean()
     tight = torch.stack([tightness_loss(l, u, r0_mean, tol) for l, u in preact]).mean()
     relu = torch.stack([relu_balance_loss(l, u, tol) for l, u in preact]).mean()
-    return float(intensity) * (tight + relu), {"reg_tightness": tight.detach(), "reg_relu": relu.detach()}
+    return float(intensity) * (tight + relu), {
+        "reg_tightness": tight.detach(),
+        "reg_relu": relu.detach(),
+    }

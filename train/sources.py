@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -50,7 +50,7 @@ class Source:
 
     subfolders: tuple[str, ...]
     needs: str  # human description of the files, for error messages
-    locate: Callable[[Path], Optional[dict[str, Path]]]
+    locate: Callable[[Path], dict[str, Path] | None]
     read: Callable[[dict[str, Path]], tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]
     downloads: tuple[Download, ...]
     how_to_get: str
@@ -68,7 +68,7 @@ _CIFAR_ARCHIVE = "cifar-10-binary.tar.gz"
 _SVHN_FILES = {"train": "train_32x32.mat", "test": "test_32x32.mat"}
 
 
-def _locate_idx(folder: Path) -> Optional[dict[str, Path]]:
+def _locate_idx(folder: Path) -> dict[str, Path] | None:
     found: dict[str, Path] = {}
     for role, stem in _IDX_ROLES.items():
         for candidate in (folder / f"{stem}.gz", folder / stem):
@@ -81,14 +81,18 @@ def _locate_idx(folder: Path) -> Optional[dict[str, Path]]:
 
 
 def _read_idx_set(found: dict[str, Path]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    tx, ty = read_idx_pair(found["train_images"], found["train_labels"], image_hw=(28, 28))  # MNIST, Fashion-MNIST
+    tx, ty = read_idx_pair(
+        found["train_images"], found["train_labels"], image_hw=(28, 28)
+    )  # MNIST, Fashion-MNIST
     vx, vy = read_idx_pair(found["test_images"], found["test_labels"], image_hw=(28, 28))
     if tx.shape[1:] != vx.shape[1:]:
-        raise DatasetError(f"train images {tx.shape[1:]} and test images {vx.shape[1:]} differ in shape")
+        raise DatasetError(
+            f"train images {tx.shape[1:]} and test images {vx.shape[1:]} differ in shape"
+        )
     return tx, ty, vx, vy
 
 
-def _locate_cifar(folder: Path) -> Optional[dict[str, Path]]:
+def _locate_cifar(folder: Path) -> dict[str, Path] | None:
     for d in (folder / "cifar-10-batches-bin", folder):
         if all((d / f).is_file() for f in (*_CIFAR_TRAIN, _CIFAR_TEST)):
             return {"batches": d}
@@ -108,7 +112,7 @@ def _read_cifar(found: dict[str, Path]) -> tuple[np.ndarray, np.ndarray, np.ndar
     return tx, ty, vx, vy
 
 
-def _locate_svhn(folder: Path) -> Optional[dict[str, Path]]:
+def _locate_svhn(folder: Path) -> dict[str, Path] | None:
     paths = {k: folder / v for k, v in _SVHN_FILES.items()}
     return paths if all(p.is_file() for p in paths.values()) else None
 
@@ -119,9 +123,14 @@ def _read_svhn(found: dict[str, Path]) -> tuple[np.ndarray, np.ndarray, np.ndarr
     return tx, ty, vx, vy
 
 
-_MNIST_MIRRORS = ("https://ossci-datasets.s3.amazonaws.com/mnist/", "http://yann.lecun.com/exdb/mnist/")
-_FASHION_MIRRORS = ("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
-                    "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/")
+_MNIST_MIRRORS = (
+    "https://ossci-datasets.s3.amazonaws.com/mnist/",
+    "http://yann.lecun.com/exdb/mnist/",
+)
+_FASHION_MIRRORS = (
+    "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+    "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/",
+)
 
 
 def _idx_downloads(mirrors: Sequence[str], md5s: Mapping[str, str]) -> tuple[Download, ...]:
@@ -138,12 +147,15 @@ SOURCES: dict[str, Source] = {
         "t10k-labels-idx1-ubyte.gz (gzip or uncompressed)",
         locate=_locate_idx,
         read=_read_idx_set,
-        downloads=_idx_downloads(_MNIST_MIRRORS, {
-            "train-images-idx3-ubyte": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
-            "train-labels-idx1-ubyte": "d53e105ee54ea40749a09fcbcd1e9432",
-            "t10k-images-idx3-ubyte": "9fb629c4189551a2d022fa330f9573f3",
-            "t10k-labels-idx1-ubyte": "ec29112dd5afa0611ce80d1b7f02629c",
-        }),
+        downloads=_idx_downloads(
+            _MNIST_MIRRORS,
+            {
+                "train-images-idx3-ubyte": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+                "train-labels-idx1-ubyte": "d53e105ee54ea40749a09fcbcd1e9432",
+                "t10k-images-idx3-ubyte": "9fb629c4189551a2d022fa330f9573f3",
+                "t10k-labels-idx1-ubyte": "ec29112dd5afa0611ce80d1b7f02629c",
+            },
+        ),
         how_to_get=f"the four files from {_MNIST_MIRRORS[0]} (or {_MNIST_MIRRORS[1]})",
     ),
     "fashion-mnist": Source(
@@ -152,12 +164,15 @@ SOURCES: dict[str, Source] = {
         "t10k-labels-idx1-ubyte.gz (gzip or uncompressed)",
         locate=_locate_idx,
         read=_read_idx_set,
-        downloads=_idx_downloads(_FASHION_MIRRORS, {
-            "train-images-idx3-ubyte": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
-            "train-labels-idx1-ubyte": "25c81989df183df01b3e8a0aad5dffbe",
-            "t10k-images-idx3-ubyte": "bef4ecab320f06d8554ea6380940ec79",
-            "t10k-labels-idx1-ubyte": "bb300cfdad3c16e7a12a480ee83cd310",
-        }),
+        downloads=_idx_downloads(
+            _FASHION_MIRRORS,
+            {
+                "train-images-idx3-ubyte": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+                "train-labels-idx1-ubyte": "25c81989df183df01b3e8a0aad5dffbe",
+                "t10k-images-idx3-ubyte": "bef4ecab320f06d8554ea6380940ec79",
+                "t10k-labels-idx1-ubyte": "bb300cfdad3c16e7a12a480ee83cd310",
+            },
+        ),
         how_to_get="`sudo apt-get install dataset-fashion-mnist` (Debian/Ubuntu), or the four files from "
         f"{_FASHION_MIRRORS[0]}",
     ),
@@ -166,8 +181,13 @@ SOURCES: dict[str, Source] = {
         needs=f"cifar-10-batches-bin/ with data_batch_1..5.bin and test_batch.bin, or {_CIFAR_ARCHIVE}",
         locate=_locate_cifar,
         read=_read_cifar,
-        downloads=(Download(_CIFAR_ARCHIVE, (f"https://www.cs.toronto.edu/~kriz/{_CIFAR_ARCHIVE}",),
-                            "c32a1d4ab5d03f1284b67883e8d87530"),),
+        downloads=(
+            Download(
+                _CIFAR_ARCHIVE,
+                (f"https://www.cs.toronto.edu/~kriz/{_CIFAR_ARCHIVE}",),
+                "c32a1d4ab5d03f1284b67883e8d87530",
+            ),
+        ),
         how_to_get=f"https://www.cs.toronto.edu/~kriz/{_CIFAR_ARCHIVE} (the binary version, not the python one)",
     ),
     "svhn": Source(
@@ -176,10 +196,16 @@ SOURCES: dict[str, Source] = {
         locate=_locate_svhn,
         read=_read_svhn,
         downloads=(
-            Download("train_32x32.mat", ("http://ufldl.stanford.edu/housenumbers/train_32x32.mat",),
-                     "e26dedcc434d2e4c54c9b2d4a06d8373"),
-            Download("test_32x32.mat", ("http://ufldl.stanford.edu/housenumbers/test_32x32.mat",),
-                     "eb5a983be6a315427106f1b164d9cef3"),
+            Download(
+                "train_32x32.mat",
+                ("http://ufldl.stanford.edu/housenumbers/train_32x32.mat",),
+                "e26dedcc434d2e4c54c9b2d4a06d8373",
+            ),
+            Download(
+                "test_32x32.mat",
+                ("http://ufldl.stanford.edu/housenumbers/test_32x32.mat",),
+                "eb5a983be6a315427106f1b164d9cef3",
+            ),
         ),
         how_to_get="train_32x32.mat and test_32x32.mat from http://ufldl.stanford.edu/housenumbers/",
     ),
@@ -218,7 +244,7 @@ def search_dirs(key: str, data_dir: str | Path | None = None) -> list[Path]:
     return unique
 
 
-def find(key: str, data_dir: str | Path | None) -> tuple[Optional[dict[str, Path]], list[Path]]:
+def find(key: str, data_dir: str | Path | None) -> tuple[dict[str, Path] | None, list[Path]]:
     """The files of dataset ``key`` (role -> path) in the first folder of :func:`search_dirs`
     that holds them all, and the folders looked in."""
     looked = search_dirs(key, data_dir)
@@ -269,7 +295,13 @@ def file_key(found: dict[str, Path]) -> tuple:
     items = []
     for role, path in sorted(found.items()):
         targets = [path] if path.is_file() else sorted(p for p in path.iterdir() if p.is_file())
-        items.append((role, str(path), tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in targets)))
+        items.append(
+            (
+                role,
+                str(path),
+                tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in targets),
+            )
+        )
     return tuple(items)
 
 

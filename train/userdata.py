@@ -27,7 +27,8 @@ from __future__ import annotations
 import functools
 import hashlib
 import math
-from typing import Any, Mapping, Optional
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -48,7 +49,9 @@ def _array(value: Any, key: str, who: str) -> np.ndarray:
             value = value.detach().cpu().numpy()
         arr = np.asarray(value)
     except Exception as exc:
-        raise DatasetError(f"{who}: {key} cannot be read as an array ({plugins.describe_exception(exc)})") from None
+        raise DatasetError(
+            f"{who}: {key} cannot be read as an array ({plugins.describe_exception(exc)})"
+        ) from None
     if arr.dtype.kind not in "biuf":
         raise DatasetError(f"{who}: {key} must be a numeric array, got dtype {arr.dtype}")
     return arr
@@ -58,16 +61,20 @@ def _images(arr: np.ndarray, key: str, who: str) -> np.ndarray:
     if arr.ndim == 3:
         arr = arr[:, None]
     if arr.ndim != 4 or arr.shape[0] == 0 or 0 in arr.shape[1:]:
-        raise DatasetError(f"{who}: {key} must be a non-empty stack of images [N, C, H, W] (or [N, H, W]), "
-                           f"got shape {tuple(arr.shape)}")
+        raise DatasetError(
+            f"{who}: {key} must be a non-empty stack of images [N, C, H, W] (or [N, H, W]), "
+            f"got shape {tuple(arr.shape)}"
+        )
     x = np.ascontiguousarray(arr, dtype=np.float32)
     if not np.isfinite(x).all():
         raise DatasetError(f"{who}: {key} holds NaN or infinite values")
     lo, hi = float(x.min()), float(x.max())
     if lo < 0.0 or hi > 1.0:
         hint = " (8-bit pixels? divide them by 255)" if hi > 1.0 and float(arr.max()) <= 255 else ""
-        raise DatasetError(f"{who}: {key} has values in [{lo:g}, {hi:g}], outside [0, 1]; scale the images to "
-                           f"[0, 1]{hint}")
+        raise DatasetError(
+            f"{who}: {key} has values in [{lo:g}, {hi:g}], outside [0, 1]; scale the images to "
+            f"[0, 1]{hint}"
+        )
     return x
 
 
@@ -80,17 +87,23 @@ def _labels(arr: np.ndarray, key: str, n: int, who: str) -> np.ndarray:
     if arr.dtype.kind not in "iu":
         raise DatasetError(f"{who}: {key} must hold integer class labels, got dtype {arr.dtype}")
     if arr.shape != (n,):
-        raise DatasetError(f"{who}: {key} has shape {tuple(arr.shape)}, but there are {n} images: the labels must "
-                           f"be [{n}]")
+        raise DatasetError(
+            f"{who}: {key} has shape {tuple(arr.shape)}, but there are {n} images: the labels must "
+            f"be [{n}]"
+        )
     if n and int(arr.min()) < 0:
-        raise DatasetError(f"{who}: {key} holds the negative label {int(arr.min())}; labels are 0 .. n_classes - 1")
+        raise DatasetError(
+            f"{who}: {key} holds the negative label {int(arr.min())}; labels are 0 .. n_classes - 1"
+        )
     return np.ascontiguousarray(arr, dtype=np.int64)
 
 
 def _stats(value: Any, key: str, channels: int, who: str) -> tuple[float, ...]:
     flat = _array(value, key, who).astype(np.float64).reshape(-1)
     if flat.size != channels or not np.isfinite(flat).all():
-        raise DatasetError(f"{who}: {key} must be {channels} finite number(s), one per channel, got {value!r}")
+        raise DatasetError(
+            f"{who}: {key} must be {channels} finite number(s), one per channel, got {value!r}"
+        )
     if key == "std" and not (flat > 0).all():
         raise DatasetError(f"{who}: std must be positive, got {flat.tolist()}")
     return tuple(float(v) for v in flat)
@@ -103,13 +116,21 @@ def _parts(result: Any, who: str) -> dict[str, Any]:
         missing = [k for k in KEYS if k not in keys]
         unknown = sorted(keys - set(KEYS) - set(OPTIONAL_KEYS))
         if missing or unknown:
-            problem = f"lacks {', '.join(missing)}" if missing else f"has unknown key(s) {', '.join(unknown)}"
-            raise DatasetError(f"{who} returned a dict that {problem}; it needs {', '.join(KEYS)} and may have "
-                               f"{', '.join(OPTIONAL_KEYS)}")
+            problem = (
+                f"lacks {', '.join(missing)}"
+                if missing
+                else f"has unknown key(s) {', '.join(unknown)}"
+            )
+            raise DatasetError(
+                f"{who} returned a dict that {problem}; it needs {', '.join(KEYS)} and may have "
+                f"{', '.join(OPTIONAL_KEYS)}"
+            )
         return {str(k): v for k, v in result.items()}
     if isinstance(result, (tuple, list)):
         if len(result) != 4:
-            raise DatasetError(f"{who} returned a {type(result).__name__} of {len(result)} items; expected {want}")
+            raise DatasetError(
+                f"{who} returned a {type(result).__name__} of {len(result)} items; expected {want}"
+            )
         return dict(zip(KEYS, result))
     raise DatasetError(f"{who} returned a {type(result).__name__}; expected {want}")
 
@@ -124,23 +145,31 @@ def check(result: Any, ref: str) -> tuple[tuple[np.ndarray, ...], Any]:
     tx = _images(_array(parts["train_x"], "train_x", who), "train_x", who)
     vx = _images(_array(parts["test_x"], "test_x", who), "test_x", who)
     if tx.shape[1:] != vx.shape[1:]:
-        raise DatasetError(f"{who}: train_x has images of shape {tx.shape[1:]} but test_x {vx.shape[1:]}")
+        raise DatasetError(
+            f"{who}: train_x has images of shape {tx.shape[1:]} but test_x {vx.shape[1:]}"
+        )
     ty = _labels(_array(parts["train_y"], "train_y", who), "train_y", tx.shape[0], who)
     vy = _labels(_array(parts["test_y"], "test_y", who), "test_y", vx.shape[0], who)
     top = int(max(ty.max(), vy.max()))
     classes = parts.get("classes")
     if classes is not None:
         if isinstance(classes, (str, bytes)) or not hasattr(classes, "__len__") or len(classes) < 2:
-            raise DatasetError(f"{who}: classes must be a list of at least 2 class names, got {classes!r}")
+            raise DatasetError(
+                f"{who}: classes must be a list of at least 2 class names, got {classes!r}"
+            )
         classes = tuple(str(c) for c in classes)
         if top >= len(classes):
-            raise DatasetError(f"{who}: the labels go up to {top}, but only {len(classes)} class names are given")
+            raise DatasetError(
+                f"{who}: the labels go up to {top}, but only {len(classes)} class names are given"
+            )
     n_classes = len(classes) if classes is not None else top + 1
     if classes is None and n_classes > MAX_CLASSES_WITHOUT_NAMES:
         where, arr = ("train_y", ty) if ty.max() >= vy.max() else ("test_y", vy)
-        raise DatasetError(f"{who}: {where}[{int(arr.argmax())}] is the label {top}, which would make a model of "
-                           f"{n_classes} classes; labels are 0 .. n_classes - 1 (to mean that many classes, give "
-                           f"their names as 'classes')")
+        raise DatasetError(
+            f"{who}: {where}[{int(arr.argmax())}] is the label {top}, which would make a model of "
+            f"{n_classes} classes; labels are 0 .. n_classes - 1 (to mean that many classes, give "
+            f"their names as 'classes')"
+        )
     if n_classes < 2:
         raise DatasetError(f"{who}: every label is 0; a classifier needs at least 2 classes")
     c = tx.shape[1]
@@ -151,8 +180,13 @@ def check(result: Any, ref: str) -> tuple[tuple[np.ndarray, ...], Any]:
     if parts.get("std") is not None:
         std = _stats(parts["std"], "std", c, who)
     else:
-        std = tuple(float(v) if v > 0 and math.isfinite(v) else 1.0 for v in tx.std(axis=(0, 2, 3), dtype=np.float64))
-    spec = DatasetSpec(ref, tuple(int(s) for s in tx.shape[1:]), int(n_classes), mean, std, (0.0, 1.0), classes)
+        std = tuple(
+            float(v) if v > 0 and math.isfinite(v) else 1.0
+            for v in tx.std(axis=(0, 2, 3), dtype=np.float64)
+        )
+    spec = DatasetSpec(
+        ref, tuple(int(s) for s in tx.shape[1:]), int(n_classes), mean, std, (0.0, 1.0), classes
+    )
     arrays = (tx, ty, vx, vy)
     for a in arrays:
         a.setflags(write=False)
@@ -187,7 +221,7 @@ def load(ref: str) -> tuple[tuple[np.ndarray, ...], Any]:
     return arrays, spec
 
 
-def known_spec(ref: str) -> Optional[Any]:
+def known_spec(ref: str) -> Any | None:
     """The spec of ``ref`` if this process has loaded it (never calls the function)."""
     try:
         return _SPECS.get(plugins.canonical(ref, "dataset"))

@@ -5,7 +5,12 @@ Only adaptations: a stand-in `torchvision` (datasets read from the local Fashion
 files, ToTensor = uint8/255 as torchvision does), `.cuda()` made a no-op, and
 torch.cuda.FloatTensor mapped to torch.FloatTensor. The training code itself is untouched.
 """
-import gzip, os, sys, types
+
+import gzip
+import os
+import sys
+import types
+
 import numpy as np
 import torch
 
@@ -17,7 +22,7 @@ def _read_idx(path):
     with gzip.open(path, "rb") as f:
         data = f.read()
     ndim = data[3]
-    dims = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
     return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
 
 
@@ -52,8 +57,14 @@ tvd.FashionMNIST = _IDXDataset
 tvt.ToTensor = _ToTensor
 tvt.functional = tvtf
 tv.datasets, tv.transforms = tvd, tvt
-sys.modules.update({"torchvision": tv, "torchvision.datasets": tvd, "torchvision.transforms": tvt,
-                    "torchvision.transforms.functional": tvtf})
+sys.modules.update(
+    {
+        "torchvision": tv,
+        "torchvision.datasets": tvd,
+        "torchvision.transforms": tvt,
+        "torchvision.transforms.functional": tvtf,
+    }
+)
 
 # CPU: .cuda() is a no-op, cuda.FloatTensor -> FloatTensor
 torch.nn.Module.cuda = lambda self, *a, **k: self
@@ -62,14 +73,16 @@ torch.cuda.FloatTensor = torch.FloatTensor
 
 sys.path.insert(0, PAPER)
 os.chdir(PAPER)
-import train as paper_train  # noqa: E402
 from argparser import argparser  # noqa: E402
+
+import train as paper_train  # noqa: E402
 
 DUMP = os.environ.get("PAPER_DUMP")
 if DUMP:
     # record (not change) the initial weights and the training data order
     os.makedirs(DUMP, exist_ok=True)
     import bound_layers
+
     _convert = bound_layers.BoundSequential.convert
     _saved = {"init": False}
 
@@ -79,6 +92,7 @@ if DUMP:
             torch.save({k: v.clone() for k, v in m.state_dict().items()}, f"{DUMP}/init.pt")
             _saved["init"] = True
         return m
+
     bound_layers.BoundSequential.convert = staticmethod(_convert_and_dump)
     paper_train.BoundSequential.convert = staticmethod(_convert_and_dump)
     _orders = []
@@ -90,12 +104,14 @@ if DUMP:
             _orders.append(torch.tensor(idx))
             torch.save(_orders, f"{DUMP}/order.pt")
         return iter(idx)
+
     torch.utils.data.RandomSampler.__iter__ = _iter_and_record
 
 INIT, ORDER = os.environ.get("PAPER_INIT"), os.environ.get("PAPER_ORDER")
 if INIT or ORDER:
     # factor swap: start from given initial weights and/or use a given data order
     import bound_layers
+
     _convert2 = bound_layers.BoundSequential.convert
     _done = {"init": False}
 
@@ -106,6 +122,7 @@ if INIT or ORDER:
             _done["init"] = True
             print("loaded initial weights from", INIT)
         return m
+
     bound_layers.BoundSequential.convert = staticmethod(_convert_and_load)
     if ORDER:
         _given = torch.load(ORDER)
@@ -113,11 +130,13 @@ if INIT or ORDER:
         _k = {"k": 0}
 
         def _iter_given(self):
-            idx = list(_iter2(self))          # still draws from the RNG as the original does
+            idx = list(_iter2(self))  # still draws from the RNG as the original does
             if len(idx) == 60000:
-                idx = _given[_k["k"]].tolist(); _k["k"] += 1
+                idx = _given[_k["k"]].tolist()
+                _k["k"] += 1
                 print("using given data order, epoch", _k["k"] - 1)
             return iter(idx)
+
         torch.utils.data.RandomSampler.__iter__ = _iter_given
 
 if __name__ == "__main__":

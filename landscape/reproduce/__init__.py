@@ -21,15 +21,16 @@ import dataclasses
 import json
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
-from landscape.reproduce.plan import Plan, RunPlan, describe_plan, make_plan
-from landscape.reproduce.steps import certify_run, log, scan_run, train_run
-from landscape.reproduce.execute import Execution, SlurmOptions, carry_out, summary_lock
 from landscape.reproduce.claims import claims
 from landscape.reproduce.exact import add_exact_columns
+from landscape.reproduce.execute import Execution, SlurmOptions, carry_out, summary_lock
+from landscape.reproduce.plan import Plan, RunPlan, describe_plan, make_plan
+from landscape.reproduce.steps import certify_run, log, scan_run, train_run
 from landscape.reproduce.summary import (
     aggregate,
     json_ready,
@@ -39,8 +40,22 @@ from landscape.reproduce.summary import (
     summary_rows,
 )
 
-__all__ = ["Plan", "RunPlan", "make_plan", "describe_plan", "run", "draw", "draw_summary", "ReproduceResult",
-           "train_run", "certify_run", "scan_run", "load_results", "Execution", "SlurmOptions"]
+__all__ = [
+    "Plan",
+    "RunPlan",
+    "make_plan",
+    "describe_plan",
+    "run",
+    "draw",
+    "draw_summary",
+    "ReproduceResult",
+    "train_run",
+    "certify_run",
+    "scan_run",
+    "load_results",
+    "Execution",
+    "SlurmOptions",
+]
 
 
 @dataclass
@@ -59,20 +74,28 @@ class ReproduceResult:
         """The summary table (Markdown) and where the figures are."""
         text = summary_markdown(self.summary_rows, self.margins)
         n_fig = sum(1 for p in self.files if p.suffix == ".png")
-        return (f"{text}\ntrained {len(self.trained)} runs, reused {len(self.reused)}; "
-                f"{n_fig} PNG figures under {self.out_dir / 'figures'}; {self.wall_time:.0f} s")
+        return (
+            f"{text}\ntrained {len(self.trained)} runs, reused {len(self.reused)}; "
+            f"{n_fig} PNG figures under {self.out_dir / 'figures'}; {self.wall_time:.0f} s"
+        )
 
 
-def run(plan: Plan, out_dir: str | Path, formats: Sequence[str] | str = ("png", "pdf"),
-        progress: bool = True, download: bool = False, how: Execution | None = None) -> ReproduceResult:
+def run(
+    plan: Plan,
+    out_dir: str | Path,
+    formats: Sequence[str] | str = ("png", "pdf"),
+    progress: bool = True,
+    download: bool = False,
+    how: Execution | None = None,
+) -> ReproduceResult:
     """Carry out ``plan`` into ``out_dir`` (see the module docstring); resumable. ``how`` says
     where the runs go (:mod:`landscape.reproduce.execute`: this process, ``--jobs N`` workers,
     SLURM jobs); the figures and summary are written when every run is done."""
     from figures.style import normalise_formats
 
     fmts = normalise_formats(formats)
-    from train.loop import load_data, resolve_device
     from train.config import TrainConfig
+    from train.loop import load_data, resolve_device
 
     resolve_device(plan.device)
     out = Path(out_dir)
@@ -100,10 +123,15 @@ def run(plan: Plan, out_dir: str | Path, formats: Sequence[str] | str = ("png", 
     margins = {s: plan.setting(s).margins for s in plan.settings()}
     methods = aggregate(rows)
     files = list(dict.fromkeys(files + draw_summary(plan, out, fmts, methods)))
-    summary = {"runs": rows, "methods": methods,
-               "margins": {s: dataclasses.asdict(m) for s, m in margins.items()},
-               "claims": {s: claims(rows, s, margins[s]) for s in plan.settings()}}
-    (out / "summary.json").write_text(json.dumps(json_ready(summary), indent=2, allow_nan=False) + "\n")
+    summary = {
+        "runs": rows,
+        "methods": methods,
+        "margins": {s: dataclasses.asdict(m) for s, m in margins.items()},
+        "claims": {s: claims(rows, s, margins[s]) for s in plan.settings()},
+    }
+    (out / "summary.json").write_text(
+        json.dumps(json_ready(summary), indent=2, allow_nan=False) + "\n"
+    )
     (out / "summary.md").write_text(summary_markdown(rows, margins))
     held.release()
     wall = time.perf_counter() - t0
@@ -120,17 +148,31 @@ def draw_summary(plan: Plan, out: Path, formats: Sequence[str], methods: list[di
     files: list[Path] = []
     for setting in plan.settings():
         points, seeds = summary_points(methods, setting)
-        if not any(math.isfinite(p["tightness"]) and math.isfinite(p["smoothness"]) for p in points):
+        if not any(
+            math.isfinite(p["tightness"]) and math.isfinite(p["smoothness"]) for p in points
+        ):
             continue
-        title = ("Tightness versus smoothness: mean ± sd over " + f"{seeds} seeds" if seeds > 1
-                 else "Tightness versus smoothness (one seed)")
-        files += plot_tightness_vs_smoothness(points, out / "figures" / setting, "compare_tightness_vs_smoothness",
-                                              formats, title=title)
+        title = (
+            "Tightness versus smoothness: mean ± sd over " + f"{seeds} seeds"
+            if seeds > 1
+            else "Tightness versus smoothness (one seed)"
+        )
+        files += plot_tightness_vs_smoothness(
+            points,
+            out / "figures" / setting,
+            "compare_tightness_vs_smoothness",
+            formats,
+            title=title,
+        )
     return files
 
 
-def draw(plan: Plan, out: Path, formats: Sequence[str] = ("png", "pdf"),
-         records: dict[Path, Any] | None = None) -> list[Path]:
+def draw(
+    plan: Plan,
+    out: Path,
+    formats: Sequence[str] = ("png", "pdf"),
+    records: dict[Path, Any] | None = None,
+) -> list[Path]:
     """All figures and tables of every setting into ``out/figures/<setting>/``, from
     ``records`` (:func:`load_results`; read here when not given): every figure of the first
     seed's runs (2D losses on a log colour scale, so the region around each checkpoint is
@@ -148,7 +190,11 @@ def draw(plan: Plan, out: Path, formats: Sequence[str] = ("png", "pdf"),
         records = load_results(plan, out)
     files: list[Path] = []
     for setting in plan.settings():
-        mine = [records[p] for p in result_files(plan, out, setting, seeds=plan.seeds[:1]) if p in records]
+        mine = [
+            records[p]
+            for p in result_files(plan, out, setting, seeds=plan.seeds[:1])
+            if p in records
+        ]
         log(f"drawing {setting} ({len(mine)} files)")
         where = out / "figures" / setting
         if len(plan.seeds) < 2:
@@ -156,20 +202,33 @@ def draw(plan: Plan, out: Path, formats: Sequence[str] = ("png", "pdf"),
             continue
         with context_note(f"seed {plan.seeds[0]} of {len(plan.seeds)}"):
             files += plot_records(mine, where, formats, log=True)
-        per_seed = [[records[p] for p in result_files(plan, out, setting, seeds=[s]) if p in records]
-                    for s in plan.seeds]
-        grads = [r for rs in per_seed for r in rs if isinstance(r, LineScan) and r.meta.kind == "gradient"]
+        per_seed = [
+            [records[p] for p in result_files(plan, out, setting, seeds=[s]) if p in records]
+            for s in plan.seeds
+        ]
+        grads = [
+            r
+            for rs in per_seed
+            for r in rs
+            if isinstance(r, LineScan) and r.meta.kind == "gradient"
+        ]
         files += plot_seed_gradient(grads, where, "compare_gradient", formats)
-        rows = seed_certify_rows([[row for r in rs if isinstance(r, CertifyResult) for row in r.rows]
-                                  for rs in per_seed])
+        rows = seed_certify_rows(
+            [[row for r in rs if isinstance(r, CertifyResult) for row in r.rows] for rs in per_seed]
+        )
         if rows:
             files += write_tables(rows, where, "compare_verified_error")
             md = where / "compare_verified_error.md"
-            md.write_text(md.read_text() + f"\nMean over {max(r['n_seeds'] for r in rows)} seeds "
-                          f"({', '.join(map(str, plan.seeds))}); the standard deviations are the error bars of "
-                          "compare_verified_error_vs_eps.\n")
+            md.write_text(
+                md.read_text() + f"\nMean over {max(r['n_seeds'] for r in rows)} seeds "
+                f"({', '.join(map(str, plan.seeds))}); the standard deviations are the error bars of "
+                "compare_verified_error_vs_eps.\n"
+            )
             files += plot_error_vs_eps(rows, where, "compare_verified_error_vs_eps", formats)
-        runs = [records[r.run_dir(out) / "train.h5"] for r in plan.runs
-                if r.setting == setting and r.run_dir(out) / "train.h5" in records]
+        runs = [
+            records[r.run_dir(out) / "train.h5"]
+            for r in plan.runs
+            if r.setting == setting and r.run_dir(out) / "train.h5" in records
+        ]
         files += plot_seed_bands(runs, where, "seeds", formats)
     return files

@@ -28,7 +28,8 @@ predicts ``d > 0``; ``n`` seeds, mean ``m``, standard deviation ``sd`` (ddof 1),
   most 5 % of the time.
 - An **equivalence** part ("as tight as", "comparable") is two one-sided tests (TOST) against a
   margin ``delta`` fixed in the profile before the runs, ``H0: |mu| >= delta``:
-  ``p = max(P(T_{n-1} >= (m + delta) / se), P(T_{n-1} <= (m - delta) / se))``. It is *equivalent* when ``p < ALPHA`` (the 90 % interval lies inside
+  ``p = max(P(T_{n-1} >= (m + delta) / se), P(T_{n-1} <= (m - delta) / se))``. It is
+  *equivalent* when ``p < ALPHA`` (the 90 % interval lies inside
   ``(-delta, delta)``), *not equivalent* when the 90 % interval lies wholly outside it, and
   *undecided* otherwise (the interval is wider than the margin allows).
 
@@ -57,16 +58,26 @@ CROWN-IBP's mean common-model gap in the setting).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence
+from typing import Any
 
 import numpy as np
 from scipy import stats
 
 from bounds.names import PAPER_METHODS
 
-__all__ = ["ALPHA", "MIN_FINAL_PROBES", "Margins", "SECONDARY", "paired", "directional_test", "equivalence_test",
-           "claims", "claims_markdown"]
+__all__ = [
+    "ALPHA",
+    "MIN_FINAL_PROBES",
+    "Margins",
+    "SECONDARY",
+    "paired",
+    "directional_test",
+    "equivalence_test",
+    "claims",
+    "claims_markdown",
+]
 
 TIGHT, ROUGH, VERIFIED = "bound_gap_common", "loss_variation", "verified_err"
 ALPHA = 0.05
@@ -104,16 +115,23 @@ class Margins:
     def __post_init__(self) -> None:
         for name in ("verified_err", "gap_relative"):
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+            if (
+                isinstance(v, bool)
+                or not isinstance(v, (int, float))
+                or not math.isfinite(v)
+                or v <= 0
+            ):
                 raise ValueError(f"claims margin {name} must be a finite number > 0, got {v!r}")
             object.__setattr__(self, name, float(v))
 
     @classmethod
-    def from_dict(cls, data: Optional[dict]) -> "Margins":
+    def from_dict(cls, data: dict | None) -> Margins:
         data = dict(data or {})
         unknown = sorted(set(data) - {"verified_err", "gap_relative"})
         if unknown:
-            raise ValueError(f"unknown claims margin {unknown[0]!r} (known: verified_err, gap_relative)")
+            raise ValueError(
+                f"unknown claims margin {unknown[0]!r} (known: verified_err, gap_relative)"
+            )
         return cls(**data)
 
 
@@ -124,8 +142,14 @@ def paired(rows: list[dict], setting: str, a: str, b: str, key: str) -> np.ndarr
     for r in rows:
         if r["setting"] == setting and r.get(key) is not None:
             by_seed.setdefault(int(r["seed"]), {})[r["method"]] = float(r[key])
-    d = np.asarray([by_seed[s][a] - by_seed[s][b] for s in sorted(by_seed) if a in by_seed[s] and b in by_seed[s]],
-                   dtype=float)
+    d = np.asarray(
+        [
+            by_seed[s][a] - by_seed[s][b]
+            for s in sorted(by_seed)
+            if a in by_seed[s] and b in by_seed[s]
+        ],
+        dtype=float,
+    )
     return d[np.isfinite(d)]
 
 
@@ -154,10 +178,16 @@ def _upper_tail(x: float, df: int) -> float:
 
 def _base(d: np.ndarray) -> dict[str, Any]:
     n, m, sd, se = _moments(d)
-    return {"mean": m, "sd": sd, "seeds": n, "ci": _interval(m, se, n, 0.90), "ci95": _interval(m, se, n, 0.95)}
+    return {
+        "mean": m,
+        "sd": sd,
+        "seeds": n,
+        "ci": _interval(m, se, n, 0.90),
+        "ci95": _interval(m, se, n, 0.95),
+    }
 
 
-def _seeds_needed(m: float, sd: float, room: float, power_q: float) -> Optional[int]:
+def _seeds_needed(m: float, sd: float, room: float, power_q: float) -> int | None:
     """The smallest n in [2, 10000] with ``(t_{1-ALPHA,n-1} + t_{power_q,n-1}) sd / sqrt(n) <= room``."""
     if not (math.isfinite(room) and room > 0 and math.isfinite(sd)):
         return None
@@ -169,7 +199,9 @@ def _seeds_needed(m: float, sd: float, room: float, power_q: float) -> Optional[
     if start > MAX_SEEDS:
         return None
     for n in range(start, MAX_SEEDS + 1):
-        if (stats.t.ppf(1 - ALPHA, n - 1) + stats.t.ppf(power_q, n - 1)) * sd / math.sqrt(n) <= room:
+        if (stats.t.ppf(1 - ALPHA, n - 1) + stats.t.ppf(power_q, n - 1)) * sd / math.sqrt(
+            n
+        ) <= room:
             return n
     return None
 
@@ -182,7 +214,9 @@ def directional_test(d: Sequence[float]) -> dict[str, Any]:
     n, m, sd = out["seeds"], out["mean"], out["sd"]
     out["seeds_needed"] = None
     if n < 2:
-        out.update(p=float("nan"), verdict="undecided", reason=f"{n} seed(s): a test needs at least 2")
+        out.update(
+            p=float("nan"), verdict="undecided", reason=f"{n} seed(s): a test needs at least 2"
+        )
         return out
     se = sd / math.sqrt(n)
     t = m / se if se > 0 else math.copysign(math.inf, m) if m != 0 else 0.0
@@ -210,7 +244,9 @@ def equivalence_test(d: Sequence[float], delta: float) -> dict[str, Any]:
         out.update(p=float("nan"), verdict="undecided", reason=f"no valid margin ({delta!r})")
         return out
     if n < 2:
-        out.update(p=float("nan"), verdict="undecided", reason=f"{n} seed(s): a test needs at least 2")
+        out.update(
+            p=float("nan"), verdict="undecided", reason=f"{n} seed(s): a test needs at least 2"
+        )
         return out
     se = sd / math.sqrt(n)
     if se == 0.0:
@@ -235,10 +271,14 @@ def _part(text: str, metric: str, test: dict[str, Any], kind: str) -> dict[str, 
 
 
 def _direction(rows, setting, a, b, key, text) -> dict[str, Any]:
-    return _part(text, key, directional_test(paired(rows, setting, a, b, key)), "paired one-sided t")
+    return _part(
+        text, key, directional_test(paired(rows, setting, a, b, key)), "paired one-sided t"
+    )
 
 
-def _rough(rows: list[dict], setting: str, rougher: str, smoother: str, text: str) -> dict[str, Any]:
+def _rough(
+    rows: list[dict], setting: str, rougher: str, smoother: str, text: str
+) -> dict[str, Any]:
     """The primary roughness part (loss variation) with the secondary metrics' tests beside it."""
     part = _direction(rows, setting, rougher, smoother, ROUGH, text)
     secondary = []
@@ -247,7 +287,9 @@ def _rough(rows: list[dict], setting: str, rougher: str, smoother: str, text: st
         if not d.size:
             continue
         test = directional_test(sign * d)
-        disagrees = test["verdict"] in ("holds", "contradicted") and test["verdict"] != part["verdict"]
+        disagrees = (
+            test["verdict"] in ("holds", "contradicted") and test["verdict"] != part["verdict"]
+        )
         secondary.append({"metric": key, "name": name, "disagrees": disagrees, **test})
     part["secondary"] = secondary
     return part
@@ -274,7 +316,9 @@ def _claim(name: str, parts: list[dict]) -> dict[str, Any]:
     better = [p["verdict"] == "not equivalent" and p.get("direction") == "below" for p in parts]
     if all(v in ("holds", "equivalent") for v in verdicts):
         verdict = "holds"
-    elif any(v == "contradicted" or (v == "not equivalent" and not b) for v, b in zip(verdicts, better)):
+    elif any(
+        v == "contradicted" or (v == "not equivalent" and not b) for v, b in zip(verdicts, better)
+    ):
         verdict = "contradicted"
     elif all(v in ("holds", "equivalent") or b for v, b in zip(verdicts, better)):
         verdict = "differs favourably"
@@ -283,7 +327,7 @@ def _claim(name: str, parts: list[dict]) -> dict[str, Any]:
     return {"claim": name, "verdict": verdict, "parts": parts}
 
 
-def claims(rows: list[dict], setting: str, margins: Optional[Margins] = None) -> list[dict]:
+def claims(rows: list[dict], setting: str, margins: Margins | None = None) -> list[dict]:
     """C1-C4 for one setting (see the module docstring): ``[{"claim", "verdict", "parts":
     [{"text", "metric", "test", "verdict", "mean", "sd", "seeds", "ci", "ci95", "p",
     "seeds_needed", ...}]}]``; claims whose methods did not run are left out. When a run has too
@@ -295,36 +339,70 @@ def claims(rows: list[dict], setting: str, margins: Optional[Margins] = None) ->
     if "ibp" in methods and others:
         parts = []
         for m in others:
-            parts.append(_direction(rows, setting, "ibp", m, TIGHT, f"gap(IBP) - gap({m}) > 0: IBP looser"))
-            parts.append(_rough(rows, setting, m, "ibp", f"variation({m}) - variation(IBP) > 0: IBP smoother"))
+            parts.append(
+                _direction(rows, setting, "ibp", m, TIGHT, f"gap(IBP) - gap({m}) > 0: IBP looser")
+            )
+            parts.append(
+                _rough(
+                    rows, setting, m, "ibp", f"variation({m}) - variation(IBP) > 0: IBP smoother"
+                )
+            )
         out.append(_claim("C1: IBP is the loosest bound but has the smoothest landscape", parts))
     linear = [m for m in ("crown-ibp", "cap") if m in methods]
     if "ibp" in methods and linear:
         parts = []
         for m in linear:
-            parts.append(_direction(rows, setting, "ibp", m, TIGHT, f"gap(IBP) - gap({m}) > 0: {m} tighter"))
-            parts.append(_rough(rows, setting, m, "ibp", f"variation({m}) - variation(IBP) > 0: {m} rougher"))
+            parts.append(
+                _direction(rows, setting, "ibp", m, TIGHT, f"gap(IBP) - gap({m}) > 0: {m} tighter")
+            )
+            parts.append(
+                _rough(rows, setting, m, "ibp", f"variation({m}) - variation(IBP) > 0: {m} rougher")
+            )
         out.append(_claim("C2: CROWN-IBP and CAP are tighter than IBP but rougher", parts))
     if {"tightest", "crown-ibp"} <= methods:
         delta = margins.gap_relative * _mean_of(rows, setting, "crown-ibp", TIGHT)
         test = equivalence_test(paired(rows, setting, "tightest", "crown-ibp", TIGHT), delta)
-        parts = [_part(f"|gap(tightest) - gap(CROWN-IBP)| < {margins.gap_relative:g} x CROWN-IBP's gap: as tight",
-                       TIGHT, test, "TOST")]
+        parts = [
+            _part(
+                f"|gap(tightest) - gap(CROWN-IBP)| < {margins.gap_relative:g} x CROWN-IBP's gap: as tight",
+                TIGHT,
+                test,
+                "TOST",
+            )
+        ]
         for m in linear:
-            parts.append(_rough(rows, setting, m, "tightest", f"variation({m}) - variation(tightest) > 0: smoother"))
+            parts.append(
+                _rough(
+                    rows,
+                    setting,
+                    m,
+                    "tightest",
+                    f"variation({m}) - variation(tightest) > 0: smoother",
+                )
+            )
         out.append(_claim("C3: the tightest method is as tight as CROWN-IBP and smoother", parts))
     if "tightest" in methods and len(methods) > 1:
         best = _best(rows, setting, [m for m in methods if m != "tightest"])
         if best is not None:
-            test = equivalence_test(paired(rows, setting, "tightest", best, VERIFIED), margins.verified_err)
-            text = (f"|verified(tightest) - verified({best})| < {100 * margins.verified_err:g} point(s): comparable "
-                    f"to the best other (chosen by its mean)")
-            out.append(_claim("C4: the tightest method's verified error is comparable to the best",
-                              [_part(text, VERIFIED, test, "TOST")]))
+            test = equivalence_test(
+                paired(rows, setting, "tightest", best, VERIFIED), margins.verified_err
+            )
+            text = (
+                f"|verified(tightest) - verified({best})| < {100 * margins.verified_err:g} point(s): comparable "
+                f"to the best other (chosen by its mean)"
+            )
+            out.append(
+                _claim(
+                    "C4: the tightest method's verified error is comparable to the best",
+                    [_part(text, VERIFIED, test, "TOST")],
+                )
+            )
     short = _final_probe_shortfall(rows, setting)
     if short:
-        reason = (f"runs with fewer than {MIN_FINAL_PROBES} probes at the final eps ({'; '.join(short)}): "
-                  "no verdict")
+        reason = (
+            f"runs with fewer than {MIN_FINAL_PROBES} probes at the final eps ({'; '.join(short)}): "
+            "no verdict"
+        )
         for c in out:
             c["verdict"] = "undecided"
             for p in c["parts"]:
@@ -336,8 +414,14 @@ def claims(rows: list[dict], setting: str, margins: Optional[Margins] = None) ->
 
 
 def _mean_of(rows: list[dict], setting: str, method: str, key: str) -> float:
-    v = [float(r[key]) for r in rows if r["setting"] == setting and r["method"] == method
-         and r.get(key) is not None and math.isfinite(float(r[key]))]
+    v = [
+        float(r[key])
+        for r in rows
+        if r["setting"] == setting
+        and r["method"] == method
+        and r.get(key) is not None
+        and math.isfinite(float(r[key]))
+    ]
     return float(np.mean(v)) if v else float("nan")
 
 
@@ -370,18 +454,24 @@ def describe(p: dict[str, Any]) -> str:
         text += f" ({p['reason']})"
     elif p.get("verdict") == "undecided":
         need = p.get("seeds_needed")
-        text += (f" (the observed mean and spread would need about {need} seeds)" if need
-                 else " (no number of seeds would decide it at the observed mean)")
+        text += (
+            f" (the observed mean and spread would need about {need} seeds)"
+            if need
+            else " (no number of seeds would decide it at the observed mean)"
+        )
     return text
 
 
-def claims_markdown(rows: list[dict], margins: Optional[dict[str, Margins]] = None) -> str:
+def claims_markdown(rows: list[dict], margins: dict[str, Margins] | None = None) -> str:
     """Every setting's claims as Markdown (``margins``: per setting; default :class:`Margins`)."""
-    lines = [f"Claims (paired across seeds; directional parts by a one-sided paired t test, equivalence by "
-             f"TOST, each at {ALPHA:g}; intervals are 90 % two-sided, each end a one-sided 95 % bound; "
-             "roughness by the loss variation, the primary metric, with the gradient cosine, smoothness "
-             "estimate and sign-flip rate as secondary metrics, their differences oriented so that > 0 agrees "
-             "with the claim; see docs/claims.md):", ""]
+    lines = [
+        f"Claims (paired across seeds; directional parts by a one-sided paired t test, equivalence by "
+        f"TOST, each at {ALPHA:g}; intervals are 90 % two-sided, each end a one-sided 95 % bound; "
+        "roughness by the loss variation, the primary metric, with the gradient cosine, smoothness "
+        "estimate and sign-flip rate as secondary metrics, their differences oriented so that > 0 agrees "
+        "with the claim; see docs/claims.md):",
+        "",
+    ]
     for setting in dict.fromkeys(r["setting"] for r in rows):
         mine = (margins or {}).get(setting) or Margins()
         for c in claims(rows, setting, mine):

@@ -3,7 +3,8 @@
 For the small models of the profiles in :data:`EXACT_PROFILES` (the quick MLPs), every run is
 decided exactly at its eps_train by :func:`landscape.complete.run_complete` with ``margins``
 (each correctly classified sample's exact minimum margin, :data:`TIME_LIMIT` seconds per
-sample) on the first :data:`EXACT_SAMPLES` test samples, into ``complete.h5`` of the run (the certify layout of ``docs/schema.md``; resumed like
+sample) on the first :data:`EXACT_SAMPLES` test samples, into ``complete.h5`` of the run (the
+certify layout of ``docs/schema.md``; resumed like
 ``certify --complete --out``). :func:`add_exact_columns` then gives each summary row
 
 - ``exact_err``, ``attack_err``, ``timeouts``: the exact robust error (share falsified), the
@@ -22,7 +23,14 @@ from typing import Any
 
 from landscape.reproduce.plan import Plan, RunPlan
 
-__all__ = ["EXACT_PROFILES", "EXACT_SAMPLES", "TIME_LIMIT", "wants_exact", "exact_run", "add_exact_columns"]
+__all__ = [
+    "EXACT_PROFILES",
+    "EXACT_SAMPLES",
+    "TIME_LIMIT",
+    "wants_exact",
+    "exact_run",
+    "add_exact_columns",
+]
 
 #: the profiles whose runs are decided exactly (MLPs small enough for the program).
 EXACT_PROFILES = ("quick",)
@@ -65,16 +73,48 @@ def exact_run(run: RunPlan, out: Path, plan: Plan, data: Any) -> Path:
     x, y = data.test_x[:n].cpu(), data.test_y[:n].cpu()
     eps = float(cfg["eps"])
     methods = list(dict.fromkeys([*setting.certify_methods, run.method]))
-    settings = {"checkpoint": str(run_dir / "checkpoint.pt"), "eps": eps, "n": n, "time_limit": TIME_LIMIT,
-                "margins": True, "pgd_steps": setting.pgd_steps, "methods": methods}
+    settings = {
+        "checkpoint": str(run_dir / "checkpoint.pt"),
+        "eps": eps,
+        "n": n,
+        "time_limit": TIME_LIMIT,
+        "margins": True,
+        "pgd_steps": setting.pgd_steps,
+        "methods": methods,
+    }
     log(f"deciding {run.key} exactly at eps {eps:g} ({n} samples)")
-    result = run_complete(model, x, y, eps, methods, domain=run_domain(cfg, data.spec), pgd_steps=setting.pgd_steps,
-                          time_limit=TIME_LIMIT, margins=True, progress=False, resume=progress_path(path),
-                          settings=settings)
-    write_complete_file(path, result, {
-        "method": run.method, "dataset": cfg["dataset"], "model": cfg["model"], "eps": eps,
-        "checkpoint": settings["checkpoint"], "n_test": n, "methods": methods, "pgd_steps": setting.pgd_steps,
-        "complete_verification": True, "time_limit": TIME_LIMIT, "margins": True, "seed": run.seed})
+    result = run_complete(
+        model,
+        x,
+        y,
+        eps,
+        methods,
+        domain=run_domain(cfg, data.spec),
+        pgd_steps=setting.pgd_steps,
+        time_limit=TIME_LIMIT,
+        margins=True,
+        progress=False,
+        resume=progress_path(path),
+        settings=settings,
+    )
+    write_complete_file(
+        path,
+        result,
+        {
+            "method": run.method,
+            "dataset": cfg["dataset"],
+            "model": cfg["model"],
+            "eps": eps,
+            "checkpoint": settings["checkpoint"],
+            "n_test": n,
+            "methods": methods,
+            "pgd_steps": setting.pgd_steps,
+            "complete_verification": True,
+            "time_limit": TIME_LIMIT,
+            "margins": True,
+            "seed": run.seed,
+        },
+    )
     progress_path(path).unlink(missing_ok=True)
     return path
 
@@ -95,7 +135,9 @@ def add_exact_columns(plan: Plan, out: Path, rows: list[dict]) -> None:
         for k in ("exact_err", "attack_err", "timeouts"):
             row[k] = float(res[k][0])
         tight = data.get("tightness", {})
-        for b, gap, share in zip(tight.get("bound", []), tight.get("gap_mean", []), tight.get("fault_share", [])):
+        for b, gap, share in zip(
+            tight.get("bound", []), tight.get("gap_mean", []), tight.get("fault_share", [])
+        ):
             row[f"exact_gap_{_key(str(b))}"] = float(gap)
             row[f"fault_share_{_key(str(b))}"] = float(share)
             if str(b) == run.method:

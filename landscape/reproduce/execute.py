@@ -30,19 +30,28 @@ from __future__ import annotations
 import os
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from landscape.reproduce import steps
+from landscape.reproduce.exact import exact_run, wants_exact
 from landscape.reproduce.locks import RunLock, summary_lock
 from landscape.reproduce.plan import Plan, RunPlan
 from landscape.reproduce.slurm import SlurmOptions, parse_slurm_time, submit_all
-from landscape.reproduce.exact import exact_run, wants_exact
 from landscape.reproduce.steps import certify_run, log, scan_run, train_run
 
-__all__ = ["Execution", "SlurmOptions", "RunLock", "carry_out", "carry_out_run", "LAUNCHERS", "parse_slurm_time",
-           "summary_lock"]
+__all__ = [
+    "Execution",
+    "SlurmOptions",
+    "RunLock",
+    "carry_out",
+    "carry_out_run",
+    "LAUNCHERS",
+    "parse_slurm_time",
+    "summary_lock",
+]
 
 LAUNCHERS = ("processes", "slurm", "local")
 """``processes``: this machine (``--jobs`` workers, 1 = this process); ``slurm``: one SLURM job per
@@ -85,8 +94,14 @@ class Execution:
 # one run
 
 
-def carry_out_run(run: RunPlan, out: Path, plan: Plan, data: Any, progress: bool = True,
-                  where: str = "this process") -> dict[str, Any]:
+def carry_out_run(
+    run: RunPlan,
+    out: Path,
+    plan: Plan,
+    data: Any,
+    progress: bool = True,
+    where: str = "this process",
+) -> dict[str, Any]:
     """Train, certify and scan ``run`` (each step resumes) under its lock; returns
     ``{"key", "trained", "seconds", "where"}``."""
     t0 = time.perf_counter()
@@ -157,14 +172,18 @@ def _init_worker(slots: Any, threads: int | None, gpus: list[str]) -> None:
     if threads is not None:
         torch.set_num_threads(int(threads))
     gpu = f", GPU {gpus[slot % len(gpus)]}" if gpus else ""
-    _WORKER["name"] = f"worker {slot + 1} (pid {os.getpid()}, {torch.get_num_threads()} threads{gpu})"
+    _WORKER["name"] = (
+        f"worker {slot + 1} (pid {os.getpid()}, {torch.get_num_threads()} threads{gpu})"
+    )
     steps.LOG_PREFIX = f"w{slot + 1}: "
 
 
 def _work(plan: Plan, out: str, index: int, download: bool) -> dict[str, Any]:
     """A worker's task: run ``index`` of ``plan``."""
     run = plan.runs[index]
-    return carry_out_run(run, Path(out), plan, _data(run, download), progress=False, where=_WORKER["name"])
+    return carry_out_run(
+        run, Path(out), plan, _data(run, download), progress=False, where=_WORKER["name"]
+    )
 
 
 def _visible_gpus(device: str) -> list[str]:
@@ -183,8 +202,10 @@ def _visible_gpus(device: str) -> list[str]:
 
 def _failed(failures: list[tuple[str, BaseException]]) -> RuntimeError:
     names = "; ".join(f"{key}: {type(exc).__name__}: {exc}" for key, exc in failures)
-    return RuntimeError(f"{len(failures)} run(s) failed ({names}); the others are kept: "
-                        "run the same command again to resume")
+    return RuntimeError(
+        f"{len(failures)} run(s) failed ({names}); the others are kept: "
+        "run the same command again to resume"
+    )
 
 
 def _in_processes(plan: Plan, out: Path, how: Execution, download: bool) -> list[dict[str, Any]]:
@@ -198,12 +219,17 @@ def _in_processes(plan: Plan, out: Path, how: Execution, download: bool) -> list
         slots.put(i)
     threads = how.threads()
     gpus = _visible_gpus(plan.device)
-    log(f"{len(plan.runs)} runs on {n} worker processes, {threads} torch threads each"
-        + (f", GPUs {','.join(gpus)}" if gpus else ""))
+    log(
+        f"{len(plan.runs)} runs on {n} worker processes, {threads} torch threads each"
+        + (f", GPUs {','.join(gpus)}" if gpus else "")
+    )
     outcomes, failures = [], []
-    with ProcessPoolExecutor(max_workers=n, mp_context=ctx, initializer=_init_worker,
-                             initargs=(slots, threads, gpus)) as pool:
-        futures = {pool.submit(_work, plan, str(out), i, download): r for i, r in enumerate(plan.runs)}
+    with ProcessPoolExecutor(
+        max_workers=n, mp_context=ctx, initializer=_init_worker, initargs=(slots, threads, gpus)
+    ) as pool:
+        futures = {
+            pool.submit(_work, plan, str(out), i, download): r for i, r in enumerate(plan.runs)
+        }
         for fut in as_completed(futures):
             r = futures[fut]
             try:
@@ -226,7 +252,11 @@ def _job(plan: Plan, out: str, index: int, download: bool, threads: int | None) 
 
     if threads is not None:
         torch.set_num_threads(int(threads))
-    job = os.environ.get("SLURM_JOB_ID") or os.environ.get("SUBMITIT_LOCAL_JOB_ID") or str(os.getpid())
+    job = (
+        os.environ.get("SLURM_JOB_ID")
+        or os.environ.get("SUBMITIT_LOCAL_JOB_ID")
+        or str(os.getpid())
+    )
     where = f"job {job} on {socket.gethostname()} ({torch.get_num_threads()} threads)"
     run = plan.runs[index]
     return carry_out_run(run, Path(out), plan, _data(run, download), progress=False, where=where)
@@ -235,17 +265,28 @@ def _job(plan: Plan, out: str, index: int, download: bool, threads: int | None) 
 # ----------------------------------------------------------------------------------------------
 
 
-def carry_out(plan: Plan, out: Path, data_for: Callable[[RunPlan], Any], how: Execution | None = None,
-              progress: bool = True, download: bool = False) -> tuple[list[str], list[str]]:
+def carry_out(
+    plan: Plan,
+    out: Path,
+    data_for: Callable[[RunPlan], Any],
+    how: Execution | None = None,
+    progress: bool = True,
+    download: bool = False,
+) -> tuple[list[str], list[str]]:
     """Train, certify and scan every run of ``plan`` as ``how`` says (one job: in this process, in
     plan order, with ``data_for(run)``); returns the keys of the runs trained and of those reused.
     A failed run does not stop the others under ``--jobs N`` or a launcher; they fail the plan at
     the end with one RuntimeError naming every failed run."""
     how = how or Execution()
     if how.launcher in ("slurm", "local"):
-        threads = how.threads_per_run if how.threads_per_run is not None else (
-            how.slurm.cpus_per_job if how.launcher == "slurm" else how.threads())
-        outcomes, failures = submit_all(plan, out, how.launcher, how.slurm, how.jobs, _job, (download, threads))
+        threads = (
+            how.threads_per_run
+            if how.threads_per_run is not None
+            else (how.slurm.cpus_per_job if how.launcher == "slurm" else how.threads())
+        )
+        outcomes, failures = submit_all(
+            plan, out, how.launcher, how.slurm, how.jobs, _job, (download, threads)
+        )
         if failures:
             raise _failed(failures)
     elif how.jobs > 1 and len(plan.runs) > 1:
@@ -259,7 +300,10 @@ def carry_out(plan: Plan, out: Path, data_for: Callable[[RunPlan], Any], how: Ex
             torch.set_num_threads(threads)
         try:
             where = f"this process ({torch.get_num_threads()} threads)"
-            outcomes = [carry_out_run(r, out, plan, data_for(r), progress=progress, where=where) for r in plan.runs]
+            outcomes = [
+                carry_out_run(r, out, plan, data_for(r), progress=progress, where=where)
+                for r in plan.runs
+            ]
         finally:
             torch.set_num_threads(before)
     by_key = {o["key"]: o for o in outcomes}

@@ -56,7 +56,9 @@ class RunLock:
                     os.close(fd)
                     return False
                 if not told:
-                    log(f"{what or self.path} is being worked on by {self.holder()} ({self.path}); waiting for it")
+                    log(
+                        f"{what or self.path} is being worked on by {self.holder()} ({self.path}); waiting for it"
+                    )
                     told = True
                 time.sleep(poll)
         os.ftruncate(fd, 0)
@@ -75,7 +77,7 @@ class RunLock:
             os.close(self._fd)
             self._fd = None
 
-    def __enter__(self) -> "RunLock":
+    def __enter__(self) -> RunLock:
         self.acquire()
         return self
 

@@ -21,15 +21,23 @@ import json
 import os
 import re
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Sequence
 
 from bounds.names import PAPER_METHODS, TRAIN_METHODS
 from landscape.reproduce.claims import Margins
 
-__all__ = ["Setting", "RunPlan", "Plan", "config_dirs", "load_settings", "profile_names", "make_plan",
-           "describe_plan"]
+__all__ = [
+    "Setting",
+    "RunPlan",
+    "Plan",
+    "config_dirs",
+    "load_settings",
+    "profile_names",
+    "make_plan",
+    "describe_plan",
+]
 
 CONFIGS_ENV = "LANDSCAPE_CONFIGS"
 """Environment variable naming more folders of setting files (``os.pathsep``-separated)."""
@@ -38,8 +46,13 @@ CONFIGS_ENV = "LANDSCAPE_CONFIGS"
 def config_dirs() -> list[Path]:
     """Folders searched for setting files: ``$LANDSCAPE_CONFIGS``, the checkout's ``configs/``
     and the installed copy under ``<prefix>/share/cert-landscape/configs``."""
-    dirs = [Path(p).expanduser() for p in os.environ.get(CONFIGS_ENV, "").split(os.pathsep) if p.strip()]
-    dirs += [Path(__file__).resolve().parents[2] / "configs", Path(sys.prefix) / "share" / "cert-landscape" / "configs"]
+    dirs = [
+        Path(p).expanduser() for p in os.environ.get(CONFIGS_ENV, "").split(os.pathsep) if p.strip()
+    ]
+    dirs += [
+        Path(__file__).resolve().parents[2] / "configs",
+        Path(sys.prefix) / "share" / "cert-landscape" / "configs",
+    ]
     return [d for i, d in enumerate(dirs) if d.is_dir() and d not in dirs[:i]]
 
 
@@ -86,9 +99,15 @@ def _setting(path: Path) -> Setting | None:
         return None
     rep = dict(data.pop("reproduce"))
     name = rep.get("setting")
-    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name) or ".." in name:
-        raise ValueError(f"setting file {path}: reproduce.setting must be a plain name (letters, digits, '.', '_', "
-                         f"'-'; it names folders under --out), got {name!r}")
+    if (
+        not isinstance(name, str)
+        or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name)
+        or ".." in name
+    ):
+        raise ValueError(
+            f"setting file {path}: reproduce.setting must be a plain name (letters, digits, '.', '_', "
+            f"'-'; it names folders under --out), got {name!r}"
+        )
     cert, scan = dict(rep.get("certify") or {}), dict(rep.get("scan") or {})
     from train.config import TrainConfig
 
@@ -98,14 +117,23 @@ def _setting(path: Path) -> Setting | None:
         raise ValueError(f"setting file {path}: {exc}") from None
     try:
         return Setting(
-            name=str(rep["setting"]), profile=str(rep["profile"]), path=path, train=data,
-            default=bool(rep.get("default", False)), probe_t=rep.get("probe_t"),
+            name=str(rep["setting"]),
+            profile=str(rep["profile"]),
+            path=path,
+            train=data,
+            default=bool(rep.get("default", False)),
+            probe_t=rep.get("probe_t"),
             certify_eps=[float(e) for e in cert.get("eps", [data.get("eps", _default_eps())])],
-            certify_size=int(cert.get("size", 500)), certify_methods=tuple(cert.get("methods", ("ibp", "crown-ibp"))),
-            pgd_steps=int(cert.get("pgd_steps", 20)), tight_samples=int(cert.get("tightness_samples", 256)),
-            scan_samples=int(scan.get("samples", 200)), scan_points_gradient=int(scan.get("points_gradient", 10)),
-            scan_points_1d=int(scan.get("points_1d", 21)), scan_points_2d=int(scan.get("points_2d", 11)),
-            scan_range=float(scan.get("range", 1.0)), notes=[" ".join(str(n).split()) for n in rep.get("notes", [])],
+            certify_size=int(cert.get("size", 500)),
+            certify_methods=tuple(cert.get("methods", ("ibp", "crown-ibp"))),
+            pgd_steps=int(cert.get("pgd_steps", 20)),
+            tight_samples=int(cert.get("tightness_samples", 256)),
+            scan_samples=int(scan.get("samples", 200)),
+            scan_points_gradient=int(scan.get("points_gradient", 10)),
+            scan_points_1d=int(scan.get("points_1d", 21)),
+            scan_points_2d=int(scan.get("points_2d", 11)),
+            scan_range=float(scan.get("range", 1.0)),
+            notes=[" ".join(str(n).split()) for n in rep.get("notes", [])],
             methods=tuple(str(m) for m in rep.get("methods", PAPER_METHODS)),
             margins=Margins.from_dict(rep.get("claims")),
             slurm=dict(rep.get("slurm") or {}),
@@ -196,9 +224,15 @@ def _available(dataset: str, data_dir: str | Path | None) -> bool:
     return True
 
 
-def make_plan(profile: str, device: str = "cpu", data_dir: str | Path | None = None,
-              methods: Sequence[str] | None = None, dataset: str | None = None,
-              seeds: Sequence[int] = (0,), steps: int | None = None) -> Plan:
+def make_plan(
+    profile: str,
+    device: str = "cpu",
+    data_dir: str | Path | None = None,
+    methods: Sequence[str] | None = None,
+    dataset: str | None = None,
+    seeds: Sequence[int] = (0,),
+    steps: int | None = None,
+) -> Plan:
     """The runs of ``profile`` (see the module docstring) for every method and seed.
 
     ``methods`` selects the methods (any training method with a bound; default: each setting's
@@ -215,26 +249,36 @@ def make_plan(profile: str, device: str = "cpu", data_dir: str | Path | None = N
     names = list(dict.fromkeys(s.profile for s in settings))
     mine = [s for s in settings if s.profile == profile]
     if not mine:
-        raise ValueError(f"unknown profile {profile!r}; choose one of {', '.join(names) or '(no setting files found)'}")
+        raise ValueError(
+            f"unknown profile {profile!r}; choose one of {', '.join(names) or '(no setting files found)'}"
+        )
     datasets = list(dict.fromkeys(s.dataset for s in mine))
     dd = None if data_dir is None else str(data_dir)
     if dataset is not None:
         chosen = [s for s in mine if s.dataset == dataset]
         if not chosen:
-            raise ValueError(f"profile {profile!r} runs on {' or '.join(datasets)}, not {dataset!r}")
+            raise ValueError(
+                f"profile {profile!r} runs on {' or '.join(datasets)}, not {dataset!r}"
+            )
     else:
         preferred = [s for s in mine if s.default and _available(s.dataset, dd)]
         missing = [s.dataset for s in mine if s.default and s not in preferred]
-        if dd is not None and missing and not preferred:  # an explicit folder never switches the dataset silently
-            raise ValueError(f"--data-dir {dd}: no {missing[0]} files there (profile {profile!r} runs on "
-                             f"{missing[0]}); put them there, or choose the dataset with --dataset")
+        if (
+            dd is not None and missing and not preferred
+        ):  # an explicit folder never switches the dataset silently
+            raise ValueError(
+                f"--data-dir {dd}: no {missing[0]} files there (profile {profile!r} runs on "
+                f"{missing[0]}); put them there, or choose the dataset with --dataset"
+            )
         chosen = preferred or [s for s in mine if not s.default] or mine
     trainable = [m for m, info in TRAIN_METHODS.items() if info.bound is not None]
     own = list(dict.fromkeys(m for s in chosen for m in s.methods))
     picked = own if methods is None else list(methods)
     bad = [m for m in picked if m not in trainable]
     if bad or not picked:
-        raise ValueError(f"unknown method {bad[0] if bad else ''!r} for reproduce; choose from {', '.join(trainable)}")
+        raise ValueError(
+            f"unknown method {bad[0] if bad else ''!r} for reproduce; choose from {', '.join(trainable)}"
+        )
     seeds = [int(s) for s in seeds]
     if not seeds or any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
         raise ValueError(f"--seeds: expected distinct seeds >= 0, got {seeds}")
@@ -242,8 +286,18 @@ def make_plan(profile: str, device: str = "cpu", data_dir: str | Path | None = N
         if int(steps) < 1:
             raise ValueError(f"--steps must be >= 1, got {steps}")
         chosen = [_shortened(s, int(steps)) for s in chosen]
-    runs = [RunPlan(s.name, m, _checked(s, dict(s.train, method=m, seed=seed, device=device, data_dir=dd)), seed)
-            for seed in seeds for s in chosen for m in picked if methods is not None or m in s.methods]
+    runs = [
+        RunPlan(
+            s.name,
+            m,
+            _checked(s, dict(s.train, method=m, seed=seed, device=device, data_dir=dd)),
+            seed,
+        )
+        for seed in seeds
+        for s in chosen
+        for m in picked
+        if methods is not None or m in s.methods
+    ]
     by_name = {s.name: _sized(s) for s in chosen}
     return Plan(profile, device, runs, by_name, seeds)
 
@@ -267,12 +321,22 @@ def _shortened(setting: Setting, steps: int) -> Setting:
     train["train_size"] = min(int(train.get("train_size") or 10**9), -(-steps // epochs) * batch)
     train["test_size"] = min(int(train.get("test_size") or 200), 200)
     train["probe_every"] = max(1, steps // 3)  # a few probes, the last ones at eps > 0
-    return replace(setting, train=train, probe_t=[0.0, 1.0, 5.0], certify_size=min(setting.certify_size, 100),
-                   pgd_steps=min(setting.pgd_steps, 5),
-                   tight_samples=min(setting.tight_samples, 20), scan_samples=min(setting.scan_samples, 20),
-                   scan_points_1d=min(setting.scan_points_1d, 3), scan_points_2d=min(setting.scan_points_2d, 2),
-                   scan_points_gradient=min(setting.scan_points_gradient, 1),
-                   notes=[*setting.notes, f"shortened to about {steps} steps (--steps): a smoke test, not a result"])
+    return replace(
+        setting,
+        train=train,
+        probe_t=[0.0, 1.0, 5.0],
+        certify_size=min(setting.certify_size, 100),
+        pgd_steps=min(setting.pgd_steps, 5),
+        tight_samples=min(setting.tight_samples, 20),
+        scan_samples=min(setting.scan_samples, 20),
+        scan_points_1d=min(setting.scan_points_1d, 3),
+        scan_points_2d=min(setting.scan_points_2d, 2),
+        scan_points_gradient=min(setting.scan_points_gradient, 1),
+        notes=[
+            *setting.notes,
+            f"shortened to about {steps} steps (--steps): a smoke test, not a result",
+        ],
+    )
 
 
 def _sized(setting: Setting) -> Setting:
@@ -290,17 +354,23 @@ def _schedule_words(c: dict) -> str:
     config, in the words of :func:`describe_plan`."""
     words = []
     if c.get("lr_milestones"):
-        words.append(f"lr x{c.get('lr_decay', 0.1):g} at {','.join(f'{m:g}' for m in c['lr_milestones'])}")
+        words.append(
+            f"lr x{c.get('lr_decay', 0.1):g} at {','.join(f'{m:g}' for m in c['lr_milestones'])}"
+        )
     words.append("normalised" if c.get("normalize_inputs", True) else "unnormalised")
     words.append("clipped" if c.get("bounded_input", True) else "unclipped")
-    aug = ([f"crop {c['random_crop']}"] if c.get("random_crop") else []) + (["flip"] if c.get("random_flip") else [])
+    aug = ([f"crop {c['random_crop']}"] if c.get("random_crop") else []) + (
+        ["flip"] if c.get("random_flip") else []
+    )
     words.append("+".join(aug) if aug else "no augmentation")
     return " " + " ".join(words)
 
 
 def describe_plan(plan: Plan) -> str:
     """A human-readable list of the plan's runs and settings."""
-    lines = [f"profile {plan.profile} on {plan.device}: {len(plan.runs)} runs (seeds {', '.join(map(str, plan.seeds))})"]
+    lines = [
+        f"profile {plan.profile} on {plan.device}: {len(plan.runs)} runs (seeds {', '.join(map(str, plan.seeds))})"
+    ]
     for r in plan.runs:
         c = r.config
         lines.append(
@@ -311,8 +381,10 @@ def describe_plan(plan: Plan) -> str:
         )
     for name in plan.settings():
         s = plan.setting(name)
-        lines.append(f"  certify {name} at eps {', '.join(f'{e:.4g}' for e in s.certify_eps)} "
-                     f"({s.certify_size} test samples, {'/'.join(s.certify_methods)}, PGD {s.pgd_steps}); "
-                     f"settings from {s.path}")
+        lines.append(
+            f"  certify {name} at eps {', '.join(f'{e:.4g}' for e in s.certify_eps)} "
+            f"({s.certify_size} test samples, {'/'.join(s.certify_methods)}, PGD {s.pgd_steps}); "
+            f"settings from {s.path}"
+        )
     lines += [f"  note: {n}" for n in plan.notes]
     return "\n".join(lines)

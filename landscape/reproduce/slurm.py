@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from landscape.reproduce.plan import Plan, RunPlan
 from landscape.reproduce.steps import log
@@ -61,7 +62,7 @@ class SlurmOptions:
     cpus_per_job: int = 2
 
     @classmethod
-    def resolve(cls, plan: Plan, **given: Any) -> "SlurmOptions":
+    def resolve(cls, plan: Plan, **given: Any) -> SlurmOptions:
         """The options from the command line (``given``, None = not given) over those of the plan's
         settings' ``reproduce: slurm:`` sections (the first setting that names a key wins) over the
         defaults. ValueError for a bad value or an unknown key."""
@@ -70,8 +71,10 @@ class SlurmOptions:
             section = dict(getattr(plan.setting(name), "slurm", None) or {})
             bad = [k for k in section if k not in SLURM_KEYS]
             if bad:
-                raise ValueError(f"setting {name}: unknown key {bad[0]!r} in reproduce: slurm: "
-                                 f"(expected {', '.join(SLURM_KEYS)})")
+                raise ValueError(
+                    f"setting {name}: unknown key {bad[0]!r} in reproduce: slurm: "
+                    f"(expected {', '.join(SLURM_KEYS)})"
+                )
             for k, v in section.items():
                 merged.setdefault(k, v)
         merged.update({k: v for k, v in given.items() if v is not None})
@@ -86,12 +89,13 @@ class SlurmOptions:
                     value = -1
                 low = 0 if key == "gpus_per_job" else 1
                 if value < low or isinstance(merged[key], bool):
-                    raise ValueError(f"--slurm-{key.replace('_', '-')}: expected an integer >= {low}, got {merged[key]!r}")
+                    raise ValueError(
+                        f"--slurm-{key.replace('_', '-')}: expected an integer >= {low}, got {merged[key]!r}"
+                    )
                 setattr(opts, key, value)
         if "time" in merged:
             opts.time = parse_slurm_time(merged["time"])
         return opts
-
 
 
 def make_executor(out: Path, launcher: str, opts: SlurmOptions) -> Any:
@@ -100,7 +104,9 @@ def make_executor(out: Path, launcher: str, opts: SlurmOptions) -> Any:
     try:
         import submitit
     except ImportError:
-        raise ValueError("--launcher slurm needs submitit: pip install 'cert-landscape[slurm]'") from None
+        raise ValueError(
+            "--launcher slurm needs submitit: pip install 'cert-landscape[slurm]'"
+        ) from None
     folder = Path(out) / "submitit" / "%j"
     if launcher == "local":
         ex = submitit.LocalExecutor(folder=folder)
@@ -109,10 +115,17 @@ def make_executor(out: Path, launcher: str, opts: SlurmOptions) -> Any:
     try:
         ex = submitit.SlurmExecutor(folder=folder)
     except RuntimeError as exc:  # no srun here
-        raise RuntimeError(f"--launcher slurm: no SLURM cluster found from this machine ({exc}); run the command "
-                           "on a login node of the cluster") from None
-    params: dict[str, Any] = {"time": opts.time, "cpus_per_task": opts.cpus_per_job, "ntasks_per_node": 1,
-                              "nodes": 1, "job_name": "landscape-reproduce"}
+        raise RuntimeError(
+            f"--launcher slurm: no SLURM cluster found from this machine ({exc}); run the command "
+            "on a login node of the cluster"
+        ) from None
+    params: dict[str, Any] = {
+        "time": opts.time,
+        "cpus_per_task": opts.cpus_per_job,
+        "ntasks_per_node": 1,
+        "nodes": 1,
+        "job_name": "landscape-reproduce",
+    }
     if opts.partition:
         params["partition"] = opts.partition
     if opts.gpus_per_job:
@@ -121,8 +134,15 @@ def make_executor(out: Path, launcher: str, opts: SlurmOptions) -> Any:
     return ex
 
 
-def submit_all(plan: Plan, out: Path, launcher: str, opts: SlurmOptions, at_once: int,
-               job: Callable[..., dict[str, Any]], args: tuple) -> tuple[list[dict], list[tuple[str, BaseException]]]:
+def submit_all(
+    plan: Plan,
+    out: Path,
+    launcher: str,
+    opts: SlurmOptions,
+    at_once: int,
+    job: Callable[..., dict[str, Any]],
+    args: tuple,
+) -> tuple[list[dict], list[tuple[str, BaseException]]]:
     """Submit ``job(plan, str(out), index, *args)`` for every run of ``plan`` and wait for them all:
     at most ``at_once`` at a time with the local executor (a cluster's scheduler paces its own).
     Returns the jobs' outcomes and the ``(run key, exception)`` of every failed one; each
@@ -136,7 +156,9 @@ def submit_all(plan: Plan, out: Path, launcher: str, opts: SlurmOptions, at_once
         while pending and len(running) < cap:
             i = pending.pop(0)
             submitted = ex.submit(job, plan, str(out), i, *args)
-            log(f"submitted {plan.runs[i].key} as job {submitted.job_id} (log: {submitted.paths.stderr})")
+            log(
+                f"submitted {plan.runs[i].key} as job {submitted.job_id} (log: {submitted.paths.stderr})"
+            )
             running.append((submitted, plan.runs[i]))
         done = [(j, r) for j, r in running if j.done()]
         if not done:
@@ -151,5 +173,7 @@ def submit_all(plan: Plan, out: Path, launcher: str, opts: SlurmOptions, at_once
                 failures.append((r.key, exc))
                 continue
             outcomes.append(o)
-            log(f"finished {r.key} on {o['where']} in {o['seconds']:.0f} s ({'trained' if o['trained'] else 'reused'})")
+            log(
+                f"finished {r.key} on {o['where']} in {o['seconds']:.0f} s ({'trained' if o['trained'] else 'reused'})"
+            )
     return outcomes, failures

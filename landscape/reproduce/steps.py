@@ -48,7 +48,9 @@ def _finished(run_dir: Path, cfg: Any) -> bool:
     try:
         check_resumable(cfg, ckpt)
     except ValueError as exc:
-        raise ValueError(f"{run_dir} holds a run with other settings ({exc}); choose another --out") from None
+        raise ValueError(
+            f"{run_dir} holds a run with other settings ({exc}); choose another --out"
+        ) from None
     return ckpt_path.exists() and int(ckpt.get("epoch", 0)) >= cfg.epochs
 
 
@@ -64,10 +66,20 @@ def train_run(run: RunPlan, out: Path, plan: Plan, data: Any, progress: bool = T
     if _finished(run_dir, cfg):
         return False
     resume = latest_epoch_checkpoint(run_dir)
-    log(f"training {run.key} ({cfg.model}, {cfg.epochs} epochs)" + (f", resuming from {resume.name}" if resume else ""))
+    log(
+        f"training {run.key} ({cfg.model}, {cfg.epochs} epochs)"
+        + (f", resuming from {resume.name}" if resume else "")
+    )
     t0 = time.perf_counter()
-    train_in_dir(run_dir, cfg, data, resume_from=resume, probe_t=plan.setting(run.setting).probe_t,
-                 extra_attrs={"profile": plan.profile}, progress=progress)
+    train_in_dir(
+        run_dir,
+        cfg,
+        data,
+        resume_from=resume,
+        probe_t=plan.setting(run.setting).probe_t,
+        extra_attrs={"profile": plan.profile},
+        progress=progress,
+    )
     store.write_attrs(str(run_dir / "train.h5"), {"train_seconds": time.perf_counter() - t0})
     return True
 
@@ -110,24 +122,45 @@ def certify_run(run: RunPlan, out: Path, plan: Plan, data: Any) -> Path:
     k = min(setting.tight_samples, n)
 
     def gaps_of(methods: list[str]) -> dict[str, dict[str, float]]:
-        return bound_gaps(model, x[:k], y[:k], float(cfg["eps"]), {m: (str(bounds[m][0]), bounds[m][1], bounds[m][2])
-                                                                 for m in methods},
-                          domain=domain, pgd_steps=setting.pgd_steps, generator=torch.Generator().manual_seed(0))
+        return bound_gaps(
+            model,
+            x[:k],
+            y[:k],
+            float(cfg["eps"]),
+            {m: (str(bounds[m][0]), bounds[m][1], bounds[m][2]) for m in methods},
+            domain=domain,
+            pgd_steps=setting.pgd_steps,
+            generator=torch.Generator().manual_seed(0),
+        )
 
     if old is not None:
         log(f"adding the bound gaps of {', '.join(missing)} to {path}")
-        rows = {c: [v.decode() if isinstance(v, bytes) else v for v in col.tolist()]
-                for c, col in old["results"].items() if isinstance(col, np.ndarray)}
+        rows = {
+            c: [v.decode() if isinstance(v, bytes) else v for v in col.tolist()]
+            for c, col in old["results"].items()
+            if isinstance(col, np.ndarray)
+        }
         n_rows = len(next(iter(rows.values())))
         for m, g in gaps_of(missing).items():
             rows[gap_column(m)] = list(np.full(n_rows, g["gap"]))
-        keep = {a: v for a, v in old["attrs"].items() if a not in ("complete", "kind", "schema_version")}
+        keep = {
+            a: v for a, v in old["attrs"].items() if a not in ("complete", "kind", "schema_version")
+        }
         return write_certify_file(path, rows, keep)
     eps_list = setting.certify_eps
     methods = list(dict.fromkeys([*setting.certify_methods, run.method]))
     log(f"certifying {run.key} at eps {', '.join(f'{e:.4g}' for e in eps_list)}")
-    rows, results = certify_rows(model, x, y, eps_list, methods, run.method, pgd_steps=setting.pgd_steps,
-                                 domain=domain, compile=bool(run.config.get("compile", False)))
+    rows, results = certify_rows(
+        model,
+        x,
+        y,
+        eps_list,
+        methods,
+        run.method,
+        pgd_steps=setting.pgd_steps,
+        domain=domain,
+        compile=bool(run.config.get("compile", False)),
+    )
     rows["verified_err_own"] = list(rows[metric_key(run.method)])
     gaps = gaps_of(list(bounds))
     own = gaps[run.method]
@@ -136,15 +169,28 @@ def certify_run(run: RunPlan, out: Path, plan: Plan, data: Any) -> Path:
     for m, g in gaps.items():
         rows[gap_column(m)] = list(np.full(len(eps_list), g["gap"]))
     bound, slope, _ = bounds[run.method]
-    return write_certify_file(path, rows, {
-        "method": run.method, "dataset": cfg["dataset"], "model": cfg["model"], "eps": float(cfg["eps"]),
-        "checkpoint": str(run_dir / "checkpoint.pt"), "n_test": int(n), "tightness_eps": float(cfg["eps"]),
-        "bound": f"{bound}/{slope}", "union": results[0]["union"], "seed": run.seed})
+    return write_certify_file(
+        path,
+        rows,
+        {
+            "method": run.method,
+            "dataset": cfg["dataset"],
+            "model": cfg["model"],
+            "eps": float(cfg["eps"]),
+            "checkpoint": str(run_dir / "checkpoint.pt"),
+            "n_test": int(n),
+            "tightness_eps": float(cfg["eps"]),
+            "bound": f"{bound}/{slope}",
+            "union": results[0]["union"],
+            "seed": run.seed,
+        },
+    )
 
 
 def scan_run(run: RunPlan, out: Path, plan: Plan, data: Any) -> list[Path]:
     """Gradient, random-1d, random-2d, PCA (the run's epoch checkpoints) and Hessian scans of the
-    final model with the run's own certified loss at eps_train (:func:`landscape.scan_runner.run_scan`; complete files are kept)."""
+    final model with the run's own certified loss at eps_train
+    (:func:`landscape.scan_runner.run_scan`; complete files are kept)."""
     from landscape.scan_runner import ScanRequest, run_scan
     from landscape.store import ScanMismatchError
 
@@ -152,9 +198,16 @@ def scan_run(run: RunPlan, out: Path, plan: Plan, data: Any) -> list[Path]:
     scan_dir = run.scan_dir(out)
     scan_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    common = dict(checkpoint=str(run.run_dir(out) / "checkpoint.pt"), methods=[run.method],
-                  samples=setting.scan_samples, seed=0, device=plan.device, data=data, command="landscape reproduce",
-                  compile=bool(run.config.get("compile", False)))
+    common = dict(
+        checkpoint=str(run.run_dir(out) / "checkpoint.pt"),
+        methods=[run.method],
+        samples=setting.scan_samples,
+        seed=0,
+        device=plan.device,
+        data=data,
+        command="landscape reproduce",
+        compile=bool(run.config.get("compile", False)),
+    )
     r = setting.scan_range
     kinds: list[tuple[str, dict]] = [
         ("gradient", {"points": setting.scan_points_gradient}),
@@ -182,7 +235,13 @@ def scan_run(run: RunPlan, out: Path, plan: Plan, data: Any) -> list[Path]:
     return written
 
 
-HESSIAN_WORK = {"top_k": 5, "lanczos_steps": 30, "trace_samples": 30, "density_runs": 4, "density_steps": 30}
+HESSIAN_WORK = {
+    "top_k": 5,
+    "lanczos_steps": 30,
+    "trace_samples": 30,
+    "density_runs": 4,
+    "density_steps": 30,
+}
 """The Hessian scan of each final model in ``reproduce``: fewer products than the scan's defaults
 (30 + 30 + 4 x 30 per loss and about 60 per layer), enough for the top eigenvalues, a trace with
 its error and a density shape."""

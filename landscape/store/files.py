@@ -21,8 +21,9 @@ import os
 import secrets
 import shutil
 import time
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any
 
 import h5py
 import numpy as np
@@ -53,13 +54,18 @@ STALE_SECONDS = 600.0
 
 def is_disk_full(exc: BaseException) -> bool:
     """True for an error that means the file system has no room left for a write."""
-    return (isinstance(exc, OSError) and exc.errno in _FULL) or "No space left on device" in str(exc)
+    return (isinstance(exc, OSError) and exc.errno in _FULL) or "No space left on device" in str(
+        exc
+    )
 
 
 def disk_full_error(path: str | os.PathLike) -> DiskFullError:
     """The one error every writer raises when the disk is full."""
-    return DiskFullError(errno.ENOSPC, f"cannot write {os.fspath(path)}: the disk is full (no space left on device); "
-                                       "free some space and run the command again")
+    return DiskFullError(
+        errno.ENOSPC,
+        f"cannot write {os.fspath(path)}: the disk is full (no space left on device); "
+        "free some space and run the command again",
+    )
 
 
 def _pid_alive(pid: int) -> bool:
@@ -103,8 +109,11 @@ def written_path(path: str | os.PathLike) -> str:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike, like: str | os.PathLike | None = None,
-                written: Callable[[os.stat_result], None] | None = None) -> Iterator[str]:
+def atomic_path(
+    path: str | os.PathLike,
+    like: str | os.PathLike | None = None,
+    written: Callable[[os.stat_result], None] | None = None,
+) -> Iterator[str]:
     """A temporary path beside ``path`` to write the new file to; on a clean exit it replaces
     ``path`` atomically (with the mode of ``like``, or of a new file under the umask), on an
     exception it is deleted and ``path`` is untouched. Stale temporaries of ``path`` are removed
@@ -120,7 +129,9 @@ def atomic_path(path: str | os.PathLike, like: str | os.PathLike | None = None,
     if not os.access(directory, os.W_OK):
         raise PermissionError(f"cannot write {path}: directory {directory} is not writable")
     remove_stale_temporaries(path)
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    tmp = os.path.join(
+        directory, f".{os.path.basename(path)}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    )
     try:
         yield tmp
         with open(tmp, "rb") as fh:
@@ -140,8 +151,12 @@ def atomic_path(path: str | os.PathLike, like: str | os.PathLike | None = None,
 
 
 @contextlib.contextmanager
-def atomic_update(path: str, fresh: bool = False, check: Callable[[os.stat_result | None], None] | None = None,
-                  written: Callable[[os.stat_result], None] | None = None) -> Iterator[h5py.File]:
+def atomic_update(
+    path: str,
+    fresh: bool = False,
+    check: Callable[[os.stat_result | None], None] | None = None,
+    written: Callable[[os.stat_result], None] | None = None,
+) -> Iterator[h5py.File]:
     """Open a writable copy of ``path`` (or an empty file when ``fresh`` or absent); on a clean
     exit the copy replaces ``path`` atomically, on an exception it is deleted and ``path`` is
     untouched (:func:`atomic_path`). The copy is changed in memory and written with plain file
@@ -196,10 +211,14 @@ def check_version(path: str | os.PathLike, f: h5py.File) -> None:
     try:
         version = int(_from_attr(raw))
     except (TypeError, ValueError):
-        raise StoreError(f"{os.fspath(path)} has a schema_version that is not a number ({_from_attr(raw)!r})") from None
+        raise StoreError(
+            f"{os.fspath(path)} has a schema_version that is not a number ({_from_attr(raw)!r})"
+        ) from None
     if version > SCHEMA_VERSION:
-        raise StoreError(f"{os.fspath(path)} has schema_version {version}, newer than this toolkit reads "
-                         f"({SCHEMA_VERSION}), so it is not supported; use a newer cert-landscape, or another file")
+        raise StoreError(
+            f"{os.fspath(path)} has schema_version {version}, newer than this toolkit reads "
+            f"({SCHEMA_VERSION}), so it is not supported; use a newer cert-landscape, or another file"
+        )
 
 
 def check_hdf5(path: str) -> None:

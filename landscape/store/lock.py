@@ -27,7 +27,15 @@ except ImportError:  # pragma: no cover - Windows
 
 from landscape.store.files import StoreError
 
-__all__ = ["WriterLock", "FileBusyError", "FileChangedError", "Stamp", "stamp_of", "check_stamp", "lock_path"]
+__all__ = [
+    "WriterLock",
+    "FileBusyError",
+    "FileChangedError",
+    "Stamp",
+    "stamp_of",
+    "check_stamp",
+    "lock_path",
+]
 
 
 class FileBusyError(StoreError):
@@ -58,12 +66,15 @@ def check_stamp(path: str, expected: Stamp | None, st: os.stat_result | None) ->
     if expected is None:
         return
     if st is None:
-        raise FileChangedError(f"{path} was deleted while this process was writing it; nothing was written. "
-                               "Run the command again to start it anew")
+        raise FileChangedError(
+            f"{path} was deleted while this process was writing it; nothing was written. "
+            "Run the command again to start it anew"
+        )
     if stamp_of(st) != expected:
         raise FileChangedError(
             f"{path} was replaced or changed by another process while this one was writing it; it was left as "
-            "the other process made it. Choose another --out, or delete it and run the command again")
+            "the other process made it. Choose another --out, or delete it and run the command again"
+        )
 
 
 def lock_path(path: str | os.PathLike) -> str:
@@ -89,7 +100,7 @@ class WriterLock:
     def held(self) -> bool:
         return self._fd is not None
 
-    def acquire(self) -> "WriterLock":
+    def acquire(self) -> WriterLock:
         if self._fd is not None or fcntl is None:
             return self
         for _ in range(100):  # another process may remove the lock file between our open and flock
@@ -106,7 +117,8 @@ class WriterLock:
                 if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                     raise FileBusyError(
                         f"{self.path} is being written by another process (it holds {self.lock_file}); wait for it to "
-                        "finish or choose another --out") from None
+                        "finish or choose another --out"
+                    ) from None
                 raise
             try:
                 same = os.path.samestat(os.fstat(fd), os.stat(self.lock_file))
@@ -125,13 +137,15 @@ class WriterLock:
         try:
             try:
                 if os.path.samestat(os.fstat(fd), os.stat(self.lock_file)):
-                    os.unlink(self.lock_file)  # while still holding it, so no one holds a removed file
+                    os.unlink(
+                        self.lock_file
+                    )  # while still holding it, so no one holds a removed file
             except FileNotFoundError:
                 pass
         finally:
             os.close(fd)
 
-    def __enter__(self) -> "WriterLock":
+    def __enter__(self) -> WriterLock:
         return self.acquire()
 
     def __exit__(self, *exc: object) -> None:

@@ -4,7 +4,8 @@ epochs, probes; a certification's results), and cutting them back to a checkpoin
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import h5py
 import numpy as np
@@ -120,5 +121,7 @@ def truncate_run(path: str, step: int, epoch: int) -> int:
     epochs: drop the ``steps``, ``probes`` and ``grads`` rows with ``step >= step`` and the
     ``epochs`` rows with ``epoch >= epoch`` (rows an interrupted attempt wrote after it).
     Returns the number of rows dropped."""
-    dropped = sum(truncate_rows(path, group, "step", step) for group in ("steps", "probes", "grads"))
+    dropped = sum(
+        truncate_rows(path, group, "step", step) for group in ("steps", "probes", "grads")
+    )
     return dropped + truncate_rows(path, "epochs", "epoch", epoch)

@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import h5py
 import numpy as np
@@ -97,7 +98,9 @@ class ScanFile:
         in a scan without a grid, the positions in ``labels`` of the labels not computed."""
         labels = [label] if label is not None else self.labels
         if self.gridless:
-            return np.asarray([self.labels.index(lab) for lab in labels if not self.computed[lab]], dtype=np.int64)
+            return np.asarray(
+                [self.labels.index(lab) for lab in labels if not self.computed[lab]], dtype=np.int64
+            )
         mask = np.zeros(self.shape, dtype=bool)
         for lab in labels:
             mask |= ~self.computed[lab]
@@ -107,7 +110,9 @@ class ScanFile:
         """How many computed points of ``label`` have a loss that is not finite (overflow)."""
         return int((self.computed[label] & ~np.isfinite(self.data[label]["loss"])).sum())
 
-    def set_point(self, label: str, index: int | tuple[int, ...], values: Mapping[str, Any]) -> None:
+    def set_point(
+        self, label: str, index: int | tuple[int, ...], values: Mapping[str, Any]
+    ) -> None:
         """Store the values of one grid point (flat index or index tuple) for ``label``; in a scan
         without a grid, the label's record (``index``: its position in ``labels``, or ``()``).
 
@@ -116,8 +121,10 @@ class ScanFile:
         """
         if self.gridless:
             if index not in ((), self.labels.index(label)):
-                raise StoreError(f"a scan without a grid has one record per label: {label!r} is record "
-                                 f"{self.labels.index(label)}, not {index!r}")
+                raise StoreError(
+                    f"a scan without a grid has one record per label: {label!r} is record "
+                    f"{self.labels.index(label)}, not {index!r}"
+                )
             index = ()
         elif isinstance(index, (int, np.integer)):
             index = np.unravel_index(int(index), self.shape)
@@ -129,7 +136,9 @@ class ScanFile:
             elif name in self.data[label]:
                 self.data[label][name][index] = np.float32(value)
             else:
-                raise StoreError(f"scan field {name!r} is not one of {[*self.fields, *self.label_arrays]}")
+                raise StoreError(
+                    f"scan field {name!r} is not one of {[*self.fields, *self.label_arrays]}"
+                )
         self.computed[label][index] = True
         self.dirty = True
 
@@ -169,6 +178,7 @@ class ScanFile:
         rewritten must be the version this writer last wrote or read (else
         :class:`~landscape.store.lock.FileChangedError`, the file left as it is), and the new
         version becomes the one expected next."""
+
         def check(st: os.stat_result | None) -> None:
             check_stamp(self.path, self.stamp, st)
 
@@ -225,12 +235,18 @@ def create_scan(
     if "loss" not in fields:
         fields = ["loss", *fields]
     label_arrays = [str(x) for x in label_arrays]
-    if set(label_arrays) & {*fields, "computed", "attrs"} or len(set(label_arrays)) != len(label_arrays):
-        raise StoreError(f"label arrays {label_arrays} must be distinct and differ from the fields {fields}")
+    if set(label_arrays) & {*fields, "computed", "attrs"} or len(set(label_arrays)) != len(
+        label_arrays
+    ):
+        raise StoreError(
+            f"label arrays {label_arrays} must be distinct and differ from the fields {fields}"
+        )
     dims = list(coords.keys())
     coord_arrays = {d: np.asarray(v, dtype=np.float32).reshape(-1) for d, v in coords.items()}
     shape = tuple(len(coord_arrays[d]) for d in dims)
-    data = {lab: {name: np.full(shape, np.nan, dtype=np.float32) for name in fields} for lab in labels}
+    data = {
+        lab: {name: np.full(shape, np.nan, dtype=np.float32) for name in fields} for lab in labels
+    }
     root = {
         "kind": kind,
         "schema_version": SCHEMA_VERSION,
@@ -262,12 +278,22 @@ def create_scan(
                 ds = ga.create_dataset(name, data=np.asarray(value))
                 set_attrs(ds, a_attrs)
     return ScanFile(
-        path=os.fspath(path), kind=kind, dims=dims, coords=coord_arrays, labels=labels,
-        fields=fields, data=data, attrs=root, label_arrays=label_arrays, stamp=stamps[-1],
+        path=os.fspath(path),
+        kind=kind,
+        dims=dims,
+        coords=coord_arrays,
+        labels=labels,
+        fields=fields,
+        data=data,
+        attrs=root,
+        label_arrays=label_arrays,
+        stamp=stamps[-1],
     )
 
 
-def open_scan(path: str, args: Mapping[str, Any] | None = None, kind: str | None = None) -> ScanFile:
+def open_scan(
+    path: str, args: Mapping[str, Any] | None = None, kind: str | None = None
+) -> ScanFile:
     """Open an existing scan file for resuming. With ``args``/``kind`` given, refuse
     (:class:`ScanMismatchError`) a file made from other arguments."""
     path = os.fspath(path)
@@ -286,15 +312,27 @@ def open_scan(path: str, args: Mapping[str, Any] | None = None, kind: str | None
             fields = list(root["fields"])
             coords = {d: np.asarray(f["coords"][d][()], dtype=np.float32) for d in dims}
             data = {
-                lab: {name: np.asarray(f["results"][lab][name][()], dtype=np.float32) for name in fields}
+                lab: {
+                    name: np.asarray(f["results"][lab][name][()], dtype=np.float32)
+                    for name in fields
+                }
                 for lab in labels
             }
             label_attrs = {lab: get_attrs(f["results"][lab]) for lab in labels}
             label_arrays = [str(x) for x in root.get("label_arrays", [])]
-            label_data = {lab: {name: np.asarray(f["results"][lab][name][()], dtype=np.float64)
-                                for name in label_arrays if name in f["results"][lab]} for lab in labels}
-            computed = {lab: np.asarray(f["results"][lab]["computed"][()], dtype=bool)
-                        for lab in labels if "computed" in f["results"][lab]}
+            label_data = {
+                lab: {
+                    name: np.asarray(f["results"][lab][name][()], dtype=np.float64)
+                    for name in label_arrays
+                    if name in f["results"][lab]
+                }
+                for lab in labels
+            }
+            computed = {
+                lab: np.asarray(f["results"][lab]["computed"][()], dtype=bool)
+                for lab in labels
+                if "computed" in f["results"][lab]
+            }
     except (OSError, KeyError) as exc:
         raise StoreError(f"{path} is not a readable landscape scan file ({exc})") from exc
     try:
@@ -312,9 +350,20 @@ def open_scan(path: str, args: Mapping[str, Any] | None = None, kind: str | None
             "choose another --out or delete it"
         )
     return ScanFile(
-        path=path, kind=root["kind"], dims=dims, coords=coords, labels=labels, fields=fields,
-        data=data, attrs=root, label_attrs=label_attrs, complete=bool(root.get("complete", False)),
-        computed=computed, label_arrays=label_arrays, label_data=label_data, stamp=stamp_of(before),
+        path=path,
+        kind=root["kind"],
+        dims=dims,
+        coords=coords,
+        labels=labels,
+        fields=fields,
+        data=data,
+        attrs=root,
+        label_attrs=label_attrs,
+        complete=bool(root.get("complete", False)),
+        computed=computed,
+        label_arrays=label_arrays,
+        label_data=label_data,
+        stamp=stamp_of(before),
     )
 
 
@@ -343,8 +392,17 @@ def open_or_create_scan(
         if os.path.exists(path):
             scan, resumed = open_scan(path, args=args, kind=kind), True
         else:
-            scan = create_scan(path, kind=kind, args=args, coords=coords, labels=labels, fields=fields,
-                               attrs=attrs, arrays=arrays, label_arrays=label_arrays)
+            scan = create_scan(
+                path,
+                kind=kind,
+                args=args,
+                coords=coords,
+                labels=labels,
+                fields=fields,
+                attrs=attrs,
+                arrays=arrays,
+                label_arrays=label_arrays,
+            )
             resumed = False
     except BaseException:
         if held is not None:
