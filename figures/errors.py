@@ -133,8 +133,8 @@ def plot_error_surfaces(
         else None
     )
     n = len(keys) + (gap is not None)
-    fig, axes = plt.subplots(1, n, figsize=(4.3 * n + 0.6, 4.1), squeeze=False)
-    axes = list(axes[0])
+    fig, grid = plt.subplots(1, n, figsize=(4.3 * n + 0.6, 4.1), squeeze=False)
+    axes = list(grid[0])
     x, y = np.asarray(scan.x, dtype=float), np.asarray(scan.y, dtype=float)
     norm = Normalize(0.0, 1.0)
     mesh = None

@@ -15,6 +15,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -93,7 +94,7 @@ def plot_seed_bands(
     rows = (len(present) + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(4.4 * cols, 3.3 * rows), squeeze=False)
     flat = list(axes.ravel())
-    handles = {}
+    handles: dict[str, Any] = {}
     for ax, (key, _, ylabel, title) in zip(flat, present):
         for i, (method, rs) in enumerate(groups.items()):
             b = band(rs, key)
@@ -163,7 +164,7 @@ def _gradient_series(scan: LineScan) -> dict[str, dict[str, np.ndarray]]:
     """Per label: the loss change from t = 0, the cosine and the smoothness of one gradient scan."""
     t = np.asarray(scan.coord, dtype=float)
     zero = int(np.argmin(np.abs(t)))
-    out = {}
+    out: dict[str, dict[str, np.ndarray]] = {}
     for label, arrays in scan.series.items():
         method = label if label != "loss" else scan.meta.method
         loss = np.asarray(arrays.get("loss"), dtype=float)
@@ -209,10 +210,10 @@ def plot_seed_gradient(
     fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 4.0), squeeze=False)
     handles = []
     for i, method in enumerate(sorted(groups, key=method_rank)):
-        series = groups[method]
+        per_seed = groups[method]
         colour = method_colour(method, i)
-        t = series[0]["t"]
-        same = [s for s in series if s["t"].shape == t.shape and np.allclose(s["t"], t)]
+        t = per_seed[0]["t"]
+        same = [s for s in per_seed if s["t"].shape == t.shape and np.allclose(s["t"], t)]
         dl = np.array([float(s["variation"][0]) for s in same])
         label = (
             f"{method_name(method)}: ΔL = {np.mean(dl):.3g} ± {np.std(dl):.2g} "

@@ -232,7 +232,9 @@ def plot_error_vs_eps(
     ax.set_ylim(0, 100)
     ax.set_title("Verified and PGD error against ε")
     fig.tight_layout()
-    legend_below(fig, [ln for ln in ax.get_lines() if not ln.get_label().startswith("_")], ncol=2)
+    legend_below(
+        fig, [ln for ln in ax.get_lines() if not str(ln.get_label()).startswith("_")], ncol=2
+    )
     return save(fig, out_dir, stem, formats)
 
 

@@ -113,7 +113,7 @@ def reduce_over_t(values: np.ndarray, t: np.ndarray | None) -> np.ndarray:
         every = np.nanmean(flat, axis=1)
         if t is not None and t.size == flat.shape[1] and (np.asarray(t) > 0).any():
             positive = np.nanmean(flat[:, np.asarray(t) > 0], axis=1)
-            return np.where(np.isfinite(positive), positive, every)
+            return np.asarray(np.where(np.isfinite(positive), positive, every))
         return every
 
 
@@ -157,9 +157,9 @@ def _plot_stat(ax, runs: Sequence[TrainRun], key: str, names: bool, **line) -> d
     training step; returns the drawn lines by run index."""
     lines = {}
     for i, run in enumerate(runs):
-        if not _has(run, key):
-            continue
         y = probe_stat(run, key)
+        if y is None or not np.isfinite(y).any():  # as _has
+            continue
         x = probe_x(run)[: y.size]
         (lines[i],) = ax.plot(
             x,

@@ -13,7 +13,8 @@ parameters); :mod:`landscape.hessian` builds Lanczos, Hutchinson and the spectra
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -23,21 +24,21 @@ from landscape.directions import named_params
 __all__ = ["HessianOperator", "loss_parts", "hessian_vector_product", "top_hessian_eigenvalue"]
 
 
-def _dot(a: list[Tensor], b: list[Tensor]) -> Tensor:
-    return sum((x * y).sum() for x, y in zip(a, b))
+def _dot(a: Sequence[Tensor], b: Sequence[Tensor]) -> Tensor:
+    return cast(Tensor, sum((x * y).sum() for x, y in zip(a, b)))
 
 
 def _gradient_graph(
-    loss_fn: Callable[[nn.Module], Tensor], params: list[Tensor], model: nn.Module
+    loss_fn: Callable[[nn.Module], Tensor], params: Sequence[Tensor], model: nn.Module
 ) -> list[Tensor] | None:
     """grad L(theta) with its graph (for double backward); None when it is constant (H = 0).
     Call under ``torch.enable_grad()``."""
-    grads = torch.autograd.grad(loss_fn(model), params, create_graph=True, allow_unused=True)
-    grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
+    raw = torch.autograd.grad(loss_fn(model), params, create_graph=True, allow_unused=True)
+    grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, raw)]
     return grads if any(g.requires_grad for g in grads) else None
 
 
-def _hvp(grads: list[Tensor], params: list[Tensor], v: list[Tensor]) -> list[Tensor]:
+def _hvp(grads: list[Tensor], params: Sequence[Tensor], v: list[Tensor]) -> list[Tensor]:
     hv = torch.autograd.grad(_dot(grads, v), params, retain_graph=True, allow_unused=True)
     return [torch.zeros_like(p) if h is None else h.detach() for p, h in zip(params, hv)]
 
@@ -192,4 +193,5 @@ def top_hessian_eigenvalue(
                 eig = new_eig
                 break
             eig = new_eig
+    assert eig is not None  # iters >= 1
     return float(eig), v

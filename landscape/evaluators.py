@@ -142,7 +142,7 @@ class GradientEvaluator:
         self,
         model: nn.Module,
         losses: Sequence[LossFn],
-        t_values: Sequence[float],
+        t_values: Sequence[float] | np.ndarray,
         lr: float,
         labels: Sequence[str] | None = None,
         point_metrics: Callable[[nn.Module, str], dict[str, float]] | None = None,
@@ -416,8 +416,9 @@ def sign_change_metrics(
     a0 = {lab: (fn.lower_A() if hasattr(fn, "lower_A") else None) for lab, fn in by_label.items()}
 
     def point_metrics(model: nn.Module, label: str) -> dict[str, float]:
-        if a0.get(label) is None:
+        start = a0.get(label)
+        if start is None:
             return {"a_sign": math.nan, "sign_flip": math.nan}
-        return M.sign_changes(a0[label], by_label[label].lower_A(model))
+        return M.sign_changes(start, by_label[label].lower_A(model))
 
     return point_metrics

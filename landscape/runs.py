@@ -37,7 +37,7 @@ def write_config_json(path: Path, config: Mapping[str, Any]) -> None:
 
 
 def open_train_record(
-    h5: Path, config: Any, resume_from: Path | None, extra_attrs: Mapping[str, Any] = ()
+    h5: Path, config: Any, resume_from: Path | None, extra_attrs: Mapping[str, Any] | None = None
 ) -> Sink:
     """Prepare the run's HDF5 file and return the sink the training loop writes rows through.
 
@@ -63,7 +63,7 @@ def open_train_record(
                 "slope": config.resolved_slope,
                 **provenance(),
                 "config": config.to_dict(),
-                **dict(extra_attrs),
+                **dict(extra_attrs or {}),
             },
         )
     else:
@@ -92,7 +92,7 @@ def probe_callbacks(config: Any, sink: Sink, t_values: Sequence[float] | None = 
         return []
     from landscape import probes
 
-    kw = {} if t_values is None else {"t_values": list(t_values)}
+    kw: dict[str, Any] = {} if t_values is None else {"t_values": list(t_values)}
     return [
         probes.GradientProbe(
             every=config.probe_every,
@@ -110,7 +110,7 @@ def train_in_dir(
     data: Any,
     resume_from: Path | None = None,
     probe_t: Sequence[float] | None = None,
-    extra_attrs: Mapping[str, Any] = (),
+    extra_attrs: Mapping[str, Any] | None = None,
     progress: bool = True,
     parallel: Any = None,
 ) -> Any:

@@ -224,7 +224,7 @@ def interpolate(
     parameters and buffers are restored afterwards."""
     from landscape.directions import batchnorm_buffer_path, interpolation_direction
 
-    alphas = grid_coords(-0.5, 1.5, 41) if alphas is None else np.asarray(alphas)
+    grid = grid_coords(-0.5, 1.5, 41) if alphas is None else np.asarray(alphas)
     losses = _loss_list(losses)
     d = interpolation_direction(theta1, theta2)
     path = batchnorm_buffer_path(model, model2) if model2 is not None else None
@@ -232,11 +232,11 @@ def interpolate(
         model,
         losses,
         [d],
-        np.asarray(alphas)[:, None],
+        grid[:, None],
         labels,
         base=theta1,
         vmap_batch=vmap_batch,
         buffer_path=path,
     )
-    res = _collect(ev, len(alphas), (len(alphas),))
+    res = _collect(ev, len(grid), (len(grid),))
     return {lab: r["loss"] for lab, r in res.items()}

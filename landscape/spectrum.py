@@ -39,7 +39,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from landscape.directions import named_params
 from landscape.evaluators import LossFn, Values, loss_labels
@@ -140,6 +140,7 @@ class SpectrumEvaluator:
         top = top_eigenvalues(
             loss_fn, model, k=o.top_k, iters=o.lanczos_steps, seed=self.seed, which="largest"
         )
+        assert isinstance(top, Tensor)  # no vectors asked for
         trace = hessian_trace(loss_fn, model, samples=o.trace_samples, seed=self.seed + 1)
         dens = spectral_density(
             loss_fn,
@@ -173,6 +174,8 @@ class SpectrumEvaluator:
         o, model = self.options, self.model
         sizes = dict(named_params(model))
         out: dict[str, Any] = {}
+        steps = o.lanczos_steps
+        assert steps is not None  # SpectrumOptions.resolved in __init__ sets it
         for layer, names in parameter_blocks(model).items():
             size = sum(sizes[n].numel() for n in names)
             k = min(o.top_k, size)
@@ -180,11 +183,12 @@ class SpectrumEvaluator:
                 loss_fn,
                 model,
                 k=k,
-                iters=max(k, min(int(o.lanczos_steps), size)),
+                iters=max(k, min(int(steps), size)),
                 seed=self.seed,
                 which="largest",
                 names=names,
             )
+            assert isinstance(top, Tensor)
             trace = hessian_trace(
                 loss_fn, model, samples=o.trace_samples, seed=self.seed + 1, names=names
             )

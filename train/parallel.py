@@ -26,7 +26,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.distributed as dist
@@ -194,7 +194,9 @@ def reduce_step(
     params = [
         p for p in model.parameters() if p.grad is not None
     ]  # the same ones in every rank: one graph
-    grads = [p.grad for p in params]
+    grads = [
+        cast(torch.Tensor, p.grad) for p in params
+    ]  # none is None: params keeps those with one
     keys = sorted(stats)
     values = [float(loss.detach())] + [float(stats[k]) for k in keys]
     head = torch.tensor(

@@ -117,6 +117,9 @@ class Schedule:
         """Build from a ``TrainConfig`` and the number of steps per epoch."""
         if steps_per_epoch < 1:
             raise ValueError(f"steps_per_epoch must be >= 1, got {steps_per_epoch}")
+        start, ramp, lr = config.eps_start_epoch, config.eps_ramp_epochs, config.lr
+        if start is None or ramp is None or lr is None:  # TrainConfig.__post_init__ fills them
+            raise ValueError("the config's eps ramp window or learning rate is not resolved")
         return cls(
             eps=float(config.eps),
             eps_kind=config.eps_schedule,
@@ -124,9 +127,9 @@ class Schedule:
             beta_kind=config.beta_schedule,
             kappa=(float(config.kappa_start), float(config.kappa_end)),
             kappa_kind=config.kappa_schedule,
-            start_step=int(round(config.eps_start_epoch * steps_per_epoch)),
-            ramp_steps=int(round(config.eps_ramp_epochs * steps_per_epoch)),
-            lr0=float(config.lr),
+            start_step=int(round(start * steps_per_epoch)),
+            ramp_steps=int(round(ramp * steps_per_epoch)),
+            lr0=float(lr),
             milestones=tuple(float(m) for m in config.lr_milestones),
             lr_decay=float(config.lr_decay),
             steps_per_epoch=steps_per_epoch,

@@ -43,10 +43,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 
 from bounds.interval import input_box
 from bounds.layers import Normalize
@@ -67,11 +68,11 @@ MIN_EPS = 1e-6
 """Below this eps the regulariser is skipped (a step at eps = 0 trains naturally)."""
 
 
-def _affine_layers(model: nn.Module) -> list[nn.Module]:
+def _affine_layers(model: nn.Module) -> list[nn.Linear | nn.Conv2d]:
     return [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
 
 
-def ibp_init_std(layer: nn.Module) -> float:
+def ibp_init_std(layer: nn.Linear | nn.Conv2d) -> float:
     """``sqrt(2 pi) / fan_in`` of a Linear or Conv2d layer (fan_in = ``weight[0].numel()``)."""
     fan_in = layer.weight[0].numel()
     return math.sqrt(2.0 * math.pi) / fan_in
@@ -116,7 +117,7 @@ def input_radius(
     _, r = input_box(x, eps, domain)
     first = next(iter(model.children()), None) if isinstance(model, nn.Sequential) else None
     if isinstance(first, Normalize):
-        r = r / first.std.to(r.dtype).view(1, -1, *([1] * (r.dim() - 2)))
+        r = r / cast(Tensor, first.std).to(r.dtype).view(1, -1, *([1] * (r.dim() - 2)))
     return r
 
 

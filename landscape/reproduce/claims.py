@@ -206,10 +206,10 @@ def _seeds_needed(m: float, sd: float, room: float, power_q: float) -> int | Non
     return None
 
 
-def directional_test(d: Sequence[float]) -> dict[str, Any]:
-    """One-sided paired t test that the mean of ``d`` is > 0 (see the module docstring):
+def directional_test(diffs: Sequence[float] | np.ndarray) -> dict[str, Any]:
+    """One-sided paired t test that the mean of ``diffs`` is > 0 (see the module docstring):
     ``{"verdict", "mean", "sd", "seeds", "ci", "ci95", "p", "seeds_needed"}``."""
-    d = np.asarray(d, dtype=float)
+    d = np.asarray(diffs, dtype=float)
     out = _base(d)
     n, m, sd = out["seeds"], out["mean"], out["sd"]
     out["seeds_needed"] = None
@@ -232,11 +232,11 @@ def directional_test(d: Sequence[float]) -> dict[str, Any]:
     return out
 
 
-def equivalence_test(d: Sequence[float], delta: float) -> dict[str, Any]:
-    """TOST of ``|mean(d)| < delta`` (see the module docstring): ``{"verdict", "mean", "sd",
+def equivalence_test(diffs: Sequence[float] | np.ndarray, delta: float) -> dict[str, Any]:
+    """TOST of ``|mean(diffs)| < delta`` (see the module docstring): ``{"verdict", "mean", "sd",
     "seeds", "ci", "ci95", "p", "margin", "seeds_needed", "direction"}``; ``direction`` says on
-    which side of the margins a "not equivalent" mean lies (``below``: ``d < -delta``)."""
-    d = np.asarray(d, dtype=float)
+    which side of the margins a "not equivalent" mean lies (``below``: ``diffs < -delta``)."""
+    d = np.asarray(diffs, dtype=float)
     out = _base(d)
     n, m, sd = out["seeds"], out["mean"], out["sd"]
     out.update(margin=float(delta), seeds_needed=None, direction=None)
@@ -429,7 +429,7 @@ def _best(rows: list[dict], setting: str, methods: Sequence[str]) -> str | None:
     """The method with the lowest mean verified error among ``methods``."""
     means = {m: _mean_of(rows, setting, m, VERIFIED) for m in methods}
     means = {m: v for m, v in means.items() if math.isfinite(v)}
-    return min(means, key=means.get) if means else None
+    return min(means, key=lambda m: means[m]) if means else None
 
 
 def _num(v: Any) -> str:

@@ -18,6 +18,7 @@ certify layout of ``docs/schema.md``; resumed like
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -89,7 +90,8 @@ def exact_run(run: RunPlan, out: Path, plan: Plan, data: Any) -> Path:
         y,
         eps,
         methods,
-        domain=run_domain(cfg, data.spec),
+        # an unclipped eps-ball (bounded_input: false) is the box (-inf, inf): clamping is a no-op
+        domain=run_domain(cfg, data.spec) or (-math.inf, math.inf),
         pgd_steps=setting.pgd_steps,
         time_limit=TIME_LIMIT,
         margins=True,

@@ -223,7 +223,8 @@ def _in_processes(plan: Plan, out: Path, how: Execution, download: bool) -> list
         f"{len(plan.runs)} runs on {n} worker processes, {threads} torch threads each"
         + (f", GPUs {','.join(gpus)}" if gpus else "")
     )
-    outcomes, failures = [], []
+    outcomes: list[dict] = []
+    failures: list[tuple[str, BaseException]] = []
     with ProcessPoolExecutor(
         max_workers=n, mp_context=ctx, initializer=_init_worker, initargs=(slots, threads, gpus)
     ) as pool:

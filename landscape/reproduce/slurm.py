@@ -108,6 +108,7 @@ def make_executor(out: Path, launcher: str, opts: SlurmOptions) -> Any:
             "--launcher slurm needs submitit: pip install 'cert-landscape[slurm]'"
         ) from None
     folder = Path(out) / "submitit" / "%j"
+    ex: Any
     if launcher == "local":
         ex = submitit.LocalExecutor(folder=folder)
         ex.update_parameters(timeout_min=opts.time)
@@ -151,7 +152,8 @@ def submit_all(
     cap = at_once if launcher == "local" else len(plan.runs)
     pending = list(range(len(plan.runs)))
     running: list[tuple[Any, RunPlan]] = []
-    outcomes, failures = [], []
+    outcomes: list[dict] = []
+    failures: list[tuple[str, BaseException]] = []
     while pending or running:
         while pending and len(running) < cap:
             i = pending.pop(0)
