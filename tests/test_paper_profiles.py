@@ -312,3 +312,30 @@ def test_augmentation_of_non_images_is_refused() -> None:
         ValueError, match="random_crop: 1000000 pixels of padding is more than the 8x8 images"
     ):
         batch_augmenter(TrainConfig(random_crop=1_000_000), torch.zeros(5, 1, 8, 8), lambda s: s)
+
+
+def test_a_settings_hessian_work_is_read_and_checked() -> None:
+    """``scan: hessian:`` is false (no Hessian scan), absent/true (the default work) or a mapping
+    of known keys with whole numbers >= 1 (``layers`` a bool); anything else is one clear error."""
+    from landscape.reproduce.plan import _hessian_work
+
+    assert _hessian_work(False) is None
+    assert _hessian_work(None) == {} and _hessian_work(True) == {} and _hessian_work({}) == {}
+    assert _hessian_work({"top_k": 3, "layers": False}) == {"top_k": 3, "layers": False}
+    for bad in ({"top_k": 0}, {"lanczos_steps": 2.5}, {"trace_samples": True}, {"layers": 1}):
+        with pytest.raises(ValueError, match=r"scan\.hessian\."):
+            _hessian_work(bad)
+    with pytest.raises(ValueError, match="unknown keys.*lanczos"):
+        _hessian_work({"lanczos": 10})
+    with pytest.raises(ValueError, match="false or a mapping"):
+        _hessian_work("none")
+    (s,) = [s for s in load_settings() if s.profile == "official-short"]
+    assert s.scan_hessian == {
+        "top_k": 3,
+        "lanczos_steps": 15,
+        "trace_samples": 10,
+        "density_runs": 1,
+        "density_steps": 15,
+        "layers": False,
+    }
+    assert all(t.scan_hessian == {} for t in load_settings() if t.profile == "quick")

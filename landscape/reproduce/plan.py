@@ -24,6 +24,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from bounds.names import PAPER_METHODS, TRAIN_METHODS
 from landscape.reproduce.claims import Margins
@@ -77,6 +78,7 @@ class Setting:
     scan_points_1d: int = 21
     scan_points_2d: int = 11
     scan_range: float = 1.0
+    scan_hessian: dict | None = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     methods: tuple[str, ...] = PAPER_METHODS
     margins: Margins = field(default_factory=Margins)
@@ -85,6 +87,44 @@ class Setting:
     @property
     def dataset(self) -> str:
         return str(self.train["dataset"])
+
+
+HESSIAN_KEYS = (
+    "top_k",
+    "lanczos_steps",
+    "trace_samples",
+    "density_runs",
+    "density_steps",
+    "layers",
+)
+"""What a setting's ``scan: hessian:`` may change of the Hessian scan's work
+(:data:`landscape.reproduce.steps.HESSIAN_WORK`)."""
+
+
+def _hessian_work(given: Any) -> dict | None:
+    """A setting's ``scan: hessian:``: ``false`` (no Hessian scan: for models whose Hessian-vector
+    products are too slow for the machine), or a mapping of :data:`HESSIAN_KEYS` overriding the
+    default work; ValueError for anything else."""
+    if given is False:
+        return None
+    if given is None or given is True:
+        return {}
+    if not isinstance(given, dict):
+        raise ValueError(f"scan.hessian must be false or a mapping, got {given!r}")
+    unknown = sorted(set(given) - set(HESSIAN_KEYS))
+    if unknown:
+        raise ValueError(f"scan.hessian: unknown keys {unknown}; known: {list(HESSIAN_KEYS)}")
+    out: dict[str, Any] = {}
+    for key, value in given.items():
+        if key == "layers":
+            if not isinstance(value, bool):
+                raise ValueError(f"scan.hessian.layers must be true or false, got {value!r}")
+            out[key] = value
+        elif isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"scan.hessian.{key} must be a whole number >= 1, got {value!r}")
+        else:
+            out[key] = value
+    return out
 
 
 def _setting(path: Path) -> Setting | None:
@@ -133,6 +173,7 @@ def _setting(path: Path) -> Setting | None:
             scan_points_1d=int(scan.get("points_1d", 21)),
             scan_points_2d=int(scan.get("points_2d", 11)),
             scan_range=float(scan.get("range", 1.0)),
+            scan_hessian=_hessian_work(scan.get("hessian", {})),
             notes=[" ".join(str(n).split()) for n in rep.get("notes", [])],
             methods=tuple(str(m) for m in rep.get("methods", PAPER_METHODS)),
             margins=Margins.from_dict(rep.get("claims")),
@@ -385,6 +426,15 @@ def describe_plan(plan: Plan) -> str:
             f"  certify {name} at eps {', '.join(f'{e:.4g}' for e in s.certify_eps)} "
             f"({s.certify_size} test samples, {'/'.join(s.certify_methods)}, PGD {s.pgd_steps}); "
             f"settings from {s.path}"
+        )
+        hessian = (
+            "no Hessian scan"
+            if s.scan_hessian is None
+            else "Hessian scan "
+            + (json.dumps(s.scan_hessian) if s.scan_hessian else "(default work)")
+        )
+        lines.append(
+            f"  scan {name}: gradient, random-1d, random-2d, PCA on {s.scan_samples} samples; {hessian}"
         )
     lines += [f"  note: {n}" for n in plan.notes]
     return "\n".join(lines)

@@ -214,8 +214,9 @@ def scan_run(run: RunPlan, out: Path, plan: Plan, data: Any) -> list[Path]:
         ("random-1d", {"points": setting.scan_points_1d, "range": (-r, r)}),
         ("random-2d", {"points": setting.scan_points_2d, "range": (-r, r)}),
         ("pca", {"points": setting.scan_points_2d}),  # the plane of the run's epoch checkpoints
-        ("hessian", dict(HESSIAN_WORK)),
     ]
+    if setting.scan_hessian is not None:  # the setting's `scan: hessian:` (false: none)
+        kinds.append(("hessian", {**HESSIAN_WORK, **setting.scan_hessian}))
     for kind, extra in kinds:
         path = scan_dir / f"{run.method}_{kind}.h5"
         request = ScanRequest(out=str(path), kind=kind, **extra, **common)
