@@ -286,3 +286,61 @@ def test_docstrings_point_inside_the_repository() -> None:
                 cited.add(word)
     missing = sorted(c for c in cited if not (ROOT / c).is_file())
     assert not missing, f"docstrings cite documents that do not exist: {missing}"
+
+
+# ----------------------------------------------------------------------------- docs/design.md
+
+
+def _design_sections() -> dict[str, str]:
+    """``docs/design.md``'s module map: package -> the text of its ``### `package/`...`` section."""
+    import re
+
+    text = (ROOT / "docs" / "design.md").read_text()
+    parts = re.split(r"^### `([a-z_]+)/`.*$", text, flags=re.M)
+    return {parts[i]: parts[i + 1].split("\n## ")[0] for i in range(1, len(parts) - 1, 2)}
+
+
+def test_design_doc_maps_every_module_that_exists() -> None:
+    """Every module of the packages is named in its package's section of the module map (a
+    subpackage's modules by file name, beside the subpackage), and every file the map names
+    exists: the map cannot drift from the code."""
+    import re
+
+    sections = _design_sections()
+    assert set(PACKAGES) <= set(sections), f"module map sections: {sorted(sections)}"
+    missing, stale = [], []
+    for pkg in PACKAGES:
+        named: set[str] = set()
+        for row in sections[pkg].splitlines():
+            cells = row.split("|")
+            if not row.startswith("|") or len(cells) < 3:
+                continue
+            first = cells[1]  # the module column; a subpackage's row names its files after it
+            named |= set(re.findall(r"`([A-Za-z_][\w/]*\.py)`", first))
+            if re.fullmatch(r"\s*`[a-z_]+/`\s*", first):
+                named |= set(re.findall(r"`([A-Za-z_]\w*\.py)`", cells[2]))
+        files = {p.relative_to(ROOT / pkg).as_posix() for p in _modules(pkg)}
+        for rel in sorted(files):
+            if rel.endswith("__init__.py") and rel != "__init__.py":
+                continue  # a subpackage's __init__ is its row
+            if rel not in named and Path(rel).name not in named:
+                missing.append(f"{pkg}/{rel}")
+        for name in sorted(named):
+            if not any(f == name or f.endswith("/" + name) for f in files):
+                stale.append(f"{pkg}: {name}")
+    assert not missing, "modules missing from docs/design.md's module map:\n" + "\n".join(missing)
+    assert not stale, "docs/design.md names files that do not exist:\n" + "\n".join(stale)
+
+
+def test_design_doc_names_only_tables_that_exist() -> None:
+    """The name-table section lists only tables ``bounds.names`` defines."""
+    import re
+
+    from bounds import names
+
+    text = (ROOT / "docs" / "design.md").read_text()
+    section = text.split("### The one name table")[1].split("\n## ")[0]
+    tables = set(re.findall(r"`([A-Z][A-Z_]+)`", section))
+    assert tables, "no table named in the name-table section"
+    gone = sorted(t for t in tables if not hasattr(names, t))
+    assert not gone, f"docs/design.md names tables bounds.names lacks: {gone}"
