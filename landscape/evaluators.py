@@ -320,12 +320,11 @@ class DirectionEvaluator:
         return out
 
 
-def check_error_fields(
-    fields: Sequence[str] | str, verify_methods: Sequence[str], kind: str
-) -> list[str]:
+def check_error_fields(fields: Sequence[str] | str, verify_methods: Sequence[str]) -> list[str]:
     """The ``--fields`` of a scan as a list, checked (one ValueError naming the bad option):
-    distinct names of :data:`ERROR_FIELDS`, verification methods that exist when
-    ``verified_err`` is asked for, and a kind with a grid of weights (not gradient or hessian)."""
+    distinct names of :data:`ERROR_FIELDS`, and verification methods that exist when
+    ``verified_err`` is asked for (whether the scan's kind takes fields is the kind's:
+    :attr:`landscape.scan_kinds.base.KindRunner.takes_fields`)."""
     from train.evaluate import verifier
 
     if isinstance(fields, str):
@@ -344,10 +343,6 @@ def check_error_fields(
                 verifier(m)
             except ValueError as exc:
                 raise ValueError(f"--verify-methods: {exc}") from None
-    if kind in ("gradient", "hessian"):
-        raise ValueError(
-            f"--fields adds errors at the points of a random, interpolate or pca scan; not with --kind {kind}"
-        )
     return fields
 
 
