@@ -22,7 +22,6 @@ import numpy as np
 from landscape import distributed, store
 from landscape.distributed import Context, barrier, exchange, shard
 from landscape.metrics import loss_variation
-from landscape.provenance import provenance
 from landscape.scan_request import ScanRequest
 from landscape.scans import parse_range
 
@@ -102,16 +101,32 @@ def fill_scan(
     written (tests raise from it to simulate a crash). When no point is missing any more,
     :func:`finish_scan` stores the summaries and marks the file complete.
     """
-    from tqdm.auto import tqdm
-
     ctx = ctx or Context()
     todo = list(scan.missing() if indices is None else indices)
-    if not todo:  # the same on every rank, so no collective is left waiting
-        if ctx.is_main and not scan.complete:
-            finish_scan(scan, summaries)  # all points were written before a crash
-        return scan
-    mine = shard(todo, ctx.rank, ctx.world)
+    if todo:  # the same on every rank, so no collective is left waiting
+        _compute(scan, evaluator, todo, ctx, flush_seconds, progress, on_point)
+    if ctx.is_main and (todo or not scan.complete):  # or all were written before a crash
+        finish_scan(scan, summaries)
+    if todo:
+        barrier(ctx)
+    return scan
+
+
+def _compute(
+    scan: store.ScanFile | None,
+    evaluator: Callable[[Sequence[int]], list],
+    todo: list[int],
+    ctx: Context,
+    flush_seconds: float,
+    progress: bool,
+    on_point: Callable[[int], None] | None,
+) -> None:
+    """The loop of :func:`fill_scan`: this rank's share of ``todo`` in chunks, every rank's
+    results written by rank 0 into ``scan`` (flushed as :func:`fill_scan` says)."""
+    from tqdm.auto import tqdm
+
     chunker = Chunker(evaluator)
+    mine = shard(todo, ctx.rank, ctx.world)
     desc = f"scan ({ctx.world} processes)" if ctx.active else f"scan {scan.kind}"
     bar = tqdm(
         total=len(todo), desc=desc, unit="pt", disable=not (progress and ctx.is_main), leave=False
@@ -133,15 +148,12 @@ def fill_scan(
                     bar.update(1)
                     if on_point is not None:
                         on_point(done)
-                if (
-                    not finished and time.monotonic() - last >= interval
-                ):  # finish_scan writes the last
+                if not finished and time.monotonic() - last >= interval:  # finish_scan: the last
                     t0 = time.monotonic()
                     scan.flush()
                     last = time.monotonic()
-                    interval = max(
-                        flush_seconds, 20.0 * (last - t0)
-                    )  # writing stays <= ~5% of the time
+                    # writing stays <= ~5% of the time
+                    interval = max(flush_seconds, 20.0 * (last - t0))
             if finished:
                 break
     except BaseException as exc:
@@ -155,10 +167,6 @@ def fill_scan(
         raise
     finally:
         bar.close()
-    if ctx.is_main:
-        finish_scan(scan, summaries)
-    barrier(ctx)
-    return scan
 
 
 # ----------------------------------------------------------------------------- the request
@@ -183,13 +191,14 @@ def run_scan(request: ScanRequest, progress: bool = True) -> ScanOutcome:
     """Carry out ``request`` (see the module docstring) in this process, or in its share of a
     torchrun group; rank 0 writes the file. Resumes an existing file made with the same
     arguments and refuses one made with others, leaving it as it was."""
+    from landscape.scan_checks import check_request
     from landscape.scan_setup import prepare_scan
 
-    request.check()
+    kind = check_request(request)
     ctx = distributed.init()
     scan_file = None
     try:
-        plan = prepare_scan(request, ctx)
+        plan = prepare_scan(request, kind, ctx)
         scan_file, todo = _open_file(request, plan, ctx)
         t0 = time.perf_counter()
         fill_scan(
@@ -233,7 +242,7 @@ def _open_file(
     error: Exception | None = None
     scan_file, todo = None, []
     try:
-        attrs = {**provenance(request.command), **plan.attrs, "world_size": ctx.world}
+        attrs = {**plan.attrs, "world_size": ctx.world}
         scan_file, resumed = store.open_or_create_scan(
             request.out,
             kind=request.kind,

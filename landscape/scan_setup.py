@@ -1,7 +1,7 @@
 """What a scan computes, built from a :class:`landscape.scan_request.ScanRequest`, the same way
-for every kind: the model at the checkpoint, the kind's plan (:mod:`landscape.scan_kinds`), the
-data, the losses over a fixed batch, the kind's evaluator, the arrays that repeat the scan
-exactly and the arguments that identify it.
+for every kind: the model at the checkpoint and its data, the losses over a fixed batch, the
+kind's plan and evaluator (:mod:`landscape.scan_kinds`), the arrays that repeat the scan
+exactly, the arguments that identify it and the attributes that record it.
 
 Every process of a torchrun group builds the same (all of it is seeded). The inputs (checkpoint,
 data, the model fitting the data) are checked before rank 0 checks and creates the output's
@@ -26,8 +26,6 @@ from landscape.scan_kinds.base import (
     KindInputs,
     KindPlan,
     KindRunner,
-    params_meta,
-    runner,
 )
 
 if TYPE_CHECKING:
@@ -35,47 +33,75 @@ if TYPE_CHECKING:
 
     from landscape.scan_request import ScanRequest
 
-__all__ = ["PreparedScan", "prepare_scan", "scan_args", "check_output"]
+__all__ = ["PreparedScan", "prepare_scan", "describe", "check_output"]
 
 
 @dataclass
 class PreparedScan:
-    """A scan ready to run: grid ``coords`` (axis -> ``[n]``), ``labels`` and ``fields`` of the
-    results, the identifying ``args``, root ``attrs``, stored ``arrays`` (name -> (value,
-    attrs)), the ``evaluator`` of the points, the per-label ``summaries`` computed once
-    complete, the names of the per-label arrays a point sets (``label_arrays``) and the
-    ``kind`` that holds a resumed file to this scan (:meth:`KindRunner.resumes`)."""
+    """A scan ready to run: ``labels`` and ``fields`` of the results, the identifying ``args``,
+    root ``attrs``, stored ``arrays`` (name -> (value, attrs)), the ``kind`` that holds a
+    resumed file to this scan (:meth:`KindRunner.resumes`), what its evaluator was built from
+    (``inputs``, with the kind's plan) and the evaluator itself (``built``)."""
 
-    coords: dict[str, np.ndarray]
     labels: list[str]
     fields: list[str]
     args: dict[str, Any]
     attrs: dict[str, Any]
     arrays: Arrays
-    evaluator: Callable[[Sequence[int]], list]
-    summaries: Callable[[Any], Mapping[str, Mapping[str, Any]]]
-    label_arrays: Sequence[str]
     kind: KindRunner
+    inputs: KindInputs
+    built: Built
+
+    @property
+    def coords(self) -> dict[str, np.ndarray]:
+        """The grid: axis name -> ``[n]`` values (none for a scan without a grid)."""
+        return self.inputs.plan.coords
+
+    @property
+    def evaluator(self) -> Callable[[Sequence[int]], list]:
+        """Point indices -> one ``{label: {field: value}}`` per index."""
+        return self.built.evaluator
+
+    @property
+    def label_arrays(self) -> Sequence[str]:
+        """The names of the per-label arrays a point sets."""
+        return self.built.label_arrays
+
+    def summaries(self, scan_file: Any) -> dict[str, dict[str, Any]]:
+        """The per-label summaries of the complete scan (computed once): ``--hessian``'s top
+        eigenvalue, then the kind's own."""
+        request, inputs = self.inputs.request, self.inputs
+        out: dict[str, dict[str, Any]] = {}
+        if request.hessian:
+            from landscape.hessian import top_eigenvalues
+
+            for label, fn in zip(inputs.labels, inputs.closures):
+                top = top_eigenvalues(fn, inputs.model, k=1, seed=request.seed, which="magnitude")
+                out[label] = {"hessian_top_eig": float(top[0])}
+        for label, values in self.kind.summaries(self.built, inputs.labels).items():
+            out.setdefault(label, {}).update(values)
+        return out
 
 
-def scan_args(
+def describe(
     request: ScanRequest,
-    kind: KindRunner,
     plan: KindPlan,
     specs: Sequence[Any],
     cfg: Mapping[str, Any],
-    lr: float,
-) -> dict[str, Any]:
-    """The arguments that determine a scan's results (stored as ``args_json``; a resume with
-    other ones is refused): the common ones, then the kind's (:meth:`KindRunner.args`, whose
-    keys the older kinds' files keep as None) and its plan's, then the ``--fields`` options."""
-    labels = [s.label for s in specs]
+    ckpt: Mapping[str, Any],
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """What identifies the scan and what its file records about it: the arguments that
+    determine its results (stored as ``args_json``; a resume with other ones is refused: the
+    common ones, the kind's, from its ``plan``, and the ``--fields`` options), and the root
+    attributes every kind writes about its inputs and making (the kind's own are its plan's)."""
+    from landscape.provenance import provenance
+
     fields = {
         "fields": list(request.fields or ()),
         "verify_methods": list(request.verify_methods),
         "pgd_steps": int(request.pgd_steps),
     }
-    return {
+    args = {
         "kind": request.kind,
         "checkpoint_sha256": file_sha256(request.checkpoint),
         "to_sha256": file_sha256(request.to_checkpoint) if request.to_checkpoint else None,
@@ -85,12 +111,25 @@ def scan_args(
         "seed": request.seed,
         "data": {k: cfg.get(k) for k in ("dataset", "train_size", "test_size", "seed")},
         "coords": {k: [float(v) for v in c] for k, c in plan.coords.items()},
-        **kind.args(request, lr, labels),
         "hessian": "lanczos-magnitude" if request.hessian else False,
         **({"batch_size": int(request.batch_size)} if request.batch_size is not None else {}),
         **plan.args,
         **(fields if request.fields else {}),
     }
+    attrs = {
+        **provenance(request.command),
+        "checkpoint": os.path.abspath(request.checkpoint),
+        "checkpoint_sha256": args["checkpoint_sha256"],
+        "to_checkpoint": os.path.abspath(request.to_checkpoint) if request.to_checkpoint else None,
+        "dataset": cfg.get("dataset", "digits"),
+        "model": (ckpt.get("model") or {}).get("name"),
+        "train_method": cfg.get("method"),
+        "methods": [s.label for s in specs],
+        "samples": request.samples,
+        "split": request.split,
+        "seed": request.seed,
+    }
+    return args, attrs
 
 
 def check_output(out: str, kind: str, args: Mapping[str, Any]) -> None:
@@ -132,34 +171,27 @@ def _claim_output(request: ScanRequest, args: Mapping[str, Any], ctx: Context) -
         raise SystemExit(1)
 
 
-def _load_checkpoint(request: ScanRequest) -> tuple[torch.nn.Module, dict, dict[str, Any]]:
-    """The model (in eval mode), the checkpoint and its config. The checkpoint's dataset code
+def _load(request: ScanRequest) -> tuple[torch.nn.Module, dict, dict[str, Any], Any]:
+    """The model at the checkpoint (in eval mode), the checkpoint, its config and the data:
+    the request's, or the checkpoint's dataset (its folder, subset sizes and seed), whose code
     runs only when asked for, checked before any work."""
     from train.checkpoint import load_model
+    from train.data import load_dataset
+    from train.plugins import check_trusted
 
     model, ckpt = load_model(request.checkpoint, device=request.device)
     cfg = dict(ckpt.get("config") or {})
-    if request.data is None:
-        from train.plugins import check_trusted
-
-        check_trusted(
-            cfg.get("dataset", "digits"),
-            "dataset",
-            f"checkpoint {request.checkpoint!r}",
-            named=request.dataset,
-            trust=request.trust_code,
-        )
     model.eval()
-    return model, ckpt, cfg
-
-
-def _load_data(request: ScanRequest, cfg: Mapping[str, Any]) -> Any:
-    """The request's dataset, or the checkpoint's (its folder, subset sizes and seed)."""
-    from train.data import load_dataset
-
     if request.data is not None:
-        return request.data
-    return load_dataset(
+        return model, ckpt, cfg, request.data
+    check_trusted(
+        cfg.get("dataset", "digits"),
+        "dataset",
+        f"checkpoint {request.checkpoint!r}",
+        named=request.dataset,
+        trust=request.trust_code,
+    )
+    data = load_dataset(
         cfg.get("dataset", "digits"),
         data_dir=request.data_dir or cfg.get("data_dir"),
         download=request.download,
@@ -167,65 +199,33 @@ def _load_data(request: ScanRequest, cfg: Mapping[str, Any]) -> Any:
         test_size=cfg.get("test_size"),
         seed=int(cfg.get("seed", 0)),
     )
+    return model, ckpt, cfg, data
 
 
-def _root_attrs(
-    request: ScanRequest, ckpt: Mapping[str, Any], cfg: Mapping[str, Any], sha256: str
-) -> dict[str, Any]:
-    """The root attributes every kind writes (the kind adds its own)."""
-    return {
-        "checkpoint": os.path.abspath(request.checkpoint),
-        "checkpoint_sha256": sha256,
-        "to_checkpoint": os.path.abspath(request.to_checkpoint) if request.to_checkpoint else None,
-        "dataset": cfg.get("dataset", "digits"),
-        "model": (ckpt.get("model") or {}).get("name"),
-        "train_method": cfg.get("method"),
-    }
-
-
-def _summaries(
-    request: ScanRequest, kind: KindRunner, inputs: KindInputs, built: Built
-) -> Callable[[Any], dict[str, dict[str, Any]]]:
-    """The per-label summaries of a complete scan: ``--hessian``'s top eigenvalue, then the
-    kind's own (computed once, when the file is complete)."""
-
-    def summaries(scan_file: Any) -> dict[str, dict[str, Any]]:
-        out: dict[str, dict[str, Any]] = {}
-        if request.hessian:
-            from landscape.hessian import top_eigenvalues
-
-            for label, fn in zip(inputs.labels, inputs.closures):
-                top = top_eigenvalues(fn, inputs.model, k=1, seed=request.seed, which="magnitude")
-                out[label] = {"hessian_top_eig": float(top[0])}
-        for label, values in kind.summaries(built, inputs.labels).items():
-            out.setdefault(label, {}).update(values)
-        return out
-
-    return summaries
-
-
-def prepare_scan(request: ScanRequest, ctx: Context) -> PreparedScan:
-    """Build the scan of ``request`` (already checked) in this process; see the module doc."""
+def prepare_scan(request: ScanRequest, kind: KindRunner, ctx: Context) -> PreparedScan:
+    """Build the scan of ``request`` (already checked; ``kind``: its kind's computing half) in
+    this process; see the module doc."""
     import torch
 
+    from landscape.directions import params_meta
     from landscape.evaluators import error_metrics
     from landscape.scan_losses import make_closure, select_samples
     from train.checkpoint import check_fits
     from train.config import run_domain
 
-    kind, seed, device = runner(request.kind), request.seed, request.device
+    seed, device = request.seed, request.device
     torch.manual_seed(seed)
-    model, ckpt, cfg = _load_checkpoint(request)
-    plan = kind.plan(request, model)
-    data = _load_data(request, cfg)
+    model, ckpt, cfg, data = _load(request)
     domain = run_domain(cfg, data.spec)  # the dataset's own range, a user dataset's too
     eps = float(cfg.get("eps", 0.0)) if request.eps is None else float(request.eps)
     specs = request.loss_specs(cfg, eps, domain)
     lr = float(cfg.get("lr", 1.0)) if request.lr is None else float(request.lr)
+    labels = [s.label for s in specs]
+    plan = kind.plan(request, model, lr, labels)
     n_split = len(getattr(data, f"{request.split}_y"))
     if request.samples != "all" and request.samples > n_split:  # what is used, not asked for
         request.samples = n_split
-    args = scan_args(request, kind, plan, specs, cfg, lr)
+    args, attrs = describe(request, plan, specs, cfg, ckpt)
     check_fits(ckpt, data.spec, where=f"checkpoint {request.checkpoint!r}")
     _claim_output(request, args, ctx)
 
@@ -251,30 +251,10 @@ def prepare_scan(request: ScanRequest, ctx: Context) -> PreparedScan:
             seed=seed,
             batch_size=int(request.batch_size or 256),
         )
-    labels = [s.label for s in specs]
     inputs = KindInputs(
         request, plan, model, closures, labels, lr, errors, batch_points, params_meta(model)
     )
     built = kind.build(inputs)
-    attrs = {
-        **plan.attrs,
-        **_root_attrs(request, ckpt, cfg, args["checkpoint_sha256"]),
-        "methods": labels,
-        "eps": eps,
-        "seed": seed,
-        "samples": request.samples,
-        "split": request.split,
-        **kind.attrs(request, lr, labels),
-    }
-    return PreparedScan(
-        plan.coords,
-        labels,
-        kind.fields(request),
-        args,
-        attrs,
-        {**plan.arrays, **built.arrays},
-        built.evaluator,
-        _summaries(request, kind, inputs, built),
-        built.label_arrays,
-        kind,
-    )
+    attrs = {**attrs, **plan.attrs, "eps": eps}
+    arrays = {**plan.arrays, **built.arrays}
+    return PreparedScan(labels, plan.fields, args, attrs, arrays, kind, inputs, built)

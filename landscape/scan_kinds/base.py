@@ -3,9 +3,10 @@
 A kind is one entry of :data:`bounds.names.SCAN_KINDS` (torch-free: its name, summary, grid
 defaults, axis label, number of axes, and where its two halves live). Its ``runner`` names the
 module of its computing half, whose ``KIND`` is a :class:`KindRunner`: what it checks, its
-coordinates, what it adds to the file before any data is loaded (:meth:`KindRunner.plan`),
-what it evaluates and stores (:meth:`KindRunner.build`), how a resumed file is held to it
-(:meth:`KindRunner.resumes`) and its summaries. Its ``figure`` names the drawing half, on the
+coordinates, what its file holds besides what every scan's does (:meth:`KindRunner.plan`:
+the grid, the fields at every point, the identifying arguments, attributes and arrays of its
+own), what it evaluates and stores (:meth:`KindRunner.build`), how a resumed file is held to
+it (:meth:`KindRunner.resumes`) and its summaries. Its ``figure`` names the drawing half, on the
 side of :mod:`figures`. :func:`landscape.scan_setup.prepare_scan` does the rest, for every
 kind alike.
 """
@@ -26,7 +27,15 @@ if TYPE_CHECKING:
 
     from landscape.scan_request import ScanRequest
 
-__all__ = ["Arrays", "KindPlan", "KindInputs", "Built", "KindRunner", "runner", "params_meta"]
+__all__ = [
+    "Arrays",
+    "KindPlan",
+    "KindInputs",
+    "Built",
+    "KindRunner",
+    "runner",
+    "refuse_others_options",
+]
 
 Arrays = dict[str, tuple[np.ndarray, dict[str, Any]]]
 """Stored arrays: name -> (value, its attributes)."""
@@ -34,12 +43,15 @@ Arrays = dict[str, tuple[np.ndarray, dict[str, Any]]]
 
 @dataclass
 class KindPlan:
-    """What a kind adds once the model is loaded, before the data: the grid ``coords`` (axis
-    name -> ``[n]`` values, in the order of the file's ``dims``), the ``args`` entries that
-    identify the scan besides the common ones, root ``attrs``, stored ``arrays`` and its own
-    ``state`` for :meth:`KindRunner.build` (a second model, directions, options)."""
+    """What a kind's file holds besides what every scan's does: the grid ``coords`` (axis name
+    -> ``[n]`` values, in the order of the file's ``dims``), the ``fields`` stored at every
+    point, the ``args`` entries that identify the scan besides the common ones (those an older
+    kind does not use are None: ``lr``, ``norm``, ``keep_bias``, ``metrics``), root ``attrs``,
+    stored ``arrays`` and its own ``state`` for :meth:`KindRunner.build` (a second model,
+    directions, options)."""
 
     coords: dict[str, np.ndarray]
+    fields: list[str]
     args: dict[str, Any] = field(default_factory=dict)
     attrs: dict[str, Any] = field(default_factory=dict)
     arrays: Arrays = field(default_factory=dict)
@@ -99,21 +111,23 @@ class KindRunner:
         """Whether biases move along the scan's directions: ``keep_bias``, else the kind's own."""
         return bool(req.keep_bias) if req.keep_bias is not None else self.keeps_bias
 
-    def plan(self, req: ScanRequest, model: torch.nn.Module) -> KindPlan:
-        """What the kind adds before the data is loaded (default: its grid)."""
-        return KindPlan(self.coords(req))
+    def plan(
+        self, req: ScanRequest, model: torch.nn.Module, lr: float, labels: Sequence[str]
+    ) -> KindPlan:
+        """What the kind's file holds (:class:`KindPlan`), once the model at the checkpoint,
+        the step scale ``lr`` and the scanned losses (``labels``) are known. The default: its
+        grid, the loss and ``--fields`` at every point, nothing else of its own."""
+        return self.common_plan(req, self.coords(req))
 
-    def fields(self, req: ScanRequest) -> list[str]:
-        """The values stored at every point of every label."""
-        return ["loss", *(req.fields or ())]
-
-    def args(self, req: ScanRequest, lr: float, labels: Sequence[str]) -> dict[str, Any]:
-        """The kind's entries of the identifying arguments (None: not the kind's)."""
-        return {"lr": None, "norm": None, "keep_bias": None, "metrics": None}
-
-    def attrs(self, req: ScanRequest, lr: float, labels: Sequence[str]) -> dict[str, Any]:
-        """The kind's root attributes besides those of its plan."""
-        return {"lr": None, "norm": None}
+    def common_plan(self, req: ScanRequest, coords: dict[str, np.ndarray]) -> KindPlan:
+        """The plan of a kind with grid ``coords`` and nothing of its own, which :meth:`plan`
+        adds to."""
+        return KindPlan(
+            coords,
+            ["loss", *(req.fields or ())],
+            args={"lr": None, "norm": None, "keep_bias": None, "metrics": None},
+            attrs={"lr": None, "norm": None},
+        )
 
     def build(self, inputs: KindInputs) -> Built:
         """The evaluator of the points and what it stores."""
@@ -138,15 +152,20 @@ def runner(kind: str) -> KindRunner:
     return found
 
 
-def params_meta(model: torch.nn.Module) -> dict[str, Any]:
-    """The attributes of a stored direction: the parameters' names and shapes."""
-    from landscape.directions import named_params
+def refuse_others_options(req: ScanRequest) -> None:
+    """Refuse an option that only another kind uses (given: not its default), naming it."""
+    import dataclasses
 
-    params = named_params(model)
-    return {
-        "param_names": [n for n, _ in params],
-        "param_shapes": [list(p.shape) for _, p in params],
-    }
+    from landscape.scan_request import flag_of
+
+    defaults = {f.name: f.default for f in dataclasses.fields(req)}
+    own = SCAN_KINDS[req.kind].runner
+    for other, entry in SCAN_KINDS.items():
+        if entry.runner == own:  # random-1d and random-2d share theirs
+            continue
+        for name in runner(other).own_options:
+            if getattr(req, name) != defaults[name]:
+                raise ValueError(f"{flag_of(name)} is only used with --kind {other}")
 
 
 def flat32(tensors: Sequence[torch.Tensor]) -> np.ndarray:

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from bounds.names import SCAN_KINDS
-from landscape.scan_kinds.base import Built, KindInputs, KindRunner, flat32
+from landscape.scan_kinds.base import Built, KindInputs, KindPlan, KindRunner, flat32
 
 __all__ = ["GradientKind", "KIND"]
 
@@ -34,26 +34,22 @@ class GradientKind(KindRunner):
         n = req.points if req.points is not None else SCAN_KINDS[req.kind].points
         return {"t": default_t_values(req.t_min, req.t_max, n)}
 
-    def fields(self, req: Any) -> list[str]:
+    def plan(self, req: Any, model: Any, lr: float, labels: Sequence[str]) -> KindPlan:
         from landscape.evaluators import GRADIENT_FIELDS, SIGN_FIELDS
 
-        return [*GRADIENT_FIELDS, *(SIGN_FIELDS if req.metrics else ())]
-
-    def args(self, req: Any, lr: float, labels: Sequence[str]) -> dict[str, Any]:
         shared = req.direction_from
         if shared is not None and shared not in labels:
             raise ValueError(
                 f"--direction-from: {shared!r} is not one of the scanned losses "
                 f"({', '.join(labels)})"
             )
-        out: dict[str, Any] = {**super().args(req, lr, labels), "lr": lr, "metrics": req.metrics}
+        plan = super().plan(req, model, lr, labels)
+        plan.fields = [*GRADIENT_FIELDS, *(SIGN_FIELDS if req.metrics else ())]
+        plan.args.update(lr=lr, metrics=req.metrics)
         if len(labels) > 1:  # one loss: its own gradient either way (and files stay as before)
-            out["direction"] = "own" if shared is None else f"shared:{shared}"
-        return out
-
-    def attrs(self, req: Any, lr: float, labels: Sequence[str]) -> dict[str, Any]:
-        shared = req.direction_from
-        return {"lr": lr, "norm": None, "direction_from": "own" if shared is None else shared}
+            plan.args["direction"] = "own" if shared is None else f"shared:{shared}"
+        plan.attrs.update(lr=lr, direction_from="own" if shared is None else shared)
+        return plan
 
     def build(self, inputs: KindInputs) -> Built:
         from landscape import evaluators as E

@@ -4,11 +4,12 @@ grid: one record per loss, stored in per-label arrays."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from landscape.scan_kinds.base import Built, KindInputs, KindPlan, KindRunner, params_meta
+from landscape.scan_kinds.base import Built, KindInputs, KindPlan, KindRunner
 
 __all__ = ["HessianKind", "KIND", "SPECTRUM_OPTIONS"]
 
@@ -49,13 +50,17 @@ class HessianKind(KindRunner):
     def coords(self, req: Any, ranges: Any = None) -> dict[str, np.ndarray]:
         return {}
 
-    def plan(self, req: Any, model: Any) -> KindPlan:
+    def plan(self, req: Any, model: Any, lr: float, labels: Sequence[str]) -> KindPlan:
+        from landscape.directions import params_meta
         from landscape.spectrum import SpectrumOptions
 
         n_params = sum(int(np.prod(s)) for s in params_meta(model)["param_shapes"])
         options = SpectrumOptions(**given_options(req)).resolved(n_params)
-        attrs = {f"hessian_{k}": v for k, v in options.to_dict().items()}
-        return KindPlan({}, args={"spectrum": options.to_dict()}, attrs=attrs, state=options)
+        plan = super().plan(req, model, lr, labels)
+        plan.args["spectrum"] = options.to_dict()
+        plan.attrs = {**{f"hessian_{k}": v for k, v in options.to_dict().items()}, **plan.attrs}
+        plan.state = options
+        return plan
 
     def build(self, inputs: KindInputs) -> Built:
         from landscape.spectrum import LABEL_ARRAYS, SpectrumEvaluator, layer_arrays

@@ -4,6 +4,7 @@ weights."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -30,13 +31,13 @@ class InterpolateKind(KindRunner):
         lo, hi = parse_range(req.range, req.kind)
         return {"alpha": with_endpoints(grid_coords(lo, hi, n))}
 
-    def plan(self, req: Any, model: Any) -> KindPlan:
+    def plan(self, req: Any, model: Any, lr: float, labels: Sequence[str]) -> KindPlan:
         import torch
 
         from train.checkpoint import load_model
 
-        second = load_model(req.to_checkpoint, device=req.device)[0]
-        plan = KindPlan(self.coords(req), state=second)
+        plan = super().plan(req, model, lr, labels)
+        plan.state = load_model(req.to_checkpoint, device=req.device)[0]
         if any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
             plan.args["batchnorm_buffers"] = "interpolated"
         return plan

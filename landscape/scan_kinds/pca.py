@@ -21,7 +21,6 @@ from landscape.scan_kinds.base import (
     KindRunner,
     flat32,
     grid_points,
-    params_meta,
     same_arrays,
 )
 
@@ -54,8 +53,8 @@ class PcaKind(KindRunner):
         (xlo, xhi), (ylo, yhi) = (given, given) if given is not None else ranges  # type: ignore[misc]
         return {"x": grid_coords(xlo, xhi, n), "y": grid_coords(ylo, yhi, n)}
 
-    def plan(self, req: Any, model: Any) -> KindPlan:
-        from landscape.directions import named_params
+    def plan(self, req: Any, model: Any, lr: float, labels: Sequence[str]) -> KindPlan:
+        from landscape.directions import named_params, params_meta
         from landscape.provenance import file_sha256
         from landscape.trajectory import default_range, load_trajectory, pca_directions
 
@@ -68,28 +67,29 @@ class PcaKind(KindRunner):
             ignore=None if keep else "biasbn",
             seed=req.seed,
         )
-        coords = self.coords(req, [nice_range(*r) for r in default_range(pca.path)])
-        args = {
-            "trajectory_sha256": [file_sha256(p) for p in traj.paths],
-            "center": bool(req.center),
-            "keep_bias": keep,
-        }
+        ranges = [nice_range(*r) for r in default_range(pca.path)]
+        plan = self.common_plan(req, self.coords(req, ranges))
+        plan.args.update(
+            trajectory_sha256=[file_sha256(p) for p in traj.paths],
+            center=bool(req.center),
+            keep_bias=keep,
+        )
         ratios = [float(v) for v in pca.explained_variance_ratio]
-        attrs = {
-            "explained_variance": ratios,
-            "explained_variance_ratio": ratios,
-            "center": bool(req.center),
-            "keep_bias": keep,
-            "trajectory_checkpoints": len(traj.paths),
-        }
+        plan.attrs.update(
+            explained_variance=ratios,
+            explained_variance_ratio=ratios,
+            center=bool(req.center),
+            keep_bias=keep,
+            trajectory_checkpoints=len(traj.paths),
+        )
         params = [p for _, p in named_params(model)]
         dirs = [
             [t.to(device=p.device, dtype=p.dtype) for t, p in zip(d, params)]
             for d in pca.directions
         ]
         meta = params_meta(model)
-        arrays = {f"direction_{name}": (flat32(d), meta) for name, d in zip("xy", dirs)}
-        arrays["trajectory"] = (
+        plan.arrays = {f"direction_{name}": (flat32(d), meta) for name, d in zip("xy", dirs)}
+        plan.arrays["trajectory"] = (
             pca.path.astype(np.float32),
             {
                 "dims": ["x", "y"],
@@ -98,7 +98,8 @@ class PcaKind(KindRunner):
                 "steps": traj.steps,
             },
         )
-        return KindPlan(coords, args, attrs, arrays, state=dirs)
+        plan.state = dirs
+        return plan
 
     def build(self, inputs: KindInputs) -> Built:
         from landscape.evaluators import DirectionEvaluator

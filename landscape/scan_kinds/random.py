@@ -10,7 +10,15 @@ from typing import Any
 import numpy as np
 
 from bounds.names import SCAN_KINDS
-from landscape.scan_kinds.base import Arrays, Built, KindInputs, KindRunner, flat32, grid_points
+from landscape.scan_kinds.base import (
+    Arrays,
+    Built,
+    KindInputs,
+    KindPlan,
+    KindRunner,
+    flat32,
+    grid_points,
+)
 
 __all__ = ["RandomKind", "KIND"]
 
@@ -26,15 +34,11 @@ class RandomKind(KindRunner):
         lo, hi = parse_range(req.range, req.kind)
         return {axis: grid_coords(lo, hi, n) for axis in "xy"[: info.dims]}
 
-    def args(self, req: Any, lr: float, labels: Sequence[str]) -> dict[str, Any]:
-        return {
-            **super().args(req, lr, labels),
-            "norm": req.norm,
-            "keep_bias": self.moves_bias(req),
-        }
-
-    def attrs(self, req: Any, lr: float, labels: Sequence[str]) -> dict[str, Any]:
-        return {"lr": None, "norm": req.norm}
+    def plan(self, req: Any, model: Any, lr: float, labels: Sequence[str]) -> KindPlan:
+        plan = super().plan(req, model, lr, labels)
+        plan.args.update(norm=req.norm, keep_bias=self.moves_bias(req))
+        plan.attrs.update(norm=req.norm)
+        return plan
 
     def build(self, inputs: KindInputs) -> Built:
         import torch
