@@ -7,12 +7,17 @@ directions are stored, and each label's loss at t = 0 is a summary."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from bounds.names import SCAN_KINDS
 from landscape.scan_kinds.base import Built, KindInputs, KindPlan, KindRunner, flat32
+
+if TYPE_CHECKING:
+    import torch
+
+    from landscape.scan_request import ScanRequest
 
 __all__ = ["GradientKind", "KIND"]
 
@@ -23,18 +28,22 @@ class GradientKind(KindRunner):
     own_options = ("direction_from",)
     takes_fields = False
 
-    def check(self, req: Any) -> None:
+    def check(self, req: ScanRequest) -> None:
         from landscape.scans import check_float32_grid
 
         check_float32_grid("--t-min/--t-max", float(req.t_min), float(req.t_max), positive=True)
 
-    def coords(self, req: Any, ranges: Any = None) -> dict[str, np.ndarray]:
+    def coords(
+        self, req: ScanRequest, ranges: Sequence[tuple[float, float]] | None = None
+    ) -> dict[str, np.ndarray]:
         from landscape.scans import default_t_values
 
         n = req.points if req.points is not None else SCAN_KINDS[req.kind].points
         return {"t": default_t_values(req.t_min, req.t_max, n)}
 
-    def plan(self, req: Any, model: Any, lr: float, labels: Sequence[str]) -> KindPlan:
+    def plan(
+        self, req: ScanRequest, model: torch.nn.Module, lr: float, labels: Sequence[str]
+    ) -> KindPlan:
         from landscape.evaluators import GRADIENT_FIELDS, SIGN_FIELDS
 
         shared = req.direction_from

@@ -5,11 +5,16 @@ grid: one record per loss, stored in per-label arrays."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from landscape.scan_kinds.base import Built, KindInputs, KindPlan, KindRunner
+
+if TYPE_CHECKING:
+    import torch
+
+    from landscape.scan_request import ScanRequest
 
 __all__ = ["HessianKind", "KIND", "SPECTRUM_OPTIONS"]
 
@@ -26,7 +31,7 @@ SPECTRUM_OPTIONS = (
 """The request fields of a Hessian scan (:class:`landscape.spectrum.SpectrumOptions`)."""
 
 
-def given_options(req: Any) -> dict[str, Any]:
+def given_options(req: ScanRequest) -> dict[str, Any]:
     """The spectrum options the request sets (the others: :class:`SpectrumOptions`' defaults)."""
     return {k: getattr(req, k) for k in SPECTRUM_OPTIONS if getattr(req, k) is not None}
 
@@ -37,7 +42,7 @@ class HessianKind(KindRunner):
     own_options = SPECTRUM_OPTIONS
     takes_fields = False
 
-    def check(self, req: Any) -> None:
+    def check(self, req: ScanRequest) -> None:
         from landscape.spectrum import SpectrumOptions
 
         if req.hessian:
@@ -47,10 +52,14 @@ class HessianKind(KindRunner):
             )
         SpectrumOptions(**given_options(req))
 
-    def coords(self, req: Any, ranges: Any = None) -> dict[str, np.ndarray]:
+    def coords(
+        self, req: ScanRequest, ranges: Sequence[tuple[float, float]] | None = None
+    ) -> dict[str, np.ndarray]:
         return {}
 
-    def plan(self, req: Any, model: Any, lr: float, labels: Sequence[str]) -> KindPlan:
+    def plan(
+        self, req: ScanRequest, model: torch.nn.Module, lr: float, labels: Sequence[str]
+    ) -> KindPlan:
         from landscape.directions import params_meta
         from landscape.spectrum import SpectrumOptions
 

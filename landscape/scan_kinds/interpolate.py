@@ -5,12 +5,17 @@ weights."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from bounds.names import SCAN_KINDS
 from landscape.scan_kinds.base import Built, KindInputs, KindPlan, KindRunner
+
+if TYPE_CHECKING:
+    import torch
+
+    from landscape.scan_request import ScanRequest
 
 __all__ = ["InterpolateKind", "KIND"]
 
@@ -20,18 +25,22 @@ class InterpolateKind(KindRunner):
 
     own_options = ("to_checkpoint",)
 
-    def check(self, req: Any) -> None:
+    def check(self, req: ScanRequest) -> None:
         if req.to_checkpoint is None:
             raise ValueError(f"--kind {req.kind} needs --to CKPT2")
 
-    def coords(self, req: Any, ranges: Any = None) -> dict[str, np.ndarray]:
+    def coords(
+        self, req: ScanRequest, ranges: Sequence[tuple[float, float]] | None = None
+    ) -> dict[str, np.ndarray]:
         from landscape.scans import grid_coords, parse_range, with_endpoints
 
         n = req.points if req.points is not None else SCAN_KINDS[req.kind].points
         lo, hi = parse_range(req.range, req.kind)
         return {"alpha": with_endpoints(grid_coords(lo, hi, n))}
 
-    def plan(self, req: Any, model: Any, lr: float, labels: Sequence[str]) -> KindPlan:
+    def plan(
+        self, req: ScanRequest, model: torch.nn.Module, lr: float, labels: Sequence[str]
+    ) -> KindPlan:
         import torch
 
         from train.checkpoint import load_model

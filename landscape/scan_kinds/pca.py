@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -23,6 +23,11 @@ from landscape.scan_kinds.base import (
     grid_points,
     same_arrays,
 )
+
+if TYPE_CHECKING:
+    import torch
+
+    from landscape.scan_request import ScanRequest
 
 __all__ = ["PcaKind", "KIND", "nice_range"]
 
@@ -44,7 +49,7 @@ class PcaKind(KindRunner):
     keeps_bias = True
 
     def coords(
-        self, req: Any, ranges: Sequence[tuple[float, float]] | None = None
+        self, req: ScanRequest, ranges: Sequence[tuple[float, float]] | None = None
     ) -> dict[str, np.ndarray]:
         from landscape.scans import grid_coords, parse_range
 
@@ -53,7 +58,9 @@ class PcaKind(KindRunner):
         (xlo, xhi), (ylo, yhi) = (given, given) if given is not None else ranges  # type: ignore[misc]
         return {"x": grid_coords(xlo, xhi, n), "y": grid_coords(ylo, yhi, n)}
 
-    def plan(self, req: Any, model: Any, lr: float, labels: Sequence[str]) -> KindPlan:
+    def plan(
+        self, req: ScanRequest, model: torch.nn.Module, lr: float, labels: Sequence[str]
+    ) -> KindPlan:
         from landscape.directions import named_params, params_meta
         from landscape.provenance import file_sha256
         from landscape.trajectory import default_range, load_trajectory, pca_directions

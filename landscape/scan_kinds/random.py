@@ -5,7 +5,7 @@ directions are stored, and a resumed file must hold the ones this seed gives."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -20,13 +20,20 @@ from landscape.scan_kinds.base import (
     grid_points,
 )
 
+if TYPE_CHECKING:
+    import torch
+
+    from landscape.scan_request import ScanRequest
+
 __all__ = ["RandomKind", "KIND"]
 
 
 class RandomKind(KindRunner):
     """One axis per random direction: as many as the kind's ``dims`` (x, then y)."""
 
-    def coords(self, req: Any, ranges: Any = None) -> dict[str, np.ndarray]:
+    def coords(
+        self, req: ScanRequest, ranges: Sequence[tuple[float, float]] | None = None
+    ) -> dict[str, np.ndarray]:
         from landscape.scans import grid_coords, parse_range
 
         info = SCAN_KINDS[req.kind]
@@ -34,7 +41,9 @@ class RandomKind(KindRunner):
         lo, hi = parse_range(req.range, req.kind)
         return {axis: grid_coords(lo, hi, n) for axis in "xy"[: info.dims]}
 
-    def plan(self, req: Any, model: Any, lr: float, labels: Sequence[str]) -> KindPlan:
+    def plan(
+        self, req: ScanRequest, model: torch.nn.Module, lr: float, labels: Sequence[str]
+    ) -> KindPlan:
         plan = super().plan(req, model, lr, labels)
         plan.args.update(norm=req.norm, keep_bias=self.moves_bias(req))
         plan.attrs.update(norm=req.norm)
