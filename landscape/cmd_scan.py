@@ -13,6 +13,7 @@ from typing import Any
 
 import click
 
+from bounds.names import SCAN_KINDS
 from landscape.scan_request import Cli, ScanRequest, cli_of
 
 
@@ -78,7 +79,7 @@ def scan(checkpoint: str, methods: str | None, quiet: bool, **options: Any) -> N
                 )
             else:
                 parts.append(f"{label}: loss variation {lv:.4g}" if lv is not None else label)
-        unit = "losses" if request.kind == "hessian" else "points"
+        unit = "points" if SCAN_KINDS[request.kind].dims else "losses"  # no grid: one per loss
         click.echo(
             f"wrote {done.path}: {done.n_points} {unit} ({done.computed} computed now in "
             f"{done.seconds:.2f} s); " + "; ".join(parts)
