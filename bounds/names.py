@@ -191,8 +191,8 @@ class ScanKind:
     (0: no grid, one record per scanned loss, as the Hessian's spectrum), and where its two
     halves live, by name, so that this table stays free of torch and matplotlib: ``runner``,
     the module computing it (its ``KIND``, a ``landscape.scan_kinds.base.KindRunner``; or
-    ``module:attribute``), and ``figure``, the ``module:function`` drawing its records (empty:
-    the drawing of its number of axes). Adding a kind: ``docs/design.md``."""
+    ``module:attribute``), and ``figure``, the ``module:function`` drawing its records (1D
+    kinds; empty: the drawing of its number of axes). Adding a kind: ``docs/design.md``."""
 
     summary: str
     points: int
