@@ -185,16 +185,22 @@ PAPER_METHODS: tuple[str, ...] = ("ibp", "crown-ibp", "cap", "tightest")
 
 @dataclass(frozen=True)
 class ScanKind:
-    """A kind of scan: what it moves along (``summary``), its grid's default number of points
-    per axis and coefficient range (None: not a range, or set by the data, as the trajectory
-    sets a PCA scan's), what its axis means in a figure, and its number of grid axes (0: no
-    grid, one record per scanned loss, as the Hessian's spectrum)."""
+    """A kind of scan, its one entry: what it moves along (``summary``), its grid's default
+    number of points per axis and coefficient range (None: not a range, or set by the data, as
+    the trajectory sets a PCA scan's), what its axis means in a figure, its number of grid axes
+    (0: no grid, one record per scanned loss, as the Hessian's spectrum), and where its two
+    halves live, by name, so that this table stays free of torch and matplotlib: ``runner``,
+    the module computing it (its ``KIND``, a ``landscape.scan_kinds.base.KindRunner``; or
+    ``module:attribute``), and ``figure``, the ``module:function`` drawing its records (1D
+    kinds; empty: the drawing of its number of axes). Adding a kind: ``docs/design.md``."""
 
     summary: str
     points: int
     range: tuple[float, float] | None
     axis: str
     dims: int = 1
+    runner: str = ""
+    figure: str = ""
 
 
 SCAN_KINDS: dict[str, ScanKind] = {
@@ -203,12 +209,15 @@ SCAN_KINDS: dict[str, ScanKind] = {
         10,
         None,
         "step size t along −∇L (× learning rate)",
+        runner="landscape.scan_kinds.gradient",
+        figure="figures.curves:plot_gradient_scans",
     ),
     "random-1d": ScanKind(
         "theta + x d along one normalised random direction",
         21,
         (-1.0, 1.0),
         "distance along the random direction (× direction)",
+        runner="landscape.scan_kinds.random",
     ),
     "random-2d": ScanKind(
         "theta + x d_x + y d_y on a grid of two random directions",
@@ -216,12 +225,15 @@ SCAN_KINDS: dict[str, ScanKind] = {
         (-1.0, 1.0),
         "coefficients of the two random directions",
         dims=2,
+        runner="landscape.scan_kinds.random",
     ),
     "interpolate": ScanKind(
         "theta_1 + alpha (theta_2 - theta_1) between two checkpoints",
         41,
         (-0.5, 1.5),
         "interpolation α (0 = first checkpoint, 1 = second)",
+        runner="landscape.scan_kinds.interpolate",
+        figure="figures.curves:plot_interpolations",
     ),
     "pca": ScanKind(
         "theta + x d_1 + y d_2 on a grid of the top two principal directions of the training "
@@ -230,6 +242,7 @@ SCAN_KINDS: dict[str, ScanKind] = {
         None,
         "coordinates along the trajectory's two principal directions",
         dims=2,
+        runner="landscape.scan_kinds.pca",
     ),
     "hessian": ScanKind(
         "the Hessian at theta: top eigenvalues (Lanczos), trace (Hutchinson) and spectral density "
@@ -238,6 +251,7 @@ SCAN_KINDS: dict[str, ScanKind] = {
         None,
         "eigenvalue of the Hessian",
         dims=0,
+        runner="landscape.scan_kinds.hessian",
     ),
 }
 """What ``landscape scan --kind`` can scan."""

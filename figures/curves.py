@@ -91,34 +91,9 @@ def loss_variation(loss: np.ndarray) -> float:
     return float(v.max() - v.min()) if v.size else float("nan")
 
 
-def plot_gradient_scans(
-    scans: Sequence[LineScan],
-    out_dir: str | Path,
-    stem: str,
-    formats: Sequence[str] = ("png", "pdf"),
-) -> list[Path]:
-    """Loss change (with the loss-variation band), gradient cosine and smoothness against step
-    size for every method of every gradient scan, overlaid on shared axes.
-
-    The loss panel shows L(θ_t) − L(θ) so methods whose losses differ in level still compare;
-    the legend gives each method's L(θ) and loss variation ΔL.
-    """
-    apply_style()
-    import matplotlib.pyplot as plt
-
-    entries = _entries(scans)
-
-    def finite(key: str) -> bool:
-        return any(key in a and np.isfinite(a[key]).any() for _, _, a, _, _ in entries)
-
-    has_cos, has_smooth, has_flip = finite("cosine"), finite("smoothness"), finite("sign_flip")
-    n_panels = 1 + has_cos + has_smooth + has_flip
-    if n_panels == 4:
-        fig, grid = plt.subplots(2, 2, figsize=(10.5, 7.6), squeeze=False)
-    else:
-        fig, grid = plt.subplots(1, n_panels, figsize=(4.5 * n_panels, 3.8), squeeze=False)
-    axes = list(grid.ravel())
-    ax_loss = axes[0]
+def _loss_change_panel(ax_loss, entries, xlabel: str, note: str) -> list:
+    """The first panel of a gradient scan: L(θ_t) − L(θ) against t per entry, with the band
+    of its loss variation; returns the legend's handles."""
     handles = []
     for i, (scan, _method, arrays, label, colour) in enumerate(entries):
         t = scan.coord
@@ -138,7 +113,6 @@ def plot_gradient_scans(
             ax_loss.axhspan(values.min(), values.max(), **band_style(i, colour))
             band_edges(ax_loss, values.min(), values.max(), colour, i)
     ax_loss.axhline(0.0, color="0.4", lw=0.8, ls=":")
-    xlabel, note = gradient_direction_text(scans)
     ax_loss.set_xlabel(xlabel)
     ax_loss.set_ylabel("L(θ_t) − L(θ) (nats)")
     ax_loss.set_title("Loss along −∇L (band: loss variation)")
@@ -153,17 +127,58 @@ def plot_gradient_scans(
         color="0.25",
         bbox={"facecolor": "white", "alpha": 0.8, "lw": 0, "pad": 1.5},
     )
+    return handles
+
+
+def _curve_panel(ax, entries, key: str, texts: tuple[str, str, str], log: bool) -> None:
+    """One more panel of a gradient scan: ``key`` against t per entry; ``texts``: the x label,
+    y label and title; ``log``: a log y axis where the values span enough."""
+    for i, (scan, _method, arrays, label, colour) in enumerate(entries):
+        if key not in arrays or not np.isfinite(arrays[key]).any():
+            continue
+        _draw(ax, scan.coord, arrays[key], colour, label, **line_style(i))
+    ax.set_xlabel(texts[0])
+    ax.set_ylabel(texts[1])
+    ax.set_title(texts[2])
+    if log and _positive(ax):
+        ax.set_yscale("log")
+
+
+def plot_gradient_scans(
+    scans: Sequence[LineScan],
+    out_dir: str | Path,
+    stem: str,
+    formats: Sequence[str] = ("png", "pdf"),
+    log: bool = False,
+) -> list[Path]:
+    """Loss change (with the loss-variation band), gradient cosine and smoothness against step
+    size for every method of every gradient scan, overlaid on shared axes (the figure of kind
+    ``gradient``).
+
+    The loss panel shows L(θ_t) − L(θ) so methods whose losses differ in level still compare;
+    the legend gives each method's L(θ) and loss variation ΔL. ``log`` is not used: the loss
+    change is signed, and the smoothness panel chooses its own scale.
+    """
+    apply_style()
+    import matplotlib.pyplot as plt
+
+    entries = _entries(scans)
+
+    def finite(key: str) -> bool:
+        return any(key in a and np.isfinite(a[key]).any() for _, _, a, _, _ in entries)
+
+    has_cos, has_smooth, has_flip = finite("cosine"), finite("smoothness"), finite("sign_flip")
+    n_panels = 1 + has_cos + has_smooth + has_flip
+    if n_panels == 4:
+        fig, grid = plt.subplots(2, 2, figsize=(10.5, 7.6), squeeze=False)
+    else:
+        fig, grid = plt.subplots(1, n_panels, figsize=(4.5 * n_panels, 3.8), squeeze=False)
+    axes = list(grid.ravel())
+    xlabel, note = gradient_direction_text(scans)
+    handles = _loss_change_panel(axes[0], entries, xlabel, note)
 
     def curve_panel(ax, key: str, ylabel: str, title: str, log: bool = False) -> None:
-        for i, (scan, _method, arrays, label, colour) in enumerate(entries):
-            if key not in arrays or not np.isfinite(arrays[key]).any():
-                continue
-            _draw(ax, scan.coord, arrays[key], colour, label, **line_style(i))
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel(ylabel)
-        ax.set_title(title)
-        if log and _positive(ax):
-            ax.set_yscale("log")
+        _curve_panel(ax, entries, key, (xlabel, ylabel, title), log)
 
     panel = 1
     if has_cos:
@@ -200,20 +215,33 @@ def _positive(ax, ratio: float = 20.0) -> bool:
     return bool(ys.size and ys.min() > 0 and ys.max() / ys.min() > ratio)
 
 
-def plot_line_scans(
+def plot_interpolations(
     scans: Sequence[LineScan],
     out_dir: str | Path,
     stem: str,
     formats: Sequence[str] = ("png", "pdf"),
     log: bool = False,
 ) -> list[Path]:
-    """Loss against the scan coordinate for ``random-1d`` or ``interpolate`` scans, one line
-    per method and file (each with its own dashes and markers, so equal curves stay visible);
-    the centre (0, and 1 for interpolations) is marked. ``log``: a logarithmic loss axis."""
+    """The figure of kind ``interpolate``: :func:`plot_line_scans` with both checkpoints
+    (alpha = 0 and 1) marked and named."""
+    return plot_line_scans(scans, out_dir, stem, formats, log=log, between=True)
+
+
+def plot_line_scans(
+    scans: Sequence[LineScan],
+    out_dir: str | Path,
+    stem: str,
+    formats: Sequence[str] = ("png", "pdf"),
+    log: bool = False,
+    between: bool = False,
+) -> list[Path]:
+    """Loss against the scan coordinate of 1D scans (the figure of a 1D kind without one of
+    its own, as ``random-1d``), one line per method and file (each with its own dashes and
+    markers, so equal curves stay visible); the centre (0) is marked, and with ``between`` the
+    second checkpoint of an interpolation (1). ``log``: a logarithmic loss axis."""
     apply_style()
     import matplotlib.pyplot as plt
 
-    kind = scans[0].meta.kind
     entries = [
         e for e in _entries(scans) if np.isfinite(np.asarray(e[2]["loss"], dtype=float)).any()
     ]
@@ -223,7 +251,7 @@ def plot_line_scans(
         style = {**line_style(i), "markevery": max(1, scan.coord.size // 12)}
         handles.append(_draw(ax, scan.coord, arrays["loss"], colour, label, **style))
     ax.axvline(0.0, color="0.3", lw=0.9, ls="--")
-    if kind == "interpolate":
+    if between:
         ax.axvline(1.0, color="0.3", lw=0.9, ls="--")
         ax.set_title("Loss between two checkpoints")
         ends = {(s.meta.run, run_name(s.meta.attrs.get("to_checkpoint"))) for s in scans}

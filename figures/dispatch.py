@@ -16,8 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from figures import curves, errors, paths, runstats, spectra, surfaces, tables, training
+from figures import errors, paths, runstats, spectra, surfaces, tables, training
 from figures.data import load
+from figures.kinds import kind_figure
 from figures.labels import distinct, legend_label
 from figures.records import CertifyResult, LineScan, Record, SpectrumScan, SurfaceScan, TrainRun
 from figures.style import method_rank, normalise_formats
@@ -159,14 +160,10 @@ def plot_records(
         if isinstance(r, LineScan):
             line_kinds.setdefault(r.meta.kind, []).append(r)
     for kind, scans in line_kinds.items():
-        draw = (
-            curves.plot_gradient_scans
-            if kind == "gradient"
-            else partial(curves.plot_line_scans, log=log)
-        )
+        draw = partial(kind_figure(kind), log=log)
         for scan in scans:
             written += draw([scan], out, _stem(scan.meta.name, kind), fmts)
-            if kind != "gradient" and errors.line_errors(scan):
+            if errors.line_errors(scan):  # a gradient scan has none
                 written += errors.plot_error_lines(
                     scan, out, _stem(scan.meta.name, kind) + "_errors", fmts
                 )

@@ -29,6 +29,7 @@ from bounds.names import DIRECTION_NORMS as NORMS
 __all__ = [
     "NORMS",
     "named_params",
+    "params_meta",
     "get_params",
     "flatten",
     "unflatten",
@@ -49,6 +50,16 @@ def named_params(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
     if not params:
         raise ValueError("the model has no parameters to scan")
     return params
+
+
+def params_meta(model: nn.Module) -> dict[str, list]:
+    """The attributes of a stored direction: the names and shapes of the parameters a scan
+    moves."""
+    params = named_params(model)
+    return {
+        "param_names": [n for n, _ in params],
+        "param_shapes": [list(p.shape) for _, p in params],
+    }
 
 
 def get_params(model: nn.Module) -> list[Tensor]:

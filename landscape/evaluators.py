@@ -47,7 +47,6 @@ __all__ = [
     "DirectionEvaluator",
     "sign_change_metrics",
     "error_metrics",
-    "check_error_fields",
     "loss_labels",
     "batchable",
 ]
@@ -318,37 +317,6 @@ class DirectionEvaluator:
             if self.buffer_path:
                 set_buffers(self.buffer_path, 0.0)
         return out
-
-
-def check_error_fields(
-    fields: Sequence[str] | str, verify_methods: Sequence[str], kind: str
-) -> list[str]:
-    """The ``--fields`` of a scan as a list, checked (one ValueError naming the bad option):
-    distinct names of :data:`ERROR_FIELDS`, verification methods that exist when
-    ``verified_err`` is asked for, and a kind with a grid of weights (not gradient or hessian)."""
-    from train.evaluate import verifier
-
-    if isinstance(fields, str):
-        fields = [f.strip() for f in fields.split(",") if f.strip()]
-    fields = list(fields)
-    bad = [f for f in fields if f not in ERROR_FIELDS]
-    if bad or not fields or len(set(fields)) != len(fields):
-        raise ValueError(
-            f"--fields: expected distinct names of {', '.join(ERROR_FIELDS)}, got {','.join(fields)!r}"
-        )
-    if "verified_err" in fields:
-        if not list(verify_methods):
-            raise ValueError("--verify-methods: give at least one bound method")
-        for m in verify_methods:
-            try:
-                verifier(m)
-            except ValueError as exc:
-                raise ValueError(f"--verify-methods: {exc}") from None
-    if kind in ("gradient", "hessian"):
-        raise ValueError(
-            f"--fields adds errors at the points of a random, interpolate or pca scan; not with --kind {kind}"
-        )
-    return fields
 
 
 def error_metrics(

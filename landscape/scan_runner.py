@@ -5,8 +5,9 @@
 (:mod:`landscape.scan_losses`) and the evaluator of the kind (:mod:`landscape.evaluators`),
 opens or resumes the file (:mod:`landscape.store`) and fills its missing points with
 :func:`fill_scan`, the one loop, in which splitting the grid across processes is a strategy
-(:mod:`landscape.distributed`). Scan kinds are those of :data:`bounds.names.SCAN_KINDS`;
-definitions in ``docs/scans.md``, file layout in ``docs/schema.md``.
+(:mod:`landscape.distributed`). Scan kinds are those of :data:`bounds.names.SCAN_KINDS`, each
+computed by its module of :mod:`landscape.scan_kinds`; definitions in ``docs/scans.md``, file
+layout in ``docs/schema.md``. The request itself is :mod:`landscape.scan_request`'s.
 """
 
 from __future__ import annotations
@@ -14,15 +15,14 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from bounds.names import SCAN_KINDS, SCAN_LOSSES, TRAIN_METHODS
 from landscape import distributed, store
 from landscape.distributed import Context, barrier, exchange, shard
 from landscape.metrics import loss_variation
-from landscape.provenance import provenance
+from landscape.scan_request import ScanRequest
 from landscape.scans import parse_range
 
 __all__ = [
@@ -34,6 +34,9 @@ __all__ = [
     "Chunker",
     "parse_range",
 ]
+if TYPE_CHECKING:
+    from landscape.scan_setup import PreparedScan
+
 Summaries = Callable[[store.ScanFile], Mapping[str, Mapping[str, Any]]]
 
 
@@ -98,16 +101,32 @@ def fill_scan(
     written (tests raise from it to simulate a crash). When no point is missing any more,
     :func:`finish_scan` stores the summaries and marks the file complete.
     """
-    from tqdm.auto import tqdm
-
     ctx = ctx or Context()
     todo = list(scan.missing() if indices is None else indices)
-    if not todo:  # the same on every rank, so no collective is left waiting
-        if ctx.is_main and not scan.complete:
-            finish_scan(scan, summaries)  # all points were written before a crash
-        return scan
-    mine = shard(todo, ctx.rank, ctx.world)
+    if todo:  # the same on every rank, so no collective is left waiting
+        _compute(scan, evaluator, todo, ctx, flush_seconds, progress, on_point)
+    if ctx.is_main and (todo or not scan.complete):  # or all were written before a crash
+        finish_scan(scan, summaries)
+    if todo:
+        barrier(ctx)
+    return scan
+
+
+def _compute(
+    scan: store.ScanFile | None,
+    evaluator: Callable[[Sequence[int]], list],
+    todo: list[int],
+    ctx: Context,
+    flush_seconds: float,
+    progress: bool,
+    on_point: Callable[[int], None] | None,
+) -> None:
+    """The loop of :func:`fill_scan`: this rank's share of ``todo`` in chunks, every rank's
+    results written by rank 0 into ``scan`` (flushed as :func:`fill_scan` says)."""
+    from tqdm.auto import tqdm
+
     chunker = Chunker(evaluator)
+    mine = shard(todo, ctx.rank, ctx.world)
     desc = f"scan ({ctx.world} processes)" if ctx.active else f"scan {scan.kind}"
     bar = tqdm(
         total=len(todo), desc=desc, unit="pt", disable=not (progress and ctx.is_main), leave=False
@@ -129,15 +148,12 @@ def fill_scan(
                     bar.update(1)
                     if on_point is not None:
                         on_point(done)
-                if (
-                    not finished and time.monotonic() - last >= interval
-                ):  # finish_scan writes the last
+                if not finished and time.monotonic() - last >= interval:  # finish_scan: the last
                     t0 = time.monotonic()
                     scan.flush()
                     last = time.monotonic()
-                    interval = max(
-                        flush_seconds, 20.0 * (last - t0)
-                    )  # writing stays <= ~5% of the time
+                    # writing stays <= ~5% of the time
+                    interval = max(flush_seconds, 20.0 * (last - t0))
             if finished:
                 break
     except BaseException as exc:
@@ -151,179 +167,9 @@ def fill_scan(
         raise
     finally:
         bar.close()
-    if ctx.is_main:
-        finish_scan(scan, summaries)
-    barrier(ctx)
-    return scan
 
 
 # ----------------------------------------------------------------------------- the request
-
-
-@dataclass
-class ScanRequest:
-    """Everything that defines a scan (the options of ``landscape scan``).
-
-    ``methods``: the losses scanned over the same points, training methods or
-    :data:`bounds.names.SCAN_LOSSES` (default: the checkpoint's method, or ``loss`` when it is
-    ``clean`` / ``pgd``); a gradient scan moves each loss along its own gradient, or every loss
-    along the gradient of the loss ``direction_from`` (one of them). ``eps``,
-    ``beta``, ``kappa`` default to the checkpoint's final training values, ``lr`` to its
-    learning rate. ``data``: an already loaded dataset of the checkpoint (else loaded here).
-    ``keep_bias``: whether biases move along random or PCA directions (default: not for random
-    directions, yes for PCA ones). ``trajectory``, ``center``: the checkpoints of a PCA scan (a
-    glob, a list or a run directory; default: the run's epoch and step checkpoints beside
-    ``checkpoint``) and whether their differences are centred. ``top_k`` to
-    ``density_points``: the work of a Hessian scan (:class:`landscape.spectrum.SpectrumOptions`;
-    None: its defaults). ``dataset``, ``trust_code``: dataset code the checkpoint names is
-    imported only when ``dataset`` names the same reference or ``trust_code`` is set. ``compile``:
-    certified losses run the engine's compiled kernels (the same values to float rounding; not
-    part of the arguments a file records).
-    """
-
-    checkpoint: str
-    out: str
-    kind: str = "gradient"
-    to_checkpoint: str | None = None
-    methods: Sequence[str] | None = None
-    loss: str = "certified"
-    eps: float | None = None
-    beta: float | None = None
-    kappa: float | None = None
-    slope: str | None = None
-    samples: int | str = 100
-    batch_size: int | None = None
-    split: str = "train"
-    seed: int = 0
-    points: int | None = None
-    range: str | Sequence[float] | None = None
-    t_min: float = 0.5
-    t_max: float = 5.0
-    lr: float | None = None
-    direction_from: str | None = None
-    norm: str = "filter"
-    keep_bias: bool | None = None
-    hessian: bool = False
-    trajectory: str | Sequence[str] | None = None
-    center: bool = False
-    top_k: int | None = None
-    lanczos_steps: int | None = None
-    trace_samples: int | None = None
-    density_runs: int | None = None
-    density_steps: int | None = None
-    density_sigma: float | None = None
-    density_points: int | None = None
-    layers: bool | None = None
-    fields: Sequence[str] | None = None
-    verify_methods: Sequence[str] = ("ibp", "crown-ibp")
-    metrics: bool = True
-    pgd_steps: int = 10
-    fused: bool = False
-    batch_points: int | None = None
-    compile: bool = False
-    device: str = "cpu"
-    data_dir: str | None = None
-    download: bool = False
-    dataset: str | None = None
-    trust_code: bool = False
-    command: str | None = None
-    data: Any = field(default=None, repr=False)
-
-    def check(self) -> None:
-        """One ValueError naming the first bad option (:func:`landscape.scan_checks.check_request`)."""
-        from landscape.scan_checks import check_request
-
-        check_request(self)
-
-    def spectrum_options(self) -> dict[str, Any]:
-        """The options of a Hessian scan as given (None: the default)."""
-        names = (
-            "top_k",
-            "lanczos_steps",
-            "trace_samples",
-            "density_runs",
-            "density_steps",
-            "density_sigma",
-            "density_points",
-            "layers",
-        )
-        return {k: getattr(self, k) for k in names}
-
-    def moves_bias(self) -> bool:
-        """Whether biases move along the scan's directions: ``keep_bias``, else only for PCA."""
-        return bool(self.keep_bias) if self.keep_bias is not None else self.kind == "pca"
-
-    def coords(self, ranges: Sequence[tuple[float, float]] | None = None) -> dict[str, np.ndarray]:
-        """The grid axes: ``t`` (gradient), ``x`` (and ``y``) (random, PCA), ``alpha``
-        (interpolate: ``--points`` values, plus 0 and 1 where missing), none (hessian). ``ranges``:
-        the default range of each axis, where the kind has none of its own (PCA: the trajectory's); ``--range`` wins."""
-        from landscape.scans import default_t_values, grid_coords
-
-        n = self.points if self.points is not None else SCAN_KINDS[self.kind].points
-        if self.kind == "gradient":
-            return {"t": default_t_values(self.t_min, self.t_max, n)}
-        if self.kind == "hessian":
-            return {}
-        if self.kind == "pca":
-            given = parse_range(self.range, self.kind) if self.range is not None else None
-            (xlo, xhi), (ylo, yhi) = (given, given) if given is not None else ranges  # type: ignore[misc]
-            return {"x": grid_coords(xlo, xhi, n), "y": grid_coords(ylo, yhi, n)}
-        lo, hi = parse_range(self.range, self.kind)
-        if self.kind == "random-2d":
-            return {"x": grid_coords(lo, hi, n), "y": grid_coords(lo, hi, n)}
-        if (
-            self.kind == "interpolate"
-        ):  # the two checkpoints themselves are always points of the scan
-            from landscape.scans import with_endpoints
-
-            return {"alpha": with_endpoints(grid_coords(lo, hi, n))}
-        return {"x": grid_coords(lo, hi, n)}
-
-    def loss_specs(
-        self, cfg: Mapping[str, Any], eps: float, domain: Sequence[float] | None
-    ) -> list[Any]:
-        """One :class:`landscape.scan_losses.LossSpec` per scanned loss, with the checkpoint's
-        final training values (config ``cfg``) where the request leaves them open."""
-        from landscape.scan_losses import LossSpec
-        from train.objective import LossOptions
-
-        if self.methods is not None:
-            labels = [m.strip() for m in self.methods]
-        else:
-            labels = [self.loss if self.loss != "certified" else cfg.get("method", "ibp")]
-        if not labels or any(not n for n in labels) or len(set(labels)) != len(labels):
-            raise ValueError(
-                f"--methods: expected distinct comma-separated names, got {','.join(labels)!r}"
-            )
-        specs = []
-        for name in labels:
-            kind = name if name in SCAN_LOSSES else "certified"
-            own = name == cfg.get("method")
-            slope = self.slope if self.slope is not None else (cfg.get("slope") if own else None)
-            beta = self.beta if self.beta is not None else float(cfg.get("beta_end", 1.0))
-            info = TRAIN_METHODS.get(name)
-            if info is not None and info.beta is not None:
-                beta = info.beta
-            if info is not None and info.slope is not None and slope == info.slope:
-                slope = None
-            kappa = self.kappa if self.kappa is not None else float(cfg.get("kappa_end", 0.0))
-            options = LossOptions.of(cfg).for_method(name) if kind == "certified" else {}
-            specs.append(
-                LossSpec(
-                    kind=kind,
-                    method=name if kind == "certified" else "ibp",
-                    slope=slope,
-                    beta=beta,
-                    kappa=kappa,
-                    eps=float(eps),
-                    domain=None if domain is None else (float(domain[0]), float(domain[1])),
-                    fused=bool(self.fused and kind == "certified"),
-                    pgd_steps=int(self.pgd_steps),
-                    seed=int(self.seed),
-                    options=tuple(options.items()),
-                )
-            )
-        return specs
 
 
 @dataclass
@@ -345,13 +191,14 @@ def run_scan(request: ScanRequest, progress: bool = True) -> ScanOutcome:
     """Carry out ``request`` (see the module docstring) in this process, or in its share of a
     torchrun group; rank 0 writes the file. Resumes an existing file made with the same
     arguments and refuses one made with others, leaving it as it was."""
+    from landscape.scan_checks import check_request
     from landscape.scan_setup import prepare_scan
 
-    request.check()
+    kind = check_request(request)
     ctx = distributed.init()
     scan_file = None
     try:
-        plan = prepare_scan(request, ctx)
+        plan = prepare_scan(request, kind, ctx)
         scan_file, todo = _open_file(request, plan, ctx)
         t0 = time.perf_counter()
         fill_scan(
@@ -384,7 +231,7 @@ def run_scan(request: ScanRequest, progress: bool = True) -> ScanOutcome:
 
 
 def _open_file(
-    request: ScanRequest, plan: Any, ctx: Context
+    request: ScanRequest, plan: PreparedScan, ctx: Context
 ) -> tuple[store.ScanFile | None, list[int]]:
     """Rank 0 opens (or creates) the file and tells every rank which points are missing."""
     if not ctx.is_main:
@@ -395,7 +242,7 @@ def _open_file(
     error: Exception | None = None
     scan_file, todo = None, []
     try:
-        attrs = {**provenance(request.command), **plan.attrs, "world_size": ctx.world}
+        attrs = {**plan.attrs, "world_size": ctx.world}
         scan_file, resumed = store.open_or_create_scan(
             request.out,
             kind=request.kind,
@@ -408,24 +255,8 @@ def _open_file(
             label_arrays=plan.label_arrays,
             lock=True,
         )
-        if resumed and (request.kind.startswith("random") or request.kind == "pca"):
-            for name, (value, _) in plan.arrays.items():
-                stored, _ = store.read_array(request.out, name)
-                # PCA directions come from an SVD: equal up to the rounding of another thread count
-                same = stored.shape == value.shape and (
-                    np.allclose(stored, value, rtol=1e-4, atol=1e-6)
-                    if request.kind == "pca"
-                    else np.array_equal(stored, value)
-                )
-                if not same:
-                    what = (
-                        "PCA directions than its checkpoints give"
-                        if request.kind == "pca"
-                        else "random directions than this seed gives"
-                    )
-                    raise ValueError(
-                        f"{request.out} holds other {what}; choose another --out or delete it"
-                    )
+        if resumed:
+            plan.kind.resumes(request.out, plan.arrays)
         todo = scan_file.missing().tolist()
     except (ValueError, OSError) as exc:
         error = exc

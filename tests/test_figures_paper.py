@@ -334,7 +334,7 @@ def test_axes_say_which_loss_is_drawn(tmp_path: Path, drawn) -> None:
             for i in range(xs.size):
                 scan.set_point(label, i, {"loss": 1.0 + i})
         scan.flush(complete=True)
-        curves.plot_line_scans([data.load(path)], tmp_path, path.stem, ("png",))
+        curves.plot_interpolations([data.load(path)], tmp_path, path.stem, ("png",))
         return drawn[path.stem].axes[0]
 
     ax = interp(["crown-ibp"])
