@@ -146,8 +146,8 @@ def test_certified_loss_passes_compile_through():
         y,
         0.05,
         method="tightest",
+        bound=training_bound("tightest", compile=True),
         generator=torch.Generator().manual_seed(2),
-        compile=True,
     )
     assert torch.allclose(got, ref, rtol=1e-5)
     assert got_stats["robust_err"] == ref_stats["robust_err"]
