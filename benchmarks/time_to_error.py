@@ -37,6 +37,7 @@ if sys.path and os.path.abspath(sys.path[0] or ".") == os.path.dirname(os.path.a
 
 import torch
 
+from bounds import BoundSpec
 from train.config import TrainConfig, run_domain
 from train.data import load_dataset
 from train.evaluate import evaluate, metric_key
@@ -75,11 +76,9 @@ def train_arm(cfg: TrainConfig, data, recipe: bool, epochs: int, test_size: int,
                 data.train_x[idx],
                 data.train_y[idx],
                 v["eps"],
-                method="crown-ibp",
-                beta=v["beta"],
+                "crown-ibp",
+                BoundSpec("crown-ibp", beta=v["beta"], domain=domain, fused=fused),
                 kappa=v["kappa"],
-                fused=fused,
-                domain=domain,
             )
             loss.backward()
             opt.step()

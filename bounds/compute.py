@@ -39,24 +39,21 @@ from functools import cached_property
 import torch
 from torch import nn
 
-from bounds import compiled, slope_search
+from bounds import mode, slope_search
+from bounds.bound_spec import BoundSpec
 from bounds.interval import IntervalResult, ibp, input_box
 from bounds.linear import backward_bound
 from bounds.memory import check_crown_memory
-from bounds.names import SEARCHED_SLOPES, engine_method
-from bounds.network import LayerOp, affine_layers_before, layer_ops, plain, relu_indices, shape_at
-from bounds.relaxations import POLICIES, Relaxation, with_lower_slope
-from bounds.spec import (
-    check_beta,
-    check_C,
-    check_domain,
-    check_eps,
-    check_method_slope,
-    check_opt,
-    check_x,
-    margin_ce,
-    margin_spec,
+from bounds.network import (
+    LayerOp,
+    affine_layers_before,
+    cut_graph,
+    layer_ops,
+    relu_indices,
+    shape_at,
 )
+from bounds.relaxations import POLICIES, Relaxation, with_lower_slope
+from bounds.spec import check_C, check_eps, check_x, margin_ce, margin_spec
 
 #: elements of one backward-pass coefficient tensor per chunk of identity rows (crown's
 #: intermediate bounds); 2**24 float32 entries = 64 MiB.
@@ -106,8 +103,7 @@ class Prepared:
 
     ``center``/``radius``: input box ``[B, *input_shape]``; ``ibp``: the IBP result (for ``C``);
     ``preact``: ``{relu op index: (l, u)}`` used for the relaxations; ``relax``: static
-    relaxations of every ReLU layer (for optimized/tightest: their start slopes); ``kernels``:
-    compiled element-wise kernels (:mod:`bounds.compiled`) or None.
+    relaxations of every ReLU layer (for optimized/tightest: their start slopes).
     """
 
     ops: list[LayerOp]
@@ -116,18 +112,16 @@ class Prepared:
     ibp: IntervalResult
     preact: dict[int, tuple[torch.Tensor, torch.Tensor]]
     relax: dict[int, Relaxation]
-    kernels: compiled.Kernels | None = None
 
     def detached(self) -> Prepared:
         """A copy cut from the autograd graph (and made of normal tensors under inference mode)."""
         return Prepared(
             [op.detached() for op in self.ops],
-            plain(self.center),
-            plain(self.radius),
+            cut_graph(self.center),
+            cut_graph(self.radius),
             self.ibp,
-            {k: (plain(l), plain(u)) for k, (l, u) in self.preact.items()},
-            {k: Relaxation(*(plain(t) for t in r)) for k, r in self.relax.items()},
-            self.kernels,
+            {k: (cut_graph(l), cut_graph(u)) for k, (l, u) in self.preact.items()},
+            {k: Relaxation(*(cut_graph(t) for t in r)) for k, r in self.relax.items()},
         )
 
     def final_pass(
@@ -135,9 +129,7 @@ class Prepared:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Lower bound ``[B, S]`` of ``A . f`` and input coefficients, with ``relax`` (default: static)."""
         relax = self.relax if relax is None else relax
-        return backward_bound(
-            self.ops, len(self.ops), A, relax, self.center, self.radius, self.kernels
-        )
+        return backward_bound(self.ops, len(self.ops), A, relax, self.center, self.radius)
 
 
 def _layer_bounds(
@@ -148,7 +140,6 @@ def _layer_bounds(
     radius: torch.Tensor,
     l_ibp: torch.Tensor,
     u_ibp: torch.Tensor,
-    kernels: compiled.Kernels | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """CROWN bounds ``(l, u)`` ``[B, *shape]`` of the input of ReLU op ``k``, intersected with the
     IBP bounds ``l_ibp, u_ibp``.
@@ -174,7 +165,7 @@ def _layer_bounds(
         block = center.new_zeros(m, n)  # identity rows of the chunk (no n x n identity)
         block[torch.arange(m, device=chunk.device), chunk] = 1
         A = torch.cat([block, -block]).reshape(1, 2 * m, *shape).expand(B, 2 * m, *shape)
-        bound, _ = backward_bound(ops, k, A, relax, center, radius, kernels)
+        bound, _ = backward_bound(ops, k, A, relax, center, radius)
         lows.append(bound[:, :m])
         ups.append(-bound[:, m:])
     low, up = torch.cat(lows, 1), torch.cat(ups, 1)
@@ -189,27 +180,17 @@ def prepare(
     ops: list[LayerOp],
     x: torch.Tensor,
     eps: float | torch.Tensor,
-    domain: tuple[float, float] | None,
-    method: str,
-    slope: str,
+    spec: BoundSpec,
     C: torch.Tensor | None,
     generator: torch.Generator | None,
-    kernels: compiled.Kernels | None = None,
 ) -> Prepared:
-    """Input box, IBP, intermediate bounds (IBP or CROWN by ``method``) and static relaxations."""
-    with compiled.activated(
-        kernels
-    ):  # the compiled upper line for the policies (bounds/compiled.py)
-        return _prepare(ops, x, eps, domain, method, slope, C, generator, kernels)
-
-
-def _prepare(ops, x, eps, domain, method, slope, C, generator, kernels) -> Prepared:
-    """The body of :func:`prepare` (inside its ``compiled.activated`` block)."""
-    center, radius = input_box(x, eps, domain)
-    res = ibp(ops, center, radius, C, kernels)
-    policy = POLICIES[slope]
-    inner_policy = POLICIES["adaptive"] if slope in SEARCHED_SLOPES else policy
-    linear_inner = method == "crown"
+    """Input box, IBP, intermediate bounds (IBP, or CROWN for ``spec.method == "crown"``) and the
+    static relaxations of ``spec.slope`` (for the searched slopes: their start)."""
+    center, radius = input_box(x, eps, spec.domain)
+    res = ibp(ops, center, radius, C)
+    policy = POLICIES[spec.slope]
+    inner_policy = POLICIES["adaptive"] if spec.searched else policy
+    linear_inner = spec.method == "crown"
     preact: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
     relax: dict[int, Relaxation] = {}
     inner: dict[int, Relaxation] = {}  # relaxations of the intermediate passes (crown)
@@ -218,25 +199,24 @@ def _prepare(ops, x, eps, domain, method, slope, C, generator, kernels) -> Prepa
     for k in relu_indices(ops):
         l, u = res.preact[k]
         if linear_inner and affine_layers_before(ops, k) > 1:
-            l, u = _layer_bounds(ops, k, inner, center, radius, l, u, kernels)
+            l, u = _layer_bounds(ops, k, inner, center, radius, l, u)
         preact[k] = (l, u)
         relax[k] = policy(l, u, generator)
         if linear_inner:
             inner[k] = relax[k] if inner_policy is policy else inner_policy(l, u)
-    return Prepared(ops, center, radius, res, preact, relax, kernels)
+    return Prepared(ops, center, radius, res, preact, relax)
 
 
 def final_relaxations(
     prep: Prepared,
-    slope: str,
-    objective: Callable[[Prepared, dict[int, Relaxation]], torch.Tensor] | None,
-    opt_steps: int,
-    opt_lr: float,
+    spec: BoundSpec,
+    objective: Callable[[Prepared, dict[int, Relaxation]], torch.Tensor],
 ) -> dict[int, Relaxation]:
-    """Relaxations for the final pass: the static ones, or those found by the slope search.
+    """Relaxations for the final pass: the static ones, or those found by the slope search of
+    ``spec.slope`` (with ``spec.opt_steps``, ``spec.opt_lr`` for ``optimized``).
 
     ``objective(detached_prep, relax) -> scalar loss`` (minimised / sign-followed)."""
-    if slope not in SEARCHED_SLOPES or not prep.relax:
+    if not spec.searched or not prep.relax:
         return prep.relax
     with (
         torch.inference_mode(False),
@@ -247,10 +227,10 @@ def final_relaxations(
         def obj(relax: dict[int, Relaxation]) -> torch.Tensor:
             return objective(det, relax)
 
-        if slope == "tightest":
+        if spec.slope == "tightest":
             found = slope_search.tighten(det.preact, det.relax, obj)
         else:
-            found = slope_search.optimize(det.preact, det.relax, obj, opt_steps, opt_lr)
+            found = slope_search.optimize(det.preact, det.relax, obj, spec.opt_steps, spec.opt_lr)
     out = {}
     for k, (l, u) in prep.preact.items():
         s, t = prep.relax[k].upper_slope, prep.relax[k].upper_intercept
@@ -259,12 +239,15 @@ def final_relaxations(
 
 
 def _default_objective(
-    slope: str, loss_fn: Callable | None, C: torch.Tensor
+    spec: BoundSpec, C: torch.Tensor
 ) -> Callable[[Prepared, dict[int, Relaxation]], torch.Tensor]:
-    """Loss of the lower bounds minimised by the slope search."""
+    """Loss of the lower bounds ``[B, S]`` of ``C f`` minimised by the slope search:
+    ``spec.loss_fn(lower).sum()``, else ``-sum(lower)`` for ``optimized`` and the robust
+    cross-entropy ``sum_b logsumexp([0, -lower_b])`` for ``tightest``."""
+    loss_fn, slope = spec.loss_fn, spec.slope
 
     def objective(det: Prepared, relax: dict[int, Relaxation]) -> torch.Tensor:
-        lower, _ = det.final_pass(plain(C), relax)
+        lower, _ = det.final_pass(cut_graph(C), relax)
         if loss_fn is not None:
             return loss_fn(lower).sum()
         if slope == "optimized":
@@ -274,58 +257,57 @@ def _default_objective(
     return objective
 
 
+def _preact_only(prep: Prepared, ks: list[int]) -> BoundResult:
+    """The IBP bounds with the relaxations of ``prep`` (a bound without a linear pass)."""
+    return BoundResult(
+        prep.ibp.lower,
+        prep.ibp.upper,
+        [prep.preact[k] for k in ks],
+        [prep.relax[k].lower_slope for k in ks],
+        [prep.relax[k].upper_slope for k in ks],
+        None,
+    )
+
+
 def bounds_from(
     ops: list[LayerOp],
     x: torch.Tensor,
     eps: float | torch.Tensor,
-    method: str,
-    slope: str,
+    spec: BoundSpec,
     C: torch.Tensor | None,
-    beta: float,
-    domain: tuple[float, float] | None,
-    loss_fn: Callable | None = None,
-    opt_steps: int = 20,
-    opt_lr: float = 0.1,
     generator: torch.Generator | None = None,
     need_upper: bool = True,
     search_C: torch.Tensor | None = None,
-    compile: bool = False,
 ) -> BoundResult:
-    """The engine behind :func:`compute_bounds`, on validated arguments.
+    """The engine behind :func:`bound_model`, on validated arguments, in the current mode.
 
-    ``need_upper=False`` skips the CROWN upper pass (``upper`` is then the IBP upper bound).
-    ``search_C``: the specification the slope search's objective uses (default ``C``).
-    ``compile``: run the element-wise steps as compiled kernels (:mod:`bounds.compiled`).
+    ``C`` ``[B, S, n_out]`` (None: the logits). ``need_upper=False`` skips the CROWN upper pass
+    (``upper`` is then the IBP upper bound). ``search_C``: the specification the slope
+    search's objective uses (default ``C``). For ``crown-ibp``,
+    ``lower = beta crown + (1 - beta) ibp`` (likewise ``upper``).
     """
-    kernels = compiled.kernels(compile)
     B = x.shape[0]
     n_out = ops[-1].out_shape[0]
     if C is None:
         C = torch.eye(n_out, dtype=x.dtype, device=x.device).unsqueeze(0).expand(B, n_out, n_out)
     S = C.shape[1]
     ks = relu_indices(ops)
-    if method == "ibp":
-        center, radius = input_box(x, eps, domain)
-        res = ibp(ops, center, radius, C, kernels)
+    if not spec.relaxes:
+        center, radius = input_box(x, eps, spec.domain)
+        res = ibp(ops, center, radius, C)
         preact = [res.preact[k] for k in ks]
         return BoundResult(res.lower, res.upper, preact, None, None, None)
-    prep = prepare(ops, x, eps, domain, method, slope, C, generator, kernels)
-    if method == "crown-ibp" and beta == 0.0:  # pure IBP; slopes reported for analysis only
-        return BoundResult(
-            prep.ibp.lower,
-            prep.ibp.upper,
-            [prep.preact[k] for k in ks],
-            [prep.relax[k].lower_slope for k in ks],
-            [prep.relax[k].upper_slope for k in ks],
-            None,
-        )
-    objective = _default_objective(slope, loss_fn, C if search_C is None else search_C)
-    relax = final_relaxations(prep, slope, objective, opt_steps, opt_lr)
+    prep = prepare(ops, x, eps, spec, C, generator)
+    if not spec.linear_pass:  # pure IBP; slopes reported for analysis only
+        return _preact_only(prep, ks)
+    objective = _default_objective(spec, C if search_C is None else search_C)
+    relax = final_relaxations(prep, spec, objective)
     A = torch.cat([C, -C], dim=1) if need_upper else C
     bound, A_in = prep.final_pass(A, relax)
     lower = bound[:, :S]
     upper = -bound[:, S:] if need_upper else prep.ibp.upper
-    if method == "crown-ibp" and beta < 1.0:
+    beta = spec.beta
+    if spec.method == "crown-ibp" and beta < 1.0:
         lower = beta * lower + (1.0 - beta) * prep.ibp.lower
         if need_upper:
             upper = beta * upper + (1.0 - beta) * prep.ibp.upper
@@ -337,6 +319,42 @@ def bounds_from(
         [relax[k].upper_slope for k in ks],
         A_in[:, :S],
     )
+
+
+def bound_model(
+    model: nn.Module,
+    x: torch.Tensor,
+    eps: float | torch.Tensor,
+    spec: BoundSpec,
+    C: torch.Tensor | None = None,
+    y: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    need_upper: bool = True,
+) -> BoundResult:
+    """Certified bounds ``lower <= C f(x') <= upper`` ``[B, S]`` of ``model`` for every ``x'`` in
+    the ball ``{x' : |x' - x|_inf <= eps} n spec.domain``, computed as ``spec`` says, in the
+    mode ``spec.compile`` selects (:func:`bounds.mode.engine`).
+
+    ``x`` ``[B, *input_shape]``; ``eps`` float or ``[B]``; ``C`` ``[B, S, n_out]`` or
+    ``[S, n_out]`` (None: the logits); ``y`` ``[B]`` labels: with ``C`` None and a searched
+    slope, the search's objective uses the margins ``margin_spec(y)``; ``generator``: the random
+    source of ``uniform``, ``binary`` and ``tightest``; ``need_upper`` False: ``upper`` is IBP's.
+    The keyword form is :func:`compute_bounds`.
+    """
+    check_x(x)
+    eps = check_eps(eps, x.shape[0])
+    ops = layer_ops(model, tuple(x.shape[1:]), x.dtype, x.device, x=x)
+    n_out = ops[-1].out_shape[0]
+    C = check_C(C, x.shape[0], n_out, x)
+    search_C = None
+    if C is None and y is not None and spec.searched:
+        search_C = margin_spec(y, n_out).to(dtype=x.dtype, device=x.device)
+        if search_C.shape[0] != x.shape[0]:
+            raise ValueError(
+                f"y must have one label per sample ({x.shape[0]}), got {search_C.shape[0]}"
+            )
+    with mode.engine(spec.compile):
+        return bounds_from(ops, x, eps, spec, C, generator, bool(need_upper), search_C)
 
 
 def compute_bounds(
@@ -384,37 +402,17 @@ def compute_bounds(
 
     Returns:
         :class:`BoundResult`; all tensors differentiable w.r.t. the parameters and ``x``.
+
+    The keyword form of :func:`bound_model`: the settings become one :class:`bounds.BoundSpec`.
     """
-    check_x(x)
-    slope = check_method_slope(method, slope)
-    method, slope, beta = engine_method(method, slope, check_beta(beta))
-    eps = check_eps(eps, x.shape[0])
-    domain = check_domain(domain)
-    opt_steps, opt_lr = check_opt(opt_steps, opt_lr)
-    ops = layer_ops(model, tuple(x.shape[1:]), x.dtype, x.device, x=x)
-    n_out = ops[-1].out_shape[0]
-    C = check_C(C, x.shape[0], n_out, x)
-    search_C = None
-    if C is None and y is not None and slope in SEARCHED_SLOPES:
-        search_C = margin_spec(y, n_out).to(dtype=x.dtype, device=x.device)
-        if search_C.shape[0] != x.shape[0]:
-            raise ValueError(
-                f"y must have one label per sample ({x.shape[0]}), got {search_C.shape[0]}"
-            )
-    return bounds_from(
-        ops,
-        x,
-        eps,
+    spec = BoundSpec(
         method,
         slope,
-        C,
         beta,
         domain,
-        loss_fn,
-        opt_steps,
-        opt_lr,
-        generator,
-        need_upper=bool(need_upper),
-        search_C=search_C,
-        compile=bool(compile),
+        compile=compile,
+        opt_steps=opt_steps,
+        opt_lr=opt_lr,
+        loss_fn=loss_fn,
     )
+    return bound_model(model, x, eps, spec, C, y, generator, need_upper)

@@ -36,13 +36,12 @@ the per-sample minimum of ``fused=True`` and IBP for every policy.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 
+from bounds.bound_spec import BoundSpec
 from bounds.compute import Prepared, final_relaxations, prepare
 from bounds.interval import ibp, input_box
-from bounds.network import LayerOp, plain
+from bounds.network import LayerOp, cut_graph
 from bounds.relaxations import Relaxation
 from bounds.spec import margin_spec
 
@@ -71,32 +70,24 @@ def fused_loss(
     x: torch.Tensor,
     y: torch.Tensor,
     eps: float | torch.Tensor,
-    method: str,
-    slope: str,
-    beta: float,
-    domain: tuple[float, float] | None,
-    loss_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
-    opt_steps: int = 20,
-    opt_lr: float = 0.1,
+    spec: BoundSpec,
     generator: torch.Generator | None = None,
-    kernels: object | None = None,
-    keep_ibp: bool = False,
 ) -> torch.Tensor:
-    """Per-sample fused upper bound ``[B]`` of ``max_{x'} CE(f(x'), y)`` (arguments validated).
+    """Per-sample fused upper bound ``[B]`` of ``max_{x'} CE(f(x'), y)`` (arguments validated,
+    in the current mode), by ``spec``'s method, slope and beta.
 
-    ``loss_fn`` (optional): a function of the per-sample fused losses ``[B]`` that the slope
-    search of ``tightest``/``optimized`` minimises instead of their sum. ``keep_ibp``: the
-    per-sample minimum with the IBP bound (module doc). ``kernels``: compiled element-wise
-    kernels (:mod:`bounds.compiled`) or None.
+    ``spec.loss_fn`` (optional): a function of the per-sample fused losses ``[B]`` that the
+    slope search of ``tightest``/``optimized`` minimises instead of their sum.
+    ``spec.fused == "min"``: the per-sample minimum with the IBP bound (module doc).
     """
     n = ops[-1].out_shape[0]
     C = margin_spec(y, n).to(dtype=x.dtype, device=x.device)  # rows e_y - e_j
-    use_linear = method != "ibp" and not (method == "crown-ibp" and beta == 0.0)
+    use_linear = spec.linear_pass
     if use_linear:
-        prep = prepare(ops, x, eps, domain, method, slope, C, generator, kernels)
+        prep = prepare(ops, x, eps, spec, C, generator)
         res = prep.ibp
     else:  # the IBP bound needs no relaxations
-        res = ibp(ops, *input_box(x, eps, domain), C, kernels)
+        res = ibp(ops, *input_box(x, eps, spec.domain), C)
     lo_d, up_d = -res.upper, -res.lower  # bounds of d_j = f_j - f_y, [B, n-1]
     m = up_d.detach().amax(1, keepdim=True).clamp(min=0)  # [B, 1]
     tiny = torch.finfo(x.dtype).tiny
@@ -108,6 +99,7 @@ def fused_loss(
     s, t = chord(lo_d, up_d, m)
     row = (s.unsqueeze(-1) * C).sum(1, keepdim=True)  # = -w, [B, 1, n]
     T = t.sum(1, keepdim=True)
+    beta, loss_fn = spec.beta, spec.loss_fn
 
     def total(
         p: Prepared,
@@ -117,20 +109,27 @@ def fused_loss(
         T=T,
         m=m,
         floor=floor,
-        keep_ibp=keep_ibp,
+        keep_ibp=spec.fused == "min",
     ) -> torch.Tensor:
         neg_u, _ = p.final_pass(row, relax)  # lower bound of -w.f, [B, 1]
         s_lin = -neg_u + T
-        s_all = beta * s_lin + (1.0 - beta) * s_ibp if method == "crown-ibp" else s_lin
+        s_all = beta * s_lin + (1.0 - beta) * s_ibp if spec.method == "crown-ibp" else s_lin
         if keep_ibp:
             s_all = torch.minimum(s_all, s_ibp)
         return (m + torch.log(torch.maximum(floor + s_all, floor))).squeeze(1)
 
     def objective(det: Prepared, relax: dict[int, Relaxation]) -> torch.Tensor:
         per_sample = total(
-            det, relax, plain(s_ibp), plain(row), plain(T), plain(m), plain(floor), False
+            det,
+            relax,
+            cut_graph(s_ibp),
+            cut_graph(row),
+            cut_graph(T),
+            cut_graph(m),
+            cut_graph(floor),
+            False,
         )
         return (loss_fn(per_sample) if loss_fn is not None else per_sample).sum()
 
-    relax = final_relaxations(prep, slope, objective, opt_steps, opt_lr)
+    relax = final_relaxations(prep, spec, objective)
     return total(prep, relax)

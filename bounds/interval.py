@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from bounds import plain
+from bounds import mode
 from bounds.compiled import interval_relu_forward
 from bounds.network import STACK_KINDS, LayerOp
 
@@ -122,22 +122,18 @@ class _IntervalRelu(torch.autograd.Function):
     Backward (``gc``, ``gr`` the gradients of ``2c'``, ``2r'``): ``du = 1[u > 0] (gc + gr)``,
     ``dl = 1[l > 0] (gc - gr)``, ``dc = du + dl + gl + gu``, ``dr = du - dl - gl + gu`` (no
     ``torch.where``, no mask tensors; gradients that were not asked for stay None instead of
-    being filled with zeros; differentiable again for double backward). ``kernels``: None
-    (eager) or :class:`bounds.compiled.Kernels`.
+    being filled with zeros; differentiable again for double backward). In the compiled mode
+    (:mod:`bounds.mode`) both run as compiled kernels (the backward with those of the forward).
     """
 
     @staticmethod
-    def forward(ctx, c, r, kernels=None):  # type: ignore[override]
+    def forward(ctx, c, r):  # type: ignore[override]
         ctx.set_materialize_grads(False)
+        kernels = mode.active_kernels()
         ctx.kernels = kernels
-        if kernels is not None:
-            l, u, c2, r2 = kernels.interval_forward(c, r)
-            ctx.save_for_backward(l, u)
-            return l, u, c2, r2
-        l, u = c - r, c + r
-        hi, lo = u.clamp(min=0), l.clamp(min=0)
-        c2 = hi + lo
-        r2 = hi.sub_(lo)
+        # one body (bounds.compiled.interval_relu_forward), run eagerly or as a compiled kernel
+        fwd = interval_relu_forward if kernels is None else kernels.interval_forward
+        l, u, c2, r2 = fwd(c, r)
         ctx.save_for_backward(l, u)
         return l, u, c2, r2
 
@@ -146,8 +142,8 @@ class _IntervalRelu(torch.autograd.Function):
         l, u = ctx.saved_tensors
         if ctx.kernels is not None and not torch.is_grad_enabled():
             if gl is None and gu is None and gc is None and gr is None:
-                return None, None, None
-            return (*ctx.kernels.interval_backward(l, u, gl, gu, gc, gr), None)
+                return None, None
+            return ctx.kernels.interval_backward(l, u, gl, gu, gc, gr)
         dc = dr = None
         if gc is not None or gr is not None:
             if gc is None:
@@ -164,8 +160,8 @@ class _IntervalRelu(torch.autograd.Function):
                 dc = g.clone() if dc is None else dc.add_(g)
                 dr = g * sign if dr is None else dr.add_(g, alpha=sign)
         if dc is None:
-            return None, None, None
-        return dc.expand_as(l), dr.expand_as(l), None
+            return None, None
+        return dc.expand_as(l), dr.expand_as(l)
 
 
 def channels_last(t: torch.Tensor) -> torch.Tensor:
@@ -228,15 +224,14 @@ def ibp(
     center: torch.Tensor,
     radius: torch.Tensor,
     C: torch.Tensor | None = None,
-    kernels: object | None = None,
 ) -> IntervalResult:
-    """Interval bounds of every ReLU's input and of ``C f(x')`` over the box (``center``, ``radius``).
+    """Interval bounds of every ReLU's input and of ``C f(x')`` over the box (``center``, ``radius``),
+    in the current mode (:mod:`bounds.mode`).
 
     ``C``: ``[B, S, n_out]`` or None. Shapes: ``center``, ``radius`` ``[B, *input_shape]``.
-    ``kernels``: compiled element-wise kernels (:mod:`bounds.compiled`) or None.
     """
     c, r = center, radius
-    fast = not plain.active()  # plain mode: standard operations only (bounds/plain.py)
+    fast = not mode.vmapped()  # vmap mode: standard operations only (bounds/mode.py)
     twice = False  # c, r hold twice the centre and radius (after a ReLU)
     hwc: tuple[int, ...] | None = None  # c, r: a [C, H, W] flattened in channels-last order
     preact: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -259,7 +254,7 @@ def ibp(
         elif op.kind == "relu":
             if twice:
                 c, r = c * 0.5, r * 0.5
-            l, u, c, r = _IntervalRelu.apply(c, r, kernels) if fast else interval_relu_forward(c, r)
+            l, u, c, r = _IntervalRelu.apply(c, r) if fast else interval_relu_forward(c, r)
             twice = True
             preact[k] = (l, u)
         elif (

@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.grad import conv2d_weight
 
-from bounds import plain
+from bounds import mode
 from bounds.compiled import relu_step_forward
 from bounds.interval import channel_view, channels_last, hwc_columns
 from bounds.network import LayerOp, stack_depth
@@ -82,7 +82,7 @@ def sample_flat(v: torch.Tensor, cl: bool) -> torch.Tensor:
 
 def _dot(A: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """``[B, S, *shape] . [B, *shape] -> [B, S]`` (contracting all per-sample dims)."""
-    cl = not plain.active() and is_channels_last(A)
+    cl = not mode.vmapped() and is_channels_last(A)
     return torch.bmm(rows_flat(A, cl), sample_flat(v, cl).unsqueeze(-1)).squeeze(-1)
 
 
@@ -153,13 +153,14 @@ class _ReluStep(torch.autograd.Function):
     ``dA = a G + n ((s - a) G + g t)``, ``ds = sum_S G A-``, ``da = sum_S G A - ds``,
     ``dt = sum_S g A-``. Under ``create_graph`` the backward is built from differentiable ops,
     so double backward (Hessian-vector products) works; otherwise it reuses ``A-`` from the
-    forward and works in place. ``kernels``: None (eager) or the compiled pair of
-    :mod:`bounds.compiled`.
+    forward and works in place. In the compiled mode (:mod:`bounds.mode`) forward and backward
+    run as compiled kernels (the backward with those of the forward).
     """
 
     @staticmethod
-    def forward(ctx, A, a, s, t, kernels=None):  # type: ignore[override]
-        fwd = relu_step_values if kernels is None else kernels[0]
+    def forward(ctx, A, a, s, t):  # type: ignore[override]
+        kernels = mode.active_kernels()
+        fwd = relu_step_values if kernels is None else kernels.relu_forward
         new_A, db, An = fwd(A, a, s, t)
         # save the input A (not only A-, a non-input): double backward needs the link to A
         ctx.save_for_backward(A, a, s, t)
@@ -173,30 +174,28 @@ class _ReluStep(torch.autograd.Function):
         A, a, s, t = ctx.saved_tensors
         need = ctx.needs_input_grad[:4]
         if torch.is_grad_enabled():
-            return (*_relu_step_graph_grads(A, a, s, t, G, g, need), None)
+            return _relu_step_graph_grads(A, a, s, t, G, g, need)
         G = torch.zeros_like(A) if G is None else G  # (never None in the engine's own passes)
         g = A.new_zeros(A.shape[:2]) if g is None else g
-        step = relu_step_grads if ctx.kernels is None else ctx.kernels[1]
-        grads = step(A, ctx.An, a, s, t, G, g, need)
-        return (*grads, None)
+        if ctx.kernels is None:
+            return relu_step_grads(A, ctx.An, a, s, t, G, g, need)
+        return ctx.kernels.relu_backward(A, a, s, t, G, g, need)
 
 
-def relu_backward(
-    A: torch.Tensor, relax: Relaxation, kernels: tuple | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
+def relu_backward(A: torch.Tensor, relax: Relaxation) -> tuple[torch.Tensor, torch.Tensor]:
     """One ReLU step of the lower-bound pass. ``A`` ``[B, S, *shape]``, lines ``[B, *shape]``.
 
     Returns ``(A', db)``: ``A' = A+ a + A- s`` (``[B, S, *shape]``, in ``A``'s layout),
     ``db = A- . t`` (``[B, S]``): positive coefficients take the lower line, negative ones the
     upper line.
     """
-    if plain.active():  # standard operations only (bounds/plain.py)
+    if mode.vmapped():  # standard operations only (bounds/mode.py)
         B, S = A.shape[:2]
         new_A, db = relu_step_forward(A.reshape(B, S, -1), *(v.reshape(B, -1) for v in relax))
         return new_A.view(A.shape), db
     cl = is_channels_last(A)
     a, s, t = (sample_flat(v, cl) for v in relax)
-    new_A, db = _ReluStep.apply(rows_flat(A, cl), a, s, t, kernels)
+    new_A, db = _ReluStep.apply(rows_flat(A, cl), a, s, t)
     return rows_unflat(new_A, tuple(A.shape[2:]), cl), db
 
 
@@ -303,7 +302,7 @@ def conv_transpose(op: LayerOp, A: torch.Tensor) -> torch.Tensor:
     """Pull ``A`` ``[B, S, *out_shape]`` back through the convolution ``op``, without its bias."""
     B, S = A.shape[:2]
     flat = A.reshape(B * S, *op.out_shape)
-    if plain.active():  # standard operations only (bounds/plain.py)
+    if mode.vmapped():  # standard operations only (bounds/mode.py)
         args, w = op.conv_args, op.weight
         out_pad = tuple(
             op.in_shape[1 + i]
@@ -376,13 +375,12 @@ def backward_bound(
     relax: Mapping[int, Relaxation],
     center: torch.Tensor,
     radius: torch.Tensor,
-    kernels: tuple | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Lower bound of ``A . f_position(x')`` over the box, and the input coefficients.
+    """Lower bound of ``A . f_position(x')`` over the box, and the input coefficients, in the
+    current mode (:mod:`bounds.mode`).
 
     ``A``: ``[B, S, *shape_at(position)]``; ``relax``: lines for every ReLU op index below
-    ``position``; ``center``, ``radius``: ``[B, *input_shape]``; ``kernels``: compiled ReLU-step
-    kernels (:mod:`bounds.compiled`) or None.
+    ``position``; ``center``, ``radius``: ``[B, *input_shape]``.
     Returns ``(lower [B, S], A_in [B, S, *input_shape])`` (``A_in`` possibly channels-last).
     """
     bias = None
@@ -401,13 +399,13 @@ def backward_bound(
         elif A is None:
             pass  # a path without coefficients (a pass that starts inside a residual block)
         elif op.kind == "relu":
-            A, db = relu_backward(A, relax[k], kernels)
+            A, db = relu_backward(A, relax[k])
         elif (
             op.kind == "linear"
             and k > 0
             and ops[k - 1].kind == "flatten"
             and len(ops[k - 1].in_shape) == 3
-            and not plain.active()
+            and not mode.vmapped()
         ):
             A, db = _linear_before_flatten(op, ops[k - 1], A)
             k -= 1  # the Flatten is done

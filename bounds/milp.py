@@ -38,6 +38,7 @@ from bounds.milp_net import AffineNet, UnsupportedLayerError, affine_net, milp_i
 __all__ = [
     "AffineNet",
     "MarginResult",
+    "MilpOptions",
     "UnsupportedLayerError",
     "affine_net",
     "exact_min_margin",
@@ -84,17 +85,13 @@ class MarginResult:
     per_class: dict[int, tuple[float, float]] = field(default_factory=dict)
 
 
-def _build(
-    net: AffineNet, lo: np.ndarray, hi: np.ndarray, preact: Sequence[tuple[np.ndarray, np.ndarray]]
-):
-    """The big-M program's constraints (module docstring). Returns ``(A, lb_c, ub_c, lb_v, ub_v,
-    integrality, last, zs)``, ``A`` a CSR matrix over the variables, ``last`` ``[n_last, n_vars]``
-    the last ReLU layer's activations as linear maps of the variables (logits ``W_L last v + b_L``)
-    and ``zs`` per ReLU layer the indices of its pre-activation variables.
-
-    Variables: ``x`` (in ``[lo, hi]``), then per ReLU layer its pre-activations ``z`` (in
-    ``[l, u]``), the outputs ``a`` of its unstable neurons (in ``[0, u]``) and their binaries."""
-    n0 = lo.size
+def _layout(
+    net: AffineNet, preact: Sequence[tuple[np.ndarray, np.ndarray]], n0: int
+) -> tuple[list[tuple[np.ndarray, ...]], int]:
+    """The variables of :func:`_build` after the ``n0`` inputs: per ReLU layer ``(l, u,
+    unstable, z, a, d)``, its bounds ``[n_k]`` (widened by :data:`BOUND_SLACK`), its unstable
+    mask and the indices of its pre-activations ``z``, unstable outputs ``a`` and binaries
+    ``d``; and the number of variables."""
     layers = []
     n_vars = n0
     for k in range(net.n_relu_layers):
@@ -113,6 +110,21 @@ def _build(
         d = np.arange(n_vars + n + n_u, n_vars + n + 2 * n_u)
         n_vars += n + 2 * n_u
         layers.append((l, u, unstable, z, a, d))
+    return layers, n_vars
+
+
+def _build(
+    net: AffineNet, lo: np.ndarray, hi: np.ndarray, preact: Sequence[tuple[np.ndarray, np.ndarray]]
+):
+    """The big-M program's constraints (module docstring). Returns ``(A, lb_c, ub_c, lb_v, ub_v,
+    integrality, last, zs)``, ``A`` a CSR matrix over the variables, ``last`` ``[n_last, n_vars]``
+    the last ReLU layer's activations as linear maps of the variables (logits ``W_L last v + b_L``)
+    and ``zs`` per ReLU layer the indices of its pre-activation variables.
+
+    Variables: ``x`` (in ``[lo, hi]``), then per ReLU layer its pre-activations ``z`` (in
+    ``[l, u]``), the outputs ``a`` of its unstable neurons (in ``[0, u]``) and their binaries."""
+    n0 = lo.size
+    layers, n_vars = _layout(net, preact, n0)
     lb_v = [np.asarray(lo, np.float64).reshape(-1)]
     ub_v = [np.asarray(hi, np.float64).reshape(-1)]
     integ = [np.zeros(n0)]
@@ -222,6 +234,125 @@ def margins_of(net: AffineNet, x: np.ndarray, y: int) -> np.ndarray:
     return logits[y] - logits
 
 
+@dataclass(frozen=True)
+class MilpOptions:
+    """How :func:`exact_min_margin` searches one sample.
+
+    ``time_limit``: seconds for the whole sample (all its programs). ``mip_rel_gap``: HiGHS's
+    relative optimality gap. ``need_margin``: False stops at the first class proven negative
+    (falsified) instead of solving the rest for the minimum. ``tighten_lp``: first tighten the
+    bounds of ReLU layers 2, 3, ... by linear programs (:func:`tighten`, at most a quarter of
+    ``time_limit``). ``cutoff``: add ``m_j <= best`` (the smallest margin attained so far) to
+    class ``j``'s program: only values below it can change the minimum, and an infeasible
+    program proves ``m_j >= best``.
+    """
+
+    time_limit: float = 10.0
+    mip_rel_gap: float = 1e-6
+    need_margin: bool = True
+    tighten_lp: bool = True
+    cutoff: bool = True
+
+
+@dataclass
+class _Search:
+    """One sample's search so far: the smallest margin attained (``best``, at ``best_point``),
+    per class a proven lower bound of its margin (``proven``) and ``(dual bound, margin at the
+    program's solution)`` (``per_class``), the programs solved, and whether every class was
+    solved to optimality or skipped."""
+
+    best: float
+    best_point: np.ndarray
+    proven: dict[int, float]
+    per_class: dict[int, tuple[float, float]] = field(default_factory=dict)
+    milps: int = 0
+    solved_all: bool = True
+
+
+@dataclass
+class _Program:
+    """One sample's big-M program (:func:`_build`): the network, the box ``[lo, hi]``, the label,
+    the constraints, the variable bounds, the integrality and ``out_map`` (logits
+    ``= out_map v + b_out``)."""
+
+    net: AffineNet
+    lo: np.ndarray
+    hi: np.ndarray
+    y: int
+    constraints: list
+    bounds: object
+    integrality: np.ndarray
+    out_map: sp.csr_matrix
+
+
+def _solve_class(prog: _Program, j: int, left: float, opts: MilpOptions, search: _Search) -> None:
+    """Minimise the margin ``m_j = f_y - f_j`` over ``prog`` within ``left`` seconds and fold the
+    outcome into ``search``: a proven lower bound of ``m_j`` (the dual bound; ``best`` when the
+    cutoff makes the program infeasible) and, at the solution found, a new smallest margin."""
+    from scipy.optimize import LinearConstraint, milp
+
+    net, y, b_out = prog.net, prog.y, prog.net.biases[-1]
+    c = np.asarray((prog.out_map[y] - prog.out_map[j]).todense()).reshape(-1)
+    const = float(b_out[y] - b_out[j])
+    cons = prog.constraints
+    if opts.cutoff and np.isfinite(search.best):  # only values below it matter: m_j <= best
+        cons = cons + [LinearConstraint(sp.csr_matrix(c[None]), -np.inf, search.best - const)]
+    res = milp(
+        c,
+        integrality=prog.integrality,
+        bounds=prog.bounds,
+        constraints=cons,
+        options={"time_limit": left, "mip_rel_gap": opts.mip_rel_gap, "disp": False},
+    )
+    search.milps += 1
+    dual = getattr(res, "mip_dual_bound", None)
+    if res.status == 2 and opts.cutoff:  # infeasible below the cutoff: m_j >= best everywhere
+        search.proven[j] = max(search.proven[j], search.best)
+        search.per_class[j] = (search.best, np.nan)
+        return
+    has_dual = dual is not None and np.isfinite(dual)
+    if res.status == 0:
+        dual_bound = float(dual) + const if has_dual else float(res.fun) + const
+    else:
+        search.solved_all = False
+        dual_bound = float(dual) + const if has_dual else -np.inf
+    search.proven[j] = max(search.proven[j], dual_bound)
+    if res.x is not None:
+        cand = np.clip(res.x[: prog.lo.size], prog.lo, prog.hi)
+        m = margins_of(net, cand, y)
+        m[y] = np.inf
+        if m.min() < search.best:
+            search.best, search.best_point = float(m.min()), cand
+        search.per_class[j] = (dual_bound, float(m[j]))
+    else:
+        search.per_class[j] = (dual_bound, np.nan)
+    if res.status not in (0, 1):  # infeasible / unbounded / error: the program is wrong here
+        raise RuntimeError(f"HiGHS failed on class {j}: {res.message}")
+
+
+def _result(search: _Search, any_class: bool, t0: float) -> MarginResult:
+    """The :class:`MarginResult` of a finished search (started at ``t0``)."""
+    margin_lower = float(min(search.proven.values())) if any_class else np.inf
+    best = search.best
+    if best < 0:
+        status = FALSIFIED
+    elif margin_lower > 0:
+        status = VERIFIED
+    else:
+        status = TIMEOUT
+    return MarginResult(
+        status,
+        best,
+        min(margin_lower, best),
+        search.solved_all,  # every class solved to optimality or skipped by its bound
+        search.best_point,
+        search.best_point if status == FALSIFIED else None,
+        search.milps,
+        time.perf_counter() - t0,
+        search.per_class,
+    )
+
+
 def exact_min_margin(
     net: AffineNet,
     lo: np.ndarray,
@@ -230,11 +361,7 @@ def exact_min_margin(
     preact: Sequence[tuple[np.ndarray, np.ndarray]],
     lower: np.ndarray | None = None,
     start: np.ndarray | None = None,
-    time_limit: float = 10.0,
-    mip_rel_gap: float = 1e-6,
-    need_margin: bool = True,
-    tighten_lp: bool = True,
-    cutoff: bool = True,
+    options: MilpOptions | None = None,
 ) -> MarginResult:
     """Decide one sample exactly: is ``f_y(x) - f_j(x) > 0`` for every ``j != y`` and every ``x``
     in ``[lo, hi]`` (``[n_in]`` each, flattened)?
@@ -247,26 +374,18 @@ def exact_min_margin(
         lower: ``[n_out]`` sound lower bounds of the margins (entry ``y`` ignored); classes whose
             bound reaches the best margin found are skipped, and they order the search.
         start: a point of the box (the attack's); its margins start the search.
-        time_limit: seconds for the whole sample (all its programs).
-        mip_rel_gap: HiGHS's relative optimality gap.
-        need_margin: False stops at the first class proven negative (falsified) instead of
-            solving the rest for the minimum.
-        tighten_lp: first tighten the bounds of ReLU layers 2, 3, ... by linear programs
-            (:func:`tighten`, at most a quarter of ``time_limit``).
-        cutoff: add ``m_j <= best`` (the smallest margin attained so far) to class ``j``'s program:
-            only values below it can change the minimum, and an infeasible program proves
-            ``m_j >= best``.
+        options: time limit, gap and search options (:class:`MilpOptions`; None: defaults).
 
     Returns:
         :class:`MarginResult`.
     """
-    from scipy.optimize import Bounds, LinearConstraint, milp
+    from scipy.optimize import Bounds, LinearConstraint
 
+    opts = MilpOptions() if options is None else options
     t0 = time.perf_counter()
     lo = np.asarray(lo, np.float64).reshape(-1)
     hi = np.asarray(hi, np.float64).reshape(-1)
-    w_out, b_out = net.weights[-1], net.biases[-1]
-    n_out = b_out.size
+    n_out = net.biases[-1].size
     lower = np.full(n_out, -np.inf) if lower is None else np.asarray(lower, np.float64).reshape(-1)
     point = (
         np.clip(np.asarray(start, np.float64).reshape(-1), lo, hi)
@@ -275,90 +394,28 @@ def exact_min_margin(
     )
     m0 = margins_of(net, point, y)
     m0[y] = np.inf
-    best, best_point = float(m0.min()), point
-    if tighten_lp:
-        preact = tighten(net, lo, hi, preact, t0 + time_limit / 4)
+    if opts.tighten_lp:
+        preact = tighten(net, lo, hi, preact, t0 + opts.time_limit / 4)
     A, lbc, ubc, lbv, ubv, integ, last, _ = _build(net, lo, hi, preact)
-    out_map = (w_out @ last).tocsr()  # logits = out_map v + b_out
+    constraints = [LinearConstraint(A, lbc, ubc)] if A.shape[0] else []
+    out_map = (net.weights[-1] @ last).tocsr()  # logits = out_map v + b_out
+    prog = _Program(net, lo, hi, y, constraints, Bounds(lbv, ubv), integ, out_map)
     others = [j for j in range(n_out) if j != y]
     # classes a bound cannot settle first (most likely to break), then the rest by their bound
     order = sorted(others, key=lambda j: (lower[j] > 0, m0[j] if lower[j] <= 0 else lower[j]))
-    proven = {j: float(lower[j]) for j in others}  # per class, a proven lower bound of its margin
-    solved_all, milps, per_class = True, 0, {}
-    constraints = [LinearConstraint(A, lbc, ubc)] if A.shape[0] else []
+    search = _Search(float(m0.min()), point, {j: float(lower[j]) for j in others})
     for j in order:
-        if best < 0 and not need_margin:
-            solved_all = False
+        if search.best < 0 and not opts.need_margin:
+            search.solved_all = False
             break
-        if lower[j] >= best:  # cannot be below the smallest margin already attained
+        if lower[j] >= search.best:  # cannot be below the smallest margin already attained
             continue
-        left = time_limit - (time.perf_counter() - t0)
+        left = opts.time_limit - (time.perf_counter() - t0)
         if left <= 0.01:
-            solved_all = False
+            search.solved_all = False
             break
-        c = np.asarray((out_map[y] - out_map[j]).todense()).reshape(-1)
-        const = float(b_out[y] - b_out[j])
-        cons = constraints
-        if cutoff and np.isfinite(
-            best
-        ):  # only values below the best margin attained matter: m_j <= best
-            cons = constraints + [LinearConstraint(sp.csr_matrix(c[None]), -np.inf, best - const)]
-        res = milp(
-            c,
-            integrality=integ,
-            bounds=Bounds(lbv, ubv),
-            constraints=cons,
-            options={"time_limit": left, "mip_rel_gap": mip_rel_gap, "disp": False},
-        )
-        milps += 1
-        dual = getattr(res, "mip_dual_bound", None)
-        if res.status == 2 and cutoff:  # infeasible below the cutoff: m_j >= best everywhere
-            proven[j] = max(proven[j], best)
-            per_class[j] = (best, np.nan)
-            continue
-        if res.status == 0:
-            dual_bound = (
-                float(dual) + const
-                if dual is not None and np.isfinite(dual)
-                else float(res.fun) + const
-            )
-        else:
-            solved_all = False
-            dual_bound = float(dual) + const if dual is not None and np.isfinite(dual) else -np.inf
-        proven[j] = max(proven[j], dual_bound)
-        if res.x is not None:
-            cand = np.clip(res.x[: lo.size], lo, hi)
-            m = margins_of(net, cand, y)
-            m[y] = np.inf
-            if m.min() < best:
-                best, best_point = float(m.min()), cand
-            per_class[j] = (dual_bound, float(m[j]))
-        else:
-            per_class[j] = (dual_bound, np.nan)
-        if res.status not in (
-            0,
-            1,
-        ):  # infeasible / unbounded / error: the program is wrong for this sample
-            raise RuntimeError(f"HiGHS failed on class {j}: {res.message}")
-    margin_lower = float(min(proven.values())) if others else np.inf
-    optimal = solved_all  # every class solved to optimality or skipped by its bound
-    if best < 0:
-        status = FALSIFIED
-    elif margin_lower > 0:
-        status = VERIFIED
-    else:
-        status = TIMEOUT
-    return MarginResult(
-        status,
-        best,
-        min(margin_lower, best),
-        optimal,
-        best_point,
-        best_point if status == FALSIFIED else None,
-        milps,
-        time.perf_counter() - t0,
-        per_class,
-    )
+        _solve_class(prog, j, left, opts, search)
+    return _result(search, bool(others), t0)
 
 
 _NET: AffineNet | None = None
@@ -377,4 +434,5 @@ def solve_task(task: tuple) -> tuple[int, MarginResult]:
     if _NET is None:
         raise RuntimeError("solve_task needs init_worker(net) first")
     i, lo, hi, y, pre, lower, start, limit = task
-    return i, exact_min_margin(_NET, lo, hi, y, pre, lower=lower, start=start, time_limit=limit)
+    options = MilpOptions(time_limit=limit)
+    return i, exact_min_margin(_NET, lo, hi, y, pre, lower=lower, start=start, options=options)

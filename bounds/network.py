@@ -61,12 +61,12 @@ class LayerOp:
         """The same op with its parameters cut from the autograd graph (cloned if inference tensors)."""
         return replace(
             self,
-            weight=None if self.weight is None else plain(self.weight),
-            bias=None if self.bias is None else plain(self.bias),
+            weight=None if self.weight is None else cut_graph(self.weight),
+            bias=None if self.bias is None else cut_graph(self.bias),
         )
 
 
-def plain(t: torch.Tensor) -> torch.Tensor:
+def cut_graph(t: torch.Tensor) -> torch.Tensor:
     """``t`` detached; cloned if it is an inference tensor (so autograd may use it in a search)."""
     return t.clone() if t.is_inference() else t.detach()
 

@@ -23,7 +23,7 @@ from typing import NamedTuple
 
 import torch
 
-from bounds import compiled, plain
+from bounds import compiled, mode
 
 
 class Relaxation(NamedTuple):
@@ -47,10 +47,10 @@ def upper_line(l: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Te
     zero on stable ones, the same numbers autograd gets from the expression above (up to float
     rounding; at the kinks ``l = 0`` or ``u = 0`` exactly, the zero one-sided derivative).
     """
-    if plain.active():  # standard operations only (bounds/plain.py)
+    if mode.vmapped():  # standard operations only (bounds/mode.py)
         s, t, _ = compiled.upper_line_forward(l, u)
         return s, t
-    return _UpperLine.apply(l, u, compiled.active())
+    return _UpperLine.apply(l, u)
 
 
 class _UpperLine(torch.autograd.Function):
@@ -58,11 +58,12 @@ class _UpperLine(torch.autograd.Function):
     doc, :func:`bounds.compiled.upper_line_backward`): about half the time of autograd through
     the clamps and the division, which costs a few percent of a CROWN-IBP training step. Under
     ``create_graph`` the backward recomputes ``s`` and the denominator from ``l`` and ``u``, so
-    double backward works. ``kernels``: None (eager) or the compiled kernels
-    (:mod:`bounds.compiled`), which run the same two bodies as fused loops."""
+    double backward works. In the compiled mode (:mod:`bounds.mode`) the compiled kernels run
+    the same two bodies as fused loops; the backward uses the kernels of the forward."""
 
     @staticmethod
-    def forward(ctx, l, u, kernels=None):  # type: ignore[override]
+    def forward(ctx, l, u):  # type: ignore[override]
+        kernels = mode.active_kernels()
         fwd = compiled.upper_line_forward if kernels is None else kernels.upper_forward
         s, t, den = fwd(l, u)
         ctx.save_for_backward(l, u, s, den)
@@ -74,12 +75,12 @@ class _UpperLine(torch.autograd.Function):
     def backward(ctx, gs, gt):  # type: ignore[override]
         l, u, s, den = ctx.saved_tensors
         if gs is None and gt is None:
-            return None, None, None
+            return None, None
         if torch.is_grad_enabled():  # double backward: s and den as functions of l and u
             s, _, den = compiled.upper_line_forward(l, u)
         elif ctx.kernels is not None:
-            return (*ctx.kernels.upper_backward(l, u, s, den, gs, gt), None)
-        return (*compiled.upper_line_backward(l, u, s, den, gs, gt), None)
+            return ctx.kernels.upper_backward(l, u, s, den, gs, gt)
+        return compiled.upper_line_backward(l, u, s, den, gs, gt)
 
 
 def with_lower_slope(

@@ -17,24 +17,55 @@ from typing import Any
 import torch
 from torch import nn
 
-from bounds import compiled
+from bounds import mode
+from bounds.bound_spec import BoundSpec
 from bounds.compute import bounds_from
 from bounds.fused import fused_loss
-from bounds.names import engine_method
 from bounds.network import layer_ops
-from bounds.spec import (
-    check_beta,
-    check_domain,
-    check_eps,
-    check_method_slope,
-    check_opt,
-    check_x,
-    margin_ce,
-    margin_spec,
-)
+from bounds.spec import check_eps, check_x, margin_ce, margin_spec
 
 REDUCTIONS = ("mean", "sum", "none")
-FUSED = (False, True, "min")
+SEARCH_OPTIONS = ("loss_fn", "opt_steps", "opt_lr", "generator")
+
+
+def robust_loss(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eps: float | torch.Tensor,
+    spec: BoundSpec,
+    generator: torch.Generator | None = None,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    """Certified cross-entropy ``>= max_{x' in ball} CE(model(x'), y)`` by ``spec``: with
+    ``spec.fused`` False ``margin_ce`` of the margin lower bounds, ``log(1 + sum_j
+    exp(-lower_j))``; True the one-row fused bound; ``"min"`` per sample the smaller of the fused
+    bound and the IBP bound. ``x`` ``[B, *input_shape]``, ``y`` ``[B]`` labels, ``eps`` float or
+    ``[B]``; ``reduction``: ``mean``, ``sum`` or ``none`` (``[B]``). Runs in the mode
+    ``spec.compile`` selects (:func:`bounds.mode.engine`). The keyword form is
+    :func:`robust_cross_entropy`."""
+    check_x(x)
+    eps = check_eps(eps, x.shape[0])
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"unknown reduction {reduction!r}; choose one of {', '.join(REDUCTIONS)}")
+    ops = layer_ops(model, tuple(x.shape[1:]), x.dtype, x.device, x=x)
+    n = ops[-1].out_shape[0]
+    if not isinstance(y, torch.Tensor) or y.shape != (x.shape[0],):
+        raise ValueError(
+            f"y must be a tensor of {x.shape[0]} labels, got {getattr(y, 'shape', type(y))}"
+        )
+    with mode.engine(spec.compile):
+        if spec.fused:
+            loss = fused_loss(ops, x, y, eps, spec, generator)
+        else:
+            C = margin_spec(y, n).to(dtype=x.dtype, device=x.device)
+            res = bounds_from(ops, x, eps, spec, C, generator, need_upper=False)
+            loss = margin_ce(res.lower)
+    if reduction == "mean":
+        return loss.mean()
+    if reduction == "sum":
+        return loss.sum()
+    return loss
 
 
 def robust_cross_entropy(
@@ -59,66 +90,13 @@ def robust_cross_entropy(
     or ``none`` (``[B]``); ``compile``: compiled element-wise kernels, cached on disk
     (:mod:`bounds.compiled`; the same values to float rounding).
     ``kw``: ``loss_fn``, ``opt_steps``, ``opt_lr``, ``generator`` (see ``compute_bounds``).
+    The keyword form of :func:`robust_loss`, which takes a :class:`bounds.BoundSpec`.
     """
-    check_x(x)
-    slope = check_method_slope(method, slope)
-    method, slope, beta = engine_method(method, slope, check_beta(beta))
-    eps = check_eps(eps, x.shape[0])
-    domain = check_domain(domain)
-    if fused not in FUSED:
-        raise ValueError(f"fused must be one of {', '.join(map(repr, FUSED))}, got {fused!r}")
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"unknown reduction {reduction!r}; choose one of {', '.join(REDUCTIONS)}")
-    unknown = set(kw) - {"loss_fn", "opt_steps", "opt_lr", "generator"}
+    search = {k: kw[k] for k in ("loss_fn", "opt_steps", "opt_lr") if k in kw}
+    spec = BoundSpec(method, slope, beta, domain, fused, compile, **search)
+    unknown = set(kw) - set(SEARCH_OPTIONS)
     if unknown:
         raise ValueError(
             f"unexpected keyword argument(s) {sorted(unknown)} for robust_cross_entropy"
         )
-    opt_steps, opt_lr = check_opt(kw.get("opt_steps", 20), kw.get("opt_lr", 0.1))
-    ops = layer_ops(model, tuple(x.shape[1:]), x.dtype, x.device, x=x)
-    n = ops[-1].out_shape[0]
-    if not isinstance(y, torch.Tensor) or y.shape != (x.shape[0],):
-        raise ValueError(
-            f"y must be a tensor of {x.shape[0]} labels, got {getattr(y, 'shape', type(y))}"
-        )
-    if fused:
-        loss = fused_loss(
-            ops,
-            x,
-            y,
-            eps,
-            method,
-            slope,
-            beta,
-            domain,
-            kw.get("loss_fn"),
-            opt_steps,
-            opt_lr,
-            kw.get("generator"),
-            compiled.kernels(bool(compile)),
-            keep_ibp=fused == "min",
-        )
-    else:
-        C = margin_spec(y, n).to(dtype=x.dtype, device=x.device)
-        res = bounds_from(
-            ops,
-            x,
-            eps,
-            method,
-            slope,
-            C,
-            beta,
-            domain,
-            kw.get("loss_fn"),
-            opt_steps,
-            opt_lr,
-            kw.get("generator"),
-            need_upper=False,
-            compile=bool(compile),
-        )
-        loss = margin_ce(res.lower)
-    if reduction == "mean":
-        return loss.mean()
-    if reduction == "sum":
-        return loss.sum()
-    return loss
+    return robust_loss(model, x, y, eps, spec, kw.get("generator"), reduction)

@@ -9,12 +9,9 @@ that a bound computation never waits for the device (shapes and dtypes are check
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-
-from bounds import names
 
 
 def host_checks(t: torch.Tensor) -> bool:
@@ -106,38 +103,6 @@ def check_eps(eps: float | torch.Tensor, batch: int) -> float | torch.Tensor:
     if not math.isfinite(e) or e < 0:
         raise ValueError(f"eps must be finite and non-negative, got {eps}")
     return e
-
-
-def check_domain(domain: Sequence[float] | None) -> tuple[float, float] | None:
-    if domain is None:
-        return None
-    try:
-        lo, hi = (float(v) for v in domain)
-    except (TypeError, ValueError):
-        raise ValueError(f"domain must be None or a pair (low, high), got {domain!r}") from None
-    if not (lo <= hi) or math.isnan(lo) or math.isnan(hi):
-        raise ValueError(f"domain must satisfy low <= high, got {domain!r}")
-    return lo, hi
-
-
-def check_method_slope(method: str, slope: str | None) -> str:
-    """Validate the pair; returns the slope to use (see :func:`bounds.names.bound_slope`)."""
-    return names.bound_slope(method, slope)
-
-
-def check_opt(opt_steps: int, opt_lr: float) -> tuple[int, float]:
-    """``optimized``'s Adam settings: ``opt_steps >= 0`` and ``opt_lr > 0``; returns them as int and float."""
-    steps, lr = int(opt_steps), float(opt_lr)
-    if steps < 0 or not lr > 0:
-        raise ValueError(f"opt_steps must be >= 0 and opt_lr > 0, got {opt_steps} and {opt_lr}")
-    return steps, lr
-
-
-def check_beta(beta: float) -> float:
-    b = float(beta)
-    if not (0.0 <= b <= 1.0):
-        raise ValueError(f"beta must lie in [0, 1], got {beta}")
-    return b
 
 
 def check_C(C: torch.Tensor | None, batch: int, n_out: int, x: torch.Tensor) -> torch.Tensor | None:

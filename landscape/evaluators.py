@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from bounds import plain
+from bounds import mode
 from bounds.names import FIXED_SLOPES, TRAIN_METHODS, resolve_method
 from landscape import metrics as M
 from landscape.directions import (
@@ -63,7 +63,7 @@ def batchable(fn: LossFn) -> bool:
     """Whether ``torch.func.vmap`` can evaluate the loss closure ``fn`` over stacked parameter
     sets: the clean loss (its own ``functional``), and the certified losses of ``ibp`` and of
     ``crown-ibp`` with a fixed slope policy (``adaptive``, ``zero``, ``one``, ``same-slope``),
-    fused or not, through the engine's plain mode (:mod:`bounds.plain`). Not: PGD (nor the
+    fused or not, through the engine's vmap mode (:mod:`bounds.mode`). Not: PGD (nor the
     methods whose loss runs an attack, ``TrainMethod.attack``), the slope searches, random
     slopes, ``crown``'s data-dependent neuron selection."""
     if getattr(fn, "vmappable", False):
@@ -97,7 +97,7 @@ def _functional(fn: LossFn, model: nn.Module) -> Callable[[dict[str, Tensor]], T
     closure = _Closure(model, fn)
 
     def call(params: dict[str, Tensor]) -> Tensor:
-        with plain.plain():
+        with mode.vmappable():
             return torch.func.functional_call(
                 closure, {f"model.{k}": v for k, v in params.items()}, ()
             )
@@ -232,10 +232,10 @@ class DirectionEvaluator:
     CROWN-IBP with fixed slopes, fused or not), points are evaluated ``vmap_batch`` at a time in
     one ``torch.func.vmap`` pass over stacked parameter sets (``batch_size`` is then
     ``vmap_batch``: callers should pass chunks of that size), the certified losses through the
-    engine's plain mode (:mod:`bounds.plain`); otherwise point by point with the parameters moved
+    engine's vmap mode (:mod:`bounds.mode`); otherwise point by point with the parameters moved
     in place (any chunk size, ``batch_size = None``). Both give the same values to float
     rounding. On the 2-core CPU the vmapped pass measured slower than the loop for every loss
-    (``benchmarks/scan.py``: the loop's kernels already keep the cores busy, and plain mode gives
+    (``benchmarks/scan.py``: the loop's kernels already keep the cores busy, and the vmap mode gives
     up the fast paths); on a GPU a batched pass can fill the device where one small point does
     not, so there it is the better default for small batches.
     """

@@ -31,15 +31,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
+from bounds.bound_spec import BoundSpec
 from bounds.names import FIXED_SLOPES
 from train.attacks import pgd_margin
-from train.objective import BoundSetup, unstable_columns
+from train.objective import unstable_columns
 
 __all__ = [
     "as_vector",
@@ -119,31 +121,22 @@ def lower_coefficients(
     x: Tensor,
     y: Tensor,
     eps: float,
-    setup: BoundSetup,
+    bound: BoundSpec | None,
+    n_classes: int,
     generator: torch.Generator | None = None,
 ) -> Tensor | None:
     """The input coefficients ``A`` ``[B, n_classes - 1, *input_shape]`` of the lower bound of
-    the margins ``f_y - f_j`` (``BoundResult.lower_A``) by ``setup``'s method, slope and beta at
-    the model's current parameters, detached; None when the bound is not a linear relaxation
-    (natural training, IBP). ``generator`` feeds random slope policies."""
-    if not setup.linear:
+    the margins ``f_y - f_j`` (``BoundResult.lower_A``) by ``bound`` (method, slope, beta,
+    domain) at the model's current parameters, detached; None when the bound does not relax
+    the ReLUs (natural training: ``bound`` None; IBP) or has no linear pass (CROWN-IBP at
+    beta 0). ``generator`` feeds random slope policies."""
+    if bound is None or not bound.relaxes:
         return None
-    from bounds import compute_bounds, margin_spec
+    from bounds import bound_model, margin_spec
 
     with torch.no_grad():
-        C = margin_spec(y, setup.n_classes).to(x.dtype)
-        res = compute_bounds(
-            model,
-            x,
-            eps,
-            method=setup.method,
-            slope=setup.slope,
-            C=C,
-            beta=setup.beta,
-            domain=setup.domain,
-            y=y,
-            generator=generator,
-        )
+        C = margin_spec(y, n_classes).to(x.dtype)
+        res = bound_model(model, x, eps, bound, C, y, generator)
     return None if res.lower_A is None else res.lower_A.detach()
 
 
@@ -191,30 +184,27 @@ def relaxed_gradient_approximation(
     x: Tensor,
     y: Tensor,
     eps: float,
-    method: str = "crown-ibp",
-    slope: str = "adaptive",
-    beta: float = 1.0,
-    domain: tuple[float, float] = (0.0, 1.0),
+    bound: BoundSpec | None = None,
     n_classes: int | None = None,
-    **bound_kw: Any,
+    generator: torch.Generator | None = None,
 ) -> dict[str, float]:
-    """RGA of ``method``/``slope`` at (x, y): how well d lb / d x approximates d m / d x.
+    """RGA of ``bound`` (a :class:`bounds.BoundSpec`; None: CROWN-IBP with adaptive slopes at
+    beta 1 on the domain ``(0, 1)``) at (x, y): how well d lb / d x approximates d m / d x.
 
     Returns ``rga_cos`` = mean_{b,j} cos(r_bj, t_bj), ``rga_rel_err`` = mean_{b,j}
     ||r_bj - t_bj|| / ||t_bj|| (pairs with t_bj = 0 skipped), ``slope_err`` /
     ``upper_slope_err`` (see :func:`slope_errors`), ``n_unstable`` and
-    ``unstable_frac_l{i}``. Parameters get no gradient.
+    ``unstable_frac_l{i}``. Parameters get no gradient. ``generator`` feeds random slopes.
     """
-    from bounds import compute_bounds, margin_spec
+    from bounds import bound_model, margin_spec
 
+    bound = BoundSpec() if bound is None else bound
     x = x.detach().clone().requires_grad_(True)
     with torch.enable_grad():
         logits, pre = relu_preactivations(model, x)
         k = int(n_classes or logits.shape[-1])
         C = margin_spec(y, k).to(logits.dtype)
-        res = compute_bounds(
-            model, x, eps, method=method, slope=slope, C=C, beta=beta, domain=domain, **bound_kw
-        )
+        res = bound_model(model, x, eps, bound, C, generator=generator)
         margins = torch.einsum("bsk,bk->bs", C, logits)
         lb = res.lower
         B, S = lb.shape
@@ -246,18 +236,20 @@ def rga_by_slope(
     x: Tensor,
     y: Tensor,
     eps: float,
-    method: str = "crown-ibp",
+    bound: BoundSpec | None = None,
     slopes: Sequence[str] = FIXED_SLOPES,
     seed: int = 0,
-    **kw: Any,
 ) -> dict[str, dict[str, float]]:
-    """:func:`relaxed_gradient_approximation` for each lower-slope policy (relaxation) in
-    ``slopes`` (random policies get a generator seeded with ``seed``): slope -> metrics."""
+    """:func:`relaxed_gradient_approximation` of ``bound`` (None: its default) with each
+    lower-slope policy (relaxation) in ``slopes`` (random policies get a generator seeded with
+    ``seed``): slope -> metrics."""
+
+    bound = BoundSpec() if bound is None else bound
     out = {}
     for slope in slopes:
         gen = torch.Generator().manual_seed(int(seed))
         out[slope] = relaxed_gradient_approximation(
-            model, x, y, eps, method=method, slope=slope, generator=gen, **kw
+            model, x, y, eps, replace(bound, slope=slope), generator=gen
         )
     return out
 
@@ -267,29 +259,26 @@ def bound_tightness(
     x: Tensor,
     y: Tensor,
     eps: float,
-    method: str = "crown-ibp",
-    slope: str = "adaptive",
-    beta: float = 1.0,
-    domain: tuple[float, float] | None = (0.0, 1.0),
+    bound: BoundSpec | None = None,
     pgd_steps: int = 20,
     pgd_restarts: int = 1,
     seed: int = 0,
-    **bound_kw: Any,
+    generator: torch.Generator | None = None,
 ) -> dict[str, float]:
-    """Certified lower bound against the PGD margin, per sample:
+    """Certified lower bound of ``bound`` (None: CROWN-IBP, adaptive slopes, beta 1, on the
+    domain ``(0, 1)``) against the PGD margin in the same domain, per sample:
     ``lb`` = min_j lb_j, ``pgd_margin`` = min_j m_j(x_adv) (x_adv from a margin PGD attack),
     ``gap`` = pgd_margin - lb >= 0 (smaller is tighter). Returns the means over the batch."""
+    bound = BoundSpec() if bound is None else bound
     return bound_gaps(
         model,
         x,
         y,
         eps,
-        {"bound": (method, slope, beta)},
-        domain=domain,
-        pgd_steps=pgd_steps,
-        pgd_restarts=pgd_restarts,
-        seed=seed,
-        **bound_kw,
+        {"bound": bound},
+        domain=bound.domain,
+        attack=(pgd_steps, pgd_restarts, seed),
+        generator=generator,
     )["bound"]
 
 
@@ -298,34 +287,30 @@ def bound_gaps(
     x: Tensor,
     y: Tensor,
     eps: float,
-    bounds: Mapping[str, tuple[str, str, float]],
+    bounds: Mapping[str, BoundSpec],
     domain: tuple[float, float] | None = (0.0, 1.0),
-    pgd_steps: int = 20,
-    pgd_restarts: int = 1,
-    seed: int = 0,
-    **bound_kw: Any,
+    attack: tuple[int, int, int] = (20, 1, 0),
+    generator: torch.Generator | None = None,
 ) -> dict[str, dict[str, float]]:
-    """:func:`bound_tightness` of several bounds (name -> ``(method, slope, beta)``) on the same
-    model and samples, against one PGD attack: name -> ``{"lb", "pgd_margin", "gap"}``. Measured
-    on a common model, the gaps compare the bounds themselves. ``bound_kw`` (e.g. ``generator``,
-    which is reset for each bound when it is a ``torch.Generator``) goes to the engine."""
-    from bounds import compute_bounds, margin_spec
+    """:func:`bound_tightness` of several bounds (name -> :class:`bounds.BoundSpec`) on the same
+    model and samples, against one PGD attack in ``domain`` (``attack``: its steps, restarts and
+    seed): name -> ``{"lb", "pgd_margin", "gap"}``. Measured on a common model, the gaps compare
+    the bounds themselves. ``generator`` (random slopes) is reset for each bound."""
+    from bounds import bound_model, margin_spec
 
+    pgd_steps, pgd_restarts, seed = attack
     adv = pgd_margin(
         model, x, y, eps, steps=pgd_steps, restarts=pgd_restarts, domain=domain, seed=seed
     )
-    gen = bound_kw.get("generator")
-    start = gen.get_state() if isinstance(gen, torch.Generator) else None
+    start = generator.get_state() if isinstance(generator, torch.Generator) else None
     out = {}
     with torch.no_grad():
         logits = model(x)
         C = margin_spec(y, logits.shape[-1]).to(logits.dtype)
-        for name, (method, slope, beta) in bounds.items():
+        for name, bound in bounds.items():
             if start is not None:
-                gen.set_state(start)
-            res = compute_bounds(
-                model, x, eps, method=method, slope=slope, C=C, beta=beta, domain=domain, **bound_kw
-            )
+                generator.set_state(start)
+            res = bound_model(model, x, eps, bound, C, generator=generator)
             lb = res.lower.min(dim=1).values
             out[name] = {
                 "lb": float(lb.mean()),

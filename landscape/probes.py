@@ -249,8 +249,8 @@ class GradientProbe:
     ) -> dict[str, np.ndarray]:
         model = ctx.model
         eps = float(ctx.eps)
-        setup = ctx.bound  # the bound the step used: method, slope, beta, domain, n_classes
-        use_bounds = self.metrics and setup.linear
+        setup = ctx.bound  # the bound the step used (a BoundSpec; None for natural training)
+        use_bounds = self.metrics and setup is not None and setup.relaxes
         loss_fn, final_fn = self._losses(ctx, b, x, y)
         calls = itertools.count()
 
@@ -259,13 +259,19 @@ class GradientProbe:
             return torch.Generator().manual_seed(seed)
 
         point_metrics = None
-        a0 = lower_coefficients(model, x, y, eps, setup, generator()) if use_bounds else None
+        n_classes = ctx.n_classes
+        a0 = (
+            lower_coefficients(model, x, y, eps, setup, n_classes, generator())
+            if use_bounds
+            else None
+        )
         if a0 is not None:  # None where the bound has no linear part (e.g. CROWN-IBP at beta = 0)
 
             def point_metrics(m: nn.Module, label: str) -> dict[str, float]:
                 if label != "main":
                     return {}
-                return sign_changes(a0, lower_coefficients(m, x, y, eps, setup, generator()))
+                a = lower_coefficients(m, x, y, eps, setup, n_classes, generator())
+                return sign_changes(a0, a)
 
         extra = {"final": final_fn} if final_fn is not None else {}
         direction = self._step_gradient(model) if self.fresh_slopes and self.batches == 1 else None
@@ -298,38 +304,34 @@ class GradientProbe:
         )
         for name in ("a_sign", "sign_flip"):
             rows[name] = np.asarray(res[name], dtype=np.float32) if name in res else nan.copy()
-        if use_bounds:
-            rga = relaxed_gradient_approximation(
-                model,
-                x,
-                y,
-                eps,
-                method=setup.method,
-                slope=setup.slope,
-                beta=setup.beta,
-                domain=setup.domain,
-                generator=generator(),
-            )
-        else:
-            rga = {}
+        rga = (
+            relaxed_gradient_approximation(model, x, y, eps, setup, generator=generator())
+            if use_bounds
+            else {}
+        )
         for name in ("rga_cos", "rga_rel_err", "slope_err", "upper_slope_err"):
             rows[name] = np.full(n, rga.get(name, math.nan), dtype=np.float32)
         for name, value in rga.items():
             if name.startswith("unstable_frac_l"):
                 rows[name] = np.full(n, value, dtype=np.float32)
+        rows.update(self._curvature_rows(ctx, loss_fn, model, n))
+        return rows
+
+    def _curvature_rows(
+        self, ctx: Any, loss_fn: Callable, model: nn.Module, n: int
+    ) -> dict[str, np.ndarray]:
+        """The Hessian columns (:meth:`_curvature`, ``n`` rows each) when the probe, or else the
+        run's config (``probe_hessian``), asks for them; else none."""
         hessian = (
             self.hessian
             if self.hessian is not None
             else bool(getattr(getattr(ctx, "config", None), "probe_hessian", False))
         )
-        if hessian:
-            rows.update(
-                {
-                    k: np.full(n, v, dtype=np.float32)
-                    for k, v in self._curvature(loss_fn, model).items()
-                }
-            )
-        return rows
+        if not hessian:
+            return {}
+        return {
+            k: np.full(n, v, dtype=np.float32) for k, v in self._curvature(loss_fn, model).items()
+        }
 
     def _curvature(self, loss_fn: Callable, model: nn.Module) -> dict[str, float]:
         """The top eigenvalue (largest magnitude) and the trace of the Hessian of ``loss_fn`` at theta."""

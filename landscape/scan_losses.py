@@ -30,9 +30,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from bounds.bound_spec import BoundSpec, training_bound
 from bounds.names import SCAN_LOSSES, resolve_method
 from train.attacks import pgd_last_iterate
-from train.objective import BoundSetup, LossOptions, certified_loss
+from train.objective import LossOptions, certified_loss
 
 __all__ = [
     "LossSpec",
@@ -151,34 +152,30 @@ class LossClosure:
             )
             return F.cross_entropy(model(x_adv), self.y)
 
+        bound = training_bound(
+            s.method, s.slope, s.beta, domain=s.domain, fused=s.fused, compile=self.compile
+        )
         loss, stats = certified_loss(
             model,
             self.x,
             self.y,
             s.eps,
-            method=s.method,
-            slope=s.slope,
-            beta=s.beta,
+            s.method,
+            bound,
             kappa=s.kappa,
-            fused=s.fused,
-            domain=None if s.domain is None else tuple(s.domain),
             generator=self._generator(),
             options=LossOptions(**dict(s.options)),
-            compile=self.compile,
         )
         self.last_stats = stats
         return loss
 
-    def bound_setup(self, model: nn.Module | None = None) -> BoundSetup | None:
-        """The bound of a certified loss (None for the clean and PGD losses)."""
+    def bound_spec(self) -> BoundSpec | None:
+        """The bound of a certified loss as the analyses repeat it (method, slope, beta, domain;
+        None for the clean and PGD losses and for natural training)."""
         if self.spec.kind != "certified":
             return None
-        model = self.model if model is None else model
-        with torch.no_grad():
-            n_classes = int(model(self.x[:1]).shape[-1])
-        return BoundSetup.of(
-            self.spec.method, self.spec.slope, self.spec.beta, self.spec.domain, n_classes
-        )
+        s = self.spec
+        return training_bound(s.method, s.slope, s.beta, domain=s.domain)
 
     def lower_A(self, model: nn.Module | None = None) -> Tensor | None:
         """The lower bound's input coefficients (:func:`landscape.metrics.lower_coefficients`) of
@@ -186,10 +183,16 @@ class LossClosure:
         from landscape.metrics import lower_coefficients
 
         model = self.model if model is None else model
-        setup = self.bound_setup(model)
-        if setup is None:
+        if self.spec.kind != "certified":
             return None
-        return lower_coefficients(model, self.x, self.y, self.spec.eps, setup, self._generator())
+        with torch.no_grad():
+            n_classes = int(model(self.x[:1]).shape[-1])
+        bound = self.bound_spec()
+        if bound is None:
+            return None
+        return lower_coefficients(
+            model, self.x, self.y, self.spec.eps, bound, n_classes, self._generator()
+        )
 
     def functional(self, params: dict[str, Tensor]) -> Tensor:
         """The loss with the parameters replaced by ``params`` (names of ``named_parameters``)."""
@@ -238,8 +241,8 @@ class BatchedLoss:
             total = value if total is None else total + value
         return total
 
-    def bound_setup(self, model: nn.Module | None = None) -> BoundSetup | None:
-        return self.closures[0].bound_setup(model)
+    def bound_spec(self) -> BoundSpec | None:
+        return self.closures[0].bound_spec()
 
     def lower_A(self, model: nn.Module | None = None) -> Tensor | None:
         """The batches' lower-bound coefficients, concatenated along the samples."""
@@ -283,38 +286,28 @@ class _LossModule(nn.Module):
         return self._closure(self.model)
 
 
-def make_loss(
-    model: nn.Module,
-    x: Tensor,
-    y: Tensor,
-    kind: str = "certified",
-    method: str = "ibp",
-    slope: str | None = None,
-    beta: float = 1.0,
-    kappa: float = 0.0,
-    eps: float = 0.1,
-    domain: Sequence[float] | None = (0.0, 1.0),
-    fused: bool = False,
-    pgd_steps: int = 10,
-    seed: int = 0,
-    options: dict[str, Any] | None = None,
-) -> LossClosure:
-    """A :class:`LossClosure` of the given kind over the fixed batch (x, y); ``options``: those
-    of the method's loss (:class:`train.objective.LossOptions` fields; None: the defaults)."""
-    spec = LossSpec(
-        kind=kind,
-        method=method,
-        slope=slope,
-        beta=float(beta),
-        kappa=float(kappa),
-        eps=float(eps),
-        domain=None if domain is None else (float(domain[0]), float(domain[1])),
-        fused=bool(fused),
-        pgd_steps=int(pgd_steps),
-        seed=int(seed),
-        options=tuple((options or {}).items()),
-    )
-    return LossClosure(model, x, y, spec)
+#: how :func:`make_loss` converts the fields it is given
+_FIELD_TYPES = {
+    "beta": float,
+    "kappa": float,
+    "eps": float,
+    "fused": bool,
+    "pgd_steps": int,
+    "seed": int,
+}
+
+
+def make_loss(model: nn.Module, x: Tensor, y: Tensor, **fields: Any) -> LossClosure:
+    """A :class:`LossClosure` over the fixed batch (x, y) of the :class:`LossSpec` with these
+    ``fields`` (``kind``, ``method``, ``slope``, ``beta``, ``kappa``, ``eps``, ``domain``,
+    ``fused``, ``pgd_steps``, ``seed``; the others take LossSpec's defaults), converted to the
+    field types; ``options``: a dict of the method's loss options
+    (:class:`train.objective.LossOptions` fields; None: the defaults)."""
+    values = {k: _FIELD_TYPES[k](v) if k in _FIELD_TYPES else v for k, v in fields.items()}
+    domain = values.get("domain", (0.0, 1.0))
+    values["domain"] = None if domain is None else (float(domain[0]), float(domain[1]))
+    values["options"] = tuple((fields.get("options") or {}).items())
+    return LossClosure(model, x, y, LossSpec(**values))
 
 
 def parse_samples(value: int | str) -> int | str:

@@ -13,7 +13,7 @@
   statistics (``bn_helpers.batch_stat_copy``); at eps = 0 they equal the training-mode forward;
   bounding leaves the running statistics alone.
 - Errors: unsupported AvgPool2d options and mismatched shapes name the layer.
-- Plain mode (``bounds/plain.py``) equals the fast paths, and a batched (vmap) scan of a
+- The vmap mode (``bounds/mode.py``) equals the fast paths, and a batched (vmap) scan of a
   BatchNorm network equals the point-by-point loop.
 """
 
@@ -381,16 +381,16 @@ def test_bad_bn_and_residual_shapes_are_refused(
         compute_bounds(model.eval(), x, 0.1)
 
 
-# ----------------------------------------------------------------------------- plain mode and batched scans
+# ----------------------------------------------------------------------------- the vmap mode and batched scans
 
 
 @pytest.mark.parametrize("kind,train", [("cnn-bn", False), ("res", False), ("cnn-bn", True)])
 def test_plain_mode_and_batched_scans(kind: str, train: bool) -> None:
-    """The plain mode (``bounds/plain.py``, what ``torch.func.vmap`` scans run) gives the fast
+    """The vmap mode (``bounds/mode.py``, what ``torch.func.vmap`` scans run) gives the fast
     paths' bounds, and a batched scan of a BatchNorm network equals the point-by-point loop."""
     import numpy as np
 
-    from bounds import plain
+    from bounds import mode
     from landscape import directions as D
     from landscape.evaluators import DirectionEvaluator
     from landscape.scan_losses import make_loss
@@ -401,7 +401,7 @@ def test_plain_mode_and_batched_scans(kind: str, train: bool) -> None:
     y = torch.tensor([0, 1, 2, 0])
     for method, slope in (("ibp", None), ("crown-ibp", "adaptive"), ("crown-ibp", "same-slope")):
         fast = compute_bounds(model, x, 0.05, method, slope, C=margin_spec(y, 3).double())
-        with plain.plain():
+        with mode.vmappable():
             ref = compute_bounds(model, x, 0.05, method, slope, C=margin_spec(y, 3).double())
         assert torch.allclose(fast.lower, ref.lower, atol=1e-10) and torch.allclose(
             fast.upper, ref.upper, atol=1e-10

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from bounds import Normalize, compute_bounds, margin_spec, robust_cross_entropy
+from bounds.bound_spec import training_bound
 from train.objective import certified_loss
 
 CONVERSIONS = ("__bool__", "__float__", "__int__", "__index__", "item", "tolist")
@@ -82,9 +83,8 @@ def test_no_host_round_trips_in_the_bound_and_the_loss(monkeypatch, method, slop
             x,
             y,
             eps,
-            method=method,
-            slope=slope,
-            beta=beta,
+            method,
+            training_bound(method, slope, beta),
             generator=torch.Generator().manual_seed(0),
         )
         loss.backward()

@@ -15,7 +15,8 @@ import pytest
 import torch
 from torch import nn
 
-from bounds import Normalize, compiled, compute_bounds, margin_spec, robust_cross_entropy
+from bounds import Normalize, compiled, compute_bounds, margin_spec, mode, robust_cross_entropy
+from bounds.bound_spec import training_bound
 from train.objective import certified_loss
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -94,7 +95,7 @@ def test_the_relaxation_policies_run_the_compiled_upper_line_only_inside_the_eng
     model, (x, y) = small_cnn(), batch()
     loss_and_grads(model, x, y, True, method="crown-ibp", slope="tightest")
     assert calls["forward"] == 3 and calls["backward"] >= 3  # 3 ReLU layers: prepare only; gradient
-    assert compiled.active() is None
+    assert mode.active_kernels() is None
     before = dict(calls)
     loss_and_grads(model, x, y, False, method="crown-ibp", slope="adaptive")
     assert calls == before
@@ -145,8 +146,8 @@ def test_certified_loss_passes_compile_through():
         y,
         0.05,
         method="tightest",
+        bound=training_bound("tightest", compile=True),
         generator=torch.Generator().manual_seed(2),
-        compile=True,
     )
     assert torch.allclose(got, ref, rtol=1e-5)
     assert got_stats["robust_err"] == ref_stats["robust_err"]

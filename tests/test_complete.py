@@ -36,7 +36,7 @@ def _decide(
     return (
         [
             milp.exact_min_margin(
-                net, lo[b], hi[b], int(y[b]), pre[b], lower=lower[b], time_limit=60, **kw
+                net, lo[b], hi[b], int(y[b]), pre[b], lower[b], None, milp.MilpOptions(60, **kw)
             )
             for b in range(len(x))
         ],
@@ -186,12 +186,14 @@ def test_a_tiny_time_limit_gives_timeout_not_a_wrong_answer() -> None:
     net = milp.affine_net(model, (8,))
     lo, hi, pre, lower = milp.milp_inputs(model, x, y, 0.5)
     exact = [
-        milp.exact_min_margin(net, lo[b], hi[b], int(y[b]), pre[b], lower=lower[b], time_limit=60)
+        milp.exact_min_margin(
+            net, lo[b], hi[b], int(y[b]), pre[b], lower[b], None, milp.MilpOptions(60)
+        )
         for b in range(2)
     ]
     for b in range(2):
         r = milp.exact_min_margin(
-            net, lo[b], hi[b], int(y[b]), pre[b], lower=lower[b], time_limit=1e-3
+            net, lo[b], hi[b], int(y[b]), pre[b], lower[b], None, milp.MilpOptions(1e-3)
         )
         assert r.status in (milp.TIMEOUT, exact[b].status)
         assert r.margin_lower <= exact[b].margin + 1e-6 and r.margin >= exact[b].margin - 1e-6

@@ -25,6 +25,7 @@ def test_a_new_slope_policy_needs_only_the_readme_steps(monkeypatch, tmp_path) -
     monkeypatch.setitem(relaxations.POLICIES, "half", _half)
     monkeypatch.setitem(names.SLOPES, "half", "a = 1/2")
 
+    from bounds.bound_spec import training_bound
     from landscape.scan_losses import LossSpec
     from train.config import TrainConfig
     from train.models import build_model
@@ -38,7 +39,7 @@ def test_a_new_slope_policy_needs_only_the_readme_steps(monkeypatch, tmp_path) -
     unstable = (l < 0) & (u > 0)
     assert unstable.any() and bool((a[unstable] == 0.5).all())
     assert TrainConfig(method="crown-ibp", slope="half").resolved_slope == "half"
-    loss, _ = certified_loss(net, x, y, 0.1, method="crown", slope="half")
+    loss, _ = certified_loss(net, x, y, 0.1, "crown", training_bound("crown", slope="half"))
     assert torch.isfinite(loss)
     assert LossSpec(method="crown-ibp", slope="half").slope == "half"
 

@@ -27,7 +27,7 @@ def test_each_training_step_takes_the_loss_of_its_eps(monkeypatch):
     real = loop.certified_loss
 
     def spy(*args, **kw):
-        seen.append((float(args[3]), kw["fused"]))
+        seen.append((float(args[3]), args[5].fused))  # args[5]: the step's BoundSpec
         return real(*args, **kw)
 
     monkeypatch.setattr(loop, "certified_loss", spy)

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from bounds import BoundResult, Normalize
+from bounds import BoundResult, BoundSpec, Normalize
 from landscape import curvature, metrics, scans
 
 
@@ -142,7 +142,7 @@ def _batch():
 @pytest.mark.parametrize("method", ["ibp", "crown-ibp", "crown"])
 def test_rga_is_exact_at_eps_zero(method):
     net, (x, y) = _tiny_net(), _batch()
-    out = metrics.relaxed_gradient_approximation(net, x, y, 0.0, method=method)
+    out = metrics.relaxed_gradient_approximation(net, x, y, 0.0, BoundSpec(method, "adaptive"))
     assert out["rga_cos"] == pytest.approx(1.0, abs=1e-5)
     assert out["rga_rel_err"] == pytest.approx(0.0, abs=1e-5)
     assert out["n_unstable"] == 0
@@ -152,16 +152,16 @@ def test_rga_is_exact_at_eps_zero(method):
 
 def test_rga_with_unstable_neurons_and_tightness():
     net, (x, y) = _tiny_net(), _batch()
-    out = metrics.relaxed_gradient_approximation(net, x, y, 0.2, method="crown-ibp")
+    out = metrics.relaxed_gradient_approximation(net, x, y, 0.2, BoundSpec("crown-ibp"))
     assert out["n_unstable"] > 0 and 0.0 <= out["slope_err"] <= 1.0
     assert -1.0 <= out["rga_cos"] < 1.0 and out["rga_rel_err"] > 0
     assert 0.0 < out["unstable_frac_l0"] <= 1.0
     assert all(p.grad is None for p in net.parameters())
     by = metrics.rga_by_slope(
-        net, x, y, 0.2, method="crown-ibp", slopes=("adaptive", "zero", "one")
+        net, x, y, 0.2, BoundSpec("crown-ibp"), slopes=("adaptive", "zero", "one")
     )
     assert by["adaptive"]["slope_err"] == pytest.approx(out["slope_err"])
     # zero / one slopes on unstable neurons: |0 - relu'| and |1 - relu'| add up to 1 per neuron
     assert by["zero"]["slope_err"] + by["one"]["slope_err"] == pytest.approx(1.0)
-    t = metrics.bound_tightness(net, x, y, 0.1, method="crown", pgd_steps=5)
+    t = metrics.bound_tightness(net, x, y, 0.1, BoundSpec("crown"), pgd_steps=5)
     assert t["gap"] >= -1e-5 and t["pgd_margin"] >= t["lb"] - 1e-5

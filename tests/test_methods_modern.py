@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import bounds
+from bounds.bound_spec import training_bound
 from bounds.layers import Normalize
 from landscape import store
 from landscape.cli import main
@@ -45,9 +46,12 @@ def _batch(dtype: torch.dtype = torch.float32, n: int = 6) -> tuple[torch.Tensor
     return x, torch.randint(0, 5, (n,), generator=g)
 
 
-def _loss_and_grad(model: nn.Module, *args, **kw) -> tuple[torch.Tensor, list[torch.Tensor]]:
+def _loss_and_grad(
+    model: nn.Module, x, y, eps, method, domain, **kw
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
     model.zero_grad(set_to_none=True)
-    loss, _ = certified_loss(model, *args, **kw)
+    bound = training_bound(method, domain=domain)
+    loss, _ = certified_loss(model, x, y, eps, method, bound, **kw)
     loss.backward()
     return loss.detach(), [p.grad.clone() for p in model.parameters()]
 

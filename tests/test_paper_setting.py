@@ -12,6 +12,7 @@ from train.data import DATASETS
 
 
 def test_unnormalised_unclipped_runs_record_and_use_their_setting(tmp_path) -> None:
+    from bounds.bound_spec import training_bound
     from train.checkpoint import load_model
     from train.objective import certified_loss
 
@@ -54,8 +55,12 @@ def test_unnormalised_unclipped_runs_record_and_use_their_setting(tmp_path) -> N
     assert ckpt["config"]["bounded_input"] is False
     x = torch.ones(4, 1, 8, 8)  # at the top of the pixel range: clipping matters here
     y = torch.arange(4)
-    clipped, _ = certified_loss(model, x, y, 0.3, method="crown-ibp", domain=(0.0, 1.0))
-    free, _ = certified_loss(model, x, y, 0.3, method="crown-ibp", domain=None)
+    clipped, _ = certified_loss(
+        model, x, y, 0.3, "crown-ibp", training_bound("crown-ibp", domain=(0.0, 1.0))
+    )
+    free, _ = certified_loss(
+        model, x, y, 0.3, "crown-ibp", training_bound("crown-ibp", domain=None)
+    )
     assert float(free.detach()) > float(clipped.detach())
     scan = tmp_path / "g.h5"
     assert (
@@ -88,6 +93,7 @@ def test_cap_is_crown_ibp_with_same_slopes_and_certify_takes_method_slope_pairs(
 ) -> None:
     import json
 
+    from bounds.bound_spec import training_bound
     from train.evaluate import evaluate, verifier
     from train.models import build_model
     from train.objective import certified_loss
@@ -96,7 +102,9 @@ def test_cap_is_crown_ibp_with_same_slopes_and_certify_takes_method_slope_pairs(
     net = build_model("mlp", (1, 8, 8), 10, (0.3,), (0.4,), widths=[32, 32])
     x, y = torch.rand(16, 1, 8, 8), torch.arange(16) % 10
     cap, _ = certified_loss(net, x, y, 0.1, method="cap")
-    same, _ = certified_loss(net, x, y, 0.1, method="crown-ibp", slope="same-slope")
+    same, _ = certified_loss(
+        net, x, y, 0.1, "crown-ibp", training_bound("crown-ibp", slope="same-slope")
+    )
     assert torch.equal(cap, same)
     assert verifier("cap") == ("crown-ibp", "same-slope") and verifier("tightest") == (
         "crown-ibp",

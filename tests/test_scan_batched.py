@@ -1,7 +1,7 @@
 """Several grid points per pass: ``DirectionEvaluator(..., vmap_batch=k)`` evaluates the clean loss
 and the certified losses of IBP and of CROWN-IBP with fixed slopes with ``torch.func.vmap`` over
-stacked parameter sets, through the engine's plain mode (:mod:`bounds.plain`). The values equal
-the point-by-point loop's, and the plain mode equals the engine's fast paths."""
+stacked parameter sets, through the engine's vmap mode (:mod:`bounds.mode`). The values equal
+the point-by-point loop's, and the vmap mode equals the engine's fast paths."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from bounds import Normalize, compute_bounds, margin_spec, plain, robust_cross_entropy
+from bounds import Normalize, compute_bounds, margin_spec, mode, robust_cross_entropy
 from landscape import directions as D
 from landscape.evaluators import DirectionEvaluator, batchable
 from landscape.scan_losses import make_loss
@@ -45,7 +45,7 @@ def test_plain_mode_equals_the_fast_paths(channels, method, slope):
     model, (x, y) = cnn(channels), batch(channels)
     C = margin_spec(y, 4)
     fast = compute_bounds(model, x, 0.05, method, slope, C=C)
-    with plain.plain():
+    with mode.vmappable():
         ref = compute_bounds(model, x, 0.05, method, slope, C=C)
     assert torch.allclose(fast.lower, ref.lower, atol=1e-5) and torch.allclose(
         fast.upper, ref.upper, atol=1e-5
@@ -56,7 +56,7 @@ def test_plain_mode_equals_the_fast_paths(channels, method, slope):
         assert torch.allclose(fast.lower_A, ref.lower_A, atol=1e-5)
     for fused in (False, True, "min"):
         a = robust_cross_entropy(model, x, y, 0.05, method, slope, fused=fused, reduction="none")
-        with plain.plain():
+        with mode.vmappable():
             b = robust_cross_entropy(
                 model, x, y, 0.05, method, slope, fused=fused, reduction="none"
             )

@@ -11,11 +11,11 @@ import torch
 from torch import nn
 
 from bounds import Normalize
+from bounds.bound_spec import BoundSpec, training_bound
 from landscape import directions as D
 from landscape import evaluators, probes, scans, store
 from landscape.scan_losses import make_loss, select_samples
 from landscape.scan_runner import fill_scan
-from train.objective import BoundSetup
 
 
 def _net(seed: int = 0) -> nn.Sequential:
@@ -223,7 +223,8 @@ def test_gradient_probe_appends_rows_and_restores_state(tmp_path):
         loss_fn=fn,
         final_loss_fn=final,
         method="crown-ibp",
-        bound=BoundSetup.of("crown-ibp", None, 1.0, (0.0, 1.0), 4),
+        bound=training_bound("crown-ibp", None, 1.0, domain=(0.0, 1.0)),
+        n_classes=4,
     )
     probe.on_step(ctx)
     ctx.step = 5
@@ -341,9 +342,8 @@ def test_probe_metrics_equal_direct_calls_with_the_runs_own_setting(method, slop
             x,
             y,
             e,
-            method=method,
-            slope=slope,
-            beta=beta,
+            method,
+            training_bound(method, slope, beta),
             generator=torch.Generator().manual_seed(7),
         )[0]
 
@@ -363,7 +363,8 @@ def test_probe_metrics_equal_direct_calls_with_the_runs_own_setting(method, slop
         loss_fn=loss_at(eps),
         final_loss_fn=loss_at(final_eps),
         method=method,
-        bound=BoundSetup.of(method, slope, beta, (0.0, 1.0), 4),
+        bound=training_bound(method, slope, beta, domain=(0.0, 1.0)),
+        n_classes=4,
     )
     probe.on_step(ctx)
     rows = sunk[0]
@@ -373,9 +374,7 @@ def test_probe_metrics_equal_direct_calls_with_the_runs_own_setting(method, slop
         x,
         y,
         eps,
-        method=bound,
-        slope=bslope,
-        beta=bbeta,
+        BoundSpec(bound, bslope, bbeta),
         generator=torch.Generator().manual_seed(3),
     )
     for name in ("rga_cos", "rga_rel_err", "slope_err", "upper_slope_err", "unstable_frac_l0"):
@@ -416,8 +415,8 @@ def _probe_ctx(net, x, y, method, slope=None, data=None):
             xb,
             yb,
             0.1 if final else 0.05,
-            method=method,
-            slope=slope,
+            method,
+            training_bound(method, slope),
             generator=torch.Generator().manual_seed(gen_seed),
         )[0]
 
@@ -436,7 +435,8 @@ def _probe_ctx(net, x, y, method, slope=None, data=None):
         final_loss_fn=loss_at(x, y, final=True),
         loss_at=loss_at,
         method=method,
-        bound=BoundSetup.of(method, slope, 1.0, (0.0, 1.0), 4),
+        bound=training_bound(method, slope, 1.0, domain=(0.0, 1.0)),
+        n_classes=4,
         data=data,
         config=SimpleNamespace(batch_size=len(x)),
     )

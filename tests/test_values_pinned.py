@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bounds import compute_bounds, margin_spec
+from bounds import BoundSpec, compute_bounds, margin_spec
 from landscape import directions as D
 from landscape import metrics, store
 from train.attacks import margin_objective, pgd_attack, pgd_last_iterate, pgd_margin
@@ -336,7 +336,7 @@ RGA_CASES = [
 @pytest.mark.parametrize("method,slope", RGA_CASES)
 def test_rga_matches_float64_finite_differences_and_direct_slope_errors(method, slope):
     model, (x, y) = _relu_net(), _relu_batch()
-    out = metrics.relaxed_gradient_approximation(model, x, y, RGA_EPS, method=method, slope=slope)
+    out = metrics.relaxed_gradient_approximation(model, x, y, RGA_EPS, BoundSpec(method, slope))
     cos, rel = _reference_rga(model, x, y, RGA_EPS, method, slope)
     assert out["rga_cos"] == pytest.approx(cos, abs=1e-5)
     assert out["rga_rel_err"] == pytest.approx(rel, abs=1e-5)
@@ -382,7 +382,7 @@ def test_bound_tightness_is_the_mean_min_bound_and_the_attack_margin(method):
         y = model(x).argmax(dim=1)  # correctly classified: the attack has to search, not stop at x
     eps, steps, restarts, seed = 0.15, 5, 2, 1
     out = metrics.bound_tightness(
-        model, x, y, eps, method=method, pgd_steps=steps, pgd_restarts=restarts, seed=seed
+        model, x, y, eps, BoundSpec(method), pgd_steps=steps, pgd_restarts=restarts, seed=seed
     )
     with torch.no_grad():
         lower = compute_bounds(
@@ -435,7 +435,7 @@ def test_bound_tightness_on_a_linear_model_is_exact():
     x, y, worst = x[keep], y[keep], worst[keep]
     assert len(x) >= 3
     for method in ("crown-ibp", "crown", "ibp"):
-        out = metrics.bound_tightness(model, x, y, eps, method=method, pgd_steps=20, seed=0)
+        out = metrics.bound_tightness(model, x, y, eps, BoundSpec(method), pgd_steps=20, seed=0)
         assert out["lb"] == pytest.approx(float(worst.mean()), abs=1e-4), method
         assert out["pgd_margin"] == pytest.approx(float(worst.mean()), abs=1e-4), method
         assert out["gap"] == pytest.approx(0.0, abs=1e-4), method

@@ -15,8 +15,8 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import nn
 
+from bounds.bound_spec import BoundSpec
 from train.config import TrainConfig
-from train.objective import BoundSetup
 
 
 @dataclass
@@ -27,8 +27,9 @@ class StepContext:
     random slopes) evaluated at module ``m``: ``loss_fn(model)`` equals ``loss``.
     ``final_loss_fn(m)`` is the same at the end of the schedules (eps = eps_train,
     beta = beta_end, kappa = kappa_end): the paper code's ``loss_max``.
-    ``bound`` is the bound this step used (engine method, slope, the step's beta, domain,
-    number of classes), so an analysis can repeat it without re-deriving it.
+    ``bound`` is the bound this step used (a :class:`bounds.BoundSpec`: engine method, slope,
+    the step's beta, domain; None for natural training) and ``n_classes`` the number of
+    classes, so an analysis can repeat it without re-deriving it.
     ``loss_at(x, y, final=False, seed=None)`` is the step's loss (or its final-schedule loss) on
     another batch, with the step's random slopes (or those drawn from ``seed``); ``loss_fn`` is
     ``loss_at(ctx.x, ctx.y)``. ``data`` is the training run's dataset (``train_x``, ...).
@@ -48,7 +49,8 @@ class StepContext:
     loss_fn: Callable[[nn.Module], torch.Tensor]
     final_loss_fn: Callable[[nn.Module], torch.Tensor]
     method: str
-    bound: BoundSetup
+    bound: BoundSpec | None
+    n_classes: int
     optimizer: torch.optim.Optimizer
     config: TrainConfig
     wall_time: float = 0.0

@@ -38,6 +38,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from bounds.bound_spec import training_bound
 from bounds.names import resolve_method
 from train import parallel as par
 from train.augment import batch_augmenter
@@ -52,7 +53,7 @@ from train.checkpoint import (
 )
 from train.collapse import CollapseWatch, collapse_warning
 from train.config import TrainConfig, run_domain
-from train.objective import BoundSetup, LossOptions, certified_loss
+from train.objective import LossOptions, certified_loss
 from train.recorder import ScalarRecorder, Sink, flat_grad
 from train.schedules import Schedule
 
@@ -268,12 +269,10 @@ def train(
         )
     schedule = Schedule.from_config(config, spe)
     method, slope = config.method, config.resolved_slope
-    extra_kw = (
+    search_kw = (
         {"opt_steps": config.opt_steps, "opt_lr": config.opt_lr} if slope == "optimized" else {}
     )
-    extra_kw["options"] = LossOptions.of(
-        config
-    )  # sabr / mtl-ibp / warm-up regulariser (train.objective)
+    options = LossOptions.of(config)  # sabr / mtl-ibp / warm-up regulariser (train.objective)
     out_path = Path(out_dir) if out_dir is not None else None
     final_vals = {"eps": config.eps, "beta": config.beta_end, "kappa": config.kappa_end}
     metrics: dict[str, float] = dict(history[-1]) if history else {}
@@ -295,20 +294,17 @@ def train(
             if shard
             else torch.Generator(device=device).manual_seed(seed)
         )
-        return certified_loss(
-            m,
-            xb,
-            yb,
-            eps,
-            method=method,
-            slope=config.slope,
-            beta=beta,
-            kappa=kappa,
-            fused=config.fused_at(eps),
+        bound = training_bound(
+            method,
+            config.slope,
+            beta,
             domain=domain,
-            generator=gen,
+            fused=config.fused_at(eps),
             compile=config.compile,
-            **extra_kw,
+            **search_kw,
+        )
+        return certified_loss(
+            m, xb, yb, eps, method, bound, kappa=kappa, generator=gen, options=options
         )
 
     def loss_at(
@@ -428,9 +424,8 @@ def train(
                             step_seed,
                         ),
                         method=method,
-                        bound=BoundSetup.of(
-                            method, config.slope, vals["beta"], domain, spec.n_classes
-                        ),
+                        bound=training_bound(method, config.slope, vals["beta"], domain=domain),
+                        n_classes=spec.n_classes,
                         optimizer=optimizer,
                         config=config,
                         wall_time=wall_offset + time.perf_counter() - t0,

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 import torch
@@ -42,42 +42,9 @@ import torch.nn.functional as F
 from torch import nn
 
 import bounds
-from bounds.names import resolve_method
+from bounds.bound_spec import BoundSpec, training_bound
+from bounds.names import TRAIN_METHODS, resolve_method
 from train import mixed_losses, shi
-
-
-@dataclass(frozen=True)
-class BoundSetup:
-    """What a certified loss bounds with, resolved from a training method: the engine's
-    ``method`` (None for natural training), lower-slope policy ``slope``, mixing weight ``beta``,
-    input ``domain`` (None: unclipped) and the number of classes. The training loop hands it to callbacks, so
-    analyses repeat the step's own bound."""
-
-    method: str | None
-    slope: str
-    beta: float
-    domain: tuple[float, float] | None
-    n_classes: int
-
-    @classmethod
-    def of(
-        cls,
-        method: str,
-        slope: str | None,
-        beta: float,
-        domain: Sequence[float] | None,
-        n_classes: int,
-    ) -> BoundSetup:
-        """The setup of training method ``method`` (see :func:`bounds.names.resolve_method`);
-        ``domain`` None: the eps-ball is not clipped to the pixel range."""
-        bound, used_slope, used_beta = resolve_method(method, slope, beta)
-        box = None if domain is None else (float(domain[0]), float(domain[1]))
-        return cls(bound, used_slope, used_beta, box, int(n_classes))
-
-    @property
-    def linear(self) -> bool:
-        """True for a linear relaxation (CROWN-type bound with slopes and input coefficients)."""
-        return self.method is not None and self.method != "ibp"
 
 
 @dataclass(frozen=True)
@@ -159,21 +126,32 @@ def unstable_columns(fractions: Sequence[float]) -> dict[str, float]:
     return {f"unstable_frac_l{i}": float(f) for i, f in enumerate(fractions)}
 
 
+def step_bound(method: str, bound: BoundSpec | None) -> BoundSpec | None:
+    """The bound training method ``method`` minimises: ``bound`` (a :class:`bounds.BoundSpec`,
+    its slope and beta made those the method fixes, :func:`bounds.names.resolve_method`), or
+    the method's own default bound when None; None for natural training. ValueError for an
+    unknown method, a slope the method does not allow, or a bound of another method."""
+    own = training_bound(method)
+    if own is None or bound is None:
+        return own
+    if bound.method != own.method:
+        raise ValueError(
+            f"method {method!r} bounds with {own.method!r}, got a bound of {bound.method!r}"
+        )
+    _, slope, beta = resolve_method(method, bound.slope, bound.beta)
+    return replace(bound, slope=slope, beta=beta)
+
+
 def certified_loss(
     model: nn.Module,
     x: torch.Tensor,
     y: torch.Tensor,
     eps: float | torch.Tensor,
     method: str = "ibp",
-    slope: str | None = None,
-    beta: float = 1.0,
+    bound: BoundSpec | None = None,
     kappa: float = 0.0,
-    fused: bool | str = False,
-    domain: tuple[float, float] | None = (0.0, 1.0),
     generator: torch.Generator | None = None,
-    compile: bool = False,
     options: LossOptions | None = None,
-    **bound_kw: Any,
 ) -> tuple[torch.Tensor, LazyStats]:
     """Certified loss ``L = kappa * CE(f(x), y) + (1 - kappa) * robust term (+ R)`` and batch stats.
 
@@ -183,31 +161,28 @@ def certified_loss(
 
     Args:
         model: ``nn.Sequential`` the engine accepts (starts with ``Normalize``).
-        x: ``[B, *input_shape]`` inputs in ``domain``; y: ``[B]`` int64 labels.
+        x: ``[B, *input_shape]`` inputs in ``bound.domain``; y: ``[B]`` int64 labels.
         eps: radius (float or per-sample ``[B]``), >= 0.
         method: a key of :data:`bounds.names.TRAIN_METHODS`.
-        slope: lower-slope policy (``None``: the method's default).
-        beta: CROWN-IBP mixing weight (``lb = beta lb_crown + (1 - beta) lb_ibp``).
+        bound: how the robust term is bounded (:class:`bounds.BoundSpec`: slope, beta, domain,
+            ``fused``, ``compile``, the slope search's options), e.g.
+            ``bounds.training_bound(method, slope, beta, domain=..., fused=...)``; None: the
+            method's own bound on the domain ``(0, 1)`` (:func:`step_bound`).
         kappa: clean-loss weight in [0, 1].
-        fused: True: the fused robust cross-entropy bound (``docs/fused-loss.md``); ``"min"``:
-            per sample the smaller of that bound and the IBP bound; False: the margin bound.
         generator: random source of random slope policies (``uniform``, ``binary``, ``tightest``)
             and of the attacks' starts (``sabr``, ``mtl-ibp``), so that a loss can be evaluated
             again exactly.
-        compile: run the engine's element-wise steps as compiled kernels, cached on disk
-            (:mod:`bounds.compiled`; the same loss to float rounding).
         options: SABR, MTL-IBP and regulariser options (:class:`LossOptions`; None: defaults).
-        bound_kw: passed to the engine (e.g. ``opt_steps``, ``opt_lr``).
 
     Returns:
         ``(loss, stats)``: a scalar tensor with gradient, and the stats (module doc), read lazily.
         One bound computation per call: its lower bounds serve both the loss and the stats.
     """
-    bound_method, slope_used, beta_used = resolve_method(method, slope, beta)
+    spec = step_bound(method, bound)
     if not 0.0 <= float(kappa) <= 1.0:
         raise ValueError(f"kappa must lie in [0, 1], got {kappa}")
     opts = options if options is not None else LossOptions()
-    logits_needed_grad = bound_method is None or kappa > 0.0
+    logits_needed_grad = spec is None or kappa > 0.0
     with torch.set_grad_enabled(torch.is_grad_enabled() and logits_needed_grad):
         logits = model(x)
     clean_ce = F.cross_entropy(logits, y)
@@ -216,41 +191,51 @@ def certified_loss(
         "clean_ce": clean_ce.detach(),
         "clean_err": lambda: wrong.float().mean(),
     }
-    if bound_method is None:
+    if spec is None:
         stats.update(robust_ce=float("nan"), robust_err=float("nan"))
         return clean_ce, LazyStats(stats)
-
-    common = dict(
-        method=bound_method,
-        slope=slope_used,
-        beta=beta_used,
-        domain=domain,
-        compile=compile,
-        **bound_kw,
-    )
-    if generator is not None:
-        common["generator"] = generator
-    center, radius = x, eps
-    if method == "sabr":
-        center, radius = mixed_losses.sabr_center(
-            model, x, y, eps, opts.sabr_lambda, domain, opts.steps(method), generator
-        )
-    robust, preact = _robust_term(model, center, y, radius, fused, common, logits.shape[1], stats)
-    if method == "mtl-ibp" and float(opts.mtl_alpha) < 1.0:
-        x_adv = mixed_losses.mtl_point(model, x, y, eps, domain, opts.steps(method), generator)
-        adv_ce = F.cross_entropy(model(x_adv), y)
-        stats["adv_ce"] = adv_ce.detach()
-        robust = mixed_losses.mtl_mix(adv_ce, robust, opts.mtl_alpha)
+    n_classes = logits.shape[1]
+    robust, preact = _method_term(model, x, y, eps, method, spec, generator, opts, stats, n_classes)
     if kappa > 0.0:
         loss = kappa * clean_ce + (1.0 - kappa) * robust
     else:
         loss = robust
     if opts.warmup_reg:
-        own = preact if bound_method in ("ibp", "crown-ibp") and method != "sabr" else None
-        reg = _warmup_term(model, x, eps, domain, own, opts, stats)
+        own_ibp = TRAIN_METHODS[method].bound in ("ibp", "crown-ibp") and method != "sabr"
+        own = preact if own_ibp else None
+        reg = _warmup_term(model, x, eps, spec.domain, own, opts, stats)
         if reg is not None:
             loss = loss + reg
     return loss, LazyStats(stats)
+
+
+def _method_term(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eps: float | torch.Tensor,
+    method: str,
+    spec: BoundSpec,
+    generator: torch.Generator | None,
+    opts: LossOptions,
+    stats: dict[str, Any],
+    n_classes: int,
+) -> tuple[torch.Tensor, Any]:
+    """The robust term of ``method``: the bound's robust CE over ``B(x, eps)``, SABR's over its
+    small box, or MTL-IBP's mix with the adversarial CE; and the pre-activation bounds the
+    warm-up regulariser may reuse (None when fused)."""
+    center, radius = x, eps
+    if method == "sabr":
+        center, radius = mixed_losses.sabr_center(
+            model, x, y, eps, opts.sabr_lambda, spec.domain, opts.steps(method), generator
+        )
+    robust, preact = _robust_term(model, center, y, radius, spec, generator, n_classes, stats)
+    if method == "mtl-ibp" and float(opts.mtl_alpha) < 1.0:
+        x_adv = mixed_losses.mtl_point(model, x, y, eps, spec.domain, opts.steps(method), generator)
+        adv_ce = F.cross_entropy(model(x_adv), y)
+        stats["adv_ce"] = adv_ce.detach()
+        robust = mixed_losses.mtl_mix(adv_ce, robust, opts.mtl_alpha)
+    return robust, preact
 
 
 def _robust_term(
@@ -258,21 +243,19 @@ def _robust_term(
     x: torch.Tensor,
     y: torch.Tensor,
     eps: float | torch.Tensor,
-    fused: bool | str,
-    common: dict[str, Any],
+    spec: BoundSpec,
+    generator: torch.Generator | None,
     n_classes: int,
     stats: dict[str, Any],
 ) -> tuple[torch.Tensor, Any]:
     """The bound's robust CE over ``B(x, eps) ∩ domain`` (mean over the batch), its stats into
     ``stats``, and the ReLU layers' pre-activation bounds (None when fused)."""
-    if fused:
-        robust = bounds.robust_cross_entropy(
-            model, x, y, eps, fused=fused, reduction="mean", **common
-        )
+    if spec.fused:
+        robust = bounds.robust_loss(model, x, y, eps, spec, generator, reduction="mean")
         stats.update(robust_ce=robust.detach(), robust_err=float("nan"))
         return robust, None
-    spec = bounds.margin_spec(y, n_classes)
-    res = bounds.compute_bounds(model, x, eps, C=spec, y=y, need_upper=False, **common)
+    C = bounds.margin_spec(y, n_classes)
+    res = bounds.bound_model(model, x, eps, spec, C, y, generator, need_upper=False)
     lower = res.lower
     robust = bounds.margin_ce(lower, reduction="mean")
     failed = (lower.detach() <= 0).any(dim=1)

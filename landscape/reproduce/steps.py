@@ -94,6 +94,7 @@ def certify_run(run: RunPlan, out: Path, plan: Plan, data: Any) -> Path:
     import numpy as np
     import torch
 
+    from bounds import BoundSpec
     from landscape import store
     from landscape.certification import certify_rows, write_certify_file
     from landscape.metrics import bound_gaps
@@ -127,9 +128,9 @@ def certify_run(run: RunPlan, out: Path, plan: Plan, data: Any) -> Path:
             x[:k],
             y[:k],
             float(cfg["eps"]),
-            {m: (str(bounds[m][0]), bounds[m][1], bounds[m][2]) for m in methods},
+            {m: BoundSpec(str(bounds[m][0]), bounds[m][1], bounds[m][2], domain) for m in methods},
             domain=domain,
-            pgd_steps=setting.pgd_steps,
+            attack=(setting.pgd_steps, 1, 0),
             generator=torch.Generator().manual_seed(0),
         )
 
