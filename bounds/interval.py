@@ -75,13 +75,13 @@ def input_box(
 def affine_forward(op: LayerOp, z: torch.Tensor, with_bias: bool = True) -> torch.Tensor:
     """Apply the affine op to ``z`` ``[B, *in_shape]`` (``with_bias=False``: its linear part only)."""
     if op.kind == "linear":
-        return F.linear(z, op.weight, op.bias if with_bias else None)
+        return F.linear(z, op.w, op.bias if with_bias else None)
     if op.kind == "conv":
-        return F.conv2d(z, op.weight, op.bias if with_bias else None, **op.conv_args)
+        return F.conv2d(z, op.w, op.bias if with_bias else None, **op.conv)
     if op.kind == "normalize":
         nd = z.dim() - 1
-        zz = z - channel_view(op.bias, nd) if with_bias else z
-        return zz / channel_view(op.weight, nd)
+        zz = z - channel_view(op.b, nd) if with_bias else z
+        return zz / channel_view(op.w, nd)
     if op.kind == "flatten":
         return z.reshape(z.shape[0], -1)
     if op.kind == "scale":
@@ -91,9 +91,9 @@ def affine_forward(op: LayerOp, z: torch.Tensor, with_bias: bool = True) -> torc
             )
         nd = z.dim() - 1
         return (
-            z * channel_view(op.weight, nd) + channel_view(op.bias, nd)
+            z * channel_view(op.w, nd) + channel_view(op.b, nd)
             if with_bias
-            else z * channel_view(op.weight, nd)
+            else z * channel_view(op.w, nd)
         )
     raise ValueError(f"op {op.kind} is not affine")
 
@@ -101,11 +101,11 @@ def affine_forward(op: LayerOp, z: torch.Tensor, with_bias: bool = True) -> torc
 def radius_forward(op: LayerOp, r: torch.Tensor) -> torch.Tensor:
     """Propagate a radius ``r >= 0`` through an affine op: ``|W| r``."""
     if op.kind == "linear":
-        return F.linear(r, op.weight.abs())
+        return F.linear(r, op.w.abs())
     if op.kind == "conv":
-        return F.conv2d(r, op.weight.abs(), None, **op.conv_args)
+        return F.conv2d(r, op.w.abs(), None, **op.conv)
     if op.kind == "scale":
-        return r * channel_view(op.weight.abs(), r.dim() - 1)
+        return r * channel_view(op.w.abs(), r.dim() - 1)
     return affine_forward(op, r, with_bias=False)  # normalize (std > 0) and flatten
 
 
@@ -203,7 +203,7 @@ def _affine_box(
         W = weight * 0.5 if twice else weight
         if op.kind == "linear":
             return F.linear(c, W, op.bias), F.linear(r, W.abs())
-        return F.conv2d(c, W, op.bias, **op.conv_args), F.conv2d(r, W.abs(), None, **op.conv_args)
+        return F.conv2d(c, W, op.bias, **op.conv), F.conv2d(r, W.abs(), None, **op.conv)
     if twice and op.kind != "flatten":
         c, r = c * 0.5, r * 0.5
     return affine_forward(op, c), radius_forward(op, r)
@@ -240,7 +240,7 @@ def ibp(
     for k, op in enumerate(ops):
         weight = op.weight
         if hwc is not None:
-            weight, hwc = hwc_columns(op.weight, hwc), None
+            weight, hwc = hwc_columns(op.w, hwc), None
         if op.kind in STACK_KINDS:
             if twice:
                 c, r, twice = c * 0.5, r * 0.5, False

@@ -206,7 +206,7 @@ def _uses_fold(op: LayerOp) -> bool:
     """The transposed convolution runs as a matrix product and a fold (:func:`_fold_sum`) when
     that is no larger than the coefficients themselves (few input channels, e.g. the first layer
     of an image model): oneDNN's transposed convolution is slow with one or three output channels."""
-    w, args = op.weight, op.conv_args
+    w, args = op.w, op.conv
     return (
         args["groups"] == 1
         and args["dilation"] == (1, 1)
@@ -303,7 +303,7 @@ def conv_transpose(op: LayerOp, A: torch.Tensor) -> torch.Tensor:
     B, S = A.shape[:2]
     flat = A.reshape(B * S, *op.out_shape)
     if mode.vmapped():  # standard operations only (bounds/mode.py)
-        args, w = op.conv_args, op.weight
+        args, w = op.conv, op.w
         out_pad = tuple(
             op.in_shape[1 + i]
             - (
@@ -328,7 +328,7 @@ def conv_transpose(op: LayerOp, A: torch.Tensor) -> torch.Tensor:
     fold = _uses_fold(op)
     if not fold:
         flat = channels_last(flat)
-    back = _ConvTranspose.apply(flat, op.weight, tuple(op.in_shape[1:]), op.conv_args, fold)
+    back = _ConvTranspose.apply(flat, op.w, tuple(op.in_shape[1:]), op.conv, fold)
     return back.reshape(B, S, *op.in_shape)
 
 
@@ -340,19 +340,19 @@ def affine_backward(op: LayerOp, A: torch.Tensor) -> tuple[torch.Tensor, torch.T
     B, S = A.shape[:2]
     if op.kind == "linear":
         db = torch.matmul(A, op.bias) if op.bias is not None else None
-        return torch.matmul(A, op.weight), db
+        return torch.matmul(A, op.w), db
     if op.kind == "conv":
         db = torch.matmul(A.sum((-2, -1)), op.bias) if op.bias is not None else None
         return conv_transpose(op, A), db
     if op.kind == "flatten":
         return A.reshape(B, S, *op.in_shape), None
     if op.kind == "normalize":
-        A = A / channel_view(op.weight, len(op.in_shape))
-        db = -(A.flatten(3).sum(-1) if A.dim() > 3 else A) @ op.bias
+        A = A / channel_view(op.w, len(op.in_shape))
+        db = -(A.flatten(3).sum(-1) if A.dim() > 3 else A) @ op.b
         return A, db
     if op.kind == "scale":  # BatchNorm: w z + c per channel
-        db = (A.flatten(3).sum(-1) if A.dim() > 3 else A) @ op.bias
-        return A * channel_view(op.weight, len(op.in_shape)), db
+        db = (A.flatten(3).sum(-1) if A.dim() > 3 else A) @ op.b
+        return A * channel_view(op.w, len(op.in_shape)), db
     raise ValueError(f"op {op.kind} is not affine")
 
 
@@ -364,7 +364,7 @@ def _linear_before_flatten(
     comes out in that order directly."""
     B, S = A.shape[:2]
     db = torch.matmul(A, op.bias) if op.bias is not None else None
-    new_A = torch.matmul(A, hwc_columns(op.weight, flat.in_shape)).view(B, S, -1)
+    new_A = torch.matmul(A, hwc_columns(op.w, flat.in_shape)).view(B, S, -1)
     return rows_unflat(new_A, flat.in_shape, True), db
 
 

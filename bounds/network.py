@@ -57,6 +57,25 @@ class LayerOp:
     bias: torch.Tensor | None = None
     conv_args: dict | None = None
 
+    @property
+    def w(self) -> torch.Tensor:
+        """``weight`` of an op that has one (linear, conv, normalize, evaluated BatchNorm)."""
+        if self.weight is None:
+            raise ValueError(f"layer {self.index} ({self.kind}) has no weight")
+        return self.weight
+
+    @property
+    def b(self) -> torch.Tensor:
+        """``bias`` of an op that must have one (normalize's mean, evaluated BatchNorm's shift)."""
+        if self.bias is None:
+            raise ValueError(f"layer {self.index} ({self.kind}) has no bias")
+        return self.bias
+
+    @property
+    def conv(self) -> dict:
+        """``conv_args`` (stride, padding, dilation, groups); empty for other kinds."""
+        return self.conv_args or {}
+
     def detached(self) -> LayerOp:
         """The same op with its parameters cut from the autograd graph (cloned if inference tensors)."""
         return replace(
@@ -282,13 +301,13 @@ def clean_forward(op: LayerOp, z: torch.Tensor) -> torch.Tensor:
     if op.kind == "flatten":
         return z.reshape(z.shape[0], -1)
     if op.kind == "linear":
-        return F.linear(z, op.weight, op.bias)
+        return F.linear(z, op.w, op.bias)
     if op.kind == "conv":
-        return F.conv2d(z, op.weight, op.bias, **op.conv_args)
+        return F.conv2d(z, op.w, op.bias, **op.conv)
     view = (-1, *([1] * (z.dim() - 2)))
     if op.kind == "normalize":
-        return (z - op.bias.view(view)) / op.weight.view(view)
-    return z * op.weight.view(view) + op.bias.view(view)  # scale
+        return (z - op.b.view(view)) / op.w.view(view)
+    return z * op.w.view(view) + op.b.view(view)  # scale
 
 
 def layer_ops(
