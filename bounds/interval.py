@@ -127,7 +127,7 @@ class _IntervalRelu(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, c, r):  # type: ignore[override]
+    def forward(ctx, c, r):
         ctx.set_materialize_grads(False)
         kernels = mode.active_kernels()
         ctx.kernels = kernels
@@ -138,7 +138,7 @@ class _IntervalRelu(torch.autograd.Function):
         return l, u, c2, r2
 
     @staticmethod
-    def backward(ctx, gl, gu, gc, gr):  # type: ignore[override]
+    def backward(ctx, gl, gu, gc, gr):
         l, u = ctx.saved_tensors
         if ctx.kernels is not None and not torch.is_grad_enabled():
             if gl is None and gu is None and gc is None and gr is None:

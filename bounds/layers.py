@@ -21,6 +21,9 @@ class Normalize(nn.Module):
     have ``C`` entries each, every ``std`` strictly positive.
     """
 
+    mean: torch.Tensor  # buffers, registered in __init__
+    std: torch.Tensor
+
     def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
         super().__init__()
         mean_t = torch.as_tensor(list(mean), dtype=torch.float32).flatten()

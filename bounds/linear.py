@@ -158,7 +158,7 @@ class _ReluStep(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, A, a, s, t):  # type: ignore[override]
+    def forward(ctx, A, a, s, t):
         kernels = mode.active_kernels()
         fwd = relu_step_values if kernels is None else kernels.relu_forward
         new_A, db, An = fwd(A, a, s, t)
@@ -170,7 +170,7 @@ class _ReluStep(torch.autograd.Function):
         return new_A, db
 
     @staticmethod
-    def backward(ctx, G, g):  # type: ignore[override]
+    def backward(ctx, G, g):
         A, a, s, t = ctx.saved_tensors
         need = ctx.needs_input_grad[:4]
         if torch.is_grad_enabled():
@@ -261,7 +261,7 @@ class _ConvTranspose(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, A, W, size, args, fold):  # type: ignore[override]
+    def forward(ctx, A, W, size, args, fold):
         stride, padding, dilation, groups = (
             args["stride"],
             args["padding"],
@@ -288,7 +288,7 @@ class _ConvTranspose(torch.autograd.Function):
         return F.conv_transpose2d(A, W, None, stride, padding, out_pad, groups, dilation)
 
     @staticmethod
-    def backward(ctx, G):  # type: ignore[override]
+    def backward(ctx, G):
         A, W = ctx.saved_tensors
         args = ctx.args
         G = channels_last(G)

@@ -62,7 +62,7 @@ class _UpperLine(torch.autograd.Function):
     the same two bodies as fused loops; the backward uses the kernels of the forward."""
 
     @staticmethod
-    def forward(ctx, l, u):  # type: ignore[override]
+    def forward(ctx, l, u):
         kernels = mode.active_kernels()
         fwd = compiled.upper_line_forward if kernels is None else kernels.upper_forward
         s, t, den = fwd(l, u)
@@ -72,7 +72,7 @@ class _UpperLine(torch.autograd.Function):
         return s, t
 
     @staticmethod
-    def backward(ctx, gs, gt):  # type: ignore[override]
+    def backward(ctx, gs, gt):
         l, u, s, den = ctx.saved_tensors
         if gs is None and gt is None:
             return None, None
