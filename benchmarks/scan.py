@@ -84,8 +84,9 @@ class _IBPLoss(nn.Module):
 
 
 def per_point(args: argparse.Namespace) -> None:
+    from common import store
     from landscape import directions as D
-    from landscape import evaluators, scans, store
+    from landscape import evaluators, scans
     from landscape.scan_losses import make_loss, select_samples
     from landscape.scan_runner import fill_scan
     from train.data import load_dataset

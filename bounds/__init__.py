@@ -4,7 +4,7 @@ Public API::
 
     from bounds import compute_bounds, margin_spec, margin_ce, robust_cross_entropy, BoundResult, Normalize
     from bounds import Residual             # a residual block: branch(x) + shortcut(x)
-    from bounds import METHODS, SLOPES      # the names of bounds.names
+    from bounds import METHODS, SLOPES      # the names of common.names
 
 Modules (one job each): ``names`` (every name the toolkit knows; torch-free), ``network``
 (validate the Sequential and list its layer operations), ``interval`` (IBP), ``relaxations``
@@ -13,7 +13,7 @@ Modules (one job each): ``names`` (every name the toolkit knows; torch-free), ``
 (the fused certified loss), ``robust_ce`` (``robust_cross_entropy``), ``spec`` (the margin
 specification, its cross-entropy and the argument checks).
 
-The torch modules load on first use of one of their names, so ``import bounds.names`` (what
+The torch modules load on first use of one of their names, so ``import common.names`` (what
 the command line and ``figures`` need) never loads torch.
 """
 
@@ -22,8 +22,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from bounds.names import BOUND_METHODS as METHODS
-from bounds.names import SLOPES
+from common.names import BOUND_METHODS as METHODS
+from common.names import SLOPES
 
 _LAZY = {
     "BoundResult": "bounds.compute",

@@ -20,7 +20,6 @@ from torch import nn
 from bounds import compiled
 from bounds.compute import bounds_from
 from bounds.fused import fused_loss
-from bounds.names import engine_method
 from bounds.network import layer_ops
 from bounds.spec import (
     check_beta,
@@ -32,6 +31,7 @@ from bounds.spec import (
     margin_ce,
     margin_spec,
 )
+from common.names import engine_method
 
 REDUCTIONS = ("mean", "sum", "none")
 FUSED = (False, True, "min")

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from bounds import names
+from common import names
 
 
 def host_checks(t: torch.Tensor) -> bool:
@@ -121,7 +121,7 @@ def check_domain(domain: Sequence[float] | None) -> tuple[float, float] | None:
 
 
 def check_method_slope(method: str, slope: str | None) -> str:
-    """Validate the pair; returns the slope to use (see :func:`bounds.names.bound_slope`)."""
+    """Validate the pair; returns the slope to use (see :func:`common.names.bound_slope`)."""
     return names.bound_slope(method, slope)
 
 

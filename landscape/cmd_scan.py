@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from bounds.names import DIRECTION_NORMS, SCAN_KINDS, SCAN_LOSSES, TRAIN_METHODS
+from common.names import DIRECTION_NORMS, SCAN_KINDS, SCAN_LOSSES, TRAIN_METHODS
 
 
 @click.command("scan")
@@ -74,7 +74,7 @@ from bounds.names import DIRECTION_NORMS, SCAN_KINDS, SCAN_LOSSES, TRAIN_METHODS
 @click.option(
     "--slope",
     default=None,
-    help="Lower-slope policy (see bounds.names.SLOPES) [default: each method's own].",
+    help="Lower-slope policy (see common.names.SLOPES) [default: each method's own].",
 )
 @click.option(
     "--samples",

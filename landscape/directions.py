@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable, Sequence
 import torch
 from torch import Tensor, nn
 
-from bounds.names import DIRECTION_NORMS as NORMS
+from common.names import DIRECTION_NORMS as NORMS
 
 __all__ = [
     "NORMS",

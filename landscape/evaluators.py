@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from bounds import plain
-from bounds.names import FIXED_SLOPES, TRAIN_METHODS, resolve_method
+from common.names import FIXED_SLOPES, TRAIN_METHODS, resolve_method
 from landscape import metrics as M
 from landscape.directions import (
     BufferPath,

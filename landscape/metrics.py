@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from bounds.names import FIXED_SLOPES
+from common.names import FIXED_SLOPES
 from train.attacks import pgd_margin
 from train.objective import BoundSetup, unstable_columns
 

@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from landscape import store
+from common import store
 from landscape.provenance import provenance
 
 Sink = Callable[[str, dict], None]

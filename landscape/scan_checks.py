@@ -7,7 +7,7 @@ import math
 from typing import Any
 
 from bounds.compiled import check_cache
-from bounds.names import SCAN_KINDS, SLOPES
+from common.names import SCAN_KINDS, SLOPES
 from landscape.scans import check_float32_grid, parse_range
 
 __all__ = ["check_request"]

@@ -3,9 +3,9 @@
 ``landscape scan``, ``landscape reproduce`` and every process under torchrun call
 :func:`run_scan`. It loads the checkpoint and its data, builds the losses
 (:mod:`landscape.scan_losses`) and the evaluator of the kind (:mod:`landscape.evaluators`),
-opens or resumes the file (:mod:`landscape.store`) and fills its missing points with
+opens or resumes the file (:mod:`common.store`) and fills its missing points with
 :func:`fill_scan`, the one loop, in which splitting the grid across processes is a strategy
-(:mod:`landscape.distributed`). Scan kinds are those of :data:`bounds.names.SCAN_KINDS`;
+(:mod:`landscape.distributed`). Scan kinds are those of :data:`common.names.SCAN_KINDS`;
 definitions in ``docs/scans.md``, file layout in ``docs/schema.md``.
 """
 
@@ -18,8 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from bounds.names import SCAN_KINDS, SCAN_LOSSES, TRAIN_METHODS
-from landscape import distributed, store
+from common import store
+from common.names import SCAN_KINDS, SCAN_LOSSES, TRAIN_METHODS
+from landscape import distributed
 from landscape.distributed import Context, barrier, exchange, shard
 from landscape.metrics import loss_variation
 from landscape.provenance import provenance
@@ -165,7 +166,7 @@ class ScanRequest:
     """Everything that defines a scan (the options of ``landscape scan``).
 
     ``methods``: the losses scanned over the same points, training methods or
-    :data:`bounds.names.SCAN_LOSSES` (default: the checkpoint's method, or ``loss`` when it is
+    :data:`common.names.SCAN_LOSSES` (default: the checkpoint's method, or ``loss`` when it is
     ``clean`` / ``pgd``); a gradient scan moves each loss along its own gradient, or every loss
     along the gradient of the loss ``direction_from`` (one of them). ``eps``,
     ``beta``, ``kappa`` default to the checkpoint's final training values, ``lr`` to its

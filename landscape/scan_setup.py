@@ -19,7 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from landscape import distributed, store
+from common import store
+from landscape import distributed
 from landscape.distributed import Context
 from landscape.provenance import file_sha256
 

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 from torch import Tensor, nn
 
-from bounds.names import SCAN_KINDS
+from common.names import SCAN_KINDS
 from landscape import metrics as M
 from landscape.evaluators import DirectionEvaluator, GradientEvaluator, LossFn, Values
 

@@ -11,8 +11,9 @@ import torch
 from torch import nn
 
 from bounds import Normalize
+from common import store
 from landscape import directions as D
-from landscape import evaluators, probes, scans, store
+from landscape import evaluators, probes, scans
 from landscape.scan_losses import make_loss, select_samples
 from landscape.scan_runner import fill_scan
 from train.objective import BoundSetup
@@ -327,7 +328,7 @@ def test_probe_metrics_equal_direct_calls_with_the_runs_own_setting(method, slop
     """The probe's RGA and sign-change columns equal direct calls with the step's own method,
     slope, beta and eps (not the final eps, not the method's default slope)."""
     from bounds import compute_bounds, margin_spec
-    from bounds.names import resolve_method
+    from common.names import resolve_method
     from landscape.metrics import relaxed_gradient_approximation, sign_changes
     from train.objective import certified_loss
 

@@ -38,7 +38,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from bounds.names import resolve_method
+from common.names import resolve_method
 from train import parallel as par
 from train.augment import batch_augmenter
 from train.callbacks import Callback, StepContext, call

@@ -11,7 +11,7 @@ cross-entropy (``docs/fused-loss.md``), one backward row per sample instead of
 ``n_classes - 1``; ``fused="min"`` takes per sample the smaller of the fused bound and the IBP
 bound (never looser than IBP).
 
-Methods (:data:`bounds.names.TRAIN_METHODS`): ``natural`` (``L = CE(f(x), y)``), ``ibp``,
+Methods (:data:`common.names.TRAIN_METHODS`): ``natural`` (``L = CE(f(x), y)``), ``ibp``,
 ``crown-ibp`` (``beta`` mixes CROWN and IBP lower bounds), ``crown``, ``cap`` and ``tightest``
 (CROWN-IBP with the tightest slopes and beta = 1; Lee et al. 2021). ``slope`` picks the engine's
 lower-slope policy for the linear methods. ``sabr`` and ``mtl-ibp`` replace the robust term by
@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import bounds
-from bounds.names import resolve_method
+from common.names import resolve_method
 from train import mixed_losses, shi
 
 
@@ -68,7 +68,7 @@ class BoundSetup:
         domain: Sequence[float] | None,
         n_classes: int,
     ) -> BoundSetup:
-        """The setup of training method ``method`` (see :func:`bounds.names.resolve_method`);
+        """The setup of training method ``method`` (see :func:`common.names.resolve_method`);
         ``domain`` None: the eps-ball is not clipped to the pixel range."""
         bound, used_slope, used_beta = resolve_method(method, slope, beta)
         box = None if domain is None else (float(domain[0]), float(domain[1]))
@@ -185,7 +185,7 @@ def certified_loss(
         model: ``nn.Sequential`` the engine accepts (starts with ``Normalize``).
         x: ``[B, *input_shape]`` inputs in ``domain``; y: ``[B]`` int64 labels.
         eps: radius (float or per-sample ``[B]``), >= 0.
-        method: a key of :data:`bounds.names.TRAIN_METHODS`.
+        method: a key of :data:`common.names.TRAIN_METHODS`.
         slope: lower-slope policy (``None``: the method's default).
         beta: CROWN-IBP mixing weight (``lb = beta lb_crown + (1 - beta) lb_ibp``).
         kappa: clean-loss weight in [0, 1].

@@ -1,7 +1,7 @@
 """The built-in per-step recorder of the training loop.
 
 Per-step scalars leave ``train`` through a ``sink(group, rows)`` (e.g.
-``partial(landscape.store.append_rows, path)``), so ``train`` never imports the store.
+``partial(common.store.append_rows, path)``), so ``train`` never imports the store.
 """
 
 from __future__ import annotations

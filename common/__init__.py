@@ -1,0 +1,8 @@
+"""The ground floor every package of the toolkit may import: it imports none of them.
+
+- :mod:`common.names`: every name the toolkit knows, and its version (standard library only);
+- :mod:`common.store`: the HDF5 store of runs, scans and certifications (h5py, numpy and the
+  standard library; never torch), which is all :mod:`figures` reads.
+
+This file imports nothing, so ``import common.names`` stays as light as the standard library.
+"""
