@@ -116,7 +116,8 @@ def _pca(
     """The PCA plane of the run's trajectory ending at the scanned checkpoint: the grid, the
     arguments and attributes it adds, the two directions (on the model's device and dtype) and
     the stored arrays."""
-    from landscape.directions import flatten, named_params
+    from common.tensors import flatten
+    from landscape.directions import named_params
     from landscape.trajectory import default_range, load_trajectory, pca_directions
 
     traj = load_trajectory(request.trajectory or request.checkpoint, final=request.checkpoint)

@@ -12,6 +12,7 @@ from torch import nn
 
 from bounds import Normalize
 from common import store
+from common import tensors as T
 from landscape import directions as D
 from landscape import evaluators, probes, scans
 from landscape.scan_losses import make_loss, select_samples
@@ -66,9 +67,9 @@ def test_filter_layer_and_none_normalisation():
 def test_flatten_unflatten_and_set_params_round_trip():
     net = _net()
     params = D.get_params(net)
-    v = D.flatten(params)
+    v = T.flatten(params)
     assert v.numel() == sum(p.numel() for p in net.parameters())
-    assert D.params_equal(D.unflatten(v, params), params)
+    assert D.params_equal(T.unflatten(v, params), params)
     assert torch.equal(v, torch.nn.utils.parameters_to_vector(net.parameters()))
     d = D.random_direction(net, seed=0)
     D.set_params(net, params, [d], [0.5])
@@ -76,7 +77,7 @@ def test_flatten_unflatten_and_set_params_round_trip():
     D.set_params(net, params)
     assert D.params_equal(D.get_params(net), params)
     with pytest.raises(ValueError):
-        D.unflatten(v[:-1], params)
+        T.unflatten(v[:-1], params)
 
 
 def test_scans_on_quadratic_match_closed_form():
