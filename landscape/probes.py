@@ -50,6 +50,7 @@ import torch
 from torch import nn
 
 from common import store
+from common.types import Sink
 from landscape.directions import named_params
 from landscape.metrics import lower_coefficients, relaxed_gradient_approximation, sign_changes
 from landscape.scans import default_t_values, gradient_scan
@@ -98,7 +99,7 @@ class GradientProbe:
         t_values: Sequence[float] | None = None,
         metrics: bool = True,
         seed: int = 0,
-        sink: Callable[[str, dict[str, np.ndarray]], None] | None = None,
+        sink: Sink | None = None,
         batches: int = 1,
         fresh_slopes: bool = False,
         batch_seed: int = 0,

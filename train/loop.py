@@ -39,6 +39,7 @@ import torch
 from torch import nn
 
 from common.names import resolve_method
+from common.types import Sink
 from train import parallel as par
 from train.augment import batch_augmenter
 from train.callbacks import Callback, StepContext, call
@@ -53,7 +54,7 @@ from train.checkpoint import (
 from train.collapse import CollapseWatch, collapse_warning
 from train.config import TrainConfig, run_domain
 from train.objective import BoundSetup, LossOptions, certified_loss
-from train.recorder import ScalarRecorder, Sink, flat_grad
+from train.recorder import ScalarRecorder, flat_grad
 from train.schedules import Schedule
 
 

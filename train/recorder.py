@@ -6,17 +6,12 @@ Per-step scalars leave ``train`` through a ``sink(group, rows)`` (e.g.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import numpy as np
 import torch
 from torch import nn
 
+from common.types import Sink
 from train.callbacks import BaseCallback, StepContext
-
-#: ``sink(group, rows)``: receives columns (name -> array, rows along axis 0) of a group
-#: (``"steps"``, ``"epochs"``, ``"grads"``).
-Sink = Callable[[str, dict[str, np.ndarray]], None]
 
 
 def flat_grad(model: nn.Module) -> torch.Tensor:
