@@ -174,10 +174,10 @@ def prepare_scan(request: Any, ctx: Context) -> PreparedScan:
     """Build the scan of ``request`` (already checked) in this process; see the module doc."""
     import torch
 
+    from common.tensors import flatten
     from landscape import evaluators as E
     from landscape.directions import (
         batchnorm_buffer_path,
-        flatten,
         get_params,
         interpolation_direction,
         random_direction,

@@ -93,6 +93,17 @@ def test_only_composition_roots_import_figures() -> None:
     assert not bad, "only cli, cmd_* and reproduce may import figures:\n" + "\n".join(bad)
 
 
+def test_figures_never_import_the_torch_half_of_common() -> None:
+    """``common.tensors`` needs torch; ``figures`` reads HDF5 files and must never need it."""
+    bad = [
+        f"{p.relative_to(ROOT)} imports {t}"
+        for p in _modules("figures")
+        for t in _imports(p)
+        if t == "common.tensors" or t.startswith("common.tensors.")
+    ]
+    assert not bad, "figures must not import common.tensors:\n" + "\n".join(bad)
+
+
 def test_store_is_a_leaf() -> None:
     bad = []
     for path in _modules("common/store"):
