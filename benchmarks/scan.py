@@ -84,8 +84,10 @@ class _IBPLoss(nn.Module):
 
 
 def per_point(args: argparse.Namespace) -> None:
+    from common import store
+    from common.tensors import flatten
     from landscape import directions as D
-    from landscape import evaluators, scans, store
+    from landscape import evaluators, scans
     from landscape.scan_losses import make_loss, select_samples
     from landscape.scan_runner import fill_scan
     from train.data import load_dataset
@@ -126,7 +128,7 @@ def per_point(args: argparse.Namespace) -> None:
                     args={},
                     coords={"x": coeffs[:, 0]},
                     labels=[fn.label],
-                    arrays={"direction_x": D.flatten(d).numpy()},
+                    arrays={"direction_x": flatten(d).numpy()},
                 )
                 t0 = time.process_time()
                 fill_scan(sf, ev, progress=False)

@@ -4,7 +4,7 @@ Public API::
 
     from bounds import compute_bounds, margin_spec, margin_ce, robust_cross_entropy, BoundResult, Normalize
     from bounds import Residual             # a residual block: branch(x) + shortcut(x)
-    from bounds import METHODS, SLOPES      # the names of bounds.names
+    from bounds import METHODS, SLOPES      # the names of common.names
     from bounds import BoundSpec, bound_model, robust_loss   # the same, with the settings in one object
     from bounds import training_bound       # the BoundSpec of a training method
 
@@ -17,7 +17,7 @@ specification, its cross-entropy and the argument checks), ``bound_spec`` (``Bou
 settings of a bound), ``mode`` (the execution mode: eager, compiled or vmap) and ``compiled``
 (the element-wise bodies and their compiled kernels).
 
-The torch modules load on first use of one of their names, so ``import bounds.names`` (what
+The torch modules load on first use of one of their names, so ``import common.names`` (what
 the command line and ``figures`` need) never loads torch.
 """
 
@@ -26,8 +26,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from bounds.names import BOUND_METHODS as METHODS
-from bounds.names import SLOPES
+from common.names import BOUND_METHODS as METHODS
+from common.names import SLOPES
 
 _LAZY = {
     "BoundResult": "bounds.compute",

@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from bounds import names
+from common import names
 
 #: the values of ``fused``: the margin bound, the one-row fused bound, their per-sample minimum
 #: with IBP (:mod:`bounds.fused`)
@@ -68,10 +68,10 @@ def check_fused(fused: Any) -> bool | str:
 class BoundSpec:
     """The settings of a bound (module doc). Construction validates and resolves them:
 
-    - ``method``: a key of :data:`bounds.names.BOUND_METHODS`; ``slope``: one of
-      :data:`bounds.names.SLOPES`, None for the method's own (``adaptive``, ``same-slope`` for
+    - ``method``: a key of :data:`common.names.BOUND_METHODS`; ``slope``: one of
+      :data:`common.names.SLOPES`, None for the method's own (``adaptive``, ``same-slope`` for
       ``cap``). ``cap`` is stored as the bound the engine computes, CROWN-IBP with same-slope
-      lines at beta 1 (:func:`bounds.names.engine_method`), so ``BoundSpec("cap").method`` is
+      lines at beta 1 (:func:`common.names.engine_method`), so ``BoundSpec("cap").method`` is
       ``"crown-ibp"``.
     - ``beta`` in ``[0, 1]``: ``lower = beta crown + (1 - beta) ibp`` for ``crown-ibp``.
     - ``domain``: ``(low, high)`` the ball is clipped to, or None.
@@ -124,7 +124,7 @@ class BoundSpec:
 
     @property
     def searched(self) -> bool:
-        """True for the slope policies searched per bound (:data:`bounds.names.SEARCHED_SLOPES`)."""
+        """True for the slope policies searched per bound (:data:`common.names.SEARCHED_SLOPES`)."""
         return self.slope in names.SEARCHED_SLOPES
 
 
@@ -132,8 +132,8 @@ def training_bound(
     method: str, slope: str | None = None, beta: float = 1.0, **settings: Any
 ) -> BoundSpec | None:
     """The :class:`BoundSpec` of training method ``method`` (a key of
-    :data:`bounds.names.TRAIN_METHODS`): its bound method, its own slope or ``slope``, its fixed
-    beta or ``beta`` (:func:`bounds.names.resolve_method`); ``settings``: the other fields. None
+    :data:`common.names.TRAIN_METHODS`): its bound method, its own slope or ``slope``, its fixed
+    beta or ``beta`` (:func:`common.names.resolve_method`); ``settings``: the other fields. None
     for natural training."""
     bound, used_slope, used_beta = names.resolve_method(method, slope, beta)
     if bound is None:

@@ -19,7 +19,7 @@ Methods (``f`` the network, ``C`` ``[B, S, n_out]``):
   (:func:`bounds.memory.crown_memory_estimate`) and refuses with one clear error when it exceeds what the
   machine has.
 - ``cap``: CROWN-IBP with the same-slope relaxation and beta = 1, the bound the training method
-  ``cap`` minimises and Lee et al. (2021) compare (:func:`bounds.names.engine_method`); full
+  ``cap`` minimises and Lee et al. (2021) compare (:func:`common.names.engine_method`); full
   CROWN with same slopes is ``crown`` with ``slope="same-slope"``.
 
 Slopes: a policy from :mod:`bounds.relaxations`, one slope per neuron and sample shared by every
@@ -381,7 +381,7 @@ def compute_bounds(
             AvgPool2d and Residual blocks (``docs/design.md``).
         x: ``[B, *input_shape]`` float32/float64 (results follow its dtype), before normalisation.
         eps: radius, float or ``[B]`` tensor (>= 0).
-        method: a key of ``bounds.names.BOUND_METHODS``. slope: one of ``bounds.names.SLOPES``;
+        method: a key of ``common.names.BOUND_METHODS``. slope: one of ``common.names.SLOPES``;
             None means ``adaptive`` (``same-slope`` for ``cap``, the only slope ``cap`` accepts;
             ``cap`` is CROWN-IBP with those lines at beta = 1, and ignores ``beta``).
         C: ``[B, S, n_out]`` specification (None: the logits, ``S = n_out``).

@@ -1,7 +1,7 @@
 """Read a result file into the small, plot-ready records the figure modules draw.
 
 Every file the toolkit writes is an HDF5 file with a root attribute ``kind`` and a
-``schema_version``; its layout is ``docs/schema.md`` and :mod:`landscape.store` its reader. This module is
+``schema_version``; its layout is ``docs/schema.md`` and :mod:`common.store` its reader. This module is
 the one place in :mod:`figures` that knows the layout: it turns ``store.read(path)`` into the
 records of :mod:`figures.records` (re-exported here):
 
@@ -28,7 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from bounds.names import FILE_KINDS, SCAN_KINDS
+from common import store
+from common.names import FILE_KINDS, SCAN_KINDS
 from figures.records import (
     CertifyResult,
     LineScan,
@@ -38,7 +39,6 @@ from figures.records import (
     SurfaceScan,
     TrainRun,
 )
-from landscape import store
 
 __all__ = [
     "load",

@@ -1,6 +1,6 @@
 """The drawing half of each scan kind, found by the kind's name.
 
-:data:`bounds.names.SCAN_KINDS` names, for each kind, the ``module:function`` that draws its
+:data:`common.names.SCAN_KINDS` names, for each kind, the ``module:function`` that draws its
 records (``figure``); a kind that names none is drawn as the others with its number of axes
 (1D: :func:`figures.curves.plot_line_scans`). The table holds names, not functions, so that
 it stays free of matplotlib, and :mod:`figures` of torch.
@@ -12,7 +12,7 @@ import importlib
 from collections.abc import Callable
 from pathlib import Path
 
-from bounds.names import SCAN_KINDS
+from common.names import SCAN_KINDS
 
 __all__ = ["kind_figure"]
 

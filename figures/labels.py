@@ -13,7 +13,7 @@ import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from bounds.names import LABELS, SCAN_LOSSES
+from common.names import LABELS, SCAN_LOSSES
 
 
 def method_name(method: str | None) -> str:

@@ -17,7 +17,7 @@ __all__ = ["no_relaxation", "panel_notes"]
 def no_relaxation(method: str) -> bool:
     """Whether a training method's bound has no linear relaxation (IBP's, or none): no slopes,
     no bound coefficients, so the statistics of a relaxation are not defined for it."""
-    from bounds.names import TRAIN_METHODS
+    from common.names import TRAIN_METHODS
 
     info = TRAIN_METHODS.get(str(method).lower())
     return info is not None and info.bound in (None, "ibp")

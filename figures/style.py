@@ -19,9 +19,9 @@ matplotlib.use("Agg")  # figures are files, never windows
 import matplotlib.pyplot as plt
 import seaborn as sns
 
-from bounds.names import LABELS
+from common import store
+from common.names import LABELS
 from figures.labels import format_eps, legend_label, method_name  # noqa: F401  (re-exported)
-from landscape import store
 
 FORMATS: tuple[str, ...] = ("png", "pdf", "svg")
 """Image formats :func:`save` can write."""
@@ -160,7 +160,7 @@ def save(
     fig: plt.Figure, out_dir: str | Path, stem: str, formats: Sequence[str] = ("png", "pdf")
 ) -> list[Path]:
     """Write ``fig`` as ``out_dir/stem.<fmt>`` for every format (each atomically:
-    :func:`landscape.store.atomic_path`), close it, return the paths.
+    :func:`common.store.atomic_path`), close it, return the paths.
 
     Raises ValueError for a format not in :data:`FORMATS` and ``DiskFullError`` (an OSError)
     when the disk is full.

@@ -1,5 +1,5 @@
 """Loss-landscape analysis of certified training.
 
-This package is deliberately free of imports, so that ``from landscape import store``
-(all that :mod:`figures` needs) never loads torch.
+This package's ``__init__`` is deliberately free of imports, so that importing one of its
+torch-free modules never loads torch. The HDF5 store it writes lives in :mod:`common.store`.
 """

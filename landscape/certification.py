@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from landscape import store
+from common import store
 from landscape.provenance import provenance
 
 __all__ = ["certify_rows", "write_certify_file"]

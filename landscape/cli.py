@@ -14,12 +14,21 @@ import sys
 
 import click
 
-from bounds.names import VERSION
 from landscape.allocator import tune_allocator
+from landscape.guard import refuse_shadowed
+
+refuse_shadowed()  # before any other toolkit import: a user's own train.py must not load
+
+
+def _version() -> str:
+    """The toolkit's version, read once the packages are known to be the installed ones."""
+    from common.names import VERSION
+
+    return VERSION
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(VERSION, prog_name="landscape")
+@click.version_option(_version(), prog_name="landscape")
 def cli() -> None:
     """Certified training with bound propagation, and the smoothness of its loss landscape."""
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from bounds.names import PAPER_METHODS
+from common.names import PAPER_METHODS
 
 
 @click.command("reproduce")

@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from bounds.names import SCAN_KINDS
+from common.names import SCAN_KINDS
 from landscape.scan_request import Cli, ScanRequest, cli_of
 
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import click
 
-from bounds.names import CERTIFY_METHODS, SLOPES, TRAIN_METHODS
+from common.names import CERTIFY_METHODS, SLOPES, TRAIN_METHODS
 from landscape.runs import latest_epoch_checkpoint, train_in_dir
 
 RUN_FILES = ("config.json", "train.h5", "checkpoint.pt")

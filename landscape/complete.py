@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from bounds import milp
-from landscape import store
+from common import store
 
 __all__ = ["CompleteResult", "run_complete", "tightness_rows", "OPTIMIZED_BOUND", "progress_path"]
 
@@ -446,7 +446,7 @@ def options_problem(
     out: str | None,
 ) -> str | None:
     """What is wrong with ``certify``'s ``--complete`` / ``--attack`` options (None: nothing)."""
-    from bounds.names import ATTACKS
+    from common.names import ATTACKS
 
     if not time_limit > 0 or jobs < 1:
         return "--time-limit must be > 0 and --jobs >= 1"

@@ -24,15 +24,13 @@ from collections.abc import Callable, Iterable, Sequence
 import torch
 from torch import Tensor, nn
 
-from bounds.names import DIRECTION_NORMS as NORMS
+from common.names import DIRECTION_NORMS as NORMS
 
 __all__ = [
     "NORMS",
     "named_params",
     "params_meta",
     "get_params",
-    "flatten",
-    "unflatten",
     "random_direction",
     "gradient_direction",
     "interpolation_direction",
@@ -65,23 +63,6 @@ def params_meta(model: nn.Module) -> dict[str, list]:
 def get_params(model: nn.Module) -> list[Tensor]:
     """Detached copies of the model's parameters (theta)."""
     return [p.detach().clone() for _, p in named_params(model)]
-
-
-def flatten(tensors: Sequence[Tensor]) -> Tensor:
-    """Concatenate tensors into one vector (like ``parameters_to_vector``)."""
-    return torch.cat([t.reshape(-1) for t in tensors])
-
-
-def unflatten(vector: Tensor, like: Sequence[Tensor]) -> list[Tensor]:
-    """Split ``vector`` into tensors shaped like ``like`` (inverse of :func:`flatten`)."""
-    total = sum(t.numel() for t in like)
-    if vector.numel() != total:
-        raise ValueError(f"vector has {vector.numel()} entries, the parameters have {total}")
-    out, start = [], 0
-    for t in like:
-        out.append(vector[start : start + t.numel()].view_as(t).to(t.dtype))
-        start += t.numel()
-    return out
 
 
 def _rescale(d: Tensor, w: Tensor, norm: str) -> Tensor:

@@ -27,7 +27,8 @@ import torch
 from torch import Tensor, nn
 
 from bounds import mode
-from bounds.names import FIXED_SLOPES, TRAIN_METHODS, resolve_method
+from common.names import FIXED_SLOPES, TRAIN_METHODS, resolve_method
+from common.tensors import LossFn
 from landscape import metrics as M
 from landscape.directions import (
     BufferPath,
@@ -51,7 +52,6 @@ __all__ = [
     "batchable",
 ]
 
-LossFn = Callable[[nn.Module], Tensor]
 GRADIENT_FIELDS = ("loss", "grad_norm", "cos", "rms", "smoothness")
 SIGN_FIELDS = ("a_sign", "sign_flip")
 ERROR_FIELDS = ("clean_err", "pgd_err", "verified_err")

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from landscape import store
+from common import store
 
 __all__ = ["EXPORT_FORMATS", "LOG_FLOOR", "export_scan", "surface_cells", "write_vtk_surface"]
 

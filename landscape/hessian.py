@@ -5,7 +5,7 @@ be differentiated twice: the clean loss and every certified loss of
 :func:`train.objective.certified_loss` / :class:`landscape.scan_losses.LossClosure` (the bound
 engine supports double backward, see ``docs/design.md``). ``H`` is the ``P x P`` Hessian of the
 loss with respect to the model's parameters (``model.named_parameters()`` order, flattened as
-:func:`landscape.directions.flatten` does; ``P`` parameters in all). Only Hessian-vector
+:func:`common.tensors.flatten` does; ``P`` parameters in all). Only Hessian-vector
 products are used (:class:`landscape.curvature.HessianOperator`: double backward, one loss graph
 per call). Parameters and ``.grad`` are left untouched.
 
@@ -56,6 +56,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from common.tensors import LossFn, unflatten
 from landscape.curvature import HessianOperator
 
 __all__ = [
@@ -71,7 +72,6 @@ __all__ = [
     "hessian_linear_operator",
 ]
 
-LossFn = Callable[[nn.Module], Tensor]
 WHICH = ("largest", "magnitude")
 
 
@@ -192,16 +192,6 @@ def lanczos(
     )
 
 
-def _split(vector: Tensor, like: list[Tensor]) -> list[Tensor]:
-    out, start = [], 0
-    for p in like:
-        out.append(
-            vector[start : start + p.numel()].reshape(p.shape).to(device=p.device, dtype=p.dtype)
-        )
-        start += p.numel()
-    return out
-
-
 def top_eigenvalues(
     loss_fn: LossFn,
     model: nn.Module,
@@ -251,7 +241,7 @@ def top_eigenvalues(
     vectors = []
     for i in chosen.tolist():
         y = res.basis.T @ s[:, i]
-        vectors.append(_split(y / torch.linalg.vector_norm(y), op.params))
+        vectors.append(unflatten(y / torch.linalg.vector_norm(y), op.params))
     return values, vectors
 
 

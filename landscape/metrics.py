@@ -39,7 +39,7 @@ import torch
 from torch import Tensor, nn
 
 from bounds.bound_spec import BoundSpec
-from bounds.names import FIXED_SLOPES
+from common.names import FIXED_SLOPES
 from train.attacks import pgd_margin
 from train.objective import unstable_columns
 

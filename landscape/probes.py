@@ -13,7 +13,7 @@
 3. restores parameters, ``.grad`` and the torch RNG state exactly, so training goes on as if
    nothing happened;
 4. appends one row per t to group ``probes`` of the HDF5 file ``path``
-   (:func:`landscape.store.append_rows`; the columns are listed in ``docs/schema.md``,
+   (:func:`common.store.append_rows`; the columns are listed in ``docs/schema.md``,
    "Training run"; per-probe values repeat on each row of the probe; NaN where not applicable).
 
 The bound of the metrics is the step's own (``ctx.bound``: method, slope, beta, domain), at the
@@ -49,7 +49,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from landscape import store
+from common import store
+from common.types import Sink
 from landscape.directions import named_params
 from landscape.metrics import lower_coefficients, relaxed_gradient_approximation, sign_changes
 from landscape.scans import default_t_values, gradient_scan
@@ -98,7 +99,7 @@ class GradientProbe:
         t_values: Sequence[float] | None = None,
         metrics: bool = True,
         seed: int = 0,
-        sink: Callable[[str, dict[str, np.ndarray]], None] | None = None,
+        sink: Sink | None = None,
         batches: int = 1,
         fresh_slopes: bool = False,
         batch_seed: int = 0,

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from datetime import datetime, timezone
 
-from bounds.names import VERSION
+from common.names import VERSION
 
 
 def command_line(argv: Sequence[str] | None = None) -> str:

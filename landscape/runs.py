@@ -8,14 +8,13 @@ probes that write into it, and train, writing ``checkpoint_epoch{N}.pt`` and ``c
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from landscape import store
+from common import store
+from common.types import Sink
 from landscape.provenance import provenance
-
-Sink = Callable[[str, dict], None]
 
 
 def latest_epoch_checkpoint(run_dir: Path) -> Path | None:

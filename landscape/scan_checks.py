@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from bounds.compiled import check_cache
-from bounds.names import SCAN_KINDS, SLOPES
+from common.names import SCAN_KINDS, SLOPES
 from landscape.scans import parse_range
 
 if TYPE_CHECKING:

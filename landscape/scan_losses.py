@@ -4,7 +4,7 @@ Kinds (x, y the fixed batch, f the network at the current parameters):
 
 - ``certified``: the training loss of :func:`train.objective.certified_loss`,
   L = kappa * CE(f(x), y) + (1 - kappa) * CE([0, -lb(x, eps)], 0), with lb the margin lower
-  bounds of ``method`` (any of :data:`bounds.names.TRAIN_METHODS`), ``slope`` and ``beta``;
+  bounds of ``method`` (any of :data:`common.names.TRAIN_METHODS`), ``slope`` and ``beta``;
   random slope policies and the attacks of ``sabr`` and ``mtl-ibp`` (their PGD start) get a
   freshly seeded generator on every call, so the same parameters always give the same loss;
   ``options`` are those of the method's loss (:meth:`train.objective.LossOptions.for_method`:
@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bounds.bound_spec import BoundSpec, training_bound
-from bounds.names import SCAN_LOSSES, resolve_method
+from common.names import SCAN_LOSSES, resolve_method
 from train.attacks import pgd_last_iterate
 from train.objective import LossOptions, certified_loss
 

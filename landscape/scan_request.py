@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from bounds.names import DIRECTION_NORMS, SCAN_KINDS, SCAN_LOSSES, TRAIN_METHODS
+from common.names import DIRECTION_NORMS, SCAN_KINDS, SCAN_LOSSES, TRAIN_METHODS
 
 __all__ = ["ScanRequest", "Cli", "cli_of", "flag_of"]
 
@@ -112,7 +112,7 @@ class ScanRequest:
         None, "Clean-loss weight [default: the final training kappa].", type=float
     )
     slope: str | None = _opt(
-        None, "Lower-slope policy (see bounds.names.SLOPES) [default: each method's own]."
+        None, "Lower-slope policy (see common.names.SLOPES) [default: each method's own]."
     )
     samples: int | str = _opt(
         100, "Fixed samples the loss is computed on: a number, or 'all' (the whole split)."

@@ -3,9 +3,9 @@
 ``landscape scan``, ``landscape reproduce`` and every process under torchrun call
 :func:`run_scan`. It loads the checkpoint and its data, builds the losses
 (:mod:`landscape.scan_losses`) and the evaluator of the kind (:mod:`landscape.evaluators`),
-opens or resumes the file (:mod:`landscape.store`) and fills its missing points with
+opens or resumes the file (:mod:`common.store`) and fills its missing points with
 :func:`fill_scan`, the one loop, in which splitting the grid across processes is a strategy
-(:mod:`landscape.distributed`). Scan kinds are those of :data:`bounds.names.SCAN_KINDS`, each
+(:mod:`landscape.distributed`). Scan kinds are those of :data:`common.names.SCAN_KINDS`, each
 computed by its module of :mod:`landscape.scan_kinds`; definitions in ``docs/scans.md``, file
 layout in ``docs/schema.md``. The request itself is :mod:`landscape.scan_request`'s.
 """
@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from landscape import distributed, store
+from common import store
+from landscape import distributed
 from landscape.distributed import Context, barrier, exchange, shard
 from landscape.metrics import loss_variation
 from landscape.scan_request import ScanRequest

@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from landscape import distributed, store
+from common import store
+from landscape import distributed
 from landscape.distributed import Context
 from landscape.provenance import file_sha256
 from landscape.scan_kinds.base import (

@@ -22,9 +22,10 @@ from typing import Any
 import numpy as np
 from torch import Tensor, nn
 
-from bounds.names import SCAN_KINDS
+from common.names import SCAN_KINDS
+from common.tensors import LossFn
 from landscape import metrics as M
-from landscape.evaluators import DirectionEvaluator, GradientEvaluator, LossFn, Values
+from landscape.evaluators import DirectionEvaluator, GradientEvaluator, Values
 
 __all__ = [
     "default_t_values",

@@ -41,8 +41,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from common.tensors import LossFn
 from landscape.directions import named_params
-from landscape.evaluators import LossFn, Values, loss_labels
+from landscape.evaluators import Values, loss_labels
 from landscape.hessian import hessian_trace, parameter_blocks, spectral_density, top_eigenvalues
 
 __all__ = ["SpectrumOptions", "SpectrumEvaluator", "LABEL_ARRAYS", "LAYER_ARRAYS", "layer_arrays"]

@@ -3,7 +3,7 @@ Neural Nets", section 7): the plane that best shows the path the optimiser took.
 
 Given the parameters theta_1 .. theta_n of n checkpoints and the final ones theta_f, each
 flattened to a vector of P entries (``model.named_parameters()`` order, as
-:func:`landscape.directions.flatten`), form the matrix::
+:func:`common.tensors.flatten`), form the matrix::
 
     M = [theta_1 - theta_f; ...; theta_n - theta_f]          [n, P]
 
@@ -42,6 +42,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from common.tensors import unflatten
 from landscape.directions import named_params
 from train.checkpoint import check_finite, load_checkpoint, load_model
 
@@ -321,14 +322,6 @@ def _moving(final: list[Tensor], ignore: str | None) -> Tensor:
     )
 
 
-def _split(vector: Tensor, like: list[Tensor]) -> list[Tensor]:
-    out, start = [], 0
-    for p in like:
-        out.append(vector[start : start + p.numel()].reshape(p.shape).to(p.dtype))
-        start += p.numel()
-    return out
-
-
 def pca_directions(
     thetas: Sequence[Tensor | Sequence[Tensor]],
     final: Tensor | Sequence[Tensor],
@@ -380,7 +373,7 @@ def pca_directions(
             path[:, k] *= -1.0
             d.neg_()
     return TrajectoryPCA(
-        directions=[_split(d1, final), _split(d2, final)],
+        directions=[unflatten(d1, final), unflatten(d2, final)],
         explained_variance_ratio=sv**2 / total,
         singular_values=sv,
         path=path,

@@ -1,6 +1,6 @@
 """A scan kind that is not in the toolkit, written as ``docs/design.md`` says a new kind is: this
 one module (its computing half, a ``KindRunner`` named ``KIND``, and its figure) plus one entry
-in ``bounds.names.SCAN_KINDS`` (``tests/test_scan_kind_extension.py`` adds it at test time).
+in ``common.names.SCAN_KINDS`` (``tests/test_scan_kind_extension.py`` adds it at test time).
 
 ``scale``: theta_x = (1 + x) theta, every parameter (biases too) scaled by 1 + x, so x = -1 is
 the network with all parameters zero and x = 0 the checkpoint."""
@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from bounds.names import ScanKind
+from common.names import ScanKind
 from landscape.scan_kinds.base import Built, KindInputs, KindRunner, flat32
 
 ENTRY = ScanKind(

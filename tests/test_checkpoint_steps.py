@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from landscape import store
+from common import store
 from landscape.cli import main
 
 CFG = dict(

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
-from bounds.names import VERSION as __version__
+from common.names import VERSION as __version__
 from landscape.cli import cli, main
 
 
@@ -51,3 +54,25 @@ def test_tune_allocator_sets_glibc_thresholds() -> None:
 
     expected = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
     assert tune_allocator() is expected
+
+
+@pytest.mark.parametrize("name", ["train", "common"])
+def test_a_users_module_shadowing_a_package_is_refused(tmp_path, name: str) -> None:
+    """A user's own ``train.py`` (or ``common.py``) in the working directory comes first on
+    ``sys.path`` under ``python -m``: the command line refuses in one line, before it runs it."""
+    (tmp_path / f"{name}.py").write_text("print('the user module ran')\n")
+    root = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run(
+        [sys.executable, "-m", "landscape.cli", "--help"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 2
+    assert out.stdout == ""
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1, out.stderr
+    assert lines[0].startswith(f"Error: '{name}' resolves to ")
+    assert str(tmp_path / f"{name}.py") in lines[0]

@@ -238,7 +238,7 @@ def checkpoint(tmp_path_factory) -> str:
 
 
 def test_certify_complete_json_file_and_resume(checkpoint, tmp_path, capsys) -> None:
-    from landscape import store
+    from common import store
     from landscape.cli import main
     from landscape.complete import progress_path
 

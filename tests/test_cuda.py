@@ -216,7 +216,7 @@ def _train(out: Path, method: str, device: str, *extra: str) -> dict:
 
 
 def _methods() -> list[str]:
-    from bounds.names import TRAIN_METHODS
+    from common.names import TRAIN_METHODS
 
     return list(TRAIN_METHODS)
 
@@ -273,7 +273,7 @@ def checkpoint(tmp_path_factory) -> Path:
 def test_scans_on_the_device_give_the_cpu_values(
     checkpoint: Path, tmp_path: Path, kind: str
 ) -> None:
-    from landscape import store
+    from common import store
     from landscape.cli import main
 
     args = [

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from landscape import store
+from common import store
 from landscape.cli import main
 from landscape.export import VTK_QUAD, VTK_VERTEX, export_scan, surface_cells
 

@@ -1,6 +1,6 @@
 """Extending the toolkit takes only the steps the README names: a new lower-slope policy is one
 function and one entry in ``bounds.relaxations.POLICIES`` plus its name in
-``bounds.names.SLOPES``; every layer (engine, config, training objective, scan losses, the
+``common.names.SLOPES``; every layer (engine, config, training objective, scan losses, the
 ``train`` and ``scan`` commands) then accepts it."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from bounds import compute_bounds, margin_spec, names, relaxations
-from landscape import store
+from bounds import compute_bounds, margin_spec, relaxations
+from common import names, store
 from landscape.cli import main
 
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from landscape import store
+from common import store
 from landscape.cli import main
 
 TINY = [
@@ -156,7 +156,7 @@ def test_the_store_maps_no_space_left_to_one_error(tmp_path, monkeypatch) -> Non
     import builtins
     import errno
 
-    from landscape.store import files
+    from common.store import files
 
     path = tmp_path / "t.h5"
     store.append_rows(str(path), "steps", {"step": [0, 1]})

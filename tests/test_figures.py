@@ -1,5 +1,5 @@
 """figures/ and `landscape plot`: every plot kind writes non-empty PNG and PDF files from small
-synthetic HDF5 files (written with landscape.store), bad files give one clear error, and
+synthetic HDF5 files (written with common.store), bad files give one clear error, and
 plotting never imports torch."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import h5py
 import numpy as np
 import pytest
 
-from landscape import store
+from common import store
 
 T = np.array([0.0, 0.5, 1.0, 2.0, 3.5, 5.0])
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from test_figures import make_certify, make_gradient_scan, make_line_scan, make_train_run
 
-from landscape import store
+from common import store
 
 EPS = 0.1
 X, Y = np.linspace(-1, 1, 9), np.linspace(-0.5, 0.5, 7)

@@ -1,6 +1,6 @@
 """figures/: the values each figure draws, not only that a file is written.
 
-Every test builds a small result file with landscape.store, keeps the matplotlib Figure the
+Every test builds a small result file with common.store, keeps the matplotlib Figure the
 module under test would have saved (its module-level ``save`` is replaced), and checks the
 drawn arrays, extents, legend texts and titles against values computed here from the
 numbers written to the file. Files store scan results as float32, so the expected values
@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from landscape import store
+from common import store
 
 EPS = 0.1
 NAMES = {"ibp": "IBP", "crown-ibp": "CROWN-IBP", "tightest": "Tightest"}

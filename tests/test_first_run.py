@@ -13,7 +13,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from landscape import store
+from common import store
 from landscape.cli import cli, main
 from train.config import DEFAULT_LR, RAMP_FRACTION, WARMUP_FRACTION, TrainConfig
 

@@ -9,9 +9,10 @@ import pytest
 import torch
 from torch import nn
 
+from common.tensors import flatten
 from landscape import hessian
 from landscape.curvature import HessianOperator, top_hessian_eigenvalue
-from landscape.directions import flatten, get_params
+from landscape.directions import get_params
 from landscape.scan_losses import make_loss
 from train.models import build_model
 

@@ -147,7 +147,7 @@ def test_a_checkpoint_naming_code_as_its_model_is_refused_without_importing(
 def test_symlinked_outputs_are_written_through(run_dir, tmp_path, capsys):
     import os
 
-    from landscape import store
+    from common import store
 
     (tmp_path / "target").mkdir()
     link = tmp_path / "link.h5"
@@ -263,7 +263,7 @@ def test_an_unsafe_pickle_names_what_it_would_have_run(tmp_path, capsys):
 def test_files_of_a_newer_schema_are_refused_not_relabelled(run_dir, tmp_path, capsys):
     import h5py
 
-    from landscape import store
+    from common import store
 
     scan = tmp_path / "s.h5"
     args = [
@@ -569,7 +569,7 @@ def test_hessian_top_k_beyond_the_parameters_blames_top_k(tmp_path, capsys):
 
 
 def test_samples_beyond_the_split_record_what_was_used(run_dir, tmp_path, capsys):
-    from landscape import store
+    from common import store
 
     out = tmp_path / "s.h5"
     code, _, err = run(
@@ -597,7 +597,7 @@ def test_samples_beyond_the_split_record_what_was_used(run_dir, tmp_path, capsys
 # ----------------------------------------------------------------------------- export
 def _scan2d(path, labels, values=None):
 
-    from landscape import store
+    from common import store
 
     s = store.create_scan(
         str(path),

@@ -15,7 +15,7 @@ from torch import nn
 import bounds
 from bounds.bound_spec import training_bound
 from bounds.layers import Normalize
-from landscape import store
+from common import store
 from landscape.cli import main
 from train import mixed_losses, shi
 from train.config import TrainConfig

@@ -34,7 +34,7 @@ def fake_fashion(folder: Path, n_train: int = 240, n_test: int = 200) -> Path:
 
 @pytest.mark.slow
 def test_official_short_profile_smoke_with_two_seeds(tmp_path: Path, capsys) -> None:
-    from landscape import store
+    from common import store
 
     data = fake_fashion(tmp_path / "fm")
     out = tmp_path / "official-short"

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from landscape import store
+from common import store
 from landscape.cli import main
 
 
@@ -36,7 +36,7 @@ def test_second_writer_is_refused_and_the_lock_goes_with_the_writer(tmp_path):
         _scan(p)
     # another process is refused too (flock is per open file, so this is the real thing)
     code = (
-        f"from landscape import store\ntry:\n    store.WriterLock({str(p)!r}).acquire()\n"
+        f"from common import store\ntry:\n    store.WriterLock({str(p)!r}).acquire()\n"
         "except store.FileBusyError as e:\n    print('busy', e)\n"
     )
     out = subprocess.run(

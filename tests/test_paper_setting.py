@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from landscape import store
+from common import store
 from landscape.cli import main
 from train.config import TrainConfig, run_domain
 from train.data import DATASETS

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from bounds import Normalize
-from landscape import store
+from common import store
 from landscape.cli import main
 from train.checkpoint import CheckpointError, check_fits, describe_module, load_model
 from train.config import TrainConfig

@@ -144,7 +144,8 @@ def test_resume_drops_rows_written_after_the_checkpoint(tmp_path: Path) -> None:
     resumed run writes them again, so each step must appear once in train.h5."""
     import numpy as np
 
-    from landscape import reproduce, store
+    from common import store
+    from landscape import reproduce
     from train.config import TrainConfig
     from train.loop import load_data
 
@@ -263,7 +264,8 @@ def test_a_larger_plan_adds_the_missing_bound_gaps_to_a_certified_run(tmp_path: 
     bound gaps added when a plan with more methods reaches it; the rest of the file is kept."""
     import numpy as np
 
-    from landscape import reproduce, store
+    from common import store
+    from landscape import reproduce
     from landscape.reproduce.steps import certify_run, gap_column
     from train.config import TrainConfig
     from train.loop import load_data

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from landscape import store
+from common import store
 from landscape.cli import main
 
 
@@ -509,8 +509,9 @@ def _torchrun(args: list[str], timeout: int = 150) -> subprocess.CompletedProces
 
 
 def test_pca_scan_of_a_trajectory(stepped, tmp_path):
+    from common.tensors import flatten
     from landscape import trajectory as tj
-    from landscape.directions import flatten, perturbed
+    from landscape.directions import perturbed
     from landscape.scan_losses import LossClosure, LossSpec, select_samples
     from train.checkpoint import load_model
     from train.data import load_dataset

@@ -1,5 +1,5 @@
 """Adding a scan kind takes the steps ``docs/design.md`` names: one module (its computing half
-and its figure) and one entry in ``bounds.names.SCAN_KINDS``. A kind that is not in the toolkit,
+and its figure) and one entry in ``common.names.SCAN_KINDS``. A kind that is not in the toolkit,
 ``tests/scan_kind_example.py``, is registered at test time and runs end to end: checked,
 scanned, resumed and refused like the others, read and drawn by ``figures``."""
 
@@ -12,8 +12,7 @@ import numpy as np
 import pytest
 import scan_kind_example
 
-from bounds import names
-from landscape import store
+from common import names, store
 from landscape.scan_runner import ScanRequest, run_scan
 
 

@@ -12,8 +12,10 @@ from torch import nn
 
 from bounds import Normalize
 from bounds.bound_spec import BoundSpec, training_bound
+from common import store
+from common import tensors as T
 from landscape import directions as D
-from landscape import evaluators, probes, scans, store
+from landscape import evaluators, probes, scans
 from landscape.scan_losses import make_loss, select_samples
 from landscape.scan_runner import fill_scan
 
@@ -65,9 +67,9 @@ def test_filter_layer_and_none_normalisation():
 def test_flatten_unflatten_and_set_params_round_trip():
     net = _net()
     params = D.get_params(net)
-    v = D.flatten(params)
+    v = T.flatten(params)
     assert v.numel() == sum(p.numel() for p in net.parameters())
-    assert D.params_equal(D.unflatten(v, params), params)
+    assert D.params_equal(T.unflatten(v, params), params)
     assert torch.equal(v, torch.nn.utils.parameters_to_vector(net.parameters()))
     d = D.random_direction(net, seed=0)
     D.set_params(net, params, [d], [0.5])
@@ -75,7 +77,7 @@ def test_flatten_unflatten_and_set_params_round_trip():
     D.set_params(net, params)
     assert D.params_equal(D.get_params(net), params)
     with pytest.raises(ValueError):
-        D.unflatten(v[:-1], params)
+        T.unflatten(v[:-1], params)
 
 
 def test_scans_on_quadratic_match_closed_form():
@@ -328,7 +330,7 @@ def test_probe_metrics_equal_direct_calls_with_the_runs_own_setting(method, slop
     """The probe's RGA and sign-change columns equal direct calls with the step's own method,
     slope, beta and eps (not the final eps, not the method's default slope)."""
     from bounds import compute_bounds, margin_spec
-    from bounds.names import resolve_method
+    from common.names import resolve_method
     from landscape.metrics import relaxed_gradient_approximation, sign_changes
     from train.objective import certified_loss
 

@@ -1,4 +1,4 @@
-"""landscape.store: round trips, atomic writes, scan files, resume and refusal."""
+"""common.store: round trips, atomic writes, scan files, resume and refusal."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import h5py
 import numpy as np
 import pytest
 
-from landscape import store
+from common import store
 
 
 def _bytes(path) -> bytes:
@@ -199,7 +199,7 @@ def test_canonical_json_is_order_independent():
 
 
 def test_store_does_not_import_torch():
-    code = "import sys, landscape.store; sys.exit(1 if 'torch' in sys.modules else 0)"
+    code = "import sys, common.store; sys.exit(1 if 'torch' in sys.modules else 0)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
 

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from landscape import store
+from common import store
 from landscape.cli import main
 
 TINY = [

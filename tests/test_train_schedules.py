@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from bounds.names import resolve_method
+from common.names import resolve_method
 from train.config import TrainConfig, load_config
 from train.schedules import Schedule, linear_ramp, lr_at, smooth_ramp
 

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import torch
 
+from common.tensors import flatten
 from landscape import trajectory as tj
-from landscape.directions import flatten, perturbed
+from landscape.directions import perturbed
 
 SHAPES = [(3, 4), (5,)]  # P = 17
 

@@ -15,8 +15,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from bounds import BoundSpec, compute_bounds, margin_spec
+from common import store
 from landscape import directions as D
-from landscape import metrics, store
+from landscape import metrics
 from train.attacks import margin_objective, pgd_attack, pgd_last_iterate, pgd_margin
 
 DOMAIN = (0.0, 1.0)

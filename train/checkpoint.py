@@ -56,7 +56,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from bounds import names
+from common import names
 
 FORMAT = "cert-landscape-checkpoint"
 FORMAT_VERSION = 1

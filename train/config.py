@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bounds import names
+from common import names
 from train import plugins
 
 RAMPS = ("linear", "smooth")
@@ -82,8 +82,8 @@ class TrainConfig:
             (:mod:`train.userdata`, :mod:`train.usermodels`); a file's path is stored absolute.
         model_options: keyword options of ``train.models.build_model`` (e.g. ``widths``), or
             the keyword arguments of your model function.
-        method: a key of :data:`bounds.names.TRAIN_METHODS`.
-        slope: lower-slope policy (:data:`bounds.names.SLOPES`); ``None``: the method's own.
+        method: a key of :data:`common.names.TRAIN_METHODS`.
+        slope: lower-slope policy (:data:`common.names.SLOPES`); ``None``: the method's own.
         eps: final training radius eps_train (L-inf, in input units, before normalisation).
         eps_start_epoch, eps_ramp_epochs [epochs]: the ramp window of eps, beta and kappa
             (default: :data:`WARMUP_FRACTION` and :data:`RAMP_FRACTION` of ``epochs``).

@@ -63,7 +63,7 @@ import numpy as np
 import torch
 
 from train import plugins, sources, userdata
-from train.dataformats import DatasetError
+from train.dataformats import DatasetError, DatasetSpec
 from train.sources import ENV_VAR, SYSTEM_ROOT
 
 __all__ = [
@@ -84,25 +84,6 @@ DIGITS_SPLIT_SEED = 0
 """``random_state`` of the fixed stratified digits split."""
 
 DIGITS_TEST_FRACTION = 0.2
-
-
-@dataclass(frozen=True)
-class DatasetSpec:
-    """What a model and the bound engine need to know about a dataset.
-
-    ``input_shape`` is ``(C, H, W)``; ``mean``/``std`` have ``C`` entries each, in pixel units
-    (the data are in ``domain``); ``domain`` is the box every input lies in, so an eps-ball can
-    be clipped to ``[max(x - eps, lo), min(x + eps, hi)]``. ``classes``: the class names, when
-    known (a dataset function may give them).
-    """
-
-    name: str
-    input_shape: tuple[int, int, int]
-    n_classes: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    domain: tuple[float, float] = (0.0, 1.0)
-    classes: tuple[str, ...] | None = None
 
 
 @dataclass

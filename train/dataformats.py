@@ -29,6 +29,7 @@ import os
 import tarfile
 import zlib
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -61,6 +62,25 @@ _IDX_TYPES: dict[int, str] = {
 
 class DatasetError(ValueError):
     """A dataset is missing, cannot be downloaded, or one of its files is malformed."""
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """What a model and the bound engine need to know about a dataset.
+
+    ``input_shape`` is ``(C, H, W)``; ``mean``/``std`` have ``C`` entries each, in pixel units
+    (the data are in ``domain``); ``domain`` is the box every input lies in, so an eps-ball can
+    be clipped to ``[max(x - eps, lo), min(x + eps, hi)]``. ``classes``: the class names, when
+    known (a dataset function may give them).
+    """
+
+    name: str
+    input_shape: tuple[int, int, int]
+    n_classes: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    domain: tuple[float, float] = (0.0, 1.0)
+    classes: tuple[str, ...] | None = None
 
 
 MAX_IDX_BYTES = 1 << 31

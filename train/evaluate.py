@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from bounds.names import CERTIFY_METHODS, TRAIN_METHODS, bound_slope
+from common.names import CERTIFY_METHODS, TRAIN_METHODS, bound_slope
 from train.attacks import pgd_attack
 
 

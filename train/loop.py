@@ -39,7 +39,7 @@ import torch
 from torch import nn
 
 from bounds.bound_spec import training_bound
-from bounds.names import resolve_method
+from common.names import resolve_method
 from train import parallel as par
 from train.augment import batch_augmenter
 from train.callbacks import Callback, StepContext, call

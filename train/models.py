@@ -76,6 +76,7 @@ from torch import nn
 
 from bounds.layers import Normalize
 from train import plugins
+from train.usermodels import ModelError
 from train.zoo import MODELS, Conv, Dense, ModelSpec, PlanEntry
 
 __all__ = [
@@ -92,10 +93,6 @@ __all__ = [
 DESCRIPTION_VERSION = 1
 """Version of the dict :func:`model_description` writes for a zoo model; bumped if its layout ever
 changes. A layer-list description (your own model, :mod:`train.usermodels`) is version 2."""
-
-
-class ModelError(ValueError):
-    """Unknown model name or option, a bad option value, or an input shape a model cannot take."""
 
 
 # --------------------------------------------------------------------------- validation

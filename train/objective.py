@@ -11,7 +11,7 @@ cross-entropy (``docs/fused-loss.md``), one backward row per sample instead of
 ``n_classes - 1``; ``fused="min"`` takes per sample the smaller of the fused bound and the IBP
 bound (never looser than IBP).
 
-Methods (:data:`bounds.names.TRAIN_METHODS`): ``natural`` (``L = CE(f(x), y)``), ``ibp``,
+Methods (:data:`common.names.TRAIN_METHODS`): ``natural`` (``L = CE(f(x), y)``), ``ibp``,
 ``crown-ibp`` (``beta`` mixes CROWN and IBP lower bounds), ``crown``, ``cap`` and ``tightest``
 (CROWN-IBP with the tightest slopes and beta = 1; Lee et al. 2021). ``slope`` picks the engine's
 lower-slope policy for the linear methods. ``sabr`` and ``mtl-ibp`` replace the robust term by
@@ -43,7 +43,7 @@ from torch import nn
 
 import bounds
 from bounds.bound_spec import BoundSpec, training_bound
-from bounds.names import TRAIN_METHODS, resolve_method
+from common.names import TRAIN_METHODS, resolve_method
 from train import mixed_losses, shi
 
 
@@ -128,7 +128,7 @@ def unstable_columns(fractions: Sequence[float]) -> dict[str, float]:
 
 def step_bound(method: str, bound: BoundSpec | None) -> BoundSpec | None:
     """The bound training method ``method`` minimises: ``bound`` (a :class:`bounds.BoundSpec`,
-    its slope and beta made those the method fixes, :func:`bounds.names.resolve_method`), or
+    its slope and beta made those the method fixes, :func:`common.names.resolve_method`), or
     the method's own default bound when None; None for natural training. ValueError for an
     unknown method, a slope the method does not allow, or a bound of another method."""
     own = training_bound(method)
@@ -163,7 +163,7 @@ def certified_loss(
         model: ``nn.Sequential`` the engine accepts (starts with ``Normalize``).
         x: ``[B, *input_shape]`` inputs in ``bound.domain``; y: ``[B]`` int64 labels.
         eps: radius (float or per-sample ``[B]``), >= 0.
-        method: a key of :data:`bounds.names.TRAIN_METHODS`.
+        method: a key of :data:`common.names.TRAIN_METHODS`.
         bound: how the robust term is bounded (:class:`bounds.BoundSpec`: slope, beta, domain,
             ``fused``, ``compile``, the slope search's options), e.g.
             ``bounds.training_bound(method, slope, beta, domain=..., fused=...)``; None: the

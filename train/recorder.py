@@ -1,22 +1,17 @@
 """The built-in per-step recorder of the training loop.
 
 Per-step scalars leave ``train`` through a ``sink(group, rows)`` (e.g.
-``partial(landscape.store.append_rows, path)``), so ``train`` never imports the store.
+``partial(common.store.append_rows, path)``), so ``train`` never imports the store.
 """
 
 from __future__ import annotations
-
-from collections.abc import Callable
 
 import numpy as np
 import torch
 from torch import nn
 
+from common.types import Sink
 from train.callbacks import BaseCallback, StepContext
-
-#: ``sink(group, rows)``: receives columns (name -> array, rows along axis 0) of a group
-#: (``"steps"``, ``"epochs"``, ``"grads"``).
-Sink = Callable[[str, dict[str, np.ndarray]], None]
 
 
 def flat_grad(model: nn.Module) -> torch.Tensor:

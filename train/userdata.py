@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from train import plugins
-from train.dataformats import DatasetError
+from train.dataformats import DatasetError, DatasetSpec
 
 __all__ = ["load", "known_spec", "KEYS", "OPTIONAL_KEYS"]
 
@@ -138,8 +138,6 @@ def _parts(result: Any, who: str) -> dict[str, Any]:
 def check(result: Any, ref: str) -> tuple[tuple[np.ndarray, ...], Any]:
     """The four arrays (float32 images, int64 labels) and the DatasetSpec of what a dataset
     function returned; one DatasetError for the first problem."""
-    from train.data import DatasetSpec
-
     who = f"dataset function {ref!r}"
     parts = _parts(result, who)
     tx = _images(_array(parts["train_x"], "train_x", who), "train_x", who)

@@ -68,9 +68,11 @@ _SUPPORTED = (
 )
 
 
-def _error(message: str) -> ValueError:
-    from train.models import ModelError
+class ModelError(ValueError):
+    """Unknown model name or option, a bad option value, or an input shape a model cannot take."""
 
+
+def _error(message: str) -> ValueError:
     return ModelError(message)
 
 

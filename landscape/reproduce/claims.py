@@ -65,7 +65,7 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from bounds.names import PAPER_METHODS
+from common.names import PAPER_METHODS
 
 __all__ = [
     "ALPHA",

@@ -55,7 +55,7 @@ def _key(name: str) -> str:
 def exact_run(run: RunPlan, out: Path, plan: Plan, data: Any) -> Path:
     """Decide the first :data:`EXACT_SAMPLES` test samples exactly at eps_train; a complete
     ``complete.h5`` is kept, an interrupted one continued."""
-    from landscape import store
+    from common import store
     from landscape.certification import write_complete_file
     from landscape.complete import progress_path, run_complete
     from landscape.reproduce.steps import log
@@ -124,7 +124,7 @@ def exact_run(run: RunPlan, out: Path, plan: Plan, data: Any) -> Path:
 def add_exact_columns(plan: Plan, out: Path, rows: list[dict]) -> None:
     """Add the columns of the module docstring to the summary ``rows`` (one per run, in the
     order of ``plan.runs``) whose run has a complete ``complete.h5``; others are left as they are."""
-    from landscape import store
+    from common import store
 
     for run, row in zip(plan.runs, rows):
         path = run.run_dir(out) / "complete.h5"

@@ -11,7 +11,7 @@ Fashion-MNIST: its optimiser, batch, bound settings and probe on model_small for
 eps 0.1), ``paper`` (the paper code's MNIST, CIFAR-10 and SVHN settings item by item, for a
 GPU), and ``modern`` (IBP, CROWN-IBP,
 tightest, SABR and MTL-IBP on a Fashion-MNIST subset). A setting's ``methods:`` list says what
-it trains (default: the methods Lee et al. (2021) compare, :data:`bounds.names.PAPER_METHODS`);
+it trains (default: the methods Lee et al. (2021) compare, :data:`common.names.PAPER_METHODS`);
 ``--methods`` picks any training method with a bound instead.
 """
 
@@ -26,7 +26,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from bounds.names import PAPER_METHODS, TRAIN_METHODS
+from common.names import PAPER_METHODS, TRAIN_METHODS
 from landscape.reproduce.claims import Margins
 
 __all__ = [
@@ -277,7 +277,7 @@ def make_plan(
     """The runs of ``profile`` (see the module docstring) for every method and seed.
 
     ``methods`` selects the methods (any training method with a bound; default: each setting's
-    ``methods:``, else :data:`bounds.names.PAPER_METHODS`); ``dataset`` picks the
+    ``methods:``, else :data:`common.names.PAPER_METHODS`); ``dataset`` picks the
     profile's settings on that dataset (by default: every setting, except that settings marked
     ``default`` are taken when their files are present and the others only when they are not);
     ``seeds`` trains every run once per seed. ``steps`` shortens every run to about that many

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bounds.names import resolve_method
+from common.names import resolve_method
 from figures.runstats import gap_column
 from landscape.reproduce.plan import Plan, RunPlan
 from landscape.runs import latest_epoch_checkpoint, train_in_dir
@@ -57,7 +57,7 @@ def _finished(run_dir: Path, cfg: Any) -> bool:
 def train_run(run: RunPlan, out: Path, plan: Plan, data: Any, progress: bool = True) -> bool:
     """Train ``run`` into its directory under ``out`` unless it is finished; returns True when
     it trained."""
-    from landscape import store
+    from common import store
     from train.config import TrainConfig
 
     run_dir = run.run_dir(out)
@@ -95,7 +95,7 @@ def certify_run(run: RunPlan, out: Path, plan: Plan, data: Any) -> Path:
     import torch
 
     from bounds import BoundSpec
-    from landscape import store
+    from common import store
     from landscape.certification import certify_rows, write_certify_file
     from landscape.metrics import bound_gaps
     from train.checkpoint import load_model
@@ -192,8 +192,8 @@ def scan_run(run: RunPlan, out: Path, plan: Plan, data: Any) -> list[Path]:
     """Gradient, random-1d, random-2d, PCA (the run's epoch checkpoints) and Hessian scans of the
     final model with the run's own certified loss at eps_train
     (:func:`landscape.scan_runner.run_scan`; complete files are kept)."""
+    from common.store import ScanMismatchError
     from landscape.scan_runner import ScanRequest, run_scan
-    from landscape.store import ScanMismatchError
 
     setting = plan.setting(run.setting)
     scan_dir = run.scan_dir(out)

@@ -1,6 +1,6 @@
 """The interface every scan kind implements, and the lookup from a kind's name to it.
 
-A kind is one entry of :data:`bounds.names.SCAN_KINDS` (torch-free: its name, summary, grid
+A kind is one entry of :data:`common.names.SCAN_KINDS` (torch-free: its name, summary, grid
 defaults, axis label, number of axes, and where its two halves live). Its ``runner`` names the
 module of its computing half, whose ``KIND`` is a :class:`KindRunner`: what it checks, its
 coordinates, what its file holds besides what every scan's does (:meth:`KindRunner.plan`:
@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from bounds.names import SCAN_KINDS
+from common.names import SCAN_KINDS
 
 if TYPE_CHECKING:
     import torch
@@ -144,7 +144,7 @@ class KindRunner:
 
 def runner(kind: str) -> KindRunner:
     """The computing half of scan kind ``kind``: ``KIND`` of the module its entry of
-    :data:`bounds.names.SCAN_KINDS` names (``module`` or ``module:attribute``)."""
+    :data:`common.names.SCAN_KINDS` names (``module`` or ``module:attribute``)."""
     module, _, name = SCAN_KINDS[kind].runner.partition(":")
     found = getattr(importlib.import_module(module), name or "KIND")
     if not isinstance(found, KindRunner):
@@ -170,14 +170,14 @@ def refuse_others_options(req: ScanRequest) -> None:
 
 def flat32(tensors: Sequence[torch.Tensor]) -> np.ndarray:
     """Parameter-shaped tensors as one float32 vector ``[n_params]`` (how directions are stored)."""
-    from landscape.directions import flatten
+    from common.tensors import flatten
 
     return flatten(tensors).cpu().numpy().astype(np.float32)
 
 
 def same_arrays(out: str, arrays: Mapping[str, tuple[np.ndarray, Any]], close: bool) -> bool:
     """Whether the arrays stored in ``out`` equal ``arrays`` (``close``: to float rounding)."""
-    from landscape import store
+    from common import store
 
     for name, (value, _) in arrays.items():
         stored, _ = store.read_array(out, name)

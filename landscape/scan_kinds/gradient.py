@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from bounds.names import SCAN_KINDS
+from common.names import SCAN_KINDS
 from landscape.scan_kinds.base import Built, KindInputs, KindPlan, KindRunner, flat32
 
 if TYPE_CHECKING:

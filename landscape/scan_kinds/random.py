@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from bounds.names import SCAN_KINDS
+from common.names import SCAN_KINDS
 from landscape.scan_kinds.base import (
     Arrays,
     Built,

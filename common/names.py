@@ -4,10 +4,8 @@ Bound methods, lower-slope policies, training methods (and how each maps to a bo
 slope and beta), scan kinds, the labels a scan or a figure can carry, result-file kinds,
 reproduction profiles and the toolkit's version are written down here once. The module
 imports nothing but the standard library, so the command line can list choices and
-``figures`` can name methods without loading torch. It lives in ``bounds`` because that is
-the one package every other layer may import (``bounds`` <- ``train`` <- ``landscape``;
-``figures`` reads only the store and this table); ``bounds/__init__.py`` loads its torch
-modules lazily so that ``import bounds.names`` stays light.
+``figures`` can name methods without loading torch. It lives in the ground floor
+(:mod:`common`), which every package may import and which imports none of them.
 
 Adding a lower-slope policy: write its function in :mod:`bounds.relaxations`, add it to that
 module's ``POLICIES`` table and put its name and a one-line description in :data:`SLOPES`

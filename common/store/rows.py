@@ -10,7 +10,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from landscape.store.files import SCHEMA_VERSION, StoreError, atomic_update, set_attrs
+from common.store.files import SCHEMA_VERSION, StoreError, atomic_update, set_attrs
 
 
 def _fill_value(dtype: np.dtype) -> Any:

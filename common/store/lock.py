@@ -25,7 +25,7 @@ try:  # POSIX; elsewhere writers are not locked (the stamps still guard every wr
 except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
-from landscape.store.files import StoreError
+from common.store.files import StoreError
 
 __all__ = [
     "WriterLock",

@@ -5,19 +5,19 @@ The layout of every file (its root attributes, groups and columns) is documented
 library (never torch, never another module of the toolkit), so ``figures`` can read results
 without the rest.
 
-- :mod:`landscape.store.files`: atomic writes, attribute encoding, :func:`read`,
+- :mod:`common.store.files`: atomic writes, attribute encoding, :func:`read`,
   :func:`write_attrs`;
-- :mod:`landscape.store.rows`: growing columns (:func:`append_rows`) and cutting them back to
+- :mod:`common.store.rows`: growing columns (:func:`append_rows`) and cutting them back to
   a checkpoint (:func:`truncate_run`);
-- :mod:`landscape.store.scans`: :class:`ScanFile`, created, resumed and filled point by point;
-- :mod:`landscape.store.lock`: one writer per file (:class:`WriterLock`) and the identity check
+- :mod:`common.store.scans`: :class:`ScanFile`, created, resumed and filled point by point;
+- :mod:`common.store.lock`: one writer per file (:class:`WriterLock`) and the identity check
   that keeps a writer from rewriting a file someone else changed.
 
 Reading: :func:`read` returns nested dicts, ``{"attrs": {...}, "results": {"crown-ibp":
 {"attrs": {...}, "loss": array, ...}}, "coords": {...}}``.
 """
 
-from landscape.store.files import (
+from common.store.files import (
     SCHEMA_VERSION,
     DiskFullError,
     StoreError,
@@ -27,9 +27,9 @@ from landscape.store.files import (
     read,
     write_attrs,
 )
-from landscape.store.lock import FileBusyError, FileChangedError, WriterLock
-from landscape.store.rows import append_rows, truncate_rows, truncate_run
-from landscape.store.scans import (
+from common.store.lock import FileBusyError, FileChangedError, WriterLock
+from common.store.rows import append_rows, truncate_rows, truncate_run
+from common.store.scans import (
     ScanFile,
     ScanMismatchError,
     create_scan,

@@ -26,7 +26,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from landscape.store.files import (
+from common.store.files import (
     SCHEMA_VERSION,
     StoreError,
     atomic_update,
@@ -36,7 +36,7 @@ from landscape.store.files import (
     get_attrs,
     set_attrs,
 )
-from landscape.store.lock import Stamp, WriterLock, check_stamp, stamp_of
+from common.store.lock import Stamp, WriterLock, check_stamp, stamp_of
 
 
 class ScanMismatchError(StoreError):
@@ -176,7 +176,7 @@ class ScanFile:
     def _guard(self) -> dict[str, Any]:
         """The checks of :func:`atomic_update` that keep this writer to its own file: the file
         rewritten must be the version this writer last wrote or read (else
-        :class:`~landscape.store.lock.FileChangedError`, the file left as it is), and the new
+        :class:`~common.store.lock.FileChangedError`, the file left as it is), and the new
         version becomes the one expected next."""
 
         def check(st: os.stat_result | None) -> None:
@@ -384,8 +384,8 @@ def open_or_create_scan(
 
     Returns ``(scan, resumed)``. A file from other arguments raises :class:`ScanMismatchError`
     and is left untouched. With ``lock``, the scan holds the file's writer lock
-    (:class:`~landscape.store.lock.WriterLock`) until :meth:`ScanFile.close`: a second writer
-    is refused with :class:`~landscape.store.lock.FileBusyError` before it reads anything.
+    (:class:`~common.store.lock.WriterLock`) until :meth:`ScanFile.close`: a second writer
+    is refused with :class:`~common.store.lock.FileBusyError` before it reads anything.
     """
     held = WriterLock(path).acquire() if lock else None
     try:
