@@ -106,7 +106,7 @@ def plot_slope_paths(
         if any(np.isfinite(a.get(p[0], [np.nan])).any() for _, _, a, _, _ in entries)
     ]
     panels = panels or list(PANELS[:1])
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.9), squeeze=False)
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 4.6), squeeze=False)
     handles: list = []
     for ax, (key, ylabel, title) in zip(axes[0], panels):
         drawn = _panel(ax, entries, key, ticks)
