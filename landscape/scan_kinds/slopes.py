@@ -25,6 +25,7 @@ path is the root attribute ``slope_path`` (and an identifying argument), its see
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -37,6 +38,7 @@ from landscape.scan_kinds.base import Built, KindInputs, KindPlan, KindRunner
 if TYPE_CHECKING:
     import torch
 
+    from bounds.bound_spec import BoundSpec
     from landscape.scan_losses import LossClosure
     from landscape.scan_request import ScanRequest
 
@@ -49,6 +51,8 @@ __all__ = [
     "path_seeds",
     "path_coords",
     "path_slopes",
+    "own_bound",
+    "refuse_without_slopes",
     "SlopePath",
     "SlopesEvaluator",
 ]
@@ -111,6 +115,15 @@ def refuse_without_slopes(labels: Sequence[str]) -> None:
             )
 
 
+def own_bound(closure: LossClosure) -> BoundSpec:
+    """The bound of a certified scan loss (:meth:`landscape.scan_losses.LossClosure.loss_bound`);
+    ValueError for a loss without one (refused before: :func:`refuse_without_slopes`)."""
+    bound = closure.loss_bound()
+    if bound is None:
+        raise ValueError(f"--kind slopes: {closure.label} has no bound whose slopes could move")
+    return bound
+
+
 def path_slopes(closure: LossClosure, policy: str, seed: int) -> list[torch.Tensor]:
     """The lower slopes ``[B, *shape]`` per ReLU layer that ``policy`` gives the bound of
     ``closure`` (a certified :class:`landscape.scan_losses.LossClosure`) on its batch at the
@@ -123,7 +136,7 @@ def path_slopes(closure: LossClosure, policy: str, seed: int) -> list[torch.Tens
 
     from bounds import bound_model, margin_spec
 
-    bound = dataclasses.replace(closure.loss_bound(), slope=policy, fused=False)
+    bound = dataclasses.replace(own_bound(closure), slope=policy, fused=False)
     gen = torch.Generator()
     gen.manual_seed(int(seed))
     with torch.no_grad():
@@ -157,7 +170,7 @@ class SlopePath:
         """The certified loss (scalar, with its parameter gradient) with the slopes ``a(s)``."""
         import dataclasses
 
-        bound = dataclasses.replace(self.closure.loss_bound(), lower_slopes=self.slopes(s))
+        bound = dataclasses.replace(own_bound(self.closure), lower_slopes=self.slopes(s))
         return self.closure.certified(model, bound)
 
 
@@ -192,7 +205,7 @@ class SlopesEvaluator:
 
         loss, grad = 0.0, None
         for w, path in self.paths[label]:
-            value, grads = gradient_direction(lambda m, p=path: p.loss(m, s), self.model)
+            value, grads = gradient_direction(functools.partial(path.loss, s=s), self.model)
             g = flatten(grads).to(torch.float64)
             loss += w * float(value)
             grad = w * g if grad is None else grad + w * g
