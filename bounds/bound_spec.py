@@ -3,7 +3,8 @@
 A bound over the ball ``{x' : |x' - x|_inf <= eps} n domain`` is set by the engine method,
 the lower-slope policy, the CROWN-IBP mixing weight ``beta``, the input ``domain``, the kind of
 certified loss (``fused``), the execution (``compile``) and the options of the slope search
-(``opt_steps``, ``opt_lr``, ``loss_fn``). The engine (:func:`bounds.compute.bound_model`,
+(``opt_steps``, ``opt_lr``, ``loss_fn``), or lower slopes given outright (``lower_slopes``).
+The engine (:func:`bounds.compute.bound_model`,
 :func:`bounds.robust_ce.robust_loss`), the training objective, the scans, the probes and the
 certification pass one :class:`BoundSpec` along instead of these as loose arguments;
 :func:`bounds.compute_bounds` and :func:`bounds.robust_cross_entropy` build one from their
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from common import names
@@ -64,6 +65,19 @@ def check_fused(fused: Any) -> bool | str:
     return fused
 
 
+def check_slope_list(slopes: Any) -> tuple[Any, ...] | None:
+    """``lower_slopes`` as a tuple (one entry per ReLU layer), or None; a mapping or a single
+    tensor is refused here, the shapes and values by the engine, which knows the layers."""
+    if slopes is None:
+        return None
+    if isinstance(slopes, (str, bytes, dict)) or not isinstance(slopes, Sequence):
+        raise ValueError(
+            "lower_slopes must be a sequence of tensors, one [B, *shape] per ReLU layer, "
+            f"got {type(slopes).__name__}"
+        )
+    return tuple(slopes)
+
+
 @dataclass(frozen=True)
 class BoundSpec:
     """The settings of a bound (module doc). Construction validates and resolves them:
@@ -80,6 +94,17 @@ class BoundSpec:
     - ``opt_steps``, ``opt_lr``: Adam steps and step size of ``optimized``; ``loss_fn``: what the
       slope search of ``tightest``/``optimized`` minimises (None: the default, see
       :func:`bounds.compute_bounds`).
+    - ``lower_slopes``: the lower slopes ``a`` of ``relu(z) >= a z`` given outright, one tensor
+      ``[B, *shape]`` with values in ``[0, 1]`` per ReLU layer, in the order of the network (the
+      order of :attr:`bounds.BoundResult.slopes`), used in every pass instead of the policy
+      ``slope`` (no random draw, no search; stable neurons keep their exact lines whatever is
+      given there). Any values in ``[0, 1]`` give sound lines, so the bound stays sound; the
+      slopes :attr:`bounds.BoundResult.slopes` reports for a policy, given back with the same
+      settings, reproduce that policy's bound exactly (for ``crown``: except the searched
+      policies, whose intermediate passes use adaptive lines while given slopes are used in
+      every pass). Gradients flow into given slopes that require them. Shapes and values are
+      checked by the engine (:func:`bounds.compute.check_lower_slopes`); a tuple here, left
+      out of equality, hashing and ``repr``.
     """
 
     method: str = "crown-ibp"
@@ -91,6 +116,7 @@ class BoundSpec:
     opt_steps: int = 20
     opt_lr: float = 0.1
     loss_fn: Callable[..., Any] | None = None
+    lower_slopes: Sequence[Any] | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         slope = names.bound_slope(self.method, self.slope)
@@ -106,6 +132,7 @@ class BoundSpec:
             compile=bool(self.compile),
             opt_steps=steps,
             opt_lr=lr,
+            lower_slopes=check_slope_list(self.lower_slopes),
         )
         for key, value in resolved.items():
             object.__setattr__(self, key, value)
@@ -124,8 +151,9 @@ class BoundSpec:
 
     @property
     def searched(self) -> bool:
-        """True for the slope policies searched per bound (:data:`common.names.SEARCHED_SLOPES`)."""
-        return self.slope in names.SEARCHED_SLOPES
+        """True for the slope policies searched per bound (:data:`common.names.SEARCHED_SLOPES`),
+        unless the slopes are given (``lower_slopes``)."""
+        return self.lower_slopes is None and self.slope in names.SEARCHED_SLOPES
 
 
 def training_bound(

@@ -27,7 +27,9 @@ row of ``C`` and by the lower and upper passes. For ``crown`` the intermediate p
 the policy's slopes, except ``optimized`` and ``tightest``, whose intermediate passes use
 ``adaptive`` slopes; those two search the slopes of every ReLU layer for the *final* pass only
 (:mod:`bounds.slope_search`), on detached copies, and the final differentiable pass uses the
-found slopes as constants.
+found slopes as constants. Slopes given outright (``BoundSpec.lower_slopes``, one ``[B, *shape]``
+tensor in ``[0, 1]`` per ReLU layer) replace the policy in every pass, with no draw or search:
+any such line ``a z`` lies below ``relu(z)`` on ``[l, u]``, so the bound stays sound.
 """
 
 from __future__ import annotations
@@ -185,7 +187,8 @@ def prepare(
     generator: torch.Generator | None,
 ) -> Prepared:
     """Input box, IBP, intermediate bounds (IBP, or CROWN for ``spec.method == "crown"``) and the
-    static relaxations of ``spec.slope`` (for the searched slopes: their start)."""
+    static relaxations of ``spec.slope`` (for the searched slopes: their start), or of the
+    slopes ``spec.lower_slopes`` gives (:func:`check_lower_slopes`), in every pass."""
     center, radius = input_box(x, eps, spec.domain)
     res = ibp(ops, center, radius, C)
     policy = POLICIES[spec.slope]
@@ -196,15 +199,42 @@ def prepare(
     inner: dict[int, Relaxation] = {}  # relaxations of the intermediate passes (crown)
     if linear_inner:
         check_crown_memory(ops, res.preact, center)
-    for k in relu_indices(ops):
+    ks = relu_indices(ops)
+    given = None if spec.lower_slopes is None else check_lower_slopes(spec.lower_slopes, ops, ks, x)
+    for i, k in enumerate(ks):
         l, u = res.preact[k]
         if linear_inner and affine_layers_before(ops, k) > 1:
             l, u = _layer_bounds(ops, k, inner, center, radius, l, u)
         preact[k] = (l, u)
-        relax[k] = policy(l, u, generator)
+        relax[k] = policy(l, u, generator) if given is None else with_lower_slope(l, u, given[i])
         if linear_inner:
             inner[k] = relax[k] if inner_policy is policy else inner_policy(l, u)
     return Prepared(ops, center, radius, res, preact, relax)
+
+
+def check_lower_slopes(
+    slopes: Sequence[torch.Tensor], ops: list[LayerOp], ks: Sequence[int], x: torch.Tensor
+) -> list[torch.Tensor]:
+    """Given lower slopes (:attr:`bounds.BoundSpec.lower_slopes`) checked against the network
+    ``ops`` (ReLU op indices ``ks``) and the batch ``x`` ``[B, *input_shape]``: one tensor
+    ``[B, *shape_k]`` per ReLU layer ``k``, every value in ``[0, 1]`` (a line ``relu(z) >= a z``
+    is below ``relu`` on every interval around 0 exactly for those). Returns them as tensors of
+    ``x``'s dtype and device; one ValueError naming the first bad layer otherwise."""
+    if len(slopes) != len(ks):
+        raise ValueError(
+            f"lower_slopes: expected one tensor per ReLU layer ({len(ks)}), got {len(slopes)}"
+        )
+    out = []
+    for i, (a, k) in enumerate(zip(slopes, ks)):
+        want = (x.shape[0], *shape_at(ops, k))
+        if not isinstance(a, torch.Tensor) or tuple(a.shape) != want:
+            got = tuple(a.shape) if isinstance(a, torch.Tensor) else type(a).__name__
+            raise ValueError(f"lower_slopes[{i}]: expected a tensor of shape {want}, got {got}")
+        a = a.to(dtype=x.dtype, device=x.device)
+        if not bool(((a >= 0) & (a <= 1)).all()):
+            raise ValueError(f"lower_slopes[{i}]: every slope must lie in [0, 1]")
+        out.append(a)
+    return out
 
 
 def final_relaxations(
@@ -373,6 +403,7 @@ def compute_bounds(
     generator: torch.Generator | None = None,
     need_upper: bool = True,
     compile: bool = False,
+    lower_slopes: Sequence[torch.Tensor] | None = None,
 ) -> BoundResult:
     """Certified bounds ``lower <= C f(x') <= upper`` for every ``x'`` in the clipped L-inf ball.
 
@@ -399,6 +430,8 @@ def compute_bounds(
         compile: True runs the element-wise steps of the passes as kernels compiled by
             ``torch.compile`` and cached on disk (:mod:`bounds.compiled`): the same bounds and
             gradients to float rounding, faster after the first call of a shape.
+        lower_slopes: the lower slopes of every ReLU layer given outright, ``[B, *shape]`` in
+            ``[0, 1]`` each, used instead of ``slope``'s (:class:`bounds.BoundSpec`).
 
     Returns:
         :class:`BoundResult`; all tensors differentiable w.r.t. the parameters and ``x``.
@@ -414,5 +447,6 @@ def compute_bounds(
         opt_steps=opt_steps,
         opt_lr=opt_lr,
         loss_fn=loss_fn,
+        lower_slopes=lower_slopes,
     )
     return bound_model(model, x, eps, spec, C, y, generator, need_upper)

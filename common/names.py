@@ -64,6 +64,10 @@ random draw): the relaxations the paper's relaxed-gradient analysis compares."""
 
 DEFAULT_SLOPE = "adaptive"
 
+DEFAULT_SLOPE_PATH: tuple[str, ...] = ("zero", "adaptive", "tightest")
+"""The policies a ``scan --kind slopes`` runs through without ``--slope-path``: from the loosest
+fixed lines over CROWN's choice to the paper's tightest slopes."""
+
 
 def bound_slope(method: str, slope: str | None) -> str:
     """Validate a bound method and slope policy; returns the policy to use (the method's own
@@ -241,6 +245,15 @@ SCAN_KINDS: dict[str, ScanKind] = {
         "coordinates along the trajectory's two principal directions",
         dims=2,
         runner="landscape.scan_kinds.pca",
+    ),
+    "slopes": ScanKind(
+        "at fixed theta, the certified loss with lower slopes a(s) = (1 - f) a_k + f a_(k+1) "
+        "(k = floor(s), f = s - k) between the policies of --slope-path",
+        21,
+        None,
+        "slope path s (s = k: the k-th policy of the path)",
+        runner="landscape.scan_kinds.slopes",
+        figure="figures.slopes:plot_slope_paths",
     ),
     "hessian": ScanKind(
         "the Hessian at theta: top eigenvalues (Lanczos), trace (Hutchinson) and spectral density "

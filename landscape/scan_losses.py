@@ -152,9 +152,24 @@ class LossClosure:
             )
             return F.cross_entropy(model(x_adv), self.y)
 
-        bound = training_bound(
+        return self.certified(model, self.loss_bound())
+
+    def loss_bound(self) -> BoundSpec | None:
+        """The bound this certified loss computes: :meth:`bound_spec` with the loss's
+        ``fused`` and ``compile`` settings (None for the clean and PGD losses and for natural
+        training)."""
+        if self.spec.kind != "certified":
+            return None
+        s = self.spec
+        return training_bound(
             s.method, s.slope, s.beta, domain=s.domain, fused=s.fused, compile=self.compile
         )
+
+    def certified(self, model: nn.Module, bound: BoundSpec | None) -> Tensor:
+        """The certified loss of this spec on ``model`` with the bound ``bound`` (what a call
+        computes with :meth:`loss_bound`; the slopes kind passes one with given lower slopes),
+        its generator seeded afresh; the batch stats are kept in ``last_stats``."""
+        s = self.spec
         loss, stats = certified_loss(
             model,
             self.x,

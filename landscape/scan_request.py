@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from common.names import DIRECTION_NORMS, SCAN_KINDS, SCAN_LOSSES, TRAIN_METHODS
+from common.names import DIRECTION_NORMS, SCAN_KINDS, SCAN_LOSSES, SLOPES, TRAIN_METHODS
 
 __all__ = ["ScanRequest", "Cli", "cli_of", "flag_of"]
 
@@ -99,6 +99,13 @@ class ScanRequest:
         "[default: each loss along its own gradient].",
         metavar="METHOD",
     )
+    slope_path: str | Sequence[str] | None = _opt(
+        None,
+        "slopes: the lower-slope policies the path runs through, comma-separated, at least two "
+        f"of {', '.join(SLOPES)} (a policy named again: another random draw) "
+        "[default: zero,adaptive,tightest].",
+        metavar="POLICIES",
+    )
     loss: str = _opt(
         "certified", "Loss kind when --methods is not given.", choices=("certified", *SCAN_LOSSES)
     )
@@ -130,7 +137,7 @@ class ScanRequest:
     )
     points: int | None = _opt(
         None,
-        "Points per axis [gradient: 10 log-spaced t (plus 0 and 1); random, pca: 21; "
+        "Points per axis [gradient: 10 log-spaced t (plus 0 and 1); random, pca, slopes: 21; "
         "interpolate: 41].",
         type=int,
         low=1,

@@ -25,7 +25,7 @@ def drawn(monkeypatch):
     """Every figure module's ``save`` replaced: the figures land in this dict, by stem."""
     import matplotlib.pyplot as plt
 
-    from figures import curves, seeds, spectra, surfaces, tables, training
+    from figures import curves, seeds, slopes, spectra, surfaces, tables, training
 
     kept: dict[str, object] = {}
 
@@ -33,7 +33,7 @@ def drawn(monkeypatch):
         kept[stem] = fig
         return [Path(out_dir) / f"{stem}.png"]
 
-    for module in (curves, surfaces, tables, training, spectra, seeds):
+    for module in (curves, surfaces, tables, training, spectra, seeds, slopes):
         monkeypatch.setattr(module, "save", keep)
     yield kept
     for fig in kept.values():
@@ -107,6 +107,31 @@ def make_hessian(path: Path, labels=("clean", "ibp", "tightest")) -> Path:
     return path
 
 
+def make_slopes_scan(path: Path) -> Path:
+    """A slopes scan along five policies (long names, so the ticks must make room)."""
+    policies = ["zero", "adaptive", "tightest", "same-slope", "one"]
+    s = np.linspace(0, 4, 17)
+    scan = store.create_scan(
+        str(path),
+        kind="slopes",
+        args={"k": "slopes"},
+        coords={"s": s},
+        labels=["crown-ibp", "tightest"],
+        fields=["loss", "cosine", "grad_norm"],
+        attrs={"eps": EPS, "dataset": "digits", "model": "mlp", "slope_path": policies},
+    )
+    for k, m in enumerate(("crown-ibp", "tightest")):
+        for i, x in enumerate(s):
+            values = {
+                "loss": 0.7 + 0.02 * (x - 2 - k) ** 2,
+                "cosine": 1 - 0.01 * x,
+                "grad_norm": 3 + 0.1 * x,
+            }
+            scan.set_point(m, i, values)
+    scan.flush(complete=True)
+    return path
+
+
 @pytest.fixture
 def every_figure(tmp_path: Path, drawn) -> dict:
     """Every kind of figure, drawn from synthetic files (two files per comparison)."""
@@ -120,6 +145,7 @@ def every_figure(tmp_path: Path, drawn) -> dict:
         make_surface(tmp_path / "s.h5", {"ibp": 72.0, "crown-ibp": 21.0}),
         make_surface(tmp_path / "p.h5", {"ibp": 3.0, "clean": 1.0}, kind="pca"),
         make_hessian(tmp_path / "h.h5"),
+        make_slopes_scan(tmp_path / "r.h5"),
     ]
     for m, rough, tight in (("ibp", 1.0, 3.0), ("tightest", 1.5, 0.6)):
         (tmp_path / m).mkdir()
@@ -165,6 +191,7 @@ def test_every_figure_is_drawn(every_figure) -> None:
         "p_pca_contour",
         "p_pca_heatmap",
         "h_hessian",
+        "r_slopes",
         "compare_probes",
         "compare_training_curves",
         "compare_verified_error_vs_eps",
