@@ -8,7 +8,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import evaluate, load_fmnist, paper_state_to_toolkit
+from paper_common import evaluate, load_fmnist, paper_state_to_toolkit
 
 torch.set_num_threads(1)
 ck, method = sys.argv[1], sys.argv[2]

@@ -6,7 +6,8 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import toolkit_model
+from paper_common import toolkit_model
+
 from train.loop import _mix
 
 seed, out = int(sys.argv[1]), sys.argv[2]

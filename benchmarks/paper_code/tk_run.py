@@ -17,7 +17,8 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import evaluate, load_fmnist, paper_state_to_toolkit, toolkit_model
+from paper_common import evaluate, load_fmnist, paper_state_to_toolkit, toolkit_model
+
 from train.data import Data
 from train.loop import train
 
