@@ -7,7 +7,9 @@ deviation (ddof 0), each titled "mean ± sd over N seeds":
 - :func:`plot_seed_lines`: the loss along a random direction (``compare_random-1d``), the seeds
   sharing the alpha axis;
 - :func:`plot_seed_spectra`: the Hessian's top eigenvalue and trace as bars with error bars and
-  the mean density of every method, all broadened with one width (``compare_hessian``).
+  the mean density of every method, all broadened with one width (``compare_hessian``);
+- :func:`seed_planes`: 2D scans, where each seed has its own random plane and nothing can be
+  averaged, as small multiples, one panel per seed and loss (``compare_random-2d_*``).
 
 Every plotted number is read from the result files (:mod:`figures.records`).
 """
@@ -16,12 +18,13 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from figures.labels import loss_axis
-from figures.records import LineScan, SpectrumScan, TrainRun
+from figures.records import LineScan, SpectrumScan, SurfaceScan, TrainRun
 from figures.seeds import band, seed_groups
 from figures.spectra import common_densities
 from figures.style import (
@@ -217,3 +220,27 @@ def plot_seed_spectra(
     fig.tight_layout()
     legend_below(fig, handles, ncol=min(2, len(handles)))
     return save(fig, out_dir, stem, formats)
+
+
+def seed_planes(scans: Sequence[SurfaceScan]) -> SurfaceScan | None:
+    """2D scans of several seeds as one record with a panel per (seed, loss), titled with the
+    seed (the name of the folder the file lies in), for small multiples on one colour scale; None
+    when there are fewer than two scans or their grids differ."""
+    if len(scans) < 2:
+        return None
+    first = scans[0]
+    if any(s.x.shape != first.x.shape or s.y.shape != first.y.shape for s in scans) or not all(
+        np.allclose(s.x, first.x) and np.allclose(s.y, first.y) for s in scans
+    ):
+        return None
+    meta = replace(first.meta, method=None, checkpoint=None, path=first.meta.path.parent / "seeds")
+    merged = SurfaceScan(meta=meta, x=first.x, y=first.y, loss={})
+    pairs = [(s, lab) for s in scans for lab in s.loss]
+    for s, label in sorted(
+        pairs, key=lambda p: (method_rank(p[0].method(p[1])), str(p[0].meta.path))
+    ):
+        seed = s.meta.path.parent.name
+        key = f"{label} [{seed}]"
+        merged.loss[key], merged.methods[key] = s.loss[label], s.method(label) or label
+        merged.runs[key] = seed
+    return merged

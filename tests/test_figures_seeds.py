@@ -199,3 +199,43 @@ def test_seed_figures_have_no_overlapping_text(tmp_path: Path, drawn) -> None:
                 assert not ba.shrunk(0.98, 0.9).overlaps(bb.shrunk(0.98, 0.9)), (
                     f"{stem}: {a} overlaps {b}"
                 )
+
+
+def test_2d_scans_of_several_seeds_are_one_panel_per_seed_on_one_scale(
+    tmp_path: Path, monkeypatch
+) -> None:
+    import matplotlib.pyplot as plt
+    from test_figures_paper import make_surface
+
+    from figures import surfaces
+    from figures.seedcurves import seed_planes
+    from figures.style import context_note
+
+    scans = []
+    for k, s in enumerate(SEEDS):
+        (tmp_path / f"seed{k}").mkdir()
+        path = make_surface(tmp_path / f"seed{k}" / "s.h5", {"ibp": 70.0 * s, "tightest": 2.0 * s})
+        scans.append(load(path))
+    merged = seed_planes(scans)
+    assert merged is not None and len(merged.loss) == 6
+    assert sorted(set(merged.runs.values())) == ["seed0", "seed1", "seed2"]
+    for k, scan in enumerate(scans):
+        for label, grid in scan.loss.items():
+            np.testing.assert_array_equal(merged.loss[f"{label} [seed{k}]"], grid)
+    kept: dict[str, object] = {}
+    monkeypatch.setattr(
+        surfaces, "save", lambda fig, out, stem, formats=("png",): kept.setdefault(stem, fig) and []
+    )
+    with context_note("one panel per seed (3 seeds)"):
+        surfaces.plot_surface(merged, tmp_path, "compare_random-2d", ("png",), log=True)
+    fig = kept["compare_random-2d_heatmap"]
+    assert "one panel per seed (3 seeds)" in fig._suptitle.get_text()
+    images = [im for ax in fig.axes for im in ax.get_images()]
+    assert len(images) == 6 and len({(im.norm.vmin, im.norm.vmax) for im in images}) == 1
+    fig.canvas.draw()
+    boxes = _text_boxes(fig, fig.canvas.get_renderer())
+    for i, (a, ba) in enumerate(boxes):
+        for b, bb in boxes[i + 1 :]:
+            assert not ba.shrunk(0.98, 0.9).overlaps(bb.shrunk(0.98, 0.9)), f"{a} overlaps {b}"
+    for f in kept.values():
+        plt.close(f)

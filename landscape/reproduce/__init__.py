@@ -255,4 +255,24 @@ def draw_across_seeds(
     for key in ("loss_variation", "grad_cosine"):
         files += plot_seed_stat(probed, key, where, f"compare_{key}_over_training", formats)
     files += plot_seed_bands(probed, where, "compare", formats)
+    files += _seed_panels(records, where, formats)
+    return files
+
+
+def _seed_panels(records: Sequence[Any], where: Path, formats: Sequence[str]) -> list[Path]:
+    """``compare_random-2d_*`` of several seeds as small multiples: one panel per seed and
+    method (each seed has its own random plane, so there is nothing to average), all on one log
+    colour scale."""
+    from figures.records import SurfaceScan
+    from figures.seedcurves import seed_planes
+    from figures.style import context_note
+    from figures.surfaces import plot_surface
+
+    files: list[Path] = []
+    planes = [r for r in records if isinstance(r, SurfaceScan) and r.meta.kind == "random-2d"]
+    merged = seed_planes(planes)
+    if merged is not None:
+        n = len({r.meta.path.parent for r in planes})
+        with context_note(f"one panel per seed ({n} seeds), each its own random plane"):
+            files += plot_surface(merged, where, "compare_random-2d", formats, log=True)
     return files
