@@ -239,3 +239,40 @@ def test_2d_scans_of_several_seeds_are_one_panel_per_seed_on_one_scale(
             assert not ba.shrunk(0.98, 0.9).overlaps(bb.shrunk(0.98, 0.9)), f"{a} overlaps {b}"
     for f in kept.values():
         plt.close(f)
+
+
+@pytest.mark.parametrize("scale", ["robust", "linear", "log"])
+def test_plot_command_colour_scale(tmp_path: Path, monkeypatch, scale: str) -> None:
+    """``plot --color-scale``: robust (the default) spans the 2nd..98th percentile of the
+    values of every panel with extended colour-bar ends, linear their whole range, log a log
+    scale; the file's grids set the numbers."""
+    import matplotlib.pyplot as plt
+    from test_figures_paper import make_surface
+
+    from figures import surfaces
+    from landscape.cli import main
+
+    path = make_surface(tmp_path / "s.h5", {"ibp": 78.0, "tightest": 2.0})
+    kept: dict[str, object] = {}
+    monkeypatch.setattr(
+        surfaces,
+        "save",
+        lambda fig, out, stem, formats=("png",): kept.setdefault(stem, fig) and [out / stem],
+    )
+    args = ["plot", str(path), "--out", str(tmp_path / "o"), "--format", "png"]
+    assert main(args + ([] if scale == "robust" else ["--color-scale", scale])) == 0
+    fig = kept["s_random-2d_heatmap"]
+    values = np.concatenate([g.ravel() for g in load(path).loss.values()])
+    norm = fig.axes[0].get_images()[0].norm
+    bar = next(ax for ax in fig.axes if hasattr(ax, "_colorbar"))._colorbar
+    if scale == "robust":
+        lo, hi = np.percentile(values, [2, 98])
+        assert (norm.vmin, norm.vmax) == pytest.approx((lo, hi))
+        assert bar.extend == "both"
+    elif scale == "linear":
+        assert (norm.vmin, norm.vmax) == pytest.approx((values.min(), values.max()))
+        assert bar.extend == "neither"
+    else:
+        assert type(norm).__name__ == "LogNorm" and norm.vmax == pytest.approx(values.max())
+    for f in kept.values():
+        plt.close(f)
