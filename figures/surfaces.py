@@ -4,8 +4,11 @@ For each scanned loss a panel of filled contours and one of a heatmap are drawn,
 checkpoint itself (x = y = 0) marked; ``surface3d=True`` adds 3D surfaces. All panels of a
 figure share one colour scale (and the 3D surfaces one z axis), so that methods compare
 honestly: the same colour is the same loss in every panel. ``log=True`` makes that scale
-logarithmic, which shows the level sets of losses that differ by orders of magnitude. Grid
-points not yet computed (NaN) are left blank.
+logarithmic, which shows the level sets of losses that differ by orders of magnitude. Inside
+:func:`robust_scale` a linear scale spans the 2nd to 98th percentile of the values instead of
+their whole range (the colour bar's ends extended), so huge corners (IBP's certified loss
+reaches ~78 nats where the checkpoint's region is ~2) no longer take the whole colour range.
+Grid points not yet computed (NaN) are left blank.
 
 A PCA scan (Li et al. 2018, section 7) also draws the training trajectory projected on the
 plane, its start and its end, and labels each axis with the share of the trajectory's variance
@@ -15,7 +18,8 @@ in parameter space), so a direction that explains little of the variance looks s
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +30,29 @@ from figures.style import apply_style, legend_below, save
 
 LOG_FLOOR = 1e-8
 """On a log scale, losses below this share of the largest one are drawn at it."""
+
+
+ROBUST = (2.0, 98.0)
+"""The percentiles a robust linear colour scale spans."""
+
+_ROBUST: list[bool] = [False]
+
+
+@contextmanager
+def robust_scale(on: bool = True) -> Iterator[None]:
+    """Within the block, linear shared colour scales span the :data:`ROBUST` percentiles of the
+    values (values beyond them get the end colours, and the colour bar says so with extended
+    ends); log scales are unchanged."""
+    _ROBUST.append(on)
+    try:
+        yield
+    finally:
+        _ROBUST.pop()
+
+
+def _extend(log: bool) -> str:
+    """The colour bar's and contours' ``extend``: ``both`` for a robust linear scale."""
+    return "both" if _ROBUST[-1] and not log else "neither"
 
 
 def _grid(n: int) -> tuple[int, int]:
@@ -87,6 +114,8 @@ def shared_scale(grids: Sequence[np.ndarray], log: bool = False, n_levels: int =
             lo, hi = lo / 1.5, hi * 1.5
         return colors.LogNorm(vmin=lo, vmax=hi), np.geomspace(lo, hi, n_levels)
     lo, hi = float(values.min()), float(values.max())
+    if _ROBUST[-1] and values.size:
+        lo, hi = (float(v) for v in np.percentile(values, ROBUST))
     if not hi > lo:
         pad = max(abs(lo) * 1e-3, 1e-6)
         lo, hi = lo - pad, hi + pad
@@ -151,12 +180,15 @@ def _marks(ax, scan: SurfaceScan, key: str) -> list:
 def _finish(
     fig, axes, scan: SurfaceScan, keys: list[str], mappable, label: str, what: str, handles: list
 ) -> None:
+    from matplotlib import colors
+
     for ax, key in zip(axes, keys):
         xl, yl = _axis_labels(scan, key)
         ax.set_xlabel(xl)
         ax.set_ylabel(yl)
         ax.set_title(_title(scan, key))
-    fig.colorbar(mappable, ax=axes, label=label, shrink=0.9, pad=0.02)
+    extend = _extend(isinstance(mappable.norm, colors.LogNorm))
+    fig.colorbar(mappable, ax=axes, label=label, shrink=0.9, pad=0.02, extend=extend)
     fig.suptitle(_suptitle(scan, what), fontsize=12)
     legend_below(fig, handles)
 
@@ -182,7 +214,7 @@ def plot_surface(
     xx, yy = np.meshgrid(scan.x, scan.y, indexing="ij")
     norm, levels = shared_scale([scan.loss[k] for k in keys], log)
     label = loss_axis([scan.method(k) for k in keys], where="panel title") + (
-        ", log scale" if log else ""
+        ", log scale" if log else (", 2nd–98th percentile" if _ROBUST[-1] else "")
     )
     mappable = cm.ScalarMappable(norm=norm, cmap="viridis")
 
@@ -190,7 +222,7 @@ def plot_surface(
     handles: list = []
     for ax, key in zip(axes, keys):
         z = _drawn(scan.loss[key], norm, log)
-        ax.contourf(xx, yy, z, levels=levels, norm=norm, cmap="viridis")
+        ax.contourf(xx, yy, z, levels=levels, norm=norm, cmap="viridis", extend=_extend(log))
         ax.contour(
             xx, yy, z, levels=levels[::4], norm=norm, colors="white", linewidths=0.5, alpha=0.6
         )

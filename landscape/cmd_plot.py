@@ -34,7 +34,24 @@ import click
     help="Draw losses on a log scale: the shared colour scale of 2D scans, the "
     "z axis of 3D surfaces, the loss axis of 1D scans.",
 )
-def plot(files: tuple[Path, ...], out_dir: Path, formats: str, surface3d: bool, log: bool) -> None:
+@click.option(
+    "--color-scale",
+    "color_scale",
+    type=click.Choice(["robust", "linear", "log"]),
+    default="robust",
+    show_default=True,
+    help="Colour scale of 2D scans: robust = linear over the 2nd..98th percentile of the "
+    "values with extended colour-bar ends, so huge corners do not hide the region around the "
+    "checkpoint; linear = the whole range; log = as --log.",
+)
+def plot(
+    files: tuple[Path, ...],
+    out_dir: Path,
+    formats: str,
+    surface3d: bool,
+    log: bool,
+    color_scale: str,
+) -> None:
     """Draw whatever the result FILES hold (scans, training runs, certification results).
 
     Several files are overlaid (methods on shared axes; 2D scans share one colour scale);
@@ -52,7 +69,13 @@ def plot(files: tuple[Path, ...], out_dir: Path, formats: str, surface3d: bool, 
     for f in files:
         if not f.exists():
             raise click.BadParameter(f"result file {f} does not exist", param_hint="FILES")
-    written = figures.plot_file(list(files), out_dir, formats=fmts, surface3d=surface3d, log=log)
+    from figures.surfaces import robust_scale
+
+    log = log or color_scale == "log"
+    with robust_scale(color_scale == "robust" and not log):
+        written = figures.plot_file(
+            list(files), out_dir, formats=fmts, surface3d=surface3d, log=log
+        )
     for path in written:
         click.echo(str(path))
     click.echo(f"wrote {len(written)} files to {out_dir}", err=True)

@@ -231,4 +231,48 @@ def draw(
             if r.setting == setting and r.run_dir(out) / "train.h5" in records
         ]
         files += plot_seed_bands(runs, where, "seeds", formats)
+        files += draw_across_seeds([r for rs in per_seed for r in rs], runs, where, formats)
+    return files
+
+
+def draw_across_seeds(
+    records: Sequence[Any], runs: Sequence[Any], where: Path, formats: Sequence[str]
+) -> list[Path]:
+    """The ``compare_*`` figures of several seeds that :func:`draw` first drew from one seed,
+    drawn again from every seed's ``records`` (scans) and ``runs`` (training runs): the probe
+    statistics over training and the random-direction profiles as mean and band, the Hessian's
+    top eigenvalue and trace as bars with error bars, each saying how many seeds it averages."""
+    from figures.records import LineScan, SpectrumScan
+    from figures.seedcurves import plot_seed_lines, plot_seed_spectra, plot_seed_stat
+    from figures.seeds import plot_seed_bands
+
+    files: list[Path] = []
+    lines = [r for r in records if isinstance(r, LineScan) and r.meta.kind == "random-1d"]
+    files += plot_seed_lines(lines, where, "compare_random-1d", formats, log=True)
+    spectra = [r for r in records if isinstance(r, SpectrumScan) and r.n_computed]
+    files += plot_seed_spectra(spectra, where, "compare_hessian", formats)
+    probed = [r for r in runs if r.probes]
+    for key in ("loss_variation", "grad_cosine"):
+        files += plot_seed_stat(probed, key, where, f"compare_{key}_over_training", formats)
+    files += plot_seed_bands(probed, where, "compare", formats)
+    files += _seed_panels(records, where, formats)
+    return files
+
+
+def _seed_panels(records: Sequence[Any], where: Path, formats: Sequence[str]) -> list[Path]:
+    """``compare_random-2d_*`` of several seeds as small multiples: one panel per seed and
+    method (each seed has its own random plane, so there is nothing to average), all on one log
+    colour scale."""
+    from figures.records import SurfaceScan
+    from figures.seedcurves import seed_planes
+    from figures.style import context_note
+    from figures.surfaces import plot_surface
+
+    files: list[Path] = []
+    planes = [r for r in records if isinstance(r, SurfaceScan) and r.meta.kind == "random-2d"]
+    merged = seed_planes(planes)
+    if merged is not None:
+        n = len({r.meta.path.parent for r in planes})
+        with context_note(f"one panel per seed ({n} seeds), each its own random plane"):
+            files += plot_surface(merged, where, "compare_random-2d", formats, log=True)
     return files
