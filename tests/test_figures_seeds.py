@@ -1,7 +1,7 @@
 """figures/seedcurves.py: the comparison figures of several seeds plot, per method, the mean
 and the standard deviation over the seeds of the numbers in the files, and say how many seeds.
 
-Each test writes one small result file per seed with landscape.store (values that differ from
+Each test writes one small result file per seed with common.store (values that differ from
 seed to seed), keeps the matplotlib Figure the module would have saved, reads the drawn lines,
 bands and bars back and compares them with the mean and sd computed here from the float32
 values the files hold.
@@ -16,8 +16,8 @@ import pytest
 from test_figures import make_train_run
 from test_figures_paper import _text_boxes
 
+from common import store
 from figures.data import load
-from landscape import store
 
 SEEDS = (1.0, 1.3, 1.9)
 """A per-seed factor that makes every seed's numbers differ."""
