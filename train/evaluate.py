@@ -140,7 +140,6 @@ def evaluate(
     wrong_pgd = torch.zeros(len(x), dtype=torch.bool)
     verified = {m: torch.zeros(len(x), dtype=torch.bool) for m in methods}
     starts = range(0, len(x), batch_size)
-    checks = [(m, bounds_of[m]) for m in methods]
     bar = _progress(len(x), progress)
     was_training = model.training
     model.eval()  # BatchNorm with its running statistics (docs/design.md); the mode is restored below
@@ -148,13 +147,29 @@ def evaluate(
         for s in starts:
             xb = x[s : s + batch_size].to(device)
             yb = y[s : s + batch_size].to(device)
-            clean_wrong, pgd_wrong, ok = _judge_batch(
-                model, xb, yb, eps, checks, gen, (pgd_steps, pgd_restarts), domain, compile
-            )
-            wrong_clean[s : s + len(xb)] = clean_wrong
-            wrong_pgd[s : s + len(xb)] = pgd_wrong
+            with torch.no_grad():
+                clean_wrong = model(xb).argmax(1) != yb
+            wrong_clean[s : s + len(xb)] = clean_wrong.cpu()
+            if pgd_steps > 0 and eps > 0:
+                _, broken = pgd_attack(
+                    model,
+                    xb,
+                    yb,
+                    eps,
+                    steps=pgd_steps,
+                    restarts=pgd_restarts,
+                    domain=domain,
+                    generator=gen,
+                )
+                wrong_pgd[s : s + len(xb)] = (broken | clean_wrong).cpu()
+            else:
+                wrong_pgd[s : s + len(xb)] = clean_wrong.cpu()
             for m in methods:
-                verified[m][s : s + len(xb)] = ok[m]
+                bound, chosen = bounds_of[m]
+                ok = verified_mask(
+                    model, xb, yb, eps, bound, slope=chosen, domain=domain, compile=compile
+                )
+                verified[m][s : s + len(xb)] = (ok & ~clean_wrong).cpu()
             if bar is not None:
                 bar.update(len(xb))
                 bar.set_postfix(
@@ -165,66 +180,14 @@ def evaluate(
         model.train(was_training)
         if bar is not None:
             bar.close()
-    return _summary(eps, wrong_clean, wrong_pgd, verified, bounds_of)
-
-
-def _judge_batch(
-    model: nn.Module,
-    xb: torch.Tensor,
-    yb: torch.Tensor,
-    eps: float,
-    checks: Sequence[tuple[str, tuple[str, str]]],
-    gen: torch.Generator,
-    attack: tuple[int, int],
-    domain: tuple[float, float],
-    compile: bool,
-) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
-    """One batch of :func:`evaluate`: which samples are misclassified, which the attack
-    (``attack = (steps, restarts)``, starts drawn from ``gen``) or misclassification breaks, and
-    which each method of ``checks`` (name, (bound, slope)) verifies (correct ones only); all on the CPU."""
-    pgd_steps, pgd_restarts = attack
-    with torch.no_grad():
-        clean_wrong = model(xb).argmax(1) != yb
-    if pgd_steps > 0 and eps > 0:
-        _, broken = pgd_attack(
-            model,
-            xb,
-            yb,
-            eps,
-            steps=pgd_steps,
-            restarts=pgd_restarts,
-            domain=domain,
-            generator=gen,
-        )
-        pgd_wrong = (broken | clean_wrong).cpu()
-    else:
-        pgd_wrong = clean_wrong.cpu()
-    ok = {}
-    for m, (bound, chosen) in checks:
-        mask = verified_mask(
-            model, xb, yb, eps, bound, slope=chosen, domain=domain, compile=compile
-        )
-        ok[m] = (mask & ~clean_wrong).cpu()
-    return clean_wrong.cpu(), pgd_wrong, ok
-
-
-def _summary(
-    eps: float,
-    wrong_clean: torch.Tensor,
-    wrong_pgd: torch.Tensor,
-    verified: dict[str, torch.Tensor],
-    bounds_of: dict[str, tuple[str, str]],
-) -> dict[str, Any]:
-    """:func:`evaluate`'s result from its per-sample masks: the error rates, each method's
-    verified error, that of their union, and the bounds the union is made of."""
     out: dict[str, Any] = {
-        "n": int(len(wrong_clean)),
+        "n": int(len(x)),
         "eps": eps,
         "clean_err": float(wrong_clean.float().mean()),
         "pgd_err": float(wrong_pgd.float().mean()),
     }
-    union = torch.zeros(len(wrong_clean), dtype=torch.bool)
-    for m in verified:
+    union = torch.zeros(len(x), dtype=torch.bool)
+    for m in methods:
         union |= verified[m]
         out[metric_key(m)] = float((~verified[m]).float().mean())
     out["verified_err"] = float((~union).float().mean())
