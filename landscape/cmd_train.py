@@ -512,11 +512,25 @@ def certify(
 ) -> None:
     """Clean, PGD and verified error of a checkpoint on its dataset's test set."""
     from landscape.certification import certify_rows, write_certify_file
+    from train.checkpoint import check_fits, load_model
     from train.config import run_domain
+    from train.data import load_dataset
+    from train.evaluate import metric_key, verifier
+    from train.loop import resolve_device
 
-    method_list, eps_list = _certify_options(
-        methods, pgd_steps, pgd_restarts, batch_size, test_size, eps
-    )
+    method_list = [m.strip() for m in methods.split(",") if m.strip()]
+    for m in method_list:
+        try:
+            verifier(m)
+        except ValueError as exc:
+            raise click.ClickException(f"--methods: {exc}") from None
+    if pgd_steps < 0 or pgd_restarts < 1:
+        raise click.ClickException("--pgd-steps must be >= 0 and --pgd-restarts >= 1")
+    if batch_size < 1:
+        raise click.ClickException("--batch-size: must be >= 1")
+    if test_size is not None and test_size < 1:
+        raise click.ClickException("--test-size: must be >= 1")
+    eps_list = None if eps is None else _parse_eps(eps)
     if compile:
         from bounds.compiled import check_cache
 
@@ -530,17 +544,30 @@ def certify(
     problem = options_problem(complete, time_limit, jobs, margins, attack_name, eps_list, out)
     if problem:
         raise click.ClickException(problem)
-    model, cfg, data, test_x, eps_list = _certify_inputs(
-        checkpoint,
-        device,
-        eps_list,
-        (named_dataset, trust_code),
-        data_dir,
-        download,
-        test_size,
-        seed,
-        double,
+    dev = resolve_device(device)
+    model, ckpt = load_model(checkpoint, device=dev)
+    cfg = ckpt["config"]
+    from train.plugins import check_trusted
+
+    check_trusted(
+        cfg["dataset"],
+        "dataset",
+        f"checkpoint {checkpoint!r}",
+        named=named_dataset,
+        trust=trust_code,
     )
+    eps_list = [float(cfg.get("eps", 0.0))] if eps_list is None else eps_list
+    data = load_dataset(
+        cfg["dataset"],
+        data_dir=data_dir or cfg.get("data_dir"),
+        download=download,
+        test_size=test_size,
+        seed=seed,
+    )
+    check_fits(ckpt, data.spec, where=f"checkpoint {checkpoint!r}")
+    test_x = data.test_x
+    if double:
+        model, test_x = model.double(), test_x.double()
     if complete or attack_name != "pgd":
         from landscape.certification import certify_complete
 
@@ -593,126 +620,23 @@ def certify(
         write_certify_file(
             out,
             columns,
-            _certify_meta(cfg, checkpoint, test_x, results, method_list, pgd_steps, pgd_restarts),
+            {
+                "method": cfg.get("method"),
+                "dataset": cfg["dataset"],
+                "model": cfg.get("model"),
+                "eps": float(cfg.get("eps", 0.0)),
+                "checkpoint": str(Path(checkpoint).resolve()),
+                "n_test": len(test_x),
+                "dtype": results[0]["dtype"],
+                "methods": method_list,
+                "union": results[0]["union"],
+                "pgd_steps": pgd_steps,
+                "pgd_restarts": pgd_restarts,
+            },
         )
     if as_json:
         click.echo(json.dumps(results[0] if len(results) == 1 else results, sort_keys=True))
         return
-    _print_certify(checkpoint, cfg, eps_list, results, method_list, pgd_steps, pgd_restarts)
-    if out is not None:
-        click.echo(f"wrote {out}", err=True)
-
-
-def _certify_inputs(
-    checkpoint: str,
-    device: str,
-    eps_list: list[float] | None,
-    trust: tuple[str | None, bool],
-    data_dir: str | None,
-    download: bool,
-    test_size: int | None,
-    seed: int,
-    double: bool,
-) -> tuple[Any, dict[str, Any], Any, Any, list[float]]:
-    """The checkpoint's model (on ``device``, in float64 with ``double``), its run config, the
-    test data it is certified on (its dataset code imported only as ``trust`` =
-    ``(--dataset, --trust-code)`` allows), the test inputs and the radii (default: eps_train)."""
-    from train.checkpoint import check_fits, load_model
-    from train.data import load_dataset
-    from train.loop import resolve_device
-    from train.plugins import check_trusted
-
-    named_dataset, trust_code = trust
-    dev = resolve_device(device)
-    model, ckpt = load_model(checkpoint, device=dev)
-    cfg = ckpt["config"]
-    check_trusted(
-        cfg["dataset"],
-        "dataset",
-        f"checkpoint {checkpoint!r}",
-        named=named_dataset,
-        trust=trust_code,
-    )
-    eps_list = [float(cfg.get("eps", 0.0))] if eps_list is None else eps_list
-    data = load_dataset(
-        cfg["dataset"],
-        data_dir=data_dir or cfg.get("data_dir"),
-        download=download,
-        test_size=test_size,
-        seed=seed,
-    )
-    check_fits(ckpt, data.spec, where=f"checkpoint {checkpoint!r}")
-    test_x = data.test_x
-    if double:
-        model, test_x = model.double(), test_x.double()
-    return model, cfg, data, test_x, eps_list
-
-
-def _certify_options(
-    methods: str,
-    pgd_steps: int,
-    pgd_restarts: int,
-    batch_size: int,
-    test_size: int | None,
-    eps: str | None,
-) -> tuple[list[str], list[float] | None]:
-    """``certify``'s options checked before any work: the method names and the radii (``None``:
-    the checkpoint's eps_train). A ClickException names the option at fault."""
-    from train.evaluate import verifier
-
-    method_list = [m.strip() for m in methods.split(",") if m.strip()]
-    for m in method_list:
-        try:
-            verifier(m)
-        except ValueError as exc:
-            raise click.ClickException(f"--methods: {exc}") from None
-    if pgd_steps < 0 or pgd_restarts < 1:
-        raise click.ClickException("--pgd-steps must be >= 0 and --pgd-restarts >= 1")
-    if batch_size < 1:
-        raise click.ClickException("--batch-size: must be >= 1")
-    if test_size is not None and test_size < 1:
-        raise click.ClickException("--test-size: must be >= 1")
-    return method_list, None if eps is None else _parse_eps(eps)
-
-
-def _certify_meta(
-    cfg: dict[str, Any],
-    checkpoint: str,
-    test_x: Any,
-    results: list[dict[str, Any]],
-    method_list: list[str],
-    pgd_steps: int,
-    pgd_restarts: int,
-) -> dict[str, Any]:
-    """What a certify file records of the run and of the certification (docs/schema.md)."""
-    return {
-        "method": cfg.get("method"),
-        "dataset": cfg["dataset"],
-        "model": cfg.get("model"),
-        "eps": float(cfg.get("eps", 0.0)),
-        "checkpoint": str(Path(checkpoint).resolve()),
-        "n_test": len(test_x),
-        "dtype": results[0]["dtype"],
-        "methods": method_list,
-        "union": results[0]["union"],
-        "pgd_steps": pgd_steps,
-        "pgd_restarts": pgd_restarts,
-    }
-
-
-def _print_certify(
-    checkpoint: str,
-    cfg: dict[str, Any],
-    eps_list: list[float],
-    results: list[dict[str, Any]],
-    method_list: list[str],
-    pgd_steps: int,
-    pgd_restarts: int,
-) -> None:
-    """``certify``'s table: per radius the clean, PGD, each method's and the union's verified
-    error, in percent."""
-    from train.evaluate import metric_key
-
     for e, res in zip(eps_list, results):
         click.echo(
             f"{checkpoint}: {cfg.get('method')} {cfg.get('model')} on {cfg['dataset']}, "
@@ -734,6 +658,8 @@ def _print_certify(
         width = max(len(r[0]) for r in rows)
         for name, value in rows:
             click.echo(f"  {name:<{width}}  {100 * value:6.2f} %")
+    if out is not None:
+        click.echo(f"wrote {out}", err=True)
 
 
 COMMANDS = [train, certify]
