@@ -154,28 +154,7 @@ def plot_records(
     records = sorted(records, key=lambda r: method_rank(r.meta.method))
     _name_records(records)
     written: list[Path] = []
-    written += _draw_line_scans(records, out, fmts, log)
-    written += _draw_surfaces(records, out, fmts, surface3d, log)
-    written += _draw_paths_and_spectra(records, out, fmts)
-    runs = [r for r in records if isinstance(r, TrainRun)]
-    certs = [r for r in records if isinstance(r, CertifyResult)]
-    if runs:
-        written += _draw_runs(runs, certs, out, fmts)
-    if certs:
-        written += _draw_certificates(certs, out, fmts)
-    if not written:
-        names = ", ".join(str(r.meta.path) for r in records)
-        raise ValueError(
-            f"nothing to plot in {names}: the files hold no scan points, probes or per-step records"
-        )
-    return written
 
-
-def _draw_line_scans(
-    records: Sequence[Record], out: Path, fmts: Sequence[str], log: bool
-) -> list[Path]:
-    """Each line scan's figure (and its error lines), then one comparison per kind of several."""
-    written: list[Path] = []
     line_kinds: dict[str, list[LineScan]] = {}
     for r in records:
         if isinstance(r, LineScan):
@@ -190,14 +169,7 @@ def _draw_line_scans(
                 )
         if len(scans) > 1:
             written += draw(scans, out, f"compare_{kind}", fmts)
-    return written
 
-
-def _draw_surfaces(
-    records: Sequence[Record], out: Path, fmts: Sequence[str], surface3d: bool, log: bool
-) -> list[Path]:
-    """Each surface scan's figure (and its error surfaces), then the merged comparison per kind."""
-    written: list[Path] = []
     surface_kinds: dict[str, list[SurfaceScan]] = {}
     for r in records:
         if isinstance(r, SurfaceScan):
@@ -216,14 +188,7 @@ def _draw_surfaces(
             written += surfaces.plot_surface(
                 merged, out, f"compare_{kind}", fmts, surface3d=surface3d, log=log
             )
-    return written
 
-
-def _draw_paths_and_spectra(
-    records: Sequence[Record], out: Path, fmts: Sequence[str]
-) -> list[Path]:
-    """The training paths over their PCA surfaces, and the Hessian spectra; each, then compared."""
-    written: list[Path] = []
     pairs = paths.path_pairs(
         [r for r in records if isinstance(r, SurfaceScan)],
         [r for r in records if isinstance(r, TrainRun)],
@@ -240,49 +205,46 @@ def _draw_paths_and_spectra(
         written += spectra.plot_spectra([r], out, _stem(r.meta.name, "hessian"), fmts)
     if len(spectra_) > 1:
         written += spectra.plot_spectra(spectra_, out, "compare_hessian", fmts)
-    return written
 
-
-def _draw_runs(
-    runs: list[TrainRun], certs: list[CertifyResult], out: Path, fmts: Sequence[str]
-) -> list[Path]:
-    """Training curves, the probes' statistics over training and tightness versus smoothness."""
-    written: list[Path] = []
-    prefix = runs[0].meta.name if len(runs) == 1 else "compare"
-    if any("loss" in r.steps for r in runs):
-        written += training.plot_training_curves(runs, out, f"{prefix}_training_curves", fmts)
-    probed = [r for r in runs if r.probes]
-    if probed:
-        if any(
-            training.probe_stat(r, key) is not None
-            for r in probed
-            for key, *_ in training.PROBE_STATS
-        ):
-            written += training.plot_probe_stats(probed, out, f"{prefix}_probes", fmts)
-        for key in ("loss_variation", "grad_cosine"):
-            if any(training.probe_stat(r, key) is not None for r in probed):
-                written += training.plot_single_stat(
-                    probed, key, out, f"{prefix}_{key}_over_training", fmts
+    runs = [r for r in records if isinstance(r, TrainRun)]
+    certs = [r for r in records if isinstance(r, CertifyResult)]
+    if runs:
+        prefix = runs[0].meta.name if len(runs) == 1 else "compare"
+        if any("loss" in r.steps for r in runs):
+            written += training.plot_training_curves(runs, out, f"{prefix}_training_curves", fmts)
+        probed = [r for r in runs if r.probes]
+        if probed:
+            if any(
+                training.probe_stat(r, key) is not None
+                for r in probed
+                for key, *_ in training.PROBE_STATS
+            ):
+                written += training.plot_probe_stats(probed, out, f"{prefix}_probes", fmts)
+            for key in ("loss_variation", "grad_cosine"):
+                if any(training.probe_stat(r, key) is not None for r in probed):
+                    written += training.plot_single_stat(
+                        probed, key, out, f"{prefix}_{key}_over_training", fmts
+                    )
+            if any(training.has_gradient_probes(r) for r in probed):
+                written += training.plot_gradient_direction_over_training(
+                    probed, out, f"{prefix}_gradient_direction_over_training", fmts
                 )
-        if any(training.has_gradient_probes(r) for r in probed):
-            written += training.plot_gradient_direction_over_training(
-                probed, out, f"{prefix}_gradient_direction_over_training", fmts
-            )
-        points = tightness_points(probed, certs)
-        if any(np.isfinite(p["tightness"]) and np.isfinite(p["smoothness"]) for p in points):
-            written += tables.plot_tightness_vs_smoothness(
-                points, out, f"{prefix}_tightness_vs_smoothness", fmts
-            )
-    return written
+            points = tightness_points(probed, certs)
+            if any(np.isfinite(p["tightness"]) and np.isfinite(p["smoothness"]) for p in points):
+                written += tables.plot_tightness_vs_smoothness(
+                    points, out, f"{prefix}_tightness_vs_smoothness", fmts
+                )
+    if certs:
+        rows = [row for c in certs for row in c.rows]
+        prefix = certs[0].meta.name if len(certs) == 1 else "compare"
+        written += tables.write_tables(rows, out, f"{prefix}_verified_error")
+        written += tables.plot_error_vs_eps(rows, out, f"{prefix}_verified_error_vs_eps", fmts)
 
-
-def _draw_certificates(certs: list[CertifyResult], out: Path, fmts: Sequence[str]) -> list[Path]:
-    """The verified-error tables and the error-versus-eps figure of the certify results."""
-    written: list[Path] = []
-    rows = [row for c in certs for row in c.rows]
-    prefix = certs[0].meta.name if len(certs) == 1 else "compare"
-    written += tables.write_tables(rows, out, f"{prefix}_verified_error")
-    written += tables.plot_error_vs_eps(rows, out, f"{prefix}_verified_error_vs_eps", fmts)
+    if not written:
+        names = ", ".join(str(r.meta.path) for r in records)
+        raise ValueError(
+            f"nothing to plot in {names}: the files hold no scan points, probes or per-step records"
+        )
     return written
 
 
