@@ -361,8 +361,6 @@ MODEL_AND_INPUT = {"model", "net", "ops", "x"}
 LONG_FUNCTIONS_TO_SPLIT: set[str] = {
     "figures/paths.py:plot_pca_paths",
     "landscape/certification.py:certify_complete",
-    "landscape/cmd_reproduce.py:reproduce",
-    "landscape/reproduce/claims.py:claims",
     "landscape/reproduce/steps.py:certify_run",
     "landscape/store/scans.py:create_scan",
 }
