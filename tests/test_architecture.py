@@ -359,9 +359,8 @@ MODEL_AND_INPUT = {"model", "net", "ops", "x"}
 # leaves this list when it is split: the test below fails once a listed function is short enough
 # (or gone), so the list cannot go stale. Add nothing here; split the function instead.
 LONG_FUNCTIONS_TO_SPLIT: set[str] = {
-    "figures/paths.py:plot_pca_paths",
-    "landscape/certification.py:certify_complete",
-    "landscape/reproduce/steps.py:certify_run",
+    # 85 lines; left for the change that moves landscape/store (issue 22's ground floor), which
+    # renames this entry's path: split it there
     "landscape/store/scans.py:create_scan",
 }
 
