@@ -131,6 +131,127 @@ def tightness_points(runs: Sequence[TrainRun], certs: Sequence[CertifyResult] = 
     return points
 
 
+def _draw_lines(records: Sequence[Record], out: Path, fmts: Sequence[str], log: bool) -> list[Path]:
+    """Each line scan's figure (and its error lines), and one comparison per kind."""
+    written: list[Path] = []
+    line_kinds: dict[str, list[LineScan]] = {}
+    for r in records:
+        if isinstance(r, LineScan):
+            line_kinds.setdefault(r.meta.kind, []).append(r)
+    for kind, scans in line_kinds.items():
+        draw = partial(kind_figure(kind), log=log)
+        for scan in scans:
+            written += draw([scan], out, _stem(scan.meta.name, kind), fmts)
+            if errors.line_errors(scan):  # a gradient scan has none
+                written += errors.plot_error_lines(
+                    scan, out, _stem(scan.meta.name, kind) + "_errors", fmts
+                )
+        if len(scans) > 1:
+            written += draw(scans, out, f"compare_{kind}", fmts)
+    return written
+
+
+def _draw_surfaces(
+    records: Sequence[Record], out: Path, fmts: Sequence[str], surface3d: bool, log: bool
+) -> list[Path]:
+    """Each surface scan's figure (and its error surfaces), and per kind the merged surfaces."""
+    written: list[Path] = []
+    surface_kinds: dict[str, list[SurfaceScan]] = {}
+    for r in records:
+        if isinstance(r, SurfaceScan):
+            surface_kinds.setdefault(r.meta.kind, []).append(r)
+    for kind, group in surface_kinds.items():
+        for r in group:
+            written += surfaces.plot_surface(
+                r, out, _stem(r.meta.name, kind), fmts, surface3d=surface3d, log=log
+            )
+            if r.errors:
+                written += errors.plot_error_surfaces(
+                    r, out, _stem(r.meta.name, kind) + "_errors", fmts
+                )
+        merged = _merge_surfaces(group)
+        if merged is not None:
+            written += surfaces.plot_surface(
+                merged, out, f"compare_{kind}", fmts, surface3d=surface3d, log=log
+            )
+    return written
+
+
+def _draw_paths_and_spectra(
+    records: Sequence[Record], out: Path, fmts: Sequence[str]
+) -> list[Path]:
+    """Training paths over the surfaces they were scanned around, and the Hessian spectra."""
+    written: list[Path] = []
+    pairs = paths.path_pairs(
+        [r for r in records if isinstance(r, SurfaceScan)],
+        [r for r in records if isinstance(r, TrainRun)],
+    )
+    for pair in pairs:
+        written += paths.plot_pca_paths(
+            [pair], out, _stem(pair[0].meta.name, "pca") + "_path", fmts
+        )
+    if len(pairs) > 1:
+        written += paths.plot_pca_paths(pairs, out, "compare_pca_path", fmts)
+
+    spectra_ = [r for r in records if isinstance(r, SpectrumScan)]
+    for r in spectra_:
+        written += spectra.plot_spectra([r], out, _stem(r.meta.name, "hessian"), fmts)
+    if len(spectra_) > 1:
+        written += spectra.plot_spectra(spectra_, out, "compare_hessian", fmts)
+    return written
+
+
+def _draw_probes(
+    probed: Sequence[TrainRun],
+    certs: Sequence[CertifyResult],
+    out: Path,
+    prefix: str,
+    fmts: Sequence[str],
+) -> list[Path]:
+    """The probe statistics of runs that were probed, their gradient directions, and tightness
+    against smoothness where certify results give the tightness."""
+    written: list[Path] = []
+    if any(
+        training.probe_stat(r, key) is not None for r in probed for key, *_ in training.PROBE_STATS
+    ):
+        written += training.plot_probe_stats(probed, out, f"{prefix}_probes", fmts)
+    for key in ("loss_variation", "grad_cosine"):
+        if any(training.probe_stat(r, key) is not None for r in probed):
+            written += training.plot_single_stat(
+                probed, key, out, f"{prefix}_{key}_over_training", fmts
+            )
+    if any(training.has_gradient_probes(r) for r in probed):
+        written += training.plot_gradient_direction_over_training(
+            probed, out, f"{prefix}_gradient_direction_over_training", fmts
+        )
+    points = tightness_points(probed, certs)
+    if any(np.isfinite(p["tightness"]) and np.isfinite(p["smoothness"]) for p in points):
+        written += tables.plot_tightness_vs_smoothness(
+            points, out, f"{prefix}_tightness_vs_smoothness", fmts
+        )
+    return written
+
+
+def _draw_runs_and_certs(records: Sequence[Record], out: Path, fmts: Sequence[str]) -> list[Path]:
+    """Training curves and probe figures of the runs, then the certify tables and error curves."""
+    written: list[Path] = []
+    runs = [r for r in records if isinstance(r, TrainRun)]
+    certs = [r for r in records if isinstance(r, CertifyResult)]
+    if runs:
+        prefix = runs[0].meta.name if len(runs) == 1 else "compare"
+        if any("loss" in r.steps for r in runs):
+            written += training.plot_training_curves(runs, out, f"{prefix}_training_curves", fmts)
+        probed = [r for r in runs if r.probes]
+        if probed:
+            written += _draw_probes(probed, certs, out, prefix, fmts)
+    if certs:
+        rows = [row for c in certs for row in c.rows]
+        prefix = certs[0].meta.name if len(certs) == 1 else "compare"
+        written += tables.write_tables(rows, out, f"{prefix}_verified_error")
+        written += tables.plot_error_vs_eps(rows, out, f"{prefix}_verified_error_vs_eps", fmts)
+    return written
+
+
 def plot_records(
     records: Sequence[Record],
     out_dir: str | Path,
@@ -153,93 +274,10 @@ def plot_records(
         )
     records = sorted(records, key=lambda r: method_rank(r.meta.method))
     _name_records(records)
-    written: list[Path] = []
-
-    line_kinds: dict[str, list[LineScan]] = {}
-    for r in records:
-        if isinstance(r, LineScan):
-            line_kinds.setdefault(r.meta.kind, []).append(r)
-    for kind, scans in line_kinds.items():
-        draw = partial(kind_figure(kind), log=log)
-        for scan in scans:
-            written += draw([scan], out, _stem(scan.meta.name, kind), fmts)
-            if errors.line_errors(scan):  # a gradient scan has none
-                written += errors.plot_error_lines(
-                    scan, out, _stem(scan.meta.name, kind) + "_errors", fmts
-                )
-        if len(scans) > 1:
-            written += draw(scans, out, f"compare_{kind}", fmts)
-
-    surface_kinds: dict[str, list[SurfaceScan]] = {}
-    for r in records:
-        if isinstance(r, SurfaceScan):
-            surface_kinds.setdefault(r.meta.kind, []).append(r)
-    for kind, group in surface_kinds.items():
-        for r in group:
-            written += surfaces.plot_surface(
-                r, out, _stem(r.meta.name, kind), fmts, surface3d=surface3d, log=log
-            )
-            if r.errors:
-                written += errors.plot_error_surfaces(
-                    r, out, _stem(r.meta.name, kind) + "_errors", fmts
-                )
-        merged = _merge_surfaces(group)
-        if merged is not None:
-            written += surfaces.plot_surface(
-                merged, out, f"compare_{kind}", fmts, surface3d=surface3d, log=log
-            )
-
-    pairs = paths.path_pairs(
-        [r for r in records if isinstance(r, SurfaceScan)],
-        [r for r in records if isinstance(r, TrainRun)],
-    )
-    for pair in pairs:
-        written += paths.plot_pca_paths(
-            [pair], out, _stem(pair[0].meta.name, "pca") + "_path", fmts
-        )
-    if len(pairs) > 1:
-        written += paths.plot_pca_paths(pairs, out, "compare_pca_path", fmts)
-
-    spectra_ = [r for r in records if isinstance(r, SpectrumScan)]
-    for r in spectra_:
-        written += spectra.plot_spectra([r], out, _stem(r.meta.name, "hessian"), fmts)
-    if len(spectra_) > 1:
-        written += spectra.plot_spectra(spectra_, out, "compare_hessian", fmts)
-
-    runs = [r for r in records if isinstance(r, TrainRun)]
-    certs = [r for r in records if isinstance(r, CertifyResult)]
-    if runs:
-        prefix = runs[0].meta.name if len(runs) == 1 else "compare"
-        if any("loss" in r.steps for r in runs):
-            written += training.plot_training_curves(runs, out, f"{prefix}_training_curves", fmts)
-        probed = [r for r in runs if r.probes]
-        if probed:
-            if any(
-                training.probe_stat(r, key) is not None
-                for r in probed
-                for key, *_ in training.PROBE_STATS
-            ):
-                written += training.plot_probe_stats(probed, out, f"{prefix}_probes", fmts)
-            for key in ("loss_variation", "grad_cosine"):
-                if any(training.probe_stat(r, key) is not None for r in probed):
-                    written += training.plot_single_stat(
-                        probed, key, out, f"{prefix}_{key}_over_training", fmts
-                    )
-            if any(training.has_gradient_probes(r) for r in probed):
-                written += training.plot_gradient_direction_over_training(
-                    probed, out, f"{prefix}_gradient_direction_over_training", fmts
-                )
-            points = tightness_points(probed, certs)
-            if any(np.isfinite(p["tightness"]) and np.isfinite(p["smoothness"]) for p in points):
-                written += tables.plot_tightness_vs_smoothness(
-                    points, out, f"{prefix}_tightness_vs_smoothness", fmts
-                )
-    if certs:
-        rows = [row for c in certs for row in c.rows]
-        prefix = certs[0].meta.name if len(certs) == 1 else "compare"
-        written += tables.write_tables(rows, out, f"{prefix}_verified_error")
-        written += tables.plot_error_vs_eps(rows, out, f"{prefix}_verified_error_vs_eps", fmts)
-
+    written = _draw_lines(records, out, fmts, log)
+    written += _draw_surfaces(records, out, fmts, surface3d, log)
+    written += _draw_paths_and_spectra(records, out, fmts)
+    written += _draw_runs_and_certs(records, out, fmts)
     if not written:
         names = ", ".join(str(r.meta.path) for r in records)
         raise ValueError(

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -92,18 +93,11 @@ def path_pairs(
     return out
 
 
-def plot_pca_paths(
+def _path_items(
     pairs: Sequence[tuple[SurfaceScan, str, TrainRun]],
-    out_dir: str | Path,
-    stem: str,
-    formats: Sequence[str] = ("png", "pdf"),
-) -> list[Path]:
-    """One panel per (PCA scan, run): the path coloured by the unstable fraction at each
-    checkpoint, with the schedule's milestones; ``[]`` when no pair has the data."""
-    apply_style()
-    import matplotlib.pyplot as plt
-    from matplotlib.colors import Normalize
-
+) -> list[tuple[SurfaceScan, str, TrainRun, np.ndarray, np.ndarray, np.ndarray]]:
+    """The pairs whose path has steps and whose run logged the unstable fraction, each with its
+    path, its steps and the fraction at each checkpoint."""
     items = []
     for scan, key, run in pairs:
         path, steps = (
@@ -116,6 +110,78 @@ def plot_pca_paths(
         colour = np.interp(steps, uf[0], uf[1], left=np.nan, right=uf[1][-1])
         colour[steps < uf[0][0]] = uf[1][0]  # the initialisation: the first logged step's value
         items.append((scan, key, run, path, steps, colour))
+    return items
+
+
+def _draw_ends(ax: Any, path: np.ndarray, handles: dict[str, object]) -> None:
+    """Mark the path's first and last checkpoint (their legend handles kept once)."""
+    (end,) = ax.plot(
+        [path[-1, 0]],
+        [path[-1, 1]],
+        "*",
+        ms=20,
+        mfc="none",
+        mec="black",
+        mew=1.2,
+        zorder=5,
+        label="final checkpoint",
+        ls="none",
+    )
+    handles.setdefault("end", end)
+    (start,) = ax.plot(
+        [path[0, 0]],
+        [path[0, 1]],
+        "s",
+        ms=13,
+        mfc="none",
+        mec="black",
+        mew=1.2,
+        zorder=5,
+        label="first checkpoint",
+        ls="none",
+    )
+    handles.setdefault("start", start)
+
+
+def _draw_milestones(
+    ax: Any, run: TrainRun, path: np.ndarray, steps: np.ndarray, handles: dict[str, object]
+) -> None:
+    """Mark where on the path the run reached each schedule milestone it has."""
+    for name, (what, marker, mc) in {k: (w, m, c) for k, w, m, c in MILESTONES}.items():
+        step = milestones(run).get(name)
+        if step is None:
+            continue
+        point = _at_step(path, steps, step)
+        if point is None:
+            continue
+        (h,) = ax.plot(
+            [point[0]],
+            [point[1]],
+            marker,
+            ms=15,
+            mfc="none",
+            mec=mc,
+            mew=1.8,
+            zorder=6,
+            label=f"{what}",
+            ls="none",
+        )
+        handles.setdefault(name, h)
+
+
+def plot_pca_paths(
+    pairs: Sequence[tuple[SurfaceScan, str, TrainRun]],
+    out_dir: str | Path,
+    stem: str,
+    formats: Sequence[str] = ("png", "pdf"),
+) -> list[Path]:
+    """One panel per (PCA scan, run): the path coloured by the unstable fraction at each
+    checkpoint, with the schedule's milestones; ``[]`` when no pair has the data."""
+    apply_style()
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import Normalize
+
+    items = _path_items(pairs)
     if not items:
         return []
     values = np.concatenate([c[np.isfinite(c)] for *_, c in items])
@@ -146,52 +212,8 @@ def plot_pca_paths(
             linewidths=0.5,
             zorder=4,
         )
-        (end,) = ax.plot(
-            [path[-1, 0]],
-            [path[-1, 1]],
-            "*",
-            ms=20,
-            mfc="none",
-            mec="black",
-            mew=1.2,
-            zorder=5,
-            label="final checkpoint",
-            ls="none",
-        )
-        handles.setdefault("end", end)
-        (start,) = ax.plot(
-            [path[0, 0]],
-            [path[0, 1]],
-            "s",
-            ms=13,
-            mfc="none",
-            mec="black",
-            mew=1.2,
-            zorder=5,
-            label="first checkpoint",
-            ls="none",
-        )
-        handles.setdefault("start", start)
-        for name, (what, marker, mc) in {k: (w, m, c) for k, w, m, c in MILESTONES}.items():
-            step = milestones(run).get(name)
-            if step is None:
-                continue
-            point = _at_step(path, steps, step)
-            if point is None:
-                continue
-            (h,) = ax.plot(
-                [point[0]],
-                [point[1]],
-                marker,
-                ms=15,
-                mfc="none",
-                mec=mc,
-                mew=1.8,
-                zorder=6,
-                label=f"{what}",
-                ls="none",
-            )
-            handles.setdefault(name, h)
+        _draw_ends(ax, path, handles)
+        _draw_milestones(ax, run, path, steps, handles)
         ratios = scan.variance.get(key) or [np.nan, np.nan]
         ax.set_xlabel(
             f"1st PC ({100 * ratios[0]:.1f} % var.)" if np.isfinite(ratios[0]) else "1st PC"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -154,6 +155,73 @@ def write_tables(
     return [md, tex]
 
 
+def _draw_method_errors(ax: Any, rows: Sequence[dict], i: int, m: str, n_methods: int) -> None:
+    """Method ``m`` (the ``i``-th of ``n_methods``) on ``ax``: its verified error against eps,
+    its PGD error dashed when the rows have it, each with seed error bars shifted a little so the
+    methods' bars stand side by side."""
+    mine = sorted((r for r in rows if str(r.get("method")) == m), key=lambda r: r["eps"])
+    eps = np.array([r["eps"] for r in mine], dtype=float)
+    colour = method_colour(m, i)
+    ver = np.array([r.get("verified_err", np.nan) for r in mine], dtype=float)
+    scale = 100.0 if np.nanmax(ver, initial=0) <= 1.0 else 1.0
+    marker, ms = (
+        MARKERS[i % len(MARKERS)],
+        max(3.5, 7.0 - 1.0 * i),
+    )  # coinciding methods stay visible
+    n_seeds = int(max((r.get("n_seeds", 1) for r in mine), default=1))
+    seeds = f" (mean of {n_seeds} seeds ± sd)" if n_seeds > 1 else ""
+    ax.plot(
+        eps,
+        scale * ver,
+        "-",
+        marker=marker,
+        lw=2,
+        ms=ms,
+        color=colour,
+        label=f"{method_name(m)}: verified{seeds}",
+    )
+    shift = (
+        (i - (n_methods - 1) / 2) * 0.006 * (np.ptp(eps) if eps.size > 1 else 1.0)
+    )  # bars side by side
+    if n_seeds > 1:
+        sd = np.array([r.get("verified_err_sd", np.nan) for r in mine], dtype=float)
+        ax.errorbar(
+            eps + shift,
+            scale * ver,
+            yerr=scale * sd,
+            fmt="none",
+            ecolor=colour,
+            capsize=3,
+            lw=1.2,
+        )
+    if any("pgd_err" in r for r in mine):
+        pgd = np.array([r.get("pgd_err", np.nan) for r in mine], dtype=float)
+        ax.plot(
+            eps,
+            scale * pgd,
+            "--",
+            marker=marker,
+            mfc="none",
+            lw=1.4,
+            ms=ms,
+            color=colour,
+            alpha=0.8,
+            label=f"{method_name(m)}: PGD",
+        )
+        if n_seeds > 1:
+            sd = np.array([r.get("pgd_err_sd", np.nan) for r in mine], dtype=float)
+            ax.errorbar(
+                eps + shift,
+                scale * pgd,
+                yerr=scale * sd,
+                fmt="none",
+                ecolor=colour,
+                capsize=2,
+                lw=0.9,
+                alpha=0.7,
+            )
+
+
 def plot_error_vs_eps(
     rows: Sequence[dict], out_dir: str | Path, stem: str, formats: Sequence[str] = ("png", "pdf")
 ) -> list[Path]:
@@ -166,67 +234,7 @@ def plot_error_vs_eps(
     fig, ax = plt.subplots(figsize=(6.2, 4.3))
     methods = list(dict.fromkeys(str(r.get("method")) for r in _sorted_rows(rows)))
     for i, m in enumerate(methods):
-        mine = sorted((r for r in rows if str(r.get("method")) == m), key=lambda r: r["eps"])
-        eps = np.array([r["eps"] for r in mine], dtype=float)
-        colour = method_colour(m, i)
-        ver = np.array([r.get("verified_err", np.nan) for r in mine], dtype=float)
-        scale = 100.0 if np.nanmax(ver, initial=0) <= 1.0 else 1.0
-        marker, ms = (
-            MARKERS[i % len(MARKERS)],
-            max(3.5, 7.0 - 1.0 * i),
-        )  # coinciding methods stay visible
-        n_seeds = int(max((r.get("n_seeds", 1) for r in mine), default=1))
-        seeds = f" (mean of {n_seeds} seeds ± sd)" if n_seeds > 1 else ""
-        ax.plot(
-            eps,
-            scale * ver,
-            "-",
-            marker=marker,
-            lw=2,
-            ms=ms,
-            color=colour,
-            label=f"{method_name(m)}: verified{seeds}",
-        )
-        shift = (
-            (i - (len(methods) - 1) / 2) * 0.006 * (np.ptp(eps) if eps.size > 1 else 1.0)
-        )  # bars side by side
-        if n_seeds > 1:
-            sd = np.array([r.get("verified_err_sd", np.nan) for r in mine], dtype=float)
-            ax.errorbar(
-                eps + shift,
-                scale * ver,
-                yerr=scale * sd,
-                fmt="none",
-                ecolor=colour,
-                capsize=3,
-                lw=1.2,
-            )
-        if any("pgd_err" in r for r in mine):
-            pgd = np.array([r.get("pgd_err", np.nan) for r in mine], dtype=float)
-            ax.plot(
-                eps,
-                scale * pgd,
-                "--",
-                marker=marker,
-                mfc="none",
-                lw=1.4,
-                ms=ms,
-                color=colour,
-                alpha=0.8,
-                label=f"{method_name(m)}: PGD",
-            )
-            if n_seeds > 1:
-                sd = np.array([r.get("pgd_err_sd", np.nan) for r in mine], dtype=float)
-                ax.errorbar(
-                    eps + shift,
-                    scale * pgd,
-                    yerr=scale * sd,
-                    fmt="none",
-                    ecolor=colour,
-                    capsize=2,
-                    lw=0.9,
-                    alpha=0.7,
-                )
+        _draw_method_errors(ax, rows, i, m, len(methods))
     ax.set_xlabel("test ε (L∞ radius, input units)")
     ax.set_ylabel("test error (%)")
     ax.set_ylim(0, 100)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -333,6 +334,47 @@ _CURVES = (
 )
 
 
+def _step_column(run: TrainRun, keys: tuple[str, ...]) -> str | None:
+    """The first of ``keys`` that the run records per step with some finite value, else None."""
+    key = next((k for k in keys if k in run.steps), None)
+    return (
+        key
+        if key is not None and np.isfinite(np.asarray(run.steps[key], dtype=float)).any()
+        else None
+    )
+
+
+def _plot_step_curve(
+    ax: Any,
+    x: np.ndarray,
+    y: np.ndarray,
+    key: str,
+    window: int,
+    colour: Any,
+    label: str,
+    style: dict[str, Any],
+) -> Any:
+    """One run's per-step values of ``key`` on ``ax`` (errors in percent): raw values faint and
+    their moving average over ``window`` steps (the eps schedule as it is). Returns the line."""
+    if "err" in key and np.nanmax(y, initial=0) <= 1.0:
+        y = 100.0 * y
+    if key != "eps":
+        ax.plot(x, y, lw=0.6, color=colour, alpha=0.25)
+        y = rolling_mean(y, window)
+    (line,) = ax.plot(
+        x,
+        y,
+        color=colour,
+        label=label,
+        ls=style["ls"],
+        lw=style["lw"],
+        marker=style["marker"],
+        ms=style["ms"],
+        markevery=max(1, x.size // 10),
+    )
+    return line
+
+
 def plot_training_curves(
     runs: Sequence[TrainRun],
     out_dir: str | Path,
@@ -349,22 +391,14 @@ def plot_training_curves(
     if not runs:
         raise ValueError("no per-step records (steps/loss) in these files")
 
-    def step_column(run: TrainRun, keys: tuple[str, ...]) -> str | None:
-        key = next((k for k in keys if k in run.steps), None)
-        return (
-            key
-            if key is not None and np.isfinite(np.asarray(run.steps[key], dtype=float)).any()
-            else None
-        )
-
     panels = [
         (keys, ylabel, title)
         for keys, ylabel, title in _CURVES
-        if any(step_column(r, keys) for r in runs)
+        if any(_step_column(r, keys) for r in runs)
     ]
     panels += (
         [(("eps",), "training ε (input units)", "ε schedule")]
-        if any(step_column(r, ("eps",)) for r in runs)
+        if any(_step_column(r, ("eps",)) for r in runs)
         else []
     )
     has_test = any(
@@ -386,29 +420,14 @@ def plot_training_curves(
         window = max(1, x.size // 25)
         line = None
         for ax, (keys, ylabel, title) in zip(axes, panels):
-            key = step_column(run, keys)
+            key = _step_column(run, keys)
             ax.set_title(title)
             ax.set_ylabel(ylabel)
             ax.set_xlabel("training step")
             if key is None:
                 continue
             y = np.asarray(run.steps[key], dtype=float)
-            if "err" in key and np.nanmax(y, initial=0) <= 1.0:
-                y = 100.0 * y
-            if key != "eps":
-                ax.plot(x, y, lw=0.6, color=colour, alpha=0.25)
-                y = rolling_mean(y, window)
-            (line,) = ax.plot(
-                x,
-                y,
-                color=colour,
-                label=label,
-                ls=style["ls"],
-                lw=style["lw"],
-                marker=style["marker"],
-                ms=style["ms"],
-                markevery=max(1, x.size // 10),
-            )
+            line = _plot_step_curve(ax, x, y, key, window, colour, label, style)
         handles += [line] if line is not None else []
         if has_test and "test_clean_err" in run.epochs:
             _test_panel(axes[len(panels)], run, colour)

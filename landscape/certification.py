@@ -160,6 +160,77 @@ def complete_lines(result: Any, exact: bool) -> list[tuple[str, str]]:
     return rows
 
 
+def _complete_file_attrs(
+    cfg: Mapping[str, Any], settings: Mapping[str, Any], methods: Sequence[str], complete: bool
+) -> dict[str, Any]:
+    """The attributes of a ``certify --complete`` / ``--attack`` file: the run certified and the
+    settings the samples were decided with."""
+    return {
+        "method": cfg.get("method"),
+        "dataset": cfg["dataset"],
+        "model": cfg.get("model"),
+        "eps": float(cfg.get("eps", 0.0)),
+        "checkpoint": settings["checkpoint"],
+        "n_test": settings["n"],
+        "dtype": "float64" if settings["double"] else "float32",
+        "methods": list(methods),
+        "pgd_steps": settings["pgd_steps"],
+        "pgd_restarts": settings["pgd_restarts"],
+        "complete_verification": bool(complete),
+        "time_limit": settings["time_limit"],
+        "margins": settings["margins"],
+        "seed": settings["seed"],
+    }
+
+
+def _print_complete(
+    result: Any,
+    cfg: Mapping[str, Any],
+    checkpoint: str,
+    eps: float,
+    time_limit: float,
+    complete: bool,
+    double: bool,
+    as_json: bool,
+    out: str | None,
+) -> None:
+    """Print the totals of a ``certify --complete`` / ``--attack`` run: one JSON object (with the
+    tightness of each bound when the program ran), or a table."""
+    import json
+
+    import click
+
+    t = result.totals
+    if as_json:
+        keys = {k: v for k, v in t.items()}
+        keys.update(
+            checkpoint=str(checkpoint),
+            dtype="float64" if double else "float32",
+            union=sorted(result.bounds),
+        )
+        if complete:
+            keys["tightness"] = {
+                b: {"gap_mean": g, "fault_share": f}
+                for b, g, f in zip(
+                    result.tightness["bound"],
+                    result.tightness["gap_mean"],
+                    result.tightness["fault_share"],
+                )
+            }
+        click.echo(json.dumps(keys, sort_keys=True, default=float))
+        return
+    click.echo(
+        f"{checkpoint}: {cfg.get('method')} {cfg.get('model')} on {cfg['dataset']}, {t['n']} test samples, "
+        f"eps = {eps:g}" + (f", exact within {time_limit:g} s per sample" if complete else "")
+    )
+    rows = complete_lines(result, complete)
+    width = max(len(r[0]) for r in rows)
+    for name, value in rows:
+        click.echo(f"  {name:<{width}}  {value}")
+    if out is not None:
+        click.echo(f"wrote {out}", err=True)
+
+
 def certify_complete(
     model: Any,
     x: Any,
@@ -188,10 +259,6 @@ def certify_complete(
     write ``out``; the exact program's per-sample results are kept in ``<out>.progress.h5`` until
     the file is complete (a rerun with the same settings continues). ValueError / ImportError for
     a bad input (the caller prints it as one ``Error:`` line)."""
-    import json
-
-    import click
-
     from landscape.complete import progress_path, run_complete
     from landscape.standard_attacks import make_attack
 
@@ -236,55 +303,8 @@ def certify_complete(
         settings=settings,
         exact=complete,
     )
-    t = result.totals
     if out is not None:
-        write_complete_file(
-            out,
-            result,
-            {
-                "method": cfg.get("method"),
-                "dataset": cfg["dataset"],
-                "model": cfg.get("model"),
-                "eps": float(cfg.get("eps", 0.0)),
-                "checkpoint": settings["checkpoint"],
-                "n_test": len(x),
-                "dtype": "float64" if double else "float32",
-                "methods": list(methods),
-                "pgd_steps": pgd_steps,
-                "pgd_restarts": pgd_restarts,
-                "complete_verification": bool(complete),
-                "time_limit": float(time_limit),
-                "margins": bool(margins),
-                "seed": seed,
-            },
-        )
+        write_complete_file(out, result, _complete_file_attrs(cfg, settings, methods, complete))
         if resume is not None:
             resume.unlink(missing_ok=True)
-    if as_json:
-        keys = {k: v for k, v in t.items()}
-        keys.update(
-            checkpoint=str(checkpoint),
-            dtype="float64" if double else "float32",
-            union=sorted(result.bounds),
-        )
-        if complete:
-            keys["tightness"] = {
-                b: {"gap_mean": g, "fault_share": f}
-                for b, g, f in zip(
-                    result.tightness["bound"],
-                    result.tightness["gap_mean"],
-                    result.tightness["fault_share"],
-                )
-            }
-        click.echo(json.dumps(keys, sort_keys=True, default=float))
-        return
-    click.echo(
-        f"{checkpoint}: {cfg.get('method')} {cfg.get('model')} on {cfg['dataset']}, {t['n']} test samples, "
-        f"eps = {eps:g}" + (f", exact within {time_limit:g} s per sample" if complete else "")
-    )
-    rows = complete_lines(result, complete)
-    width = max(len(r[0]) for r in rows)
-    for name, value in rows:
-        click.echo(f"  {name:<{width}}  {value}")
-    if out is not None:
-        click.echo(f"wrote {out}", err=True)
+    _print_complete(result, cfg, checkpoint, eps, time_limit, complete, double, as_json, out)

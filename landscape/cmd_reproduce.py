@@ -13,6 +13,23 @@ import click
 from common.names import PAPER_METHODS
 
 
+def _parse_seeds(seeds: str) -> list[int]:
+    """``--seeds "0,1,2"`` -> ``[0, 1, 2]``; each an integer a training config accepts."""
+    try:
+        seed_list = [int(s) for s in seeds.replace(" ", "").split(",") if s]
+    except ValueError:
+        raise click.BadParameter(
+            f"expected comma-separated integers, got {seeds!r}", param_hint="--seeds"
+        ) from None
+    from train.config import MAX_SEED
+
+    if any(not 0 <= s <= MAX_SEED for s in seed_list):
+        raise click.BadParameter(
+            f"seeds must lie in 0 .. {MAX_SEED}, got {seeds!r}", param_hint="--seeds"
+        )
+    return seed_list
+
+
 @click.command("reproduce")
 @click.option(
     "--profile",
@@ -165,18 +182,7 @@ def reproduce(
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--format") from None
     chosen = None if methods is None else [m.strip() for m in methods.split(",") if m.strip()]
-    try:
-        seed_list = [int(s) for s in seeds.replace(" ", "").split(",") if s]
-    except ValueError:
-        raise click.BadParameter(
-            f"expected comma-separated integers, got {seeds!r}", param_hint="--seeds"
-        ) from None
-    from train.config import MAX_SEED
-
-    if any(not 0 <= s <= MAX_SEED for s in seed_list):
-        raise click.BadParameter(
-            f"seeds must lie in 0 .. {MAX_SEED}, got {seeds!r}", param_hint="--seeds"
-        )
+    seed_list = _parse_seeds(seeds)
     plan = repro.make_plan(
         profile,
         device=device,

@@ -11,6 +11,8 @@ error (per method and their union) on the test set of the checkpoint's dataset; 
 ``--complete`` it also decides every sample exactly (:mod:`landscape.complete`), with
 ``--attack autoattack`` it adds that attack beside its PGD (:mod:`landscape.standard_attacks`).
 
+The ``certify`` command is written in :mod:`landscape.cmd_certify` and registered here.
+
 Every bad value is reported before any work starts, as one line.
 """
 
@@ -23,7 +25,8 @@ from typing import Any
 
 import click
 
-from common.names import CERTIFY_METHODS, SLOPES, TRAIN_METHODS
+from common.names import SLOPES, TRAIN_METHODS
+from landscape.cmd_certify import certify
 from landscape.runs import latest_epoch_checkpoint, train_in_dir
 
 RUN_FILES = ("config.json", "train.h5", "checkpoint.pt")
@@ -59,19 +62,6 @@ def _parse_milestones(text: str | None) -> list[float] | None:
         raise click.ClickException(
             f"--lr-milestones: expected comma-separated epochs, got {text!r}"
         ) from None
-
-
-def _parse_eps(text: str) -> list[float]:
-    """``"0.05,0.1"`` -> ``[0.05, 0.1]``; each a finite number >= 0."""
-    try:
-        values = [float(v) for v in text.replace(" ", "").split(",") if v]
-    except ValueError:
-        raise click.ClickException(
-            f"--eps: expected comma-separated numbers, got {text!r}"
-        ) from None
-    if not values or any(not (v >= 0 and v != float("inf")) for v in values):
-        raise click.ClickException(f"--eps: must be finite numbers >= 0, got {text!r}")
-    return values
 
 
 def _existing_run(out: Path) -> dict[str, Any] | None:
@@ -128,6 +118,72 @@ def _option(flag: str, help: str = "", **kw):
     to None, so a config file or a resumed run's config fills what the command line leaves open)."""
     name = flag.lstrip("-").split("/")[0].replace("-", "_")
     return click.option(flag, help=help, show_default=_default(name), **kw)
+
+
+def _resume_config(
+    out: Path,
+    old: dict[str, Any] | None,
+    config_file: str | None,
+    options: dict[str, Any],
+    trust_code: bool,
+) -> tuple[Any, Path | None]:
+    """``--resume``: the run's config in ``out`` with the options given on top (its own code
+    imported only when trusted), and the epoch checkpoint to continue from; one clear error
+    when ``out`` holds no run or no epoch checkpoint."""
+    from train.config import TrainConfig, read_config_file
+
+    if not old:
+        raise click.ClickException(f"--resume: {out} holds no run to resume (no config.json)")
+    given = {
+        **(read_config_file(config_file) if config_file else {}),
+        **{k: v for k, v in options.items() if v is not None},
+    }
+    from train.plugins import check_trusted
+
+    for what in ("model", "dataset"):  # the run's own code runs only when asked for
+        if what not in given:
+            check_trusted(
+                old.get(what), what, f"the run's config {out / 'config.json'}", trust=trust_code
+            )
+    config = TrainConfig.from_dict({**old, **{k.replace("-", "_"): v for k, v in given.items()}})
+    resume_from = latest_epoch_checkpoint(out)
+    from landscape.trajectory import run_checkpoints
+
+    if resume_from is None and (
+        any((out / name).exists() for name in RUN_FILES[1:]) or run_checkpoints(out)
+    ):
+        raise click.ClickException(
+            f"--resume: {out} holds a run but no epoch checkpoint (checkpoint_epoch*.pt) to continue from; "
+            "nothing was changed. Use --overwrite to train it again from the start"
+        )
+    return config, resume_from
+
+
+def _fresh_config(
+    out: Path,
+    old: dict[str, Any] | None,
+    config_file: str | None,
+    options: dict[str, Any],
+    overwrite: bool,
+) -> Any:
+    """A new run's config from ``--config`` and the options; refused when ``out`` holds a run
+    already (this one or another) and ``--overwrite`` was not given."""
+    from train.config import TrainConfig, load_config
+
+    config = load_config(config_file, options)
+    if old is not None and not overwrite:
+        try:
+            same = bool(old) and TrainConfig.from_dict(old).identity() == config.identity()
+        except ValueError:
+            same = False
+        if same:
+            raise click.ClickException(
+                f"{out} already holds this run; pass --resume to continue it or --overwrite to start again"
+            )
+        raise click.ClickException(
+            f"{out} holds another run (a different config); use --overwrite to replace it or choose another --out"
+        )
+    return config
 
 
 @click.command("train")
@@ -295,7 +351,6 @@ def train(
     """Train a certifiably robust model; write checkpoints and train.h5 to --out."""
     from landscape.distributed import barrier
     from train import parallel
-    from train.config import TrainConfig, load_config, read_config_file
     from train.loop import load_data, resolve_device
     from train.models import model_description
 
@@ -309,48 +364,10 @@ def train(
     if out.exists() and not out.is_dir():
         raise click.ClickException(f"--out {out} exists and is not a directory")
     old = _existing_run(out) if out.is_dir() else None
-    resume_from = None
     if resume:
-        if not old:
-            raise click.ClickException(f"--resume: {out} holds no run to resume (no config.json)")
-        given = {
-            **(read_config_file(config_file) if config_file else {}),
-            **{k: v for k, v in options.items() if v is not None},
-        }
-        from train.plugins import check_trusted
-
-        for what in ("model", "dataset"):  # the run's own code runs only when asked for
-            if what not in given:
-                check_trusted(
-                    old.get(what), what, f"the run's config {out / 'config.json'}", trust=trust_code
-                )
-        config = TrainConfig.from_dict(
-            {**old, **{k.replace("-", "_"): v for k, v in given.items()}}
-        )
-        resume_from = latest_epoch_checkpoint(out)
-        from landscape.trajectory import run_checkpoints
-
-        if resume_from is None and (
-            any((out / name).exists() for name in RUN_FILES[1:]) or run_checkpoints(out)
-        ):
-            raise click.ClickException(
-                f"--resume: {out} holds a run but no epoch checkpoint (checkpoint_epoch*.pt) to continue from; "
-                "nothing was changed. Use --overwrite to train it again from the start"
-            )
+        config, resume_from = _resume_config(out, old, config_file, options, trust_code)
     else:
-        config = load_config(config_file, options)
-        if old is not None and not overwrite:
-            try:
-                same = bool(old) and TrainConfig.from_dict(old).identity() == config.identity()
-            except ValueError:
-                same = False
-            if same:
-                raise click.ClickException(
-                    f"{out} already holds this run; pass --resume to continue it or --overwrite to start again"
-                )
-            raise click.ClickException(
-                f"{out} holds another run (a different config); use --overwrite to replace it or choose another --out"
-            )
+        config, resume_from = _fresh_config(out, old, config_file, options, overwrite), None
     resolve_device(config.device)
     if config.compile:
         from bounds.compiled import check_cache
@@ -387,279 +404,6 @@ def train(
         f"trained {config.method} for {result.epoch} epochs ({result.step} steps, {result.wall_time:.1f} s): "
         f"{summary}; wrote {result.checkpoint}"
     )
-
-
-# ----------------------------------------------------------------------------- certify
-@click.command("certify")
-@click.argument("checkpoint", type=click.Path(dir_okay=False))
-@click.option(
-    "--eps", help="Radius, or several comma-separated [default: the checkpoint's eps_train]."
-)
-@click.option(
-    "--methods",
-    default=",".join(CERTIFY_METHODS),
-    show_default=True,
-    help="Comma-separated verification methods: bound or training methods (cap, tightest verify with "
-    "their own bound) or method:slope pairs such as crown-ibp:tightest; may be empty.",
-)
-@click.option("--pgd-steps", type=int, default=20, show_default=True)
-@click.option("--pgd-restarts", type=int, default=1, show_default=True)
-@click.option("--test-size", type=int, help="Evaluate a seeded subset of the test set.")
-@click.option("--batch-size", type=int, default=256, show_default=True)
-@click.option(
-    "--data-dir",
-    type=click.Path(file_okay=False),
-    help="The only folder the dataset is looked for in.",
-)
-@click.option(
-    "--download",
-    is_flag=True,
-    help="Fetch a missing dataset from its official source (needs a network).",
-)
-@click.option("--device", default="cpu", show_default=True)
-@click.option(
-    "--seed",
-    type=click.IntRange(min=0, max=2**63 - 1),
-    default=0,
-    show_default=True,
-    help="Seed of the subset and the attack.",
-)
-@click.option(
-    "--out",
-    type=click.Path(dir_okay=False),
-    default=None,
-    help="Also write the results to this HDF5 file (kind certify, one row per eps; docs/schema.md).",
-)
-@click.option(
-    "--float64",
-    "double",
-    is_flag=True,
-    help="Bound in float64: float32 rounding can move a bound by ~1e-6 relative, so use this "
-    "when a certificate must hold to the last digit.",
-)
-@click.option(
-    "--compile",
-    is_flag=True,
-    help="Bound with the engine's compiled kernels (cached on disk; the first "
-    "run of a model compiles for a while).",
-)
-@click.option(
-    "--dataset",
-    "named_dataset",
-    default=None,
-    help="The dataset code (FILE.py:function) the checkpoint names, named again to allow importing it.",
-)
-@click.option(
-    "--trust-code",
-    is_flag=True,
-    help="Import and run the dataset code the checkpoint names (a checkpoint's "
-    "code runs only with this or --dataset naming it).",
-)
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-@click.option(
-    "--complete",
-    is_flag=True,
-    help="Also decide every sample exactly (verified / falsified / timeout) "
-    "by a mixed-integer program solved with HiGHS; one eps; resumable with --out.",
-)
-@click.option(
-    "--time-limit",
-    type=float,
-    default=10.0,
-    show_default=True,
-    help="--complete: seconds of the exact program per sample.",
-)
-@click.option(
-    "--jobs", type=int, default=1, show_default=True, help="--complete: processes solving samples."
-)
-@click.option(
-    "--margins",
-    is_flag=True,
-    help="--complete: solve the exact minimum margin of every correctly "
-    "classified sample, also those a bound or the attack decided (the tightness measures need it).",
-)
-@click.option(
-    "--attack",
-    "attack_name",
-    default="pgd",
-    show_default=True,
-    help="Attack reported beside the toolkit's PGD: pgd (that one alone), autoattack, apgd-ce or "
-    "apgd-t (the Adversarial Robustness Toolbox: pip install 'cert-landscape[attack]').",
-)
-def certify(
-    checkpoint,
-    eps,
-    methods,
-    pgd_steps,
-    pgd_restarts,
-    test_size,
-    batch_size,
-    data_dir,
-    download,
-    device,
-    seed,
-    out,
-    double,
-    compile,
-    named_dataset,
-    trust_code,
-    as_json,
-    complete,
-    time_limit,
-    jobs,
-    margins,
-    attack_name,
-) -> None:
-    """Clean, PGD and verified error of a checkpoint on its dataset's test set."""
-    from landscape.certification import certify_rows, write_certify_file
-    from train.checkpoint import check_fits, load_model
-    from train.config import run_domain
-    from train.data import load_dataset
-    from train.evaluate import metric_key, verifier
-    from train.loop import resolve_device
-
-    method_list = [m.strip() for m in methods.split(",") if m.strip()]
-    for m in method_list:
-        try:
-            verifier(m)
-        except ValueError as exc:
-            raise click.ClickException(f"--methods: {exc}") from None
-    if pgd_steps < 0 or pgd_restarts < 1:
-        raise click.ClickException("--pgd-steps must be >= 0 and --pgd-restarts >= 1")
-    if batch_size < 1:
-        raise click.ClickException("--batch-size: must be >= 1")
-    if test_size is not None and test_size < 1:
-        raise click.ClickException("--test-size: must be >= 1")
-    eps_list = None if eps is None else _parse_eps(eps)
-    if compile:
-        from bounds.compiled import check_cache
-
-        check_cache()
-    if out is not None:
-        from landscape.certification import check_certify_out
-
-        check_certify_out(out)  # before any work: a missing, read-only or wrong place fails now
-    from landscape.complete import options_problem
-
-    problem = options_problem(complete, time_limit, jobs, margins, attack_name, eps_list, out)
-    if problem:
-        raise click.ClickException(problem)
-    dev = resolve_device(device)
-    model, ckpt = load_model(checkpoint, device=dev)
-    cfg = ckpt["config"]
-    from train.plugins import check_trusted
-
-    check_trusted(
-        cfg["dataset"],
-        "dataset",
-        f"checkpoint {checkpoint!r}",
-        named=named_dataset,
-        trust=trust_code,
-    )
-    eps_list = [float(cfg.get("eps", 0.0))] if eps_list is None else eps_list
-    data = load_dataset(
-        cfg["dataset"],
-        data_dir=data_dir or cfg.get("data_dir"),
-        download=download,
-        test_size=test_size,
-        seed=seed,
-    )
-    check_fits(ckpt, data.spec, where=f"checkpoint {checkpoint!r}")
-    test_x = data.test_x
-    if double:
-        model, test_x = model.double(), test_x.double()
-    if complete or attack_name != "pgd":
-        from landscape.certification import certify_complete
-
-        try:
-            certify_complete(
-                model,
-                test_x,
-                data.test_y,
-                eps_list[0] if len(eps_list) == 1 else None,
-                cfg,
-                checkpoint=checkpoint,
-                methods=method_list,
-                domain=run_domain(cfg, data.spec),
-                attack_name=attack_name,
-                pgd_steps=pgd_steps,
-                pgd_restarts=pgd_restarts,
-                seed=seed,
-                complete=complete,
-                time_limit=time_limit,
-                jobs=jobs,
-                margins=margins,
-                batch_size=batch_size,
-                out=out,
-                as_json=as_json,
-                double=double,
-                test_size=test_size,
-            )
-        except (ValueError, ImportError) as exc:
-            raise click.ClickException(str(exc)) from None
-        return
-    columns, results = certify_rows(
-        model,
-        test_x,
-        data.test_y,
-        eps_list,
-        method_list,
-        str(cfg.get("method")),
-        pgd_steps=pgd_steps,
-        pgd_restarts=pgd_restarts,
-        batch_size=batch_size,
-        domain=run_domain(cfg, data.spec),
-        seed=seed,
-        progress=not as_json,
-        compile=compile,
-    )
-    for res in results:
-        res["checkpoint"] = str(checkpoint)
-        res["dtype"] = "float64" if double else "float32"
-    if out is not None:
-        write_certify_file(
-            out,
-            columns,
-            {
-                "method": cfg.get("method"),
-                "dataset": cfg["dataset"],
-                "model": cfg.get("model"),
-                "eps": float(cfg.get("eps", 0.0)),
-                "checkpoint": str(Path(checkpoint).resolve()),
-                "n_test": len(test_x),
-                "dtype": results[0]["dtype"],
-                "methods": method_list,
-                "union": results[0]["union"],
-                "pgd_steps": pgd_steps,
-                "pgd_restarts": pgd_restarts,
-            },
-        )
-    if as_json:
-        click.echo(json.dumps(results[0] if len(results) == 1 else results, sort_keys=True))
-        return
-    for e, res in zip(eps_list, results):
-        click.echo(
-            f"{checkpoint}: {cfg.get('method')} {cfg.get('model')} on {cfg['dataset']}, "
-            f"{res['n']} test samples, eps = {e:g}"
-        )
-        rows = [
-            ("clean error", res["clean_err"]),
-            (f"PGD error ({pgd_steps} steps x {pgd_restarts})", res["pgd_err"]),
-        ]
-        rows += [(f"verified error, {m}", res[metric_key(m)]) for m in method_list]
-        rows.append(
-            (
-                f"verified error (union of {', '.join(res['union'])})"
-                if res["union"]
-                else "verified error (no method)",
-                res["verified_err"],
-            )
-        )
-        width = max(len(r[0]) for r in rows)
-        for name, value in rows:
-            click.echo(f"  {name:<{width}}  {100 * value:6.2f} %")
-    if out is not None:
-        click.echo(f"wrote {out}", err=True)
 
 
 COMMANDS = [train, certify]

@@ -141,43 +141,35 @@ def _open_progress(path: Path, settings: dict[str, Any]) -> dict[int, dict[str, 
     return done
 
 
-def run_complete(
+@dataclass
+class _Screen:
+    """What the attacks found before any bound or program ran, per sample ``[N]``: clean
+    misclassifications, samples broken by PGD and by the reported attack, the counterexample kept
+    (the program's start) and the smallest margin an attack reached."""
+
+    clean_wrong: torch.Tensor
+    pgd_broken: torch.Tensor
+    attack_broken: torch.Tensor
+    x_adv: torch.Tensor
+    attack_margin: np.ndarray
+
+
+def _screen_attacks(
     model: torch.nn.Module,
+    model64: torch.nn.Module,
     x: torch.Tensor,
     y: torch.Tensor,
     eps: float,
-    methods: Sequence[str],
-    domain: Sequence[float] = (0.0, 1.0),
-    attack: Callable | None = None,
-    attack_name: str = "pgd",
-    pgd_steps: int = 20,
-    pgd_restarts: int = 1,
-    seed: int = 0,
-    time_limit: float = 10.0,
-    jobs: int = 1,
-    batch_size: int = 256,
-    margins: bool = False,
-    progress: bool = True,
-    resume: Path | None = None,
-    settings: dict[str, Any] | None = None,
-    exact: bool = True,
-) -> CompleteResult:
-    """Decide every sample of ``(x, y)`` ``[N, *shape]``, ``[N]`` at radius ``eps`` (module docstring).
-
-    ``methods``: the verification methods reported (``crown:optimized`` is added); ``attack``:
-    ``f(model, x, y) -> x_adv`` run beside the toolkit's PGD (``attack_name`` names it; None: PGD
-    alone); ``resume``: the progress file (None: nothing kept); ``settings``: what must match to
-    resume; ``exact=False`` runs no program (attacks and bounds only; undecided samples stay
-    ``status`` 0). Raises :class:`bounds.milp.UnsupportedLayerError` for a model the program cannot hold.
-    """
+    domain: Sequence[float],
+    attack: Callable | None,
+    pgd: tuple[int, int, int],
+    batch_size: int,
+) -> _Screen:
+    """Clean predictions, the toolkit's PGD (``pgd``: steps, restarts, seed) and ``attack``
+    beside it, every counterexample checked by a forward pass (:func:`_check_counterexample`)."""
     from train.attacks import pgd_attack
 
-    t_start = time.perf_counter()
-    eps = float(eps)
-    model.eval()
-    net = milp.affine_net(model, tuple(x.shape[1:]))
-    model64 = copy.deepcopy(model).double().eval()
-    x64 = x.double()
+    pgd_steps, pgd_restarts, seed = pgd
     N = len(x)
     with torch.no_grad():
         clean_wrong = torch.cat(
@@ -219,46 +211,59 @@ def run_complete(
         pgd_or_other = _margin(model64, other.double(), y).numpy()
     pgd_margin = _margin(model64, pgd_adv.double(), y).numpy()
     attack_margin = pgd_margin if attack is None else np.minimum(pgd_margin, pgd_or_other)
-    names = list(dict.fromkeys([*methods, OPTIMIZED_BOUND]))
+    return _Screen(clean_wrong, pgd_broken, attack_broken, x_adv, attack_margin)
+
+
+def _bound_all(
+    model64: torch.nn.Module,
+    x64: torch.Tensor,
+    y: torch.Tensor,
+    eps: float,
+    names: list[str],
+    domain: Sequence[float],
+    batch_size: int,
+) -> tuple[dict[str, np.ndarray], tuple[np.ndarray, np.ndarray, list, np.ndarray]]:
+    """Each method's margin lower bounds per sample, and the program's inputs from CROWN with
+    ``optimized`` slopes (input box, pre-activation bounds, margin lower bounds: the margins of
+    :data:`OPTIMIZED_BOUND`)."""
     bound_margin = {
         m: _bound_margins(model64, x64, y, eps, m, domain, batch_size)
         for m in names
         if m != OPTIMIZED_BOUND
     }
     lo, hi, pre, lower = [], [], [], []
-    for s in range(0, N, batch_size):
+    for s in range(0, len(x64), batch_size):
         a, b, c, d = milp.milp_inputs(
             model64, x64[s : s + batch_size], y[s : s + batch_size], eps, domain
         )
         lo.append(a), hi.append(b), pre.extend(c), lower.append(d)
     lo, hi, lower = np.concatenate(lo), np.concatenate(hi), np.concatenate(lower)
     bound_margin[OPTIMIZED_BOUND] = lower.min(1)
-    cw = clean_wrong.numpy()
-    broken = (attack_broken | pgd_broken).numpy()
-    verified_by = {m: (bound_margin[m] > 0) & ~cw for m in names}
-    any_verified = np.any(np.stack(list(verified_by.values())), 0)
-    status = np.zeros(N, dtype=np.int8)
-    status[any_verified] = milp.VERIFIED
-    status[broken] = milp.FALSIFIED
-    n_in = int(np.prod(x.shape[1:]))
-    cex = np.full((N, n_in), np.nan, dtype=np.float32)
-    cex[broken] = x_adv.reshape(N, -1).detach().numpy()[broken]
-    cex[cw] = x.reshape(N, -1).detach().numpy()[cw]
-    if bool((any_verified & broken).any()):
-        raise RuntimeError(
-            "a sample is both verified by a bound and broken by the attack: a bound is unsound"
-        )
-    cols = {
-        "exact_margin": np.full(N, np.nan),
-        "exact_margin_lower": np.full(N, np.nan),
-        "optimal": np.zeros(N, dtype=np.int8),
-        "milps": np.zeros(N, dtype=np.int32),
-        "seconds": np.zeros(N),
-    }
-    todo = [i for i in range(N) if exact and not cw[i] and (margins or status[i] == 0)]
-    done = _open_progress(resume, settings or {}) if resume is not None else {}
+    return bound_margin, (lo, hi, pre, lower)
 
-    def record(i: int, row: dict[str, Any], write: bool) -> None:
+
+#: the program's per-sample columns, as the progress file keeps them
+_PROGRAM_COLUMNS = ("status", "exact_margin", "exact_margin_lower", "optimal", "milps", "seconds")
+
+
+class _Ledger:
+    """Every sample's status and counterexample and the program's columns, with each program
+    result checked against what attacks and bounds decided and appended to the progress file."""
+
+    def __init__(self, status: np.ndarray, cex: np.ndarray, resume: Path | None) -> None:
+        N = len(status)
+        self.status, self.cex, self.resume = status, cex, resume
+        self.cols = {
+            "exact_margin": np.full(N, np.nan),
+            "exact_margin_lower": np.full(N, np.nan),
+            "optimal": np.zeros(N, dtype=np.int8),
+            "milps": np.zeros(N, dtype=np.int32),
+            "seconds": np.zeros(N),
+        }
+
+    def record(self, i: int, row: dict[str, Any], write: bool) -> None:
+        """Take sample ``i``'s program row (``write``: also append it to the progress file)."""
+        status = self.status
         st = int(row["status"])
         if st in (milp.VERIFIED, milp.FALSIFIED):
             if status[i] and status[i] != st:
@@ -270,34 +275,164 @@ def run_complete(
         elif status[i] == 0:
             status[i] = milp.TIMEOUT
         if st == milp.FALSIFIED:
-            cex[i] = row["point"]
-        for k in cols:
-            cols[k][i] = row[k]
+            self.cex[i] = row["point"]
+        for k in self.cols:
+            self.cols[k][i] = row[k]
         if write:
             store.append_rows(
-                str(resume),
+                str(self.resume),
                 "samples",
                 {
                     "index": np.array([i]),
-                    **{
-                        k: np.array([row[k]])
-                        for k in (
-                            "status",
-                            "exact_margin",
-                            "exact_margin_lower",
-                            "optimal",
-                            "milps",
-                            "seconds",
-                        )
-                    },
+                    **{k: np.array([row[k]]) for k in _PROGRAM_COLUMNS},
                     "point": np.asarray(row["point"], np.float32)[None],
                 },
             )
 
+
+def _start_ledger(
+    screen: _Screen, verified_by: dict[str, np.ndarray], x: torch.Tensor, resume: Path | None
+) -> _Ledger:
+    """The ledger before the program: samples a bound verified, samples an attack broke (their
+    counterexample kept; a clean misclassification's is ``x`` itself); a sample both verified and
+    broken means an unsound bound (RuntimeError)."""
+    N = len(x)
+    cw = screen.clean_wrong.numpy()
+    broken = (screen.attack_broken | screen.pgd_broken).numpy()
+    any_verified = np.any(np.stack(list(verified_by.values())), 0)
+    status = np.zeros(N, dtype=np.int8)
+    status[any_verified] = milp.VERIFIED
+    status[broken] = milp.FALSIFIED
+    n_in = int(np.prod(x.shape[1:]))
+    cex = np.full((N, n_in), np.nan, dtype=np.float32)
+    cex[broken] = screen.x_adv.reshape(N, -1).detach().numpy()[broken]
+    cex[cw] = x.reshape(N, -1).detach().numpy()[cw]
+    if bool((any_verified & broken).any()):
+        raise RuntimeError(
+            "a sample is both verified by a bound and broken by the attack: a bound is unsound"
+        )
+    return _Ledger(status, cex, resume)
+
+
+def _program_row(
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eps: float,
+    domain: Sequence[float],
+    i: int,
+    r: milp.MarginResult,
+) -> dict[str, Any]:
+    """Sample ``i``'s row from the program's result; a counterexample the real model's forward
+    pass does not confirm (a tie within rounding) is left undecided."""
+    n_in = int(np.prod(x.shape[1:]))
+    point = r.point if r.point is not None else np.full(n_in, np.nan)
+    if r.status == milp.FALSIFIED:  # the forward pass of the real model must agree
+        p = torch.as_tensor(point, dtype=x.dtype).reshape(1, *x.shape[1:])
+        if not bool(_check_counterexample(model, x[i : i + 1], p, y[i : i + 1], eps, domain)[0]):
+            r.status = milp.TIMEOUT  # a tie within rounding: left undecided
+    return {
+        "status": r.status,
+        "exact_margin": r.margin if r.optimal else np.nan,
+        "exact_margin_lower": r.margin_lower,
+        "optimal": int(r.optimal),
+        "milps": r.milps,
+        "seconds": r.seconds,
+        "point": point,
+    }
+
+
+def _solve_tasks(
+    tasks: list[tuple],
+    net: Any,
+    jobs: int,
+    progress: bool,
+    finish: Callable[[int, milp.MarginResult], None],
+) -> None:
+    """Run the program on every task, here or in ``jobs`` spawned processes, handing each
+    result to ``finish`` as it comes (a progress bar counts them)."""
+    bar = None
+    if progress and tasks:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(tasks), desc="complete", unit="sample", leave=False)
+
+    def done(i: int, r: milp.MarginResult) -> None:
+        finish(i, r)
+        if bar is not None:
+            bar.update(1)
+
+    try:
+        if jobs <= 1 or len(tasks) <= 1:
+            milp.init_worker(net)
+            for t in tasks:
+                done(*milp.solve_task(t))
+        else:
+            import multiprocessing
+
+            ctx = multiprocessing.get_context("spawn")
+            with ctx.Pool(jobs, initializer=milp.init_worker, initargs=(net,)) as pool:
+                for i, r in pool.imap_unordered(milp.solve_task, tasks):
+                    done(i, r)
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def run_complete(
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eps: float,
+    methods: Sequence[str],
+    domain: Sequence[float] = (0.0, 1.0),
+    attack: Callable | None = None,
+    attack_name: str = "pgd",
+    pgd_steps: int = 20,
+    pgd_restarts: int = 1,
+    seed: int = 0,
+    time_limit: float = 10.0,
+    jobs: int = 1,
+    batch_size: int = 256,
+    margins: bool = False,
+    progress: bool = True,
+    resume: Path | None = None,
+    settings: dict[str, Any] | None = None,
+    exact: bool = True,
+) -> CompleteResult:
+    """Decide every sample of ``(x, y)`` ``[N, *shape]``, ``[N]`` at radius ``eps`` (module docstring).
+
+    ``methods``: the verification methods reported (``crown:optimized`` is added); ``attack``:
+    ``f(model, x, y) -> x_adv`` run beside the toolkit's PGD (``attack_name`` names it; None: PGD
+    alone); ``resume``: the progress file (None: nothing kept); ``settings``: what must match to
+    resume; ``exact=False`` runs no program (attacks and bounds only; undecided samples stay
+    ``status`` 0). Raises :class:`bounds.milp.UnsupportedLayerError` for a model the program cannot hold.
+
+    The parts: :func:`_screen_attacks`, :func:`_bound_all`, the program through
+    :func:`_solve_tasks` into a :class:`_Ledger`, and :func:`_summarise`.
+    """
+    t_start = time.perf_counter()
+    eps = float(eps)
+    model.eval()
+    net = milp.affine_net(model, tuple(x.shape[1:]))
+    model64 = copy.deepcopy(model).double().eval()
+    x64 = x.double()
+    N = len(x)
+    screen = _screen_attacks(
+        model, model64, x, y, eps, domain, attack, (pgd_steps, pgd_restarts, seed), batch_size
+    )
+    names = list(dict.fromkeys([*methods, OPTIMIZED_BOUND]))
+    bound_margin, (lo, hi, pre, lower) = _bound_all(model64, x64, y, eps, names, domain, batch_size)
+    cw = screen.clean_wrong.numpy()
+    verified_by = {m: (bound_margin[m] > 0) & ~cw for m in names}
+    ledger = _start_ledger(screen, verified_by, x, resume)
+    status = ledger.status
+    todo = [i for i in range(N) if exact and not cw[i] and (margins or status[i] == 0)]
+    done = _open_progress(resume, settings or {}) if resume is not None else {}
     tasks = []
     for i in todo:
         if i in done:
-            record(i, done[i], False)
+            ledger.record(i, done[i], False)
         else:
             tasks.append(
                 (
@@ -307,80 +442,64 @@ def run_complete(
                     int(y[i]),
                     pre[i],
                     lower[i],
-                    x_adv[i].reshape(-1).double().numpy(),
+                    screen.x_adv[i].reshape(-1).double().numpy(),
                     float(time_limit),
                 )
             )
-    bar = None
-    if progress and tasks:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(tasks), desc="complete", unit="sample", leave=False)
 
     def finish(i: int, r: milp.MarginResult) -> None:
-        point = r.point if r.point is not None else np.full(n_in, np.nan)
-        if r.status == milp.FALSIFIED:  # the forward pass of the real model must agree
-            p = torch.as_tensor(point, dtype=x.dtype).reshape(1, *x.shape[1:])
-            if not bool(
-                _check_counterexample(model, x[i : i + 1], p, y[i : i + 1], eps, domain)[0]
-            ):
-                r.status = milp.TIMEOUT  # a tie within rounding: left undecided
-        row = {
-            "status": r.status,
-            "exact_margin": r.margin if r.optimal else np.nan,
-            "exact_margin_lower": r.margin_lower,
-            "optimal": int(r.optimal),
-            "milps": r.milps,
-            "seconds": r.seconds,
-            "point": point,
-        }
-        record(i, row, resume is not None)
-        if bar is not None:
-            bar.update(1)
+        ledger.record(i, _program_row(model, x, y, eps, domain, i, r), resume is not None)
 
-    try:
-        if jobs <= 1 or len(tasks) <= 1:
-            milp.init_worker(net)
-            for t in tasks:
-                finish(*milp.solve_task(t))
-        else:
-            import multiprocessing
+    _solve_tasks(tasks, net, jobs, progress, finish)
+    totals = {"n": N, "eps": eps, "attack": attack_name, "time_limit": float(time_limit)}
+    return _summarise(
+        ledger, screen, y, bound_margin, verified_by, totals, t_start, len(todo), exact
+    )
 
-            ctx = multiprocessing.get_context("spawn")
-            with ctx.Pool(jobs, initializer=milp.init_worker, initargs=(net,)) as pool:
-                for i, r in pool.imap_unordered(milp.solve_task, tasks):
-                    finish(i, r)
-    finally:
-        if bar is not None:
-            bar.close()
+
+def _summarise(
+    ledger: _Ledger,
+    screen: _Screen,
+    y: torch.Tensor,
+    bound_margin: dict[str, np.ndarray],
+    verified_by: dict[str, np.ndarray],
+    head: dict[str, Any],
+    t_start: float,
+    n_todo: int,
+    exact: bool,
+) -> CompleteResult:
+    """The per-sample columns and the totals (``head``: n, eps, attack and time limit) of a
+    finished run; without the program (``exact=False``) no total claims an exact decision."""
+    status, cw, names = ledger.status, screen.clean_wrong.numpy(), list(verified_by)
+    N = head["n"]
     samples = {
         "index": np.arange(N),
         "label": y.numpy().astype(np.int64),
         "status": status,
         "clean_wrong": cw.astype(np.int8),
-        "pgd_broken": pgd_broken.numpy().astype(np.int8),
-        "attack_broken": attack_broken.numpy().astype(np.int8),
-        "attack_margin": attack_margin,
-        **cols,
+        "pgd_broken": screen.pgd_broken.numpy().astype(np.int8),
+        "attack_broken": screen.attack_broken.numpy().astype(np.int8),
+        "attack_margin": screen.attack_margin,
+        **ledger.cols,
         **{f"bound_margin_{_key(m)}": bound_margin[m] for m in names},
-        "counterexample": cex,
+        "counterexample": ledger.cex,
     }
     n_timeouts = int((status == milp.TIMEOUT).sum())
     union = np.any(np.stack([verified_by[m] for m in names]), 0) | (status == milp.VERIFIED)
     totals: dict[str, Any] = {
         "n": N,
-        "eps": eps,
-        "attack": attack_name,
+        "eps": head["eps"],
+        "attack": head["attack"],
         "clean_err": float(cw.mean()),
-        "pgd_err": float(pgd_broken.double().mean()),
-        "attack_err": float(attack_broken.double().mean()),
+        "pgd_err": float(screen.pgd_broken.double().mean()),
+        "attack_err": float(screen.attack_broken.double().mean()),
         "exact_err": float((status == milp.FALSIFIED).mean()),
         "timeouts": n_timeouts,
         "exact_verified": float((status == milp.VERIFIED).mean()),
         "decided": float((status != milp.TIMEOUT).mean()),
         "seconds": time.perf_counter() - t_start,
-        "time_limit": float(time_limit),
-        "milp_samples": len(todo),
+        "time_limit": head["time_limit"],
+        "milp_samples": n_todo,
     }
     for m in names:
         totals["verified_err_" + _key(m)] = float((~verified_by[m]).mean())

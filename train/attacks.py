@@ -68,6 +68,51 @@ def per_sample_eps(eps: float | torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return e.view(-1, *([1] * (x.dim() - 1)))
 
 
+def _pgd_restart(
+    model: nn.Module,
+    xs: torch.Tensor,
+    ys: torch.Tensor,
+    box: tuple[torch.Tensor, torch.Tensor],
+    a: torch.Tensor,
+    steps: int,
+    objective: str,
+    random_start: bool,
+    generator: torch.Generator | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One restart of :func:`pgd_attack` on the samples still unbroken: signed-gradient steps of
+    size ``a`` projected on ``box`` (ball ∩ domain). Returns the first misclassified iterate of
+    each sample, else its best by margin, that iterate's margin and whether it broke the sample."""
+    lo, hi = box
+    if random_start:
+        u = torch.rand(xs.shape, generator=generator, dtype=xs.dtype, device="cpu").to(xs.device)
+        cur = lo + u * (hi - lo)
+    else:
+        cur = xs.clone()
+    found = torch.zeros(len(xs), dtype=torch.bool, device=xs.device)
+    adv = xs.clone()
+    adv_obj = torch.full((len(xs),), float("-inf"), device=xs.device)
+    for it in range(steps + 1):
+        cur = cur.detach().requires_grad_(it < steps)
+        with torch.enable_grad() if it < steps else torch.no_grad():
+            logits = model(cur)
+            marg = margin_objective(logits, ys)
+            if it < steps:
+                obj = (
+                    marg if objective == "margin" else F.cross_entropy(logits, ys, reduction="none")
+                )
+                (grad,) = torch.autograd.grad(obj.sum(), cur)
+        with torch.no_grad():
+            m = marg.detach()
+            newly = (m > 0) & ~found
+            better = ~found & (m > adv_obj)
+            adv[better | newly] = cur.detach()[better | newly]
+            adv_obj = torch.where(better, m, adv_obj)
+            found |= newly
+            if it < steps:
+                cur = torch.max(torch.min(cur + a * grad.sign(), hi), lo)
+    return adv, adv_obj, found
+
+
 def pgd_attack(
     model: nn.Module,
     x: torch.Tensor,
@@ -122,37 +167,9 @@ def pgd_attack(
         if todo.numel() == 0 or float(e.max()) == 0.0:
             break
         xs, ys, lo, hi, a = x[todo], y[todo], lo_box[todo], hi_box[todo], alpha[todo]
-        if random_start:
-            u = torch.rand(xs.shape, generator=generator, dtype=xs.dtype, device="cpu").to(
-                xs.device
-            )
-            cur = lo + u * (hi - lo)
-        else:
-            cur = xs.clone()
-        found = torch.zeros(len(todo), dtype=torch.bool, device=x.device)
-        adv = xs.clone()
-        adv_obj = torch.full((len(todo),), float("-inf"), device=x.device)
-        for it in range(steps + 1):
-            cur = cur.detach().requires_grad_(it < steps)
-            with torch.enable_grad() if it < steps else torch.no_grad():
-                logits = model(cur)
-                marg = margin_objective(logits, ys)
-                if it < steps:
-                    obj = (
-                        marg
-                        if objective == "margin"
-                        else F.cross_entropy(logits, ys, reduction="none")
-                    )
-                    (grad,) = torch.autograd.grad(obj.sum(), cur)
-            with torch.no_grad():
-                m = marg.detach()
-                newly = (m > 0) & ~found
-                better = ~found & (m > adv_obj)
-                adv[better | newly] = cur.detach()[better | newly]
-                adv_obj = torch.where(better, m, adv_obj)
-                found |= newly
-                if it < steps:
-                    cur = torch.max(torch.min(cur + a * grad.sign(), hi), lo)
+        adv, adv_obj, found = _pgd_restart(
+            model, xs, ys, (lo, hi), a, steps, objective, random_start, generator
+        )
         with torch.no_grad():
             improve = found | (adv_obj > best_obj[todo])
             idx = todo[improve]

@@ -209,7 +209,15 @@ class TrainConfig:
 
     # ------------------------------------------------------------------ validation
     def validate(self) -> None:
-        """Raise ``ValueError`` with one clear sentence for the first bad value."""
+        """Raise ``ValueError`` with one clear sentence for the first bad value (checked in the
+        order: names, then the training recipe, then the run's other options)."""
+        self._validate_names()
+        self._validate_recipe()
+        self._validate_run_options()
+
+    def _validate_names(self) -> None:
+        """Method, slope, dataset and model (a reference to user code made absolute), and model
+        options that do not try to set what the dataset gives."""
         _choice("method", self.method, tuple(names.TRAIN_METHODS))
         if self.slope is not None:
             _choice("slope", self.slope, tuple(names.SLOPES))
@@ -226,6 +234,10 @@ class TrainConfig:
             raise ValueError(
                 f"model_options cannot set {', '.join(given)}: the dataset gives them to the model"
             )
+
+    def _validate_recipe(self) -> None:
+        """The schedules, the optimiser and the loss options of SABR, MTL-IBP and the warm-up
+        regulariser."""
         _finite("eps", self.eps, low=0.0)
         _finite("eps_start_epoch", self.eps_start_epoch, low=0.0)
         _finite("eps_ramp_epochs", self.eps_ramp_epochs, low=0.0)
@@ -259,6 +271,10 @@ class TrainConfig:
             raise ValueError(
                 "warmup_reg regularises a bound; natural training has none (drop --warmup-reg)"
             )
+
+    def _validate_run_options(self) -> None:
+        """Seed, probes, data subsets and folder, flags, device, recording and checkpoint
+        intervals, and the slope search."""
         _integer("seed", self.seed, low=0, high=MAX_SEED)
         _integer("probe_batches", self.probe_batches, low=1)
         _integer("random_crop", self.random_crop, low=0)

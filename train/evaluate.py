@@ -135,35 +135,21 @@ def evaluate(
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     device = next(model.parameters()).device
-    gen = torch.Generator().manual_seed(seed)
+    attack = (pgd_steps, pgd_restarts, torch.Generator().manual_seed(seed))
     wrong_clean = torch.zeros(len(x), dtype=torch.bool)
     wrong_pgd = torch.zeros(len(x), dtype=torch.bool)
     verified = {m: torch.zeros(len(x), dtype=torch.bool) for m in methods}
-    starts = range(0, len(x), batch_size)
     bar = _progress(len(x), progress)
     was_training = model.training
     model.eval()  # BatchNorm with its running statistics (docs/design.md); the mode is restored below
     try:
-        for s in starts:
+        for s in range(0, len(x), batch_size):
             xb = x[s : s + batch_size].to(device)
             yb = y[s : s + batch_size].to(device)
             with torch.no_grad():
                 clean_wrong = model(xb).argmax(1) != yb
             wrong_clean[s : s + len(xb)] = clean_wrong.cpu()
-            if pgd_steps > 0 and eps > 0:
-                _, broken = pgd_attack(
-                    model,
-                    xb,
-                    yb,
-                    eps,
-                    steps=pgd_steps,
-                    restarts=pgd_restarts,
-                    domain=domain,
-                    generator=gen,
-                )
-                wrong_pgd[s : s + len(xb)] = (broken | clean_wrong).cpu()
-            else:
-                wrong_pgd[s : s + len(xb)] = clean_wrong.cpu()
+            wrong_pgd[s : s + len(xb)] = _pgd_wrong(model, xb, yb, clean_wrong, eps, attack, domain)
             for m in methods:
                 bound, chosen = bounds_of[m]
                 ok = verified_mask(
@@ -180,14 +166,53 @@ def evaluate(
         model.train(was_training)
         if bar is not None:
             bar.close()
+    return _summary(eps, wrong_clean, wrong_pgd, verified, bounds_of)
+
+
+def _pgd_wrong(
+    model: nn.Module,
+    xb: torch.Tensor,
+    yb: torch.Tensor,
+    clean_wrong: torch.Tensor,
+    eps: float,
+    attack: tuple[int, int, torch.Generator],
+    domain: tuple[float, float],
+) -> torch.Tensor:
+    """``[B]`` bool on the CPU: misclassified clean or broken by PGD (``attack``: steps, restarts
+    and the generator of the random starts; no attack with 0 steps or eps 0)."""
+    pgd_steps, pgd_restarts, gen = attack
+    if pgd_steps > 0 and eps > 0:
+        _, broken = pgd_attack(
+            model,
+            xb,
+            yb,
+            eps,
+            steps=pgd_steps,
+            restarts=pgd_restarts,
+            domain=domain,
+            generator=gen,
+        )
+        return (broken | clean_wrong).cpu()
+    return clean_wrong.cpu()
+
+
+def _summary(
+    eps: float,
+    wrong_clean: torch.Tensor,
+    wrong_pgd: torch.Tensor,
+    verified: dict[str, torch.Tensor],
+    bounds_of: dict[str, tuple[str, str]],
+) -> dict[str, Any]:
+    """:func:`evaluate`'s result from the per-sample masks: error rates per method and of the
+    union of the methods, and the bounds that union holds."""
     out: dict[str, Any] = {
-        "n": int(len(x)),
+        "n": int(len(wrong_clean)),
         "eps": eps,
         "clean_err": float(wrong_clean.float().mean()),
         "pgd_err": float(wrong_pgd.float().mean()),
     }
-    union = torch.zeros(len(x), dtype=torch.bool)
-    for m in methods:
+    union = torch.zeros(len(wrong_clean), dtype=torch.bool)
+    for m in verified:
         union |= verified[m]
         out[metric_key(m)] = float((~verified[m]).float().mean())
     out["verified_err"] = float((~union).float().mean())

@@ -8,7 +8,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from paper_common import toolkit_model
 
-from train.loop import _mix
+from train.run_setup import mix_seed as _mix
 
 seed, out = int(sys.argv[1]), sys.argv[2]
 os.makedirs(out, exist_ok=True)

@@ -397,6 +397,13 @@ def claims(rows: list[dict], setting: str, margins: Margins | None = None) -> li
                     [_part(text, VERIFIED, test, "TOST")],
                 )
             )
+    _undecided_without_final_probes(out, rows, setting)
+    return out
+
+
+def _undecided_without_final_probes(out: list[dict], rows: list[dict], setting: str) -> None:
+    """Mark every claim of ``out`` and its parts "undecided", with the reason, when a run of the
+    setting has too few probes at the final eps."""
     short = _final_probe_shortfall(rows, setting)
     if short:
         reason = (
@@ -410,7 +417,6 @@ def claims(rows: list[dict], setting: str, margins: Margins | None = None) -> li
                 p.update(verdict="undecided", reason=both, seeds_needed=None)
                 for s in p.get("secondary", []):
                     s.update(verdict="undecided", disagrees=False)
-    return out
 
 
 def _mean_of(rows: list[dict], setting: str, method: str, key: str) -> float:

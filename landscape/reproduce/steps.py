@@ -84,6 +84,52 @@ def train_run(run: RunPlan, out: Path, plan: Plan, data: Any, progress: bool = T
     return True
 
 
+def _add_gaps(path: Path, old: dict[str, Any], gaps: dict[str, dict[str, float]]) -> Path:
+    """Rewrite a complete ``certify.h5`` with the bound gaps of more methods added as columns
+    (the same value on every row), its other columns and attributes kept."""
+    import numpy as np
+
+    from landscape.certification import write_certify_file
+
+    rows = {
+        c: [v.decode() if isinstance(v, bytes) else v for v in col.tolist()]
+        for c, col in old["results"].items()
+        if isinstance(col, np.ndarray)
+    }
+    n_rows = len(next(iter(rows.values())))
+    for m, g in gaps.items():
+        rows[gap_column(m)] = list(np.full(n_rows, g["gap"]))
+    keep = {
+        a: v for a, v in old["attrs"].items() if a not in ("complete", "kind", "schema_version")
+    }
+    return write_certify_file(path, rows, keep)
+
+
+def _certify_attrs(
+    run: RunPlan,
+    cfg: dict[str, Any],
+    run_dir: Path,
+    n: int,
+    bounds: dict[str, tuple],
+    results: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """The attributes of a run's ``certify.h5``: what was certified, on how many samples, with
+    which bound, and the union of the methods."""
+    bound, slope, _ = bounds[run.method]
+    return {
+        "method": run.method,
+        "dataset": cfg["dataset"],
+        "model": cfg["model"],
+        "eps": float(cfg["eps"]),
+        "checkpoint": str(run_dir / "checkpoint.pt"),
+        "n_test": int(n),
+        "tightness_eps": float(cfg["eps"]),
+        "bound": f"{bound}/{slope}",
+        "union": results[0]["union"],
+        "seed": run.seed,
+    }
+
+
 def certify_run(run: RunPlan, out: Path, plan: Plan, data: Any) -> Path:
     """Clean / PGD / verified error at the setting's eps (by the setting's verification methods,
     the run's own bound and their union), and at eps_train how tight the bound of every method
@@ -136,18 +182,7 @@ def certify_run(run: RunPlan, out: Path, plan: Plan, data: Any) -> Path:
 
     if old is not None:
         log(f"adding the bound gaps of {', '.join(missing)} to {path}")
-        rows = {
-            c: [v.decode() if isinstance(v, bytes) else v for v in col.tolist()]
-            for c, col in old["results"].items()
-            if isinstance(col, np.ndarray)
-        }
-        n_rows = len(next(iter(rows.values())))
-        for m, g in gaps_of(missing).items():
-            rows[gap_column(m)] = list(np.full(n_rows, g["gap"]))
-        keep = {
-            a: v for a, v in old["attrs"].items() if a not in ("complete", "kind", "schema_version")
-        }
-        return write_certify_file(path, rows, keep)
+        return _add_gaps(path, old, gaps_of(missing))
     eps_list = setting.certify_eps
     methods = list(dict.fromkeys([*setting.certify_methods, run.method]))
     log(f"certifying {run.key} at eps {', '.join(f'{e:.4g}' for e in eps_list)}")
@@ -169,23 +204,7 @@ def certify_run(run: RunPlan, out: Path, plan: Plan, data: Any) -> Path:
         rows[name] = list(np.full(len(eps_list), own[key]))
     for m, g in gaps.items():
         rows[gap_column(m)] = list(np.full(len(eps_list), g["gap"]))
-    bound, slope, _ = bounds[run.method]
-    return write_certify_file(
-        path,
-        rows,
-        {
-            "method": run.method,
-            "dataset": cfg["dataset"],
-            "model": cfg["model"],
-            "eps": float(cfg["eps"]),
-            "checkpoint": str(run_dir / "checkpoint.pt"),
-            "n_test": int(n),
-            "tightness_eps": float(cfg["eps"]),
-            "bound": f"{bound}/{slope}",
-            "union": results[0]["union"],
-            "seed": run.seed,
-        },
-    )
+    return write_certify_file(path, rows, _certify_attrs(run, cfg, run_dir, n, bounds, results))
 
 
 def scan_run(run: RunPlan, out: Path, plan: Plan, data: Any) -> list[Path]:
