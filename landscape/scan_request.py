@@ -265,12 +265,6 @@ class ScanRequest:
     command: str | None = None
     data: Any = field(default=None, repr=False)
 
-    def check(self) -> None:
-        """One ValueError naming the first bad option (:func:`landscape.scan_checks.check_request`)."""
-        from landscape.scan_checks import check_request
-
-        check_request(self)
-
     def loss_specs(
         self, cfg: Mapping[str, Any], eps: float, domain: Sequence[float] | None
     ) -> list[Any]:

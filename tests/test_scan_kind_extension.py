@@ -13,6 +13,7 @@ import pytest
 import scan_kind_example
 
 from common import names, store
+from landscape.scan_checks import check_request
 from landscape.scan_runner import ScanRequest, run_scan
 
 
@@ -65,9 +66,11 @@ def test_a_new_kind_needs_one_module_and_one_table_entry(checkpoint, tmp_path, m
         run_scan(ScanRequest(out=str(out), **{**request, "seed": 1}), progress=False)
     # the common checks hold for it: another kind's option is refused, its grid is checked
     with pytest.raises(ValueError, match="--to is only used with --kind interpolate"):
-        ScanRequest(out=str(tmp_path / "x.h5"), to_checkpoint=str(checkpoint), **request).check()
+        check_request(
+            ScanRequest(out=str(tmp_path / "x.h5"), to_checkpoint=str(checkpoint), **request)
+        )
     with pytest.raises(ValueError, match="--range"):
-        ScanRequest(out=str(tmp_path / "x.h5"), range="1,0", **request).check()
+        check_request(ScanRequest(out=str(tmp_path / "x.h5"), range="1,0", **request))
 
     # its figure, found by the kind's name
     from figures import data

@@ -17,6 +17,7 @@ import pytest
 
 from common import store
 from landscape.cli import main
+from landscape.scan_checks import check_request
 from landscape.scan_runner import ScanRequest, run_scan
 
 PATH = "zero,adaptive,tightest,uniform"
@@ -59,7 +60,7 @@ def _plain_losses(checkpoint: Path, tmp_path: Path, batch_size: int | None) -> l
     from landscape.scan_setup import prepare_scan
 
     req = _request(checkpoint, tmp_path / "unused.h5", batch_size=batch_size)
-    req.check()
+    check_request(req)
     prepared = prepare_scan(req, runner("slopes"), Context())
     (closure,) = prepared.inputs.closures
     parts = closure.closures if isinstance(closure, BatchedLoss) else [closure]
