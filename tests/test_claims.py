@@ -260,3 +260,30 @@ def test_a_claim_refuted_in_the_methods_favour_differs_favourably() -> None:
         next(c for c in claims(looser, "s") if c["claim"].startswith("C3"))["verdict"]
         == "contradicted"
     )
+
+
+def test_the_best_other_method_of_a_tie_does_not_depend_on_hash_order() -> None:
+    """C4's "best other" is chosen by mean verified error; CROWN-IBP and CAP often tie (same
+    model, same certified error), and the choice must not follow a set's iteration order, which
+    changes with PYTHONHASHSEED from one process to the next."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "from landscape.reproduce.claims import _best; "
+        "rows = [{'setting': 's', 'method': m, 'seed': 0, 'verified_err': v} "
+        "for m, v in (('tightest', 0.2), ('cap', 0.25), ('crown-ibp', 0.25), ('ibp', 0.3))]; "
+        "print(_best(rows, 's', {'cap', 'crown-ibp', 'ibp'}))"
+    )
+    got = {
+        subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            env=dict(os.environ, PYTHONHASHSEED=str(seed)),
+            check=True,
+        ).stdout.strip()
+        for seed in range(6)
+    }
+    assert got == {"crown-ibp"}

@@ -431,9 +431,15 @@ def _mean_of(rows: list[dict], setting: str, method: str, key: str) -> float:
     return float(np.mean(v)) if v else float("nan")
 
 
-def _best(rows: list[dict], setting: str, methods: Sequence[str]) -> str | None:
-    """The method with the lowest mean verified error among ``methods``."""
-    means = {m: _mean_of(rows, setting, m, VERIFIED) for m in methods}
+def _best(rows: list[dict], setting: str, methods: Sequence[str] | set[str]) -> str | None:
+    """The method with the lowest mean verified error among ``methods``; a tie goes to the one
+    first in :data:`PAPER_METHODS`, then by name (never to a set's hash order, which changes from
+    one process to the next)."""
+
+    def rank(m: str) -> tuple[int, str]:
+        return (PAPER_METHODS.index(m) if m in PAPER_METHODS else len(PAPER_METHODS), m)
+
+    means = {m: _mean_of(rows, setting, m, VERIFIED) for m in sorted(methods, key=rank)}
     means = {m: v for m, v in means.items() if math.isfinite(v)}
     return min(means, key=lambda m: means[m]) if means else None
 
