@@ -204,6 +204,27 @@ def _arg_diff(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:
     return [k for k in keys if canonical_json({"v": a.get(k)}) != canonical_json({"v": b.get(k)})]
 
 
+def _checked_names(
+    labels: Sequence[str], fields: Sequence[str], label_arrays: Sequence[str]
+) -> tuple[list[str], list[str], list[str]]:
+    """A new scan's labels (distinct, at least one), fields (``loss`` first when missing) and
+    per-label array names (distinct, none a field's name), as strings; StoreError otherwise."""
+    labels = [str(x) for x in labels]
+    fields = [str(x) for x in fields]
+    if not labels or len(set(labels)) != len(labels):
+        raise StoreError(f"scan labels must be distinct and non-empty, got {labels}")
+    if "loss" not in fields:
+        fields = ["loss", *fields]
+    label_arrays = [str(x) for x in label_arrays]
+    if set(label_arrays) & {*fields, "computed", "attrs"} or len(set(label_arrays)) != len(
+        label_arrays
+    ):
+        raise StoreError(
+            f"label arrays {label_arrays} must be distinct and differ from the fields {fields}"
+        )
+    return labels, fields, label_arrays
+
+
 def create_scan(
     path: str,
     *,
@@ -228,19 +249,7 @@ def create_scan(
         raise StoreError(f"a scan needs a kind (a non-empty name), got {kind!r}")
     if os.path.exists(path):
         raise StoreError(f"{path} already exists")
-    labels = [str(x) for x in labels]
-    fields = [str(x) for x in fields]
-    if not labels or len(set(labels)) != len(labels):
-        raise StoreError(f"scan labels must be distinct and non-empty, got {labels}")
-    if "loss" not in fields:
-        fields = ["loss", *fields]
-    label_arrays = [str(x) for x in label_arrays]
-    if set(label_arrays) & {*fields, "computed", "attrs"} or len(set(label_arrays)) != len(
-        label_arrays
-    ):
-        raise StoreError(
-            f"label arrays {label_arrays} must be distinct and differ from the fields {fields}"
-        )
+    labels, fields, label_arrays = _checked_names(labels, fields, label_arrays)
     dims = list(coords.keys())
     coord_arrays = {d: np.asarray(v, dtype=np.float32).reshape(-1) for d, v in coords.items()}
     shape = tuple(len(coord_arrays[d]) for d in dims)
