@@ -41,6 +41,7 @@ from bounds_helpers import (
 )
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from run_helpers import train_tiny_run
 
 from bounds import compute_bounds, margin_spec, robust_cross_entropy
 
@@ -248,24 +249,7 @@ def test_compile_on_the_device_gives_the_eager_steps(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
-    from train.loop import train
-
-    out = tmp_path_factory.mktemp("run")
-    cfg = dict(
-        dataset="digits",
-        model="mlp",
-        model_options={"widths": [16, 16]},
-        method="crown-ibp",
-        eps=0.1,
-        epochs=1,
-        batch_size=50,
-        train_size=100,
-        test_size=20,
-        eval_size=0,
-        lr=1e-3,
-        eps_ramp_epochs=1.0,
-    )
-    train(cfg, out_dir=out, progress=False)
+    out = train_tiny_run(tmp_path_factory.mktemp("run"), epochs=1)
     return out / "checkpoint.pt"
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from run_helpers import train_tiny_run
 
 from common import store
 from landscape.cli import main
@@ -19,24 +20,7 @@ from landscape.cli import main
 @pytest.fixture(scope="module")
 def ckpts(tmp_path_factory) -> tuple[Path, Path]:
     """Two checkpoints (after epoch 1 and 2) of a tiny IBP run on 100 digits."""
-    from train.loop import train
-
-    out = tmp_path_factory.mktemp("run")
-    cfg = dict(
-        dataset="digits",
-        model="mlp",
-        model_options={"widths": [16, 16]},
-        method="crown-ibp",
-        eps=0.1,
-        epochs=2,
-        batch_size=50,
-        train_size=100,
-        test_size=20,
-        eval_size=0,
-        lr=1e-3,
-        eps_ramp_epochs=1.0,
-    )
-    train(cfg, out_dir=out, progress=False)
+    out = train_tiny_run(tmp_path_factory.mktemp("run"))
     return out / "checkpoint_epoch1.pt", out / "checkpoint.pt"
 
 
@@ -461,25 +445,7 @@ def test_torchrun_finishes_a_scan_whose_points_are_all_done(ckpts, tmp_path):
 def stepped(tmp_path_factory) -> Path:
     """A 2-epoch crown-ibp run on 100 digits with a checkpoint after every step: step 0, 1, 3,
     the epoch checkpoints (steps 2, 4) and checkpoint.pt."""
-    from train.loop import train
-
-    out = tmp_path_factory.mktemp("stepped")
-    cfg = dict(
-        dataset="digits",
-        model="mlp",
-        model_options={"widths": [16, 16]},
-        method="crown-ibp",
-        eps=0.1,
-        epochs=2,
-        batch_size=50,
-        train_size=100,
-        test_size=20,
-        eval_size=0,
-        lr=1e-3,
-        eps_ramp_epochs=1.0,
-        checkpoint_every_steps=1,
-    )
-    train(cfg, out_dir=out, progress=False)
+    out = train_tiny_run(tmp_path_factory.mktemp("stepped"), checkpoint_every_steps=1)
     return out
 
 

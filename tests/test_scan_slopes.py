@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from run_helpers import train_tiny_run
 
 from common import store
 from landscape.cli import main
@@ -26,24 +27,7 @@ PATH = "zero,adaptive,tightest,uniform"
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
     """A tiny CROWN-IBP run on 100 digits (2 epochs, eps ramped over the first)."""
-    from train.loop import train
-
-    out = tmp_path_factory.mktemp("run")
-    cfg = dict(
-        dataset="digits",
-        model="mlp",
-        model_options={"widths": [16, 16]},
-        method="crown-ibp",
-        eps=0.1,
-        epochs=2,
-        batch_size=50,
-        train_size=100,
-        test_size=20,
-        eval_size=0,
-        lr=1e-3,
-        eps_ramp_epochs=1.0,
-    )
-    train(cfg, out_dir=out, progress=False)
+    out = train_tiny_run(tmp_path_factory.mktemp("run"))
     return out / "checkpoint.pt"
 
 
